@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+
+from lsm_core import synthetic
+from lsm_core.cells import FindParams, find_cells
+from lsm_core.errors import LsmError
+
+
+def _iou(a, b):
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    ix = max(0, min(ax + aw, bx + bw) - max(ax, bx))
+    iy = max(0, min(ay + ah, by + bh) - max(ay, by))
+    inter = ix * iy
+    return inter / (aw * ah + bw * bh - inter)
+
+
+def _match(truth, found):
+    """Greedy one-to-one matching at IoU >= 0.5; returns (matches, centre distances)."""
+    used, distances = set(), []
+    for cell in truth:
+        scores = [(_iou((cell.x, cell.y, cell.w, cell.h), box), j) for j, box in enumerate(found.boxes) if j not in used]
+        if not scores:
+            continue
+        best, j = max(scores)
+        if best >= 0.5:
+            used.add(j)
+            cx, cy = found.centres[j]
+            distances.append(float(np.hypot(cx - cell.cx, cy - cell.cy)))
+    return len(used), distances
+
+
+@pytest.mark.parametrize("task,seed", [("lsm", 0), ("lsm", 7), ("aging", 3)])
+def test_finds_synthetic_cells_with_high_recall_and_precision(task, seed):
+    field, truth = synthetic.make_field(task, seed=seed)
+    # as a 12-bit camera stores it in a 16-bit TIFF
+    field16 = np.round(field * 4095).astype(np.uint16).astype(np.float32) / 65535
+    found = find_cells(field16)
+    matched, distances = _match(truth, found)
+    assert matched / len(truth) >= 0.95, "recall"
+    assert matched / len(found) >= 0.95, "precision"
+    assert max(distances) <= 3.0
+    assert found.dropped["debris"] > 0  # the field has debris and it was dropped, not kept
+    assert found.crops.shape == (len(found), 64, 64) and found.crops.dtype == np.float32
+
+
+def test_grey_scale_does_not_change_what_is_found():
+    field, _ = synthetic.make_field("lsm", seed=1, shape=(768, 768), n_cells=10)
+    a = find_cells(field)
+    b = find_cells(field * 0.05 + 0.3)
+    np.testing.assert_array_equal(a.boxes, b.boxes)
+
+
+def test_pixel_size_scales_the_size_limits():
+    field, truth = synthetic.make_field("lsm", seed=2, shape=(1024, 1024), n_cells=12, n_debris=0)
+    assert len(find_cells(field)) == len(truth)
+    # told that pixels are 4x larger, every cell looks ~32 um across: all are dropped as clumps
+    big = find_cells(field, FindParams(pixel_size_um=0.8, crop_um=51.2))
+    assert len(big) == 0 and big.dropped["clump"] >= len(truth) * 0.9
+
+
+def test_cells_cut_by_the_edge_are_flagged():
+    field, truth = synthetic.make_field("lsm", seed=4, shape=(1024, 1024), n_cells=12, n_debris=0)
+    cell = truth[0]
+    cut = field[:, cell.x + cell.w // 2 :]  # the first cell is cut in half by the left edge
+    found = find_cells(cut)
+    edge = [i for i, f in enumerate(found.flags) if "edge" in f]
+    assert edge, "a cell cut by the edge must be flagged"
+    assert all(found.boxes[i][0] <= 8 for i in edge)
+    assert len(edge) < len(found)
+    assert found.crops.shape[1:] == (64, 64)
+
+
+def test_single_cell_crop_passes_through():
+    crops, _ = synthetic.make_crops("lsm", 2, seed=0)
+    found = find_cells(crops[0])
+    assert len(found) == 1 and found.flags == ["single"]
+    np.testing.assert_array_equal(found.boxes[0], [0, 0, 64, 64])
+    np.testing.assert_allclose(found.crops[0], crops[0], atol=1e-6)
+    # a 96x80 crop is padded to a square and resized to the model input
+    found = find_cells(np.pad(crops[1], ((8, 24), (16, 16)), mode="edge"))
+    assert len(found) == 1 and found.crops.shape == (1, 64, 64)
+
+
+def test_image_without_cells_gives_zero_cells():
+    rng = np.random.default_rng(0)
+    empty = (0.4 + 0.005 * rng.standard_normal((600, 600))).astype(np.float32)
+    found = find_cells(empty)
+    assert len(found) == 0 and found.crops.shape == (0, 64, 64)
+
+
+def test_blank_image_is_a_clear_error():
+    with pytest.raises(LsmError, match="blank"):
+        find_cells(np.zeros((512, 512), np.float32))
+
+
+def test_bad_pixel_size_is_refused():
+    with pytest.raises(LsmError, match="pixel size"):
+        FindParams(pixel_size_um=0)
