@@ -178,9 +178,11 @@ def find_cells(image: np.ndarray, params: FindParams | None = None) -> CellCrops
     crop_px = params.crop_px
     if max(h, w) <= params.single_crop_factor * max(crop_px, params.output_size):
         side = max(h, w)
-        square = np.full((side, side), float(np.median(image)), np.float32)
-        y0, x0 = (side - h) // 2, (side - w) // 2
-        square[y0 : y0 + h, x0 : x0 + w] = image
+        square = image
+        if h != w:  # pad to a square with the background level
+            square = np.full((side, side), float(np.median(image)), np.float32)
+            y0, x0 = (side - h) // 2, (side - w) // 2
+            square[y0 : y0 + h, x0 : x0 + w] = image
         return CellCrops(
             _resize(square, params.output_size)[None],
             np.array([[0, 0, w, h]], np.int32),

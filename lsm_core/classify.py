@@ -1,7 +1,8 @@
 """The classification pipeline: image records in, one result row per cell out.
 
-Reading, decoding and cell finding run in a background thread that stays a few images ahead of the
-network; crops from many images are gathered into full batches for :class:`lsm_core.predict.Predictor`.
+On a GPU, reading, decoding and cell finding run in a background thread that stays a few images ahead
+of the network (on a CPU they run in turn with it: the network already uses every core, and a thread
+beside it only makes its threads wait for each other); crops from many images are gathered into full batches for :class:`lsm_core.predict.Predictor`.
 Memory stays bounded (a few images plus one batch of crops) whatever the number of files. Rows come out
 in input order. A file that fails gives one row carrying its message; an image without cells gives one
 row saying so; neither stops the others.
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lsm_core import config
 from lsm_core.cells import CellCrops, FindParams, find_cells
 from lsm_core.errors import LsmError
 from lsm_core.images import ImageRecord
@@ -65,10 +67,13 @@ class Summary:
 
 
 def find_params_for(predictor: Predictor, pixel_size_um: float | None) -> FindParams:
-    """Cell-finding settings for a model: its crop size in micrometres at the microscope's pixel size."""
+    """Cell-finding settings for a model: its crop size in micrometres at the microscope's pixel size.
+
+    The pixel size is ``pixel_size_um``, else LSM_PIXEL_SIZE_UM, else the one the model was trained at.
+    """
     m = predictor.manifest
     return FindParams(
-        pixel_size_um=pixel_size_um or m.pixel_size_um,
+        pixel_size_um=pixel_size_um or config.pixel_size_um() or m.pixel_size_um,
         crop_um=m.crop_um,
         output_size=m.input_size,
     )
@@ -77,19 +82,24 @@ def find_params_for(predictor: Predictor, pixel_size_um: float | None) -> FindPa
 _DONE = object()
 
 
+def _prepared(records: Iterable[ImageRecord], params: FindParams) -> Iterator[tuple[ImageRecord, CellCrops | None]]:
+    for record in records:
+        cells: CellCrops | None = None
+        if record.ok:
+            try:
+                cells = find_cells(record.pixels, params)
+            except LsmError as exc:
+                record.error = str(exc)
+        record.pixels = None  # the crops are all that is kept
+        yield record, cells
+
+
 def _prepare(records: Iterable[ImageRecord], params: FindParams, out: queue.Queue, stop: threading.Event) -> None:
     try:
-        for record in records:
+        for item in _prepared(records, params):
             if stop.is_set():
                 return
-            cells: CellCrops | None = None
-            if record.ok:
-                try:
-                    cells = find_cells(record.pixels, params)
-                except LsmError as exc:
-                    record.error = str(exc)
-            record.pixels = None  # the crops are all that is kept
-            out.put((record, cells))
+            out.put(item)
     except BaseException as exc:  # surfaced in the consumer
         out.put(exc)
     finally:
@@ -102,7 +112,7 @@ def classify_records(
     params: FindParams | None = None,
     summary: Summary | None = None,
     keep_crops: bool = False,
-    prefetch: int = 4,
+    prefetch: int | None = None,
 ) -> Iterator[ResultRow]:
     """Classify every cell of every record; yield rows in input order (see the module docstring)."""
     params = params or find_params_for(predictor, None)
@@ -117,26 +127,29 @@ def classify_records(
         if n_pending:
             pred = predictor(np.concatenate(pending_crops))
             i = 0
+            probs, predicted, score = pred.probs.tolist(), pred.predicted.tolist(), pred.score.tolist()
             for row in pending:
                 if row.cell is not None:
-                    row.probs = [float(v) for v in pred.probs[i]]
-                    row.predicted = classes[int(pred.predicted[i])]
-                    row.score = float(pred.score[i])
+                    row.probs, row.predicted, row.score = probs[i], classes[predicted[i]], score[i]
                     i += 1
         yield from pending
         pending.clear()
         pending_crops.clear()
         n_pending = 0
 
-    q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+    if prefetch is None:
+        prefetch = 4 if predictor.device.type == "cuda" else 0
     stop = threading.Event()
-    worker = threading.Thread(target=_prepare, args=(records, params, q, stop), daemon=True)
-    worker.start()
+    worker: threading.Thread | None = None
+    if prefetch > 0:
+        q: queue.Queue = queue.Queue(maxsize=prefetch)
+        worker = threading.Thread(target=_prepare, args=(records, params, q, stop), daemon=True)
+        worker.start()
+        items: Iterator = iter(q.get, _DONE)
+    else:
+        items = _prepared(records, params)
     try:
-        while True:
-            item = q.get()
-            if item is _DONE:
-                break
+        for item in items:
             if isinstance(item, BaseException):
                 raise item
             record, cells = item
@@ -167,7 +180,7 @@ def classify_records(
         yield from flush()
     finally:
         stop.set()
-        while worker.is_alive():  # unblock the producer so it can finish
+        while worker is not None and worker.is_alive():  # unblock the producer so it can finish
             try:
                 q.get_nowait()
             except queue.Empty:

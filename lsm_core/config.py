@@ -5,7 +5,7 @@
 | LSM_DATA_DIR | ./data | where the model store (and later the database and blob store) live |
 | LSM_DEVICE | auto | `cuda`, `cuda:N`, `cpu` or `auto` (CUDA when present) |
 | LSM_PRECISION | auto | `auto` (bf16 autocast on CUDA and on CPUs with native bf16), `bf16` or `fp32` |
-| LSM_PIXEL_SIZE_UM | 0.2 | the microscope's calibration, micrometres per pixel |
+| LSM_PIXEL_SIZE_UM | the model's (0.2) | the microscope's calibration, micrometres per pixel |
 | LSM_MAX_IMAGE_PIXELS | 100000000 | largest image (width x height) that is decoded |
 | LSM_MAX_ARCHIVE_MEMBERS | 20000 | most files read from one ZIP |
 | LSM_MAX_ARCHIVE_BYTES | 4294967296 | most bytes unpacked from one ZIP |
@@ -65,7 +65,10 @@ def model_store_dir() -> Path:
     return path
 
 
-def pixel_size_um() -> float:
+def pixel_size_um() -> float | None:
+    """The microscope's calibration from LSM_PIXEL_SIZE_UM, or None when unset (then the model's own)."""
+    if not os.environ.get("LSM_PIXEL_SIZE_UM", "").strip():
+        return None
     return _env_number("LSM_PIXEL_SIZE_UM", DEFAULT_PIXEL_SIZE_UM)
 
 

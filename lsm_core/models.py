@@ -13,6 +13,7 @@ are restricted to letters, digits, ``.``, ``_`` and ``-`` so that no manifest ca
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -107,6 +108,9 @@ class Manifest:
 
     def validate(self, source: str = "manifest") -> None:
         check_name(self.name)
+        for key in ("task", "architecture"):
+            if not isinstance(getattr(self, key), str):
+                raise LsmError(f"{source}: {key} must be a text value")
         expected = task_classes(self.task)
         if not isinstance(self.classes, list) or sorted(map(str, self.classes)) != sorted(expected):
             raise LsmError(f"{source}: classes {self.classes!r} do not match task {self.task!r} ({', '.join(expected)})")
@@ -146,7 +150,11 @@ class ModelPackage:
 
 
 def _load_state(net: nn.Module, state: dict[str, torch.Tensor], label: str) -> None:
-    result = net.load_state_dict(state, strict=False)
+    try:
+        result = net.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # tensors of the wrong shape
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise LsmError(f"{label}: the weights do not fit the architecture ({first})") from None
     if result.missing_keys or result.unexpected_keys:
         raise LsmError(
             f"{label}: the weights do not fit the architecture ({len(result.missing_keys)} missing and "
@@ -173,6 +181,7 @@ def read_package(folder: str | Path) -> ModelPackage:
 def write_package(net: nn.Module, manifest: Manifest, folder: str | Path) -> ModelPackage:
     """Write ``net``'s weights and ``manifest`` (its sha256 filled in) to ``folder``, atomically."""
     folder = Path(folder)
+    manifest = copy.deepcopy(manifest)  # the package owns its manifest; the caller's stays as it was
     manifest.validate()
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=folder.parent))
@@ -266,6 +275,7 @@ class ModelStore:
     def add(self, net: nn.Module, manifest: Manifest) -> ModelPackage:
         """Register ``net`` as the next version of ``manifest.name``."""
         check_name(manifest.name)
+        manifest = copy.deepcopy(manifest)
         existing = self.versions(manifest.name)
         manifest.version = (existing[-1] + 1) if existing else 1
         return write_package(net, manifest, self.root / manifest.name / str(manifest.version))

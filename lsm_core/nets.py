@@ -36,7 +36,8 @@ class CropStandardise(nn.Module):
         flat = x.flatten(1)
         mean = flat.mean(dim=1).view(-1, 1, 1, 1)
         std = flat.std(dim=1, unbiased=False).view(-1, 1, 1, 1)
-        return (x - mean) / std.clamp_min(self.eps)
+        out = (x - mean) / std.clamp_min(self.eps)
+        return torch.where(std < self.eps, torch.zeros_like(out), out)
 
 
 @dataclass(frozen=True)
