@@ -270,7 +270,7 @@ def decode_bytes(name: str, data: bytes, limits: Limits | None = None) -> list[I
     digest = hashlib.sha256(data).hexdigest()
     kind = _sniff(data)
     if kind == "zip":
-        return list(iter_zip(name, io.BytesIO(data), limits))
+        return [r for raw in iter_zip_members(name, io.BytesIO(data), limits) for r in decode_raw(raw, limits)]
     if kind == "unknown":
         if _looks_like_text(data):
             msg = "this is a text file, not an image (PNG, JPEG, TIFF or ZIP expected)"
@@ -315,23 +315,32 @@ def _is_junk(name: str) -> bool:
     return "__MACOSX" in parts or base.startswith("._") or base.lower() in _JUNK_NAMES
 
 
-def iter_zip(name: str, fileobj, limits: Limits | None = None, only_images: bool = True) -> Iterator[ImageRecord]:
-    """Yield the records of every image in a ZIP archive, bounded by ``limits``.
+@dataclass
+class RawFile:
+    """One file's bytes as found in a folder, an upload or an archive, or the error that stopped reading it."""
+
+    source: str
+    data: bytes | None = None
+    error: str | None = None
+
+
+def iter_zip_members(name: str, fileobj, limits: Limits | None = None, only_images: bool = True) -> Iterator[RawFile]:
+    """Yield the bytes of every image member of a ZIP archive, bounded by ``limits``.
 
     Members are read in memory, never written to disk. Members whose names do not end in an image suffix
     are skipped when ``only_images`` (as in a folder); operating-system junk (``__MACOSX``, ``.DS_Store``)
-    always is.
+    always is. Sources are ``<name>/<member path>``.
     """
     limits = limits or Limits.from_env()
     try:
         archive = zipfile.ZipFile(fileobj)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        yield ImageRecord(name, error=f"the ZIP archive is damaged ({exc})")
+        yield RawFile(name, error=f"the ZIP archive is damaged ({exc})")
         return
     with archive:
         members = [m for m in archive.infolist() if not m.is_dir() and not _is_junk(m.filename)]
         if len(members) > limits.max_archive_members:
-            yield ImageRecord(
+            yield RawFile(
                 name,
                 error=f"the ZIP holds {len(members):,} files; the limit is {limits.max_archive_members:,} "
                 "(LSM_MAX_ARCHIVE_MEMBERS). Split it into several archives.",
@@ -339,7 +348,7 @@ def iter_zip(name: str, fileobj, limits: Limits | None = None, only_images: bool
             return
         declared = sum(m.file_size for m in members)
         if declared > limits.max_archive_bytes:
-            yield ImageRecord(
+            yield RawFile(
                 name,
                 error=f"the ZIP would unpack to {declared / 1e9:,.2f} GB; the limit is "
                 f"{limits.max_archive_bytes / 1e9:,.2f} GB (LSM_MAX_ARCHIVE_BYTES). Split it.",
@@ -352,7 +361,7 @@ def iter_zip(name: str, fileobj, limits: Limits | None = None, only_images: bool
             if problem is None and stat.S_ISLNK(mode):
                 problem = "is a symbolic link; refused"
             if problem:
-                yield ImageRecord(source, error=f"archive member {member.filename!r} {problem}")
+                yield RawFile(source, error=f"archive member {member.filename!r} {problem}")
                 continue
             suffix = PurePosixPath(member.filename).suffix.lower()
             if only_images and suffix not in IMAGE_SUFFIXES | ARCHIVE_SUFFIXES:
@@ -363,15 +372,38 @@ def iter_zip(name: str, fileobj, limits: Limits | None = None, only_images: bool
                 with archive.open(member) as fh:
                     data = fh.read()
             except RuntimeError as exc:  # encrypted
-                yield ImageRecord(source, error=f"could not be read from the archive ({exc})")
+                yield RawFile(source, error=f"could not be read from the archive ({exc})")
                 continue
             except Exception as exc:  # BadZipFile, CRC mismatch, zlib/lzma/bz2 errors: only this member
-                yield ImageRecord(source, error=f"the archive member is damaged ({type(exc).__name__}: {exc})")
+                yield RawFile(source, error=f"the archive member is damaged ({type(exc).__name__}: {exc})")
                 continue
             if _sniff(data) == "zip":
-                yield ImageRecord(source, error="a ZIP inside a ZIP is not read; unpack the inner archive first")
+                yield RawFile(source, error="a ZIP inside a ZIP is not read; unpack the inner archive first")
                 continue
-            yield from decode_bytes(source, data, limits)
+            yield RawFile(source, data)
+
+
+def decode_raw(raw: RawFile, limits: Limits | None = None) -> list[ImageRecord]:
+    """The records of one raw file (its error, or one per decoded page)."""
+    if raw.error is not None or raw.data is None:
+        return [ImageRecord(raw.source, error=raw.error or "could not be read")]
+    return decode_bytes(raw.source, raw.data, limits)
+
+
+def iter_zip(name: str, fileobj, limits: Limits | None = None, only_images: bool = True) -> Iterator[ImageRecord]:
+    """Yield the records of every image in a ZIP archive (see :func:`iter_zip_members`)."""
+    limits = limits or Limits.from_env()
+    for raw in iter_zip_members(name, fileobj, limits, only_images):
+        yield from decode_raw(raw, limits)
+
+
+def iter_upload(name: str, data: bytes, limits: Limits | None = None) -> Iterator[RawFile]:
+    """The raw files of one uploaded file: itself, or its members when it is a ZIP archive."""
+    limits = limits or Limits.from_env()
+    if _sniff(data) == "zip":
+        yield from iter_zip_members(name, io.BytesIO(data), limits)
+    else:
+        yield RawFile(name, data)
 
 
 def _iter_folder(folder: Path) -> Iterator[Path]:
@@ -384,38 +416,49 @@ def _iter_folder(folder: Path) -> Iterator[Path]:
                 yield Path(root) / fname
 
 
-def read_path(path: str | Path, limits: Limits | None = None, display: str | None = None) -> Iterator[ImageRecord]:
-    """Records for one file (image or ZIP), reported under ``display`` (default: the path as given)."""
+def iter_path(path: str | Path, limits: Limits | None = None, display: str | None = None) -> Iterator[RawFile]:
+    """The raw files of one file on disk (itself, or its members when it is a ZIP archive)."""
     limits = limits or Limits.from_env()
     path = Path(path)
     name = display or str(path)
     try:
-        size = path.stat().st_size
-        if size == 0:
-            yield ImageRecord(name, error="the file is empty (0 bytes)")
-            return
         with open(path, "rb") as fh:
             head = fh.read(8)
-        if _sniff(head) == "zip":
-            with open(path, "rb") as fh:
-                yield from iter_zip(name, fh, limits)
-            return
-        data = path.read_bytes()
+            if _sniff(head) == "zip":
+                fh.seek(0)
+                yield from iter_zip_members(name, fh, limits)
+                return
+            fh.seek(0)
+            data = fh.read()
     except OSError as exc:
-        yield ImageRecord(name, error=f"could not be read ({exc.strerror or exc})")
+        yield RawFile(name, error=f"could not be read ({exc.strerror or exc})")
         return
-    yield from decode_bytes(name, data, limits)
+    yield RawFile(name, data)
 
 
-def read_inputs(inputs: Iterable[str | Path], limits: Limits | None = None) -> Iterator[ImageRecord]:
-    """Records for files, folders (searched recursively for image and ZIP files) and ZIP archives."""
+def iter_files(inputs: Iterable[str | Path], limits: Limits | None = None) -> Iterator[RawFile]:
+    """Raw files from files, folders (searched recursively for image and ZIP files) and ZIP archives."""
     limits = limits or Limits.from_env()
     for item in inputs:
         path = Path(item)
         if path.is_dir():
             for found in _iter_folder(path):
-                yield from read_path(found, limits)
+                yield from iter_path(found, limits)
         elif path.exists():
-            yield from read_path(path, limits, display=str(item))
+            yield from iter_path(path, limits, display=str(item))
         else:
-            yield ImageRecord(str(item), error="no such file or folder")
+            yield RawFile(str(item), error="no such file or folder")
+
+
+def read_path(path: str | Path, limits: Limits | None = None, display: str | None = None) -> Iterator[ImageRecord]:
+    """Records for one file (image or ZIP), reported under ``display`` (default: the path as given)."""
+    limits = limits or Limits.from_env()
+    for raw in iter_path(path, limits, display):
+        yield from decode_raw(raw, limits)
+
+
+def read_inputs(inputs: Iterable[str | Path], limits: Limits | None = None) -> Iterator[ImageRecord]:
+    """Records for files, folders (searched recursively for image and ZIP files) and ZIP archives."""
+    limits = limits or Limits.from_env()
+    for raw in iter_files(inputs, limits):
+        yield from decode_raw(raw, limits)

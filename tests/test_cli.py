@@ -87,3 +87,24 @@ def test_models_list_and_import(tiny_lsm_package, data_dir, tmp_path):
     manifest.write_text(json.dumps({"task": "lsm", "name": "imported", "classes": ["LT-HSC", "ST-HSC", "MPP"], "architecture": "tiny_cnn"}))
     run("models", "import", str(weights), "--manifest", str(manifest), data_dir=data_dir)
     assert "imported" in run("models", "list", data_dir=data_dir).stdout
+
+
+def test_blank_and_cell_free_images_are_reported_and_others_kept(tiny_lsm_package, data_dir, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(np.zeros((400, 400), np.uint8)).save(tmp_path / "black.png")
+    empty = (100 + 2 * rng.standard_normal((400, 400))).clip(0, 255).astype(np.uint8)
+    Image.fromarray(empty).save(tmp_path / "no_cells.png")
+    from lsm_core import synthetic
+
+    crop, _ = synthetic.make_crops("lsm", 1, seed=0)
+    Image.fromarray((crop[0] * 255).astype(np.uint8)).save(tmp_path / "cell.png")
+    out = tmp_path / "out.csv"
+    proc = run("classify", str(tmp_path), "--model", "tiny-lsm", "--out", str(out), data_dir=data_dir)
+    rows = {Path(r["file"]).name: r for r in csv.DictReader(open(out))}
+    assert "blank" in rows["black.png"]["error"]
+    assert rows["no_cells.png"]["error"] == "" and "no cells" in rows["no_cells.png"]["note"]
+    assert rows["cell.png"]["predicted"] in ("LT-HSC", "ST-HSC", "MPP")
+    assert "1 without cells" in proc.stderr
