@@ -16,8 +16,7 @@ $(STAMP): requirements.txt
 install: $(STAMP)
 
 run: install
-	$(PY) -m lsm_core demo
-	$(PY) -m streamlit run streamlit_app.py --server.port $(PORT)
+	$(PY) -m lsm_core serve --port $(PORT)
 
 test: install
 	$(PY) -m pytest

@@ -92,6 +92,105 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sessions():
+    """A session factory on LSM_DATABASE_URL, the database upgraded to this code's schema."""
+    from db.session import make_engine, session_factory, upgrade
+
+    engine = make_engine()
+    upgrade(engine)
+    return session_factory(engine)
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from db.session import database_url, make_engine, upgrade
+
+    revision = upgrade(make_engine())
+    url = database_url()
+    _log(f"database {url.split('@')[-1] if '@' in url else url} is at schema revision {revision}")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import logging
+
+    from lsm_core.registry import sync_models
+    from lsm_core.worker import ALL_KINDS, Worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    sessions = _sessions()
+    sync_models(sessions)
+    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip()) if args.kinds else ALL_KINDS
+    worker = Worker(sessions, device=args.device, kinds=kinds, lease_s=args.lease, poll_s=args.poll,
+                    batch_size=args.batch_size)
+    worker.install_signal_handlers()
+    _log(f"worker {worker.id} on {worker.device}, job kinds: {', '.join(worker.kinds)}")
+    n = worker.run(drain=args.drain)
+    _log(f"worker {worker.id} stopped after {n} jobs")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from lsm_core.serve import serve
+
+    return serve(port=args.port, log=_log)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from db.queries import model_by_name
+    from lsm_core.images import iter_files
+    from lsm_core.jobs import BatchMeta, submit_batch
+    from lsm_core.registry import sync_models
+
+    sessions = _sessions()
+    sync_models(sessions)
+    with sessions() as s:
+        model = model_by_name(s, args.model)
+        if model is None:
+            raise LsmError(f"no model named {args.model!r}; see `python -m lsm_core models list`")
+        model_id = model.id
+    meta = BatchMeta(mouse_id=args.mouse_id, age_days=args.age_days, sex=args.sex, strain=args.strain, gate=args.gate,
+                     imaging_date=args.imaging_date, notes=args.notes, pixel_size_um=args.pixel_size)
+    result = submit_batch(sessions, iter_files(args.inputs), model_id, args.batch, owner=args.owner, meta=meta,
+                          priority=args.priority)
+    for file, message in result.errors:
+        _log(f"{file}: {message}")
+    print(f"batch {result.batch_id} job {result.job_id}")
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    import json
+
+    from db.queries import jobs_list
+
+    sessions = _sessions()
+    with sessions() as s:
+        rows = [
+            {"id": j.id, "batch": j.batch_id, "owner": j.owner, "kind": j.kind, "status": j.status,
+             "done": j.progress_done, "total": j.progress_total, "attempts": j.attempts, "error": j.error}
+            for j in jobs_list(s, limit=args.limit)
+        ]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print("id\tbatch\towner\tkind\tstatus\tdone/total\tattempts\terror")
+    for r in rows:
+        print(f"{r['id']}\t{r['batch']}\t{r['owner']}\t{r['kind']}\t{r['status']}\t{r['done']}/{r['total']}\t"
+              f"{r['attempts']}\t{r['error'] or ''}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from lsm_core.export import batch_rows, write_table
+
+    sessions = _sessions()
+    with sessions() as s:
+        columns, rows = batch_rows(s, args.batch_ids)
+        n = write_table(args.out, columns, rows)
+    _log(f"wrote {n} rows to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lsm_core", description="Classify blood stem cells in DIC images.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -125,6 +224,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="make sure the synthetic demo models demo-lsm and demo-aging are registered")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("db", help="database maintenance")
+    dsub = p.add_subparsers(dest="db_command", required=True)
+    q = dsub.add_parser("upgrade", help="migrate the database (LSM_DATABASE_URL) to this code's schema")
+    q.set_defaults(func=cmd_db_upgrade)
+
+    p = sub.add_parser("worker", help="claim jobs from the database and run them on one device")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: LSM_DEVICE or auto)")
+    p.add_argument("--kinds", default=None, help="comma-separated job kinds to take (default: all)")
+    p.add_argument("--drain", action="store_true", help="exit once the queue is empty")
+    p.add_argument("--lease", type=float, default=60.0, help="seconds a claimed job is held between heartbeats")
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between looks at an empty queue")
+    p.add_argument("--batch-size", type=int, default=None, help="crops per forward pass (default 256)")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("serve", help="upgrade the database, ensure demo models, start one worker and the app")
+    p.add_argument("--port", type=int, default=8501)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("submit", help="queue a batch for classification; prints `batch <ID> job <ID>`")
+    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p.add_argument("--model", required=True, help="a registered model name (or name:version)")
+    p.add_argument("--batch", required=True, help="the batch's name")
+    p.add_argument("--owner", default=None, help="who submits (default: LSM_USER or the login name)")
+    p.add_argument("--mouse-id")
+    p.add_argument("--age-days", type=float)
+    p.add_argument("--sex", choices=["F", "M"])
+    p.add_argument("--strain")
+    p.add_argument("--gate")
+    p.add_argument("--imaging-date", help="YYYY-MM-DD")
+    p.add_argument("--notes")
+    p.add_argument("--pixel-size", type=float, metavar="UM_PER_PIXEL")
+    p.add_argument("--priority", type=int, default=0)
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("jobs", help="list jobs")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--limit", type=int, default=200)
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("export", help="write batches' cells to a spreadsheet")
+    p.add_argument("batch_ids", nargs="+", type=int, metavar="BATCH_ID")
+    p.add_argument("--out", required=True, help="FILE.xlsx or FILE.csv")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -1,0 +1,181 @@
+"""The reads the pages and the command line need, aggregated in SQL. No torch, no Streamlit."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Select, func, or_, select
+from sqlalchemy.orm import Session
+
+from db.schema import Batch, Cell, Image, Job, Model, Worker
+
+
+@dataclass
+class BatchFilter:
+    owner: str | None = None
+    task: str | None = None
+    model_id: int | None = None
+    age_min_days: float | None = None
+    age_max_days: float | None = None
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+    text: str | None = None
+    strain: str | None = None
+    gate: str | None = None
+
+
+def _filtered(query: Select, f: BatchFilter | None) -> Select:
+    if f is None:
+        return query
+    if f.owner:
+        query = query.where(Batch.owner == f.owner)
+    if f.task:
+        query = query.where(Model.task == f.task)
+    if f.model_id:
+        query = query.where(Batch.model_id == f.model_id)
+    if f.age_min_days is not None:
+        query = query.where(Batch.age_days >= f.age_min_days)
+    if f.age_max_days is not None:
+        query = query.where(Batch.age_days <= f.age_max_days)
+    if f.created_from is not None:
+        query = query.where(Batch.created >= f.created_from)
+    if f.created_to is not None:
+        query = query.where(Batch.created <= f.created_to)
+    if f.strain:
+        query = query.where(Batch.strain == f.strain)
+    if f.gate:
+        query = query.where(Batch.gate == f.gate)
+    if f.text:
+        like = f"%{f.text.lower()}%"
+        query = query.where(or_(
+            func.lower(Batch.name).like(like), func.lower(func.coalesce(Batch.notes, "")).like(like),
+            func.lower(func.coalesce(Batch.mouse_id, "")).like(like), func.lower(func.coalesce(Batch.strain, "")).like(like),
+        ))
+    return query
+
+
+def batches(s: Session, f: BatchFilter | None = None, limit: int = 500, offset: int = 0) -> list[dict]:
+    """Batches (newest first) with their model and cell and image counts."""
+    cell_counts = select(Cell.batch_id, func.count().label("n")).group_by(Cell.batch_id).subquery()
+    image_counts = (
+        select(Image.batch_id, func.count().label("n"), func.count(Image.error).label("errors"))
+        .group_by(Image.batch_id).subquery()
+    )
+    query = (
+        select(Batch, Model, func.coalesce(cell_counts.c.n, 0), func.coalesce(image_counts.c.n, 0),
+               func.coalesce(image_counts.c.errors, 0))
+        .join(Model, Model.id == Batch.model_id)
+        .outerjoin(cell_counts, cell_counts.c.batch_id == Batch.id)
+        .outerjoin(image_counts, image_counts.c.batch_id == Batch.id)
+        .order_by(Batch.created.desc(), Batch.id.desc()).limit(limit).offset(offset)
+    )
+    out = []
+    for batch, model, n_cells, n_images, n_errors in s.execute(_filtered(query, f)):
+        out.append({
+            "id": batch.id, "name": batch.name, "owner": batch.owner, "created": batch.created, "status": batch.status,
+            "model": model.label, "model_id": model.id, "task": model.task, "mouse_id": batch.mouse_id,
+            "age_days": batch.age_days, "sex": batch.sex, "strain": batch.strain, "gate": batch.gate,
+            "imaging_date": batch.imaging_date, "notes": batch.notes, "cells": n_cells, "images": n_images,
+            "errors": n_errors,
+        })
+    return out
+
+
+def batch_cells(s: Session, batch_id: int, offset: int = 0, limit: int = 100, min_score: float = 0.0,
+                order: str = "position") -> list[dict]:
+    """One page of a batch's cells with their image's file name."""
+    query = (
+        select(Cell, Image.file, Image.page).join(Image, Image.id == Cell.image_id)
+        .where(Cell.batch_id == batch_id, Cell.score >= min_score)
+    )
+    if order == "score":
+        query = query.order_by(Cell.score.desc(), Cell.id)
+    else:
+        query = query.order_by(Image.position, Cell.idx)
+    rows = s.execute(query.offset(offset).limit(limit)).all()
+    return [{"file": file, "page": page, "cell": c.idx, "x": c.x, "y": c.y, "w": c.w, "h": c.h, "predicted": c.predicted,
+             "score": c.score, "probs": c.probs, "flags": c.flags, "image_id": c.image_id, "id": c.id}
+            for c, file, page in rows]
+
+
+def class_counts(s: Session, batch_ids: Iterable[int], threshold: float = 0.0) -> dict[int, dict[str, int]]:
+    """Per batch, the number of cells of each predicted class with score >= threshold."""
+    ids = list(batch_ids)
+    out: dict[int, dict[str, int]] = {i: {} for i in ids}
+    if not ids:
+        return out
+    rows = s.execute(
+        select(Cell.batch_id, Cell.predicted, func.count())
+        .where(Cell.batch_id.in_(ids), Cell.score >= threshold)
+        .group_by(Cell.batch_id, Cell.predicted)
+    )
+    for batch_id, predicted, n in rows:
+        out[batch_id][predicted] = n
+    return out
+
+
+def counts_by_age(s: Session, task: str, threshold: float = 0.0) -> list[tuple[float | None, str, int, int]]:
+    """(age in days, predicted class, cells, batches) over every batch of ``task`` with cells >= threshold."""
+    query = (
+        select(Batch.age_days, Cell.predicted, func.count(), func.count(func.distinct(Cell.batch_id)))
+        .join(Batch, Batch.id == Cell.batch_id)
+        .join(Model, Model.id == Batch.model_id)
+        .where(Model.task == task, Cell.score >= threshold)
+        .group_by(Batch.age_days, Cell.predicted)
+        .order_by(Batch.age_days, Cell.predicted)
+    )
+    return [tuple(r) for r in s.execute(query)]
+
+
+def export_rows(s: Session, batch_id: int, chunk: int = 5000) -> Iterator[tuple[Image, list[Cell]]]:
+    """Images of a batch in upload order, each with its cells, read in chunks."""
+    images = s.scalars(select(Image).where(Image.batch_id == batch_id).order_by(Image.position)).all()
+    for start in range(0, len(images), 200):
+        part = images[start : start + 200]
+        cells: dict[int, list[Cell]] = {im.id: [] for im in part}
+        for c in s.scalars(select(Cell).where(Cell.image_id.in_(list(cells))).order_by(Cell.image_id, Cell.idx)
+                           .execution_options(yield_per=chunk)):
+            cells[c.image_id].append(c)
+        for im in part:
+            yield im, cells[im.id]
+
+
+def jobs_list(s: Session, limit: int = 200, status: str | None = None) -> list[Job]:
+    query = select(Job).order_by(Job.id.desc()).limit(limit)
+    if status:
+        query = query.where(Job.status == status)
+    return list(s.scalars(query))
+
+
+def live_workers(s: Session, seen_within_s: float = 60.0) -> list[Worker]:
+    from db.schema import utcnow
+    from datetime import timedelta
+
+    since = utcnow() - timedelta(seconds=seen_within_s)
+    return list(s.scalars(select(Worker).where(Worker.last_seen >= since, Worker.stopped.is_(False)).order_by(Worker.host)))
+
+
+def queue_length(s: Session) -> int:
+    return s.scalar(select(func.count()).select_from(Job).where(Job.status == "queued")) or 0
+
+
+def models(s: Session, task: str | None = None, include_deleted: bool = False) -> list[Model]:
+    query = select(Model).order_by(Model.task, Model.name, Model.version)
+    if task:
+        query = query.where(Model.task == task)
+    if not include_deleted:
+        query = query.where(Model.deleted.is_(False))
+    return list(s.scalars(query))
+
+
+def model_by_name(s: Session, name: str) -> Model | None:
+    """``name`` (latest live version) or ``name:version``."""
+    base, _, version = name.partition(":")
+    query = select(Model).where(Model.name == base, Model.deleted.is_(False))
+    if version.isdigit():
+        query = query.where(Model.version == int(version))
+    return s.scalars(query.order_by(Model.version.desc())).first()
+
+
+

@@ -1,0 +1,186 @@
+"""The SQL history: SQLAlchemy 2.0 typed ORM. The same schema on SQLite and PostgreSQL (Alembic migrates it).
+
+Never imports torch.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    """Now, as a naive UTC datetime: stored the same way on SQLite and PostgreSQL."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime()}
+
+
+JOB_STATUSES = ("queued", "running", "done", "failed", "cancelled")
+JOB_KINDS = ("classify", "train", "evaluate", "saliency")
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    role: Mapped[str] = mapped_column(String(16), default="member")  # member | admin
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Model(Base):
+    """A registered model version; its weights live in the model store (``path`` below the store root)."""
+
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task: Mapped[str] = mapped_column(String(16), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    classes: Mapped[list[Any]] = mapped_column(JSON)
+    architecture: Mapped[str] = mapped_column(String(64))
+    input_size: Mapped[int] = mapped_column(Integer)
+    pixel_size_um: Mapped[float] = mapped_column(Float)
+    crop_um: Mapped[float] = mapped_column(Float)
+    normalisation: Mapped[str] = mapped_column(Text, default="")
+    temperature: Mapped[float] = mapped_column(Float, default=1.0)
+    weights_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    path: Mapped[str] = mapped_column(String(300))
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    training: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    demo: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} v{self.version}" + (" (synthetic demo)" if self.demo else "")
+
+
+class Batch(Base):
+    """One uploaded batch: usually one mouse and one sorted population."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    owner: Mapped[str] = mapped_column(String(200), index=True)
+    created: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued running done failed cancelled
+    mouse_id: Mapped[str | None] = mapped_column(String(100))
+    age_days: Mapped[float | None] = mapped_column(Float, index=True)
+    sex: Mapped[str | None] = mapped_column(String(8))
+    strain: Mapped[str | None] = mapped_column(String(200))
+    gate: Mapped[str | None] = mapped_column(String(200))
+    imaging_date: Mapped[str | None] = mapped_column(String(10))  # ISO date
+    notes: Mapped[str | None] = mapped_column(Text)
+    pixel_size_um: Mapped[float | None] = mapped_column(Float)
+
+    model: Mapped[Model] = relationship()
+    images: Mapped[list[Image]] = relationship(back_populates="batch", cascade="all, delete-orphan", passive_deletes=True)
+
+
+class Image(Base):
+    """One image (one page of a file) of a batch; ``error`` set when it could not be read."""
+
+    __tablename__ = "images"
+    __table_args__ = (Index("ix_images_sha_page", "sha256", "page"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)  # order within the batch
+    file: Mapped[str] = mapped_column(Text)
+    page: Mapped[int] = mapped_column(Integer, default=1)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    bit_depth: Mapped[int | None] = mapped_column(Integer)
+    kind: Mapped[str | None] = mapped_column(String(8))  # field | single
+    error: Mapped[str | None] = mapped_column(Text)
+    note: Mapped[str | None] = mapped_column(Text)
+    n_cells: Mapped[int | None] = mapped_column(Integer)  # None until classified
+    done: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    batch: Mapped[Batch] = relationship(back_populates="images")
+
+
+class Cell(Base):
+    __tablename__ = "cells"
+    __table_args__ = (
+        UniqueConstraint("image_id", "idx"),
+        Index("ix_cells_batch_pred", "batch_id", "predicted", "score"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    idx: Mapped[int] = mapped_column(Integer)  # 1-based within its image
+    x: Mapped[int] = mapped_column(Integer)
+    y: Mapped[int] = mapped_column(Integer)
+    w: Mapped[int] = mapped_column(Integer)
+    h: Mapped[int] = mapped_column(Integer)
+    predicted: Mapped[str] = mapped_column(String(32))
+    score: Mapped[float] = mapped_column(Float)
+    probs: Mapped[list[Any]] = mapped_column(JSON)  # in the model's class order
+    flags: Mapped[str] = mapped_column(String(64), default="")
+    saliency: Mapped[str | None] = mapped_column(String(64))  # blob sha256 of an 8-bit map, on request
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_fetch", "status", "kind", "priority", "created"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    priority: Mapped[int] = mapped_column(Integer, default=0)  # higher first
+    owner: Mapped[str] = mapped_column(String(200), index=True)
+    batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id", ondelete="SET NULL"), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    lease_expires: Mapped[datetime | None] = mapped_column()
+    worker_id: Mapped[str | None] = mapped_column(String(200))
+    progress_done: Mapped[int] = mapped_column(Integer, default=0)
+    progress_total: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    errors: Mapped[list[Any]] = mapped_column(JSON, default=list)  # every attempt's error
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    started: Mapped[datetime | None] = mapped_column()
+    finished: Mapped[datetime | None] = mapped_column()
+
+
+class Worker(Base):
+    """A worker's heartbeat row: what the app shows as live workers."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    device: Mapped[str] = mapped_column(String(64))
+    kinds: Mapped[str] = mapped_column(String(100))
+    current_job_id: Mapped[int | None] = mapped_column(Integer)
+    started: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    stopped: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -1,0 +1,342 @@
+"""The worker: claims jobs from the database and runs them on one device. Never imports Streamlit.
+
+``python -m lsm_core worker [--device cuda:0|cpu] [--kinds classify,saliency] [--drain]``
+
+- Loaded models stay in memory (a small LRU keyed by the weights' sha256).
+- A classify job works through its batch's images in chunks that fill the network's batch; each chunk's
+  cells, the images' ``done`` marks and the job's progress commit in one transaction, under the unique
+  key (image, cell index): a worker killed mid-chunk leaves nothing of that chunk, and whoever takes the
+  job over starts after the last committed chunk. No cell is ever duplicated, and the batch is ``done`` only
+  when its job is.
+- Cells computed before for the same image bytes (sha256) and the same weights (sha256) are copied, not
+  recomputed.
+- A background thread renews the job's lease and the worker's heartbeat row (host, device, current job).
+- SIGTERM or SIGINT: the current chunk finishes, the job goes back to the queue, the worker exits.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+
+import numpy as np
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.schema import Batch, Cell, Image, Job, Model, Worker as WorkerRow, utcnow
+from lsm_core import jobs
+from lsm_core.blobs import BlobStore
+from lsm_core.cells import FindParams, find_cells
+from lsm_core.classify import NO_CELLS_NOTE
+from lsm_core.config import Limits
+from lsm_core.errors import LsmError
+from lsm_core.images import decode_bytes
+from lsm_core.models import ModelStore
+from lsm_core.predict import Predictor, choose_device
+from lsm_core.registry import package_for
+
+log = logging.getLogger("lsm_core.worker")
+ALL_KINDS = ("classify",)
+
+
+class JobLost(Exception):
+    """This worker no longer holds the job (its lease ran out and another took it, or it was removed)."""
+
+
+class Cancelled(Exception):
+    pass
+
+
+class Worker:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        device: str | None = None,
+        kinds: tuple[str, ...] = ALL_KINDS,
+        lease_s: float = jobs.DEFAULT_LEASE_S,
+        poll_s: float = 1.0,
+        store: ModelStore | None = None,
+        blobs: BlobStore | None = None,
+        cache_size: int = 3,
+        worker_id: str | None = None,
+        batch_size: int | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self.device = choose_device(device)
+        unknown = set(kinds) - set(ALL_KINDS)
+        if unknown:
+            raise LsmError(f"unknown job kinds {sorted(unknown)}; this worker runs {', '.join(ALL_KINDS)}")
+        self.kinds = tuple(kinds)
+        self.lease_s = lease_s
+        self.poll_s = poll_s
+        self.store = store or ModelStore()
+        self.blobs = blobs or BlobStore()
+        self.limits = Limits.from_env()
+        self.cache: OrderedDict[str, Predictor] = OrderedDict()
+        self.cache_size = cache_size
+        self.batch_size = batch_size
+        self.host = socket.gethostname()
+        self.id = worker_id or f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.stop = threading.Event()
+        self.current_job: int | None = None
+        self.handlers: dict[str, Callable[[Job], None]] = {"classify": self.run_classify}
+
+    # --- life cycle -------------------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        def handler(signum, _frame):
+            log.info("signal %s: finishing the current chunk, then stopping", signum)
+            self.stop.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def _beat(self, stopped: bool = False) -> None:
+        with self.sessions.begin() as s:
+            row = s.get(WorkerRow, self.id)
+            if row is None:
+                row = WorkerRow(id=self.id, host=self.host, pid=os.getpid(), device=str(self.device), kinds=",".join(self.kinds))
+                s.add(row)
+            row.last_seen = utcnow()
+            row.current_job_id = self.current_job
+            row.stopped = stopped
+            if self.current_job is not None:
+                jobs.renew_lease(s, self.current_job, self.id, self.lease_s)
+
+    def _heartbeat_loop(self, done: threading.Event) -> None:
+        while not done.wait(min(self.lease_s / 3, 10.0)):
+            try:
+                self._beat()
+            except Exception as exc:  # the database may be restarting; the next beat tries again
+                log.warning("heartbeat failed: %s", exc)
+
+    def run(self, drain: bool = False, max_jobs: int | None = None) -> int:
+        """Claim and run jobs until stopped (or, with ``drain``, until the queue is empty). Returns jobs run."""
+        beats_done = threading.Event()
+        beater = threading.Thread(target=self._heartbeat_loop, args=(beats_done,), daemon=True)
+        self._beat()
+        beater.start()
+        n = 0
+        try:
+            while not self.stop.is_set():
+                try:
+                    job = jobs.claim(self.sessions, self.id, self.kinds, self.lease_s)
+                except Exception as exc:  # database unreachable for a moment
+                    log.warning("could not claim a job: %s", exc)
+                    time.sleep(self.poll_s)
+                    continue
+                if job is None:
+                    if drain:
+                        break
+                    self.stop.wait(self.poll_s)
+                    continue
+                self.run_job(job)
+                n += 1
+                if max_jobs is not None and n >= max_jobs:
+                    break
+        finally:
+            beats_done.set()
+            self.current_job = None
+            try:
+                self._beat(stopped=True)
+            except Exception:
+                pass
+        return n
+
+    def run_job(self, job: Job) -> None:
+        self.current_job = job.id
+        log.info("job %s (%s) claimed, attempt %s", job.id, job.kind, job.attempts)
+        try:
+            self.handlers[job.kind](job)
+        except Cancelled:
+            with self.sessions.begin() as s:
+                jobs.finish(s, job.id, self.id, "cancelled")
+            log.info("job %s cancelled", job.id)
+        except JobLost:
+            log.warning("job %s: lease lost; another worker has it", job.id)
+        except LsmError as exc:
+            jobs.fail_or_retry(self.sessions, job.id, self.id, str(exc), retry=False)
+            log.warning("job %s failed: %s", job.id, exc)
+        except _Stopping:
+            jobs.release(self.sessions, job.id, self.id)
+            log.info("job %s released back to the queue", job.id)
+        except Exception as exc:
+            status = jobs.fail_or_retry(self.sessions, job.id, self.id, f"{type(exc).__name__}: {exc}", retry=True)
+            log.exception("job %s raised; now %s", job.id, status)
+        finally:
+            self.current_job = None
+
+    # --- models -----------------------------------------------------------------------------------
+    def predictor(self, model: Model) -> Predictor:
+        key = model.weights_sha256
+        if key in self.cache:
+            self.cache.move_to_end(key)
+            return self.cache[key]
+        package = package_for(model, self.store)
+        predictor = Predictor(package, device=self.device, **({"batch_size": self.batch_size} if self.batch_size else {}))
+        self.cache[key] = predictor
+        while len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
+        return predictor
+
+    # --- classify ---------------------------------------------------------------------------------
+    def _check(self, s: Session, job_id: int) -> None:
+        """Within ``s``: raise if the job was taken away or cancellation was asked for."""
+        row = s.execute(select(Job.worker_id, Job.status, Job.cancel_requested).where(Job.id == job_id)).first()
+        if row is None or row.worker_id != self.id or row.status != "running":
+            raise JobLost()
+        if row.cancel_requested:
+            raise Cancelled()
+
+    def run_classify(self, job: Job) -> None:
+        batch_id = int(job.payload["batch_id"])
+        with self.sessions() as s:
+            batch = s.get(Batch, batch_id)
+            if batch is None:
+                raise LsmError(f"batch {batch_id} was deleted")
+            model = s.get(Model, batch.model_id)
+            if model is None or model.deleted:
+                raise LsmError("the batch's model was deleted; re-run the batch with another model")
+            s.expunge(model)
+            pixel_size = batch.pixel_size_um
+            todo = s.execute(
+                select(Image.id, Image.sha256, Image.page)
+                .where(Image.batch_id == batch_id, Image.done.is_(False), Image.error.is_(None))
+                .order_by(Image.position)
+            ).all()
+            total = s.scalar(select(Job.progress_total).where(Job.id == job.id))
+            done_before = total - len(todo)
+        predictor = self.predictor(model)
+        params = FindParams(
+            pixel_size_um=pixel_size or model.pixel_size_um, crop_um=model.crop_um, output_size=model.input_size
+        )
+        done = done_before
+        i = 0
+        while i < len(todo):
+            if self.stop.is_set():
+                raise _Stopping()
+            chunk, cells_in_chunk = [], 0
+            while i < len(todo) and (not chunk or cells_in_chunk < predictor.batch_size):
+                image = todo[i]
+                result = self._cells_for(image, model, params, batch_id)
+                chunk.append((image, result))
+                cells_in_chunk += result.n
+                i += 1
+            self._predict_chunk(chunk, predictor)
+            done += len(chunk)
+            with self.sessions.begin() as s:
+                self._check(s, job.id)
+                self._write_chunk(s, batch_id, chunk, predictor.classes)
+                jobs.set_progress(s, job.id, done)
+                jobs.renew_lease(s, job.id, self.id, self.lease_s)
+        with self.sessions.begin() as s:
+            self._check(s, job.id)
+            if not jobs.finish(s, job.id, self.id, "done"):
+                raise JobLost()
+        log.info("job %s done: %s images", job.id, len(todo))
+
+    def _cells_for(self, image, model: Model, params: FindParams, batch_id: int) -> "_ImageResult":
+        result = _ImageResult(image.id)
+        cached = self._cached_cells(image.sha256, image.page, model.weights_sha256, batch_id)
+        if cached is not None:
+            result.cached = cached
+            result.n = 0
+            return result
+        try:
+            data = self.blobs.get(image.sha256)
+            records = decode_bytes("stored", data, self.limits)
+            record = next((r for r in records if r.page == image.page - 1), None)
+            if record is None or not record.ok:
+                raise LsmError(record.error if record else f"page {image.page} is missing")
+            found = find_cells(record.pixels, params)
+        except LsmError as exc:
+            result.error = str(exc)
+            return result
+        result.kind = "single" if found.flags == ["single"] else "field"
+        result.found = found
+        result.n = len(found)
+        return result
+
+    def _cached_cells(self, sha: str | None, page: int, weights_sha: str, batch_id: int) -> list[dict] | None:
+        if not sha:
+            return None
+        with self.sessions() as s:
+            source = s.execute(
+                select(Image.id, Image.n_cells, Image.note, Image.kind)
+                .join(Batch, Batch.id == Image.batch_id)
+                .join(Model, Model.id == Batch.model_id)
+                .where(Image.sha256 == sha, Image.page == page, Image.done.is_(True), Image.error.is_(None),
+                       Model.weights_sha256 == weights_sha, Image.n_cells.is_not(None))
+                .limit(1)
+            ).first()
+            if source is None:
+                return None
+            cells = s.scalars(select(Cell).where(Cell.image_id == source.id).order_by(Cell.idx)).all()
+            if len(cells) != source.n_cells:
+                return None
+            return [
+                {"idx": c.idx, "x": c.x, "y": c.y, "w": c.w, "h": c.h, "predicted": c.predicted, "score": c.score,
+                 "probs": c.probs, "flags": c.flags, "_kind": source.kind}
+                for c in cells
+            ] or [{"_empty": True, "_kind": source.kind}]
+
+    def _predict_chunk(self, chunk: list[tuple], predictor: Predictor) -> None:
+        crops = [r.found.crops for _, r in chunk if r.found is not None and r.n]
+        if not crops:
+            return
+        pred = predictor(np.concatenate(crops))
+        k = 0
+        for _, r in chunk:
+            if r.found is not None and r.n:
+                r.probs = pred.probs[k : k + r.n]
+                r.predicted = pred.predicted[k : k + r.n]
+                r.score = pred.score[k : k + r.n]
+                k += r.n
+
+    def _write_chunk(self, s: Session, batch_id: int, chunk: list[tuple], classes: list[str]) -> None:
+        rows: list[dict] = []
+        for image, r in chunk:
+            values: dict = {"done": True}
+            if r.error:
+                values.update(error=r.error, n_cells=0)
+            elif r.cached is not None:
+                real = [c for c in r.cached if not c.get("_empty")]
+                kind = r.cached[0].get("_kind")
+                for c in real:
+                    rows.append({k: v for k, v in c.items() if not k.startswith("_")} | {"batch_id": batch_id, "image_id": image.id})
+                values.update(n_cells=len(real), kind=kind, note=None if real else NO_CELLS_NOTE)
+            else:
+                found = r.found
+                for j in range(r.n):
+                    x, y, w, h = (int(v) for v in found.boxes[j])
+                    rows.append({
+                        "batch_id": batch_id, "image_id": image.id, "idx": j + 1, "x": x, "y": y, "w": w, "h": h,
+                        "predicted": classes[int(r.predicted[j])], "score": float(r.score[j]),
+                        "probs": [float(p) for p in r.probs[j]], "flags": found.flags[j],
+                    })
+                values.update(n_cells=r.n, kind=r.kind, note=None if r.n else NO_CELLS_NOTE)
+            s.execute(update(Image).where(Image.id == image.id).values(**values))
+        if rows:
+            s.execute(Cell.__table__.insert(), rows)
+
+
+class _Stopping(Exception):
+    pass
+
+
+class _ImageResult:
+    __slots__ = ("image_id", "found", "n", "error", "kind", "cached", "probs", "predicted", "score")
+
+    def __init__(self, image_id: int) -> None:
+        self.image_id = image_id
+        self.found = None
+        self.n = 0
+        self.error = None
+        self.kind = None
+        self.cached = None
+        self.probs = self.predicted = self.score = None

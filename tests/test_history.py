@@ -1,0 +1,296 @@
+"""The SQL history and the job queue, each test on SQLite and on PostgreSQL (see conftest.db_url)."""
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from sqlalchemy import func, select, text, update
+
+from db import queries
+from db.schema import Batch, Cell, Image, Job, Worker as WorkerRow
+from db.session import head_revision, make_engine, tables, upgrade
+from lsm_core import jobs, synthetic
+from lsm_core.errors import LsmError
+from lsm_core.images import RawFile
+from lsm_core.worker import Worker
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def png_bytes(crop: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    PILImage.fromarray(np.round(crop * 255).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def crop_files(n: int, seed: int, prefix: str = "cell") -> list[RawFile]:
+    crops, _ = synthetic.make_crops("lsm", n, seed=seed)
+    return [RawFile(f"{prefix}{i:04d}.png", png_bytes(c)) for i, c in enumerate(crops)]
+
+
+def field_file(seed: int) -> RawFile:
+    import tifffile
+
+    field, _ = synthetic.make_field("lsm", seed=seed, shape=(768, 768), n_cells=8, n_debris=2)
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.round(field * 4095).astype(np.uint16))
+    return RawFile(f"field{seed}.tif", buf.getvalue())
+
+
+def worker_env(db_url: str, data_dir) -> dict:
+    return dict(os.environ, LSM_DATABASE_URL=db_url, LSM_DATA_DIR=str(data_dir), PYTHONPATH=str(ROOT),
+                LSM_PRECISION="fp32")
+
+
+def start_worker(db_url, data_dir, *args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "lsm_core", "worker", *args], cwd=ROOT, env=worker_env(db_url, data_dir),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_upgrade_from_empty_and_refuse_newer(db_url):
+    engine = make_engine(db_url)
+    assert "jobs" not in tables(engine)
+    assert upgrade(engine) == head_revision()
+    assert {"users", "models", "batches", "images", "cells", "jobs", "workers"} <= set(tables(engine))
+    assert upgrade(engine) == head_revision()  # idempotent
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = 'from_the_future'"))
+    with pytest.raises(LsmError, match="newer version"):
+        upgrade(engine)
+    engine.dispose()
+
+
+def test_submit_claim_finish_and_export(history, data_dir):
+    sessions, engine, model_id = history
+    files = crop_files(5, seed=21) + [field_file(22), RawFile("broken.png", b"\x89PNG\r\n\x1a\n garbage")]
+    meta = jobs.BatchMeta(mouse_id="m7", age_days=70, sex="f", strain="C57BL/6", gate="LSK CD150+CD48-")
+    sub = jobs.submit_batch(sessions, files, model_id, "first batch", owner="ana", meta=meta)
+    assert sub.images == 7 and len(sub.errors) == 1 and sub.errors[0][0] == "broken.png"
+    info = jobs.queue_info(sessions, sub.job_id)
+    assert info.status == "queued" and info.position == 1 and info.total == 6
+    worker = Worker(sessions, device="cpu")
+    assert worker.run(drain=True) == 1
+    with sessions() as s:
+        job = s.get(Job, sub.job_id)
+        assert (job.status, job.attempts, job.progress_done) == ("done", 1, 6)
+        batch = s.get(Batch, sub.batch_id)
+        assert batch.status == "done" and batch.sex == "F" and batch.age_days == 70
+        n_cells = s.scalar(select(func.count()).select_from(Cell).where(Cell.batch_id == sub.batch_id))
+        field = s.scalars(select(Image).where(Image.file == "field22.tif")).one()
+        assert field.kind == "field" and 6 <= field.n_cells <= 10
+        assert n_cells == 5 + field.n_cells
+        counts = queries.class_counts(s, [sub.batch_id])[sub.batch_id]
+        assert sum(counts.values()) == n_cells
+        assert sum(queries.class_counts(s, [sub.batch_id], threshold=0.9)[sub.batch_id].values()) <= n_cells
+        listed = queries.batches(s, queries.BatchFilter(owner="ana", age_min_days=60, age_max_days=80, text="FIRST"))
+        assert [b["id"] for b in listed] == [sub.batch_id] and listed[0]["errors"] == 1
+        assert queries.batches(s, queries.BatchFilter(owner="someone else")) == []
+        page = queries.batch_cells(s, sub.batch_id, offset=0, limit=3, order="score")
+        assert len(page) == 3 and page[0]["score"] >= page[-1]["score"]
+        by_age = queries.counts_by_age(s, "lsm")
+        assert sum(n for age, _, n, _ in by_age if age == 70) == n_cells
+        from lsm_core.export import batch_rows
+
+        columns, rows = batch_rows(s, [sub.batch_id])
+        rows = list(rows)
+    assert columns[:9] == ["file", "page", "cell", "x", "y", "w", "h", "predicted", "score"]
+    assert "batch" in columns and "age_days" in columns
+    assert len(rows) == n_cells + 1  # the broken file is one row with its error
+    broken = [r for r in rows if r[0] == "broken.png"]
+    assert broken and "damaged" in broken[0][columns.index("error")]
+
+
+def test_bad_metadata_and_missing_model_are_refused(history):
+    sessions, _, model_id = history
+    with pytest.raises(LsmError, match="not a number"):
+        jobs.submit_batch(sessions, crop_files(1, 1), model_id, "x", meta=jobs.BatchMeta(age_days="ten weeks"))
+    with pytest.raises(LsmError, match="no longer exists"):
+        jobs.submit_batch(sessions, crop_files(1, 1), 99999, "x")
+    with pytest.raises(LsmError, match="no files"):
+        jobs.submit_batch(sessions, [], model_id, "x")
+
+
+def test_fair_order_serves_the_least_recently_served_owner_first(history):
+    sessions, _, model_id = history
+    big = [jobs.submit_job(sessions, "classify", {}, owner="ana", total=100) for _ in range(4)]
+    small = jobs.submit_job(sessions, "classify", {}, owner="ben", total=1)
+    urgent = jobs.submit_job(sessions, "classify", {}, owner="ana", priority=5, total=1)
+    with sessions() as s:
+        assert jobs.queued_order(s)[0] == urgent  # nobody served yet: priority, then age
+    order = [jobs.claim(sessions, "w1").id for _ in range(6)]
+    assert order[0] == urgent
+    assert order[1] == small  # ana was just served; ben never was
+    assert order[2:] == big
+    assert jobs.claim(sessions, "w1") is None
+
+
+def test_lease_expiry_retries_then_fails_keeping_every_error(history):
+    sessions, _, _ = history
+    job_id = jobs.submit_job(sessions, "classify", {}, owner="ana")
+    with sessions.begin() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(max_attempts=2))
+    for attempt in (1, 2):
+        job = jobs.claim(sessions, f"w{attempt}", lease_s=0.0)
+        assert job.id == job_id and job.attempts == attempt
+        time.sleep(0.01)
+    assert jobs.claim(sessions, "w3") is None  # reaped: second attempt was the last
+    with sessions() as s:
+        job = s.get(Job, job_id)
+        assert job.status == "failed" and len(job.errors) == 2
+        assert all("lease ran out" in e for e in job.errors)
+
+
+def test_cancel_queued_at_once_and_running_at_next_chunk(history):
+    sessions, _, model_id = history
+    queued = jobs.submit_batch(sessions, crop_files(2, 31), model_id, "to cancel", owner="ana")
+    assert jobs.cancel(sessions, queued.job_id) == "cancelled"
+    with sessions() as s:
+        assert s.get(Batch, queued.batch_id).status == "cancelled"
+
+    running = jobs.submit_batch(sessions, crop_files(600, 32), model_id, "long", owner="ana")
+    worker = Worker(sessions, device="cpu", batch_size=4)
+    job = jobs.claim(sessions, worker.id)
+    thread = threading.Thread(target=worker.run_job, args=(job,))
+    thread.start()
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        with sessions() as s:
+            if s.scalar(select(Job.progress_done).where(Job.id == job.id)) > 0:
+                break
+        time.sleep(0.01)
+    assert jobs.cancel(sessions, job.id) == "running"  # asked; the worker stops at its next chunk
+    thread.join(timeout=60)
+    with sessions() as s:
+        final = s.get(Job, job.id)
+        assert final.status == "cancelled"
+        assert 0 < final.progress_done < 600
+        assert s.get(Batch, running.batch_id).status == "cancelled"
+
+
+def test_cache_reuses_cells_of_the_same_image_and_weights(history, data_dir):
+    sessions, _, model_id = history
+    files = crop_files(3, seed=41, prefix="cached") + [field_file(42)]
+    first = jobs.submit_batch(sessions, files, model_id, "first", owner="ana")
+    Worker(sessions, device="cpu").run(drain=True)
+    from lsm_core.blobs import BlobStore
+
+    store = BlobStore()
+    with sessions() as s:
+        shas = s.scalars(select(Image.sha256).where(Image.batch_id == first.batch_id)).all()
+    for sha in shas:  # the bytes are gone: the second batch can only have come from the cache
+        store.path(sha).unlink()
+    second = jobs.submit_batch(sessions, files, model_id, "second", owner="ben")
+    for sha in shas:
+        store.path(sha).unlink()
+    Worker(sessions, device="cpu").run(drain=True)
+    with sessions() as s:
+        assert s.get(Job, second.job_id).status == "done"
+
+        def cells(batch_id):
+            return [(c.idx, c.x, c.y, c.predicted, round(c.score, 6)) for c in
+                    s.scalars(select(Cell).join(Image).where(Cell.batch_id == batch_id).order_by(Image.position, Cell.idx))]
+
+        assert cells(first.batch_id) == cells(second.batch_id) and len(cells(second.batch_id)) > 3
+        assert s.scalar(select(func.count()).select_from(Image).where(Image.batch_id == second.batch_id, Image.error.is_not(None))) == 0
+
+
+@pytest.mark.slow
+def test_forty_jobs_shared_by_worker_processes_each_done_once(history, db_url, data_dir):
+    sessions, _, model_id = history
+    n_workers = 2 if db_url.startswith("sqlite") else 4
+    submitted = [jobs.submit_batch(sessions, crop_files(2, 100 + i, prefix=f"j{i}-"), model_id, f"b{i}", owner=f"u{i % 5}")
+                 for i in range(40)]
+    procs = [start_worker(db_url, data_dir, "--drain", "--device", "cpu", "--poll", "0.2") for _ in range(n_workers)]
+    outputs = [p.communicate(timeout=240)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    with sessions() as s:
+        rows = s.execute(select(Job.status, Job.attempts, Job.worker_id).where(Job.id.in_([x.job_id for x in submitted]))).all()
+        assert [r.status for r in rows] == ["done"] * 40
+        assert all(r.attempts == 1 for r in rows)
+        assert len({r.worker_id for r in rows}) >= 2  # the work was shared
+        total = s.scalar(select(func.count()).select_from(Cell))
+        distinct = s.scalar(select(func.count()).select_from(select(Cell.image_id, Cell.idx).distinct().subquery()))
+        assert total == distinct == 80
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_job_another_finishes_without_duplicates(history, db_url, data_dir):
+    sessions, _, model_id = history
+    sub = jobs.submit_batch(sessions, crop_files(600, 51), model_id, "big", owner="ana")
+    first = start_worker(db_url, data_dir, "--device", "cpu", "--lease", "2", "--batch-size", "4", "--poll", "0.2")
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        with sessions() as s:
+            done = s.scalar(select(Job.progress_done).where(Job.id == sub.job_id))
+        if done >= 20:
+            break
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    with sessions() as s:
+        job = s.get(Job, sub.job_id)
+        assert job.status == "running" and 0 < job.progress_done < 600, "the kill must land mid-job"
+    second = start_worker(db_url, data_dir, "--drain", "--device", "cpu", "--poll", "0.2")
+    out = second.communicate(timeout=240)[0]
+    assert second.returncode == 0, out
+    with sessions() as s:
+        job = s.get(Job, sub.job_id)
+        assert job.status == "done" and job.attempts == 2 and job.progress_done == 600
+        assert any("lease ran out" in e for e in job.errors)
+        total = s.scalar(select(func.count()).select_from(Cell).where(Cell.batch_id == sub.batch_id))
+        assert total == 600  # one cell per crop, none lost, none twice
+        assert s.scalar(select(func.count()).select_from(Image).where(Image.batch_id == sub.batch_id, Image.done.is_(False))) == 0
+
+
+@pytest.mark.slow
+def test_web_and_worker_write_at_once_without_lock_errors(history, db_url, data_dir):
+    sessions, _, model_id = history
+    jobs.submit_batch(sessions, crop_files(400, 61), model_id, "busy", owner="ana")
+    worker = start_worker(db_url, data_dir, "--device", "cpu", "--batch-size", "8", "--poll", "0.1", "--lease", "5")
+    deadline = time.time() + 120
+    while time.time() < deadline:  # the worker is writing chunks of cells
+        with sessions() as s:
+            if s.scalar(select(func.count()).select_from(Job).where(Job.status == "running", Job.progress_done > 0)):
+                break
+        time.sleep(0.05)
+    try:
+        ids = [jobs.submit_batch(sessions, crop_files(1, 200 + i), model_id, f"web{i}", owner="ben").batch_id for i in range(25)]
+        for i in ids[:5]:
+            with sessions() as s:
+                queries.batches(s)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        out = worker.communicate(timeout=60)[0]
+    assert "database is locked" not in out
+    assert worker.returncode == 0, out
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Batch).where(Batch.id.in_(ids))) == 25
+        row = s.scalars(select(WorkerRow)).first()
+        assert row is not None and row.stopped and row.device == "cpu"
+        # SIGTERM released the job it held: nothing is left running
+        assert s.scalar(select(func.count()).select_from(Job).where(Job.status == "running")) == 0
+
+
+def test_worker_heartbeat_row_is_live(history):
+    sessions, _, _ = history
+    worker = Worker(sessions, device="cpu")
+    worker.run(drain=True)
+    with sessions() as s:
+        assert queries.live_workers(s) == []  # it stopped
+        s.execute(update(WorkerRow).values(stopped=False))
+        s.commit()
+        live = queries.live_workers(s)
+        assert [w.id for w in live] == [worker.id] and live[0].host
+        s.execute(update(WorkerRow).values(last_seen=WorkerRow.last_seen - timedelta(minutes=5)))
+        s.commit()
+        assert queries.live_workers(s) == []
