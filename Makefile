@@ -24,3 +24,4 @@ test: install
 bench: install
 	$(PY) bench/throughput.py
 	$(PY) bench/cells.py
+	$(PY) bench/history.py

@@ -29,6 +29,7 @@ import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.bulk import insert_cells
 from db.schema import Batch, Cell, Image, Job, Model, Worker as WorkerRow, utcnow
 from lsm_core import jobs
 from lsm_core.blobs import BlobStore
@@ -321,8 +322,7 @@ class Worker:
                     })
                 values.update(n_cells=r.n, kind=r.kind, note=None if r.n else NO_CELLS_NOTE)
             s.execute(update(Image).where(Image.id == image.id).values(**values))
-        if rows:
-            s.execute(Cell.__table__.insert(), rows)
+        insert_cells(s, rows)
 
 
 class _Stopping(Exception):
