@@ -294,3 +294,63 @@ def test_worker_heartbeat_row_is_live(history):
         s.execute(update(WorkerRow).values(last_seen=WorkerRow.last_seen - timedelta(minutes=5)))
         s.commit()
         assert queries.live_workers(s) == []
+
+
+def test_queue_position_and_eta_from_measured_throughput(history):
+    sessions, _, model_id = history
+    first = jobs.submit_batch(sessions, crop_files(6, 71), model_id, "measured", owner="ana")
+    assert jobs.queue_info(sessions, first.job_id).eta_s is None  # nothing measured yet
+    Worker(sessions, device="cpu").run(drain=True)
+    a = jobs.submit_batch(sessions, crop_files(4, 72), model_id, "next", owner="ana")
+    b = jobs.submit_batch(sessions, crop_files(4, 73), model_id, "after", owner="ana")
+    info_a, info_b = jobs.queue_info(sessions, a.job_id), jobs.queue_info(sessions, b.job_id)
+    assert (info_a.position, info_b.position) == (1, 2)
+    assert 0 < info_a.eta_s < info_b.eta_s  # b waits for a's images too
+    done = jobs.queue_info(sessions, first.job_id)
+    assert done.status == "done" and done.eta_s is None and done.done == done.total == 6
+
+
+@pytest.mark.slow
+def test_command_line_submit_jobs_export(history, db_url, data_dir, tmp_path):
+    sessions = history[0]
+    import json
+
+    import openpyxl
+
+    folder = tmp_path / "upload"
+    folder.mkdir()
+    for raw in crop_files(3, 81) + [field_file(82)]:
+        (folder / raw.source).write_bytes(raw.data)
+    (folder / "notes.tif").write_text("not an image")
+    env = worker_env(db_url, data_dir)
+
+    def cli(*args):
+        proc = subprocess.run([sys.executable, "-m", "lsm_core", *args], cwd=ROOT, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        return proc
+
+    out = cli("submit", str(folder), "--model", "tiny-lsm", "--batch", "cli batch", "--mouse-id", "M3", "--age-days", "540",
+              "--sex", "M", "--strain", "C57BL/6", "--gate", "LSK", "--notes", "<b>not html</b>", "--owner", "cara")
+    words = out.stdout.split()
+    assert words[0] == "batch" and words[2] == "job" and len(words) == 4
+    assert "notes.tif" in out.stderr and "text file" in out.stderr
+    batch_id, job_id = int(words[1]), int(words[3])
+    listed = json.loads(cli("jobs", "--json").stdout)
+    mine = next(j for j in listed if j["id"] == job_id)
+    assert set(mine) == {"id", "batch", "owner", "kind", "status", "done", "total", "attempts", "error"}
+    assert (mine["status"], mine["batch"], mine["owner"], mine["total"]) == ("queued", batch_id, "cara", 4)
+    cli("worker", "--drain", "--device", "cpu")
+    mine = next(j for j in json.loads(cli("jobs", "--json").stdout) if j["id"] == job_id)
+    assert (mine["status"], mine["done"], mine["attempts"]) == ("done", 4, 1)
+    xlsx = tmp_path / "export.xlsx"
+    cli("export", str(batch_id), "--out", str(xlsx))
+    sheet = openpyxl.load_workbook(xlsx).active
+    rows = list(sheet.iter_rows(values_only=True))
+    header = rows[0]
+    assert header[:9] == ("file", "page", "cell", "x", "y", "w", "h", "predicted", "score")
+    assert {"batch", "mouse_id", "age_days", "sex", "strain", "gate", "notes"} <= set(header)
+    with sessions() as s:
+        n_cells = s.scalar(select(func.count()).select_from(Cell).where(Cell.batch_id == batch_id))
+    assert len(rows) - 1 == n_cells + 1  # every cell, plus the text file's error row
+    body = [dict(zip(header, r)) for r in rows[1:]]
+    assert all(r["batch"] == batch_id and r["age_days"] == 540 and r["notes"] == "<b>not html</b>" for r in body)
