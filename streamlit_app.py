@@ -7,7 +7,15 @@ from pages._shared import sessions
 
 st.set_page_config(page_title="LSM classifier", page_icon=":microscope:", layout="wide")
 
-pages = [st.Page("pages/models.py", title="Models", icon=":material/model_training:", default=True)]
+# URL paths differ from the file names on purpose: until the first session of a freshly started server
+# has run st.navigation, Streamlit would serve /results straight from pages/results.py (its legacy
+# pages/ directory mode), without this frame.
+pages = [
+    st.Page("pages/classify.py", title="Classify", icon=":material/upload:", default=True),
+    st.Page("pages/results.py", title="Results", icon=":material/bar_chart:", url_path="batch-results"),
+    st.Page("pages/history.py", title="History", icon=":material/history:", url_path="batch-history"),
+    st.Page("pages/models.py", title="Models", icon=":material/model_training:", url_path="model-registry"),
+]
 navigation = st.navigation(pages)
 
 factory = sessions()  # upgrades the database on first use

@@ -91,12 +91,36 @@ def batch_cells(s: Session, batch_id: int, offset: int = 0, limit: int = 100, mi
     )
     if order == "score":
         query = query.order_by(Cell.score.desc(), Cell.id)
+    elif order == "class":
+        query = query.order_by(Cell.predicted, Cell.score.desc(), Cell.id)
     else:
         query = query.order_by(Image.position, Cell.idx)
     rows = s.execute(query.offset(offset).limit(limit)).all()
     return [{"file": file, "page": page, "cell": c.idx, "x": c.x, "y": c.y, "w": c.w, "h": c.h, "predicted": c.predicted,
              "score": c.score, "probs": c.probs, "flags": c.flags, "image_id": c.image_id, "id": c.id}
             for c, file, page in rows]
+
+
+def count_cells(s: Session, batch_id: int, min_score: float = 0.0) -> int:
+    return s.scalar(select(func.count()).select_from(Cell).where(Cell.batch_id == batch_id, Cell.score >= min_score)) or 0
+
+
+def batch_images(s: Session, batch_id: int) -> list[Image]:
+    return list(s.scalars(select(Image).where(Image.batch_id == batch_id).order_by(Image.position)))
+
+
+def image_cells(s: Session, image_id: int) -> list[dict]:
+    return [{"cell": c.idx, "x": c.x, "y": c.y, "w": c.w, "h": c.h, "predicted": c.predicted, "score": c.score}
+            for c in s.scalars(select(Cell).where(Cell.image_id == image_id).order_by(Cell.idx))]
+
+
+def batch_job(s: Session, batch_id: int) -> Job | None:
+    """The batch's latest job."""
+    return s.scalars(select(Job).where(Job.batch_id == batch_id).order_by(Job.id.desc()).limit(1)).first()
+
+
+def owners(s: Session) -> list[str]:
+    return list(s.scalars(select(Batch.owner).distinct().order_by(Batch.owner)))
 
 
 def class_counts(s: Session, batch_ids: Iterable[int], threshold: float = 0.0) -> dict[int, dict[str, int]]:

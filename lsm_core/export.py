@@ -12,7 +12,7 @@ from lsm_core.errors import LsmError
 FORMATS = (".csv", ".xlsx")
 
 
-def _cell_text(value):
+def spreadsheet_text(value):
     # Spreadsheet programs run text that starts with = + - @ as a formula: keep file names inert.
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
         return "'" + value
@@ -39,7 +39,7 @@ def write_table(path: str | Path, columns: Sequence[str], rows: Iterable[Sequenc
     ws = book.create_sheet(sheet)
     ws.append(list(columns))
     for row in rows:
-        ws.append([_cell_text(v) for v in row])
+        ws.append([spreadsheet_text(v) for v in row])
         n += 1
     book.save(path)
     return n

@@ -85,6 +85,27 @@ class Submitted:
     errors: list[tuple[str, str]] = field(default_factory=list)  # (file, message)
 
 
+def image_rows(files: Iterable[RawFile], blobs: BlobStore, limits: Limits) -> tuple[list[Image], list[tuple[str, str]]]:
+    """Image rows (not yet in a session) for uploaded files: each file's bytes stored once, each decoded
+    once to validate it; a file that fails becomes a row with its error. Also returns (file, error) pairs."""
+    rows: list[Image] = []
+    errors: list[tuple[str, str]] = []
+    for raw in files:
+        sha = blobs.put(raw.data) if raw.error is None and raw.data else None
+        for record in decode_raw(raw, limits):
+            image = Image(
+                position=len(rows), file=record.source, page=record.page + 1, sha256=sha if record.ok else record.sha256,
+                width=record.width, height=record.height, bit_depth=record.bit_depth, error=record.error,
+                done=not record.ok,
+            )
+            if not record.ok:
+                image.n_cells = 0
+                errors.append((record.source, record.error or ""))
+            rows.append(image)
+            record.pixels = None
+    return rows, errors
+
+
 def submit_batch(
     sessions: sessionmaker[Session],
     files: Iterable[RawFile],
@@ -108,25 +129,7 @@ def submit_batch(
         raise LsmError("the batch needs a name")
     if len(name) > 200:
         raise LsmError("the batch name is longer than 200 characters")
-    blobs = blobs or BlobStore()
-    limits = limits or Limits.from_env()
-    rows: list[Image] = []
-    errors: list[tuple[str, str]] = []
-    for raw in files:
-        sha = None
-        if raw.error is None and raw.data:
-            sha = blobs.put(raw.data)
-        for record in decode_raw(raw, limits):
-            image = Image(
-                position=len(rows), file=record.source, page=record.page + 1, sha256=sha if record.ok else record.sha256,
-                width=record.width, height=record.height, bit_depth=record.bit_depth, error=record.error,
-                done=not record.ok,
-            )
-            if not record.ok:
-                image.n_cells = 0
-                errors.append((record.source, record.error or ""))
-            rows.append(image)
-            record.pixels = None
+    rows, errors = image_rows(files, blobs or BlobStore(), limits or Limits.from_env())
     if not rows:
         raise LsmError("no files were uploaded")
     readable = sum(1 for r in rows if r.error is None)

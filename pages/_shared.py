@@ -1,12 +1,178 @@
-"""What every page shares: the database, cached once per server process (imported by pages, not a page)."""
+"""What pages share: the database (cached once per server process) and the results view of one batch.
+
+Imported by pages; not a page itself. Widgets only: data and figures come from lsm_core and db.
+"""
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
+from db import queries
+from lsm_core.blobs import BlobStore
+from lsm_core.errors import LsmError
+from lsm_core.images import decode_bytes
+from lsm_core.jobs import current_user
+from lsm_core.report import (
+    cell_arrays,
+    cells_csv,
+    composition_figure,
+    field_figure,
+    load_report,
+    probability_figure,
+    score_histogram,
+    thumbnail,
+    workbook,
+)
 from lsm_core.service import open_history
+from lsm_core.stats import PAPER_THRESHOLDS
+from lsm_core.tasks import TASK_TITLES
+
+PAGE_SIZE = 50
 
 
 @st.cache_resource(show_spinner="Opening the database ...")
 def sessions():
     _engine, factory = open_history()
     return factory
+
+
+def user() -> str:
+    return current_user()
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def image_pixels(sha256: str, page: int):
+    """The grey pixels of one stored image page (cached: thumbnails and field views reuse them)."""
+    records = decode_bytes("stored", BlobStore().get(sha256))
+    record = next((r for r in records if r.page == page - 1 and r.ok), None)
+    return None if record is None else record.pixels
+
+
+def model_options(task: str | None = None) -> dict[str, int]:
+    """Model labels (defaults first; demo models marked "synthetic demo") to model ids."""
+    with sessions()() as s:
+        rows = queries.models(s, task)
+    rows.sort(key=lambda m: (not m.is_default, m.task, m.name, -m.version))
+    return {f"{TASK_TITLES.get(m.task, m.task)} · {m.label}": m.id for m in rows}
+
+
+def threshold_picker(key: str) -> float:
+    """A score threshold slider with the paper's quick choices."""
+    slider_key = f"{key}_threshold"
+    if slider_key not in st.session_state:
+        st.session_state[slider_key] = 0.0
+
+    def quick():
+        choice = st.session_state.get(f"{key}_quick")
+        if choice is not None:
+            st.session_state[slider_key] = float(choice)
+
+    cols = st.columns([2, 3])
+    cols[0].pills("Paper's thresholds", PAPER_THRESHOLDS, key=f"{key}_quick", on_change=quick,
+                  help="Wang et al. looked at cells above 0.5, 0.7 and 0.9; 0.34 keeps almost every LSM cell.")
+    return cols[1].slider("Score threshold: only cells whose largest probability reaches it are counted",
+                          0.0, 1.0, step=0.01, key=slider_key)
+
+
+def render_results(batch_id: int, key: str = "results") -> None:
+    """The whole results view of one batch: summary, figures, cell table, field of view, downloads."""
+    factory = sessions()
+    threshold = threshold_picker(key)
+    with factory() as s:
+        try:
+            report = load_report(s, batch_id, threshold)
+        except LsmError as exc:
+            st.error(str(exc))
+            return
+        pred, score, probs = cell_arrays(s, batch_id, report.classes)
+        images = queries.batch_images(s, batch_id)
+    model = report.model
+    st.markdown(f"### {report.name}")
+    meta = report.meta
+    facts = [f"owner **{report.owner}**", f"model **{model['name']} v{model['version']}**"]
+    facts += [f"{label} **{meta[k]}**" for k, label in (("mouse_id", "mouse"), ("age", "age"), ("sex", "sex"),
+                                                         ("strain", "strain/reporter"), ("gate", "gate"),
+                                                         ("imaging_date", "imaged")) if meta.get(k)]
+    st.markdown(" · ".join(facts))
+    if model["demo"]:
+        st.warning("Classified by a **synthetic demo** model, trained on generated cells only: "
+                   "these numbers say nothing about real cells.")
+    if meta.get("notes"):
+        st.caption("Notes:")
+        st.text(meta["notes"])  # always shown as text, never as HTML or markdown
+    c = st.columns(4)
+    c[0].metric("Cells", f"{report.cells_total:,}")
+    c[1].metric(f"Cells with score ≥ {threshold:.2f}", f"{report.cells_kept:,}")
+    c[2].metric("Images", f"{report.images:,}")
+    c[3].metric("Files that failed", f"{len(report.failed):,}")
+    if report.failed:
+        with st.expander(f"{len(report.failed)} file(s) could not be used", expanded=True):
+            st.dataframe(pd.DataFrame(report.failed, columns=["file", "problem"]), hide_index=True, width="stretch")
+    if report.without_cells:
+        st.info(f"No cells were found in {len(report.without_cells)} image(s): " + ", ".join(report.without_cells[:10])
+                + (" ..." if len(report.without_cells) > 10 else ""))
+    if report.cells_total == 0:
+        st.info("This batch has no classified cells yet.")
+        return
+
+    st.subheader("Composition")
+    left, right = st.columns([3, 2])
+    left.plotly_chart(composition_figure(report), width="stretch", key=f"{key}_composition")
+    right.dataframe(
+        pd.DataFrame([{"class": sh.cls, "cells": sh.count, "%": round(100 * sh.fraction, 1),
+                       "95% CI": f"{100 * sh.low:.1f} to {100 * sh.high:.1f}"} for sh in report.shares]),
+        hide_index=True, width="stretch",
+    )
+    left, right = st.columns(2)
+    left.markdown("**Scores by predicted class**")
+    left.plotly_chart(score_histogram(pred, score, report.classes, threshold), width="stretch", key=f"{key}_scores")
+    right.markdown("**Per-cell probabilities**")
+    right.plotly_chart(probability_figure(pred, probs, report.classes), width="stretch", key=f"{key}_probs")
+
+    st.subheader("Cells")
+    n = report.cells_kept
+    c = st.columns([2, 1, 1])
+    order = c[0].radio("Sort by", ["upload order", "score", "class"], horizontal=True, key=f"{key}_order")
+    pages = max(1, -(-n // PAGE_SIZE))
+    page = c[1].number_input(f"Page (of {pages})", 1, pages, 1, key=f"{key}_page")
+    c[2].caption(f"{n:,} cells at this threshold, {PAGE_SIZE} per page")
+    with factory() as s:
+        rows = queries.batch_cells(s, batch_id, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE, min_score=threshold,
+                                   order={"upload order": "position"}.get(order, order))
+    by_image = {im.id: im for im in images}
+    table = []
+    for r in rows:
+        im = by_image.get(r["image_id"])
+        pixels = image_pixels(im.sha256, im.page) if im is not None and im.sha256 else None
+        thumb = thumbnail(pixels, (r["x"], r["y"], r["w"], r["h"])) if pixels is not None else None
+        table.append({"cell": thumb, "file": r["file"], "#": r["cell"], "predicted": r["predicted"],
+                      "score": round(r["score"], 3), **{f"p({c})": round(p, 3) for c, p in zip(report.classes, r["probs"])},
+                      "flags": r["flags"]})
+    st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch",
+                 column_config={"cell": st.column_config.ImageColumn("cell", width="small")})
+
+    fields = [im for im in images if im.kind == "field" and im.n_cells]
+    if fields:
+        st.subheader("Field of view")
+        names = {f"{im.file} (page {im.page}, {im.n_cells} cells)" if im.page > 1 else f"{im.file} ({im.n_cells} cells)": im
+                 for im in fields}
+        chosen = names[st.selectbox("Image", list(names), key=f"{key}_field")]
+        pixels = image_pixels(chosen.sha256, chosen.page)
+        if pixels is None:
+            st.error("The stored image could not be read back.")
+        else:
+            with factory() as s:
+                cells = queries.image_cells(s, chosen.id)
+            st.plotly_chart(field_figure(pixels, cells, report.classes, threshold), width="stretch", key=f"{key}_fov")
+
+    download_buttons(batch_id, threshold, key)
+
+
+def download_buttons(batch_id: int, threshold: float, key: str) -> None:
+    with sessions()() as s:
+        xlsx = workbook(s, batch_id, threshold)
+        csv = cells_csv(s, batch_id)
+    c = st.columns(2)
+    c[0].download_button("Download xlsx (cells, summary, batch, model)", xlsx, file_name=f"batch-{batch_id}.xlsx",
+                         mime="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", key=f"{key}_xlsx")
+    c[1].download_button("Download csv (cells)", csv, file_name=f"batch-{batch_id}.csv", mime="text/csv", key=f"{key}_csv")

@@ -1,0 +1,134 @@
+"""Classify page: upload a batch with its mouse metadata, queue it for the GPU, watch it, see the results."""
+import pandas as pd
+import streamlit as st
+
+from lsm_core import batches
+from lsm_core.errors import LsmError
+from lsm_core.images import iter_upload
+from lsm_core.jobs import BatchMeta, queue_info, submit_batch
+from pages._shared import model_options, render_results, sessions, user
+
+AGE_UNITS = {"weeks": 7.0, "days": 1.0, "months": 30.44}
+
+st.title("Classify")
+factory = sessions()
+options = model_options()
+
+if not options:
+    st.error("No classifier is registered. Start the app with `python -m lsm_core serve`, which registers the "
+             "synthetic demo models, or import a model on the Models page.")
+    st.stop()
+
+
+def age_in_days(text: str, unit: str) -> float | None:
+    text = (text or "").strip().replace(",", ".")
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise LsmError(f"age {text!r} is not a number; type e.g. 10 and choose the unit") from None
+    return value * AGE_UNITS[unit]
+
+
+def uploads(files) -> list:
+    return [raw for f in files for raw in iter_upload(f.name, f.getvalue())]
+
+
+with st.form("batch", clear_on_submit=False):
+    files = st.file_uploader("Images: PNG, JPEG, TIFF (8/16-bit, multi-page) or ZIP archives of them",
+                             accept_multiple_files=True, key="files")
+    c = st.columns([3, 2])
+    name = c[0].text_input("Batch name", placeholder="e.g. M17 LT-HSC 2026-11-20")
+    model_label = c[1].selectbox("Classifier", list(options), help="Demo models are marked (synthetic demo).")
+    c = st.columns(4)
+    mouse_id = c[0].text_input("Mouse id")
+    age_text = c[1].text_input("Age", placeholder="e.g. 10")
+    age_unit = c[2].selectbox("Age unit", list(AGE_UNITS))
+    sex = c[3].selectbox("Sex", ["", "F", "M"], format_func=lambda v: v or "not given")
+    c = st.columns(3)
+    strain = c[0].text_input("Strain or reporter", placeholder="e.g. C57BL/6, Evi1-GFP")
+    gate = c[1].text_input("Sorting gate", placeholder="e.g. LSK CD150+CD48-")
+    imaging_date = c[2].date_input("Imaging date", value=None, format="YYYY-MM-DD")
+    notes = st.text_area("Notes", height=80)
+    submitted = st.form_submit_button("Classify", type="primary")
+
+
+def do_submit(batch_name: str, add_to: int | None = None) -> None:
+    files_now = st.session_state.get("files") or []
+    if not files_now:
+        st.error("Choose at least one file to upload.")
+        return
+    try:
+        raws = uploads(files_now)
+        if add_to is not None:
+            result = batches.add_files(factory, add_to, raws, user())
+        else:
+            meta = BatchMeta(mouse_id=mouse_id or None, age_days=age_in_days(age_text, age_unit), sex=sex or None,
+                             strain=strain or None, gate=gate or None,
+                             imaging_date=imaging_date.isoformat() if imaging_date else None, notes=notes or None)
+            result = submit_batch(factory, raws, options[model_label], batch_name, owner=user(), meta=meta)
+    except LsmError as exc:
+        st.error(str(exc))
+        return
+    st.session_state["current"] = {"batch": result.batch_id, "job": result.job_id, "errors": result.errors}
+    st.session_state.pop("pending_name", None)
+
+
+if submitted:
+    try:
+        age_in_days(age_text, age_unit)  # a wrong age is said before anything is stored
+        if not name.strip():
+            raise LsmError("Give the batch a name.")
+    except LsmError as exc:
+        st.error(str(exc))
+    else:
+        existing = batches.find_by_name(factory, user(), name)
+        if existing is not None:
+            st.session_state["pending_name"] = {"name": name.strip(), "existing": existing}
+        else:
+            do_submit(name)
+
+pending = st.session_state.get("pending_name")
+if pending:
+    st.warning(f"You already have a batch called “{pending['name']}”. Rename this one, or add these files to it?")
+    choice = st.radio("What should happen", ["Rename this batch", "Add the files to the existing batch"], key="dup_choice")
+    if choice == "Rename this batch":
+        new_name = st.text_input("New name", value=f"{pending['name']} (2)", key="dup_name")
+        if st.button("Classify under the new name"):
+            if batches.find_by_name(factory, user(), new_name) is not None:
+                st.error(f"“{new_name}” is taken too; choose another name.")
+            else:
+                do_submit(new_name)
+                st.rerun()
+    elif st.button("Add and classify"):
+        do_submit(pending["name"], add_to=pending["existing"])
+        st.rerun()
+
+current = st.session_state.get("current")
+if current:
+    if current["errors"]:
+        st.error(f"{len(current['errors'])} file(s) could not be read; the rest of the batch goes on.")
+        st.dataframe(pd.DataFrame(current["errors"], columns=["file", "problem"]), hide_index=True, width="stretch")
+    info = queue_info(factory, current["job"])
+    if info.status in ("queued", "running"):
+
+        @st.fragment(run_every=1.0)
+        def progress() -> None:
+            now = queue_info(factory, current["job"])
+            if now.status not in ("queued", "running"):
+                st.rerun()
+            label = f"{now.done:,} of {now.total:,} images"
+            if now.status == "queued":
+                label += f" · waiting in the queue, position {now.position}" if now.position else " · waiting"
+            if now.eta_s is not None:
+                label += f" · about {max(1, round(now.eta_s)):,} s left"
+            st.progress(now.done / now.total if now.total else 0.0, text=label)
+            st.caption("You can leave this page: the batch goes on and is kept in the History.")
+
+        progress()
+    elif info.status == "done":
+        st.success("Done.")
+        render_results(current["batch"], key="classify")
+    else:
+        st.error(f"The batch {info.status}" + (f": {info.error}" if info.error else "."))
