@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-requirements
 PORT ?= 8501
 
-.PHONY: install run test bench
+.PHONY: install browser run test bench
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,13 @@ install: $(STAMP)
 run: install
 	$(PY) -m lsm_core serve --port $(PORT)
 
-test: install
+# Debian's chromium for the browser tests (root installs it; otherwise those tests skip, and fail under CI=true)
+browser:
+	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } ; } || \
+	  echo "chromium is not installed: browser tests will skip (apt-get install chromium)"
+
+test: install browser
 	$(PY) -m pytest
 
 bench: install

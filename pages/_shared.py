@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from db import queries
+from db.session import database_url
 from lsm_core.blobs import BlobStore
 from lsm_core.errors import LsmError
 from lsm_core.images import decode_bytes
@@ -31,9 +32,14 @@ PAGE_SIZE = 50
 
 
 @st.cache_resource(show_spinner="Opening the database ...")
-def sessions():
-    _engine, factory = open_history()
+def _open(url: str):
+    _engine, factory = open_history(url)
     return factory
+
+
+def sessions():
+    """The session factory of LSM_DATABASE_URL (opened, upgraded and synced once per server process)."""
+    return _open(database_url())
 
 
 def user() -> str:
@@ -49,10 +55,11 @@ def image_pixels(sha256: str, page: int):
 
 
 def model_options(task: str | None = None) -> dict[str, int]:
-    """Model labels (defaults first; demo models marked "synthetic demo") to model ids."""
+    """Model labels (LSM first, each task's default first; demo models marked "synthetic demo") to model ids."""
     with sessions()() as s:
         rows = queries.models(s, task)
-    rows.sort(key=lambda m: (not m.is_default, m.task, m.name, -m.version))
+    order = list(TASK_TITLES)  # the LSM classifier first, then aging
+    rows.sort(key=lambda m: (order.index(m.task) if m.task in order else len(order), not m.is_default, m.name, -m.version))
     return {f"{TASK_TITLES.get(m.task, m.task)} · {m.label}": m.id for m in rows}
 
 
@@ -107,7 +114,7 @@ def render_results(batch_id: int, key: str = "results") -> None:
     c[3].metric("Files that failed", f"{len(report.failed):,}")
     if report.failed:
         with st.expander(f"{len(report.failed)} file(s) could not be used", expanded=True):
-            st.dataframe(pd.DataFrame(report.failed, columns=["file", "problem"]), hide_index=True, width="stretch")
+            file_errors(report.failed)
     if report.without_cells:
         st.info(f"No cells were found in {len(report.without_cells)} image(s): " + ", ".join(report.without_cells[:10])
                 + (" ..." if len(report.without_cells) > 10 else ""))
@@ -166,6 +173,14 @@ def render_results(batch_id: int, key: str = "results") -> None:
             st.plotly_chart(field_figure(pixels, cells, report.classes, threshold), width="stretch", key=f"{key}_fov")
 
     download_buttons(batch_id, threshold, key)
+
+
+def file_errors(errors: list[tuple[str, str]], shown: int = 25) -> None:
+    """Each failed file with its message, as plain text (file names are never read as HTML or markdown)."""
+    for file, message in errors[:shown]:
+        st.text(f"✗ {file}: {message}")
+    if len(errors) > shown:
+        st.dataframe(pd.DataFrame(errors[shown:], columns=["file", "problem"]), hide_index=True, width="stretch")
 
 
 def download_buttons(batch_id: int, threshold: float, key: str) -> None:

@@ -1,12 +1,11 @@
 """Classify page: upload a batch with its mouse metadata, queue it for the GPU, watch it, see the results."""
-import pandas as pd
 import streamlit as st
 
 from lsm_core import batches
 from lsm_core.errors import LsmError
 from lsm_core.images import iter_upload
 from lsm_core.jobs import BatchMeta, queue_info, submit_batch
-from pages._shared import model_options, render_results, sessions, user
+from pages._shared import file_errors, model_options, render_results, sessions, user
 
 AGE_UNITS = {"weeks": 7.0, "days": 1.0, "months": 30.44}
 
@@ -109,7 +108,7 @@ current = st.session_state.get("current")
 if current:
     if current["errors"]:
         st.error(f"{len(current['errors'])} file(s) could not be read; the rest of the batch goes on.")
-        st.dataframe(pd.DataFrame(current["errors"], columns=["file", "problem"]), hide_index=True, width="stretch")
+        file_errors(current["errors"])
     info = queue_info(factory, current["job"])
     if info.status in ("queued", "running"):
 

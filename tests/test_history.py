@@ -354,3 +354,33 @@ def test_command_line_submit_jobs_export(history, db_url, data_dir, tmp_path):
     assert len(rows) - 1 == n_cells + 1  # every cell, plus the text file's error row
     body = [dict(zip(header, r)) for r in rows[1:]]
     assert all(r["batch"] == batch_id and r["age_days"] == 540 and r["notes"] == "<b>not html</b>" for r in body)
+
+
+def test_batch_operations_check_the_owner(history):
+    from lsm_core import batches
+
+    sessions, _, model_id = history
+    sub = jobs.submit_batch(sessions, crop_files(3, 91), model_id, "mine", owner="ana")
+    Worker(sessions, device="cpu").run(drain=True)
+    assert batches.find_by_name(sessions, "ana", " mine ") == sub.batch_id
+    assert batches.find_by_name(sessions, "ben", "mine") is None
+    with pytest.raises(LsmError, match="belongs to ana"):
+        batches.rename(sessions, sub.batch_id, "stolen", "ben")
+    with pytest.raises(LsmError, match="belongs to ana"):
+        batches.delete(sessions, sub.batch_id, "ben")
+    batches.rename(sessions, sub.batch_id, "renamed", "ana")
+    added = batches.add_files(sessions, sub.batch_id, crop_files(2, 92, prefix="more"), "ana")
+    Worker(sessions, device="cpu").run(drain=True)
+    rerun = batches.rerun(sessions, sub.batch_id, model_id, "ben")  # anyone may re-run into a batch of their own
+    Worker(sessions, device="cpu").run(drain=True)
+    with sessions() as s:
+        assert s.get(Batch, sub.batch_id).name == "renamed"
+        assert s.get(Job, added.job_id).status == "done"
+        assert queries.count_cells(s, sub.batch_id) == 5
+        copy = s.get(Batch, rerun.batch_id)
+        assert copy.owner == "ben" and copy.status == "done" and queries.count_cells(s, rerun.batch_id) == 5
+    batches.delete(sessions, sub.batch_id, "ana")
+    with sessions() as s:
+        assert s.get(Batch, sub.batch_id) is None
+        assert s.scalar(select(func.count()).select_from(Cell).where(Cell.batch_id == sub.batch_id)) == 0
+        assert queries.count_cells(s, rerun.batch_id) == 5  # the re-run keeps its own cells

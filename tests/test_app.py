@@ -1,0 +1,150 @@
+"""Every page through streamlit.testing.v1.AppTest, on an empty database and on one with a classified batch."""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "streamlit_app.py")
+
+
+@pytest.fixture
+def app_env(tmp_path, monkeypatch):
+    """A fresh data dir (SQLite) whose model store holds demo-named tiny models."""
+    from lsm_core import nets
+    from lsm_core.models import Manifest, ModelStore
+
+    monkeypatch.setenv("LSM_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("LSM_DATABASE_URL", raising=False)
+    monkeypatch.setenv("LSM_USER", "ana")
+    store = ModelStore(tmp_path / "models")
+    for task, name, classes in (("lsm", "demo-lsm", ["LT-HSC", "ST-HSC", "MPP"]), ("aging", "demo-aging", ["young", "aged"])):
+        store.add(nets.create("tiny_cnn", len(classes)), Manifest(task=task, name=name, classes=classes, architecture="tiny_cnn", demo=True))
+    return tmp_path
+
+
+@pytest.fixture
+def with_batch(app_env):
+    """One classified LSM batch: 6 crops, one field of view, one broken file."""
+    import tifffile
+
+    from db import queries
+    from lsm_core import synthetic
+    from lsm_core.images import RawFile
+    from lsm_core.jobs import BatchMeta, submit_batch
+    from lsm_core.service import open_history
+    from lsm_core.worker import Worker
+
+    engine, sessions = open_history()
+    crops, _ = synthetic.make_crops("lsm", 6, seed=5)
+    files = []
+    for i, c in enumerate(crops):
+        buf = io.BytesIO()
+        PILImage.fromarray((c * 255).astype(np.uint8)).save(buf, format="PNG")
+        files.append(RawFile(f"crop{i}.png", buf.getvalue()))
+    field, _ = synthetic.make_field("lsm", seed=6, shape=(768, 768), n_cells=8, n_debris=0)
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.round(field * 4095).astype(np.uint16))
+    files += [RawFile("field.tif", buf.getvalue()), RawFile("broken.png", b"\x89PNG\r\n\x1a\nbroken")]
+    with sessions() as s:
+        model_id = queries.model_by_name(s, "demo-lsm").id
+    sub = submit_batch(sessions, files, model_id, "M17 LT-HSC", owner="ana",
+                       meta=BatchMeta(mouse_id="M17", age_days=70, sex="F", notes="<script>alert(1)</script>"))
+    Worker(sessions, device="cpu").run(drain=True)
+    engine.dispose()
+    return sub
+
+
+def run_page(page: str | None = None, query: dict | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    if query:
+        at.query_params.update(query)
+    at.run()
+    if page:
+        at.switch_page(page)
+        at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [m.value for m in at.title] + [m.value for m in at.subheader]
+    parts += [e.value for e in at.error] + [e.value for e in at.info] + [w.value for w in at.warning] + [c.value for c in at.caption]
+    return "\n".join(str(p) for p in parts)
+
+
+def test_classify_page_on_an_empty_database(app_env):
+    at = run_page()
+    assert at.title[0].value == "Classify"
+    labels = [w.label for w in at.text_input]
+    assert {"Batch name", "Mouse id", "Age", "Strain or reporter", "Sorting gate"} <= set(labels)
+    classifier = next(s for s in at.selectbox if s.label == "Classifier")
+    assert any("synthetic demo" in o for o in classifier.options)
+    assert any("Aging" in o for o in classifier.options) and any("LSM" in o for o in classifier.options)
+    assert [s.label for s in at.selectbox if s.label == "Age unit"] and "weeks" in next(s for s in at.selectbox if s.label == "Age unit").options
+    assert any(b.label == "Classify" for b in at.button)
+    assert "Signed in as" in texts(at) and "unauthenticated" in texts(at)
+    assert "No worker is running" in texts(at)
+
+
+def test_classify_page_says_what_is_wrong(app_env):
+    at = run_page()
+    name = next(w for w in at.text_input if w.label == "Batch name")
+    age = next(w for w in at.text_input if w.label == "Age")
+    age.set_value("ten weeks")
+    name.set_value("my batch")
+    next(b for b in at.button if b.label == "Classify").click()
+    at.run()
+    assert "not a number" in texts(at)
+    next(w for w in at.text_input if w.label == "Age").set_value("10")
+    next(b for b in at.button if b.label == "Classify").click()
+    at.run()
+    assert "Choose at least one file" in texts(at)
+
+
+@pytest.mark.parametrize("page,words", [("pages/results.py", "No batches yet"), ("pages/history.py", "No batches yet")])
+def test_results_and_history_on_an_empty_database(app_env, page, words):
+    at = run_page(page)
+    assert words in texts(at)
+
+
+def test_models_page_lists_demo_models(app_env):
+    at = run_page("pages/models.py")
+    frame = at.dataframe[0].value
+    assert set(frame["model"]) == {"demo-lsm", "demo-aging"}
+    assert set(frame["kind"]) == {"synthetic demo"}
+
+
+def test_results_page_with_data(with_batch):
+    at = run_page("pages/results.py", {"batch": str(with_batch.batch_id)})
+    shown = texts(at)
+    assert "Composition" in [h.value for h in at.subheader]
+    assert "synthetic demo" in shown and "M17" in shown and "10.0 weeks" in shown
+    metrics = {m.label: m.value for m in at.metric}
+    cells = int(metrics["Cells"].replace(",", ""))
+    assert cells >= 6 + 5 and metrics["Files that failed"] == "1"
+    assert "<script>alert(1)</script>" in [t.value for t in at.text]  # notes shown as plain text
+    threshold = next(s for s in at.slider if s.label.startswith("Score threshold"))
+    threshold.set_value(0.99)
+    at.run()
+    metrics = {m.label: m.value for m in at.metric}
+    kept = int(metrics["Cells with score ≥ 0.99"].replace(",", ""))
+    assert kept <= cells
+    downloads = [d.proto.label for d in at.get("download_button")]
+    assert downloads == ["Download xlsx (cells, summary, batch, model)", "Download csv (cells)"]
+    assert "Field of view" in [h.value for h in at.subheader]
+
+
+def test_history_page_with_data_and_filters(with_batch):
+    at = run_page("pages/history.py")
+    frame = at.dataframe[0].value
+    assert list(frame["name"]) == ["M17 LT-HSC"] and frame["cells"][0] > 0 and frame["failed"][0] == 1
+    next(w for w in at.text_input if w.label.startswith("Text")).set_value("no such thing")
+    at.run()
+    assert "No batches match" in texts(at)

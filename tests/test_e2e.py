@@ -1,0 +1,168 @@
+"""End to end in a real browser: Debian's chromium driven by playwright against `python -m lsm_core serve`.
+
+Uploads a synthetic field of view, two synthetic crops and one broken file, fills the metadata, presses
+Classify, waits for the job, checks the composition figure and the broken file's error, downloads the xlsx
+and reads it back with openpyxl. A screenshot of every page goes to artifacts/ (git-ignored).
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import openpyxl
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _need_browser():
+    problem = None
+    if not Path(CHROMIUM).exists():
+        problem = f"{CHROMIUM} is missing (apt-get install chromium)"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            problem = "playwright is not installed"
+    if problem:
+        if os.environ.get("CI") == "true":
+            pytest.fail(problem)
+        pytest.skip(problem)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    """`python -m lsm_core serve` (what `make run` runs) on a free port and a fresh data dir."""
+    _need_browser()
+    from lsm_core import nets
+    from lsm_core.models import Manifest, ModelStore
+    from lsm_core.train import TrainConfig, fit
+    from lsm_core import synthetic
+
+    store = ModelStore(tmp_path / "data" / "models")
+    for task, name, classes in (("lsm", "demo-lsm", ["LT-HSC", "ST-HSC", "MPP"]), ("aging", "demo-aging", ["young", "aged"])):
+        x, y = synthetic.make_crops(task, 200, seed=3)
+        net, _ = fit(x, y, len(classes), TrainConfig(architecture="tiny_cnn", epochs=1, batch_size=64, lr=3e-3, weight_decay=0))
+        store.add(net, Manifest(task=task, name=name, classes=classes, architecture="tiny_cnn", demo=True))
+    port = free_port()
+    env = dict(os.environ, LSM_DATA_DIR=str(tmp_path / "data"), PYTHONPATH=str(ROOT), LSM_USER="e2e-user")
+    env.pop("LSM_DATABASE_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "lsm_core", "serve", "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("the app did not start: " + (proc.stdout.read() if proc.stdout else ""))
+    yield url
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def upload_files(tmp_path: Path) -> list[Path]:
+    import tifffile
+    from PIL import Image
+
+    from lsm_core import synthetic
+
+    folder = tmp_path / "upload"
+    folder.mkdir()
+    field, truth = synthetic.make_field("lsm", seed=8, shape=(1024, 1024), n_cells=12, n_debris=2)
+    tifffile.imwrite(folder / "field_M17.tif", np.round(field * 4095).astype(np.uint16))
+    crops, _ = synthetic.make_crops("lsm", 2, seed=9)
+    paths = [folder / "field_M17.tif"]
+    for i, c in enumerate(crops):
+        Image.fromarray((c * 255).astype(np.uint8)).save(folder / f"crop_{i}.png")
+        paths.append(folder / f"crop_{i}.png")
+    good = (folder / "crop_0.png").read_bytes()
+    (folder / "broken.png").write_bytes(good[: len(good) // 3])
+    paths.append(folder / "broken.png")
+    return paths
+
+
+@pytest.mark.slow
+def test_upload_classify_results_and_download_in_chromium(server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    files = upload_files(tmp_path)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run", "--disable-sync"],
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 2200}, accept_downloads=True)
+        page.goto(server)
+        expect(page.get_by_role("heading", name="Classify")).to_be_visible(timeout=60_000)
+        page.screenshot(path=str(ARTIFACTS / "e2e-1-classify.png"), full_page=True)
+        page.locator("input[type=file]").set_input_files([str(f) for f in files])
+        for f in files:
+            expect(page.get_by_text(f.name).first).to_be_visible(timeout=30_000)
+        page.get_by_label("Batch name").fill("M17 e2e batch")
+        page.get_by_label("Mouse id").fill("M17")
+        page.get_by_label("Age", exact=True).fill("10")
+        page.get_by_label("Strain or reporter").fill("C57BL/6")
+        page.get_by_label("Sorting gate").fill("LSK CD150+CD48-")
+        page.get_by_label("Notes").fill("<b>shown as text</b>")
+        page.get_by_role("button", name="Classify", exact=True).click()
+        expect(page.get_by_text("broken.png").first).to_be_visible(timeout=60_000)
+        expect(page.get_by_role("heading", name="Composition")).to_be_visible(timeout=180_000)
+        expect(page.get_by_text(re.compile("damaged or incomplete")).first).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / "e2e-2-classified.png"), full_page=True)
+        with page.expect_download(timeout=60_000) as info:
+            page.get_by_role("button", name=re.compile("^Download xlsx")).first.click()
+        xlsx = tmp_path / "download.xlsx"
+        info.value.save_as(xlsx)
+
+        for title, name in (("Results", "e2e-3-results.png"), ("History", "e2e-4-history.png"), ("Models", "e2e-5-models.png")):
+            page.get_by_role("link", name=title).click()
+            expect(page.get_by_role("heading", name=title)).to_be_visible(timeout=60_000)
+            page.wait_for_timeout(1500)
+            page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+        browser.close()
+
+    book = openpyxl.load_workbook(xlsx)
+    assert book.sheetnames == ["cells", "summary", "batch", "model"]
+    cells = list(book["cells"].iter_rows(values_only=True))
+    header, body = cells[0], cells[1:]
+    assert header[:9] == ("file", "page", "cell", "x", "y", "w", "h", "predicted", "score")
+    field_rows = [r for r in body if r[0] == "field_M17.tif"]
+    crop_rows = [r for r in body if str(r[0]).startswith("crop_")]
+    broken = [r for r in body if r[0] == "broken.png"]
+    assert 10 <= len(field_rows) <= 14 and len(crop_rows) == 2 and len(broken) == 1
+    assert "damaged" in broken[0][header.index("error")]
+    summary = list(book["summary"].iter_rows(values_only=True))
+    assert [r[0] for r in summary[1:]] == ["LT-HSC", "ST-HSC", "MPP"]
+    assert sum(r[1] for r in summary[1:]) == len(field_rows) + len(crop_rows)
+    batch = dict(book["batch"].iter_rows(min_row=2, values_only=True))
+    assert batch["mouse_id"] == "M17" and batch["age_days"] == 70 and batch["owner"] == "e2e-user"
+    model = dict(book["model"].iter_rows(min_row=2, values_only=True))
+    assert model["name"] == "demo-lsm" and len(model["sha256"]) == 64
