@@ -31,3 +31,4 @@ bench: install
 	$(PY) bench/throughput.py
 	$(PY) bench/cells.py
 	$(PY) bench/history.py
+	$(PY) bench/results_page.py

@@ -161,7 +161,10 @@ def field_figure(pixels: np.ndarray, cells: list[dict], classes: list[str], thre
     small = pixels[::step, ::step]
     lo, hi = np.percentile(small, [0.5, 99.5])
     grey = np.clip((small - lo) / max(hi - lo, 1e-9) * 255, 0, 255).astype(np.uint8)
-    fig = go.Figure(go.Image(z=np.stack([grey] * 3, axis=-1), dx=step, dy=step, hoverinfo="skip"))
+    buf = io.BytesIO()
+    PILImage.fromarray(grey).save(buf, format="PNG")  # sent as one PNG, not as a JSON array of pixels
+    source = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    fig = go.Figure(go.Image(source=source, dx=step, dy=step, hoverinfo="skip"))
     for i, cls in enumerate(classes):
         for kept in (True, False):
             mine = [c for c in cells if c["predicted"] == cls and (c["score"] >= threshold) == kept]

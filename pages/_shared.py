@@ -184,10 +184,20 @@ def file_errors(errors: list[tuple[str, str]], shown: int = 25) -> None:
 
 
 def download_buttons(batch_id: int, threshold: float, key: str) -> None:
-    with sessions()() as s:
-        xlsx = workbook(s, batch_id, threshold)
-        csv = cells_csv(s, batch_id)
+    """Download buttons whose files are made only when pressed (a 100,000-cell workbook takes seconds)."""
+    factory = sessions()
+
+    def xlsx() -> bytes:
+        with factory() as s:
+            return workbook(s, batch_id, threshold)
+
+    def csv() -> bytes:
+        with factory() as s:
+            return cells_csv(s, batch_id)
+
     c = st.columns(2)
     c[0].download_button("Download xlsx (cells, summary, batch, model)", xlsx, file_name=f"batch-{batch_id}.xlsx",
-                         mime="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", key=f"{key}_xlsx")
-    c[1].download_button("Download csv (cells)", csv, file_name=f"batch-{batch_id}.csv", mime="text/csv", key=f"{key}_csv")
+                         mime="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", key=f"{key}_xlsx",
+                         on_click="ignore")
+    c[1].download_button("Download csv (cells)", csv, file_name=f"batch-{batch_id}.csv", mime="text/csv",
+                         key=f"{key}_csv", on_click="ignore")
