@@ -148,3 +148,11 @@ def test_history_page_with_data_and_filters(with_batch):
     next(w for w in at.text_input if w.label.startswith("Text")).set_value("no such thing")
     at.run()
     assert "No batches match" in texts(at)
+
+
+@pytest.mark.parametrize("page,title", [(None, "Classify"), ("pages/results.py", "Results"),
+                                        ("pages/history.py", "History"), ("pages/models.py", "Models")])
+def test_every_page_with_data(with_batch, page, title):
+    at = run_page(page)
+    assert at.title[0].value == title
+    assert "unauthenticated" in texts(at)
