@@ -165,6 +165,7 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text)
     errors: Mapped[list[Any]] = mapped_column(JSON, default=list)  # every attempt's error
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # e.g. an evaluation's metrics, a new model's id
     created: Mapped[datetime] = mapped_column(default=utcnow)
     started: Mapped[datetime | None] = mapped_column()
     finished: Mapped[datetime | None] = mapped_column()

@@ -142,6 +142,28 @@ def _robust_sigma(x: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(sample - med)))
 
 
+def cut_crops(image: np.ndarray, centres: np.ndarray, params: FindParams) -> np.ndarray:
+    """Square crops of ``params.crop_um`` around each centre (x, y), resized to ``params.output_size``.
+
+    image : (H, W) float32; centres : (N, 2); returns (N, S, S) float32. Parts outside the image are filled
+    with the image's median (its background level).
+    """
+    h, w = image.shape
+    crop_px = params.crop_px
+    half = crop_px / 2
+    fill = float(np.median(image))
+    out = np.empty((len(centres), params.output_size, params.output_size), np.float32)
+    for i, (cx, cy) in enumerate(np.asarray(centres, dtype=np.float64)):
+        top, left = int(round(cy - half + 0.5)), int(round(cx - half + 0.5))
+        patch = np.full((crop_px, crop_px), fill, np.float32)
+        sy0, sx0 = max(0, top), max(0, left)
+        sy1, sx1 = min(h, top + crop_px), min(w, left + crop_px)
+        if sy1 > sy0 and sx1 > sx0:
+            patch[sy0 - top : sy1 - top, sx0 - left : sx1 - left] = image[sy0:sy1, sx0:sx1]
+        out[i] = _resize(patch, params.output_size)
+    return out
+
+
 def find_cells(image: np.ndarray, params: FindParams | None = None) -> CellCrops:
     """Find the single cells of a field of view and cut one centred crop each.
 
@@ -222,12 +244,9 @@ def find_cells(image: np.ndarray, params: FindParams | None = None) -> CellCrops
         return CellCrops.empty(params.output_size, dropped)
 
     n = len(kept)
-    crops = np.empty((n, params.output_size, params.output_size), np.float32)
     boxes = np.empty((n, 4), np.int32)
     centres = np.empty((n, 2), np.float32)
     flags: list[str] = []
-    fill = float(np.median(image))
-    half = crop_px / 2
     margin = int(np.ceil(1.5 / work_um))  # within 1.5 um of the border: the cell is cut by the edge
     for i, region in enumerate(kept):
         r0, c0, r1, c1 = region.bbox
@@ -235,15 +254,8 @@ def find_cells(image: np.ndarray, params: FindParams | None = None) -> CellCrops
         x1, y1 = min(w, c1 * factor), min(h, r1 * factor)
         boxes[i] = (x0, y0, x1 - x0, y1 - y0)
         cy, cx = region.centroid
-        cx, cy = (cx + 0.5) * factor - 0.5, (cy + 0.5) * factor - 0.5
-        centres[i] = (cx, cy)
+        centres[i] = ((cx + 0.5) * factor - 0.5, (cy + 0.5) * factor - 0.5)
         touches = min(r0, c0) <= margin or r1 >= small.shape[0] - margin or c1 >= small.shape[1] - margin
         flags.append("edge" if touches else "")
-        top, left = int(round(cy - half + 0.5)), int(round(cx - half + 0.5))
-        patch = np.full((crop_px, crop_px), fill, np.float32)
-        sy0, sx0 = max(0, top), max(0, left)
-        sy1, sx1 = min(h, top + crop_px), min(w, left + crop_px)
-        if sy1 > sy0 and sx1 > sx0:
-            patch[sy0 - top : sy1 - top, sx0 - left : sx1 - left] = image[sy0:sy1, sx0:sx1]
-        crops[i] = _resize(patch, params.output_size)
+    crops = cut_crops(image, centres, params)
     return CellCrops(crops, boxes, centres, flags, dropped)

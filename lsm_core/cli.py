@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+
+import numpy as np
 from collections.abc import Callable, Iterator
 
 from lsm_core.errors import LsmError
@@ -191,6 +193,85 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_metrics(m: dict) -> None:
+    print(f"accuracy (consistency): {m['accuracy']:.3f}   macro F1: {m['macro_f1']:.3f}   "
+          f"macro AUC: {m['macro_auc'] if m['macro_auc'] is None else round(m['macro_auc'], 3)}   ECE: {m['ece']:.3f}   n={m['n']}")
+    print("class\tprecision\trecall\tF1\tAUC\tsupport")
+    for c, v in m["per_class"].items():
+        auc = "" if v["auc"] is None else f"{v['auc']:.3f}"
+        print(f"{c}\t{v['precision']:.3f}\t{v['recall']:.3f}\t{v['f1']:.3f}\t{auc}\t{v['support']}")
+    print("confusion matrix (rows: true, columns: predicted):")
+    for c, row in zip(m["classes"], m["confusion_matrix"]):
+        print(f"  {c}\t" + "\t".join(str(v) for v in row))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from lsm_core.cells import FindParams
+    from lsm_core.datasets import from_paths
+    from lsm_core.models import ModelStore, check_name
+    from lsm_core.predict import choose_device
+    from lsm_core.train import TrainConfig, train_and_register
+
+    check_name(args.register)
+    params = FindParams(output_size=args.input_size, crop_um=args.input_size * 0.2 if args.input_size != 64 else 12.8)
+    data = from_paths(args.data, args.task, params)
+    for file, message in data.errors[:20]:
+        _log(f"{file}: {message}")
+    if len(data.errors) > 20:
+        _log(f"... and {len(data.errors) - 20} more unusable files")
+    test = from_paths(args.test, args.task, params) if args.test else None
+    _log(f"training data: {len(data.labels):,} cells from {len(data.sources):,} images: "
+         + ", ".join(f"{c} {n}" for c, n in data.class_counts.items()))
+    config = TrainConfig(architecture=args.arch, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         backbone_lr_factor=0.01 if args.imagenet else 1.0, seed=args.seed)
+    device = choose_device(args.device)
+
+    def progress(epoch, loss, vloss, vacc):
+        _log(f"epoch {epoch}/{config.epochs}: training loss {loss:.4f}, validation loss {vloss:.4f}, "
+             f"validation accuracy {vacc:.3f}")
+
+    package = train_and_register(data, args.task, config, args.register, ModelStore(), test=test, progress=progress,
+                                 device=device, imagenet=args.imagenet, patience=args.patience,
+                                 input_size=args.input_size)
+    try:
+        from lsm_core.registry import sync_models
+
+        sync_models(_sessions())
+    except Exception as exc:  # the store is the source of truth; the database catches up on its next start
+        _log(f"note: the database was not updated now ({exc})")
+    m = package.manifest
+    _log(f"registered {m.label}: temperature {m.temperature:.3f}")
+    _print_metrics(m.metrics)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from lsm_core.classify import find_params_for
+    from lsm_core.datasets import from_paths
+    from lsm_core.metrics import evaluate_probs, softmax
+    from lsm_core.models import ModelStore
+    from lsm_core.predict import Predictor
+
+    package = ModelStore().resolve(args.model)
+    predictor = Predictor(package, device=args.device)
+    data = from_paths(args.data, package.manifest.task, find_params_for(predictor, None))
+    order = [data.classes.index(c) for c in package.manifest.classes]
+    labels = np.array([order.index(v) for v in data.labels]) if order != list(range(len(order))) else data.labels
+    metrics = evaluate_probs(softmax(predictor.logits(data.crops), package.manifest.temperature), labels,
+                             list(package.manifest.classes))
+    metrics["model"] = package.manifest.label
+    metrics["unusable_files"] = [{"file": f, "error": e} for f, e in data.errors]
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        for file, message in data.errors:
+            _log(f"{file}: {message}")
+        _print_metrics(metrics)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lsm_core", description="Classify blood stem cells in DIC images.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -258,6 +339,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixel-size", type=float, metavar="UM_PER_PIXEL")
     p.add_argument("--priority", type=int, default=0)
     p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("train", help="train and register a model on labelled cells (class folders or ZIPs)")
+    p.add_argument("data", nargs="+", metavar="DATA", help="folders of class folders, or ZIPs whose folders are classes")
+    p.add_argument("--task", choices=["lsm", "aging"], required=True)
+    p.add_argument("--register", required=True, metavar="NAME", help="the model name; each training adds a version")
+    p.add_argument("--arch", default="resnet50_paper", help="architecture (see lsm_core/nets.py)")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of the head")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--input-size", type=int, default=64)
+    p.add_argument("--patience", type=int, default=5, help="stop after this many epochs without a better validation loss")
+    p.add_argument("--imagenet", metavar="PTH", help="torchvision ImageNet weights already on disk (never downloaded)")
+    p.add_argument("--test", nargs="*", metavar="DATA", help="a separate labelled test set")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics of a model on labelled cells")
+    p.add_argument("data", nargs="+", metavar="DATA")
+    p.add_argument("--model", required=True)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("jobs", help="list jobs")
     p.add_argument("--json", action="store_true")

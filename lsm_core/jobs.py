@@ -369,3 +369,38 @@ def queue_info(sessions: sessionmaker[Session], job_id: int) -> QueueInfo:
             eta = (ahead_items + remaining) / rate
         return QueueInfo(job.status, position, job.progress_done, job.progress_total, eta, job.error)
 
+
+
+def store_uploads(files: Iterable[RawFile], blobs: BlobStore | None = None) -> list[dict]:
+    """Keep uploaded files whole in the blob store (a training ZIP is unpacked by the worker)."""
+    blobs = blobs or BlobStore()
+    out = []
+    for raw in files:
+        if raw.error is not None or not raw.data:
+            raise LsmError(f"{raw.source}: {raw.error or 'the file is empty'}")
+        out.append({"name": raw.source, "sha256": blobs.put(raw.data)})
+    return out
+
+
+def submit_training(
+    sessions: sessionmaker[Session], task: str, name: str, config: dict, owner: str | None = None,
+    uploads: list[dict] | None = None, batches: dict[int, str] | None = None, test_uploads: list[dict] | None = None,
+    priority: int = 0,
+) -> int:
+    """Queue a training job: data from uploaded labelled ZIPs (see :func:`store_uploads`) and/or labelled batches."""
+    from lsm_core.models import check_name
+    from lsm_core.tasks import task_classes
+
+    task_classes(task)
+    check_name(name)
+    if not uploads and not batches:
+        raise LsmError("choose training data: a labelled ZIP or labelled batches")
+    payload = {"task": task, "name": name, "config": config, "uploads": uploads or [],
+               "batches": {str(k): v for k, v in (batches or {}).items()}, "test_uploads": test_uploads or []}
+    return submit_job(sessions, "train", payload, owner=owner, priority=priority, total=int(config.get("epochs", 20)))
+
+
+def submit_evaluation(sessions: sessionmaker[Session], model_id: int, uploads: list[dict], owner: str | None = None) -> int:
+    if not uploads:
+        raise LsmError("choose a labelled test ZIP")
+    return submit_job(sessions, "evaluate", {"model_id": model_id, "uploads": uploads}, owner=owner, total=1)

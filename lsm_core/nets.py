@@ -129,9 +129,9 @@ def small_cnn(num_classes: int) -> nn.Module:
     return Classifier(SmallCNN(num_classes, (16, 32, 64, 128)))
 
 
-@register("backbone.features", "tiny 2-block CNN (4-8) for tests")
+@register("backbone.features", "tiny 2-block CNN (8-16) for tests")
 def tiny_cnn(num_classes: int) -> nn.Module:
-    return Classifier(SmallCNN(num_classes, (4, 8)))
+    return Classifier(SmallCNN(num_classes, (8, 16)))
 
 
 def create(name: str, num_classes: int) -> nn.Module:

@@ -2,9 +2,9 @@
 
 :func:`fit` trains a registered architecture on crops in memory with the paper's recipe as the default:
 random rotations by multiples of 90 degrees and flips, brightness/contrast jitter, minority classes
-oversampled to equal counts per epoch, cross-entropy, Adam with weight decay 0.05, a peak learning rate of
-5e-4 (one-cycle schedule) for the head and ``backbone_lr_factor`` times that for the rest (the paper's 1% is for an
-ImageNet-initialised backbone; from scratch the factor is 1).
+oversampled to equal counts per epoch, cross-entropy, Adam with weight decay 0.05 (decoupled: AdamW), a
+peak learning rate of 5e-4 (one-cycle schedule) for the head and ``backbone_lr_factor`` times that for the
+rest (the paper's 1% is for an ImageNet-initialised backbone; from scratch the factor is 1).
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from lsm_core import nets
+from lsm_core.errors import LsmError
 
 HEAD_NAMES = ("backbone.fc", "backbone.head")
 
@@ -41,6 +42,7 @@ class History:
     train_loss: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
     val_accuracy: list[float] = field(default_factory=list)
+    stopped_early: int | None = None
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -89,6 +91,7 @@ def train_one_epoch(
     batch_size: int,
     gen: torch.Generator | None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    device: torch.device | str = "cpu",
 ) -> float:
     net.train()
     loss_fn = nn.CrossEntropyLoss()
@@ -98,6 +101,7 @@ def train_one_epoch(
         x, y = crops[idx], labels[idx]
         if gen is not None:
             x = augment(x, gen)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         optimiser.zero_grad(set_to_none=True)
         loss = loss_fn(net(x), y)
         loss.backward()
@@ -110,13 +114,43 @@ def train_one_epoch(
 
 
 @torch.inference_mode()
-def evaluate(net: nn.Module, crops: torch.Tensor, labels: torch.Tensor, batch_size: int = 512) -> tuple[float, float, np.ndarray]:
+def evaluate(net: nn.Module, crops: torch.Tensor, labels: torch.Tensor, batch_size: int = 512,
+             device: torch.device | str = "cpu") -> tuple[float, float, np.ndarray]:
     """Mean cross-entropy, accuracy and the logits (N, C) of ``net`` on crops (N, 1, H, W)."""
     net.eval()
-    logits = torch.cat([net(crops[i : i + batch_size]) for i in range(0, len(crops), batch_size)])
+    logits = torch.cat([net(crops[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(crops), batch_size)])
     loss = float(nn.functional.cross_entropy(logits, labels))
     accuracy = float((logits.argmax(1) == labels).float().mean())
     return loss, accuracy, logits.numpy()
+
+
+class TrainingCancelled(Exception):
+    """Raised inside :func:`fit` when ``should_stop`` says so; nothing is registered."""
+
+
+def imagenet_init(net: nn.Module, weights_path: str) -> None:
+    """Initialise a ResNet backbone from torchvision ImageNet weights already on disk (never downloaded).
+
+    The RGB filters of the first convolution are summed into its one grey channel; the head stays random.
+    """
+    from pathlib import Path
+
+    from lsm_core.models import read_state_dict
+
+    path = Path(weights_path)
+    if not path.is_file():
+        raise LsmError(
+            f"ImageNet weights {weights_path} are not on this machine, and nothing is downloaded here (offline). "
+            "Copy torchvision's resnet50/resnet18 .pth file onto the machine and give its path, or train from scratch."
+        )
+    state = read_state_dict(path)
+    if "conv1.weight" in state and state["conv1.weight"].shape[1] == 3:
+        state["conv1.weight"] = state["conv1.weight"].sum(dim=1, keepdim=True)
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    backbone = net.backbone
+    result = backbone.load_state_dict(state, strict=False)
+    if [k for k in result.missing_keys if not k.startswith("fc.")]:
+        raise LsmError(f"{path.name}: these ImageNet weights do not fit this architecture")
 
 
 def fit(
@@ -126,16 +160,30 @@ def fit(
     config: TrainConfig,
     val: tuple[np.ndarray, np.ndarray] | None = None,
     progress: Callable[[int, float, float | None, float | None], None] | None = None,
+    device: str | torch.device = "cpu",
+    should_stop: Callable[[], bool] | None = None,
+    patience: int | None = None,
+    imagenet: str | None = None,
 ) -> tuple[nn.Module, History]:
     """Train ``config.architecture`` on crops (N, H, W) float32 with labels (N,) int.
 
-    ``progress(epoch, train_loss, val_loss, val_accuracy)`` is called after every epoch.
+    ``progress(epoch, train_loss, val_loss, val_accuracy)`` is called after every epoch; ``should_stop()``
+    is asked after every epoch and raises :class:`TrainingCancelled` when true. With ``patience`` and a
+    validation set, training stops early when the validation loss has not improved for that many epochs,
+    and the best epoch's weights are kept. On CUDA the forward passes autocast to bfloat16. On the CPU the
+    same seed gives the same network.
     """
+    import copy
+
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     gen = torch.Generator().manual_seed(config.seed) if config.augment else None
+    device = torch.device(device)
     net = nets.create(config.architecture, num_classes)
-    optimiser = torch.optim.Adam(
+    if imagenet:
+        imagenet_init(net, imagenet)
+    net = net.to(device)
+    optimiser = torch.optim.AdamW(
         param_groups(net, config.lr, config.backbone_lr_factor), weight_decay=config.weight_decay
     )
     x = torch.from_numpy(np.asarray(crops, np.float32))[:, None]
@@ -150,15 +198,99 @@ def fit(
         optimiser, max_lr=[g["lr"] for g in optimiser.param_groups], total_steps=steps, pct_start=0.2
     )
     history = History()
+    best_loss, best_state, stale = float("inf"), None, 0
     for epoch in range(1, config.epochs + 1):
         order = balanced_indices(labels, rng) if config.balance else rng.permutation(len(labels))
-        loss = train_one_epoch(net, x, y, order, optimiser, config.batch_size, gen, scheduler)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = train_one_epoch(net, x, y, order, optimiser, config.batch_size, gen, scheduler, device)
         history.train_loss.append(loss)
         vloss = vacc = None
         if vx is not None:
-            vloss, vacc, _ = evaluate(net, vx, vy)
+            vloss, vacc, _ = evaluate(net, vx, vy, device=device)
             history.val_loss.append(vloss)
             history.val_accuracy.append(vacc)
         if progress:
             progress(epoch, loss, vloss, vacc)
-    return net.eval(), history
+        if should_stop is not None and should_stop():
+            raise TrainingCancelled()
+        if patience and vloss is not None:
+            if vloss < best_loss - 1e-4:
+                best_loss, best_state, stale = vloss, copy.deepcopy(net.state_dict()), 0
+            else:
+                stale += 1
+                if stale >= patience:
+                    history.stopped_early = epoch
+                    break
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    return net.cpu().eval(), history
+
+
+def logits_of(net: nn.Module, crops: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray:
+    """Logits (N, C) of an eval-mode network on crops (N, H, W)."""
+    x = torch.from_numpy(np.asarray(crops, np.float32))[:, None]
+    _, _, logits = evaluate(net.to(device), x, torch.zeros(len(x), dtype=torch.long), device=device)
+    return logits
+
+
+def train_and_register(
+    data,
+    task: str,
+    config: TrainConfig,
+    name: str,
+    store,
+    test=None,
+    progress: Callable[[int, float, float | None, float | None], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    device: str | torch.device = "cpu",
+    imagenet: str | None = None,
+    patience: int | None = 5,
+    input_size: int = 64,
+):
+    """Split, train, calibrate, evaluate and register a new model version; returns its package.
+
+    ``data`` and ``test`` are :class:`lsm_core.datasets.LabelledData`. The split is stratified 8:2 and keeps
+    each source (file or mouse) on one side. The temperature is fitted on the validation set and stored in
+    the manifest, which also carries the metrics and a training summary (class counts, split, recipe,
+    seed, sha256 of the data).
+    """
+    from lsm_core.datasets import split
+    from lsm_core.metrics import evaluate_probs, fit_temperature, softmax
+    from lsm_core.models import Manifest
+
+    train_idx, val_idx = split(data, 0.2, seed=config.seed)
+    if len(val_idx) == 0 or len(set(data.labels[val_idx].tolist())) < 2:
+        raise LsmError("too few distinct source images to hold some out for validation; add more images per class")
+    net, history = fit(
+        data.crops[train_idx], data.labels[train_idx], len(data.classes), config,
+        val=(data.crops[val_idx], data.labels[val_idx]), progress=progress, device=device, should_stop=should_stop,
+        patience=patience, imagenet=imagenet,
+    )
+    val_logits = logits_of(net, data.crops[val_idx], device)
+    temperature = fit_temperature(val_logits, data.labels[val_idx])
+    before = evaluate_probs(softmax(val_logits), data.labels[val_idx], data.classes)
+    metrics = evaluate_probs(softmax(val_logits, temperature), data.labels[val_idx], data.classes)
+    metrics["ece_before_scaling"] = before["ece"]
+    metrics["nll_before_scaling"] = before["nll"]
+    metrics["evaluated_on"] = f"validation set: {len(val_idx)} cells"
+    summary_test = None
+    if test is not None:
+        test_logits = logits_of(net, test.crops, device)
+        summary_test = evaluate_probs(softmax(test_logits, temperature), test.labels, test.classes)
+        summary_test["ece_before_scaling"] = evaluate_probs(softmax(test_logits), test.labels, test.classes)["ece"]
+    manifest = Manifest(
+        task=task, name=name, classes=list(data.classes), architecture=config.architecture, input_size=input_size,
+        temperature=temperature, metrics={**metrics, **({"test": summary_test} if summary_test else {})},
+        training={
+            "class_counts": data.class_counts,
+            "split": {"train": int(len(train_idx)), "validation": int(len(val_idx)),
+                      "sources_train": int(len(set(data.groups[train_idx].tolist()))),
+                      "sources_validation": int(len(set(data.groups[val_idx].tolist())))},
+            "test_cells": int(len(test.labels)) if test is not None else 0,
+            "recipe": config.to_dict(), "imagenet_init": bool(imagenet), "seed": config.seed,
+            "data_sha256": data.digest(), "unusable_files": len(data.errors),
+            "history": {"train_loss": history.train_loss, "val_loss": history.val_loss,
+                        "val_accuracy": history.val_accuracy, "stopped_early_at_epoch": history.stopped_early},
+        },
+    )
+    return store.add(net, manifest)

@@ -43,7 +43,7 @@ from lsm_core.predict import Predictor, choose_device
 from lsm_core.registry import package_for
 
 log = logging.getLogger("lsm_core.worker")
-ALL_KINDS = ("classify",)
+ALL_KINDS = ("classify", "train", "evaluate")
 
 
 class JobLost(Exception):
@@ -86,7 +86,9 @@ class Worker:
         self.id = worker_id or f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.stop = threading.Event()
         self.current_job: int | None = None
-        self.handlers: dict[str, Callable[[Job], None]] = {"classify": self.run_classify}
+        self.handlers: dict[str, Callable[[Job], None]] = {
+            "classify": self.run_classify, "train": self.run_train, "evaluate": self.run_evaluate,
+        }
 
     # --- life cycle -------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -323,6 +325,82 @@ class Worker:
                 values.update(n_cells=r.n, kind=r.kind, note=None if r.n else NO_CELLS_NOTE)
             s.execute(update(Image).where(Image.id == image.id).values(**values))
         insert_cells(s, rows)
+
+
+    # --- train and evaluate ---------------------------------------------------------------------
+    def _uploaded(self, uploads: list[dict], task: str, params: FindParams | None = None):
+        from lsm_core.datasets import from_files
+        from lsm_core.images import iter_upload
+
+        files = [raw for u in uploads for raw in iter_upload(u["name"], self.blobs.get(u["sha256"]), self.limits)]
+        return from_files(files, task, params)
+
+    def run_train(self, job: Job) -> None:
+        from lsm_core.datasets import LabelledData, from_batches
+        from lsm_core.registry import sync_models
+        from lsm_core.train import TrainConfig, TrainingCancelled, train_and_register
+
+        p = job.payload
+        task, config = p["task"], TrainConfig(**p.get("config", {}))
+        parts = []
+        if p.get("uploads"):
+            parts.append(self._uploaded(p["uploads"], task))
+        if p.get("batches"):
+            parts.append(from_batches(self.sessions, {int(k): v for k, v in p["batches"].items()}, task))
+        data = parts[0]
+        for more in parts[1:]:
+            offset = len(data.sources)
+            data = LabelledData(data.classes, np.concatenate([data.crops, more.crops]),
+                                np.concatenate([data.labels, more.labels]), np.concatenate([data.groups, more.groups + offset]),
+                                data.sources + more.sources, data.errors + more.errors)
+        test = self._uploaded(p["test_uploads"], task) if p.get("test_uploads") else None
+
+        def progress(epoch, loss, vloss, vacc):
+            with self.sessions.begin() as s:
+                self._check(s, job.id)
+                s.execute(update(Job).where(Job.id == job.id).values(
+                    progress_done=epoch, result={"epoch": epoch, "train_loss": loss, "val_loss": vloss, "val_accuracy": vacc}))
+
+        def should_stop() -> bool:
+            if self.stop.is_set():
+                raise _Stopping()
+            return False
+
+        try:
+            package = train_and_register(data, task, config, p["name"], self.store, test=test, progress=progress,
+                                         should_stop=should_stop, device=self.device, patience=p.get("patience", 5))
+        except TrainingCancelled:
+            raise Cancelled() from None
+        rows = sync_models(self.sessions, self.store)
+        model_id = next(r.id for r in rows if r.name == package.manifest.name and r.version == package.manifest.version)
+        with self.sessions.begin() as s:
+            self._check(s, job.id)
+            s.execute(update(Job).where(Job.id == job.id).values(
+                result={"model_id": model_id, "model": package.manifest.label, "accuracy": package.manifest.metrics["accuracy"],
+                        "unusable_files": [list(e) for e in data.errors[:200]]}))
+            if not jobs.finish(s, job.id, self.id, "done"):
+                raise JobLost()
+
+    def run_evaluate(self, job: Job) -> None:
+        from lsm_core.metrics import evaluate_probs, softmax
+
+        with self.sessions() as s:
+            model = s.get(Model, int(job.payload["model_id"]))
+            if model is None or model.deleted:
+                raise LsmError("the model to evaluate was deleted")
+            s.expunge(model)
+        predictor = self.predictor(model)
+        params = FindParams(pixel_size_um=model.pixel_size_um, crop_um=model.crop_um, output_size=model.input_size)
+        data = self._uploaded(job.payload["uploads"], model.task, params)
+        order = [data.classes.index(c) for c in model.classes]
+        labels = np.array([order.index(v) for v in data.labels], np.int64)
+        metrics = evaluate_probs(softmax(predictor.logits(data.crops), model.temperature), labels, list(model.classes))
+        metrics["unusable_files"] = [list(e) for e in data.errors[:200]]
+        with self.sessions.begin() as s:
+            self._check(s, job.id)
+            s.execute(update(Job).where(Job.id == job.id).values(result=metrics, progress_done=1))
+            if not jobs.finish(s, job.id, self.id, "done"):
+                raise JobLost()
 
 
 class _Stopping(Exception):
