@@ -53,3 +53,23 @@ def package_for(row: Model, store: ModelStore | None = None) -> ModelPackage:
     if package.manifest.weights_sha256 != row.weights_sha256:
         raise LsmError(f"model {row.label}: the package in the store is not the one the database registered")
     return package
+
+
+def is_admin(user: str) -> bool:
+    """Lab mode: everyone on the trusted machine administers, unless LSM_ADMINS lists who does."""
+    import os
+
+    admins = [a.strip() for a in os.environ.get("LSM_ADMINS", "").split(",") if a.strip()]
+    return not admins or user in admins
+
+
+def set_default(sessions: sessionmaker[Session], model_id: int, user: str) -> None:
+    """Make a model the default of its task (admins only)."""
+    if not is_admin(user):
+        raise LsmError(f"{user} is not an administrator; only administrators choose default models")
+    with sessions.begin() as s:
+        row = s.get(Model, model_id)
+        if row is None or row.deleted:
+            raise LsmError("that model no longer exists")
+        for other in s.scalars(select(Model).where(Model.task == row.task)):
+            other.is_default = other.id == row.id

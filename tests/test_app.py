@@ -156,3 +156,44 @@ def test_every_page_with_data(with_batch, page, title):
     at = run_page(page)
     assert at.title[0].value == title
     assert "unauthenticated" in texts(at)
+
+
+def test_models_page_model_card_and_default_choice(app_env, monkeypatch):
+    from db import queries
+    from lsm_core import synthetic
+    from lsm_core.datasets import LabelledData
+    from lsm_core.errors import LsmError
+    from lsm_core.models import ModelStore
+    from lsm_core.registry import set_default
+    from lsm_core.service import open_history
+    from lsm_core.train import TrainConfig, train_and_register
+
+    crops, labels = synthetic.make_crops("lsm", 150, seed=12)
+    data = LabelledData(["LT-HSC", "ST-HSC", "MPP"], crops, labels, np.arange(150), [str(i) for i in range(150)])
+    train_and_register(data, "lsm", TrainConfig(architecture="tiny_cnn", epochs=1, batch_size=32, lr=3e-3), "lab-lsm",
+                       ModelStore(), patience=None)
+    engine, sessions = open_history()
+    at = run_page("pages/models.py")
+    frame = at.dataframe[0].value
+    assert "lab-lsm" in set(frame["model"]) and "trained on lab data" in set(frame["kind"])
+    card = next(s for s in at.selectbox if s.label == "Model")
+    card.set_value(next(o for o in card.options if "lab-lsm" in o))
+    at.run()
+    labels_shown = [m.label for m in at.metric]
+    assert "Accuracy (consistency)" in labels_shown and "ECE" in labels_shown
+    assert "This is the default model for its task." in texts(at)  # a lab-trained model is preferred over a demo
+    card = next(s for s in at.selectbox if s.label == "Model")
+    card.set_value(next(o for o in card.options if "demo-lsm" in o))
+    at.run()
+    next(b for b in at.button if b.label.startswith("Make demo-lsm v1 the default")).click()
+    at.run()
+    with sessions() as s:
+        defaults = [m.name for m in queries.models(s, "lsm") if m.is_default]
+    assert defaults == ["demo-lsm"]
+    # roles are enforced in the function, not only by the disabled button
+    monkeypatch.setenv("LSM_ADMINS", "someone-else")
+    with sessions() as s:
+        demo_id = queries.model_by_name(s, "demo-lsm").id
+    with pytest.raises(LsmError, match="not an administrator"):
+        set_default(sessions, demo_id, "ana")
+    engine.dispose()
