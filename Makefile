@@ -32,3 +32,4 @@ bench: install
 	$(PY) bench/cells.py
 	$(PY) bench/history.py
 	$(PY) bench/results_page.py
+	$(PY) bench/quality.py

@@ -246,6 +246,8 @@ def train_and_register(
     imagenet: str | None = None,
     patience: int | None = 5,
     input_size: int = 64,
+    demo: bool = False,
+    description: str = "",
 ):
     """Split, train, calibrate, evaluate and register a new model version; returns its package.
 
@@ -281,6 +283,7 @@ def train_and_register(
     manifest = Manifest(
         task=task, name=name, classes=list(data.classes), architecture=config.architecture, input_size=input_size,
         temperature=temperature, metrics={**metrics, **({"test": summary_test} if summary_test else {})},
+        demo=demo, description=description,
         training={
             "class_counts": data.class_counts,
             "split": {"train": int(len(train_idx)), "validation": int(len(val_idx)),
