@@ -213,7 +213,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lsm_core.train import TrainConfig, train_and_register
 
     check_name(args.register)
-    params = FindParams(output_size=args.input_size, crop_um=args.input_size * 0.2 if args.input_size != 64 else 12.8)
+    params = FindParams(output_size=args.input_size)  # the same 12.8 um square, sampled at --input-size pixels
     data = from_paths(args.data, args.task, params)
     for file, message in data.errors[:20]:
         _log(f"{file}: {message}")
