@@ -7,20 +7,25 @@ from pages._shared import sessions
 
 st.set_page_config(page_title="LSM classifier", page_icon=":microscope:", layout="wide")
 
-# URL paths differ from the file names on purpose: until the first session of a freshly started server
-# has run st.navigation, Streamlit would serve /results straight from pages/results.py (its legacy
-# pages/ directory mode), without this frame.
+# Streamlit still reads a folder called pages/ the legacy way until st.navigation has run: it would list
+# every file there in the sidebar and serve /results straight from pages/results.py, outside this frame.
+# So the sidebar menu is ours (client.showSidebarNavigation = false in .streamlit/config.toml, page links
+# below) and the URL paths differ from the file names.
 pages = [
     st.Page("pages/classify.py", title="Classify", icon=":material/upload:", default=True),
     st.Page("pages/results.py", title="Results", icon=":material/bar_chart:", url_path="batch-results"),
     st.Page("pages/history.py", title="History", icon=":material/history:", url_path="batch-history"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:", url_path="compare-ages"),
     st.Page("pages/models.py", title="Models", icon=":material/model_training:", url_path="model-registry"),
 ]
-navigation = st.navigation(pages)
+navigation = st.navigation(pages, position="hidden")
 
 factory = sessions()  # upgrades the database on first use
 
 with st.sidebar:
+    for page in pages:
+        st.page_link(page)
+    st.divider()
     st.markdown(f"**Signed in as** {current_user()}")
     st.caption("Lab mode: no sign-in on this machine (unauthenticated).")
     with factory() as s:

@@ -23,11 +23,14 @@ class BatchFilter:
     text: str | None = None
     strain: str | None = None
     gate: str | None = None
+    batch_ids: list[int] | None = None
 
 
 def _filtered(query: Select, f: BatchFilter | None) -> Select:
     if f is None:
         return query
+    if f.batch_ids is not None:
+        query = query.where(Batch.id.in_(list(f.batch_ids)))
     if f.owner:
         query = query.where(Batch.owner == f.owner)
     if f.task:

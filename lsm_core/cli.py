@@ -272,6 +272,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from lsm_core import compare
+    from lsm_core.stats import parse_bins
+
+    bins = parse_bins(args.bins) if args.by == "age" else None
+    sessions = _sessions()
+    with sessions() as s:
+        c = compare.build(s, args.batch_ids, by=args.by, bins=bins, threshold=args.threshold)
+        data = compare.workbook(s, c)
+    with open(args.out, "wb") as fh:
+        fh.write(data)
+    for row in c.tests.itertuples(index=False):
+        print(f"{row[0]}\t{row[1]}\tstatistic {row[4]:.4g}\tp {row[5]:.4g}\tHolm p {row[6]:.4g}\t{row[8]} {row[7]:.3g}")
+    _log(f"{int(c.table['group'].notna().sum())} mice in {c.groups['group'].nunique()} groups; wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lsm_core", description="Classify blood stem cells in DIC images.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -362,6 +379,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="compare batches (mice) across ages or a metadata field; writes one workbook")
+    p.add_argument("batch_ids", nargs="+", type=int, metavar="BATCH_ID")
+    p.add_argument("--by", default="age", help="age, or a field: sex, strain, gate, mouse_id, owner, imaging_date, model")
+    p.add_argument("--bins", default="young:<26w, aged:>=18m", help="age bins, e.g. 'young:8w-12w, aged:>=18m'")
+    p.add_argument("--threshold", type=float, default=0.0, help="count only cells whose score reaches this")
+    p.add_argument("--out", required=True, help="FILE.xlsx")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("jobs", help="list jobs")
     p.add_argument("--json", action="store_true")

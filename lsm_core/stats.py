@@ -48,3 +48,179 @@ def composition(counts: Mapping[str, int], classes: Sequence[str]) -> list[Class
         lo, hi = wilson_interval(k, n)
         out.append(ClassShare(c, k, k / n if n else 0.0, float(lo), float(hi)))
     return out
+
+
+# --- comparisons across groups of mice ---------------------------------------------------------------
+import re  # noqa: E402
+
+import pandas as pd  # noqa: E402
+
+UNIT_DAYS = {"d": 1.0, "w": 7.0, "m": 30.44, "y": 365.25}
+PSEUDOREPLICATION_NOTE = (
+    "Pooled-cell test: every cell counted as independent. Cells of one mouse are not independent observations "
+    "(pseudo-replication), so this p-value is far too small; it is shown only as a secondary view. Use the "
+    "per-mouse tests."
+)
+
+
+@dataclass
+class AgeBin:
+    label: str
+    low_days: float  # inclusive
+    high_days: float  # exclusive
+
+
+def _days(text: str) -> float:
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([dwmy]?)\s*", text)
+    if not m:
+        raise ValueError(text)
+    return float(m.group(1)) * UNIT_DAYS[m.group(2) or "d"]
+
+
+def parse_bins(spec: str) -> list[AgeBin]:
+    """Age bins from text like ``young:8w-12w, middle:12w-18m, aged:>=18m`` (units d, w, m, y; default days).
+
+    ``A-B`` is from A (inclusive) to B (exclusive); ``>=A`` and ``<B`` are open-ended.
+    """
+    from lsm_core.errors import LsmError
+
+    bins = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        label, sep, rng = part.partition(":")
+        if not sep or not label.strip():
+            raise LsmError(f"age bin {part!r}: write label:range, e.g. young:8w-12w or aged:>=18m")
+        rng = rng.strip()
+        try:
+            if rng.startswith(">="):
+                lo, hi = _days(rng[2:]), float("inf")
+            elif rng.startswith("<"):
+                lo, hi = 0.0, _days(rng[1:])
+            else:
+                a, _, b = rng.partition("-")
+                lo, hi = _days(a), _days(b)
+        except (ValueError, KeyError):
+            raise LsmError(f"age bin {part!r}: cannot read the range {rng!r} (e.g. 8w-12w, >=18m, <10w)") from None
+        if hi <= lo:
+            raise LsmError(f"age bin {part!r}: the range is empty")
+        bins.append(AgeBin(label.strip(), lo, hi))
+    if not bins:
+        raise LsmError("give at least one age bin, e.g. young:8w-12w, aged:>=18m")
+    return bins
+
+
+def age_group(age_days: float | None, bins: list[AgeBin]) -> str | None:
+    if age_days is None or (isinstance(age_days, float) and np.isnan(age_days)):
+        return None
+    for b in bins:
+        if b.low_days <= age_days < b.high_days:
+            return b.label
+    return None
+
+
+def per_mouse(batches: list[dict], counts: dict[int, dict[str, int]], classes: list[str]) -> pd.DataFrame:
+    """One row per batch (= mouse): its metadata, cells per class, total, and fraction per class."""
+    rows = []
+    for b in batches:
+        c = counts.get(b["id"], {})
+        total = sum(int(c.get(k, 0)) for k in classes)
+        row = {"batch": b["id"], "batch_name": b["name"], "owner": b["owner"], "mouse_id": b.get("mouse_id"),
+               "age_days": b.get("age_days"), "sex": b.get("sex"), "strain": b.get("strain"), "gate": b.get("gate"),
+               "imaging_date": b.get("imaging_date"), "model": b.get("model"), "cells": total}
+        for k in classes:
+            row[f"n_{k}"] = int(c.get(k, 0))
+        for k in classes:
+            row[f"fraction_{k}"] = c.get(k, 0) / total if total else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def group_summary(table: pd.DataFrame, classes: list[str], group: str = "group") -> pd.DataFrame:
+    """Per group and class: mice, mean of per-mouse fractions with its 95% t-interval, SD, median."""
+    rows = []
+    for g, part in table.dropna(subset=[group]).groupby(group, sort=False):
+        for k in classes:
+            x = part[f"fraction_{k}"].dropna().to_numpy(float)
+            n = len(x)
+            mean = float(x.mean()) if n else np.nan
+            sd = float(x.std(ddof=1)) if n > 1 else np.nan
+            half = float(sps.t.ppf(0.975, n - 1) * sd / np.sqrt(n)) if n > 1 else np.nan
+            rows.append({"group": g, "class": k, "mice": n, "mean_fraction": mean, "ci95_low": mean - half,
+                         "ci95_high": mean + half, "sd": sd, "median": float(np.median(x)) if n else np.nan,
+                         "cells": int(part["cells"].sum())})
+    return pd.DataFrame(rows)
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (NaN stays NaN)."""
+    p = np.asarray(pvalues, float)
+    ok = ~np.isnan(p)
+    idx = np.argsort(p[ok])
+    m = ok.sum()
+    adjusted = np.full_like(p, np.nan)
+    running = 0.0
+    values = p[ok][idx]
+    out = np.empty(m)
+    for rank, v in enumerate(values):
+        running = max(running, min(1.0, (m - rank) * v))
+        out[rank] = running
+    tmp = np.empty(m)
+    tmp[idx] = out
+    adjusted[ok] = tmp
+    return adjusted.tolist()
+
+
+def compare_groups(table: pd.DataFrame, classes: list[str], group: str = "group") -> pd.DataFrame:
+    """Per class, per-mouse fractions compared between groups (the mouse is the unit).
+
+    Two groups: Mann-Whitney U of the first group (two-sided), effect size rank-biserial r = 2U/(n1 n2) - 1
+    (positive when the first group's fractions tend to be higher). More groups: Kruskal-Wallis H, effect
+    size epsilon-squared = H / (n - 1). Holm correction across classes.
+    """
+    data = table.dropna(subset=[group])
+    groups = list(dict.fromkeys(data[group]))
+    rows = []
+    for k in classes:
+        samples = [data.loc[data[group] == g, f"fraction_{k}"].dropna().to_numpy(float) for g in groups]
+        usable = [x for x in samples if len(x)]
+        row = {"class": k, "groups": " vs ".join(map(str, groups)), "mice": int(sum(len(x) for x in samples))}
+        if len(usable) < 2 or len(usable) != len(samples):
+            row.update(test="not enough groups with mice", statistic=np.nan, p_value=np.nan, effect_size=np.nan,
+                       effect_size_name="")
+        elif len(samples) == 2:
+            a, b = samples
+            res = sps.mannwhitneyu(a, b, alternative="two-sided")
+            row.update(test="Mann-Whitney U (two-sided)", statistic=float(res.statistic), p_value=float(res.pvalue),
+                       effect_size=float(2 * res.statistic / (len(a) * len(b)) - 1),
+                       effect_size_name=f"rank-biserial r ({groups[0]} vs {groups[1]})")
+        else:
+            res = sps.kruskal(*samples)
+            n = sum(len(x) for x in samples)
+            row.update(test="Kruskal-Wallis H", statistic=float(res.statistic), p_value=float(res.pvalue),
+                       effect_size=float(res.statistic / (n - 1)), effect_size_name="epsilon-squared")
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    out["p_holm"] = holm(out["p_value"].tolist())
+    return out[["class", "test", "groups", "mice", "statistic", "p_value", "p_holm", "effect_size", "effect_size_name"]]
+
+
+def pooled_chi_square(table: pd.DataFrame, classes: list[str], group: str = "group") -> dict:
+    """Chi-square on the group x class table of pooled cell counts (secondary view; see the note)."""
+    data = table.dropna(subset=[group])
+    contingency = data.groupby(group, sort=False)[[f"n_{k}" for k in classes]].sum()
+    contingency = contingency.loc[:, contingency.sum(axis=0) > 0]
+    if contingency.shape[0] < 2 or contingency.shape[1] < 2:
+        return {"test": "chi-square on pooled cells", "statistic": np.nan, "p_value": np.nan, "dof": 0, "note": PSEUDOREPLICATION_NOTE}
+    res = sps.chi2_contingency(contingency.to_numpy())
+    return {"test": "chi-square on pooled cells", "statistic": float(res.statistic), "p_value": float(res.pvalue),
+            "dof": int(res.dof), "note": PSEUDOREPLICATION_NOTE}
+
+
+def trend(table: pd.DataFrame, cls: str) -> dict | None:
+    """Least-squares line of a class's per-mouse fraction against age in months (None with < 3 mice)."""
+    data = table.dropna(subset=["age_days", f"fraction_{cls}"])
+    if len(data) < 3 or data["age_days"].nunique() < 2:
+        return None
+    months = data["age_days"].to_numpy(float) / 30.44
+    res = sps.linregress(months, data[f"fraction_{cls}"].to_numpy(float))
+    return {"slope_per_month": float(res.slope), "intercept": float(res.intercept), "r": float(res.rvalue),
+            "p_value": float(res.pvalue), "mice": int(len(data))}

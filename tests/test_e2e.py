@@ -48,10 +48,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(tmp_path):
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
     """`python -m lsm_core serve` (what `make run` runs) on a free port and a fresh data dir."""
     _need_browser()
+    tmp_path = tmp_path_factory.mktemp("e2e")
     from lsm_core import nets
     from lsm_core.models import Manifest, ModelStore
     from lsm_core.train import TrainConfig, fit
@@ -78,7 +79,7 @@ def server(tmp_path):
     else:
         proc.kill()
         pytest.fail("the app did not start: " + (proc.stdout.read() if proc.stdout else ""))
-    yield url
+    yield url, tmp_path / "data"
     proc.send_signal(signal.SIGINT)
     try:
         proc.communicate(timeout=60)
@@ -111,6 +112,7 @@ def upload_files(tmp_path: Path) -> list[Path]:
 def test_upload_classify_results_and_download_in_chromium(server, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
+    server, _ = server
     ARTIFACTS.mkdir(exist_ok=True)
     files = upload_files(tmp_path)
     with sync_playwright() as p:
@@ -166,3 +168,49 @@ def test_upload_classify_results_and_download_in_chromium(server, tmp_path):
     assert batch["mouse_id"] == "M17" and batch["age_days"] == 70 and batch["owner"] == "e2e-user"
     model = dict(book["model"].iter_rows(min_row=2, values_only=True))
     assert model["name"] == "demo-lsm" and len(model["sha256"]) == 64
+
+
+def launch(p):
+    return p.chromium.launch(executable_path=CHROMIUM, args=[
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run", "--disable-sync"])
+
+
+@pytest.mark.slow
+def test_compare_page_and_its_workbook_in_chromium(server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    from db import queries
+    from db.session import make_engine, session_factory
+    from tests.test_compare import make_six_batches
+
+    url, data_dir = server
+    sessions = session_factory(make_engine(f"sqlite:///{data_dir / 'lsm.db'}"))
+    with sessions() as s:
+        model_id = queries.model_by_name(s, "demo-lsm").id
+    make_six_batches(sessions, model_id)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 2400}, accept_downloads=True)
+        page.goto(url)
+        page.get_by_role("link", name="Compare").click()
+        expect(page.get_by_role("heading", name="Compare")).to_be_visible(timeout=60_000)
+        bins = page.get_by_role("textbox", name="Age groups (label:range; units d, w, m, y)")
+        bins.fill("young:<6m, middle:6m-18m, aged:>=18m")
+        bins.press("Enter")
+        expect(page.get_by_text(re.compile(r"[67] mice in 3 groups"))).to_be_visible(timeout=60_000)  # + the upload test's
+        expect(page.get_by_role("heading", name="Tests (mouse as the unit)")).to_be_visible()
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(ARTIFACTS / "e2e-6-compare.png"), full_page=True)
+        with page.expect_download(timeout=60_000) as info:
+            page.get_by_role("button", name="Download comparison xlsx").click()
+        out = tmp_path / "comparison.xlsx"
+        info.value.save_as(out)
+        browser.close()
+    book = openpyxl.load_workbook(out)
+    assert book.sheetnames == ["per_mouse", "groups", "tests", "cells"]
+    per_mouse = list(book["per_mouse"].iter_rows(min_row=2, values_only=True))
+    header = [c.value for c in book["per_mouse"][1]]
+    groups = [r[header.index("group")] for r in per_mouse]
+    assert len(per_mouse) >= 6 and groups.count("aged") >= 2 and groups.count("middle") >= 2

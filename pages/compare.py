@@ -1,0 +1,114 @@
+"""Compare page: batches (one per mouse) grouped by age or a metadata field, with per-mouse statistics."""
+import datetime as dt
+
+import pandas as pd
+import streamlit as st
+
+from db import queries
+from lsm_core import compare
+from lsm_core.errors import LsmError
+from lsm_core.report import age_text
+from lsm_core.stats import parse_bins
+from lsm_core.tasks import TASK_TITLES
+from pages._shared import sessions, threshold_picker
+
+st.title("Compare")
+st.caption("Each batch is one mouse: groups are compared on per-mouse fractions, the mouse being the unit of "
+           "replication. Pooled cells appear only as a secondary view.")
+factory = sessions()
+with factory() as s:
+    models = queries.models(s, include_deleted=True)
+    owners = queries.owners(s)
+
+with st.expander("Which batches", expanded=True):
+    c = st.columns(4)
+    task = c[0].selectbox("Classifier", list(TASK_TITLES), format_func=lambda t: TASK_TITLES[t])
+    versions = {m.label: m.id for m in models if m.task == task}
+    version = c[1].selectbox("Model version", ["any"] + list(versions))
+    owner = c[2].selectbox("Owner", ["everyone"] + owners)
+    text = c[3].text_input("Text (name, mouse, strain, notes)")
+    c = st.columns(4)
+    strain = c[0].text_input("Strain or reporter (exact)")
+    gate = c[1].text_input("Sorting gate (exact)")
+    date_from = c[2].date_input("Uploaded from", value=None)
+    date_to = c[3].date_input("Uploaded to", value=None)
+
+f = queries.BatchFilter(
+    task=task, model_id=None if version == "any" else versions[version], owner=None if owner == "everyone" else owner,
+    text=text or None, strain=strain or None, gate=gate or None,
+    created_from=dt.datetime.combine(date_from, dt.time.min) if date_from else None,
+    created_to=dt.datetime.combine(date_to, dt.time.max) if date_to else None,
+)
+with factory() as s:
+    found = [b for b in queries.batches(s, f, limit=2000) if b["cells"] > 0]
+if len(found) < 2:
+    st.info("Fewer than two classified batches match: widen the filters, or classify more batches.")
+    st.stop()
+
+labels = {f"#{b['id']} {b['name']} · mouse {b['mouse_id'] or '?'} · {age_text(b['age_days']) or 'age ?'}": b["id"]
+          for b in found}
+chosen = st.multiselect("Batches (mice)", list(labels), default=list(labels))
+c = st.columns([1, 3])
+by = c[0].selectbox("Group by", compare.GROUP_FIELDS)
+bins_text = c[1].text_input("Age groups (label:range; units d, w, m, y)", value=compare.DEFAULT_BINS,
+                            disabled=by != "age", help="e.g. young:8w-12w, middle:12w-18m, aged:>=18m")
+threshold = threshold_picker("compare")
+
+try:
+    bins = parse_bins(bins_text) if by == "age" else None
+    with factory() as s:
+        result = compare.build(s, [labels[k] for k in chosen], by=by, bins=bins, threshold=threshold)
+except LsmError as exc:
+    st.error(str(exc))
+    st.stop()
+
+grouped = result.table.dropna(subset=["group"])
+outside = result.table[result.table["group"].isna()]
+if len(outside):
+    st.warning(f"{len(outside)} batch(es) fall in no group (no age, or outside every bin) and are left out: "
+               + ", ".join(outside["batch_name"].astype(str).head(10)))
+st.markdown(f"**{len(grouped)} mice in {grouped['group'].nunique()} groups** · cells with score ≥ {threshold:.2f}")
+
+st.subheader("Per mouse")
+st.plotly_chart(compare.per_mouse_figure(result), width="stretch", key="cmp_mice")
+st.subheader("Tests (mouse as the unit)")
+shown = result.tests.copy()
+for col in ("statistic", "p_value", "p_holm", "effect_size"):
+    shown[col] = shown[col].map(lambda v: f"{v:.3g}" if pd.notna(v) else "")
+st.dataframe(shown, hide_index=True, width="stretch")
+with st.expander("Group summaries"):
+    st.dataframe(result.groups.round(4), hide_index=True, width="stretch")
+with st.expander("Secondary view: all cells pooled (pseudo-replication)"):
+    st.write(f"{result.pooled['test']}: statistic {result.pooled['statistic']:.4g}, p = {result.pooled['p_value']:.3g}")
+    st.caption(result.pooled["note"])
+
+c = st.columns(2)
+c[0].markdown("**Score distributions**")
+with factory() as s:
+    scores_fig = compare.score_figure(s, result)
+c[0].plotly_chart(scores_fig, width="stretch", key="cmp_scores")
+focus = result.classes[-1] if result.task == "aging" else result.classes[0]
+focus = c[1].selectbox("Class against age", result.classes, index=result.classes.index(focus))
+c[1].plotly_chart(compare.age_figure(result, focus), width="stretch", key="cmp_age")
+if result.task == "aging":
+    st.caption("For the aging model: the fraction of aged-like cells per mouse against age.")
+
+with st.expander("Per-mouse table"):
+    st.dataframe(result.table, hide_index=True, width="stretch")
+
+
+def workbook() -> bytes:
+    with factory() as s:
+        return compare.workbook(s, result)
+
+
+c = st.columns(2)
+c[0].download_button("Download comparison xlsx", workbook, file_name="comparison.xlsx",
+                     mime="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", on_click="ignore")
+c[1].download_button("Download per-mouse figure (HTML)", lambda: compare.figure_html(compare.per_mouse_figure(result)),
+                     file_name="per_mouse.html", mime="text/html", on_click="ignore")
+c = st.columns(2)
+c[0].download_button("Download score figure (HTML)", lambda: compare.figure_html(scores_fig), file_name="scores.html",
+                     mime="text/html", on_click="ignore")
+c[1].download_button("Download age figure (HTML)", lambda: compare.figure_html(compare.age_figure(result, focus)),
+                     file_name=f"age_{focus}.html", mime="text/html", on_click="ignore")
