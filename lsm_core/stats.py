@@ -118,7 +118,8 @@ def age_group(age_days: float | None, bins: list[AgeBin]) -> str | None:
 
 
 def per_mouse(batches: list[dict], counts: dict[int, dict[str, int]], classes: list[str]) -> pd.DataFrame:
-    """One row per batch (= mouse): its metadata, cells per class, total, and fraction per class."""
+    """One row per batch (= mouse): its metadata, cells per class, total, fraction per class and its 95% Wilson
+    interval (the uncertainty of one mouse's composition from its number of cells)."""
     rows = []
     for b in batches:
         c = counts.get(b["id"], {})
@@ -130,6 +131,9 @@ def per_mouse(batches: list[dict], counts: dict[int, dict[str, int]], classes: l
             row[f"n_{k}"] = int(c.get(k, 0))
         for k in classes:
             row[f"fraction_{k}"] = c.get(k, 0) / total if total else np.nan
+        for k in classes:
+            lo, hi = wilson_interval(int(c.get(k, 0)), total)
+            row[f"ci95_low_{k}"], row[f"ci95_high_{k}"] = (float(lo), float(hi)) if total else (np.nan, np.nan)
         rows.append(row)
     return pd.DataFrame(rows)
 
