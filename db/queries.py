@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session
 
-from db.schema import Batch, Cell, Image, Job, Model, Worker
+from db.schema import Batch, Cell, Image, Job, Model, SaliencyRun, Worker
 
 
 @dataclass
@@ -206,3 +206,7 @@ def model_by_name(s: Session, name: str) -> Model | None:
 
 
 
+
+
+def saliency_runs(s: Session, batch_id: int) -> list[SaliencyRun]:
+    return list(s.scalars(select(SaliencyRun).where(SaliencyRun.batch_id == batch_id).order_by(SaliencyRun.id.desc())))

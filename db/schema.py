@@ -145,6 +145,20 @@ class Cell(Base):
     saliency: Mapped[str | None] = mapped_column(String(64))  # blob sha256 of an 8-bit map, on request
 
 
+class SaliencyRun(Base):
+    """Saliency maps of some cells of a batch by one method, stored as one compressed 8-bit array blob."""
+
+    __tablename__ = "saliency_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), index=True)
+    method: Mapped[str] = mapped_column(String(16))
+    scope: Mapped[str] = mapped_column(String(32))  # "all" or "top-K per class"
+    cells: Mapped[int] = mapped_column(Integer)
+    blob: Mapped[str] = mapped_column(String(64))  # npz: cell_ids (N,), maps (N, H, W) uint8
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (Index("ix_jobs_fetch", "status", "kind", "priority", "created"),)

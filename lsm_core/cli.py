@@ -289,6 +289,52 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_saliency(args: argparse.Namespace) -> int:
+    import csv as _csv
+    from pathlib import Path
+
+    from PIL import Image
+
+    from lsm_core.classify import Summary, classify_records, find_params_for, result_columns
+    from lsm_core.images import read_inputs
+    from lsm_core.models import ModelStore
+    from lsm_core.predict import Predictor
+    from lsm_core.saliency import overlay, saliency_maps
+
+    package = ModelStore().resolve(args.model)
+    predictor = Predictor(package, device=args.device)
+    net = package.load(predictor.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    classes = predictor.classes
+    columns = result_columns(classes)
+    rows, crops, targets = [], [], []
+    summary = Summary()
+    for row in classify_records(read_inputs(args.inputs), predictor, find_params_for(predictor, args.pixel_size), summary,
+                                keep_crops=True):
+        rows.append(row)
+        if row.cell is not None:
+            crops.append(row.crop)
+            targets.append(classes.index(row.predicted))
+    maps = np.zeros((0, package.manifest.input_size, package.manifest.input_size), np.float32)
+    if crops:
+        maps = saliency_maps(net, package.manifest.architecture, np.stack(crops), args.method, np.array(targets),
+                             device=predictor.device)
+    np.savez_compressed(out / "maps.npz", maps=maps)
+    k = 0
+    with open(out / "cells.csv", "w", newline="") as fh:
+        writer = _csv.writer(fh)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow(["" if v is None else v for v in row.values(len(classes))])
+            if row.cell is not None:
+                stem = Path(row.file).name.rsplit(".", 1)[0]
+                Image.fromarray(overlay(row.crop, maps[k])).save(out / f"{k + 1:05d}_{stem}_p{row.page}_c{row.cell}_{args.method}.png")
+                k += 1
+    _log(f"{k} cells: overlays, maps.npz ({maps.shape}) and cells.csv written to {out}")
+    return 0 if k else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lsm_core", description="Classify blood stem cells in DIC images.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -387,6 +433,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.0, help="count only cells whose score reaches this")
     p.add_argument("--out", required=True, help="FILE.xlsx")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("saliency", help="saliency maps of every cell: overlay PNGs, maps.npz and cells.csv")
+    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p.add_argument("--model", required=True)
+    p.add_argument("--method", choices=["scorecam", "gradcam", "ig"], default="scorecam")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--pixel-size", type=float, default=None, metavar="UM_PER_PIXEL")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_saliency)
 
     p = sub.add_parser("jobs", help="list jobs")
     p.add_argument("--json", action="store_true")

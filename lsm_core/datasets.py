@@ -157,8 +157,6 @@ def from_batches(sessions, labels_by_batch: dict[int, str], task: str, params: F
 
     from db.schema import Batch, Cell, Image
     from lsm_core.blobs import BlobStore
-    from lsm_core.cells import cut_crops
-    from lsm_core.images import decode_bytes
 
     classes = list(task_classes(task))
     params = params or FindParams()
@@ -179,14 +177,9 @@ def from_batches(sessions, labels_by_batch: dict[int, str], task: str, params: F
             for image in s.scalars(select(Image).where(Image.batch_id == batch_id, Image.n_cells > 0)):
                 boxes = s.execute(select(Cell.x, Cell.y, Cell.w, Cell.h).where(Cell.image_id == image.id).order_by(Cell.idx)).all()
                 try:
-                    record = next(r for r in decode_bytes(image.file, blobs.get(image.sha256)) if r.page == image.page - 1)
-                    if image.kind == "single":
-                        cut = find_cells(record.pixels, params).crops
-                    else:
-                        centres = np.array([(x + w / 2 - 0.5, y + h / 2 - 0.5) for x, y, w, h in boxes], np.float32)
-                        cut = cut_crops(record.pixels, centres, params)
-                except (LsmError, StopIteration) as exc:
-                    errors.append((image.file, str(exc) or "the stored image could not be read"))
+                    cut = recut_crops(image, boxes, params, blobs)
+                except LsmError as exc:
+                    errors.append((image.file, str(exc)))
                     continue
                 crops.append(cut)
                 labels += [classes.index(cls)] * len(cut)
@@ -196,3 +189,17 @@ def from_batches(sessions, labels_by_batch: dict[int, str], task: str, params: F
     data = LabelledData(classes, np.concatenate(crops), np.asarray(labels, np.int64), np.asarray(groups, np.int64), sources, errors)
     check_classes(data)
     return data
+
+
+def recut_crops(image, boxes, params: FindParams, blobs) -> np.ndarray:
+    """The crops of an Image row's cells (boxes x, y, w, h), cut again from its stored bytes."""
+    from lsm_core.cells import cut_crops
+    from lsm_core.images import decode_bytes
+
+    record = next((r for r in decode_bytes(image.file, blobs.get(image.sha256)) if r.page == image.page - 1), None)
+    if record is None or not record.ok:
+        raise LsmError(record.error if record else "the stored image could not be read")
+    if image.kind == "single":
+        return find_cells(record.pixels, params).crops
+    centres = np.array([(x + w / 2 - 0.5, y + h / 2 - 0.5) for x, y, w, h in boxes], np.float32).reshape(-1, 2)
+    return cut_crops(record.pixels, centres, params)

@@ -404,3 +404,17 @@ def submit_evaluation(sessions: sessionmaker[Session], model_id: int, uploads: l
     if not uploads:
         raise LsmError("choose a labelled test ZIP")
     return submit_job(sessions, "evaluate", {"model_id": model_id, "uploads": uploads}, owner=owner, total=1)
+
+
+def submit_saliency(sessions: sessionmaker[Session], batch_id: int, method: str, top: int | None = None,
+                    owner: str | None = None) -> int:
+    """Queue saliency maps for a batch: every cell, or the ``top`` highest-scoring cells of each class."""
+    from lsm_core.saliency import METHODS
+
+    if method not in METHODS:
+        raise LsmError(f"unknown saliency method {method!r}; choose {', '.join(METHODS)}")
+    with sessions() as s:
+        if s.get(Batch, batch_id) is None:
+            raise LsmError(f"batch {batch_id} does not exist")
+    return submit_job(sessions, "saliency", {"batch_id": batch_id, "method": method, "top": top}, owner=owner,
+                      batch_id=None, total=0)

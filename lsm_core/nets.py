@@ -42,7 +42,11 @@ class CropStandardise(nn.Module):
 
 @dataclass(frozen=True)
 class ArchSpec:
-    """A registered architecture: its builder and the name of its last convolutional block (for saliency)."""
+    """A registered architecture: its builder and the layer saliency maps are taken from.
+
+    At the paper's 64x64 input the last block of a ResNet is 2x2 and of small_cnn 4x4, too coarse to say
+    whether evidence lies inside a 40-pixel cell; the target is the block before (4x4 and 8x8).
+    """
 
     name: str
     builder: Callable[[int], nn.Module]
@@ -82,13 +86,13 @@ def _grey_resnet(net: tvm.ResNet, head: nn.Module) -> tvm.ResNet:
     return net
 
 
-@register("backbone.layer4", "ResNet-50 with the paper's head: FC 2048-512, ReLU, dropout 0.3, FC 512-classes")
+@register("backbone.layer3", "ResNet-50 with the paper's head: FC 2048-512, ReLU, dropout 0.3, FC 512-classes")
 def resnet50_paper(num_classes: int) -> nn.Module:
     head = nn.Sequential(nn.Linear(2048, 512), nn.ReLU(inplace=True), nn.Dropout(0.3), nn.Linear(512, num_classes))
     return Classifier(_grey_resnet(tvm.resnet50(weights=None), head))
 
 
-@register("backbone.layer4", "ResNet-18 with a two-layer head (FC 512-256, ReLU, dropout 0.3): CPU-sized")
+@register("backbone.layer3", "ResNet-18 with a two-layer head (FC 512-256, ReLU, dropout 0.3): CPU-sized")
 def resnet18(num_classes: int) -> nn.Module:
     head = nn.Sequential(nn.Linear(512, 256), nn.ReLU(inplace=True), nn.Dropout(0.3), nn.Linear(256, num_classes))
     return Classifier(_grey_resnet(tvm.resnet18(weights=None), head))
@@ -124,7 +128,7 @@ class SmallCNN(nn.Module):
         return self.head(self.pool(self.features(x)))
 
 
-@register("backbone.features", "compact CNN: strided stem, 4 blocks (16-32-64-128): the demo models, trains in a minute on a CPU")
+@register("backbone.features.7", "compact CNN: strided stem, 4 blocks (16-32-64-128): the demo models, trains in a minute on a CPU")
 def small_cnn(num_classes: int) -> nn.Module:
     return Classifier(SmallCNN(num_classes, (16, 32, 64, 128)))
 

@@ -244,3 +244,59 @@ def cells_csv(s: Session, batch_id: int) -> bytes:
     for row in rows:
         writer.writerow(["" if v is None else v for v in row])
     return buf.getvalue().encode("utf-8")
+
+
+# --- saliency ------------------------------------------------------------------------------------------
+@dataclass
+class SaliencyView:
+    """One stored saliency run: its cells (dicts with id, image_id, box, predicted, score) and maps (N, H, W) in [0, 1]."""
+
+    method: str
+    scope: str
+    cells: list[dict]
+    maps: np.ndarray
+
+    def mean_maps(self, classes: list[str]) -> dict[str, np.ndarray]:
+        out = {}
+        for c in classes:
+            sel = [i for i, cell in enumerate(self.cells) if cell["predicted"] == c]
+            if sel:
+                out[c] = self.maps[sel].mean(axis=0)
+        return out
+
+
+def load_saliency(s: Session, run_id: int, blobs=None) -> SaliencyView:
+    from db.schema import SaliencyRun
+    from lsm_core.blobs import BlobStore
+
+    run = s.get(SaliencyRun, run_id)
+    if run is None:
+        raise LsmError("those saliency maps no longer exist")
+    data = np.load(io.BytesIO((blobs or BlobStore()).get(run.blob)))
+    ids = data["cell_ids"].tolist()
+    rows = {c.id: c for c in s.scalars(select(Cell).where(Cell.id.in_(ids)))}
+    keep = [i for i, cid in enumerate(ids) if cid in rows]
+    cells = [{"id": rows[ids[i]].id, "image_id": rows[ids[i]].image_id, "cell": rows[ids[i]].idx,
+              "box": (rows[ids[i]].x, rows[ids[i]].y, rows[ids[i]].w, rows[ids[i]].h),
+              "predicted": rows[ids[i]].predicted, "score": rows[ids[i]].score} for i in keep]
+    return SaliencyView(run.method, run.scope, cells, data["maps"][keep].astype(np.float32) / 255.0)
+
+
+def png_bytes(rgb_or_grey: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    PILImage.fromarray(rgb_or_grey).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def overlays_zip(view: SaliencyView, crops: list[np.ndarray], opacity: float = 0.5) -> bytes:
+    """Every cell's overlay as a PNG (named class/score/cell), in one ZIP."""
+    import zipfile
+
+    from lsm_core.saliency import overlay
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for cell, crop, m in zip(view.cells, crops, view.maps):
+            name = f"{cell['predicted']}/{view.method}_cell{cell['id']}_score{cell['score']:.3f}.png"
+            zf.writestr(name, png_bytes(overlay(crop, m, opacity)))
+    return buf.getvalue()

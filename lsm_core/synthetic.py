@@ -142,14 +142,17 @@ def _class_counts(n: int, k: int) -> list[int]:
 
 
 def make_crops(
-    task: str, n: int, seed: int = 0, size: int = 64, pixel_size: float = DEFAULT_PIXEL_SIZE_UM
-) -> tuple[np.ndarray, np.ndarray]:
+    task: str, n: int, seed: int = 0, size: int = 64, pixel_size: float = DEFAULT_PIXEL_SIZE_UM,
+    return_masks: bool = False,
+):
     """Synthetic single-cell crops, balanced over the task's classes.
 
     Returns
     -------
     crops : ndarray, shape (n, size, size), float32 in [0, 1]
     labels : ndarray, shape (n,), int64, indices into ``task_classes(task)``
+
+    masks : ndarray, shape (n, size, size), bool, each cell's outline (only with ``return_masks``)
 
     The same ``(task, n, seed, size, pixel_size)`` always gives the same arrays.
     """
@@ -158,13 +161,14 @@ def make_crops(
     order = np.random.default_rng([seed, 1]).permutation(n)
     labels = labels[order]
     crops = np.empty((n, size, size), dtype=np.float32)
+    masks = np.empty((n, size, size), dtype=bool)
     for i, label in enumerate(labels):
         rng = np.random.default_rng([seed, 2, i])
         centre = (size / 2 - 0.5 + rng.uniform(-1.5, 1.5), size / 2 - 0.5 + rng.uniform(-1.5, 1.5))
         morph = MORPHOLOGY[task][classes[label]]
-        opd, _ = cell_optical_path(rng, morph, (size, size), centre, pixel_size)
+        opd, masks[i] = cell_optical_path(rng, morph, (size, size), centre, pixel_size)
         crops[i] = np.clip(dic_image(opd, _background(rng, (size, size)), rng, pixel_size), 0, 1)
-    return crops, labels
+    return (crops, labels, masks) if return_masks else (crops, labels)
 
 
 @dataclass

@@ -43,7 +43,7 @@ from lsm_core.predict import Predictor, choose_device
 from lsm_core.registry import package_for
 
 log = logging.getLogger("lsm_core.worker")
-ALL_KINDS = ("classify", "train", "evaluate")
+ALL_KINDS = ("classify", "train", "evaluate", "saliency")
 
 
 class JobLost(Exception):
@@ -88,6 +88,7 @@ class Worker:
         self.current_job: int | None = None
         self.handlers: dict[str, Callable[[Job], None]] = {
             "classify": self.run_classify, "train": self.run_train, "evaluate": self.run_evaluate,
+            "saliency": self.run_saliency,
         }
 
     # --- life cycle -------------------------------------------------------------------------------
@@ -399,6 +400,70 @@ class Worker:
         with self.sessions.begin() as s:
             self._check(s, job.id)
             s.execute(update(Job).where(Job.id == job.id).values(result=metrics, progress_done=1))
+            if not jobs.finish(s, job.id, self.id, "done"):
+                raise JobLost()
+
+
+    def run_saliency(self, job: Job) -> None:
+        """Maps for a batch's cells (all, or the top-k per class by score), stored as one 8-bit npz blob."""
+        import io as _io
+
+        from db.schema import SaliencyRun
+        from lsm_core.datasets import recut_crops
+        from lsm_core.saliency import saliency_maps, to_uint8
+
+        p = job.payload
+        batch_id, method, top = int(p["batch_id"]), p.get("method", "scorecam"), p.get("top")
+        with self.sessions() as s:
+            batch = s.get(Batch, batch_id)
+            if batch is None:
+                raise LsmError(f"batch {batch_id} was deleted")
+            model = s.get(Model, batch.model_id)
+            s.expunge(model)
+            cells = s.execute(select(Cell.id, Cell.image_id, Cell.x, Cell.y, Cell.w, Cell.h, Cell.predicted, Cell.score)
+                              .where(Cell.batch_id == batch_id).order_by(Cell.image_id, Cell.idx)).all()
+            if top:
+                keep = set()
+                for cls in model.classes:
+                    ranked = sorted((c for c in cells if c.predicted == cls), key=lambda c: -c.score)[: int(top)]
+                    keep |= {c.id for c in ranked}
+                cells = [c for c in cells if c.id in keep]
+            images = {im.id: im for im in s.scalars(select(Image).where(Image.id.in_({c.image_id for c in cells})))}
+            for im in images.values():
+                s.expunge(im)
+        if not cells:
+            raise LsmError("this batch has no classified cells")
+        params = FindParams(pixel_size_um=batch.pixel_size_um or model.pixel_size_um, crop_um=model.crop_um,
+                            output_size=model.input_size)
+        net = package_for(model, self.store).load(self.device)  # a private copy: the predictor's is fused
+        index = {c: i for i, c in enumerate(model.classes)}
+        ids, maps = [], []
+        chunk = 256
+        for start in range(0, len(cells), chunk):
+            part = cells[start : start + chunk]
+            crops = []
+            for image_id in dict.fromkeys(c.image_id for c in part):
+                mine = [c for c in part if c.image_id == image_id]
+                crops.append(recut_crops(images[image_id], [(c.x, c.y, c.w, c.h) for c in mine], params, self.blobs))
+                ids += [c.id for c in mine]
+            targets = np.array([index[c.predicted] for c in part])
+            maps.append(to_uint8(saliency_maps(net, model.architecture, np.concatenate(crops), method, targets,
+                                               device=self.device)))
+            with self.sessions.begin() as s:
+                self._check(s, job.id)
+                jobs.set_progress(s, job.id, min(len(cells), start + chunk), len(cells))
+            if self.stop.is_set():
+                raise _Stopping()
+        buf = _io.BytesIO()
+        np.savez_compressed(buf, cell_ids=np.array(ids, np.int64), maps=np.concatenate(maps))
+        blob = self.blobs.put(buf.getvalue())
+        with self.sessions.begin() as s:
+            self._check(s, job.id)
+            run = SaliencyRun(batch_id=batch_id, method=method, scope=f"top {top} per class" if top else "all",
+                              cells=len(ids), blob=blob)
+            s.add(run)
+            s.flush()
+            s.execute(update(Job).where(Job.id == job.id).values(result={"saliency_run": run.id}))
             if not jobs.finish(s, job.id, self.id, "done"):
                 raise JobLost()
 

@@ -4,10 +4,12 @@ Imported by pages; not a page itself. Widgets only: data and figures come from l
 """
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
 from db import queries
+from db.schema import Model
 from db.session import database_url
 from lsm_core.blobs import BlobStore
 from lsm_core.errors import LsmError
@@ -172,7 +174,74 @@ def render_results(batch_id: int, key: str = "results") -> None:
                 cells = queries.image_cells(s, chosen.id)
             st.plotly_chart(field_figure(pixels, cells, report.classes, threshold), width="stretch", key=f"{key}_fov")
 
+    saliency_section(batch_id, report, images, key)
     download_buttons(batch_id, threshold, key)
+
+
+def saliency_section(batch_id: int, report, images, key: str) -> None:
+    """Saliency maps of the batch: compute them on a worker, then a gallery per class, means, a ZIP of overlays."""
+    from lsm_core.cells import FindParams
+    from lsm_core.datasets import recut_crops
+    from lsm_core.jobs import submit_saliency
+    from lsm_core.report import load_saliency, overlays_zip
+    from lsm_core.saliency import METHODS, overlay
+
+    st.subheader("Saliency: where the network looks")
+    factory = sessions()
+    names = {"scorecam": "Score-CAM (the paper's)", "gradcam": "Grad-CAM", "ig": "Integrated Gradients"}
+    c = st.columns([2, 2, 1])
+    method = c[0].radio("Method", METHODS, format_func=names.get, horizontal=True, key=f"{key}_sal_method")
+    opacity = c[1].slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key=f"{key}_sal_opacity")
+    with factory() as s:
+        runs = [r for r in queries.saliency_runs(s, batch_id) if r.method == method]
+        pending = [j for j in queries.jobs_list(s, limit=100) if j.kind == "saliency"
+                   and j.payload.get("batch_id") == batch_id and j.payload.get("method") == method
+                   and j.status in ("queued", "running")]
+    if not runs:
+        if pending:
+            st.info(f"{names[method]} maps are being computed (job {pending[0].id}, {pending[0].status}); "
+                    "reload in a moment.")
+        else:
+            b = st.columns(2)
+            if b[0].button(f"Compute {names[method]} for the top 12 cells of each class", key=f"{key}_sal_top"):
+                submit_saliency(factory, batch_id, method, top=12, owner=user())
+                st.rerun()
+            if b[1].button(f"Compute {names[method]} for every cell", key=f"{key}_sal_all"):
+                submit_saliency(factory, batch_id, method, owner=user())
+                st.rerun()
+        return
+    with factory() as s:
+        view = load_saliency(s, runs[0].id)
+    st.caption(f"{names[method]}, {view.scope}: {len(view.cells)} cells. Bright = evidence for the predicted class.")
+    by_id = {im.id: im for im in images}
+    with factory() as s:
+        model = s.get(Model, report.model["id"])
+        params = FindParams(pixel_size_um=report.meta.get("pixel_size_um") or model.pixel_size_um, crop_um=model.crop_um,
+                            output_size=model.input_size)
+    crops = []
+    blobs = BlobStore()
+    for cell in view.cells:
+        im = by_id.get(cell["image_id"])
+        try:
+            crops.append(recut_crops(im, [cell["box"]], params, blobs)[0])
+        except (LsmError, AttributeError):
+            crops.append(np.zeros(view.maps.shape[1:], np.float32))
+    means = view.mean_maps(report.classes)
+    cols = st.columns(max(1, len(means)))
+    for col, (cls, m) in zip(cols, means.items()):
+        col.image(overlay(np.zeros_like(m), m, 1.0), caption=f"mean map: {cls}", width=160)
+    for cls in report.classes:
+        members = [i for i, cell in enumerate(view.cells) if cell["predicted"] == cls][:8]
+        if not members:
+            continue
+        st.markdown(f"**{cls}**")
+        row = st.columns(8)
+        for slot, i in zip(row, members):
+            slot.image([overlay(crops[i], view.maps[i], 0.0), overlay(crops[i], view.maps[i], opacity)], width=72,
+                       caption=[f"{view.cells[i]['score']:.2f}", method])
+    st.download_button(f"Download {names[method]} overlays (ZIP of PNGs)", lambda: overlays_zip(view, crops, opacity),
+                       file_name=f"batch-{batch_id}-{method}.zip", mime="application/zip", on_click="ignore",
+                       key=f"{key}_sal_zip")
 
 
 def file_errors(errors: list[tuple[str, str]], shown: int = 25) -> None:

@@ -224,3 +224,21 @@ def test_compare_page_with_six_batches_from_three_ages(app_env):
     next(w for w in at.text_input if w.label.startswith("Age groups")).set_value("young 8 weeks")
     at.run()
     assert "label:range" in texts(at)  # a bin it cannot read is said, not a crash
+
+
+def test_results_page_saliency_gallery(with_batch):
+    from lsm_core.jobs import submit_saliency
+    from lsm_core.service import open_history
+    from lsm_core.worker import Worker
+
+    at = run_page("pages/results.py", {"batch": str(with_batch.batch_id)})
+    assert "Saliency: where the network looks" in [h.value for h in at.subheader]
+    assert any(b.label.startswith("Compute Score-CAM") for b in at.button)
+    engine, sessions = open_history()
+    submit_saliency(sessions, with_batch.batch_id, "scorecam", top=4, owner="ana")
+    Worker(sessions, device="cpu").run(drain=True)
+    engine.dispose()
+    at = run_page("pages/results.py", {"batch": str(with_batch.batch_id)})
+    assert "Bright = evidence for the predicted class" in texts(at), texts(at)[-600:]
+    downloads = [d.proto.label for d in at.get("download_button")]
+    assert any(label.startswith("Download Score-CAM (the paper's) overlays") for label in downloads)
