@@ -47,10 +47,11 @@ def main() -> None:
             predictor = Predictor(package, device="cpu")
             predictor(crops[:64])  # warm-up
             base = timed(lambda: predictor(crops))
+            predicted = predictor(crops).predicted  # maps explain the class each cell was given
             print(f"{arch}: classification of {args.n} cells: {base:.2f} s ({args.n / base:.0f} cells/s, "
                   f"{'bf16' if predictor.bf16 else 'fp32'})")
             for method in methods:
-                seconds = timed(lambda: saliency_maps(net, arch, crops, method))
+                seconds = timed(lambda: saliency_maps(net, arch, crops, method, predicted))
                 print(f"  {method}: {seconds:.2f} s, ratio {method}/classification: {seconds / base:.2f}")
 
 

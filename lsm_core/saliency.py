@@ -90,14 +90,32 @@ def _cam(method: str, net: nn.Module, architecture: str, crops: np.ndarray, clas
     cls = {"gradcam": GradCAM, "scorecam": ScoreCAM}[method]
     layer = nets.target_layer(net, architecture)
     out = []
-    for start in range(0, len(crops), batch_size):
-        x = torch.from_numpy(np.asarray(crops[start : start + batch_size], np.float32))[:, None].to(device)
-        target = _targets(net, x, None if classes is None else classes[start : start + batch_size])
-        with cls(model=net, target_layers=[layer]) as cam, _quiet_tqdm():  # hooks removed on exit
-            if method == "scorecam":
-                cam.batch_size = 64
-            maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in target])
-        out.append(np.asarray(maps, np.float32))
+    # Only the target layer's gradient is needed: weights stay frozen (no weight gradients), and the
+    # layer's output is made the start of the backward pass, which then stops there.
+    # On CUDA and CPUs with native bfloat16 the forward pass autocasts (as classification does); the target
+    # layer's activations are handed on in float32, which is what the CAM arithmetic reads.
+    from lsm_core.predict import use_bf16
+
+    device = torch.device(device)
+    bf16 = use_bf16(device)
+    trainable = [p.requires_grad for p in net.parameters()]
+    net.requires_grad_(False)
+    start_here = layer.register_forward_hook(lambda _m, _i, output: output.float().requires_grad_(True))
+    try:
+        for start in range(0, len(crops), batch_size):
+            x = torch.from_numpy(np.asarray(crops[start : start + batch_size], np.float32))[:, None].to(device)
+            x = x.contiguous(memory_format=torch.channels_last)
+            target = _targets(net, x, None if classes is None else classes[start : start + batch_size])
+            with cls(model=net, target_layers=[layer]) as cam, _quiet_tqdm(), \
+                    torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):  # hooks removed on exit
+                if method == "scorecam":
+                    cam.batch_size = 64
+                maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in target])
+            out.append(np.asarray(maps, np.float32))
+    finally:
+        start_here.remove()
+        for p, flag in zip(net.parameters(), trainable):
+            p.requires_grad_(flag)
     return np.concatenate(out)
 
 
@@ -109,7 +127,7 @@ def _normalise(maps: np.ndarray) -> np.ndarray:
 
 def saliency_maps(
     net: nn.Module, architecture: str, crops: np.ndarray, method: str = "scorecam", classes: np.ndarray | None = None,
-    batch_size: int = 32, device: str | torch.device = "cpu",
+    batch_size: int = 64, device: str | torch.device = "cpu",
 ) -> np.ndarray:
     """Maps (N, H, W) float32 in [0, 1] for crops (N, H, W): how much each pixel supports the class.
 
@@ -123,6 +141,7 @@ def saliency_maps(
     if method == "ig":
         attr, _ = integrated_gradients(net, crops, classes, batch_size=batch_size, device=device)
         return _normalise(np.clip(attr, 0, None))
+    net = net.to(memory_format=torch.channels_last)  # in place: oneDNN's fast layout, as for classification
     return _normalise(_cam(method, net, architecture, crops, classes, batch_size, device))
 
 
