@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +16,12 @@ APP = str(ROOT / "streamlit_app.py")
 @pytest.fixture
 def app_env(tmp_path, monkeypatch):
     """A fresh data dir (SQLite) whose model store holds demo-named tiny models."""
-    from lsm_core import nets
-    from lsm_core.models import Manifest, ModelStore
+    from tests.helpers import add_tiny_demo_models
 
     monkeypatch.setenv("LSM_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("LSM_DATABASE_URL", raising=False)
     monkeypatch.setenv("LSM_USER", "ana")
-    store = ModelStore(tmp_path / "models")
-    for task, name, classes in (("lsm", "demo-lsm", ["LT-HSC", "ST-HSC", "MPP"]), ("aging", "demo-aging", ["young", "aged"])):
-        store.add(nets.create("tiny_cnn", len(classes)), Manifest(task=task, name=name, classes=classes, architecture="tiny_cnn", demo=True))
+    add_tiny_demo_models(tmp_path / "models")
     return tmp_path
 
 

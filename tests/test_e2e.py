@@ -6,12 +6,9 @@ and reads it back with openpyxl. A screenshot of every page goes to artifacts/ (
 """
 from __future__ import annotations
 
-import io
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import openpyxl
 import pytest
+
+from tests.helpers import add_tiny_demo_models, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts"
@@ -42,27 +41,12 @@ def _need_browser():
         pytest.skip(problem)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`python -m lsm_core serve` (what `make run` runs) on a free port and a fresh data dir."""
     _need_browser()
     tmp_path = tmp_path_factory.mktemp("e2e")
-    from lsm_core import nets
-    from lsm_core.models import Manifest, ModelStore
-    from lsm_core.train import TrainConfig, fit
-    from lsm_core import synthetic
-
-    store = ModelStore(tmp_path / "data" / "models")
-    for task, name, classes in (("lsm", "demo-lsm", ["LT-HSC", "ST-HSC", "MPP"]), ("aging", "demo-aging", ["young", "aged"])):
-        x, y = synthetic.make_crops(task, 200, seed=3)
-        net, _ = fit(x, y, len(classes), TrainConfig(architecture="tiny_cnn", epochs=1, batch_size=64, lr=3e-3, weight_decay=0))
-        store.add(net, Manifest(task=task, name=name, classes=classes, architecture="tiny_cnn", demo=True))
+    add_tiny_demo_models(tmp_path / "data" / "models", train_epochs=1)
     port = free_port()
     env = dict(os.environ, LSM_DATA_DIR=str(tmp_path / "data"), PYTHONPATH=str(ROOT), LSM_USER="e2e-user")
     env.pop("LSM_DATABASE_URL", None)

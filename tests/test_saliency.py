@@ -1,7 +1,6 @@
 """Saliency maps: the three methods, their sanity checks (on a model trained on synthetic cells), the job and CLI."""
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
@@ -90,7 +89,6 @@ def test_no_hooks_leak_into_the_shared_model(trained):
 def test_saliency_job_stores_8_bit_maps_and_the_view_reads_them(history, data_dir):
     from db.schema import Job, SaliencyRun
     from lsm_core import jobs
-    from lsm_core.images import RawFile
     from lsm_core.report import load_saliency
     from lsm_core.worker import Worker
     from tests.test_history import crop_files, field_file

@@ -1,7 +1,6 @@
 """`python -m lsm_core serve` from an empty data dir: database, worker and app up; Ctrl-C stops both."""
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,24 +10,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from tests.helpers import add_tiny_demo_models, free_port
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def fresh_data_dir(tmp_path):
     """A data dir whose store already holds demo-named tiny models (so serve does not train for minutes)."""
-    from lsm_core import nets
-    from lsm_core.models import Manifest, ModelStore
-
-    store = ModelStore(tmp_path / "models")
-    for task, name, classes in (("lsm", "demo-lsm", ["LT-HSC", "ST-HSC", "MPP"]), ("aging", "demo-aging", ["young", "aged"])):
-        store.add(nets.create("tiny_cnn", len(classes)), Manifest(task=task, name=name, classes=classes, architecture="tiny_cnn", demo=True))
+    add_tiny_demo_models(tmp_path / "models")
     return tmp_path
 
 
