@@ -185,6 +185,19 @@ class Job(Base):
     finished: Mapped[datetime | None] = mapped_column()
 
 
+class AuditEvent(Base):
+    """Who did what, when: submitted, deleted, renamed, re-ran, trained, imported, changed a default."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(200), index=True)
+    action: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str] = mapped_column(String(300))  # e.g. "batch 12", "model lsm-lab v3"
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
 class Worker(Base):
     """A worker's heartbeat row: what the app shows as live workers."""
 

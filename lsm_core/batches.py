@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from db import audit
 from db.schema import Batch, Image, Job, Model
 from lsm_core import jobs
 from lsm_core.blobs import BlobStore
@@ -39,7 +40,9 @@ def rename(sessions: sessionmaker[Session], batch_id: int, new_name: str, user: 
     if not new_name or len(new_name) > 200:
         raise LsmError("a batch name needs 1 to 200 characters")
     with sessions.begin() as s:
-        _own(s, batch_id, user).name = new_name
+        batch = _own(s, batch_id, user)
+        audit.record(s, user, "rename", f"batch {batch_id}", old=batch.name, new=new_name)
+        batch.name = new_name
 
 
 def delete(sessions: sessionmaker[Session], batch_id: int, user: str) -> None:
@@ -50,6 +53,7 @@ def delete(sessions: sessionmaker[Session], batch_id: int, user: str) -> None:
             update(Job).where(Job.batch_id == batch_id, Job.status == "queued").values(status="cancelled", finished=func.now())
         )
         s.execute(update(Job).where(Job.batch_id == batch_id, Job.status == "running").values(cancel_requested=True))
+        audit.record(s, user, "delete", f"batch {batch_id}", name=batch.name, owner=batch.owner)
         s.delete(batch)
 
 
@@ -84,6 +88,7 @@ def rerun(sessions: sessionmaker[Session], batch_id: int, model_id: int, user: s
                   progress_total=readable, max_attempts=jobs.DEFAULT_MAX_ATTEMPTS)
         s.add(job)
         s.flush()
+        audit.record(s, user, "rerun", f"batch {batch.id}", source=batch_id, model=model.label)
         return jobs.Submitted(batch.id, job.id, len(copies), [])
 
 
@@ -112,4 +117,5 @@ def add_files(
                   batch_id=batch_id, progress_total=readable, max_attempts=jobs.DEFAULT_MAX_ATTEMPTS)
         s.add(job)
         s.flush()
+        audit.record(s, user, "add files", f"batch {batch_id}", images=len(rows), failed=len(errors))
         return jobs.Submitted(batch_id, job.id, len(rows), errors)

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from db import audit
 from db.schema import Batch, Image, Job, Model, utcnow
 from lsm_core.blobs import BlobStore
 from lsm_core.config import Limits
@@ -149,6 +150,8 @@ def submit_batch(
         )
         s.add(job)
         s.flush()
+        audit.record(s, owner, "submit", f"batch {batch.id}", name=name, model=model.label, images=len(rows),
+                     failed=len(errors))
         return Submitted(batch.id, job.id, len(rows), errors)
 
 
@@ -160,6 +163,9 @@ def submit_job(sessions: sessionmaker[Session], kind: str, payload: dict, owner:
                   batch_id=batch_id, max_attempts=DEFAULT_MAX_ATTEMPTS)
         s.add(job)
         s.flush()
+        if kind in ("train", "evaluate"):
+            target = f"model {payload.get('name')}" if kind == "train" else f"model id {payload.get('model_id')}"
+            audit.record(s, job.owner, kind, target, job=job.id)
         return job.id
 
 

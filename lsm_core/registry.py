@@ -4,6 +4,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from db import audit
 from db.schema import Model
 from lsm_core.errors import LsmError
 from lsm_core.models import ModelPackage, ModelStore
@@ -20,6 +21,8 @@ def row_for(s: Session, package: ModelPackage, store: ModelStore) -> Model:
                 f"(sha256 {m.weights_sha256[:12]} vs {row.weights_sha256[:12]})"
             )
         return row
+    audit.record(s, "system", "register", f"model {m.name} v{m.version}", task=m.task, demo=m.demo,
+                 sha256=m.weights_sha256)
     row = Model(
         task=m.task, name=m.name, version=m.version, classes=list(m.classes), architecture=m.architecture,
         input_size=m.input_size, pixel_size_um=m.pixel_size_um, crop_um=m.crop_um, normalisation=m.normalisation,
@@ -73,3 +76,10 @@ def set_default(sessions: sessionmaker[Session], model_id: int, user: str) -> No
             raise LsmError("that model no longer exists")
         for other in s.scalars(select(Model).where(Model.task == row.task)):
             other.is_default = other.id == row.id
+        audit.record(s, user, "set default", f"model {row.name} v{row.version}", task=row.task)
+
+
+def note_import(sessions: sessionmaker[Session], name: str, version: int, user: str) -> None:
+    """Record in the audit trail who imported a model version (its row is made by sync_models)."""
+    with sessions.begin() as s:
+        audit.record(s, user, "import", f"model {name} v{version}")

@@ -4,9 +4,10 @@ import datetime as dt
 import pandas as pd
 import streamlit as st
 
-from db import queries
+from db import audit, queries
 from lsm_core import batches
 from lsm_core.errors import LsmError
+from lsm_core.registry import is_admin
 from lsm_core.report import age_text
 from lsm_core.tasks import TASK_TITLES
 from pages._shared import download_buttons, model_options, sessions, user
@@ -38,8 +39,22 @@ f = queries.BatchFilter(
 )
 with factory() as s:
     rows = queries.batches(s, f, limit=1000)
+
+
+def audit_trail() -> None:
+    if not is_admin(user()):
+        return
+    with st.expander("Audit trail (administrators)"):
+        with factory() as s:
+            events = audit.events(s, limit=500)
+        st.dataframe(pd.DataFrame([{"when": e.at.strftime("%Y-%m-%d %H:%M:%S"), "who": e.actor, "did": e.action,
+                                    "what": e.target, "detail": str(e.detail)} for e in events]),
+                     hide_index=True, width="stretch")
+
+
 if not rows:
     st.info("No batches match." if owners else "No batches yet. Upload one on the Classify page.")
+    audit_trail()
     st.stop()
 
 table = pd.DataFrame([{
@@ -52,6 +67,7 @@ st.caption(f"{len(rows)} batch(es). Select a row to act on it.")
 picked = st.dataframe(table, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row", key="table")
 selected = picked.selection.rows if picked and picked.selection else []
 if not selected:
+    audit_trail()
     st.stop()
 batch = rows[selected[0]]
 st.markdown(f"#### #{batch['id']} {batch['name']}")
@@ -92,3 +108,4 @@ with st.expander("Re-run with another model version"):
             st.error(str(exc))
 
 download_buttons(batch["id"], 0.0, key="history")
+audit_trail()

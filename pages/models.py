@@ -13,7 +13,7 @@ from lsm_core.errors import LsmError
 from lsm_core.images import RawFile
 from lsm_core.model_card import confusion_figure, package_zip, reliability_figure, roc_figure, training_figure
 from lsm_core.models import ModelStore
-from lsm_core.registry import is_admin, set_default, sync_models
+from lsm_core.registry import is_admin, note_import, set_default, sync_models
 from lsm_core.tasks import TASK_TITLES
 from pages._shared import sessions, user
 
@@ -189,6 +189,7 @@ with tabs[3]:
                     mpath.write_bytes(manifest.getvalue())
                     package = ModelStore().import_weights(wpath, mpath)
                 sync_models(factory)
+                note_import(factory, package.manifest.name, package.manifest.version, user())
                 st.success(f"Registered {package.manifest.label}.")
             except LsmError as exc:
                 st.error(str(exc))

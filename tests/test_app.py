@@ -141,6 +141,9 @@ def test_history_page_with_data_and_filters(with_batch):
     at = run_page("pages/history.py")
     frame = at.dataframe[0].value
     assert list(frame["name"]) == ["M17 LT-HSC"] and frame["cells"][0] > 0 and frame["failed"][0] == 1
+    assert "Audit trail (administrators)" in [e.label for e in at.expander]
+    trail = at.dataframe[1].value
+    assert ("ana", "submit") in set(zip(trail["who"], trail["did"]))
     next(w for w in at.text_input if w.label.startswith("Text")).set_value("no such thing")
     at.run()
     assert "No batches match" in texts(at)

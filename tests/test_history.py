@@ -384,3 +384,23 @@ def test_batch_operations_check_the_owner(history):
         assert s.get(Batch, sub.batch_id) is None
         assert s.scalar(select(func.count()).select_from(Cell).where(Cell.batch_id == sub.batch_id)) == 0
         assert queries.count_cells(s, rerun.batch_id) == 5  # the re-run keeps its own cells
+
+
+def test_audit_trail_records_who_did_what(history):
+    from db import audit
+    from lsm_core import batches
+    from lsm_core.registry import set_default
+
+    sessions, _, model_id = history
+    sub = jobs.submit_batch(sessions, crop_files(1, 401), model_id, "audited", owner="ana")
+    batches.rename(sessions, sub.batch_id, "audited 2", "ana")
+    set_default(sessions, model_id, "ana")
+    batches.delete(sessions, sub.batch_id, "ana")
+    with pytest.raises(LsmError):
+        batches.delete(sessions, 999_999, "ana")  # a refused action leaves no record
+    with sessions() as s:
+        trail = [(e.actor, e.action, e.target) for e in reversed(audit.events(s))]
+    mine = [t for t in trail if t[0] == "ana"]
+    assert mine == [("ana", "submit", f"batch {sub.batch_id}"), ("ana", "rename", f"batch {sub.batch_id}"),
+                    ("ana", "set default", "model tiny-lsm v1"), ("ana", "delete", f"batch {sub.batch_id}")]
+    assert any(a == "system" and act == "register" for a, act, _ in trail)
