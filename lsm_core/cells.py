@@ -53,6 +53,12 @@ class FindParams:
         if self.output_size < 8:
             raise LsmError(f"crop output size {self.output_size} is too small")
 
+    @classmethod
+    def for_model(cls, model, pixel_size_um: float | None = None) -> "FindParams":
+        """Settings for a model (a manifest or a Model row): its crop, in micrometres, sampled at its input size,
+        at ``pixel_size_um`` (the microscope's calibration), else the pixel size it was trained at."""
+        return cls(pixel_size_um=pixel_size_um or model.pixel_size_um, crop_um=model.crop_um, output_size=model.input_size)
+
     @property
     def crop_px(self) -> int:
         return max(4, int(round(self.crop_um / self.pixel_size_um)))

@@ -71,12 +71,7 @@ def find_params_for(predictor: Predictor, pixel_size_um: float | None) -> FindPa
 
     The pixel size is ``pixel_size_um``, else LSM_PIXEL_SIZE_UM, else the one the model was trained at.
     """
-    m = predictor.manifest
-    return FindParams(
-        pixel_size_um=pixel_size_um or config.pixel_size_um() or m.pixel_size_um,
-        crop_um=m.crop_um,
-        output_size=m.input_size,
-    )
+    return FindParams.for_model(predictor.manifest, pixel_size_um or config.pixel_size_um())
 
 
 _DONE = object()

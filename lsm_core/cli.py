@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 
 import numpy as np
@@ -29,7 +28,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from lsm_core.classify import Summary, classify_records, find_params_for, result_columns
-    from lsm_core.export import write_table
+    from lsm_core.export import write_csv, write_table
     from lsm_core.images import read_inputs
     from lsm_core.models import ModelStore
     from lsm_core.predict import Predictor
@@ -46,10 +45,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     if args.out:
         write_table(args.out, columns, rows)
     else:
-        writer = csv.writer(sys.stdout)
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow(["" if v is None else v for v in row])
+        write_csv(sys.stdout, columns, rows)
     progress.close()
     dropped = ", ".join(f"{v} {k}" for k, v in summary.dropped.items() if v)
     _log(
@@ -250,17 +246,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from lsm_core.classify import find_params_for
     from lsm_core.datasets import from_paths
-    from lsm_core.metrics import evaluate_probs, softmax
     from lsm_core.models import ModelStore
     from lsm_core.predict import Predictor
+    from lsm_core.train import evaluate_predictor
 
     package = ModelStore().resolve(args.model)
     predictor = Predictor(package, device=args.device)
     data = from_paths(args.data, package.manifest.task, find_params_for(predictor, None))
-    order = [data.classes.index(c) for c in package.manifest.classes]
-    labels = np.array([order.index(v) for v in data.labels]) if order != list(range(len(order))) else data.labels
-    metrics = evaluate_probs(softmax(predictor.logits(data.crops), package.manifest.temperature), labels,
-                             list(package.manifest.classes))
+    metrics = evaluate_predictor(predictor, data)
     metrics["model"] = package.manifest.label
     metrics["unusable_files"] = [{"file": f, "error": e} for f, e in data.errors]
     if args.json:
@@ -290,12 +283,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_saliency(args: argparse.Namespace) -> int:
-    import csv as _csv
     from pathlib import Path
 
     from PIL import Image
 
     from lsm_core.classify import Summary, classify_records, find_params_for, result_columns
+    from lsm_core.export import write_csv
     from lsm_core.images import read_inputs
     from lsm_core.models import ModelStore
     from lsm_core.predict import Predictor
@@ -321,16 +314,13 @@ def cmd_saliency(args: argparse.Namespace) -> int:
         maps = saliency_maps(net, package.manifest.architecture, np.stack(crops), args.method, np.array(targets),
                              device=predictor.device)
     np.savez_compressed(out / "maps.npz", maps=maps)
-    k = 0
-    with open(out / "cells.csv", "w", newline="") as fh:
-        writer = _csv.writer(fh)
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow(["" if v is None else v for v in row.values(len(classes))])
-            if row.cell is not None:
-                stem = Path(row.file).name.rsplit(".", 1)[0]
-                Image.fromarray(overlay(row.crop, maps[k])).save(out / f"{k + 1:05d}_{stem}_p{row.page}_c{row.cell}_{args.method}.png")
-                k += 1
+    with open(out / "cells.csv", "w", newline="", encoding="utf-8") as fh:
+        write_csv(fh, columns, (row.values(len(classes)) for row in rows))
+    cells = [row for row in rows if row.cell is not None]
+    for k, row in enumerate(cells):
+        stem = Path(row.file).name.rsplit(".", 1)[0]
+        Image.fromarray(overlay(row.crop, maps[k])).save(out / f"{k + 1:05d}_{stem}_p{row.page}_c{row.cell}_{args.method}.png")
+    k = len(cells)
     _log(f"{k} cells: overlays, maps.npz ({maps.shape}) and cells.csv written to {out}")
     return 0 if k else 1
 

@@ -194,12 +194,10 @@ def from_batches(sessions, labels_by_batch: dict[int, str], task: str, params: F
 def recut_crops(image, boxes, params: FindParams, blobs) -> np.ndarray:
     """The crops of an Image row's cells (boxes x, y, w, h), cut again from its stored bytes."""
     from lsm_core.cells import cut_crops
-    from lsm_core.images import decode_bytes
+    from lsm_core.images import decode_page
 
-    record = next((r for r in decode_bytes(image.file, blobs.get(image.sha256)) if r.page == image.page - 1), None)
-    if record is None or not record.ok:
-        raise LsmError(record.error if record else "the stored image could not be read")
+    pixels = decode_page(image.file, blobs.get(image.sha256), image.page)
     if image.kind == "single":
-        return find_cells(record.pixels, params).crops
+        return find_cells(pixels, params).crops
     centres = np.array([(x + w / 2 - 0.5, y + h / 2 - 0.5) for x, y, w, h in boxes], np.float32).reshape(-1, 2)
-    return cut_crops(record.pixels, centres, params)
+    return cut_crops(pixels, centres, params)

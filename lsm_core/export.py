@@ -19,6 +19,17 @@ def spreadsheet_text(value):
     return value
 
 
+def write_csv(fh, columns: Sequence[str], rows: Iterable[Sequence]) -> int:
+    """Write ``columns`` and ``rows`` as CSV to an open text file (None becomes an empty field)."""
+    writer = csv.writer(fh)
+    writer.writerow(columns)
+    n = 0
+    for row in rows:
+        writer.writerow(["" if v is None else v for v in row])
+        n += 1
+    return n
+
+
 def write_table(path: str | Path, columns: Sequence[str], rows: Iterable[Sequence], sheet: str = "cells") -> int:
     """Write ``rows`` under ``columns`` to ``path`` (.csv or .xlsx); returns the number of rows."""
     path = Path(path)
@@ -26,15 +37,10 @@ def write_table(path: str | Path, columns: Sequence[str], rows: Iterable[Sequenc
     if suffix not in FORMATS:
         raise LsmError(f"{path.name}: the output must end in .csv or .xlsx")
     path.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
     if suffix == ".csv":
         with open(path, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(columns)
-            for row in rows:
-                writer.writerow(["" if v is None else v for v in row])
-                n += 1
-        return n
+            return write_csv(fh, columns, rows)
+    n = 0
     book = Workbook(write_only=True)
     ws = book.create_sheet(sheet)
     ws.append(list(columns))

@@ -300,6 +300,16 @@ def decode_bytes(name: str, data: bytes, limits: Limits | None = None) -> list[I
     return records
 
 
+def decode_page(name: str, data: bytes, page: int, limits: Limits | None = None) -> np.ndarray:
+    """The pixels of page ``page`` (counted from 1) of one file's bytes; LsmError if it cannot be read."""
+    record = next((r for r in decode_bytes(name, data, limits) if r.page == page - 1), None)
+    if record is None:
+        raise LsmError(f"{name}: page {page} is missing")
+    if not record.ok:
+        raise LsmError(record.error or "the image could not be read")
+    return record.pixels
+
+
 def _unsafe_member(name: str) -> str | None:
     normal = name.replace("\\", "/")
     if normal.startswith("/") or (len(normal) > 1 and normal[1] == ":"):

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from db import queries
 from db.schema import Batch, Cell, Image, Model
 from lsm_core.errors import LsmError
-from lsm_core.export import BATCH_COLUMNS, spreadsheet_text, batch_rows
+from lsm_core.export import BATCH_COLUMNS, batch_rows, spreadsheet_text, write_csv
 from lsm_core.stats import ClassShare, composition
 
 CLASS_COLOURS = {
@@ -235,14 +235,9 @@ def workbook(s: Session, batch_id: int, threshold: float) -> bytes:
 
 
 def cells_csv(s: Session, batch_id: int) -> bytes:
-    import csv
-
     columns, rows = batch_rows(s, [batch_id])
     buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow(["" if v is None else v for v in row])
+    write_csv(buf, columns, rows)
     return buf.getvalue().encode("utf-8")
 
 

@@ -226,6 +226,17 @@ def fit(
     return net.cpu().eval(), history
 
 
+def evaluate_predictor(predictor, data) -> dict:
+    """Every metric of a loaded model (:class:`lsm_core.predict.Predictor`, its temperature applied) on
+    labelled crops (:class:`lsm_core.datasets.LabelledData`), whatever the order of the model's classes."""
+    from lsm_core.metrics import evaluate_probs, softmax
+
+    classes = list(predictor.classes)
+    to_model = np.array([classes.index(c) for c in data.classes], np.int64)  # data's class index -> model's
+    probs = softmax(predictor.logits(data.crops), predictor.temperature)
+    return evaluate_probs(probs, to_model[data.labels], classes)
+
+
 def logits_of(net: nn.Module, crops: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray:
     """Logits (N, C) of an eval-mode network on crops (N, H, W)."""
     x = torch.from_numpy(np.asarray(crops, np.float32))[:, None]

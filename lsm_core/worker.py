@@ -37,7 +37,7 @@ from lsm_core.cells import FindParams, find_cells
 from lsm_core.classify import NO_CELLS_NOTE
 from lsm_core.config import Limits
 from lsm_core.errors import LsmError
-from lsm_core.images import decode_bytes
+from lsm_core.images import decode_page
 from lsm_core.models import ModelStore
 from lsm_core.predict import Predictor, choose_device
 from lsm_core.registry import package_for
@@ -216,9 +216,7 @@ class Worker:
             total = s.scalar(select(Job.progress_total).where(Job.id == job.id))
             done_before = total - len(todo)
         predictor = self.predictor(model)
-        params = FindParams(
-            pixel_size_um=pixel_size or model.pixel_size_um, crop_um=model.crop_um, output_size=model.input_size
-        )
+        params = FindParams.for_model(model, pixel_size)
         done = done_before
         i = 0
         while i < len(todo):
@@ -227,7 +225,7 @@ class Worker:
             chunk, cells_in_chunk = [], 0
             while i < len(todo) and (not chunk or cells_in_chunk < predictor.batch_size):
                 image = todo[i]
-                result = self._cells_for(image, model, params, batch_id)
+                result = self._cells_for(image, model, params)
                 chunk.append((image, result))
                 cells_in_chunk += result.n
                 i += 1
@@ -244,20 +242,15 @@ class Worker:
                 raise JobLost()
         log.info("job %s done: %s images", job.id, len(todo))
 
-    def _cells_for(self, image, model: Model, params: FindParams, batch_id: int) -> "_ImageResult":
+    def _cells_for(self, image, model: Model, params: FindParams) -> "_ImageResult":
         result = _ImageResult(image.id)
-        cached = self._cached_cells(image.sha256, image.page, model.weights_sha256, batch_id)
+        cached = self._cached_cells(image.sha256, image.page, model.weights_sha256)
         if cached is not None:
-            result.cached = cached
-            result.n = 0
+            result.kind, result.cached = cached
             return result
         try:
-            data = self.blobs.get(image.sha256)
-            records = decode_bytes("stored", data, self.limits)
-            record = next((r for r in records if r.page == image.page - 1), None)
-            if record is None or not record.ok:
-                raise LsmError(record.error if record else f"page {image.page} is missing")
-            found = find_cells(record.pixels, params)
+            pixels = decode_page("stored", self.blobs.get(image.sha256), image.page, self.limits)
+            found = find_cells(pixels, params)
         except LsmError as exc:
             result.error = str(exc)
             return result
@@ -266,7 +259,8 @@ class Worker:
         result.n = len(found)
         return result
 
-    def _cached_cells(self, sha: str | None, page: int, weights_sha: str, batch_id: int) -> list[dict] | None:
+    def _cached_cells(self, sha: str | None, page: int, weights_sha: str) -> tuple[str | None, list[dict]] | None:
+        """(kind, cells) computed before for these image bytes and these weights, or None."""
         if not sha:
             return None
         with self.sessions() as s:
@@ -283,11 +277,11 @@ class Worker:
             cells = s.scalars(select(Cell).where(Cell.image_id == source.id).order_by(Cell.idx)).all()
             if len(cells) != source.n_cells:
                 return None
-            return [
+            return source.kind, [
                 {"idx": c.idx, "x": c.x, "y": c.y, "w": c.w, "h": c.h, "predicted": c.predicted, "score": c.score,
-                 "probs": c.probs, "flags": c.flags, "_kind": source.kind}
+                 "probs": c.probs, "flags": c.flags}
                 for c in cells
-            ] or [{"_empty": True, "_kind": source.kind}]
+            ]
 
     def _predict_chunk(self, chunk: list[tuple], predictor: Predictor) -> None:
         crops = [r.found.crops for _, r in chunk if r.found is not None and r.n]
@@ -309,11 +303,8 @@ class Worker:
             if r.error:
                 values.update(error=r.error, n_cells=0)
             elif r.cached is not None:
-                real = [c for c in r.cached if not c.get("_empty")]
-                kind = r.cached[0].get("_kind")
-                for c in real:
-                    rows.append({k: v for k, v in c.items() if not k.startswith("_")} | {"batch_id": batch_id, "image_id": image.id})
-                values.update(n_cells=len(real), kind=kind, note=None if real else NO_CELLS_NOTE)
+                rows += [c | {"batch_id": batch_id, "image_id": image.id} for c in r.cached]
+                values.update(n_cells=len(r.cached), kind=r.kind, note=None if r.cached else NO_CELLS_NOTE)
             else:
                 found = r.found
                 for j in range(r.n):
@@ -383,7 +374,7 @@ class Worker:
                 raise JobLost()
 
     def run_evaluate(self, job: Job) -> None:
-        from lsm_core.metrics import evaluate_probs, softmax
+        from lsm_core.train import evaluate_predictor
 
         with self.sessions() as s:
             model = s.get(Model, int(job.payload["model_id"]))
@@ -391,11 +382,8 @@ class Worker:
                 raise LsmError("the model to evaluate was deleted")
             s.expunge(model)
         predictor = self.predictor(model)
-        params = FindParams(pixel_size_um=model.pixel_size_um, crop_um=model.crop_um, output_size=model.input_size)
-        data = self._uploaded(job.payload["uploads"], model.task, params)
-        order = [data.classes.index(c) for c in model.classes]
-        labels = np.array([order.index(v) for v in data.labels], np.int64)
-        metrics = evaluate_probs(softmax(predictor.logits(data.crops), model.temperature), labels, list(model.classes))
+        data = self._uploaded(job.payload["uploads"], model.task, FindParams.for_model(model))
+        metrics = evaluate_predictor(predictor, data)
         metrics["unusable_files"] = [list(e) for e in data.errors[:200]]
         with self.sessions.begin() as s:
             self._check(s, job.id)
@@ -433,8 +421,7 @@ class Worker:
                 s.expunge(im)
         if not cells:
             raise LsmError("this batch has no classified cells")
-        params = FindParams(pixel_size_um=batch.pixel_size_um or model.pixel_size_um, crop_um=model.crop_um,
-                            output_size=model.input_size)
+        params = FindParams.for_model(model, batch.pixel_size_um)
         net = package_for(model, self.store).load(self.device)  # a private copy: the predictor's is fused
         index = {c: i for i, c in enumerate(model.classes)}
         ids, maps = [], []

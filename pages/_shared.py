@@ -13,7 +13,7 @@ from db.schema import Model
 from db.session import database_url
 from lsm_core.blobs import BlobStore
 from lsm_core.errors import LsmError
-from lsm_core.images import decode_bytes
+from lsm_core.images import decode_page
 from lsm_core.jobs import current_user
 from lsm_core.report import (
     cell_arrays,
@@ -51,9 +51,10 @@ def user() -> str:
 @st.cache_data(max_entries=16, show_spinner=False)
 def image_pixels(sha256: str, page: int):
     """The grey pixels of one stored image page (cached: thumbnails and field views reuse them)."""
-    records = decode_bytes("stored", BlobStore().get(sha256))
-    record = next((r for r in records if r.page == page - 1 and r.ok), None)
-    return None if record is None else record.pixels
+    try:
+        return decode_page("stored", BlobStore().get(sha256), page)
+    except LsmError:
+        return None
 
 
 def model_options(task: str | None = None) -> dict[str, int]:
@@ -216,8 +217,7 @@ def saliency_section(batch_id: int, report, images, key: str) -> None:
     by_id = {im.id: im for im in images}
     with factory() as s:
         model = s.get(Model, report.model["id"])
-        params = FindParams(pixel_size_um=report.meta.get("pixel_size_um") or model.pixel_size_um, crop_um=model.crop_um,
-                            output_size=model.input_size)
+        params = FindParams.for_model(model, report.meta.get("pixel_size_um"))
     crops = []
     blobs = BlobStore()
     for cell in view.cells:
