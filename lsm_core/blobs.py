@@ -2,10 +2,12 @@
 
 Files live at ``<root>/<aa>/<bb>/<sha256>`` (root: LSM_BLOB_DIR, default ``$LSM_DATA_DIR/blobs``; a shared
 mount when workers run on several hosts). Writes go to a temporary file and are renamed into place, so a
-reader never sees half a blob.
+reader never sees half a blob; a write that fails (a full disk) removes its temporary file and raises
+LsmError saying so.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -35,8 +37,8 @@ class BlobStore:
         target = self.path(sha)
         if target.exists():
             return sha
-        target.parent.mkdir(parents=True, exist_ok=True)
         try:
+            target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".partial-")
             try:
                 with os.fdopen(fd, "wb") as fh:
@@ -46,6 +48,9 @@ class BlobStore:
                 Path(tmp).unlink(missing_ok=True)
                 raise
         except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise LsmError(f"the file store at {self.root} is full (no space left on its disk): nothing more can be "
+                               "saved until space is freed there; ask the lab's administrator") from None
             raise LsmError(f"the file store at {self.root} could not save an upload ({exc.strerror or exc})") from None
         return sha
 

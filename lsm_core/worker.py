@@ -11,6 +11,9 @@
 - Cells computed before for the same image bytes (sha256) and the same weights (sha256) are copied, not
   recomputed.
 - A background thread renews the job's lease and the worker's heartbeat row (host, device, current job).
+- The database going away for a while (PostgreSQL restarted, a dropped connection) does not stop the worker:
+  each of its transactions is tried again with backoff for up to ``db_retry_s`` (5 minutes), a retried write
+  first checks whether its lost commit landed after all, and the job goes on where it was (same attempt).
 - SIGTERM or SIGINT: the current chunk finishes, the job goes back to the queue, the worker exits.
 """
 from __future__ import annotations
@@ -24,9 +27,11 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.bulk import insert_cells
@@ -44,6 +49,22 @@ from lsm_core.registry import package_for
 
 log = logging.getLogger("lsm_core.worker")
 ALL_KINDS = ("classify", "train", "evaluate", "saliency")
+DEFAULT_DB_RETRY_S = 300.0
+T = TypeVar("T")
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database could not be reached or dropped the connection (a server restart, a
+    network cut): worth trying again. SQLite's errors (a locked file already waits 30 s) are not."""
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        exc = exc.orig if isinstance(exc, (OperationalError, InterfaceError)) else None
+    if exc is None or not type(exc).__module__.startswith("psycopg"):
+        return False
+    import psycopg
+
+    return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
 
 
 class JobLost(Exception):
@@ -67,8 +88,10 @@ class Worker:
         cache_size: int = 3,
         worker_id: str | None = None,
         batch_size: int | None = None,
+        db_retry_s: float = DEFAULT_DB_RETRY_S,
     ) -> None:
         self.sessions = sessions
+        self.db_retry_s = db_retry_s
         self.device = choose_device(device)
         unknown = set(kinds) - set(ALL_KINDS)
         if unknown:
@@ -100,6 +123,30 @@ class Worker:
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
 
+    def _db(self, what: str, fn: Callable[[int], T]) -> T:
+        """``fn(attempt)``, one transaction of its own, tried again with backoff while the database is unreachable,
+        for up to ``db_retry_s`` seconds. ``attempt`` counts from 0: a retried write checks first whether the
+        commit it lost the answer to landed after all."""
+        deadline = time.monotonic() + self.db_retry_s
+        delay, attempt = 0.25, 0
+        while True:
+            try:
+                return fn(attempt)
+            except Exception as exc:
+                if not connection_lost(exc) or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("database unreachable while %s (%s); trying again in %.2g s", what,
+                            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, delay)
+            time.sleep(delay)
+            delay, attempt = min(delay * 2, 5.0), attempt + 1
+
+    def _finished_already(self, s: Session, job_id: int, attempt: int) -> bool:
+        """On a retry: whether the previous try's commit, which ended the job, landed after all."""
+        if not attempt:
+            return False
+        row = s.execute(select(Job.status, Job.worker_id).where(Job.id == job_id)).first()
+        return row is not None and row.worker_id == self.id and row.status in ("done", "failed", "cancelled")
+
     def _beat(self, stopped: bool = False) -> None:
         with self.sessions.begin() as s:
             row = s.get(WorkerRow, self.id)
@@ -123,7 +170,7 @@ class Worker:
         """Claim and run jobs until stopped (or, with ``drain``, until the queue is empty). Returns jobs run."""
         beats_done = threading.Event()
         beater = threading.Thread(target=self._heartbeat_loop, args=(beats_done,), daemon=True)
-        self._beat()
+        self._db("registering the worker", lambda _: self._beat())
         beater.start()
         n = 0
         try:
@@ -139,7 +186,10 @@ class Worker:
                         break
                     self.stop.wait(self.poll_s)
                     continue
-                self.run_job(job)
+                try:
+                    self.run_job(job)
+                except Exception:  # its outcome could not be written: the lease runs out, the job is retried
+                    log.exception("job %s: its outcome could not be recorded", job.id)
                 n += 1
                 if max_jobs is not None and n >= max_jobs:
                     break
@@ -158,19 +208,23 @@ class Worker:
         try:
             self.handlers[job.kind](job)
         except Cancelled:
-            with self.sessions.begin() as s:
-                jobs.finish(s, job.id, self.id, "cancelled")
+            def cancelled(_attempt: int) -> None:
+                with self.sessions.begin() as s:
+                    jobs.finish(s, job.id, self.id, "cancelled")
+
+            self._db("cancelling a job", cancelled)
             log.info("job %s cancelled", job.id)
         except JobLost:
             log.warning("job %s: lease lost; another worker has it", job.id)
         except LsmError as exc:
-            jobs.fail_or_retry(self.sessions, job.id, self.id, str(exc), retry=False)
+            self._db("failing a job", lambda _: jobs.fail_or_retry(self.sessions, job.id, self.id, str(exc), retry=False))
             log.warning("job %s failed: %s", job.id, exc)
         except _Stopping:
-            jobs.release(self.sessions, job.id, self.id)
+            self._db("releasing a job", lambda _: jobs.release(self.sessions, job.id, self.id))
             log.info("job %s released back to the queue", job.id)
         except Exception as exc:
-            status = jobs.fail_or_retry(self.sessions, job.id, self.id, f"{type(exc).__name__}: {exc}", retry=True)
+            message = f"{type(exc).__name__}: {exc}"
+            status = self._db("failing a job", lambda _: jobs.fail_or_retry(self.sessions, job.id, self.id, message, retry=True))
             log.exception("job %s raised; now %s", job.id, status)
         finally:
             self.current_job = None
@@ -197,24 +251,32 @@ class Worker:
         if row.cancel_requested:
             raise Cancelled()
 
+    def _chunk_written(self, s: Session, chunk: list[tuple]) -> bool:
+        """Whether a chunk's images are marked done already (a retried commit that had landed)."""
+        ids = [image.id for image, _ in chunk]
+        return s.scalar(select(func.count()).select_from(Image).where(Image.id.in_(ids), Image.done.is_(True))) == len(ids)
+
     def run_classify(self, job: Job) -> None:
         batch_id = int(job.payload["batch_id"])
-        with self.sessions() as s:
-            batch = s.get(Batch, batch_id)
-            if batch is None:
-                raise LsmError(f"batch {batch_id} was deleted")
-            model = s.get(Model, batch.model_id)
-            if model is None or model.deleted:
-                raise LsmError("the batch's model was deleted; re-run the batch with another model")
-            s.expunge(model)
-            pixel_size = batch.pixel_size_um
-            todo = s.execute(
-                select(Image.id, Image.sha256, Image.page)
-                .where(Image.batch_id == batch_id, Image.done.is_(False), Image.error.is_(None))
-                .order_by(Image.position)
-            ).all()
-            total = s.scalar(select(Job.progress_total).where(Job.id == job.id))
-            done_before = total - len(todo)
+
+        def read(_attempt: int):
+            with self.sessions() as s:
+                batch = s.get(Batch, batch_id)
+                if batch is None:
+                    raise LsmError(f"batch {batch_id} was deleted")
+                model = s.get(Model, batch.model_id)
+                if model is None or model.deleted:
+                    raise LsmError("the batch's model was deleted; re-run the batch with another model")
+                s.expunge(model)
+                todo = s.execute(
+                    select(Image.id, Image.sha256, Image.page)
+                    .where(Image.batch_id == batch_id, Image.done.is_(False), Image.error.is_(None))
+                    .order_by(Image.position)
+                ).all()
+                total = s.scalar(select(Job.progress_total).where(Job.id == job.id))
+                return model, batch.pixel_size_um, todo, total - len(todo)
+
+        model, pixel_size, todo, done_before = self._db("reading a batch", read)
         predictor = self.predictor(model)
         params = FindParams.for_model(model, pixel_size)
         done = done_before
@@ -231,20 +293,34 @@ class Worker:
                 i += 1
             self._predict_chunk(chunk, predictor)
             done += len(chunk)
-            with self.sessions.begin() as s:
-                self._check(s, job.id)
-                self._write_chunk(s, batch_id, chunk, predictor.classes)
-                jobs.set_progress(s, job.id, done)
-                jobs.renew_lease(s, job.id, self.id, self.lease_s)
-        with self.sessions.begin() as s:
-            self._check(s, job.id)
-            if not jobs.finish(s, job.id, self.id, "done"):
-                raise JobLost()
+
+            def write(attempt: int, chunk=chunk, done=done) -> None:
+                with self.sessions.begin() as s:
+                    self._check(s, job.id)
+                    if not (attempt and self._chunk_written(s, chunk)):
+                        self._write_chunk(s, batch_id, chunk, predictor.classes)
+                    jobs.set_progress(s, job.id, done)
+                    jobs.renew_lease(s, job.id, self.id, self.lease_s)
+
+            self._db("writing cells", write)
+        self._db("finishing a job", lambda attempt: self._finish_done(job.id, attempt))
         log.info("job %s done: %s images", job.id, len(todo))
+
+    def _finish_done(self, job_id: int, attempt: int, before: Callable[[Session], None] | None = None) -> None:
+        """Mark the job done (after ``before(s)`` in the same transaction), unless a lost commit did already."""
+        with self.sessions.begin() as s:
+            if self._finished_already(s, job_id, attempt):
+                return
+            self._check(s, job_id)
+            if before is not None:
+                before(s)
+            if not jobs.finish(s, job_id, self.id, "done"):
+                raise JobLost()
 
     def _cells_for(self, image, model: Model, params: FindParams) -> "_ImageResult":
         result = _ImageResult(image.id)
-        cached = self._cached_cells(image.sha256, image.page, model.weights_sha256)
+        cached = self._db("looking up earlier cells",
+                          lambda _: self._cached_cells(image.sha256, image.page, model.weights_sha256))
         if cached is not None:
             result.kind, result.cached = cached
             return result
@@ -348,10 +424,13 @@ class Worker:
         test = self._uploaded(p["test_uploads"], task) if p.get("test_uploads") else None
 
         def progress(epoch, loss, vloss, vacc):
-            with self.sessions.begin() as s:
-                self._check(s, job.id)
-                s.execute(update(Job).where(Job.id == job.id).values(
-                    progress_done=epoch, result={"epoch": epoch, "train_loss": loss, "val_loss": vloss, "val_accuracy": vacc}))
+            def write(_attempt: int) -> None:
+                with self.sessions.begin() as s:
+                    self._check(s, job.id)
+                    s.execute(update(Job).where(Job.id == job.id).values(
+                        progress_done=epoch, result={"epoch": epoch, "train_loss": loss, "val_loss": vloss, "val_accuracy": vacc}))
+
+            self._db("reporting progress", write)
 
         def should_stop() -> bool:
             if self.stop.is_set():
@@ -363,33 +442,31 @@ class Worker:
                                          should_stop=should_stop, device=self.device, patience=p.get("patience", 5))
         except TrainingCancelled:
             raise Cancelled() from None
-        rows = sync_models(self.sessions, self.store)
+        rows = self._db("registering the model", lambda _: sync_models(self.sessions, self.store))
         model_id = next(r.id for r in rows if r.name == package.manifest.name and r.version == package.manifest.version)
-        with self.sessions.begin() as s:
-            self._check(s, job.id)
-            s.execute(update(Job).where(Job.id == job.id).values(
-                result={"model_id": model_id, "model": package.manifest.label, "accuracy": package.manifest.metrics["accuracy"],
-                        "unusable_files": [list(e) for e in data.errors[:200]]}))
-            if not jobs.finish(s, job.id, self.id, "done"):
-                raise JobLost()
+        result = {"model_id": model_id, "model": package.manifest.label, "accuracy": package.manifest.metrics["accuracy"],
+                  "unusable_files": [list(e) for e in data.errors[:200]]}
+        self._db("finishing a job", lambda attempt: self._finish_done(
+            job.id, attempt, lambda s: s.execute(update(Job).where(Job.id == job.id).values(result=result))))
 
     def run_evaluate(self, job: Job) -> None:
         from lsm_core.train import evaluate_predictor
 
-        with self.sessions() as s:
-            model = s.get(Model, int(job.payload["model_id"]))
-            if model is None or model.deleted:
-                raise LsmError("the model to evaluate was deleted")
-            s.expunge(model)
+        def read(_attempt: int) -> Model:
+            with self.sessions() as s:
+                model = s.get(Model, int(job.payload["model_id"]))
+                if model is None or model.deleted:
+                    raise LsmError("the model to evaluate was deleted")
+                s.expunge(model)
+                return model
+
+        model = self._db("reading a model", read)
         predictor = self.predictor(model)
         data = self._uploaded(job.payload["uploads"], model.task, FindParams.for_model(model))
         metrics = evaluate_predictor(predictor, data)
         metrics["unusable_files"] = [list(e) for e in data.errors[:200]]
-        with self.sessions.begin() as s:
-            self._check(s, job.id)
-            s.execute(update(Job).where(Job.id == job.id).values(result=metrics, progress_done=1))
-            if not jobs.finish(s, job.id, self.id, "done"):
-                raise JobLost()
+        self._db("finishing a job", lambda attempt: self._finish_done(
+            job.id, attempt, lambda s: s.execute(update(Job).where(Job.id == job.id).values(result=metrics, progress_done=1))))
 
 
     def run_saliency(self, job: Job) -> None:
@@ -436,23 +513,27 @@ class Worker:
             targets = np.array([index[c.predicted] for c in part])
             maps.append(to_uint8(saliency_maps(net, model.architecture, np.concatenate(crops), method, targets,
                                                device=self.device)))
-            with self.sessions.begin() as s:
-                self._check(s, job.id)
-                jobs.set_progress(s, job.id, min(len(cells), start + chunk), len(cells))
+
+            def progress(_attempt: int, done=min(len(cells), start + chunk)) -> None:
+                with self.sessions.begin() as s:
+                    self._check(s, job.id)
+                    jobs.set_progress(s, job.id, done, len(cells))
+
+            self._db("reporting progress", progress)
             if self.stop.is_set():
                 raise _Stopping()
         buf = _io.BytesIO()
         np.savez_compressed(buf, cell_ids=np.array(ids, np.int64), maps=np.concatenate(maps))
         blob = self.blobs.put(buf.getvalue())
-        with self.sessions.begin() as s:
-            self._check(s, job.id)
+
+        def record(s: Session) -> None:
             run = SaliencyRun(batch_id=batch_id, method=method, scope=f"top {top} per class" if top else "all",
                               cells=len(ids), blob=blob)
             s.add(run)
             s.flush()
             s.execute(update(Job).where(Job.id == job.id).values(result={"saliency_run": run.id}))
-            if not jobs.finish(s, job.id, self.id, "done"):
-                raise JobLost()
+
+        self._db("finishing a job", lambda attempt: self._finish_done(job.id, attempt, record))
 
 
 class _Stopping(Exception):

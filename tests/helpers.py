@@ -1,8 +1,17 @@
 """Helpers shared by the tests that start the app or need its demo models."""
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DEMO = (("lsm", "demo-lsm", ["LT-HSC", "ST-HSC", "MPP"]), ("aging", "demo-aging", ["young", "aged"]))
 
@@ -31,3 +40,50 @@ def add_tiny_demo_models(models_dir: Path, train_epochs: int = 0) -> None:
         else:
             net = nets.create("tiny_cnn", len(classes))
         store.add(net, Manifest(task=task, name=name, classes=classes, architecture="tiny_cnn", demo=True))
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 60) -> None:
+    """Ask a process to stop (``sig``), then kill it if it has not within ``timeout`` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def served_app(data_dir: Path, log_path: Path, host: str = "127.0.0.1", port: int | None = None,
+               **env_vars: str | None):
+    """`python -m lsm_core serve` (what `make run` runs) on ``port`` (default: a free one) with its own data dir
+    (SQLite); yields its URL once healthy and stops it afterwards. ``env_vars`` set (or, given None, remove)
+    environment variables; the server's output goes to ``log_path``."""
+    import pytest
+
+    port = port or free_port()
+    env = dict(os.environ, LSM_DATA_DIR=str(data_dir), PYTHONPATH=str(ROOT))
+    env.pop("LSM_DATABASE_URL", None)
+    for key, value in env_vars.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    url = f"http://{host}:{port}"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "lsm_core", "serve", "--port", str(port)], cwd=ROOT, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.time() + 120
+            while time.time() < deadline and proc.poll() is None:
+                try:
+                    if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                        break
+                except OSError:
+                    time.sleep(0.5)
+            else:
+                pytest.fail("the app did not start: " + Path(log_path).read_text()[-5000:])
+            yield url
+        finally:
+            stop(proc)

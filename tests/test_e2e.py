@@ -8,20 +8,14 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import openpyxl
 import pytest
 
-from tests.helpers import add_tiny_demo_models, free_port
+from tests.helpers import ROOT, add_tiny_demo_models, served_app
 
-ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
 
@@ -47,28 +41,8 @@ def server(tmp_path_factory):
     _need_browser()
     tmp_path = tmp_path_factory.mktemp("e2e")
     add_tiny_demo_models(tmp_path / "data" / "models", train_epochs=1)
-    port = free_port()
-    env = dict(os.environ, LSM_DATA_DIR=str(tmp_path / "data"), PYTHONPATH=str(ROOT), LSM_USER="e2e-user")
-    env.pop("LSM_DATABASE_URL", None)
-    proc = subprocess.Popen([sys.executable, "-m", "lsm_core", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("the app did not start: " + (proc.stdout.read() if proc.stdout else ""))
-    yield url, tmp_path / "data"
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with served_app(tmp_path / "data", tmp_path / "server.log", LSM_USER="e2e-user") as url:
+        yield url, tmp_path / "data"
 
 
 def upload_files(tmp_path: Path) -> list[Path]:
