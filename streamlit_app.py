@@ -2,8 +2,9 @@
 import streamlit as st
 
 from db import queries
-from lsm_core.jobs import current_user
-from pages._shared import sessions
+from lsm_core import accounts
+from lsm_core.errors import LsmError
+from pages._shared import sessions, signed_in_mode, user
 
 st.set_page_config(page_title="LSM classifier", page_icon=":microscope:", layout="wide")
 
@@ -17,17 +18,42 @@ pages = [
     st.Page("pages/history.py", title="History", icon=":material/history:", url_path="batch-history"),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:", url_path="compare-ages"),
     st.Page("pages/models.py", title="Models", icon=":material/model_training:", url_path="model-registry"),
+    st.Page("pages/lab.py", title="Lab", icon=":material/group:", url_path="lab-admin"),
 ]
-navigation = st.navigation(pages, position="hidden")
 
 factory = sessions()  # upgrades the database on first use
 
+if signed_in_mode():
+    # [auth] in .streamlit/secrets.toml: nobody sees anything before the lab's identity provider knows them
+    if not st.user.is_logged_in:
+        st.title("LSM classifier")
+        st.write("Sign in with your lab account to classify images and see the lab's results.")
+        st.button("Sign in", type="primary", on_click=st.login)
+        st.stop()
+    if st.session_state.get("signed_in_as") != user():
+        try:
+            st.session_state["role"] = accounts.sign_in(factory, user(), st.user.get("name"))
+        except LsmError as exc:
+            st.error(str(exc))
+            st.button("Sign out", on_click=st.logout)
+            st.stop()
+        st.session_state["signed_in_as"] = user()
+
+with factory() as s:
+    role = accounts.role_of(s, user())
+navigation = st.navigation(pages, position="hidden")
+
 with st.sidebar:
     for page in pages:
-        st.page_link(page)
+        if page.title != "Lab" or role == accounts.ADMIN:
+            st.page_link(page)
     st.divider()
-    st.markdown(f"**Signed in as** {current_user()}")
-    st.caption("Lab mode: no sign-in on this machine (unauthenticated).")
+    st.markdown("**Signed in as**")
+    st.text(f"{user()} ({role})")  # as text: names come from the identity provider
+    if signed_in_mode():
+        st.button("Sign out", on_click=st.logout)
+    else:
+        st.caption("Lab mode: no sign-in on this machine (unauthenticated).")
     with factory() as s:
         workers = queries.live_workers(s)
         queued = queries.queue_length(s)
@@ -39,4 +65,7 @@ with st.sidebar:
         st.warning("No worker is running: jobs wait in the queue. Start one with `python -m lsm_core worker`.")
     st.caption(f"Queue: {queued} job{'s' if queued != 1 else ''} waiting")
 
+if not signed_in_mode():
+    st.warning(f"**Lab mode: unauthenticated.** Anyone who can open this address acts as {user()}. "
+               "For a lab network, configure sign-in (see the README, 'Sign-in and roles').", icon=":material/lock_open:")
 navigation.run()

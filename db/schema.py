@@ -40,8 +40,10 @@ class User(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
-    role: Mapped[str] = mapped_column(String(16), default="member")  # member | admin
+    role: Mapped[str] = mapped_column(String(16), default="member")  # member | admin (lsm_core.accounts)
     created: Mapped[datetime] = mapped_column(default=utcnow)
+    display_name: Mapped[str | None] = mapped_column(String(200))
+    last_seen: Mapped[datetime | None]
 
 
 class Model(Base):

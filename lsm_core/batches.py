@@ -1,6 +1,7 @@
 """What people do to batches after submitting them: find, rename, delete, re-run, add files.
 
-Ownership is checked here, not only by hiding buttons: a member changes only their own batches.
+Ownership is checked here, not only by hiding buttons: a member changes only their own batches, an
+administrator anyone's (see :mod:`lsm_core.accounts`). Everyone may re-run any batch into a new one of their own.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import audit
 from db.schema import Batch, Image, Job, Model
-from lsm_core import jobs
+from lsm_core import accounts, jobs
 from lsm_core.blobs import BlobStore
 from lsm_core.config import Limits
 from lsm_core.errors import LsmError
@@ -30,8 +31,8 @@ def _own(s: Session, batch_id: int, user: str) -> Batch:
     batch = s.get(Batch, batch_id)
     if batch is None:
         raise LsmError(f"batch {batch_id} no longer exists")
-    if batch.owner != user:
-        raise LsmError(f"batch {batch.name!r} belongs to {batch.owner}; only they can change it")
+    if not accounts.may_change(s, user, batch.owner):
+        raise LsmError(f"batch {batch.name!r} belongs to {batch.owner}; only they or an administrator can change it")
     return batch
 
 

@@ -75,11 +75,23 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_models_import(args: argparse.Namespace) -> int:
-    from lsm_core.models import ModelStore
+    from lsm_core.jobs import current_user
+    from lsm_core.registry import import_model
 
-    package = ModelStore().import_weights(args.weights, args.manifest)
-    _log(f"registered {package.manifest.label} ({package.manifest.task}) at {package.path}")
+    row = import_model(_sessions(), args.weights, args.manifest, current_user())
+    _log(f"registered {row.label} ({row.task}) at {row.path} in the model store")
     return 0
+
+
+def _require_admin(doing: str):
+    """The database (upgraded), after checking that the user (LSM_USER / login name) administers."""
+    from lsm_core import accounts
+    from lsm_core.jobs import current_user
+
+    sessions = _sessions()
+    with sessions() as s:
+        accounts.require_admin(s, current_user(), doing)
+    return sessions
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -209,6 +221,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lsm_core.train import TrainConfig, train_and_register
 
     check_name(args.register)
+    sessions = _require_admin("train models")
     params = FindParams(output_size=args.input_size)  # the same 12.8 um square, sampled at --input-size pixels
     data = from_paths(args.data, args.task, params)
     for file, message in data.errors[:20]:
@@ -232,7 +245,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         from lsm_core.registry import sync_models
 
-        sync_models(_sessions())
+        sync_models(sessions)
     except Exception as exc:  # the store is the source of truth; the database catches up on its next start
         _log(f"note: the database was not updated now ({exc})")
     m = package.manifest

@@ -256,12 +256,19 @@ def set_progress(s: Session, job_id: int, done: int, total: int | None = None) -
     s.execute(update(Job).where(Job.id == job_id).values(**values))
 
 
-def cancel(sessions: sessionmaker[Session], job_id: int) -> str:
-    """Cancel a job: a queued one at once, a running one at its next chunk. Returns the status after."""
+def cancel(sessions: sessionmaker[Session], job_id: int, user: str) -> str:
+    """Cancel a job (its owner or an administrator): a queued one at once, a running one at its next chunk.
+    Returns the status after."""
+    from lsm_core import accounts
+
     with sessions.begin() as s:
         job = s.get(Job, job_id, with_for_update=True)
         if job is None:
             raise LsmError(f"no job {job_id}")
+        if not accounts.may_change(s, user, job.owner):
+            raise LsmError(f"job {job_id} belongs to {job.owner}; only they or an administrator can cancel it")
+        if job.status in ("queued", "running"):
+            audit.record(s, user, "cancel", f"job {job_id}", kind=job.kind, owner=job.owner)
         if job.status == "queued":
             job.status, job.finished = "cancelled", utcnow()
             if job.batch_id:
@@ -393,7 +400,9 @@ def submit_training(
     uploads: list[dict] | None = None, batches: dict[int, str] | None = None, test_uploads: list[dict] | None = None,
     priority: int = 0,
 ) -> int:
-    """Queue a training job: data from uploaded labelled ZIPs (see :func:`store_uploads`) and/or labelled batches."""
+    """Queue a training job (administrators only: it registers a model): data from uploaded labelled ZIPs
+    (see :func:`store_uploads`) and/or labelled batches."""
+    from lsm_core import accounts
     from lsm_core.models import check_name
     from lsm_core.tasks import task_classes
 
@@ -401,6 +410,8 @@ def submit_training(
     check_name(name)
     if not uploads and not batches:
         raise LsmError("choose training data: a labelled ZIP or labelled batches")
+    with sessions() as s:
+        accounts.require_admin(s, owner or current_user(), "train models")
     payload = {"task": task, "name": name, "config": config, "uploads": uploads or [],
                "batches": {str(k): v for k, v in (batches or {}).items()}, "test_uploads": test_uploads or []}
     return submit_job(sessions, "train", payload, owner=owner, priority=priority, total=int(config.get("epochs", 20)))

@@ -6,6 +6,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import audit
 from db.schema import Model
+from lsm_core import accounts
 from lsm_core.errors import LsmError
 from lsm_core.models import ModelPackage, ModelStore
 
@@ -58,19 +59,10 @@ def package_for(row: Model, store: ModelStore | None = None) -> ModelPackage:
     return package
 
 
-def is_admin(user: str) -> bool:
-    """Lab mode: everyone on the trusted machine administers, unless LSM_ADMINS lists who does."""
-    import os
-
-    admins = [a.strip() for a in os.environ.get("LSM_ADMINS", "").split(",") if a.strip()]
-    return not admins or user in admins
-
-
 def set_default(sessions: sessionmaker[Session], model_id: int, user: str) -> None:
     """Make a model the default of its task (admins only)."""
-    if not is_admin(user):
-        raise LsmError(f"{user} is not an administrator; only administrators choose default models")
     with sessions.begin() as s:
+        accounts.require_admin(s, user, "choose default models")
         row = s.get(Model, model_id)
         if row is None or row.deleted:
             raise LsmError("that model no longer exists")
@@ -79,7 +71,16 @@ def set_default(sessions: sessionmaker[Session], model_id: int, user: str) -> No
         audit.record(s, user, "set default", f"model {row.name} v{row.version}", task=row.task)
 
 
-def note_import(sessions: sessionmaker[Session], name: str, version: int, user: str) -> None:
-    """Record in the audit trail who imported a model version (its row is made by sync_models)."""
+def import_model(sessions: sessionmaker[Session], weights, manifest, user: str, store: ModelStore | None = None) -> Model:
+    """Import weights + manifest into the model store and register them (admins only); returns the row."""
+    with sessions() as s:
+        accounts.require_admin(s, user, "import models")
+    store = store or ModelStore()
+    package = store.import_weights(weights, manifest)
+    sync_models(sessions, store)
+    m = package.manifest
     with sessions.begin() as s:
-        audit.record(s, user, "import", f"model {name} v{version}")
+        audit.record(s, user, "import", f"model {m.name} v{m.version}", sha256=m.weights_sha256)
+        row = s.scalars(select(Model).where(Model.name == m.name, Model.version == m.version)).one()
+        s.expunge(row)
+        return row

@@ -11,6 +11,7 @@ import streamlit as st
 from db import queries
 from db.schema import Model
 from db.session import database_url
+from lsm_core import accounts
 from lsm_core.blobs import BlobStore
 from lsm_core.errors import LsmError
 from lsm_core.images import decode_page
@@ -44,8 +45,22 @@ def sessions():
     return _open(database_url())
 
 
+def signed_in_mode() -> bool:
+    """True when [auth] is configured: people sign in with the lab's identity provider (st.login)."""
+    return accounts.auth_configured()
+
+
 def user() -> str:
+    """Who is acting: the signed-in e-mail (or subject) with [auth]; else LSM_USER / the login name (lab mode)."""
+    if signed_in_mode():
+        return str(st.user.get("email") or st.user.get("sub") or "")
     return current_user()
+
+
+def admin() -> bool:
+    """Whether the person acting administers (lsm_core.accounts; the functions they call check again)."""
+    with sessions()() as s:
+        return accounts.is_admin(s, user())
 
 
 @st.cache_data(max_entries=16, show_spinner=False)

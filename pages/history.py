@@ -4,13 +4,12 @@ import datetime as dt
 import pandas as pd
 import streamlit as st
 
-from db import audit, queries
+from db import queries
 from lsm_core import batches
 from lsm_core.errors import LsmError
-from lsm_core.registry import is_admin
 from lsm_core.report import age_text
 from lsm_core.tasks import TASK_TITLES
-from pages._shared import download_buttons, model_options, sessions, user
+from pages._shared import admin, download_buttons, model_options, sessions, user
 
 st.title("History")
 factory = sessions()
@@ -41,20 +40,8 @@ with factory() as s:
     rows = queries.batches(s, f, limit=1000)
 
 
-def audit_trail() -> None:
-    if not is_admin(user()):
-        return
-    with st.expander("Audit trail (administrators)"):
-        with factory() as s:
-            events = audit.events(s, limit=500)
-        st.dataframe(pd.DataFrame([{"when": e.at.strftime("%Y-%m-%d %H:%M:%S"), "who": e.actor, "did": e.action,
-                                    "what": e.target, "detail": str(e.detail)} for e in events]),
-                     hide_index=True, width="stretch")
-
-
 if not rows:
     st.info("No batches match." if owners else "No batches yet. Upload one on the Classify page.")
-    audit_trail()
     st.stop()
 
 table = pd.DataFrame([{
@@ -67,7 +54,6 @@ st.caption(f"{len(rows)} batch(es). Select a row to act on it.")
 picked = st.dataframe(table, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row", key="table")
 selected = picked.selection.rows if picked and picked.selection else []
 if not selected:
-    audit_trail()
     st.stop()
 batch = rows[selected[0]]
 st.markdown(f"#### #{batch['id']} {batch['name']}")
@@ -76,7 +62,7 @@ if c[0].button("Open results", type="primary"):
     st.query_params["batch"] = str(batch["id"])
     st.switch_page("pages/results.py", query_params={"batch": str(batch["id"])})
 
-mine = batch["owner"] == user()
+mine = batch["owner"] == user() or admin()  # lsm_core.batches checks again
 with c[1].popover("Rename", disabled=not mine):
     new_name = st.text_input("New name", value=batch["name"], key="rename_to")
     if st.button("Save the new name"):
@@ -95,7 +81,7 @@ with c[2].popover("Delete", disabled=not mine):
         except LsmError as exc:
             st.error(str(exc))
 if not mine:
-    st.caption(f"Only {batch['owner']} can rename or delete this batch.")
+    st.caption(f"Only {batch['owner']} or an administrator can rename or delete this batch.")
 
 with st.expander("Re-run with another model version"):
     choices = model_options(batch["task"])
@@ -108,4 +94,3 @@ with st.expander("Re-run with another model version"):
             st.error(str(exc))
 
 download_buttons(batch["id"], 0.0, key="history")
-audit_trail()

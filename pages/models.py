@@ -13,9 +13,9 @@ from lsm_core.errors import LsmError
 from lsm_core.images import RawFile
 from lsm_core.model_card import confusion_figure, package_zip, reliability_figure, roc_figure, training_figure
 from lsm_core.models import ModelStore
-from lsm_core.registry import is_admin, note_import, set_default, sync_models
+from lsm_core.registry import import_model, set_default
 from lsm_core.tasks import TASK_TITLES
-from pages._shared import sessions, user
+from pages._shared import admin, sessions, user
 
 st.title("Models")
 st.caption("Classifiers of this lab. Demo models are trained on synthetic cells only and say nothing about real cells.")
@@ -78,8 +78,8 @@ with tabs[0]:
             st.markdown("**Training summary**")
             st.json({k: v for k, v in training.items() if k != "history"}, expanded=False)
         if not m.is_default:
-            if st.button(f"Make {m.name} v{m.version} the default {m.task} model", disabled=not is_admin(user()),
-                         help=None if is_admin(user()) else "Only administrators choose default models."):
+            if st.button(f"Make {m.name} v{m.version} the default {m.task} model", disabled=not admin(),
+                         help=None if admin() else "Only administrators choose default models."):
                 try:
                     set_default(factory, m.id, user())
                     st.rerun()
@@ -108,7 +108,7 @@ def job_list(kind: str) -> None:
         if j.status == "running" and j.progress_total:
             st.progress(j.progress_done / j.progress_total)
         if j.status in ("queued", "running") and st.button("Cancel", key=f"cancel_{j.id}"):
-            jobs.cancel(factory, j.id)
+            jobs.cancel(factory, j.id, user())
         if j.kind == "evaluate" and j.status == "done" and j.result:
             r = j.result
             st.text(f"  accuracy {r['accuracy']:.3f} · macro F1 {r['macro_f1']:.3f} · ECE {r['ece']:.3f} · n={r['n']}")
@@ -118,6 +118,9 @@ with tabs[1]:
     st.markdown("Train a new model version with the paper's recipe on cells sorted by FACS: upload a ZIP whose "
                 "folders are named after the classes (LT-HSC, ST-HSC, MPP or young, aged), and/or choose classified "
                 "batches and the class each one was sorted as.")
+    if not admin():
+        st.info("Only administrators train models (a trained model becomes a choice for the whole lab). "
+                "Ask one of them, or see the Lab page for who they are.")
     with st.form("train"):
         c = st.columns(3)
         task = c[0].selectbox("Task", list(TASK_TITLES), format_func=lambda t: TASK_TITLES[t])
@@ -176,7 +179,7 @@ with tabs[3]:
         manifest = st.file_uploader("manifest.json", key="imp_m")
         go = st.form_submit_button("Import")
     if go:
-        if not is_admin(user()):
+        if not admin():
             st.error("Only administrators import models.")
         elif not weights or not manifest:
             st.error("Choose both the weights and the manifest.")
@@ -187,10 +190,8 @@ with tabs[3]:
                     wpath.write_bytes(weights.getvalue())
                     mpath = Path(tmp) / "manifest.json"
                     mpath.write_bytes(manifest.getvalue())
-                    package = ModelStore().import_weights(wpath, mpath)
-                sync_models(factory)
-                note_import(factory, package.manifest.name, package.manifest.version, user())
-                st.success(f"Registered {package.manifest.label}.")
+                    row = import_model(factory, wpath, mpath, user())
+                st.success(f"Registered {row.label}.")
             except LsmError as exc:
                 st.error(str(exc))
     if rows:

@@ -21,6 +21,7 @@ def app_env(tmp_path, monkeypatch):
     monkeypatch.setenv("LSM_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("LSM_DATABASE_URL", raising=False)
     monkeypatch.setenv("LSM_USER", "ana")
+    monkeypatch.delenv("LSM_ADMINS", raising=False)  # lab mode: everyone administers
     add_tiny_demo_models(tmp_path / "models")
     return tmp_path
 
@@ -141,20 +142,32 @@ def test_history_page_with_data_and_filters(with_batch):
     at = run_page("pages/history.py")
     frame = at.dataframe[0].value
     assert list(frame["name"]) == ["M17 LT-HSC"] and frame["cells"][0] > 0 and frame["failed"][0] == 1
-    assert "Audit trail (administrators)" in [e.label for e in at.expander]
-    trail = at.dataframe[1].value
-    assert ("ana", "submit") in set(zip(trail["who"], trail["did"]))
     next(w for w in at.text_input if w.label.startswith("Text")).set_value("no such thing")
     at.run()
     assert "No batches match" in texts(at)
 
 
 @pytest.mark.parametrize("page,title", [(None, "Classify"), ("pages/results.py", "Results"),
-                                        ("pages/history.py", "History"), ("pages/models.py", "Models")])
+                                        ("pages/history.py", "History"), ("pages/models.py", "Models"),
+                                        ("pages/compare.py", "Compare"), ("pages/lab.py", "Lab")])
 def test_every_page_with_data(with_batch, page, title):
     at = run_page(page)
     assert at.title[0].value == title
-    assert "unauthenticated" in texts(at)
+    assert any("Lab mode: unauthenticated" in w.value for w in at.warning)  # the banner, on every page
+
+
+def test_lab_page_shows_people_and_the_audit_trail_to_administrators_only(with_batch, monkeypatch):
+    at = run_page("pages/lab.py")  # lab mode without LSM_ADMINS: ana administers
+    trail = at.dataframe[1].value
+    assert ("ana", "submit") in set(zip(trail["who"], trail["did"]))
+    monkeypatch.setenv("LSM_ADMINS", "boss")
+    at = run_page("pages/lab.py")
+    assert "for the lab's administrators" in texts(at) and not at.dataframe
+    assert "Lab" not in [link.proto.label for link in at.get("page_link")]
+    monkeypatch.setenv("LSM_USER", "boss")
+    at = run_page("pages/lab.py")
+    people = at.dataframe[0].value
+    assert list(people["name"]) == ["boss"] and "admin" in people["role"][0]
 
 
 def test_models_page_model_card_and_default_choice(app_env, monkeypatch):

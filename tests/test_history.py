@@ -153,7 +153,7 @@ def test_lease_expiry_retries_then_fails_keeping_every_error(history):
 def test_cancel_queued_at_once_and_running_at_next_chunk(history):
     sessions, _, model_id = history
     queued = jobs.submit_batch(sessions, crop_files(2, 31), model_id, "to cancel", owner="ana")
-    assert jobs.cancel(sessions, queued.job_id) == "cancelled"
+    assert jobs.cancel(sessions, queued.job_id, "ana") == "cancelled"
     with sessions() as s:
         assert s.get(Batch, queued.batch_id).status == "cancelled"
 
@@ -168,7 +168,7 @@ def test_cancel_queued_at_once_and_running_at_next_chunk(history):
             if s.scalar(select(Job.progress_done).where(Job.id == job.id)) > 0:
                 break
         time.sleep(0.01)
-    assert jobs.cancel(sessions, job.id) == "running"  # asked; the worker stops at its next chunk
+    assert jobs.cancel(sessions, job.id, "ana") == "running"  # asked; the worker stops at its next chunk
     thread.join(timeout=60)
     with sessions() as s:
         final = s.get(Job, job.id)
@@ -356,9 +356,10 @@ def test_command_line_submit_jobs_export(history, db_url, data_dir, tmp_path):
     assert all(r["batch"] == batch_id and r["age_days"] == 540 and r["notes"] == "<b>not html</b>" for r in body)
 
 
-def test_batch_operations_check_the_owner(history):
+def test_batch_operations_check_the_owner(history, monkeypatch):
     from lsm_core import batches
 
+    monkeypatch.setenv("LSM_ADMINS", "boss")  # ana and ben are members (tests/test_roles.py: the roles)
     sessions, _, model_id = history
     sub = jobs.submit_batch(sessions, crop_files(3, 91), model_id, "mine", owner="ana")
     Worker(sessions, device="cpu").run(drain=True)

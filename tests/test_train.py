@@ -185,7 +185,7 @@ def test_training_job_runs_registers_and_cancel_registers_nothing(history, data_
             if s.get(Job, cancel_id).progress_done >= 1:
                 break
         time.sleep(0.05)
-    assert jobs.cancel(sessions, cancel_id) == "running"
+    assert jobs.cancel(sessions, cancel_id, "ana") == "running"
     thread.join(timeout=120)
     with sessions() as s:
         job = s.get(Job, cancel_id)

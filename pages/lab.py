@@ -1,0 +1,46 @@
+"""Lab page (administrators): who uses the app with which role, and the audit trail."""
+import pandas as pd
+import streamlit as st
+
+from lsm_core import accounts
+from lsm_core.errors import LsmError
+from pages._shared import admin, sessions, signed_in_mode, user
+
+st.title("Lab")
+factory = sessions()
+if not admin():
+    st.info("This page is for the lab's administrators: people's roles and the audit trail.")
+    st.stop()
+
+st.subheader("People")
+if signed_in_mode():
+    st.caption("Everyone who has signed in. Newcomers are members; LSM_ADMINS names administrators that only the "
+               "server's configuration can change.")
+elif not accounts.configured_admins():
+    st.caption("Lab mode without LSM_ADMINS: everyone on this machine administers, so roles below take effect only "
+               "once LSM_ADMINS names the administrators or sign-in is configured.")
+people = accounts.people(factory)
+st.dataframe(pd.DataFrame([{
+    "name": p.name, "shown as": p.display_name or "", "role": p.role + (" (LSM_ADMINS)" if p.fixed else ""),
+    "last seen (UTC)": p.last_seen.strftime("%Y-%m-%d %H:%M") if p.last_seen else "",
+} for p in people]), hide_index=True, width="stretch")
+changeable = [p.name for p in people if not p.fixed]
+if changeable:
+    with st.form("role"):
+        c = st.columns([3, 2, 1], vertical_alignment="bottom")
+        who = c[0].selectbox("Person", changeable)
+        role = c[1].selectbox("Role", accounts.ROLES)
+        go = c[2].form_submit_button("Set role")
+    if go:
+        try:
+            accounts.set_role(factory, who, role, user())
+            st.success(f"{who} is now {'an' if role == accounts.ADMIN else 'a'} {role}.")
+            st.rerun()
+        except LsmError as exc:
+            st.error(str(exc))
+
+st.subheader("Audit trail")
+st.caption("Who submitted, renamed, deleted, re-ran, trained, imported, cancelled, changed a default or a role; newest first.")
+events = accounts.audit_trail(factory, user())
+st.dataframe(pd.DataFrame([{**e, "when (UTC)": e["when (UTC)"].strftime("%Y-%m-%d %H:%M:%S"), "detail": str(e["detail"])}
+                           for e in events]), hide_index=True, width="stretch")
