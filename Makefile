@@ -33,3 +33,5 @@ bench: install
 	$(PY) bench/history.py
 	$(PY) bench/results_page.py
 	$(PY) bench/quality.py
+	$(PY) bench/saliency.py
+	$(PY) bench/load.py

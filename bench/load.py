@@ -1,0 +1,212 @@
+"""The shared queue under load: many people pressing `Classify` at once, with two workers on PostgreSQL.
+
+In a fresh PostgreSQL database (lsm_load_<random> at LSM_BENCH_PG, default postgresql://postgres@127.0.0.1:5432/
+postgres; dropped at the end, also on failure) and a temporary data dir holding a tiny_cnn LSM model (2 epochs
+on 300 synthetic crops), 2 workers run as subprocesses (`python -m lsm_core worker --device cpu`); once they
+are up, 20 submitter threads start together and each submits 3 batches of 10 different synthetic 64x64 PNG
+crops (so no cell comes from the cache) through `lsm_core.jobs.submit_batch`, the call the Classify page
+makes, on one session factory as the web server holds it (`lsm_core.service.open_history`).
+Printed: p50 / p95 latency of a submit_batch call, wall time from the first submit until every job is done,
+completed classify jobs per minute. Checked (exit 1 if not): every job `done`; one Cell row per readable
+image in every batch (a crop up to 1.5 crop sides is taken whole as one `single` cell, lsm_core/cells.py);
+no duplicate (image, idx); every cell in its image's batch.
+
+Usage: python bench/load.py [--submitters 20] [--batches 3] [--files 10] [--workers 2] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import psycopg  # noqa: E402
+from PIL import Image as PILImage  # noqa: E402
+from sqlalchemy import func, select  # noqa: E402
+
+from db.schema import Cell, Image, Job, Model, Worker  # noqa: E402
+from lsm_core import synthetic  # noqa: E402
+from lsm_core.images import RawFile, iter_upload  # noqa: E402
+from lsm_core.jobs import BatchMeta, submit_batch  # noqa: E402
+from lsm_core.models import Manifest, ModelStore  # noqa: E402
+from lsm_core.service import open_history  # noqa: E402
+from lsm_core.train import TrainConfig, fit  # noqa: E402
+
+
+def png_files(seed: int, n: int) -> list[RawFile]:
+    """``n`` synthetic single-cell crops as PNG uploads, as the page turns uploaded files into RawFiles."""
+    crops, _ = synthetic.make_crops("lsm", n, seed=seed)
+    files = []
+    for i, crop in enumerate(crops):
+        buf = io.BytesIO()
+        PILImage.fromarray(np.round(crop * 255).astype(np.uint8)).save(buf, format="PNG")
+        files += iter_upload(f"crop_{seed}_{i:03d}.png", buf.getvalue())
+    return files
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM every worker (it finishes its chunk and gives its job back), then wait; kill one that hangs."""
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run(url: str, data: Path, args: argparse.Namespace) -> tuple[dict, list[str]]:
+    store = ModelStore(data / "models")
+    x, y = synthetic.make_crops("lsm", 300, seed=11)
+    net, _ = fit(x, y, 3, TrainConfig(architecture="tiny_cnn", epochs=2, batch_size=64, lr=3e-3, weight_decay=0.0))
+    store.add(net, Manifest(task="lsm", name="load-lsm", classes=["LT-HSC", "ST-HSC", "MPP"], architecture="tiny_cnn"))
+    engine, sessions = open_history(url, store)  # as the web server opens it: one engine, one pool, many threads
+    with sessions() as s:
+        model_id = s.scalar(select(Model.id).where(Model.name == "load-lsm"))
+    uploads = {(k, b): png_files(1 + 1000 * k + b, args.files) for k in range(args.submitters) for b in range(args.batches)}
+    env = os.environ | {"LSM_DATABASE_URL": url, "LSM_DATA_DIR": str(data), "LSM_BLOB_DIR": str(data / "blobs")}
+    logs = [data / f"worker{i}.log" for i in range(args.workers)]
+    procs = []
+    for log in logs:
+        with open(log, "wb") as fh:
+            procs.append(subprocess.Popen([sys.executable, "-m", "lsm_core", "worker", "--device", "cpu"], cwd=ROOT,
+                                          env=env, stdout=fh, stderr=subprocess.STDOUT))
+
+    def wait_for(ready, limit: float, what: str) -> None:
+        t0 = time.perf_counter()
+        while not ready():
+            for proc, log in zip(procs, logs):
+                if proc.poll() is not None:
+                    lines = log.read_text(errors="replace").splitlines()[-15:]
+                    raise SystemExit(f"FAILED: worker {proc.pid} exited with {proc.returncode}:\n" + "\n".join(lines))
+            if time.perf_counter() - t0 > limit:
+                raise SystemExit(f"FAILED: {what} within {limit:g} s")
+            time.sleep(0.1)
+
+    def scalar(query):
+        with sessions() as s:
+            return s.scalar(query)
+
+    latencies: list[float] = []
+    expected: dict[int, int] = {}  # batch id -> readable images
+    errors: list[str] = []
+    barrier = threading.Barrier(args.submitters + 1)
+
+    def submitter(k: int) -> None:
+        barrier.wait()
+        for b in range(args.batches):
+            meta = BatchMeta(mouse_id=f"M{k:02d}", age_days=56 + 7 * k, sex="FM"[k % 2], notes="bench/load.py")
+            t0 = time.perf_counter()
+            try:
+                r = submit_batch(sessions, uploads[k, b], model_id, f"load {k:02d}-{b}", owner=f"user{k:02d}", meta=meta)
+            except Exception as exc:  # noqa: BLE001 - reported with the checks; the bench fails
+                errors.append(f"submitter {k} batch {b}: {type(exc).__name__}: {exc}")
+                continue
+            latencies.append(time.perf_counter() - t0)
+            expected[r.batch_id] = r.images - len(r.errors)
+            errors.extend(f"batch {r.batch_id}: {file}: {message}" for file, message in r.errors)
+
+    n_jobs = args.submitters * args.batches
+    threads = [threading.Thread(target=submitter, args=(k,), daemon=True) for k in range(args.submitters)]
+    try:  # the workers import torch and write their heartbeat rows before the clock starts
+        wait_for(lambda: scalar(select(func.count()).select_from(Worker).where(Worker.stopped.is_(False))) >= args.workers,
+                 120, "the workers did not start")
+        for t in threads:
+            t.start()
+        barrier.wait()
+        t0 = time.perf_counter()
+        wait_for(lambda: not any(t.is_alive() for t in threads) and len(latencies) + len(errors) == n_jobs and not scalar(
+            select(func.count()).select_from(Job).where(Job.status.in_(["queued", "running"]))),
+            args.timeout, "the jobs did not finish")
+        wall = time.perf_counter() - t0
+    finally:
+        stop(procs)
+    failures = errors + check(sessions, expected, n_jobs)
+    with sessions() as s:
+        runs = s.execute(select(Job.status, Job.started, Job.finished, Job.attempts).where(Job.kind == "classify")).all()
+    engine.dispose()
+    ms = np.array(latencies or [np.nan]) * 1000
+    figures = {"jobs": sum(r.status == "done" for r in runs), "images": sum(expected.values()), "wall_s": wall,
+               "calls": len(latencies), "retried": sum(r.attempts > 1 for r in runs),
+               "job_s": float(np.median([(r.finished - r.started).total_seconds() for r in runs if r.finished and r.started] or [0])),
+               **{k: float(np.percentile(ms, q)) for k, q in (("p50_ms", 50), ("p95_ms", 95), ("max_ms", 100))}}
+    return figures, failures
+
+
+def check(sessions, expected: dict[int, int], n_jobs: int) -> list[str]:
+    """What went wrong: jobs not done, cell counts off, duplicate or misplaced cells (empty when all is well)."""
+    bad: list[str] = []
+    with sessions() as s:
+        jobs = s.execute(select(Job.id, Job.status, Job.error).where(Job.kind == "classify")).all()
+        if len(jobs) != n_jobs:
+            bad.append(f"{len(jobs)} classify jobs in the database, {n_jobs} submitted")
+        bad += [f"job {j.id} is {j.status}: {j.error}" for j in jobs if j.status != "done"]
+        cells = dict(s.execute(select(Cell.batch_id, func.count()).group_by(Cell.batch_id)).all())
+        bad += [f"batch {b}: {cells.get(b, 0)} cells for {n} readable images" for b, n in expected.items() if cells.get(b, 0) != n]
+        wrong = s.execute(select(Image.id, Image.n_cells, Image.done).where(
+            Image.error.is_(None), (Image.n_cells != 1) | Image.n_cells.is_(None) | Image.done.is_(False))).all()
+        bad += [f"image {i.id}: n_cells={i.n_cells}, done={i.done} (one single cell expected)" for i in wrong]
+        dup = s.execute(select(Cell.image_id, Cell.idx).group_by(Cell.image_id, Cell.idx).having(func.count() > 1)).all()
+        bad += [f"cell (image {d.image_id}, idx {d.idx}) written more than once" for d in dup]
+        stray = s.scalar(select(func.count()).select_from(Cell).join(Image, Image.id == Cell.image_id)
+                         .where(Image.batch_id != Cell.batch_id))
+        if stray:
+            bad.append(f"{stray} cells carry another batch than their image's")
+        images, shas = s.execute(select(func.count(), func.count(Image.sha256.distinct()))).one()
+        if images != shas:
+            bad.append(f"{images} images but {shas} distinct files: some results came from the cache")
+    return bad
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--submitters", type=int, default=20)
+    parser.add_argument("--batches", type=int, default=3, help="batches per submitter, one after another")
+    parser.add_argument("--files", type=int, default=10, help="crops per batch")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for every job")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 4 submitters x 2 batches x 5 crops")
+    args = parser.parse_args()
+    if args.quick:
+        args.submitters, args.batches, args.files = 4, 2, 5
+    admin = os.environ.get("LSM_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+    name = f"lsm_load_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1) + f"/{name}"
+    try:
+        with tempfile.TemporaryDirectory(prefix="lsm-load-") as tmp:
+            os.environ.update(LSM_DATA_DIR=tmp, LSM_BLOB_DIR=str(Path(tmp) / "blobs"))  # this process's blob store
+            r, failures = run(url, Path(tmp), args)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    n = args.submitters * args.batches
+    print(f"load: {args.submitters} submitters x {args.batches} batches x {args.files} PNG crops = {n} batches, "
+          f"{n * args.files} images; {args.workers} CPU workers; model tiny_cnn (2 epochs, synthetic); "
+          f"PostgreSQL database {name}; {os.cpu_count()} CPU cores")
+    print(f"  submit_batch latency: p50 {r['p50_ms']:.0f} ms, p95 {r['p95_ms']:.0f} ms, max {r['max_ms']:.0f} ms ({r['calls']} calls)")
+    print(f"  wall time, first submit to all jobs done: {r['wall_s']:.1f} s")
+    print(f"  throughput: {r['jobs'] / (r['wall_s'] / 60):.0f} jobs/min, {r['images'] / r['wall_s']:.1f} images/s "
+          f"(median job {r['job_s']:.2f} s on its worker; {r['retried']} jobs retried)")
+    if failures:
+        print(f"FAILED: {len(failures)} check(s):", *failures[:20], sep="\n  ", file=sys.stderr)
+        sys.exit(1)
+    print(f"  checks: {r['jobs']}/{n} jobs done; {r['images']} cells for {r['images']} readable images, one per image; "
+          "no duplicate (image, idx); every cell in its image's batch: OK")
+
+
+if __name__ == "__main__":
+    main()
