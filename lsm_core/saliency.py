@@ -18,8 +18,6 @@ model.
 """
 from __future__ import annotations
 
-import contextlib
-import os
 
 import numpy as np
 import torch
@@ -68,18 +66,13 @@ def integrated_gradients(
     return np.concatenate(out).astype(np.float32), np.concatenate(gaps).astype(np.float32)
 
 
-@contextlib.contextmanager
-def _quiet_tqdm():
-    """Score-CAM draws a tqdm bar per batch; keep worker logs and the command line's own bar readable."""
-    old = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = old
+class _NoBar:
+    """Stands in for the tqdm module in pytorch-grad-cam's Score-CAM, which draws a progress bar per batch of
+    crops. (tqdm reads TQDM_DISABLE once, when imported, so the environment cannot turn it off later.)"""
+
+    @staticmethod
+    def tqdm(iterable, *args, **kwargs):
+        return iterable
 
 
 def _cam(method: str, net: nn.Module, architecture: str, crops: np.ndarray, classes: np.ndarray | None,
@@ -87,6 +80,9 @@ def _cam(method: str, net: nn.Module, architecture: str, crops: np.ndarray, clas
     from pytorch_grad_cam import GradCAM, ScoreCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+    from pytorch_grad_cam import score_cam
+
+    score_cam.tqdm = _NoBar  # worker logs and the command line's own bar stay readable
     cls = {"gradcam": GradCAM, "scorecam": ScoreCAM}[method]
     layer = nets.target_layer(net, architecture)
     out = []
@@ -106,7 +102,7 @@ def _cam(method: str, net: nn.Module, architecture: str, crops: np.ndarray, clas
             x = torch.from_numpy(np.asarray(crops[start : start + batch_size], np.float32))[:, None].to(device)
             x = x.contiguous(memory_format=torch.channels_last)
             target = _targets(net, x, None if classes is None else classes[start : start + batch_size])
-            with cls(model=net, target_layers=[layer]) as cam, _quiet_tqdm(), \
+            with cls(model=net, target_layers=[layer]) as cam, \
                     torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):  # hooks removed on exit
                 if method == "scorecam":
                     cam.batch_size = 64
