@@ -32,7 +32,7 @@ if signed_in_mode():
         st.stop()
     if st.session_state.get("signed_in_as") != user():
         try:
-            st.session_state["role"] = accounts.sign_in(factory, user(), st.user.get("name"))
+            accounts.sign_in(factory, user(), st.user.get("name"))
         except LsmError as exc:
             st.error(str(exc))
             st.button("Sign out", on_click=st.logout)

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import audit
 from db.schema import Batch, Image, Job, Model, utcnow
+from lsm_core import accounts
 from lsm_core.blobs import BlobStore
 from lsm_core.config import Limits
 from lsm_core.errors import LsmError
@@ -259,8 +260,6 @@ def set_progress(s: Session, job_id: int, done: int, total: int | None = None) -
 def cancel(sessions: sessionmaker[Session], job_id: int, user: str) -> str:
     """Cancel a job (its owner or an administrator): a queued one at once, a running one at its next chunk.
     Returns the status after."""
-    from lsm_core import accounts
-
     with sessions.begin() as s:
         job = s.get(Job, job_id, with_for_update=True)
         if job is None:
@@ -402,7 +401,6 @@ def submit_training(
 ) -> int:
     """Queue a training job (administrators only: it registers a model): data from uploaded labelled ZIPs
     (see :func:`store_uploads`) and/or labelled batches."""
-    from lsm_core import accounts
     from lsm_core.models import check_name
     from lsm_core.tasks import task_classes
 

@@ -22,6 +22,7 @@ st.caption("Classifiers of this lab. Demo models are trained on synthetic cells 
 factory = sessions()
 with factory() as s:
     rows = queries.models(s)
+administers = admin()  # what the page offers; the functions it calls check again
 
 
 def headline(m) -> dict:
@@ -78,8 +79,8 @@ with tabs[0]:
             st.markdown("**Training summary**")
             st.json({k: v for k, v in training.items() if k != "history"}, expanded=False)
         if not m.is_default:
-            if st.button(f"Make {m.name} v{m.version} the default {m.task} model", disabled=not admin(),
-                         help=None if admin() else "Only administrators choose default models."):
+            if st.button(f"Make {m.name} v{m.version} the default {m.task} model", disabled=not administers,
+                         help=None if administers else "Only administrators choose default models."):
                 try:
                     set_default(factory, m.id, user())
                     st.rerun()
@@ -118,7 +119,7 @@ with tabs[1]:
     st.markdown("Train a new model version with the paper's recipe on cells sorted by FACS: upload a ZIP whose "
                 "folders are named after the classes (LT-HSC, ST-HSC, MPP or young, aged), and/or choose classified "
                 "batches and the class each one was sorted as.")
-    if not admin():
+    if not administers:
         st.info("Only administrators train models (a trained model becomes a choice for the whole lab). "
                 "Ask one of them, or see the Lab page for who they are.")
     with st.form("train"):
@@ -179,7 +180,7 @@ with tabs[3]:
         manifest = st.file_uploader("manifest.json", key="imp_m")
         go = st.form_submit_button("Import")
     if go:
-        if not admin():
+        if not administers:
             st.error("Only administrators import models.")
         elif not weights or not manifest:
             st.error("Choose both the weights and the manifest.")
