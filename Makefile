@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-requirements
+PACKAGE_STAMP := $(VENV)/.installed-package
 PORT ?= 8501
 
 .PHONY: install browser run test bench
@@ -13,7 +14,14 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	cp requirements.txt $(STAMP)
 
-install: $(STAMP)
+# the project itself, editable (`lsm` and `python -m lsm_core` from any folder); offline: no build isolation,
+# the venv's own setuptools builds it, and the dependencies are requirements.txt's, installed just before
+$(PACKAGE_STAMP): $(STAMP) pyproject.toml
+	$(PY) -c "import setuptools" 2>/dev/null || $(PY) -m pip install --quiet setuptools
+	$(PY) -m pip install -qq --no-deps --no-build-isolation -e .
+	touch $(PACKAGE_STAMP)
+
+install: $(PACKAGE_STAMP)
 
 run: install
 	$(PY) -m lsm_core serve --port $(PORT)

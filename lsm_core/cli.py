@@ -95,9 +95,20 @@ def _require_admin(doing: str):
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from lsm_core.demo import ensure_demo_models
+    import signal
 
-    for package in ensure_demo_models(log=_log):
+    from lsm_core.demo import train_missing_demo_models
+    from lsm_core.registry import sync_models
+
+    def terminate(*_) -> None:  # SIGTERM (serve stopping) unwinds like Ctrl-C: the status record is removed
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    sessions = _sessions()
+    # each model is registered in the database as soon as it is trained: the app offers it at once
+    packages = train_missing_demo_models(log=_log, on_model=lambda package: sync_models(sessions))
+    sync_models(sessions)
+    for package in packages:
         _log(f"{package.manifest.label}: ready")
     return 0
 
@@ -164,6 +175,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
                           priority=args.priority)
     for file, message in result.errors:
         _log(f"{file}: {message}")
+    for file, why in result.skipped:
+        _log(f"{file}: skipped, {why}")
     print(f"batch {result.batch_id} job {result.job_id}")
     return 0
 
@@ -202,6 +215,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _print_metrics(m: dict) -> None:
+    if m.get("evaluated_on"):
+        print(f"on the {m['evaluated_on']}")
     print(f"accuracy (consistency): {m['accuracy']:.3f}   macro F1: {m['macro_f1']:.3f}   "
           f"macro AUC: {m['macro_auc'] if m['macro_auc'] is None else round(m['macro_auc'], 3)}   ECE: {m['ece']:.3f}   n={m['n']}")
     print("class\tprecision\trecall\tF1\tAUC\tsupport")
@@ -251,6 +266,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     m = package.manifest
     _log(f"registered {m.label}: temperature {m.temperature:.3f}")
     _print_metrics(m.metrics)
+    if m.metrics.get("test"):
+        _print_metrics(m.metrics["test"])
+    from lsm_core.metrics import model_quality
+
+    passed, reasons, warnings = model_quality(m.metrics)
+    for line in reasons + warnings:
+        _log(("FAILED QUALITY CHECK: " if line in reasons else "warning: ") + line)
     return 0
 
 
@@ -268,6 +290,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     data = from_paths(args.data, package.manifest.task, find_params_for(predictor, None))
     metrics = evaluate_predictor(predictor, data)
     metrics["model"] = package.manifest.label
+    metrics["evaluated_on"] = f"test set {', '.join(map(str, args.data))}: {metrics['n']} cells"
     metrics["unusable_files"] = [{"file": f, "error": e} for f, e in data.errors]
     if args.json:
         print(json.dumps(metrics))
@@ -369,7 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--manifest", required=True)
     q.set_defaults(func=cmd_models_import)
 
-    p = sub.add_parser("demo", help="make sure the synthetic demo models demo-lsm and demo-aging are registered")
+    p = sub.add_parser("demo", help="make sure the synthetic demo models demo-lsm and demo-aging are trained and "
+                                    "registered (one process trains at a time; LSM_DEMO_RECIPE=tiny for tests)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("db", help="database maintenance")
@@ -386,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="crops per forward pass (default 256)")
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("serve", help="upgrade the database, ensure demo models, start one worker and the app")
+    p = sub.add_parser("serve", help="upgrade the database, start the app and one worker, and train missing demo "
+                                     "models in the background")
     p.add_argument("--port", type=int, default=8501)
     p.set_defaults(func=cmd_serve)
 

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def fresh_data_dir(tmp_path):
-    """A data dir whose store already holds demo-named tiny models (so serve does not train for minutes)."""
+    """A data dir whose store already holds demo-named tiny models (so serve starts no demo trainer)."""
     add_tiny_demo_models(tmp_path / "models")
     return tmp_path
 
