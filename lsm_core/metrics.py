@@ -4,6 +4,8 @@
 one-vs-rest ROC AUC, macro and weighted averages, the confusion matrix, ROC curves (per class, micro and
 macro AUC), a reliability diagram, the expected calibration error (15 equal-width bins) and the NLL.
 :func:`fit_temperature` fits the temperature that minimises the NLL of validation logits.
+:func:`quality_check` says whether a model's accuracy on a labelled set is clearly above chance (recorded in
+a new model's metrics at registration); :func:`model_quality` reads that record back for pages and the registry.
 """
 from __future__ import annotations
 
@@ -12,6 +14,24 @@ from scipy.optimize import minimize_scalar
 from sklearn import metrics as skm
 
 N_BINS = 15
+
+# The temperature is searched between these bounds (log scale). A fit at a bound means the NLL wanted more:
+# at 20 the scores carry next to no information (every probability is pulled towards 1/C, which makes the
+# ECE of a useless model look excellent); at 0.05 they were sharpened as far as allowed.
+TEMPERATURE_MIN = 0.05
+TEMPERATURE_MAX = 20.0
+TEMPERATURE_BOUND_TOLERANCE = 0.01  # "at the bound": within 1% of it (the search stops within ~1e-5 on log T)
+
+# The quality check (see quality_check). A model passes when its accuracy on the validation set beats the
+# no-information rate (the share of the largest class, at least 1/C: what always answering that class
+# scores) by at least QUALITY_MIN_MARGIN *and* a one-sided exact binomial test of "accuracy > no-information
+# rate" gives p < QUALITY_MAX_P. The margin rules out a difference too small to matter on a large set (with
+# 1000 cells p < 0.01 is reached at 0.369 for three classes); the test rules out luck on a small one (with
+# 12 cells a 0.75 accuracy is needed, with 30 cells 0.567). It also fails when the model gives one class to
+# QUALITY_ONE_CLASS_SHARE or more of the cells although that class is a smaller share of the truth.
+QUALITY_MIN_MARGIN = 0.05
+QUALITY_MAX_P = 0.01
+QUALITY_ONE_CLASS_SHARE = 0.95
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -91,5 +111,94 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The temperature T > 0 that minimises the NLL of softmax(logits / T) (Guo et al., 2017)."""
     labels = np.asarray(labels, np.int64)
     result = minimize_scalar(lambda log_t: nll(softmax(logits, float(np.exp(log_t))), labels),
-                             bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+                             bounds=(np.log(TEMPERATURE_MIN), np.log(TEMPERATURE_MAX)), method="bounded")
     return float(np.exp(result.x))
+
+
+def temperature_warning(temperature: float | None) -> str | None:
+    """A plain sentence when a fitted temperature sits at (or within a hair of) a bound of :func:`fit_temperature`."""
+    if temperature is None or not np.isfinite(temperature) or temperature <= 0:
+        return None
+    if abs(np.log(temperature / TEMPERATURE_MAX)) <= TEMPERATURE_BOUND_TOLERANCE:
+        return (f"The temperature hit its bound of {TEMPERATURE_MAX:g}: the model's scores carry almost no information "
+                "(every probability is pulled towards an even split); calibration figures such as the ECE are not "
+                "meaningful.")
+    if abs(np.log(temperature / TEMPERATURE_MIN)) <= TEMPERATURE_BOUND_TOLERANCE:
+        return (f"The temperature hit its bound of {TEMPERATURE_MIN:g}: the scores were sharpened as far as allowed "
+                "and may still be under-confident; calibration figures such as the ECE are not reliable.")
+    return None
+
+
+def quality_check(metrics: dict, temperature: float | None = None, set_name: str = "validation set") -> dict:
+    """Whether the accuracy in ``metrics`` (from :func:`evaluate_probs`) is clearly above chance.
+
+    Chance is the no-information rate: the share of the largest class among these cells, at least 1/C. The
+    model passes when accuracy - chance >= QUALITY_MIN_MARGIN and a one-sided exact binomial test (scipy's
+    ``binomtest``, alternative "greater") gives p < QUALITY_MAX_P, and it does not give one class to (nearly)
+    every cell. A temperature at a fitting bound is a warning. Returns plain JSON: ``passed``, ``accuracy``,
+    ``chance``, ``margin``, ``p_value``, ``n``, ``reasons`` and ``warnings`` (plain sentences), and the
+    constants used.
+    """
+    from scipy.stats import binomtest
+
+    classes = list(metrics.get("classes") or [])
+    cm = np.asarray(metrics.get("confusion_matrix") or [], np.int64)
+    k = max(len(classes), 2)
+    n = int(cm.sum()) if cm.size else int(metrics.get("n", 0))
+    reasons: list[str] = []
+    warnings: list[str] = []
+    if cm.size and n:
+        hits = int(np.trace(cm))
+        truth = cm.sum(axis=1) / n
+        predicted = cm.sum(axis=0) / n
+    else:
+        hits = int(round(float(metrics.get("accuracy", 0.0)) * n))
+        truth = predicted = np.zeros(0)
+    accuracy = hits / n if n else 0.0
+    chance = max(float(truth.max()) if truth.size else 0.0, 1.0 / k)
+    margin = accuracy - chance
+    p_value = float(binomtest(hits, n, chance, alternative="greater").pvalue) if n and chance < 1 else 1.0
+    if n == 0:
+        reasons.append(f"The {set_name} holds no cells, so the model could not be checked.")
+    elif margin < QUALITY_MIN_MARGIN or p_value >= QUALITY_MAX_P:
+        parts = []
+        if margin < QUALITY_MIN_MARGIN:
+            parts.append(f"it is {margin:+.3f} from chance and at least {QUALITY_MIN_MARGIN:+.2f} is required")
+        if p_value >= QUALITY_MAX_P:
+            parts.append(f"a one-sided binomial test gives p = {p_value:.2g} and below {QUALITY_MAX_P:g} is required"
+                         + ("; with this few cells the accuracy could be luck" if margin >= QUALITY_MIN_MARGIN else ""))
+        what = (f"Its accuracy on the {set_name} ({accuracy:.3f} on {n} cells) is not clearly above chance "
+                f"({chance:.3f}, what always answering the largest class scores): " + "; ".join(parts) + ".")
+        reasons.append(what)
+    if predicted.size and n:
+        top = int(np.argmax(predicted))
+        if predicted[top] >= QUALITY_ONE_CLASS_SHARE and truth[top] < QUALITY_ONE_CLASS_SHARE:
+            name = classes[top] if top < len(classes) else str(top)
+            reasons.append(f"It predicts {name} for {int(round(predicted[top] * n))} of the {n} cells of the "
+                           f"{set_name}, although {name} is {truth[top]:.0%} of them: it has not learned to tell "
+                           "the classes apart.")
+    note = temperature_warning(temperature)
+    if note:
+        warnings.append(note)
+    return {
+        "passed": not reasons, "accuracy": accuracy, "chance": chance, "margin": margin, "p_value": p_value, "n": n,
+        "set": set_name, "reasons": reasons, "warnings": warnings,
+        "rule": {"min_margin": QUALITY_MIN_MARGIN, "max_p": QUALITY_MAX_P, "one_class_share": QUALITY_ONE_CLASS_SHARE,
+                 "test": "one-sided exact binomial test of accuracy against the no-information rate"},
+    }
+
+
+def model_quality(metrics: dict | None) -> tuple[bool | None, list[str], list[str]]:
+    """The quality check recorded in a model's metrics: (passed, reasons, warnings).
+
+    ``passed`` is None when no check was recorded (imported weights, models registered before the check).
+    """
+    check = (metrics or {}).get("quality_check")
+    if not isinstance(check, dict) or not isinstance(check.get("passed"), bool):
+        return None, [], []
+    return check["passed"], [str(r) for r in check.get("reasons") or []], [str(w) for w in check.get("warnings") or []]
+
+
+def failed_quality(metrics: dict | None) -> bool:
+    """Whether a model's metrics record a failed quality check (False when none was recorded)."""
+    return model_quality(metrics)[0] is False

@@ -78,8 +78,12 @@ class Manifest:
 
     @property
     def label(self) -> str:
-        """How the model is shown to people: ``name v3``, with ``(synthetic demo)`` for demo models."""
-        return f"{self.name} v{self.version}" + (" (synthetic demo)" if self.demo else "")
+        """How the model is shown to people: ``name v3``, with ``(synthetic demo)`` for demo models and
+        ``(failed quality check)`` for models whose recorded quality check failed."""
+        from lsm_core.metrics import failed_quality
+
+        return (f"{self.name} v{self.version}" + (" (synthetic demo)" if self.demo else "")
+                + (" (failed quality check)" if failed_quality(self.metrics) else ""))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

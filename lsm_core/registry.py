@@ -1,4 +1,10 @@
-"""The models the database knows: rows mirroring the packages of the model store."""
+"""The models the database knows: rows mirroring the packages of the model store.
+
+Wherever models are listed or offered, :func:`offered_models` gives them in one order: the LSM task first,
+then aging (the order of :data:`lsm_core.tasks.TASK_TITLES`), within a task its default first, then by name
+and newest version, models that failed their quality check last (and left out unless asked for). A model
+that failed its quality check (:func:`lsm_core.metrics.model_quality`) is never made a default.
+"""
 from __future__ import annotations
 
 from sqlalchemy import select
@@ -8,7 +14,38 @@ from db import audit
 from db.schema import Model
 from lsm_core import accounts
 from lsm_core.errors import LsmError
+from lsm_core.metrics import failed_quality, model_quality
 from lsm_core.models import ModelPackage, ModelStore
+from lsm_core.tasks import TASK_TITLES
+
+TASK_ORDER: tuple[str, ...] = tuple(TASK_TITLES)  # ("lsm", "aging"): the LSM classifier first, everywhere
+
+
+def task_rank(task: str) -> int:
+    """The place of ``task`` in :data:`TASK_ORDER` (unknown tasks after the known ones)."""
+    return TASK_ORDER.index(task) if task in TASK_ORDER else len(TASK_ORDER)
+
+
+def model_sort_key(m: Model) -> tuple:
+    """The one order of models: task (LSM first), the task's default first, passed before failed quality
+    checks, then name, then the newest version first."""
+    return (task_rank(m.task), m.task, not m.is_default, failed_quality(m.metrics), m.name, -m.version)
+
+
+def offered_models(s: Session, task: str | None = None, include_failed: bool = False,
+                   include_deleted: bool = False) -> list[Model]:
+    """Within ``s``: the models to list or offer (of ``task`` when given), in :func:`model_sort_key` order.
+
+    Models that failed their quality check are left out unless ``include_failed``; deleted ones unless
+    ``include_deleted``. The first model of a task is its default whenever it has one.
+    """
+    query = select(Model)
+    if task:
+        query = query.where(Model.task == task)
+    if not include_deleted:
+        query = query.where(Model.deleted.is_(False))
+    rows = [m for m in s.scalars(query) if include_failed or not failed_quality(m.metrics)]
+    return sorted(rows, key=model_sort_key)
 
 
 def row_for(s: Session, package: ModelPackage, store: ModelStore) -> Model:
@@ -22,7 +59,7 @@ def row_for(s: Session, package: ModelPackage, store: ModelStore) -> Model:
                 f"(sha256 {m.weights_sha256[:12]} vs {row.weights_sha256[:12]})"
             )
         return row
-    audit.record(s, "system", "register", f"model {m.name} v{m.version}", task=m.task, demo=m.demo,
+    audit.record(s, accounts.SYSTEM, "register", f"model {m.name} v{m.version}", task=m.task, demo=m.demo,
                  sha256=m.weights_sha256)
     row = Model(
         task=m.task, name=m.name, version=m.version, classes=list(m.classes), architecture=m.architecture,
@@ -37,15 +74,23 @@ def row_for(s: Session, package: ModelPackage, store: ModelStore) -> Model:
 
 
 def sync_models(sessions: sessionmaker[Session], store: ModelStore | None = None) -> list[Model]:
-    """Register every package of the store in the database; make each task's first model its default."""
+    """Register every package of the store in the database; give each task with none a default model.
+
+    The default is a model that passed its quality check (or carries none), preferring one trained on lab
+    data over a demo, then the newest. A model that failed its quality check is never made the default (and
+    stops being one, should an older database say otherwise, when another model can take its place).
+    """
     store = store or ModelStore()
     with sessions.begin() as s:
         rows = [row_for(s, p, store) for p in store.packages()]
         for task in {r.task for r in rows}:
             live = s.scalars(select(Model).where(Model.task == task, Model.deleted.is_(False))).all()
-            if live and not any(r.is_default for r in live):
+            usable = [r for r in live if not failed_quality(r.metrics)]
+            if usable and not any(r.is_default for r in usable):
+                for r in live:
+                    r.is_default = False
                 # prefer a model trained on lab data over a demo, then the newest
-                best = sorted(live, key=lambda r: (not r.demo, r.created, r.version))[-1]
+                best = sorted(usable, key=lambda r: (not r.demo, r.created, r.version))[-1]
                 best.is_default = True
         return rows
 
@@ -66,6 +111,10 @@ def set_default(sessions: sessionmaker[Session], model_id: int, user: str) -> No
         row = s.get(Model, model_id)
         if row is None or row.deleted:
             raise LsmError("that model no longer exists")
+        passed, reasons, _ = model_quality(row.metrics)
+        if passed is False:
+            raise LsmError(f"{row.label} cannot be the default {row.task} model: it failed its quality check. "
+                           + " ".join(reasons))
         for other in s.scalars(select(Model).where(Model.task == row.task)):
             other.is_default = other.id == row.id
         audit.record(s, user, "set default", f"model {row.name} v{row.version}", task=row.task)

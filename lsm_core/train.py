@@ -20,6 +20,12 @@ from lsm_core.errors import LsmError
 
 HEAD_NAMES = ("backbone.fc", "backbone.head")
 
+# What the sets of a model's metrics are called wherever a number is shown (see train_and_register).
+VALIDATION_SET = "validation set"
+VALIDATION_SET_NOTE = "held out from the training data, whole source images at a time; the temperature was fitted on it"
+TEST_SET = "test set (test files given at training, never trained on)"
+DEMO_TEST_SET = "test set (synthetic cells of another seed)"
+
 
 @dataclass
 class TrainConfig:
@@ -259,6 +265,7 @@ def train_and_register(
     input_size: int = 64,
     demo: bool = False,
     description: str = "",
+    test_name: str | None = None,
 ):
     """Split, train, calibrate, evaluate and register a new model version; returns its package.
 
@@ -266,9 +273,15 @@ def train_and_register(
     each source (file or mouse) on one side. The temperature is fitted on the validation set and stored in
     the manifest, which also carries the metrics and a training summary (class counts, split, recipe,
     seed, sha256 of the data).
+
+    Every set of metrics says which cells it comes from (``evaluated_on``): the validation set, and the test
+    set (``test_name``; for demo models "synthetic cells of another seed") under ``metrics["test"]``. The
+    model's quality check (:func:`lsm_core.metrics.quality_check`) on the validation set is recorded as
+    ``metrics["quality_check"]``: a model not clearly above chance is registered all the same, but marked
+    "failed quality check", is never made a default and is not offered by default.
     """
     from lsm_core.datasets import split
-    from lsm_core.metrics import evaluate_probs, fit_temperature, softmax
+    from lsm_core.metrics import evaluate_probs, fit_temperature, quality_check, softmax
     from lsm_core.models import Manifest
 
     train_idx, val_idx = split(data, 0.2, seed=config.seed)
@@ -285,12 +298,19 @@ def train_and_register(
     metrics = evaluate_probs(softmax(val_logits, temperature), data.labels[val_idx], data.classes)
     metrics["ece_before_scaling"] = before["ece"]
     metrics["nll_before_scaling"] = before["nll"]
-    metrics["evaluated_on"] = f"validation set: {len(val_idx)} cells"
+    metrics["evaluated_on"] = f"{VALIDATION_SET} ({VALIDATION_SET_NOTE}): {len(val_idx)} cells"
+    metrics["quality_check"] = quality_check(metrics, temperature, VALIDATION_SET)
     summary_test = None
     if test is not None:
         test_logits = logits_of(net, test.crops, device)
         summary_test = evaluate_probs(softmax(test_logits, temperature), test.labels, test.classes)
         summary_test["ece_before_scaling"] = evaluate_probs(softmax(test_logits), test.labels, test.classes)["ece"]
+        test_name = test_name or (DEMO_TEST_SET if demo else TEST_SET)
+        summary_test["evaluated_on"] = f"{test_name}: {len(test.labels)} cells"
+        on_test = quality_check(summary_test, None, "test set")
+        summary_test["quality_check"] = on_test
+        if not on_test["passed"]:  # the validation set decides; a test set that disagrees is said beside it
+            metrics["quality_check"]["warnings"].extend(on_test["reasons"])
     manifest = Manifest(
         task=task, name=name, classes=list(data.classes), architecture=config.architecture, input_size=input_size,
         temperature=temperature, metrics={**metrics, **({"test": summary_test} if summary_test else {})},

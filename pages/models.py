@@ -7,85 +7,97 @@ import pandas as pd
 import streamlit as st
 
 from db import queries
-from db.schema import Job
+from db.schema import Job, Model
 from lsm_core import jobs
 from lsm_core.errors import LsmError
 from lsm_core.images import RawFile
-from lsm_core.model_card import confusion_figure, package_zip, reliability_figure, roc_figure, training_figure
+from lsm_core.metrics import model_quality
+from lsm_core.model_card import (MetricsCard, evaluation_card, model_cards, models_table, package_zip,
+                                 training_figure)
 from lsm_core.models import ModelStore
-from lsm_core.registry import import_model, set_default
+from lsm_core.registry import import_model, offered_models, set_default
 from lsm_core.tasks import TASK_TITLES
-from pages._shared import admin, sessions, user
+from pages._shared import admin, escape_markdown, sessions, user
 
 st.title("Models")
-st.caption("Classifiers of this lab. Demo models are trained on synthetic cells only and say nothing about real cells.")
+st.caption("Classifiers of this lab. Demo models are trained on synthetic cells only and say nothing about real cells. "
+           "Every figure says which cells it comes from: the validation set (held out from the training data) or a "
+           "test set.")
 factory = sessions()
 with factory() as s:
-    rows = queries.models(s)
+    rows = offered_models(s, include_failed=True)  # LSM first, each task's default first (lsm_core.registry)
 administers = admin()  # what the page offers; the functions it calls check again
+me = user()
 
 
-def headline(m) -> dict:
-    metrics = m.metrics or {}
-    return {
-        "model": m.name, "version": m.version, "task": TASK_TITLES.get(m.task, m.task),
-        "kind": "synthetic demo" if m.demo else "trained on lab data",
-        "default": "yes" if m.is_default else "",
-        "accuracy": round(metrics["accuracy"], 3) if isinstance(metrics.get("accuracy"), (int, float)) else None,
-        "macro F1": round(metrics["macro_f1"], 3) if isinstance(metrics.get("macro_f1"), (int, float)) else None,
-        "ECE": round(metrics["ece"], 3) if isinstance(metrics.get("ece"), (int, float)) else None,
-        "architecture": m.architecture, "created": m.created.strftime("%Y-%m-%d %H:%M"), "sha256": m.weights_sha256[:12],
-    }
+def option(m: Model) -> str:
+    return f"{TASK_TITLES.get(m.task, m.task)} · {m.label}"
+
+
+def show_card(card: MetricsCard, key: str) -> None:
+    """Draw a card built by lsm_core.model_card: which cells, verdicts, numbers, per-class table, figures."""
+    st.markdown(f"**{escape_markdown(card.heading)}**")
+    for message in card.errors:
+        st.error(message)
+    for message in card.warnings:
+        st.warning(message)
+    for message in card.notes:
+        st.caption(message)
+    cols = st.columns(len(card.numbers))
+    for col, (label, value, help_text) in zip(cols, card.numbers):
+        col.metric(label, value, help=help_text)
+    if card.per_class:
+        st.dataframe(pd.DataFrame(card.per_class), hide_index=True, width="stretch")
+    cols = st.columns(max(1, len(card.figures)))
+    for col, (name, fig) in zip(cols, card.figures.items()):
+        col.plotly_chart(fig, width="stretch", key=f"{key}_{name}")
 
 
 if not rows:
     st.info("No models are registered yet. `python -m lsm_core serve` registers the synthetic demo models; "
             "below you can import weights or train a model.")
 else:
-    st.dataframe(pd.DataFrame([headline(m) for m in rows]), hide_index=True, width="stretch")
+    st.dataframe(pd.DataFrame(models_table(rows)), hide_index=True, width="stretch")
 
 tabs = st.tabs(["Model card", "Train", "Evaluate", "Import / export"])
 
 with tabs[0]:
     if rows:
-        labels = {f"{TASK_TITLES.get(m.task, m.task)} · {m.label}": m for m in rows}
+        labels = {option(m): m for m in rows}
         m = labels[st.selectbox("Model", list(labels), key="card_model")]
         if m.demo:
             st.warning("A **synthetic demo** model: its figures describe synthetic cells only.")
-        metrics = m.metrics or {}
-        if "confusion_matrix" in metrics:
-            st.caption(f"Metrics on {metrics.get('evaluated_on', 'held-out cells')}; "
-                       f"temperature {m.temperature:.2f} (fitted on the validation set, applied at inference)")
-            c = st.columns(4)
-            c[0].metric("Accuracy (consistency)", f"{metrics['accuracy']:.3f}")
-            c[1].metric("Macro F1", f"{metrics['macro_f1']:.3f}")
-            c[2].metric("Macro AUC", f"{metrics['macro_auc']:.3f}" if metrics.get("macro_auc") else "n/a")
-            c[3].metric("ECE", f"{metrics['ece']:.3f}",
-                        help=f"before temperature scaling: {metrics.get('ece_before_scaling', float('nan')):.3f}")
-            st.dataframe(pd.DataFrame([{"class": k, **{kk: (round(vv, 3) if isinstance(vv, float) else vv)
-                                                       for kk, vv in v.items()}} for k, v in metrics["per_class"].items()]),
-                         hide_index=True, width="stretch")
-            c = st.columns(3)
-            c[0].plotly_chart(confusion_figure(metrics), width="stretch", key="card_cm")
-            c[1].plotly_chart(roc_figure(metrics), width="stretch", key="card_roc")
-            c[2].plotly_chart(reliability_figure(metrics), width="stretch", key="card_rel")
+        passed, reasons, warnings = model_quality(m.metrics)
+        if passed is False:
+            st.error("This model **failed its quality check**: it is not offered for classification by default "
+                     "and cannot be made the default. " + " ".join(reasons))
+        for message in warnings:
+            st.warning(message)
+        cards = model_cards(m.metrics, m.demo)
+        if cards:
+            st.caption(f"Temperature {m.temperature:.2f} (fitted on the validation set, applied at inference).")
+            for i, card in enumerate(cards):
+                show_card(card, f"card_{i}")
         else:
             st.info("This model carries no evaluation yet; evaluate it on a labelled test set (tab Evaluate).")
         training = m.training or {}
         if training.get("history"):
-            st.markdown("**Training curves**")
+            st.markdown("**Training curves** (loss on the training data and on the validation set; validation accuracy)")
             st.plotly_chart(training_figure(training), width="stretch", key="card_train")
         if training:
             st.markdown("**Training summary**")
             st.json({k: v for k, v in training.items() if k != "history"}, expanded=False)
         if not m.is_default:
-            if st.button(f"Make {m.name} v{m.version} the default {m.task} model", disabled=not administers,
-                         help=None if administers else "Only administrators choose default models."):
+            why = ("A model that failed its quality check cannot be the default." if passed is False
+                   else None if administers else "Only administrators choose default models.")
+            if st.button(f"Make {m.name} v{m.version} the default {m.task} model", disabled=why is not None, help=why):
                 try:
-                    set_default(factory, m.id, user())
+                    set_default(factory, m.id, me)
                     st.rerun()
                 except LsmError as exc:
                     st.error(str(exc))
+            if why and passed is False:
+                st.caption(why)
         else:
             st.caption("This is the default model for its task.")
 
@@ -97,7 +109,8 @@ def recent(kind: str) -> list[Job]:
 
 @st.fragment(run_every=2.0)
 def job_list(kind: str) -> None:
-    for j in recent(kind):
+    listed = recent(kind)
+    for j in listed:
         label = f"job {j.id} · {j.owner} · {j.status}"
         if j.kind == "train":
             label += f" · epoch {j.progress_done} of {j.progress_total}"
@@ -105,20 +118,33 @@ def job_list(kind: str) -> None:
                 label += f" · validation accuracy {j.result['val_accuracy']:.3f}"
             if j.status == "done" and j.result:
                 label += f" · registered {j.result.get('model')}"
+        if j.kind == "evaluate":
+            label += " · " + ", ".join(u.get("name", "?") for u in (j.payload or {}).get("uploads", []))
         st.text(label + (f" · {j.error}" if j.error else ""))
         if j.status == "running" and j.progress_total:
             st.progress(j.progress_done / j.progress_total)
-        if j.status in ("queued", "running") and st.button("Cancel", key=f"cancel_{j.id}"):
-            jobs.cancel(factory, j.id, user())
-        if j.kind == "evaluate" and j.status == "done" and j.result:
-            r = j.result
-            st.text(f"  accuracy {r['accuracy']:.3f} · macro F1 {r['macro_f1']:.3f} · ECE {r['ece']:.3f} · n={r['n']}")
+        # offered to the owner and administrators; jobs.cancel checks again (the role may have changed since)
+        if j.status in ("queued", "running") and (j.owner == me or administers):
+            if st.button("Cancel", key=f"cancel_{j.id}"):
+                try:
+                    status = jobs.cancel(factory, j.id, me)
+                    st.success(f"Job {j.id} {'cancelled' if status == 'cancelled' else 'stops at its next step'}.")
+                except LsmError as exc:
+                    st.error(str(exc))
+    # a job that was running and is done now: run the whole page, so that its result appears below
+    active = {j.id for j in listed if j.status in ("queued", "running")}
+    seen = st.session_state.get(f"active_{kind}", set())
+    st.session_state[f"active_{kind}"] = active
+    if seen - active:
+        st.rerun()
 
 
 with tabs[1]:
     st.markdown("Train a new model version with the paper's recipe on cells sorted by FACS: upload a ZIP whose "
                 "folders are named after the classes (LT-HSC, ST-HSC, MPP or young, aged), and/or choose classified "
-                "batches and the class each one was sorted as.")
+                "batches and the class each one was sorted as. A fifth of the source images is held out as the "
+                "validation set; a model whose validation accuracy is not clearly above chance is registered as "
+                "**failed quality check**, never made the default and not offered for classification by default.")
     if not administers:
         st.info("Only administrators train models (a trained model becomes a choice for the whole lab). "
                 "Ask one of them, or see the Lab page for who they are.")
@@ -148,7 +174,7 @@ with tabs[1]:
             uploads = jobs.store_uploads([RawFile(f.name, f.getvalue()) for f in upload or []])
             config = {"architecture": arch, "epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr),
                       "seed": int(seed)}
-            job_id = jobs.submit_training(factory, task, name.strip(), config, owner=user(), uploads=uploads,
+            job_id = jobs.submit_training(factory, task, name.strip(), config, owner=me, uploads=uploads,
                                           batches=labelled)
             st.success(f"Training queued as job {job_id}; it runs on a worker and appears below.")
         except LsmError as exc:
@@ -157,20 +183,32 @@ with tabs[1]:
 
 with tabs[2]:
     if rows:
-        labels = {f"{TASK_TITLES.get(m.task, m.task)} · {m.label}": m.id for m in rows}
+        labels = {option(m): m.id for m in rows}  # the first is the default LSM model
         with st.form("evaluate"):
-            chosen = st.selectbox("Model", list(labels))
+            chosen = st.selectbox("Model", list(labels), index=0, key="eval_model")
             test = st.file_uploader("Labelled test ZIP (folders named after the classes)", accept_multiple_files=True,
                                     key="eval_zip")
             go = st.form_submit_button("Start evaluation")
         if go:
             try:
                 uploads = jobs.store_uploads([RawFile(f.name, f.getvalue()) for f in test or []])
-                job_id = jobs.submit_evaluation(factory, labels[chosen], uploads, owner=user())
+                job_id = jobs.submit_evaluation(factory, labels[chosen], uploads, owner=me)
                 st.success(f"Evaluation queued as job {job_id}.")
             except LsmError as exc:
                 st.error(str(exc))
         job_list("evaluate")
+        with factory() as s:
+            finished = [j for j in queries.jobs_list(s, limit=50) if j.kind == "evaluate" and j.status == "done"
+                        and j.result][:5]
+            evaluated = {j.id: s.get(Model, int(j.payload["model_id"])) for j in finished}
+        if finished:
+            results = {f"job {j.id} · {evaluated[j.id].label if evaluated[j.id] else 'a deleted model'} · "
+                       + ", ".join(u.get("name", "?") for u in j.payload.get("uploads", [])): j for j in finished}
+            j = results[st.selectbox("Evaluation result", list(results), key="eval_result")]
+            model = evaluated[j.id]
+            show_card(evaluation_card(j.result, model.label if model else f"model {j.payload['model_id']} (deleted)",
+                                      [u.get("name", "?") for u in j.payload.get("uploads", [])]), f"eval_{j.id}")
+
 
 with tabs[3]:
     st.markdown("**Import** a PyTorch state_dict (`.pt`, `.pth`; loaded with `weights_only=True`) or a "
@@ -191,12 +229,12 @@ with tabs[3]:
                     wpath.write_bytes(weights.getvalue())
                     mpath = Path(tmp) / "manifest.json"
                     mpath.write_bytes(manifest.getvalue())
-                    row = import_model(factory, wpath, mpath, user())
+                    row = import_model(factory, wpath, mpath, me)
                 st.success(f"Registered {row.label}.")
             except LsmError as exc:
                 st.error(str(exc))
     if rows:
-        labels = {f"{TASK_TITLES.get(m.task, m.task)} · {m.label}": m for m in rows}
+        labels = {option(m): m for m in rows}
         m = labels[st.selectbox("Export a model package", list(labels), key="export_model")]
         folder = ModelStore().root / m.path
         st.download_button(f"Download {m.name}-v{m.version}.zip (manifest + weights)", lambda: package_zip(folder),
