@@ -4,7 +4,7 @@ import streamlit as st
 from db import queries
 from lsm_core import accounts
 from lsm_core.errors import LsmError
-from pages._shared import sessions, signed_in_mode, user
+from pages._shared import escape_markdown, sessions, signed_in_mode, user
 
 st.set_page_config(page_title="LSM classifier", page_icon=":microscope:", layout="wide")
 
@@ -43,17 +43,10 @@ with factory() as s:
     role = accounts.role_of(s, user())
 navigation = st.navigation(pages, position="hidden")
 
-with st.sidebar:
-    for page in pages:
-        if page.title != "Lab" or role == accounts.ADMIN:
-            st.page_link(page)
-    st.divider()
-    st.markdown("**Signed in as**")
-    st.text(f"{user()} ({role})")  # as text: names come from the identity provider
-    if signed_in_mode():
-        st.button("Sign out", on_click=st.logout)
-    else:
-        st.caption("Lab mode: no sign-in on this machine (unauthenticated).")
+
+@st.fragment(run_every=5.0)
+def status() -> None:
+    """Workers and queue, redrawn every 5 s (a worker's row changes when it claims or ends a job)."""
     with factory() as s:
         workers = queries.live_workers(s)
         queued = queries.queue_length(s)
@@ -65,7 +58,26 @@ with st.sidebar:
         st.warning("No worker is running: jobs wait in the queue. Start one with `python -m lsm_core worker`.")
     st.caption(f"Queue: {queued} job{'s' if queued != 1 else ''} waiting")
 
+
+with st.sidebar:
+    for page in pages:
+        if page.title != "Lab" or role == accounts.ADMIN:
+            st.page_link(page)
+    st.divider()
+    st.markdown("**Signed in as**")
+    st.text(f"{user()} ({role})")  # as text: names come from the identity provider
+    if signed_in_mode():
+        st.button("Sign out", on_click=st.logout)
+    else:
+        st.caption("Lab mode: no sign-in on this machine (unauthenticated).")
+    status()
+
 if not signed_in_mode():
-    st.warning(f"**Lab mode: unauthenticated.** Anyone who can open this address acts as {user()}. "
-               "For a lab network, configure sign-in (see the README, 'Sign-in and roles').", icon=":material/lock_open:")
+    rights = ", as an administrator: able to change or delete every batch" if role == accounts.ADMIN else ""
+    st.warning(f"**Lab mode: unauthenticated, no sign-in.** Anyone who can open this page works as "
+               f"{escape_markdown(user())}{rights}.", icon=":material/lock_open:")
+    with st.expander("For the administrator: how to require sign-in"):
+        st.markdown("Add an `[auth]` section for the lab's OpenID Connect provider to `.streamlit/secrets.toml` and "
+                    "restart the app; name the first administrators in `LSM_ADMINS`. See the README, 'Sign-in and "
+                    "roles'.")
 navigation.run()

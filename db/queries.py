@@ -80,7 +80,7 @@ def batches(s: Session, f: BatchFilter | None = None, limit: int = 500, offset: 
             "model": model.label, "model_id": model.id, "task": model.task, "mouse_id": batch.mouse_id,
             "age_days": batch.age_days, "sex": batch.sex, "strain": batch.strain, "gate": batch.gate,
             "imaging_date": batch.imaging_date, "notes": batch.notes, "cells": n_cells, "images": n_images,
-            "errors": n_errors,
+            "errors": n_errors, "revision": batch.revision, "pixel_size_um": batch.pixel_size_um,
         })
     return out
 
@@ -173,6 +173,27 @@ def jobs_list(s: Session, limit: int = 200, status: str | None = None) -> list[J
     if status:
         query = query.where(Job.status == status)
     return list(s.scalars(query))
+
+
+def active_jobs(s: Session, kind: str | None = None, owner: str | None = None, limit: int = 200) -> list[Job]:
+    """Queued and running jobs (newest first), of ``kind`` and ``owner`` when given."""
+    query = select(Job).where(Job.status.in_(("queued", "running"))).order_by(Job.id.desc()).limit(limit)
+    if kind:
+        query = query.where(Job.kind == kind)
+    if owner:
+        query = query.where(Job.owner == owner)
+    return list(s.scalars(query))
+
+
+def pending_saliency(s: Session, batch_id: int, method: str) -> Job | None:
+    """The queued or running saliency job for ``batch_id`` and ``method``, if any."""
+    return next((j for j in active_jobs(s, "saliency")
+                 if j.payload.get("batch_id") == batch_id and j.payload.get("method") == method), None)
+
+
+def recent_jobs(s: Session, kind: str, limit: int = 5) -> list[Job]:
+    """The newest jobs of ``kind``."""
+    return list(s.scalars(select(Job).where(Job.kind == kind).order_by(Job.id.desc()).limit(limit)))
 
 
 def live_workers(s: Session, seen_within_s: float = 60.0) -> list[Worker]:

@@ -50,7 +50,7 @@ class Model(Base):
     """A registered model version; its weights live in the model store (``path`` below the store root)."""
 
     __tablename__ = "models"
-    __table_args__ = (UniqueConstraint("name", "version"),)
+    __table_args__ = (UniqueConstraint("name", "version"), {"sqlite_autoincrement": True})  # ids never reused
 
     id: Mapped[int] = mapped_column(primary_key=True)
     task: Mapped[str] = mapped_column(String(16), index=True)
@@ -74,13 +74,19 @@ class Model(Base):
 
     @property
     def label(self) -> str:
-        return f"{self.name} v{self.version}" + (" (synthetic demo)" if self.demo else "")
+        """``name v3``, with ``(synthetic demo)`` for demo models and ``(failed quality check)`` for models whose
+        recorded quality check failed (lsm_core.metrics.model_quality)."""
+        from lsm_core.metrics import failed_quality
+
+        return (f"{self.name} v{self.version}" + (" (synthetic demo)" if self.demo else "")
+                + (" (failed quality check)" if failed_quality(self.metrics) else ""))
 
 
 class Batch(Base):
     """One uploaded batch: usually one mouse and one sorted population."""
 
     __tablename__ = "batches"
+    __table_args__ = {"sqlite_autoincrement": True}  # ids never reused, even after a delete
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -96,6 +102,8 @@ class Batch(Base):
     imaging_date: Mapped[str | None] = mapped_column(String(10))  # ISO date
     notes: Mapped[str | None] = mapped_column(Text)
     pixel_size_um: Mapped[float | None] = mapped_column(Float)
+    # changes people made (rename, files added): an action names the revision its user saw (lsm_core.batches)
+    revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     model: Mapped[Model] = relationship()
     images: Mapped[list[Image]] = relationship(back_populates="batch", cascade="all, delete-orphan", passive_deletes=True)
@@ -163,7 +171,7 @@ class SaliencyRun(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_fetch", "status", "kind", "priority", "created"),)
+    __table_args__ = (Index("ix_jobs_fetch", "status", "kind", "priority", "created"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))

@@ -33,6 +33,7 @@ from db.schema import User, utcnow
 from lsm_core.errors import LsmError
 
 MEMBER, ADMIN = "member", "admin"
+SYSTEM = "system"  # the actor of what the app does by itself (registering models found in the store)
 ROLES = (MEMBER, ADMIN)
 
 
@@ -113,13 +114,20 @@ class Person:
 
 
 def people(sessions: sessionmaker[Session]) -> list[Person]:
-    """Everyone who has signed in (and everyone named in LSM_ADMINS), by name."""
+    """Everyone who has signed in, owns a batch or a job, or acted (the audit trail), and everyone named in
+    LSM_ADMINS, by name. In lab mode nobody signs in, so acting is how people appear."""
+    from db.schema import AuditEvent, Batch, Job
+
     with sessions() as s:
         rows = {r.name: r for r in s.scalars(select(User))}
-        names = sorted(set(rows) | configured_admins())
+        acted = set(s.scalars(select(Batch.owner).distinct())) | set(s.scalars(select(Job.owner).distinct()))
+        acted |= set(s.scalars(select(AuditEvent.actor).distinct())) - {SYSTEM}
+        last = dict(s.execute(select(AuditEvent.actor, func.max(AuditEvent.at)).group_by(AuditEvent.actor)).all())
+        names = sorted(set(rows) | acted | configured_admins())
         return [Person(n, rows[n].display_name if n in rows else None, role_of(s, n),
                        rows[n].role if n in rows else MEMBER, n in configured_admins(),
-                       rows[n].last_seen if n in rows else None) for n in names]
+                       max(filter(None, [rows[n].last_seen if n in rows else None, last.get(n)]), default=None))
+                for n in names]
 
 
 def set_role(sessions: sessionmaker[Session], name: str, role: str, by: str) -> None:
@@ -146,5 +154,5 @@ def audit_trail(sessions: sessionmaker[Session], user: str, limit: int = 500) ->
     """The newest audit events, for administrators only."""
     with sessions() as s:
         require_admin(s, user, "read the audit trail")
-        return [{"when (UTC)": e.at, "who": e.actor, "did": e.action, "to": e.target, "detail": e.detail}
+        return [{"when (UTC)": e.at, "who": e.actor, "did": e.action, "to": e.target, "detail": audit.describe(e.detail)}
                 for e in audit.events(s, limit=limit)]

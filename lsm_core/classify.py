@@ -9,6 +9,7 @@ row saying so; neither stops the others.
 """
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 from collections.abc import Iterable, Iterator
@@ -17,13 +18,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lsm_core import config
-from lsm_core.cells import CellCrops, FindParams, find_cells
+from lsm_core.cells import CellCrops, FindParams, find_cells, no_cells_note
 from lsm_core.errors import LsmError
 from lsm_core.images import ImageRecord
 from lsm_core.predict import Predictor
 
 LEADING_COLUMNS = ["file", "page", "cell", "x", "y", "w", "h", "predicted", "score"]
-NO_CELLS_NOTE = "no cells found in this image (0 cells)"
+NO_CELLS_NOTE = "no cells found in this image (0 cells)"  # the reason is given by cells.no_cells_note
 
 
 def result_columns(classes: Iterable[str]) -> list[str]:
@@ -71,7 +72,12 @@ def find_params_for(predictor: Predictor, pixel_size_um: float | None) -> FindPa
 
     The pixel size is ``pixel_size_um``, else LSM_PIXEL_SIZE_UM, else the one the model was trained at.
     """
-    return FindParams.for_model(predictor.manifest, pixel_size_um or config.pixel_size_um())
+    params = FindParams.for_model(predictor.manifest, pixel_size_um or config.pixel_size_um())
+    if not pixel_size_um and config.pixel_size_um():
+        params = dataclasses.replace(params, pixel_size_source="from LSM_PIXEL_SIZE_UM")
+    elif pixel_size_um:
+        params = dataclasses.replace(params, pixel_size_source="as given")
+    return params
 
 
 _DONE = object()
@@ -158,7 +164,8 @@ def classify_records(
                 summary.dropped[reason] = summary.dropped.get(reason, 0) + count
             if len(cells) == 0:
                 summary.no_cells += 1
-                pending.append(ResultRow(record.source, page, note=NO_CELLS_NOTE, sha256=record.sha256))
+                pending.append(ResultRow(record.source, page, note=no_cells_note(cells.dropped, params),
+                                         sha256=record.sha256))
                 continue
             summary.cells += len(cells)
             for i in range(len(cells)):

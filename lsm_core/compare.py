@@ -35,6 +35,21 @@ GROUP_FIELDS = ("age", "sex", "strain", "gate", "mouse_id", "owner", "imaging_da
 DEFAULT_BINS = "young:<26w, aged:>=18m"
 
 
+def one_batch_per_mouse(batches: list[dict]) -> list[int]:
+    """The ids a comparison starts from: for each mouse id the newest batch (re-runs of one mouse are not two
+    mice); a batch without a mouse id stands for itself. ``batches`` are rows of :func:`db.queries.batches`."""
+    newest: dict[str, dict] = {}
+    alone = []
+    for b in batches:
+        mouse = (b.get("mouse_id") or "").strip()
+        if not mouse:
+            alone.append(b["id"])
+        elif mouse not in newest or (b["created"], b["id"]) > (newest[mouse]["created"], newest[mouse]["id"]):
+            newest[mouse] = b
+    chosen = set(alone) | {b["id"] for b in newest.values()}
+    return [b["id"] for b in batches if b["id"] in chosen]
+
+
 @dataclass
 class Comparison:
     classes: list[str]

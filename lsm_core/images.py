@@ -219,6 +219,8 @@ def _decode_pil(data: bytes, limits: Limits) -> list[tuple[np.ndarray, int]]:
 
 
 def _damaged(exc: Exception) -> str:
+    if isinstance(exc, UnidentifiedImageError):  # Pillow names its buffer object here, which says nothing to people
+        return "the file is damaged or incomplete and could not be decoded (its contents are not a readable image)"
     text = str(exc).strip() or type(exc).__name__
     return f"the file is damaged or incomplete and could not be decoded ({text})"
 

@@ -85,27 +85,50 @@ class Submitted:
     job_id: int
     images: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)  # (file, message)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why): the same bytes are in the batch already
 
 
-def image_rows(files: Iterable[RawFile], blobs: BlobStore, limits: Limits) -> tuple[list[Image], list[tuple[str, str]]]:
-    """Image rows (not yet in a session) for uploaded files: each file's bytes stored once, each decoded
-    once to validate it; a file that fails becomes a row with its error. Also returns (file, error) pairs."""
-    rows: list[Image] = []
-    errors: list[tuple[str, str]] = []
+@dataclass
+class ImageRows:
+    """Image rows for uploaded files (not yet in a session), with the files that failed and those skipped."""
+
+    rows: list[Image] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def readable(self) -> int:
+        return sum(1 for r in self.rows if r.error is None)
+
+
+def image_rows(files: Iterable[RawFile], blobs: BlobStore, limits: Limits,
+               present: dict[str, str] | None = None) -> ImageRows:
+    """Image rows for uploaded files: each file's bytes stored once, each decoded once to validate it; a file
+    that fails becomes a row with its error. A file whose bytes are in ``present`` (sha256 -> the file name
+    there: the batch's files) or earlier in ``files`` is skipped, never counted twice."""
+    out = ImageRows()
+    seen = dict(present or {})
     for raw in files:
         sha = blobs.put(raw.data) if raw.error is None and raw.data else None
+        if sha is not None and sha in seen:
+            same = seen[sha]
+            out.skipped.append((raw.source, "the same file is in this batch already" + ("" if same == raw.source
+                                                                                          else f" (as {same})")))
+            continue
+        if sha is not None:
+            seen[sha] = raw.source
         for record in decode_raw(raw, limits):
             image = Image(
-                position=len(rows), file=record.source, page=record.page + 1, sha256=sha if record.ok else record.sha256,
-                width=record.width, height=record.height, bit_depth=record.bit_depth, error=record.error,
-                done=not record.ok,
+                position=len(out.rows), file=record.source, page=record.page + 1,
+                sha256=sha if record.ok else record.sha256, width=record.width, height=record.height,
+                bit_depth=record.bit_depth, error=record.error, done=not record.ok,
             )
             if not record.ok:
                 image.n_cells = 0
-                errors.append((record.source, record.error or ""))
-            rows.append(image)
+                out.errors.append((record.source, record.error or ""))
+            out.rows.append(image)
             record.pixels = None
-    return rows, errors
+    return out
 
 
 def submit_batch(
@@ -131,10 +154,10 @@ def submit_batch(
         raise LsmError("the batch needs a name")
     if len(name) > 200:
         raise LsmError("the batch name is longer than 200 characters")
-    rows, errors = image_rows(files, blobs or BlobStore(), limits or Limits.from_env())
+    found = image_rows(files, blobs or BlobStore(), limits or Limits.from_env())
+    rows, errors, readable = found.rows, found.errors, found.readable
     if not rows:
         raise LsmError("no files were uploaded")
-    readable = sum(1 for r in rows if r.error is None)
     with sessions.begin() as s:
         model = s.get(Model, model_id)
         if model is None or model.deleted:
@@ -152,8 +175,8 @@ def submit_batch(
         s.add(job)
         s.flush()
         audit.record(s, owner, "submit", f"batch {batch.id}", name=name, model=model.label, images=len(rows),
-                     failed=len(errors))
-        return Submitted(batch.id, job.id, len(rows), errors)
+                     failed=len(errors), skipped=len(found.skipped))
+        return Submitted(batch.id, job.id, len(rows), errors, found.skipped)
 
 
 def submit_job(sessions: sessionmaker[Session], kind: str, payload: dict, owner: str | None = None, priority: int = 0,

@@ -55,8 +55,17 @@ class BatchReport:
     cells_kept: int
     shares: list[ClassShare]
     images: int
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    without_cells: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (file, why it could not be read)
+    without_cells: list[tuple[str, str]] = field(default_factory=list)  # (file, why no cell was found)
+
+    @property
+    def images_read(self) -> int:
+        """Images that could be read: what the job's progress counts."""
+        return self.images - len(self.failed)
+
+    @property
+    def running(self) -> bool:
+        return self.status in ("queued", "running")
 
 
 def load_report(s: Session, batch_id: int, threshold: float = 0.0) -> BatchReport:
@@ -67,19 +76,21 @@ def load_report(s: Session, batch_id: int, threshold: float = 0.0) -> BatchRepor
     classes = list(model.classes)
     counts_all = queries.class_counts(s, [batch_id])[batch_id]
     counts = queries.class_counts(s, [batch_id], threshold)[batch_id]
-    images = s.execute(select(Image.file, Image.error, Image.n_cells, Image.done).where(Image.batch_id == batch_id)
-                       .order_by(Image.position)).all()
+    images = s.execute(select(Image.file, Image.page, Image.error, Image.n_cells, Image.done, Image.note)
+                       .where(Image.batch_id == batch_id).order_by(Image.position)).all()
     return BatchReport(
         batch_id=batch.id, name=batch.name, owner=batch.owner, status=batch.status,
         meta={"mouse_id": batch.mouse_id, "age_days": batch.age_days, "age": age_text(batch.age_days), "sex": batch.sex,
               "strain": batch.strain, "gate": batch.gate, "imaging_date": batch.imaging_date, "notes": batch.notes,
               "created": batch.created, "pixel_size_um": batch.pixel_size_um},
         model={"id": model.id, "name": model.name, "version": model.version, "label": model.label, "task": model.task,
-               "sha256": model.weights_sha256, "classes": classes, "demo": model.demo, "architecture": model.architecture},
+               "sha256": model.weights_sha256, "classes": classes, "demo": model.demo, "architecture": model.architecture,
+               "pixel_size_um": model.pixel_size_um},
         classes=classes, threshold=threshold, cells_total=sum(counts_all.values()), cells_kept=sum(counts.values()),
         shares=composition(counts, classes), images=len(images),
-        failed=[(f, e) for f, e, _, _ in images if e],
-        without_cells=[f for f, e, n, done in images if not e and done and n == 0],
+        failed=[(im.file, im.error) for im in images if im.error],
+        without_cells=[(im.file + (f" (page {im.page})" if im.page > 1 else ""), im.note or "no cells found")
+                       for im in images if not im.error and im.done and im.n_cells == 0],
     )
 
 
@@ -275,6 +286,46 @@ def load_saliency(s: Session, run_id: int, blobs=None) -> SaliencyView:
               "box": (rows[ids[i]].x, rows[ids[i]].y, rows[ids[i]].w, rows[ids[i]].h),
               "predicted": rows[ids[i]].predicted, "score": rows[ids[i]].score} for i in keep]
     return SaliencyView(run.method, run.scope, cells, data["maps"][keep].astype(np.float32) / 255.0)
+
+
+@dataclass
+class SaliencyGallery:
+    """A stored saliency run ready to show: the view, each cell's crop (cut again from its stored image) and
+    file name, and per class the cells to show (indices into ``view.cells``, highest score first)."""
+
+    view: SaliencyView
+    crops: list[np.ndarray]
+    files: list[str]
+    by_class: dict[str, list[int]]
+
+
+def saliency_gallery(s: Session, run_id: int, classes: list[str], per_class: int = 12, blobs=None) -> SaliencyGallery:
+    """The gallery of a saliency run: up to ``per_class`` cells of each predicted class (highest score first)."""
+    from lsm_core.blobs import BlobStore
+    from lsm_core.cells import FindParams
+    from lsm_core.datasets import recut_crops
+    from db.schema import SaliencyRun
+
+    blobs = blobs or BlobStore()
+    view = load_saliency(s, run_id, blobs)
+    run = s.get(SaliencyRun, run_id)
+    batch = s.get(Batch, run.batch_id)
+    params = FindParams.for_model(s.get(Model, batch.model_id), batch.pixel_size_um)
+    images = {im.id: im for im in s.scalars(select(Image).where(Image.id.in_({c["image_id"] for c in view.cells})))}
+    crops, files = [], []
+    for cell in view.cells:
+        image = images.get(cell["image_id"])
+        files.append(image.file if image is not None else "?")
+        try:
+            crops.append(recut_crops(image, [cell["box"]], params, blobs)[0])
+        except (LsmError, AttributeError):  # the stored image is gone: the map alone is still shown
+            crops.append(np.zeros(view.maps.shape[1:], np.float32))
+    by_class = {}
+    for cls in classes:
+        members = sorted((i for i, cell in enumerate(view.cells) if cell["predicted"] == cls),
+                         key=lambda i: -view.cells[i]["score"])
+        by_class[cls] = members[:per_class]
+    return SaliencyGallery(view, crops, files, by_class)
 
 
 def png_bytes(rgb_or_grey: np.ndarray) -> bytes:

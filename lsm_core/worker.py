@@ -38,8 +38,7 @@ from db.bulk import insert_cells
 from db.schema import Batch, Cell, Image, Job, Model, Worker as WorkerRow, utcnow
 from lsm_core import jobs
 from lsm_core.blobs import BlobStore
-from lsm_core.cells import FindParams, find_cells
-from lsm_core.classify import NO_CELLS_NOTE
+from lsm_core.cells import FindParams, find_cells, no_cells_note
 from lsm_core.config import Limits
 from lsm_core.errors import LsmError
 from lsm_core.images import decode_page
@@ -202,8 +201,16 @@ class Worker:
                 pass
         return n
 
+    def _beat_now(self) -> None:
+        """Tell the app at once what this worker does (the heartbeat thread would say it only seconds later)."""
+        try:
+            self._beat()
+        except Exception as exc:  # the database may be restarting; the heartbeat thread tries again
+            log.warning("heartbeat failed: %s", exc)
+
     def run_job(self, job: Job) -> None:
         self.current_job = job.id
+        self._beat_now()
         log.info("job %s (%s) claimed, attempt %s", job.id, job.kind, job.attempts)
         try:
             self.handlers[job.kind](job)
@@ -228,6 +235,7 @@ class Worker:
             log.exception("job %s raised; now %s", job.id, status)
         finally:
             self.current_job = None
+            self._beat_now()
 
     # --- models -----------------------------------------------------------------------------------
     def predictor(self, model: Model) -> Predictor:
@@ -287,7 +295,7 @@ class Worker:
             chunk, cells_in_chunk = [], 0
             while i < len(todo) and (not chunk or cells_in_chunk < predictor.batch_size):
                 image = todo[i]
-                result = self._cells_for(image, model, params)
+                result = self._cells_for(image, model, params, pixel_size)
                 chunk.append((image, result))
                 cells_in_chunk += result.n
                 i += 1
@@ -317,12 +325,12 @@ class Worker:
             if not jobs.finish(s, job_id, self.id, "done"):
                 raise JobLost()
 
-    def _cells_for(self, image, model: Model, params: FindParams) -> "_ImageResult":
+    def _cells_for(self, image, model: Model, params: FindParams, pixel_size: float | None) -> "_ImageResult":
         result = _ImageResult(image.id)
         cached = self._db("looking up earlier cells",
-                          lambda _: self._cached_cells(image.sha256, image.page, model.weights_sha256))
+                          lambda _: self._cached_cells(image.sha256, image.page, model.weights_sha256, pixel_size))
         if cached is not None:
-            result.kind, result.cached = cached
+            result.kind, result.cached, result.note = cached
             return result
         try:
             pixels = decode_page("stored", self.blobs.get(image.sha256), image.page, self.limits)
@@ -333,10 +341,13 @@ class Worker:
         result.kind = "single" if found.flags == ["single"] else "field"
         result.found = found
         result.n = len(found)
+        result.note = None if result.n else no_cells_note(found.dropped, params)
         return result
 
-    def _cached_cells(self, sha: str | None, page: int, weights_sha: str) -> tuple[str | None, list[dict]] | None:
-        """(kind, cells) computed before for these image bytes and these weights, or None."""
+    def _cached_cells(self, sha: str | None, page: int, weights_sha: str,
+                      pixel_size: float | None) -> tuple[str | None, list[dict], str | None] | None:
+        """(kind, cells, note) computed before for these image bytes, these weights and this batch pixel size
+        (None: the model's), or None."""
         if not sha:
             return None
         with self.sessions() as s:
@@ -345,7 +356,8 @@ class Worker:
                 .join(Batch, Batch.id == Image.batch_id)
                 .join(Model, Model.id == Batch.model_id)
                 .where(Image.sha256 == sha, Image.page == page, Image.done.is_(True), Image.error.is_(None),
-                       Model.weights_sha256 == weights_sha, Image.n_cells.is_not(None))
+                       Model.weights_sha256 == weights_sha, Image.n_cells.is_not(None),
+                       func.coalesce(Batch.pixel_size_um, -1.0) == (-1.0 if pixel_size is None else pixel_size))
                 .limit(1)
             ).first()
             if source is None:
@@ -357,7 +369,7 @@ class Worker:
                 {"idx": c.idx, "x": c.x, "y": c.y, "w": c.w, "h": c.h, "predicted": c.predicted, "score": c.score,
                  "probs": c.probs, "flags": c.flags}
                 for c in cells
-            ]
+            ], source.note
 
     def _predict_chunk(self, chunk: list[tuple], predictor: Predictor) -> None:
         crops = [r.found.crops for _, r in chunk if r.found is not None and r.n]
@@ -380,7 +392,7 @@ class Worker:
                 values.update(error=r.error, n_cells=0)
             elif r.cached is not None:
                 rows += [c | {"batch_id": batch_id, "image_id": image.id} for c in r.cached]
-                values.update(n_cells=len(r.cached), kind=r.kind, note=None if r.cached else NO_CELLS_NOTE)
+                values.update(n_cells=len(r.cached), kind=r.kind, note=r.note)
             else:
                 found = r.found
                 for j in range(r.n):
@@ -390,7 +402,7 @@ class Worker:
                         "predicted": classes[int(r.predicted[j])], "score": float(r.score[j]),
                         "probs": [float(p) for p in r.probs[j]], "flags": found.flags[j],
                     })
-                values.update(n_cells=r.n, kind=r.kind, note=None if r.n else NO_CELLS_NOTE)
+                values.update(n_cells=r.n, kind=r.kind, note=r.note)
             s.execute(update(Image).where(Image.id == image.id).values(**values))
         insert_cells(s, rows)
 
@@ -541,7 +553,7 @@ class _Stopping(Exception):
 
 
 class _ImageResult:
-    __slots__ = ("image_id", "found", "n", "error", "kind", "cached", "probs", "predicted", "score")
+    __slots__ = ("image_id", "found", "n", "error", "kind", "cached", "note", "probs", "predicted", "score")
 
     def __init__(self, image_id: int) -> None:
         self.image_id = image_id
@@ -550,4 +562,5 @@ class _ImageResult:
         self.error = None
         self.kind = None
         self.cached = None
+        self.note: str | None = None
         self.probs = self.predicted = self.score = None

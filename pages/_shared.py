@@ -9,7 +9,6 @@ import pandas as pd
 import streamlit as st
 
 from db import queries
-from db.schema import Model
 from db.session import database_url
 from lsm_core import accounts
 from lsm_core.blobs import BlobStore
@@ -27,11 +26,13 @@ from lsm_core.report import (
     thumbnail,
     workbook,
 )
+from lsm_core.registry import offered_models
 from lsm_core.service import open_history
 from lsm_core.stats import PAPER_THRESHOLDS
 from lsm_core.tasks import TASK_TITLES
 
 PAGE_SIZE = 50
+THUMB_PX = 64  # cell thumbnails in the table: large enough to see the cell
 
 
 @st.cache_resource(show_spinner="Opening the database ...")
@@ -72,13 +73,31 @@ def image_pixels(sha256: str, page: int):
         return None
 
 
-def model_options(task: str | None = None) -> dict[str, int]:
-    """Model labels (LSM first, each task's default first; demo models marked "synthetic demo") to model ids."""
+def model_options(task: str | None = None, include_failed: bool = False) -> dict[str, int]:
+    """Model labels to model ids, in the one order of lsm_core.registry (LSM first, each task's default first;
+    demo models marked "synthetic demo"); models that failed their quality check only with ``include_failed``."""
     with sessions()() as s:
-        rows = queries.models(s, task)
-    order = list(TASK_TITLES)  # the LSM classifier first, then aging
-    rows.sort(key=lambda m: (order.index(m.task) if m.task in order else len(order), not m.is_default, m.name, -m.version))
+        rows = offered_models(s, task, include_failed=include_failed)
     return {f"{TASK_TITLES.get(m.task, m.task)} · {m.label}": m.id for m in rows}
+
+
+def flash(message: str, kind: str = "success") -> None:
+    """A message to show once, at the next run of the page (after st.rerun)."""
+    st.session_state["_flash"] = (kind, message)
+
+
+def show_flash() -> None:
+    kind, message = st.session_state.pop("_flash", (None, None))
+    if message:
+        {"success": st.success, "warning": st.warning, "error": st.error}.get(kind, st.info)(escape_markdown(message))
+
+
+_MARKDOWN_SPECIAL = set("\\`*_{}[]()#+-.!|<>~$:=")
+
+
+def escape_markdown(text: str) -> str:
+    """``text`` with every Markdown (and Streamlit directive) character escaped: for user text in a message box."""
+    return "".join("\\" + ch if ch in _MARKDOWN_SPECIAL else ch for ch in str(text))
 
 
 def threshold_picker(key: str) -> float:
@@ -112,12 +131,12 @@ def render_results(batch_id: int, key: str = "results") -> None:
         pred, score, probs = cell_arrays(s, batch_id, report.classes)
         images = queries.batch_images(s, batch_id)
     model = report.model
-    st.markdown(f"### {report.name}")
+    st.subheader(escape_markdown(report.name))
     meta = report.meta
-    facts = [f"owner **{report.owner}**", f"model **{model['name']} v{model['version']}**"]
-    facts += [f"{label} **{meta[k]}**" for k, label in (("mouse_id", "mouse"), ("age", "age"), ("sex", "sex"),
-                                                         ("strain", "strain/reporter"), ("gate", "gate"),
-                                                         ("imaging_date", "imaged")) if meta.get(k)]
+    facts = [f"owner **{escape_markdown(report.owner)}**", f"model **{escape_markdown(model['label'])}**"]
+    facts += [f"{label} **{escape_markdown(meta[k])}**" for k, label in (
+        ("mouse_id", "mouse"), ("age", "age"), ("sex", "sex"), ("strain", "strain/reporter"), ("gate", "gate"),
+        ("imaging_date", "imaged")) if meta.get(k)]
     st.markdown(" · ".join(facts))
     if model["demo"]:
         st.warning("Classified by a **synthetic demo** model, trained on generated cells only: "
@@ -128,16 +147,21 @@ def render_results(batch_id: int, key: str = "results") -> None:
     c = st.columns(4)
     c[0].metric("Cells", f"{report.cells_total:,}")
     c[1].metric(f"Cells with score ≥ {threshold:.2f}", f"{report.cells_kept:,}")
-    c[2].metric("Images", f"{report.images:,}")
-    c[3].metric("Files that failed", f"{len(report.failed):,}")
+    c[2].metric("Images read", f"{report.images_read:,}", help="Images that could be read: what the progress counts.")
+    c[3].metric("Files that could not be read", f"{len(report.failed):,}")
     if report.failed:
-        with st.expander(f"{len(report.failed)} file(s) could not be used", expanded=True):
+        with st.expander(f"{len(report.failed)} file(s) could not be read", expanded=True):
             file_errors(report.failed)
     if report.without_cells:
-        st.info(f"No cells were found in {len(report.without_cells)} image(s): " + ", ".join(report.without_cells[:10])
-                + (" ..." if len(report.without_cells) > 10 else ""))
+        with st.expander(f"No cells were found in {len(report.without_cells)} image(s)", expanded=True):
+            file_errors(report.without_cells, mark="○")
     if report.cells_total == 0:
-        st.info("This batch has no classified cells yet.")
+        if report.running:
+            st.info("This batch is still being classified: its cells appear here when its job is done.")
+        else:
+            st.info("No cells were classified in this batch.")
+            if report.without_cells:
+                rerun_with_pixel_size(report, key)
         return
 
     st.subheader("Composition")
@@ -169,12 +193,12 @@ def render_results(batch_id: int, key: str = "results") -> None:
     for r in rows:
         im = by_image.get(r["image_id"])
         pixels = image_pixels(im.sha256, im.page) if im is not None and im.sha256 else None
-        thumb = thumbnail(pixels, (r["x"], r["y"], r["w"], r["h"])) if pixels is not None else None
+        thumb = thumbnail(pixels, (r["x"], r["y"], r["w"], r["h"]), size=THUMB_PX) if pixels is not None else None
         table.append({"cell": thumb, "file": r["file"], "#": r["cell"], "predicted": r["predicted"],
                       "score": round(r["score"], 3), **{f"p({c})": round(p, 3) for c, p in zip(report.classes, r["probs"])},
                       "flags": r["flags"]})
-    st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch",
-                 column_config={"cell": st.column_config.ImageColumn("cell", width="small")})
+    st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch", row_height=THUMB_PX + 8,
+                 column_config={"cell": st.column_config.ImageColumn("cell", width=THUMB_PX + 16)})
 
     fields = [im for im in images if im.kind == "field" and im.n_cells]
     if fields:
@@ -190,79 +214,111 @@ def render_results(batch_id: int, key: str = "results") -> None:
                 cells = queries.image_cells(s, chosen.id)
             st.plotly_chart(field_figure(pixels, cells, report.classes, threshold), width="stretch", key=f"{key}_fov")
 
-    saliency_section(batch_id, report, images, key)
+    saliency_section(batch_id, report, key)
     download_buttons(batch_id, threshold, key)
 
 
-def saliency_section(batch_id: int, report, images, key: str) -> None:
+def rerun_with_pixel_size(report, key: str) -> None:
+    """Offer to classify the batch's images again at another pixel size (a new batch; the cells found depend on it)."""
+    from lsm_core import batches
+
+    used = report.meta.get("pixel_size_um") or report.model["pixel_size_um"]
+    with st.form(f"{key}_pixel_rerun"):
+        st.markdown("**Classify these images again at another pixel size?** Cells are looked for at their size in "
+                    f"micrometres, so a wrong calibration finds none. This batch used {used:g} µm per pixel.")
+        pixel = st.number_input("Pixel size (µm per pixel)", min_value=0.01, max_value=50.0, value=float(used),
+                                step=0.01, format="%.4f")
+        go = st.form_submit_button("Re-run at this pixel size")
+    if go:
+        try:
+            result = batches.rerun(sessions(), report.batch_id, report.model["id"], user(), pixel_size_um=pixel)
+        except LsmError as exc:
+            st.error(str(exc))
+            return
+        st.session_state["current"] = {"batch": result.batch_id, "job": result.job_id, "errors": []}
+        st.query_params["batch"] = str(result.batch_id)
+        flash(f"Re-running as batch #{result.batch_id} at {pixel:g} µm per pixel.")
+        st.rerun()
+
+
+SALIENCY_NAMES = {"scorecam": "Score-CAM (the paper's)", "gradcam": "Grad-CAM", "ig": "Integrated Gradients"}
+SALIENCY_TOP = 12  # cells per class when the top cells are asked for; the gallery shows as many
+
+
+def saliency_section(batch_id: int, report, key: str) -> None:
     """Saliency maps of the batch: compute them on a worker, then a gallery per class, means, a ZIP of overlays."""
-    from lsm_core.cells import FindParams
-    from lsm_core.datasets import recut_crops
     from lsm_core.jobs import submit_saliency
-    from lsm_core.report import load_saliency, overlays_zip
+    from lsm_core.report import overlays_zip, saliency_gallery
     from lsm_core.saliency import METHODS, overlay
 
     st.subheader("Saliency: where the network looks")
     factory = sessions()
-    names = {"scorecam": "Score-CAM (the paper's)", "gradcam": "Grad-CAM", "ig": "Integrated Gradients"}
     c = st.columns([2, 2, 1])
-    method = c[0].radio("Method", METHODS, format_func=names.get, horizontal=True, key=f"{key}_sal_method")
+    method = c[0].radio("Method", METHODS, format_func=SALIENCY_NAMES.get, horizontal=True, key=f"{key}_sal_method")
     opacity = c[1].slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key=f"{key}_sal_opacity")
+    name = SALIENCY_NAMES[method]
     with factory() as s:
         runs = [r for r in queries.saliency_runs(s, batch_id) if r.method == method]
-        pending = [j for j in queries.jobs_list(s, limit=100) if j.kind == "saliency"
-                   and j.payload.get("batch_id") == batch_id and j.payload.get("method") == method
-                   and j.status in ("queued", "running")]
+        pending = queries.pending_saliency(s, batch_id, method)
     if not runs:
-        if pending:
-            st.info(f"{names[method]} maps are being computed (job {pending[0].id}, {pending[0].status}); "
-                    "reload in a moment.")
+        if pending is not None:
+            saliency_progress(pending.id, name)
         else:
             b = st.columns(2)
-            if b[0].button(f"Compute {names[method]} for the top 12 cells of each class", key=f"{key}_sal_top"):
-                submit_saliency(factory, batch_id, method, top=12, owner=user())
+            if b[0].button(f"Compute {name} for the top {SALIENCY_TOP} cells of each class", key=f"{key}_sal_top"):
+                submit_saliency(factory, batch_id, method, top=SALIENCY_TOP, owner=user())
                 st.rerun()
-            if b[1].button(f"Compute {names[method]} for every cell", key=f"{key}_sal_all"):
+            if b[1].button(f"Compute {name} for every cell", key=f"{key}_sal_all"):
                 submit_saliency(factory, batch_id, method, owner=user())
                 st.rerun()
         return
     with factory() as s:
-        view = load_saliency(s, runs[0].id)
-    st.caption(f"{names[method]}, {view.scope}: {len(view.cells)} cells. Bright = evidence for the predicted class.")
-    by_id = {im.id: im for im in images}
-    with factory() as s:
-        model = s.get(Model, report.model["id"])
-        params = FindParams.for_model(model, report.meta.get("pixel_size_um"))
-    crops = []
-    blobs = BlobStore()
-    for cell in view.cells:
-        im = by_id.get(cell["image_id"])
-        try:
-            crops.append(recut_crops(im, [cell["box"]], params, blobs)[0])
-        except (LsmError, AttributeError):
-            crops.append(np.zeros(view.maps.shape[1:], np.float32))
+        gallery = saliency_gallery(s, runs[0].id, report.classes, per_class=SALIENCY_TOP)
+    view = gallery.view
+    st.caption(f"{name}, {view.scope}: {len(view.cells)} cells. Bright = evidence for the predicted class.")
     means = view.mean_maps(report.classes)
     cols = st.columns(max(1, len(means)))
     for col, (cls, m) in zip(cols, means.items()):
         col.image(overlay(np.zeros_like(m), m, 1.0), caption=f"mean map: {cls}", width=160)
-    for cls in report.classes:
-        members = [i for i, cell in enumerate(view.cells) if cell["predicted"] == cls][:8]
+    per_row = 4  # pairs (cell | overlay) per row
+    for cls, members in gallery.by_class.items():
         if not members:
             continue
-        st.markdown(f"**{cls}**")
-        row = st.columns(8)
-        for slot, i in zip(row, members):
-            slot.image([overlay(crops[i], view.maps[i], 0.0), overlay(crops[i], view.maps[i], opacity)], width=72,
-                       caption=[f"{view.cells[i]['score']:.2f}", method])
-    st.download_button(f"Download {names[method]} overlays (ZIP of PNGs)", lambda: overlays_zip(view, crops, opacity),
+        total = sum(1 for cell in view.cells if cell["predicted"] == cls)
+        st.markdown(f"**{cls}**: {len(members)} of {total} cells, highest score first")
+        for start in range(0, len(members), per_row):
+            row = st.columns(per_row)
+            for slot, i in zip(row, members[start : start + per_row]):
+                cell = view.cells[i]
+                slot.image([overlay(gallery.crops[i], view.maps[i], 0.0), overlay(gallery.crops[i], view.maps[i], opacity)],
+                           width=96)
+                slot.caption(f"{cls}, p = {cell['score']:.2f} · cell {cell['cell']} · {gallery.files[i]}")
+    st.download_button(f"Download {name} overlays (ZIP of PNGs)", lambda: overlays_zip(view, gallery.crops, opacity),
                        file_name=f"batch-{batch_id}-{method}.zip", mime="application/zip", on_click="ignore",
                        key=f"{key}_sal_zip")
 
 
-def file_errors(errors: list[tuple[str, str]], shown: int = 25) -> None:
-    """Each failed file with its message, as plain text (file names are never read as HTML or markdown)."""
+def saliency_progress(job_id: int, name: str) -> None:
+    """A saliency job's progress, polled every 2 s; the page reruns by itself when the job has ended."""
+    from lsm_core.jobs import queue_info
+
+    @st.fragment(run_every=2.0)
+    def poll() -> None:
+        info = queue_info(sessions(), job_id)
+        if info.status not in ("queued", "running"):
+            st.rerun()
+        where = f"waiting in the queue, position {info.position}" if info.status == "queued" and info.position else info.status
+        st.progress(info.done / info.total if info.total else 0.0,
+                    text=f"{name} maps are being computed (job {job_id}, {where}): {info.done:,} of {info.total:,} cells")
+        st.caption("This section shows the maps by itself when they are ready.")
+
+    poll()
+
+
+def file_errors(errors: list[tuple[str, str]], shown: int = 25, mark: str = "✗") -> None:
+    """Each file with its message, as plain text (file names are never read as HTML or markdown)."""
     for file, message in errors[:shown]:
-        st.text(f"✗ {file}: {message}")
+        st.text(f"{mark} {file}: {message}")
     if len(errors) > shown:
         st.dataframe(pd.DataFrame(errors[shown:], columns=["file", "problem"]), hide_index=True, width="stretch")
 

@@ -2,20 +2,56 @@
 import streamlit as st
 
 from lsm_core import batches
+from lsm_core.demo import demo_status
 from lsm_core.errors import LsmError
 from lsm_core.images import iter_upload
 from lsm_core.jobs import BatchMeta, queue_info, submit_batch
-from pages._shared import file_errors, model_options, render_results, sessions, user
+from pages._shared import escape_markdown, file_errors, model_options, render_results, sessions, show_flash, user
 
 AGE_UNITS = {"weeks": 7.0, "days": 1.0, "months": 30.44}
 
 st.title("Classify")
 factory = sessions()
+
+
+def show_demo_training() -> None:
+    """While `serve` trains the synthetic demo models in the background: how far it is (redrawn every 5 s; the
+    page reruns when a model becomes usable or the training ends)."""
+    first = demo_status()
+    if first is None:
+        return
+    if not first.running:
+        st.error(f"Training the synthetic demo models {first.state}: {first.error or 'no reason was recorded'}. "
+                 "`python -m lsm_core demo` (or the next start of the app) tries again.")
+        return
+
+    @st.fragment(run_every=5.0)
+    def progress() -> None:
+        now = demo_status()
+        if now is None or now.done != first.done or not now.running:
+            st.rerun()
+        ready = f" {', '.join(now.done)} can be used already." if now.done else ""
+        st.info(f"The synthetic demo models are being trained on this machine (started "
+                f"{now.started.astimezone():%H:%M}; {now.model}: {now.step}, epoch {now.epoch} of {now.epochs})."
+                f"{ready} This page updates itself; they are for trying the app and say nothing about real cells.",
+                icon=":material/model_training:")
+
+    progress()
+
+
+show_demo_training()
 options = model_options()
+every = model_options(include_failed=True)
+if len(every) > len(options) and st.toggle(
+        f"Also offer the {len(every) - len(options)} model(s) that failed their quality check",
+        help="A model whose accuracy on its validation set was not clearly above chance (see its card on the "
+             "Models page). Its results are not trustworthy."):
+    options = every
 
 if not options:
-    st.error("No classifier is registered. Start the app with `python -m lsm_core serve`, which registers the "
-             "synthetic demo models, or import a model on the Models page.")
+    if demo_status() is None:
+        st.error("No classifier is registered. Start the app with `python -m lsm_core serve`, which trains the "
+                 "synthetic demo models, or import or train a model on the Models page.")
     st.stop()
 
 
@@ -34,10 +70,15 @@ def uploads(files) -> list:
     return [raw for f in files for raw in iter_upload(f.name, f.getvalue())]
 
 
+# the uploader's key changes after every submitted batch, so it is empty again: files already sent are never
+# sent a second time with the next ones
+st.session_state.setdefault("uploader_nonce", 0)
+uploader_key = f"files_{st.session_state['uploader_nonce']}"
+
 with st.form("batch", clear_on_submit=False):
     files = st.file_uploader("Images: PNG, JPEG, TIFF (8/16-bit, multi-page) or ZIP archives of them",
-                             accept_multiple_files=True, key="files")
-    c = st.columns([3, 2])
+                             accept_multiple_files=True, key=uploader_key)
+    c = st.columns(2)
     name = c[0].text_input("Batch name", placeholder="e.g. M17 LT-HSC 2026-11-20")
     model_label = c[1].selectbox("Classifier", list(options), help="Demo models are marked (synthetic demo).")
     c = st.columns(4)
@@ -53,11 +94,12 @@ with st.form("batch", clear_on_submit=False):
     submitted = st.form_submit_button("Classify", type="primary")
 
 
-def do_submit(batch_name: str, add_to: int | None = None) -> None:
-    files_now = st.session_state.get("files") or []
+def do_submit(batch_name: str, add_to: int | None = None) -> bool:
+    """Submit the files in the uploader as a new batch (or add them to batch ``add_to``); False when refused."""
+    files_now = st.session_state.get(uploader_key) or []
     if not files_now:
         st.error("Choose at least one file to upload.")
-        return
+        return False
     try:
         raws = uploads(files_now)
         if add_to is not None:
@@ -69,14 +111,19 @@ def do_submit(batch_name: str, add_to: int | None = None) -> None:
             result = submit_batch(factory, raws, options[model_label], batch_name, owner=user(), meta=meta)
     except LsmError as exc:
         st.error(str(exc))
-        return
-    st.session_state["current"] = {"batch": result.batch_id, "job": result.job_id, "errors": result.errors}
+        return False
+    st.session_state["current"] = {"batch": result.batch_id, "job": result.job_id, "errors": result.errors,
+                                   "skipped": result.skipped, "added": add_to is not None, "images": result.images}
     st.session_state.pop("pending_name", None)
+    st.session_state["uploader_nonce"] += 1
+    return True
 
 
 if submitted:
     try:
         age_in_days(age_text, age_unit)  # a wrong age is said before anything is stored
+        if not files:
+            raise LsmError("Choose at least one file to upload.")
         if not name.strip():
             raise LsmError("Give the batch a name.")
     except LsmError as exc:
@@ -86,30 +133,37 @@ if submitted:
         if existing is not None:
             st.session_state["pending_name"] = {"name": name.strip(), "existing": existing}
         else:
-            do_submit(name)
+            if do_submit(name):
+                st.rerun()  # the uploader is empty again
 
 pending = st.session_state.get("pending_name")
 if pending:
-    st.warning(f"You already have a batch called “{pending['name']}”. Rename this one, or add these files to it?")
+    st.warning(f"You already have a batch called “{escape_markdown(pending['name'])}” (#{pending['existing']}). "
+               "Rename this one, or add these files to it? Files already in it are skipped.")
     choice = st.radio("What should happen", ["Rename this batch", "Add the files to the existing batch"], key="dup_choice")
     if choice == "Rename this batch":
         new_name = st.text_input("New name", value=f"{pending['name']} (2)", key="dup_name")
         if st.button("Classify under the new name"):
             if batches.find_by_name(factory, user(), new_name) is not None:
-                st.error(f"“{new_name}” is taken too; choose another name.")
-            else:
-                do_submit(new_name)
+                st.error(f"“{escape_markdown(new_name)}” is taken too; choose another name.")
+            elif do_submit(new_name):
                 st.rerun()
-    elif st.button("Add and classify"):
-        do_submit(pending["name"], add_to=pending["existing"])
+    elif st.button("Add and classify") and do_submit(pending["name"], add_to=pending["existing"]):
         st.rerun()
 
+show_flash()
 current = st.session_state.get("current")
 if current:
-    if current["errors"]:
+    if current.get("added"):
+        st.success(f"{current['images']} new image(s) added to batch #{current['batch']}.")
+    if current.get("skipped"):
+        st.info(f"{len(current['skipped'])} file(s) skipped: their exact bytes are in this batch already, and a file "
+                "is never counted twice.")
+        file_errors(current["skipped"], mark="○")
+    info = queue_info(factory, current["job"])
+    if current["errors"] and info.status != "done":  # once done, the results below list them
         st.error(f"{len(current['errors'])} file(s) could not be read; the rest of the batch goes on.")
         file_errors(current["errors"])
-    info = queue_info(factory, current["job"])
     if info.status in ("queued", "running"):
 
         @st.fragment(run_every=1.0)

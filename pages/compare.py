@@ -7,6 +7,7 @@ import streamlit as st
 from db import queries
 from lsm_core import compare
 from lsm_core.errors import LsmError
+from lsm_core.registry import offered_models
 from lsm_core.report import age_text
 from lsm_core.stats import parse_bins
 from lsm_core.tasks import TASK_TITLES
@@ -17,14 +18,18 @@ st.caption("Each batch is one mouse: groups are compared on per-mouse fractions,
            "replication. Pooled cells appear only as a secondary view.")
 factory = sessions()
 with factory() as s:
-    models = queries.models(s, include_deleted=True)
+    models = offered_models(s, include_failed=True, include_deleted=True)
     owners = queries.owners(s)
 
 with st.expander("Which batches", expanded=True):
     c = st.columns(4)
     task = c[0].selectbox("Classifier", list(TASK_TITLES), format_func=lambda t: TASK_TITLES[t])
-    versions = {m.label: m.id for m in models if m.task == task}
-    version = c[1].selectbox("Model version", ["any"] + list(versions))
+    of_task = [m for m in models if m.task == task]
+    versions = {m.label: m.id for m in of_task}
+    default = next((i + 1 for i, m in enumerate(of_task) if m.is_default and not m.deleted), 0)
+    version = c[1].selectbox("Model version", ["any"] + list(versions), index=default, key=f"cmp_version_{task}",
+                             help="One model by default (the task's default): cells of different models are not "
+                                  "comparable. 'any' mixes them.")
     owner = c[2].selectbox("Owner", ["everyone"] + owners)
     text = c[3].text_input("Text (name, mouse, strain, notes)")
     c = st.columns(4)
@@ -45,9 +50,14 @@ if len(found) < 2:
     st.info("Fewer than two classified batches match: widen the filters, or classify more batches.")
     st.stop()
 
-labels = {f"#{b['id']} {b['name']} · mouse {b['mouse_id'] or '?'} · {age_text(b['age_days']) or 'age ?'}": b["id"]
-          for b in found}
-chosen = st.multiselect("Batches (mice)", list(labels), default=list(labels))
+labels = {b["id"]: f"#{b['id']} {b['name']} · mouse {b['mouse_id'] or '?'} · {age_text(b['age_days']) or 'age ?'} · "
+                   f"{b['model']}" for b in found}
+start = compare.one_batch_per_mouse(found)
+chosen = st.multiselect("Batches (mice)", list(labels), default=start, format_func=labels.get,
+                        help="At first the newest batch of each mouse: re-runs of one mouse are not more mice.")
+if len(start) < len(found):
+    st.caption(f"{len(found) - len(start)} older batch(es) of mice already chosen are not selected (re-runs or repeats "
+               "of the same mouse id); add them above if they are other samples.")
 c = st.columns([1, 3])
 by = c[0].selectbox("Group by", compare.GROUP_FIELDS)
 bins_text = c[1].text_input("Age groups (label:range; units d, w, m, y)", value=compare.DEFAULT_BINS,
@@ -57,7 +67,7 @@ threshold = threshold_picker("compare")
 try:
     bins = parse_bins(bins_text) if by == "age" else None
     with factory() as s:
-        result = compare.build(s, [labels[k] for k in chosen], by=by, bins=bins, threshold=threshold)
+        result = compare.build(s, list(chosen), by=by, bins=bins, threshold=threshold)
 except LsmError as exc:
     st.error(str(exc))
     st.stop()

@@ -1,4 +1,9 @@
-"""History page: every batch of the lab, with filters; open, rename, delete, re-run, download."""
+"""History page: every batch of the lab, with filters; open, rename, delete, re-run, download.
+
+Every action is bound to the batch id (and revision) the user selected, never to a row position: the list
+may change under the user (a colleague submits, renames or deletes), and lsm_core.batches refuses an action
+on a batch that is gone or changed since. After an action the selection and any confirmation are reset.
+"""
 import datetime as dt
 
 import pandas as pd
@@ -7,15 +12,38 @@ import streamlit as st
 from db import queries
 from lsm_core import batches
 from lsm_core.errors import LsmError
+from lsm_core.registry import offered_models
 from lsm_core.report import age_text
 from lsm_core.tasks import TASK_TITLES
-from pages._shared import admin, download_buttons, model_options, sessions, user
+from pages._shared import admin, download_buttons, flash, model_options, sessions, show_flash, user
 
 st.title("History")
 factory = sessions()
+state = st.session_state
+state.setdefault("history_table", 0)  # a new number makes a new table: no row highlighted
+state.setdefault("history_action", 0)  # a new number makes new confirmations: nothing ticked
+
+
+def reset_selection(message: str | None = None, kind: str = "success") -> None:
+    """After an action: no batch selected, no confirmation ticked, and a message saying what was done."""
+    state["history_table"] += 1
+    state["history_action"] += 1
+    state.pop("history_batch", None)
+    if message:
+        flash(message, kind)
+
+
+def remember_selection() -> None:
+    """on_select: bind the selected row to the batch shown in it when the user clicked (ids shown last run)."""
+    picked = state.get(f"history_table_{state['history_table']}")
+    rows = picked.selection.rows if picked is not None and picked.selection else []
+    shown = state.get("history_shown", [])
+    state["history_batch"] = shown[rows[0]] if rows and rows[0] < len(shown) else None
+
+
 with factory() as s:
     owners = queries.owners(s)
-    models = {m.label: m.id for m in queries.models(s, include_deleted=True)}
+    models = {m.label: m.id for m in offered_models(s, include_failed=True, include_deleted=True)}
 
 with st.expander("Filters", expanded=True):
     c = st.columns(4)
@@ -39,58 +67,89 @@ f = queries.BatchFilter(
 with factory() as s:
     rows = queries.batches(s, f, limit=1000)
 
-
+show_flash()
 if not rows:
     st.info("No batches match." if owners else "No batches yet. Upload one on the Classify page.")
     st.stop()
 
+# what the user reads first comes first: which batch, how many cells, whose, then the sample's metadata
 table = pd.DataFrame([{
-    "id": b["id"], "name": b["name"], "owner": b["owner"], "uploaded": b["created"].strftime("%Y-%m-%d %H:%M"),
-    "status": b["status"], "model": b["model"], "mouse": b["mouse_id"], "age": age_text(b["age_days"]),
-    "sex": b["sex"], "strain": b["strain"], "gate": b["gate"], "images": b["images"], "failed": b["errors"],
-    "cells": b["cells"],
+    "id": b["id"], "name": b["name"], "cells": b["cells"], "images": b["images"], "failed": b["errors"],
+    "status": b["status"], "owner": b["owner"], "uploaded": b["created"].strftime("%Y-%m-%d %H:%M"),
+    "mouse": b["mouse_id"], "age": age_text(b["age_days"]), "sex": b["sex"], "model": b["model"],
+    "strain": b["strain"], "gate": b["gate"],
 } for b in rows])
+shown = [(b["id"], b["revision"]) for b in rows]
+if state.get("history_shown") not in (None, shown) and state.get("history_batch"):
+    # the list changed under the user: a fresh table, so no highlighted row points at another batch (the
+    # selected batch stays bound by its id, below)
+    state["history_table"] += 1
+state["history_shown"] = shown
 st.caption(f"{len(rows)} batch(es). Select a row to act on it.")
-picked = st.dataframe(table, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row", key="table")
-selected = picked.selection.rows if picked and picked.selection else []
-if not selected:
+st.dataframe(table, hide_index=True, width="stretch", on_select=remember_selection, selection_mode="single-row",
+             key=f"history_table_{state['history_table']}",
+             column_config={"id": st.column_config.NumberColumn("id", width=60, format="%d"),
+                            "name": st.column_config.TextColumn("name", width="large"),
+                            "cells": st.column_config.NumberColumn("cells", width=70),
+                            "images": st.column_config.NumberColumn("images", width=70),
+                            "failed": st.column_config.NumberColumn("failed", width=60)})
+chosen = state.get("history_batch")
+if not chosen:
     st.stop()
-batch = rows[selected[0]]
-st.markdown(f"#### #{batch['id']} {batch['name']}")
+batch_id, revision = chosen
+batch = next((b for b in rows if b["id"] == batch_id), None)
+if batch is None:
+    reset_selection(f"Batch #{batch_id} is no longer in the list (deleted, or outside the filters).", "warning")
+    st.rerun()
+
+nonce = state["history_action"]
+st.markdown(f"#### Selected: batch #{batch_id}")
+st.text(batch["name"])  # names are user text: shown as text, never as markdown
+if batch["revision"] != revision:
+    st.warning("This batch was changed since you selected it (renamed, or files were added). Select it again to act on it.")
+    st.stop()
 c = st.columns(3)
-if c[0].button("Open results", type="primary"):
-    st.query_params["batch"] = str(batch["id"])
-    st.switch_page("pages/results.py", query_params={"batch": str(batch["id"])})
+if c[0].button("Open results", type="primary", key=f"open_{nonce}"):
+    st.switch_page("pages/results.py", query_params={"batch": str(batch_id)})
 
 mine = batch["owner"] == user() or admin()  # lsm_core.batches checks again
 with c[1].popover("Rename", disabled=not mine):
-    new_name = st.text_input("New name", value=batch["name"], key="rename_to")
-    if st.button("Save the new name"):
+    new_name = st.text_input("New name", value=batch["name"], key=f"rename_to_{nonce}_{batch_id}")
+    if st.button("Save the new name", key=f"rename_{nonce}_{batch_id}"):
         try:
-            batches.rename(factory, batch["id"], new_name, user())
+            batches.rename(factory, batch_id, new_name, user(), seen_revision=revision)
+            reset_selection(f"Batch #{batch_id} renamed to “{new_name.strip()}”.")
             st.rerun()
         except LsmError as exc:
             st.error(str(exc))
 with c[2].popover("Delete", disabled=not mine):
-    st.write(f"Delete **{batch['name']}** with its {batch['cells']:,} cells? This cannot be undone.")
-    sure = st.checkbox("Yes, delete this batch", key="delete_sure")
-    if st.button("Delete for good", disabled=not sure):
+    st.write(f"Delete batch #{batch_id} with its {batch['images']:,} images and {batch['cells']:,} cells? "
+             "This cannot be undone. Its name:")
+    st.text(batch["name"])
+    sure = st.checkbox(f"Yes, delete batch #{batch_id}", key=f"delete_sure_{nonce}_{batch_id}")
+    if st.button("Delete for good", disabled=not sure, key=f"delete_{nonce}_{batch_id}"):
         try:
-            batches.delete(factory, batch["id"], user())
+            gone = batches.delete(factory, batch_id, user(), seen_revision=revision)
+            reset_selection(f"Deleted batch #{gone.batch_id} “{gone.name}” with its {gone.images:,} images and "
+                            f"{gone.cells:,} cells.")
             st.rerun()
         except LsmError as exc:
-            st.error(str(exc))
+            reset_selection(str(exc), "error")
+            st.rerun()
 if not mine:
     st.caption(f"Only {batch['owner']} or an administrator can rename or delete this batch.")
 
-with st.expander("Re-run with another model version"):
+with st.expander("Re-run with another model version or pixel size"):
     choices = model_options(batch["task"])
-    label = st.selectbox("Model", list(choices), key="rerun_model")
-    if st.button("Re-run"):
+    label = st.selectbox("Model", list(choices), key=f"rerun_model_{nonce}")
+    pixel = st.number_input("Pixel size (µm per pixel; empty: as before)", min_value=0.01, max_value=50.0, value=None,
+                            step=0.01, format="%.4f", key=f"rerun_pixel_{nonce}")
+    if st.button("Re-run", key=f"rerun_{nonce}_{batch_id}"):
         try:
-            result = batches.rerun(factory, batch["id"], choices[label], user())
-            st.success(f"Queued as batch #{result.batch_id}; follow it in Results.")
+            result = batches.rerun(factory, batch_id, choices[label], user(), pixel_size_um=pixel, seen_revision=revision)
+            reset_selection(f"Batch #{batch_id} re-run as batch #{result.batch_id}; open it in Results to follow it.")
+            st.rerun()
         except LsmError as exc:
             st.error(str(exc))
 
-download_buttons(batch["id"], 0.0, key="history")
+download_buttons(batch_id, 0.0, key=f"history_{batch_id}")

@@ -16,7 +16,9 @@ st.subheader("People")
 if signed_in_mode():
     st.caption("Everyone who has signed in. Newcomers are members; LSM_ADMINS names administrators that only the "
                "server's configuration can change.")
-elif not accounts.configured_admins():
+else:
+    st.caption("Everyone who has used the app: who submitted, classified or acted (lab mode has no sign-in).")
+if not signed_in_mode() and not accounts.configured_admins():
     st.caption("Lab mode without LSM_ADMINS: everyone on this machine administers, so roles below take effect only "
                "once LSM_ADMINS names the administrators or sign-in is configured.")
 people = accounts.people(factory)
@@ -42,5 +44,5 @@ if changeable:
 st.subheader("Audit trail")
 st.caption("Who submitted, renamed, deleted, re-ran, trained, imported, cancelled, changed a default or a role; newest first.")
 events = accounts.audit_trail(factory, user())
-st.dataframe(pd.DataFrame([{**e, "when (UTC)": e["when (UTC)"].strftime("%Y-%m-%d %H:%M:%S"), "detail": str(e["detail"])}
-                           for e in events]), hide_index=True, width="stretch")
+st.dataframe(pd.DataFrame([{**e, "when (UTC)": e["when (UTC)"].strftime("%Y-%m-%d %H:%M:%S")} for e in events]),
+             hide_index=True, width="stretch", column_config={"detail": st.column_config.TextColumn("detail", width="large")})

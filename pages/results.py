@@ -2,19 +2,23 @@
 import streamlit as st
 
 from db import queries
-from pages._shared import render_results, sessions
+from pages._shared import render_results, sessions, show_flash
 
 st.title("Results")
 factory = sessions()
 with factory() as s:
     rows = queries.batches(s, limit=1000)
+show_flash()
 if not rows:
     st.info("No batches yet. Upload one on the Classify page.")
     st.stop()
-labels = {f"#{b['id']} {b['name']} · {b['owner']} · {b['model']} · {b['cells']:,} cells": b["id"] for b in rows}
+labels = {b["id"]: f"#{b['id']} {b['name']} · {b['owner']} · {b['model']} · {b['cells']:,} cells" for b in rows}
 wanted = st.query_params.get("batch")
-ids = list(labels.values())
+ids = list(labels)
+if wanted and wanted.isdigit() and int(wanted) not in ids:
+    st.warning(f"Batch #{wanted} no longer exists (it may have been deleted); showing the newest batch instead.")
 index = ids.index(int(wanted)) if wanted and wanted.isdigit() and int(wanted) in ids else 0
-chosen = labels[st.selectbox("Batch", list(labels), index=index)]
+# options are batch ids (stable while colleagues add batches); the label is only what is shown
+chosen = st.selectbox("Batch", ids, index=index, format_func=labels.get, key=f"results_batch_{wanted}")
 st.query_params["batch"] = str(chosen)
 render_results(chosen, key="results")

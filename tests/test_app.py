@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -71,9 +72,11 @@ def run_page(page: str | None = None, query: dict | None = None) -> AppTest:
 
 
 def texts(at: AppTest) -> str:
+    """Every text a person reads on the page (Markdown escapes removed, as the browser shows them), plain text too."""
     parts = [m.value for m in at.markdown] + [m.value for m in at.title] + [m.value for m in at.subheader]
     parts += [e.value for e in at.error] + [e.value for e in at.info] + [w.value for w in at.warning] + [c.value for c in at.caption]
-    return "\n".join(str(p) for p in parts)
+    parts += [s.value for s in at.success] + [t.value for t in at.text]
+    return re.sub(r"\\(.)", r"\1", "\n".join(str(p) for p in parts).replace("**", ""))
 
 
 def test_classify_page_on_an_empty_database(app_env):
@@ -125,7 +128,9 @@ def test_results_page_with_data(with_batch):
     assert "synthetic demo" in shown and "M17" in shown and "10.0 weeks" in shown
     metrics = {m.label: m.value for m in at.metric}
     cells = int(metrics["Cells"].replace(",", ""))
-    assert cells >= 6 + 5 and metrics["Files that failed"] == "1"
+    assert cells >= 6 + 5 and metrics["Files that could not be read"] == "1"
+    assert metrics["Images read"] == "7"  # 6 crops and the field, as the job's progress counts them
+    assert sum(t.value.count("broken.png") for t in at.text) == 1  # the broken file is named once
     assert "<script>alert(1)</script>" in [t.value for t in at.text]  # notes shown as plain text
     threshold = next(s for s in at.slider if s.label.startswith("Score threshold"))
     threshold.set_value(0.99)
@@ -166,8 +171,12 @@ def test_lab_page_shows_people_and_the_audit_trail_to_administrators_only(with_b
     assert "Lab" not in [link.proto.label for link in at.get("page_link")]
     monkeypatch.setenv("LSM_USER", "boss")
     at = run_page("pages/lab.py")
-    people = at.dataframe[0].value
-    assert list(people["name"]) == ["boss"] and "admin" in people["role"][0]
+    people = at.dataframe[0].value  # everyone who acted (lab mode has no sign-in): ana submitted the batch
+    assert list(people["name"]) == ["ana", "boss"] and list(people["role"]) == ["member", "admin (LSM_ADMINS)"]
+    assert people["last seen (UTC)"][0]  # when ana last acted
+    trail = at.dataframe[1].value
+    submitted = trail[trail["did"] == "submit"]["detail"].iloc[0]
+    assert submitted.startswith("name: M17 LT-HSC · model: demo-lsm v1 (synthetic demo) · images: 8 · failed: 1")
 
 
 def test_models_page_model_card_and_default_choice(app_env, monkeypatch):
@@ -180,10 +189,10 @@ def test_models_page_model_card_and_default_choice(app_env, monkeypatch):
     from lsm_core.service import open_history
     from lsm_core.train import TrainConfig, train_and_register
 
-    crops, labels = synthetic.make_crops("lsm", 150, seed=12)
-    data = LabelledData(["LT-HSC", "ST-HSC", "MPP"], crops, labels, np.arange(150), [str(i) for i in range(150)])
-    train_and_register(data, "lsm", TrainConfig(architecture="tiny_cnn", epochs=1, batch_size=32, lr=3e-3), "lab-lsm",
-                       ModelStore(), patience=None)
+    crops, labels = synthetic.make_crops("lsm", 300, seed=12)  # enough to pass the quality check
+    data = LabelledData(["LT-HSC", "ST-HSC", "MPP"], crops, labels, np.arange(300), [str(i) for i in range(300)])
+    train_and_register(data, "lsm", TrainConfig(architecture="tiny_cnn", epochs=3, batch_size=16, lr=1e-2,
+                                                weight_decay=0.0), "lab-lsm", ModelStore(), patience=None)
     engine, sessions = open_history()
     at = run_page("pages/models.py")
     frame = at.dataframe[0].value

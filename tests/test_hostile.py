@@ -62,6 +62,12 @@ def corpus() -> dict[str, tuple[bytes, str | None]]:
     """name -> (bytes, words the error must contain; None: accepted as an image)."""
     good = (synthetic.make_crops("lsm", 1, seed=0)[0][0] * 255).astype(np.uint8)
     good_png = _png(good)
+
+    def another_good_png(i: int) -> bytes:  # the same cell, other bytes: a file seen twice in a batch counts once
+        arr = good.copy()
+        arr[0, 0] = (int(arr[0, 0]) + i) % 256
+        return _png(arr)
+
     gif = io.BytesIO()
     PILImage.fromarray(good).save(gif, format="GIF")
     bmp = io.BytesIO()
@@ -102,11 +108,11 @@ def corpus() -> dict[str, tuple[bytes, str | None]]:
         "inf.tif": (_tiff(inf), "infinite"),
         "black.png": (_png(np.zeros((300, 300), np.uint8)), "blank"),
         "one_pixel.png": (_png(np.zeros((1, 1), np.uint8)), "blank"),
-        "<script>alert('x')</script>.png": (good_png, None),
-        "name with \u00e9\u00e8 and \u6f22\u5b57.png": (good_png, None),
-        "=cmd|' /C calc'!A0.png": (good_png, None),
+        "<script>alert('x')</script>.png": (another_good_png(1), None),
+        "name with \u00e9\u00e8 and \u6f22\u5b57.png": (another_good_png(2), None),
+        "=cmd|' /C calc'!A0.png": (another_good_png(3), None),
         "huge_metadata.png": (meta.getvalue(), None),
-        "cp437_names.zip": (_zip({"caf\u00e9/\u00fcber.png": good_png}), None),
+        "cp437_names.zip": (_zip({"caf\u00e9/\u00fcber.png": another_good_png(4)}), None),
         "good.png": (good_png, None),
     }
 

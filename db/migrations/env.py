@@ -1,19 +1,37 @@
-"""Alembic environment: the engine comes from db.session (config.attributes["engine"]) or LSM_DATABASE_URL."""
+"""Alembic environment: the engine comes from db.session (config.attributes["engine"]) or LSM_DATABASE_URL.
+
+On SQLite, foreign keys are switched off while migrations run (outside any transaction, where SQLite
+honours the pragma) and on again after a ``foreign_key_check``: rebuilding a table in batch mode drops the
+old table, and with foreign keys on that DROP would first delete every row referring to it, cascading to
+images and cells.
+"""
 from alembic import context
 
 from db.schema import Base
 from db.session import make_engine
+from lsm_core.errors import LsmError
 
 config = context.config
 engine = config.attributes.get("engine") or make_engine()
 
 with engine.connect() as connection:
-    context.configure(
-        connection=connection,
-        target_metadata=Base.metadata,
-        render_as_batch=connection.dialect.name == "sqlite",
-        compare_type=True,
-    )
-    with context.begin_transaction():
-        context.run_migrations()
-    connection.commit()
+    sqlite = connection.dialect.name == "sqlite"
+    if sqlite:  # on the DBAPI connection: SQLAlchemy's would begin a transaction first
+        connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+    try:
+        context.configure(
+            connection=connection,
+            target_metadata=Base.metadata,
+            render_as_batch=sqlite,
+            compare_type=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+            if sqlite:
+                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise LsmError(f"the migration left {len(broken)} rows pointing at missing rows; nothing was changed")
+        connection.commit()
+    finally:
+        if sqlite:
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys=ON")
