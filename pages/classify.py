@@ -14,22 +14,30 @@ st.title("Classify")
 factory = sessions()
 
 
-def show_demo_training() -> None:
-    """While `serve` trains the synthetic demo models in the background: how far it is (redrawn every 5 s; the
-    page reruns when a model becomes usable or the training ends)."""
+def show_demo_training(waiting: bool) -> None:
+    """While `serve` trains the synthetic demo models in the background: how far it is. Redrawn every 5 s; the
+    page reruns when a model becomes usable, the training starts or ends, or (``waiting``: no model yet) a
+    model is registered some other way."""
     first = demo_status()
-    if first is None:
-        return
-    if not first.running:
+    if first is not None and not first.running:
         st.error(f"Training the synthetic demo models {first.state}: {first.error or 'no reason was recorded'}. "
                  "`python -m lsm_core demo` (or the next start of the app) tries again.")
+        return
+    if first is None and not waiting:
         return
 
     @st.fragment(run_every=5.0)
     def progress() -> None:
         now = demo_status()
-        if now is None or now.done != first.done or not now.running:
+        changed = (now is None) != (first is None) or (now is not None and first is not None
+                                                         and (now.done != first.done or not now.running))
+        if changed or (waiting and model_options()):
             st.rerun()
+        if now is None:
+            st.error("No classifier is registered. Start the app with `python -m lsm_core serve`, which trains the "
+                     "synthetic demo models, or import or train a model on the Models page. This page updates "
+                     "itself when one is registered.")
+            return
         ready = f" {', '.join(now.done)} can be used already." if now.done else ""
         st.info(f"The synthetic demo models are being trained on this machine (started "
                 f"{now.started.astimezone():%H:%M}; {now.model}: {now.step}, epoch {now.epoch} of {now.epochs})."
@@ -39,9 +47,9 @@ def show_demo_training() -> None:
     progress()
 
 
-show_demo_training()
 options = model_options()
 every = model_options(include_failed=True)
+show_demo_training(waiting=not every)
 if len(every) > len(options) and st.toggle(
         f"Also offer the {len(every) - len(options)} model(s) that failed their quality check",
         help="A model whose accuracy on its validation set was not clearly above chance (see its card on the "
@@ -49,9 +57,9 @@ if len(every) > len(options) and st.toggle(
     options = every
 
 if not options:
-    if demo_status() is None:
-        st.error("No classifier is registered. Start the app with `python -m lsm_core serve`, which trains the "
-                 "synthetic demo models, or import or train a model on the Models page.")
+    if every:
+        st.error("Every registered model failed its quality check; turn on the switch above to use one anyway, "
+                 "or train a better one on the Models page.")
     st.stop()
 
 
