@@ -34,11 +34,18 @@ def reset_selection(message: str | None = None, kind: str = "success") -> None:
 
 
 def remember_selection() -> None:
-    """on_select: bind the selected row to the batch shown in it when the user clicked (ids shown last run)."""
-    picked = state.get(f"history_table_{state['history_table']}")
+    """on_select: bind the selected row to the batch shown in it when the user clicked (ids shown last run).
+
+    A table made anew (the list changed under the user) reports an empty selection; that clears the bound
+    batch only when it comes from the table the batch was selected in (the user unticked the row)."""
+    table = state["history_table"]
+    picked = state.get(f"history_table_{table}")
     rows = picked.selection.rows if picked is not None and picked.selection else []
     shown = state.get("history_shown", [])
-    state["history_batch"] = shown[rows[0]] if rows and rows[0] < len(shown) else None
+    if rows and rows[0] < len(shown):
+        state["history_batch"], state["history_selected_in"] = shown[rows[0]], table
+    elif state.get("history_selected_in") == table:
+        state["history_batch"] = None
 
 
 with factory() as s:

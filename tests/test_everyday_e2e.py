@@ -155,7 +155,9 @@ def test_adding_files_to_a_batch_adds_only_the_new_ones(server, library, tmp_pat
         page.get_by_label("Batch name").fill("twenty crops")
         page.get_by_role("button", name="Classify", exact=True).click()
         expect(page.get_by_role("heading", name="Composition")).to_be_visible(timeout=180_000)
-        assert page.locator("input[type=file]").evaluate("el => el.files.length") == 0  # the uploader is empty again
+        expect(page.locator("input[type=file]")).to_have_count(1, timeout=30_000)  # the new, empty uploader
+        assert page.locator("input[type=file]").evaluate("el => el.files.length") == 0
+        expect(page.get_by_text("crop00.png")).to_have_count(0)
 
         page.locator("input[type=file]").set_input_files(paths)  # the 20 again, and one new
         expect(page.get_by_text("crop20.png")).to_be_visible(timeout=30_000)
