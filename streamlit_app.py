@@ -2,9 +2,9 @@
 import streamlit as st
 
 from db import queries
-from lsm_core import accounts
+from lsm_core.lab import accounts
 from lsm_core.errors import LsmError
-from pages._shared import escape_markdown, sessions, signed_in_mode, user
+from pages._shared import escape_markdown, the_lab, signed_in_mode, user
 
 st.set_page_config(page_title="LSM classifier", page_icon=":microscope:", layout="wide")
 
@@ -21,7 +21,7 @@ pages = [
     st.Page("pages/lab.py", title="Lab", icon=":material/group:", url_path="lab-admin"),
 ]
 
-factory = sessions()  # upgrades the database on first use
+lab = the_lab()  # upgrades the database on first use
 
 if signed_in_mode():
     # [auth] in .streamlit/secrets.toml: nobody sees anything before the lab's identity provider knows them
@@ -32,14 +32,14 @@ if signed_in_mode():
         st.stop()
     if st.session_state.get("signed_in_as") != user():
         try:
-            accounts.sign_in(factory, user(), st.user.get("name"))
+            accounts.sign_in(lab, user(), st.user.get("name"))
         except LsmError as exc:
             st.error(str(exc))
             st.button("Sign out", on_click=st.logout)
             st.stop()
         st.session_state["signed_in_as"] = user()
 
-with factory() as s:
+with lab() as s:
     role = accounts.role_of(s, user())
 navigation = st.navigation(pages, position="hidden")
 
@@ -47,7 +47,7 @@ navigation = st.navigation(pages, position="hidden")
 @st.fragment(run_every=5.0)
 def status() -> None:
     """Workers and queue, redrawn every 5 s (a worker's row changes when it claims or ends a job)."""
-    with factory() as s:
+    with lab() as s:
         workers = queries.live_workers(s)
         queued = queries.queue_length(s)
     if workers:

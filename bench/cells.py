@@ -19,9 +19,9 @@ import numpy as np  # noqa: E402
 import tifffile  # noqa: E402
 from scipy import ndimage as ndi  # noqa: E402
 
-from lsm_core import synthetic  # noqa: E402
-from lsm_core.cells import find_cells  # noqa: E402
-from lsm_core.images import decode_bytes  # noqa: E402
+from lsm_core.imaging import synthetic  # noqa: E402
+from lsm_core.imaging.cells import find_cells  # noqa: E402
+from lsm_core.imaging.images import decode_bytes  # noqa: E402
 
 
 def main() -> None:

@@ -4,8 +4,8 @@ In a fresh PostgreSQL database (lsm_load_<random> at LSM_BENCH_PG, default postg
 postgres; dropped at the end, also on failure) and a temporary data dir holding a tiny_cnn LSM model (2 epochs
 on 300 synthetic crops), 2 workers run as subprocesses (`python -m lsm_core worker --device cpu`); once they
 are up, 20 submitter threads start together and each submits 3 batches of 10 different synthetic 64x64 PNG
-crops (so no cell comes from the cache) through `lsm_core.jobs.submit_batch`, the call the Classify page
-makes, on one session factory as the web server holds it (`lsm_core.service.open_history`).
+crops (so no cell comes from the cache) through `lsm_core.lab.batches.submit_batch`, the call the Classify page
+makes, on one Lab as the web server holds it (`lsm_core.lab.history.open_lab`).
 Printed: p50 / p95 latency of a submit_batch call, wall time from the first submit until every job is done,
 completed classify jobs per minute. Checked (exit 1 if not): every job `done`; one Cell row per readable
 image in every batch (a crop up to 1.5 crop sides is taken whole as one `single` cell, lsm_core/cells.py);
@@ -36,12 +36,13 @@ from PIL import Image as PILImage  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
 from db.schema import Cell, Image, Job, Model, Worker  # noqa: E402
-from lsm_core import synthetic  # noqa: E402
-from lsm_core.images import RawFile, iter_upload  # noqa: E402
-from lsm_core.jobs import BatchMeta, submit_batch  # noqa: E402
-from lsm_core.models import Manifest, ModelStore  # noqa: E402
-from lsm_core.service import open_history  # noqa: E402
-from lsm_core.train import TrainConfig, fit  # noqa: E402
+from lsm_core.imaging import synthetic  # noqa: E402
+from lsm_core.imaging.images import RawFile, iter_upload  # noqa: E402
+from lsm_core.lab.batches import BatchMeta, submit_batch  # noqa: E402
+from lsm_core.ml.models import Manifest, ModelStore  # noqa: E402
+from lsm_core.lab.history import open_lab  # noqa: E402
+from lsm_core.lab.settings import Settings, database_url_for  # noqa: E402
+from lsm_core.ml.train import TrainConfig, fit  # noqa: E402
 
 
 def png_files(seed: int, n: int) -> list[RawFile]:
@@ -72,8 +73,9 @@ def run(url: str, data: Path, args: argparse.Namespace) -> tuple[dict, list[str]
     x, y = synthetic.make_crops("lsm", 300, seed=11)
     net, _ = fit(x, y, 3, TrainConfig(architecture="tiny_cnn", epochs=2, batch_size=64, lr=3e-3, weight_decay=0.0))
     store.add(net, Manifest(task="lsm", name="load-lsm", classes=["LT-HSC", "ST-HSC", "MPP"], architecture="tiny_cnn"))
-    engine, sessions = open_history(url, store)  # as the web server opens it: one engine, one pool, many threads
-    with sessions() as s:
+    settings = Settings.from_env().with_(data_dir=data, blob_dir=data / "blobs", database_url=database_url_for(url, data))
+    lab = open_lab(settings)  # as the web server opens it: one engine, one pool, many threads
+    with lab() as s:
         model_id = s.scalar(select(Model.id).where(Model.name == "load-lsm"))
     uploads = {(k, b): png_files(1 + 1000 * k + b, args.files) for k in range(args.submitters) for b in range(args.batches)}
     env = os.environ | {"LSM_DATABASE_URL": url, "LSM_DATA_DIR": str(data), "LSM_BLOB_DIR": str(data / "blobs")}
@@ -96,7 +98,7 @@ def run(url: str, data: Path, args: argparse.Namespace) -> tuple[dict, list[str]
             time.sleep(0.1)
 
     def scalar(query):
-        with sessions() as s:
+        with lab() as s:
             return s.scalar(query)
 
     latencies: list[float] = []
@@ -110,7 +112,7 @@ def run(url: str, data: Path, args: argparse.Namespace) -> tuple[dict, list[str]
             meta = BatchMeta(mouse_id=f"M{k:02d}", age_days=56 + 7 * k, sex="FM"[k % 2], notes="bench/load.py")
             t0 = time.perf_counter()
             try:
-                r = submit_batch(sessions, uploads[k, b], model_id, f"load {k:02d}-{b}", owner=f"user{k:02d}", meta=meta)
+                r = submit_batch(lab, uploads[k, b], model_id, f"load {k:02d}-{b}", owner=f"user{k:02d}", meta=meta)
             except Exception as exc:  # noqa: BLE001 - reported with the checks; the bench fails
                 errors.append(f"submitter {k} batch {b}: {type(exc).__name__}: {exc}")
                 continue
@@ -133,10 +135,10 @@ def run(url: str, data: Path, args: argparse.Namespace) -> tuple[dict, list[str]
         wall = time.perf_counter() - t0
     finally:
         stop(procs)
-    failures = errors + check(sessions, expected, n_jobs)
-    with sessions() as s:
+    failures = errors + check(lab, expected, n_jobs)
+    with lab() as s:
         runs = s.execute(select(Job.status, Job.started, Job.finished, Job.attempts).where(Job.kind == "classify")).all()
-    engine.dispose()
+    lab.dispose()
     ms = np.array(latencies or [np.nan]) * 1000
     figures = {"jobs": sum(r.status == "done" for r in runs), "images": sum(expected.values()), "wall_s": wall,
                "calls": len(latencies), "retried": sum(r.attempts > 1 for r in runs),
@@ -145,10 +147,10 @@ def run(url: str, data: Path, args: argparse.Namespace) -> tuple[dict, list[str]
     return figures, failures
 
 
-def check(sessions, expected: dict[int, int], n_jobs: int) -> list[str]:
+def check(lab, expected: dict[int, int], n_jobs: int) -> list[str]:
     """What went wrong: jobs not done, cell counts off, duplicate or misplaced cells (empty when all is well)."""
     bad: list[str] = []
-    with sessions() as s:
+    with lab() as s:
         jobs = s.execute(select(Job.id, Job.status, Job.error).where(Job.kind == "classify")).all()
         if len(jobs) != n_jobs:
             bad.append(f"{len(jobs)} classify jobs in the database, {n_jobs} submitted")

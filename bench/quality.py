@@ -18,12 +18,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lsm_core import synthetic  # noqa: E402
-from lsm_core.datasets import LabelledData  # noqa: E402
-from lsm_core.metrics import evaluate_probs, softmax  # noqa: E402
-from lsm_core.models import ModelStore  # noqa: E402
-from lsm_core.tasks import task_classes  # noqa: E402
-from lsm_core.train import TrainConfig, logits_of, train_and_register  # noqa: E402
+from lsm_core.imaging import synthetic  # noqa: E402
+from lsm_core.ml.datasets import LabelledData  # noqa: E402
+from lsm_core.ml.metrics import evaluate_probs, softmax  # noqa: E402
+from lsm_core.ml.models import ModelStore  # noqa: E402
+from lsm_core.classes import task_classes  # noqa: E402
+from lsm_core.ml.train import TrainConfig, logits_of, train_and_register  # noqa: E402
 
 PAPER = {
     "lsm": "paper (real cells, ResNet-50, 21,594 training cells): accuracy 0.74; F1 LT 0.72 ST 0.71 MPP 0.78; "

@@ -35,17 +35,18 @@ def build(data_dir: Path, n_cells: int) -> int:
     import tifffile
 
     from db import queries
-    from lsm_core import nets, synthetic
-    from lsm_core.images import RawFile
-    from lsm_core.jobs import BatchMeta, submit_batch
-    from lsm_core.models import Manifest, ModelStore
-    from lsm_core.service import open_history
-    from lsm_core.worker import Worker
+    from lsm_core.ml import nets
+    from lsm_core.imaging import synthetic
+    from lsm_core.imaging.images import RawFile
+    from lsm_core.lab.batches import BatchMeta, submit_batch
+    from lsm_core.ml.models import Manifest, ModelStore
+    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.worker import Worker
 
     store = ModelStore(data_dir / "models")
     for task, name, classes in (("lsm", "demo-lsm", ["LT-HSC", "ST-HSC", "MPP"]), ("aging", "demo-aging", ["young", "aged"])):
         store.add(nets.create("tiny_cnn", len(classes)), Manifest(task=task, name=name, classes=classes, architecture="tiny_cnn", demo=True))
-    engine, sessions = open_history()
+    lab = open_lab()
     n_fields, per_field = 10, 100
     n_crops = max(0, n_cells - n_fields * per_field)
     crops, _ = synthetic.make_crops("lsm", n_crops, seed=1)
@@ -59,13 +60,13 @@ def build(data_dir: Path, n_cells: int) -> int:
         buf = io.BytesIO()
         tifffile.imwrite(buf, np.round(field * 4095).astype(np.uint16))
         files.append(RawFile(f"fields/f{k}.tif", buf.getvalue()))
-    with sessions() as s:
+    with lab() as s:
         model_id = queries.model_by_name(s, "demo-lsm").id
-    sub = submit_batch(sessions, files, model_id, "10k cells", owner="bench", meta=BatchMeta(age_days=70))
-    Worker(sessions, device="cpu").run(drain=True)
-    with sessions() as s:
+    sub = submit_batch(lab, files, model_id, "10k cells", owner="bench", meta=BatchMeta(age_days=70))
+    Worker(lab, device="cpu").run(drain=True)
+    with lab() as s:
         n = queries.count_cells(s, sub.batch_id)
-    engine.dispose()
+    lab.dispose()
     print(f"batch {sub.batch_id}: {n:,} cells in {len(files):,} images")
     return sub.batch_id
 

@@ -1,7 +1,7 @@
 """Cost of saliency maps on the CPU, as ratios to classifying the same cells in the same process.
 
-For 1,000 synthetic crops: the time of classification (lsm_core.predict, the app's path) and of Grad-CAM,
-Score-CAM and Integrated Gradients (lsm_core.saliency), on `small_cnn` (the demo models' architecture) and
+For 1,000 synthetic crops: the time of classification (lsm_core.ml.predict, the app's path) and of Grad-CAM,
+Score-CAM and Integrated Gradients (lsm_core.ml.saliency), on `small_cnn` (the demo models' architecture) and
 on `resnet50_paper` (Grad-CAM and IG only: Score-CAM needs one forward pass per channel of the target
 layer, 1,024 for ResNet-50's layer3, i.e. about a million forward passes for 1,000 cells). Random weights:
 the cost does not depend on them. Target: Grad-CAM <= 3x classification.
@@ -20,10 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from lsm_core import nets, synthetic  # noqa: E402
-from lsm_core.models import Manifest, ModelStore  # noqa: E402
-from lsm_core.predict import Predictor  # noqa: E402
-from lsm_core.saliency import saliency_maps  # noqa: E402
+from lsm_core.ml import nets
+from lsm_core.imaging import synthetic  # noqa: E402
+from lsm_core.ml.models import Manifest, ModelStore  # noqa: E402
+from lsm_core.ml.predict import Predictor  # noqa: E402
+from lsm_core.ml.saliency import saliency_maps  # noqa: E402
 
 
 def timed(fn) -> float:

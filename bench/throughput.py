@@ -2,7 +2,7 @@
 
 On N synthetic crops written as PNG files, with one randomly initialised ``resnet50_paper``:
 (a) naive: the loop a notebook would write (PIL open, torchvision transform, ``model(x[None])`` per file);
-(b) pipeline: ``lsm_core.classify`` from files to probabilities (read, find cells, batch, predict);
+(b) pipeline: ``lsm_core.ml.classify`` from files to probabilities (read, find cells, batch, predict);
 (c) forward: the pipeline's prepared network alone, at its batch size, on tensors already in memory.
 Everything runs in this one process, so the ratios hold on a noisy shared machine.
 
@@ -23,11 +23,12 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torchvision import transforms  # noqa: E402
 
-from lsm_core import nets, synthetic  # noqa: E402
-from lsm_core.classify import classify_records  # noqa: E402
-from lsm_core.images import read_inputs  # noqa: E402
-from lsm_core.models import Manifest, ModelStore  # noqa: E402
-from lsm_core.predict import Predictor  # noqa: E402
+from lsm_core.ml import nets
+from lsm_core.imaging import synthetic  # noqa: E402
+from lsm_core.ml.classify import classify_records  # noqa: E402
+from lsm_core.imaging.images import read_inputs  # noqa: E402
+from lsm_core.ml.models import Manifest, ModelStore  # noqa: E402
+from lsm_core.ml.predict import Predictor  # noqa: E402
 
 
 def naive(files: list[Path], net: torch.nn.Module) -> float:

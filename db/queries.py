@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session
@@ -194,6 +195,28 @@ def pending_saliency(s: Session, batch_id: int, method: str) -> Job | None:
 def recent_jobs(s: Session, kind: str, limit: int = 5) -> list[Job]:
     """The newest jobs of ``kind``."""
     return list(s.scalars(select(Job).where(Job.kind == kind).order_by(Job.id.desc()).limit(limit)))
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A finished evaluation job: which model, which test files, and its metrics."""
+
+    job_id: int
+    model_label: str
+    files: list[str]
+    result: dict[str, Any]
+
+
+def evaluations(s: Session, limit: int = 5) -> list[Evaluation]:
+    """The newest finished evaluations with their model's label (or that it was deleted) and test files."""
+    jobs = s.scalars(select(Job).where(Job.kind == "evaluate", Job.status == "done", Job.result.is_not(None))
+                     .order_by(Job.id.desc()).limit(limit)).all()
+    out = []
+    for j in jobs:
+        model = s.get(Model, int(j.payload.get("model_id", 0)))
+        label = model.label if model is not None else f"model {j.payload.get('model_id')} (deleted)"
+        out.append(Evaluation(j.id, label, [u.get("name", "?") for u in j.payload.get("uploads", [])], j.result or {}))
+    return out
 
 
 def live_workers(s: Session, seen_within_s: float = 60.0) -> list[Worker]:

@@ -40,7 +40,7 @@ class User(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
-    role: Mapped[str] = mapped_column(String(16), default="member")  # member | admin (lsm_core.accounts)
+    role: Mapped[str] = mapped_column(String(16), default="member")  # member | admin (lsm_core.lab.accounts)
     created: Mapped[datetime] = mapped_column(default=utcnow)
     display_name: Mapped[str | None] = mapped_column(String(200))
     last_seen: Mapped[datetime | None]
@@ -75,11 +75,11 @@ class Model(Base):
     @property
     def label(self) -> str:
         """``name v3``, with ``(synthetic demo)`` for demo models and ``(failed quality check)`` for models whose
-        recorded quality check failed (lsm_core.metrics.model_quality)."""
-        from lsm_core.metrics import failed_quality
-
+        recorded quality check failed (lsm_core.ml.metrics.model_quality)."""
+        check = (self.metrics or {}).get("quality_check")  # as lsm_core.ml.metrics writes it (db imports no lsm_core)
+        failed = isinstance(check, dict) and check.get("passed") is False
         return (f"{self.name} v{self.version}" + (" (synthetic demo)" if self.demo else "")
-                + (" (failed quality check)" if failed_quality(self.metrics) else ""))
+                + (" (failed quality check)" if failed else ""))
 
 
 class Batch(Base):
@@ -102,7 +102,7 @@ class Batch(Base):
     imaging_date: Mapped[str | None] = mapped_column(String(10))  # ISO date
     notes: Mapped[str | None] = mapped_column(Text)
     pixel_size_um: Mapped[float | None] = mapped_column(Float)
-    # changes people made (rename, files added): an action names the revision its user saw (lsm_core.batches)
+    # changes people made (rename, files added): an action names the revision its user saw (lsm_core.lab.batches)
     revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     model: Mapped[Model] = relationship()

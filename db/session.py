@@ -6,7 +6,6 @@ by Alembic (:func:`upgrade`); a database newer than this code is refused with a 
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, inspect
@@ -15,18 +14,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from lsm_core.errors import LsmError
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-
-
-def database_url() -> str:
-    """LSM_DATABASE_URL, or a SQLite file in the data dir (LSM_DATA_DIR, default ./data)."""
-    url = os.environ.get("LSM_DATABASE_URL", "").strip()
-    if url:
-        if url.startswith("postgresql://") or url.startswith("postgres://"):
-            url = "postgresql+psycopg://" + url.split("://", 1)[1]
-        return url
-    data = Path(os.environ.get("LSM_DATA_DIR") or "data").expanduser().resolve()
-    data.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{data / 'lsm.db'}"
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -38,8 +25,12 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
-def make_engine(url: str | None = None, **kwargs) -> Engine:
-    url = url or database_url()
+def make_engine(url: str, **kwargs) -> Engine:
+    """An engine for ``url`` (the settings' ``database_url``: lsm_core.lab.settings); a SQLite file's folder is made."""
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)

@@ -15,7 +15,7 @@ def _log(message: str) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from lsm_core.synthetic import write_dataset
+    from lsm_core.imaging.synthetic import write_dataset
 
     if args.n < 0 or args.fields < 0:
         raise LsmError("--n and --fields must be 0 or more")
@@ -27,20 +27,21 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_classify(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from lsm_core.classify import Summary, classify_records, find_params_for, result_columns
-    from lsm_core.export import write_csv, write_table
-    from lsm_core.images import read_inputs
-    from lsm_core.models import ModelStore
-    from lsm_core.predict import Predictor
+    from lsm_core.ml.classify import Summary, classify_records, find_params_for, result_columns
+    from lsm_core.reports.export import write_csv, write_table
+    from lsm_core.imaging.images import read_inputs
+    from lsm_core.ml.predict import Predictor
 
-    package = ModelStore().resolve(args.model)
-    predictor = Predictor(package, device=args.device, batch_size=args.batch_size)
-    params = find_params_for(predictor, args.pixel_size)
+    settings = _settings()
+    package = _store().resolve(args.model)
+    predictor = Predictor(package, device=args.device or settings.device, precision=settings.precision,
+                          batch_size=args.batch_size)
+    params = find_params_for(predictor, args.pixel_size, settings.pixel_size_um)
     _log(f"model {package.manifest.label} on {predictor.device}{' (bf16)' if predictor.bf16 else ''}")
     summary = Summary()
     n_classes = len(predictor.classes)
     columns = result_columns(predictor.classes)
-    progress = tqdm(read_inputs(args.inputs), unit=" image", file=sys.stderr, disable=None)
+    progress = tqdm(read_inputs(args.inputs, settings.limits), unit=" image", file=sys.stderr, disable=None)
     rows: Iterator[list] = (row.values(n_classes) for row in classify_records(progress, predictor, params, summary))
     if args.out:
         write_table(args.out, columns, rows)
@@ -60,9 +61,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
-    from lsm_core.models import ModelStore
-
-    packages = ModelStore().packages()
+    packages = _store().packages()
     if not packages:
         _log("no models registered; `python -m lsm_core demo` registers the synthetic demo models")
         return 0
@@ -75,73 +74,84 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_models_import(args: argparse.Namespace) -> int:
-    from lsm_core.jobs import current_user
-    from lsm_core.registry import import_model
+    from lsm_core.lab.registry import import_model
 
-    row = import_model(_sessions(), args.weights, args.manifest, current_user())
+    row = import_model(_lab(), args.weights, args.manifest, _settings().user)
     _log(f"registered {row.label} ({row.task}) at {row.path} in the model store")
     return 0
 
 
 def _require_admin(doing: str):
-    """The database (upgraded), after checking that the user (LSM_USER / login name) administers."""
-    from lsm_core import accounts
-    from lsm_core.jobs import current_user
+    """The lab (upgraded), after checking that the user (LSM_USER / login name) administers."""
+    from lsm_core.lab import accounts
 
-    sessions = _sessions()
-    with sessions() as s:
-        accounts.require_admin(s, current_user(), doing)
-    return sessions
+    lab = _lab()
+    with lab() as s:
+        accounts.require_admin(s, lab.settings.user, doing)
+    return lab
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     import signal
 
-    from lsm_core.demo import train_missing_demo_models
-    from lsm_core.registry import sync_models
+    from lsm_core.ml.demo import train_missing_demo_models
+    from lsm_core.lab.registry import sync_models
 
     def terminate(*_) -> None:  # SIGTERM (serve stopping) unwinds like Ctrl-C: the status record is removed
         raise KeyboardInterrupt
 
+    from lsm_core.ml.demo import demo_recipe
+
     signal.signal(signal.SIGTERM, terminate)
-    sessions = _sessions()
+    lab = _lab()
     # each model is registered in the database as soon as it is trained: the app offers it at once
-    packages = train_missing_demo_models(log=_log, on_model=lambda package: sync_models(sessions))
-    sync_models(sessions)
+    packages = train_missing_demo_models(lab.store, log=_log, on_model=lambda package: sync_models(lab),
+                                         recipe=demo_recipe(lab.settings.demo_recipe))
+    sync_models(lab)
     for package in packages:
         _log(f"{package.manifest.label}: ready")
     return 0
 
 
-def _sessions():
-    """A session factory on LSM_DATABASE_URL, the database upgraded to this code's schema."""
-    from db.session import make_engine, session_factory, upgrade
+def _settings():
+    from lsm_core.lab import settings
 
-    engine = make_engine()
-    upgrade(engine)
-    return session_factory(engine)
+    return settings.current()
+
+
+def _store():
+    """The model store of the settings (no database needed)."""
+    from lsm_core.ml.models import ModelStore
+
+    root = _settings().model_dir
+    root.mkdir(parents=True, exist_ok=True)
+    return ModelStore(root)
+
+
+def _lab():
+    """The lab of the settings: its database upgraded to this code's schema, the store's models registered."""
+    from lsm_core.lab.history import open_lab
+
+    return open_lab(_settings())
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from db.session import database_url, make_engine, upgrade
+    from db.session import current_revision
 
-    revision = upgrade(make_engine())
-    url = database_url()
-    _log(f"database {url.split('@')[-1] if '@' in url else url} is at schema revision {revision}")
+    lab = _lab()
+    url = lab.settings.database_url
+    _log(f"database {url.split('@')[-1] if '@' in url else url} is at schema revision {current_revision(lab.engine)}")
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     import logging
 
-    from lsm_core.registry import sync_models
-    from lsm_core.worker import ALL_KINDS, Worker
+    from lsm_core.lab.worker import ALL_KINDS, Worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-    sessions = _sessions()
-    sync_models(sessions)
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip()) if args.kinds else ALL_KINDS
-    worker = Worker(sessions, device=args.device, kinds=kinds, lease_s=args.lease, poll_s=args.poll,
+    worker = Worker(_lab(), device=args.device, kinds=kinds, lease_s=args.lease, poll_s=args.poll,
                     batch_size=args.batch_size)
     worker.install_signal_handlers()
     _log(f"worker {worker.id} on {worker.device}, job kinds: {', '.join(worker.kinds)}")
@@ -151,27 +161,25 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from lsm_core.serve import serve
+    from lsm_core.lab.serve import serve
 
     return serve(port=args.port, log=_log)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from db.queries import model_by_name
-    from lsm_core.images import iter_files
-    from lsm_core.jobs import BatchMeta, submit_batch
-    from lsm_core.registry import sync_models
+    from lsm_core.imaging.images import iter_files
+    from lsm_core.lab.batches import BatchMeta, submit_batch
 
-    sessions = _sessions()
-    sync_models(sessions)
-    with sessions() as s:
+    lab = _lab()
+    with lab() as s:
         model = model_by_name(s, args.model)
         if model is None:
             raise LsmError(f"no model named {args.model!r}; see `python -m lsm_core models list`")
         model_id = model.id
     meta = BatchMeta(mouse_id=args.mouse_id, age_days=args.age_days, sex=args.sex, strain=args.strain, gate=args.gate,
                      imaging_date=args.imaging_date, notes=args.notes, pixel_size_um=args.pixel_size)
-    result = submit_batch(sessions, iter_files(args.inputs), model_id, args.batch, owner=args.owner, meta=meta,
+    result = submit_batch(lab, iter_files(args.inputs, lab.limits), model_id, args.batch, owner=args.owner, meta=meta,
                           priority=args.priority)
     for file, message in result.errors:
         _log(f"{file}: {message}")
@@ -186,8 +194,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
     from db.queries import jobs_list
 
-    sessions = _sessions()
-    with sessions() as s:
+    with _lab()() as s:
         rows = [
             {"id": j.id, "batch": j.batch_id, "owner": j.owner, "kind": j.kind, "status": j.status,
              "done": j.progress_done, "total": j.progress_total, "attempts": j.attempts, "error": j.error}
@@ -204,10 +211,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from lsm_core.export import batch_rows, write_table
+    from lsm_core.reports.export import batch_rows, write_table
 
-    sessions = _sessions()
-    with sessions() as s:
+    with _lab()() as s:
         columns, rows = batch_rows(s, args.batch_ids)
         n = write_table(args.out, columns, rows)
     _log(f"wrote {n} rows to {args.out}")
@@ -229,14 +235,14 @@ def _print_metrics(m: dict) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from lsm_core.cells import FindParams
-    from lsm_core.datasets import from_paths
-    from lsm_core.models import ModelStore, check_name
-    from lsm_core.predict import choose_device
-    from lsm_core.train import TrainConfig, train_and_register
+    from lsm_core.imaging.cells import FindParams
+    from lsm_core.ml.datasets import from_paths
+    from lsm_core.ml.models import check_name
+    from lsm_core.ml.predict import choose_device
+    from lsm_core.ml.train import TrainConfig, train_and_register
 
     check_name(args.register)
-    sessions = _require_admin("train models")
+    lab = _require_admin("train models")
     params = FindParams(output_size=args.input_size)  # the same 12.8 um square, sampled at --input-size pixels
     data = from_paths(args.data, args.task, params)
     for file, message in data.errors[:20]:
@@ -248,19 +254,19 @@ def cmd_train(args: argparse.Namespace) -> int:
          + ", ".join(f"{c} {n}" for c, n in data.class_counts.items()))
     config = TrainConfig(architecture=args.arch, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          backbone_lr_factor=0.01 if args.imagenet else 1.0, seed=args.seed)
-    device = choose_device(args.device)
+    device = choose_device(args.device or lab.settings.device)
 
     def progress(epoch, loss, vloss, vacc):
         _log(f"epoch {epoch}/{config.epochs}: training loss {loss:.4f}, validation loss {vloss:.4f}, "
              f"validation accuracy {vacc:.3f}")
 
-    package = train_and_register(data, args.task, config, args.register, ModelStore(), test=test, progress=progress,
+    package = train_and_register(data, args.task, config, args.register, lab.store, test=test, progress=progress,
                                  device=device, imagenet=args.imagenet, patience=args.patience,
                                  input_size=args.input_size)
     try:
-        from lsm_core.registry import sync_models
+        from lsm_core.lab.registry import sync_models
 
-        sync_models(sessions)
+        sync_models(lab)
     except Exception as exc:  # the store is the source of truth; the database catches up on its next start
         _log(f"note: the database was not updated now ({exc})")
     m = package.manifest
@@ -268,7 +274,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _print_metrics(m.metrics)
     if m.metrics.get("test"):
         _print_metrics(m.metrics["test"])
-    from lsm_core.metrics import model_quality
+    from lsm_core.ml.metrics import model_quality
 
     passed, reasons, warnings = model_quality(m.metrics)
     for line in reasons + warnings:
@@ -279,15 +285,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from lsm_core.classify import find_params_for
-    from lsm_core.datasets import from_paths
-    from lsm_core.models import ModelStore
-    from lsm_core.predict import Predictor
-    from lsm_core.train import evaluate_predictor
+    from lsm_core.ml.classify import find_params_for
+    from lsm_core.ml.datasets import from_paths
+    from lsm_core.ml.predict import Predictor
+    from lsm_core.ml.train import evaluate_predictor
 
-    package = ModelStore().resolve(args.model)
-    predictor = Predictor(package, device=args.device)
-    data = from_paths(args.data, package.manifest.task, find_params_for(predictor, None))
+    settings = _settings()
+    package = _store().resolve(args.model)
+    predictor = Predictor(package, device=args.device or settings.device, precision=settings.precision)
+    data = from_paths(args.data, package.manifest.task, find_params_for(predictor, None, settings.pixel_size_um))
     metrics = evaluate_predictor(predictor, data)
     metrics["model"] = package.manifest.label
     metrics["evaluated_on"] = f"test set {', '.join(map(str, args.data))}: {metrics['n']} cells"
@@ -302,12 +308,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from lsm_core import compare
-    from lsm_core.stats import parse_bins
+    from lsm_core.reports import compare
+    from lsm_core.reports.stats import parse_bins
 
     bins = parse_bins(args.bins) if args.by == "age" else None
-    sessions = _sessions()
-    with sessions() as s:
+    with _lab()() as s:
         c = compare.build(s, args.batch_ids, by=args.by, bins=bins, threshold=args.threshold)
         data = compare.workbook(s, c)
     with open(args.out, "wb") as fh:
@@ -323,15 +328,15 @@ def cmd_saliency(args: argparse.Namespace) -> int:
 
     from PIL import Image
 
-    from lsm_core.classify import Summary, classify_records, find_params_for, result_columns
-    from lsm_core.export import write_csv
-    from lsm_core.images import read_inputs
-    from lsm_core.models import ModelStore
-    from lsm_core.predict import Predictor
-    from lsm_core.saliency import overlay, saliency_maps
+    from lsm_core.ml.classify import Summary, classify_records, find_params_for, result_columns
+    from lsm_core.reports.export import write_csv
+    from lsm_core.imaging.images import read_inputs
+    from lsm_core.ml.predict import Predictor
+    from lsm_core.ml.saliency import overlay, saliency_maps
 
-    package = ModelStore().resolve(args.model)
-    predictor = Predictor(package, device=args.device)
+    settings = _settings()
+    package = _store().resolve(args.model)
+    predictor = Predictor(package, device=args.device or settings.device, precision=settings.precision)
     net = package.load(predictor.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -339,8 +344,8 @@ def cmd_saliency(args: argparse.Namespace) -> int:
     columns = result_columns(classes)
     rows, crops, targets = [], [], []
     summary = Summary()
-    for row in classify_records(read_inputs(args.inputs), predictor, find_params_for(predictor, args.pixel_size), summary,
-                                keep_crops=True):
+    params = find_params_for(predictor, args.pixel_size, settings.pixel_size_um)
+    for row in classify_records(read_inputs(args.inputs, settings.limits), predictor, params, summary, keep_crops=True):
         rows.append(row)
         if row.cell is not None:
             crops.append(row.crop)
@@ -362,11 +367,20 @@ def cmd_saliency(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m lsm_core", description="Classify blood stem cells in DIC images.")
+    # choices come from the registries that hold them
+    from lsm_core.classes import TASKS
+    from lsm_core.lab.batches import SEXES
+    from lsm_core.lab.jobs import JobKind
+    from lsm_core.ml.nets import REGISTRY as ARCHITECTURES
+    from lsm_core.ml.saliency import METHODS as SALIENCY_METHODS
+    from lsm_core.reports.compare import GROUP_FIELDS
+
+    parser = argparse.ArgumentParser(prog="lsm", description="Classify blood stem cells in DIC images "
+                                     "(also: python -m lsm_core).")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="write synthetic DIC-like cells (class folders) and fields of view")
-    p.add_argument("--task", choices=["lsm", "aging"], required=True)
+    p.add_argument("--task", choices=list(TASKS), required=True)
     p.add_argument("--n", type=int, required=True, help="number of single-cell crops in all")
     p.add_argument("--out", required=True)
     p.add_argument("--fields", type=int, default=0, help="number of 2048x2048 16-bit fields of view")
@@ -403,7 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="claim jobs from the database and run them on one device")
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: LSM_DEVICE or auto)")
-    p.add_argument("--kinds", default=None, help="comma-separated job kinds to take (default: all)")
+    p.add_argument("--kinds", default=None,
+                   help=f"comma-separated job kinds to take: {', '.join(k.value for k in JobKind)} (default: all)")
     p.add_argument("--drain", action="store_true", help="exit once the queue is empty")
     p.add_argument("--lease", type=float, default=60.0, help="seconds a claimed job is held between heartbeats")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between looks at an empty queue")
@@ -422,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--owner", default=None, help="who submits (default: LSM_USER or the login name)")
     p.add_argument("--mouse-id")
     p.add_argument("--age-days", type=float)
-    p.add_argument("--sex", choices=["F", "M"])
+    p.add_argument("--sex", choices=sorted(SEXES))
     p.add_argument("--strain")
     p.add_argument("--gate")
     p.add_argument("--imaging-date", help="YYYY-MM-DD")
@@ -433,9 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train and register a model on labelled cells (class folders or ZIPs)")
     p.add_argument("data", nargs="+", metavar="DATA", help="folders of class folders, or ZIPs whose folders are classes")
-    p.add_argument("--task", choices=["lsm", "aging"], required=True)
+    p.add_argument("--task", choices=list(TASKS), required=True)
     p.add_argument("--register", required=True, metavar="NAME", help="the model name; each training adds a version")
-    p.add_argument("--arch", default="resnet50_paper", help="architecture (see lsm_core/nets.py)")
+    p.add_argument("--arch", default="resnet50_paper", choices=sorted(ARCHITECTURES), help="network architecture")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of the head")
@@ -456,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="compare batches (mice) across ages or a metadata field; writes one workbook")
     p.add_argument("batch_ids", nargs="+", type=int, metavar="BATCH_ID")
-    p.add_argument("--by", default="age", help="age, or a field: sex, strain, gate, mouse_id, owner, imaging_date, model")
+    p.add_argument("--by", default="age", choices=GROUP_FIELDS, help="age, or another metadata field")
     p.add_argument("--bins", default="young:<26w, aged:>=18m", help="age bins, e.g. 'young:8w-12w, aged:>=18m'")
     p.add_argument("--threshold", type=float, default=0.0, help="count only cells whose score reaches this")
     p.add_argument("--out", required=True, help="FILE.xlsx")
@@ -465,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("saliency", help="saliency maps of every cell: overlay PNGs, maps.npz and cells.csv")
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("--model", required=True)
-    p.add_argument("--method", choices=["scorecam", "gradcam", "ig"], default="scorecam")
+    p.add_argument("--method", choices=list(SALIENCY_METHODS), default="scorecam")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--pixel-size", type=float, default=None, metavar="UM_PER_PIXEL")
     p.add_argument("--device", default=None)

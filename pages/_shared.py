@@ -9,13 +9,10 @@ import pandas as pd
 import streamlit as st
 
 from db import queries
-from db.session import database_url
-from lsm_core import accounts
-from lsm_core.blobs import BlobStore
+from lsm_core.lab import accounts
 from lsm_core.errors import LsmError
-from lsm_core.images import decode_page
-from lsm_core.jobs import current_user
-from lsm_core.report import (
+from lsm_core.imaging.images import decode_page
+from lsm_core.reports.report import (
     cell_arrays,
     cells_csv,
     composition_figure,
@@ -26,24 +23,24 @@ from lsm_core.report import (
     thumbnail,
     workbook,
 )
-from lsm_core.registry import offered_models
-from lsm_core.service import open_history
-from lsm_core.stats import PAPER_THRESHOLDS
-from lsm_core.tasks import TASK_TITLES
+from lsm_core.lab.registry import offered_models
+from lsm_core.lab import settings
+from lsm_core.lab.history import Lab, open_lab
+from lsm_core.reports.stats import PAPER_THRESHOLDS
+from lsm_core.classes import TASK_TITLES
 
 PAGE_SIZE = 50
 THUMB_PX = 64  # cell thumbnails in the table: large enough to see the cell
 
 
 @st.cache_resource(show_spinner="Opening the database ...")
-def _open(url: str):
-    _engine, factory = open_history(url)
-    return factory
+def _open(settings_now: settings.Settings) -> Lab:
+    return open_lab(settings_now)
 
 
-def sessions():
-    """The session factory of LSM_DATABASE_URL (opened, upgraded and synced once per server process)."""
-    return _open(database_url())
+def the_lab() -> Lab:
+    """The lab of this server's settings: its database opened, upgraded and synced once per server process."""
+    return _open(settings.current())
 
 
 def signed_in_mode() -> bool:
@@ -55,12 +52,12 @@ def user() -> str:
     """Who is acting: the signed-in e-mail (or subject) with [auth]; else LSM_USER / the login name (lab mode)."""
     if signed_in_mode():
         return str(st.user.get("email") or st.user.get("sub") or "")
-    return current_user()
+    return accounts.current_user()
 
 
 def admin() -> bool:
-    """Whether the person acting administers (lsm_core.accounts; the functions they call check again)."""
-    with sessions()() as s:
+    """Whether the person acting administers (lsm_core.lab.accounts; the functions they call check again)."""
+    with the_lab()() as s:
         return accounts.is_admin(s, user())
 
 
@@ -68,15 +65,15 @@ def admin() -> bool:
 def image_pixels(sha256: str, page: int):
     """The grey pixels of one stored image page (cached: thumbnails and field views reuse them)."""
     try:
-        return decode_page("stored", BlobStore().get(sha256), page)
+        return decode_page("stored", the_lab().blobs.get(sha256), page)
     except LsmError:
         return None
 
 
 def model_options(task: str | None = None, include_failed: bool = False) -> dict[str, int]:
-    """Model labels to model ids, in the one order of lsm_core.registry (LSM first, each task's default first;
+    """Model labels to model ids, in the one order of lsm_core.lab.registry (LSM first, each task's default first;
     demo models marked "synthetic demo"); models that failed their quality check only with ``include_failed``."""
-    with sessions()() as s:
+    with the_lab()() as s:
         rows = offered_models(s, task, include_failed=include_failed)
     return {f"{TASK_TITLES.get(m.task, m.task)} · {m.label}": m.id for m in rows}
 
@@ -120,9 +117,9 @@ def threshold_picker(key: str) -> float:
 
 def render_results(batch_id: int, key: str = "results") -> None:
     """The whole results view of one batch: summary, figures, cell table, field of view, downloads."""
-    factory = sessions()
+    lab = the_lab()
     threshold = threshold_picker(key)
-    with factory() as s:
+    with lab() as s:
         try:
             report = load_report(s, batch_id, threshold)
         except LsmError as exc:
@@ -185,7 +182,7 @@ def render_results(batch_id: int, key: str = "results") -> None:
     pages = max(1, -(-n // PAGE_SIZE))
     page = c[1].number_input(f"Page (of {pages})", 1, pages, 1, key=f"{key}_page")
     c[2].caption(f"{n:,} cells at this threshold, {PAGE_SIZE} per page")
-    with factory() as s:
+    with lab() as s:
         rows = queries.batch_cells(s, batch_id, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE, min_score=threshold,
                                    order={"upload order": "position"}.get(order, order))
     by_image = {im.id: im for im in images}
@@ -210,7 +207,7 @@ def render_results(batch_id: int, key: str = "results") -> None:
         if pixels is None:
             st.error("The stored image could not be read back.")
         else:
-            with factory() as s:
+            with lab() as s:
                 cells = queries.image_cells(s, chosen.id)
             st.plotly_chart(field_figure(pixels, cells, report.classes, threshold), width="stretch", key=f"{key}_fov")
 
@@ -220,7 +217,7 @@ def render_results(batch_id: int, key: str = "results") -> None:
 
 def rerun_with_pixel_size(report, key: str) -> None:
     """Offer to classify the batch's images again at another pixel size (a new batch; the cells found depend on it)."""
-    from lsm_core import batches
+    from lsm_core.lab import batches
 
     used = report.meta.get("pixel_size_um") or report.model["pixel_size_um"]
     with st.form(f"{key}_pixel_rerun"):
@@ -231,7 +228,7 @@ def rerun_with_pixel_size(report, key: str) -> None:
         go = st.form_submit_button("Re-run at this pixel size")
     if go:
         try:
-            result = batches.rerun(sessions(), report.batch_id, report.model["id"], user(), pixel_size_um=pixel)
+            result = batches.rerun(the_lab(), report.batch_id, report.model["id"], user(), pixel_size_um=pixel)
         except LsmError as exc:
             st.error(str(exc))
             return
@@ -247,17 +244,17 @@ SALIENCY_TOP = 12  # cells per class when the top cells are asked for; the galle
 
 def saliency_section(batch_id: int, report, key: str) -> None:
     """Saliency maps of the batch: compute them on a worker, then a gallery per class, means, a ZIP of overlays."""
-    from lsm_core.jobs import submit_saliency
-    from lsm_core.report import overlays_zip, saliency_gallery
-    from lsm_core.saliency import METHODS, overlay
+    from lsm_core.lab.tasks.saliency import submit as submit_saliency
+    from lsm_core.reports.report import overlays_zip, saliency_gallery
+    from lsm_core.ml.saliency import METHODS, overlay
 
     st.subheader("Saliency: where the network looks")
-    factory = sessions()
+    lab = the_lab()
     c = st.columns([2, 2, 1])
     method = c[0].radio("Method", METHODS, format_func=SALIENCY_NAMES.get, horizontal=True, key=f"{key}_sal_method")
     opacity = c[1].slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key=f"{key}_sal_opacity")
     name = SALIENCY_NAMES[method]
-    with factory() as s:
+    with lab() as s:
         runs = [r for r in queries.saliency_runs(s, batch_id) if r.method == method]
         pending = queries.pending_saliency(s, batch_id, method)
     if not runs:
@@ -266,14 +263,14 @@ def saliency_section(batch_id: int, report, key: str) -> None:
         else:
             b = st.columns(2)
             if b[0].button(f"Compute {name} for the top {SALIENCY_TOP} cells of each class", key=f"{key}_sal_top"):
-                submit_saliency(factory, batch_id, method, top=SALIENCY_TOP, owner=user())
+                submit_saliency(lab, batch_id, method, top=SALIENCY_TOP, owner=user())
                 st.rerun()
             if b[1].button(f"Compute {name} for every cell", key=f"{key}_sal_all"):
-                submit_saliency(factory, batch_id, method, owner=user())
+                submit_saliency(lab, batch_id, method, owner=user())
                 st.rerun()
         return
-    with factory() as s:
-        gallery = saliency_gallery(s, runs[0].id, report.classes, per_class=SALIENCY_TOP)
+    with lab() as s:
+        gallery = saliency_gallery(s, runs[0].id, report.classes, lab.blobs, per_class=SALIENCY_TOP)
     view = gallery.view
     st.caption(f"{name}, {view.scope}: {len(view.cells)} cells. Bright = evidence for the predicted class.")
     means = view.mean_maps(report.classes)
@@ -300,11 +297,11 @@ def saliency_section(batch_id: int, report, key: str) -> None:
 
 def saliency_progress(job_id: int, name: str) -> None:
     """A saliency job's progress, polled every 2 s; the page reruns by itself when the job has ended."""
-    from lsm_core.jobs import queue_info
+    from lsm_core.lab.jobs import queue_info
 
     @st.fragment(run_every=2.0)
     def poll() -> None:
-        info = queue_info(sessions(), job_id)
+        info = queue_info(the_lab(), job_id)
         if info.status not in ("queued", "running"):
             st.rerun()
         where = f"waiting in the queue, position {info.position}" if info.status == "queued" and info.position else info.status
@@ -325,14 +322,14 @@ def file_errors(errors: list[tuple[str, str]], shown: int = 25, mark: str = "✗
 
 def download_buttons(batch_id: int, threshold: float, key: str) -> None:
     """Download buttons whose files are made only when pressed (a 100,000-cell workbook takes seconds)."""
-    factory = sessions()
+    lab = the_lab()
 
     def xlsx() -> bytes:
-        with factory() as s:
+        with lab() as s:
             return workbook(s, batch_id, threshold)
 
     def csv() -> bytes:
-        with factory() as s:
+        with lab() as s:
             return cells_csv(s, batch_id)
 
     c = st.columns(2)

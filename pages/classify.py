@@ -1,24 +1,25 @@
 """Classify page: upload a batch with its mouse metadata, queue it for the GPU, watch it, see the results."""
 import streamlit as st
 
-from lsm_core import batches
-from lsm_core.demo import demo_status
+from lsm_core.lab import batches
+from lsm_core.ml.demo import demo_status
 from lsm_core.errors import LsmError
-from lsm_core.images import iter_upload
-from lsm_core.jobs import BatchMeta, queue_info, submit_batch
-from pages._shared import escape_markdown, file_errors, model_options, render_results, sessions, show_flash, user
+from lsm_core.imaging.images import iter_upload
+from lsm_core.lab.batches import BatchMeta, submit_batch
+from lsm_core.lab.jobs import queue_info
+from pages._shared import escape_markdown, file_errors, model_options, render_results, the_lab, show_flash, user
 
 AGE_UNITS = {"weeks": 7.0, "days": 1.0, "months": 30.44}
 
 st.title("Classify")
-factory = sessions()
+lab = the_lab()
 
 
 def show_demo_training(waiting: bool) -> None:
     """While `serve` trains the synthetic demo models in the background: how far it is. Redrawn every 5 s; the
     page reruns when a model becomes usable, the training starts or ends, or (``waiting``: no model yet) a
     model is registered some other way."""
-    first = demo_status()
+    first = demo_status(lab.settings.model_dir)
     if first is not None and not first.running:
         st.error(f"Training the synthetic demo models {first.state}: {first.error or 'no reason was recorded'}. "
                  "`python -m lsm_core demo` (or the next start of the app) tries again.")
@@ -28,7 +29,7 @@ def show_demo_training(waiting: bool) -> None:
 
     @st.fragment(run_every=5.0)
     def progress() -> None:
-        now = demo_status()
+        now = demo_status(lab.settings.model_dir)
         changed = (now is None) != (first is None) or (now is not None and first is not None
                                                          and (now.done != first.done or not now.running))
         if changed or (waiting and model_options()):
@@ -75,7 +76,7 @@ def age_in_days(text: str, unit: str) -> float | None:
 
 
 def uploads(files) -> list:
-    return [raw for f in files for raw in iter_upload(f.name, f.getvalue())]
+    return [raw for f in files for raw in iter_upload(f.name, f.getvalue(), lab.limits)]
 
 
 # the uploader's key changes after every submitted batch, so it is empty again: files already sent are never
@@ -111,12 +112,12 @@ def do_submit(batch_name: str, add_to: int | None = None) -> bool:
     try:
         raws = uploads(files_now)
         if add_to is not None:
-            result = batches.add_files(factory, add_to, raws, user())
+            result = batches.add_files(lab, add_to, raws, user())
         else:
             meta = BatchMeta(mouse_id=mouse_id or None, age_days=age_in_days(age_text, age_unit), sex=sex or None,
                              strain=strain or None, gate=gate or None,
                              imaging_date=imaging_date.isoformat() if imaging_date else None, notes=notes or None)
-            result = submit_batch(factory, raws, options[model_label], batch_name, owner=user(), meta=meta)
+            result = submit_batch(lab, raws, options[model_label], batch_name, owner=user(), meta=meta)
     except LsmError as exc:
         st.error(str(exc))
         return False
@@ -137,7 +138,7 @@ if submitted:
     except LsmError as exc:
         st.error(str(exc))
     else:
-        existing = batches.find_by_name(factory, user(), name)
+        existing = batches.find_by_name(lab, user(), name)
         if existing is not None:
             st.session_state["pending_name"] = {"name": name.strip(), "existing": existing}
         else:
@@ -152,7 +153,7 @@ if pending:
     if choice == "Rename this batch":
         new_name = st.text_input("New name", value=f"{pending['name']} (2)", key="dup_name")
         if st.button("Classify under the new name"):
-            if batches.find_by_name(factory, user(), new_name) is not None:
+            if batches.find_by_name(lab, user(), new_name) is not None:
                 st.error(f"“{escape_markdown(new_name)}” is taken too; choose another name.")
             elif do_submit(new_name):
                 st.rerun()
@@ -168,7 +169,7 @@ if current:
         st.info(f"{len(current['skipped'])} file(s) skipped: their exact bytes are in this batch already, and a file "
                 "is never counted twice.")
         file_errors(current["skipped"], mark="○")
-    info = queue_info(factory, current["job"])
+    info = queue_info(lab, current["job"])
     if current["errors"] and info.status != "done":  # once done, the results below list them
         st.error(f"{len(current['errors'])} file(s) could not be read; the rest of the batch goes on.")
         file_errors(current["errors"])
@@ -176,7 +177,7 @@ if current:
 
         @st.fragment(run_every=1.0)
         def progress() -> None:
-            now = queue_info(factory, current["job"])
+            now = queue_info(lab, current["job"])
             if now.status not in ("queued", "running"):
                 st.rerun()
             label = f"{now.done:,} of {now.total:,} images"

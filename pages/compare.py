@@ -5,19 +5,19 @@ import pandas as pd
 import streamlit as st
 
 from db import queries
-from lsm_core import compare
+from lsm_core.reports import compare
 from lsm_core.errors import LsmError
-from lsm_core.registry import offered_models
-from lsm_core.report import age_text
-from lsm_core.stats import parse_bins
-from lsm_core.tasks import TASK_TITLES
-from pages._shared import sessions, threshold_picker
+from lsm_core.lab.registry import offered_models
+from lsm_core.reports.report import age_text
+from lsm_core.reports.stats import parse_bins
+from lsm_core.classes import TASK_TITLES
+from pages._shared import the_lab, threshold_picker
 
 st.title("Compare")
 st.caption("Each batch is one mouse: groups are compared on per-mouse fractions, the mouse being the unit of "
            "replication. Pooled cells appear only as a secondary view.")
-factory = sessions()
-with factory() as s:
+lab = the_lab()
+with lab() as s:
     models = offered_models(s, include_failed=True, include_deleted=True)
     owners = queries.owners(s)
 
@@ -44,7 +44,7 @@ f = queries.BatchFilter(
     created_from=dt.datetime.combine(date_from, dt.time.min) if date_from else None,
     created_to=dt.datetime.combine(date_to, dt.time.max) if date_to else None,
 )
-with factory() as s:
+with lab() as s:
     found = [b for b in queries.batches(s, f, limit=2000) if b["cells"] > 0]
 if len(found) < 2:
     st.info("Fewer than two classified batches match: widen the filters, or classify more batches.")
@@ -66,7 +66,7 @@ threshold = threshold_picker("compare")
 
 try:
     bins = parse_bins(bins_text) if by == "age" else None
-    with factory() as s:
+    with lab() as s:
         result = compare.build(s, list(chosen), by=by, bins=bins, threshold=threshold)
 except LsmError as exc:
     st.error(str(exc))
@@ -94,7 +94,7 @@ with st.expander("Secondary view: all cells pooled (pseudo-replication)"):
 
 c = st.columns(2)
 c[0].markdown("**Score distributions**")
-with factory() as s:
+with lab() as s:
     scores_fig = compare.score_figure(s, result)
 c[0].plotly_chart(scores_fig, width="stretch", key="cmp_scores")
 focus = result.classes[-1] if result.task == "aging" else result.classes[0]
@@ -108,7 +108,7 @@ with st.expander("Per-mouse table"):
 
 
 def workbook() -> bytes:
-    with factory() as s:
+    with lab() as s:
         return compare.workbook(s, result)
 
 

@@ -1,7 +1,7 @@
 """History page: every batch of the lab, with filters; open, rename, delete, re-run, download.
 
 Every action is bound to the batch id (and revision) the user selected, never to a row position: the list
-may change under the user (a colleague submits, renames or deletes), and lsm_core.batches refuses an action
+may change under the user (a colleague submits, renames or deletes), and lsm_core.lab.batches refuses an action
 on a batch that is gone or changed since. After an action the selection and any confirmation are reset.
 """
 import datetime as dt
@@ -10,15 +10,15 @@ import pandas as pd
 import streamlit as st
 
 from db import queries
-from lsm_core import batches
+from lsm_core.lab import batches
 from lsm_core.errors import LsmError
-from lsm_core.registry import offered_models
-from lsm_core.report import age_text
-from lsm_core.tasks import TASK_TITLES
-from pages._shared import admin, download_buttons, flash, model_options, sessions, show_flash, user
+from lsm_core.lab.registry import offered_models
+from lsm_core.reports.report import age_text
+from lsm_core.classes import TASK_TITLES
+from pages._shared import admin, download_buttons, flash, model_options, the_lab, show_flash, user
 
 st.title("History")
-factory = sessions()
+lab = the_lab()
 state = st.session_state
 state.setdefault("history_table", 0)  # a new number makes a new table: no row highlighted
 state.setdefault("history_action", 0)  # a new number makes new confirmations: nothing ticked
@@ -48,7 +48,7 @@ def remember_selection() -> None:
         state["history_batch"] = None
 
 
-with factory() as s:
+with lab() as s:
     owners = queries.owners(s)
     models = {m.label: m.id for m in offered_models(s, include_failed=True, include_deleted=True)}
 
@@ -71,7 +71,7 @@ f = queries.BatchFilter(
     created_from=dt.datetime.combine(date_from, dt.time.min) if date_from else None,
     created_to=dt.datetime.combine(date_to, dt.time.max) if date_to else None,
 )
-with factory() as s:
+with lab() as s:
     rows = queries.batches(s, f, limit=1000)
 
 show_flash()
@@ -119,12 +119,12 @@ c = st.columns(3)
 if c[0].button("Open results", type="primary", key=f"open_{nonce}"):
     st.switch_page("pages/results.py", query_params={"batch": str(batch_id)})
 
-mine = batch["owner"] == user() or admin()  # lsm_core.batches checks again
+mine = batch["owner"] == user() or admin()  # lsm_core.lab.batches checks again
 with c[1].popover("Rename", disabled=not mine):
     new_name = st.text_input("New name", value=batch["name"], key=f"rename_to_{nonce}_{batch_id}")
     if st.button("Save the new name", key=f"rename_{nonce}_{batch_id}"):
         try:
-            batches.rename(factory, batch_id, new_name, user(), seen_revision=revision)
+            batches.rename(lab, batch_id, new_name, user(), seen_revision=revision)
             reset_selection(f"Batch #{batch_id} renamed to “{new_name.strip()}”.")
             st.rerun()
         except LsmError as exc:
@@ -136,7 +136,7 @@ with c[2].popover("Delete", disabled=not mine):
     sure = st.checkbox(f"Yes, delete batch #{batch_id}", key=f"delete_sure_{nonce}_{batch_id}")
     if st.button("Delete for good", disabled=not sure, key=f"delete_{nonce}_{batch_id}"):
         try:
-            gone = batches.delete(factory, batch_id, user(), seen_revision=revision)
+            gone = batches.delete(lab, batch_id, user(), seen_revision=revision)
             reset_selection(f"Deleted batch #{gone.batch_id} “{gone.name}” with its {gone.images:,} images and "
                             f"{gone.cells:,} cells.")
             st.rerun()
@@ -153,7 +153,7 @@ with st.expander("Re-run with another model version or pixel size"):
                             step=0.01, format="%.4f", key=f"rerun_pixel_{nonce}")
     if st.button("Re-run", key=f"rerun_{nonce}_{batch_id}"):
         try:
-            result = batches.rerun(factory, batch_id, choices[label], user(), pixel_size_um=pixel, seen_revision=revision)
+            result = batches.rerun(lab, batch_id, choices[label], user(), pixel_size_um=pixel, seen_revision=revision)
             reset_selection(f"Batch #{batch_id} re-run as batch #{result.batch_id}; open it in Results to follow it.")
             st.rerun()
         except LsmError as exc:

@@ -2,12 +2,12 @@
 import pandas as pd
 import streamlit as st
 
-from lsm_core import accounts
+from lsm_core.lab import accounts
 from lsm_core.errors import LsmError
-from pages._shared import admin, sessions, signed_in_mode, user
+from pages._shared import admin, the_lab, signed_in_mode, user
 
 st.title("Lab")
-factory = sessions()
+lab = the_lab()
 if not admin():
     st.info("This page is for the lab's administrators: people's roles and the audit trail.")
     st.stop()
@@ -21,7 +21,7 @@ else:
 if not signed_in_mode() and not accounts.configured_admins():
     st.caption("Lab mode without LSM_ADMINS: everyone on this machine administers, so roles below take effect only "
                "once LSM_ADMINS names the administrators or sign-in is configured.")
-people = accounts.people(factory)
+people = accounts.people(lab)
 st.dataframe(pd.DataFrame([{
     "name": p.name, "shown as": p.display_name or "", "role": p.role + (" (LSM_ADMINS)" if p.fixed else ""),
     "last seen (UTC)": p.last_seen.strftime("%Y-%m-%d %H:%M") if p.last_seen else "",
@@ -35,7 +35,7 @@ if changeable:
         go = c[2].form_submit_button("Set role")
     if go:
         try:
-            accounts.set_role(factory, who, role, user())
+            accounts.set_role(lab, who, role, user())
             st.success(f"{who} is now {'an' if role == accounts.ADMIN else 'a'} {role}.")
             st.rerun()
         except LsmError as exc:
@@ -43,6 +43,6 @@ if changeable:
 
 st.subheader("Audit trail")
 st.caption("Who submitted, renamed, deleted, re-ran, trained, imported, cancelled, changed a default or a role; newest first.")
-events = accounts.audit_trail(factory, user())
+events = accounts.audit_trail(lab, user())
 st.dataframe(pd.DataFrame([{**e, "when (UTC)": e["when (UTC)"].strftime("%Y-%m-%d %H:%M:%S")} for e in events]),
              hide_index=True, width="stretch", column_config={"detail": st.column_config.TextColumn("detail", width="large")})

@@ -1,31 +1,29 @@
 """Models page: the registered classifiers, their model cards, defaults, import, export, training, evaluation."""
-import json
-import tempfile
-from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from db import queries
 from db.schema import Job, Model
-from lsm_core import jobs
+from lsm_core.lab import jobs
 from lsm_core.errors import LsmError
-from lsm_core.images import RawFile
-from lsm_core.metrics import model_quality
-from lsm_core.model_card import (MetricsCard, evaluation_card, model_cards, models_table, package_zip,
+from lsm_core.imaging.images import RawFile
+from lsm_core.ml.metrics import model_quality
+from lsm_core.reports.model_card import (MetricsCard, evaluation_card, model_cards, models_table, package_zip,
                                  training_figure)
-from lsm_core.models import ModelStore
-from lsm_core.registry import import_model, offered_models, set_default
-from lsm_core.tasks import TASK_TITLES
-from pages._shared import admin, escape_markdown, sessions, user
+from lsm_core.lab.labels import parse_labelled_batches
+from lsm_core.lab.registry import import_model_bytes, offered_models, set_default
+from lsm_core.lab.tasks import evaluate, train
+from lsm_core.classes import TASK_TITLES
+from pages._shared import admin, escape_markdown, the_lab, user
 
 st.title("Models")
 st.caption("Classifiers of this lab. Demo models are trained on synthetic cells only and say nothing about real cells. "
            "Every figure says which cells it comes from: the validation set (held out from the training data) or a "
            "test set.")
-factory = sessions()
-with factory() as s:
-    rows = offered_models(s, include_failed=True)  # LSM first, each task's default first (lsm_core.registry)
+lab = the_lab()
+with lab() as s:
+    rows = offered_models(s, include_failed=True)  # LSM first, each task's default first (lsm_core.lab.registry)
 administers = admin()  # what the page offers; the functions it calls check again
 me = user()
 
@@ -35,7 +33,7 @@ def option(m: Model) -> str:
 
 
 def show_card(card: MetricsCard, key: str) -> None:
-    """Draw a card built by lsm_core.model_card: which cells, verdicts, numbers, per-class table, figures."""
+    """Draw a card built by lsm_core.reports.model_card: which cells, verdicts, numbers, per-class table, figures."""
     st.markdown(f"**{escape_markdown(card.heading)}**")
     for message in card.errors:
         st.error(message)
@@ -92,7 +90,7 @@ with tabs[0]:
                    else None if administers else "Only administrators choose default models.")
             if st.button(f"Make {m.name} v{m.version} the default {m.task} model", disabled=why is not None, help=why):
                 try:
-                    set_default(factory, m.id, me)
+                    set_default(lab, m.id, me)
                     st.rerun()
                 except LsmError as exc:
                     st.error(str(exc))
@@ -103,8 +101,8 @@ with tabs[0]:
 
 
 def recent(kind: str) -> list[Job]:
-    with factory() as s:
-        return [j for j in queries.jobs_list(s, limit=50) if j.kind == kind][:5]
+    with lab() as s:
+        return queries.recent_jobs(s, kind, limit=5)
 
 
 @st.fragment(run_every=2.0)
@@ -127,7 +125,7 @@ def job_list(kind: str) -> None:
         if j.status in ("queued", "running") and (j.owner == me or administers):
             if st.button("Cancel", key=f"cancel_{j.id}"):
                 try:
-                    status = jobs.cancel(factory, j.id, me)
+                    status = jobs.cancel(lab, j.id, me)
                     st.success(f"Job {j.id} {'cancelled' if status == 'cancelled' else 'stops at its next step'}.")
                 except LsmError as exc:
                     st.error(str(exc))
@@ -164,18 +162,11 @@ with tabs[1]:
         go = st.form_submit_button("Start training")
     if go:
         try:
-            labelled = {}
-            for line in batch_labels.splitlines():
-                if line.strip():
-                    left, _, right = line.partition(":")
-                    if not left.strip().isdigit() or not right.strip():
-                        raise LsmError(f"cannot read {line!r}: write `batch id: class`")
-                    labelled[int(left)] = right.strip()
-            uploads = jobs.store_uploads([RawFile(f.name, f.getvalue()) for f in upload or []])
+            labelled = parse_labelled_batches(batch_labels)
+            uploads = lab.blobs.put_uploads([RawFile(f.name, f.getvalue()) for f in upload or []])
             config = {"architecture": arch, "epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr),
                       "seed": int(seed)}
-            job_id = jobs.submit_training(factory, task, name.strip(), config, owner=me, uploads=uploads,
-                                          batches=labelled)
+            job_id = train.submit(lab, task, name.strip(), config, owner=me, uploads=uploads, batches=labelled)
             st.success(f"Training queued as job {job_id}; it runs on a worker and appears below.")
         except LsmError as exc:
             st.error(str(exc))
@@ -191,23 +182,18 @@ with tabs[2]:
             go = st.form_submit_button("Start evaluation")
         if go:
             try:
-                uploads = jobs.store_uploads([RawFile(f.name, f.getvalue()) for f in test or []])
-                job_id = jobs.submit_evaluation(factory, labels[chosen], uploads, owner=me)
+                uploads = lab.blobs.put_uploads([RawFile(f.name, f.getvalue()) for f in test or []])
+                job_id = evaluate.submit(lab, labels[chosen], uploads, owner=me)
                 st.success(f"Evaluation queued as job {job_id}.")
             except LsmError as exc:
                 st.error(str(exc))
         job_list("evaluate")
-        with factory() as s:
-            finished = [j for j in queries.jobs_list(s, limit=50) if j.kind == "evaluate" and j.status == "done"
-                        and j.result][:5]
-            evaluated = {j.id: s.get(Model, int(j.payload["model_id"])) for j in finished}
+        with lab() as s:
+            finished = queries.evaluations(s, limit=5)
         if finished:
-            results = {f"job {j.id} · {evaluated[j.id].label if evaluated[j.id] else 'a deleted model'} · "
-                       + ", ".join(u.get("name", "?") for u in j.payload.get("uploads", [])): j for j in finished}
-            j = results[st.selectbox("Evaluation result", list(results), key="eval_result")]
-            model = evaluated[j.id]
-            show_card(evaluation_card(j.result, model.label if model else f"model {j.payload['model_id']} (deleted)",
-                                      [u.get("name", "?") for u in j.payload.get("uploads", [])]), f"eval_{j.id}")
+            results = {f"job {e.job_id} · {e.model_label} · {', '.join(e.files)}": e for e in finished}
+            e = results[st.selectbox("Evaluation result", list(results), key="eval_result")]
+            show_card(evaluation_card(e.result, e.model_label, e.files), f"eval_{e.job_id}")
 
 
 with tabs[3]:
@@ -224,21 +210,16 @@ with tabs[3]:
             st.error("Choose both the weights and the manifest.")
         else:
             try:
-                with tempfile.TemporaryDirectory() as tmp:
-                    wpath = Path(tmp) / Path(weights.name).name
-                    wpath.write_bytes(weights.getvalue())
-                    mpath = Path(tmp) / "manifest.json"
-                    mpath.write_bytes(manifest.getvalue())
-                    row = import_model(factory, wpath, mpath, me)
+                row = import_model_bytes(lab, weights.name, weights.getvalue(), manifest.getvalue(), me)
                 st.success(f"Registered {row.label}.")
             except LsmError as exc:
                 st.error(str(exc))
     if rows:
         labels = {option(m): m for m in rows}
         m = labels[st.selectbox("Export a model package", list(labels), key="export_model")]
-        folder = ModelStore().root / m.path
-        st.download_button(f"Download {m.name}-v{m.version}.zip (manifest + weights)", lambda: package_zip(folder),
-                           file_name=f"{m.name}-v{m.version}.zip", mime="application/zip", on_click="ignore")
+        package = lab.store.get(m.name, m.version)
+        st.download_button(f"Download {m.name}-v{m.version}.zip (manifest + weights)",
+                           lambda: package_zip(package.path), file_name=f"{m.name}-v{m.version}.zip",
+                           mime="application/zip", on_click="ignore")
         with st.expander("manifest.json"):
-            st.code(json.dumps({k: v for k, v in json.loads((folder / "manifest.json").read_text()).items()
-                                if k not in ("metrics", "training")}, indent=2), language="json")
+            st.json({k: v for k, v in package.manifest.to_dict().items() if k not in ("metrics", "training")})

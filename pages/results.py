@@ -2,11 +2,11 @@
 import streamlit as st
 
 from db import queries
-from pages._shared import render_results, sessions, show_flash
+from pages._shared import render_results, the_lab, show_flash
 
 st.title("Results")
-factory = sessions()
-with factory() as s:
+lab = the_lab()
+with lab() as s:
     rows = queries.batches(s, limit=1000)
 show_flash()
 if not rows:

@@ -21,14 +21,14 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_lsm_package(data_dir):
     """A tiny_cnn LSM model trained two epochs on 300 synthetic crops, registered as `tiny-lsm`."""
-    from lsm_core import synthetic
-    from lsm_core.models import Manifest, ModelStore
-    from lsm_core.train import TrainConfig, fit
+    from lsm_core.imaging import synthetic
+    from lsm_core.ml.models import Manifest, ModelStore
+    from lsm_core.ml.train import TrainConfig, fit
 
     x, y = synthetic.make_crops("lsm", 300, seed=11)
     net, _ = fit(x, y, 3, TrainConfig(architecture="tiny_cnn", epochs=2, batch_size=64, lr=3e-3, weight_decay=0.0))
     manifest = Manifest(task="lsm", name="tiny-lsm", classes=["LT-HSC", "ST-HSC", "MPP"], architecture="tiny_cnn")
-    return ModelStore().add(net, manifest)
+    return ModelStore(data_dir / "models").add(net, manifest)
 
 
 # --- databases: every history test runs on SQLite and on PostgreSQL -------------------------------
@@ -72,14 +72,66 @@ def db_url(request, tmp_path):
 
 @pytest.fixture
 def history(db_url, data_dir, tiny_lsm_package):
-    """(session factory, engine, model row id) on an upgraded database with `tiny-lsm` registered."""
-    from db.session import make_engine, session_factory, upgrade
-    from lsm_core.registry import sync_models
+    """(lab, engine, model row id): a Lab on an upgraded database (the session's data dir for its stores) with
+    `tiny-lsm` registered."""
+    from lsm_core.lab import settings
+    from lsm_core.lab.history import open_lab
 
-    engine = make_engine(db_url)
-    upgrade(engine)
-    sessions = session_factory(engine)
-    rows = sync_models(sessions)
-    model_id = next(r.id for r in rows if r.name == "tiny-lsm")
-    yield sessions, engine, model_id
-    engine.dispose()
+    lab = open_lab(settings.current().with_(database_url=db_url))
+    with lab() as s:
+        from db import queries
+
+        model_id = queries.model_by_name(s, "tiny-lsm").id
+    yield lab, lab.engine, model_id
+    lab.dispose()
+
+
+# --- the app: a fresh data dir with demo-named tiny models --------------------------------------------
+@pytest.fixture
+def app_env(tmp_path, monkeypatch):
+    """A fresh data dir (SQLite) whose model store holds demo-named tiny models; lab mode, acting as ana."""
+    from tests.helpers import add_tiny_demo_models
+
+    monkeypatch.setenv("LSM_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("LSM_DATABASE_URL", raising=False)
+    monkeypatch.setenv("LSM_USER", "ana")
+    monkeypatch.delenv("LSM_ADMINS", raising=False)  # lab mode: everyone administers
+    add_tiny_demo_models(tmp_path / "models")
+    return tmp_path
+
+
+@pytest.fixture
+def with_batch(app_env):
+    """One classified LSM batch: 6 crops, one field of view, one broken file."""
+
+    import io
+
+    import numpy as np
+    import tifffile
+    from PIL import Image as PILImage
+
+    from db import queries
+    from lsm_core.imaging import synthetic
+    from lsm_core.imaging.images import RawFile
+    from lsm_core.lab.batches import BatchMeta, submit_batch
+    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.worker import Worker
+
+    lab = open_lab()
+    crops, _ = synthetic.make_crops("lsm", 6, seed=5)
+    files = []
+    for i, c in enumerate(crops):
+        buf = io.BytesIO()
+        PILImage.fromarray((c * 255).astype(np.uint8)).save(buf, format="PNG")
+        files.append(RawFile(f"crop{i}.png", buf.getvalue()))
+    field, _ = synthetic.make_field("lsm", seed=6, shape=(768, 768), n_cells=8, n_debris=0)
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.round(field * 4095).astype(np.uint16))
+    files += [RawFile("field.tif", buf.getvalue()), RawFile("broken.png", b"\x89PNG\r\n\x1a\nbroken")]
+    with lab() as s:
+        model_id = queries.model_by_name(s, "demo-lsm").id
+    sub = submit_batch(lab, files, model_id, "M17 LT-HSC", owner="ana",
+                       meta=BatchMeta(mouse_id="M17", age_days=70, sex="F", notes="<script>alert(1)</script>"))
+    Worker(lab, device="cpu").run(drain=True)
+    lab.dispose()
+    return sub

@@ -1,8 +1,11 @@
-"""Helpers shared by the tests that start the app or need its demo models."""
+"""Helpers shared by the tests: files to upload, the app in AppTest or a real browser, the served app, waiting."""
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import re
+import zipfile
 import signal
 import socket
 import subprocess
@@ -11,7 +14,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
 ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "streamlit_app.py")
+ARTIFACTS = ROOT / "artifacts"  # screenshots of the browser tests (git-ignored)
+CHROMIUM = "/usr/bin/chromium"
 
 DEMO = (("lsm", "demo-lsm", ["LT-HSC", "ST-HSC", "MPP"]), ("aging", "demo-aging", ["young", "aged"]))
 
@@ -27,9 +37,10 @@ def add_tiny_demo_models(models_dir: Path, train_epochs: int = 0) -> None:
 
     With ``train_epochs`` they are trained that long on 200 synthetic crops (predictions then vary).
     """
-    from lsm_core import nets, synthetic
-    from lsm_core.models import Manifest, ModelStore
-    from lsm_core.train import TrainConfig, fit
+    from lsm_core.ml import nets
+    from lsm_core.imaging import synthetic
+    from lsm_core.ml.models import Manifest, ModelStore
+    from lsm_core.ml.train import TrainConfig, fit
 
     store = ModelStore(models_dir)
     for task, name, classes in DEMO:
@@ -60,8 +71,6 @@ def served_app(data_dir: Path, log_path: Path, host: str = "127.0.0.1", port: in
     """`python -m lsm_core serve` (what `make run` runs) on ``port`` (default: a free one) with its own data dir
     (SQLite); yields its URL once healthy and stops it afterwards. ``env_vars`` set (or, given None, remove)
     environment variables; the server's output goes to ``log_path``."""
-    import pytest
-
     port = port or free_port()
     env = dict(os.environ, LSM_DATA_DIR=str(data_dir), PYTHONPATH=str(ROOT))
     env.pop("LSM_DATABASE_URL", None)
@@ -87,3 +96,129 @@ def served_app(data_dir: Path, log_path: Path, host: str = "127.0.0.1", port: in
             yield url
         finally:
             stop(proc)
+
+
+def wait_for(condition, timeout: float, what: str, every: float = 0.05):
+    """Poll ``condition`` until it returns something truthy (and return that); fail with ``what`` after
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+# --- files to upload: written by PIL and tifffile ----------------------------------------------------
+def png_bytes(crop: np.ndarray) -> bytes:
+    """A grey crop (float in [0, 1]) as 8-bit PNG bytes."""
+    buf = io.BytesIO()
+    PILImage.fromarray(np.round(crop * 255).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def crop_files(n: int, seed: int, prefix: str = "cell"):
+    """``n`` synthetic LSM single-cell crops as PNG files (RawFile)."""
+    from lsm_core.imaging import synthetic
+    from lsm_core.imaging.images import RawFile
+
+    crops, _ = synthetic.make_crops("lsm", n, seed=seed)
+    return [RawFile(f"{prefix}{i:04d}.png", png_bytes(c)) for i, c in enumerate(crops)]
+
+
+def field_file(seed: int):
+    """A 768 x 768 synthetic LSM field of view with 8 cells and 2 debris, as a 12-bit-in-16 TIFF (RawFile)."""
+    import tifffile
+
+    from lsm_core.imaging import synthetic
+    from lsm_core.imaging.images import RawFile
+
+    field, _ = synthetic.make_field("lsm", seed=seed, shape=(768, 768), n_cells=8, n_debris=2)
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.round(field * 4095).astype(np.uint16))
+    return RawFile(f"field{seed}.tif", buf.getvalue())
+
+
+def labelled_zip(task: str, n: int, seed: int, classes: list[str] | None = None) -> bytes:
+    """A ZIP of ``n`` synthetic crops in class folders (``sorted/LT-HSC/cell0001.png``)."""
+    from lsm_core.imaging import synthetic
+
+    crops, labels = synthetic.make_crops(task, n, seed=seed)
+    names = synthetic.task_classes(task)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i, (c, y) in enumerate(zip(crops, labels)):
+            cls = names[y]
+            if classes is not None and cls not in classes:
+                continue
+            zf.writestr(f"sorted/{cls}/cell{i:04d}.png", png_bytes(c))
+    return buf.getvalue()
+
+
+# --- the app in AppTest -------------------------------------------------------------------------------
+def run_page(page: str | None = None, query: dict | None = None):
+    """The app (streamlit_app.py) in Streamlit's AppTest, switched to ``page``; fails on an exception."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=60)
+    if query:
+        at.query_params.update(query)
+    at.run()
+    if page:
+        at.switch_page(page)
+        at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def texts(at) -> str:
+    """Every text a person reads on the page (Markdown escapes removed, as the browser shows them), plain text too."""
+    parts = [m.value for m in at.markdown] + [m.value for m in at.title] + [m.value for m in at.subheader]
+    parts += [e.value for e in at.error] + [e.value for e in at.info] + [w.value for w in at.warning]
+    parts += [c.value for c in at.caption] + [s.value for s in at.success] + [t.value for t in at.text]
+    return re.sub(r"\\(.)", r"\1", "\n".join(str(p) for p in parts).replace("**", ""))
+
+
+# --- a real browser: Debian's chromium through playwright ------------------------------------------
+def need_browser() -> None:
+    """Skip (or, under CI=true, fail) when chromium or playwright is missing."""
+    problem = None
+    if not Path(CHROMIUM).exists():
+        problem = f"{CHROMIUM} is missing (apt-get install chromium)"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            problem = "playwright is not installed"
+    if problem:
+        if os.environ.get("CI") == "true":
+            pytest.fail(problem)
+        pytest.skip(problem)
+
+
+def launch(p):
+    """Headless chromium for playwright ``p``, with the flags this sandbox needs."""
+    return p.chromium.launch(executable_path=CHROMIUM, args=[
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run", "--disable-sync"])
+
+
+# --- a lab on a given database and data dir -----------------------------------------------------------
+def lab_at(data_dir: Path, url: str | None = None, sync: bool = False, **changes):
+    """A Lab on ``url`` (default: the SQLite file of ``data_dir``) whose stores live in ``data_dir``; upgraded,
+    and with ``sync`` its model store registered. ``changes`` change other settings (e.g. ``blob_dir``)."""
+    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.settings import Settings, database_url_for
+
+    data_dir = Path(data_dir)
+    settings = Settings.from_env().with_(data_dir=data_dir, blob_dir=data_dir / "blobs",
+                                         database_url=url or database_url_for("", data_dir))
+    return open_lab(settings.with_(**changes) if changes else settings, sync=sync)
+
+
+def with_blobs(lab, root: Path):
+    """The same lab (same database) with its blob store at ``root``."""
+    from lsm_core.lab.history import Lab
+
+    return Lab(lab.sessions, lab.settings.with_(blob_dir=Path(root)), lab.engine)

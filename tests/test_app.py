@@ -1,82 +1,14 @@
 """Every page through streamlit.testing.v1.AppTest, on an empty database and on one with a classified batch."""
 from __future__ import annotations
 
-import io
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image as PILImage
-from streamlit.testing.v1 import AppTest
+
+from tests.helpers import run_page, texts
 
 ROOT = Path(__file__).resolve().parents[1]
-APP = str(ROOT / "streamlit_app.py")
-
-
-@pytest.fixture
-def app_env(tmp_path, monkeypatch):
-    """A fresh data dir (SQLite) whose model store holds demo-named tiny models."""
-    from tests.helpers import add_tiny_demo_models
-
-    monkeypatch.setenv("LSM_DATA_DIR", str(tmp_path))
-    monkeypatch.delenv("LSM_DATABASE_URL", raising=False)
-    monkeypatch.setenv("LSM_USER", "ana")
-    monkeypatch.delenv("LSM_ADMINS", raising=False)  # lab mode: everyone administers
-    add_tiny_demo_models(tmp_path / "models")
-    return tmp_path
-
-
-@pytest.fixture
-def with_batch(app_env):
-    """One classified LSM batch: 6 crops, one field of view, one broken file."""
-    import tifffile
-
-    from db import queries
-    from lsm_core import synthetic
-    from lsm_core.images import RawFile
-    from lsm_core.jobs import BatchMeta, submit_batch
-    from lsm_core.service import open_history
-    from lsm_core.worker import Worker
-
-    engine, sessions = open_history()
-    crops, _ = synthetic.make_crops("lsm", 6, seed=5)
-    files = []
-    for i, c in enumerate(crops):
-        buf = io.BytesIO()
-        PILImage.fromarray((c * 255).astype(np.uint8)).save(buf, format="PNG")
-        files.append(RawFile(f"crop{i}.png", buf.getvalue()))
-    field, _ = synthetic.make_field("lsm", seed=6, shape=(768, 768), n_cells=8, n_debris=0)
-    buf = io.BytesIO()
-    tifffile.imwrite(buf, np.round(field * 4095).astype(np.uint16))
-    files += [RawFile("field.tif", buf.getvalue()), RawFile("broken.png", b"\x89PNG\r\n\x1a\nbroken")]
-    with sessions() as s:
-        model_id = queries.model_by_name(s, "demo-lsm").id
-    sub = submit_batch(sessions, files, model_id, "M17 LT-HSC", owner="ana",
-                       meta=BatchMeta(mouse_id="M17", age_days=70, sex="F", notes="<script>alert(1)</script>"))
-    Worker(sessions, device="cpu").run(drain=True)
-    engine.dispose()
-    return sub
-
-
-def run_page(page: str | None = None, query: dict | None = None) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=60)
-    if query:
-        at.query_params.update(query)
-    at.run()
-    if page:
-        at.switch_page(page)
-        at.run()
-    assert not at.exception, [e.message for e in at.exception]
-    return at
-
-
-def texts(at: AppTest) -> str:
-    """Every text a person reads on the page (Markdown escapes removed, as the browser shows them), plain text too."""
-    parts = [m.value for m in at.markdown] + [m.value for m in at.title] + [m.value for m in at.subheader]
-    parts += [e.value for e in at.error] + [e.value for e in at.info] + [w.value for w in at.warning] + [c.value for c in at.caption]
-    parts += [s.value for s in at.success] + [t.value for t in at.text]
-    return re.sub(r"\\(.)", r"\1", "\n".join(str(p) for p in parts).replace("**", ""))
 
 
 def test_classify_page_on_an_empty_database(app_env):
@@ -181,19 +113,20 @@ def test_lab_page_shows_people_and_the_audit_trail_to_administrators_only(with_b
 
 def test_models_page_model_card_and_default_choice(app_env, monkeypatch):
     from db import queries
-    from lsm_core import synthetic
-    from lsm_core.datasets import LabelledData
+    from lsm_core.imaging import synthetic
+    from lsm_core.ml.datasets import LabelledData
     from lsm_core.errors import LsmError
-    from lsm_core.models import ModelStore
-    from lsm_core.registry import set_default
-    from lsm_core.service import open_history
-    from lsm_core.train import TrainConfig, train_and_register
+    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.registry import set_default
+    from lsm_core.ml.models import ModelStore
+    from lsm_core.ml.train import TrainConfig, train_and_register
 
     crops, labels = synthetic.make_crops("lsm", 300, seed=12)  # enough to pass the quality check
     data = LabelledData(["LT-HSC", "ST-HSC", "MPP"], crops, labels, np.arange(300), [str(i) for i in range(300)])
     train_and_register(data, "lsm", TrainConfig(architecture="tiny_cnn", epochs=3, batch_size=16, lr=1e-2,
-                                                weight_decay=0.0), "lab-lsm", ModelStore(), patience=None)
-    engine, sessions = open_history()
+                                                weight_decay=0.0), "lab-lsm", ModelStore(app_env / "models"),
+                       patience=None)
+    lab = open_lab()
     at = run_page("pages/models.py")
     frame = at.dataframe[0].value
     assert "lab-lsm" in set(frame["model"]) and "trained on lab data" in set(frame["kind"])
@@ -208,28 +141,28 @@ def test_models_page_model_card_and_default_choice(app_env, monkeypatch):
     at.run()
     next(b for b in at.button if b.label.startswith("Make demo-lsm v1 the default")).click()
     at.run()
-    with sessions() as s:
+    with lab() as s:
         defaults = [m.name for m in queries.models(s, "lsm") if m.is_default]
     assert defaults == ["demo-lsm"]
     # roles are enforced in the function, not only by the disabled button
     monkeypatch.setenv("LSM_ADMINS", "someone-else")
-    with sessions() as s:
+    with lab() as s:
         demo_id = queries.model_by_name(s, "demo-lsm").id
     with pytest.raises(LsmError, match="not an administrator"):
-        set_default(sessions, demo_id, "ana")
-    engine.dispose()
+        set_default(lab, demo_id, "ana")
+    lab.dispose()
 
 
 def test_compare_page_with_six_batches_from_three_ages(app_env):
     from db import queries
-    from lsm_core.service import open_history
+    from lsm_core.lab.history import open_lab
     from tests.test_compare import make_six_batches
 
-    engine, sessions = open_history()
-    with sessions() as s:
+    lab = open_lab()
+    with lab() as s:
         model_id = queries.model_by_name(s, "demo-lsm").id
-    make_six_batches(sessions, model_id)
-    engine.dispose()
+    make_six_batches(lab, model_id)
+    lab.dispose()
     at = run_page("pages/compare.py")
     bins = next(w for w in at.text_input if w.label.startswith("Age groups"))
     bins.set_value("young:<6m, middle:6m-18m, aged:>=18m")
@@ -248,17 +181,17 @@ def test_compare_page_with_six_batches_from_three_ages(app_env):
 
 
 def test_results_page_saliency_gallery(with_batch):
-    from lsm_core.jobs import submit_saliency
-    from lsm_core.service import open_history
-    from lsm_core.worker import Worker
+    from lsm_core.lab.tasks.saliency import submit as submit_saliency
+    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.worker import Worker
 
     at = run_page("pages/results.py", {"batch": str(with_batch.batch_id)})
     assert "Saliency: where the network looks" in [h.value for h in at.subheader]
     assert any(b.label.startswith("Compute Score-CAM") for b in at.button)
-    engine, sessions = open_history()
-    submit_saliency(sessions, with_batch.batch_id, "scorecam", top=4, owner="ana")
-    Worker(sessions, device="cpu").run(drain=True)
-    engine.dispose()
+    lab = open_lab()
+    submit_saliency(lab, with_batch.batch_id, "scorecam", top=4, owner="ana")
+    Worker(lab, device="cpu").run(drain=True)
+    lab.dispose()
     at = run_page("pages/results.py", {"batch": str(with_batch.batch_id)})
     assert "Bright = evidence for the predicted class" in texts(at), texts(at)[-600:]
     downloads = [d.proto.label for d in at.get("download_button")]

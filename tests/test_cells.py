@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from lsm_core import synthetic
-from lsm_core.cells import FindParams, find_cells
+from lsm_core.imaging import synthetic
+from lsm_core.imaging.cells import FindParams, find_cells
 from lsm_core.errors import LsmError
 
 

@@ -97,7 +97,7 @@ def test_blank_and_cell_free_images_are_reported_and_others_kept(tiny_lsm_packag
     Image.fromarray(np.zeros((400, 400), np.uint8)).save(tmp_path / "black.png")
     empty = (100 + 2 * rng.standard_normal((400, 400))).clip(0, 255).astype(np.uint8)
     Image.fromarray(empty).save(tmp_path / "no_cells.png")
-    from lsm_core import synthetic
+    from lsm_core.imaging import synthetic
 
     crop, _ = synthetic.make_crops("lsm", 1, seed=0)
     Image.fromarray((crop[0] * 255).astype(np.uint8)).save(tmp_path / "cell.png")

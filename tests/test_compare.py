@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from lsm_core import stats
+from lsm_core.reports import stats
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["LT-HSC", "ST-HSC", "MPP"]
@@ -102,13 +102,13 @@ def test_trend_is_least_squares_on_months():
 AGES = {"young": 70, "middle": 365, "aged": 600}
 
 
-def make_six_batches(sessions, model_id: int) -> list[int]:
+def make_six_batches(lab, model_id: int) -> list[int]:
     """Six batches with cells written directly: LT-HSC fraction falls with age."""
     from db.schema import Batch, Cell, Image
 
     rng = np.random.default_rng(0)
     ids = []
-    with sessions.begin() as s:
+    with lab.begin() as s:
         for i, (group, age) in enumerate([(g, a) for g, a in AGES.items() for _ in range(2)]):
             batch = Batch(name=f"{group} mouse {i}", owner="ana", model_id=model_id, status="done", mouse_id=f"M{i}",
                           age_days=float(age + i), sex="F", strain="C57BL/6", gate="LSK")
@@ -129,12 +129,12 @@ def make_six_batches(sessions, model_id: int) -> list[int]:
 
 
 def test_build_and_workbook_from_the_database(history):
-    from lsm_core import compare
+    from lsm_core.reports import compare
 
-    sessions, _, model_id = history
-    ids = make_six_batches(sessions, model_id)
+    lab, _, model_id = history
+    ids = make_six_batches(lab, model_id)
     bins = stats.parse_bins("young:<6m, middle:6m-18m, aged:>=18m")
-    with sessions() as s:
+    with lab() as s:
         c = compare.build(s, ids, by="age", bins=bins, threshold=0.5)
         data = compare.workbook(s, c)
     assert list(c.table["group"]) == ["young", "young", "middle", "middle", "aged", "aged"]
@@ -150,15 +150,15 @@ def test_build_and_workbook_from_the_database(history):
     assert tests[0][0] == "LT-HSC" and tests[0][5] == pytest.approx(sps.kruskal(*samples).pvalue)
     assert "pseudo-replication" in tests[-1][1]
     assert book["cells"].max_row == 1 + 240
-    with sessions() as s:
+    with lab() as s:
         by_sex = compare.build(s, ids, by="sex")
     assert list(by_sex.groups["group"].unique()) == ["F"]
 
 
 @pytest.mark.slow
 def test_command_line_compare_writes_the_workbook(history, db_url, data_dir, tmp_path):
-    sessions, _, model_id = history
-    ids = make_six_batches(sessions, model_id)
+    lab, _, model_id = history
+    ids = make_six_batches(lab, model_id)
     env = dict(os.environ, LSM_DATABASE_URL=db_url, LSM_DATA_DIR=str(data_dir), PYTHONPATH=str(ROOT))
     out = tmp_path / "cmp.xlsx"
     proc = subprocess.run([sys.executable, "-m", "lsm_core", "compare", *map(str, ids), "--by", "age", "--bins",

@@ -6,7 +6,6 @@ and reads it back with openpyxl. A screenshot of every page goes to artifacts/ (
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -14,31 +13,13 @@ import numpy as np
 import openpyxl
 import pytest
 
-from tests.helpers import ROOT, add_tiny_demo_models, served_app
-
-ARTIFACTS = ROOT / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
-
-
-def _need_browser():
-    problem = None
-    if not Path(CHROMIUM).exists():
-        problem = f"{CHROMIUM} is missing (apt-get install chromium)"
-    else:
-        try:
-            import playwright.sync_api  # noqa: F401
-        except ImportError:
-            problem = "playwright is not installed"
-    if problem:
-        if os.environ.get("CI") == "true":
-            pytest.fail(problem)
-        pytest.skip(problem)
+from tests.helpers import ARTIFACTS, CHROMIUM, add_tiny_demo_models, launch, need_browser, served_app
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`python -m lsm_core serve` (what `make run` runs) on a free port and a fresh data dir."""
-    _need_browser()
+    need_browser()
     tmp_path = tmp_path_factory.mktemp("e2e")
     add_tiny_demo_models(tmp_path / "data" / "models", train_epochs=1)
     with served_app(tmp_path / "data", tmp_path / "server.log", LSM_USER="e2e-user") as url:
@@ -49,7 +30,7 @@ def upload_files(tmp_path: Path) -> list[Path]:
     import tifffile
     from PIL import Image
 
-    from lsm_core import synthetic
+    from lsm_core.imaging import synthetic
 
     folder = tmp_path / "upload"
     folder.mkdir()
@@ -128,12 +109,6 @@ def test_upload_classify_results_and_download_in_chromium(server, tmp_path):
     assert model["name"] == "demo-lsm" and len(model["sha256"]) == 64
 
 
-def launch(p):
-    return p.chromium.launch(executable_path=CHROMIUM, args=[
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--no-first-run", "--disable-sync"])
-
-
 @pytest.mark.slow
 def test_compare_page_and_its_workbook_in_chromium(server, tmp_path):
     from playwright.sync_api import expect, sync_playwright
@@ -143,10 +118,10 @@ def test_compare_page_and_its_workbook_in_chromium(server, tmp_path):
     from tests.test_compare import make_six_batches
 
     url, data_dir = server
-    sessions = session_factory(make_engine(f"sqlite:///{data_dir / 'lsm.db'}"))
-    with sessions() as s:
+    lab = session_factory(make_engine(f"sqlite:///{data_dir / 'lsm.db'}"))
+    with lab() as s:
         model_id = queries.model_by_name(s, "demo-lsm").id
-    make_six_batches(sessions, model_id)
+    make_six_batches(lab, model_id)
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = launch(p)

@@ -7,23 +7,22 @@ from __future__ import annotations
 import base64
 import io
 
-import numpy as np
 from PIL import Image as PILImage
 
-from tests.test_app import app_env, run_page, texts, with_batch  # noqa: F401 (fixtures)
-from tests.test_history import crop_files, field_file
+from tests.helpers import run_page, texts
+from tests.helpers import crop_files, field_file
 
 
-def _sessions():
-    from lsm_core.service import open_history
+def _lab():
+    from lsm_core.lab.history import open_lab
 
-    return open_history()
+    return open_lab()
 
 
-def _model_id(sessions, name="demo-lsm"):
+def _model_id(lab, name="demo-lsm"):
     from db import queries
 
-    with sessions() as s:
+    with lab() as s:
         return queries.model_by_name(s, name).id
 
 
@@ -38,15 +37,15 @@ def test_classify_page_shows_whole_model_labels_and_a_plain_lab_mode_banner(app_
 
 def test_results_say_why_no_cell_was_found_and_offer_another_pixel_size(app_env):
     from db.schema import Batch
-    from lsm_core.jobs import BatchMeta, submit_batch
-    from lsm_core.worker import Worker
+    from lsm_core.lab.batches import BatchMeta, submit_batch
+    from lsm_core.lab.worker import Worker
 
-    engine, sessions = _sessions()
-    sub = submit_batch(sessions, [field_file(31)], _model_id(sessions), "too coarse", owner="ana",
+    lab = _lab()
+    sub = submit_batch(lab, [field_file(31)], _model_id(lab), "too coarse", owner="ana",
                        meta=BatchMeta(pixel_size_um=1.5))
     at = run_page("pages/results.py", {"batch": str(sub.batch_id)})
     assert "still being classified" in texts(at) and "No cells were classified" not in texts(at)
-    Worker(sessions, device="cpu").run(drain=True)
+    Worker(lab, device="cpu").run(drain=True)
     at = run_page("pages/results.py", {"batch": str(sub.batch_id)})
     shown = texts(at)
     assert "No cells were classified in this batch." in shown and "yet" not in shown
@@ -60,10 +59,10 @@ def test_results_say_why_no_cell_was_found_and_offer_another_pixel_size(app_env)
     assert not at.exception
     new_id = int(at.query_params["batch"][0] if isinstance(at.query_params["batch"], list) else at.query_params["batch"])
     assert new_id != sub.batch_id
-    with sessions() as s:
+    with lab() as s:
         assert s.get(Batch, new_id).pixel_size_um == 0.2
-    Worker(sessions, device="cpu").run(drain=True)
-    engine.dispose()
+    Worker(lab, device="cpu").run(drain=True)
+    lab.dispose()
     at = run_page("pages/results.py", {"batch": str(new_id)})
     assert int(next(m.value for m in at.metric if m.label == "Cells").replace(",", "")) >= 6
 
@@ -77,13 +76,14 @@ def test_cell_thumbnails_are_large_enough_to_see(with_batch):
 
 
 def test_saliency_appears_by_itself_and_the_gallery_shows_what_was_asked(app_env):
-    from lsm_core.jobs import BatchMeta, submit_batch, submit_saliency
-    from lsm_core.worker import Worker
+    from lsm_core.lab.batches import BatchMeta, submit_batch
+    from lsm_core.lab.tasks.saliency import submit as submit_saliency
+    from lsm_core.lab.worker import Worker
 
-    engine, sessions = _sessions()
-    sub = submit_batch(sessions, crop_files(60, seed=40), _model_id(sessions), "sixty", owner="ana", meta=BatchMeta())
-    Worker(sessions, device="cpu").run(drain=True)
-    job = submit_saliency(sessions, sub.batch_id, "gradcam", top=12, owner="ana")
+    lab = _lab()
+    sub = submit_batch(lab, crop_files(60, seed=40), _model_id(lab), "sixty", owner="ana", meta=BatchMeta())
+    Worker(lab, device="cpu").run(drain=True)
+    job = submit_saliency(lab, sub.batch_id, "gradcam", top=12, owner="ana")
     at = run_page("pages/results.py", {"batch": str(sub.batch_id)})
     method = next(r for r in at.radio if r.label == "Method")
     method.set_value("gradcam")
@@ -91,14 +91,14 @@ def test_saliency_appears_by_itself_and_the_gallery_shows_what_was_asked(app_env
     shown = texts(at)
     assert f"Grad-CAM maps are being computed (job {job}" in "\n".join(p.proto.text for p in at.get("progress"))
     assert "shows the maps by itself" in shown and not any(b.label.startswith("Compute") for b in at.button)
-    Worker(sessions, device="cpu").run(drain=True)
-    engine.dispose()
+    Worker(lab, device="cpu").run(drain=True)
+    lab.dispose()
     at.run()  # what the polling fragment's rerun does once the job is done
     shown = texts(at)
     assert "Bright = evidence for the predicted class" in shown
     from db import queries
 
-    with sessions() as s:
+    with lab() as s:
         predicted = [c["predicted"] for c in queries.batch_cells(s, sub.batch_id, limit=1000)]
     for cls in ("LT-HSC", "ST-HSC", "MPP"):
         expected = min(12, predicted.count(cls))
@@ -110,16 +110,16 @@ def test_saliency_appears_by_itself_and_the_gallery_shows_what_was_asked(app_env
 
 
 def test_compare_starts_with_the_default_model_and_one_batch_per_mouse(app_env):
-    from lsm_core.jobs import BatchMeta, submit_batch
-    from lsm_core.worker import Worker
+    from lsm_core.lab.batches import BatchMeta, submit_batch
+    from lsm_core.lab.worker import Worker
 
-    engine, sessions = _sessions()
-    model_id = _model_id(sessions)
+    lab = _lab()
+    model_id = _model_id(lab)
     for i, (mouse, age) in enumerate([("M1", 70), ("M1", 70), ("M2", 700), ("M3", 70)]):
-        submit_batch(sessions, crop_files(4, seed=50 + i), model_id, f"{mouse} #{i}", owner="ana",
+        submit_batch(lab, crop_files(4, seed=50 + i), model_id, f"{mouse} #{i}", owner="ana",
                      meta=BatchMeta(mouse_id=mouse, age_days=age))
-    Worker(sessions, device="cpu").run(drain=True)
-    engine.dispose()
+    Worker(lab, device="cpu").run(drain=True)
+    lab.dispose()
     at = run_page("pages/compare.py")
     version = next(s for s in at.selectbox if s.label == "Model version")
     assert version.value == "demo-lsm v1 (synthetic demo)"  # the task's default, not "any"
@@ -133,7 +133,7 @@ def test_classify_page_says_the_demo_models_are_training_and_waits_for_them(tmp_
     import subprocess
     import sys
 
-    from lsm_core.demo import DEMO_LOCK_NAME
+    from lsm_core.ml.demo import DEMO_LOCK_NAME
     from tests.test_first_start import write_status
 
     monkeypatch.setenv("LSM_DATA_DIR", str(tmp_path))

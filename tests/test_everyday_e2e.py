@@ -10,18 +10,19 @@ import re
 
 import numpy as np
 import pytest
+from lsm_core.lab import batches
 from PIL import Image as PILImage
 
-from tests.helpers import add_tiny_demo_models, served_app
-from tests.test_e2e import ARTIFACTS, _need_browser, launch
-from tests.test_history import crop_files
+from tests.helpers import add_tiny_demo_models, lab_at, served_app
+from tests.helpers import ARTIFACTS, need_browser, launch
+from tests.helpers import crop_files
 
 ROW_PX = 35  # st.dataframe's default row height (header and rows)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    _need_browser()
+    need_browser()
     tmp_path = tmp_path_factory.mktemp("everyday")
     add_tiny_demo_models(tmp_path / "data" / "models", train_epochs=1)
     with served_app(tmp_path / "data", tmp_path / "server.log", LSM_USER="ana") as url:
@@ -32,24 +33,19 @@ def server(tmp_path_factory):
 def library(server):
     """What bob uses: the library on the app's own database and blob store."""
     from db import queries
-    from db.session import make_engine, session_factory
-    from lsm_core.blobs import BlobStore
 
     _, data = server
-    engine = make_engine(f"sqlite:///{data / 'lsm.db'}")
-    sessions = session_factory(engine)
-    with sessions() as s:
+    lab = lab_at(data)
+    with lab() as s:
         model_id = queries.model_by_name(s, "demo-lsm").id
-    yield sessions, model_id, BlobStore(data / "blobs")
-    engine.dispose()
+    yield lab, model_id
+    lab.dispose()
 
 
 def submit(library, name, n, seed, owner):
-    from lsm_core import jobs
 
-    sessions, model_id, blobs = library
-    return jobs.submit_batch(sessions, crop_files(n, seed=seed, prefix=f"{name}-"), model_id, name, owner=owner,
-                             blobs=blobs)
+    lab, model_id = library
+    return batches.submit_batch(lab, crop_files(n, seed=seed, prefix=f"{name}-"), model_id, name, owner=owner)
 
 
 def wait_done(library, batch_id, timeout=120):
@@ -57,10 +53,10 @@ def wait_done(library, batch_id, timeout=120):
 
     from db.schema import Batch
 
-    sessions = library[0]
+    lab = library[0]
     deadline = time.time() + timeout
     while time.time() < deadline:
-        with sessions() as s:
+        with lab() as s:
             if s.get(Batch, batch_id).status == "done":
                 return
         time.sleep(0.3)
@@ -80,7 +76,7 @@ def test_history_acts_on_the_batch_chosen_while_a_colleague_submits(server, libr
     from db.schema import AuditEvent, Batch
 
     url, _ = server
-    sessions = library[0]
+    lab = library[0]
     older = submit(library, "A1 8w", 3, seed=1, owner="ana")
     chosen = submit(library, "A2 20m", 3, seed=2, owner="ana")
     wait_done(library, chosen.batch_id)
@@ -112,9 +108,9 @@ def test_history_acts_on_the_batch_chosen_while_a_colleague_submits(server, libr
         expect(page.get_by_text("2 batch(es)")).to_be_visible(timeout=30_000)
         select_row(page, 1)  # rows now: bob's, A1 8w
         expect(page.get_by_text(f"Selected: batch #{older.batch_id}")).to_be_visible(timeout=30_000)
-        from lsm_core import batches
+        from lsm_core.lab import batches
 
-        batches.delete(sessions, older.batch_id, "ana")  # (ana, in another tab)
+        batches.delete(lab, older.batch_id, "ana")  # (ana, in another tab)
         page.get_by_role("button", name="Rename").click()
         page.get_by_role("textbox", name="New name").fill("renamed")
         page.get_by_role("button", name="Save the new name").click()
@@ -122,7 +118,7 @@ def test_history_acts_on_the_batch_chosen_while_a_colleague_submits(server, libr
                                            re.IGNORECASE))).to_be_visible(timeout=30_000)
         browser.close()
 
-    with sessions() as s:
+    with lab() as s:
         assert s.get(Batch, chosen.batch_id) is None  # what ana chose is gone
         assert s.get(Batch, theirs.batch_id).name == "bob's"  # bob's batch untouched, not renamed
         deletes = [e.target for e in s.query(AuditEvent).filter(AuditEvent.action == "delete")]
@@ -135,10 +131,10 @@ def test_adding_files_to_a_batch_adds_only_the_new_ones(server, library, tmp_pat
     from sqlalchemy import select
 
     from db.schema import Batch, Image
-    from lsm_core import synthetic
+    from lsm_core.imaging import synthetic
 
     url, _ = server
-    sessions = library[0]
+    lab = library[0]
     crops, _ = synthetic.make_crops("lsm", 21, seed=60)
     paths = []
     for i, c in enumerate(crops):
@@ -171,7 +167,7 @@ def test_adding_files_to_a_batch_adds_only_the_new_ones(server, library, tmp_pat
         expect(page.get_by_role("heading", name="Composition")).to_be_visible(timeout=180_000)
         page.screenshot(path=str(ARTIFACTS / "everyday-2-added.png"), full_page=True)
         browser.close()
-    with sessions() as s:
+    with lab() as s:
         batch = s.scalars(select(Batch).where(Batch.name == "twenty crops")).one()
         shas = s.scalars(select(Image.sha256).where(Image.batch_id == batch.id)).all()
     assert len(shas) == len(set(shas)) == 21
@@ -205,7 +201,7 @@ def test_a_link_to_a_page_opens_it_on_a_fresh_server_without_page_not_found(tmp_
     """The first session after a start used to see Streamlit's old pages/ list: "Page not found" over the page."""
     from playwright.sync_api import expect, sync_playwright
 
-    _need_browser()
+    need_browser()
     add_tiny_demo_models(tmp_path / "data" / "models")
     with served_app(tmp_path / "data", tmp_path / "server.log", LSM_USER="ana") as url, sync_playwright() as p:
         browser = launch(p)

@@ -28,13 +28,14 @@ import pytest
 from sqlalchemy import func, select
 
 from db.schema import Batch, Cell, Image, Job, SaliencyRun, utcnow
-from lsm_core import jobs, synthetic
-from lsm_core.blobs import BlobStore
+from lsm_core.imaging import synthetic
 from lsm_core.errors import LsmError
-from lsm_core.images import RawFile
-from lsm_core.worker import Worker
-from tests.helpers import free_port, stop
-from tests.test_history import crop_files, field_file, png_bytes
+from lsm_core.imaging.images import RawFile
+from lsm_core.lab.worker import Worker
+from lsm_core.lab import batches
+from lsm_core.lab.tasks import saliency as saliency_task
+from tests.helpers import free_port, lab_at, stop, wait_for, with_blobs
+from tests.helpers import crop_files, field_file, png_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,15 +46,6 @@ def _unavailable(message: str):
     pytest.skip(message)
 
 
-def wait_for(condition, timeout: float, what: str, every: float = 0.05):
-    """Poll ``condition`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def distinct_crops(n: int, seed: int) -> list[RawFile]:
@@ -155,15 +147,13 @@ def private_pg():
 
 @pytest.mark.slow
 def test_worker_survives_a_postgresql_restart_mid_job(private_pg, data_dir, tiny_lsm_package, tmp_path):
-    from db.session import make_engine, session_factory, upgrade
-    from lsm_core.registry import sync_models
+    from lsm_core.lab.registry import sync_models
 
-    engine = make_engine(private_pg.url)
-    upgrade(engine)
-    sessions = session_factory(engine)
-    model_id = next(r.id for r in sync_models(sessions) if r.name == "tiny-lsm")
+    lab = lab_at(data_dir, private_pg.url)
+    engine = lab.engine
+    model_id = next(r.id for r in sync_models(lab) if r.name == "tiny-lsm")
     files = distinct_crops(50, seed=501) + [field_file(502), RawFile("broken.png", b"\x89PNG\r\n\x1a\n not a png")]
-    sub = jobs.submit_batch(sessions, files, model_id, "through a restart", owner="ana")
+    sub = batches.submit_batch(lab, files, model_id, "through a restart", owner="ana")
     readable = len(files) - 1
 
     log = tmp_path / "worker.log"
@@ -174,7 +164,7 @@ def test_worker_survives_a_postgresql_restart_mid_job(private_pg, data_dir, tiny
                                    "--poll", "0.2", "--lease", "60"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         def progress():
-            with sessions() as s:
+            with lab() as s:
                 job = s.get(Job, sub.job_id)
                 return job.status == "running" and job.progress_done > 0 and (job.progress_done, job.progress_total)
 
@@ -189,14 +179,14 @@ def test_worker_survives_a_postgresql_restart_mid_job(private_pg, data_dir, tiny
         back = utcnow()
 
         def finished():
-            with sessions() as s:
+            with lab() as s:
                 status = s.scalar(select(Job.status).where(Job.id == sub.job_id))
             assert worker.poll() is None, f"the worker died:\n{log.read_text()}"
             return status in ("done", "failed", "cancelled") and status
 
         assert wait_for(finished, 300, "the job to finish", every=0.2) == "done", log.read_text()
         assert worker.poll() is None, log.read_text()
-        with sessions() as s:
+        with lab() as s:
             job = s.get(Job, sub.job_id)
             assert (job.status, job.progress_done, job.attempts) == ("done", readable, 1), (job.errors, log.read_text())
             assert job.finished > back, "the job ended before the restart: it must land mid-job"
@@ -267,24 +257,25 @@ def fill(mount: Path, leave: int = 0) -> Path:
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_full_blob_store_refuses_the_batch_and_leaves_nothing_half_written(history, small_disk):
-    sessions, _, model_id = history
-    store = BlobStore(root=small_disk)
+    lab, _, model_id = history
+    lab = with_blobs(lab, small_disk)
+    store = lab.blobs
     files = crop_files(4, seed=521) + [field_file(522)] + crop_files(2, seed=523, prefix="late")
     assert len(files[4].data) > 256 * 1024  # the field cannot fit in what is left
     filler = fill(small_disk, leave=64 * 1024)
     with pytest.raises(LsmError) as raised:
-        jobs.submit_batch(sessions, files, model_id, "does not fit", owner="ana", blobs=store)
+        batches.submit_batch(lab, files, model_id, "does not fit", owner="ana")
     message = str(raised.value)
     assert str(small_disk) in message and "full" in message.replace(str(small_disk), ""), message
-    with sessions() as s:
+    with lab() as s:
         assert (count(s, Batch), count(s, Image), count(s, Job)) == (0, 0, 0)
     stored = assert_blobs_whole(small_disk, ignore=(filler,))
     assert {p.name for p in stored} <= {hashlib.sha256(f.data).hexdigest() for f in files[:4]}
 
     filler.unlink()  # space again: the same files go through, reusing what was stored
-    sub = jobs.submit_batch(sessions, files, model_id, "fits now", owner="ana", blobs=store)
+    sub = batches.submit_batch(lab, files, model_id, "fits now", owner="ana")
     assert sub.images == len(files) and not sub.errors
-    with sessions() as s:
+    with lab() as s:
         shas = s.scalars(select(Image.sha256).where(Image.batch_id == sub.batch_id)).all()
         assert (count(s, Batch), count(s, Image), count(s, Job)) == (1, len(files), 1)
     assert len(shas) == len(files) and all(store.has(sha) for sha in shas)
@@ -293,16 +284,16 @@ def test_full_blob_store_refuses_the_batch_and_leaves_nothing_half_written(histo
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_saliency_job_on_a_full_blob_store_fails_clearly_and_the_worker_goes_on(history, small_disk):
-    sessions, _, model_id = history
-    store = BlobStore(root=small_disk)
-    first = jobs.submit_batch(sessions, crop_files(4, seed=531), model_id, "maps wanted", owner="ana", blobs=store)
-    worker = Worker(sessions, device="cpu", blobs=store)
+    lab, _, model_id = history
+    lab = with_blobs(lab, small_disk)
+    first = batches.submit_batch(lab, crop_files(4, seed=531), model_id, "maps wanted", owner="ana")
+    worker = Worker(lab, device="cpu")
     assert worker.run(drain=True) == 1
-    later = jobs.submit_batch(sessions, crop_files(3, seed=532), model_id, "after the maps", owner="ana", blobs=store)
-    maps = jobs.submit_saliency(sessions, first.batch_id, "gradcam", owner="ana")
+    later = batches.submit_batch(lab, crop_files(3, seed=532), model_id, "after the maps", owner="ana")
+    maps = saliency_task.submit(lab, first.batch_id, "gradcam", owner="ana")
     filler = fill(small_disk)
     assert worker.run(drain=True) == 2  # the saliency job, then the classify job: the worker did not stop
-    with sessions() as s:
+    with lab() as s:
         job = s.get(Job, maps)
         assert job.status == "failed" and job.attempts == 1, (job.status, job.errors)
         assert str(small_disk) in job.error and "full" in job.error.replace(str(small_disk), ""), job.error
@@ -317,9 +308,9 @@ UPLOAD = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from db.session import make_engine, session_factory
-    from lsm_core import jobs
-    from lsm_core.blobs import BlobStore
-    from lsm_core.images import RawFile
+    from lsm_core.imaging.images import RawFile
+    from lsm_core.lab import batches, settings
+    from lsm_core.lab.history import Lab
 
     url, model_id, folder, blobs = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
 
@@ -328,8 +319,8 @@ UPLOAD = textwrap.dedent("""
             yield RawFile(path.name, path.read_bytes())
             time.sleep(0.25)  # a slow upload: the kill lands while the files are being stored
 
-    sub = jobs.submit_batch(session_factory(make_engine(url)), slowly(), model_id, "killed", owner="ana",
-                            blobs=BlobStore(blobs))
+    lab = Lab(session_factory(make_engine(url)), settings.current().with_(blob_dir=Path(blobs)))
+    sub = batches.submit_batch(lab, slowly(), model_id, "killed", owner="ana")
     print("submitted", sub.batch_id, flush=True)
 """)
 
@@ -337,7 +328,7 @@ UPLOAD = textwrap.dedent("""
 def test_upload_killed_half_way_leaves_no_batch_and_a_resubmission_reuses_the_blobs(history, db_url, tmp_path):
     from db.schema import AuditEvent
 
-    sessions, _, model_id = history
+    lab, _, model_id = history
     folder, root = tmp_path / "upload", tmp_path / "blobs"
     folder.mkdir()
     files = crop_files(40, seed=541)
@@ -359,7 +350,7 @@ def test_upload_killed_half_way_leaves_no_batch_and_a_resubmission_reuses_the_bl
             proc.kill()
             proc.wait()
     assert proc.returncode == -signal.SIGKILL and "submitted" not in out, out
-    with sessions() as s:
+    with lab() as s:
         assert (count(s, Batch), count(s, Image), count(s, Job)) == (0, 0, 0)
         assert count(s, AuditEvent, AuditEvent.action == "submit") == 0
     # a temporary file of a write cut by the kill may remain; it is never read as a blob
@@ -367,10 +358,11 @@ def test_upload_killed_half_way_leaves_no_batch_and_a_resubmission_reuses_the_bl
               for p in assert_blobs_whole(root, ignore=tuple(root.rglob(".partial-*")))}
     assert 5 <= len(before) < len(files), "the kill must land half-way through the upload"
 
-    store = BlobStore(root)
-    sub = jobs.submit_batch(sessions, files, model_id, "killed", owner="ana", blobs=store)
+    lab = with_blobs(lab, root)
+    store = lab.blobs
+    sub = batches.submit_batch(lab, files, model_id, "killed", owner="ana")
     assert sub.images == len(files) and not sub.errors
-    with sessions() as s:
+    with lab() as s:
         assert (count(s, Batch), count(s, Image), count(s, Job)) == (1, len(files), 1)
         shas = set(s.scalars(select(Image.sha256).where(Image.batch_id == sub.batch_id)))
     assert shas == {hashlib.sha256(f.data).hexdigest() for f in files} and all(store.has(sha) for sha in shas)

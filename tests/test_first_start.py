@@ -57,10 +57,10 @@ def sessions_for(data: Path):
     return session_factory(make_engine(f"sqlite:///{data / 'lsm.db'}"))
 
 
-def registered(sessions) -> set[str]:
+def registered(lab) -> set[str]:
     from db import queries
 
-    with sessions() as s:
+    with lab() as s:
         return {m.name for m in queries.models(s)}
 
 
@@ -135,14 +135,14 @@ def dead_pid() -> int:
 
 @pytest.mark.slow
 def test_app_answers_at_once_and_demo_models_train_in_the_background(tmp_path):
-    from lsm_core.demo import DEMO_LOCK_NAME, DEMO_STATUS_NAME, demo_status
+    from lsm_core.ml.demo import DEMO_LOCK_NAME, DEMO_STATUS_NAME, demo_status
 
     # serve is started from another folder with a relative LSM_DATA_DIR: everything must land in <cwd>/data
     data = tmp_path / "data"
     models = data / "models"
     models.mkdir(parents=True)
     port, log_path = free_port(), tmp_path / "serve.log"
-    sessions = sessions_for(data)
+    lab = sessions_for(data)
     proc = browser = None
     try:
         # While another trainer holds the demo lock (this test), serve's trainer waits; the app must not.
@@ -150,7 +150,7 @@ def test_app_answers_at_once_and_demo_models_train_in_the_background(tmp_path):
             fcntl.flock(lock, fcntl.LOCK_EX)
             proc = start_serve(tmp_path, log_path, port, LSM_DATA_DIR="data", LSM_DEMO_RECIPE="tiny")
             wait_healthy(proc, port, log_path)
-            assert registered(sessions) == set(), "the app answered only after models were registered"
+            assert registered(lab) == set(), "the app answered only after models were registered"
             assert demo_status(models) is None  # the waiting trainer writes nothing over another's status
             browser = Browser(f"http://127.0.0.1:{port}")
             browser.shows_classify_page()
@@ -158,7 +158,7 @@ def test_app_answers_at_once_and_demo_models_train_in_the_background(tmp_path):
 
             deadline, workers = time.time() + 120, []
             while time.time() < deadline and not workers and proc.poll() is None:
-                with sessions() as s:
+                with lab() as s:
                     workers = queries.live_workers(s)
                 time.sleep(0.3)
             assert len(workers) == 1, log_path.read_text()[-3000:]
@@ -168,11 +168,11 @@ def test_app_answers_at_once_and_demo_models_train_in_the_background(tmp_path):
             status = demo_status(models)
             if status is not None:
                 seen.append(status)
-            if registered(sessions) == DEMO_NAMES and status is None:
+            if registered(lab) == DEMO_NAMES and status is None:
                 break
             time.sleep(0.05)
         assert proc.poll() is None, "serve stopped: " + log_path.read_text()[-3000:]
-        assert registered(sessions) == DEMO_NAMES, log_path.read_text()[-3000:]
+        assert registered(lab) == DEMO_NAMES, log_path.read_text()[-3000:]
         running = [s for s in seen if s.running]
         assert running, f"the training was never reported: {seen}"
         assert {s.model for s in running} <= DEMO_NAMES and "demo-lsm" in {s.model for s in running}
@@ -192,7 +192,7 @@ def test_app_answers_at_once_and_demo_models_train_in_the_background(tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_stops_the_demo_trainer_too(tmp_path):
-    from lsm_core.demo import demo_status
+    from lsm_core.ml.demo import demo_status
 
     data, port, log_path = tmp_path / "data", free_port(), tmp_path / "serve.log"
     proc = start_serve(ROOT, log_path, port, LSM_DATA_DIR=str(data))  # the full recipe: minutes
@@ -212,7 +212,7 @@ def test_ctrl_c_stops_the_demo_trainer_too(tmp_path):
 
 
 def test_a_stale_status_file_is_not_reported_as_training(tmp_path):
-    from lsm_core.demo import demo_status
+    from lsm_core.ml.demo import demo_status
 
     models = tmp_path / "models"
     assert demo_status(models) is None
@@ -234,7 +234,7 @@ def test_a_stale_status_file_is_not_reported_as_training(tmp_path):
 
 
 def test_the_status_of_a_process_holding_the_lock_is_training(tmp_path):
-    from lsm_core.demo import DEMO_LOCK_NAME, demo_status
+    from lsm_core.ml.demo import DEMO_LOCK_NAME, demo_status
 
     models = tmp_path / "models"
     models.mkdir()
@@ -261,7 +261,7 @@ def test_two_demo_commands_at_once_train_each_model_once_and_register_it(tmp_pat
                               stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    from lsm_core.models import ModelStore
+    from lsm_core.ml.models import ModelStore
 
     store = ModelStore(tmp_path / "models")
     assert store.versions("demo-lsm") == [1] and store.versions("demo-aging") == [1], outs
@@ -270,7 +270,7 @@ def test_two_demo_commands_at_once_train_each_model_once_and_register_it(tmp_pat
 
 @pytest.mark.slow
 def test_a_failed_demo_training_says_why(tmp_path):
-    from lsm_core.demo import demo_status
+    from lsm_core.ml.demo import demo_status
 
     models = tmp_path / "models"
     models.mkdir()

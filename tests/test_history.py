@@ -1,7 +1,6 @@
 """The SQL history and the job queue, each test on SQLite and on PostgreSQL (see conftest.db_url)."""
 from __future__ import annotations
 
-import io
 import os
 import signal
 import subprocess
@@ -11,40 +10,20 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image as PILImage
 from sqlalchemy import func, select, text, update
 
 from db import queries
 from db.schema import Batch, Cell, Image, Job, Worker as WorkerRow
 from db.session import head_revision, make_engine, tables, upgrade
-from lsm_core import jobs, synthetic
+from lsm_core.lab import jobs
 from lsm_core.errors import LsmError
-from lsm_core.images import RawFile
-from lsm_core.worker import Worker
+from lsm_core.imaging.images import RawFile
+from lsm_core.lab.worker import Worker
+from lsm_core.lab import batches
+from tests.helpers import crop_files, field_file, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def png_bytes(crop: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    PILImage.fromarray(np.round(crop * 255).astype(np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def crop_files(n: int, seed: int, prefix: str = "cell") -> list[RawFile]:
-    crops, _ = synthetic.make_crops("lsm", n, seed=seed)
-    return [RawFile(f"{prefix}{i:04d}.png", png_bytes(c)) for i, c in enumerate(crops)]
-
-
-def field_file(seed: int) -> RawFile:
-    import tifffile
-
-    field, _ = synthetic.make_field("lsm", seed=seed, shape=(768, 768), n_cells=8, n_debris=2)
-    buf = io.BytesIO()
-    tifffile.imwrite(buf, np.round(field * 4095).astype(np.uint16))
-    return RawFile(f"field{seed}.tif", buf.getvalue())
 
 
 def worker_env(db_url: str, data_dir) -> dict:
@@ -71,16 +50,16 @@ def test_upgrade_from_empty_and_refuse_newer(db_url):
 
 
 def test_submit_claim_finish_and_export(history, data_dir):
-    sessions, engine, model_id = history
+    lab, engine, model_id = history
     files = crop_files(5, seed=21) + [field_file(22), RawFile("broken.png", b"\x89PNG\r\n\x1a\n garbage")]
-    meta = jobs.BatchMeta(mouse_id="m7", age_days=70, sex="f", strain="C57BL/6", gate="LSK CD150+CD48-")
-    sub = jobs.submit_batch(sessions, files, model_id, "first batch", owner="ana", meta=meta)
+    meta = batches.BatchMeta(mouse_id="m7", age_days=70, sex="f", strain="C57BL/6", gate="LSK CD150+CD48-")
+    sub = batches.submit_batch(lab, files, model_id, "first batch", owner="ana", meta=meta)
     assert sub.images == 7 and len(sub.errors) == 1 and sub.errors[0][0] == "broken.png"
-    info = jobs.queue_info(sessions, sub.job_id)
+    info = jobs.queue_info(lab, sub.job_id)
     assert info.status == "queued" and info.position == 1 and info.total == 6
-    worker = Worker(sessions, device="cpu")
+    worker = Worker(lab, device="cpu")
     assert worker.run(drain=True) == 1
-    with sessions() as s:
+    with lab() as s:
         job = s.get(Job, sub.job_id)
         assert (job.status, job.attempts, job.progress_done) == ("done", 1, 6)
         batch = s.get(Batch, sub.batch_id)
@@ -99,7 +78,7 @@ def test_submit_claim_finish_and_export(history, data_dir):
         assert len(page) == 3 and page[0]["score"] >= page[-1]["score"]
         by_age = queries.counts_by_age(s, "lsm")
         assert sum(n for age, _, n, _ in by_age if age == 70) == n_cells
-        from lsm_core.export import batch_rows
+        from lsm_core.reports.export import batch_rows
 
         columns, rows = batch_rows(s, [sub.batch_id])
         rows = list(rows)
@@ -111,66 +90,66 @@ def test_submit_claim_finish_and_export(history, data_dir):
 
 
 def test_bad_metadata_and_missing_model_are_refused(history):
-    sessions, _, model_id = history
+    lab, _, model_id = history
     with pytest.raises(LsmError, match="not a number"):
-        jobs.submit_batch(sessions, crop_files(1, 1), model_id, "x", meta=jobs.BatchMeta(age_days="ten weeks"))
+        batches.submit_batch(lab, crop_files(1, 1), model_id, "x", meta=batches.BatchMeta(age_days="ten weeks"))
     with pytest.raises(LsmError, match="no longer exists"):
-        jobs.submit_batch(sessions, crop_files(1, 1), 99999, "x")
+        batches.submit_batch(lab, crop_files(1, 1), 99999, "x")
     with pytest.raises(LsmError, match="no files"):
-        jobs.submit_batch(sessions, [], model_id, "x")
+        batches.submit_batch(lab, [], model_id, "x")
 
 
 def test_fair_order_serves_the_least_recently_served_owner_first(history):
-    sessions, _, model_id = history
-    big = [jobs.submit_job(sessions, "classify", {}, owner="ana", total=100) for _ in range(4)]
-    small = jobs.submit_job(sessions, "classify", {}, owner="ben", total=1)
-    urgent = jobs.submit_job(sessions, "classify", {}, owner="ana", priority=5, total=1)
-    with sessions() as s:
+    lab, _, model_id = history
+    big = [jobs.submit(lab, jobs.JobKind.CLASSIFY, {}, "ana", total=100) for _ in range(4)]
+    small = jobs.submit(lab, jobs.JobKind.CLASSIFY, {}, "ben", total=1)
+    urgent = jobs.submit(lab, jobs.JobKind.CLASSIFY, {}, "ana", priority=5, total=1)
+    with lab() as s:
         assert jobs.queued_order(s)[0] == urgent  # nobody served yet: priority, then age
-    order = [jobs.claim(sessions, "w1").id for _ in range(6)]
+    order = [jobs.claim(lab, "w1").id for _ in range(6)]
     assert order[0] == urgent
     assert order[1] == small  # ana was just served; ben never was
     assert order[2:] == big
-    assert jobs.claim(sessions, "w1") is None
+    assert jobs.claim(lab, "w1") is None
 
 
 def test_lease_expiry_retries_then_fails_keeping_every_error(history):
-    sessions, _, _ = history
-    job_id = jobs.submit_job(sessions, "classify", {}, owner="ana")
-    with sessions.begin() as s:
+    lab, _, _ = history
+    job_id = jobs.submit(lab, jobs.JobKind.CLASSIFY, {}, "ana")
+    with lab.begin() as s:
         s.execute(update(Job).where(Job.id == job_id).values(max_attempts=2))
     for attempt in (1, 2):
-        job = jobs.claim(sessions, f"w{attempt}", lease_s=0.0)
+        job = jobs.claim(lab, f"w{attempt}", lease_s=0.0)
         assert job.id == job_id and job.attempts == attempt
         time.sleep(0.01)
-    assert jobs.claim(sessions, "w3") is None  # reaped: second attempt was the last
-    with sessions() as s:
+    assert jobs.claim(lab, "w3") is None  # reaped: second attempt was the last
+    with lab() as s:
         job = s.get(Job, job_id)
         assert job.status == "failed" and len(job.errors) == 2
         assert all("lease ran out" in e for e in job.errors)
 
 
 def test_cancel_queued_at_once_and_running_at_next_chunk(history):
-    sessions, _, model_id = history
-    queued = jobs.submit_batch(sessions, crop_files(2, 31), model_id, "to cancel", owner="ana")
-    assert jobs.cancel(sessions, queued.job_id, "ana") == "cancelled"
-    with sessions() as s:
+    lab, _, model_id = history
+    queued = batches.submit_batch(lab, crop_files(2, 31), model_id, "to cancel", owner="ana")
+    assert jobs.cancel(lab, queued.job_id, "ana") == "cancelled"
+    with lab() as s:
         assert s.get(Batch, queued.batch_id).status == "cancelled"
 
-    running = jobs.submit_batch(sessions, crop_files(600, 32), model_id, "long", owner="ana")
-    worker = Worker(sessions, device="cpu", batch_size=4)
-    job = jobs.claim(sessions, worker.id)
+    running = batches.submit_batch(lab, crop_files(600, 32), model_id, "long", owner="ana")
+    worker = Worker(lab, device="cpu", batch_size=4)
+    job = jobs.claim(lab, worker.id)
     thread = threading.Thread(target=worker.run_job, args=(job,))
     thread.start()
     deadline = time.time() + 60
     while time.time() < deadline:
-        with sessions() as s:
+        with lab() as s:
             if s.scalar(select(Job.progress_done).where(Job.id == job.id)) > 0:
                 break
         time.sleep(0.01)
-    assert jobs.cancel(sessions, job.id, "ana") == "running"  # asked; the worker stops at its next chunk
+    assert jobs.cancel(lab, job.id, "ana") == "running"  # asked; the worker stops at its next chunk
     thread.join(timeout=60)
-    with sessions() as s:
+    with lab() as s:
         final = s.get(Job, job.id)
         assert final.status == "cancelled"
         assert 0 < final.progress_done < 600
@@ -178,22 +157,20 @@ def test_cancel_queued_at_once_and_running_at_next_chunk(history):
 
 
 def test_cache_reuses_cells_of_the_same_image_and_weights(history, data_dir):
-    sessions, _, model_id = history
+    lab, _, model_id = history
     files = crop_files(3, seed=41, prefix="cached") + [field_file(42)]
-    first = jobs.submit_batch(sessions, files, model_id, "first", owner="ana")
-    Worker(sessions, device="cpu").run(drain=True)
-    from lsm_core.blobs import BlobStore
-
-    store = BlobStore()
-    with sessions() as s:
+    first = batches.submit_batch(lab, files, model_id, "first", owner="ana")
+    Worker(lab, device="cpu").run(drain=True)
+    store = lab.blobs
+    with lab() as s:
         shas = s.scalars(select(Image.sha256).where(Image.batch_id == first.batch_id)).all()
     for sha in shas:  # the bytes are gone: the second batch can only have come from the cache
         store.path(sha).unlink()
-    second = jobs.submit_batch(sessions, files, model_id, "second", owner="ben")
+    second = batches.submit_batch(lab, files, model_id, "second", owner="ben")
     for sha in shas:
         store.path(sha).unlink()
-    Worker(sessions, device="cpu").run(drain=True)
-    with sessions() as s:
+    Worker(lab, device="cpu").run(drain=True)
+    with lab() as s:
         assert s.get(Job, second.job_id).status == "done"
 
         def cells(batch_id):
@@ -206,14 +183,29 @@ def test_cache_reuses_cells_of_the_same_image_and_weights(history, data_dir):
 
 @pytest.mark.slow
 def test_forty_jobs_shared_by_worker_processes_each_done_once(history, db_url, data_dir):
-    sessions, _, model_id = history
+    lab, _, model_id = history
     n_workers = 2 if db_url.startswith("sqlite") else 4
-    submitted = [jobs.submit_batch(sessions, crop_files(2, 100 + i, prefix=f"j{i}-"), model_id, f"b{i}", owner=f"u{i % 5}")
+    procs = [start_worker(db_url, data_dir, "--device", "cpu", "--poll", "0.2") for _ in range(n_workers)]
+
+    def all_listening() -> bool:  # every worker has started and polls the queue (a slow start took nothing)
+        with lab() as s:
+            return s.scalar(select(func.count()).select_from(WorkerRow)) == n_workers
+
+    wait_for(all_listening, 120, "the workers to start")
+    submitted = [batches.submit_batch(lab, crop_files(2, 100 + i, prefix=f"j{i}-"), model_id, f"b{i}", owner=f"u{i % 5}")
                  for i in range(40)]
-    procs = [start_worker(db_url, data_dir, "--drain", "--device", "cpu", "--poll", "0.2") for _ in range(n_workers)]
-    outputs = [p.communicate(timeout=240)[0] for p in procs]
+
+    def all_ended() -> bool:
+        with lab() as s:
+            ids = [x.job_id for x in submitted]
+            return s.scalar(select(func.count()).select_from(Job).where(Job.id.in_(ids), Job.status.in_(jobs.ENDED))) == 40
+
+    wait_for(all_ended, 240, "the 40 jobs")
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    outputs = [p.communicate(timeout=60)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs
-    with sessions() as s:
+    with lab() as s:
         rows = s.execute(select(Job.status, Job.attempts, Job.worker_id).where(Job.id.in_([x.job_id for x in submitted]))).all()
         assert [r.status for r in rows] == ["done"] * 40
         assert all(r.attempts == 1 for r in rows)
@@ -225,25 +217,25 @@ def test_forty_jobs_shared_by_worker_processes_each_done_once(history, db_url, d
 
 @pytest.mark.slow
 def test_worker_killed_mid_job_another_finishes_without_duplicates(history, db_url, data_dir):
-    sessions, _, model_id = history
-    sub = jobs.submit_batch(sessions, crop_files(600, 51), model_id, "big", owner="ana")
+    lab, _, model_id = history
+    sub = batches.submit_batch(lab, crop_files(600, 51), model_id, "big", owner="ana")
     first = start_worker(db_url, data_dir, "--device", "cpu", "--lease", "2", "--batch-size", "4", "--poll", "0.2")
     deadline = time.time() + 120
     while time.time() < deadline:
-        with sessions() as s:
+        with lab() as s:
             done = s.scalar(select(Job.progress_done).where(Job.id == sub.job_id))
         if done >= 20:
             break
         time.sleep(0.05)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
-    with sessions() as s:
+    with lab() as s:
         job = s.get(Job, sub.job_id)
         assert job.status == "running" and 0 < job.progress_done < 600, "the kill must land mid-job"
     second = start_worker(db_url, data_dir, "--drain", "--device", "cpu", "--poll", "0.2")
     out = second.communicate(timeout=240)[0]
     assert second.returncode == 0, out
-    with sessions() as s:
+    with lab() as s:
         job = s.get(Job, sub.job_id)
         assert job.status == "done" and job.attempts == 2 and job.progress_done == 600
         assert any("lease ran out" in e for e in job.errors)
@@ -254,26 +246,26 @@ def test_worker_killed_mid_job_another_finishes_without_duplicates(history, db_u
 
 @pytest.mark.slow
 def test_web_and_worker_write_at_once_without_lock_errors(history, db_url, data_dir):
-    sessions, _, model_id = history
-    jobs.submit_batch(sessions, crop_files(400, 61), model_id, "busy", owner="ana")
+    lab, _, model_id = history
+    batches.submit_batch(lab, crop_files(400, 61), model_id, "busy", owner="ana")
     worker = start_worker(db_url, data_dir, "--device", "cpu", "--batch-size", "8", "--poll", "0.1", "--lease", "5")
     deadline = time.time() + 120
     while time.time() < deadline:  # the worker is writing chunks of cells
-        with sessions() as s:
+        with lab() as s:
             if s.scalar(select(func.count()).select_from(Job).where(Job.status == "running", Job.progress_done > 0)):
                 break
         time.sleep(0.05)
     try:
-        ids = [jobs.submit_batch(sessions, crop_files(1, 200 + i), model_id, f"web{i}", owner="ben").batch_id for i in range(25)]
+        ids = [batches.submit_batch(lab, crop_files(1, 200 + i), model_id, f"web{i}", owner="ben").batch_id for i in range(25)]
         for i in ids[:5]:
-            with sessions() as s:
+            with lab() as s:
                 queries.batches(s)
     finally:
         worker.send_signal(signal.SIGTERM)
         out = worker.communicate(timeout=60)[0]
     assert "database is locked" not in out
     assert worker.returncode == 0, out
-    with sessions() as s:
+    with lab() as s:
         assert s.scalar(select(func.count()).select_from(Batch).where(Batch.id.in_(ids))) == 25
         row = s.scalars(select(WorkerRow)).first()
         assert row is not None and row.stopped and row.device == "cpu"
@@ -282,10 +274,10 @@ def test_web_and_worker_write_at_once_without_lock_errors(history, db_url, data_
 
 
 def test_worker_heartbeat_row_is_live(history):
-    sessions, _, _ = history
-    worker = Worker(sessions, device="cpu")
+    lab, _, _ = history
+    worker = Worker(lab, device="cpu")
     worker.run(drain=True)
-    with sessions() as s:
+    with lab() as s:
         assert queries.live_workers(s) == []  # it stopped
         s.execute(update(WorkerRow).values(stopped=False))
         s.commit()
@@ -297,22 +289,22 @@ def test_worker_heartbeat_row_is_live(history):
 
 
 def test_queue_position_and_eta_from_measured_throughput(history):
-    sessions, _, model_id = history
-    first = jobs.submit_batch(sessions, crop_files(6, 71), model_id, "measured", owner="ana")
-    assert jobs.queue_info(sessions, first.job_id).eta_s is None  # nothing measured yet
-    Worker(sessions, device="cpu").run(drain=True)
-    a = jobs.submit_batch(sessions, crop_files(4, 72), model_id, "next", owner="ana")
-    b = jobs.submit_batch(sessions, crop_files(4, 73), model_id, "after", owner="ana")
-    info_a, info_b = jobs.queue_info(sessions, a.job_id), jobs.queue_info(sessions, b.job_id)
+    lab, _, model_id = history
+    first = batches.submit_batch(lab, crop_files(6, 71), model_id, "measured", owner="ana")
+    assert jobs.queue_info(lab, first.job_id).eta_s is None  # nothing measured yet
+    Worker(lab, device="cpu").run(drain=True)
+    a = batches.submit_batch(lab, crop_files(4, 72), model_id, "next", owner="ana")
+    b = batches.submit_batch(lab, crop_files(4, 73), model_id, "after", owner="ana")
+    info_a, info_b = jobs.queue_info(lab, a.job_id), jobs.queue_info(lab, b.job_id)
     assert (info_a.position, info_b.position) == (1, 2)
     assert 0 < info_a.eta_s < info_b.eta_s  # b waits for a's images too
-    done = jobs.queue_info(sessions, first.job_id)
+    done = jobs.queue_info(lab, first.job_id)
     assert done.status == "done" and done.eta_s is None and done.done == done.total == 6
 
 
 @pytest.mark.slow
 def test_command_line_submit_jobs_export(history, db_url, data_dir, tmp_path):
-    sessions = history[0]
+    lab = history[0]
     import json
 
     import openpyxl
@@ -349,7 +341,7 @@ def test_command_line_submit_jobs_export(history, db_url, data_dir, tmp_path):
     header = rows[0]
     assert header[:9] == ("file", "page", "cell", "x", "y", "w", "h", "predicted", "score")
     assert {"batch", "mouse_id", "age_days", "sex", "strain", "gate", "notes"} <= set(header)
-    with sessions() as s:
+    with lab() as s:
         n_cells = s.scalar(select(func.count()).select_from(Cell).where(Cell.batch_id == batch_id))
     assert len(rows) - 1 == n_cells + 1  # every cell, plus the text file's error row
     body = [dict(zip(header, r)) for r in rows[1:]]
@@ -357,31 +349,31 @@ def test_command_line_submit_jobs_export(history, db_url, data_dir, tmp_path):
 
 
 def test_batch_operations_check_the_owner(history, monkeypatch):
-    from lsm_core import batches
+    from lsm_core.lab import batches
 
     monkeypatch.setenv("LSM_ADMINS", "boss")  # ana and ben are members (tests/test_roles.py: the roles)
-    sessions, _, model_id = history
-    sub = jobs.submit_batch(sessions, crop_files(3, 91), model_id, "mine", owner="ana")
-    Worker(sessions, device="cpu").run(drain=True)
-    assert batches.find_by_name(sessions, "ana", " mine ") == sub.batch_id
-    assert batches.find_by_name(sessions, "ben", "mine") is None
+    lab, _, model_id = history
+    sub = batches.submit_batch(lab, crop_files(3, 91), model_id, "mine", owner="ana")
+    Worker(lab, device="cpu").run(drain=True)
+    assert batches.find_by_name(lab, "ana", " mine ") == sub.batch_id
+    assert batches.find_by_name(lab, "ben", "mine") is None
     with pytest.raises(LsmError, match="belongs to ana"):
-        batches.rename(sessions, sub.batch_id, "stolen", "ben")
+        batches.rename(lab, sub.batch_id, "stolen", "ben")
     with pytest.raises(LsmError, match="belongs to ana"):
-        batches.delete(sessions, sub.batch_id, "ben")
-    batches.rename(sessions, sub.batch_id, "renamed", "ana")
-    added = batches.add_files(sessions, sub.batch_id, crop_files(2, 92, prefix="more"), "ana")
-    Worker(sessions, device="cpu").run(drain=True)
-    rerun = batches.rerun(sessions, sub.batch_id, model_id, "ben")  # anyone may re-run into a batch of their own
-    Worker(sessions, device="cpu").run(drain=True)
-    with sessions() as s:
+        batches.delete(lab, sub.batch_id, "ben")
+    batches.rename(lab, sub.batch_id, "renamed", "ana")
+    added = batches.add_files(lab, sub.batch_id, crop_files(2, 92, prefix="more"), "ana")
+    Worker(lab, device="cpu").run(drain=True)
+    rerun = batches.rerun(lab, sub.batch_id, model_id, "ben")  # anyone may re-run into a batch of their own
+    Worker(lab, device="cpu").run(drain=True)
+    with lab() as s:
         assert s.get(Batch, sub.batch_id).name == "renamed"
         assert s.get(Job, added.job_id).status == "done"
         assert queries.count_cells(s, sub.batch_id) == 5
         copy = s.get(Batch, rerun.batch_id)
         assert copy.owner == "ben" and copy.status == "done" and queries.count_cells(s, rerun.batch_id) == 5
-    batches.delete(sessions, sub.batch_id, "ana")
-    with sessions() as s:
+    batches.delete(lab, sub.batch_id, "ana")
+    with lab() as s:
         assert s.get(Batch, sub.batch_id) is None
         assert s.scalar(select(func.count()).select_from(Cell).where(Cell.batch_id == sub.batch_id)) == 0
         assert queries.count_cells(s, rerun.batch_id) == 5  # the re-run keeps its own cells
@@ -389,17 +381,17 @@ def test_batch_operations_check_the_owner(history, monkeypatch):
 
 def test_audit_trail_records_who_did_what(history):
     from db import audit
-    from lsm_core import batches
-    from lsm_core.registry import set_default
+    from lsm_core.lab import batches
+    from lsm_core.lab.registry import set_default
 
-    sessions, _, model_id = history
-    sub = jobs.submit_batch(sessions, crop_files(1, 401), model_id, "audited", owner="ana")
-    batches.rename(sessions, sub.batch_id, "audited 2", "ana")
-    set_default(sessions, model_id, "ana")
-    batches.delete(sessions, sub.batch_id, "ana")
+    lab, _, model_id = history
+    sub = batches.submit_batch(lab, crop_files(1, 401), model_id, "audited", owner="ana")
+    batches.rename(lab, sub.batch_id, "audited 2", "ana")
+    set_default(lab, model_id, "ana")
+    batches.delete(lab, sub.batch_id, "ana")
     with pytest.raises(LsmError):
-        batches.delete(sessions, 999_999, "ana")  # a refused action leaves no record
-    with sessions() as s:
+        batches.delete(lab, 999_999, "ana")  # a refused action leaves no record
+    with lab() as s:
         trail = [(e.actor, e.action, e.target) for e in reversed(audit.events(s))]
     mine = [t for t in trail if t[0] == "ana"]
     assert mine == [("ana", "submit", f"batch {sub.batch_id}"), ("ana", "rename", f"batch {sub.batch_id}"),

@@ -14,9 +14,10 @@ import pytest
 import tifffile
 from PIL import Image as PILImage
 
-from lsm_core import jobs, synthetic
+from lsm_core.imaging import synthetic
 from lsm_core.errors import LsmError
-from lsm_core.images import RawFile
+from lsm_core.imaging.images import Limits, RawFile
+from lsm_core.lab import batches
 
 
 def _png(arr: np.ndarray) -> bytes:
@@ -122,18 +123,17 @@ def test_hostile_uploads_get_clear_errors_and_the_rest_is_kept(history, data_dir
     from sqlalchemy import select
 
     from db.schema import Cell, Image
-    from lsm_core.worker import Worker
+    from lsm_core.lab.worker import Worker
 
-    monkeypatch.setenv("LSM_MAX_ARCHIVE_BYTES", "20000000")
-    sessions, _, model_id = history
+    lab, _, model_id = history
     cases = corpus()
     assert len(cases) >= 30
     outside_before = sorted(os.listdir(tmp_path.parent))
     files = [RawFile(name, data) for name, (data, _) in cases.items()]
-    sub = jobs.submit_batch(sessions, files, model_id, "hostile", owner="mallory",
-                            meta=jobs.BatchMeta(notes="<img src=x onerror=alert(1)> " * 100))
-    Worker(sessions, device="cpu").run(drain=True)
-    with sessions() as s:
+    sub = batches.submit_batch(lab, files, model_id, "hostile", owner="mallory", limits=Limits(max_archive_bytes=20_000_000),
+                               meta=batches.BatchMeta(notes="<img src=x onerror=alert(1)> " * 100))
+    Worker(lab, device="cpu").run(drain=True)
+    with lab() as s:
         images = s.scalars(select(Image).where(Image.batch_id == sub.batch_id)).all()
         by_top = {name: [im for im in images if im.file == name or im.file.startswith(name + "/")] for name in cases}
         for name, (_, words) in cases.items():
@@ -154,11 +154,11 @@ def test_hostile_uploads_get_clear_errors_and_the_rest_is_kept(history, data_dir
 
 
 def test_huge_metadata_is_refused_plainly(history):
-    sessions, _, model_id = history
+    lab, _, model_id = history
     good = RawFile("a.png", _png((synthetic.make_crops("lsm", 1, seed=1)[0][0] * 255).astype(np.uint8)))
     with pytest.raises(LsmError, match="longer than 20,000"):
-        jobs.submit_batch(sessions, [good], model_id, "x", meta=jobs.BatchMeta(notes="n" * 1_000_000))
+        batches.submit_batch(lab, [good], model_id, "x", meta=batches.BatchMeta(notes="n" * 1_000_000))
     with pytest.raises(LsmError, match="longer than 200"):
-        jobs.submit_batch(sessions, [good], model_id, "b" * 10_000)
+        batches.submit_batch(lab, [good], model_id, "b" * 10_000)
     with pytest.raises(LsmError, match="not a number"):
-        jobs.submit_batch(sessions, [good], model_id, "x", meta=jobs.BatchMeta(age_days="1e999999x"))
+        batches.submit_batch(lab, [good], model_id, "x", meta=batches.BatchMeta(age_days="1e999999x"))

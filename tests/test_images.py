@@ -16,9 +16,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-from lsm_core.config import Limits
+from lsm_core.imaging.images import Limits
 from lsm_core.errors import LsmError
-from lsm_core.images import decode_bytes, iter_zip, read_inputs, read_path, to_grey_float
+from lsm_core.imaging.images import decode_bytes, iter_zip, read_inputs, read_path, to_grey_float
 
 LIMITS = Limits()  # the defaults, passed explicitly so that LSM_* variables of the environment do not matter
 EPS = 1e-6
@@ -445,17 +445,20 @@ def test_tiff_over_pixel_limit(tmp_path):
     assert "limit" in rec.error and "50 x 40" in rec.error
 
 
-def test_limits_from_environment_or_explicit(tmp_path, monkeypatch):
+def test_limits_from_the_settings_or_explicit(tmp_path, monkeypatch):
+    from lsm_core.lab import settings
+
     path = _good_png(tmp_path)  # 32 x 24 = 768 pixels
     monkeypatch.setenv("LSM_MAX_IMAGE_PIXELS", "100")
-    assert Limits.from_env().max_image_pixels == 100
-    (rec,) = list(read_inputs([path]))  # no limits given: read from the environment
+    limits = settings.current().limits  # the settings read the environment; imaging never does
+    assert limits.max_image_pixels == 100
+    (rec,) = list(read_inputs([path], limits))
     assert not rec.ok and "limit" in rec.error
-    (rec,) = list(read_inputs([path], Limits()))  # explicit limits win
+    (rec,) = list(read_inputs([path]))  # no limits given: the documented defaults
     _assert_good(rec)
     monkeypatch.setenv("LSM_MAX_IMAGE_PIXELS", "lots")
     with pytest.raises(LsmError, match="LSM_MAX_IMAGE_PIXELS"):
-        Limits.from_env()
+        settings.current()
 
 
 def test_float_tiff_with_nan(tmp_path):

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from lsm_core import synthetic
-from lsm_core.datasets import LabelledData
+from lsm_core.imaging import synthetic
+from lsm_core.ml.datasets import LabelledData
 from lsm_core.errors import LsmError
-from lsm_core.metrics import (QUALITY_MAX_P, QUALITY_MIN_MARGIN, TEMPERATURE_MAX, TEMPERATURE_MIN, evaluate_probs,
+from lsm_core.ml.metrics import (QUALITY_MAX_P, QUALITY_MIN_MARGIN, TEMPERATURE_MAX, TEMPERATURE_MIN, evaluate_probs,
                               fit_temperature, model_quality, quality_check, softmax, temperature_warning)
-from lsm_core.models import Manifest, ModelStore
-from lsm_core.train import TrainConfig, train_and_register
+from lsm_core.ml.models import Manifest, ModelStore
+from lsm_core.ml.train import TrainConfig, train_and_register
 
 LSM = ["LT-HSC", "ST-HSC", "MPP"]
 
@@ -52,16 +52,15 @@ def trained(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture
 def history_here(tmp_path, monkeypatch):
-    """A fresh data dir with its own SQLite history; returns (engine, sessions, store)."""
+    """A fresh data dir with its own SQLite history; returns (engine, lab, store)."""
     monkeypatch.setenv("LSM_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("LSM_DATABASE_URL", raising=False)
     monkeypatch.delenv("LSM_ADMINS", raising=False)  # lab mode: everyone administers
-    from lsm_core.service import open_history
+    from lsm_core.lab.history import open_lab
 
-    store = ModelStore()
-    engine, sessions = open_history(store=store)
-    yield engine, sessions, store
-    engine.dispose()
+    lab = open_lab()
+    yield lab.engine, lab, lab.store
+    lab.dispose()
 
 
 def copy_in(store: ModelStore, package_path: Path) -> None:
@@ -70,7 +69,7 @@ def copy_in(store: ModelStore, package_path: Path) -> None:
 
 def add_model(store: ModelStore, task: str, name: str, demo: bool = False, failed: bool | None = None):
     """An untrained tiny_cnn package whose manifest records a quality check (or none)."""
-    from lsm_core import nets
+    from lsm_core.ml import nets
 
     classes = LSM if task == "lsm" else ["young", "aged"]
     metrics = {} if failed is None else {"quality_check": {"passed": not failed, "reasons": ["made up"] if failed else [],
@@ -144,9 +143,9 @@ def test_temperature_at_its_bound_is_a_warning():
 # --- through train_and_register and the registry -----------------------------------------------------
 def test_useless_model_is_registered_as_failed_never_default_and_not_offered(trained, history_here):
     from db import queries
-    from lsm_core.registry import offered_models, set_default, sync_models
+    from lsm_core.lab.registry import offered_models, set_default, sync_models
 
-    _, sessions, store = history_here
+    _, lab, store = history_here
     copy_in(store, trained["useless-lsm"])
     package = store.get("useless-lsm")
     check = package.manifest.metrics["quality_check"]
@@ -158,8 +157,8 @@ def test_useless_model_is_registered_as_failed_never_default_and_not_offered(tra
     assert any("bound of 20" in w for w in check["warnings"])
     assert package.manifest.label == "useless-lsm v1 (failed quality check)"
 
-    sync_models(sessions, store)  # the only LSM model there is: still not made the default
-    with sessions() as s:
+    sync_models(lab)  # the only LSM model there is: still not made the default
+    with lab() as s:
         row = queries.model_by_name(s, "useless-lsm")
         assert row.label == "useless-lsm v1 (failed quality check)"
         assert not row.is_default
@@ -167,19 +166,18 @@ def test_useless_model_is_registered_as_failed_never_default_and_not_offered(tra
         assert [m.name for m in offered_models(s, "lsm", include_failed=True)] == ["useless-lsm"]
         row_id = row.id
     with pytest.raises(LsmError, match="failed its quality check") as refused:
-        set_default(sessions, row_id, "ana")
+        set_default(lab, row_id, "ana")
     assert "not clearly above chance" in str(refused.value)
-    with sessions() as s:
+    with lab() as s:
         assert not s.get(type(row), row_id).is_default
 
 
 def test_learnable_model_passes_and_every_set_says_what_it_is(trained, history_here):
-    from db import queries
-    from lsm_core.registry import offered_models, sync_models
+    from lsm_core.lab.registry import offered_models, sync_models
 
-    _, sessions, store = history_here
+    _, lab, store = history_here
     add_model(store, "aging", "demo-aging", demo=True)
-    sync_models(sessions, store)
+    sync_models(lab)
     copy_in(store, trained["good-aging"])
     m = store.get("good-aging").manifest
     check = m.metrics["quality_check"]
@@ -190,33 +188,33 @@ def test_learnable_model_passes_and_every_set_says_what_it_is(trained, history_h
         f": {m.training['split']['validation']} cells")
     assert m.metrics["test"]["evaluated_on"] == "test set (synthetic cells of another seed): 100 cells"
     assert m.metrics["test"]["quality_check"]["set"] == "test set"
-    sync_models(sessions, store)
-    with sessions() as s:
+    sync_models(lab)
+    with lab() as s:
         # the demo was the default before: it stays (sync only fills a task without one)
         assert [(r.name, r.is_default) for r in offered_models(s, "aging")] == [("demo-aging", True), ("good-aging", False)]
 
 
 def test_sync_never_keeps_a_failed_default_when_another_can_take_its_place(history_here):
     from db.schema import Model
-    from lsm_core.registry import offered_models, sync_models
+    from lsm_core.lab.registry import offered_models, sync_models
 
-    _, sessions, store = history_here
+    _, lab, store = history_here
     add_model(store, "lsm", "broken-lsm", failed=True)
-    sync_models(sessions, store)
-    with sessions.begin() as s:
+    sync_models(lab)
+    with lab.begin() as s:
         assert not any(r.is_default for r in offered_models(s, "lsm", include_failed=True))
         s.query(Model).filter(Model.name == "broken-lsm").update({"is_default": True})  # as an older database might say
     add_model(store, "lsm", "fine-lsm", failed=False)
-    sync_models(sessions, store)
-    with sessions() as s:
+    sync_models(lab)
+    with lab() as s:
         assert [(r.name, r.is_default) for r in offered_models(s, "lsm", include_failed=True)] == [
             ("fine-lsm", True), ("broken-lsm", False)]
 
 
 def test_one_order_everywhere_lsm_first_default_first(history_here):
-    from lsm_core.registry import TASK_ORDER, model_sort_key, offered_models, set_default, sync_models
+    from lsm_core.lab.registry import TASK_ORDER, model_sort_key, offered_models, set_default, sync_models
 
-    _, sessions, store = history_here
+    _, lab, store = history_here
     assert TASK_ORDER == ("lsm", "aging")
     add_model(store, "aging", "a-aging", demo=True)  # sorts first by name: the task order must win
     add_model(store, "lsm", "demo-lsm", demo=True)
@@ -224,18 +222,18 @@ def test_one_order_everywhere_lsm_first_default_first(history_here):
     add_model(store, "lsm", "b-lsm", failed=False)  # v2
     add_model(store, "lsm", "c-lsm")  # no check recorded (imported weights, older models): offered
     add_model(store, "lsm", "a-bad", failed=True)
-    sync_models(sessions, store)
-    with sessions() as s:
+    sync_models(lab)
+    with lab() as s:
         ids = {(m.name, m.version): m.id for m in offered_models(s, include_failed=True)}
         assert [m.name for m in offered_models(s)][0] == next(m.name for m in offered_models(s) if m.is_default)
-    set_default(sessions, ids[("b-lsm", 1)], "ana")
-    with sessions() as s:
+    set_default(lab, ids[("b-lsm", 1)], "ana")
+    with lab() as s:
         offered = [(m.task, m.name, m.version) for m in offered_models(s)]
     # the LSM default first, then by name with the newest version first, failed ones left out; aging after
     assert offered == [("lsm", "b-lsm", 1), ("lsm", "b-lsm", 2), ("lsm", "c-lsm", 1), ("lsm", "demo-lsm", 1),
                        ("aging", "a-aging", 1)]
-    set_default(sessions, ids[("demo-lsm", 1)], "ana")
-    with sessions() as s:
+    set_default(lab, ids[("demo-lsm", 1)], "ana")
+    with lab() as s:
         everything = offered_models(s, include_failed=True)
         assert [(m.name, m.version) for m in everything] == [
             ("demo-lsm", 1), ("b-lsm", 2), ("b-lsm", 1), ("c-lsm", 1), ("a-bad", 1), ("a-aging", 1)]
@@ -246,7 +244,7 @@ def test_one_order_everywhere_lsm_first_default_first(history_here):
 
 # --- the model card --------------------------------------------------------------------------------------
 def test_training_figure_accuracy_axis_is_zero_to_one_in_fifths():
-    from lsm_core.model_card import training_figure
+    from lsm_core.reports.model_card import training_figure
 
     history = {"train_loss": [1.1, 0.9, 0.7, 0.6], "val_loss": [1.2, 1.0, 0.8, 0.75],
                "val_accuracy": [0.032, 0.243, 0.454, 0.665]}
@@ -259,7 +257,7 @@ def test_training_figure_accuracy_axis_is_zero_to_one_in_fifths():
 
 
 def test_cards_name_their_set_and_show_ece_beside_accuracy(trained):
-    from lsm_core.model_card import evaluation_card, model_cards
+    from lsm_core.reports.model_card import evaluation_card, model_cards
 
     m = Manifest.from_dict(__import__("json").loads((trained["good-aging"] / "manifest.json").read_text()))
     cards = model_cards(m.metrics)

@@ -8,10 +8,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from lsm_core.lab.tasks import evaluate as evaluate_task
 from streamlit.testing.v1 import AppTest
 
 from tests.test_model_quality import trained  # noqa: F401  (a module-scoped fixture: two trained packages)
-from tests.test_train import labelled_zip
+from tests.helpers import labelled_zip
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "streamlit_app.py")
@@ -111,19 +112,18 @@ def test_failed_model_card_says_why_and_cannot_be_the_default(app_env):
 
 def test_finished_evaluation_is_shown_as_a_full_card(app_env):
     from db import queries
-    from lsm_core import jobs
-    from lsm_core.images import RawFile
-    from lsm_core.service import open_history
-    from lsm_core.worker import Worker
+    from lsm_core.imaging.images import RawFile
+    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.worker import Worker
 
-    engine, sessions = open_history()
-    with sessions() as s:
+    lab = open_lab()
+    with lab() as s:
         model_id = queries.model_by_name(s, "demo-lsm").id
-    uploads = jobs.store_uploads([RawFile("plate7.zip", labelled_zip("lsm", 30, seed=31)),
+    uploads = lab.blobs.put_uploads([RawFile("plate7.zip", labelled_zip("lsm", 30, seed=31)),
                                   RawFile("MPP/broken.png", b"\x89PNG\r\n\x1a\nbroken")])
-    job_id = jobs.submit_evaluation(sessions, model_id, uploads, owner="ana")
-    Worker(sessions, device="cpu").run(drain=True)
-    engine.dispose()
+    job_id = evaluate_task.submit(lab, model_id, uploads, owner="ana")
+    Worker(lab, device="cpu").run(drain=True)
+    lab.dispose()
     at = models_page()
     assert not at.exception
     result = at.selectbox(key="eval_result")
@@ -142,19 +142,18 @@ def test_finished_evaluation_is_shown_as_a_full_card(app_env):
 
 def test_member_sees_cancel_only_on_own_jobs_and_cancelling_says_what_happened(app_env, monkeypatch):
     from db.schema import Job
-    from lsm_core import jobs
-    from lsm_core.images import RawFile
-    from lsm_core.service import open_history
+    from lsm_core.imaging.images import RawFile
+    from lsm_core.lab.history import open_lab
 
     monkeypatch.setenv("LSM_ADMINS", "someone-else")  # ana is a member now
-    engine, sessions = open_history()
+    lab = open_lab()
     from db import queries
 
-    with sessions() as s:
+    with lab() as s:
         model_id = queries.model_by_name(s, "demo-lsm").id
-    uploads = jobs.store_uploads([RawFile("plate8.zip", labelled_zip("lsm", 30, seed=32))])
-    bobs = jobs.submit_evaluation(sessions, model_id, uploads, owner="bob")
-    anas = jobs.submit_evaluation(sessions, model_id, uploads, owner="ana")
+    uploads = lab.blobs.put_uploads([RawFile("plate8.zip", labelled_zip("lsm", 30, seed=32))])
+    bobs = evaluate_task.submit(lab, model_id, uploads, owner="bob")
+    anas = evaluate_task.submit(lab, model_id, uploads, owner="ana")
     at = models_page()
     keys = {b.key for b in at.button}
     assert f"cancel_{anas}" in keys and f"cancel_{bobs}" not in keys
@@ -162,6 +161,6 @@ def test_member_sees_cancel_only_on_own_jobs_and_cancelling_says_what_happened(a
     at.run()
     assert not at.exception, [e.message for e in at.exception]
     assert f"Job {anas} cancelled" in texts(at)
-    with sessions() as s:
+    with lab() as s:
         assert s.get(Job, anas).status == "cancelled" and s.get(Job, bobs).status == "queued"
-    engine.dispose()
+    lab.dispose()

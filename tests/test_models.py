@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lsm_core import nets
+from lsm_core.ml import nets
 from lsm_core.errors import LsmError
-from lsm_core.models import (
+from lsm_core.ml.models import (
     MANIFEST_NAME,
     WEIGHTS_NAME,
     Manifest,
@@ -22,7 +22,7 @@ from lsm_core.models import (
     read_state_dict,
     write_package,
 )
-from lsm_core.tasks import TASKS
+from lsm_core.classes import TASKS
 
 LSM_CLASSES = list(TASKS["lsm"])
 

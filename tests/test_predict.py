@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from lsm_core import synthetic
+from lsm_core.imaging import synthetic
 from lsm_core.errors import LsmError
-from lsm_core.predict import Predictor, probabilities
+from lsm_core.ml.predict import Predictor, probabilities
 
 
 def test_probabilities_sum_to_one_and_score_is_the_max(tiny_lsm_package):

@@ -1,4 +1,4 @@
-"""Roles (lsm_core.accounts): what members and administrators may do, checked in the functions themselves,
+"""Roles (lsm_core.lab.accounts): what members and administrators may do, checked in the functions themselves,
 on SQLite and PostgreSQL, in lab mode and in signed-in mode (an [auth] section in a real secrets.toml)."""
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from sqlalchemy import func, select
 
 from db import audit
 from db.schema import Batch, Job, Model, User
-from lsm_core import accounts, batches, jobs, nets
+from lsm_core.lab import accounts, batches, jobs
+from lsm_core.ml import nets
 from lsm_core.errors import LsmError
-from lsm_core.models import ModelStore
-from lsm_core.registry import import_model, set_default
-from tests.test_history import crop_files
+from lsm_core.lab.registry import import_model, set_default
+from lsm_core.lab.tasks import train as train_task
+from tests.helpers import crop_files
 
 
 @pytest.fixture
@@ -47,111 +48,111 @@ def _weights_and_manifest(tmp_path, name="imported"):
 
 
 def test_lab_mode_without_named_admins_everyone_administers(history, lab_mode):
-    sessions, _, model_id = history
+    lab, _, model_id = history
     assert not accounts.auth_configured()
-    with sessions() as s:
+    with lab() as s:
         assert accounts.role_of(s, "anyone") == accounts.ADMIN
-    set_default(sessions, model_id, "anyone")  # does not raise
+    set_default(lab, model_id, "anyone")  # does not raise
 
 
 def test_members_change_only_their_own_and_admins_anyones(history, lab_mode, monkeypatch):
-    sessions, _, model_id = history
+    lab, _, model_id = history
     monkeypatch.setenv("LSM_ADMINS", "boss")
-    ana = jobs.submit_batch(sessions, crop_files(2, 501), model_id, "ana's", owner="ana")
-    bob = jobs.submit_batch(sessions, crop_files(2, 502), model_id, "bob's", owner="bob")
-    with sessions() as s:
+    ana = batches.submit_batch(lab, crop_files(2, 501), model_id, "ana's", owner="ana")
+    bob = batches.submit_batch(lab, crop_files(2, 502), model_id, "bob's", owner="bob")
+    with lab() as s:
         assert accounts.role_of(s, "ana") == accounts.MEMBER and accounts.role_of(s, "boss") == accounts.ADMIN
 
     with pytest.raises(LsmError, match="belongs to bob"):
-        batches.rename(sessions, bob.batch_id, "mine now", "ana")
+        batches.rename(lab, bob.batch_id, "mine now", "ana")
     with pytest.raises(LsmError, match="belongs to bob"):
-        batches.delete(sessions, bob.batch_id, "ana")
+        batches.delete(lab, bob.batch_id, "ana")
     with pytest.raises(LsmError, match="belongs to bob"):
-        jobs.cancel(sessions, bob.job_id, "ana")
-    with sessions() as s:
+        jobs.cancel(lab, bob.job_id, "ana")
+    with lab() as s:
         assert s.get(Batch, bob.batch_id).name == "bob's" and s.get(Job, bob.job_id).status == "queued"
 
     # a member re-runs anyone's batch into a new one of their own, and cancels and deletes their own
-    again = batches.rerun(sessions, bob.batch_id, model_id, "ana")
-    with sessions() as s:
+    again = batches.rerun(lab, bob.batch_id, model_id, "ana")
+    with lab() as s:
         assert s.get(Batch, again.batch_id).owner == "ana"
-    assert jobs.cancel(sessions, ana.job_id, "ana") == "cancelled"
-    batches.delete(sessions, ana.batch_id, "ana")
+    assert jobs.cancel(lab, ana.job_id, "ana") == "cancelled"
+    batches.delete(lab, ana.batch_id, "ana")
 
     # an administrator renames and deletes anyone's batch; the trail says who did it
-    batches.rename(sessions, bob.batch_id, "renamed by boss", "boss")
-    batches.delete(sessions, bob.batch_id, "boss")
-    with sessions() as s:
+    batches.rename(lab, bob.batch_id, "renamed by boss", "boss")
+    batches.delete(lab, bob.batch_id, "boss")
+    with lab() as s:
         assert s.get(Batch, bob.batch_id) is None
         deleted = [e for e in audit.events(s) if e.action == "delete" and e.target == f"batch {bob.batch_id}"]
     assert [(e.actor, e.detail["owner"]) for e in deleted] == [("boss", "bob")]
 
 
 def test_models_defaults_training_and_import_are_for_admins(history, lab_mode, monkeypatch, tmp_path):
-    sessions, _, model_id = history
+    lab, _, model_id = history
     monkeypatch.setenv("LSM_ADMINS", "boss")
     with pytest.raises(LsmError, match="only administrators choose default models"):
-        set_default(sessions, model_id, "ana")
+        set_default(lab, model_id, "ana")
     with pytest.raises(LsmError, match="only administrators train models"):
-        jobs.submit_training(sessions, "lsm", "ana-model", {"epochs": 1}, owner="ana", uploads=[{"name": "x", "sha256": "0"}])
+        train_task.submit(lab, "lsm", "ana-model", {"epochs": 1}, owner="ana", uploads=[{"name": "x", "sha256": "0"}])
     weights, manifest = _weights_and_manifest(tmp_path)
-    before = len(ModelStore().packages())
+    before = len(lab.store.packages())
     with pytest.raises(LsmError, match="only administrators import models"):
-        import_model(sessions, weights, manifest, "ana")
-    assert len(ModelStore().packages()) == before  # nothing reached the store
-    with sessions() as s:
+        import_model(lab, weights, manifest, "ana")
+    assert len(lab.store.packages()) == before  # nothing reached the store
+    with lab() as s:
         assert s.scalar(select(func.count()).select_from(Job).where(Job.kind == "train")) == 0
 
-    row = import_model(sessions, weights, manifest, "boss")
-    set_default(sessions, row.id, "boss")
-    with sessions() as s:
+    row = import_model(lab, weights, manifest, "boss")
+    set_default(lab, row.id, "boss")
+    with lab() as s:
         assert s.get(Model, row.id).is_default and not s.get(Model, model_id).is_default
         trail = {(e.actor, e.action) for e in audit.events(s)}
     assert {("boss", "import"), ("boss", "set default")} <= trail
 
 
 def test_roles_are_given_by_admins_and_the_audit_trail_is_theirs(history, lab_mode, monkeypatch):
-    sessions, _, model_id = history
+    lab, _, model_id = history
     monkeypatch.setenv("LSM_ADMINS", "boss")
     with pytest.raises(LsmError, match="only administrators read the audit trail"):
-        accounts.audit_trail(sessions, "ana")
+        accounts.audit_trail(lab, "ana")
     with pytest.raises(LsmError, match="only administrators change people's roles"):
-        accounts.set_role(sessions, "ana", accounts.ADMIN, "ana")
+        accounts.set_role(lab, "ana", accounts.ADMIN, "ana")
     with pytest.raises(LsmError, match="named in LSM_ADMINS"):
-        accounts.set_role(sessions, "boss", accounts.MEMBER, "boss")
+        accounts.set_role(lab, "boss", accounts.MEMBER, "boss")
     with pytest.raises(LsmError, match="unknown role"):
-        accounts.set_role(sessions, "ana", "owner", "boss")
+        accounts.set_role(lab, "ana", "owner", "boss")
 
-    accounts.set_role(sessions, "ana", accounts.ADMIN, "boss")
-    set_default(sessions, model_id, "ana")  # now allowed
-    assert any(e["did"] == "set role" and e["who"] == "boss" for e in accounts.audit_trail(sessions, "ana"))
-    accounts.set_role(sessions, "ana", accounts.MEMBER, "boss")
+    accounts.set_role(lab, "ana", accounts.ADMIN, "boss")
+    set_default(lab, model_id, "ana")  # now allowed
+    assert any(e["did"] == "set role" and e["who"] == "boss" for e in accounts.audit_trail(lab, "ana"))
+    accounts.set_role(lab, "ana", accounts.MEMBER, "boss")
     with pytest.raises(LsmError):
-        set_default(sessions, model_id, "ana")
+        set_default(lab, model_id, "ana")
 
 
 def test_signed_in_newcomers_are_members_and_the_last_admin_stays(history, signed_in_mode, monkeypatch):
-    sessions, _, model_id = history
+    lab, _, model_id = history
     assert accounts.auth_configured()
-    assert accounts.sign_in(sessions, "ana@lab.org", "Ana") == accounts.MEMBER
+    assert accounts.sign_in(lab, "ana@lab.org", "Ana") == accounts.MEMBER
     with pytest.raises(LsmError, match="not an administrator"):
-        set_default(sessions, model_id, "ana@lab.org")  # no LSM_ADMINS: nobody administers yet
+        set_default(lab, model_id, "ana@lab.org")  # no LSM_ADMINS: nobody administers yet
 
     monkeypatch.setenv("LSM_ADMINS", "boss@lab.org")
-    assert accounts.sign_in(sessions, "boss@lab.org", "Boss") == accounts.ADMIN
-    accounts.set_role(sessions, "ana@lab.org", accounts.ADMIN, "boss@lab.org")
+    assert accounts.sign_in(lab, "boss@lab.org", "Boss") == accounts.ADMIN
+    accounts.set_role(lab, "ana@lab.org", accounts.ADMIN, "boss@lab.org")
     monkeypatch.delenv("LSM_ADMINS")  # from now on the users table alone says who administers
-    with sessions() as s:
+    with lab() as s:
         assert accounts.role_of(s, "boss@lab.org") == accounts.ADMIN  # made an admin at first sign-in
         assert s.scalar(select(User).where(User.name == "ana@lab.org")).display_name == "Ana"
-    accounts.set_role(sessions, "boss@lab.org", accounts.MEMBER, "ana@lab.org")
+    accounts.set_role(lab, "boss@lab.org", accounts.MEMBER, "ana@lab.org")
     with pytest.raises(LsmError, match="last administrator"):
-        accounts.set_role(sessions, "ana@lab.org", accounts.MEMBER, "ana@lab.org")
-    people = {p.name: p.role for p in accounts.people(sessions)}
+        accounts.set_role(lab, "ana@lab.org", accounts.MEMBER, "ana@lab.org")
+    people = {p.name: p.role for p in accounts.people(lab)}
     assert people == {"ana@lab.org": accounts.ADMIN, "boss@lab.org": accounts.MEMBER}
 
     with pytest.raises(LsmError, match="no usable name"):
-        accounts.sign_in(sessions, "  ")
+        accounts.sign_in(lab, "  ")
 
 
 def test_a_broken_secrets_file_is_named(lab_mode, tmp_path):

@@ -11,9 +11,12 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from lsm_core import nets, synthetic
-from lsm_core.saliency import METHODS, integrated_gradients, saliency_maps
-from lsm_core.train import TrainConfig, fit
+from lsm_core.ml import nets
+from lsm_core.imaging import synthetic
+from lsm_core.ml.saliency import METHODS, integrated_gradients, saliency_maps
+from lsm_core.ml.train import TrainConfig, fit
+from lsm_core.lab import batches
+from lsm_core.lab.tasks import saliency as saliency_task
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,21 +91,20 @@ def test_no_hooks_leak_into_the_shared_model(trained):
 @pytest.mark.slow
 def test_saliency_job_stores_8_bit_maps_and_the_view_reads_them(history, data_dir):
     from db.schema import Job, SaliencyRun
-    from lsm_core import jobs
-    from lsm_core.report import load_saliency
-    from lsm_core.worker import Worker
-    from tests.test_history import crop_files, field_file
+    from lsm_core.reports.report import load_saliency
+    from lsm_core.lab.worker import Worker
+    from tests.helpers import crop_files, field_file
 
-    sessions, _, model_id = history
-    sub = jobs.submit_batch(sessions, crop_files(4, 301) + [field_file(302)], model_id, "maps", owner="ana")
-    Worker(sessions, device="cpu").run(drain=True)
-    job_id = jobs.submit_saliency(sessions, sub.batch_id, "gradcam", top=3, owner="ana")
-    Worker(sessions, device="cpu").run(drain=True)
-    with sessions() as s:
+    lab, _, model_id = history
+    sub = batches.submit_batch(lab, crop_files(4, 301) + [field_file(302)], model_id, "maps", owner="ana")
+    Worker(lab, device="cpu").run(drain=True)
+    job_id = saliency_task.submit(lab, sub.batch_id, "gradcam", top=3, owner="ana")
+    Worker(lab, device="cpu").run(drain=True)
+    with lab() as s:
         job = s.get(Job, job_id)
         assert job.status == "done", job.errors
         run = s.get(SaliencyRun, job.result["saliency_run"])
-        view = load_saliency(s, run.id)
+        view = load_saliency(s, run.id, lab.blobs)
     assert run.scope == "top 3 per class" and run.cells == len(view.cells) <= 9
     assert view.maps.shape == (len(view.cells), 64, 64) and 0 <= view.maps.min() and view.maps.max() <= 1
     counts = {}

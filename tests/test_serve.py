@@ -40,15 +40,15 @@ def test_serve_starts_worker_and_app_and_stops_on_ctrl_c(fresh_data_dir):
         from db import queries
         from db.session import make_engine, session_factory
 
-        sessions = session_factory(make_engine(f"sqlite:///{fresh_data_dir / 'lsm.db'}"))
+        lab = session_factory(make_engine(f"sqlite:///{fresh_data_dir / 'lsm.db'}"))
         deadline = time.time() + 60
         workers = []
         while time.time() < deadline and not workers:
-            with sessions() as s:
+            with lab() as s:
                 workers = queries.live_workers(s)
             time.sleep(0.5)
         assert len(workers) == 1 and workers[0].device == "cpu"
-        with sessions() as s:
+        with lab() as s:
             names = {m.name for m in queries.models(s)}
         assert {"demo-lsm", "demo-aging"} <= names
     finally:
@@ -57,5 +57,5 @@ def test_serve_starts_worker_and_app_and_stops_on_ctrl_c(fresh_data_dir):
     assert proc.returncode == 0, out
     from db.schema import Worker
 
-    with sessions() as s:
+    with lab() as s:
         assert all(w.stopped for w in s.scalars(select(Worker)))

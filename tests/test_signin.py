@@ -15,12 +15,12 @@ import pytest
 
 from tests.helpers import add_tiny_demo_models, free_port, served_app
 from tests.oidc_provider import Provider
-from tests.test_e2e import ARTIFACTS, CHROMIUM, _need_browser
+from tests.helpers import ARTIFACTS, CHROMIUM, need_browser
 
 
 @pytest.fixture(scope="module")
 def signed_in_app(tmp_path_factory):
-    _need_browser()
+    need_browser()
     tmp_path = tmp_path_factory.mktemp("signin")
     add_tiny_demo_models(tmp_path / "data" / "models")
     port = free_port()

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from lsm_core.stats import composition, wilson_interval
+from lsm_core.reports.stats import composition, wilson_interval
 
 
 def test_wilson_interval_matches_the_closed_form():

@@ -13,37 +13,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image as PILImage
 from sklearn import metrics as skm
 from sqlalchemy import select
 
-from lsm_core import synthetic
-from lsm_core.datasets import LabelledData, from_files, split
+from lsm_core.imaging import synthetic
+from lsm_core.ml.datasets import LabelledData, from_files, split
 from lsm_core.errors import LsmError
-from lsm_core.images import RawFile
-from lsm_core.metrics import evaluate_probs, fit_temperature, nll, softmax
-from lsm_core.train import TrainConfig, evaluate, fit
+from lsm_core.imaging.images import RawFile
+from lsm_core.ml.metrics import evaluate_probs, fit_temperature, nll, softmax
+from lsm_core.ml.train import TrainConfig, evaluate, fit
+from lsm_core.lab.tasks import train as train_task
+from tests.helpers import labelled_zip, png_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def png(crop: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    PILImage.fromarray(np.round(crop * 255).astype(np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def labelled_zip(task: str, n: int, seed: int, classes: list[str] | None = None) -> bytes:
-    crops, labels = synthetic.make_crops(task, n, seed=seed)
-    names = synthetic.task_classes(task)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for i, (c, y) in enumerate(zip(crops, labels)):
-            cls = names[y]
-            if classes is not None and cls not in classes:
-                continue
-            zf.writestr(f"sorted/{cls}/cell{i:04d}.png", png(c))
-    return buf.getvalue()
 
 
 def test_tiny_network_beats_chance_after_two_epochs():
@@ -125,8 +107,8 @@ def test_labelled_zip_bad_data_is_said_and_good_images_used():
             for info in src.infolist():
                 zf.writestr(info.filename, src.read(info))
         zf.writestr("sorted/MPP/broken.png", b"\x89PNG\r\n\x1a\nbroken")
-        zf.writestr("sorted/HSC-unknown/x.png", png(np.full((64, 64), 0.5, np.float32)))
-        zf.writestr("sorted/LT-HSC/tiny.png", png(np.random.default_rng(0).random((8, 8)).astype(np.float32)))
+        zf.writestr("sorted/HSC-unknown/x.png", png_bytes(np.full((64, 64), 0.5, np.float32)))
+        zf.writestr("sorted/LT-HSC/tiny.png", png_bytes(np.random.default_rng(0).random((8, 8)).astype(np.float32)))
     data = from_files([RawFile("train.zip", buf.getvalue())], "lsm")
     assert data.class_counts == {"LT-HSC": 20, "ST-HSC": 20, "MPP": 20}
     problems = " | ".join(f"{f}: {e}" for f, e in data.errors)
@@ -147,7 +129,7 @@ def test_one_class_only_is_refused(classes, words):
 
 def test_too_few_images_in_a_class_and_wrong_task_are_refused():
     crops, labels = synthetic.make_crops("lsm", 45, seed=6)
-    files = [RawFile(f"d/{['LT-HSC', 'ST-HSC', 'MPP'][y]}/{i}.png", png(c)) for i, (c, y) in enumerate(zip(crops, labels)) if y != 2 or i < 20]
+    files = [RawFile(f"d/{['LT-HSC', 'ST-HSC', 'MPP'][y]}/{i}.png", png_bytes(c)) for i, (c, y) in enumerate(zip(crops, labels)) if y != 2 or i < 20]
     with pytest.raises(LsmError, match="MPP has [0-9] "):
         from_files(files, "lsm")
     with pytest.raises(LsmError, match="folders named young, aged"):
@@ -156,16 +138,15 @@ def test_too_few_images_in_a_class_and_wrong_task_are_refused():
 
 def test_training_job_runs_registers_and_cancel_registers_nothing(history, data_dir):
     from db.schema import Job, Model
-    from lsm_core import jobs
-    from lsm_core.models import ModelStore
-    from lsm_core.worker import Worker
+    from lsm_core.lab import jobs
+    from lsm_core.lab.worker import Worker
 
-    sessions, _, _ = history
-    uploads = jobs.store_uploads([RawFile("labelled.zip", labelled_zip("aging", 120, seed=7))])
+    lab, _, _ = history
+    uploads = lab.blobs.put_uploads([RawFile("labelled.zip", labelled_zip("aging", 120, seed=7))])
     config = {"architecture": "tiny_cnn", "epochs": 2, "batch_size": 32, "lr": 3e-3, "weight_decay": 0.0}
-    done_id = jobs.submit_training(sessions, "aging", "trained-aging", config, owner="ana", uploads=uploads)
-    Worker(sessions, device="cpu").run(drain=True)
-    with sessions() as s:
+    done_id = train_task.submit(lab, "aging", "trained-aging", config, owner="ana", uploads=uploads)
+    Worker(lab, device="cpu").run(drain=True)
+    with lab() as s:
         job = s.get(Job, done_id)
         assert job.status == "done", job.errors
         model = s.get(Model, job.result["model_id"])
@@ -175,23 +156,23 @@ def test_training_job_runs_registers_and_cancel_registers_nothing(history, data_
         assert model.temperature > 0
 
     long = dict(config, epochs=200)
-    cancel_id = jobs.submit_training(sessions, "aging", "never-registered", long, owner="ana", uploads=uploads)
-    worker = Worker(sessions, device="cpu")
+    cancel_id = train_task.submit(lab, "aging", "never-registered", long, owner="ana", uploads=uploads)
+    worker = Worker(lab, device="cpu")
     thread = threading.Thread(target=worker.run, kwargs={"drain": True})
     thread.start()
     deadline = time.time() + 120
     while time.time() < deadline:
-        with sessions() as s:
+        with lab() as s:
             if s.get(Job, cancel_id).progress_done >= 1:
                 break
         time.sleep(0.05)
-    assert jobs.cancel(sessions, cancel_id, "ana") == "running"
+    assert jobs.cancel(lab, cancel_id, "ana") == "running"
     thread.join(timeout=120)
-    with sessions() as s:
+    with lab() as s:
         job = s.get(Job, cancel_id)
         assert job.status == "cancelled" and 1 <= job.progress_done < 200
         assert s.scalars(select(Model).where(Model.name == "never-registered")).first() is None
-    assert ModelStore().versions("never-registered") == []
+    assert lab.store.versions("never-registered") == []
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Alembic environment: the engine comes from db.session (config.attributes["engine"]) or LSM_DATABASE_URL.
+"""Alembic environment: the engine comes from db.session.upgrade (config.attributes["engine"]).
 
 On SQLite, foreign keys are switched off while migrations run (outside any transaction, where SQLite
 honours the pragma) and on again after a ``foreign_key_check``: rebuilding a table in batch mode drops the
@@ -8,11 +8,12 @@ images and cells.
 from alembic import context
 
 from db.schema import Base
-from db.session import make_engine
 from lsm_core.errors import LsmError
 
 config = context.config
-engine = config.attributes.get("engine") or make_engine()
+engine = config.attributes.get("engine")
+if engine is None:
+    raise LsmError("migrations run through db.session.upgrade(engine) (`python -m lsm_core db upgrade`)")
 
 with engine.connect() as connection:
     sqlite = connection.dialect.name == "sqlite"

@@ -1,0 +1,485 @@
+"""Read and validate microscope image files.
+
+Accepted: PNG, JPEG (EXIF orientation applied), TIFF (8-bit, 16-bit, 32-bit integer and float; every page
+of a multi-page file is one image), grey, grey+alpha, RGB and RGBA, and ZIP archives of these (folder names
+are kept in the reported file name: ``archive.zip/LT-HSC/cell1.png``). The format is told from the file's
+content, not its name.
+
+The one grey representation
+---------------------------
+Every image becomes a 2-D ``float32`` array of shape (H, W) with values in [0, 1]:
+
+* colour is reduced to luminance, ``0.299 R + 0.587 G + 0.114 B`` (ITU-R BT.601); alpha is dropped;
+* integers are divided by the largest value of their bit depth (255 for 8-bit, 65535 for 16-bit; a
+  12-bit camera image stored in 16 bits therefore uses the lower part of the range, which is fine: see
+  below);
+* floats already inside [0, 1] are kept; other floats are rescaled from their minimum..maximum to 0..1;
+  NaN or infinite values are an error.
+
+The one intensity normalisation
+-------------------------------
+Exposure, bit depth and lamp brightness differ between sessions, so the networks never see absolute
+intensities: the first layer of every network in :mod:`lsm_core.ml.nets` standardises each crop to zero mean
+and unit standard deviation (:class:`lsm_core.ml.nets.CropStandardise`). Because it sits inside the network,
+training, inference and saliency apply it identically, and any affine change of the grey values above
+(8-bit vs 16-bit, 12-bit in 16) leaves predictions unchanged.
+
+Bounds
+------
+Pixel counts are checked from the header before any decoding; ZIP archives are checked for their number of
+members and unpacked size (as declared; zipfile never unpacks more than a member declares), and members with absolute paths, ``..``
+components or symbolic links are refused. Every bad file becomes an :class:`ImageRecord` with ``error`` set
+to a plain-language message; the other files go on.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import stat
+import zipfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import tifffile
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from lsm_core.errors import LsmError
+
+# The pixel limit is LSM_MAX_IMAGE_PIXELS, checked from the header before decoding (_check_pixels);
+# Pillow's own, lower, built-in limit would otherwise override a lab's raised setting.
+Image.MAX_IMAGE_PIXELS = None
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
+ARCHIVE_SUFFIXES = {".zip"}
+INPUT_SUFFIXES = IMAGE_SUFFIXES | ARCHIVE_SUFFIXES
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds applied before anything is decoded or unpacked (a lab changes them in its settings:
+    LSM_MAX_IMAGE_PIXELS, LSM_MAX_ARCHIVE_MEMBERS, LSM_MAX_ARCHIVE_BYTES; see lsm_core.lab.settings)."""
+
+    max_image_pixels: int = 100_000_000
+    max_archive_members: int = 20_000
+    max_archive_bytes: int = 4 * 1024**3
+
+
+# Files that operating systems add to folders and archives; never images, never worth an error.
+_JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
+
+
+@dataclass
+class ImageRecord:
+    """One decoded image (one page of a file), or the error that stopped it.
+
+    ``pixels`` is (H, W) float32 in [0, 1] (see the module docstring), or None when ``error`` is set.
+    """
+
+    source: str
+    page: int = 0
+    pixels: np.ndarray | None = None
+    width: int | None = None
+    height: int | None = None
+    bit_depth: int | None = None
+    sha256: str | None = None
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _sniff(data: bytes) -> str:
+    head = data[:8]
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "zip"
+    return "unknown"
+
+
+def _looks_like_text(data: bytes) -> bool:
+    sample = data[:2048]
+    if b"\x00" in sample:
+        return False
+    try:
+        sample.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _human_mp(pixels: int) -> str:
+    return f"{pixels / 1e6:,.0f} megapixels" if pixels >= 1e6 else f"{pixels:,} pixels"
+
+
+def _check_pixels(width: int, height: int, limits: Limits) -> None:
+    pixels = int(width) * int(height)
+    if width <= 0 or height <= 0:
+        raise LsmError(f"the image has no pixels ({width} x {height})")
+    if pixels > limits.max_image_pixels:
+        raise LsmError(
+            f"the image is {width} x {height} pixels ({_human_mp(pixels)}); the limit is "
+            f"{_human_mp(limits.max_image_pixels)} (LSM_MAX_IMAGE_PIXELS). Tile it or bin it first."
+        )
+
+
+def to_grey_float(arr: np.ndarray, bit_depth: int | None = None) -> np.ndarray:
+    """Convert a decoded image to the one grey representation.
+
+    Parameters
+    ----------
+    arr : ndarray, shape (H, W) or (H, W, C) with C in 1..4, any integer, bool or float dtype
+    bit_depth : int, optional
+        Significant bits of an integer image; defaults to the dtype's width.
+
+    Returns
+    -------
+    ndarray, shape (H, W), float32, values in [0, 1]
+
+    Raises
+    ------
+    LsmError
+        For NaN or infinite values, or an unsupported number of channels.
+    """
+    a = np.asarray(arr)
+    if a.ndim == 3:
+        channels = a.shape[2]
+        if channels in (1, 2):  # grey or grey + alpha
+            a = a[..., 0]
+        elif channels in (3, 4):  # RGB or RGBA: luminance, alpha dropped
+            if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a[..., :3]).all():
+                raise LsmError(_nan_message(a[..., :3]))
+            grey = a[..., :3].astype(np.float32) @ LUMA
+            if np.issubdtype(a.dtype, np.integer):
+                grey = np.rint(grey).astype(a.dtype)
+            a = grey
+        else:
+            raise LsmError(f"the image has {channels} channels; expected grey, RGB or RGBA")
+    elif a.ndim != 2:
+        raise LsmError(f"the image has {a.ndim} dimensions; expected a 2-D picture")
+
+    if a.dtype == bool:
+        return a.astype(np.float32)
+    if np.issubdtype(a.dtype, np.integer):
+        info = np.iinfo(a.dtype)
+        if info.min < 0:  # signed: shift into the unsigned range of the same width
+            out = (a.astype(np.float64) - info.min) / (float(info.max) - info.min)
+            return out.astype(np.float32)
+        bits = bit_depth if bit_depth and bit_depth <= info.bits else info.bits
+        top = float(2**bits - 1)
+        return np.clip(a.astype(np.float32) / top, 0.0, 1.0)
+    if np.issubdtype(a.dtype, np.floating):
+        a = a.astype(np.float32, copy=False)
+        if not np.isfinite(a).all():
+            raise LsmError(_nan_message(a))
+        lo, hi = float(a.min()), float(a.max())
+        if lo >= 0.0 and hi <= 1.0:
+            return np.ascontiguousarray(a)
+        if hi == lo:
+            return np.zeros_like(a)
+        return ((a - lo) / (hi - lo)).astype(np.float32)
+    raise LsmError(f"unsupported pixel type {a.dtype}")
+
+
+def _nan_message(a: np.ndarray) -> str:
+    nan = int(np.isnan(a).sum())
+    inf = int(np.isinf(a).sum())
+    parts = []
+    if nan:
+        parts.append(f"{nan:,} NaN (not-a-number)")
+    if inf:
+        parts.append(f"{inf:,} infinite")
+    return f"the image holds {' and '.join(parts)} pixel values; export it again without masked pixels"
+
+
+def _decode_pil(data: bytes, limits: Limits) -> list[tuple[np.ndarray, int]]:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            _check_pixels(im.width, im.height, limits)
+            if im.format == "JPEG" or "exif" in im.info:
+                im = ImageOps.exif_transpose(im)  # applies the camera's orientation
+            mode = im.mode
+            if mode == "P":
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+            elif mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
+                im = im.convert("L" if mode == "1" else "RGB")
+            arr = np.asarray(im)
+            bits = 16 if mode.startswith("I;16") or (mode == "I" and arr.max(initial=0) <= 65535) else None
+            if mode == "I" and bits == 16:
+                arr = arr.astype(np.uint16)
+            if arr.dtype == np.uint8:
+                bits = 8
+            return [(arr, bits or arr.dtype.itemsize * 8)]
+    except LsmError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise LsmError(f"the image is too large to decode safely ({exc})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise LsmError(_damaged(exc)) from None
+
+
+def _damaged(exc: Exception) -> str:
+    if isinstance(exc, UnidentifiedImageError):  # Pillow names its buffer object here, which says nothing to people
+        return "the file is damaged or incomplete and could not be decoded (its contents are not a readable image)"
+    text = str(exc).strip() or type(exc).__name__
+    return f"the file is damaged or incomplete and could not be decoded ({text})"
+
+
+def _decode_tiff(data: bytes, limits: Limits) -> Iterator[tuple[np.ndarray | None, int | None, str | None]]:
+    try:
+        tif = tifffile.TiffFile(io.BytesIO(data))
+    except Exception as exc:  # tifffile raises many types for broken headers
+        raise LsmError(_damaged(exc)) from None
+    with tif:
+        try:
+            n_pages = len(tif.pages)
+        except Exception as exc:
+            raise LsmError(_damaged(exc)) from None
+        if n_pages > limits.max_archive_members:
+            raise LsmError(f"the TIFF has {n_pages:,} pages; the limit is {limits.max_archive_members:,}")
+        for index in range(n_pages):
+            try:
+                page = tif.pages[index]
+                shape = tuple(int(s) for s in page.shape)
+                axes = page.axes
+                if "S" in axes and axes.index("S") == 0 and len(shape) == 3:
+                    height, width = shape[1], shape[2]
+                else:
+                    height, width = shape[0], shape[1] if len(shape) > 1 else 1
+                _check_pixels(width, height, limits)
+                arr = page.asarray()
+                if "S" in axes and axes.index("S") == 0 and arr.ndim == 3:
+                    arr = np.moveaxis(arr, 0, -1)  # planar RGB -> channels last
+                if arr.ndim > 3 or (arr.ndim == 3 and arr.shape[-1] > 4):
+                    raise LsmError(
+                        f"page {index + 1} is a {arr.ndim}-D stack {arr.shape}; save each plane as a page"
+                    )
+                yield arr, int(page.bitspersample), None
+            except LsmError as exc:
+                yield None, None, str(exc)
+            except Exception as exc:
+                yield None, None, _damaged(exc)
+
+
+def decode_bytes(name: str, data: bytes, limits: Limits | None = None) -> list[ImageRecord]:
+    """Decode one file's bytes into one record per page (never raises for bad content).
+
+    ZIP archives are expanded with :func:`iter_zip`.
+    """
+    limits = limits or Limits()
+    if len(data) == 0:
+        return [ImageRecord(name, error="the file is empty (0 bytes)")]
+    digest = hashlib.sha256(data).hexdigest()
+    kind = _sniff(data)
+    if kind == "zip":
+        return [r for raw in iter_zip_members(name, io.BytesIO(data), limits) for r in decode_raw(raw, limits)]
+    if kind == "unknown":
+        if _looks_like_text(data):
+            msg = "this is a text file, not an image (PNG, JPEG, TIFF or ZIP expected)"
+        else:
+            msg = "not a supported image format (PNG, JPEG, TIFF or ZIP expected)"
+        return [ImageRecord(name, sha256=digest, error=msg)]
+    records: list[ImageRecord] = []
+    try:
+        if kind == "tiff":
+            decoded = list(_decode_tiff(data, limits))
+        else:
+            decoded = [(arr, bits, None) for arr, bits in _decode_pil(data, limits)]
+    except LsmError as exc:
+        return [ImageRecord(name, sha256=digest, error=str(exc))]
+    for page, (arr, bits, error) in enumerate(decoded):
+        record = ImageRecord(name, page=page, sha256=digest, error=error)
+        if arr is not None:
+            try:
+                record.pixels = to_grey_float(arr, bits)
+                record.height, record.width = record.pixels.shape
+                record.bit_depth = bits
+            except LsmError as exc:
+                record.error = str(exc)
+        if record.error and len(decoded) > 1:
+            record.error = f"page {page + 1}: {record.error}"
+        records.append(record)
+    return records
+
+
+def decode_page(name: str, data: bytes, page: int, limits: Limits | None = None) -> np.ndarray:
+    """The pixels of page ``page`` (counted from 1) of one file's bytes; LsmError if it cannot be read."""
+    record = next((r for r in decode_bytes(name, data, limits) if r.page == page - 1), None)
+    if record is None:
+        raise LsmError(f"{name}: page {page} is missing")
+    if not record.ok:
+        raise LsmError(record.error or "the image could not be read")
+    return record.pixels
+
+
+def _unsafe_member(name: str) -> str | None:
+    normal = name.replace("\\", "/")
+    if normal.startswith("/") or (len(normal) > 1 and normal[1] == ":"):
+        return "has an absolute path; refused"
+    if ".." in PurePosixPath(normal).parts:
+        return "has '..' in its path (it points outside the archive); refused"
+    return None
+
+
+def _is_junk(name: str) -> bool:
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    base = parts[-1] if parts else name
+    return "__MACOSX" in parts or base.startswith("._") or base.lower() in _JUNK_NAMES
+
+
+@dataclass
+class RawFile:
+    """One file's bytes as found in a folder, an upload or an archive, or the error that stopped reading it."""
+
+    source: str
+    data: bytes | None = None
+    error: str | None = None
+
+
+def iter_zip_members(name: str, fileobj, limits: Limits | None = None, only_images: bool = True) -> Iterator[RawFile]:
+    """Yield the bytes of every image member of a ZIP archive, bounded by ``limits``.
+
+    Members are read in memory, never written to disk. Members whose names do not end in an image suffix
+    are skipped when ``only_images`` (as in a folder); operating-system junk (``__MACOSX``, ``.DS_Store``)
+    always is. Sources are ``<name>/<member path>``.
+    """
+    limits = limits or Limits()
+    try:
+        archive = zipfile.ZipFile(fileobj)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        yield RawFile(name, error=f"the ZIP archive is damaged ({exc})")
+        return
+    with archive:
+        members = [m for m in archive.infolist() if not m.is_dir() and not _is_junk(m.filename)]
+        if len(members) > limits.max_archive_members:
+            yield RawFile(
+                name,
+                error=f"the ZIP holds {len(members):,} files; the limit is {limits.max_archive_members:,} "
+                "(LSM_MAX_ARCHIVE_MEMBERS). Split it into several archives.",
+            )
+            return
+        declared = sum(m.file_size for m in members)
+        if declared > limits.max_archive_bytes:
+            yield RawFile(
+                name,
+                error=f"the ZIP would unpack to {declared / 1e9:,.2f} GB; the limit is "
+                f"{limits.max_archive_bytes / 1e9:,.2f} GB (LSM_MAX_ARCHIVE_BYTES). Split it.",
+            )
+            return
+        for member in members:
+            source = f"{name}/{member.filename}"
+            problem = _unsafe_member(member.filename)
+            mode = member.external_attr >> 16
+            if problem is None and stat.S_ISLNK(mode):
+                problem = "is a symbolic link; refused"
+            if problem:
+                yield RawFile(source, error=f"archive member {member.filename!r} {problem}")
+                continue
+            suffix = PurePosixPath(member.filename).suffix.lower()
+            if only_images and suffix not in IMAGE_SUFFIXES | ARCHIVE_SUFFIXES:
+                continue
+            try:
+                # zipfile never returns more than the member's declared size (it raises on a mismatch),
+                # and the declared sizes were bounded above: this read is bounded too.
+                with archive.open(member) as fh:
+                    data = fh.read()
+            except RuntimeError as exc:  # encrypted
+                yield RawFile(source, error=f"could not be read from the archive ({exc})")
+                continue
+            except Exception as exc:  # BadZipFile, CRC mismatch, zlib/lzma/bz2 errors: only this member
+                yield RawFile(source, error=f"the archive member is damaged ({type(exc).__name__}: {exc})")
+                continue
+            if _sniff(data) == "zip":
+                yield RawFile(source, error="a ZIP inside a ZIP is not read; unpack the inner archive first")
+                continue
+            yield RawFile(source, data)
+
+
+def decode_raw(raw: RawFile, limits: Limits | None = None) -> list[ImageRecord]:
+    """The records of one raw file (its error, or one per decoded page)."""
+    if raw.error is not None or raw.data is None:
+        return [ImageRecord(raw.source, error=raw.error or "could not be read")]
+    return decode_bytes(raw.source, raw.data, limits)
+
+
+def iter_zip(name: str, fileobj, limits: Limits | None = None, only_images: bool = True) -> Iterator[ImageRecord]:
+    """Yield the records of every image in a ZIP archive (see :func:`iter_zip_members`)."""
+    limits = limits or Limits()
+    for raw in iter_zip_members(name, fileobj, limits, only_images):
+        yield from decode_raw(raw, limits)
+
+
+def iter_upload(name: str, data: bytes, limits: Limits | None = None) -> Iterator[RawFile]:
+    """The raw files of one uploaded file: itself, or its members when it is a ZIP archive."""
+    limits = limits or Limits()
+    if _sniff(data) == "zip":
+        yield from iter_zip_members(name, io.BytesIO(data), limits)
+    else:
+        yield RawFile(name, data)
+
+
+def _iter_folder(folder: Path) -> Iterator[Path]:
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for fname in sorted(files):
+            if fname.startswith(".") or fname.lower() in _JUNK_NAMES:
+                continue
+            if Path(fname).suffix.lower() in INPUT_SUFFIXES:
+                yield Path(root) / fname
+
+
+def iter_path(path: str | Path, limits: Limits | None = None, display: str | None = None) -> Iterator[RawFile]:
+    """The raw files of one file on disk (itself, or its members when it is a ZIP archive)."""
+    limits = limits or Limits()
+    path = Path(path)
+    name = display or str(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if _sniff(head) == "zip":
+                fh.seek(0)
+                yield from iter_zip_members(name, fh, limits)
+                return
+            fh.seek(0)
+            data = fh.read()
+    except OSError as exc:
+        yield RawFile(name, error=f"could not be read ({exc.strerror or exc})")
+        return
+    yield RawFile(name, data)
+
+
+def iter_files(inputs: Iterable[str | Path], limits: Limits | None = None) -> Iterator[RawFile]:
+    """Raw files from files, folders (searched recursively for image and ZIP files) and ZIP archives."""
+    limits = limits or Limits()
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            for found in _iter_folder(path):
+                yield from iter_path(found, limits)
+        elif path.exists():
+            yield from iter_path(path, limits, display=str(item))
+        else:
+            yield RawFile(str(item), error="no such file or folder")
+
+
+def read_path(path: str | Path, limits: Limits | None = None, display: str | None = None) -> Iterator[ImageRecord]:
+    """Records for one file (image or ZIP), reported under ``display`` (default: the path as given)."""
+    limits = limits or Limits()
+    for raw in iter_path(path, limits, display):
+        yield from decode_raw(raw, limits)
+
+
+def read_inputs(inputs: Iterable[str | Path], limits: Limits | None = None) -> Iterator[ImageRecord]:
+    """Records for files, folders (searched recursively for image and ZIP files) and ZIP archives."""
+    limits = limits or Limits()
+    for raw in iter_files(inputs, limits):
+        yield from decode_raw(raw, limits)

@@ -1,0 +1,312 @@
+"""Batches: what people submit (a batch of files with its mouse's metadata, queued for classification) and
+what they do with them afterwards: find, rename, delete, re-run, add files.
+
+Ownership is checked here, not only by hiding buttons: a member changes only their own batches, an
+administrator anyone's (see :mod:`lsm_core.lab.accounts`). Everyone may re-run any batch into a new one of their own.
+
+Every action names the batch by id, never by a position in a list, and may name the ``revision`` its user
+saw (``Batch.revision`` counts renames and added files): a batch that was deleted or changed since is
+refused with a message, so nobody acts on something other than what they looked at.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from db import audit
+from db.schema import Batch, Cell, Image, Job, Model
+from lsm_core.errors import LsmError
+from lsm_core.imaging.images import Limits, RawFile, decode_raw
+from lsm_core.lab import accounts
+from lsm_core.lab.blobs import BlobStore
+from lsm_core.lab.history import Lab
+from lsm_core.lab.jobs import JobKind, JobStatus, new_job
+
+SEXES = {"F", "M"}
+
+
+@dataclass
+class BatchMeta:
+    """Sample metadata of a batch (what comparisons across mice need)."""
+
+    mouse_id: str | None = None
+    age_days: float | None = None
+    sex: str | None = None
+    strain: str | None = None
+    gate: str | None = None
+    imaging_date: str | None = None
+    notes: str | None = None
+    pixel_size_um: float | None = None
+
+    def validated(self) -> "BatchMeta":
+        if self.age_days is not None:
+            try:
+                self.age_days = float(self.age_days)
+            except (TypeError, ValueError):
+                raise LsmError(f"age {self.age_days!r} is not a number of days") from None
+            if not 0 <= self.age_days <= 365 * 10:
+                raise LsmError(f"age {self.age_days:g} days is outside 0 to 3650 days")
+        if self.sex is not None and self.sex != "":
+            if self.sex.upper() not in SEXES:
+                raise LsmError(f"sex {self.sex!r} must be F or M")
+            self.sex = self.sex.upper()
+        if self.imaging_date:
+            try:
+                datetime.strptime(self.imaging_date, "%Y-%m-%d")
+            except ValueError:
+                raise LsmError(f"imaging date {self.imaging_date!r} must be written YYYY-MM-DD") from None
+        for name, limit in (("mouse_id", 100), ("strain", 200), ("gate", 200), ("notes", 20_000)):
+            value = getattr(self, name)
+            if value is not None and len(str(value)) > limit:
+                raise LsmError(f"{name.replace('_', ' ')} is longer than {limit:,} characters")
+        if self.pixel_size_um is not None and not self.pixel_size_um > 0:
+            raise LsmError("pixel size must be a positive number of micrometres per pixel")
+        return self
+
+
+@dataclass
+class Submitted:
+    batch_id: int
+    job_id: int
+    images: int = 0
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (file, message)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why): the same bytes are in the batch already
+
+
+@dataclass
+class ImageRows:
+    """Image rows for uploaded files (not yet in a session), with the files that failed and those skipped."""
+
+    rows: list[Image] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def readable(self) -> int:
+        return sum(1 for r in self.rows if r.error is None)
+
+
+def image_rows(files: Iterable[RawFile], blobs: BlobStore, limits: Limits,
+               present: dict[str, str] | None = None) -> ImageRows:
+    """Image rows for uploaded files: each file's bytes stored once, each decoded once to validate it; a file
+    that fails becomes a row with its error. A file whose bytes are in ``present`` (sha256 -> the file name
+    there: the batch's files) or earlier in ``files`` is skipped, never counted twice."""
+    out = ImageRows()
+    seen = dict(present or {})
+    for raw in files:
+        sha = blobs.put(raw.data) if raw.error is None and raw.data else None
+        if sha is not None and sha in seen:
+            same = seen[sha]
+            out.skipped.append((raw.source, "the same file is in this batch already" + ("" if same == raw.source
+                                                                                          else f" (as {same})")))
+            continue
+        if sha is not None:
+            seen[sha] = raw.source
+        for record in decode_raw(raw, limits):
+            image = Image(
+                position=len(out.rows), file=record.source, page=record.page + 1,
+                sha256=sha if record.ok else record.sha256, width=record.width, height=record.height,
+                bit_depth=record.bit_depth, error=record.error, done=not record.ok,
+            )
+            if not record.ok:
+                image.n_cells = 0
+                out.errors.append((record.source, record.error or ""))
+            out.rows.append(image)
+            record.pixels = None
+    return out
+
+
+def classify_job(batch: Batch, owner: str, readable: int, priority: int = 0) -> Job:
+    """The job that classifies a batch's unread images (to add in the batch's transaction)."""
+    status = JobStatus.QUEUED if readable else JobStatus.FAILED
+    return new_job(JobKind.CLASSIFY, {"batch_id": batch.id, "model_id": batch.model_id}, owner, priority, readable,
+                   batch.id, status, None if readable else "none of the files could be read")
+
+
+def submit_batch(
+    lab: Lab,
+    files: Iterable[RawFile],
+    model_id: int,
+    name: str,
+    owner: str | None = None,
+    meta: BatchMeta | None = None,
+    limits: Limits | None = None,
+    priority: int = 0,
+) -> Submitted:
+    """Store the files' bytes, then create the batch, its images and its classify job in one transaction.
+
+    Every file is decoded once here to validate it; a file that fails becomes an image row with its error
+    and the rest go on. Raises LsmError when nothing at all was uploaded or the model is unknown.
+    """
+    owner = owner or accounts.current_user()
+    meta = (meta or BatchMeta()).validated()
+    name = (name or "").strip()
+    if not name:
+        raise LsmError("the batch needs a name")
+    if len(name) > 200:
+        raise LsmError("the batch name is longer than 200 characters")
+    found = image_rows(files, lab.blobs, limits or lab.limits)
+    rows, errors, readable = found.rows, found.errors, found.readable
+    if not rows:
+        raise LsmError("no files were uploaded")
+    with lab.begin() as s:
+        model = s.get(Model, model_id)
+        if model is None or model.deleted:
+            raise LsmError("the chosen model no longer exists; pick another one")
+        batch = Batch(name=name, owner=owner, model_id=model.id, status="queued" if readable else "failed", **vars(meta))
+        batch.images = rows
+        s.add(batch)
+        s.flush()
+        job = classify_job(batch, owner, readable, priority)
+        s.add(job)
+        s.flush()
+        audit.record(s, owner, "submit", f"batch {batch.id}", name=name, model=model.label, images=len(rows),
+                     failed=len(errors), skipped=len(found.skipped))
+        return Submitted(batch.id, job.id, len(rows), errors, found.skipped)
+
+
+def find_by_name(lab: Lab, owner: str, name: str) -> int | None:
+    """The id of ``owner``'s batch called ``name`` (newest), or None."""
+    with lab() as s:
+        return s.scalar(
+            select(Batch.id).where(Batch.owner == owner, Batch.name == name.strip()).order_by(Batch.id.desc()).limit(1)
+        )
+
+
+def _get(s: Session, batch_id: int, seen_revision: int | None = None) -> Batch:
+    """Within ``s``: the batch (locked for the rest of the transaction on PostgreSQL), refused when it is gone
+    or, with ``seen_revision``, changed since its user saw it."""
+    batch = s.get(Batch, batch_id, with_for_update=s.bind.dialect.name == "postgresql")
+    if batch is None:
+        raise LsmError(f"batch #{batch_id} no longer exists: someone deleted it. Nothing was done.")
+    if seen_revision is not None and batch.revision != seen_revision:
+        raise LsmError(f"batch #{batch_id} was changed since you selected it (it is now called {batch.name!r}). "
+                       "Nothing was done: look at it again, then act.")
+    return batch
+
+
+def _own(s: Session, batch_id: int, user: str, seen_revision: int | None = None) -> Batch:
+    batch = _get(s, batch_id, seen_revision)
+    if not accounts.may_change(s, user, batch.owner):
+        raise LsmError(f"batch {batch.name!r} belongs to {batch.owner}; only they or an administrator can change it")
+    return batch
+
+
+def rename(lab: Lab, batch_id: int, new_name: str, user: str,
+           seen_revision: int | None = None) -> None:
+    new_name = (new_name or "").strip()
+    if not new_name or len(new_name) > 200:
+        raise LsmError("a batch name needs 1 to 200 characters")
+    with lab.begin() as s:
+        batch = _own(s, batch_id, user, seen_revision)
+        audit.record(s, user, "rename", f"batch {batch_id}", old=batch.name, new=new_name)
+        batch.name = new_name
+        batch.revision += 1
+
+
+@dataclass(frozen=True)
+class Deleted:
+    """What a delete removed, for the message that confirms it."""
+
+    batch_id: int
+    name: str
+    images: int
+    cells: int
+
+
+def delete(lab: Lab, batch_id: int, user: str, seen_revision: int | None = None) -> Deleted:
+    """Delete a batch with its images and cells; its queued or running jobs are cancelled. Returns what went."""
+    with lab.begin() as s:
+        batch = _own(s, batch_id, user, seen_revision)
+        gone = Deleted(batch.id, batch.name,
+                       s.scalar(select(func.count()).select_from(Image).where(Image.batch_id == batch_id)) or 0,
+                       s.scalar(select(func.count()).select_from(Cell).where(Cell.batch_id == batch_id)) or 0)
+        s.execute(
+            update(Job).where(Job.batch_id == batch_id, Job.status == "queued").values(status="cancelled", finished=func.now())
+        )
+        s.execute(update(Job).where(Job.batch_id == batch_id, Job.status == "running").values(cancel_requested=True))
+        audit.record(s, user, "delete", f"batch {batch_id}", name=batch.name, owner=batch.owner, images=gone.images,
+                     cells=gone.cells)
+        s.delete(batch)
+        return gone
+
+
+def rerun(lab: Lab, batch_id: int, model_id: int, user: str,
+          pixel_size_um: float | None = None, seen_revision: int | None = None) -> Submitted:
+    """A new batch with the same images and metadata, classified by another model (version) or at another
+    pixel size (``pixel_size_um``; default: the old batch's)."""
+    if pixel_size_um is not None and not (pixel_size_um > 0 and pixel_size_um < 100):
+        raise LsmError("the pixel size must be a positive number of micrometres per pixel (below 100)")
+    with lab.begin() as s:
+        old = _get(s, batch_id, seen_revision)
+        model = s.get(Model, model_id)
+        if model is None or model.deleted:
+            raise LsmError("the chosen model no longer exists; pick another one")
+        if model.task != old.model.task:
+            raise LsmError(f"{model.label} is a {model.task} model; this batch was classified with a {old.model.task} model")
+        images = s.scalars(select(Image).where(Image.batch_id == batch_id).order_by(Image.position)).all()
+        copies = [
+            Image(position=i, file=im.file, page=im.page, sha256=im.sha256, width=im.width, height=im.height,
+                  bit_depth=im.bit_depth, error=im.error if im.width is None else None,
+                  done=im.width is None, n_cells=0 if im.width is None else None)
+            for i, im in enumerate(images)
+        ]
+        readable = sum(1 for c in copies if not c.done)
+        pixels = pixel_size_um if pixel_size_um is not None else old.pixel_size_um
+        suffix = f" ({model.name} v{model.version}" + (f", {pixels:g} um/px" if pixel_size_um is not None else "") + ")"
+        batch = Batch(
+            name=old.name + suffix, owner=user, model_id=model.id, status="queued",
+            mouse_id=old.mouse_id, age_days=old.age_days, sex=old.sex, strain=old.strain, gate=old.gate,
+            imaging_date=old.imaging_date, notes=old.notes, pixel_size_um=pixels,
+        )
+        batch.images = copies
+        s.add(batch)
+        s.flush()
+        job = classify_job(batch, user, readable)
+        s.add(job)
+        s.flush()
+        audit.record(s, user, "rerun", f"batch {batch.id}", source=batch_id, model=model.label, pixel_size_um=pixels)
+        return Submitted(batch.id, job.id, len(copies), [])
+
+
+def add_files(
+    lab: Lab,
+    batch_id: int,
+    files: Iterable[RawFile],
+    user: str,
+    limits: Limits | None = None,
+    seen_revision: int | None = None,
+) -> Submitted:
+    """Add files to one of ``user``'s batches and queue a job that classifies the new images.
+
+    A file whose bytes are in the batch already (same sha256) is skipped and listed in ``skipped``; when
+    every file is, nothing is queued and LsmError says so.
+    """
+    with lab() as s:
+        batch = _own(s, batch_id, user, seen_revision)
+        present = dict(s.execute(select(Image.sha256, Image.file).where(Image.batch_id == batch_id,
+                                                                         Image.sha256.is_not(None))).all())
+    found = image_rows(files, lab.blobs, limits or lab.limits, present)
+    if not found.rows:
+        if found.skipped:
+            raise LsmError(f"nothing was added: all {len(found.skipped)} file(s) are in batch {batch.name!r} already")
+        raise LsmError("no files were uploaded")
+    with lab.begin() as s:
+        batch = _own(s, batch_id, user, seen_revision)
+        start = (s.scalar(select(func.max(Image.position)).where(Image.batch_id == batch_id)) or 0) + 1
+        for i, row in enumerate(found.rows):
+            row.position = start + i
+            row.batch_id = batch_id
+            s.add(row)
+        batch.status = "queued"
+        batch.revision += 1
+        job = classify_job(batch, user, found.readable)
+        s.add(job)
+        s.flush()
+        audit.record(s, user, "add files", f"batch {batch_id}", images=len(found.rows), failed=len(found.errors),
+                     skipped=len(found.skipped))
+        return Submitted(batch_id, job.id, len(found.rows), found.errors, found.skipped)

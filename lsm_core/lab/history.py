@@ -1,0 +1,72 @@
+"""The one way to open the lab's history: :func:`open_lab` gives a :class:`Lab`.
+
+A ``Lab`` is what every function of the shared service works on: the database (calling it opens a session,
+``lab.begin()`` a transaction, as a SQLAlchemy ``sessionmaker`` does), the blob store, the model store and
+the settings they came from. The command line, ``serve``, the worker, the pages and the tests all open it
+here, so none of them reads the environment or builds a store on its own.
+"""
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.session import make_engine, session_factory, upgrade
+from lsm_core.imaging.images import Limits
+from lsm_core.lab import settings as settings_module
+from lsm_core.lab.blobs import BlobStore
+from lsm_core.lab.settings import Settings
+
+if TYPE_CHECKING:
+    from lsm_core.ml.models import ModelStore
+
+
+class Lab:
+    """The history (a session factory), the blob store, the model store and the settings."""
+
+    def __init__(self, sessions: sessionmaker[Session], settings: Settings, engine: Engine | None = None) -> None:
+        self.sessions = sessions
+        self.settings = settings
+        self.engine = engine
+
+    def __call__(self) -> Session:
+        return self.sessions()
+
+    def begin(self) -> Any:
+        return self.sessions.begin()
+
+    @cached_property
+    def blobs(self) -> BlobStore:
+        return BlobStore(self.settings.blob_dir)
+
+    @cached_property
+    def store(self) -> ModelStore:
+        from lsm_core.ml.models import ModelStore  # torch: only where models are needed
+
+        root = self.settings.model_dir
+        root.mkdir(parents=True, exist_ok=True)
+        return ModelStore(root)
+
+    @property
+    def limits(self) -> Limits:
+        return self.settings.limits
+
+    def dispose(self) -> None:
+        if self.engine is not None:
+            self.engine.dispose()
+
+
+def open_lab(settings: Settings | None = None, sync: bool = True) -> Lab:
+    """The lab of ``settings`` (default: this process's): its database upgraded to this code's schema and, with
+    ``sync``, every package of its model store registered."""
+    settings = settings or settings_module.current()
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    lab = Lab(session_factory(engine), settings, engine)
+    if sync:
+        from lsm_core.lab.registry import sync_models
+
+        sync_models(lab)
+    return lab

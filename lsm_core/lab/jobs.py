@@ -1,0 +1,284 @@
+"""The job queue in the database, and nothing else: submit, claim, renew a lease, progress, finish, fail, retry,
+release, cancel, and where a job stands. What a job does is a task (lsm_core.lab.tasks); batches, which
+queue classify jobs, are lsm_core.lab.batches.
+
+- **Claim** is race-free: on PostgreSQL ``SELECT ... FOR UPDATE SKIP LOCKED``; on SQLite every
+  transaction starts with ``BEGIN IMMEDIATE`` (see :mod:`db.session`), so claims are serialised.
+- **Order** among queued jobs: first the owner served least recently (the owner whose latest job started
+  earliest, or never), then higher priority, then older. One person's 100,000-cell batch does not hold up
+  a colleague's 20 cells.
+- **Leases**: a claimed job carries ``lease_expires``; the worker renews it by heartbeat. A job whose lease
+  ran out (its worker died) goes back to the queue, keeping the error, until ``max_attempts``; then it fails.
+- **Cancel**: a queued job at once; a running one at its worker's next chunk.
+
+Statuses and kinds are string enums (:class:`JobStatus`, :class:`JobKind`) stored in the jobs table's text
+columns. Functions that take a ``Lab`` (or any session factory) run their own short transaction; those that
+take a ``Session`` work inside the caller's.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import case, func, select, update
+from sqlalchemy.orm import Session
+
+from db import audit
+from db.schema import Batch, Job, utcnow
+from lsm_core.errors import LsmError
+from lsm_core.lab.history import Lab
+from lsm_core.lab import accounts
+
+DEFAULT_LEASE_S = 60.0
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
+ENDED = (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class JobKind(StrEnum):
+    """What a job does: each kind is a task module of lsm_core.lab.tasks."""
+
+    CLASSIFY = "classify"
+    TRAIN = "train"
+    EVALUATE = "evaluate"
+    SALIENCY = "saliency"
+
+
+def new_job(kind: JobKind, payload: dict[str, Any], owner: str, priority: int = 0, total: int = 0,
+            batch_id: int | None = None, status: JobStatus = JobStatus.QUEUED, error: str | None = None) -> Job:
+    """A Job row to add in the caller's transaction (the one place a job is made)."""
+    return Job(kind=JobKind(kind).value, payload=payload, owner=owner, priority=priority, progress_total=total,
+               batch_id=batch_id, max_attempts=DEFAULT_MAX_ATTEMPTS, status=JobStatus(status).value, error=error)
+
+
+def submit(lab: Lab, kind: JobKind, payload: dict[str, Any], owner: str, priority: int = 0,
+           total: int = 0, batch_id: int | None = None, audit_as: tuple[str, str] | None = None) -> int:
+    """Queue a job in its own transaction; returns its id. ``audit_as`` (action, target) records it in the
+    audit trail in the same transaction."""
+    with lab.begin() as s:
+        job = new_job(kind, payload, owner, priority, total, batch_id)
+        s.add(job)
+        s.flush()
+        if audit_as:
+            audit.record(s, owner, audit_as[0], audit_as[1], job=job.id)
+        return job.id
+
+
+def _order_columns():
+    last_served = (
+        select(Job.owner.label("owner"), func.max(Job.started).label("last"))
+        .where(Job.started.is_not(None))
+        .group_by(Job.owner)
+        .subquery()
+    )
+    never = datetime(1970, 1, 1)
+    order = (func.coalesce(last_served.c.last, never).asc(), Job.priority.desc(), Job.created.asc(), Job.id.asc())
+    return last_served, order
+
+
+def reap_expired(s: Session, now: datetime) -> int:
+    """Within ``s``: jobs whose lease ran out go back to the queue (or fail after max attempts)."""
+    expired = s.scalars(
+        select(Job).where(Job.status == JobStatus.RUNNING, Job.lease_expires < now).with_for_update(skip_locked=True)
+    ).all()
+    for job in expired:
+        message = f"attempt {job.attempts}: worker {job.worker_id} stopped answering (its lease ran out)"
+        job.errors = [*(job.errors or []), message]
+        job.worker_id = None
+        job.lease_expires = None
+        if job.cancel_requested:
+            job.status, job.finished = JobStatus.CANCELLED, now
+        elif job.attempts >= job.max_attempts:
+            job.status, job.error, job.finished = JobStatus.FAILED, f"gave up after {job.attempts} attempts: {message}", now
+        else:
+            job.status = JobStatus.QUEUED
+    return len(expired)
+
+
+def claim(
+    lab: Lab, worker_id: str, kinds: Iterable[str] | None = None, lease_s: float = DEFAULT_LEASE_S
+) -> Job | None:
+    """Take the next job (see the module docstring for the order), or None when there is none."""
+    now = utcnow()
+    with lab.begin() as s:
+        reap_expired(s, now)
+        last_served, order = _order_columns()
+        query = (
+            select(Job)
+            .outerjoin(last_served, last_served.c.owner == Job.owner)
+            .where(Job.status == JobStatus.QUEUED, Job.cancel_requested.is_(False))
+            .order_by(*order)
+            .limit(1)
+        )
+        if kinds:
+            query = query.where(Job.kind.in_(list(kinds)))
+        if s.bind.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True, of=Job)
+        job = s.scalars(query).first()
+        if job is None:
+            return None
+        job.status = JobStatus.RUNNING
+        job.worker_id = worker_id
+        job.attempts += 1
+        job.started = now
+        job.lease_expires = now + timedelta(seconds=lease_s)
+        if job.batch_id is not None:
+            s.execute(update(Batch).where(Batch.id == job.batch_id).values(status=JobStatus.RUNNING))
+        s.flush()
+        s.expunge(job)
+        return job
+
+
+def renew_lease(s: Session, job_id: int, worker_id: str, lease_s: float = DEFAULT_LEASE_S) -> bool:
+    """Within ``s``: extend the lease; False when this worker no longer holds the job."""
+    result = s.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.RUNNING)
+        .values(lease_expires=utcnow() + timedelta(seconds=lease_s))
+    )
+    return result.rowcount == 1
+
+
+def set_progress(s: Session, job_id: int, done: int, total: int | None = None) -> None:
+    values = {"progress_done": done}
+    if total is not None:
+        values["progress_total"] = total
+    s.execute(update(Job).where(Job.id == job_id).values(**values))
+
+
+def cancel(lab: Lab, job_id: int, user: str) -> str:
+    """Cancel a job (its owner or an administrator): a queued one at once, a running one at its next chunk.
+    Returns the status after."""
+    with lab.begin() as s:
+        job = s.get(Job, job_id, with_for_update=True)
+        if job is None:
+            raise LsmError(f"no job {job_id}")
+        if not accounts.may_change(s, user, job.owner):
+            raise LsmError(f"job {job_id} belongs to {job.owner}; only they or an administrator can cancel it")
+        if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+            audit.record(s, user, "cancel", f"job {job_id}", kind=job.kind, owner=job.owner)
+        if job.status == JobStatus.QUEUED:
+            job.status, job.finished = JobStatus.CANCELLED, utcnow()
+            if job.batch_id:
+                s.execute(update(Batch).where(Batch.id == job.batch_id).values(status=JobStatus.CANCELLED))
+        elif job.status == JobStatus.RUNNING:
+            job.cancel_requested = True
+        return job.status
+
+
+def finish(s: Session, job_id: int, worker_id: str, status: JobStatus = JobStatus.DONE, error: str | None = None) -> bool:
+    """Within ``s``: end a job this worker holds (done, failed or cancelled). False if it no longer holds it."""
+    now = utcnow()
+    result = s.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.RUNNING)
+        .values(status=status, finished=now, lease_expires=None, error=error)
+    )
+    if result.rowcount != 1:
+        return False
+    job = s.get(Job, job_id)
+    if error:
+        job.errors = [*(job.errors or []), f"attempt {job.attempts}: {error}"]
+    if job.batch_id is not None:
+        s.execute(update(Batch).where(Batch.id == job.batch_id).values(status=status))
+    return True
+
+
+def fail_or_retry(lab: Lab, job_id: int, worker_id: str, error: str, retry: bool) -> str:
+    """A job that raised: back to the queue while attempts remain (if ``retry``), else failed."""
+    with lab.begin() as s:
+        job = s.get(Job, job_id, with_for_update=True)
+        if job is None or job.worker_id != worker_id or job.status != JobStatus.RUNNING:
+            return job.status if job else "gone"
+        if retry and job.attempts < job.max_attempts:
+            job.errors = [*(job.errors or []), f"attempt {job.attempts}: {error}"]
+            job.status, job.worker_id, job.lease_expires = JobStatus.QUEUED, None, None
+            return JobStatus.QUEUED
+    with lab.begin() as s:
+        finish(s, job_id, worker_id, JobStatus.FAILED, error)
+    return JobStatus.FAILED
+
+
+def release(lab: Lab, job_id: int, worker_id: str) -> None:
+    """Give a running job back to the queue (a clean stop: the attempt does not count)."""
+    with lab.begin() as s:
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.RUNNING)
+            .values(status=JobStatus.QUEUED, worker_id=None, lease_expires=None,
+                    attempts=case((Job.attempts > 0, Job.attempts - 1), else_=0))
+        )
+
+
+def queued_order(s: Session, kinds: Iterable[str] | None = None) -> list[int]:
+    """Ids of the queued jobs in the order workers will take them."""
+    last_served, order = _order_columns()
+    query = (
+        select(Job.id).outerjoin(last_served, last_served.c.owner == Job.owner)
+        .where(Job.status == JobStatus.QUEUED, Job.cancel_requested.is_(False)).order_by(*order)
+    )
+    if kinds:
+        query = query.where(Job.kind.in_(list(kinds)))
+    return list(s.scalars(query))
+
+
+def throughput(s: Session, kind: str = "classify", recent: int = 20) -> float | None:
+    """Images per second over the most recent finished jobs of ``kind`` (None before any)."""
+    rows = s.execute(
+        select(Job.progress_total, Job.started, Job.finished)
+        .where(Job.kind == kind, Job.status == JobStatus.DONE, Job.started.is_not(None), Job.finished.is_not(None))
+        .order_by(Job.finished.desc()).limit(recent)
+    ).all()
+    items = sum(r[0] for r in rows)
+    seconds = sum(max((r[2] - r[1]).total_seconds(), 1e-3) for r in rows)
+    return items / seconds if rows and items else None
+
+
+@dataclass
+class QueueInfo:
+    status: str
+    position: int | None  # 1 = next; None when not queued
+    done: int
+    total: int
+    eta_s: float | None
+    error: str | None
+
+
+def queue_info(lab: Lab, job_id: int) -> QueueInfo:
+    """Where a job stands: status, position in the queue, progress and an ETA from measured throughput."""
+    with lab() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise LsmError(f"no job {job_id}")
+        rate = throughput(s, job.kind)
+        position = None
+        ahead_items = 0
+        if job.status == JobStatus.QUEUED:
+            order = queued_order(s, [job.kind])
+            if job.id in order:
+                position = order.index(job.id) + 1
+                ahead_ids = order[: position - 1]
+                if ahead_ids:
+                    ahead_items = s.scalar(select(func.coalesce(func.sum(Job.progress_total - Job.progress_done), 0)).where(Job.id.in_(ahead_ids))) or 0
+            running_left = s.scalar(
+                select(func.coalesce(func.sum(Job.progress_total - Job.progress_done), 0)).where(Job.status == JobStatus.RUNNING, Job.kind == job.kind)
+            ) or 0
+            ahead_items += running_left
+        remaining = job.progress_total - job.progress_done
+        eta = None
+        if rate and job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+            eta = (ahead_items + remaining) / rate
+        return QueueInfo(job.status, position, job.progress_done, job.progress_total, eta, job.error)

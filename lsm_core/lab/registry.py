@@ -1,0 +1,150 @@
+"""The models the database knows: rows mirroring the packages of the model store.
+
+Wherever models are listed or offered, :func:`offered_models` gives them in one order: the LSM task first,
+then aging (the order of :data:`lsm_core.classes.TASK_TITLES`), within a task its default first, then by name
+and newest version, models that failed their quality check last (and left out unless asked for). A model
+that failed its quality check (:func:`lsm_core.ml.metrics.model_quality`) is never made a default.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db import audit
+from db.schema import Model
+from lsm_core.lab import accounts
+from lsm_core.errors import LsmError
+from lsm_core.lab.history import Lab
+from lsm_core.ml.metrics import failed_quality, model_quality
+from lsm_core.ml.models import ModelPackage, ModelStore
+from lsm_core.classes import TASK_TITLES
+
+TASK_ORDER: tuple[str, ...] = tuple(TASK_TITLES)  # ("lsm", "aging"): the LSM classifier first, everywhere
+
+
+def task_rank(task: str) -> int:
+    """The place of ``task`` in :data:`TASK_ORDER` (unknown tasks after the known ones)."""
+    return TASK_ORDER.index(task) if task in TASK_ORDER else len(TASK_ORDER)
+
+
+def model_sort_key(m: Model) -> tuple:
+    """The one order of models: task (LSM first), the task's default first, passed before failed quality
+    checks, then name, then the newest version first."""
+    return (task_rank(m.task), m.task, not m.is_default, failed_quality(m.metrics), m.name, -m.version)
+
+
+def offered_models(s: Session, task: str | None = None, include_failed: bool = False,
+                   include_deleted: bool = False) -> list[Model]:
+    """Within ``s``: the models to list or offer (of ``task`` when given), in :func:`model_sort_key` order.
+
+    Models that failed their quality check are left out unless ``include_failed``; deleted ones unless
+    ``include_deleted``. The first model of a task is its default whenever it has one.
+    """
+    query = select(Model)
+    if task:
+        query = query.where(Model.task == task)
+    if not include_deleted:
+        query = query.where(Model.deleted.is_(False))
+    rows = [m for m in s.scalars(query) if include_failed or not failed_quality(m.metrics)]
+    return sorted(rows, key=model_sort_key)
+
+
+def row_for(s: Session, package: ModelPackage, store: ModelStore) -> Model:
+    """Within ``s``: the Model row of ``package``, created if missing."""
+    m = package.manifest
+    row = s.scalars(select(Model).where(Model.name == m.name, Model.version == m.version)).first()
+    if row is not None:
+        if row.weights_sha256 != m.weights_sha256:
+            raise LsmError(
+                f"model {m.name} v{m.version} in the store does not match the one the database knows "
+                f"(sha256 {m.weights_sha256[:12]} vs {row.weights_sha256[:12]})"
+            )
+        return row
+    audit.record(s, accounts.SYSTEM, "register", f"model {m.name} v{m.version}", task=m.task, demo=m.demo,
+                 sha256=m.weights_sha256)
+    row = Model(
+        task=m.task, name=m.name, version=m.version, classes=list(m.classes), architecture=m.architecture,
+        input_size=m.input_size, pixel_size_um=m.pixel_size_um, crop_um=m.crop_um, normalisation=m.normalisation,
+        temperature=m.temperature, weights_sha256=m.weights_sha256,
+        path=str(package.path.resolve().relative_to(store.root.resolve())),
+        metrics=m.metrics, training=m.training, demo=m.demo,
+    )
+    s.add(row)
+    s.flush()
+    return row
+
+
+def sync_models(lab: Lab) -> list[Model]:
+    """Register every package of the store in the database; give each task with none a default model.
+
+    The default is a model that passed its quality check (or carries none), preferring one trained on lab
+    data over a demo, then the newest. A model that failed its quality check is never made the default (and
+    stops being one, should an older database say otherwise, when another model can take its place).
+    """
+    store = lab.store
+    with lab.begin() as s:
+        rows = [row_for(s, p, store) for p in store.packages()]
+        for task in {r.task for r in rows}:
+            live = s.scalars(select(Model).where(Model.task == task, Model.deleted.is_(False))).all()
+            usable = [r for r in live if not failed_quality(r.metrics)]
+            if usable and not any(r.is_default for r in usable):
+                for r in live:
+                    r.is_default = False
+                # prefer a model trained on lab data over a demo, then the newest
+                best = sorted(usable, key=lambda r: (not r.demo, r.created, r.version))[-1]
+                best.is_default = True
+        return rows
+
+
+def package_for(row: Model, store: ModelStore) -> ModelPackage:
+    """The package of a Model row, checked against the row's sha256."""
+    package = store.get(row.name, row.version)
+    if package.manifest.weights_sha256 != row.weights_sha256:
+        raise LsmError(f"model {row.label}: the package in the store is not the one the database registered")
+    return package
+
+
+def set_default(lab: Lab, model_id: int, user: str) -> None:
+    """Make a model the default of its task (admins only)."""
+    with lab.begin() as s:
+        accounts.require_admin(s, user, "choose default models")
+        row = s.get(Model, model_id)
+        if row is None or row.deleted:
+            raise LsmError("that model no longer exists")
+        passed, reasons, _ = model_quality(row.metrics)
+        if passed is False:
+            raise LsmError(f"{row.label} cannot be the default {row.task} model: it failed its quality check. "
+                           + " ".join(reasons))
+        for other in s.scalars(select(Model).where(Model.task == row.task)):
+            other.is_default = other.id == row.id
+        audit.record(s, user, "set default", f"model {row.name} v{row.version}", task=row.task)
+
+
+def import_model(lab: Lab, weights: str | Path, manifest: str | Path, user: str) -> Model:
+    """Import weights + manifest (files) into the model store and register them (admins only); returns the row."""
+    with lab() as s:
+        accounts.require_admin(s, user, "import models")
+    package = lab.store.import_weights(weights, manifest)
+    sync_models(lab)
+    m = package.manifest
+    with lab.begin() as s:
+        audit.record(s, user, "import", f"model {m.name} v{m.version}", sha256=m.weights_sha256)
+        row = s.scalars(select(Model).where(Model.name == m.name, Model.version == m.version)).one()
+        s.expunge(row)
+        return row
+
+
+def import_model_bytes(lab: Lab, weights_name: str, weights: bytes, manifest: bytes, user: str) -> Model:
+    """:func:`import_model` for uploaded bytes (the Models page): written to a private temporary folder first,
+    under a safe name (only the suffix of ``weights_name`` is kept: it tells safetensors from a pickle)."""
+    suffix = Path(weights_name).suffix.lower()
+    if suffix not in (".pt", ".pth", ".safetensors"):
+        raise LsmError(f"{weights_name}: weights must be a .pt, .pth or .safetensors file")
+    with tempfile.TemporaryDirectory() as tmp:
+        wpath, mpath = Path(tmp) / f"weights{suffix}", Path(tmp) / "manifest.json"
+        wpath.write_bytes(weights)
+        mpath.write_bytes(manifest)
+        return import_model(lab, wpath, mpath, user)

@@ -1,0 +1,163 @@
+"""Classify a batch: find the cells of each of its unread images and classify them, chunk by chunk.
+
+Each chunk (images whose crops fill one batch of the network: :func:`lsm_core.ml.classify.in_batches`, as
+the command line's pipeline) is written in one transaction with the images' ``done`` marks and the job's
+progress, under the unique key (image, cell index): a worker killed mid-chunk leaves nothing of that chunk,
+and whoever takes the job over starts after the last committed chunk. Cells computed before for the same
+image bytes, the same weights and the same pixel size are copied, not recomputed.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from db.bulk import insert_cells
+from db.schema import Batch, Cell, Image, Job, Model
+from lsm_core.errors import LsmError
+from lsm_core.imaging.cells import CellCrops, FindParams, find_cells, no_cells_note
+from lsm_core.imaging.images import decode_page
+from lsm_core.lab.jobs import JobKind
+from lsm_core.lab.tasks import task
+from lsm_core.lab.tasks.context import Context
+
+log = logging.getLogger("lsm_core.worker")
+
+
+@dataclass
+class ImageResult:
+    """What one image gave: its cells (found now, or copied from an earlier identical run), or its error."""
+
+    image_id: int
+    found: CellCrops | None = None
+    error: str | None = None
+    kind: str | None = None
+    note: str | None = None
+    cached: list[dict[str, Any]] | None = None
+    probs: np.ndarray | None = field(default=None, repr=False)
+    predicted: np.ndarray | None = field(default=None, repr=False)
+    score: np.ndarray | None = field(default=None, repr=False)
+
+    def crops(self) -> np.ndarray | None:
+        return self.found.crops if self.found is not None and len(self.found) else None
+
+
+@task(JobKind.CLASSIFY)
+def run(ctx: Context, payload: dict[str, Any]) -> None:
+    from lsm_core.ml.classify import in_batches
+
+    batch_id = int(payload["batch_id"])
+
+    def read(s: Session):
+        batch = s.get(Batch, batch_id)
+        if batch is None:
+            raise LsmError(f"batch {batch_id} was deleted")
+        model = s.get(Model, batch.model_id)
+        if model is None or model.deleted:
+            raise LsmError("the batch's model was deleted; re-run the batch with another model")
+        s.expunge(model)
+        todo = s.execute(select(Image.id, Image.sha256, Image.page)
+                         .where(Image.batch_id == batch_id, Image.done.is_(False), Image.error.is_(None))
+                         .order_by(Image.position)).all()
+        total = s.scalar(select(Job.progress_total).where(Job.id == ctx.job.id)) or 0
+        return model, batch.pixel_size_um, todo, total - len(todo)
+
+    model, pixel_size, todo, done = ctx.read("reading a batch", read)
+    predictor = ctx.models.predictor(model)
+    params = FindParams.for_model(model, pixel_size)
+    results = ((image, _cells_for(ctx, image, model, params, pixel_size)) for image in todo)
+    for chunk in in_batches(results, predictor, lambda item: item[1].crops()):
+        for (_, result), pred in chunk:
+            if pred is not None:
+                result.probs, result.predicted, result.score = pred.probs, pred.predicted, pred.score
+        done += len(chunk)
+
+        def write(s: Session, attempt: int, chunk=chunk, done=done) -> None:
+            images = [(image, result) for (image, result), _ in chunk]
+            if not (attempt and _written(s, images)):
+                _write(s, batch_id, images, predictor.classes)
+            s.execute(update(Job).where(Job.id == ctx.job.id).values(progress_done=done))
+
+        ctx.write("writing cells", write)
+        ctx.should_stop()  # asked to stop: this chunk is written, the rest goes back to the queue
+    log.info("job %s: %s images classified", ctx.job.id, len(todo))
+
+
+def _cells_for(ctx: Context, image, model: Model, params: FindParams, pixel_size: float | None) -> ImageResult:
+    result = ImageResult(image.id)
+    cached = ctx.read("looking up earlier cells",
+                      lambda s: _cached(s, image.sha256, image.page, model.weights_sha256, pixel_size))
+    if cached is not None:
+        result.kind, result.cached, result.note = cached
+        return result
+    try:
+        pixels = decode_page("stored", ctx.lab.blobs.get(image.sha256), image.page, ctx.lab.limits)
+        found = find_cells(pixels, params)
+    except LsmError as exc:
+        result.error = str(exc)
+        return result
+    result.kind = "single" if found.flags == ["single"] else "field"
+    result.found = found
+    result.note = None if len(found) else no_cells_note(found.dropped, params)
+    return result
+
+
+def _cached(s: Session, sha: str | None, page: int, weights_sha: str,
+            pixel_size: float | None) -> tuple[str | None, list[dict[str, Any]], str | None] | None:
+    """(kind, cells, note) computed before for these image bytes, these weights and this batch pixel size
+    (None: the model's), or None."""
+    if not sha:
+        return None
+    source = s.execute(
+        select(Image.id, Image.n_cells, Image.note, Image.kind)
+        .join(Batch, Batch.id == Image.batch_id)
+        .join(Model, Model.id == Batch.model_id)
+        .where(Image.sha256 == sha, Image.page == page, Image.done.is_(True), Image.error.is_(None),
+               Model.weights_sha256 == weights_sha, Image.n_cells.is_not(None),
+               func.coalesce(Batch.pixel_size_um, -1.0) == (-1.0 if pixel_size is None else pixel_size))
+        .limit(1)
+    ).first()
+    if source is None:
+        return None
+    cells = s.scalars(select(Cell).where(Cell.image_id == source.id).order_by(Cell.idx)).all()
+    if len(cells) != source.n_cells:
+        return None
+    return source.kind, [
+        {"idx": c.idx, "x": c.x, "y": c.y, "w": c.w, "h": c.h, "predicted": c.predicted, "score": c.score,
+         "probs": c.probs, "flags": c.flags}
+        for c in cells
+    ], source.note
+
+
+def _written(s: Session, images: list[tuple[Any, ImageResult]]) -> bool:
+    """Whether a chunk's images are marked done already (a retried commit that had landed)."""
+    ids = [image.id for image, _ in images]
+    return s.scalar(select(func.count()).select_from(Image).where(Image.id.in_(ids), Image.done.is_(True))) == len(ids)
+
+
+def _write(s: Session, batch_id: int, images: list[tuple[Any, ImageResult]], classes: list[str]) -> None:
+    rows: list[dict[str, Any]] = []
+    for image, r in images:
+        values: dict[str, Any] = {"done": True}
+        if r.error:
+            values.update(error=r.error, n_cells=0)
+        elif r.cached is not None:
+            rows += [c | {"batch_id": batch_id, "image_id": image.id} for c in r.cached]
+            values.update(n_cells=len(r.cached), kind=r.kind, note=r.note)
+        else:
+            found = r.found
+            n = len(found) if found is not None else 0
+            for j in range(n):
+                x, y, w, h = (int(v) for v in found.boxes[j])
+                rows.append({
+                    "batch_id": batch_id, "image_id": image.id, "idx": j + 1, "x": x, "y": y, "w": w, "h": h,
+                    "predicted": classes[int(r.predicted[j])], "score": float(r.score[j]),
+                    "probs": [float(p) for p in r.probs[j]], "flags": found.flags[j],
+                })
+            values.update(n_cells=n, kind=r.kind, note=r.note)
+        s.execute(update(Image).where(Image.id == image.id).values(**values))
+    insert_cells(s, rows)

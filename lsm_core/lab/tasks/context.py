@@ -1,0 +1,165 @@
+"""What a task gets from the worker: :class:`Context`.
+
+A task reads and writes the database only through ``ctx.read`` and ``ctx.write`` (each one transaction, under
+the worker's retry policy; every write first checks that this worker still holds the job and that nobody
+asked to cancel it, and renews the job's lease), reports progress, asks ``ctx.should_stop()`` between steps,
+and gets loaded models from the worker's cache. It ends by returning its result (or calling ``ctx.finish``
+to write more in the same transaction as the job's end).
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from db.schema import Job, Model
+from lsm_core.errors import LsmError
+from lsm_core.lab import jobs
+from lsm_core.lab.history import Lab
+from lsm_core.lab.jobs import JobStatus
+from lsm_core.lab.retry import Retry
+
+if TYPE_CHECKING:
+    import torch
+
+    from lsm_core.ml.models import ModelPackage
+    from lsm_core.ml.predict import Predictor
+
+T = TypeVar("T")
+
+
+class JobLost(Exception):
+    """This worker no longer holds the job (its lease ran out and another took it, or it was removed)."""
+
+
+class Cancelled(Exception):
+    """Someone asked to cancel the job: the worker marks it cancelled."""
+
+
+class Stopping(Exception):
+    """The worker is stopping (SIGTERM): the job goes back to the queue without counting an attempt."""
+
+
+class ModelCache:
+    """Loaded models, a few at a time (least recently used goes first), keyed by the weights' sha256."""
+
+    def __init__(self, lab: Lab, device: torch.device, size: int = 3, batch_size: int | None = None) -> None:
+        self.lab, self.device, self.size, self.batch_size = lab, device, size, batch_size
+        self._predictors: OrderedDict[str, Predictor] = OrderedDict()
+
+    def package(self, model: Model) -> ModelPackage:
+        """The package of a Model row, checked against the row's sha256."""
+        from lsm_core.lab.registry import package_for
+
+        return package_for(model, self.lab.store)
+
+    def predictor(self, model: Model) -> Predictor:
+        from lsm_core.ml.predict import Predictor
+
+        key = model.weights_sha256
+        if key in self._predictors:
+            self._predictors.move_to_end(key)
+            return self._predictors[key]
+        predictor = Predictor(self.package(model), device=self.device, precision=self.lab.settings.precision,
+                              **({"batch_size": self.batch_size} if self.batch_size else {}))
+        self._predictors[key] = predictor
+        while len(self._predictors) > self.size:
+            self._predictors.popitem(last=False)
+        return predictor
+
+
+@dataclass
+class Context:
+    lab: Lab
+    job: Job  # detached: id, kind, owner, attempts, payload
+    worker_id: str
+    retry: Retry
+    models: ModelCache
+    stop: threading.Event
+    lease_s: float = jobs.DEFAULT_LEASE_S
+    finished: bool = field(default=False, init=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.models.device
+
+    def should_stop(self) -> None:
+        """Raise :class:`Stopping` when the worker is asked to stop (between steps of a task)."""
+        if self.stop.is_set():
+            raise Stopping()
+
+    def read(self, what: str, fn: Callable[[Session], T]) -> T:
+        """``fn(session)`` in a read-only session, under the retry policy."""
+        def attempt(_attempt: int) -> T:
+            with self.lab() as s:
+                return fn(s)
+
+        return self.retry(what, attempt)
+
+    def write(self, what: str, fn: Callable[[Session, int], T]) -> T:
+        """``fn(session, attempt)`` in one transaction that first checks the job is still this worker's and not
+        cancelled, and renews its lease; under the retry policy (``attempt`` > 0: check whether a lost commit
+        landed before writing again)."""
+        def attempt(n: int) -> T:
+            with self.lab.begin() as s:
+                self.check(s)
+                out = fn(s, n)
+                jobs.renew_lease(s, self.job.id, self.worker_id, self.lease_s)
+                return out
+
+        return self.retry(what, attempt)
+
+    def check(self, s: Session) -> None:
+        """Within ``s``: raise :class:`JobLost` or :class:`Cancelled` when the job is no longer ours to run."""
+        row = s.execute(select(Job.worker_id, Job.status, Job.cancel_requested).where(Job.id == self.job.id)).first()
+        if row is None or row.worker_id != self.worker_id or row.status != JobStatus.RUNNING:
+            raise JobLost()
+        if row.cancel_requested:
+            raise Cancelled()
+
+    def progress(self, done: int, total: int | None = None, result: dict[str, Any] | None = None) -> None:
+        """Record how far the job is (and, e.g. for training, the latest figures as its interim result)."""
+        def write(s: Session, _attempt: int) -> None:
+            jobs.set_progress(s, self.job.id, done, total)
+            if result is not None:
+                s.execute(update(Job).where(Job.id == self.job.id).values(result=result))
+
+        self.write("reporting progress", write)
+
+    def model(self, model_id: int, what: str = "the model") -> Model:
+        """A live Model row (detached); LsmError when it was deleted."""
+        def read(s: Session) -> Model:
+            model = s.get(Model, model_id)
+            if model is None or model.deleted:
+                raise LsmError(f"{what} was deleted")
+            s.expunge(model)
+            return model
+
+        return self.read("reading a model", read)
+
+    def finish(self, result: dict[str, Any] | None = None, before: Callable[[Session], None] | None = None) -> None:
+        """Mark the job done, with ``result`` and after ``before(session)``, in one transaction (unless a lost
+        commit of a previous try did it already)."""
+        def attempt(n: int) -> None:
+            with self.lab.begin() as s:
+                if n and self._ended_by_us(s):
+                    return
+                self.check(s)
+                if before is not None:
+                    before(s)
+                if result is not None:
+                    s.execute(update(Job).where(Job.id == self.job.id).values(result=result))
+                if not jobs.finish(s, self.job.id, self.worker_id, JobStatus.DONE):
+                    raise JobLost()
+
+        self.retry("finishing a job", attempt)
+        self.finished = True
+
+    def _ended_by_us(self, s: Session) -> bool:
+        row = s.execute(select(Job.status, Job.worker_id).where(Job.id == self.job.id)).first()
+        return row is not None and row.worker_id == self.worker_id and row.status in jobs.ENDED

@@ -1,0 +1,79 @@
+"""Train and register a model version from labelled ZIPs and/or labelled batches (administrators only)."""
+from __future__ import annotations
+
+from typing import Any
+
+from lsm_core.classes import task_classes
+from lsm_core.errors import LsmError
+from lsm_core.lab import accounts, jobs
+from lsm_core.lab.history import Lab
+from lsm_core.lab.jobs import JobKind
+from lsm_core.lab.tasks import task
+from lsm_core.lab.tasks.context import Cancelled, Context
+
+
+def submit(lab: Lab, task_name: str, name: str, config: dict[str, Any], owner: str | None = None,
+           uploads: list[dict[str, str]] | None = None, batches: dict[int, str] | None = None,
+           test_uploads: list[dict[str, str]] | None = None, priority: int = 0) -> int:
+    """Queue a training job (administrators only: it registers a model): data from uploaded labelled ZIPs
+    (:meth:`lsm_core.lab.blobs.BlobStore.put_uploads`) and/or labelled batches (``{batch id: class}``)."""
+    from lsm_core.ml.models import check_name
+
+    owner = owner or accounts.current_user()
+    task_classes(task_name)
+    check_name(name)
+    if not uploads and not batches:
+        raise LsmError("choose training data: a labelled ZIP or labelled batches")
+    with lab() as s:
+        accounts.require_admin(s, owner, "train models")
+    payload = {"task": task_name, "name": name, "config": config, "uploads": uploads or [],
+               "batches": {str(k): v for k, v in (batches or {}).items()}, "test_uploads": test_uploads or []}
+    return jobs.submit(lab, JobKind.TRAIN, payload, owner, priority, total=int(config.get("epochs", 20)),
+                       audit_as=("train", f"model {name}"))
+
+
+def labelled_uploads(ctx: Context, uploads: list[dict[str, str]], task_name: str, params=None):
+    """Labelled crops from uploaded ZIPs (class folders), unpacked here from the blob store."""
+    from lsm_core.imaging.images import iter_upload
+    from lsm_core.ml.datasets import from_files
+
+    files = [raw for u in uploads for raw in iter_upload(u["name"], ctx.lab.blobs.get(u["sha256"]), ctx.lab.limits)]
+    return from_files(files, task_name, params)
+
+
+@task(JobKind.TRAIN)
+def run(ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
+    from lsm_core.lab.labels import from_batches
+    from lsm_core.lab.registry import sync_models
+    from lsm_core.ml.datasets import LabelledData
+    from lsm_core.ml.train import TrainConfig, TrainingCancelled, train_and_register
+
+    task_name, config = payload["task"], TrainConfig(**payload.get("config", {}))
+    with ctx.lab() as s:  # the role again, where the job runs: it may have changed since it was queued
+        accounts.require_admin(s, ctx.job.owner, "train models")
+    parts = []
+    if payload.get("uploads"):
+        parts.append(labelled_uploads(ctx, payload["uploads"], task_name))
+    if payload.get("batches"):
+        parts.append(from_batches(ctx.lab, {int(k): v for k, v in payload["batches"].items()}, task_name))
+    data = LabelledData.concat(parts)
+    test = labelled_uploads(ctx, payload["test_uploads"], task_name) if payload.get("test_uploads") else None
+
+    def progress(epoch: int, loss: float, vloss: float | None, vacc: float | None) -> None:
+        ctx.progress(epoch, result={"epoch": epoch, "train_loss": loss, "val_loss": vloss, "val_accuracy": vacc})
+
+    def should_stop() -> bool:
+        ctx.should_stop()
+        return False
+
+    try:
+        package = train_and_register(data, task_name, config, payload["name"], ctx.lab.store, test=test,
+                                     progress=progress, should_stop=should_stop, device=ctx.device,
+                                     patience=payload.get("patience", 5))
+    except TrainingCancelled:
+        raise Cancelled() from None
+    m = package.manifest
+    rows = ctx.retry("registering the model", lambda _: sync_models(ctx.lab))
+    model_id = next(r.id for r in rows if r.name == m.name and r.version == m.version)
+    return {"model_id": model_id, "model": m.label, "accuracy": m.metrics["accuracy"],
+            "quality_check": m.metrics.get("quality_check"), "unusable_files": [list(e) for e in data.errors[:200]]}

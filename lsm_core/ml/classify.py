@@ -1,0 +1,223 @@
+"""The classification pipeline: image records in, one result row per cell out.
+
+On a GPU, reading, decoding and cell finding run in a background thread that stays a few images ahead
+of the network (:func:`prefetched`; on a CPU they run in turn with it: the network already uses every core,
+and a thread beside it only makes its threads wait for each other); crops from many images are gathered
+into full batches for :class:`lsm_core.ml.predict.Predictor` (:func:`in_batches`, which the worker's
+classify task uses too).
+Memory stays bounded (a few images plus one batch of crops) whatever the number of files. Rows come out
+in input order. A file that fails gives one row carrying its message; an image without cells gives one
+row saying so; neither stops the others.
+"""
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+
+from lsm_core.errors import LsmError
+from lsm_core.imaging.cells import CellCrops, FindParams, find_cells, no_cells_note
+from lsm_core.imaging.images import ImageRecord
+from lsm_core.ml.predict import Prediction, Predictor
+
+T = TypeVar("T")
+
+LEADING_COLUMNS = ["file", "page", "cell", "x", "y", "w", "h", "predicted", "score"]
+NO_CELLS_NOTE = "no cells found in this image (0 cells)"  # the reason is given by cells.no_cells_note
+
+
+def result_columns(classes: Iterable[str]) -> list[str]:
+    """Column names of a result row: the leading columns, ``p_<class>`` per class, ``error``, ``flags``, ``note``."""
+    return LEADING_COLUMNS + [f"p_{c}" for c in classes] + ["error", "flags", "note"]
+
+
+@dataclass
+class ResultRow:
+    """One cell, or one file that gave no cell (then ``cell`` is None and ``error`` or ``note`` says why).
+
+    ``page`` and ``cell`` count from 1; ``x, y, w, h`` is the cell's box in the image's pixels.
+    """
+
+    file: str
+    page: int
+    cell: int | None = None
+    box: tuple[int, int, int, int] | None = None
+    predicted: str | None = None
+    score: float | None = None
+    probs: list[float] | None = None
+    error: str = ""
+    flags: str = ""
+    note: str = ""
+    sha256: str | None = None
+    crop: np.ndarray | None = field(default=None, repr=False)
+
+    def values(self, n_classes: int) -> list:
+        box = self.box or (None, None, None, None)
+        probs = self.probs if self.probs is not None else [None] * n_classes
+        return [self.file, self.page, self.cell, *box, self.predicted, self.score, *probs, self.error, self.flags, self.note]
+
+
+@dataclass
+class Summary:
+    images: int = 0
+    failed: int = 0
+    cells: int = 0
+    no_cells: int = 0
+    dropped: dict[str, int] = field(default_factory=lambda: {"debris": 0, "clump": 0})
+
+
+def find_params_for(predictor: Predictor, pixel_size_um: float | None, setting_um: float | None = None) -> FindParams:
+    """Cell-finding settings for a model: its crop size in micrometres at the microscope's pixel size.
+
+    The pixel size is ``pixel_size_um`` (given for this run), else ``setting_um`` (LSM_PIXEL_SIZE_UM), else the
+    one the model was trained at; the params say which (``pixel_size_source``).
+    """
+    params = FindParams.for_model(predictor.manifest, pixel_size_um or setting_um)
+    if pixel_size_um:
+        return dataclasses.replace(params, pixel_size_source="as given")
+    if setting_um:
+        return dataclasses.replace(params, pixel_size_source="from LSM_PIXEL_SIZE_UM")
+    return params
+
+
+def in_batches(items: Iterable[T], predictor: Predictor,
+               crops_of: Callable[[T], np.ndarray | None]) -> Iterator[list[tuple[T, Prediction | None]]]:
+    """Groups of ``items`` whose crops (``crops_of(item)``: (N, S, S) float32, or None) fill one batch of the
+    network, each item with the prediction of its own crops (None when it has none), in input order.
+
+    Memory holds one group: about ``predictor.batch_size`` crops, plus the items themselves.
+    """
+    group: list[tuple[T, np.ndarray | None]] = []
+    n = 0
+    for item in items:
+        crops = crops_of(item)
+        group.append((item, crops if crops is not None and len(crops) else None))
+        n += len(crops) if crops is not None else 0
+        if n >= predictor.batch_size:
+            yield _predicted(group, predictor)
+            group, n = [], 0
+    if group:
+        yield _predicted(group, predictor)
+
+
+def _predicted(group: list[tuple[T, np.ndarray | None]], predictor: Predictor) -> list[tuple[T, Prediction | None]]:
+    stacks = [crops for _, crops in group if crops is not None]
+    pred = predictor(np.concatenate(stacks)) if stacks else None
+    out: list[tuple[T, Prediction | None]] = []
+    k = 0
+    for item, crops in group:
+        if crops is None or pred is None:
+            out.append((item, None))
+            continue
+        out.append((item, pred[k : k + len(crops)]))
+        k += len(crops)
+    return out
+
+
+_DONE = object()
+
+
+def prefetched(items: Iterable[T], depth: int) -> Iterator[T]:
+    """``items``, produced by a background thread that stays up to ``depth`` items ahead (an error in it is
+    raised here; leaving the loop early stops it)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                q.put(item)
+        except BaseException as exc:  # surfaced in the consumer
+            q.put(_Raised(exc))
+        finally:
+            q.put(_DONE)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not _DONE:
+            if isinstance(item, _Raised):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock the producer so it can finish
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
+
+
+@dataclass
+class _Raised:
+    exc: BaseException
+
+
+def _prepared(records: Iterable[ImageRecord], params: FindParams) -> Iterator[tuple[ImageRecord, CellCrops | None]]:
+    for record in records:
+        cells: CellCrops | None = None
+        if record.ok:
+            try:
+                cells = find_cells(record.pixels, params)
+            except LsmError as exc:
+                record.error = str(exc)
+        record.pixels = None  # the crops are all that is kept
+        yield record, cells
+
+
+def classify_records(
+    records: Iterable[ImageRecord],
+    predictor: Predictor,
+    params: FindParams | None = None,
+    summary: Summary | None = None,
+    keep_crops: bool = False,
+    prefetch: int | None = None,
+) -> Iterator[ResultRow]:
+    """Classify every cell of every record; yield rows in input order (see the module docstring)."""
+    params = params or find_params_for(predictor, None)
+    summary = summary if summary is not None else Summary()
+    classes = predictor.classes
+    if prefetch is None:
+        prefetch = 4 if predictor.device.type == "cuda" else 0
+    items = _prepared(records, params)
+    if prefetch > 0:
+        items = prefetched(items, prefetch)
+
+    def crops_of(item: tuple[ImageRecord, CellCrops | None]) -> np.ndarray | None:
+        record, cells = item
+        return cells.crops if record.ok and cells is not None else None
+
+    for group in in_batches(items, predictor, crops_of):
+        for (record, cells), pred in group:
+            yield from _rows(record, cells, pred, classes, params, summary, keep_crops)
+
+
+def _rows(record: ImageRecord, cells: CellCrops | None, pred: Prediction | None, classes: list[str],
+          params: FindParams, summary: Summary, keep_crops: bool) -> Iterator[ResultRow]:
+    summary.images += 1
+    page = record.page + 1
+    if not record.ok or cells is None:
+        summary.failed += 1
+        yield ResultRow(record.source, page, error=record.error or "could not be read", sha256=record.sha256)
+        return
+    for reason, count in cells.dropped.items():
+        summary.dropped[reason] = summary.dropped.get(reason, 0) + count
+    if len(cells) == 0 or pred is None:
+        summary.no_cells += 1
+        yield ResultRow(record.source, page, note=no_cells_note(cells.dropped, params), sha256=record.sha256)
+        return
+    summary.cells += len(cells)
+    probs, predicted, score = pred.probs.tolist(), pred.predicted.tolist(), pred.score.tolist()
+    for i in range(len(cells)):
+        yield ResultRow(
+            record.source, page, cell=i + 1, box=tuple(int(v) for v in cells.boxes[i]), predicted=classes[predicted[i]],
+            score=score[i], probs=probs[i], flags=cells.flags[i], sha256=record.sha256,
+            crop=cells.crops[i] if keep_crops else None,
+        )

@@ -1,0 +1,141 @@
+"""Batched inference: crops in, per-cell class probabilities out.
+
+Chunks of ``batch_size`` crops bound the memory whatever the number of cells. The network runs under
+``torch.inference_mode`` in channels-last layout with its BatchNorm folded into the convolutions; with
+``precision="auto"`` it autocasts to bfloat16 on CUDA and on CPUs with native bfloat16 arithmetic
+(``LSM_PRECISION=fp32`` turns that off). The crop standardisation always runs in float32.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from lsm_core.errors import LsmError
+from lsm_core.ml.models import ModelPackage
+
+DEFAULT_BATCH_SIZE = 256
+
+
+def choose_device(setting: str | None = "auto") -> torch.device:
+    """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N`` (LSM_DEVICE, see lsm_core.lab.settings)."""
+    setting = (setting or "auto").strip()
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(setting)
+    except RuntimeError:
+        raise LsmError(f"unknown device {setting!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LsmError(f"device {setting!r} asked for, but this machine has no usable CUDA GPU")
+    return device
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_bf16(device: torch.device, precision: str | None = "auto") -> bool:
+    """Whether to autocast to bfloat16: ``precision`` is ``auto``, ``bf16`` or ``fp32`` (LSM_PRECISION)."""
+    precision = precision or "auto"
+    if precision == "fp32":
+        return False
+    if precision == "bf16":
+        return True
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_native_bf16()
+
+
+def prepare_for_inference(net: nn.Module, device: torch.device) -> nn.Module:
+    """An eval-mode copy of ``net`` on ``device``: BatchNorm folded into convolutions, channels-last."""
+    net = copy.deepcopy(net).eval()
+    backbone = getattr(net, "backbone", None)
+    if backbone is not None:
+        try:
+            from torch.fx.experimental.optimization import fuse
+
+            net.backbone = fuse(backbone)
+        except Exception:  # an architecture fx cannot trace still runs, just unfused
+            pass
+    return net.to(device).to(memory_format=torch.channels_last)
+
+
+@dataclass
+class Prediction:
+    """probs: (N, C) float32, rows sum to 1; predicted: (N,) int64; score: (N,) float32 = the largest probability."""
+
+    probs: np.ndarray
+    predicted: np.ndarray
+    score: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.predicted)
+
+    def __getitem__(self, index: slice) -> Prediction:
+        return Prediction(self.probs[index], self.predicted[index], self.score[index])
+
+
+class Predictor:
+    """A loaded, prepared model that turns crops into probabilities."""
+
+    def __init__(
+        self,
+        package: ModelPackage,
+        device: str | torch.device | None = None,
+        precision: str | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        net: nn.Module | None = None,
+    ) -> None:
+        self.package = package
+        self.manifest = package.manifest
+        self.device = device if isinstance(device, torch.device) else choose_device(device)
+        self.bf16 = use_bf16(self.device, precision)
+        self.batch_size = int(batch_size)
+        if self.batch_size < 1:
+            raise LsmError("batch size must be at least 1")
+        self.net = prepare_for_inference(net if net is not None else package.load("cpu"), self.device)
+        self.temperature = float(self.manifest.temperature)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.manifest.classes)
+
+    def logits(self, crops: np.ndarray) -> np.ndarray:
+        """Raw logits (N, C) float32 of crops (N, H, W) float32, in chunks of ``batch_size``."""
+        crops = np.asarray(crops, dtype=np.float32)
+        size = self.manifest.input_size
+        if crops.ndim != 3 or crops.shape[1:] != (size, size):
+            raise LsmError(f"expected crops of shape (N, {size}, {size}), got {crops.shape}")
+        out = np.empty((len(crops), len(self.classes)), np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(crops), self.batch_size):
+                chunk = torch.from_numpy(crops[start : start + self.batch_size])[:, None]
+                x = chunk.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                    y = self.net(x)
+                out[start : start + len(chunk)] = y.float().cpu().numpy()
+        return out
+
+    def __call__(self, crops: np.ndarray) -> Prediction:
+        return probabilities(self.logits(crops), self.temperature)
+
+
+def probabilities(logits: np.ndarray, temperature: float = 1.0) -> Prediction:
+    """Softmax of ``logits / temperature`` (N, C), with the predicted class and its score."""
+    z = np.asarray(logits, np.float64) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    predicted = p.argmax(axis=1)
+    return Prediction(p.astype(np.float32), predicted.astype(np.int64), p.max(axis=1).astype(np.float32))

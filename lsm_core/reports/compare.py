@@ -1,0 +1,194 @@
+"""Comparing batches across groups of mice (ages or any metadata field): tables, tests, figures, workbook.
+
+The unit of replication is the mouse (one batch per mouse and population): per-mouse fractions are
+compared; pooled cells appear only as a secondary view. Every number is reproducible from the workbook:
+``per_mouse`` holds the counts each test starts from.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from openpyxl import Workbook
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db import queries
+from db.schema import Batch, Cell, Model
+from lsm_core.errors import LsmError
+from lsm_core.reports.export import batch_rows, spreadsheet_text
+from lsm_core.reports.report import age_text, colour
+from lsm_core.reports.stats import (
+    AgeBin,
+    age_group,
+    compare_groups,
+    group_summary,
+    per_mouse,
+    pooled_chi_square,
+    trend,
+)
+
+GROUP_FIELDS = ("age", "sex", "strain", "gate", "mouse_id", "owner", "imaging_date", "model")
+DEFAULT_BINS = "young:<26w, aged:>=18m"
+
+
+def one_batch_per_mouse(batches: list[dict]) -> list[int]:
+    """The ids a comparison starts from: for each mouse id the newest batch (re-runs of one mouse are not two
+    mice); a batch without a mouse id stands for itself. ``batches`` are rows of :func:`db.queries.batches`."""
+    newest: dict[str, dict] = {}
+    alone = []
+    for b in batches:
+        mouse = (b.get("mouse_id") or "").strip()
+        if not mouse:
+            alone.append(b["id"])
+        elif mouse not in newest or (b["created"], b["id"]) > (newest[mouse]["created"], newest[mouse]["id"]):
+            newest[mouse] = b
+    chosen = set(alone) | {b["id"] for b in newest.values()}
+    return [b["id"] for b in batches if b["id"] in chosen]
+
+
+@dataclass
+class Comparison:
+    classes: list[str]
+    task: str
+    by: str
+    threshold: float
+    table: pd.DataFrame
+    groups: pd.DataFrame
+    tests: pd.DataFrame
+    pooled: dict
+    trends: dict
+    bins: list[AgeBin] | None
+
+
+def build(s: Session, batch_ids: list[int], by: str = "age", bins: list[AgeBin] | None = None,
+          threshold: float = 0.0) -> Comparison:
+    if not batch_ids:
+        raise LsmError("choose at least two batches to compare")
+    if by not in GROUP_FIELDS:
+        raise LsmError(f"cannot group by {by!r}; choose one of {', '.join(GROUP_FIELDS)}")
+    if by == "age" and not bins:
+        raise LsmError("grouping by age needs age bins, e.g. young:8w-12w, aged:>=18m")
+    models = {m.id: m for m in s.scalars(select(Model).join(Batch, Batch.model_id == Model.id).where(Batch.id.in_(batch_ids)))}
+    tasks = {m.task for m in models.values()}
+    class_sets = {tuple(m.classes) for m in models.values()}
+    if len(tasks) != 1 or len(class_sets) != 1:
+        raise LsmError("these batches were classified by different classifiers (LSM and aging); compare one kind at a time")
+    classes = list(class_sets.pop())
+    listed = queries.batches(s, queries.BatchFilter(batch_ids=batch_ids), limit=len(batch_ids))
+    missing = set(batch_ids) - {b["id"] for b in listed}
+    if missing:
+        raise LsmError(f"no batch {', '.join(map(str, sorted(missing)))}")
+    counts = queries.class_counts(s, batch_ids, threshold)
+    table = per_mouse(listed, counts, classes)
+    if by == "age":
+        table["group"] = [age_group(a, bins) for a in table["age_days"]]
+        order = [b.label for b in bins]
+    else:
+        table["group"] = table[by].astype("string").where(table[by].notna(), None)
+        order = sorted(table["group"].dropna().unique().tolist())
+    table["age"] = [age_text(a) for a in table["age_days"]]
+    table["group"] = pd.Categorical(table["group"], categories=[g for g in order if g in set(table["group"].dropna())])
+    table = table.sort_values(["group", "age_days", "batch"], na_position="last").reset_index(drop=True)
+    table["group"] = table["group"].astype(object).where(table["group"].notna(), None)
+    grouped = table.dropna(subset=["group"])
+    summary = group_summary(grouped, classes)
+    tests = compare_groups(grouped, classes)
+    return Comparison(classes, tasks.pop(), by, threshold, table, summary, tests, pooled_chi_square(grouped, classes),
+                      {k: trend(table, k) for k in classes}, bins)
+
+
+def per_mouse_figure(c: Comparison) -> go.Figure:
+    """Per-mouse fraction of each class as points, with each group's mean and 95% interval."""
+    fig = go.Figure()
+    data = c.table.dropna(subset=["group"])
+    groups = list(dict.fromkeys(data["group"]))
+    for gi, g in enumerate(groups):
+        part = data[data["group"] == g]
+        summ = c.groups[c.groups["group"] == g]
+        fig.add_trace(go.Scatter(
+            x=[k for k in c.classes for _ in range(len(part))],
+            y=[100 * v for k in c.classes for v in part[f"fraction_{k}"]],
+            mode="markers", name=f"{g}: mice", legendgroup=str(g), offsetgroup=str(gi),
+            marker={"size": 9, "opacity": 0.75, "color": colour(str(g), gi + 2)},
+            text=[f"{m or b} ({a})" for _ in c.classes for m, b, a in zip(part["mouse_id"], part["batch_name"], part["age"])],
+            hovertemplate="%{text}: %{y:.1f}%<extra></extra>",
+        ))
+        fig.add_trace(go.Scatter(
+            x=list(summ["class"]), y=list(100 * summ["mean_fraction"]), mode="markers", name=f"{g}: mean, 95% CI",
+            legendgroup=str(g), offsetgroup=str(gi), marker={"symbol": "line-ew-open", "size": 28, "color": "#222"},
+            error_y={"type": "data", "symmetric": False, "array": list(100 * (summ["ci95_high"] - summ["mean_fraction"]).fillna(0)),
+                     "arrayminus": list(100 * (summ["mean_fraction"] - summ["ci95_low"]).fillna(0))},
+        ))
+    fig.update_layout(scattermode="group", yaxis_title=f"% of cells with score ≥ {c.threshold:.2f} (per mouse)",
+                      yaxis_range=[0, 100], height=420, margin={"t": 30}, legend_title_text="group")
+    return fig
+
+
+def score_figure(s: Session, c: Comparison, max_cells: int = 50_000) -> go.Figure:
+    """Score distributions of the cells of each group (box plots; a random subset above ``max_cells``)."""
+    data = c.table.dropna(subset=["group"])
+    group_of = dict(zip(data["batch"], data["group"]))
+    rows = s.execute(select(Cell.batch_id, Cell.score).where(Cell.batch_id.in_(list(group_of)))).all()
+    if len(rows) > max_cells:
+        rows = [rows[i] for i in np.random.default_rng(0).choice(len(rows), max_cells, replace=False)]
+    fig = go.Figure()
+    for gi, g in enumerate(dict.fromkeys(data["group"])):
+        scores = [sc for b, sc in rows if group_of.get(b) == g]
+        fig.add_trace(go.Box(y=scores, name=str(g), boxmean=True, marker_color=colour(str(g), gi + 2)))
+    fig.add_hline(y=c.threshold, line_dash="dash", line_color="#444")
+    fig.update_layout(yaxis_title="score of each cell", height=380, margin={"t": 30}, showlegend=False)
+    return fig
+
+
+def age_figure(c: Comparison, cls: str) -> go.Figure:
+    """Per-mouse fraction of ``cls`` against age (months), with the fitted least-squares line."""
+    data = c.table.dropna(subset=["age_days"])
+    months = data["age_days"] / 30.44
+    fig = go.Figure(go.Scatter(x=months, y=100 * data[f"fraction_{cls}"], mode="markers", name="mice",
+                               marker={"size": 10, "color": colour(cls)},
+                               text=[m or b for m, b in zip(data["mouse_id"], data["batch_name"])],
+                               hovertemplate="%{text}: %{x:.1f} months, %{y:.1f}%<extra></extra>"))
+    t = c.trends.get(cls)
+    if t:
+        xs = np.linspace(months.min(), months.max(), 20)
+        fig.add_trace(go.Scatter(x=xs, y=100 * (t["intercept"] + t["slope_per_month"] * xs), mode="lines",
+                                 name=f"trend {100 * t['slope_per_month']:+.2f} points/month (p={t['p_value']:.2g})"))
+    fig.update_layout(xaxis_title="age (months)", yaxis_title=f"% {cls} (per mouse)", height=380, margin={"t": 30})
+    return fig
+
+
+def figure_html(fig: go.Figure) -> bytes:
+    """A figure as a self-contained HTML file (plotly.js inline: opens offline)."""
+    return fig.to_html(include_plotlyjs=True, full_html=True).encode("utf-8")
+
+
+def _sheet(book: Workbook, name: str, frame: pd.DataFrame) -> None:
+    ws = book.create_sheet(name)
+    ws.append(list(frame.columns))
+    for row in frame.itertuples(index=False):
+        ws.append([spreadsheet_text(None if (isinstance(v, float) and np.isnan(v)) else v) for v in row])
+
+
+def workbook(s: Session, c: Comparison) -> bytes:
+    """Sheets per_mouse, groups, tests (with the pooled-cell test and its note last) and cells."""
+    book = Workbook(write_only=True)
+    _sheet(book, "per_mouse", c.table)
+    _sheet(book, "groups", c.groups)
+    tests = c.tests.copy()
+    pooled = pd.DataFrame([{"class": "all classes", "test": c.pooled["test"] + " (secondary: pseudo-replication)",
+                            "groups": "", "mice": int(c.table["group"].notna().sum()), "statistic": c.pooled["statistic"],
+                            "p_value": c.pooled["p_value"], "p_holm": np.nan, "effect_size": np.nan,
+                            "effect_size_name": c.pooled["note"]}])
+    _sheet(book, "tests", pd.concat([tests, pooled], ignore_index=True))
+    ws = book.create_sheet("cells")
+    columns, rows = batch_rows(s, [int(b) for b in c.table["batch"]])
+    ws.append(columns)
+    for row in rows:
+        ws.append([spreadsheet_text(v) for v in row])
+    buf = io.BytesIO()
+    book.save(buf)
+    return buf.getvalue()

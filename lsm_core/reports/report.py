@@ -1,0 +1,345 @@
+"""What the results of one batch look like: summary at a score threshold, aggregated figures, workbook.
+
+Figures are plotly objects built from arrays (never one trace per cell); pages only display them.
+"""
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+import plotly.graph_objects as go
+from openpyxl import Workbook
+from PIL import Image as PILImage
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db import queries
+from db.schema import Batch, Cell, Image, Model
+from lsm_core.errors import LsmError
+from lsm_core.lab.blobs import BlobStore
+from lsm_core.reports.export import BATCH_COLUMNS, batch_rows, spreadsheet_text, write_csv
+from lsm_core.reports.stats import ClassShare, composition
+
+CLASS_COLOURS = {
+    "LT-HSC": "#1b9e77", "ST-HSC": "#d95f02", "MPP": "#7570b3",
+    "young": "#1f78b4", "aged": "#e31a1c",
+}
+FALLBACK_COLOURS = ["#66a61e", "#e6ab02", "#a6761d", "#666666"]
+
+
+def colour(cls: str, i: int = 0) -> str:
+    return CLASS_COLOURS.get(cls, FALLBACK_COLOURS[i % len(FALLBACK_COLOURS)])
+
+
+def age_text(days: float | None) -> str:
+    """An age as people say it: weeks below six months, months above."""
+    if days is None:
+        return ""
+    if days < 183:
+        return f"{days / 7:.1f} weeks"
+    return f"{days / 30.44:.1f} months"
+
+
+@dataclass
+class BatchReport:
+    batch_id: int
+    name: str
+    owner: str
+    status: str
+    meta: dict
+    model: dict
+    classes: list[str]
+    threshold: float
+    cells_total: int
+    cells_kept: int
+    shares: list[ClassShare]
+    images: int
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (file, why it could not be read)
+    without_cells: list[tuple[str, str]] = field(default_factory=list)  # (file, why no cell was found)
+
+    @property
+    def images_read(self) -> int:
+        """Images that could be read: what the job's progress counts."""
+        return self.images - len(self.failed)
+
+    @property
+    def running(self) -> bool:
+        return self.status in ("queued", "running")
+
+
+def load_report(s: Session, batch_id: int, threshold: float = 0.0) -> BatchReport:
+    batch = s.get(Batch, batch_id)
+    if batch is None:
+        raise LsmError(f"batch {batch_id} no longer exists (it may have been deleted)")
+    model = s.get(Model, batch.model_id)
+    classes = list(model.classes)
+    counts_all = queries.class_counts(s, [batch_id])[batch_id]
+    counts = queries.class_counts(s, [batch_id], threshold)[batch_id]
+    images = s.execute(select(Image.file, Image.page, Image.error, Image.n_cells, Image.done, Image.note)
+                       .where(Image.batch_id == batch_id).order_by(Image.position)).all()
+    return BatchReport(
+        batch_id=batch.id, name=batch.name, owner=batch.owner, status=batch.status,
+        meta={"mouse_id": batch.mouse_id, "age_days": batch.age_days, "age": age_text(batch.age_days), "sex": batch.sex,
+              "strain": batch.strain, "gate": batch.gate, "imaging_date": batch.imaging_date, "notes": batch.notes,
+              "created": batch.created, "pixel_size_um": batch.pixel_size_um},
+        model={"id": model.id, "name": model.name, "version": model.version, "label": model.label, "task": model.task,
+               "sha256": model.weights_sha256, "classes": classes, "demo": model.demo, "architecture": model.architecture,
+               "pixel_size_um": model.pixel_size_um},
+        classes=classes, threshold=threshold, cells_total=sum(counts_all.values()), cells_kept=sum(counts.values()),
+        shares=composition(counts, classes), images=len(images),
+        failed=[(im.file, im.error) for im in images if im.error],
+        without_cells=[(im.file + (f" (page {im.page})" if im.page > 1 else ""), im.note or "no cells found")
+                       for im in images if not im.error and im.done and im.n_cells == 0],
+    )
+
+
+def cell_arrays(s: Session, batch_id: int, classes: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every cell's predicted class index (N,), score (N,) and probabilities (N, C), in upload order."""
+    rows = s.execute(select(Cell.predicted, Cell.score, Cell.probs).where(Cell.batch_id == batch_id)
+                     .order_by(Cell.image_id, Cell.idx)).all()
+    index = {c: i for i, c in enumerate(classes)}
+    pred = np.array([index.get(r[0], -1) for r in rows], dtype=np.int64)
+    score = np.array([r[1] for r in rows], dtype=np.float32)
+    probs = np.array([r[2] for r in rows], dtype=np.float32).reshape(len(rows), len(classes))
+    return pred, score, probs
+
+
+def composition_figure(report: BatchReport) -> go.Figure:
+    shares = report.shares
+    fig = go.Figure(go.Bar(
+        x=[sh.cls for sh in shares], y=[100 * sh.fraction for sh in shares],
+        marker_color=[colour(sh.cls, i) for i, sh in enumerate(shares)],
+        error_y={"type": "data", "symmetric": False, "array": [100 * (sh.high - sh.fraction) for sh in shares],
+                 "arrayminus": [100 * (sh.fraction - sh.low) for sh in shares]},
+        text=[f"{100 * sh.fraction:.1f}% (n={sh.count})" for sh in shares], textposition="outside",
+        hovertemplate="%{x}: %{y:.1f}%<extra></extra>",
+    ))
+    fig.update_layout(yaxis_title="% of cells (95% Wilson interval)", yaxis_range=[0, 105], height=360,
+                      margin={"t": 30, "b": 40}, showlegend=False)
+    return fig
+
+
+def score_histogram(pred: np.ndarray, score: np.ndarray, classes: list[str], threshold: float) -> go.Figure:
+    """Binned counts per predicted class (one bar trace per class, 20 bins from 1/C to 1)."""
+    edges = np.linspace(1 / len(classes), 1.0, 21)
+    centres = (edges[:-1] + edges[1:]) / 2
+    fig = go.Figure()
+    for i, cls in enumerate(classes):
+        counts, _ = np.histogram(score[pred == i], bins=edges)
+        fig.add_trace(go.Bar(x=centres, y=counts, name=cls, marker_color=colour(cls, i), width=np.diff(edges) * 0.95))
+    fig.add_vline(x=threshold, line_dash="dash", line_color="#444", annotation_text=f"threshold {threshold:.2f}")
+    fig.update_layout(barmode="stack", xaxis_title="score (largest probability)", yaxis_title="cells", height=360,
+                      margin={"t": 30, "b": 40}, legend_title_text="predicted")
+    return fig
+
+
+def probability_figure(pred: np.ndarray, probs: np.ndarray, classes: list[str], max_points: int = 4000) -> go.Figure:
+    """A ternary plot of the three LSM probabilities (a random subset above ``max_points``), or for two
+    classes a histogram of the second class's probability (P(aged) for the aging model)."""
+    if len(classes) == 3:
+        idx = np.arange(len(pred))
+        if len(idx) > max_points:
+            idx = np.sort(np.random.default_rng(0).choice(idx, max_points, replace=False))
+        fig = go.Figure()
+        for i, cls in enumerate(classes):
+            sel = idx[pred[idx] == i]
+            fig.add_trace(go.Scatterternary(
+                a=probs[sel, 0], b=probs[sel, 1], c=probs[sel, 2], mode="markers", name=cls,
+                marker={"size": 4, "color": colour(cls, i), "opacity": 0.6},
+            ))
+        fig.update_layout(ternary={"aaxis": {"title": classes[0]}, "baxis": {"title": classes[1]},
+                                   "caxis": {"title": classes[2]}},
+                          height=420, margin={"t": 40, "b": 20}, legend_title_text="predicted")
+        if len(pred) > max_points:
+            fig.add_annotation(text=f"{max_points:,} of {len(pred):,} cells shown", showarrow=False, x=0, y=1.08,
+                               xref="paper", yref="paper")
+        return fig
+    edges = np.linspace(0, 1, 41)
+    counts, _ = np.histogram(probs[:, -1], bins=edges)
+    fig = go.Figure(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=counts, width=0.024, marker_color=colour(classes[-1], 1)))
+    fig.update_layout(xaxis_title=f"P({classes[-1]})", yaxis_title="cells", height=360, margin={"t": 30, "b": 40})
+    return fig
+
+
+def field_figure(pixels: np.ndarray, cells: list[dict], classes: list[str], threshold: float, max_side: int = 1024) -> go.Figure:
+    """The field of view with each cell's box coloured by predicted class, its score on hover (Figure 6A).
+
+    One outline trace and one marker trace per class, not per cell. Cells under the threshold are faded.
+    """
+    h, w = pixels.shape
+    step = max(1, int(np.ceil(max(h, w) / max_side)))
+    small = pixels[::step, ::step]
+    lo, hi = np.percentile(small, [0.5, 99.5])
+    grey = np.clip((small - lo) / max(hi - lo, 1e-9) * 255, 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    PILImage.fromarray(grey).save(buf, format="PNG")  # sent as one PNG, not as a JSON array of pixels
+    source = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    fig = go.Figure(go.Image(source=source, dx=step, dy=step, hoverinfo="skip"))
+    for i, cls in enumerate(classes):
+        for kept in (True, False):
+            mine = [c for c in cells if c["predicted"] == cls and (c["score"] >= threshold) == kept]
+            if not mine:
+                continue
+            xs, ys = [], []
+            for c in mine:
+                x0, y0, x1, y1 = c["x"], c["y"], c["x"] + c["w"], c["y"] + c["h"]
+                xs += [x0, x1, x1, x0, x0, None]
+                ys += [y0, y0, y1, y1, y0, None]
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"color": colour(cls, i), "width": 2 if kept else 1},
+                                     opacity=1.0 if kept else 0.35, name=cls if kept else f"{cls} (below threshold)",
+                                     hoverinfo="skip", legendgroup=cls))
+            fig.add_trace(go.Scatter(
+                x=[c["x"] + c["w"] / 2 for c in mine], y=[c["y"] for c in mine], mode="text",
+                text=[f"{c['score']:.2f}" for c in mine], textposition="top center",
+                textfont={"color": colour(cls, i), "size": 10}, showlegend=False, legendgroup=cls,
+                hovertext=[f"cell {c['cell']}: {cls}, score {c['score']:.3f}" for c in mine], hoverinfo="text",
+                opacity=1.0 if kept else 0.35,
+            ))
+    fig.update_layout(height=700, margin={"t": 10, "b": 10, "l": 10, "r": 10}, legend_title_text="predicted",
+                      xaxis={"visible": False, "range": [0, w]}, yaxis={"visible": False, "range": [h, 0], "scaleanchor": "x"})
+    return fig
+
+
+def thumbnail(pixels: np.ndarray, box: tuple[int, int, int, int], size: int = 56) -> str:
+    """A PNG data URI of a square around a cell's box (for tables)."""
+    x, y, w, h = box
+    side = int(max(w, h) * 1.3)
+    cx, cy = x + w // 2, y + h // 2
+    y0, x0 = max(0, cy - side // 2), max(0, cx - side // 2)
+    patch = pixels[y0 : y0 + side, x0 : x0 + side]
+    lo, hi = float(patch.min()), float(patch.max())
+    grey = ((patch - lo) / max(hi - lo, 1e-9) * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    PILImage.fromarray(grey).resize((size, size), PILImage.Resampling.BILINEAR).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def workbook(s: Session, batch_id: int, threshold: float) -> bytes:
+    """The batch's xlsx: sheets ``cells`` (as the export command), ``summary`` (at ``threshold``), ``batch``, ``model``."""
+    report = load_report(s, batch_id, threshold)
+    book = Workbook(write_only=True)
+    columns, rows = batch_rows(s, [batch_id])
+    sheet = book.create_sheet("cells")
+    sheet.append(columns)
+    for row in rows:
+        sheet.append([spreadsheet_text(v) for v in row])
+    sheet = book.create_sheet("summary")
+    sheet.append(["class", "cells", "fraction", "ci95_low", "ci95_high", "score_threshold", "cells_counted", "cells_total"])
+    for sh in report.shares:
+        sheet.append([sh.cls, sh.count, sh.fraction, sh.low, sh.high, threshold, report.cells_kept, report.cells_total])
+    sheet = book.create_sheet("batch")
+    sheet.append(["field", "value"])
+    batch_values = {"batch": report.batch_id, "batch_name": report.name, "owner": report.owner, **report.meta}
+    for key in BATCH_COLUMNS + ["created", "pixel_size_um", "status", "images", "images_failed"]:
+        value = {"status": report.status, "images": report.images, "images_failed": len(report.failed)}.get(key, batch_values.get(key))
+        sheet.append([key, spreadsheet_text(str(value)) if value is not None and not isinstance(value, (int, float)) else value])
+    sheet = book.create_sheet("model")
+    sheet.append(["field", "value"])
+    for key in ("name", "version", "task", "architecture", "sha256"):
+        sheet.append([key, report.model[key]])
+    sheet.append(["classes", ", ".join(report.classes)])
+    sheet.append(["synthetic demo", "yes: trained on synthetic cells only" if report.model["demo"] else "no"])
+    buf = io.BytesIO()
+    book.save(buf)
+    return buf.getvalue()
+
+
+def cells_csv(s: Session, batch_id: int) -> bytes:
+    columns, rows = batch_rows(s, [batch_id])
+    buf = io.StringIO()
+    write_csv(buf, columns, rows)
+    return buf.getvalue().encode("utf-8")
+
+
+# --- saliency ------------------------------------------------------------------------------------------
+@dataclass
+class SaliencyView:
+    """One stored saliency run: its cells (dicts with id, image_id, box, predicted, score) and maps (N, H, W) in [0, 1]."""
+
+    method: str
+    scope: str
+    cells: list[dict]
+    maps: np.ndarray
+
+    def mean_maps(self, classes: list[str]) -> dict[str, np.ndarray]:
+        out = {}
+        for c in classes:
+            sel = [i for i, cell in enumerate(self.cells) if cell["predicted"] == c]
+            if sel:
+                out[c] = self.maps[sel].mean(axis=0)
+        return out
+
+
+def load_saliency(s: Session, run_id: int, blobs: BlobStore) -> SaliencyView:
+    from db.schema import SaliencyRun
+    run = s.get(SaliencyRun, run_id)
+    if run is None:
+        raise LsmError("those saliency maps no longer exist")
+    data = np.load(io.BytesIO(blobs.get(run.blob)))
+    ids = data["cell_ids"].tolist()
+    rows = {c.id: c for c in s.scalars(select(Cell).where(Cell.id.in_(ids)))}
+    keep = [i for i, cid in enumerate(ids) if cid in rows]
+    cells = [{"id": rows[ids[i]].id, "image_id": rows[ids[i]].image_id, "cell": rows[ids[i]].idx,
+              "box": (rows[ids[i]].x, rows[ids[i]].y, rows[ids[i]].w, rows[ids[i]].h),
+              "predicted": rows[ids[i]].predicted, "score": rows[ids[i]].score} for i in keep]
+    return SaliencyView(run.method, run.scope, cells, data["maps"][keep].astype(np.float32) / 255.0)
+
+
+@dataclass
+class SaliencyGallery:
+    """A stored saliency run ready to show: the view, each cell's crop (cut again from its stored image) and
+    file name, and per class the cells to show (indices into ``view.cells``, highest score first)."""
+
+    view: SaliencyView
+    crops: list[np.ndarray]
+    files: list[str]
+    by_class: dict[str, list[int]]
+
+
+def saliency_gallery(s: Session, run_id: int, classes: list[str], blobs: BlobStore, per_class: int = 12) -> SaliencyGallery:
+    """The gallery of a saliency run: up to ``per_class`` cells of each predicted class (highest score first)."""
+    from lsm_core.imaging.cells import FindParams
+    from lsm_core.lab.labels import stored_crops
+    from db.schema import SaliencyRun
+
+    view = load_saliency(s, run_id, blobs)
+    run = s.get(SaliencyRun, run_id)
+    batch = s.get(Batch, run.batch_id)
+    params = FindParams.for_model(s.get(Model, batch.model_id), batch.pixel_size_um)
+    images = {im.id: im for im in s.scalars(select(Image).where(Image.id.in_({c["image_id"] for c in view.cells})))}
+    crops, files = [], []
+    for cell in view.cells:
+        image = images.get(cell["image_id"])
+        files.append(image.file if image is not None else "?")
+        try:
+            crops.append(stored_crops(blobs, image, [cell["box"]], params)[0])
+        except (LsmError, AttributeError):  # the stored image is gone: the map alone is still shown
+            crops.append(np.zeros(view.maps.shape[1:], np.float32))
+    by_class = {}
+    for cls in classes:
+        members = sorted((i for i, cell in enumerate(view.cells) if cell["predicted"] == cls),
+                         key=lambda i: -view.cells[i]["score"])
+        by_class[cls] = members[:per_class]
+    return SaliencyGallery(view, crops, files, by_class)
+
+
+def png_bytes(rgb_or_grey: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    PILImage.fromarray(rgb_or_grey).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def overlays_zip(view: SaliencyView, crops: list[np.ndarray], opacity: float = 0.5) -> bytes:
+    """Every cell's overlay as a PNG (named class/score/cell), in one ZIP."""
+    import zipfile
+
+    from lsm_core.ml.saliency import overlay
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for cell, crop, m in zip(view.cells, crops, view.maps):
+            name = f"{cell['predicted']}/{view.method}_cell{cell['id']}_score{cell['score']:.3f}.png"
+            zf.writestr(name, png_bytes(overlay(crop, m, opacity)))
+    return buf.getvalue()
