@@ -59,7 +59,33 @@ def _filtered(query: Select, f: BatchFilter | None) -> Select:
     return query
 
 
-def batches(s: Session, f: BatchFilter | None = None, limit: int = 500, offset: int = 0) -> list[dict]:
+@dataclass(frozen=True)
+class BatchRow:
+    """A batch as lists show it: its metadata, its model, and how many images, failed files and cells it has."""
+
+    id: int
+    name: str
+    owner: str
+    created: datetime
+    status: str
+    model: str  # the model's label
+    model_id: int
+    task: str
+    mouse_id: str | None
+    age_days: float | None
+    sex: str | None
+    strain: str | None
+    gate: str | None
+    imaging_date: str | None
+    notes: str | None
+    cells: int
+    images: int
+    errors: int
+    revision: int
+    pixel_size_um: float | None
+
+
+def batches(s: Session, f: BatchFilter | None = None, limit: int = 500, offset: int = 0) -> list[BatchRow]:
     """Batches (newest first) with their model and cell and image counts."""
     cell_counts = select(Cell.batch_id, func.count().label("n")).group_by(Cell.batch_id).subquery()
     image_counts = (
@@ -74,21 +100,40 @@ def batches(s: Session, f: BatchFilter | None = None, limit: int = 500, offset: 
         .outerjoin(image_counts, image_counts.c.batch_id == Batch.id)
         .order_by(Batch.created.desc(), Batch.id.desc()).limit(limit).offset(offset)
     )
-    out = []
-    for batch, model, n_cells, n_images, n_errors in s.execute(_filtered(query, f)):
-        out.append({
-            "id": batch.id, "name": batch.name, "owner": batch.owner, "created": batch.created, "status": batch.status,
-            "model": model.label, "model_id": model.id, "task": model.task, "mouse_id": batch.mouse_id,
-            "age_days": batch.age_days, "sex": batch.sex, "strain": batch.strain, "gate": batch.gate,
-            "imaging_date": batch.imaging_date, "notes": batch.notes, "cells": n_cells, "images": n_images,
-            "errors": n_errors, "revision": batch.revision, "pixel_size_um": batch.pixel_size_um,
-        })
-    return out
+    return [
+        BatchRow(batch.id, batch.name, batch.owner, batch.created, batch.status, model.label, model.id, model.task,
+                 batch.mouse_id, batch.age_days, batch.sex, batch.strain, batch.gate, batch.imaging_date, batch.notes,
+                 n_cells, n_images, n_errors, batch.revision, batch.pixel_size_um)
+        for batch, model, n_cells, n_images, n_errors in s.execute(_filtered(query, f))
+    ]
+
+
+@dataclass(frozen=True)
+class CellRow:
+    """One cell with its box (x, y, w, h in its image's pixels), prediction, and its image's file and page."""
+
+    id: int
+    image_id: int
+    file: str
+    page: int
+    cell: int  # 1-based within its image
+    x: int
+    y: int
+    w: int
+    h: int
+    predicted: str
+    score: float
+    probs: list[float]
+    flags: str
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        return self.x, self.y, self.w, self.h
 
 
 def batch_cells(s: Session, batch_id: int, offset: int = 0, limit: int = 100, min_score: float = 0.0,
-                order: str = "position") -> list[dict]:
-    """One page of a batch's cells with their image's file name."""
+                order: str = "position") -> list[CellRow]:
+    """One page of a batch's cells with their image's file name (order: position, score or class)."""
     query = (
         select(Cell, Image.file, Image.page).join(Image, Image.id == Cell.image_id)
         .where(Cell.batch_id == batch_id, Cell.score >= min_score)
@@ -100,9 +145,11 @@ def batch_cells(s: Session, batch_id: int, offset: int = 0, limit: int = 100, mi
     else:
         query = query.order_by(Image.position, Cell.idx)
     rows = s.execute(query.offset(offset).limit(limit)).all()
-    return [{"file": file, "page": page, "cell": c.idx, "x": c.x, "y": c.y, "w": c.w, "h": c.h, "predicted": c.predicted,
-             "score": c.score, "probs": c.probs, "flags": c.flags, "image_id": c.image_id, "id": c.id}
-            for c, file, page in rows]
+    return [_cell_row(c, file, page) for c, file, page in rows]
+
+
+def _cell_row(c: Cell, file: str, page: int) -> CellRow:
+    return CellRow(c.id, c.image_id, file, page, c.idx, c.x, c.y, c.w, c.h, c.predicted, c.score, list(c.probs), c.flags)
 
 
 def count_cells(s: Session, batch_id: int, min_score: float = 0.0) -> int:
@@ -113,14 +160,20 @@ def batch_images(s: Session, batch_id: int) -> list[Image]:
     return list(s.scalars(select(Image).where(Image.batch_id == batch_id).order_by(Image.position)))
 
 
-def image_cells(s: Session, image_id: int) -> list[dict]:
-    return [{"cell": c.idx, "x": c.x, "y": c.y, "w": c.w, "h": c.h, "predicted": c.predicted, "score": c.score}
+def cells_by_id(s: Session, ids: Iterable[int]) -> list[CellRow]:
+    """The cells with these ids (those that still exist), with their image's file and page."""
+    rows = s.execute(select(Cell, Image.file, Image.page).join(Image, Image.id == Cell.image_id)
+                     .where(Cell.id.in_(list(ids)))).all()
+    return [_cell_row(c, file, page) for c, file, page in rows]
+
+
+def image_cells(s: Session, image_id: int) -> list[CellRow]:
+    """Every cell of one image, in order."""
+    image = s.get(Image, image_id)
+    if image is None:
+        return []
+    return [_cell_row(c, image.file, image.page)
             for c in s.scalars(select(Cell).where(Cell.image_id == image_id).order_by(Cell.idx))]
-
-
-def batch_job(s: Session, batch_id: int) -> Job | None:
-    """The batch's latest job."""
-    return s.scalars(select(Job).where(Job.batch_id == batch_id).order_by(Job.id.desc()).limit(1)).first()
 
 
 def owners(s: Session) -> list[str]:

@@ -31,10 +31,6 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime()}
 
 
-JOB_STATUSES = ("queued", "running", "done", "failed", "cancelled")
-JOB_KINDS = ("classify", "train", "evaluate", "saliency")
-
-
 class User(Base):
     __tablename__ = "users"
 
@@ -152,7 +148,6 @@ class Cell(Base):
     score: Mapped[float] = mapped_column(Float)
     probs: Mapped[list[Any]] = mapped_column(JSON)  # in the model's class order
     flags: Mapped[str] = mapped_column(String(64), default="")
-    saliency: Mapped[str | None] = mapped_column(String(64))  # blob sha256 of an 8-bit map, on request
 
 
 class SaliencyRun(Base):
@@ -174,9 +169,9 @@ class Job(Base):
     __table_args__ = (Index("ix_jobs_fetch", "status", "kind", "priority", "created"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(16))  # lsm_core.lab.jobs.JobKind
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # lsm_core.lab.jobs.JobStatus
     priority: Mapped[int] = mapped_column(Integer, default=0)  # higher first
     owner: Mapped[str] = mapped_column(String(200), index=True)
     batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id", ondelete="SET NULL"), index=True)

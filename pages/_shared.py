@@ -14,6 +14,7 @@ from lsm_core.errors import LsmError
 from lsm_core.imaging.images import decode_page
 from lsm_core.reports.report import (
     cell_arrays,
+    cell_table,
     cells_csv,
     composition_figure,
     field_figure,
@@ -76,6 +77,22 @@ def model_options(task: str | None = None, include_failed: bool = False) -> dict
     with the_lab()() as s:
         rows = offered_models(s, task, include_failed=include_failed)
     return {f"{TASK_TITLES.get(m.task, m.task)} · {m.label}": m.id for m in rows}
+
+
+def model_picker(label: str, options: dict[str, int], key: str, **kwargs) -> int | None:
+    """A select box of models (``options``: label -> id) whose value is a model id. A model chosen earlier that
+    is no longer offered (deleted meanwhile) stays chosen, marked, so that acting with it is refused with a
+    message instead of silently using another model."""
+    ids = list(options.values())
+    names = {i: name for name, i in options.items()}
+    chosen = st.session_state.get(key)
+    if chosen is not None and chosen not in ids:
+        ids.append(chosen)
+        names[chosen] = f"model #{chosen} (no longer offered: choose another)"
+    if not ids:
+        st.selectbox(label, ["no model is offered for this"], disabled=True, key=f"{key}_none")
+        return None
+    return st.selectbox(label, ids, format_func=names.get, key=key, **kwargs)
 
 
 def flash(message: str, kind: str = "success") -> None:
@@ -186,15 +203,13 @@ def render_results(batch_id: int, key: str = "results") -> None:
         rows = queries.batch_cells(s, batch_id, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE, min_score=threshold,
                                    order={"upload order": "position"}.get(order, order))
     by_image = {im.id: im for im in images}
-    table = []
-    for r in rows:
-        im = by_image.get(r["image_id"])
+
+    def thumb(cell) -> str | None:
+        im = by_image.get(cell.image_id)
         pixels = image_pixels(im.sha256, im.page) if im is not None and im.sha256 else None
-        thumb = thumbnail(pixels, (r["x"], r["y"], r["w"], r["h"]), size=THUMB_PX) if pixels is not None else None
-        table.append({"cell": thumb, "file": r["file"], "#": r["cell"], "predicted": r["predicted"],
-                      "score": round(r["score"], 3), **{f"p({c})": round(p, 3) for c, p in zip(report.classes, r["probs"])},
-                      "flags": r["flags"]})
-    st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch", row_height=THUMB_PX + 8,
+        return thumbnail(pixels, cell.box, size=THUMB_PX) if pixels is not None else None
+
+    st.dataframe(pd.DataFrame(cell_table(rows, report.classes, thumb)), hide_index=True, width="stretch", row_height=THUMB_PX + 8,
                  column_config={"cell": st.column_config.ImageColumn("cell", width=THUMB_PX + 16)})
 
     fields = [im for im in images if im.kind == "field" and im.n_cells]
@@ -262,12 +277,14 @@ def saliency_section(batch_id: int, report, key: str) -> None:
             saliency_progress(pending.id, name)
         else:
             b = st.columns(2)
-            if b[0].button(f"Compute {name} for the top {SALIENCY_TOP} cells of each class", key=f"{key}_sal_top"):
-                submit_saliency(lab, batch_id, method, top=SALIENCY_TOP, owner=user())
-                st.rerun()
-            if b[1].button(f"Compute {name} for every cell", key=f"{key}_sal_all"):
-                submit_saliency(lab, batch_id, method, owner=user())
-                st.rerun()
+            top = b[0].button(f"Compute {name} for the top {SALIENCY_TOP} cells of each class", key=f"{key}_sal_top")
+            every = b[1].button(f"Compute {name} for every cell", key=f"{key}_sal_all")
+            if top or every:
+                try:
+                    submit_saliency(lab, batch_id, method, top=SALIENCY_TOP if top else None, owner=user())
+                    st.rerun()
+                except LsmError as exc:
+                    st.error(str(exc))
         return
     with lab() as s:
         gallery = saliency_gallery(s, runs[0].id, report.classes, lab.blobs, per_class=SALIENCY_TOP)
@@ -281,7 +298,7 @@ def saliency_section(batch_id: int, report, key: str) -> None:
     for cls, members in gallery.by_class.items():
         if not members:
             continue
-        total = sum(1 for cell in view.cells if cell["predicted"] == cls)
+        total = sum(1 for cell in view.cells if cell.predicted == cls)
         st.markdown(f"**{cls}**: {len(members)} of {total} cells, highest score first")
         for start in range(0, len(members), per_row):
             row = st.columns(per_row)
@@ -289,7 +306,7 @@ def saliency_section(batch_id: int, report, key: str) -> None:
                 cell = view.cells[i]
                 slot.image([overlay(gallery.crops[i], view.maps[i], 0.0), overlay(gallery.crops[i], view.maps[i], opacity)],
                            width=96)
-                slot.caption(f"{cls}, p = {cell['score']:.2f} · cell {cell['cell']} · {gallery.files[i]}")
+                slot.caption(f"{cls}, p = {cell.score:.2f} · cell {cell.cell} · {cell.file}")
     st.download_button(f"Download {name} overlays (ZIP of PNGs)", lambda: overlays_zip(view, gallery.crops, opacity),
                        file_name=f"batch-{batch_id}-{method}.zip", mime="application/zip", on_click="ignore",
                        key=f"{key}_sal_zip")

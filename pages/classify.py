@@ -7,7 +7,7 @@ from lsm_core.errors import LsmError
 from lsm_core.imaging.images import iter_upload
 from lsm_core.lab.batches import BatchMeta, submit_batch
 from lsm_core.lab.jobs import queue_info
-from pages._shared import escape_markdown, file_errors, model_options, render_results, the_lab, show_flash, user
+from pages._shared import escape_markdown, file_errors, model_options, model_picker, render_results, the_lab, show_flash, user
 
 AGE_UNITS = {"weeks": 7.0, "days": 1.0, "months": 30.44}
 
@@ -89,7 +89,8 @@ with st.form("batch", clear_on_submit=False):
                              accept_multiple_files=True, key=uploader_key)
     c = st.columns(2)
     name = c[0].text_input("Batch name", placeholder="e.g. M17 LT-HSC 2026-11-20")
-    model_label = c[1].selectbox("Classifier", list(options), help="Demo models are marked (synthetic demo).")
+    with c[1]:
+        model_id = model_picker("Classifier", options, "classifier_id", help="Demo models are marked (synthetic demo).")
     c = st.columns(4)
     mouse_id = c[0].text_input("Mouse id")
     age_text = c[1].text_input("Age", placeholder="e.g. 10")
@@ -117,7 +118,9 @@ def do_submit(batch_name: str, add_to: int | None = None) -> bool:
             meta = BatchMeta(mouse_id=mouse_id or None, age_days=age_in_days(age_text, age_unit), sex=sex or None,
                              strain=strain or None, gate=gate or None,
                              imaging_date=imaging_date.isoformat() if imaging_date else None, notes=notes or None)
-            result = submit_batch(lab, raws, options[model_label], batch_name, owner=user(), meta=meta)
+            if model_id is None:
+                raise LsmError("choose a classifier")
+            result = submit_batch(lab, raws, model_id, batch_name, owner=user(), meta=meta)
     except LsmError as exc:
         st.error(str(exc))
         return False

@@ -45,13 +45,13 @@ f = queries.BatchFilter(
     created_to=dt.datetime.combine(date_to, dt.time.max) if date_to else None,
 )
 with lab() as s:
-    found = [b for b in queries.batches(s, f, limit=2000) if b["cells"] > 0]
+    found = [b for b in queries.batches(s, f, limit=2000) if b.cells > 0]
 if len(found) < 2:
     st.info("Fewer than two classified batches match: widen the filters, or classify more batches.")
     st.stop()
 
-labels = {b["id"]: f"#{b['id']} {b['name']} · mouse {b['mouse_id'] or '?'} · {age_text(b['age_days']) or 'age ?'} · "
-                   f"{b['model']}" for b in found}
+labels = {b.id: f"#{b.id} {b.name} · mouse {b.mouse_id or '?'} · {age_text(b.age_days) or 'age ?'} · "
+                   f"{b.model}" for b in found}
 start = compare.one_batch_per_mouse(found)
 chosen = st.multiselect("Batches (mice)", list(labels), default=start, format_func=labels.get,
                         help="At first the newest batch of each mouse: re-runs of one mouse are not more mice.")

@@ -15,7 +15,7 @@ from lsm_core.errors import LsmError
 from lsm_core.lab.registry import offered_models
 from lsm_core.reports.report import age_text
 from lsm_core.classes import TASK_TITLES
-from pages._shared import admin, download_buttons, flash, model_options, the_lab, show_flash, user
+from pages._shared import admin, download_buttons, flash, model_options, model_picker, the_lab, show_flash, user
 
 st.title("History")
 lab = the_lab()
@@ -81,12 +81,12 @@ if not rows:
 
 # what the user reads first comes first: which batch, how many cells, whose, then the sample's metadata
 table = pd.DataFrame([{
-    "id": b["id"], "name": b["name"], "cells": b["cells"], "images": b["images"], "failed": b["errors"],
-    "status": b["status"], "owner": b["owner"], "uploaded": b["created"].strftime("%Y-%m-%d %H:%M"),
-    "mouse": b["mouse_id"], "age": age_text(b["age_days"]), "sex": b["sex"], "model": b["model"],
-    "strain": b["strain"], "gate": b["gate"],
+    "id": b.id, "name": b.name, "cells": b.cells, "images": b.images, "failed": b.errors,
+    "status": b.status, "owner": b.owner, "uploaded": b.created.strftime("%Y-%m-%d %H:%M"),
+    "mouse": b.mouse_id, "age": age_text(b.age_days), "sex": b.sex, "model": b.model,
+    "strain": b.strain, "gate": b.gate,
 } for b in rows])
-shown = [(b["id"], b["revision"]) for b in rows]
+shown = [(b.id, b.revision) for b in rows]
 if state.get("history_shown") not in (None, shown) and state.get("history_batch"):
     # the list changed under the user: a fresh table, so no highlighted row points at another batch (the
     # selected batch stays bound by its id, below)
@@ -104,24 +104,24 @@ chosen = state.get("history_batch")
 if not chosen:
     st.stop()
 batch_id, revision = chosen
-batch = next((b for b in rows if b["id"] == batch_id), None)
+batch = next((b for b in rows if b.id == batch_id), None)
 if batch is None:
     reset_selection(f"Batch #{batch_id} is no longer in the list (deleted, or outside the filters).", "warning")
     st.rerun()
 
 nonce = state["history_action"]
 st.markdown(f"#### Selected: batch #{batch_id}")
-st.text(batch["name"])  # names are user text: shown as text, never as markdown
-if batch["revision"] != revision:
+st.text(batch.name)  # names are user text: shown as text, never as markdown
+if batch.revision != revision:
     st.warning("This batch was changed since you selected it (renamed, or files were added). Select it again to act on it.")
     st.stop()
 c = st.columns(3)
 if c[0].button("Open results", type="primary", key=f"open_{nonce}"):
     st.switch_page("pages/results.py", query_params={"batch": str(batch_id)})
 
-mine = batch["owner"] == user() or admin()  # lsm_core.lab.batches checks again
+mine = batch.owner == user() or admin()  # lsm_core.lab.batches checks again
 with c[1].popover("Rename", disabled=not mine):
-    new_name = st.text_input("New name", value=batch["name"], key=f"rename_to_{nonce}_{batch_id}")
+    new_name = st.text_input("New name", value=batch.name, key=f"rename_to_{nonce}_{batch_id}")
     if st.button("Save the new name", key=f"rename_{nonce}_{batch_id}"):
         try:
             batches.rename(lab, batch_id, new_name, user(), seen_revision=revision)
@@ -130,9 +130,9 @@ with c[1].popover("Rename", disabled=not mine):
         except LsmError as exc:
             st.error(str(exc))
 with c[2].popover("Delete", disabled=not mine):
-    st.write(f"Delete batch #{batch_id} with its {batch['images']:,} images and {batch['cells']:,} cells? "
+    st.write(f"Delete batch #{batch_id} with its {batch.images:,} images and {batch.cells:,} cells? "
              "This cannot be undone. Its name:")
-    st.text(batch["name"])
+    st.text(batch.name)
     sure = st.checkbox(f"Yes, delete batch #{batch_id}", key=f"delete_sure_{nonce}_{batch_id}")
     if st.button("Delete for good", disabled=not sure, key=f"delete_{nonce}_{batch_id}"):
         try:
@@ -144,16 +144,17 @@ with c[2].popover("Delete", disabled=not mine):
             reset_selection(str(exc), "error")
             st.rerun()
 if not mine:
-    st.caption(f"Only {batch['owner']} or an administrator can rename or delete this batch.")
+    st.caption(f"Only {batch.owner} or an administrator can rename or delete this batch.")
 
 with st.expander("Re-run with another model version or pixel size"):
-    choices = model_options(batch["task"])
-    label = st.selectbox("Model", list(choices), key=f"rerun_model_{nonce}")
+    chosen_model = model_picker("Model", model_options(batch.task), f"rerun_model_{nonce}")
     pixel = st.number_input("Pixel size (µm per pixel; empty: as before)", min_value=0.01, max_value=50.0, value=None,
                             step=0.01, format="%.4f", key=f"rerun_pixel_{nonce}")
     if st.button("Re-run", key=f"rerun_{nonce}_{batch_id}"):
         try:
-            result = batches.rerun(lab, batch_id, choices[label], user(), pixel_size_um=pixel, seen_revision=revision)
+            if chosen_model is None:
+                raise LsmError(f"no {batch.task} model is offered; import or train one on the Models page")
+            result = batches.rerun(lab, batch_id, chosen_model, user(), pixel_size_um=pixel, seen_revision=revision)
             reset_selection(f"Batch #{batch_id} re-run as batch #{result.batch_id}; open it in Results to follow it.")
             st.rerun()
         except LsmError as exc:

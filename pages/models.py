@@ -15,7 +15,11 @@ from lsm_core.lab.labels import parse_labelled_batches
 from lsm_core.lab.registry import import_model_bytes, offered_models, set_default
 from lsm_core.lab.tasks import evaluate, train
 from lsm_core.classes import TASK_TITLES
+from lsm_core.ml import nets
 from pages._shared import admin, escape_markdown, the_lab, user
+
+ARCHITECTURES = [a for a in nets.REGISTRY if a != "tiny_cnn"]  # the registry's, less the tests' toy network
+ARCHITECTURES.sort(key=lambda a: a != "resnet50_paper")  # the paper's first: the default
 
 st.title("Models")
 st.caption("Classifiers of this lab. Demo models are trained on synthetic cells only and say nothing about real cells. "
@@ -150,7 +154,7 @@ with tabs[1]:
         c = st.columns(3)
         task = c[0].selectbox("Task", list(TASK_TITLES), format_func=lambda t: TASK_TITLES[t])
         name = c[1].text_input("Model name", placeholder="e.g. lsm-lab")
-        arch = c[2].selectbox("Architecture", ["resnet50_paper", "resnet18", "small_cnn"])
+        arch = c[2].selectbox("Architecture", ARCHITECTURES, format_func=lambda a: f"{a}: {nets.REGISTRY[a].description}")
         c = st.columns(4)
         epochs = c[0].number_input("Epochs", 1, 500, 20)
         batch_size = c[1].number_input("Batch size", 8, 4096, 512)

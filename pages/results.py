@@ -9,14 +9,15 @@ lab = the_lab()
 with lab() as s:
     rows = queries.batches(s, limit=1000)
 show_flash()
-if not rows:
-    st.info("No batches yet. Upload one on the Classify page.")
-    st.stop()
-labels = {b["id"]: f"#{b['id']} {b['name']} · {b['owner']} · {b['model']} · {b['cells']:,} cells" for b in rows}
+labels = {b.id: f"#{b.id} {b.name} · {b.owner} · {b.model} · {b.cells:,} cells" for b in rows}
 wanted = st.query_params.get("batch")
 ids = list(labels)
 if wanted and wanted.isdigit() and int(wanted) not in ids:
-    st.warning(f"Batch #{wanted} no longer exists (it may have been deleted); showing the newest batch instead.")
+    st.warning(f"Batch #{wanted} no longer exists: someone deleted it." + (" The newest batch is shown instead."
+                                                                         if rows else ""))
+if not rows:
+    st.info("No batches yet. Upload one on the Classify page.")
+    st.stop()
 index = ids.index(int(wanted)) if wanted and wanted.isdigit() and int(wanted) in ids else 0
 # options are batch ids (stable while colleagues add batches); the label is only what is shown
 chosen = st.selectbox("Batch", ids, index=index, format_func=labels.get, key=f"results_batch_{wanted}")

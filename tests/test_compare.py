@@ -1,6 +1,8 @@
 """Comparisons across ages: the statistics against scipy, the workbook, the page and the command line."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import io
 import os
 import subprocess
@@ -24,7 +26,9 @@ def table_from(fractions_by_group: dict[str, list[list[int]]]) -> pd.DataFrame:
     for g, mice in fractions_by_group.items():
         for n in mice:
             i += 1
-            batches.append({"id": i, "name": f"b{i}", "owner": "ana", "age_days": 70.0 if g == "young" else 600.0})
+            batches.append(SimpleNamespace(id=i, name=f"b{i}", owner="ana", age_days=70.0 if g == "young" else 600.0,
+                                           mouse_id=None, sex=None, strain=None, gate=None, imaging_date=None,
+                                           model="m v1"))
             counts[i] = dict(zip(CLASSES, n))
             groups.append(g)
     t = stats.per_mouse(batches, counts, CLASSES)

@@ -99,7 +99,7 @@ def test_saliency_appears_by_itself_and_the_gallery_shows_what_was_asked(app_env
     from db import queries
 
     with lab() as s:
-        predicted = [c["predicted"] for c in queries.batch_cells(s, sub.batch_id, limit=1000)]
+        predicted = [c.predicted for c in queries.batch_cells(s, sub.batch_id, limit=1000)]
     for cls in ("LT-HSC", "ST-HSC", "MPP"):
         expected = min(12, predicted.count(cls))
         if expected:

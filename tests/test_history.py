@@ -72,10 +72,10 @@ def test_submit_claim_finish_and_export(history, data_dir):
         assert sum(counts.values()) == n_cells
         assert sum(queries.class_counts(s, [sub.batch_id], threshold=0.9)[sub.batch_id].values()) <= n_cells
         listed = queries.batches(s, queries.BatchFilter(owner="ana", age_min_days=60, age_max_days=80, text="FIRST"))
-        assert [b["id"] for b in listed] == [sub.batch_id] and listed[0]["errors"] == 1
+        assert [b.id for b in listed] == [sub.batch_id] and listed[0].errors == 1
         assert queries.batches(s, queries.BatchFilter(owner="someone else")) == []
         page = queries.batch_cells(s, sub.batch_id, offset=0, limit=3, order="score")
-        assert len(page) == 3 and page[0]["score"] >= page[-1]["score"]
+        assert len(page) == 3 and page[0].score >= page[-1].score
         by_age = queries.counts_by_age(s, "lsm")
         assert sum(n for age, _, n, _ in by_age if age == 70) == n_cells
         from lsm_core.reports.export import batch_rows

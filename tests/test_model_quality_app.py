@@ -5,17 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
+
 from lsm_core.lab.tasks import evaluate as evaluate_task
-from streamlit.testing.v1 import AppTest
-
+from tests.helpers import labelled_zip, run_page, texts
 from tests.test_model_quality import trained  # noqa: F401  (a module-scoped fixture: two trained packages)
-from tests.helpers import labelled_zip
-
-ROOT = Path(__file__).resolve().parents[1]
-APP = str(ROOT / "streamlit_app.py")
 
 
 @pytest.fixture
@@ -34,23 +29,11 @@ def app_env(tmp_path, monkeypatch, trained):  # noqa: F811
     return tmp_path
 
 
-def models_page() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.run()
-    at.switch_page("pages/models.py")
-    at.run()
-    assert not at.exception, [e.message for e in at.exception]
-    return at
+def models_page():
+    return run_page("pages/models.py")
 
 
-def texts(at: AppTest) -> str:
-    parts = [m.value for m in at.markdown] + [e.value for e in at.error] + [w.value for w in at.warning]
-    parts += [c.value for c in at.caption] + [i.value for i in at.info] + [t.value for t in at.text]
-    parts += [s.value for s in at.success]
-    return "\n".join(str(p) for p in parts).replace("\\", "")  # markdown escapes of user text
-
-
-def figures(at: AppTest) -> list[dict]:
+def figures(at) -> list[dict]:
     return [json.loads(e.proto.spec) for e in at.get("plotly_chart")]
 
 

@@ -109,7 +109,7 @@ def test_saliency_job_stores_8_bit_maps_and_the_view_reads_them(history, data_di
     assert view.maps.shape == (len(view.cells), 64, 64) and 0 <= view.maps.min() and view.maps.max() <= 1
     counts = {}
     for c in view.cells:
-        counts[c["predicted"]] = counts.get(c["predicted"], 0) + 1
+        counts[c.predicted] = counts.get(c.predicted, 0) + 1
     assert max(counts.values()) <= 3
     assert set(view.mean_maps(["LT-HSC", "ST-HSC", "MPP"])) == set(counts)
 

@@ -35,19 +35,19 @@ GROUP_FIELDS = ("age", "sex", "strain", "gate", "mouse_id", "owner", "imaging_da
 DEFAULT_BINS = "young:<26w, aged:>=18m"
 
 
-def one_batch_per_mouse(batches: list[dict]) -> list[int]:
+def one_batch_per_mouse(batches: list[queries.BatchRow]) -> list[int]:
     """The ids a comparison starts from: for each mouse id the newest batch (re-runs of one mouse are not two
     mice); a batch without a mouse id stands for itself. ``batches`` are rows of :func:`db.queries.batches`."""
-    newest: dict[str, dict] = {}
+    newest: dict[str, queries.BatchRow] = {}
     alone = []
     for b in batches:
-        mouse = (b.get("mouse_id") or "").strip()
+        mouse = (b.mouse_id or "").strip()
         if not mouse:
-            alone.append(b["id"])
-        elif mouse not in newest or (b["created"], b["id"]) > (newest[mouse]["created"], newest[mouse]["id"]):
+            alone.append(b.id)
+        elif mouse not in newest or (b.created, b.id) > (newest[mouse].created, newest[mouse].id):
             newest[mouse] = b
-    chosen = set(alone) | {b["id"] for b in newest.values()}
-    return [b["id"] for b in batches if b["id"] in chosen]
+    chosen = set(alone) | {b.id for b in newest.values()}
+    return [b.id for b in batches if b.id in chosen]
 
 
 @dataclass
@@ -79,7 +79,7 @@ def build(s: Session, batch_ids: list[int], by: str = "age", bins: list[AgeBin] 
         raise LsmError("these batches were classified by different classifiers (LSM and aging); compare one kind at a time")
     classes = list(class_sets.pop())
     listed = queries.batches(s, queries.BatchFilter(batch_ids=batch_ids), limit=len(batch_ids))
-    missing = set(batch_ids) - {b["id"] for b in listed}
+    missing = set(batch_ids) - {b.id for b in listed}
     if missing:
         raise LsmError(f"no batch {', '.join(map(str, sorted(missing)))}")
     counts = queries.class_counts(s, batch_ids, threshold)

@@ -5,6 +5,7 @@ Figures are plotly objects built from arrays (never one trace per cell); pages o
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 import io
 from dataclasses import dataclass, field
 
@@ -16,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db import queries
-from db.schema import Batch, Cell, Image, Model
+from db.schema import Batch, Cell, Image, Model, SaliencyRun
 from lsm_core.errors import LsmError
 from lsm_core.lab.blobs import BlobStore
 from lsm_core.reports.export import BATCH_COLUMNS, batch_rows, spreadsheet_text, write_csv
@@ -163,7 +164,7 @@ def probability_figure(pred: np.ndarray, probs: np.ndarray, classes: list[str], 
     return fig
 
 
-def field_figure(pixels: np.ndarray, cells: list[dict], classes: list[str], threshold: float, max_side: int = 1024) -> go.Figure:
+def field_figure(pixels: np.ndarray, cells: list[queries.CellRow], classes: list[str], threshold: float, max_side: int = 1024) -> go.Figure:
     """The field of view with each cell's box coloured by predicted class, its score on hover (Figure 6A).
 
     One outline trace and one marker trace per class, not per cell. Cells under the threshold are faded.
@@ -179,22 +180,22 @@ def field_figure(pixels: np.ndarray, cells: list[dict], classes: list[str], thre
     fig = go.Figure(go.Image(source=source, dx=step, dy=step, hoverinfo="skip"))
     for i, cls in enumerate(classes):
         for kept in (True, False):
-            mine = [c for c in cells if c["predicted"] == cls and (c["score"] >= threshold) == kept]
+            mine = [c for c in cells if c.predicted == cls and (c.score >= threshold) == kept]
             if not mine:
                 continue
             xs, ys = [], []
             for c in mine:
-                x0, y0, x1, y1 = c["x"], c["y"], c["x"] + c["w"], c["y"] + c["h"]
+                x0, y0, x1, y1 = c.x, c.y, c.x + c.w, c.y + c.h
                 xs += [x0, x1, x1, x0, x0, None]
                 ys += [y0, y0, y1, y1, y0, None]
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"color": colour(cls, i), "width": 2 if kept else 1},
                                      opacity=1.0 if kept else 0.35, name=cls if kept else f"{cls} (below threshold)",
                                      hoverinfo="skip", legendgroup=cls))
             fig.add_trace(go.Scatter(
-                x=[c["x"] + c["w"] / 2 for c in mine], y=[c["y"] for c in mine], mode="text",
-                text=[f"{c['score']:.2f}" for c in mine], textposition="top center",
+                x=[c.x + c.w / 2 for c in mine], y=[c.y for c in mine], mode="text",
+                text=[f"{c.score:.2f}" for c in mine], textposition="top center",
                 textfont={"color": colour(cls, i), "size": 10}, showlegend=False, legendgroup=cls,
-                hovertext=[f"cell {c['cell']}: {cls}, score {c['score']:.3f}" for c in mine], hoverinfo="text",
+                hovertext=[f"cell {c.cell}: {cls}, score {c.score:.3f}" for c in mine], hoverinfo="text",
                 opacity=1.0 if kept else 0.35,
             ))
     fig.update_layout(height=700, margin={"t": 10, "b": 10, "l": 10, "r": 10}, legend_title_text="predicted",
@@ -256,45 +257,41 @@ def cells_csv(s: Session, batch_id: int) -> bytes:
 # --- saliency ------------------------------------------------------------------------------------------
 @dataclass
 class SaliencyView:
-    """One stored saliency run: its cells (dicts with id, image_id, box, predicted, score) and maps (N, H, W) in [0, 1]."""
+    """One stored saliency run: its cells (:class:`db.queries.CellRow`) and their maps (N, H, W) in [0, 1]."""
 
     method: str
     scope: str
-    cells: list[dict]
+    cells: list[queries.CellRow]
     maps: np.ndarray
 
     def mean_maps(self, classes: list[str]) -> dict[str, np.ndarray]:
         out = {}
         for c in classes:
-            sel = [i for i, cell in enumerate(self.cells) if cell["predicted"] == c]
+            sel = [i for i, cell in enumerate(self.cells) if cell.predicted == c]
             if sel:
                 out[c] = self.maps[sel].mean(axis=0)
         return out
 
 
 def load_saliency(s: Session, run_id: int, blobs: BlobStore) -> SaliencyView:
-    from db.schema import SaliencyRun
     run = s.get(SaliencyRun, run_id)
     if run is None:
         raise LsmError("those saliency maps no longer exist")
     data = np.load(io.BytesIO(blobs.get(run.blob)))
     ids = data["cell_ids"].tolist()
-    rows = {c.id: c for c in s.scalars(select(Cell).where(Cell.id.in_(ids)))}
+    rows = {c.id: c for c in queries.cells_by_id(s, ids)}
     keep = [i for i, cid in enumerate(ids) if cid in rows]
-    cells = [{"id": rows[ids[i]].id, "image_id": rows[ids[i]].image_id, "cell": rows[ids[i]].idx,
-              "box": (rows[ids[i]].x, rows[ids[i]].y, rows[ids[i]].w, rows[ids[i]].h),
-              "predicted": rows[ids[i]].predicted, "score": rows[ids[i]].score} for i in keep]
-    return SaliencyView(run.method, run.scope, cells, data["maps"][keep].astype(np.float32) / 255.0)
+    return SaliencyView(run.method, run.scope, [rows[ids[i]] for i in keep],
+                        data["maps"][keep].astype(np.float32) / 255.0)
 
 
 @dataclass
 class SaliencyGallery:
-    """A stored saliency run ready to show: the view, each cell's crop (cut again from its stored image) and
-    file name, and per class the cells to show (indices into ``view.cells``, highest score first)."""
+    """A stored saliency run ready to show: the view, each cell's crop (cut again from its stored image), and
+    per class the cells to show (indices into ``view.cells``, highest score first)."""
 
     view: SaliencyView
     crops: list[np.ndarray]
-    files: list[str]
     by_class: dict[str, list[int]]
 
 
@@ -302,27 +299,32 @@ def saliency_gallery(s: Session, run_id: int, classes: list[str], blobs: BlobSto
     """The gallery of a saliency run: up to ``per_class`` cells of each predicted class (highest score first)."""
     from lsm_core.imaging.cells import FindParams
     from lsm_core.lab.labels import stored_crops
-    from db.schema import SaliencyRun
 
     view = load_saliency(s, run_id, blobs)
     run = s.get(SaliencyRun, run_id)
     batch = s.get(Batch, run.batch_id)
     params = FindParams.for_model(s.get(Model, batch.model_id), batch.pixel_size_um)
-    images = {im.id: im for im in s.scalars(select(Image).where(Image.id.in_({c["image_id"] for c in view.cells})))}
-    crops, files = [], []
+    images = {im.id: im for im in s.scalars(select(Image).where(Image.id.in_({c.image_id for c in view.cells})))}
+    crops = []
     for cell in view.cells:
-        image = images.get(cell["image_id"])
-        files.append(image.file if image is not None else "?")
         try:
-            crops.append(stored_crops(blobs, image, [cell["box"]], params)[0])
-        except (LsmError, AttributeError):  # the stored image is gone: the map alone is still shown
+            crops.append(stored_crops(blobs, images[cell.image_id], [cell.box], params)[0])
+        except (LsmError, KeyError):  # the stored image is gone: the map alone is still shown
             crops.append(np.zeros(view.maps.shape[1:], np.float32))
     by_class = {}
     for cls in classes:
-        members = sorted((i for i, cell in enumerate(view.cells) if cell["predicted"] == cls),
-                         key=lambda i: -view.cells[i]["score"])
+        members = sorted((i for i, cell in enumerate(view.cells) if cell.predicted == cls),
+                         key=lambda i: -view.cells[i].score)
         by_class[cls] = members[:per_class]
-    return SaliencyGallery(view, crops, files, by_class)
+    return SaliencyGallery(view, crops, by_class)
+
+
+def cell_table(rows: list[queries.CellRow], classes: list[str],
+               thumb_of: Callable[[queries.CellRow], str | None]) -> list[dict]:
+    """The rows of the results page's cell table: a thumbnail (``thumb_of(cell)``: a data URI), file, cell,
+    prediction, score and every class's probability."""
+    return [{"cell": thumb_of(r), "file": r.file, "#": r.cell, "predicted": r.predicted, "score": round(r.score, 3),
+             **{f"p({c})": round(p, 3) for c, p in zip(classes, r.probs)}, "flags": r.flags} for r in rows]
 
 
 def png_bytes(rgb_or_grey: np.ndarray) -> bytes:
@@ -340,6 +342,6 @@ def overlays_zip(view: SaliencyView, crops: list[np.ndarray], opacity: float = 0
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for cell, crop, m in zip(view.cells, crops, view.maps):
-            name = f"{cell['predicted']}/{view.method}_cell{cell['id']}_score{cell['score']:.3f}.png"
+            name = f"{cell.predicted}/{view.method}_cell{cell.id}_score{cell.score:.3f}.png"
             zf.writestr(name, png_bytes(overlay(crop, m, opacity)))
     return buf.getvalue()

@@ -3,11 +3,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import stats as sps
 
 PAPER_THRESHOLDS = (0.34, 0.5, 0.7, 0.9)
+
+if TYPE_CHECKING:
+    from db.queries import BatchRow
 
 
 def wilson_interval(k: int | np.ndarray, n: int | np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
@@ -117,16 +121,17 @@ def age_group(age_days: float | None, bins: list[AgeBin]) -> str | None:
     return None
 
 
-def per_mouse(batches: list[dict], counts: dict[int, dict[str, int]], classes: list[str]) -> pd.DataFrame:
+def per_mouse(batches: Sequence[BatchRow], counts: dict[int, dict[str, int]], classes: list[str]) -> pd.DataFrame:
     """One row per batch (= mouse): its metadata, cells per class, total, fraction per class and its 95% Wilson
-    interval (the uncertainty of one mouse's composition from its number of cells)."""
+    interval (the uncertainty of one mouse's composition from its number of cells). ``batches`` are
+    :class:`db.queries.BatchRow` (or anything with their attributes)."""
     rows = []
     for b in batches:
-        c = counts.get(b["id"], {})
+        c = counts.get(b.id, {})
         total = sum(int(c.get(k, 0)) for k in classes)
-        row = {"batch": b["id"], "batch_name": b["name"], "owner": b["owner"], "mouse_id": b.get("mouse_id"),
-               "age_days": b.get("age_days"), "sex": b.get("sex"), "strain": b.get("strain"), "gate": b.get("gate"),
-               "imaging_date": b.get("imaging_date"), "model": b.get("model"), "cells": total}
+        row = {"batch": b.id, "batch_name": b.name, "owner": b.owner, "mouse_id": b.mouse_id, "age_days": b.age_days,
+               "sex": b.sex, "strain": b.strain, "gate": b.gate, "imaging_date": b.imaging_date, "model": b.model,
+               "cells": total}
         for k in classes:
             row[f"n_{k}"] = int(c.get(k, 0))
         for k in classes:
