@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lsm_core.imaging import synthetic  # noqa: E402
 from lsm_core.ml.datasets import LabelledData  # noqa: E402
-from lsm_core.ml.metrics import evaluate_probs, softmax  # noqa: E402
+from lsm_core.ml.metrics import evaluate_probs  # noqa: E402
+from lsm_core.ml.predict import softmax  # noqa: E402
 from lsm_core.ml.models import ModelStore  # noqa: E402
 from lsm_core.classes import task_classes  # noqa: E402
 from lsm_core.ml.train import TrainConfig, logits_of, train_and_register  # noqa: E402

@@ -7,9 +7,9 @@ from lsm_core.errors import LsmError
 from lsm_core.imaging.images import iter_upload
 from lsm_core.lab.batches import BatchMeta, submit_batch
 from lsm_core.lab.jobs import queue_info
+from lsm_core.reports.stats import AGE_UNITS
 from pages._shared import escape_markdown, file_errors, model_options, model_picker, render_results, the_lab, show_flash, user
 
-AGE_UNITS = {"weeks": 7.0, "days": 1.0, "months": 30.44}
 
 st.title("Classify")
 lab = the_lab()

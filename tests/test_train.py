@@ -20,7 +20,8 @@ from lsm_core.imaging import synthetic
 from lsm_core.ml.datasets import LabelledData, from_files, split
 from lsm_core.errors import LsmError
 from lsm_core.imaging.images import RawFile
-from lsm_core.ml.metrics import evaluate_probs, fit_temperature, nll, softmax
+from lsm_core.ml.metrics import evaluate_probs, fit_temperature, nll
+from lsm_core.ml.predict import softmax
 from lsm_core.ml.train import TrainConfig, evaluate, fit
 from lsm_core.lab.tasks import train as train_task
 from tests.helpers import labelled_zip, png_bytes

@@ -13,6 +13,8 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from sklearn import metrics as skm
 
+from lsm_core.ml.predict import softmax
+
 N_BINS = 15
 
 # The temperature is searched between these bounds (log scale). A fit at a bound means the NLL wanted more:
@@ -32,13 +34,6 @@ TEMPERATURE_BOUND_TOLERANCE = 0.01  # "at the bound": within 1% of it (the searc
 QUALITY_MIN_MARGIN = 0.05
 QUALITY_MAX_P = 0.01
 QUALITY_ONE_CLASS_SHARE = 0.95
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = np.asarray(logits, np.float64) / temperature
-    z -= z.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    return p / p.sum(axis=1, keepdims=True)
 
 
 def nll(probs: np.ndarray, labels: np.ndarray) -> float:

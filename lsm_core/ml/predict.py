@@ -131,11 +131,15 @@ class Predictor:
         return probabilities(self.logits(crops), self.temperature)
 
 
-def probabilities(logits: np.ndarray, temperature: float = 1.0) -> Prediction:
-    """Softmax of ``logits / temperature`` (N, C), with the predicted class and its score."""
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Softmax of ``logits / temperature`` (N, C) in float64, rows summing to 1."""
     z = np.asarray(logits, np.float64) / temperature
     z -= z.max(axis=1, keepdims=True)
     p = np.exp(z)
-    p /= p.sum(axis=1, keepdims=True)
-    predicted = p.argmax(axis=1)
-    return Prediction(p.astype(np.float32), predicted.astype(np.int64), p.max(axis=1).astype(np.float32))
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def probabilities(logits: np.ndarray, temperature: float = 1.0) -> Prediction:
+    """Softmax of ``logits / temperature`` (N, C), with the predicted class and its score."""
+    p = softmax(logits, temperature)
+    return Prediction(p.astype(np.float32), p.argmax(axis=1).astype(np.int64), p.max(axis=1).astype(np.float32))

@@ -235,7 +235,8 @@ def fit(
 def evaluate_predictor(predictor, data) -> dict:
     """Every metric of a loaded model (:class:`lsm_core.ml.predict.Predictor`, its temperature applied) on
     labelled crops (:class:`lsm_core.ml.datasets.LabelledData`), whatever the order of the model's classes."""
-    from lsm_core.ml.metrics import evaluate_probs, softmax
+    from lsm_core.ml.metrics import evaluate_probs
+    from lsm_core.ml.predict import softmax
 
     classes = list(predictor.classes)
     to_model = np.array([classes.index(c) for c in data.classes], np.int64)  # data's class index -> model's
@@ -281,7 +282,8 @@ def train_and_register(
     "failed quality check", is never made a default and is not offered by default.
     """
     from lsm_core.ml.datasets import split
-    from lsm_core.ml.metrics import evaluate_probs, fit_temperature, quality_check, softmax
+    from lsm_core.ml.metrics import evaluate_probs, fit_temperature, quality_check
+    from lsm_core.ml.predict import softmax
     from lsm_core.ml.models import Manifest
 
     train_idx, val_idx = split(data, 0.2, seed=config.seed)

@@ -6,7 +6,6 @@ compared; pooled cells appear only as a secondary view. Every number is reproduc
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,9 +18,10 @@ from sqlalchemy.orm import Session
 from db import queries
 from db.schema import Batch, Cell, Model
 from lsm_core.errors import LsmError
-from lsm_core.reports.export import batch_rows, spreadsheet_text
+from lsm_core.reports.export import add_sheet, batch_rows, workbook_bytes
 from lsm_core.reports.report import age_text, colour
 from lsm_core.reports.stats import (
+    DAYS_PER_MONTH,
     AgeBin,
     age_group,
     compare_groups,
@@ -147,7 +147,7 @@ def score_figure(s: Session, c: Comparison, max_cells: int = 50_000) -> go.Figur
 def age_figure(c: Comparison, cls: str) -> go.Figure:
     """Per-mouse fraction of ``cls`` against age (months), with the fitted least-squares line."""
     data = c.table.dropna(subset=["age_days"])
-    months = data["age_days"] / 30.44
+    months = data["age_days"] / DAYS_PER_MONTH
     fig = go.Figure(go.Scatter(x=months, y=100 * data[f"fraction_{cls}"], mode="markers", name="mice",
                                marker={"size": 10, "color": colour(cls)},
                                text=[m or b for m, b in zip(data["mouse_id"], data["batch_name"])],
@@ -167,10 +167,7 @@ def figure_html(fig: go.Figure) -> bytes:
 
 
 def _sheet(book: Workbook, name: str, frame: pd.DataFrame) -> None:
-    ws = book.create_sheet(name)
-    ws.append(list(frame.columns))
-    for row in frame.itertuples(index=False):
-        ws.append([spreadsheet_text(None if (isinstance(v, float) and np.isnan(v)) else v) for v in row])
+    add_sheet(book, name, list(frame.columns), frame.itertuples(index=False))
 
 
 def workbook(s: Session, c: Comparison) -> bytes:
@@ -184,11 +181,5 @@ def workbook(s: Session, c: Comparison) -> bytes:
                             "p_value": c.pooled["p_value"], "p_holm": np.nan, "effect_size": np.nan,
                             "effect_size_name": c.pooled["note"]}])
     _sheet(book, "tests", pd.concat([tests, pooled], ignore_index=True))
-    ws = book.create_sheet("cells")
-    columns, rows = batch_rows(s, [int(b) for b in c.table["batch"]])
-    ws.append(columns)
-    for row in rows:
-        ws.append([spreadsheet_text(v) for v in row])
-    buf = io.BytesIO()
-    book.save(buf)
-    return buf.getvalue()
+    add_sheet(book, "cells", *batch_rows(s, [int(b) for b in c.table["batch"]]))
+    return workbook_bytes(book)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import csv
+import io
+import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -17,6 +19,24 @@ def spreadsheet_text(value):
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
         return "'" + value
     return value
+
+
+def add_sheet(book: Workbook, name: str, columns: Sequence[str], rows: Iterable[Sequence]) -> int:
+    """A sheet ``name`` of a write-only workbook: the header, then ``rows`` (text made inert, NaN left empty);
+    returns the number of rows. The one loop every xlsx of the app is written with."""
+    sheet = book.create_sheet(name)
+    sheet.append(list(columns))
+    n = 0
+    for row in rows:
+        sheet.append([None if isinstance(v, float) and math.isnan(v) else spreadsheet_text(v) for v in row])
+        n += 1
+    return n
+
+
+def workbook_bytes(book: Workbook) -> bytes:
+    buf = io.BytesIO()
+    book.save(buf)
+    return buf.getvalue()
 
 
 def write_csv(fh, columns: Sequence[str], rows: Iterable[Sequence]) -> int:
@@ -40,13 +60,8 @@ def write_table(path: str | Path, columns: Sequence[str], rows: Iterable[Sequenc
     if suffix == ".csv":
         with open(path, "w", newline="", encoding="utf-8") as fh:
             return write_csv(fh, columns, rows)
-    n = 0
     book = Workbook(write_only=True)
-    ws = book.create_sheet(sheet)
-    ws.append(list(columns))
-    for row in rows:
-        ws.append([spreadsheet_text(v) for v in row])
-        n += 1
+    n = add_sheet(book, sheet, columns, rows)
     book.save(path)
     return n
 

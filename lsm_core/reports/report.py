@@ -20,8 +20,8 @@ from db import queries
 from db.schema import Batch, Cell, Image, Model, SaliencyRun
 from lsm_core.errors import LsmError
 from lsm_core.lab.blobs import BlobStore
-from lsm_core.reports.export import BATCH_COLUMNS, batch_rows, spreadsheet_text, write_csv
-from lsm_core.reports.stats import ClassShare, composition
+from lsm_core.reports.export import BATCH_COLUMNS, add_sheet, batch_rows, workbook_bytes, write_csv
+from lsm_core.reports.stats import DAYS_PER_MONTH, ClassShare, composition
 
 CLASS_COLOURS = {
     "LT-HSC": "#1b9e77", "ST-HSC": "#d95f02", "MPP": "#7570b3",
@@ -40,7 +40,7 @@ def age_text(days: float | None) -> str:
         return ""
     if days < 183:
         return f"{days / 7:.1f} weeks"
-    return f"{days / 30.44:.1f} months"
+    return f"{days / DAYS_PER_MONTH:.1f} months"
 
 
 @dataclass
@@ -221,30 +221,22 @@ def workbook(s: Session, batch_id: int, threshold: float) -> bytes:
     """The batch's xlsx: sheets ``cells`` (as the export command), ``summary`` (at ``threshold``), ``batch``, ``model``."""
     report = load_report(s, batch_id, threshold)
     book = Workbook(write_only=True)
-    columns, rows = batch_rows(s, [batch_id])
-    sheet = book.create_sheet("cells")
-    sheet.append(columns)
-    for row in rows:
-        sheet.append([spreadsheet_text(v) for v in row])
-    sheet = book.create_sheet("summary")
-    sheet.append(["class", "cells", "fraction", "ci95_low", "ci95_high", "score_threshold", "cells_counted", "cells_total"])
-    for sh in report.shares:
-        sheet.append([sh.cls, sh.count, sh.fraction, sh.low, sh.high, threshold, report.cells_kept, report.cells_total])
-    sheet = book.create_sheet("batch")
-    sheet.append(["field", "value"])
-    batch_values = {"batch": report.batch_id, "batch_name": report.name, "owner": report.owner, **report.meta}
-    for key in BATCH_COLUMNS + ["created", "pixel_size_um", "status", "images", "images_failed"]:
-        value = {"status": report.status, "images": report.images, "images_failed": len(report.failed)}.get(key, batch_values.get(key))
-        sheet.append([key, spreadsheet_text(str(value)) if value is not None and not isinstance(value, (int, float)) else value])
-    sheet = book.create_sheet("model")
-    sheet.append(["field", "value"])
-    for key in ("name", "version", "task", "architecture", "sha256"):
-        sheet.append([key, report.model[key]])
-    sheet.append(["classes", ", ".join(report.classes)])
-    sheet.append(["synthetic demo", "yes: trained on synthetic cells only" if report.model["demo"] else "no"])
-    buf = io.BytesIO()
-    book.save(buf)
-    return buf.getvalue()
+    add_sheet(book, "cells", *batch_rows(s, [batch_id]))
+    add_sheet(book, "summary", ["class", "cells", "fraction", "ci95_low", "ci95_high", "score_threshold",
+                                "cells_counted", "cells_total"],
+              ([sh.cls, sh.count, sh.fraction, sh.low, sh.high, threshold, report.cells_kept, report.cells_total]
+               for sh in report.shares))
+    batch_values = {"batch": report.batch_id, "batch_name": report.name, "owner": report.owner, **report.meta,
+                    "status": report.status, "images": report.images, "images_failed": len(report.failed)}
+    keys = BATCH_COLUMNS + ["created", "pixel_size_um", "status", "images", "images_failed"]
+    add_sheet(book, "batch", ["field", "value"],
+              ([key, v if v is None or isinstance(v, (int, float)) else str(v)]
+               for key in keys for v in [batch_values.get(key)]))
+    model = [[key, report.model[key]] for key in ("name", "version", "task", "architecture", "sha256")]
+    model += [["classes", ", ".join(report.classes)],
+              ["synthetic demo", "yes: trained on synthetic cells only" if report.model["demo"] else "no"]]
+    add_sheet(book, "model", ["field", "value"], model)
+    return workbook_bytes(book)
 
 
 def cells_csv(s: Session, batch_id: int) -> bytes:

@@ -59,7 +59,9 @@ import re  # noqa: E402
 
 import pandas as pd  # noqa: E402
 
-UNIT_DAYS = {"d": 1.0, "w": 7.0, "m": 30.44, "y": 365.25}
+DAYS_PER_MONTH = 30.44  # 365.25 / 12: ages are stored in days and said in weeks or months
+UNIT_DAYS = {"d": 1.0, "w": 7.0, "m": DAYS_PER_MONTH, "y": 365.25}
+AGE_UNITS = {"weeks": 7.0, "days": 1.0, "months": DAYS_PER_MONTH}  # as the Classify page offers them
 PSEUDOREPLICATION_NOTE = (
     "Pooled-cell test: every cell counted as independent. Cells of one mouse are not independent observations "
     "(pseudo-replication), so this p-value is far too small; it is shown only as a secondary view. Use the "
@@ -229,7 +231,7 @@ def trend(table: pd.DataFrame, cls: str) -> dict | None:
     data = table.dropna(subset=["age_days", f"fraction_{cls}"])
     if len(data) < 3 or data["age_days"].nunique() < 2:
         return None
-    months = data["age_days"].to_numpy(float) / 30.44
+    months = data["age_days"].to_numpy(float) / DAYS_PER_MONTH
     res = sps.linregress(months, data[f"fraction_{cls}"].to_numpy(float))
     return {"slope_per_month": float(res.slope), "intercept": float(res.intercept), "r": float(res.rvalue),
             "p_value": float(res.pvalue), "mice": int(len(data))}
