@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-requirements
 PACKAGE_STAMP := $(VENV)/.installed-package
 PORT ?= 8501
 
-.PHONY: install browser run test bench
+.PHONY: install browser run test test-fast lint bench
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,8 +32,18 @@ browser:
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } ; } || \
 	  echo "chromium is not installed: browser tests will skip (apt-get install chromium)"
 
-test: install browser
+# the linters and the type checker (configured in pyproject.toml): clean, or the tests do not run
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: install browser lint
 	$(PY) -m pytest
+
+# the tests not marked slow (a few minutes less; the browser, fault and load-like tests are slow)
+test-fast: install lint
+	$(PY) -m pytest -m "not slow"
 
 bench: install
 	$(PY) bench/throughput.py

@@ -1,10 +1,11 @@
 """Entry point of the web app: `python -m lsm_core serve` (or `make run`) starts it with a worker."""
+
 import streamlit as st
 
 from db import queries
-from lsm_core.lab import accounts
 from lsm_core.errors import LsmError
-from pages._shared import escape_markdown, the_lab, signed_in_mode, user
+from lsm_core.lab import accounts
+from pages._shared import escape_markdown, signed_in_mode, the_lab, user
 
 st.set_page_config(page_title="LSM classifier", page_icon=":microscope:", layout="wide")
 
@@ -74,10 +75,15 @@ with st.sidebar:
 
 if not signed_in_mode():
     rights = ", as an administrator: able to change or delete every batch" if role == accounts.ADMIN else ""
-    st.warning(f"**Lab mode: unauthenticated, no sign-in.** Anyone who can open this page works as "
-               f"{escape_markdown(user())}{rights}.", icon=":material/lock_open:")
+    st.warning(
+        f"**Lab mode: unauthenticated, no sign-in.** Anyone who can open this page works as "
+        f"{escape_markdown(user())}{rights}.",
+        icon=":material/lock_open:",
+    )
     with st.expander("For the administrator: how to require sign-in"):
-        st.markdown("Add an `[auth]` section for the lab's OpenID Connect provider to `.streamlit/secrets.toml` and "
-                    "restart the app; name the first administrators in `LSM_ADMINS`. See the README, 'Sign-in and "
-                    "roles'.")
+        st.markdown(
+            "Add an `[auth]` section for the lab's OpenID Connect provider to `.streamlit/secrets.toml` and "
+            "restart the app; name the first administrators in `LSM_ADMINS`. See the README, 'Sign-in and "
+            "roles'."
+        )
 navigation.run()

@@ -5,6 +5,7 @@ baseline measured in this process: one Gaussian blur (sigma 2) of the same full-
 
 Usage: python bench/cells.py [--fields K]
 """
+
 from __future__ import annotations
 
 import argparse

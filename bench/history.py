@@ -10,6 +10,7 @@ Targets: insert >= 50,000 cells/s; by-age aggregate < 1 s on PostgreSQL.
 
 Usage: python bench/history.py [--cells N] [--engines sqlite,postgresql]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,13 +49,25 @@ def run(url: str, n_cells: int, n_batches: int = 100) -> dict[str, float]:
     sessions = session_factory(engine)
     per_batch = n_cells // n_batches
     with sessions.begin() as s:
-        model = Model(task="lsm", name="bench", version=1, classes=CLASSES, architecture="tiny_cnn", input_size=64,
-                      pixel_size_um=0.2, crop_um=12.8, weights_sha256="0" * 64, path="bench/1")
+        model = Model(
+            task="lsm",
+            name="bench",
+            version=1,
+            classes=CLASSES,
+            architecture="tiny_cnn",
+            input_size=64,
+            pixel_size_um=0.2,
+            crop_um=12.8,
+            weights_sha256="0" * 64,
+            path="bench/1",
+        )
         s.add(model)
         s.flush()
         batch_ids, image_ids = [], []
         for b in range(n_batches):
-            batch = Batch(name=f"b{b}", owner="bench", model_id=model.id, status="done", age_days=float(56 + 60 * (b % 10)))
+            batch = Batch(
+                name=f"b{b}", owner="bench", model_id=model.id, status="done", age_days=float(56 + 60 * (b % 10))
+            )
             s.add(batch)
             s.flush()
             image = Image(batch_id=batch.id, position=0, file=f"b{b}.tif", page=1, done=True, n_cells=per_batch)
@@ -71,8 +84,19 @@ def run(url: str, n_cells: int, n_batches: int = 100) -> dict[str, float]:
     for batch_id, image_id in zip(batch_ids, image_ids):
         for start in range(0, per_batch, chunk):
             rows = [
-                {"batch_id": batch_id, "image_id": image_id, "idx": i + 1, "x": 10, "y": 20, "w": 40, "h": 40,
-                 "predicted": CLASSES[pred[i]], "score": float(score[i]), "probs": probs[i].tolist(), "flags": ""}
+                {
+                    "batch_id": batch_id,
+                    "image_id": image_id,
+                    "idx": i + 1,
+                    "x": 10,
+                    "y": 20,
+                    "w": 40,
+                    "h": 40,
+                    "predicted": CLASSES[pred[i]],
+                    "score": float(score[i]),
+                    "probs": probs[i].tolist(),
+                    "flags": "",
+                }
                 for i in range(start, min(start + chunk, per_batch))
             ]
             with sessions.begin() as s:
@@ -91,8 +115,14 @@ def run(url: str, n_cells: int, n_batches: int = 100) -> dict[str, float]:
         ages = queries.counts_by_age(s, "lsm", threshold=0.0)
         assert sum(r[2] for r in ages) == total
     engine.dispose()
-    return {"cells": total, "insert_per_s": total / insert_s, "count_s": count_s, "one_batch_s": one_s,
-            "all_batches_s": all_s, "by_age_s": age_s}
+    return {
+        "cells": total,
+        "insert_per_s": total / insert_s,
+        "count_s": count_s,
+        "one_batch_s": one_s,
+        "all_batches_s": all_s,
+        "by_age_s": age_s,
+    }
 
 
 def main() -> None:
@@ -116,6 +146,7 @@ def main() -> None:
             def cleanup(admin=admin, name=name):
                 with psycopg.connect(admin, autocommit=True) as conn:
                     conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
         try:
             r = run(url, args.cells)
         finally:
@@ -126,7 +157,10 @@ def main() -> None:
         print(f"  bulk insert: {r['insert_per_s']:,.0f} cells/s")
         print(f"  count(*) baseline: {base * 1000:.0f} ms")
         print(f"  per-class counts, one batch: {r['one_batch_s'] * 1000:.1f} ms (ratio {r['one_batch_s'] / base:.2f})")
-        print(f"  per-class counts, 100 batches: {r['all_batches_s'] * 1000:.0f} ms (ratio {r['all_batches_s'] / base:.2f})")
+        print(
+            f"  per-class counts, 100 batches: {r['all_batches_s'] * 1000:.0f} ms "
+            f"(ratio {r['all_batches_s'] / base:.2f})"
+        )
         print(f"  by-age aggregate: {r['by_age_s'] * 1000:.0f} ms (ratio {r['by_age_s'] / base:.2f})")
 
 

@@ -13,6 +13,7 @@ no duplicate (image, idx); every cell in its image's batch.
 
 Usage: python bench/load.py [--submitters 20] [--batches 3] [--files 10] [--workers 2] [--quick]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,9 +40,9 @@ from db.schema import Cell, Image, Job, Model, Worker  # noqa: E402
 from lsm_core.imaging import synthetic  # noqa: E402
 from lsm_core.imaging.images import RawFile, iter_upload  # noqa: E402
 from lsm_core.lab.batches import BatchMeta, submit_batch  # noqa: E402
-from lsm_core.ml.models import Manifest, ModelStore  # noqa: E402
 from lsm_core.lab.history import open_lab  # noqa: E402
 from lsm_core.lab.settings import Settings, database_url_for  # noqa: E402
+from lsm_core.ml.models import Manifest, ModelStore  # noqa: E402
 from lsm_core.ml.train import TrainConfig, fit  # noqa: E402
 
 
@@ -73,18 +74,29 @@ def run(url: str, data: Path, args: argparse.Namespace) -> tuple[dict, list[str]
     x, y = synthetic.make_crops("lsm", 300, seed=11)
     net, _ = fit(x, y, 3, TrainConfig(architecture="tiny_cnn", epochs=2, batch_size=64, lr=3e-3, weight_decay=0.0))
     store.add(net, Manifest(task="lsm", name="load-lsm", classes=["LT-HSC", "ST-HSC", "MPP"], architecture="tiny_cnn"))
-    settings = Settings.from_env().with_(data_dir=data, blob_dir=data / "blobs", database_url=database_url_for(url, data))
+    settings = Settings.from_env().with_(
+        data_dir=data, blob_dir=data / "blobs", database_url=database_url_for(url, data)
+    )
     lab = open_lab(settings)  # as the web server opens it: one engine, one pool, many threads
     with lab() as s:
         model_id = s.scalar(select(Model.id).where(Model.name == "load-lsm"))
-    uploads = {(k, b): png_files(1 + 1000 * k + b, args.files) for k in range(args.submitters) for b in range(args.batches)}
+    uploads = {
+        (k, b): png_files(1 + 1000 * k + b, args.files) for k in range(args.submitters) for b in range(args.batches)
+    }
     env = os.environ | {"LSM_DATABASE_URL": url, "LSM_DATA_DIR": str(data), "LSM_BLOB_DIR": str(data / "blobs")}
     logs = [data / f"worker{i}.log" for i in range(args.workers)]
     procs = []
     for log in logs:
         with open(log, "wb") as fh:
-            procs.append(subprocess.Popen([sys.executable, "-m", "lsm_core", "worker", "--device", "cpu"], cwd=ROOT,
-                                          env=env, stdout=fh, stderr=subprocess.STDOUT))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "lsm_core", "worker", "--device", "cpu"],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=fh,
+                    stderr=subprocess.STDOUT,
+                )
+            )
 
     def wait_for(ready, limit: float, what: str) -> None:
         t0 = time.perf_counter()
@@ -123,27 +135,45 @@ def run(url: str, data: Path, args: argparse.Namespace) -> tuple[dict, list[str]
     n_jobs = args.submitters * args.batches
     threads = [threading.Thread(target=submitter, args=(k,), daemon=True) for k in range(args.submitters)]
     try:  # the workers import torch and write their heartbeat rows before the clock starts
-        wait_for(lambda: scalar(select(func.count()).select_from(Worker).where(Worker.stopped.is_(False))) >= args.workers,
-                 120, "the workers did not start")
+        wait_for(
+            lambda: scalar(select(func.count()).select_from(Worker).where(Worker.stopped.is_(False))) >= args.workers,
+            120,
+            "the workers did not start",
+        )
         for t in threads:
             t.start()
         barrier.wait()
         t0 = time.perf_counter()
-        wait_for(lambda: not any(t.is_alive() for t in threads) and len(latencies) + len(errors) == n_jobs and not scalar(
-            select(func.count()).select_from(Job).where(Job.status.in_(["queued", "running"]))),
-            args.timeout, "the jobs did not finish")
+        wait_for(
+            lambda: (
+                not any(t.is_alive() for t in threads)
+                and len(latencies) + len(errors) == n_jobs
+                and not scalar(select(func.count()).select_from(Job).where(Job.status.in_(["queued", "running"])))
+            ),
+            args.timeout,
+            "the jobs did not finish",
+        )
         wall = time.perf_counter() - t0
     finally:
         stop(procs)
     failures = errors + check(lab, expected, n_jobs)
     with lab() as s:
-        runs = s.execute(select(Job.status, Job.started, Job.finished, Job.attempts).where(Job.kind == "classify")).all()
+        runs = s.execute(
+            select(Job.status, Job.started, Job.finished, Job.attempts).where(Job.kind == "classify")
+        ).all()
     lab.dispose()
     ms = np.array(latencies or [np.nan]) * 1000
-    figures = {"jobs": sum(r.status == "done" for r in runs), "images": sum(expected.values()), "wall_s": wall,
-               "calls": len(latencies), "retried": sum(r.attempts > 1 for r in runs),
-               "job_s": float(np.median([(r.finished - r.started).total_seconds() for r in runs if r.finished and r.started] or [0])),
-               **{k: float(np.percentile(ms, q)) for k, q in (("p50_ms", 50), ("p95_ms", 95), ("max_ms", 100))}}
+    figures = {
+        "jobs": sum(r.status == "done" for r in runs),
+        "images": sum(expected.values()),
+        "wall_s": wall,
+        "calls": len(latencies),
+        "retried": sum(r.attempts > 1 for r in runs),
+        "job_s": float(
+            np.median([(r.finished - r.started).total_seconds() for r in runs if r.finished and r.started] or [0])
+        ),
+        **{k: float(np.percentile(ms, q)) for k, q in (("p50_ms", 50), ("p95_ms", 95), ("max_ms", 100))},
+    }
     return figures, failures
 
 
@@ -156,14 +186,27 @@ def check(lab, expected: dict[int, int], n_jobs: int) -> list[str]:
             bad.append(f"{len(jobs)} classify jobs in the database, {n_jobs} submitted")
         bad += [f"job {j.id} is {j.status}: {j.error}" for j in jobs if j.status != "done"]
         cells = dict(s.execute(select(Cell.batch_id, func.count()).group_by(Cell.batch_id)).all())
-        bad += [f"batch {b}: {cells.get(b, 0)} cells for {n} readable images" for b, n in expected.items() if cells.get(b, 0) != n]
-        wrong = s.execute(select(Image.id, Image.n_cells, Image.done).where(
-            Image.error.is_(None), (Image.n_cells != 1) | Image.n_cells.is_(None) | Image.done.is_(False))).all()
+        bad += [
+            f"batch {b}: {cells.get(b, 0)} cells for {n} readable images"
+            for b, n in expected.items()
+            if cells.get(b, 0) != n
+        ]
+        wrong = s.execute(
+            select(Image.id, Image.n_cells, Image.done).where(
+                Image.error.is_(None), (Image.n_cells != 1) | Image.n_cells.is_(None) | Image.done.is_(False)
+            )
+        ).all()
         bad += [f"image {i.id}: n_cells={i.n_cells}, done={i.done} (one single cell expected)" for i in wrong]
-        dup = s.execute(select(Cell.image_id, Cell.idx).group_by(Cell.image_id, Cell.idx).having(func.count() > 1)).all()
+        dup = s.execute(
+            select(Cell.image_id, Cell.idx).group_by(Cell.image_id, Cell.idx).having(func.count() > 1)
+        ).all()
         bad += [f"cell (image {d.image_id}, idx {d.idx}) written more than once" for d in dup]
-        stray = s.scalar(select(func.count()).select_from(Cell).join(Image, Image.id == Cell.image_id)
-                         .where(Image.batch_id != Cell.batch_id))
+        stray = s.scalar(
+            select(func.count())
+            .select_from(Cell)
+            .join(Image, Image.id == Cell.image_id)
+            .where(Image.batch_id != Cell.batch_id)
+        )
         if stray:
             bad.append(f"{stray} cells carry another batch than their image's")
         images, shas = s.execute(select(func.count(), func.count(Image.sha256.distinct()))).one()
@@ -196,18 +239,27 @@ def main() -> None:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     n = args.submitters * args.batches
-    print(f"load: {args.submitters} submitters x {args.batches} batches x {args.files} PNG crops = {n} batches, "
-          f"{n * args.files} images; {args.workers} CPU workers; model tiny_cnn (2 epochs, synthetic); "
-          f"PostgreSQL database {name}; {os.cpu_count()} CPU cores")
-    print(f"  submit_batch latency: p50 {r['p50_ms']:.0f} ms, p95 {r['p95_ms']:.0f} ms, max {r['max_ms']:.0f} ms ({r['calls']} calls)")
+    print(
+        f"load: {args.submitters} submitters x {args.batches} batches x {args.files} PNG crops = {n} batches, "
+        f"{n * args.files} images; {args.workers} CPU workers; model tiny_cnn (2 epochs, synthetic); "
+        f"PostgreSQL database {name}; {os.cpu_count()} CPU cores"
+    )
+    print(
+        f"  submit_batch latency: p50 {r['p50_ms']:.0f} ms, p95 {r['p95_ms']:.0f} ms, max {r['max_ms']:.0f} ms "
+        f"({r['calls']} calls)"
+    )
     print(f"  wall time, first submit to all jobs done: {r['wall_s']:.1f} s")
-    print(f"  throughput: {r['jobs'] / (r['wall_s'] / 60):.0f} jobs/min, {r['images'] / r['wall_s']:.1f} images/s "
-          f"(median job {r['job_s']:.2f} s on its worker; {r['retried']} jobs retried)")
+    print(
+        f"  throughput: {r['jobs'] / (r['wall_s'] / 60):.0f} jobs/min, {r['images'] / r['wall_s']:.1f} images/s "
+        f"(median job {r['job_s']:.2f} s on its worker; {r['retried']} jobs retried)"
+    )
     if failures:
         print(f"FAILED: {len(failures)} check(s):", *failures[:20], sep="\n  ", file=sys.stderr)
         sys.exit(1)
-    print(f"  checks: {r['jobs']}/{n} jobs done; {r['images']} cells for {r['images']} readable images, one per image; "
-          "no duplicate (image, idx); every cell in its image's batch: OK")
+    print(
+        f"  checks: {r['jobs']}/{n} jobs done; {r['images']} cells for {r['images']} readable images, one per image; "
+        "no duplicate (image, idx); every cell in its image's batch: OK"
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ page until its table is drawn. Prints both and their ratio.
 
 Usage: python bench/results_page.py [--cells N] [--repeat R]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,17 +36,23 @@ def build(data_dir: Path, n_cells: int) -> int:
     import tifffile
 
     from db import queries
-    from lsm_core.ml import nets
     from lsm_core.imaging import synthetic
     from lsm_core.imaging.images import RawFile
     from lsm_core.lab.batches import BatchMeta, submit_batch
-    from lsm_core.ml.models import Manifest, ModelStore
     from lsm_core.lab.history import open_lab
     from lsm_core.lab.worker import Worker
+    from lsm_core.ml import nets
+    from lsm_core.ml.models import Manifest, ModelStore
 
     store = ModelStore(data_dir / "models")
-    for task, name, classes in (("lsm", "demo-lsm", ["LT-HSC", "ST-HSC", "MPP"]), ("aging", "demo-aging", ["young", "aged"])):
-        store.add(nets.create("tiny_cnn", len(classes)), Manifest(task=task, name=name, classes=classes, architecture="tiny_cnn", demo=True))
+    for task, name, classes in (
+        ("lsm", "demo-lsm", ["LT-HSC", "ST-HSC", "MPP"]),
+        ("aging", "demo-aging", ["young", "aged"]),
+    ):
+        store.add(
+            nets.create("tiny_cnn", len(classes)),
+            Manifest(task=task, name=name, classes=classes, architecture="tiny_cnn", demo=True),
+        )
     lab = open_lab()
     n_fields, per_field = 10, 100
     n_crops = max(0, n_cells - n_fields * per_field)
@@ -85,8 +92,13 @@ def main() -> None:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         env = dict(os.environ, LSM_DATA_DIR=str(data_dir), PYTHONPATH=str(ROOT))
-        server = subprocess.Popen([sys.executable, "-m", "lsm_core", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "lsm_core", "serve", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             for _ in range(240):
@@ -96,9 +108,17 @@ def main() -> None:
                 except OSError:
                     time.sleep(0.5)
             with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
-                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--disable-component-update", "--no-first-run"])
+                browser = p.chromium.launch(
+                    executable_path="/usr/bin/chromium",
+                    args=[
+                        "--headless",
+                        "--no-sandbox",
+                        "--disable-gpu",
+                        "--disable-background-networking",
+                        "--disable-component-update",
+                        "--no-first-run",
+                    ],
+                )
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
 
                 def results() -> float:
@@ -124,7 +144,10 @@ def main() -> None:
             server.send_signal(signal.SIGINT)
             server.wait(timeout=60)
     print(f"models page (baseline): median {m[len(m) // 2]:.2f} s")
-    print(f"results page, {args.cells:,}-cell batch: median {r[len(r) // 2]:.2f} s (runs: {', '.join(f'{v:.2f}' for v in r)})")
+    print(
+        f"results page, {args.cells:,}-cell batch: median {r[len(r) // 2]:.2f} s "
+        f"(runs: {', '.join(f'{v:.2f}' for v in r)})"
+    )
     print(f"ratio results/models: {r[len(r) // 2] / m[len(m) // 2]:.2f}")
 
 

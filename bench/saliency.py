@@ -8,6 +8,7 @@ the cost does not depend on them. Target: Grad-CAM <= 3x classification.
 
 Usage: python bench/saliency.py [--n N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from lsm_core.ml import nets
 from lsm_core.imaging import synthetic  # noqa: E402
+from lsm_core.ml import nets
 from lsm_core.ml.models import Manifest, ModelStore  # noqa: E402
 from lsm_core.ml.predict import Predictor  # noqa: E402
 from lsm_core.ml.saliency import saliency_maps  # noqa: E402
@@ -43,16 +44,29 @@ def main() -> None:
         store = ModelStore(Path(tmp))
         for arch, methods in (("small_cnn", ("gradcam", "scorecam", "ig")), ("resnet50_paper", ("gradcam", "ig"))):
             net = nets.create(arch, 3).eval()
-            package = store.add(net, Manifest(task="lsm", name=f"bench-{arch.replace('_', '-')}",
-                                              classes=["LT-HSC", "ST-HSC", "MPP"], architecture=arch))
+            package = store.add(
+                net,
+                Manifest(
+                    task="lsm",
+                    name=f"bench-{arch.replace('_', '-')}",
+                    classes=["LT-HSC", "ST-HSC", "MPP"],
+                    architecture=arch,
+                ),
+            )
             predictor = Predictor(package, device="cpu")
             predictor(crops[:64])  # warm-up
-            base = timed(lambda: predictor(crops))
+            base = timed(lambda predictor=predictor: predictor(crops))
             predicted = predictor(crops).predicted  # maps explain the class each cell was given
-            print(f"{arch}: classification of {args.n} cells: {base:.2f} s ({args.n / base:.0f} cells/s, "
-                  f"{'bf16' if predictor.bf16 else 'fp32'})")
+            print(
+                f"{arch}: classification of {args.n} cells: {base:.2f} s ({args.n / base:.0f} cells/s, "
+                f"{'bf16' if predictor.bf16 else 'fp32'})"
+            )
             for method in methods:
-                seconds = timed(lambda: saliency_maps(net, arch, crops, method, predicted))
+                seconds = timed(
+                    lambda net=net, arch=arch, method=method, predicted=predicted: saliency_maps(
+                        net, arch, crops, method, predicted
+                    )
+                )
                 print(f"  {method}: {seconds:.2f} s, ratio {method}/classification: {seconds / base:.2f}")
 
 

@@ -8,6 +8,7 @@ Everything runs in this one process, so the ratios hold on a noisy shared machin
 
 Usage: python bench/throughput.py [--n N] [--batch-size B]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,10 +24,10 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torchvision import transforms  # noqa: E402
 
-from lsm_core.ml import nets
 from lsm_core.imaging import synthetic  # noqa: E402
-from lsm_core.ml.classify import classify_records  # noqa: E402
 from lsm_core.imaging.images import read_inputs  # noqa: E402
+from lsm_core.ml import nets
+from lsm_core.ml.classify import classify_records  # noqa: E402
 from lsm_core.ml.models import Manifest, ModelStore  # noqa: E402
 from lsm_core.ml.predict import Predictor  # noqa: E402
 
@@ -71,8 +72,12 @@ def main() -> None:
         files = sorted((tmp / "crops").glob("*/*.png"))
         net = nets.create("resnet50_paper", 3)
         store = ModelStore(tmp / "models")
-        package = store.add(net, Manifest(task="lsm", name="bench", classes=["LT-HSC", "ST-HSC", "MPP"], architecture="resnet50_paper"))
-        print(f"{len(files)} PNG crops ({counts}); resnet50_paper, random weights; {torch.get_num_threads()} CPU threads")
+        package = store.add(
+            net, Manifest(task="lsm", name="bench", classes=["LT-HSC", "ST-HSC", "MPP"], architecture="resnet50_paper")
+        )
+        print(
+            f"{len(files)} PNG crops ({counts}); resnet50_paper, random weights; {torch.get_num_threads()} CPU threads"
+        )
         predictor = Predictor(package, device="cpu", batch_size=args.batch_size)
         predictor_fp32 = Predictor(package, device="cpu", precision="fp32", batch_size=args.batch_size)
         pipeline(tmp / "crops", predictor)  # warm-up: page cache, oneDNN kernels

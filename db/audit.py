@@ -1,5 +1,6 @@
 """The audit trail: one row per action that changes what the lab sees. Written inside the action's own
 transaction, so an action and its record commit together."""
+
 from __future__ import annotations
 
 from sqlalchemy import select

@@ -1,9 +1,11 @@
 """Bulk writes of cells: PostgreSQL's COPY where available, executemany elsewhere, inside the caller's transaction."""
+
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
 
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from db.schema import Cell
@@ -18,10 +20,11 @@ def insert_cells(s: Session, rows: Sequence[dict]) -> int:
     conn = s.connection()
     if conn.dialect.name == "postgresql":
         raw = conn.connection.driver_connection  # psycopg 3, same transaction as the session
+        assert raw is not None  # the session's connection is checked out and open, so its driver connection exists
         with raw.cursor() as cur:
             with cur.copy(f"COPY cells ({', '.join(CELL_COLUMNS)}) FROM STDIN") as copy:
                 for r in rows:
                     copy.write_row([r[c] if c != "probs" else json.dumps(r[c]) for c in CELL_COLUMNS])
         return len(rows)
-    conn.execute(Cell.__table__.insert(), list(rows))
+    conn.execute(insert(Cell), list(rows))
     return len(rows)

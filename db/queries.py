@@ -1,4 +1,5 @@
 """The reads the pages and the command line need, aggregated in SQL. No torch, no Streamlit."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
@@ -52,10 +53,14 @@ def _filtered(query: Select, f: BatchFilter | None) -> Select:
         query = query.where(Batch.gate == f.gate)
     if f.text:
         like = f"%{f.text.lower()}%"
-        query = query.where(or_(
-            func.lower(Batch.name).like(like), func.lower(func.coalesce(Batch.notes, "")).like(like),
-            func.lower(func.coalesce(Batch.mouse_id, "")).like(like), func.lower(func.coalesce(Batch.strain, "")).like(like),
-        ))
+        query = query.where(
+            or_(
+                func.lower(Batch.name).like(like),
+                func.lower(func.coalesce(Batch.notes, "")).like(like),
+                func.lower(func.coalesce(Batch.mouse_id, "")).like(like),
+                func.lower(func.coalesce(Batch.strain, "")).like(like),
+            )
+        )
     return query
 
 
@@ -90,20 +95,47 @@ def batches(s: Session, f: BatchFilter | None = None, limit: int = 500, offset: 
     cell_counts = select(Cell.batch_id, func.count().label("n")).group_by(Cell.batch_id).subquery()
     image_counts = (
         select(Image.batch_id, func.count().label("n"), func.count(Image.error).label("errors"))
-        .group_by(Image.batch_id).subquery()
+        .group_by(Image.batch_id)
+        .subquery()
     )
     query = (
-        select(Batch, Model, func.coalesce(cell_counts.c.n, 0), func.coalesce(image_counts.c.n, 0),
-               func.coalesce(image_counts.c.errors, 0))
+        select(
+            Batch,
+            Model,
+            func.coalesce(cell_counts.c.n, 0),
+            func.coalesce(image_counts.c.n, 0),
+            func.coalesce(image_counts.c.errors, 0),
+        )
         .join(Model, Model.id == Batch.model_id)
         .outerjoin(cell_counts, cell_counts.c.batch_id == Batch.id)
         .outerjoin(image_counts, image_counts.c.batch_id == Batch.id)
-        .order_by(Batch.created.desc(), Batch.id.desc()).limit(limit).offset(offset)
+        .order_by(Batch.created.desc(), Batch.id.desc())
+        .limit(limit)
+        .offset(offset)
     )
     return [
-        BatchRow(batch.id, batch.name, batch.owner, batch.created, batch.status, model.label, model.id, model.task,
-                 batch.mouse_id, batch.age_days, batch.sex, batch.strain, batch.gate, batch.imaging_date, batch.notes,
-                 n_cells, n_images, n_errors, batch.revision, batch.pixel_size_um)
+        BatchRow(
+            batch.id,
+            batch.name,
+            batch.owner,
+            batch.created,
+            batch.status,
+            model.label,
+            model.id,
+            model.task,
+            batch.mouse_id,
+            batch.age_days,
+            batch.sex,
+            batch.strain,
+            batch.gate,
+            batch.imaging_date,
+            batch.notes,
+            n_cells,
+            n_images,
+            n_errors,
+            batch.revision,
+            batch.pixel_size_um,
+        )
         for batch, model, n_cells, n_images, n_errors in s.execute(_filtered(query, f))
     ]
 
@@ -131,11 +163,13 @@ class CellRow:
         return self.x, self.y, self.w, self.h
 
 
-def batch_cells(s: Session, batch_id: int, offset: int = 0, limit: int = 100, min_score: float = 0.0,
-                order: str = "position") -> list[CellRow]:
+def batch_cells(
+    s: Session, batch_id: int, offset: int = 0, limit: int = 100, min_score: float = 0.0, order: str = "position"
+) -> list[CellRow]:
     """One page of a batch's cells with their image's file name (order: position, score or class)."""
     query = (
-        select(Cell, Image.file, Image.page).join(Image, Image.id == Cell.image_id)
+        select(Cell, Image.file, Image.page)
+        .join(Image, Image.id == Cell.image_id)
         .where(Cell.batch_id == batch_id, Cell.score >= min_score)
     )
     if order == "score":
@@ -149,11 +183,15 @@ def batch_cells(s: Session, batch_id: int, offset: int = 0, limit: int = 100, mi
 
 
 def _cell_row(c: Cell, file: str, page: int) -> CellRow:
-    return CellRow(c.id, c.image_id, file, page, c.idx, c.x, c.y, c.w, c.h, c.predicted, c.score, list(c.probs), c.flags)
+    return CellRow(
+        c.id, c.image_id, file, page, c.idx, c.x, c.y, c.w, c.h, c.predicted, c.score, list(c.probs), c.flags
+    )
 
 
 def count_cells(s: Session, batch_id: int, min_score: float = 0.0) -> int:
-    return s.scalar(select(func.count()).select_from(Cell).where(Cell.batch_id == batch_id, Cell.score >= min_score)) or 0
+    return (
+        s.scalar(select(func.count()).select_from(Cell).where(Cell.batch_id == batch_id, Cell.score >= min_score)) or 0
+    )
 
 
 def batch_images(s: Session, batch_id: int) -> list[Image]:
@@ -162,8 +200,9 @@ def batch_images(s: Session, batch_id: int) -> list[Image]:
 
 def cells_by_id(s: Session, ids: Iterable[int]) -> list[CellRow]:
     """The cells with these ids (those that still exist), with their image's file and page."""
-    rows = s.execute(select(Cell, Image.file, Image.page).join(Image, Image.id == Cell.image_id)
-                     .where(Cell.id.in_(list(ids)))).all()
+    rows = s.execute(
+        select(Cell, Image.file, Image.page).join(Image, Image.id == Cell.image_id).where(Cell.id.in_(list(ids)))
+    ).all()
     return [_cell_row(c, file, page) for c, file, page in rows]
 
 
@@ -172,8 +211,10 @@ def image_cells(s: Session, image_id: int) -> list[CellRow]:
     image = s.get(Image, image_id)
     if image is None:
         return []
-    return [_cell_row(c, image.file, image.page)
-            for c in s.scalars(select(Cell).where(Cell.image_id == image_id).order_by(Cell.idx))]
+    return [
+        _cell_row(c, image.file, image.page)
+        for c in s.scalars(select(Cell).where(Cell.image_id == image_id).order_by(Cell.idx))
+    ]
 
 
 def owners(s: Session) -> list[str]:
@@ -206,7 +247,7 @@ def counts_by_age(s: Session, task: str, threshold: float = 0.0) -> list[tuple[f
         .group_by(Batch.age_days, Cell.predicted)
         .order_by(Batch.age_days, Cell.predicted)
     )
-    return [tuple(r) for r in s.execute(query)]
+    return [(age, predicted, cells, batches) for age, predicted, cells, batches in s.execute(query)]
 
 
 def export_rows(s: Session, batch_id: int, chunk: int = 5000) -> Iterator[tuple[Image, list[Cell]]]:
@@ -215,8 +256,12 @@ def export_rows(s: Session, batch_id: int, chunk: int = 5000) -> Iterator[tuple[
     for start in range(0, len(images), 200):
         part = images[start : start + 200]
         cells: dict[int, list[Cell]] = {im.id: [] for im in part}
-        for c in s.scalars(select(Cell).where(Cell.image_id.in_(list(cells))).order_by(Cell.image_id, Cell.idx)
-                           .execution_options(yield_per=chunk)):
+        for c in s.scalars(
+            select(Cell)
+            .where(Cell.image_id.in_(list(cells)))
+            .order_by(Cell.image_id, Cell.idx)
+            .execution_options(yield_per=chunk)
+        ):
             cells[c.image_id].append(c)
         for im in part:
             yield im, cells[im.id]
@@ -241,8 +286,14 @@ def active_jobs(s: Session, kind: str | None = None, owner: str | None = None, l
 
 def pending_saliency(s: Session, batch_id: int, method: str) -> Job | None:
     """The queued or running saliency job for ``batch_id`` and ``method``, if any."""
-    return next((j for j in active_jobs(s, "saliency")
-                 if j.payload.get("batch_id") == batch_id and j.payload.get("method") == method), None)
+    return next(
+        (
+            j
+            for j in active_jobs(s, "saliency")
+            if j.payload.get("batch_id") == batch_id and j.payload.get("method") == method
+        ),
+        None,
+    )
 
 
 def recent_jobs(s: Session, kind: str, limit: int = 5) -> list[Job]:
@@ -262,8 +313,12 @@ class Evaluation:
 
 def evaluations(s: Session, limit: int = 5) -> list[Evaluation]:
     """The newest finished evaluations with their model's label (or that it was deleted) and test files."""
-    jobs = s.scalars(select(Job).where(Job.kind == "evaluate", Job.status == "done", Job.result.is_not(None))
-                     .order_by(Job.id.desc()).limit(limit)).all()
+    jobs = s.scalars(
+        select(Job)
+        .where(Job.kind == "evaluate", Job.status == "done", Job.result.is_not(None))
+        .order_by(Job.id.desc())
+        .limit(limit)
+    ).all()
     out = []
     for j in jobs:
         model = s.get(Model, int(j.payload.get("model_id", 0)))
@@ -273,11 +328,14 @@ def evaluations(s: Session, limit: int = 5) -> list[Evaluation]:
 
 
 def live_workers(s: Session, seen_within_s: float = 60.0) -> list[Worker]:
-    from db.schema import utcnow
     from datetime import timedelta
 
+    from db.schema import utcnow
+
     since = utcnow() - timedelta(seconds=seen_within_s)
-    return list(s.scalars(select(Worker).where(Worker.last_seen >= since, Worker.stopped.is_(False)).order_by(Worker.host)))
+    return list(
+        s.scalars(select(Worker).where(Worker.last_seen >= since, Worker.stopped.is_(False)).order_by(Worker.host))
+    )
 
 
 def queue_length(s: Session) -> int:
@@ -300,9 +358,6 @@ def model_by_name(s: Session, name: str) -> Model | None:
     if version.isdigit():
         query = query.where(Model.version == int(version))
     return s.scalars(query.order_by(Model.version.desc())).first()
-
-
-
 
 
 def saliency_runs(s: Session, batch_id: int) -> list[SaliencyRun]:

@@ -2,9 +2,10 @@
 
 Never imports torch.
 """
+
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -24,7 +25,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 def utcnow() -> datetime:
     """Now, as a naive UTC datetime: stored the same way on SQLite and PostgreSQL."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 class Base(DeclarativeBase):
@@ -74,8 +75,11 @@ class Model(Base):
         recorded quality check failed (lsm_core.ml.metrics.model_quality)."""
         check = (self.metrics or {}).get("quality_check")  # as lsm_core.ml.metrics writes it (db imports no lsm_core)
         failed = isinstance(check, dict) and check.get("passed") is False
-        return (f"{self.name} v{self.version}" + (" (synthetic demo)" if self.demo else "")
-                + (" (failed quality check)" if failed else ""))
+        return (
+            f"{self.name} v{self.version}"
+            + (" (synthetic demo)" if self.demo else "")
+            + (" (failed quality check)" if failed else "")
+        )
 
 
 class Batch(Base):
@@ -102,7 +106,9 @@ class Batch(Base):
     revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     model: Mapped[Model] = relationship()
-    images: Mapped[list[Image]] = relationship(back_populates="batch", cascade="all, delete-orphan", passive_deletes=True)
+    images: Mapped[list[Image]] = relationship(
+        back_populates="batch", cascade="all, delete-orphan", passive_deletes=True
+    )
 
 
 class Image(Base):

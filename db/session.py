@@ -4,6 +4,7 @@ SQLite runs with WAL, a 30 s busy timeout, foreign keys on and synchronous=NORMA
 a worker can write at once; PostgreSQL goes through psycopg 3 with pool_pre_ping. The schema is migrated
 by Alembic (:func:`upgrade`); a database newer than this code is refused with a clear message.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -55,7 +56,7 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def _alembic_config(engine: Engine):
+def _alembic_config(engine: Engine | None):
     from alembic.config import Config
 
     cfg = Config()
@@ -67,8 +68,10 @@ def _alembic_config(engine: Engine):
 def head_revision() -> str:
     from alembic.script import ScriptDirectory
 
-    cfg = _alembic_config(None)  # type: ignore[arg-type]
-    return ScriptDirectory.from_config(cfg).get_current_head()
+    cfg = _alembic_config(None)
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    assert head is not None  # db/migrations ships with the code and always holds at least one revision
+    return head
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -92,6 +95,7 @@ def upgrade(engine: Engine) -> str:
             "a newer version upgraded it. Update the app (git pull, then make install) before using this database."
         )
     head = script.get_current_head()
+    assert head is not None  # db/migrations ships with the code and always holds at least one revision
     if current != head:
         command.upgrade(cfg, "head")
     return head

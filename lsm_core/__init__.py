@@ -2,6 +2,7 @@
 
 The library behind the LSM classifier web app. It never imports Streamlit.
 """
+
 from lsm_core.errors import LsmError
 
 __all__ = ["LsmError"]

@@ -1,4 +1,5 @@
 """The two classification tasks of the paper and their ordered class names."""
+
 from __future__ import annotations
 
 from lsm_core.errors import LsmError

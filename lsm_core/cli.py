@@ -1,11 +1,12 @@
 """The ``python -m lsm_core`` command line. Subcommands are one function each, found through one dict."""
+
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Iterator
 
 import numpy as np
-from collections.abc import Callable, Iterator
 
 from lsm_core.errors import LsmError
 
@@ -27,15 +28,16 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_classify(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from lsm_core.ml.classify import Summary, classify_records, find_params_for, result_columns
-    from lsm_core.reports.export import write_csv, write_table
     from lsm_core.imaging.images import read_inputs
+    from lsm_core.ml.classify import Summary, classify_records, find_params_for, result_columns
     from lsm_core.ml.predict import Predictor
+    from lsm_core.reports.export import write_csv, write_table
 
     settings = _settings()
     package = _store().resolve(args.model)
-    predictor = Predictor(package, device=args.device or settings.device, precision=settings.precision,
-                          batch_size=args.batch_size)
+    predictor = Predictor(
+        package, device=args.device or settings.device, precision=settings.precision, batch_size=args.batch_size
+    )
     params = find_params_for(predictor, args.pixel_size, settings.pixel_size_um)
     _log(f"model {package.manifest.label} on {predictor.device}{' (bf16)' if predictor.bf16 else ''}")
     summary = Summary()
@@ -51,7 +53,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
     dropped = ", ".join(f"{v} {k}" for k, v in summary.dropped.items() if v)
     _log(
         f"{summary.cells} cells classified from {summary.images} images; {summary.failed} failed; "
-        f"{summary.no_cells} without cells" + (f"; dropped {dropped}" if dropped else "")
+        f"{summary.no_cells} without cells"
+        + (f"; dropped {dropped}" if dropped else "")
         + (f"; written to {args.out}" if args.out else "")
     )
     if summary.cells == 0:
@@ -69,7 +72,9 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     for p in packages:
         m = p.manifest
         demo = "synthetic demo" if m.demo else ""
-        print(f"{m.name}\t{m.version}\t{m.task}\t{m.architecture}\t{','.join(m.classes)}\t{demo}\t{m.weights_sha256[:12]}")
+        print(
+            f"{m.name}\t{m.version}\t{m.task}\t{m.architecture}\t{','.join(m.classes)}\t{demo}\t{m.weights_sha256[:12]}"
+        )
     return 0
 
 
@@ -94,8 +99,8 @@ def _require_admin(doing: str):
 def cmd_demo(args: argparse.Namespace) -> int:
     import signal
 
-    from lsm_core.ml.demo import train_missing_demo_models
     from lsm_core.lab.registry import sync_models
+    from lsm_core.ml.demo import train_missing_demo_models
 
     def terminate(*_) -> None:  # SIGTERM (serve stopping) unwinds like Ctrl-C: the status record is removed
         raise KeyboardInterrupt
@@ -105,8 +110,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, terminate)
     lab = _lab()
     # each model is registered in the database as soon as it is trained: the app offers it at once
-    packages = train_missing_demo_models(lab.store, log=_log, on_model=lambda package: sync_models(lab),
-                                         recipe=demo_recipe(lab.settings.demo_recipe))
+    packages = train_missing_demo_models(
+        lab.store, log=_log, on_model=lambda package: sync_models(lab), recipe=demo_recipe(lab.settings.demo_recipe)
+    )
     sync_models(lab)
     for package in packages:
         _log(f"{package.manifest.label}: ready")
@@ -151,8 +157,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip()) if args.kinds else ALL_KINDS
-    worker = Worker(_lab(), device=args.device, kinds=kinds, lease_s=args.lease, poll_s=args.poll,
-                    batch_size=args.batch_size)
+    worker = Worker(
+        _lab(), device=args.device, kinds=kinds, lease_s=args.lease, poll_s=args.poll, batch_size=args.batch_size
+    )
     worker.install_signal_handlers()
     _log(f"worker {worker.id} on {worker.device}, job kinds: {', '.join(worker.kinds)}")
     n = worker.run(drain=args.drain)
@@ -177,10 +184,25 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if model is None:
             raise LsmError(f"no model named {args.model!r}; see `python -m lsm_core models list`")
         model_id = model.id
-    meta = BatchMeta(mouse_id=args.mouse_id, age_days=args.age_days, sex=args.sex, strain=args.strain, gate=args.gate,
-                     imaging_date=args.imaging_date, notes=args.notes, pixel_size_um=args.pixel_size)
-    result = submit_batch(lab, iter_files(args.inputs, lab.limits), model_id, args.batch, owner=args.owner, meta=meta,
-                          priority=args.priority)
+    meta = BatchMeta(
+        mouse_id=args.mouse_id,
+        age_days=args.age_days,
+        sex=args.sex,
+        strain=args.strain,
+        gate=args.gate,
+        imaging_date=args.imaging_date,
+        notes=args.notes,
+        pixel_size_um=args.pixel_size,
+    )
+    result = submit_batch(
+        lab,
+        iter_files(args.inputs, lab.limits),
+        model_id,
+        args.batch,
+        owner=args.owner,
+        meta=meta,
+        priority=args.priority,
+    )
     for file, message in result.errors:
         _log(f"{file}: {message}")
     for file, why in result.skipped:
@@ -196,8 +218,17 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
     with _lab()() as s:
         rows = [
-            {"id": j.id, "batch": j.batch_id, "owner": j.owner, "kind": j.kind, "status": j.status,
-             "done": j.progress_done, "total": j.progress_total, "attempts": j.attempts, "error": j.error}
+            {
+                "id": j.id,
+                "batch": j.batch_id,
+                "owner": j.owner,
+                "kind": j.kind,
+                "status": j.status,
+                "done": j.progress_done,
+                "total": j.progress_total,
+                "attempts": j.attempts,
+                "error": j.error,
+            }
             for j in jobs_list(s, limit=args.limit)
         ]
     if args.json:
@@ -205,8 +236,10 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         return 0
     print("id\tbatch\towner\tkind\tstatus\tdone/total\tattempts\terror")
     for r in rows:
-        print(f"{r['id']}\t{r['batch']}\t{r['owner']}\t{r['kind']}\t{r['status']}\t{r['done']}/{r['total']}\t"
-              f"{r['attempts']}\t{r['error'] or ''}")
+        print(
+            f"{r['id']}\t{r['batch']}\t{r['owner']}\t{r['kind']}\t{r['status']}\t{r['done']}/{r['total']}\t"
+            f"{r['attempts']}\t{r['error'] or ''}"
+        )
     return 0
 
 
@@ -223,8 +256,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _print_metrics(m: dict) -> None:
     if m.get("evaluated_on"):
         print(f"on the {m['evaluated_on']}")
-    print(f"accuracy (consistency): {m['accuracy']:.3f}   macro F1: {m['macro_f1']:.3f}   "
-          f"macro AUC: {m['macro_auc'] if m['macro_auc'] is None else round(m['macro_auc'], 3)}   ECE: {m['ece']:.3f}   n={m['n']}")
+    print(
+        f"accuracy (consistency): {m['accuracy']:.3f}   macro F1: {m['macro_f1']:.3f}   "
+        f"macro AUC: {m['macro_auc'] if m['macro_auc'] is None else round(m['macro_auc'], 3)}   "
+        f"ECE: {m['ece']:.3f}   n={m['n']}"
+    )
     print("class\tprecision\trecall\tF1\tAUC\tsupport")
     for c, v in m["per_class"].items():
         auc = "" if v["auc"] is None else f"{v['auc']:.3f}"
@@ -250,19 +286,39 @@ def cmd_train(args: argparse.Namespace) -> int:
     if len(data.errors) > 20:
         _log(f"... and {len(data.errors) - 20} more unusable files")
     test = from_paths(args.test, args.task, params) if args.test else None
-    _log(f"training data: {len(data.labels):,} cells from {len(data.sources):,} images: "
-         + ", ".join(f"{c} {n}" for c, n in data.class_counts.items()))
-    config = TrainConfig(architecture=args.arch, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                         backbone_lr_factor=0.01 if args.imagenet else 1.0, seed=args.seed)
+    _log(
+        f"training data: {len(data.labels):,} cells from {len(data.sources):,} images: "
+        + ", ".join(f"{c} {n}" for c, n in data.class_counts.items())
+    )
+    config = TrainConfig(
+        architecture=args.arch,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        backbone_lr_factor=0.01 if args.imagenet else 1.0,
+        seed=args.seed,
+    )
     device = choose_device(args.device or lab.settings.device)
 
     def progress(epoch, loss, vloss, vacc):
-        _log(f"epoch {epoch}/{config.epochs}: training loss {loss:.4f}, validation loss {vloss:.4f}, "
-             f"validation accuracy {vacc:.3f}")
+        _log(
+            f"epoch {epoch}/{config.epochs}: training loss {loss:.4f}, validation loss {vloss:.4f}, "
+            f"validation accuracy {vacc:.3f}"
+        )
 
-    package = train_and_register(data, args.task, config, args.register, lab.store, test=test, progress=progress,
-                                 device=device, imagenet=args.imagenet, patience=args.patience,
-                                 input_size=args.input_size)
+    package = train_and_register(
+        data,
+        args.task,
+        config,
+        args.register,
+        lab.store,
+        test=test,
+        progress=progress,
+        device=device,
+        imagenet=args.imagenet,
+        patience=args.patience,
+        input_size=args.input_size,
+    )
     try:
         from lsm_core.lab.registry import sync_models
 
@@ -328,11 +384,11 @@ def cmd_saliency(args: argparse.Namespace) -> int:
 
     from PIL import Image
 
-    from lsm_core.ml.classify import Summary, classify_records, find_params_for, result_columns
-    from lsm_core.reports.export import write_csv
     from lsm_core.imaging.images import read_inputs
+    from lsm_core.ml.classify import ResultRow, Summary, classify_records, find_params_for, result_columns
     from lsm_core.ml.predict import Predictor
     from lsm_core.ml.saliency import overlay, saliency_maps
+    from lsm_core.reports.export import write_csv
 
     settings = _settings()
     package = _store().resolve(args.model)
@@ -342,25 +398,32 @@ def cmd_saliency(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     classes = predictor.classes
     columns = result_columns(classes)
-    rows, crops, targets = [], [], []
+    rows: list[ResultRow] = []
+    crops: list[np.ndarray] = []
+    targets: list[int] = []
     summary = Summary()
     params = find_params_for(predictor, args.pixel_size, settings.pixel_size_um)
     for row in classify_records(read_inputs(args.inputs, settings.limits), predictor, params, summary, keep_crops=True):
         rows.append(row)
         if row.cell is not None:
+            # keep_crops=True: every cell row carries its crop and its predicted class
+            assert row.crop is not None and row.predicted is not None
             crops.append(row.crop)
             targets.append(classes.index(row.predicted))
     maps = np.zeros((0, package.manifest.input_size, package.manifest.input_size), np.float32)
     if crops:
-        maps = saliency_maps(net, package.manifest.architecture, np.stack(crops), args.method, np.array(targets),
-                             device=predictor.device)
+        maps = saliency_maps(
+            net, package.manifest.architecture, np.stack(crops), args.method, np.array(targets), device=predictor.device
+        )
     np.savez_compressed(out / "maps.npz", maps=maps)
     with open(out / "cells.csv", "w", newline="", encoding="utf-8") as fh:
         write_csv(fh, columns, (row.values(len(classes)) for row in rows))
     cells = [row for row in rows if row.cell is not None]
-    for k, row in enumerate(cells):
+    for k, (row, crop) in enumerate(zip(cells, crops, strict=True)):  # one crop per cell row, in order
         stem = Path(row.file).name.rsplit(".", 1)[0]
-        Image.fromarray(overlay(row.crop, maps[k])).save(out / f"{k + 1:05d}_{stem}_p{row.page}_c{row.cell}_{args.method}.png")
+        Image.fromarray(overlay(crop, maps[k])).save(
+            out / f"{k + 1:05d}_{stem}_p{row.page}_c{row.cell}_{args.method}.png"
+        )
     k = len(cells)
     _log(f"{k} cells: overlays, maps.npz ({maps.shape}) and cells.csv written to {out}")
     return 0 if k else 1
@@ -375,8 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lsm_core.ml.saliency import METHODS as SALIENCY_METHODS
     from lsm_core.reports.compare import GROUP_FIELDS
 
-    parser = argparse.ArgumentParser(prog="lsm", description="Classify blood stem cells in DIC images "
-                                     "(also: python -m lsm_core).")
+    parser = argparse.ArgumentParser(
+        prog="lsm", description="Classify blood stem cells in DIC images (also: python -m lsm_core)."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="write synthetic DIC-like cells (class folders) and fields of view")
@@ -391,8 +455,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("--model", required=True, help="a registered name (name or name:version) or a package folder")
     p.add_argument("--out", help="FILE.csv or FILE.xlsx (default: CSV on standard output)")
-    p.add_argument("--pixel-size", type=float, default=None, metavar="UM_PER_PIXEL",
-                   help="the microscope's calibration (default: the model's, 0.2 for the demo models)")
+    p.add_argument(
+        "--pixel-size",
+        type=float,
+        default=None,
+        metavar="UM_PER_PIXEL",
+        help="the microscope's calibration (default: the model's, 0.2 for the demo models)",
+    )
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: LSM_DEVICE or auto)")
     p.add_argument("--batch-size", type=int, default=256)
     p.set_defaults(func=cmd_classify)
@@ -406,8 +475,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--manifest", required=True)
     q.set_defaults(func=cmd_models_import)
 
-    p = sub.add_parser("demo", help="make sure the synthetic demo models demo-lsm and demo-aging are trained and "
-                                    "registered (one process trains at a time; LSM_DEMO_RECIPE=tiny for tests)")
+    p = sub.add_parser(
+        "demo",
+        help="make sure the synthetic demo models demo-lsm and demo-aging are trained and "
+        "registered (one process trains at a time; LSM_DEMO_RECIPE=tiny for tests)",
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("db", help="database maintenance")
@@ -417,16 +489,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="claim jobs from the database and run them on one device")
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: LSM_DEVICE or auto)")
-    p.add_argument("--kinds", default=None,
-                   help=f"comma-separated job kinds to take: {', '.join(k.value for k in JobKind)} (default: all)")
+    p.add_argument(
+        "--kinds",
+        default=None,
+        help=f"comma-separated job kinds to take: {', '.join(k.value for k in JobKind)} (default: all)",
+    )
     p.add_argument("--drain", action="store_true", help="exit once the queue is empty")
     p.add_argument("--lease", type=float, default=60.0, help="seconds a claimed job is held between heartbeats")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between looks at an empty queue")
     p.add_argument("--batch-size", type=int, default=None, help="crops per forward pass (default 256)")
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("serve", help="upgrade the database, start the app and one worker, and train missing demo "
-                                     "models in the background")
+    p = sub.add_parser(
+        "serve",
+        help="upgrade the database, start the app and one worker, and train missing demo models in the background",
+    )
     p.add_argument("--port", type=int, default=8501)
     p.set_defaults(func=cmd_serve)
 
@@ -447,7 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("train", help="train and register a model on labelled cells (class folders or ZIPs)")
-    p.add_argument("data", nargs="+", metavar="DATA", help="folders of class folders, or ZIPs whose folders are classes")
+    p.add_argument(
+        "data", nargs="+", metavar="DATA", help="folders of class folders, or ZIPs whose folders are classes"
+    )
     p.add_argument("--task", choices=list(TASKS), required=True)
     p.add_argument("--register", required=True, metavar="NAME", help="the model name; each training adds a version")
     p.add_argument("--arch", default="resnet50_paper", choices=sorted(ARCHITECTURES), help="network architecture")
@@ -456,7 +535,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of the head")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--input-size", type=int, default=64)
-    p.add_argument("--patience", type=int, default=5, help="stop after this many epochs without a better validation loss")
+    p.add_argument(
+        "--patience", type=int, default=5, help="stop after this many epochs without a better validation loss"
+    )
     p.add_argument("--imagenet", metavar="PTH", help="torchvision ImageNet weights already on disk (never downloaded)")
     p.add_argument("--test", nargs="*", metavar="DATA", help="a separate labelled test set")
     p.add_argument("--device", default=None)

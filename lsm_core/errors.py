@@ -1,4 +1,5 @@
 """The one exception type for errors a user can cause (a bad file, a wrong value, an unknown model)."""
+
 from __future__ import annotations
 
 

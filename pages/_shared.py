@@ -2,6 +2,7 @@
 
 Imported by pages; not a page itself. Widgets only: data and figures come from lsm_core and db.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,9 +10,12 @@ import pandas as pd
 import streamlit as st
 
 from db import queries
-from lsm_core.lab import accounts
+from lsm_core.classes import TASK_TITLES
 from lsm_core.errors import LsmError
 from lsm_core.imaging.images import decode_page
+from lsm_core.lab import accounts, settings
+from lsm_core.lab.history import Lab, open_lab
+from lsm_core.lab.registry import offered_models
 from lsm_core.reports.report import (
     cell_arrays,
     cell_table,
@@ -24,11 +28,7 @@ from lsm_core.reports.report import (
     thumbnail,
     workbook,
 )
-from lsm_core.lab.registry import offered_models
-from lsm_core.lab import settings
-from lsm_core.lab.history import Lab, open_lab
 from lsm_core.reports.stats import PAPER_THRESHOLDS
-from lsm_core.classes import TASK_TITLES
 
 PAGE_SIZE = 50
 THUMB_PX = 64  # cell thumbnails in the table: large enough to see the cell
@@ -126,10 +126,20 @@ def threshold_picker(key: str) -> float:
             st.session_state[slider_key] = float(choice)
 
     cols = st.columns([2, 3])
-    cols[0].pills("Paper's thresholds", PAPER_THRESHOLDS, key=f"{key}_quick", on_change=quick,
-                  help="Wang et al. looked at cells above 0.5, 0.7 and 0.9; 0.34 keeps almost every LSM cell.")
-    return cols[1].slider("Score threshold: only cells whose largest probability reaches it are counted",
-                          0.0, 1.0, step=0.01, key=slider_key)
+    cols[0].pills(
+        "Paper's thresholds",
+        PAPER_THRESHOLDS,
+        key=f"{key}_quick",
+        on_change=quick,
+        help="Wang et al. looked at cells above 0.5, 0.7 and 0.9; 0.34 keeps almost every LSM cell.",
+    )
+    return cols[1].slider(
+        "Score threshold: only cells whose largest probability reaches it are counted",
+        0.0,
+        1.0,
+        step=0.01,
+        key=slider_key,
+    )
 
 
 def render_results(batch_id: int, key: str = "results") -> None:
@@ -148,13 +158,24 @@ def render_results(batch_id: int, key: str = "results") -> None:
     st.subheader(escape_markdown(report.name))
     meta = report.meta
     facts = [f"owner **{escape_markdown(report.owner)}**", f"model **{escape_markdown(model['label'])}**"]
-    facts += [f"{label} **{escape_markdown(meta[k])}**" for k, label in (
-        ("mouse_id", "mouse"), ("age", "age"), ("sex", "sex"), ("strain", "strain/reporter"), ("gate", "gate"),
-        ("imaging_date", "imaged")) if meta.get(k)]
+    facts += [
+        f"{label} **{escape_markdown(meta[k])}**"
+        for k, label in (
+            ("mouse_id", "mouse"),
+            ("age", "age"),
+            ("sex", "sex"),
+            ("strain", "strain/reporter"),
+            ("gate", "gate"),
+            ("imaging_date", "imaged"),
+        )
+        if meta.get(k)
+    ]
     st.markdown(" · ".join(facts))
     if model["demo"]:
-        st.warning("Classified by a **synthetic demo** model, trained on generated cells only: "
-                   "these numbers say nothing about real cells.")
+        st.warning(
+            "Classified by a **synthetic demo** model, trained on generated cells only: "
+            "these numbers say nothing about real cells."
+        )
     if meta.get("notes"):
         st.caption("Notes:")
         st.text(meta["notes"])  # always shown as text, never as HTML or markdown
@@ -182,9 +203,19 @@ def render_results(batch_id: int, key: str = "results") -> None:
     left, right = st.columns([3, 2])
     left.plotly_chart(composition_figure(report), width="stretch", key=f"{key}_composition")
     right.dataframe(
-        pd.DataFrame([{"class": sh.cls, "cells": sh.count, "%": round(100 * sh.fraction, 1),
-                       "95% CI": f"{100 * sh.low:.1f} to {100 * sh.high:.1f}"} for sh in report.shares]),
-        hide_index=True, width="stretch",
+        pd.DataFrame(
+            [
+                {
+                    "class": sh.cls,
+                    "cells": sh.count,
+                    "%": round(100 * sh.fraction, 1),
+                    "95% CI": f"{100 * sh.low:.1f} to {100 * sh.high:.1f}",
+                }
+                for sh in report.shares
+            ]
+        ),
+        hide_index=True,
+        width="stretch",
     )
     left, right = st.columns(2)
     left.markdown("**Scores by predicted class**")
@@ -200,8 +231,14 @@ def render_results(batch_id: int, key: str = "results") -> None:
     page = c[1].number_input(f"Page (of {pages})", 1, pages, 1, key=f"{key}_page")
     c[2].caption(f"{n:,} cells at this threshold, {PAGE_SIZE} per page")
     with lab() as s:
-        rows = queries.batch_cells(s, batch_id, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE, min_score=threshold,
-                                   order={"upload order": "position"}.get(order, order))
+        rows = queries.batch_cells(
+            s,
+            batch_id,
+            offset=(page - 1) * PAGE_SIZE,
+            limit=PAGE_SIZE,
+            min_score=threshold,
+            order={"upload order": "position"}.get(order, order),
+        )
     by_image = {im.id: im for im in images}
 
     def thumb(cell) -> str | None:
@@ -209,14 +246,21 @@ def render_results(batch_id: int, key: str = "results") -> None:
         pixels = image_pixels(im.sha256, im.page) if im is not None and im.sha256 else None
         return thumbnail(pixels, cell.box, size=THUMB_PX) if pixels is not None else None
 
-    st.dataframe(pd.DataFrame(cell_table(rows, report.classes, thumb)), hide_index=True, width="stretch", row_height=THUMB_PX + 8,
-                 column_config={"cell": st.column_config.ImageColumn("cell", width=THUMB_PX + 16)})
+    st.dataframe(
+        pd.DataFrame(cell_table(rows, report.classes, thumb)),
+        hide_index=True,
+        width="stretch",
+        row_height=THUMB_PX + 8,
+        column_config={"cell": st.column_config.ImageColumn("cell", width=THUMB_PX + 16)},
+    )
 
     fields = [im for im in images if im.kind == "field" and im.n_cells]
     if fields:
         st.subheader("Field of view")
-        names = {f"{im.file} (page {im.page}, {im.n_cells} cells)" if im.page > 1 else f"{im.file} ({im.n_cells} cells)": im
-                 for im in fields}
+        names = {
+            f"{im.file} (page {im.page}, {im.n_cells} cells)" if im.page > 1 else f"{im.file} ({im.n_cells} cells)": im
+            for im in fields
+        }
         chosen = names[st.selectbox("Image", list(names), key=f"{key}_field")]
         pixels = image_pixels(chosen.sha256, chosen.page)
         if pixels is None:
@@ -236,10 +280,13 @@ def rerun_with_pixel_size(report, key: str) -> None:
 
     used = report.meta.get("pixel_size_um") or report.model["pixel_size_um"]
     with st.form(f"{key}_pixel_rerun"):
-        st.markdown("**Classify these images again at another pixel size?** Cells are looked for at their size in "
-                    f"micrometres, so a wrong calibration finds none. This batch used {used:g} µm per pixel.")
-        pixel = st.number_input("Pixel size (µm per pixel)", min_value=0.01, max_value=50.0, value=float(used),
-                                step=0.01, format="%.4f")
+        st.markdown(
+            "**Classify these images again at another pixel size?** Cells are looked for at their size in "
+            f"micrometres, so a wrong calibration finds none. This batch used {used:g} µm per pixel."
+        )
+        pixel = st.number_input(
+            "Pixel size (µm per pixel)", min_value=0.01, max_value=50.0, value=float(used), step=0.01, format="%.4f"
+        )
         go = st.form_submit_button("Re-run at this pixel size")
     if go:
         try:
@@ -260,8 +307,8 @@ SALIENCY_TOP = 12  # cells per class when the top cells are asked for; the galle
 def saliency_section(batch_id: int, report, key: str) -> None:
     """Saliency maps of the batch: compute them on a worker, then a gallery per class, means, a ZIP of overlays."""
     from lsm_core.lab.tasks.saliency import submit as submit_saliency
-    from lsm_core.reports.report import overlays_zip, saliency_gallery
     from lsm_core.ml.saliency import METHODS, overlay
+    from lsm_core.reports.report import overlays_zip, saliency_gallery
 
     st.subheader("Saliency: where the network looks")
     lab = the_lab()
@@ -304,12 +351,19 @@ def saliency_section(batch_id: int, report, key: str) -> None:
             row = st.columns(per_row)
             for slot, i in zip(row, members[start : start + per_row]):
                 cell = view.cells[i]
-                slot.image([overlay(gallery.crops[i], view.maps[i], 0.0), overlay(gallery.crops[i], view.maps[i], opacity)],
-                           width=96)
+                slot.image(
+                    [overlay(gallery.crops[i], view.maps[i], 0.0), overlay(gallery.crops[i], view.maps[i], opacity)],
+                    width=96,
+                )
                 slot.caption(f"{cls}, p = {cell.score:.2f} · cell {cell.cell} · {cell.file}")
-    st.download_button(f"Download {name} overlays (ZIP of PNGs)", lambda: overlays_zip(view, gallery.crops, opacity),
-                       file_name=f"batch-{batch_id}-{method}.zip", mime="application/zip", on_click="ignore",
-                       key=f"{key}_sal_zip")
+    st.download_button(
+        f"Download {name} overlays (ZIP of PNGs)",
+        lambda: overlays_zip(view, gallery.crops, opacity),
+        file_name=f"batch-{batch_id}-{method}.zip",
+        mime="application/zip",
+        on_click="ignore",
+        key=f"{key}_sal_zip",
+    )
 
 
 def saliency_progress(job_id: int, name: str) -> None:
@@ -321,9 +375,15 @@ def saliency_progress(job_id: int, name: str) -> None:
         info = queue_info(the_lab(), job_id)
         if info.status not in ("queued", "running"):
             st.rerun()
-        where = f"waiting in the queue, position {info.position}" if info.status == "queued" and info.position else info.status
-        st.progress(info.done / info.total if info.total else 0.0,
-                    text=f"{name} maps are being computed (job {job_id}, {where}): {info.done:,} of {info.total:,} cells")
+        where = (
+            f"waiting in the queue, position {info.position}"
+            if info.status == "queued" and info.position
+            else info.status
+        )
+        st.progress(
+            info.done / info.total if info.total else 0.0,
+            text=f"{name} maps are being computed (job {job_id}, {where}): {info.done:,} of {info.total:,} cells",
+        )
         st.caption("This section shows the maps by itself when they are ready.")
 
     poll()
@@ -350,8 +410,19 @@ def download_buttons(batch_id: int, threshold: float, key: str) -> None:
             return cells_csv(s, batch_id)
 
     c = st.columns(2)
-    c[0].download_button("Download xlsx (cells, summary, batch, model)", xlsx, file_name=f"batch-{batch_id}.xlsx",
-                         mime="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", key=f"{key}_xlsx",
-                         on_click="ignore")
-    c[1].download_button("Download csv (cells)", csv, file_name=f"batch-{batch_id}.csv", mime="text/csv",
-                         key=f"{key}_csv", on_click="ignore")
+    c[0].download_button(
+        "Download xlsx (cells, summary, batch, model)",
+        xlsx,
+        file_name=f"batch-{batch_id}.xlsx",
+        mime="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        key=f"{key}_xlsx",
+        on_click="ignore",
+    )
+    c[1].download_button(
+        "Download csv (cells)",
+        csv,
+        file_name=f"batch-{batch_id}.csv",
+        mime="text/csv",
+        key=f"{key}_csv",
+        on_click="ignore",
+    )

@@ -1,15 +1,24 @@
 """Classify page: upload a batch with its mouse metadata, queue it for the GPU, watch it, see the results."""
+
 import streamlit as st
 
-from lsm_core.lab import batches
-from lsm_core.ml.demo import demo_status
 from lsm_core.errors import LsmError
 from lsm_core.imaging.images import iter_upload
+from lsm_core.lab import batches
 from lsm_core.lab.batches import BatchMeta, submit_batch
 from lsm_core.lab.jobs import queue_info
+from lsm_core.ml.demo import demo_status
 from lsm_core.reports.stats import AGE_UNITS
-from pages._shared import escape_markdown, file_errors, model_options, model_picker, render_results, the_lab, show_flash, user
-
+from pages._shared import (
+    escape_markdown,
+    file_errors,
+    model_options,
+    model_picker,
+    render_results,
+    show_flash,
+    the_lab,
+    user,
+)
 
 st.title("Classify")
 lab = the_lab()
@@ -21,8 +30,10 @@ def show_demo_training(waiting: bool) -> None:
     model is registered some other way."""
     first = demo_status(lab.settings.model_dir)
     if first is not None and not first.running:
-        st.error(f"Training the synthetic demo models {first.state}: {first.error or 'no reason was recorded'}. "
-                 "`python -m lsm_core demo` (or the next start of the app) tries again.")
+        st.error(
+            f"Training the synthetic demo models {first.state}: {first.error or 'no reason was recorded'}. "
+            "`python -m lsm_core demo` (or the next start of the app) tries again."
+        )
         return
     if first is None and not waiting:
         return
@@ -30,20 +41,25 @@ def show_demo_training(waiting: bool) -> None:
     @st.fragment(run_every=5.0)
     def progress() -> None:
         now = demo_status(lab.settings.model_dir)
-        changed = (now is None) != (first is None) or (now is not None and first is not None
-                                                         and (now.done != first.done or not now.running))
+        changed = (now is None) != (first is None) or (
+            now is not None and first is not None and (now.done != first.done or not now.running)
+        )
         if changed or (waiting and model_options()):
             st.rerun()
         if now is None:
-            st.error("No classifier is registered. Start the app with `python -m lsm_core serve`, which trains the "
-                     "synthetic demo models, or import or train a model on the Models page. This page updates "
-                     "itself when one is registered.")
+            st.error(
+                "No classifier is registered. Start the app with `python -m lsm_core serve`, which trains the "
+                "synthetic demo models, or import or train a model on the Models page. This page updates "
+                "itself when one is registered."
+            )
             return
         ready = f" {', '.join(now.done)} can be used already." if now.done else ""
-        st.info(f"The synthetic demo models are being trained on this machine (started "
-                f"{now.started.astimezone():%H:%M}; {now.model}: {now.step}, epoch {now.epoch} of {now.epochs})."
-                f"{ready} This page updates itself; they are for trying the app and say nothing about real cells.",
-                icon=":material/model_training:")
+        st.info(
+            f"The synthetic demo models are being trained on this machine (started "
+            f"{now.started.astimezone():%H:%M}; {now.model}: {now.step}, epoch {now.epoch} of {now.epochs})."
+            f"{ready} This page updates itself; they are for trying the app and say nothing about real cells.",
+            icon=":material/model_training:",
+        )
 
     progress()
 
@@ -52,15 +68,18 @@ options = model_options()
 every = model_options(include_failed=True)
 show_demo_training(waiting=not every)
 if len(every) > len(options) and st.toggle(
-        f"Also offer the {len(every) - len(options)} model(s) that failed their quality check",
-        help="A model whose accuracy on its validation set was not clearly above chance (see its card on the "
-             "Models page). Its results are not trustworthy."):
+    f"Also offer the {len(every) - len(options)} model(s) that failed their quality check",
+    help="A model whose accuracy on its validation set was not clearly above chance (see its card on the "
+    "Models page). Its results are not trustworthy.",
+):
     options = every
 
 if not options:
     if every:
-        st.error("Every registered model failed its quality check; turn on the switch above to use one anyway, "
-                 "or train a better one on the Models page.")
+        st.error(
+            "Every registered model failed its quality check; turn on the switch above to use one anyway, "
+            "or train a better one on the Models page."
+        )
     st.stop()
 
 
@@ -85,8 +104,11 @@ st.session_state.setdefault("uploader_nonce", 0)
 uploader_key = f"files_{st.session_state['uploader_nonce']}"
 
 with st.form("batch", clear_on_submit=False):
-    files = st.file_uploader("Images: PNG, JPEG, TIFF (8/16-bit, multi-page) or ZIP archives of them",
-                             accept_multiple_files=True, key=uploader_key)
+    files = st.file_uploader(
+        "Images: PNG, JPEG, TIFF (8/16-bit, multi-page) or ZIP archives of them",
+        accept_multiple_files=True,
+        key=uploader_key,
+    )
     c = st.columns(2)
     name = c[0].text_input("Batch name", placeholder="e.g. M17 LT-HSC 2026-11-20")
     with c[1]:
@@ -115,17 +137,29 @@ def do_submit(batch_name: str, add_to: int | None = None) -> bool:
         if add_to is not None:
             result = batches.add_files(lab, add_to, raws, user())
         else:
-            meta = BatchMeta(mouse_id=mouse_id or None, age_days=age_in_days(age_text, age_unit), sex=sex or None,
-                             strain=strain or None, gate=gate or None,
-                             imaging_date=imaging_date.isoformat() if imaging_date else None, notes=notes or None)
+            meta = BatchMeta(
+                mouse_id=mouse_id or None,
+                age_days=age_in_days(age_text, age_unit),
+                sex=sex or None,
+                strain=strain or None,
+                gate=gate or None,
+                imaging_date=imaging_date.isoformat() if imaging_date else None,
+                notes=notes or None,
+            )
             if model_id is None:
                 raise LsmError("choose a classifier")
             result = submit_batch(lab, raws, model_id, batch_name, owner=user(), meta=meta)
     except LsmError as exc:
         st.error(str(exc))
         return False
-    st.session_state["current"] = {"batch": result.batch_id, "job": result.job_id, "errors": result.errors,
-                                   "skipped": result.skipped, "added": add_to is not None, "images": result.images}
+    st.session_state["current"] = {
+        "batch": result.batch_id,
+        "job": result.job_id,
+        "errors": result.errors,
+        "skipped": result.skipped,
+        "added": add_to is not None,
+        "images": result.images,
+    }
     st.session_state.pop("pending_name", None)
     st.session_state["uploader_nonce"] += 1
     return True
@@ -150,9 +184,13 @@ if submitted:
 
 pending = st.session_state.get("pending_name")
 if pending:
-    st.warning(f"You already have a batch called “{escape_markdown(pending['name'])}” (#{pending['existing']}). "
-               "Rename this one, or add these files to it? Files already in it are skipped.")
-    choice = st.radio("What should happen", ["Rename this batch", "Add the files to the existing batch"], key="dup_choice")
+    st.warning(
+        f"You already have a batch called “{escape_markdown(pending['name'])}” (#{pending['existing']}). "
+        "Rename this one, or add these files to it? Files already in it are skipped."
+    )
+    choice = st.radio(
+        "What should happen", ["Rename this batch", "Add the files to the existing batch"], key="dup_choice"
+    )
     if choice == "Rename this batch":
         new_name = st.text_input("New name", value=f"{pending['name']} (2)", key="dup_name")
         if st.button("Classify under the new name"):
@@ -169,8 +207,10 @@ if current:
     if current.get("added"):
         st.success(f"{current['images']} new image(s) added to batch #{current['batch']}.")
     if current.get("skipped"):
-        st.info(f"{len(current['skipped'])} file(s) skipped: their exact bytes are in this batch already, and a file "
-                "is never counted twice.")
+        st.info(
+            f"{len(current['skipped'])} file(s) skipped: their exact bytes are in this batch already, and a file "
+            "is never counted twice."
+        )
         file_errors(current["skipped"], mark="○")
     info = queue_info(lab, current["job"])
     if current["errors"] and info.status != "done":  # once done, the results below list them

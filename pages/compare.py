@@ -1,21 +1,24 @@
 """Compare page: batches (one per mouse) grouped by age or a metadata field, with per-mouse statistics."""
+
 import datetime as dt
 
 import pandas as pd
 import streamlit as st
 
 from db import queries
-from lsm_core.reports import compare
+from lsm_core.classes import TASK_TITLES
 from lsm_core.errors import LsmError
 from lsm_core.lab.registry import offered_models
+from lsm_core.reports import compare
 from lsm_core.reports.report import age_text
 from lsm_core.reports.stats import parse_bins
-from lsm_core.classes import TASK_TITLES
 from pages._shared import the_lab, threshold_picker
 
 st.title("Compare")
-st.caption("Each batch is one mouse: groups are compared on per-mouse fractions, the mouse being the unit of "
-           "replication. Pooled cells appear only as a secondary view.")
+st.caption(
+    "Each batch is one mouse: groups are compared on per-mouse fractions, the mouse being the unit of "
+    "replication. Pooled cells appear only as a secondary view."
+)
 lab = the_lab()
 with lab() as s:
     models = offered_models(s, include_failed=True, include_deleted=True)
@@ -27,9 +30,14 @@ with st.expander("Which batches", expanded=True):
     of_task = [m for m in models if m.task == task]
     versions = {m.label: m.id for m in of_task}
     default = next((i + 1 for i, m in enumerate(of_task) if m.is_default and not m.deleted), 0)
-    version = c[1].selectbox("Model version", ["any"] + list(versions), index=default, key=f"cmp_version_{task}",
-                             help="One model by default (the task's default): cells of different models are not "
-                                  "comparable. 'any' mixes them.")
+    version = c[1].selectbox(
+        "Model version",
+        ["any"] + list(versions),
+        index=default,
+        key=f"cmp_version_{task}",
+        help="One model by default (the task's default): cells of different models are not "
+        "comparable. 'any' mixes them.",
+    )
     owner = c[2].selectbox("Owner", ["everyone"] + owners)
     text = c[3].text_input("Text (name, mouse, strain, notes)")
     c = st.columns(4)
@@ -39,8 +47,12 @@ with st.expander("Which batches", expanded=True):
     date_to = c[3].date_input("Uploaded to", value=None)
 
 f = queries.BatchFilter(
-    task=task, model_id=None if version == "any" else versions[version], owner=None if owner == "everyone" else owner,
-    text=text or None, strain=strain or None, gate=gate or None,
+    task=task,
+    model_id=None if version == "any" else versions[version],
+    owner=None if owner == "everyone" else owner,
+    text=text or None,
+    strain=strain or None,
+    gate=gate or None,
     created_from=dt.datetime.combine(date_from, dt.time.min) if date_from else None,
     created_to=dt.datetime.combine(date_to, dt.time.max) if date_to else None,
 )
@@ -50,18 +62,30 @@ if len(found) < 2:
     st.info("Fewer than two classified batches match: widen the filters, or classify more batches.")
     st.stop()
 
-labels = {b.id: f"#{b.id} {b.name} · mouse {b.mouse_id or '?'} · {age_text(b.age_days) or 'age ?'} · "
-                   f"{b.model}" for b in found}
+labels = {
+    b.id: f"#{b.id} {b.name} · mouse {b.mouse_id or '?'} · {age_text(b.age_days) or 'age ?'} · {b.model}" for b in found
+}
 start = compare.one_batch_per_mouse(found)
-chosen = st.multiselect("Batches (mice)", list(labels), default=start, format_func=labels.get,
-                        help="At first the newest batch of each mouse: re-runs of one mouse are not more mice.")
+chosen = st.multiselect(
+    "Batches (mice)",
+    list(labels),
+    default=start,
+    format_func=labels.get,
+    help="At first the newest batch of each mouse: re-runs of one mouse are not more mice.",
+)
 if len(start) < len(found):
-    st.caption(f"{len(found) - len(start)} older batch(es) of mice already chosen are not selected (re-runs or repeats "
-               "of the same mouse id); add them above if they are other samples.")
+    st.caption(
+        f"{len(found) - len(start)} older batch(es) of mice already chosen are not selected (re-runs or repeats "
+        "of the same mouse id); add them above if they are other samples."
+    )
 c = st.columns([1, 3])
 by = c[0].selectbox("Group by", compare.GROUP_FIELDS)
-bins_text = c[1].text_input("Age groups (label:range; units d, w, m, y)", value=compare.DEFAULT_BINS,
-                            disabled=by != "age", help="e.g. young:8w-12w, middle:12w-18m, aged:>=18m")
+bins_text = c[1].text_input(
+    "Age groups (label:range; units d, w, m, y)",
+    value=compare.DEFAULT_BINS,
+    disabled=by != "age",
+    help="e.g. young:8w-12w, middle:12w-18m, aged:>=18m",
+)
 threshold = threshold_picker("compare")
 
 try:
@@ -75,8 +99,10 @@ except LsmError as exc:
 grouped = result.table.dropna(subset=["group"])
 outside = result.table[result.table["group"].isna()]
 if len(outside):
-    st.warning(f"{len(outside)} batch(es) fall in no group (no age, or outside every bin) and are left out: "
-               + ", ".join(outside["batch_name"].astype(str).head(10)))
+    st.warning(
+        f"{len(outside)} batch(es) fall in no group (no age, or outside every bin) and are left out: "
+        + ", ".join(outside["batch_name"].astype(str).head(10))
+    )
 st.markdown(f"**{len(grouped)} mice in {grouped['group'].nunique()} groups** · cells with score ≥ {threshold:.2f}")
 
 st.subheader("Per mouse")
@@ -113,12 +139,32 @@ def workbook() -> bytes:
 
 
 c = st.columns(2)
-c[0].download_button("Download comparison xlsx", workbook, file_name="comparison.xlsx",
-                     mime="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", on_click="ignore")
-c[1].download_button("Download per-mouse figure (HTML)", lambda: compare.figure_html(compare.per_mouse_figure(result)),
-                     file_name="per_mouse.html", mime="text/html", on_click="ignore")
+c[0].download_button(
+    "Download comparison xlsx",
+    workbook,
+    file_name="comparison.xlsx",
+    mime="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    on_click="ignore",
+)
+c[1].download_button(
+    "Download per-mouse figure (HTML)",
+    lambda: compare.figure_html(compare.per_mouse_figure(result)),
+    file_name="per_mouse.html",
+    mime="text/html",
+    on_click="ignore",
+)
 c = st.columns(2)
-c[0].download_button("Download score figure (HTML)", lambda: compare.figure_html(scores_fig), file_name="scores.html",
-                     mime="text/html", on_click="ignore")
-c[1].download_button("Download age figure (HTML)", lambda: compare.figure_html(compare.age_figure(result, focus)),
-                     file_name=f"age_{focus}.html", mime="text/html", on_click="ignore")
+c[0].download_button(
+    "Download score figure (HTML)",
+    lambda: compare.figure_html(scores_fig),
+    file_name="scores.html",
+    mime="text/html",
+    on_click="ignore",
+)
+c[1].download_button(
+    "Download age figure (HTML)",
+    lambda: compare.figure_html(compare.age_figure(result, focus)),
+    file_name=f"age_{focus}.html",
+    mime="text/html",
+    on_click="ignore",
+)

@@ -4,18 +4,19 @@ Every action is bound to the batch id (and revision) the user selected, never to
 may change under the user (a colleague submits, renames or deletes), and lsm_core.lab.batches refuses an action
 on a batch that is gone or changed since. After an action the selection and any confirmation are reset.
 """
+
 import datetime as dt
 
 import pandas as pd
 import streamlit as st
 
 from db import queries
-from lsm_core.lab import batches
+from lsm_core.classes import TASK_TITLES
 from lsm_core.errors import LsmError
+from lsm_core.lab import batches
 from lsm_core.lab.registry import offered_models
 from lsm_core.reports.report import age_text
-from lsm_core.classes import TASK_TITLES
-from pages._shared import admin, download_buttons, flash, model_options, model_picker, the_lab, show_flash, user
+from pages._shared import admin, download_buttons, flash, model_options, model_picker, show_flash, the_lab, user
 
 st.title("History")
 lab = the_lab()
@@ -65,9 +66,12 @@ with st.expander("Filters", expanded=True):
     date_to = c[3].date_input("Uploaded to", value=None)
 
 f = queries.BatchFilter(
-    owner=None if owner == "everyone" else owner, task=None if task == "any" else task,
-    model_id=None if model == "any" else models[model], text=text or None,
-    age_min_days=age_min * 7 if age_min is not None else None, age_max_days=age_max * 7 if age_max is not None else None,
+    owner=None if owner == "everyone" else owner,
+    task=None if task == "any" else task,
+    model_id=None if model == "any" else models[model],
+    text=text or None,
+    age_min_days=age_min * 7 if age_min is not None else None,
+    age_max_days=age_max * 7 if age_max is not None else None,
     created_from=dt.datetime.combine(date_from, dt.time.min) if date_from else None,
     created_to=dt.datetime.combine(date_to, dt.time.max) if date_to else None,
 )
@@ -80,12 +84,27 @@ if not rows:
     st.stop()
 
 # what the user reads first comes first: which batch, how many cells, whose, then the sample's metadata
-table = pd.DataFrame([{
-    "id": b.id, "name": b.name, "cells": b.cells, "images": b.images, "failed": b.errors,
-    "status": b.status, "owner": b.owner, "uploaded": b.created.strftime("%Y-%m-%d %H:%M"),
-    "mouse": b.mouse_id, "age": age_text(b.age_days), "sex": b.sex, "model": b.model,
-    "strain": b.strain, "gate": b.gate,
-} for b in rows])
+table = pd.DataFrame(
+    [
+        {
+            "id": b.id,
+            "name": b.name,
+            "cells": b.cells,
+            "images": b.images,
+            "failed": b.errors,
+            "status": b.status,
+            "owner": b.owner,
+            "uploaded": b.created.strftime("%Y-%m-%d %H:%M"),
+            "mouse": b.mouse_id,
+            "age": age_text(b.age_days),
+            "sex": b.sex,
+            "model": b.model,
+            "strain": b.strain,
+            "gate": b.gate,
+        }
+        for b in rows
+    ]
+)
 shown = [(b.id, b.revision) for b in rows]
 if state.get("history_shown") not in (None, shown) and state.get("history_batch"):
     # the list changed under the user: a fresh table, so no highlighted row points at another batch (the
@@ -93,13 +112,21 @@ if state.get("history_shown") not in (None, shown) and state.get("history_batch"
     state["history_table"] += 1
 state["history_shown"] = shown
 st.caption(f"{len(rows)} batch(es). Select a row to act on it.")
-st.dataframe(table, hide_index=True, width="stretch", on_select=remember_selection, selection_mode="single-row",
-             key=f"history_table_{state['history_table']}",
-             column_config={"id": st.column_config.NumberColumn("id", width=60, format="%d"),
-                            "name": st.column_config.TextColumn("name", width="large"),
-                            "cells": st.column_config.NumberColumn("cells", width=70),
-                            "images": st.column_config.NumberColumn("images", width=70),
-                            "failed": st.column_config.NumberColumn("failed", width=60)})
+st.dataframe(
+    table,
+    hide_index=True,
+    width="stretch",
+    on_select=remember_selection,
+    selection_mode="single-row",
+    key=f"history_table_{state['history_table']}",
+    column_config={
+        "id": st.column_config.NumberColumn("id", width=60, format="%d"),
+        "name": st.column_config.TextColumn("name", width="large"),
+        "cells": st.column_config.NumberColumn("cells", width=70),
+        "images": st.column_config.NumberColumn("images", width=70),
+        "failed": st.column_config.NumberColumn("failed", width=60),
+    },
+)
 chosen = state.get("history_batch")
 if not chosen:
     st.stop()
@@ -113,7 +140,9 @@ nonce = state["history_action"]
 st.markdown(f"#### Selected: batch #{batch_id}")
 st.text(batch.name)  # names are user text: shown as text, never as markdown
 if batch.revision != revision:
-    st.warning("This batch was changed since you selected it (renamed, or files were added). Select it again to act on it.")
+    st.warning(
+        "This batch was changed since you selected it (renamed, or files were added). Select it again to act on it."
+    )
     st.stop()
 c = st.columns(3)
 if c[0].button("Open results", type="primary", key=f"open_{nonce}"):
@@ -130,15 +159,19 @@ with c[1].popover("Rename", disabled=not mine):
         except LsmError as exc:
             st.error(str(exc))
 with c[2].popover("Delete", disabled=not mine):
-    st.write(f"Delete batch #{batch_id} with its {batch.images:,} images and {batch.cells:,} cells? "
-             "This cannot be undone. Its name:")
+    st.write(
+        f"Delete batch #{batch_id} with its {batch.images:,} images and {batch.cells:,} cells? "
+        "This cannot be undone. Its name:"
+    )
     st.text(batch.name)
     sure = st.checkbox(f"Yes, delete batch #{batch_id}", key=f"delete_sure_{nonce}_{batch_id}")
     if st.button("Delete for good", disabled=not sure, key=f"delete_{nonce}_{batch_id}"):
         try:
             gone = batches.delete(lab, batch_id, user(), seen_revision=revision)
-            reset_selection(f"Deleted batch #{gone.batch_id} “{gone.name}” with its {gone.images:,} images and "
-                            f"{gone.cells:,} cells.")
+            reset_selection(
+                f"Deleted batch #{gone.batch_id} “{gone.name}” with its {gone.images:,} images and "
+                f"{gone.cells:,} cells."
+            )
             st.rerun()
         except LsmError as exc:
             reset_selection(str(exc), "error")
@@ -148,8 +181,15 @@ if not mine:
 
 with st.expander("Re-run with another model version or pixel size"):
     chosen_model = model_picker("Model", model_options(batch.task), f"rerun_model_{nonce}")
-    pixel = st.number_input("Pixel size (µm per pixel; empty: as before)", min_value=0.01, max_value=50.0, value=None,
-                            step=0.01, format="%.4f", key=f"rerun_pixel_{nonce}")
+    pixel = st.number_input(
+        "Pixel size (µm per pixel; empty: as before)",
+        min_value=0.01,
+        max_value=50.0,
+        value=None,
+        step=0.01,
+        format="%.4f",
+        key=f"rerun_pixel_{nonce}",
+    )
     if st.button("Re-run", key=f"rerun_{nonce}_{batch_id}"):
         try:
             if chosen_model is None:

@@ -1,10 +1,11 @@
 """Lab page (administrators): who uses the app with which role, and the audit trail."""
+
 import pandas as pd
 import streamlit as st
 
-from lsm_core.lab import accounts
 from lsm_core.errors import LsmError
-from pages._shared import admin, the_lab, signed_in_mode, user
+from lsm_core.lab import accounts
+from pages._shared import admin, signed_in_mode, the_lab, user
 
 st.title("Lab")
 lab = the_lab()
@@ -14,18 +15,33 @@ if not admin():
 
 st.subheader("People")
 if signed_in_mode():
-    st.caption("Everyone who has signed in. Newcomers are members; LSM_ADMINS names administrators that only the "
-               "server's configuration can change.")
+    st.caption(
+        "Everyone who has signed in. Newcomers are members; LSM_ADMINS names administrators that only the "
+        "server's configuration can change."
+    )
 else:
     st.caption("Everyone who has used the app: who submitted, classified or acted (lab mode has no sign-in).")
 if not signed_in_mode() and not accounts.configured_admins():
-    st.caption("Lab mode without LSM_ADMINS: everyone on this machine administers, so roles below take effect only "
-               "once LSM_ADMINS names the administrators or sign-in is configured.")
+    st.caption(
+        "Lab mode without LSM_ADMINS: everyone on this machine administers, so roles below take effect only "
+        "once LSM_ADMINS names the administrators or sign-in is configured."
+    )
 people = accounts.people(lab)
-st.dataframe(pd.DataFrame([{
-    "name": p.name, "shown as": p.display_name or "", "role": p.role + (" (LSM_ADMINS)" if p.fixed else ""),
-    "last seen (UTC)": p.last_seen.strftime("%Y-%m-%d %H:%M") if p.last_seen else "",
-} for p in people]), hide_index=True, width="stretch")
+st.dataframe(
+    pd.DataFrame(
+        [
+            {
+                "name": p.name,
+                "shown as": p.display_name or "",
+                "role": p.role + (" (LSM_ADMINS)" if p.fixed else ""),
+                "last seen (UTC)": p.last_seen.strftime("%Y-%m-%d %H:%M") if p.last_seen else "",
+            }
+            for p in people
+        ]
+    ),
+    hide_index=True,
+    width="stretch",
+)
 changeable = [p.name for p in people if not p.fixed]
 if changeable:
     with st.form("role"):
@@ -42,7 +58,13 @@ if changeable:
             st.error(str(exc))
 
 st.subheader("Audit trail")
-st.caption("Who submitted, renamed, deleted, re-ran, trained, imported, cancelled, changed a default or a role; newest first.")
+st.caption(
+    "Who submitted, renamed, deleted, re-ran, trained, imported, cancelled, changed a default or a role; newest first."
+)
 events = accounts.audit_trail(lab, user())
-st.dataframe(pd.DataFrame([{**e, "when (UTC)": e["when (UTC)"].strftime("%Y-%m-%d %H:%M:%S")} for e in events]),
-             hide_index=True, width="stretch", column_config={"detail": st.column_config.TextColumn("detail", width="large")})
+st.dataframe(
+    pd.DataFrame([{**e, "when (UTC)": e["when (UTC)"].strftime("%Y-%m-%d %H:%M:%S")} for e in events]),
+    hide_index=True,
+    width="stretch",
+    column_config={"detail": st.column_config.TextColumn("detail", width="large")},
+)

@@ -5,26 +5,34 @@ import streamlit as st
 
 from db import queries
 from db.schema import Job, Model
-from lsm_core.lab import jobs
+from lsm_core.classes import TASK_TITLES
 from lsm_core.errors import LsmError
 from lsm_core.imaging.images import RawFile
-from lsm_core.ml.metrics import model_quality
-from lsm_core.reports.model_card import (MetricsCard, evaluation_card, model_cards, models_table, package_zip,
-                                 training_figure)
+from lsm_core.lab import jobs
 from lsm_core.lab.labels import parse_labelled_batches
 from lsm_core.lab.registry import import_model_bytes, offered_models, set_default
 from lsm_core.lab.tasks import evaluate, train
-from lsm_core.classes import TASK_TITLES
 from lsm_core.ml import nets
+from lsm_core.ml.metrics import model_quality
+from lsm_core.reports.model_card import (
+    MetricsCard,
+    evaluation_card,
+    model_cards,
+    models_table,
+    package_zip,
+    training_figure,
+)
 from pages._shared import admin, escape_markdown, the_lab, user
 
 ARCHITECTURES = [a for a in nets.REGISTRY if a != "tiny_cnn"]  # the registry's, less the tests' toy network
 ARCHITECTURES.sort(key=lambda a: a != "resnet50_paper")  # the paper's first: the default
 
 st.title("Models")
-st.caption("Classifiers of this lab. Demo models are trained on synthetic cells only and say nothing about real cells. "
-           "Every figure says which cells it comes from: the validation set (held out from the training data) or a "
-           "test set.")
+st.caption(
+    "Classifiers of this lab. Demo models are trained on synthetic cells only and say nothing about real cells. "
+    "Every figure says which cells it comes from: the validation set (held out from the training data) or a "
+    "test set."
+)
 lab = the_lab()
 with lab() as s:
     rows = offered_models(s, include_failed=True)  # LSM first, each task's default first (lsm_core.lab.registry)
@@ -56,8 +64,10 @@ def show_card(card: MetricsCard, key: str) -> None:
 
 
 if not rows:
-    st.info("No models are registered yet. `python -m lsm_core serve` registers the synthetic demo models; "
-            "below you can import weights or train a model.")
+    st.info(
+        "No models are registered yet. `python -m lsm_core serve` registers the synthetic demo models; "
+        "below you can import weights or train a model."
+    )
 else:
     st.dataframe(pd.DataFrame(models_table(rows)), hide_index=True, width="stretch")
 
@@ -71,8 +81,10 @@ with tabs[0]:
             st.warning("A **synthetic demo** model: its figures describe synthetic cells only.")
         passed, reasons, warnings = model_quality(m.metrics)
         if passed is False:
-            st.error("This model **failed its quality check**: it is not offered for classification by default "
-                     "and cannot be made the default. " + " ".join(reasons))
+            st.error(
+                "This model **failed its quality check**: it is not offered for classification by default "
+                "and cannot be made the default. " + " ".join(reasons)
+            )
         for message in warnings:
             st.warning(message)
         cards = model_cards(m.metrics, m.demo)
@@ -84,14 +96,21 @@ with tabs[0]:
             st.info("This model carries no evaluation yet; evaluate it on a labelled test set (tab Evaluate).")
         training = m.training or {}
         if training.get("history"):
-            st.markdown("**Training curves** (loss on the training data and on the validation set; validation accuracy)")
+            st.markdown(
+                "**Training curves** (loss on the training data and on the validation set; validation accuracy)"
+            )
             st.plotly_chart(training_figure(training), width="stretch", key="card_train")
         if training:
             st.markdown("**Training summary**")
             st.json({k: v for k, v in training.items() if k != "history"}, expanded=False)
         if not m.is_default:
-            why = ("A model that failed its quality check cannot be the default." if passed is False
-                   else None if administers else "Only administrators choose default models.")
+            why = (
+                "A model that failed its quality check cannot be the default."
+                if passed is False
+                else None
+                if administers
+                else "Only administrators choose default models."
+            )
             if st.button(f"Make {m.name} v{m.version} the default {m.task} model", disabled=why is not None, help=why):
                 try:
                     set_default(lab, m.id, me)
@@ -142,34 +161,46 @@ def job_list(kind: str) -> None:
 
 
 with tabs[1]:
-    st.markdown("Train a new model version with the paper's recipe on cells sorted by FACS: upload a ZIP whose "
-                "folders are named after the classes (LT-HSC, ST-HSC, MPP or young, aged), and/or choose classified "
-                "batches and the class each one was sorted as. A fifth of the source images is held out as the "
-                "validation set; a model whose validation accuracy is not clearly above chance is registered as "
-                "**failed quality check**, never made the default and not offered for classification by default.")
+    st.markdown(
+        "Train a new model version with the paper's recipe on cells sorted by FACS: upload a ZIP whose "
+        "folders are named after the classes (LT-HSC, ST-HSC, MPP or young, aged), and/or choose classified "
+        "batches and the class each one was sorted as. A fifth of the source images is held out as the "
+        "validation set; a model whose validation accuracy is not clearly above chance is registered as "
+        "**failed quality check**, never made the default and not offered for classification by default."
+    )
     if not administers:
-        st.info("Only administrators train models (a trained model becomes a choice for the whole lab). "
-                "Ask one of them, or see the Lab page for who they are.")
+        st.info(
+            "Only administrators train models (a trained model becomes a choice for the whole lab). "
+            "Ask one of them, or see the Lab page for who they are."
+        )
     with st.form("train"):
         c = st.columns(3)
         task = c[0].selectbox("Task", list(TASK_TITLES), format_func=lambda t: TASK_TITLES[t])
         name = c[1].text_input("Model name", placeholder="e.g. lsm-lab")
-        arch = c[2].selectbox("Architecture", ARCHITECTURES, format_func=lambda a: f"{a}: {nets.REGISTRY[a].description}")
+        arch = c[2].selectbox(
+            "Architecture", ARCHITECTURES, format_func=lambda a: f"{a}: {nets.REGISTRY[a].description}"
+        )
         c = st.columns(4)
         epochs = c[0].number_input("Epochs", 1, 500, 20)
         batch_size = c[1].number_input("Batch size", 8, 4096, 512)
         lr = c[2].number_input("Learning rate (head)", 1e-6, 1.0, 5e-4, format="%.5f")
         seed = c[3].number_input("Seed", 0, 2**31 - 1, 0)
-        upload = st.file_uploader("Labelled ZIP (folders named after the classes)", type=None, accept_multiple_files=True,
-                                  key="train_zip")
+        upload = st.file_uploader(
+            "Labelled ZIP (folders named after the classes)", type=None, accept_multiple_files=True, key="train_zip"
+        )
         batch_labels = st.text_area("Labelled batches (optional): one `batch id: class` per line, e.g. `12: LT-HSC`")
         go = st.form_submit_button("Start training")
     if go:
         try:
             labelled = parse_labelled_batches(batch_labels)
             uploads = lab.blobs.put_uploads([RawFile(f.name, f.getvalue()) for f in upload or []])
-            config = {"architecture": arch, "epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr),
-                      "seed": int(seed)}
+            config = {
+                "architecture": arch,
+                "epochs": int(epochs),
+                "batch_size": int(batch_size),
+                "lr": float(lr),
+                "seed": int(seed),
+            }
             job_id = train.submit(lab, task, name.strip(), config, owner=me, uploads=uploads, batches=labelled)
             st.success(f"Training queued as job {job_id}; it runs on a worker and appears below.")
         except LsmError as exc:
@@ -181,8 +212,9 @@ with tabs[2]:
         labels = {option(m): m.id for m in rows}  # the first is the default LSM model
         with st.form("evaluate"):
             chosen = st.selectbox("Model", list(labels), index=0, key="eval_model")
-            test = st.file_uploader("Labelled test ZIP (folders named after the classes)", accept_multiple_files=True,
-                                    key="eval_zip")
+            test = st.file_uploader(
+                "Labelled test ZIP (folders named after the classes)", accept_multiple_files=True, key="eval_zip"
+            )
             go = st.form_submit_button("Start evaluation")
         if go:
             try:
@@ -201,8 +233,10 @@ with tabs[2]:
 
 
 with tabs[3]:
-    st.markdown("**Import** a PyTorch state_dict (`.pt`, `.pth`; loaded with `weights_only=True`) or a "
-                "`.safetensors` file with its `manifest.json` (task, name, classes in output order, architecture).")
+    st.markdown(
+        "**Import** a PyTorch state_dict (`.pt`, `.pth`; loaded with `weights_only=True`) or a "
+        "`.safetensors` file with its `manifest.json` (task, name, classes in output order, architecture)."
+    )
     with st.form("import"):
         weights = st.file_uploader("Weights", key="imp_w")
         manifest = st.file_uploader("manifest.json", key="imp_m")
@@ -222,8 +256,12 @@ with tabs[3]:
         labels = {option(m): m for m in rows}
         m = labels[st.selectbox("Export a model package", list(labels), key="export_model")]
         package = lab.store.get(m.name, m.version)
-        st.download_button(f"Download {m.name}-v{m.version}.zip (manifest + weights)",
-                           lambda: package_zip(package.path), file_name=f"{m.name}-v{m.version}.zip",
-                           mime="application/zip", on_click="ignore")
+        st.download_button(
+            f"Download {m.name}-v{m.version}.zip (manifest + weights)",
+            lambda: package_zip(package.path),
+            file_name=f"{m.name}-v{m.version}.zip",
+            mime="application/zip",
+            on_click="ignore",
+        )
         with st.expander("manifest.json"):
             st.json({k: v for k, v in package.manifest.to_dict().items() if k not in ("metrics", "training")})

@@ -1,8 +1,9 @@
 """Results page: one batch's summary, figures, cells and downloads (?batch=ID opens a given batch)."""
+
 import streamlit as st
 
 from db import queries
-from pages._shared import render_results, the_lab, show_flash
+from pages._shared import render_results, show_flash, the_lab
 
 st.title("Results")
 lab = the_lab()
@@ -13,8 +14,10 @@ labels = {b.id: f"#{b.id} {b.name} · {b.owner} · {b.model} · {b.cells:,} cell
 wanted = st.query_params.get("batch")
 ids = list(labels)
 if wanted and wanted.isdigit() and int(wanted) not in ids:
-    st.warning(f"Batch #{wanted} no longer exists: someone deleted it." + (" The newest batch is shown instead."
-                                                                         if rows else ""))
+    st.warning(
+        f"Batch #{wanted} no longer exists: someone deleted it."
+        + (" The newest batch is shown instead." if rows else "")
+    )
 if not rows:
     st.info("No batches yet. Upload one on the Classify page.")
     st.stop()

@@ -1,4 +1,5 @@
 """Shared fixtures: a private data dir per test session and a tiny registered model."""
+
 from __future__ import annotations
 
 import os
@@ -130,8 +131,14 @@ def with_batch(app_env):
     files += [RawFile("field.tif", buf.getvalue()), RawFile("broken.png", b"\x89PNG\r\n\x1a\nbroken")]
     with lab() as s:
         model_id = queries.model_by_name(s, "demo-lsm").id
-    sub = submit_batch(lab, files, model_id, "M17 LT-HSC", owner="ana",
-                       meta=BatchMeta(mouse_id="M17", age_days=70, sex="F", notes="<script>alert(1)</script>"))
+    sub = submit_batch(
+        lab,
+        files,
+        model_id,
+        "M17 LT-HSC",
+        owner="ana",
+        meta=BatchMeta(mouse_id="M17", age_days=70, sex="F", notes="<script>alert(1)</script>"),
+    )
     Worker(lab, device="cpu").run(drain=True)
     lab.dispose()
     return sub

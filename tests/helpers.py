@@ -1,17 +1,18 @@
 """Helpers shared by the tests: files to upload, the app in AppTest or a real browser, the served app, waiting."""
+
 from __future__ import annotations
 
 import contextlib
 import io
 import os
 import re
-import zipfile
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +38,8 @@ def add_tiny_demo_models(models_dir: Path, train_epochs: int = 0) -> None:
 
     With ``train_epochs`` they are trained that long on 200 synthetic crops (predictions then vary).
     """
-    from lsm_core.ml import nets
     from lsm_core.imaging import synthetic
+    from lsm_core.ml import nets
     from lsm_core.ml.models import Manifest, ModelStore
     from lsm_core.ml.train import TrainConfig, fit
 
@@ -46,8 +47,12 @@ def add_tiny_demo_models(models_dir: Path, train_epochs: int = 0) -> None:
     for task, name, classes in DEMO:
         if train_epochs:
             x, y = synthetic.make_crops(task, 200, seed=3)
-            net, _ = fit(x, y, len(classes), TrainConfig(architecture="tiny_cnn", epochs=train_epochs, batch_size=64,
-                                                          lr=3e-3, weight_decay=0))
+            net, _ = fit(
+                x,
+                y,
+                len(classes),
+                TrainConfig(architecture="tiny_cnn", epochs=train_epochs, batch_size=64, lr=3e-3, weight_decay=0),
+            )
         else:
             net = nets.create("tiny_cnn", len(classes))
         store.add(net, Manifest(task=task, name=name, classes=classes, architecture="tiny_cnn", demo=True))
@@ -66,8 +71,9 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 60) 
 
 
 @contextlib.contextmanager
-def served_app(data_dir: Path, log_path: Path, host: str = "127.0.0.1", port: int | None = None,
-               **env_vars: str | None):
+def served_app(
+    data_dir: Path, log_path: Path, host: str = "127.0.0.1", port: int | None = None, **env_vars: str | None
+):
     """`python -m lsm_core serve` (what `make run` runs) on ``port`` (default: a free one) with its own data dir
     (SQLite); yields its URL once healthy and stops it afterwards. ``env_vars`` set (or, given None, remove)
     environment variables; the server's output goes to ``log_path``."""
@@ -81,8 +87,14 @@ def served_app(data_dir: Path, log_path: Path, host: str = "127.0.0.1", port: in
             env[key] = value
     url = f"http://{host}:{port}"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "lsm_core", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                                stdout=log, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lsm_core", "serve", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         try:
             deadline = time.time() + 120
             while time.time() < deadline and proc.poll() is None:
@@ -199,9 +211,18 @@ def need_browser() -> None:
 
 def launch(p):
     """Headless chromium for playwright ``p``, with the flags this sandbox needs."""
-    return p.chromium.launch(executable_path=CHROMIUM, args=[
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--no-first-run", "--disable-sync"])
+    return p.chromium.launch(
+        executable_path=CHROMIUM,
+        args=[
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            "--disable-sync",
+        ],
+    )
 
 
 # --- a lab on a given database and data dir -----------------------------------------------------------
@@ -212,8 +233,9 @@ def lab_at(data_dir: Path, url: str | None = None, sync: bool = False, **changes
     from lsm_core.lab.settings import Settings, database_url_for
 
     data_dir = Path(data_dir)
-    settings = Settings.from_env().with_(data_dir=data_dir, blob_dir=data_dir / "blobs",
-                                         database_url=url or database_url_for("", data_dir))
+    settings = Settings.from_env().with_(
+        data_dir=data_dir, blob_dir=data_dir / "blobs", database_url=url or database_url_for("", data_dir)
+    )
     return open_lab(settings.with_(**changes) if changes else settings, sync=sync)
 
 

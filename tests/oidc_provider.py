@@ -4,6 +4,7 @@ It signs RS256 ID tokens with a fresh key (joserfc, which Authlib uses) and appr
 request at once as ``provider.user`` (the test sets who signs in next). Real HTTP on 127.0.0.1, so the web
 app's st.login runs its real OpenID Connect code (Authlib) against it; nothing about the app is mocked.
 """
+
 from __future__ import annotations
 
 import base64
@@ -32,7 +33,7 @@ class Provider:
     def metadata_url(self) -> str:
         return f"{self.issuer}/.well-known/openid-configuration"
 
-    def __enter__(self) -> "Provider":
+    def __enter__(self) -> Provider:
         self.thread.start()
         return self
 
@@ -42,10 +43,14 @@ class Provider:
 
     def _metadata(self) -> dict:
         return {
-            "issuer": self.issuer, "authorization_endpoint": f"{self.issuer}/authorize",
-            "token_endpoint": f"{self.issuer}/token", "jwks_uri": f"{self.issuer}/jwks",
-            "userinfo_endpoint": f"{self.issuer}/userinfo", "response_types_supported": ["code"],
-            "subject_types_supported": ["public"], "id_token_signing_alg_values_supported": ["RS256"],
+            "issuer": self.issuer,
+            "authorization_endpoint": f"{self.issuer}/authorize",
+            "token_endpoint": f"{self.issuer}/token",
+            "jwks_uri": f"{self.issuer}/jwks",
+            "userinfo_endpoint": f"{self.issuer}/userinfo",
+            "response_types_supported": ["code"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["RS256"],
             "scopes_supported": ["openid", "email", "profile"],
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
             "code_challenge_methods_supported": ["S256"],
@@ -62,13 +67,24 @@ class Provider:
         if grant is None or grant["redirect_uri"] != form.get("redirect_uri"):
             return 400, {"error": "invalid_grant"}
         now = int(time.time())
-        claims = {"iss": self.issuer, "aud": self.client_id, "iat": now, "exp": now + 600, "email_verified": True,
-                  **grant["user"]}
+        claims = {
+            "iss": self.issuer,
+            "aud": self.client_id,
+            "iat": now,
+            "exp": now + 600,
+            "email_verified": True,
+            **grant["user"],
+        }
         if grant.get("nonce"):
             claims["nonce"] = grant["nonce"]
         id_token = jwt.encode({"alg": "RS256", "kid": "test-key"}, claims, self.key)
-        return 200, {"access_token": secrets.token_urlsafe(16), "token_type": "Bearer", "expires_in": 600,
-                     "id_token": id_token, "scope": "openid email profile"}
+        return 200, {
+            "access_token": secrets.token_urlsafe(16),
+            "token_type": "Bearer",
+            "expires_in": 600,
+            "id_token": id_token,
+            "scope": "openid email profile",
+        }
 
     def _handler(self):
         provider = self
@@ -99,9 +115,16 @@ class Provider:
                         self._json(400, {"error": "invalid_request"})
                         return
                     code = secrets.token_urlsafe(16)
-                    provider.codes[code] = {"user": dict(provider.user), "nonce": query.get("nonce"),
-                                            "redirect_uri": query.get("redirect_uri")}
-                    target = query["redirect_uri"] + "?" + urllib.parse.urlencode({"code": code, "state": query.get("state", "")})
+                    provider.codes[code] = {
+                        "user": dict(provider.user),
+                        "nonce": query.get("nonce"),
+                        "redirect_uri": query.get("redirect_uri"),
+                    }
+                    target = (
+                        query["redirect_uri"]
+                        + "?"
+                        + urllib.parse.urlencode({"code": code, "state": query.get("state", "")})
+                    )
                     self.send_response(302)
                     self.send_header("Location", target)
                     self.end_headers()

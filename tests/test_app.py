@@ -1,4 +1,5 @@
 """Every page through streamlit.testing.v1.AppTest, on an empty database and on one with a classified batch."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,7 +20,9 @@ def test_classify_page_on_an_empty_database(app_env):
     classifier = next(s for s in at.selectbox if s.label == "Classifier")
     assert any("synthetic demo" in o for o in classifier.options)
     assert any("Aging" in o for o in classifier.options) and any("LSM" in o for o in classifier.options)
-    assert [s.label for s in at.selectbox if s.label == "Age unit"] and "weeks" in next(s for s in at.selectbox if s.label == "Age unit").options
+    assert [s.label for s in at.selectbox if s.label == "Age unit"] and "weeks" in next(
+        s for s in at.selectbox if s.label == "Age unit"
+    ).options
     assert any(b.label == "Classify" for b in at.button)
     assert "Signed in as" in texts(at) and "unauthenticated" in texts(at)
     assert "No worker is running" in texts(at)
@@ -84,9 +87,17 @@ def test_history_page_with_data_and_filters(with_batch):
     assert "No batches match" in texts(at)
 
 
-@pytest.mark.parametrize("page,title", [(None, "Classify"), ("pages/results.py", "Results"),
-                                        ("pages/history.py", "History"), ("pages/models.py", "Models"),
-                                        ("pages/compare.py", "Compare"), ("pages/lab.py", "Lab")])
+@pytest.mark.parametrize(
+    "page,title",
+    [
+        (None, "Classify"),
+        ("pages/results.py", "Results"),
+        ("pages/history.py", "History"),
+        ("pages/models.py", "Models"),
+        ("pages/compare.py", "Compare"),
+        ("pages/lab.py", "Lab"),
+    ],
+)
 def test_every_page_with_data(with_batch, page, title):
     at = run_page(page)
     assert at.title[0].value == title
@@ -113,19 +124,24 @@ def test_lab_page_shows_people_and_the_audit_trail_to_administrators_only(with_b
 
 def test_models_page_model_card_and_default_choice(app_env, monkeypatch):
     from db import queries
-    from lsm_core.imaging import synthetic
-    from lsm_core.ml.datasets import LabelledData
     from lsm_core.errors import LsmError
+    from lsm_core.imaging import synthetic
     from lsm_core.lab.history import open_lab
     from lsm_core.lab.registry import set_default
+    from lsm_core.ml.datasets import LabelledData
     from lsm_core.ml.models import ModelStore
     from lsm_core.ml.train import TrainConfig, train_and_register
 
     crops, labels = synthetic.make_crops("lsm", 300, seed=12)  # enough to pass the quality check
     data = LabelledData(["LT-HSC", "ST-HSC", "MPP"], crops, labels, np.arange(300), [str(i) for i in range(300)])
-    train_and_register(data, "lsm", TrainConfig(architecture="tiny_cnn", epochs=3, batch_size=16, lr=1e-2,
-                                                weight_decay=0.0), "lab-lsm", ModelStore(app_env / "models"),
-                       patience=None)
+    train_and_register(
+        data,
+        "lsm",
+        TrainConfig(architecture="tiny_cnn", epochs=3, batch_size=16, lr=1e-2, weight_decay=0.0),
+        "lab-lsm",
+        ModelStore(app_env / "models"),
+        patience=None,
+    )
     lab = open_lab()
     at = run_page("pages/models.py")
     frame = at.dataframe[0].value
@@ -181,8 +197,8 @@ def test_compare_page_with_six_batches_from_three_ages(app_env):
 
 
 def test_results_page_saliency_gallery(with_batch):
-    from lsm_core.lab.tasks.saliency import submit as submit_saliency
     from lsm_core.lab.history import open_lab
+    from lsm_core.lab.tasks.saliency import submit as submit_saliency
     from lsm_core.lab.worker import Worker
 
     at = run_page("pages/results.py", {"batch": str(with_batch.batch_id)})

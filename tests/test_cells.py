@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
+from lsm_core.errors import LsmError
 from lsm_core.imaging import synthetic
 from lsm_core.imaging.cells import FindParams, find_cells
-from lsm_core.errors import LsmError
 
 
 def _iou(a, b):
@@ -19,7 +19,9 @@ def _match(truth, found):
     """Greedy one-to-one matching at IoU >= 0.5; returns (matches, centre distances)."""
     used, distances = set(), []
     for cell in truth:
-        scores = [(_iou((cell.x, cell.y, cell.w, cell.h), box), j) for j, box in enumerate(found.boxes) if j not in used]
+        scores = [
+            (_iou((cell.x, cell.y, cell.w, cell.h), box), j) for j, box in enumerate(found.boxes) if j not in used
+        ]
         if not scores:
             continue
         best, j = max(scores)

@@ -1,4 +1,5 @@
 """The command line end to end, in subprocesses, on synthetic data written to disk."""
+
 import csv
 import os
 import subprocess
@@ -41,7 +42,9 @@ def test_classify_folder_zip_and_bad_file_to_csv(synth_dir, tiny_lsm_package, da
         for png in sorted(synth_dir.glob("MPP/*.png"))[:3]:
             zf.write(png, f"mouse1/{png.name}")
     out = tmp_path / "cells.csv"
-    proc = run("classify", str(synth_dir), str(archive), str(bad), "--model", "tiny-lsm", "--out", str(out), data_dir=data_dir)
+    proc = run(
+        "classify", str(synth_dir), str(archive), str(bad), "--model", "tiny-lsm", "--out", str(out), data_dir=data_dir
+    )
     rows = list(csv.DictReader(open(out)))
     header = next(csv.reader(open(out)))
     assert header[:9] == ["file", "page", "cell", "x", "y", "w", "h", "predicted", "score"]
@@ -84,7 +87,11 @@ def test_models_list_and_import(tiny_lsm_package, data_dir, tmp_path):
     weights = tmp_path / "w.pt"
     torch.save(tiny_lsm_package.load().state_dict(), weights)
     manifest = tmp_path / "m.json"
-    manifest.write_text(json.dumps({"task": "lsm", "name": "imported", "classes": ["LT-HSC", "ST-HSC", "MPP"], "architecture": "tiny_cnn"}))
+    manifest.write_text(
+        json.dumps(
+            {"task": "lsm", "name": "imported", "classes": ["LT-HSC", "ST-HSC", "MPP"], "architecture": "tiny_cnn"}
+        )
+    )
     run("models", "import", str(weights), "--manifest", str(manifest), data_dir=data_dir)
     assert "imported" in run("models", "list", data_dir=data_dir).stdout
 

@@ -1,13 +1,13 @@
 """Comparisons across ages: the statistics against scipy, the workbook, the page and the command line."""
-from __future__ import annotations
 
-from types import SimpleNamespace
+from __future__ import annotations
 
 import io
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import openpyxl
@@ -26,9 +26,20 @@ def table_from(fractions_by_group: dict[str, list[list[int]]]) -> pd.DataFrame:
     for g, mice in fractions_by_group.items():
         for n in mice:
             i += 1
-            batches.append(SimpleNamespace(id=i, name=f"b{i}", owner="ana", age_days=70.0 if g == "young" else 600.0,
-                                           mouse_id=None, sex=None, strain=None, gate=None, imaging_date=None,
-                                           model="m v1"))
+            batches.append(
+                SimpleNamespace(
+                    id=i,
+                    name=f"b{i}",
+                    owner="ana",
+                    age_days=70.0 if g == "young" else 600.0,
+                    mouse_id=None,
+                    sex=None,
+                    strain=None,
+                    gate=None,
+                    imaging_date=None,
+                    model="m v1",
+                )
+            )
             counts[i] = dict(zip(CLASSES, n))
             groups.append(g)
     t = stats.per_mouse(batches, counts, CLASSES)
@@ -36,8 +47,10 @@ def table_from(fractions_by_group: dict[str, list[list[int]]]) -> pd.DataFrame:
     return t
 
 
-FIXED = {"young": [[50, 30, 20], [45, 35, 20], [60, 25, 15], [55, 30, 15]],
-         "aged": [[30, 40, 30], [25, 45, 30], [35, 35, 30], [20, 50, 30], [28, 42, 30]]}
+FIXED = {
+    "young": [[50, 30, 20], [45, 35, 20], [60, 25, 15], [55, 30, 15]],
+    "aged": [[30, 40, 30], [25, 45, 30], [35, 35, 30], [20, 50, 30], [28, 42, 30]],
+}
 
 
 def test_two_groups_match_scipy_mann_whitney_with_holm():
@@ -114,8 +127,17 @@ def make_six_batches(lab, model_id: int) -> list[int]:
     ids = []
     with lab.begin() as s:
         for i, (group, age) in enumerate([(g, a) for g, a in AGES.items() for _ in range(2)]):
-            batch = Batch(name=f"{group} mouse {i}", owner="ana", model_id=model_id, status="done", mouse_id=f"M{i}",
-                          age_days=float(age + i), sex="F", strain="C57BL/6", gate="LSK")
+            batch = Batch(
+                name=f"{group} mouse {i}",
+                owner="ana",
+                model_id=model_id,
+                status="done",
+                mouse_id=f"M{i}",
+                age_days=float(age + i),
+                sex="F",
+                strain="C57BL/6",
+                gate="LSK",
+            )
             s.add(batch)
             s.flush()
             image = Image(batch_id=batch.id, position=0, file=f"m{i}.png", page=1, done=True, n_cells=40, kind="field")
@@ -126,8 +148,21 @@ def make_six_batches(lab, model_id: int) -> list[int]:
                 cls = rng.choice(3, p=[p_lt, (1 - p_lt) / 2, (1 - p_lt) / 2])
                 probs = [0.1, 0.1, 0.1]
                 probs[cls] = 0.8
-                s.add(Cell(batch_id=batch.id, image_id=image.id, idx=j + 1, x=0, y=0, w=10, h=10,
-                           predicted=CLASSES[cls], score=0.8, probs=probs, flags=""))
+                s.add(
+                    Cell(
+                        batch_id=batch.id,
+                        image_id=image.id,
+                        idx=j + 1,
+                        x=0,
+                        y=0,
+                        w=10,
+                        h=10,
+                        predicted=CLASSES[cls],
+                        score=0.8,
+                        probs=probs,
+                        flags="",
+                    )
+                )
             ids.append(batch.id)
     return ids
 
@@ -145,8 +180,9 @@ def test_build_and_workbook_from_the_database(history):
     assert c.tests.iloc[0]["test"] == "Kruskal-Wallis H"
     book = openpyxl.load_workbook(io.BytesIO(data))
     assert book.sheetnames == ["per_mouse", "groups", "tests", "cells"]
-    per_mouse = pd.DataFrame(list(book["per_mouse"].iter_rows(min_row=2, values_only=True)),
-                             columns=[c.value for c in book["per_mouse"][1]])
+    per_mouse = pd.DataFrame(
+        list(book["per_mouse"].iter_rows(min_row=2, values_only=True)), columns=[c.value for c in book["per_mouse"][1]]
+    )
     assert len(per_mouse) == 6 and (per_mouse["cells"] == 40).all()
     # every number is reproducible from the workbook: redo the Kruskal-Wallis test from per_mouse
     samples = [per_mouse.loc[per_mouse.group == g, "fraction_LT-HSC"] for g in ("young", "middle", "aged")]
@@ -165,9 +201,27 @@ def test_command_line_compare_writes_the_workbook(history, db_url, data_dir, tmp
     ids = make_six_batches(lab, model_id)
     env = dict(os.environ, LSM_DATABASE_URL=db_url, LSM_DATA_DIR=str(data_dir), PYTHONPATH=str(ROOT))
     out = tmp_path / "cmp.xlsx"
-    proc = subprocess.run([sys.executable, "-m", "lsm_core", "compare", *map(str, ids), "--by", "age", "--bins",
-                           "young:<6m, middle:6m-18m, aged:>=18m", "--threshold", "0.5", "--out", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lsm_core",
+            "compare",
+            *map(str, ids),
+            "--by",
+            "age",
+            "--bins",
+            "young:<6m, middle:6m-18m, aged:>=18m",
+            "--threshold",
+            "0.5",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "6 mice in 3 groups" in proc.stderr and "Kruskal-Wallis" in proc.stdout
     assert openpyxl.load_workbook(out).sheetnames == ["per_mouse", "groups", "tests", "cells"]

@@ -4,6 +4,7 @@ Uploads a synthetic field of view, two synthetic crops and one broken file, fill
 Classify, waits for the job, checks the composition figure and the broken file's error, downloads the xlsx
 and reads it back with openpyxl. A screenshot of every page goes to artifacts/ (git-ignored).
 """
+
 from __future__ import annotations
 
 import re
@@ -57,8 +58,15 @@ def test_upload_classify_results_and_download_in_chromium(server, tmp_path):
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run", "--disable-sync"],
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+                "--disable-sync",
+            ],
         )
         page = browser.new_page(viewport={"width": 1400, "height": 2200}, accept_downloads=True)
         page.goto(server)
@@ -83,7 +91,11 @@ def test_upload_classify_results_and_download_in_chromium(server, tmp_path):
         xlsx = tmp_path / "download.xlsx"
         info.value.save_as(xlsx)
 
-        for title, name in (("Results", "e2e-3-results.png"), ("History", "e2e-4-history.png"), ("Models", "e2e-5-models.png")):
+        for title, name in (
+            ("Results", "e2e-3-results.png"),
+            ("History", "e2e-4-history.png"),
+            ("Models", "e2e-5-models.png"),
+        ):
             page.get_by_role("link", name=title).click()
             expect(page.get_by_role("heading", name=title)).to_be_visible(timeout=60_000)
             page.wait_for_timeout(1500)
@@ -132,7 +144,9 @@ def test_compare_page_and_its_workbook_in_chromium(server, tmp_path):
         bins = page.get_by_role("textbox", name="Age groups (label:range; units d, w, m, y)")
         bins.fill("young:<6m, middle:6m-18m, aged:>=18m")
         bins.press("Enter")
-        expect(page.get_by_text(re.compile(r"[67] mice in 3 groups"))).to_be_visible(timeout=60_000)  # + the upload test's
+        expect(page.get_by_text(re.compile(r"[67] mice in 3 groups"))).to_be_visible(
+            timeout=60_000
+        )  # + the upload test's
         expect(page.get_by_role("heading", name="Tests (mouse as the unit)")).to_be_visible()
         page.wait_for_timeout(1500)
         page.screenshot(path=str(ARTIFACTS / "e2e-6-compare.png"), full_page=True)

@@ -1,5 +1,6 @@
 """The everyday path (issue: actions on the wrong batch, files counted twice, ids reused, silent empty
 results), in the library, on SQLite and on PostgreSQL (see conftest.db_url)."""
+
 from __future__ import annotations
 
 import threading
@@ -10,15 +11,16 @@ from alembic import command
 from sqlalchemy import func, select, text
 
 from db import audit, queries
-from db.schema import AuditEvent, Batch, Image, Job, Worker as WorkerRow
+from db.schema import AuditEvent, Batch, Image, Job
+from db.schema import Worker as WorkerRow
 from db.session import _alembic_config, make_engine, session_factory, upgrade
-from lsm_core.lab import accounts, batches, jobs
-from lsm_core.reports import compare
-from lsm_core.imaging.cells import FindParams, no_cells_note
 from lsm_core.errors import LsmError
+from lsm_core.imaging.cells import FindParams, no_cells_note
 from lsm_core.imaging.images import RawFile
-from lsm_core.reports.report import load_report
+from lsm_core.lab import accounts, batches, jobs
 from lsm_core.lab.worker import Worker
+from lsm_core.reports import compare
+from lsm_core.reports.report import load_report
 from tests.helpers import crop_files, field_file
 
 
@@ -80,7 +82,9 @@ def test_the_same_file_twice_in_one_upload_is_counted_once(history):
     lab, _, model_id = history
     files = crop_files(3, seed=5)
     sub = submit(lab, model_id, files + [RawFile("copy of cell0000.png", files[0].data)], "dup")
-    assert sub.images == 3 and sub.skipped == [("copy of cell0000.png", "the same file is in this batch already (as cell0000.png)")]
+    assert sub.images == 3 and sub.skipped == [
+        ("copy of cell0000.png", "the same file is in this batch already (as cell0000.png)")
+    ]
 
 
 def test_ids_of_batches_and_jobs_are_never_reused(history):
@@ -100,21 +104,43 @@ def test_the_migration_keeps_deleted_ids_unused_and_every_row(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
     command.upgrade(_alembic_config(engine), "0005")
     with engine.begin() as c:
-        c.execute(text("INSERT INTO models (id, task, name, version, classes, architecture, input_size, pixel_size_um, "
-                       "crop_um, normalisation, temperature, weights_sha256, path, metrics, training, demo, is_default, "
-                       "deleted, created) VALUES (1, 'lsm', 'm', 1, '[]', 'tiny_cnn', 64, 0.2, 12.8, '', 1, 'x', 'p', "
-                       "'{}', '{}', 0, 0, 0, '2026-01-01')"))
+        c.execute(
+            text(
+                "INSERT INTO models (id, task, name, version, classes, architecture, input_size, pixel_size_um, "
+                "crop_um, normalisation, temperature, weights_sha256, path, metrics, training, demo, is_default, "
+                "deleted, created) VALUES (1, 'lsm', 'm', 1, '[]', 'tiny_cnn', 64, 0.2, 12.8, '', 1, 'x', 'p', "
+                "'{}', '{}', 0, 0, 0, '2026-01-01')"
+            )
+        )
         for i in (1, 2, 3):
-            c.execute(text(f"INSERT INTO batches (id, name, owner, created, model_id, status) "
-                           f"VALUES ({i}, 'b{i}', 'ana', '2026-01-01', 1, 'done')"))
-            c.execute(text(f"INSERT INTO images (id, batch_id, position, file, page, done) VALUES ({i}, {i}, 0, 'f', 1, 1)"))
-            c.execute(text(f"INSERT INTO cells (batch_id, image_id, idx, x, y, w, h, predicted, score, probs, flags) "
-                           f"VALUES ({i}, {i}, 1, 0, 0, 1, 1, 'MPP', 0.5, '[]', '')"))
-            c.execute(text(f"INSERT INTO jobs (kind, payload, status, priority, owner, batch_id, attempts, max_attempts, "
-                           f"progress_done, progress_total, cancel_requested, errors, created) VALUES ('classify', "
-                           f"'{{}}', 'done', 0, 'ana', {i}, 1, 3, 1, 1, 0, '[]', '2026-01-01')"))
-        c.execute(text("INSERT INTO audit_events (at, actor, action, target, detail) "
-                       "VALUES ('2026-01-01', 'ana', 'delete', 'batch 5', '{}')"))
+            c.execute(
+                text(
+                    f"INSERT INTO batches (id, name, owner, created, model_id, status) "
+                    f"VALUES ({i}, 'b{i}', 'ana', '2026-01-01', 1, 'done')"
+                )
+            )
+            c.execute(
+                text(f"INSERT INTO images (id, batch_id, position, file, page, done) VALUES ({i}, {i}, 0, 'f', 1, 1)")
+            )
+            c.execute(
+                text(
+                    f"INSERT INTO cells (batch_id, image_id, idx, x, y, w, h, predicted, score, probs, flags) "
+                    f"VALUES ({i}, {i}, 1, 0, 0, 1, 1, 'MPP', 0.5, '[]', '')"
+                )
+            )
+            c.execute(
+                text(
+                    f"INSERT INTO jobs (kind, payload, status, priority, owner, batch_id, attempts, max_attempts, "
+                    f"progress_done, progress_total, cancel_requested, errors, created) VALUES ('classify', "
+                    f"'{{}}', 'done', 0, 'ana', {i}, 1, 3, 1, 1, 0, '[]', '2026-01-01')"
+                )
+            )
+        c.execute(
+            text(
+                "INSERT INTO audit_events (at, actor, action, target, detail) "
+                "VALUES ('2026-01-01', 'ana', 'delete', 'batch 5', '{}')"
+            )
+        )
         c.execute(text("DELETE FROM batches WHERE id = 3"))
     upgrade(engine)
     lab = session_factory(engine)
@@ -153,7 +179,8 @@ def test_an_image_without_cells_says_why_and_a_rerun_at_another_pixel_size_finds
 def test_no_cells_note_names_what_was_dropped():
     assert no_cells_note({"clump": 1, "debris": 3}, FindParams()) == (
         "no cells found: 1 object larger than 14 µm was dropped as a clump; 3 objects smaller than 4 µm were dropped "
-        "as debris. Is the pixel size right? It is 0.2 µm/px, the model's default.")
+        "as debris. Is the pixel size right? It is 0.2 µm/px, the model's default."
+    )
     assert "nothing stood out from the background" in no_cells_note({}, FindParams())
 
 

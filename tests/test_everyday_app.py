@@ -2,6 +2,7 @@
 
 History's row selection and adding files through the uploader need a real browser: see test_everyday_e2e.py.
 """
+
 from __future__ import annotations
 
 import base64
@@ -9,8 +10,7 @@ import io
 
 from PIL import Image as PILImage
 
-from tests.helpers import run_page, texts
-from tests.helpers import crop_files, field_file
+from tests.helpers import crop_files, field_file, run_page, texts
 
 
 def _lab():
@@ -41,8 +41,9 @@ def test_results_say_why_no_cell_was_found_and_offer_another_pixel_size(app_env)
     from lsm_core.lab.worker import Worker
 
     lab = _lab()
-    sub = submit_batch(lab, [field_file(31)], _model_id(lab), "too coarse", owner="ana",
-                       meta=BatchMeta(pixel_size_um=1.5))
+    sub = submit_batch(
+        lab, [field_file(31)], _model_id(lab), "too coarse", owner="ana", meta=BatchMeta(pixel_size_um=1.5)
+    )
     at = run_page("pages/results.py", {"batch": str(sub.batch_id)})
     assert "still being classified" in texts(at) and "No cells were classified" not in texts(at)
     Worker(lab, device="cpu").run(drain=True)
@@ -57,7 +58,9 @@ def test_results_say_why_no_cell_was_found_and_offer_another_pixel_size(app_env)
     next(b for b in at.button if b.label == "Re-run at this pixel size").click()
     at.run()
     assert not at.exception
-    new_id = int(at.query_params["batch"][0] if isinstance(at.query_params["batch"], list) else at.query_params["batch"])
+    new_id = int(
+        at.query_params["batch"][0] if isinstance(at.query_params["batch"], list) else at.query_params["batch"]
+    )
     assert new_id != sub.batch_id
     with lab() as s:
         assert s.get(Batch, new_id).pixel_size_um == 0.2
@@ -116,8 +119,14 @@ def test_compare_starts_with_the_default_model_and_one_batch_per_mouse(app_env):
     lab = _lab()
     model_id = _model_id(lab)
     for i, (mouse, age) in enumerate([("M1", 70), ("M1", 70), ("M2", 700), ("M3", 70)]):
-        submit_batch(lab, crop_files(4, seed=50 + i), model_id, f"{mouse} #{i}", owner="ana",
-                     meta=BatchMeta(mouse_id=mouse, age_days=age))
+        submit_batch(
+            lab,
+            crop_files(4, seed=50 + i),
+            model_id,
+            f"{mouse} #{i}",
+            owner="ana",
+            meta=BatchMeta(mouse_id=mouse, age_days=age),
+        )
     Worker(lab, device="cpu").run(drain=True)
     lab.dispose()
     at = run_page("pages/compare.py")
@@ -143,9 +152,17 @@ def test_classify_page_says_the_demo_models_are_training_and_waits_for_them(tmp_
     assert "No classifier is registered" in texts(at) and "updates itself when one is registered" in texts(at)
     models = tmp_path / "models"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
-         "print('locked', flush=True); sys.stdin.read()", str(models / DEMO_LOCK_NAME)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "print('locked', flush=True); sys.stdin.read()",
+            str(models / DEMO_LOCK_NAME),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         write_status(models, pid=holder.pid, epoch=5, epochs=12)

@@ -4,18 +4,17 @@ acts on the batch ana chose even when bob's new batch shifts the rows; a delete 
 says what it deleted; adding files to a batch adds only new ones; saliency maps appear by themselves.
 Screenshots go to artifacts/ (git-ignored).
 """
+
 from __future__ import annotations
 
 import re
 
 import numpy as np
 import pytest
-from lsm_core.lab import batches
 from PIL import Image as PILImage
 
-from tests.helpers import add_tiny_demo_models, lab_at, served_app
-from tests.helpers import ARTIFACTS, need_browser, launch
-from tests.helpers import crop_files
+from lsm_core.lab import batches
+from tests.helpers import ARTIFACTS, add_tiny_demo_models, crop_files, lab_at, launch, need_browser, served_app
 
 ROW_PX = 35  # st.dataframe's default row height (header and rows)
 
@@ -97,8 +96,9 @@ def test_history_acts_on_the_batch_chosen_while_a_colleague_submits(server, libr
         page.get_by_text(f"Yes, delete batch #{chosen.batch_id}").click()
         expect(page.get_by_role("button", name="Delete for good")).to_be_enabled(timeout=30_000)
         page.get_by_role("button", name="Delete for good").click()
-        expect(page.get_by_text(re.compile(rf"Deleted batch #{chosen.batch_id} .A2 20m. with its 3 images"))).to_be_visible(
-            timeout=30_000)
+        expect(
+            page.get_by_text(re.compile(rf"Deleted batch #{chosen.batch_id} .A2 20m. with its 3 images"))
+        ).to_be_visible(timeout=30_000)
         page.screenshot(path=str(ARTIFACTS / "everyday-1-deleted.png"), full_page=True)
         # the confirmation is gone with the selection: one more click cannot delete the next batch
         expect(page.get_by_role("button", name="Delete for good")).to_have_count(0)
@@ -114,8 +114,11 @@ def test_history_acts_on_the_batch_chosen_while_a_colleague_submits(server, libr
         page.get_by_role("button", name="Rename").click()
         page.get_by_role("textbox", name="New name").fill("renamed")
         page.get_by_role("button", name="Save the new name").click()
-        expect(page.get_by_text(re.compile(rf"batch #{older.batch_id} (no longer exists|is no longer in the list)",
-                                           re.IGNORECASE))).to_be_visible(timeout=30_000)
+        expect(
+            page.get_by_text(
+                re.compile(rf"batch #{older.batch_id} (no longer exists|is no longer in the list)", re.IGNORECASE)
+            )
+        ).to_be_visible(timeout=30_000)
         browser.close()
 
     with lab() as s:

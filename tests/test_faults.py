@@ -10,6 +10,7 @@
 
 Under CI=true a test whose PostgreSQL programs, root or mount are missing fails instead of skipping.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,14 +29,13 @@ import pytest
 from sqlalchemy import func, select
 
 from db.schema import Batch, Cell, Image, Job, SaliencyRun, utcnow
-from lsm_core.imaging import synthetic
 from lsm_core.errors import LsmError
+from lsm_core.imaging import synthetic
 from lsm_core.imaging.images import RawFile
-from lsm_core.lab.worker import Worker
 from lsm_core.lab import batches
 from lsm_core.lab.tasks import saliency as saliency_task
-from tests.helpers import free_port, lab_at, stop, wait_for, with_blobs
-from tests.helpers import crop_files, field_file, png_bytes
+from lsm_core.lab.worker import Worker
+from tests.helpers import crop_files, field_file, free_port, lab_at, png_bytes, stop, wait_for, with_blobs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,8 +46,6 @@ def _unavailable(message: str):
     pytest.skip(message)
 
 
-
-
 def distinct_crops(n: int, seed: int) -> list[RawFile]:
     """8n single-cell PNGs, all different bytes (so none is taken from the worker's cache): n synthetic crops in
     their eight orientations, which costs an eighth of making 8n crops."""
@@ -56,7 +54,9 @@ def distinct_crops(n: int, seed: int) -> list[RawFile]:
     for i, crop in enumerate(crops):
         for k in range(8):
             turned = np.rot90(crop, k % 4)
-            files.append(RawFile(f"cell{i:03d}-{k}.png", png_bytes(np.ascontiguousarray(turned[:, ::-1] if k >= 4 else turned))))
+            files.append(
+                RawFile(f"cell{i:03d}-{k}.png", png_bytes(np.ascontiguousarray(turned[:, ::-1] if k >= 4 else turned)))
+            )
     return files
 
 
@@ -157,12 +157,36 @@ def test_worker_survives_a_postgresql_restart_mid_job(private_pg, data_dir, tiny
     readable = len(files) - 1
 
     log = tmp_path / "worker.log"
-    env = dict(os.environ, LSM_DATABASE_URL=private_pg.url, LSM_DATA_DIR=str(data_dir), PYTHONPATH=str(ROOT),
-               LSM_PRECISION="fp32")
+    env = dict(
+        os.environ,
+        LSM_DATABASE_URL=private_pg.url,
+        LSM_DATA_DIR=str(data_dir),
+        PYTHONPATH=str(ROOT),
+        LSM_PRECISION="fp32",
+    )
     with open(log, "w") as out:
-        worker = subprocess.Popen([sys.executable, "-m", "lsm_core", "worker", "--device", "cpu", "--batch-size", "4",
-                                   "--poll", "0.2", "--lease", "60"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "lsm_core",
+                "worker",
+                "--device",
+                "cpu",
+                "--batch-size",
+                "4",
+                "--poll",
+                "0.2",
+                "--lease",
+                "60",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
+
         def progress():
             with lab() as s:
                 job = s.get(Job, sub.job_id)
@@ -195,15 +219,21 @@ def test_worker_survives_a_postgresql_restart_mid_job(private_pg, data_dir, tiny
             assert len(images) == len(files) and all(im.done for im in images)
             broken = [im for im in images if im.error]
             assert [im.file for im in broken] == ["broken.png"]
-            per_image = dict(s.execute(select(Cell.image_id, func.count()).where(Cell.batch_id == sub.batch_id)
-                                       .group_by(Cell.image_id)).all())
+            per_image = dict(
+                s.execute(
+                    select(Cell.image_id, func.count()).where(Cell.batch_id == sub.batch_id).group_by(Cell.image_id)
+                ).all()
+            )
             for im in images:
                 if im.error is None:
                     assert im.n_cells == per_image.get(im.id, 0) and im.n_cells >= 1, (im.file, im.n_cells)
             assert sum(1 for im in images if im.file.startswith("cell") and im.n_cells == 1) == 400
             total_cells = count(s, Cell, Cell.batch_id == sub.batch_id)
-            distinct = s.scalar(select(func.count()).select_from(
-                select(Cell.image_id, Cell.idx).where(Cell.batch_id == sub.batch_id).distinct().subquery()))
+            distinct = s.scalar(
+                select(func.count()).select_from(
+                    select(Cell.image_id, Cell.idx).where(Cell.batch_id == sub.batch_id).distinct().subquery()
+                )
+            )
             assert total_cells == distinct == sum(im.n_cells for im in images)
         assert "database" in log.read_text().lower(), "the worker never noticed the restart"
     finally:
@@ -225,8 +255,11 @@ def small_disk(tmp_path):
         _unavailable("mounting a small tmpfs as the blob store needs root")
     mount = tmp_path / "blobs"
     mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "lsm-test-blobs", str(mount)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "lsm-test-blobs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         _unavailable(f"cannot mount a tmpfs: {proc.stderr.strip()}")
     try:
@@ -335,9 +368,16 @@ def test_upload_killed_half_way_leaves_no_batch_and_a_resubmission_reuses_the_bl
     for raw in files:
         (folder / raw.source).write_bytes(raw.data)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-c", UPLOAD, db_url, str(model_id), str(folder), str(root)], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", UPLOAD, db_url, str(model_id), str(folder), str(root)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
+
         def some_stored():
             assert proc.poll() is None, proc.communicate()[0]
             return root.is_dir() and len([p for p in blob_files(root) if not p.name.startswith(".partial-")]) >= 5
@@ -354,8 +394,10 @@ def test_upload_killed_half_way_leaves_no_batch_and_a_resubmission_reuses_the_bl
         assert (count(s, Batch), count(s, Image), count(s, Job)) == (0, 0, 0)
         assert count(s, AuditEvent, AuditEvent.action == "submit") == 0
     # a temporary file of a write cut by the kill may remain; it is never read as a blob
-    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns)
-              for p in assert_blobs_whole(root, ignore=tuple(root.rglob(".partial-*")))}
+    before = {
+        p.name: (p.stat().st_ino, p.stat().st_mtime_ns)
+        for p in assert_blobs_whole(root, ignore=tuple(root.rglob(".partial-*")))
+    }
     assert 5 <= len(before) < len(files), "the kill must land half-way through the upload"
 
     lab = with_blobs(lab, root)

@@ -5,6 +5,7 @@ the trainer too, and the installed command line works from any folder.
 Real processes throughout: `python -m lsm_core serve` and `demo` in subprocesses, a SQLite file, HTTP to the
 app. LSM_DEMO_RECIPE=tiny (a test setting) makes the demo training take seconds instead of minutes.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -34,8 +35,14 @@ def child_env(**extra: str) -> dict[str, str]:
 
 def start_serve(cwd: Path, log_path: Path, port: int, **extra: str) -> subprocess.Popen:
     log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "lsm_core", "serve", "--port", str(port)], cwd=cwd,
-                            env=child_env(**extra), stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lsm_core", "serve", "--port", str(port)],
+        cwd=cwd,
+        env=child_env(**extra),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     log.close()
     return proc
 
@@ -65,10 +72,21 @@ def registered(lab) -> set[str]:
 
 
 def write_status(models: Path, **fields) -> None:
-    record = {"pid": 1, "host": os.uname().nodename, "started": "2026-01-02T03:04:05+00:00",
-              "updated": "2026-01-02T03:05:00+00:00", "state": "training", "model": "demo-lsm", "task": "lsm",
-              "step": "training", "epoch": 5, "epochs": 12, "models": ["demo-lsm", "demo-aging"], "done": [],
-              "error": None}
+    record = {
+        "pid": 1,
+        "host": os.uname().nodename,
+        "started": "2026-01-02T03:04:05+00:00",
+        "updated": "2026-01-02T03:05:00+00:00",
+        "state": "training",
+        "model": "demo-lsm",
+        "task": "lsm",
+        "step": "training",
+        "epoch": 5,
+        "epochs": 12,
+        "models": ["demo-lsm", "demo-aging"],
+        "done": [],
+        "error": None,
+    }
     record.update(fields)
     models.mkdir(parents=True, exist_ok=True)
     (models / ".demo-training.json").write_text(json.dumps(record))
@@ -102,9 +120,18 @@ class Browser:
         from playwright.sync_api import sync_playwright
 
         self._p = sync_playwright().start()
-        self._browser = self._p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--no-first-run", "--disable-sync"])
+        self._browser = self._p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+                "--disable-sync",
+            ],
+        )
         self.page = self._browser.new_page(viewport={"width": 1400, "height": 1400})
 
     def shows_classify_page(self, offering: str | None = None) -> None:
@@ -118,7 +145,8 @@ class Browser:
         expect(self.page.get_by_role("heading", name="Classify")).to_be_visible(timeout=120_000)
         if offering:
             expect(self.page.get_by_role("combobox", name="Classifier")).to_match_aria_snapshot(
-                f'- combobox "Classifier": /.*{offering}.*/', timeout=120_000)
+                f'- combobox "Classifier": /.*{offering}.*/', timeout=120_000
+            )
         assert self.page.locator("[data-testid=stException]").count() == 0, self.page.inner_text("body")[:3000]
 
     def close(self) -> None:
@@ -239,9 +267,17 @@ def test_the_status_of_a_process_holding_the_lock_is_training(tmp_path):
     models = tmp_path / "models"
     models.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
-         "print('locked', flush=True); sys.stdin.read()", str(models / DEMO_LOCK_NAME)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "print('locked', flush=True); sys.stdin.read()",
+            str(models / DEMO_LOCK_NAME),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         write_status(models, pid=holder.pid)
@@ -257,8 +293,17 @@ def test_the_status_of_a_process_holding_the_lock_is_training(tmp_path):
 @pytest.mark.slow
 def test_two_demo_commands_at_once_train_each_model_once_and_register_it(tmp_path):
     env = child_env(LSM_DATA_DIR=str(tmp_path), LSM_DEMO_RECIPE="tiny")
-    procs = [subprocess.Popen([sys.executable, "-m", "lsm_core", "demo"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "lsm_core", "demo"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     from lsm_core.ml.models import ModelStore
@@ -275,8 +320,14 @@ def test_a_failed_demo_training_says_why(tmp_path):
     models = tmp_path / "models"
     models.mkdir()
     (models / "demo-lsm").write_text("a file where the model's folder should be")
-    proc = subprocess.run([sys.executable, "-m", "lsm_core", "demo"], cwd=ROOT, capture_output=True, text=True,
-                          env=child_env(LSM_DATA_DIR=str(tmp_path), LSM_DEMO_RECIPE="tiny"), timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lsm_core", "demo"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=child_env(LSM_DATA_DIR=str(tmp_path), LSM_DEMO_RECIPE="tiny"),
+        timeout=600,
+    )
     assert proc.returncode != 0
     status = demo_status(models)
     assert status is not None and status.state == "failed" and not status.running, proc.stderr[-3000:]
@@ -284,8 +335,13 @@ def test_a_failed_demo_training_says_why(tmp_path):
 
 
 def test_an_unknown_demo_recipe_is_refused(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "lsm_core", "demo"], cwd=ROOT, capture_output=True, text=True,
-                          env=child_env(LSM_DATA_DIR=str(tmp_path), LSM_DEMO_RECIPE="huge"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "lsm_core", "demo"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=child_env(LSM_DATA_DIR=str(tmp_path), LSM_DEMO_RECIPE="huge"),
+    )
     assert proc.returncode == 2 and "LSM_DEMO_RECIPE" in proc.stderr
 
 
@@ -294,8 +350,9 @@ def installed_command_line(tmp_path) -> tuple[dict[str, str], Path]:
     env = dict(os.environ, LSM_DATA_DIR=str(tmp_path / "data"))
     env.pop("PYTHONPATH", None)
     script = Path(sys.executable).parent / "lsm"
-    probe = subprocess.run([sys.executable, "-c", "import lsm_core, db.migrations"], cwd=tmp_path, env=env,
-                           capture_output=True, text=True)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import lsm_core, db.migrations"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
     if probe.returncode != 0 or not script.is_file():
         message = "the package is not installed in this Python (`make install` runs `pip install -e .`)"
         if os.environ.get("CI") == "true":
@@ -309,13 +366,23 @@ def test_the_command_line_works_from_any_folder(tmp_path):
     for command in ([sys.executable, "-m", "lsm_core", "--help"], [str(script), "--help"]):
         proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
         assert proc.returncode == 0 and "serve" in proc.stdout and "synth" in proc.stdout, proc.stderr
-    proc = subprocess.run([str(script), "synth", "--task", "lsm", "--n", "3", "--out", "x"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(script), "synth", "--task", "lsm", "--n", "3", "--out", "x"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert len(list((tmp_path / "x").glob("*/*.png"))) == 3
     # the exit status is main()'s: an error is 2
-    proc = subprocess.run([str(script), "synth", "--task", "lsm", "--n", "-1", "--out", "y"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(script), "synth", "--task", "lsm", "--n", "-1", "--out", "y"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "error:" in proc.stderr
     # the migrations are found from the installed package: the database is created in the data dir
     proc = subprocess.run([str(script), "db", "upgrade"], cwd=tmp_path, env=env, capture_output=True, text=True)

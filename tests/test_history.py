@@ -1,4 +1,5 @@
 """The SQL history and the job queue, each test on SQLite and on PostgreSQL (see conftest.db_url)."""
+
 from __future__ import annotations
 
 import os
@@ -14,26 +15,33 @@ import pytest
 from sqlalchemy import func, select, text, update
 
 from db import queries
-from db.schema import Batch, Cell, Image, Job, Worker as WorkerRow
+from db.schema import Batch, Cell, Image, Job
+from db.schema import Worker as WorkerRow
 from db.session import head_revision, make_engine, tables, upgrade
-from lsm_core.lab import jobs
 from lsm_core.errors import LsmError
 from lsm_core.imaging.images import RawFile
+from lsm_core.lab import batches, jobs
 from lsm_core.lab.worker import Worker
-from lsm_core.lab import batches
 from tests.helpers import crop_files, field_file, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def worker_env(db_url: str, data_dir) -> dict:
-    return dict(os.environ, LSM_DATABASE_URL=db_url, LSM_DATA_DIR=str(data_dir), PYTHONPATH=str(ROOT),
-                LSM_PRECISION="fp32")
+    return dict(
+        os.environ, LSM_DATABASE_URL=db_url, LSM_DATA_DIR=str(data_dir), PYTHONPATH=str(ROOT), LSM_PRECISION="fp32"
+    )
 
 
 def start_worker(db_url, data_dir, *args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "lsm_core", "worker", *args], cwd=ROOT, env=worker_env(db_url, data_dir),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "lsm_core", "worker", *args],
+        cwd=ROOT,
+        env=worker_env(db_url, data_dir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def test_upgrade_from_empty_and_refuse_newer(db_url):
@@ -174,11 +182,22 @@ def test_cache_reuses_cells_of_the_same_image_and_weights(history, data_dir):
         assert s.get(Job, second.job_id).status == "done"
 
         def cells(batch_id):
-            return [(c.idx, c.x, c.y, c.predicted, round(c.score, 6)) for c in
-                    s.scalars(select(Cell).join(Image).where(Cell.batch_id == batch_id).order_by(Image.position, Cell.idx))]
+            return [
+                (c.idx, c.x, c.y, c.predicted, round(c.score, 6))
+                for c in s.scalars(
+                    select(Cell).join(Image).where(Cell.batch_id == batch_id).order_by(Image.position, Cell.idx)
+                )
+            ]
 
         assert cells(first.batch_id) == cells(second.batch_id) and len(cells(second.batch_id)) > 3
-        assert s.scalar(select(func.count()).select_from(Image).where(Image.batch_id == second.batch_id, Image.error.is_not(None))) == 0
+        assert (
+            s.scalar(
+                select(func.count())
+                .select_from(Image)
+                .where(Image.batch_id == second.batch_id, Image.error.is_not(None))
+            )
+            == 0
+        )
 
 
 @pytest.mark.slow
@@ -192,13 +211,17 @@ def test_forty_jobs_shared_by_worker_processes_each_done_once(history, db_url, d
             return s.scalar(select(func.count()).select_from(WorkerRow)) == n_workers
 
     wait_for(all_listening, 120, "the workers to start")
-    submitted = [batches.submit_batch(lab, crop_files(2, 100 + i, prefix=f"j{i}-"), model_id, f"b{i}", owner=f"u{i % 5}")
-                 for i in range(40)]
+    submitted = [
+        batches.submit_batch(lab, crop_files(2, 100 + i, prefix=f"j{i}-"), model_id, f"b{i}", owner=f"u{i % 5}")
+        for i in range(40)
+    ]
 
     def all_ended() -> bool:
         with lab() as s:
             ids = [x.job_id for x in submitted]
-            return s.scalar(select(func.count()).select_from(Job).where(Job.id.in_(ids), Job.status.in_(jobs.ENDED))) == 40
+            return (
+                s.scalar(select(func.count()).select_from(Job).where(Job.id.in_(ids), Job.status.in_(jobs.ENDED))) == 40
+            )
 
     wait_for(all_ended, 240, "the 40 jobs")
     for p in procs:
@@ -206,7 +229,9 @@ def test_forty_jobs_shared_by_worker_processes_each_done_once(history, db_url, d
     outputs = [p.communicate(timeout=60)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs
     with lab() as s:
-        rows = s.execute(select(Job.status, Job.attempts, Job.worker_id).where(Job.id.in_([x.job_id for x in submitted]))).all()
+        rows = s.execute(
+            select(Job.status, Job.attempts, Job.worker_id).where(Job.id.in_([x.job_id for x in submitted]))
+        ).all()
         assert [r.status for r in rows] == ["done"] * 40
         assert all(r.attempts == 1 for r in rows)
         assert len({r.worker_id for r in rows}) >= 2  # the work was shared
@@ -241,7 +266,12 @@ def test_worker_killed_mid_job_another_finishes_without_duplicates(history, db_u
         assert any("lease ran out" in e for e in job.errors)
         total = s.scalar(select(func.count()).select_from(Cell).where(Cell.batch_id == sub.batch_id))
         assert total == 600  # one cell per crop, none lost, none twice
-        assert s.scalar(select(func.count()).select_from(Image).where(Image.batch_id == sub.batch_id, Image.done.is_(False))) == 0
+        assert (
+            s.scalar(
+                select(func.count()).select_from(Image).where(Image.batch_id == sub.batch_id, Image.done.is_(False))
+            )
+            == 0
+        )
 
 
 @pytest.mark.slow
@@ -256,8 +286,11 @@ def test_web_and_worker_write_at_once_without_lock_errors(history, db_url, data_
                 break
         time.sleep(0.05)
     try:
-        ids = [batches.submit_batch(lab, crop_files(1, 200 + i), model_id, f"web{i}", owner="ben").batch_id for i in range(25)]
-        for i in ids[:5]:
+        ids = [
+            batches.submit_batch(lab, crop_files(1, 200 + i), model_id, f"web{i}", owner="ben").batch_id
+            for i in range(25)
+        ]
+        for _ in ids[:5]:
             with lab() as s:
                 queries.batches(s)
     finally:
@@ -317,12 +350,34 @@ def test_command_line_submit_jobs_export(history, db_url, data_dir, tmp_path):
     env = worker_env(db_url, data_dir)
 
     def cli(*args):
-        proc = subprocess.run([sys.executable, "-m", "lsm_core", *args], cwd=ROOT, env=env, capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "lsm_core", *args], cwd=ROOT, env=env, capture_output=True, text=True
+        )
         assert proc.returncode == 0, proc.stderr
         return proc
 
-    out = cli("submit", str(folder), "--model", "tiny-lsm", "--batch", "cli batch", "--mouse-id", "M3", "--age-days", "540",
-              "--sex", "M", "--strain", "C57BL/6", "--gate", "LSK", "--notes", "<b>not html</b>", "--owner", "cara")
+    out = cli(
+        "submit",
+        str(folder),
+        "--model",
+        "tiny-lsm",
+        "--batch",
+        "cli batch",
+        "--mouse-id",
+        "M3",
+        "--age-days",
+        "540",
+        "--sex",
+        "M",
+        "--strain",
+        "C57BL/6",
+        "--gate",
+        "LSK",
+        "--notes",
+        "<b>not html</b>",
+        "--owner",
+        "cara",
+    )
     words = out.stdout.split()
     assert words[0] == "batch" and words[2] == "job" and len(words) == 4
     assert "notes.tif" in out.stderr and "text file" in out.stderr
@@ -394,6 +449,10 @@ def test_audit_trail_records_who_did_what(history):
     with lab() as s:
         trail = [(e.actor, e.action, e.target) for e in reversed(audit.events(s))]
     mine = [t for t in trail if t[0] == "ana"]
-    assert mine == [("ana", "submit", f"batch {sub.batch_id}"), ("ana", "rename", f"batch {sub.batch_id}"),
-                    ("ana", "set default", "model tiny-lsm v1"), ("ana", "delete", f"batch {sub.batch_id}")]
+    assert mine == [
+        ("ana", "submit", f"batch {sub.batch_id}"),
+        ("ana", "rename", f"batch {sub.batch_id}"),
+        ("ana", "set default", "model tiny-lsm v1"),
+        ("ana", "delete", f"batch {sub.batch_id}"),
+    ]
     assert any(a == "system" and act == "register" for a, act, _ in trail)

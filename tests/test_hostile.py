@@ -1,6 +1,7 @@
 """A corpus of hostile and broken uploads, generated here, submitted through the function the Classify page
 calls: each gets a clear message, nothing is written outside the data dir, nothing crashes, and the good
 file of the same batch is classified."""
+
 from __future__ import annotations
 
 import io
@@ -14,8 +15,8 @@ import pytest
 import tifffile
 from PIL import Image as PILImage
 
-from lsm_core.imaging import synthetic
 from lsm_core.errors import LsmError
+from lsm_core.imaging import synthetic
 from lsm_core.imaging.images import Limits, RawFile
 from lsm_core.lab import batches
 
@@ -32,7 +33,12 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 
 def _png_claiming(w: int, h: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + _chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", ihdr)
+        + _chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def _tiff(arr: np.ndarray) -> bytes:
@@ -130,8 +136,15 @@ def test_hostile_uploads_get_clear_errors_and_the_rest_is_kept(history, data_dir
     assert len(cases) >= 30
     outside_before = sorted(os.listdir(tmp_path.parent))
     files = [RawFile(name, data) for name, (data, _) in cases.items()]
-    sub = batches.submit_batch(lab, files, model_id, "hostile", owner="mallory", limits=Limits(max_archive_bytes=20_000_000),
-                               meta=batches.BatchMeta(notes="<img src=x onerror=alert(1)> " * 100))
+    sub = batches.submit_batch(
+        lab,
+        files,
+        model_id,
+        "hostile",
+        owner="mallory",
+        limits=Limits(max_archive_bytes=20_000_000),
+        meta=batches.BatchMeta(notes="<img src=x onerror=alert(1)> " * 100),
+    )
     Worker(lab, device="cpu").run(drain=True)
     with lab() as s:
         images = s.scalars(select(Image).where(Image.batch_id == sub.batch_id)).all()

@@ -2,6 +2,7 @@
 
 All inputs are real files written by PIL, tifffile and zipfile into ``tmp_path``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,9 +17,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from lsm_core.imaging.images import Limits
 from lsm_core.errors import LsmError
-from lsm_core.imaging.images import decode_bytes, iter_zip, read_inputs, read_path, to_grey_float
+from lsm_core.imaging.images import Limits, decode_bytes, iter_zip, read_inputs, read_path, to_grey_float
 
 LIMITS = Limits()  # the defaults, passed explicitly so that LSM_* variables of the environment do not matter
 EPS = 1e-6
@@ -254,15 +254,17 @@ def test_tiff_rgb_contiguous_and_planar(tmp_path):
 def test_zip_keeps_folder_names_and_skips_junk(tmp_path):
     a = _ramp(10, 10)
     b = _ramp(12, 14)
-    data = _zip_bytes([
-        ("LT-HSC/a.png", _png_bytes(a)),
-        ("MPP/deep/b.png", _png_bytes(b)),
-        ("__MACOSX/LT-HSC/._a.png", b"\x00\x05\x16\x07 resource fork, not an image"),
-        ("__MACOSX/stray.png", b"junk"),
-        ("LT-HSC/._a.png", b"\x00\x05\x16\x07"),
-        ("LT-HSC/.DS_Store", b"\x00\x00\x00\x01Bud1"),
-        ("readme.txt", b"not an image, skipped like in a folder"),
-    ])
+    data = _zip_bytes(
+        [
+            ("LT-HSC/a.png", _png_bytes(a)),
+            ("MPP/deep/b.png", _png_bytes(b)),
+            ("__MACOSX/LT-HSC/._a.png", b"\x00\x05\x16\x07 resource fork, not an image"),
+            ("__MACOSX/stray.png", b"junk"),
+            ("LT-HSC/._a.png", b"\x00\x05\x16\x07"),
+            ("LT-HSC/.DS_Store", b"\x00\x00\x00\x01Bud1"),
+            ("readme.txt", b"not an image, skipped like in a folder"),
+        ]
+    )
     path = _write(tmp_path / "archive.zip", data)
 
     records = _read(path)
@@ -276,9 +278,13 @@ def test_zip_keeps_folder_names_and_skips_junk(tmp_path):
 
     # the same through the other entry points
     assert sorted(r.source for r in decode_bytes("archive.zip", data, LIMITS)) == [
-        "archive.zip/LT-HSC/a.png", "archive.zip/MPP/deep/b.png"]
+        "archive.zip/LT-HSC/a.png",
+        "archive.zip/MPP/deep/b.png",
+    ]
     assert sorted(r.source for r in read_path(path, LIMITS, display="archive.zip")) == [
-        "archive.zip/LT-HSC/a.png", "archive.zip/MPP/deep/b.png"]
+        "archive.zip/LT-HSC/a.png",
+        "archive.zip/MPP/deep/b.png",
+    ]
     with open(path, "rb") as fh:
         assert [r.ok for r in iter_zip("x.zip", fh, LIMITS)] == [True, True]
 
@@ -293,11 +299,13 @@ def test_folder_read_recursively(tmp_path):
     _write(root / ".git" / "x.png", b"hidden folder: skipped")
 
     records = _read(root)
-    assert sorted(r.source for r in records) == sorted([
-        str(root / "a.png"),
-        str(root / "sub" / "deeper" / "b.tif"),
-        f"{root / 'sub' / 'c.zip'}/LT-HSC/c.png",
-    ])
+    assert sorted(r.source for r in records) == sorted(
+        [
+            str(root / "a.png"),
+            str(root / "sub" / "deeper" / "b.tif"),
+            f"{root / 'sub' / 'c.zip'}/LT-HSC/c.png",
+        ]
+    )
     for rec in records:
         _assert_good(rec)
 
@@ -314,9 +322,12 @@ def test_every_ok_record_has_the_one_representation(tmp_path):
     buf = io.BytesIO()
     Image.fromarray(_colour()).save(buf, format="JPEG")
     paths.append(_write(tmp_path / "c.jpg", buf.getvalue()))
-    for name, arr in [("t8.tif", _ramp()), ("t16.tif", _ramp(top=65535, dtype=np.uint16)),
-                      ("tf.tif", np.linspace(-5, 500, 96, dtype=np.float32).reshape(8, 12)),
-                      ("ti32.tif", _ramp(dtype=np.int32) - 100)]:
+    for name, arr in [
+        ("t8.tif", _ramp()),
+        ("t16.tif", _ramp(top=65535, dtype=np.uint16)),
+        ("tf.tif", np.linspace(-5, 500, 96, dtype=np.float32).reshape(8, 12)),
+        ("ti32.tif", _ramp(dtype=np.int32) - 100),
+    ]:
         tifffile.imwrite(tmp_path / name, arr)
         paths.append(tmp_path / name)
     records = _read(*paths)
@@ -419,8 +430,9 @@ def test_png_claiming_huge_size_refused_before_decoding(tmp_path):
 
 def test_png_over_configured_limit_names_the_setting(tmp_path):
     path = _write(tmp_path / "big.png", _png_claiming(5000, 5000))
-    (bad,) = _check_bad(tmp_path, path, "limit", "LSM_MAX_IMAGE_PIXELS", "5000 x 5000",
-                        limits=Limits(max_image_pixels=1_000_000))
+    (bad,) = _check_bad(
+        tmp_path, path, "limit", "LSM_MAX_IMAGE_PIXELS", "5000 x 5000", limits=Limits(max_image_pixels=1_000_000)
+    )
     assert "damaged" not in bad.error
 
 
@@ -491,15 +503,18 @@ def test_nonexistent_path(tmp_path):
 
 def test_zip_member_paths_outside_archive_refused(tmp_path):
     png = _png_bytes(_ramp())
-    data = _zip_bytes([
-        (zipfile.ZipInfo("../x.png"), png),
-        (zipfile.ZipInfo("/etc/x.png"), png),
-        (zipfile.ZipInfo("LT-HSC/../../y.png"), png),
-        ("LT-HSC/ok.png", png),
-    ])
+    data = _zip_bytes(
+        [
+            (zipfile.ZipInfo("../x.png"), png),
+            (zipfile.ZipInfo("/etc/x.png"), png),
+            (zipfile.ZipInfo("LT-HSC/../../y.png"), png),
+            ("LT-HSC/ok.png", png),
+        ]
+    )
     path = _write(tmp_path / "evil.zip", data)
     assert sorted(zipfile.ZipFile(path).namelist()) == sorted(
-        ["../x.png", "/etc/x.png", "LT-HSC/../../y.png", "LT-HSC/ok.png"])
+        ["../x.png", "/etc/x.png", "LT-HSC/../../y.png", "LT-HSC/ok.png"]
+    )
     bad = _check_bad(tmp_path, path, "refused")
     got = _by_source(bad)
     _assert_good(got[f"{path}/LT-HSC/ok.png"])
@@ -527,8 +542,7 @@ def test_zip_bomb_refused(tmp_path):
     data = _zip_bytes([("bomb.png", zeros)])
     assert len(data) < 1_000_000  # really a bomb: 50 MB from well under 1 MB
     path = _write(tmp_path / "bomb.zip", data)
-    (bad,) = _check_bad(tmp_path, path, "limit", "LSM_MAX_ARCHIVE_BYTES",
-                        limits=Limits(max_archive_bytes=10_000_000))
+    (bad,) = _check_bad(tmp_path, path, "limit", "LSM_MAX_ARCHIVE_BYTES", limits=Limits(max_archive_bytes=10_000_000))
     assert bad.pixels is None
 
 
@@ -550,7 +564,7 @@ def _set_declared_size(data: bytes, member: str, size: int) -> bytes:
     central = out.find(b"PK\x01\x02")
     while central != -1:
         name_len = struct.unpack_from("<H", out, central + 28)[0]
-        if bytes(out[central + 46: central + 46 + name_len]).decode() == member:
+        if bytes(out[central + 46 : central + 46 + name_len]).decode() == member:
             struct.pack_into("<I", out, central + 24, size)
             break
         central = out.find(b"PK\x01\x02", central + 4)
@@ -560,8 +574,9 @@ def _set_declared_size(data: bytes, member: str, size: int) -> bytes:
 
 def test_zip_member_lying_about_its_size(tmp_path):
     """A bomb that declares 1000 bytes: never unpacked past that; reported, not decoded."""
-    data = _set_declared_size(_zip_bytes([("bomb.png", bytes(50_000_000)), ("ok.png", _png_bytes(_ramp()))]),
-                              "bomb.png", 1000)
+    data = _set_declared_size(
+        _zip_bytes([("bomb.png", bytes(50_000_000)), ("ok.png", _png_bytes(_ramp()))]), "bomb.png", 1000
+    )
     path = _write(tmp_path / "liar.zip", data)
     bad = _check_bad(tmp_path, path, "damaged", limits=Limits(max_archive_bytes=10_000_000))
     got = _by_source(bad)
@@ -572,8 +587,9 @@ def test_zip_member_lying_about_its_size(tmp_path):
 def test_zip_too_many_members(tmp_path):
     png = _png_bytes(_ramp())
     path = _write(tmp_path / "many.zip", _zip_bytes([(f"c{i}.png", png) for i in range(5)]))
-    (bad,) = _check_bad(tmp_path, path, "5 files", "limit is 3", "LSM_MAX_ARCHIVE_MEMBERS",
-                        limits=Limits(max_archive_members=3))
+    (bad,) = _check_bad(
+        tmp_path, path, "5 files", "limit is 3", "LSM_MAX_ARCHIVE_MEMBERS", limits=Limits(max_archive_members=3)
+    )
     assert bad.source == str(path)
     # junk does not count towards the limit
     junk = [(f"__MACOSX/._c{i}.png", b"x") for i in range(5)]
@@ -604,7 +620,7 @@ def test_zip_member_with_corrupt_compressed_data(tmp_path):
     data = bytearray(_zip_bytes([("bad.png", _png_bytes(_ramp())), ("ok.png", _png_bytes(_ramp(8, 8)))]))
     info = zipfile.ZipFile(io.BytesIO(bytes(data))).getinfo("bad.png")
     start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
-    data[start: start + info.compress_size] = b"\xff" * info.compress_size  # reserved block type: invalid
+    data[start : start + info.compress_size] = b"\xff" * info.compress_size  # reserved block type: invalid
     path = _write(tmp_path / "corrupt.zip", bytes(data))
     bad = _check_bad(tmp_path, path, "damaged")
     got = _by_source(bad)

@@ -8,6 +8,7 @@ module, at the top or inside a function, is checked.
 - nothing below ``pages/`` and ``streamlit_app.py`` imports Streamlit;
 - only ``lsm_core.lab.settings`` reads the environment.
 """
+
 from __future__ import annotations
 
 import ast

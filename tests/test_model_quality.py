@@ -1,6 +1,7 @@
 """The quality check of a new model (issue #12): a model not clearly above chance is registered as "failed
 quality check", never made a default and not offered by default; a temperature at its fitting bound is a
 warning; every set of metrics says which cells it comes from; one order of models everywhere."""
+
 from __future__ import annotations
 
 import shutil
@@ -10,11 +11,21 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
+from lsm_core.errors import LsmError
 from lsm_core.imaging import synthetic
 from lsm_core.ml.datasets import LabelledData
-from lsm_core.errors import LsmError
-from lsm_core.ml.metrics import (QUALITY_MAX_P, QUALITY_MIN_MARGIN, TEMPERATURE_MAX, TEMPERATURE_MIN, evaluate_probs,
-                              fit_temperature, model_quality, quality_check, softmax, temperature_warning)
+from lsm_core.ml.metrics import (
+    QUALITY_MAX_P,
+    QUALITY_MIN_MARGIN,
+    TEMPERATURE_MAX,
+    TEMPERATURE_MIN,
+    evaluate_probs,
+    fit_temperature,
+    model_quality,
+    quality_check,
+    softmax,
+    temperature_warning,
+)
 from lsm_core.ml.models import Manifest, ModelStore
 from lsm_core.ml.train import TrainConfig, train_and_register
 
@@ -39,13 +50,24 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     if _TRAINED:
         return dict(_TRAINED)
     store = ModelStore(tmp_path_factory.mktemp("quality-store"))
-    useless = train_and_register(labelled("lsm", 150, seed=21, shuffle=True), "lsm",
-                                 TrainConfig(architecture="tiny_cnn", epochs=1, batch_size=32, lr=3e-3),
-                                 "useless-lsm", store, patience=None)
-    good = train_and_register(labelled("aging", 400, seed=22), "aging",
-                              TrainConfig(architecture="tiny_cnn", epochs=3, batch_size=16, lr=1e-2, weight_decay=0.0),
-                              "good-aging", store, test=labelled("aging", 100, seed=23), patience=None,
-                              test_name="test set (synthetic cells of another seed)")
+    useless = train_and_register(
+        labelled("lsm", 150, seed=21, shuffle=True),
+        "lsm",
+        TrainConfig(architecture="tiny_cnn", epochs=1, batch_size=32, lr=3e-3),
+        "useless-lsm",
+        store,
+        patience=None,
+    )
+    good = train_and_register(
+        labelled("aging", 400, seed=22),
+        "aging",
+        TrainConfig(architecture="tiny_cnn", epochs=3, batch_size=16, lr=1e-2, weight_decay=0.0),
+        "good-aging",
+        store,
+        test=labelled("aging", 100, seed=23),
+        patience=None,
+        test_name="test set (synthetic cells of another seed)",
+    )
     _TRAINED.update({"useless-lsm": useless.path, "good-aging": good.path})
     return dict(_TRAINED)
 
@@ -72,17 +94,26 @@ def add_model(store: ModelStore, task: str, name: str, demo: bool = False, faile
     from lsm_core.ml import nets
 
     classes = LSM if task == "lsm" else ["young", "aged"]
-    metrics = {} if failed is None else {"quality_check": {"passed": not failed, "reasons": ["made up"] if failed else [],
-                                                           "warnings": []}}
-    return store.add(nets.create("tiny_cnn", len(classes)),
-                     Manifest(task=task, name=name, classes=classes, architecture="tiny_cnn", demo=demo, metrics=metrics))
+    metrics = (
+        {}
+        if failed is None
+        else {"quality_check": {"passed": not failed, "reasons": ["made up"] if failed else [], "warnings": []}}
+    )
+    return store.add(
+        nets.create("tiny_cnn", len(classes)),
+        Manifest(task=task, name=name, classes=classes, architecture="tiny_cnn", demo=demo, metrics=metrics),
+    )
 
 
 # --- the check itself, on fixed confusion matrices ----------------------------------------------------
 def metrics_of(cm: list[list[int]], classes: list[str]) -> dict:
     cm = np.asarray(cm)
-    return {"classes": classes, "confusion_matrix": cm.tolist(), "n": int(cm.sum()),
-            "accuracy": float(np.trace(cm) / cm.sum())}
+    return {
+        "classes": classes,
+        "confusion_matrix": cm.tolist(),
+        "n": int(cm.sum()),
+        "accuracy": float(np.trace(cm) / cm.sum()),
+    }
 
 
 def test_majority_answer_is_chance_even_when_classes_are_unequal():
@@ -185,13 +216,17 @@ def test_learnable_model_passes_and_every_set_says_what_it_is(trained, history_h
     assert check["accuracy"] - check["chance"] >= QUALITY_MIN_MARGIN and check["p_value"] < QUALITY_MAX_P
     assert "failed" not in m.label
     assert m.metrics["evaluated_on"].startswith("validation set (") and m.metrics["evaluated_on"].endswith(
-        f": {m.training['split']['validation']} cells")
+        f": {m.training['split']['validation']} cells"
+    )
     assert m.metrics["test"]["evaluated_on"] == "test set (synthetic cells of another seed): 100 cells"
     assert m.metrics["test"]["quality_check"]["set"] == "test set"
     sync_models(lab)
     with lab() as s:
         # the demo was the default before: it stays (sync only fills a task without one)
-        assert [(r.name, r.is_default) for r in offered_models(s, "aging")] == [("demo-aging", True), ("good-aging", False)]
+        assert [(r.name, r.is_default) for r in offered_models(s, "aging")] == [
+            ("demo-aging", True),
+            ("good-aging", False),
+        ]
 
 
 def test_sync_never_keeps_a_failed_default_when_another_can_take_its_place(history_here):
@@ -208,7 +243,9 @@ def test_sync_never_keeps_a_failed_default_when_another_can_take_its_place(histo
     sync_models(lab)
     with lab() as s:
         assert [(r.name, r.is_default) for r in offered_models(s, "lsm", include_failed=True)] == [
-            ("fine-lsm", True), ("broken-lsm", False)]
+            ("fine-lsm", True),
+            ("broken-lsm", False),
+        ]
 
 
 def test_one_order_everywhere_lsm_first_default_first(history_here):
@@ -230,13 +267,24 @@ def test_one_order_everywhere_lsm_first_default_first(history_here):
     with lab() as s:
         offered = [(m.task, m.name, m.version) for m in offered_models(s)]
     # the LSM default first, then by name with the newest version first, failed ones left out; aging after
-    assert offered == [("lsm", "b-lsm", 1), ("lsm", "b-lsm", 2), ("lsm", "c-lsm", 1), ("lsm", "demo-lsm", 1),
-                       ("aging", "a-aging", 1)]
+    assert offered == [
+        ("lsm", "b-lsm", 1),
+        ("lsm", "b-lsm", 2),
+        ("lsm", "c-lsm", 1),
+        ("lsm", "demo-lsm", 1),
+        ("aging", "a-aging", 1),
+    ]
     set_default(lab, ids[("demo-lsm", 1)], "ana")
     with lab() as s:
         everything = offered_models(s, include_failed=True)
         assert [(m.name, m.version) for m in everything] == [
-            ("demo-lsm", 1), ("b-lsm", 2), ("b-lsm", 1), ("c-lsm", 1), ("a-bad", 1), ("a-aging", 1)]
+            ("demo-lsm", 1),
+            ("b-lsm", 2),
+            ("b-lsm", 1),
+            ("c-lsm", 1),
+            ("a-bad", 1),
+            ("a-aging", 1),
+        ]
         assert everything == sorted(everything, key=model_sort_key)
         assert everything[4].label == "a-bad v1 (failed quality check)"
         assert [m.name for m in offered_models(s, "aging")] == ["a-aging"]
@@ -246,8 +294,11 @@ def test_one_order_everywhere_lsm_first_default_first(history_here):
 def test_training_figure_accuracy_axis_is_zero_to_one_in_fifths():
     from lsm_core.reports.model_card import training_figure
 
-    history = {"train_loss": [1.1, 0.9, 0.7, 0.6], "val_loss": [1.2, 1.0, 0.8, 0.75],
-               "val_accuracy": [0.032, 0.243, 0.454, 0.665]}
+    history = {
+        "train_loss": [1.1, 0.9, 0.7, 0.6],
+        "val_loss": [1.2, 1.0, 0.8, 0.75],
+        "val_accuracy": [0.032, 0.243, 0.454, 0.665],
+    }
     layout = training_figure({"history": history}).layout
     assert list(layout.yaxis2.range) == [0, 1]
     assert layout.yaxis2.tickmode == "linear" and layout.yaxis2.tick0 == 0 and layout.yaxis2.dtick == 0.2

@@ -1,6 +1,7 @@
 """The Models page after issue #12: LSM first, each number names its set, a failed model says why and cannot
 be the default, the Evaluate tab starts on the LSM default and shows a finished evaluation as a full card, and
 Cancel is offered to the job's owner and administrators only (through streamlit.testing.v1.AppTest)."""
+
 from __future__ import annotations
 
 import json
@@ -102,8 +103,9 @@ def test_finished_evaluation_is_shown_as_a_full_card(app_env):
     lab = open_lab()
     with lab() as s:
         model_id = queries.model_by_name(s, "demo-lsm").id
-    uploads = lab.blobs.put_uploads([RawFile("plate7.zip", labelled_zip("lsm", 30, seed=31)),
-                                  RawFile("MPP/broken.png", b"\x89PNG\r\n\x1a\nbroken")])
+    uploads = lab.blobs.put_uploads(
+        [RawFile("plate7.zip", labelled_zip("lsm", 30, seed=31)), RawFile("MPP/broken.png", b"\x89PNG\r\n\x1a\nbroken")]
+    )
     job_id = evaluate_task.submit(lab, model_id, uploads, owner="ana")
     Worker(lab, device="cpu").run(drain=True)
     lab.dispose()

@@ -1,4 +1,5 @@
 """Model packages, the model store, importing weights safely, and the network registry."""
+
 from __future__ import annotations
 
 import builtins
@@ -11,8 +12,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lsm_core.ml import nets
+from lsm_core.classes import TASKS
 from lsm_core.errors import LsmError
+from lsm_core.ml import nets
 from lsm_core.ml.models import (
     MANIFEST_NAME,
     WEIGHTS_NAME,
@@ -22,7 +24,6 @@ from lsm_core.ml.models import (
     read_state_dict,
     write_package,
 )
-from lsm_core.classes import TASKS
 
 LSM_CLASSES = list(TASKS["lsm"])
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from lsm_core.imaging import synthetic
 from lsm_core.errors import LsmError
+from lsm_core.imaging import synthetic
 from lsm_core.ml.predict import Predictor, probabilities
 
 

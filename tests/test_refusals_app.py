@@ -1,6 +1,7 @@
 """Every action a page calls that can refuse shows the refusal as a message beside it, never a traceback
 (streamlit.testing.v1.AppTest, which also uploads files). Each refusal is brought about the way it happens in
 a lab: someone else changes the history between the page being drawn and the click."""
+
 from __future__ import annotations
 
 import io

@@ -1,5 +1,6 @@
 """Roles (lsm_core.lab.accounts): what members and administrators may do, checked in the functions themselves,
 on SQLite and PostgreSQL, in lab mode and in signed-in mode (an [auth] section in a real secrets.toml)."""
+
 from __future__ import annotations
 
 import json
@@ -9,11 +10,11 @@ from sqlalchemy import func, select
 
 from db import audit
 from db.schema import Batch, Job, Model, User
-from lsm_core.lab import accounts, batches, jobs
-from lsm_core.ml import nets
 from lsm_core.errors import LsmError
+from lsm_core.lab import accounts, batches, jobs
 from lsm_core.lab.registry import import_model, set_default
 from lsm_core.lab.tasks import train as train_task
+from lsm_core.ml import nets
 from tests.helpers import crop_files
 
 
@@ -42,8 +43,9 @@ def _weights_and_manifest(tmp_path, name="imported"):
     weights = tmp_path / "w.safetensors"
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(weights))
     manifest = tmp_path / "manifest.json"
-    manifest.write_text(json.dumps(dict(task="lsm", name=name, classes=["LT-HSC", "ST-HSC", "MPP"],
-                                        architecture="tiny_cnn")))
+    manifest.write_text(
+        json.dumps(dict(task="lsm", name=name, classes=["LT-HSC", "ST-HSC", "MPP"], architecture="tiny_cnn"))
+    )
     return weights, manifest
 
 

@@ -1,4 +1,5 @@
 """Saliency maps: the three methods, their sanity checks (on a model trained on synthetic cells), the job and CLI."""
+
 from __future__ import annotations
 
 import os
@@ -11,12 +12,12 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from lsm_core.ml import nets
 from lsm_core.imaging import synthetic
-from lsm_core.ml.saliency import METHODS, integrated_gradients, saliency_maps
-from lsm_core.ml.train import TrainConfig, fit
 from lsm_core.lab import batches
 from lsm_core.lab.tasks import saliency as saliency_task
+from lsm_core.ml import nets
+from lsm_core.ml.saliency import METHODS, integrated_gradients, saliency_maps
+from lsm_core.ml.train import TrainConfig, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,20 +80,24 @@ def test_sanity_c_integrated_gradients_completeness(trained):
 
 def test_no_hooks_leak_into_the_shared_model(trained):
     net, crops, _ = trained
-    before = sum(len(m._forward_hooks) + len(m._backward_hooks) + len(getattr(m, "_forward_pre_hooks", {}))
-                 for m in net.modules())
+    before = sum(
+        len(m._forward_hooks) + len(m._backward_hooks) + len(getattr(m, "_forward_pre_hooks", {}))
+        for m in net.modules()
+    )
     for method in ("gradcam", "scorecam"):
         saliency_maps(net, "small_cnn", crops[:2], method)
-    after = sum(len(m._forward_hooks) + len(m._backward_hooks) + len(getattr(m, "_forward_pre_hooks", {}))
-                for m in net.modules())
+    after = sum(
+        len(m._forward_hooks) + len(m._backward_hooks) + len(getattr(m, "_forward_pre_hooks", {}))
+        for m in net.modules()
+    )
     assert after == before
 
 
 @pytest.mark.slow
 def test_saliency_job_stores_8_bit_maps_and_the_view_reads_them(history, data_dir):
     from db.schema import Job, SaliencyRun
-    from lsm_core.reports.report import load_saliency
     from lsm_core.lab.worker import Worker
+    from lsm_core.reports.report import load_saliency
     from tests.helpers import crop_files, field_file
 
     lab, _, model_id = history
@@ -122,8 +127,25 @@ def test_command_line_saliency_writes_overlays_npz_and_csv(tiny_lsm_package, dat
     synthetic.write_dataset("lsm", 6, folder, seed=4)
     env = dict(os.environ, LSM_DATA_DIR=str(data_dir), PYTHONPATH=str(ROOT))
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "lsm_core", "saliency", str(folder), "--model", "tiny-lsm", "--method", "ig",
-                           "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lsm_core",
+            "saliency",
+            str(folder),
+            "--model",
+            "tiny-lsm",
+            "--method",
+            "ig",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     maps = np.load(out / "maps.npz")["maps"]
     rows = [r for r in csv.DictReader(open(out / "cells.csv")) if r["cell"]]

@@ -1,4 +1,5 @@
 """`python -m lsm_core serve` from an empty data dir: database, worker and app up; Ctrl-C stops both."""
+
 import os
 import signal
 import subprocess
@@ -27,8 +28,14 @@ def test_serve_starts_worker_and_app_and_stops_on_ctrl_c(fresh_data_dir):
     port = free_port()
     env = dict(os.environ, LSM_DATA_DIR=str(fresh_data_dir), PYTHONPATH=str(ROOT))
     env.pop("LSM_DATABASE_URL", None)
-    proc = subprocess.Popen([sys.executable, "-m", "lsm_core", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lsm_core", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline, healthy = time.time() + 90, False
         while time.time() < deadline and not healthy:

@@ -5,6 +5,7 @@ Chromium goes to the app, is sent to the provider and back, and the test checks 
 what the database knows of them; a member cannot open the administrators' page, an administrator (named in
 LSM_ADMINS) sees it with the member listed.
 """
+
 from __future__ import annotations
 
 import re
@@ -13,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import add_tiny_demo_models, free_port, served_app
+from tests.helpers import ARTIFACTS, CHROMIUM, add_tiny_demo_models, free_port, need_browser, served_app
 from tests.oidc_provider import Provider
-from tests.helpers import ARTIFACTS, CHROMIUM, need_browser
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +35,15 @@ def signed_in_app(tmp_path_factory):
             f'server_metadata_url = "{provider.metadata_url}"\n'
         )
         # the cookie set on the way back from the provider belongs to the redirect_uri's host: localhost
-        with served_app(tmp_path / "data", tmp_path / "server.log", host="localhost", port=port, HOME=str(home),
-                        LSM_ADMINS="boss@lab.org", LSM_USER=None) as url:
+        with served_app(
+            tmp_path / "data",
+            tmp_path / "server.log",
+            host="localhost",
+            port=port,
+            HOME=str(home),
+            LSM_ADMINS="boss@lab.org",
+            LSM_USER=None,
+        ) as url:
             yield url, provider, tmp_path / "data"
 
 

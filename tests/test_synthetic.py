@@ -4,8 +4,8 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from lsm_core.imaging import synthetic
 from lsm_core.classes import TASKS
+from lsm_core.imaging import synthetic
 
 
 def test_same_seed_same_images_other_seed_other_images():

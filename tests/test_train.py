@@ -1,4 +1,5 @@
 """Training, evaluation and calibration: the recipe, the metrics, the splits, the jobs and bad data."""
+
 from __future__ import annotations
 
 import io
@@ -16,14 +17,14 @@ import pytest
 from sklearn import metrics as skm
 from sqlalchemy import select
 
-from lsm_core.imaging import synthetic
-from lsm_core.ml.datasets import LabelledData, from_files, split
 from lsm_core.errors import LsmError
+from lsm_core.imaging import synthetic
 from lsm_core.imaging.images import RawFile
+from lsm_core.lab.tasks import train as train_task
+from lsm_core.ml.datasets import LabelledData, from_files, split
 from lsm_core.ml.metrics import evaluate_probs, fit_temperature, nll
 from lsm_core.ml.predict import softmax
 from lsm_core.ml.train import TrainConfig, evaluate, fit
-from lsm_core.lab.tasks import train as train_task
 from tests.helpers import labelled_zip, png_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,8 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_tiny_network_beats_chance_after_two_epochs():
     x, y = synthetic.make_crops("aging", 600, seed=1)
     vx, vy = synthetic.make_crops("aging", 200, seed=2)
-    net, history = fit(x, y, 2, TrainConfig(architecture="tiny_cnn", epochs=2, batch_size=16, lr=1e-2, weight_decay=0),
-                       val=(vx, vy))
+    net, history = fit(
+        x, y, 2, TrainConfig(architecture="tiny_cnn", epochs=2, batch_size=16, lr=1e-2, weight_decay=0), val=(vx, vy)
+    )
     import torch
 
     _, accuracy, _ = evaluate(net, torch.from_numpy(vx)[:, None], torch.from_numpy(vy))
@@ -90,7 +92,9 @@ def test_temperature_scaling_lowers_the_nll_of_an_overconfident_model():
 def test_no_source_on_both_sides_of_the_split():
     field_like_groups = np.repeat(np.arange(40), 7)  # 40 fields of view, 7 cells each
     labels = np.repeat(np.arange(40) % 2, 7)
-    data = LabelledData(["young", "aged"], np.zeros((280, 4, 4), np.float32), labels, field_like_groups, [str(i) for i in range(40)])
+    data = LabelledData(
+        ["young", "aged"], np.zeros((280, 4, 4), np.float32), labels, field_like_groups, [str(i) for i in range(40)]
+    )
     train_idx, val_idx = split(data, 0.2, seed=3)
     assert not set(data.groups[train_idx]) & set(data.groups[val_idx])
     assert len(train_idx) + len(val_idx) == 280
@@ -130,7 +134,11 @@ def test_one_class_only_is_refused(classes, words):
 
 def test_too_few_images_in_a_class_and_wrong_task_are_refused():
     crops, labels = synthetic.make_crops("lsm", 45, seed=6)
-    files = [RawFile(f"d/{['LT-HSC', 'ST-HSC', 'MPP'][y]}/{i}.png", png_bytes(c)) for i, (c, y) in enumerate(zip(crops, labels)) if y != 2 or i < 20]
+    files = [
+        RawFile(f"d/{['LT-HSC', 'ST-HSC', 'MPP'][y]}/{i}.png", png_bytes(c))
+        for i, (c, y) in enumerate(zip(crops, labels))
+        if y != 2 or i < 20
+    ]
     with pytest.raises(LsmError, match="MPP has [0-9] "):
         from_files(files, "lsm")
     with pytest.raises(LsmError, match="folders named young, aged"):
@@ -184,12 +192,28 @@ def test_command_line_train_and_evaluate_json(data_dir, tmp_path):
     (tmp_path / "test.zip").write_bytes(labelled_zip("lsm", 60, seed=9))
 
     def cli(*args):
-        proc = subprocess.run([sys.executable, "-m", "lsm_core", *args], cwd=ROOT, env=env, capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "lsm_core", *args], cwd=ROOT, env=env, capture_output=True, text=True
+        )
         assert proc.returncode == 0, proc.stderr
         return proc
 
-    out = cli("train", str(tmp_path / "train.zip"), "--task", "lsm", "--arch", "tiny_cnn", "--epochs", "2",
-              "--batch-size", "32", "--seed", "1", "--register", "cli-lsm")
+    out = cli(
+        "train",
+        str(tmp_path / "train.zip"),
+        "--task",
+        "lsm",
+        "--arch",
+        "tiny_cnn",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--seed",
+        "1",
+        "--register",
+        "cli-lsm",
+    )
     assert "registered cli-lsm v1" in out.stderr and "epoch 2/2" in out.stderr
     metrics = json.loads(cli("evaluate", str(tmp_path / "test.zip"), "--model", "cli-lsm", "--json").stdout)
     assert {"accuracy", "macro_f1", "per_class", "confusion_matrix", "ece"} <= set(metrics)

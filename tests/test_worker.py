@@ -1,5 +1,6 @@
 """The worker loop and its tasks, on SQLite and PostgreSQL: a bug is not taken for a lost connection, every
 task reads under the retry policy and refuses what was deleted, and a kind with no task fails plainly."""
+
 from __future__ import annotations
 
 import threading

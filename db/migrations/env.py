@@ -5,6 +5,7 @@ honours the pragma) and on again after a ``foreign_key_check``: rebuilding a tab
 old table, and with foreign keys on that DROP would first delete every row referring to it, cascading to
 images and cells.
 """
+
 from alembic import context
 
 from db.schema import Base
@@ -31,7 +32,9 @@ with engine.connect() as connection:
             if sqlite:
                 broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
                 if broken:
-                    raise LsmError(f"the migration left {len(broken)} rows pointing at missing rows; nothing was changed")
+                    raise LsmError(
+                        f"the migration left {len(broken)} rows pointing at missing rows; nothing was changed"
+                    )
         connection.commit()
     finally:
         if sqlite:

@@ -19,6 +19,7 @@ An image no larger than about one crop is taken as a single-cell crop and passes
 All thresholds are in micrometres and scale with ``pixel_size_um``, the microscope's calibration.
 Results do not depend on the image's grey scale (8-bit, 12-bit in 16, float).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -55,11 +56,15 @@ class FindParams:
             raise LsmError(f"crop output size {self.output_size} is too small")
 
     @classmethod
-    def for_model(cls, model, pixel_size_um: float | None = None) -> "FindParams":
+    def for_model(cls, model, pixel_size_um: float | None = None) -> FindParams:
         """Settings for a model (a manifest or a Model row): its crop, in micrometres, sampled at its input size,
         at ``pixel_size_um`` (the microscope's calibration), else the pixel size it was trained at."""
-        return cls(pixel_size_um=pixel_size_um or model.pixel_size_um, crop_um=model.crop_um, output_size=model.input_size,
-                   pixel_size_source="set for this batch" if pixel_size_um else "the model's default")
+        return cls(
+            pixel_size_um=pixel_size_um or model.pixel_size_um,
+            crop_um=model.crop_um,
+            output_size=model.input_size,
+            pixel_size_source="set for this batch" if pixel_size_um else "the model's default",
+        )
 
     @property
     def crop_px(self) -> int:
@@ -87,9 +92,12 @@ class CellCrops:
         return len(self.flags)
 
     @classmethod
-    def empty(cls, size: int, dropped: dict[str, int] | None = None) -> "CellCrops":
+    def empty(cls, size: int, dropped: dict[str, int] | None = None) -> CellCrops:
         return cls(
-            np.zeros((0, size, size), np.float32), np.zeros((0, 4), np.int32), np.zeros((0, 2), np.float32), [],
+            np.zeros((0, size, size), np.float32),
+            np.zeros((0, 4), np.int32),
+            np.zeros((0, 2), np.float32),
+            [],
             dropped or {},
         )
 
@@ -97,19 +105,26 @@ class CellCrops:
 def no_cells_note(dropped: dict[str, int], params: FindParams) -> str:
     """Why an image gave no cell, in words a biologist can act on: what was dropped, and the pixel size used.
 
-    >>> no_cells_note({"clump": 2}, FindParams())
-    "no cells found: 2 objects larger than 14 µm were dropped as clumps. Is the pixel size right? It is 0.2 µm/px, the model's default."
+    >>> print(no_cells_note({"clump": 2}, FindParams()))  # doctest: +NORMALIZE_WHITESPACE
+    no cells found: 2 objects larger than 14 µm were dropped as clumps. Is the pixel size right?
+    It is 0.2 µm/px, the model's default.
     """
     parts = []
-    for reason, size in (("clump", f"larger than {params.max_diameter_um:g} µm"),
-                         ("debris", f"smaller than {params.min_diameter_um:g} µm")):
+    for reason, size in (
+        ("clump", f"larger than {params.max_diameter_um:g} µm"),
+        ("debris", f"smaller than {params.min_diameter_um:g} µm"),
+    ):
         n = dropped.get(reason, 0)
         if n:
-            parts.append(f"{n} object{'s' if n != 1 else ''} {size} {'were' if n != 1 else 'was'} dropped as "
-                         + ({"clump": "clumps" if n != 1 else "a clump"}.get(reason, reason)))
+            parts.append(
+                f"{n} object{'s' if n != 1 else ''} {size} {'were' if n != 1 else 'was'} dropped as "
+                + ({"clump": "clumps" if n != 1 else "a clump"}.get(reason, reason))
+            )
     found = "; ".join(parts) if parts else "nothing stood out from the background"
-    return (f"no cells found: {found}. Is the pixel size right? It is {params.pixel_size_um:g} µm/px, "
-            f"{params.pixel_size_source}.")
+    return (
+        f"no cells found: {found}. Is the pixel size right? It is {params.pixel_size_um:g} µm/px, "
+        f"{params.pixel_size_source}."
+    )
 
 
 def _resize(patch: np.ndarray, size: int) -> np.ndarray:

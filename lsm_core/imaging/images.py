@@ -27,10 +27,12 @@ training, inference and saliency apply it identically, and any affine change of 
 Bounds
 ------
 Pixel counts are checked from the header before any decoding; ZIP archives are checked for their number of
-members and unpacked size (as declared; zipfile never unpacks more than a member declares), and members with absolute paths, ``..``
+members and unpacked size (as declared; zipfile never unpacks more than a member declares), and members with
+absolute paths, ``..``
 components or symbolic links are refused. Every bad file becomes an :class:`ImageRecord` with ``error`` set
 to a plain-language message; the other files go on.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -56,6 +58,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 ARCHIVE_SUFFIXES = {".zip"}
 INPUT_SUFFIXES = IMAGE_SUFFIXES | ARCHIVE_SUFFIXES
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -203,7 +206,8 @@ def _nan_message(a: np.ndarray) -> str:
 
 def _decode_pil(data: bytes, limits: Limits) -> list[tuple[np.ndarray, int]]:
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data)) as opened:
+            im: Image.Image = opened  # exif_transpose and convert return plain Images
             _check_pixels(im.width, im.height, limits)
             if im.format == "JPEG" or "exif" in im.info:
                 im = ImageOps.exif_transpose(im)  # applies the camera's orientation
@@ -260,10 +264,11 @@ def _decode_tiff(data: bytes, limits: Limits) -> Iterator[tuple[np.ndarray | Non
                 if "S" in axes and axes.index("S") == 0 and arr.ndim == 3:
                     arr = np.moveaxis(arr, 0, -1)  # planar RGB -> channels last
                 if arr.ndim > 3 or (arr.ndim == 3 and arr.shape[-1] > 4):
-                    raise LsmError(
-                        f"page {index + 1} is a {arr.ndim}-D stack {arr.shape}; save each plane as a page"
-                    )
-                yield arr, int(page.bitspersample), None
+                    raise LsmError(f"page {index + 1} is a {arr.ndim}-D stack {arr.shape}; save each plane as a page")
+                # LSM and ScanImage files give TiffFrames, which carry no tags of their own: read their keyframe's
+                keyframe = page.keyframe
+                assert keyframe is not None  # page.shape above already required it
+                yield arr, int(keyframe.bitspersample), None
             except LsmError as exc:
                 yield None, None, str(exc)
             except Exception as exc:
@@ -316,7 +321,7 @@ def decode_page(name: str, data: bytes, page: int, limits: Limits | None = None)
     record = next((r for r in decode_bytes(name, data, limits) if r.page == page - 1), None)
     if record is None:
         raise LsmError(f"{name}: page {page} is missing")
-    if not record.ok:
+    if not record.ok or record.pixels is None:
         raise LsmError(record.error or "the image could not be read")
     return record.pixels
 

@@ -24,6 +24,7 @@ than young ones. With the default recipe, a classifier reaches about 0.85-0.92 a
 The default pixel size is 0.2 micrometres per pixel, so a 64-pixel crop spans 12.8 micrometres and an
 8-micrometre cell spans 40 pixels.
 """
+
 from __future__ import annotations
 
 import csv
@@ -36,8 +37,8 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from scipy import ndimage as ndi
 
-from lsm_core.imaging.cells import DEFAULT_PIXEL_SIZE_UM
 from lsm_core.classes import task_classes
+from lsm_core.imaging.cells import DEFAULT_PIXEL_SIZE_UM
 
 SYNTHETIC_NOTE = "lsm_core.imaging.synthetic: a synthetic DIC-like cell image, not real data"
 
@@ -142,7 +143,11 @@ def _class_counts(n: int, k: int) -> list[int]:
 
 
 def make_crops(
-    task: str, n: int, seed: int = 0, size: int = 64, pixel_size: float = DEFAULT_PIXEL_SIZE_UM,
+    task: str,
+    n: int,
+    seed: int = 0,
+    size: int = 64,
+    pixel_size: float = DEFAULT_PIXEL_SIZE_UM,
     return_masks: bool = False,
 ):
     """Synthetic single-cell crops, balanced over the task's classes.
@@ -218,14 +223,20 @@ def make_field(
         centres.append((cy, cx))
         label = classes[int(rng.integers(len(classes)))]
         y0, x0 = int(cy) - half, int(cx) - half
-        local, mask = cell_optical_path(rng, MORPHOLOGY[task][label], (2 * half, 2 * half), (cy - y0, cx - x0), pixel_size)
+        local, mask = cell_optical_path(
+            rng, MORPHOLOGY[task][label], (2 * half, 2 * half), (cy - y0, cx - x0), pixel_size
+        )
         opd[y0 : y0 + 2 * half, x0 : x0 + 2 * half] += local
         rows, cols = np.nonzero(mask)
         truth.append(
             FieldCell(
-                x=int(x0 + cols.min()), y=int(y0 + rows.min()),
-                w=int(cols.max() - cols.min() + 1), h=int(rows.max() - rows.min() + 1),
-                cx=float(cx), cy=float(cy), label=label,
+                x=int(x0 + cols.min()),
+                y=int(y0 + rows.min()),
+                w=int(cols.max() - cols.min() + 1),
+                h=int(rows.max() - rows.min() + 1),
+                cx=float(cx),
+                cy=float(cy),
+                label=label,
             )
         )
     debris_half = int(np.ceil(2.0 / pixel_size))

@@ -17,6 +17,7 @@ How people are known depends on the deployment:
 
 The command line acts as ``LSM_USER`` / the login name under the same rules.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,8 +29,8 @@ from sqlalchemy.orm import Session
 from db import audit
 from db.schema import User, utcnow
 from lsm_core.errors import LsmError
-from lsm_core.lab.history import Lab
 from lsm_core.lab import settings
+from lsm_core.lab.history import Lab
 
 MEMBER, ADMIN = "member", "admin"
 SYSTEM = "system"  # the actor of what the app does by itself (registering models found in the store)
@@ -115,10 +116,17 @@ def people(lab: Lab) -> list[Person]:
         acted |= set(s.scalars(select(AuditEvent.actor).distinct())) - {SYSTEM}
         last = dict(s.execute(select(AuditEvent.actor, func.max(AuditEvent.at)).group_by(AuditEvent.actor)).all())
         names = sorted(set(rows) | acted | configured_admins())
-        return [Person(n, rows[n].display_name if n in rows else None, role_of(s, n),
-                       rows[n].role if n in rows else MEMBER, n in configured_admins(),
-                       max(filter(None, [rows[n].last_seen if n in rows else None, last.get(n)]), default=None))
-                for n in names]
+        return [
+            Person(
+                n,
+                rows[n].display_name if n in rows else None,
+                role_of(s, n),
+                rows[n].role if n in rows else MEMBER,
+                n in configured_admins(),
+                max(filter(None, [rows[n].last_seen if n in rows else None, last.get(n)]), default=None),
+            )
+            for n in names
+        ]
 
 
 def set_role(lab: Lab, name: str, role: str, by: str) -> None:
@@ -145,5 +153,7 @@ def audit_trail(lab: Lab, user: str, limit: int = 500) -> list[dict]:
     """The newest audit events, for administrators only."""
     with lab() as s:
         require_admin(s, user, "read the audit trail")
-        return [{"when (UTC)": e.at, "who": e.actor, "did": e.action, "to": e.target, "detail": audit.describe(e.detail)}
-                for e in audit.events(s, limit=limit)]
+        return [
+            {"when (UTC)": e.at, "who": e.actor, "did": e.action, "to": e.target, "detail": audit.describe(e.detail)}
+            for e in audit.events(s, limit=limit)
+        ]

@@ -8,6 +8,7 @@ Every action names the batch by id, never by a position in a list, and may name 
 saw (``Batch.revision`` counts renames and added files): a batch that was deleted or changed since is
 refused with a message, so nobody acts on something other than what they looked at.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -42,7 +43,7 @@ class BatchMeta:
     notes: str | None = None
     pixel_size_um: float | None = None
 
-    def validated(self) -> "BatchMeta":
+    def validated(self) -> BatchMeta:
         if self.age_days is not None:
             try:
                 self.age_days = float(self.age_days)
@@ -90,8 +91,9 @@ class ImageRows:
         return sum(1 for r in self.rows if r.error is None)
 
 
-def image_rows(files: Iterable[RawFile], blobs: BlobStore, limits: Limits,
-               present: dict[str, str] | None = None) -> ImageRows:
+def image_rows(
+    files: Iterable[RawFile], blobs: BlobStore, limits: Limits, present: dict[str, str] | None = None
+) -> ImageRows:
     """Image rows for uploaded files: each file's bytes stored once, each decoded once to validate it; a file
     that fails becomes a row with its error. A file whose bytes are in ``present`` (sha256 -> the file name
     there: the batch's files) or earlier in ``files`` is skipped, never counted twice."""
@@ -101,16 +103,23 @@ def image_rows(files: Iterable[RawFile], blobs: BlobStore, limits: Limits,
         sha = blobs.put(raw.data) if raw.error is None and raw.data else None
         if sha is not None and sha in seen:
             same = seen[sha]
-            out.skipped.append((raw.source, "the same file is in this batch already" + ("" if same == raw.source
-                                                                                          else f" (as {same})")))
+            out.skipped.append(
+                (raw.source, "the same file is in this batch already" + ("" if same == raw.source else f" (as {same})"))
+            )
             continue
         if sha is not None:
             seen[sha] = raw.source
         for record in decode_raw(raw, limits):
             image = Image(
-                position=len(out.rows), file=record.source, page=record.page + 1,
-                sha256=sha if record.ok else record.sha256, width=record.width, height=record.height,
-                bit_depth=record.bit_depth, error=record.error, done=not record.ok,
+                position=len(out.rows),
+                file=record.source,
+                page=record.page + 1,
+                sha256=sha if record.ok else record.sha256,
+                width=record.width,
+                height=record.height,
+                bit_depth=record.bit_depth,
+                error=record.error,
+                done=not record.ok,
             )
             if not record.ok:
                 image.n_cells = 0
@@ -123,8 +132,16 @@ def image_rows(files: Iterable[RawFile], blobs: BlobStore, limits: Limits,
 def classify_job(batch: Batch, owner: str, readable: int, priority: int = 0) -> Job:
     """The job that classifies a batch's unread images (to add in the batch's transaction)."""
     status = JobStatus.QUEUED if readable else JobStatus.FAILED
-    return new_job(JobKind.CLASSIFY, {"batch_id": batch.id, "model_id": batch.model_id}, owner, priority, readable,
-                   batch.id, status, None if readable else "none of the files could be read")
+    return new_job(
+        JobKind.CLASSIFY,
+        {"batch_id": batch.id, "model_id": batch.model_id},
+        owner,
+        priority,
+        readable,
+        batch.id,
+        status,
+        None if readable else "none of the files could be read",
+    )
 
 
 def submit_batch(
@@ -157,15 +174,26 @@ def submit_batch(
         model = s.get(Model, model_id)
         if model is None or model.deleted:
             raise LsmError("the chosen model no longer exists; pick another one")
-        batch = Batch(name=name, owner=owner, model_id=model.id, status="queued" if readable else "failed", **vars(meta))
+        batch = Batch(
+            name=name, owner=owner, model_id=model.id, status="queued" if readable else "failed", **vars(meta)
+        )
         batch.images = rows
         s.add(batch)
         s.flush()
         job = classify_job(batch, owner, readable, priority)
         s.add(job)
         s.flush()
-        audit.record(s, owner, "submit", f"batch {batch.id}", name=name, model=model.label, images=len(rows),
-                     failed=len(errors), skipped=len(found.skipped))
+        audit.record(
+            s,
+            owner,
+            "submit",
+            f"batch {batch.id}",
+            name=name,
+            model=model.label,
+            images=len(rows),
+            failed=len(errors),
+            skipped=len(found.skipped),
+        )
         return Submitted(batch.id, job.id, len(rows), errors, found.skipped)
 
 
@@ -180,12 +208,14 @@ def find_by_name(lab: Lab, owner: str, name: str) -> int | None:
 def _get(s: Session, batch_id: int, seen_revision: int | None = None) -> Batch:
     """Within ``s``: the batch (locked for the rest of the transaction on PostgreSQL), refused when it is gone
     or, with ``seen_revision``, changed since its user saw it."""
-    batch = s.get(Batch, batch_id, with_for_update=s.bind.dialect.name == "postgresql")
+    batch = s.get(Batch, batch_id, with_for_update=s.get_bind().dialect.name == "postgresql")
     if batch is None:
         raise LsmError(f"batch #{batch_id} no longer exists: someone deleted it. Nothing was done.")
     if seen_revision is not None and batch.revision != seen_revision:
-        raise LsmError(f"batch #{batch_id} was changed since you selected it (it is now called {batch.name!r}). "
-                       "Nothing was done: look at it again, then act.")
+        raise LsmError(
+            f"batch #{batch_id} was changed since you selected it (it is now called {batch.name!r}). "
+            "Nothing was done: look at it again, then act."
+        )
     return batch
 
 
@@ -196,8 +226,7 @@ def _own(s: Session, batch_id: int, user: str, seen_revision: int | None = None)
     return batch
 
 
-def rename(lab: Lab, batch_id: int, new_name: str, user: str,
-           seen_revision: int | None = None) -> None:
+def rename(lab: Lab, batch_id: int, new_name: str, user: str, seen_revision: int | None = None) -> None:
     new_name = (new_name or "").strip()
     if not new_name or len(new_name) > 200:
         raise LsmError("a batch name needs 1 to 200 characters")
@@ -222,21 +251,40 @@ def delete(lab: Lab, batch_id: int, user: str, seen_revision: int | None = None)
     """Delete a batch with its images and cells; its queued or running jobs are cancelled. Returns what went."""
     with lab.begin() as s:
         batch = _own(s, batch_id, user, seen_revision)
-        gone = Deleted(batch.id, batch.name,
-                       s.scalar(select(func.count()).select_from(Image).where(Image.batch_id == batch_id)) or 0,
-                       s.scalar(select(func.count()).select_from(Cell).where(Cell.batch_id == batch_id)) or 0)
+        gone = Deleted(
+            batch.id,
+            batch.name,
+            s.scalar(select(func.count()).select_from(Image).where(Image.batch_id == batch_id)) or 0,
+            s.scalar(select(func.count()).select_from(Cell).where(Cell.batch_id == batch_id)) or 0,
+        )
         s.execute(
-            update(Job).where(Job.batch_id == batch_id, Job.status == "queued").values(status="cancelled", finished=func.now())
+            update(Job)
+            .where(Job.batch_id == batch_id, Job.status == "queued")
+            .values(status="cancelled", finished=func.now())
         )
         s.execute(update(Job).where(Job.batch_id == batch_id, Job.status == "running").values(cancel_requested=True))
-        audit.record(s, user, "delete", f"batch {batch_id}", name=batch.name, owner=batch.owner, images=gone.images,
-                     cells=gone.cells)
+        audit.record(
+            s,
+            user,
+            "delete",
+            f"batch {batch_id}",
+            name=batch.name,
+            owner=batch.owner,
+            images=gone.images,
+            cells=gone.cells,
+        )
         s.delete(batch)
         return gone
 
 
-def rerun(lab: Lab, batch_id: int, model_id: int, user: str,
-          pixel_size_um: float | None = None, seen_revision: int | None = None) -> Submitted:
+def rerun(
+    lab: Lab,
+    batch_id: int,
+    model_id: int,
+    user: str,
+    pixel_size_um: float | None = None,
+    seen_revision: int | None = None,
+) -> Submitted:
     """A new batch with the same images and metadata, classified by another model (version) or at another
     pixel size (``pixel_size_um``; default: the old batch's)."""
     if pixel_size_um is not None and not (pixel_size_um > 0 and pixel_size_um < 100):
@@ -247,21 +295,41 @@ def rerun(lab: Lab, batch_id: int, model_id: int, user: str,
         if model is None or model.deleted:
             raise LsmError("the chosen model no longer exists; pick another one")
         if model.task != old.model.task:
-            raise LsmError(f"{model.label} is a {model.task} model; this batch was classified with a {old.model.task} model")
+            raise LsmError(
+                f"{model.label} is a {model.task} model; this batch was classified with a {old.model.task} model"
+            )
         images = s.scalars(select(Image).where(Image.batch_id == batch_id).order_by(Image.position)).all()
         copies = [
-            Image(position=i, file=im.file, page=im.page, sha256=im.sha256, width=im.width, height=im.height,
-                  bit_depth=im.bit_depth, error=im.error if im.width is None else None,
-                  done=im.width is None, n_cells=0 if im.width is None else None)
+            Image(
+                position=i,
+                file=im.file,
+                page=im.page,
+                sha256=im.sha256,
+                width=im.width,
+                height=im.height,
+                bit_depth=im.bit_depth,
+                error=im.error if im.width is None else None,
+                done=im.width is None,
+                n_cells=0 if im.width is None else None,
+            )
             for i, im in enumerate(images)
         ]
         readable = sum(1 for c in copies if not c.done)
         pixels = pixel_size_um if pixel_size_um is not None else old.pixel_size_um
         suffix = f" ({model.name} v{model.version}" + (f", {pixels:g} um/px" if pixel_size_um is not None else "") + ")"
         batch = Batch(
-            name=old.name + suffix, owner=user, model_id=model.id, status="queued",
-            mouse_id=old.mouse_id, age_days=old.age_days, sex=old.sex, strain=old.strain, gate=old.gate,
-            imaging_date=old.imaging_date, notes=old.notes, pixel_size_um=pixels,
+            name=old.name + suffix,
+            owner=user,
+            model_id=model.id,
+            status="queued",
+            mouse_id=old.mouse_id,
+            age_days=old.age_days,
+            sex=old.sex,
+            strain=old.strain,
+            gate=old.gate,
+            imaging_date=old.imaging_date,
+            notes=old.notes,
+            pixel_size_um=pixels,
         )
         batch.images = copies
         s.add(batch)
@@ -288,8 +356,13 @@ def add_files(
     """
     with lab() as s:
         batch = _own(s, batch_id, user, seen_revision)
-        present = dict(s.execute(select(Image.sha256, Image.file).where(Image.batch_id == batch_id,
-                                                                         Image.sha256.is_not(None))).all())
+        present = {
+            sha: file
+            for sha, file in s.execute(
+                select(Image.sha256, Image.file).where(Image.batch_id == batch_id, Image.sha256.is_not(None))
+            )
+            if sha is not None  # always: the query leaves out images without one
+        }
     found = image_rows(files, lab.blobs, limits or lab.limits, present)
     if not found.rows:
         if found.skipped:
@@ -307,6 +380,13 @@ def add_files(
         job = classify_job(batch, user, found.readable)
         s.add(job)
         s.flush()
-        audit.record(s, user, "add files", f"batch {batch_id}", images=len(found.rows), failed=len(found.errors),
-                     skipped=len(found.skipped))
+        audit.record(
+            s,
+            user,
+            "add files",
+            f"batch {batch_id}",
+            images=len(found.rows),
+            failed=len(found.errors),
+            skipped=len(found.skipped),
+        )
         return Submitted(batch_id, job.id, len(found.rows), found.errors, found.skipped)

@@ -5,6 +5,7 @@ mount when workers run on several hosts). Writes go to a temporary file and are 
 reader never sees half a blob; a write that fails (a full disk) removes its temporary file and raises
 LsmError saying so.
 """
+
 from __future__ import annotations
 
 import errno
@@ -49,8 +50,10 @@ class BlobStore:
                 raise
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise LsmError(f"the file store at {self.root} is full (no space left on its disk): nothing more can be "
-                               "saved until space is freed there; ask the lab's administrator") from None
+                raise LsmError(
+                    f"the file store at {self.root} is full (no space left on its disk): nothing more can be "
+                    "saved until space is freed there; ask the lab's administrator"
+                ) from None
             raise LsmError(f"the file store at {self.root} could not save an upload ({exc.strerror or exc})") from None
         return sha
 

@@ -5,6 +5,7 @@ A ``Lab`` is what every function of the shared service works on: the database (c
 the settings they came from. The command line, ``serve``, the worker, the pages and the tests all open it
 here, so none of them reads the environment or builds a store on its own.
 """
+
 from __future__ import annotations
 
 from functools import cached_property

@@ -15,22 +15,23 @@ Statuses and kinds are string enums (:class:`JobStatus`, :class:`JobKind`) store
 columns. Functions that take a ``Lab`` (or any session factory) run their own short transaction; those that
 take a ``Session`` work inside the caller's.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import CursorResult, case, func, select, update
 from sqlalchemy.orm import Session
 
 from db import audit
 from db.schema import Batch, Job, utcnow
 from lsm_core.errors import LsmError
-from lsm_core.lab.history import Lab
 from lsm_core.lab import accounts
+from lsm_core.lab.history import Lab
 
 DEFAULT_LEASE_S = 60.0
 DEFAULT_MAX_ATTEMPTS = 3
@@ -57,15 +58,40 @@ class JobKind(StrEnum):
     SALIENCY = "saliency"
 
 
-def new_job(kind: JobKind, payload: dict[str, Any], owner: str, priority: int = 0, total: int = 0,
-            batch_id: int | None = None, status: JobStatus = JobStatus.QUEUED, error: str | None = None) -> Job:
+def new_job(
+    kind: JobKind,
+    payload: dict[str, Any],
+    owner: str,
+    priority: int = 0,
+    total: int = 0,
+    batch_id: int | None = None,
+    status: JobStatus = JobStatus.QUEUED,
+    error: str | None = None,
+) -> Job:
     """A Job row to add in the caller's transaction (the one place a job is made)."""
-    return Job(kind=JobKind(kind).value, payload=payload, owner=owner, priority=priority, progress_total=total,
-               batch_id=batch_id, max_attempts=DEFAULT_MAX_ATTEMPTS, status=JobStatus(status).value, error=error)
+    return Job(
+        kind=JobKind(kind).value,
+        payload=payload,
+        owner=owner,
+        priority=priority,
+        progress_total=total,
+        batch_id=batch_id,
+        max_attempts=DEFAULT_MAX_ATTEMPTS,
+        status=JobStatus(status).value,
+        error=error,
+    )
 
 
-def submit(lab: Lab, kind: JobKind, payload: dict[str, Any], owner: str, priority: int = 0,
-           total: int = 0, batch_id: int | None = None, audit_as: tuple[str, str] | None = None) -> int:
+def submit(
+    lab: Lab,
+    kind: JobKind,
+    payload: dict[str, Any],
+    owner: str,
+    priority: int = 0,
+    total: int = 0,
+    batch_id: int | None = None,
+    audit_as: tuple[str, str] | None = None,
+) -> int:
     """Queue a job in its own transaction; returns its id. ``audit_as`` (action, target) records it in the
     audit trail in the same transaction."""
     with lab.begin() as s:
@@ -102,15 +128,17 @@ def reap_expired(s: Session, now: datetime) -> int:
         if job.cancel_requested:
             job.status, job.finished = JobStatus.CANCELLED, now
         elif job.attempts >= job.max_attempts:
-            job.status, job.error, job.finished = JobStatus.FAILED, f"gave up after {job.attempts} attempts: {message}", now
+            job.status, job.error, job.finished = (
+                JobStatus.FAILED,
+                f"gave up after {job.attempts} attempts: {message}",
+                now,
+            )
         else:
             job.status = JobStatus.QUEUED
     return len(expired)
 
 
-def claim(
-    lab: Lab, worker_id: str, kinds: Iterable[str] | None = None, lease_s: float = DEFAULT_LEASE_S
-) -> Job | None:
+def claim(lab: Lab, worker_id: str, kinds: Iterable[str] | None = None, lease_s: float = DEFAULT_LEASE_S) -> Job | None:
     """Take the next job (see the module docstring for the order), or None when there is none."""
     now = utcnow()
     with lab.begin() as s:
@@ -144,10 +172,13 @@ def claim(
 
 def renew_lease(s: Session, job_id: int, worker_id: str, lease_s: float = DEFAULT_LEASE_S) -> bool:
     """Within ``s``: extend the lease; False when this worker no longer holds the job."""
-    result = s.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.RUNNING)
-        .values(lease_expires=utcnow() + timedelta(seconds=lease_s))
+    result = cast(
+        CursorResult[Any],  # an UPDATE gives a CursorResult; Session.execute is typed as the general Result
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.RUNNING)
+            .values(lease_expires=utcnow() + timedelta(seconds=lease_s))
+        ),
     )
     return result.rowcount == 1
 
@@ -179,17 +210,23 @@ def cancel(lab: Lab, job_id: int, user: str) -> str:
         return job.status
 
 
-def finish(s: Session, job_id: int, worker_id: str, status: JobStatus = JobStatus.DONE, error: str | None = None) -> bool:
+def finish(
+    s: Session, job_id: int, worker_id: str, status: JobStatus = JobStatus.DONE, error: str | None = None
+) -> bool:
     """Within ``s``: end a job this worker holds (done, failed or cancelled). False if it no longer holds it."""
     now = utcnow()
-    result = s.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.RUNNING)
-        .values(status=status, finished=now, lease_expires=None, error=error)
+    result = cast(
+        CursorResult[Any],  # an UPDATE gives a CursorResult; Session.execute is typed as the general Result
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.RUNNING)
+            .values(status=status, finished=now, lease_expires=None, error=error)
+        ),
     )
     if result.rowcount != 1:
         return False
     job = s.get(Job, job_id)
+    assert job is not None  # the UPDATE above just matched this row, and it stays locked until ``s`` commits
     if error:
         job.errors = [*(job.errors or []), f"attempt {job.attempts}: {error}"]
     if job.batch_id is not None:
@@ -218,8 +255,12 @@ def release(lab: Lab, job_id: int, worker_id: str) -> None:
         s.execute(
             update(Job)
             .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.RUNNING)
-            .values(status=JobStatus.QUEUED, worker_id=None, lease_expires=None,
-                    attempts=case((Job.attempts > 0, Job.attempts - 1), else_=0))
+            .values(
+                status=JobStatus.QUEUED,
+                worker_id=None,
+                lease_expires=None,
+                attempts=case((Job.attempts > 0, Job.attempts - 1), else_=0),
+            )
         )
 
 
@@ -227,8 +268,10 @@ def queued_order(s: Session, kinds: Iterable[str] | None = None) -> list[int]:
     """Ids of the queued jobs in the order workers will take them."""
     last_served, order = _order_columns()
     query = (
-        select(Job.id).outerjoin(last_served, last_served.c.owner == Job.owner)
-        .where(Job.status == JobStatus.QUEUED, Job.cancel_requested.is_(False)).order_by(*order)
+        select(Job.id)
+        .outerjoin(last_served, last_served.c.owner == Job.owner)
+        .where(Job.status == JobStatus.QUEUED, Job.cancel_requested.is_(False))
+        .order_by(*order)
     )
     if kinds:
         query = query.where(Job.kind.in_(list(kinds)))
@@ -240,10 +283,15 @@ def throughput(s: Session, kind: str = "classify", recent: int = 20) -> float | 
     rows = s.execute(
         select(Job.progress_total, Job.started, Job.finished)
         .where(Job.kind == kind, Job.status == JobStatus.DONE, Job.started.is_not(None), Job.finished.is_not(None))
-        .order_by(Job.finished.desc()).limit(recent)
+        .order_by(Job.finished.desc())
+        .limit(recent)
     ).all()
-    items = sum(r[0] for r in rows)
-    seconds = sum(max((r[2] - r[1]).total_seconds(), 1e-3) for r in rows)
+    items = sum(total for total, _, _ in rows)
+    seconds = sum(
+        max((finished - started).total_seconds(), 1e-3)
+        for _, started, finished in rows
+        if started is not None and finished is not None  # always: the query asks for both
+    )
     return items / seconds if rows and items else None
 
 
@@ -272,10 +320,22 @@ def queue_info(lab: Lab, job_id: int) -> QueueInfo:
                 position = order.index(job.id) + 1
                 ahead_ids = order[: position - 1]
                 if ahead_ids:
-                    ahead_items = s.scalar(select(func.coalesce(func.sum(Job.progress_total - Job.progress_done), 0)).where(Job.id.in_(ahead_ids))) or 0
-            running_left = s.scalar(
-                select(func.coalesce(func.sum(Job.progress_total - Job.progress_done), 0)).where(Job.status == JobStatus.RUNNING, Job.kind == job.kind)
-            ) or 0
+                    ahead_items = (
+                        s.scalar(
+                            select(func.coalesce(func.sum(Job.progress_total - Job.progress_done), 0)).where(
+                                Job.id.in_(ahead_ids)
+                            )
+                        )
+                        or 0
+                    )
+            running_left = (
+                s.scalar(
+                    select(func.coalesce(func.sum(Job.progress_total - Job.progress_done), 0)).where(
+                        Job.status == JobStatus.RUNNING, Job.kind == job.kind
+                    )
+                )
+                or 0
+            )
             ahead_items += running_left
         remaining = job.progress_total - job.progress_done
         eta = None

@@ -1,5 +1,6 @@
 """Cells of the history as labelled data: crops cut again from stored images, batches named with the class
 their population was sorted as ("12: LT-HSC")."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,7 +37,9 @@ def parse_labelled_batches(text: str) -> dict[int, str]:
     return labelled
 
 
-def from_batches(lab: Lab, labels_by_batch: dict[int, str], task: str, params: FindParams | None = None) -> LabelledData:
+def from_batches(
+    lab: Lab, labels_by_batch: dict[int, str], task: str, params: FindParams | None = None
+) -> LabelledData:
     """Labelled crops from classified batches: every cell of batch B gets class labels_by_batch[B].
 
     Crops are cut again from the stored images at the cells' boxes. The source of a crop is its mouse
@@ -44,7 +47,11 @@ def from_batches(lab: Lab, labels_by_batch: dict[int, str], task: str, params: F
     """
     classes = list(task_classes(task))
     params = params or FindParams()
-    crops, labels, groups, sources, errors = [], [], [], [], []
+    crops: list[np.ndarray] = []
+    labels: list[int] = []
+    groups: list[int] = []
+    sources: list[str] = []
+    errors: list[tuple[str, str]] = []
     mouse_groups: dict[str, int] = {}
     with lab() as s:
         for batch_id, cls in labels_by_batch.items():
@@ -58,8 +65,9 @@ def from_batches(lab: Lab, labels_by_batch: dict[int, str], task: str, params: F
             if group == len(sources):
                 sources.append(mouse)
             for image in s.scalars(select(Image).where(Image.batch_id == batch_id, Image.n_cells > 0)):
-                boxes = s.execute(select(Cell.x, Cell.y, Cell.w, Cell.h).where(Cell.image_id == image.id)
-                                  .order_by(Cell.idx)).all()
+                boxes = s.execute(
+                    select(Cell.x, Cell.y, Cell.w, Cell.h).where(Cell.image_id == image.id).order_by(Cell.idx)
+                ).all()
                 try:
                     cut = stored_crops(lab.blobs, image, boxes, params)
                 except LsmError as exc:
@@ -70,7 +78,8 @@ def from_batches(lab: Lab, labels_by_batch: dict[int, str], task: str, params: F
                 groups += [group] * len(cut)
     if not crops:
         raise LsmError("the chosen batches have no classified cells")
-    data = LabelledData(classes, np.concatenate(crops), np.asarray(labels, np.int64), np.asarray(groups, np.int64),
-                        sources, errors)
+    data = LabelledData(
+        classes, np.concatenate(crops), np.asarray(labels, np.int64), np.asarray(groups, np.int64), sources, errors
+    )
     check_classes(data)
     return data

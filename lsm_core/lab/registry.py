@@ -5,6 +5,7 @@ then aging (the order of :data:`lsm_core.classes.TASK_TITLES`), within a task it
 and newest version, models that failed their quality check last (and left out unless asked for). A model
 that failed its quality check (:func:`lsm_core.ml.metrics.model_quality`) is never made a default.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -15,12 +16,12 @@ from sqlalchemy.orm import Session
 
 from db import audit
 from db.schema import Model
-from lsm_core.lab import accounts
+from lsm_core.classes import TASK_TITLES
 from lsm_core.errors import LsmError
+from lsm_core.lab import accounts
 from lsm_core.lab.history import Lab
 from lsm_core.ml.metrics import failed_quality, model_quality
 from lsm_core.ml.models import ModelPackage, ModelStore
-from lsm_core.classes import TASK_TITLES
 
 TASK_ORDER: tuple[str, ...] = tuple(TASK_TITLES)  # ("lsm", "aging"): the LSM classifier first, everywhere
 
@@ -36,8 +37,9 @@ def model_sort_key(m: Model) -> tuple:
     return (task_rank(m.task), m.task, not m.is_default, failed_quality(m.metrics), m.name, -m.version)
 
 
-def offered_models(s: Session, task: str | None = None, include_failed: bool = False,
-                   include_deleted: bool = False) -> list[Model]:
+def offered_models(
+    s: Session, task: str | None = None, include_failed: bool = False, include_deleted: bool = False
+) -> list[Model]:
     """Within ``s``: the models to list or offer (of ``task`` when given), in :func:`model_sort_key` order.
 
     Models that failed their quality check are left out unless ``include_failed``; deleted ones unless
@@ -63,14 +65,31 @@ def row_for(s: Session, package: ModelPackage, store: ModelStore) -> Model:
                 f"(sha256 {m.weights_sha256[:12]} vs {row.weights_sha256[:12]})"
             )
         return row
-    audit.record(s, accounts.SYSTEM, "register", f"model {m.name} v{m.version}", task=m.task, demo=m.demo,
-                 sha256=m.weights_sha256)
+    audit.record(
+        s,
+        accounts.SYSTEM,
+        "register",
+        f"model {m.name} v{m.version}",
+        task=m.task,
+        demo=m.demo,
+        sha256=m.weights_sha256,
+    )
     row = Model(
-        task=m.task, name=m.name, version=m.version, classes=list(m.classes), architecture=m.architecture,
-        input_size=m.input_size, pixel_size_um=m.pixel_size_um, crop_um=m.crop_um, normalisation=m.normalisation,
-        temperature=m.temperature, weights_sha256=m.weights_sha256,
+        task=m.task,
+        name=m.name,
+        version=m.version,
+        classes=list(m.classes),
+        architecture=m.architecture,
+        input_size=m.input_size,
+        pixel_size_um=m.pixel_size_um,
+        crop_um=m.crop_um,
+        normalisation=m.normalisation,
+        temperature=m.temperature,
+        weights_sha256=m.weights_sha256,
         path=str(package.path.resolve().relative_to(store.root.resolve())),
-        metrics=m.metrics, training=m.training, demo=m.demo,
+        metrics=m.metrics,
+        training=m.training,
+        demo=m.demo,
     )
     s.add(row)
     s.flush()
@@ -116,8 +135,9 @@ def set_default(lab: Lab, model_id: int, user: str) -> None:
             raise LsmError("that model no longer exists")
         passed, reasons, _ = model_quality(row.metrics)
         if passed is False:
-            raise LsmError(f"{row.label} cannot be the default {row.task} model: it failed its quality check. "
-                           + " ".join(reasons))
+            raise LsmError(
+                f"{row.label} cannot be the default {row.task} model: it failed its quality check. " + " ".join(reasons)
+            )
         for other in s.scalars(select(Model).where(Model.task == row.task)):
             other.is_default = other.id == row.id
         audit.record(s, user, "set default", f"model {row.name} v{row.version}", task=row.task)

@@ -5,6 +5,7 @@ transaction again with backoff for up to ``seconds`` (5 minutes). Any other erro
 bad value) is raised at once: retrying it would only hide it. SQLite's errors are never retried (a locked
 file already waits 30 s in the driver).
 """
+
 from __future__ import annotations
 
 import logging

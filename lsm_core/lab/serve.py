@@ -5,6 +5,7 @@ processes at once and, when a synthetic demo model is missing, trains it in a th
 (``python -m lsm_core demo``, at a lower priority), which registers each model as soon as it is trained and
 reports its progress through :func:`lsm_core.ml.demo.demo_status`. Ctrl-C (or SIGTERM) stops them all.
 """
+
 from __future__ import annotations
 
 import os
@@ -50,7 +51,8 @@ def child_environment(settings: Settings) -> dict[str, str]:
         parsed = make_url(url)
         if parsed.database and parsed.database != ":memory:" and not Path(parsed.database).is_absolute():
             env["LSM_DATABASE_URL"] = parsed.set(database=str(Path(parsed.database).resolve())).render_as_string(
-                hide_password=False)
+                hide_password=False
+            )
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
 
@@ -62,29 +64,46 @@ def serve(port: int = 8501, log=print) -> int:
     from lsm_core.ml.demo import missing_demo_models
 
     if not (ROOT / "streamlit_app.py").is_file():
-        raise LsmError(f"serve runs the app from the project's folder, but {ROOT} has no streamlit_app.py: "
-                       "install the project from its folder with `pip install -e .` (`make install`)")
+        raise LsmError(
+            f"serve runs the app from the project's folder, but {ROOT} has no streamlit_app.py: "
+            "install the project from its folder with `pip install -e .` (`make install`)"
+        )
     settings = settings_module.current()
     env = child_environment(settings)
     lab = open_lab(settings)  # upgraded, and the store's models registered
     store = lab.store
     lab.dispose()
     app = subprocess.Popen(
-        [sys.executable, "-c", STREAMLIT_BOOT, "run", str(ROOT / "streamlit_app.py"), "--server.port", str(port),
-         "--server.headless", "true"],
-        cwd=ROOT, env=env,
+        [
+            sys.executable,
+            "-c",
+            STREAMLIT_BOOT,
+            "run",
+            str(ROOT / "streamlit_app.py"),
+            "--server.port",
+            str(port),
+            "--server.headless",
+            "true",
+        ],
+        cwd=ROOT,
+        env=env,
     )
     worker = subprocess.Popen([sys.executable, "-m", "lsm_core", "worker"], cwd=ROOT, env=env)
     trainer = None
     missing = missing_demo_models(store)
     if missing:
-        log(f"training the synthetic demo models {', '.join(missing)} in the background (a few minutes); "
-            "the Classify page shows how far it is")
-        trainer = subprocess.Popen([sys.executable, "-m", "lsm_core", "demo"], cwd=ROOT, env=env,
-                                   preexec_fn=_lower_priority)
+        log(
+            f"training the synthetic demo models {', '.join(missing)} in the background (a few minutes); "
+            "the Classify page shows how far it is"
+        )
+        trainer = subprocess.Popen(
+            [sys.executable, "-m", "lsm_core", "demo"], cwd=ROOT, env=env, preexec_fn=_lower_priority
+        )
     children = [p for p in (app, worker, trainer) if p is not None]
-    log(f"the app is at http://localhost:{port} (worker pid {worker.pid}); Ctrl-C stops "
-        + ("all three" if trainer else "both"))
+    log(
+        f"the app is at http://localhost:{port} (worker pid {worker.pid}); Ctrl-C stops "
+        + ("all three" if trainer else "both")
+    )
     stopping = False
 
     def stop(*_):
@@ -99,8 +118,10 @@ def serve(port: int = 8501, log=print) -> int:
                 if trainer.returncode == 0:
                     log("the synthetic demo models are trained and registered")
                 else:
-                    log(f"training the demo models failed (exit status {trainer.returncode}); the Classify page "
-                        "says why, and `python -m lsm_core demo` (or the next serve) tries again")
+                    log(
+                        f"training the demo models failed (exit status {trainer.returncode}); the Classify page "
+                        "says why, and `python -m lsm_core demo` (or the next serve) tries again"
+                    )
                 trainer = None
             time.sleep(0.5)
     finally:

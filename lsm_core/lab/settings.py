@@ -23,6 +23,7 @@ app. Nothing else in the project reads the environment: functions get what they 
 Sign-in is on when an ``[auth]`` section is configured in ``~/.streamlit/secrets.toml`` or
 ``./.streamlit/secrets.toml`` (Streamlit's own places).
 """
+
 from __future__ import annotations
 
 import getpass
@@ -36,9 +37,20 @@ from pathlib import Path
 from lsm_core.errors import LsmError
 from lsm_core.imaging.images import Limits
 
-VARIABLES = ("LSM_DATA_DIR", "LSM_DATABASE_URL", "LSM_BLOB_DIR", "LSM_USER", "LSM_ADMINS", "LSM_DEVICE",
-             "LSM_PRECISION", "LSM_PIXEL_SIZE_UM", "LSM_MAX_IMAGE_PIXELS", "LSM_MAX_ARCHIVE_MEMBERS",
-             "LSM_MAX_ARCHIVE_BYTES", "LSM_DEMO_RECIPE")
+VARIABLES = (
+    "LSM_DATA_DIR",
+    "LSM_DATABASE_URL",
+    "LSM_BLOB_DIR",
+    "LSM_USER",
+    "LSM_ADMINS",
+    "LSM_DEVICE",
+    "LSM_PRECISION",
+    "LSM_PIXEL_SIZE_UM",
+    "LSM_MAX_IMAGE_PIXELS",
+    "LSM_MAX_ARCHIVE_MEMBERS",
+    "LSM_MAX_ARCHIVE_BYTES",
+    "LSM_DEMO_RECIPE",
+)
 PRECISIONS = ("auto", "bf16", "fp32")
 DEMO_RECIPES = ("full", "tiny")
 
@@ -137,12 +149,18 @@ class Settings:
 
     def environment(self) -> dict[str, str]:
         """These settings as environment variables (absolute paths), for child processes."""
-        env = {"LSM_DATA_DIR": str(self.data_dir.resolve()), "LSM_DATABASE_URL": self.database_url,
-               "LSM_BLOB_DIR": str(self.blob_dir.resolve()), "LSM_USER": self.user, "LSM_DEVICE": self.device,
-               "LSM_PRECISION": self.precision, "LSM_DEMO_RECIPE": self.demo_recipe,
-               "LSM_MAX_IMAGE_PIXELS": str(self.limits.max_image_pixels),
-               "LSM_MAX_ARCHIVE_MEMBERS": str(self.limits.max_archive_members),
-               "LSM_MAX_ARCHIVE_BYTES": str(self.limits.max_archive_bytes)}
+        env = {
+            "LSM_DATA_DIR": str(self.data_dir.resolve()),
+            "LSM_DATABASE_URL": self.database_url,
+            "LSM_BLOB_DIR": str(self.blob_dir.resolve()),
+            "LSM_USER": self.user,
+            "LSM_DEVICE": self.device,
+            "LSM_PRECISION": self.precision,
+            "LSM_DEMO_RECIPE": self.demo_recipe,
+            "LSM_MAX_IMAGE_PIXELS": str(self.limits.max_image_pixels),
+            "LSM_MAX_ARCHIVE_MEMBERS": str(self.limits.max_archive_members),
+            "LSM_MAX_ARCHIVE_BYTES": str(self.limits.max_archive_bytes),
+        }
         if self.admins:
             env["LSM_ADMINS"] = ",".join(sorted(self.admins))
         if self.pixel_size_um is not None:
@@ -155,7 +173,7 @@ _cached: tuple[tuple, Settings] | None = None
 
 
 def _fingerprint() -> tuple:
-    stamps = []
+    stamps: list[tuple[str, int | None]] = []
     for path in secrets_files():
         try:
             stamps.append((str(path), path.stat().st_mtime_ns))

@@ -17,6 +17,7 @@ job's state:
 A claim that fails for any other reason than a lost connection stops the worker with the error: a bug
 must not make it loop forever.
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,7 +28,8 @@ import threading
 import uuid
 from collections.abc import Iterable
 
-from db.schema import Job, Worker as WorkerRow, utcnow
+from db.schema import Job, utcnow
+from db.schema import Worker as WorkerRow
 from lsm_core.errors import LsmError
 from lsm_core.lab import jobs, tasks
 from lsm_core.lab.history import Lab
@@ -40,10 +42,18 @@ ALL_KINDS = tuple(k.value for k in JobKind)
 
 
 class Worker:
-    def __init__(self, lab: Lab, device: str | None = None, kinds: Iterable[str] = ALL_KINDS,
-                 lease_s: float = jobs.DEFAULT_LEASE_S, poll_s: float = 1.0, cache_size: int = 3,
-                 worker_id: str | None = None, batch_size: int | None = None,
-                 db_retry_s: float = DEFAULT_SECONDS) -> None:
+    def __init__(
+        self,
+        lab: Lab,
+        device: str | None = None,
+        kinds: Iterable[str] = ALL_KINDS,
+        lease_s: float = jobs.DEFAULT_LEASE_S,
+        poll_s: float = 1.0,
+        cache_size: int = 3,
+        worker_id: str | None = None,
+        batch_size: int | None = None,
+        db_retry_s: float = DEFAULT_SECONDS,
+    ) -> None:
         from lsm_core.ml.predict import choose_device
 
         self.lab = lab
@@ -73,8 +83,9 @@ class Worker:
         with self.lab.begin() as s:
             row = s.get(WorkerRow, self.id)
             if row is None:
-                row = WorkerRow(id=self.id, host=self.host, pid=os.getpid(), device=str(self.device),
-                                kinds=",".join(self.kinds))
+                row = WorkerRow(
+                    id=self.id, host=self.host, pid=os.getpid(), device=str(self.device), kinds=",".join(self.kinds)
+                )
                 s.add(row)
             row.last_seen = utcnow()
             row.current_job_id = self.current_job
@@ -160,8 +171,9 @@ class Worker:
             log.info("job %s released back to the queue", job.id)
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}"
-            status = self.retry("failing a job",
-                                lambda _: jobs.fail_or_retry(self.lab, job.id, self.id, message, retry=True))
+            status = self.retry(
+                "failing a job", lambda _: jobs.fail_or_retry(self.lab, job.id, self.id, message, retry=True)
+            )
             log.exception("job %s raised; now %s", job.id, status)
         finally:
             self.current_job = None

@@ -9,6 +9,7 @@ Memory stays bounded (a few images plus one batch of crops) whatever the number 
 in input order. A file that fails gives one row carrying its message; an image without cells gives one
 row saying so; neither stops the others.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -59,7 +60,18 @@ class ResultRow:
     def values(self, n_classes: int) -> list:
         box = self.box or (None, None, None, None)
         probs = self.probs if self.probs is not None else [None] * n_classes
-        return [self.file, self.page, self.cell, *box, self.predicted, self.score, *probs, self.error, self.flags, self.note]
+        return [
+            self.file,
+            self.page,
+            self.cell,
+            *box,
+            self.predicted,
+            self.score,
+            *probs,
+            self.error,
+            self.flags,
+            self.note,
+        ]
 
 
 @dataclass
@@ -85,8 +97,9 @@ def find_params_for(predictor: Predictor, pixel_size_um: float | None, setting_u
     return params
 
 
-def in_batches(items: Iterable[T], predictor: Predictor,
-               crops_of: Callable[[T], np.ndarray | None]) -> Iterator[list[tuple[T, Prediction | None]]]:
+def in_batches(
+    items: Iterable[T], predictor: Predictor, crops_of: Callable[[T], np.ndarray | None]
+) -> Iterator[list[tuple[T, Prediction | None]]]:
     """Groups of ``items`` whose crops (``crops_of(item)``: (N, S, S) float32, or None) fill one batch of the
     network, each item with the prediction of its own crops (None when it has none), in input order.
 
@@ -163,7 +176,7 @@ class _Raised:
 def _prepared(records: Iterable[ImageRecord], params: FindParams) -> Iterator[tuple[ImageRecord, CellCrops | None]]:
     for record in records:
         cells: CellCrops | None = None
-        if record.ok:
+        if record.ok and record.pixels is not None:
             try:
                 cells = find_cells(record.pixels, params)
             except LsmError as exc:
@@ -199,8 +212,15 @@ def classify_records(
             yield from _rows(record, cells, pred, classes, params, summary, keep_crops)
 
 
-def _rows(record: ImageRecord, cells: CellCrops | None, pred: Prediction | None, classes: list[str],
-          params: FindParams, summary: Summary, keep_crops: bool) -> Iterator[ResultRow]:
+def _rows(
+    record: ImageRecord,
+    cells: CellCrops | None,
+    pred: Prediction | None,
+    classes: list[str],
+    params: FindParams,
+    summary: Summary,
+    keep_crops: bool,
+) -> Iterator[ResultRow]:
     summary.images += 1
     page = record.page + 1
     if not record.ok or cells is None:
@@ -216,8 +236,16 @@ def _rows(record: ImageRecord, cells: CellCrops | None, pred: Prediction | None,
     summary.cells += len(cells)
     probs, predicted, score = pred.probs.tolist(), pred.predicted.tolist(), pred.score.tolist()
     for i in range(len(cells)):
+        x, y, w, h = (int(v) for v in cells.boxes[i])  # boxes are (N, 4): x, y, w, h
         yield ResultRow(
-            record.source, page, cell=i + 1, box=tuple(int(v) for v in cells.boxes[i]), predicted=classes[predicted[i]],
-            score=score[i], probs=probs[i], flags=cells.flags[i], sha256=record.sha256,
+            record.source,
+            page,
+            cell=i + 1,
+            box=(x, y, w, h),
+            predicted=classes[predicted[i]],
+            score=score[i],
+            probs=probs[i],
+            flags=cells.flags[i],
+            sha256=record.sha256,
             crop=cells.crops[i] if keep_crops else None,
         )

@@ -5,6 +5,7 @@ Every image goes through the same reading and cell finding as classification (:m
 gives all its cells the folder's class. Each crop remembers its *source* (the file it came from, or the
 mouse for batches), so that :func:`split` never puts crops of one source on both sides.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,10 +16,10 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
-from lsm_core.imaging.cells import FindParams, find_cells
-from lsm_core.errors import LsmError
-from lsm_core.imaging.images import RawFile, decode_raw, iter_files, iter_upload
 from lsm_core.classes import task_classes
+from lsm_core.errors import LsmError
+from lsm_core.imaging.cells import FindParams, find_cells
+from lsm_core.imaging.images import RawFile, decode_raw, iter_files, iter_upload
 
 MIN_PER_CLASS = 10
 MIN_SIDE = 16
@@ -40,21 +41,27 @@ class LabelledData:
         counts = np.bincount(self.labels, minlength=len(self.classes))
         return {c: int(n) for c, n in zip(self.classes, counts)}
 
-    def subset(self, index: np.ndarray) -> "LabelledData":
+    def subset(self, index: np.ndarray) -> LabelledData:
         return LabelledData(self.classes, self.crops[index], self.labels[index], self.groups[index], self.sources, [])
 
     @classmethod
     def concat(cls, parts: list[LabelledData]) -> LabelledData:
         """One data set of several (same classes); sources are renumbered so that none is shared."""
         first = parts[0]
-        crops, labels, groups, sources, errors = [], [], [], [], []
+        crops: list[np.ndarray] = []
+        labels: list[np.ndarray] = []
+        groups: list[np.ndarray] = []
+        sources: list[str] = []
+        errors: list[tuple[str, str]] = []
         for part in parts:
             crops.append(part.crops)
             labels.append(part.labels)
             groups.append(part.groups + len(sources))
             sources += part.sources
             errors += part.errors
-        return cls(first.classes, np.concatenate(crops), np.concatenate(labels), np.concatenate(groups), sources, errors)
+        return cls(
+            first.classes, np.concatenate(crops), np.concatenate(labels), np.concatenate(groups), sources, errors
+        )
 
     def digest(self) -> str:
         """sha256 over crops and labels: which data a model was trained on."""
@@ -77,10 +84,17 @@ def from_files(files: Iterable[RawFile], task: str, params: FindParams | None = 
     """Labelled crops from raw files whose paths contain a class folder (``.../LT-HSC/cell.png``)."""
     classes = list(task_classes(task))
     params = params or FindParams()
-    crops, labels, groups, sources, errors = [], [], [], [], []
+    crops: list[np.ndarray] = []
+    labels: list[int] = []
+    groups: list[int] = []
+    sources: list[str] = []
+    errors: list[tuple[str, str]] = []
     unknown: Counter[str] = Counter()
-    expanded = (member for raw in files
-                for member in (iter_upload(raw.source, raw.data) if raw.error is None and raw.data else [raw]))
+    expanded = (
+        member
+        for raw in files
+        for member in (iter_upload(raw.source, raw.data) if raw.error is None and raw.data else [raw])
+    )
     for raw in expanded:
         cls = class_of(raw.source, classes)
         if cls is None:
@@ -88,11 +102,13 @@ def from_files(files: Iterable[RawFile], task: str, params: FindParams | None = 
             unknown[folder] += 1
             continue
         for record in decode_raw(raw):
-            if not record.ok:
+            if not record.ok or record.pixels is None:
                 errors.append((record.source, record.error or ""))
                 continue
             if min(record.pixels.shape) < MIN_SIDE:
-                errors.append((record.source, f"the image is {record.width}x{record.height} pixels: too small for a cell"))
+                errors.append(
+                    (record.source, f"the image is {record.width}x{record.height} pixels: too small for a cell")
+                )
                 continue
             try:
                 found = find_cells(record.pixels, params)
@@ -108,11 +124,18 @@ def from_files(files: Iterable[RawFile], task: str, params: FindParams | None = 
             labels += [classes.index(cls)] * len(found)
             groups += [group] * len(found)
     for folder, n in unknown.items():
-        errors.append((folder, f"{n} file(s) in a folder that names no {task} class "
-                               f"(expected folders named {', '.join(classes)}); not used"))
+        errors.append(
+            (
+                folder,
+                f"{n} file(s) in a folder that names no {task} class "
+                f"(expected folders named {', '.join(classes)}); not used",
+            )
+        )
     if not crops:
         raise LsmError(f"no labelled images found: put them in folders named {', '.join(classes)}")
-    data = LabelledData(classes, np.concatenate(crops), np.asarray(labels, np.int64), np.asarray(groups, np.int64), sources, errors)
+    data = LabelledData(
+        classes, np.concatenate(crops), np.asarray(labels, np.int64), np.asarray(groups, np.int64), sources, errors
+    )
     check_classes(data)
     return data
 
@@ -132,8 +155,11 @@ def check_classes(data: LabelledData) -> None:
         )
     few = {c: n for c, n in counts.items() if 0 < n < MIN_PER_CLASS}
     if few:
-        raise LsmError("too few cells to learn from: " + ", ".join(f"{c} has {n}" for c, n in few.items())
-                       + f" (at least {MIN_PER_CLASS} per class)")
+        raise LsmError(
+            "too few cells to learn from: "
+            + ", ".join(f"{c} has {n}" for c, n in few.items())
+            + f" (at least {MIN_PER_CLASS} per class)"
+        )
 
 
 def split(data: LabelledData, validation: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

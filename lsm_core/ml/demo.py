@@ -10,6 +10,7 @@ runs :func:`train_missing_demo_models`) while the app already answers. The train
 model store (one trainer at a time, whoever starts it) and keeps a status record there, which
 :func:`demo_status` reads for the app: which model, which epoch, or why it failed.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -19,17 +20,33 @@ import socket
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypedDict
 
 from lsm_core.errors import LsmError
 from lsm_core.ml.models import ModelPackage, ModelStore
 
 DEMO_NAMES = {"lsm": "demo-lsm", "aging": "demo-aging"}
-DEMO_RECIPE = {"n_train": 5000, "n_val": 1200, "epochs": 12, "batch_size": 128, "lr": 2e-3, "weight_decay": 0.0}
+
+
+class Recipe(TypedDict):
+    """How a demo model is trained: how many synthetic crops, and the training settings."""
+
+    n_train: int
+    n_val: int
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+
+
+DEMO_RECIPE: Recipe = {"n_train": 5000, "n_val": 1200, "epochs": 12, "batch_size": 128, "lr": 2e-3, "weight_decay": 0.0}
 # LSM_DEMO_RECIPE=tiny, a setting for tests only: demo-named models trained in seconds (and worth little)
-RECIPES = {"full": DEMO_RECIPE,
-           "tiny": {"n_train": 600, "n_val": 200, "epochs": 4, "batch_size": 32, "lr": 3e-3, "weight_decay": 0.0}}
+RECIPES: dict[str, Recipe] = {
+    "full": DEMO_RECIPE,
+    "tiny": {"n_train": 600, "n_val": 200, "epochs": 4, "batch_size": 32, "lr": 3e-3, "weight_decay": 0.0},
+}
 DEMO_STATUS_NAME = ".demo-training.json"  # in the model store: written by the trainer, read by demo_status()
 DEMO_LOCK_NAME = ".demo-training.lock"  # in the model store: flock()ed by the one process that trains
 
@@ -37,7 +54,7 @@ DEMO_LOCK_NAME = ".demo-training.lock"  # in the model store: flock()ed by the o
 Report = Callable[[str, str, int, int], None]
 
 
-def demo_recipe(name: str = "full") -> dict:
+def demo_recipe(name: str = "full") -> Recipe:
     """The demo recipe called ``name`` (the setting LSM_DEMO_RECIPE): ``full`` or ``tiny`` (tests only)."""
     if name not in RECIPES:
         raise LsmError(f"setting LSM_DEMO_RECIPE={name!r} must be one of {', '.join(RECIPES)}")
@@ -52,7 +69,7 @@ def train_demo(
     architecture: str = "small_cnn",
     name: str | None = None,
     log: Callable[[str], None] = print,
-    recipe: dict | None = None,
+    recipe: Recipe | None = None,
     report: Report | None = None,
 ) -> ModelPackage:
     """Train, calibrate, evaluate and register one demo model for ``task``; returns its package.
@@ -63,9 +80,9 @@ def train_demo(
     """
     import numpy as np
 
+    from lsm_core.classes import task_classes
     from lsm_core.imaging import synthetic
     from lsm_core.ml.datasets import LabelledData
-    from lsm_core.classes import task_classes
     from lsm_core.ml.train import TrainConfig, train_and_register
 
     recipe = recipe or DEMO_RECIPE
@@ -80,8 +97,12 @@ def train_demo(
     vx, vy = synthetic.make_crops(task, recipe["n_val"], seed=2)
     test = LabelledData(classes, vx, vy, np.arange(len(vy)), [])
     config = TrainConfig(
-        architecture=architecture, epochs=epochs, batch_size=recipe["batch_size"], lr=recipe["lr"],
-        weight_decay=recipe["weight_decay"], seed=0,
+        architecture=architecture,
+        epochs=epochs,
+        batch_size=recipe["batch_size"],
+        lr=recipe["lr"],
+        weight_decay=recipe["weight_decay"],
+        seed=0,
     )
     if report:
         report(name, "training", 0, epochs)
@@ -92,7 +113,15 @@ def train_demo(
             report(name, "training" if epoch < epochs else "calibrating and evaluating", epoch, epochs)
 
     return train_and_register(
-        data, task, config, name, store, test=test, progress=progress, patience=None, demo=True,
+        data,
+        task,
+        config,
+        name,
+        store,
+        test=test,
+        progress=progress,
+        patience=None,
+        demo=True,
         description="Synthetic demo: trained on synthetic DIC-like cells, not on real data. For trying the app only.",
     )
 
@@ -105,9 +134,9 @@ def missing_demo_models(store: ModelStore) -> list[str]:
 def ensure_demo_models(
     store: ModelStore,
     log: Callable[[str], None] = print,
-    recipe: dict | None = None,
+    recipe: Recipe | None = None,
     report: Report | None = None,
-    on_model: Callable[[ModelPackage], None] | None = None,
+    on_model: Callable[[ModelPackage], object] | None = None,
 ) -> list[ModelPackage]:
     """Make sure ``demo-lsm`` and ``demo-aging`` are in the store (training those that are missing).
 
@@ -158,15 +187,15 @@ class DemoStatus:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _when(text) -> datetime:
     try:
         value = datetime.fromisoformat(str(text))
     except ValueError:
-        return datetime.fromtimestamp(0, timezone.utc)
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return datetime.fromtimestamp(0, UTC)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _write_atomically(path: Path, record: dict) -> None:
@@ -198,12 +227,18 @@ def _alive(pid: int) -> bool:
 
 def _status_from(record: dict) -> DemoStatus:
     return DemoStatus(
-        state=str(record.get("state") or "training"), pid=int(record.get("pid") or 0),
+        state=str(record.get("state") or "training"),
+        pid=int(record.get("pid") or 0),
         host=str(record.get("host") or ""),
-        started=_when(record.get("started")), updated=_when(record.get("updated") or record.get("started")),
-        model=str(record.get("model") or ""), step=str(record.get("step") or ""), epoch=int(record.get("epoch") or 0),
-        epochs=int(record.get("epochs") or 0), models=tuple(record.get("models") or ()),
-        done=tuple(record.get("done") or ()), error=record.get("error"),
+        started=_when(record.get("started")),
+        updated=_when(record.get("updated") or record.get("started")),
+        model=str(record.get("model") or ""),
+        step=str(record.get("step") or ""),
+        epoch=int(record.get("epoch") or 0),
+        epochs=int(record.get("epochs") or 0),
+        models=tuple(record.get("models") or ()),
+        done=tuple(record.get("done") or ()),
+        error=record.get("error"),
     )
 
 
@@ -248,9 +283,14 @@ def demo_status(models_dir: str | Path) -> DemoStatus | None:
     if not held and status.models and all(_has_version(folder / name) for name in status.models):
         return None  # an old record of a run whose models have been trained since
     if status.state == "training" and not held:
-        status = replace(status, state="stopped", error=(
-            f"the demo training (process {status.pid} on {status.host or 'this machine'}) stopped before it "
-            "finished; `python -m lsm_core serve` or `python -m lsm_core demo` starts it again"))
+        status = replace(
+            status,
+            state="stopped",
+            error=(
+                f"the demo training (process {status.pid} on {status.host or 'this machine'}) stopped before it "
+                "finished; `python -m lsm_core serve` or `python -m lsm_core demo` starts it again"
+            ),
+        )
     return status
 
 
@@ -264,9 +304,21 @@ class _StatusRecord:
     def __init__(self, folder: Path, models: list[str], epochs: int) -> None:
         self.path = folder / DEMO_STATUS_NAME
         now = _now()
-        self.record = {"pid": os.getpid(), "host": socket.gethostname(), "started": now, "updated": now,
-                       "state": "training", "model": models[0], "task": _task_of(models[0]), "step": "starting",
-                       "epoch": 0, "epochs": epochs, "models": models, "done": [], "error": None}
+        self.record: dict[str, Any] = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": now,
+            "updated": now,
+            "state": "training",
+            "model": models[0],
+            "task": _task_of(models[0]),
+            "step": "starting",
+            "epoch": 0,
+            "epochs": epochs,
+            "models": models,
+            "done": [],
+            "error": None,
+        }
         self.write()
 
     def write(self, **fields) -> None:
@@ -286,8 +338,8 @@ class _StatusRecord:
 def train_missing_demo_models(
     store: ModelStore,
     log: Callable[[str], None] = print,
-    on_model: Callable[[ModelPackage], None] | None = None,
-    recipe: dict | None = None,
+    on_model: Callable[[ModelPackage], object] | None = None,
+    recipe: Recipe | None = None,
 ) -> list[ModelPackage]:
     """:func:`ensure_demo_models` by one process at a time, with a status record for :func:`demo_status`.
 

@@ -7,6 +7,7 @@ macro AUC), a reliability diagram, the expected calibration error (15 equal-widt
 :func:`quality_check` says whether a model's accuracy on a labelled set is clearly above chance (recorded in
 a new model's metrics at registration); :func:`model_quality` reads that record back for pages and the registry.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -66,16 +67,22 @@ def evaluate_probs(probs: np.ndarray, labels: np.ndarray, classes: list[str]) ->
     precision, recall, f1, support = skm.precision_recall_fscore_support(labels, pred, labels=range(k), zero_division=0)
     onehot = np.eye(k)[labels]
     per_class, curves = {}, {}
-    aucs = []
+    aucs: list[float] = []
     for i, c in enumerate(classes):
         has_both = 0 < onehot[:, i].sum() < len(labels)
-        auc = float(skm.roc_auc_score(onehot[:, i], probs[:, i])) if has_both else None
+        auc: float | None = None
         if has_both:
+            auc = float(skm.roc_auc_score(onehot[:, i], probs[:, i]))
             fpr, tpr, _ = skm.roc_curve(onehot[:, i], probs[:, i])
             curves[c] = {"fpr": fpr.round(4).tolist(), "tpr": tpr.round(4).tolist()}
             aucs.append(auc)
-        per_class[c] = {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                        "support": int(support[i]), "auc": auc}
+        per_class[c] = {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+            "auc": auc,
+        }
     fpr, tpr, _ = skm.roc_curve(onehot.ravel(), probs.ravel())  # micro: every (cell, class) pair pooled
     micro_auc = float(skm.auc(fpr, tpr))
     step = max(1, len(fpr) // 500)
@@ -105,8 +112,11 @@ def evaluate_probs(probs: np.ndarray, labels: np.ndarray, classes: list[str]) ->
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The temperature T > 0 that minimises the NLL of softmax(logits / T) (Guo et al., 2017)."""
     labels = np.asarray(labels, np.int64)
-    result = minimize_scalar(lambda log_t: nll(softmax(logits, float(np.exp(log_t))), labels),
-                             bounds=(np.log(TEMPERATURE_MIN), np.log(TEMPERATURE_MAX)), method="bounded")
+    result = minimize_scalar(
+        lambda log_t: nll(softmax(logits, float(np.exp(log_t))), labels),
+        bounds=(np.log(TEMPERATURE_MIN), np.log(TEMPERATURE_MAX)),
+        method="bounded",
+    )
     return float(np.exp(result.x))
 
 
@@ -115,12 +125,16 @@ def temperature_warning(temperature: float | None) -> str | None:
     if temperature is None or not np.isfinite(temperature) or temperature <= 0:
         return None
     if abs(np.log(temperature / TEMPERATURE_MAX)) <= TEMPERATURE_BOUND_TOLERANCE:
-        return (f"The temperature hit its bound of {TEMPERATURE_MAX:g}: the model's scores carry almost no information "
-                "(every probability is pulled towards an even split); calibration figures such as the ECE are not "
-                "meaningful.")
+        return (
+            f"The temperature hit its bound of {TEMPERATURE_MAX:g}: the model's scores carry almost no information "
+            "(every probability is pulled towards an even split); calibration figures such as the ECE are not "
+            "meaningful."
+        )
     if abs(np.log(temperature / TEMPERATURE_MIN)) <= TEMPERATURE_BOUND_TOLERANCE:
-        return (f"The temperature hit its bound of {TEMPERATURE_MIN:g}: the scores were sharpened as far as allowed "
-                "and may still be under-confident; calibration figures such as the ECE are not reliable.")
+        return (
+            f"The temperature hit its bound of {TEMPERATURE_MIN:g}: the scores were sharpened as far as allowed "
+            "and may still be under-confident; calibration figures such as the ECE are not reliable."
+        )
     return None
 
 
@@ -160,26 +174,43 @@ def quality_check(metrics: dict, temperature: float | None = None, set_name: str
         if margin < QUALITY_MIN_MARGIN:
             parts.append(f"it is {margin:+.3f} from chance and at least {QUALITY_MIN_MARGIN:+.2f} is required")
         if p_value >= QUALITY_MAX_P:
-            parts.append(f"a one-sided binomial test gives p = {p_value:.2g} and below {QUALITY_MAX_P:g} is required"
-                         + ("; with this few cells the accuracy could be luck" if margin >= QUALITY_MIN_MARGIN else ""))
-        what = (f"Its accuracy on the {set_name} ({accuracy:.3f} on {n} cells) is not clearly above chance "
-                f"({chance:.3f}, what always answering the largest class scores): " + "; ".join(parts) + ".")
+            parts.append(
+                f"a one-sided binomial test gives p = {p_value:.2g} and below {QUALITY_MAX_P:g} is required"
+                + ("; with this few cells the accuracy could be luck" if margin >= QUALITY_MIN_MARGIN else "")
+            )
+        what = (
+            f"Its accuracy on the {set_name} ({accuracy:.3f} on {n} cells) is not clearly above chance "
+            f"({chance:.3f}, what always answering the largest class scores): " + "; ".join(parts) + "."
+        )
         reasons.append(what)
     if predicted.size and n:
         top = int(np.argmax(predicted))
         if predicted[top] >= QUALITY_ONE_CLASS_SHARE and truth[top] < QUALITY_ONE_CLASS_SHARE:
             name = classes[top] if top < len(classes) else str(top)
-            reasons.append(f"It predicts {name} for {int(round(predicted[top] * n))} of the {n} cells of the "
-                           f"{set_name}, although {name} is {truth[top]:.0%} of them: it has not learned to tell "
-                           "the classes apart.")
+            reasons.append(
+                f"It predicts {name} for {int(round(predicted[top] * n))} of the {n} cells of the "
+                f"{set_name}, although {name} is {truth[top]:.0%} of them: it has not learned to tell "
+                "the classes apart."
+            )
     note = temperature_warning(temperature)
     if note:
         warnings.append(note)
     return {
-        "passed": not reasons, "accuracy": accuracy, "chance": chance, "margin": margin, "p_value": p_value, "n": n,
-        "set": set_name, "reasons": reasons, "warnings": warnings,
-        "rule": {"min_margin": QUALITY_MIN_MARGIN, "max_p": QUALITY_MAX_P, "one_class_share": QUALITY_ONE_CLASS_SHARE,
-                 "test": "one-sided exact binomial test of accuracy against the no-information rate"},
+        "passed": not reasons,
+        "accuracy": accuracy,
+        "chance": chance,
+        "margin": margin,
+        "p_value": p_value,
+        "n": n,
+        "set": set_name,
+        "reasons": reasons,
+        "warnings": warnings,
+        "rule": {
+            "min_margin": QUALITY_MIN_MARGIN,
+            "max_p": QUALITY_MAX_P,
+            "one_class_share": QUALITY_ONE_CLASS_SHARE,
+            "test": "one-sided exact binomial test of accuracy against the no-information rate",
+        },
     }
 
 

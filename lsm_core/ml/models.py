@@ -11,6 +11,7 @@ PyTorch state_dict (``.pt``/``.pth``) unpickles with ``weights_only=True`` and n
 user; nothing else is ever unpickled. Packages live in the store as ``<store>/<name>/<version>/``; names
 are restricted to letters, digits, ``.``, ``_`` and ``-`` so that no manifest can point outside the store.
 """
+
 from __future__ import annotations
 
 import copy
@@ -20,7 +21,7 @@ import re
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lsm_core.ml import nets
-from lsm_core.imaging.cells import DEFAULT_PIXEL_SIZE_UM
-from lsm_core.errors import LsmError
 from lsm_core.classes import task_classes
+from lsm_core.errors import LsmError
+from lsm_core.imaging.cells import DEFAULT_PIXEL_SIZE_UM
+from lsm_core.ml import nets
 
 MANIFEST_NAME = "manifest.json"
 WEIGHTS_NAME = "weights.safetensors"
@@ -43,7 +44,8 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise LsmError(
-            f"model name {name!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            f"model name {name!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
         )
     return name
 
@@ -82,14 +84,17 @@ class Manifest:
         ``(failed quality check)`` for models whose recorded quality check failed."""
         from lsm_core.ml.metrics import failed_quality
 
-        return (f"{self.name} v{self.version}" + (" (synthetic demo)" if self.demo else "")
-                + (" (failed quality check)" if failed_quality(self.metrics) else ""))
+        return (
+            f"{self.name} v{self.version}"
+            + (" (synthetic demo)" if self.demo else "")
+            + (" (failed quality check)" if failed_quality(self.metrics) else "")
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = "manifest") -> "Manifest":
+    def from_dict(cls, data: Any, source: str = "manifest") -> Manifest:
         if not isinstance(data, dict):
             raise LsmError(f"{source}: expected a JSON object")
         known = {f for f in cls.__dataclass_fields__}
@@ -117,9 +122,13 @@ class Manifest:
                 raise LsmError(f"{source}: {key} must be a text value")
         expected = task_classes(self.task)
         if not isinstance(self.classes, list) or sorted(map(str, self.classes)) != sorted(expected):
-            raise LsmError(f"{source}: classes {self.classes!r} do not match task {self.task!r} ({', '.join(expected)})")
+            raise LsmError(
+                f"{source}: classes {self.classes!r} do not match task {self.task!r} ({', '.join(expected)})"
+            )
         if self.architecture not in nets.REGISTRY:
-            raise LsmError(f"{source}: unknown architecture {self.architecture!r}; known: {', '.join(sorted(nets.REGISTRY))}")
+            raise LsmError(
+                f"{source}: unknown architecture {self.architecture!r}; known: {', '.join(sorted(nets.REGISTRY))}"
+            )
         if not 16 <= self.input_size <= 512:
             raise LsmError(f"{source}: input size {self.input_size} is outside 16..512")
         if self.version < 1:
@@ -193,7 +202,7 @@ def write_package(net: nn.Module, manifest: Manifest, folder: str | Path) -> Mod
         state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"name": manifest.name, "task": manifest.task})
         manifest.weights_sha256 = sha256_file(tmp / WEIGHTS_NAME)
-        manifest.created = manifest.created or datetime.now(timezone.utc).isoformat(timespec="seconds")
+        manifest.created = manifest.created or datetime.now(UTC).isoformat(timespec="seconds")
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n", encoding="utf-8")
         if folder.exists():
             raise LsmError(f"{folder} already exists")
@@ -243,7 +252,9 @@ class ModelStore:
         """Every valid package in the store, by name then version (damaged ones are skipped)."""
         found = []
         for name_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            for version_dir in sorted((p for p in name_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
+            for version_dir in sorted(
+                (p for p in name_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)
+            ):
                 try:
                     found.append(read_package(version_dir))
                 except LsmError:

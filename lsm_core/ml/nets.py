@@ -10,6 +10,7 @@ Every network takes a batch of grey crops, shape (N, 1, H, W) float32 in the rep
 No builder downloads anything: ImageNet initialisation (in :mod:`lsm_core.ml.train`) only uses weights
 already on disk.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -100,8 +101,12 @@ def resnet18(num_classes: int) -> nn.Module:
 
 def _conv_block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -112,7 +117,9 @@ class SmallCNN(nn.Module):
         super().__init__()
         # stem: a strided 3x3 convolution halves the crop before the blocks
         layers: list[nn.Module] = [
-            nn.Conv2d(1, widths[0], 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)
+            nn.Conv2d(1, widths[0], 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True),
         ]
         cin = widths[0]
         for i, width in enumerate(widths):
@@ -128,7 +135,10 @@ class SmallCNN(nn.Module):
         return self.head(self.pool(self.features(x)))
 
 
-@register("backbone.features.7", "compact CNN: strided stem, 4 blocks (16-32-64-128): the demo models, trains in a minute on a CPU")
+@register(
+    "backbone.features.7",
+    "compact CNN: strided stem, 4 blocks (16-32-64-128): the demo models, trains in a minute on a CPU",
+)
 def small_cnn(num_classes: int) -> nn.Module:
     return Classifier(SmallCNN(num_classes, (16, 32, 64, 128)))
 

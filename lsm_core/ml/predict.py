@@ -5,6 +5,7 @@ Chunks of ``batch_size`` crops bound the memory whatever the number of cells. Th
 ``precision="auto"`` it autocasts to bfloat16 on CUDA and on CPUs with native bfloat16 arithmetic
 (``LSM_PRECISION=fp32`` turns that off). The crop standardisation always runs in float32.
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,7 +23,7 @@ DEFAULT_BATCH_SIZE = 256
 
 
 def choose_device(setting: str | None = "auto") -> torch.device:
-    """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N`` (LSM_DEVICE, see lsm_core.lab.settings)."""
+    """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N`` (LSM_DEVICE: lsm_core.lab.settings)."""
     setting = (setting or "auto").strip()
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -16,15 +16,15 @@ model.
 :func:`saliency_maps` returns maps normalised to [0, 1] per crop (for display and storage as 8-bit);
 :func:`integrated_gradients` returns IG's raw attributions, which sum to f(x) - f(baseline).
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 import numpy as np
 import torch
 from torch import nn
 
-from lsm_core.ml import nets
 from lsm_core.errors import LsmError
+from lsm_core.ml import nets
 
 METHODS = ("scorecam", "gradcam", "ig")
 
@@ -37,7 +37,11 @@ def _targets(net: nn.Module, x: torch.Tensor, classes: np.ndarray | None) -> np.
 
 
 def integrated_gradients(
-    net: nn.Module, crops: np.ndarray, classes: np.ndarray | None = None, steps: int = 64, batch_size: int = 32,
+    net: nn.Module,
+    crops: np.ndarray,
+    classes: np.ndarray | None = None,
+    steps: int = 64,
+    batch_size: int = 32,
     device: str | torch.device = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Raw IG attributions (N, H, W) for the target logits, and the completeness gap per crop.
@@ -59,8 +63,14 @@ def integrated_gradients(
         with torch.no_grad():
             z = standardise(x)
         target = _targets(net, x, None if classes is None else classes[start : start + batch_size])
-        attr, delta = ig.attribute(z, baselines=torch.zeros_like(z), target=torch.from_numpy(target).to(device),
-                                   n_steps=steps, internal_batch_size=batch_size * 8, return_convergence_delta=True)
+        attr, delta = ig.attribute(
+            z,
+            baselines=torch.zeros_like(z),
+            target=torch.from_numpy(target).to(device),
+            n_steps=steps,
+            internal_batch_size=batch_size * 8,
+            return_convergence_delta=True,
+        )
         out.append(attr[:, 0].detach().cpu().numpy())
         gaps.append(delta.detach().cpu().numpy())
     return np.concatenate(out).astype(np.float32), np.concatenate(gaps).astype(np.float32)
@@ -75,12 +85,17 @@ class _NoBar:
         return iterable
 
 
-def _cam(method: str, net: nn.Module, architecture: str, crops: np.ndarray, classes: np.ndarray | None,
-         batch_size: int, device) -> np.ndarray:
-    from pytorch_grad_cam import GradCAM, ScoreCAM
+def _cam(
+    method: str,
+    net: nn.Module,
+    architecture: str,
+    crops: np.ndarray,
+    classes: np.ndarray | None,
+    batch_size: int,
+    device,
+) -> np.ndarray:
+    from pytorch_grad_cam import GradCAM, ScoreCAM, score_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    from pytorch_grad_cam import score_cam
 
     score_cam.tqdm = _NoBar  # worker logs and the command line's own bar stay readable
     cls = {"gradcam": GradCAM, "scorecam": ScoreCAM}[method]
@@ -102,8 +117,10 @@ def _cam(method: str, net: nn.Module, architecture: str, crops: np.ndarray, clas
             x = torch.from_numpy(np.asarray(crops[start : start + batch_size], np.float32))[:, None].to(device)
             x = x.contiguous(memory_format=torch.channels_last)
             target = _targets(net, x, None if classes is None else classes[start : start + batch_size])
-            with cls(model=net, target_layers=[layer]) as cam, \
-                    torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):  # hooks removed on exit
+            with (
+                cls(model=net, target_layers=[layer]) as cam,
+                torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16),
+            ):  # hooks removed on exit
                 if method == "scorecam":
                     cam.batch_size = 64
                 maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in target])
@@ -122,8 +139,13 @@ def _normalise(maps: np.ndarray) -> np.ndarray:
 
 
 def saliency_maps(
-    net: nn.Module, architecture: str, crops: np.ndarray, method: str = "scorecam", classes: np.ndarray | None = None,
-    batch_size: int = 64, device: str | torch.device = "cpu",
+    net: nn.Module,
+    architecture: str,
+    crops: np.ndarray,
+    method: str = "scorecam",
+    classes: np.ndarray | None = None,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
 ) -> np.ndarray:
     """Maps (N, H, W) float32 in [0, 1] for crops (N, H, W): how much each pixel supports the class.
 

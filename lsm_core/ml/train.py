@@ -6,6 +6,7 @@ oversampled to equal counts per epoch, cross-entropy, Adam with weight decay 0.0
 peak learning rate of 5e-4 (one-cycle schedule) for the head and ``backbone_lr_factor`` times that for the
 rest (the paper's 1% is for an ImageNet-initialised backbone; from scratch the factor is 1).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -15,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from lsm_core.ml import nets
 from lsm_core.errors import LsmError
+from lsm_core.ml import nets
 
 HEAD_NAMES = ("backbone.fc", "backbone.head")
 
@@ -75,14 +76,17 @@ def balanced_indices(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray
     """One epoch's indices with every class oversampled to the size of the largest, shuffled."""
     classes, counts = np.unique(labels, return_counts=True)
     top = counts.max()
-    parts = [rng.choice(np.flatnonzero(labels == c), size=top, replace=count < top) for c, count in zip(classes, counts)]
+    parts = [
+        rng.choice(np.flatnonzero(labels == c), size=top, replace=count < top) for c, count in zip(classes, counts)
+    ]
     idx = np.concatenate(parts)
     rng.shuffle(idx)
     return idx
 
 
 def param_groups(net: nn.Module, lr: float, backbone_factor: float) -> list[dict]:
-    head, body = [], []
+    head: list[nn.Parameter] = []
+    body: list[nn.Parameter] = []
     for name, p in net.named_parameters():
         (head if name.startswith(HEAD_NAMES) else body).append(p)
     return [{"params": head, "lr": lr}, {"params": body, "lr": lr * backbone_factor}]
@@ -120,11 +124,14 @@ def train_one_epoch(
 
 
 @torch.inference_mode()
-def evaluate(net: nn.Module, crops: torch.Tensor, labels: torch.Tensor, batch_size: int = 512,
-             device: torch.device | str = "cpu") -> tuple[float, float, np.ndarray]:
+def evaluate(
+    net: nn.Module, crops: torch.Tensor, labels: torch.Tensor, batch_size: int = 512, device: torch.device | str = "cpu"
+) -> tuple[float, float, np.ndarray]:
     """Mean cross-entropy, accuracy and the logits (N, C) of ``net`` on crops (N, 1, H, W)."""
     net.eval()
-    logits = torch.cat([net(crops[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(crops), batch_size)])
+    logits = torch.cat(
+        [net(crops[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(crops), batch_size)]
+    )
     loss = float(nn.functional.cross_entropy(logits, labels))
     accuracy = float((logits.argmax(1) == labels).float().mean())
     return loss, accuracy, logits.numpy()
@@ -153,7 +160,7 @@ def imagenet_init(net: nn.Module, weights_path: str) -> None:
     if "conv1.weight" in state and state["conv1.weight"].shape[1] == 3:
         state["conv1.weight"] = state["conv1.weight"].sum(dim=1, keepdim=True)
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    backbone = net.backbone
+    backbone = net.get_submodule("backbone")
     result = backbone.load_state_dict(state, strict=False)
     if [k for k in result.missing_keys if not k.startswith("fc.")]:
         raise LsmError(f"{path.name}: these ImageNet weights do not fit this architecture")
@@ -211,7 +218,7 @@ def fit(
             loss = train_one_epoch(net, x, y, order, optimiser, config.batch_size, gen, scheduler, device)
         history.train_loss.append(loss)
         vloss = vacc = None
-        if vx is not None:
+        if vx is not None and vy is not None:
             vloss, vacc, _ = evaluate(net, vx, vy, device=device)
             history.val_loss.append(vloss)
             history.val_accuracy.append(vacc)
@@ -283,16 +290,23 @@ def train_and_register(
     """
     from lsm_core.ml.datasets import split
     from lsm_core.ml.metrics import evaluate_probs, fit_temperature, quality_check
-    from lsm_core.ml.predict import softmax
     from lsm_core.ml.models import Manifest
+    from lsm_core.ml.predict import softmax
 
     train_idx, val_idx = split(data, 0.2, seed=config.seed)
     if len(val_idx) == 0 or len(set(data.labels[val_idx].tolist())) < 2:
         raise LsmError("too few distinct source images to hold some out for validation; add more images per class")
     net, history = fit(
-        data.crops[train_idx], data.labels[train_idx], len(data.classes), config,
-        val=(data.crops[val_idx], data.labels[val_idx]), progress=progress, device=device, should_stop=should_stop,
-        patience=patience, imagenet=imagenet,
+        data.crops[train_idx],
+        data.labels[train_idx],
+        len(data.classes),
+        config,
+        val=(data.crops[val_idx], data.labels[val_idx]),
+        progress=progress,
+        device=device,
+        should_stop=should_stop,
+        patience=patience,
+        imagenet=imagenet,
     )
     val_logits = logits_of(net, data.crops[val_idx], device)
     temperature = fit_temperature(val_logits, data.labels[val_idx])
@@ -314,19 +328,35 @@ def train_and_register(
         if not on_test["passed"]:  # the validation set decides; a test set that disagrees is said beside it
             metrics["quality_check"]["warnings"].extend(on_test["reasons"])
     manifest = Manifest(
-        task=task, name=name, classes=list(data.classes), architecture=config.architecture, input_size=input_size,
-        temperature=temperature, metrics={**metrics, **({"test": summary_test} if summary_test else {})},
-        demo=demo, description=description,
+        task=task,
+        name=name,
+        classes=list(data.classes),
+        architecture=config.architecture,
+        input_size=input_size,
+        temperature=temperature,
+        metrics={**metrics, **({"test": summary_test} if summary_test else {})},
+        demo=demo,
+        description=description,
         training={
             "class_counts": data.class_counts,
-            "split": {"train": int(len(train_idx)), "validation": int(len(val_idx)),
-                      "sources_train": int(len(set(data.groups[train_idx].tolist()))),
-                      "sources_validation": int(len(set(data.groups[val_idx].tolist())))},
+            "split": {
+                "train": int(len(train_idx)),
+                "validation": int(len(val_idx)),
+                "sources_train": int(len(set(data.groups[train_idx].tolist()))),
+                "sources_validation": int(len(set(data.groups[val_idx].tolist()))),
+            },
             "test_cells": int(len(test.labels)) if test is not None else 0,
-            "recipe": config.to_dict(), "imagenet_init": bool(imagenet), "seed": config.seed,
-            "data_sha256": data.digest(), "unusable_files": len(data.errors),
-            "history": {"train_loss": history.train_loss, "val_loss": history.val_loss,
-                        "val_accuracy": history.val_accuracy, "stopped_early_at_epoch": history.stopped_early},
+            "recipe": config.to_dict(),
+            "imagenet_init": bool(imagenet),
+            "seed": config.seed,
+            "data_sha256": data.digest(),
+            "unusable_files": len(data.errors),
+            "history": {
+                "train_loss": history.train_loss,
+                "val_loss": history.val_loss,
+                "val_accuracy": history.val_accuracy,
+                "stopped_early_at_epoch": history.stopped_early,
+            },
         },
     )
     return store.add(net, manifest)

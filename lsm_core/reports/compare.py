@@ -4,6 +4,7 @@ The unit of replication is the mouse (one batch per mouse and population): per-m
 compared; pooled cells appear only as a secondary view. Every number is reproducible from the workbook:
 ``per_mouse`` holds the counts each test starts from.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -64,19 +65,24 @@ class Comparison:
     bins: list[AgeBin] | None
 
 
-def build(s: Session, batch_ids: list[int], by: str = "age", bins: list[AgeBin] | None = None,
-          threshold: float = 0.0) -> Comparison:
+def build(
+    s: Session, batch_ids: list[int], by: str = "age", bins: list[AgeBin] | None = None, threshold: float = 0.0
+) -> Comparison:
     if not batch_ids:
         raise LsmError("choose at least two batches to compare")
     if by not in GROUP_FIELDS:
         raise LsmError(f"cannot group by {by!r}; choose one of {', '.join(GROUP_FIELDS)}")
     if by == "age" and not bins:
         raise LsmError("grouping by age needs age bins, e.g. young:8w-12w, aged:>=18m")
-    models = {m.id: m for m in s.scalars(select(Model).join(Batch, Batch.model_id == Model.id).where(Batch.id.in_(batch_ids)))}
+    models = {
+        m.id: m for m in s.scalars(select(Model).join(Batch, Batch.model_id == Model.id).where(Batch.id.in_(batch_ids)))
+    }
     tasks = {m.task for m in models.values()}
     class_sets = {tuple(m.classes) for m in models.values()}
     if len(tasks) != 1 or len(class_sets) != 1:
-        raise LsmError("these batches were classified by different classifiers (LSM and aging); compare one kind at a time")
+        raise LsmError(
+            "these batches were classified by different classifiers (LSM and aging); compare one kind at a time"
+        )
     classes = list(class_sets.pop())
     listed = queries.batches(s, queries.BatchFilter(batch_ids=batch_ids), limit=len(batch_ids))
     missing = set(batch_ids) - {b.id for b in listed}
@@ -85,6 +91,7 @@ def build(s: Session, batch_ids: list[int], by: str = "age", bins: list[AgeBin] 
     counts = queries.class_counts(s, batch_ids, threshold)
     table = per_mouse(listed, counts, classes)
     if by == "age":
+        assert bins is not None  # refused above when grouping by age without bins
         table["group"] = [age_group(a, bins) for a in table["age_days"]]
         order = [b.label for b in bins]
     else:
@@ -97,8 +104,18 @@ def build(s: Session, batch_ids: list[int], by: str = "age", bins: list[AgeBin] 
     grouped = table.dropna(subset=["group"])
     summary = group_summary(grouped, classes)
     tests = compare_groups(grouped, classes)
-    return Comparison(classes, tasks.pop(), by, threshold, table, summary, tests, pooled_chi_square(grouped, classes),
-                      {k: trend(table, k) for k in classes}, bins)
+    return Comparison(
+        classes,
+        tasks.pop(),
+        by,
+        threshold,
+        table,
+        summary,
+        tests,
+        pooled_chi_square(grouped, classes),
+        {k: trend(table, k) for k in classes},
+        bins,
+    )
 
 
 def per_mouse_figure(c: Comparison) -> go.Figure:
@@ -109,22 +126,48 @@ def per_mouse_figure(c: Comparison) -> go.Figure:
     for gi, g in enumerate(groups):
         part = data[data["group"] == g]
         summ = c.groups[c.groups["group"] == g]
-        fig.add_trace(go.Scatter(
-            x=[k for k in c.classes for _ in range(len(part))],
-            y=[100 * v for k in c.classes for v in part[f"fraction_{k}"]],
-            mode="markers", name=f"{g}: mice", legendgroup=str(g), offsetgroup=str(gi),
-            marker={"size": 9, "opacity": 0.75, "color": colour(str(g), gi + 2)},
-            text=[f"{m or b} ({a})" for _ in c.classes for m, b, a in zip(part["mouse_id"], part["batch_name"], part["age"])],
-            hovertemplate="%{text}: %{y:.1f}%<extra></extra>",
-        ))
-        fig.add_trace(go.Scatter(
-            x=list(summ["class"]), y=list(100 * summ["mean_fraction"]), mode="markers", name=f"{g}: mean, 95% CI",
-            legendgroup=str(g), offsetgroup=str(gi), marker={"symbol": "line-ew-open", "size": 28, "color": "#222"},
-            error_y={"type": "data", "symmetric": False, "array": list(100 * (summ["ci95_high"] - summ["mean_fraction"]).fillna(0)),
-                     "arrayminus": list(100 * (summ["mean_fraction"] - summ["ci95_low"]).fillna(0))},
-        ))
-    fig.update_layout(scattermode="group", yaxis_title=f"% of cells with score ≥ {c.threshold:.2f} (per mouse)",
-                      yaxis_range=[0, 100], height=420, margin={"t": 30}, legend_title_text="group")
+        fig.add_trace(
+            go.Scatter(
+                x=[k for k in c.classes for _ in range(len(part))],
+                y=[100 * v for k in c.classes for v in part[f"fraction_{k}"]],
+                mode="markers",
+                name=f"{g}: mice",
+                legendgroup=str(g),
+                offsetgroup=str(gi),
+                marker={"size": 9, "opacity": 0.75, "color": colour(str(g), gi + 2)},
+                text=[
+                    f"{m or b} ({a})"
+                    for _ in c.classes
+                    for m, b, a in zip(part["mouse_id"], part["batch_name"], part["age"])
+                ],
+                hovertemplate="%{text}: %{y:.1f}%<extra></extra>",
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=list(summ["class"]),
+                y=list(100 * summ["mean_fraction"]),
+                mode="markers",
+                name=f"{g}: mean, 95% CI",
+                legendgroup=str(g),
+                offsetgroup=str(gi),
+                marker={"symbol": "line-ew-open", "size": 28, "color": "#222"},
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": list(100 * (summ["ci95_high"] - summ["mean_fraction"]).fillna(0)),
+                    "arrayminus": list(100 * (summ["mean_fraction"] - summ["ci95_low"]).fillna(0)),
+                },
+            )
+        )
+    fig.update_layout(
+        scattermode="group",
+        yaxis_title=f"% of cells with score ≥ {c.threshold:.2f} (per mouse)",
+        yaxis_range=[0, 100],
+        height=420,
+        margin={"t": 30},
+        legend_title_text="group",
+    )
     return fig
 
 
@@ -148,15 +191,28 @@ def age_figure(c: Comparison, cls: str) -> go.Figure:
     """Per-mouse fraction of ``cls`` against age (months), with the fitted least-squares line."""
     data = c.table.dropna(subset=["age_days"])
     months = data["age_days"] / DAYS_PER_MONTH
-    fig = go.Figure(go.Scatter(x=months, y=100 * data[f"fraction_{cls}"], mode="markers", name="mice",
-                               marker={"size": 10, "color": colour(cls)},
-                               text=[m or b for m, b in zip(data["mouse_id"], data["batch_name"])],
-                               hovertemplate="%{text}: %{x:.1f} months, %{y:.1f}%<extra></extra>"))
+    fig = go.Figure(
+        go.Scatter(
+            x=months,
+            y=100 * data[f"fraction_{cls}"],
+            mode="markers",
+            name="mice",
+            marker={"size": 10, "color": colour(cls)},
+            text=[m or b for m, b in zip(data["mouse_id"], data["batch_name"])],
+            hovertemplate="%{text}: %{x:.1f} months, %{y:.1f}%<extra></extra>",
+        )
+    )
     t = c.trends.get(cls)
     if t:
         xs = np.linspace(months.min(), months.max(), 20)
-        fig.add_trace(go.Scatter(x=xs, y=100 * (t["intercept"] + t["slope_per_month"] * xs), mode="lines",
-                                 name=f"trend {100 * t['slope_per_month']:+.2f} points/month (p={t['p_value']:.2g})"))
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=100 * (t["intercept"] + t["slope_per_month"] * xs),
+                mode="lines",
+                name=f"trend {100 * t['slope_per_month']:+.2f} points/month (p={t['p_value']:.2g})",
+            )
+        )
     fig.update_layout(xaxis_title="age (months)", yaxis_title=f"% {cls} (per mouse)", height=380, margin={"t": 30})
     return fig
 
@@ -176,10 +232,21 @@ def workbook(s: Session, c: Comparison) -> bytes:
     _sheet(book, "per_mouse", c.table)
     _sheet(book, "groups", c.groups)
     tests = c.tests.copy()
-    pooled = pd.DataFrame([{"class": "all classes", "test": c.pooled["test"] + " (secondary: pseudo-replication)",
-                            "groups": "", "mice": int(c.table["group"].notna().sum()), "statistic": c.pooled["statistic"],
-                            "p_value": c.pooled["p_value"], "p_holm": np.nan, "effect_size": np.nan,
-                            "effect_size_name": c.pooled["note"]}])
+    pooled = pd.DataFrame(
+        [
+            {
+                "class": "all classes",
+                "test": c.pooled["test"] + " (secondary: pseudo-replication)",
+                "groups": "",
+                "mice": int(c.table["group"].notna().sum()),
+                "statistic": c.pooled["statistic"],
+                "p_value": c.pooled["p_value"],
+                "p_holm": np.nan,
+                "effect_size": np.nan,
+                "effect_size_name": c.pooled["note"],
+            }
+        ]
+    )
     _sheet(book, "tests", pd.concat([tests, pooled], ignore_index=True))
     add_sheet(book, "cells", *batch_rows(s, [int(b) for b in c.table["batch"]]))
     return workbook_bytes(book)

@@ -1,4 +1,5 @@
 """Spreadsheets: rows streamed to CSV or XLSX (openpyxl's write-only mode keeps memory flat)."""
+
 from __future__ import annotations
 
 import csv
@@ -66,7 +67,18 @@ def write_table(path: str | Path, columns: Sequence[str], rows: Iterable[Sequenc
     return n
 
 
-BATCH_COLUMNS = ["batch", "batch_name", "owner", "mouse_id", "age_days", "sex", "strain", "gate", "imaging_date", "notes"]
+BATCH_COLUMNS = [
+    "batch",
+    "batch_name",
+    "owner",
+    "mouse_id",
+    "age_days",
+    "sex",
+    "strain",
+    "gate",
+    "imaging_date",
+    "notes",
+]
 
 
 def batch_rows(s, batch_ids: Sequence[int]) -> tuple[list[str], Iterable[list]]:
@@ -95,12 +107,42 @@ def batch_rows(s, batch_ids: Sequence[int]) -> tuple[list[str], Iterable[list]]:
             meta = [b.id, b.name, b.owner, b.mouse_id, b.age_days, b.sex, b.strain, b.gate, b.imaging_date, b.notes]
             for image, cells in export_rows(s, b.id):
                 if image.error or not cells:
-                    note = "" if image.error else (image.note or (NO_CELLS_NOTE if image.done else "not classified yet"))
-                    yield [image.file, image.page, None, None, None, None, None, None, None, *[None] * len(classes),
-                           image.error or "", "", note, *meta]
+                    note = (
+                        "" if image.error else (image.note or (NO_CELLS_NOTE if image.done else "not classified yet"))
+                    )
+                    yield [
+                        image.file,
+                        image.page,
+                        None,
+                        None,
+                        None,
+                        None,
+                        None,
+                        None,
+                        None,
+                        *[None] * len(classes),
+                        image.error or "",
+                        "",
+                        note,
+                        *meta,
+                    ]
                     continue
                 for c in cells:
-                    yield [image.file, image.page, c.idx, c.x, c.y, c.w, c.h, c.predicted, c.score, *c.probs, "", c.flags,
-                           "", *meta]
+                    yield [
+                        image.file,
+                        image.page,
+                        c.idx,
+                        c.x,
+                        c.y,
+                        c.w,
+                        c.h,
+                        c.predicted,
+                        c.score,
+                        *c.probs,
+                        "",
+                        c.flags,
+                        "",
+                        *meta,
+                    ]
 
     return columns, rows()

@@ -1,4 +1,5 @@
 """Figures of a model card, from the metrics a manifest (or an evaluation job) carries. No UI."""
+
 from __future__ import annotations
 
 import io
@@ -16,14 +17,27 @@ def confusion_figure(metrics: dict) -> go.Figure:
     cm = metrics["confusion_matrix"]
     totals = [max(1, sum(row)) for row in cm]
     share = [[v / t for v in row] for row, t in zip(cm, totals)]
-    fig = go.Figure(go.Heatmap(
-        z=share, x=classes, y=classes, colorscale="Blues", zmin=0, zmax=1,
-        text=[[f"{v}<br>{100 * p:.0f}%" for v, p in zip(row, prow)] for row, prow in zip(cm, share)],
-        texttemplate="%{text}", hovertemplate="true %{y}, predicted %{x}: %{text}<extra></extra>",
-        colorbar={"title": "share of row"},
-    ))
-    fig.update_layout(xaxis_title="predicted", yaxis_title="true (FACS gate)", yaxis_autorange="reversed", height=380,
-                      margin={"t": 30})
+    fig = go.Figure(
+        go.Heatmap(
+            z=share,
+            x=classes,
+            y=classes,
+            colorscale="Blues",
+            zmin=0,
+            zmax=1,
+            text=[[f"{v}<br>{100 * p:.0f}%" for v, p in zip(row, prow)] for row, prow in zip(cm, share)],
+            texttemplate="%{text}",
+            hovertemplate="true %{y}, predicted %{x}: %{text}<extra></extra>",
+            colorbar={"title": "share of row"},
+        )
+    )
+    fig.update_layout(
+        xaxis_title="predicted",
+        yaxis_title="true (FACS gate)",
+        yaxis_autorange="reversed",
+        height=380,
+        margin={"t": 30},
+    )
     return fig
 
 
@@ -32,25 +46,57 @@ def roc_figure(metrics: dict) -> go.Figure:
     for i, (name, curve) in enumerate(metrics.get("roc", {}).items()):
         auc = metrics["per_class"].get(name, {}).get("auc") if name != "micro" else metrics.get("micro_auc")
         label = f"{name} (AUC {auc:.2f})" if auc is not None else name
-        fig.add_trace(go.Scatter(x=curve["fpr"], y=curve["tpr"], mode="lines", name=label,
-                                 line={"color": colour(name, i), "dash": "dot" if name == "micro" else "solid"}))
-    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"color": "#999", "dash": "dash"}, showlegend=False))
-    fig.update_layout(xaxis_title="false positive rate", yaxis_title="true positive rate", height=380, margin={"t": 30},
-                      title={"text": f"one-vs-rest ROC, macro AUC {metrics['macro_auc']:.2f}" if metrics.get("macro_auc") else ""})
+        fig.add_trace(
+            go.Scatter(
+                x=curve["fpr"],
+                y=curve["tpr"],
+                mode="lines",
+                name=label,
+                line={"color": colour(name, i), "dash": "dot" if name == "micro" else "solid"},
+            )
+        )
+    fig.add_trace(
+        go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"color": "#999", "dash": "dash"}, showlegend=False)
+    )
+    fig.update_layout(
+        xaxis_title="false positive rate",
+        yaxis_title="true positive rate",
+        height=380,
+        margin={"t": 30},
+        title={"text": f"one-vs-rest ROC, macro AUC {metrics['macro_auc']:.2f}" if metrics.get("macro_auc") else ""},
+    )
     return fig
 
 
 def reliability_figure(metrics: dict) -> go.Figure:
     bins = metrics.get("reliability", [])
     fig = go.Figure()
-    fig.add_trace(go.Bar(x=[(b["low"] + b["high"]) / 2 for b in bins], y=[b["accuracy"] for b in bins],
-                         width=[(b["high"] - b["low"]) * 0.9 for b in bins], name="accuracy in bin",
-                         customdata=[b["count"] for b in bins], hovertemplate="confidence %{x:.2f}: accuracy %{y:.2f} (n=%{customdata})<extra></extra>"))
-    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dash", "color": "#999"}, name="perfect calibration"))
-    fig.update_layout(xaxis_title="confidence (score)", yaxis_title="accuracy", xaxis_range=[0, 1], yaxis_range=[0, 1],
-                      height=380, margin={"t": 30},
-                      title={"text": f"accuracy {metrics['accuracy']:.3f} · ECE {metrics['ece']:.3f}"
-                             if isinstance(metrics.get("accuracy"), (int, float)) else f"ECE {metrics['ece']:.3f}"})
+    fig.add_trace(
+        go.Bar(
+            x=[(b["low"] + b["high"]) / 2 for b in bins],
+            y=[b["accuracy"] for b in bins],
+            width=[(b["high"] - b["low"]) * 0.9 for b in bins],
+            name="accuracy in bin",
+            customdata=[b["count"] for b in bins],
+            hovertemplate="confidence %{x:.2f}: accuracy %{y:.2f} (n=%{customdata})<extra></extra>",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dash", "color": "#999"}, name="perfect calibration")
+    )
+    fig.update_layout(
+        xaxis_title="confidence (score)",
+        yaxis_title="accuracy",
+        xaxis_range=[0, 1],
+        yaxis_range=[0, 1],
+        height=380,
+        margin={"t": 30},
+        title={
+            "text": f"accuracy {metrics['accuracy']:.3f} · ECE {metrics['ece']:.3f}"
+            if isinstance(metrics.get("accuracy"), (int, float))
+            else f"ECE {metrics['ece']:.3f}"
+        },
+    )
     return fig
 
 
@@ -63,16 +109,28 @@ def training_figure(training: dict) -> go.Figure:
     if h.get("val_loss"):
         fig.add_trace(go.Scatter(x=epochs, y=h["val_loss"], name="validation loss", mode="lines+markers"))
     if h.get("val_accuracy"):
-        fig.add_trace(go.Scatter(x=epochs, y=h["val_accuracy"], name="validation accuracy", mode="lines+markers",
-                                 yaxis="y2"))
+        fig.add_trace(
+            go.Scatter(x=epochs, y=h["val_accuracy"], name="validation accuracy", mode="lines+markers", yaxis="y2")
+        )
     # both axes get their own ticks: an overlaying axis left to itself follows the other's tick positions
     # (plotly's "sync"), which printed 0.032, 0.243, ... on the accuracy axis
     fig.update_layout(
         xaxis={"title": "epoch", "tickmode": "linear", "tick0": 1, "dtick": max(1, len(epochs) // 10)},
         yaxis={"title": "loss", "rangemode": "tozero", "tickmode": "auto"},
-        yaxis2={"title": "validation accuracy", "overlaying": "y", "side": "right", "range": [0, 1],
-                "tickmode": "linear", "tick0": 0, "dtick": 0.2, "tickformat": ".1f", "showgrid": False},
-        height=340, margin={"t": 30}, legend={"orientation": "h", "y": -0.25},
+        yaxis2={
+            "title": "validation accuracy",
+            "overlaying": "y",
+            "side": "right",
+            "range": [0, 1],
+            "tickmode": "linear",
+            "tick0": 0,
+            "dtick": 0.2,
+            "tickformat": ".1f",
+            "showgrid": False,
+        },
+        height=340,
+        margin={"t": 30},
+        legend={"orientation": "h", "y": -0.25},
     )
     return fig
 
@@ -99,7 +157,9 @@ def _num(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "n/a"
 
 
-def metrics_card(metrics: dict, heading: str, quality: dict | None = None, verdict: str | None = "errors") -> MetricsCard:
+def metrics_card(
+    metrics: dict, heading: str, quality: dict | None = None, verdict: str | None = "errors"
+) -> MetricsCard:
     """The card of one set of metrics (:func:`lsm_core.ml.metrics.evaluate_probs`): the model's validation or test
     set, or an evaluation job's result. ``quality`` is a :func:`lsm_core.ml.metrics.quality_check` result, whose
     chance level is shown beside the accuracy; ``verdict`` says where its reasons (when it failed) and warnings
@@ -108,26 +168,50 @@ def metrics_card(metrics: dict, heading: str, quality: dict | None = None, verdi
     check = quality or {}
     chance = check.get("chance")
     numbers = [
-        ("Accuracy (consistency)", _num(metrics.get("accuracy")),
-         f"share of the {metrics.get('n', '?')} cells of this set whose predicted class is their true class"),
-        ("ECE", _num(metrics.get("ece")),
-         "expected calibration error (15 bins): how far the scores are from the accuracy they promise"
-         + (f"; before temperature scaling {_num(metrics['ece_before_scaling'])}"
-            if isinstance(metrics.get("ece_before_scaling"), (int, float)) else "")),
+        (
+            "Accuracy (consistency)",
+            _num(metrics.get("accuracy")),
+            f"share of the {metrics.get('n', '?')} cells of this set whose predicted class is their true class",
+        ),
+        (
+            "ECE",
+            _num(metrics.get("ece")),
+            "expected calibration error (15 bins): how far the scores are from the accuracy they promise"
+            + (
+                f"; before temperature scaling {_num(metrics['ece_before_scaling'])}"
+                if isinstance(metrics.get("ece_before_scaling"), (int, float))
+                else ""
+            ),
+        ),
         ("Macro F1", _num(metrics.get("macro_f1")), None),
         ("Macro AUC", _num(metrics.get("macro_auc")), None),
     ]
     if isinstance(chance, (int, float)):
         p_value = check.get("p_value")
-        numbers.append(("Chance (largest class)", _num(chance),
-                        "what always answering the largest class scores on these cells"
-                        + (f"; p = {p_value:.2g} (one-sided binomial test of the accuracy against it)"
-                           if isinstance(p_value, (int, float)) else "")))
+        numbers.append(
+            (
+                "Chance (largest class)",
+                _num(chance),
+                "what always answering the largest class scores on these cells"
+                + (
+                    f"; p = {p_value:.2g} (one-sided binomial test of the accuracy against it)"
+                    if isinstance(p_value, (int, float))
+                    else ""
+                ),
+            )
+        )
     numbers.append(("Cells", f"{int(metrics.get('n', 0)):,}", None))
-    per_class = [{"class": c, "precision": round(v.get("precision", 0.0), 3), "recall": round(v.get("recall", 0.0), 3),
-                  "F1": round(v.get("f1", 0.0), 3), "AUC": None if v.get("auc") is None else round(v["auc"], 3),
-                  "cells": v.get("support")}
-                 for c, v in (metrics.get("per_class") or {}).items()]
+    per_class = [
+        {
+            "class": c,
+            "precision": round(v.get("precision", 0.0), 3),
+            "recall": round(v.get("recall", 0.0), 3),
+            "F1": round(v.get("f1", 0.0), 3),
+            "AUC": None if v.get("auc") is None else round(v["auc"], 3),
+            "cells": v.get("support"),
+        }
+        for c, v in (metrics.get("per_class") or {}).items()
+    ]
     figures = {}
     if metrics.get("confusion_matrix"):
         figures["confusion"] = confusion_figure(metrics)
@@ -168,8 +252,8 @@ def model_cards(metrics: dict | None, demo: bool = False) -> list[MetricsCard]:
     test = metrics.get("test")
     if isinstance(test, dict) and test.get("confusion_matrix"):
         default = "test set (synthetic cells of another seed)" if demo else "test set"
-        check = test.get("quality_check") if isinstance(test.get("quality_check"), dict) else quality_check(
-            test, None, "test set")
+        test_check = test.get("quality_check")
+        check = test_check if isinstance(test_check, dict) else quality_check(test, None, "test set")
         said = set((recorded or {}).get("warnings") or [])  # the model's warnings repeat a failed test set's reasons
         check = {**check, "reasons": [r for r in check.get("reasons") or [] if r not in said]}
         cards.append(metrics_card(test, set_heading(test, default), check, verdict="warnings"))
@@ -186,8 +270,11 @@ def evaluation_card(result: dict, model_label: str, files: list[str]) -> Metrics
     card = metrics_card(result, heading, check, verdict="warnings")
     unusable = [u for u in result.get("unusable_files") or [] if isinstance(u, (list, tuple)) and len(u) == 2]
     if unusable:  # (file, message) pairs, as the worker stores them
-        card.notes.append(f"{len(unusable)} file(s) could not be used: "
-                          + "; ".join(f"{f}: {e}" for f, e in unusable[:5]) + (" ..." if len(unusable) > 5 else ""))
+        card.notes.append(
+            f"{len(unusable)} file(s) could not be used: "
+            + "; ".join(f"{f}: {e}" for f, e in unusable[:5])
+            + (" ..." if len(unusable) > 5 else "")
+        )
     return card
 
 
@@ -204,8 +291,8 @@ def models_table(rows: list) -> list[dict]:
     """One row per model (Model rows, in the order given) for the Models table; every figure says its set:
     "validation ..." (held out from the training data) and, when any model was evaluated on a test set at
     training, "test ..."; ECE stands beside each accuracy."""
-    from lsm_core.ml.metrics import model_quality
     from lsm_core.classes import TASK_TITLES
+    from lsm_core.ml.metrics import model_quality
 
     def num(d: dict, key: str):
         v = d.get(key)
@@ -217,17 +304,30 @@ def models_table(rows: list) -> list[dict]:
         metrics = m.metrics or {}
         passed = model_quality(metrics)[0]
         row = {
-            "model": m.name, "version": m.version, "task": TASK_TITLES.get(m.task, m.task),
-            "kind": model_kind(m.demo, metrics), "default": "yes" if m.is_default else "",
+            "model": m.name,
+            "version": m.version,
+            "task": TASK_TITLES.get(m.task, m.task),
+            "kind": model_kind(m.demo, metrics),
+            "default": "yes" if m.is_default else "",
             "quality check": {True: "passed", False: "failed", None: "not recorded"}[passed],
-            "validation accuracy": num(metrics, "accuracy"), "validation ECE": num(metrics, "ece"),
-            "validation macro F1": num(metrics, "macro_f1"), "validation cells": metrics.get("n"),
+            "validation accuracy": num(metrics, "accuracy"),
+            "validation ECE": num(metrics, "ece"),
+            "validation macro F1": num(metrics, "macro_f1"),
+            "validation cells": metrics.get("n"),
         }
         if any_test:
-            test = metrics.get("test") if isinstance(metrics.get("test"), dict) else {}
-            row.update({"test accuracy": num(test, "accuracy"), "test ECE": num(test, "ece"), "test cells": test.get("n")})
-        row.update({"architecture": m.architecture, "created": m.created.strftime("%Y-%m-%d %H:%M"),
-                    "sha256": m.weights_sha256[:12]})
+            found = metrics.get("test")
+            test = found if isinstance(found, dict) else {}
+            row.update(
+                {"test accuracy": num(test, "accuracy"), "test ECE": num(test, "ece"), "test cells": test.get("n")}
+            )
+        row.update(
+            {
+                "architecture": m.architecture,
+                "created": m.created.strftime("%Y-%m-%d %H:%M"),
+                "sha256": m.weights_sha256[:12],
+            }
+        )
         out.append(row)
     return out
 

@@ -2,11 +2,12 @@
 
 Figures are plotly objects built from arrays (never one trace per cell); pages only display them.
 """
+
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,8 +25,11 @@ from lsm_core.reports.export import BATCH_COLUMNS, add_sheet, batch_rows, workbo
 from lsm_core.reports.stats import DAYS_PER_MONTH, ClassShare, composition
 
 CLASS_COLOURS = {
-    "LT-HSC": "#1b9e77", "ST-HSC": "#d95f02", "MPP": "#7570b3",
-    "young": "#1f78b4", "aged": "#e31a1c",
+    "LT-HSC": "#1b9e77",
+    "ST-HSC": "#d95f02",
+    "MPP": "#7570b3",
+    "young": "#1f78b4",
+    "aged": "#e31a1c",
 }
 FALLBACK_COLOURS = ["#66a61e", "#e6ab02", "#a6761d", "#666666"]
 
@@ -75,31 +79,66 @@ def load_report(s: Session, batch_id: int, threshold: float = 0.0) -> BatchRepor
     if batch is None:
         raise LsmError(f"batch {batch_id} no longer exists (it may have been deleted)")
     model = s.get(Model, batch.model_id)
+    assert model is not None  # batches.model_id is a foreign key, and model rows are never removed (only flagged)
     classes = list(model.classes)
     counts_all = queries.class_counts(s, [batch_id])[batch_id]
     counts = queries.class_counts(s, [batch_id], threshold)[batch_id]
-    images = s.execute(select(Image.file, Image.page, Image.error, Image.n_cells, Image.done, Image.note)
-                       .where(Image.batch_id == batch_id).order_by(Image.position)).all()
+    images = s.execute(
+        select(Image.file, Image.page, Image.error, Image.n_cells, Image.done, Image.note)
+        .where(Image.batch_id == batch_id)
+        .order_by(Image.position)
+    ).all()
     return BatchReport(
-        batch_id=batch.id, name=batch.name, owner=batch.owner, status=batch.status,
-        meta={"mouse_id": batch.mouse_id, "age_days": batch.age_days, "age": age_text(batch.age_days), "sex": batch.sex,
-              "strain": batch.strain, "gate": batch.gate, "imaging_date": batch.imaging_date, "notes": batch.notes,
-              "created": batch.created, "pixel_size_um": batch.pixel_size_um},
-        model={"id": model.id, "name": model.name, "version": model.version, "label": model.label, "task": model.task,
-               "sha256": model.weights_sha256, "classes": classes, "demo": model.demo, "architecture": model.architecture,
-               "pixel_size_um": model.pixel_size_um},
-        classes=classes, threshold=threshold, cells_total=sum(counts_all.values()), cells_kept=sum(counts.values()),
-        shares=composition(counts, classes), images=len(images),
+        batch_id=batch.id,
+        name=batch.name,
+        owner=batch.owner,
+        status=batch.status,
+        meta={
+            "mouse_id": batch.mouse_id,
+            "age_days": batch.age_days,
+            "age": age_text(batch.age_days),
+            "sex": batch.sex,
+            "strain": batch.strain,
+            "gate": batch.gate,
+            "imaging_date": batch.imaging_date,
+            "notes": batch.notes,
+            "created": batch.created,
+            "pixel_size_um": batch.pixel_size_um,
+        },
+        model={
+            "id": model.id,
+            "name": model.name,
+            "version": model.version,
+            "label": model.label,
+            "task": model.task,
+            "sha256": model.weights_sha256,
+            "classes": classes,
+            "demo": model.demo,
+            "architecture": model.architecture,
+            "pixel_size_um": model.pixel_size_um,
+        },
+        classes=classes,
+        threshold=threshold,
+        cells_total=sum(counts_all.values()),
+        cells_kept=sum(counts.values()),
+        shares=composition(counts, classes),
+        images=len(images),
         failed=[(im.file, im.error) for im in images if im.error],
-        without_cells=[(im.file + (f" (page {im.page})" if im.page > 1 else ""), im.note or "no cells found")
-                       for im in images if not im.error and im.done and im.n_cells == 0],
+        without_cells=[
+            (im.file + (f" (page {im.page})" if im.page > 1 else ""), im.note or "no cells found")
+            for im in images
+            if not im.error and im.done and im.n_cells == 0
+        ],
     )
 
 
 def cell_arrays(s: Session, batch_id: int, classes: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every cell's predicted class index (N,), score (N,) and probabilities (N, C), in upload order."""
-    rows = s.execute(select(Cell.predicted, Cell.score, Cell.probs).where(Cell.batch_id == batch_id)
-                     .order_by(Cell.image_id, Cell.idx)).all()
+    rows = s.execute(
+        select(Cell.predicted, Cell.score, Cell.probs)
+        .where(Cell.batch_id == batch_id)
+        .order_by(Cell.image_id, Cell.idx)
+    ).all()
     index = {c: i for i, c in enumerate(classes)}
     pred = np.array([index.get(r[0], -1) for r in rows], dtype=np.int64)
     score = np.array([r[1] for r in rows], dtype=np.float32)
@@ -109,16 +148,29 @@ def cell_arrays(s: Session, batch_id: int, classes: list[str]) -> tuple[np.ndarr
 
 def composition_figure(report: BatchReport) -> go.Figure:
     shares = report.shares
-    fig = go.Figure(go.Bar(
-        x=[sh.cls for sh in shares], y=[100 * sh.fraction for sh in shares],
-        marker_color=[colour(sh.cls, i) for i, sh in enumerate(shares)],
-        error_y={"type": "data", "symmetric": False, "array": [100 * (sh.high - sh.fraction) for sh in shares],
-                 "arrayminus": [100 * (sh.fraction - sh.low) for sh in shares]},
-        text=[f"{100 * sh.fraction:.1f}% (n={sh.count})" for sh in shares], textposition="outside",
-        hovertemplate="%{x}: %{y:.1f}%<extra></extra>",
-    ))
-    fig.update_layout(yaxis_title="% of cells (95% Wilson interval)", yaxis_range=[0, 105], height=360,
-                      margin={"t": 30, "b": 40}, showlegend=False)
+    fig = go.Figure(
+        go.Bar(
+            x=[sh.cls for sh in shares],
+            y=[100 * sh.fraction for sh in shares],
+            marker_color=[colour(sh.cls, i) for i, sh in enumerate(shares)],
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": [100 * (sh.high - sh.fraction) for sh in shares],
+                "arrayminus": [100 * (sh.fraction - sh.low) for sh in shares],
+            },
+            text=[f"{100 * sh.fraction:.1f}% (n={sh.count})" for sh in shares],
+            textposition="outside",
+            hovertemplate="%{x}: %{y:.1f}%<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        yaxis_title="% of cells (95% Wilson interval)",
+        yaxis_range=[0, 105],
+        height=360,
+        margin={"t": 30, "b": 40},
+        showlegend=False,
+    )
     return fig
 
 
@@ -131,8 +183,14 @@ def score_histogram(pred: np.ndarray, score: np.ndarray, classes: list[str], thr
         counts, _ = np.histogram(score[pred == i], bins=edges)
         fig.add_trace(go.Bar(x=centres, y=counts, name=cls, marker_color=colour(cls, i), width=np.diff(edges) * 0.95))
     fig.add_vline(x=threshold, line_dash="dash", line_color="#444", annotation_text=f"threshold {threshold:.2f}")
-    fig.update_layout(barmode="stack", xaxis_title="score (largest probability)", yaxis_title="cells", height=360,
-                      margin={"t": 30, "b": 40}, legend_title_text="predicted")
+    fig.update_layout(
+        barmode="stack",
+        xaxis_title="score (largest probability)",
+        yaxis_title="cells",
+        height=360,
+        margin={"t": 30, "b": 40},
+        legend_title_text="predicted",
+    )
     return fig
 
 
@@ -146,16 +204,31 @@ def probability_figure(pred: np.ndarray, probs: np.ndarray, classes: list[str], 
         fig = go.Figure()
         for i, cls in enumerate(classes):
             sel = idx[pred[idx] == i]
-            fig.add_trace(go.Scatterternary(
-                a=probs[sel, 0], b=probs[sel, 1], c=probs[sel, 2], mode="markers", name=cls,
-                marker={"size": 4, "color": colour(cls, i), "opacity": 0.6},
-            ))
-        fig.update_layout(ternary={"aaxis": {"title": classes[0]}, "baxis": {"title": classes[1]},
-                                   "caxis": {"title": classes[2]}},
-                          height=420, margin={"t": 40, "b": 20}, legend_title_text="predicted")
+            fig.add_trace(
+                go.Scatterternary(
+                    a=probs[sel, 0],
+                    b=probs[sel, 1],
+                    c=probs[sel, 2],
+                    mode="markers",
+                    name=cls,
+                    marker={"size": 4, "color": colour(cls, i), "opacity": 0.6},
+                )
+            )
+        fig.update_layout(
+            ternary={"aaxis": {"title": classes[0]}, "baxis": {"title": classes[1]}, "caxis": {"title": classes[2]}},
+            height=420,
+            margin={"t": 40, "b": 20},
+            legend_title_text="predicted",
+        )
         if len(pred) > max_points:
-            fig.add_annotation(text=f"{max_points:,} of {len(pred):,} cells shown", showarrow=False, x=0, y=1.08,
-                               xref="paper", yref="paper")
+            fig.add_annotation(
+                text=f"{max_points:,} of {len(pred):,} cells shown",
+                showarrow=False,
+                x=0,
+                y=1.08,
+                xref="paper",
+                yref="paper",
+            )
         return fig
     edges = np.linspace(0, 1, 41)
     counts, _ = np.histogram(probs[:, -1], bins=edges)
@@ -164,7 +237,9 @@ def probability_figure(pred: np.ndarray, probs: np.ndarray, classes: list[str], 
     return fig
 
 
-def field_figure(pixels: np.ndarray, cells: list[queries.CellRow], classes: list[str], threshold: float, max_side: int = 1024) -> go.Figure:
+def field_figure(
+    pixels: np.ndarray, cells: list[queries.CellRow], classes: list[str], threshold: float, max_side: int = 1024
+) -> go.Figure:
     """The field of view with each cell's box coloured by predicted class, its score on hover (Figure 6A).
 
     One outline trace and one marker trace per class, not per cell. Cells under the threshold are faded.
@@ -188,18 +263,40 @@ def field_figure(pixels: np.ndarray, cells: list[queries.CellRow], classes: list
                 x0, y0, x1, y1 = c.x, c.y, c.x + c.w, c.y + c.h
                 xs += [x0, x1, x1, x0, x0, None]
                 ys += [y0, y0, y1, y1, y0, None]
-            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"color": colour(cls, i), "width": 2 if kept else 1},
-                                     opacity=1.0 if kept else 0.35, name=cls if kept else f"{cls} (below threshold)",
-                                     hoverinfo="skip", legendgroup=cls))
-            fig.add_trace(go.Scatter(
-                x=[c.x + c.w / 2 for c in mine], y=[c.y for c in mine], mode="text",
-                text=[f"{c.score:.2f}" for c in mine], textposition="top center",
-                textfont={"color": colour(cls, i), "size": 10}, showlegend=False, legendgroup=cls,
-                hovertext=[f"cell {c.cell}: {cls}, score {c.score:.3f}" for c in mine], hoverinfo="text",
-                opacity=1.0 if kept else 0.35,
-            ))
-    fig.update_layout(height=700, margin={"t": 10, "b": 10, "l": 10, "r": 10}, legend_title_text="predicted",
-                      xaxis={"visible": False, "range": [0, w]}, yaxis={"visible": False, "range": [h, 0], "scaleanchor": "x"})
+            fig.add_trace(
+                go.Scatter(
+                    x=xs,
+                    y=ys,
+                    mode="lines",
+                    line={"color": colour(cls, i), "width": 2 if kept else 1},
+                    opacity=1.0 if kept else 0.35,
+                    name=cls if kept else f"{cls} (below threshold)",
+                    hoverinfo="skip",
+                    legendgroup=cls,
+                )
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=[c.x + c.w / 2 for c in mine],
+                    y=[c.y for c in mine],
+                    mode="text",
+                    text=[f"{c.score:.2f}" for c in mine],
+                    textposition="top center",
+                    textfont={"color": colour(cls, i), "size": 10},
+                    showlegend=False,
+                    legendgroup=cls,
+                    hovertext=[f"cell {c.cell}: {cls}, score {c.score:.3f}" for c in mine],
+                    hoverinfo="text",
+                    opacity=1.0 if kept else 0.35,
+                )
+            )
+    fig.update_layout(
+        height=700,
+        margin={"t": 10, "b": 10, "l": 10, "r": 10},
+        legend_title_text="predicted",
+        xaxis={"visible": False, "range": [0, w]},
+        yaxis={"visible": False, "range": [h, 0], "scaleanchor": "x"},
+    )
     return fig
 
 
@@ -218,23 +315,45 @@ def thumbnail(pixels: np.ndarray, box: tuple[int, int, int, int], size: int = 56
 
 
 def workbook(s: Session, batch_id: int, threshold: float) -> bytes:
-    """The batch's xlsx: sheets ``cells`` (as the export command), ``summary`` (at ``threshold``), ``batch``, ``model``."""
+    """The batch's xlsx: sheets ``cells`` (as the export command), ``summary`` (at ``threshold``), ``batch``,
+    ``model``."""
     report = load_report(s, batch_id, threshold)
     book = Workbook(write_only=True)
     add_sheet(book, "cells", *batch_rows(s, [batch_id]))
-    add_sheet(book, "summary", ["class", "cells", "fraction", "ci95_low", "ci95_high", "score_threshold",
-                                "cells_counted", "cells_total"],
-              ([sh.cls, sh.count, sh.fraction, sh.low, sh.high, threshold, report.cells_kept, report.cells_total]
-               for sh in report.shares))
-    batch_values = {"batch": report.batch_id, "batch_name": report.name, "owner": report.owner, **report.meta,
-                    "status": report.status, "images": report.images, "images_failed": len(report.failed)}
+    add_sheet(
+        book,
+        "summary",
+        ["class", "cells", "fraction", "ci95_low", "ci95_high", "score_threshold", "cells_counted", "cells_total"],
+        (
+            [sh.cls, sh.count, sh.fraction, sh.low, sh.high, threshold, report.cells_kept, report.cells_total]
+            for sh in report.shares
+        ),
+    )
+    batch_values = {
+        "batch": report.batch_id,
+        "batch_name": report.name,
+        "owner": report.owner,
+        **report.meta,
+        "status": report.status,
+        "images": report.images,
+        "images_failed": len(report.failed),
+    }
     keys = BATCH_COLUMNS + ["created", "pixel_size_um", "status", "images", "images_failed"]
-    add_sheet(book, "batch", ["field", "value"],
-              ([key, v if v is None or isinstance(v, (int, float)) else str(v)]
-               for key in keys for v in [batch_values.get(key)]))
+    add_sheet(
+        book,
+        "batch",
+        ["field", "value"],
+        (
+            [key, v if v is None or isinstance(v, (int, float)) else str(v)]
+            for key in keys
+            for v in [batch_values.get(key)]
+        ),
+    )
     model = [[key, report.model[key]] for key in ("name", "version", "task", "architecture", "sha256")]
-    model += [["classes", ", ".join(report.classes)],
-              ["synthetic demo", "yes: trained on synthetic cells only" if report.model["demo"] else "no"]]
+    model += [
+        ["classes", ", ".join(report.classes)],
+        ["synthetic demo", "yes: trained on synthetic cells only" if report.model["demo"] else "no"],
+    ]
     add_sheet(book, "model", ["field", "value"], model)
     return workbook_bytes(book)
 
@@ -273,8 +392,9 @@ def load_saliency(s: Session, run_id: int, blobs: BlobStore) -> SaliencyView:
     ids = data["cell_ids"].tolist()
     rows = {c.id: c for c in queries.cells_by_id(s, ids)}
     keep = [i for i, cid in enumerate(ids) if cid in rows]
-    return SaliencyView(run.method, run.scope, [rows[ids[i]] for i in keep],
-                        data["maps"][keep].astype(np.float32) / 255.0)
+    return SaliencyView(
+        run.method, run.scope, [rows[ids[i]] for i in keep], data["maps"][keep].astype(np.float32) / 255.0
+    )
 
 
 @dataclass
@@ -287,14 +407,20 @@ class SaliencyGallery:
     by_class: dict[str, list[int]]
 
 
-def saliency_gallery(s: Session, run_id: int, classes: list[str], blobs: BlobStore, per_class: int = 12) -> SaliencyGallery:
+def saliency_gallery(
+    s: Session, run_id: int, classes: list[str], blobs: BlobStore, per_class: int = 12
+) -> SaliencyGallery:
     """The gallery of a saliency run: up to ``per_class`` cells of each predicted class (highest score first)."""
     from lsm_core.imaging.cells import FindParams
     from lsm_core.lab.labels import stored_crops
 
     view = load_saliency(s, run_id, blobs)
     run = s.get(SaliencyRun, run_id)
+    if run is None:  # deleted (with its batch) since load_saliency read it
+        raise LsmError("those saliency maps no longer exist")
     batch = s.get(Batch, run.batch_id)
+    if batch is None:
+        raise LsmError(f"batch {run.batch_id} no longer exists (it may have been deleted)")
     params = FindParams.for_model(s.get(Model, batch.model_id), batch.pixel_size_um)
     images = {im.id: im for im in s.scalars(select(Image).where(Image.id.in_({c.image_id for c in view.cells})))}
     crops = []
@@ -305,18 +431,30 @@ def saliency_gallery(s: Session, run_id: int, classes: list[str], blobs: BlobSto
             crops.append(np.zeros(view.maps.shape[1:], np.float32))
     by_class = {}
     for cls in classes:
-        members = sorted((i for i, cell in enumerate(view.cells) if cell.predicted == cls),
-                         key=lambda i: -view.cells[i].score)
+        members = sorted(
+            (i for i, cell in enumerate(view.cells) if cell.predicted == cls), key=lambda i: -view.cells[i].score
+        )
         by_class[cls] = members[:per_class]
     return SaliencyGallery(view, crops, by_class)
 
 
-def cell_table(rows: list[queries.CellRow], classes: list[str],
-               thumb_of: Callable[[queries.CellRow], str | None]) -> list[dict]:
+def cell_table(
+    rows: list[queries.CellRow], classes: list[str], thumb_of: Callable[[queries.CellRow], str | None]
+) -> list[dict]:
     """The rows of the results page's cell table: a thumbnail (``thumb_of(cell)``: a data URI), file, cell,
     prediction, score and every class's probability."""
-    return [{"cell": thumb_of(r), "file": r.file, "#": r.cell, "predicted": r.predicted, "score": round(r.score, 3),
-             **{f"p({c})": round(p, 3) for c, p in zip(classes, r.probs)}, "flags": r.flags} for r in rows]
+    return [
+        {
+            "cell": thumb_of(r),
+            "file": r.file,
+            "#": r.cell,
+            "predicted": r.predicted,
+            "score": round(r.score, 3),
+            **{f"p({c})": round(p, 3) for c, p in zip(classes, r.probs)},
+            "flags": r.flags,
+        }
+        for r in rows
+    ]
 
 
 def png_bytes(rgb_or_grey: np.ndarray) -> bytes:

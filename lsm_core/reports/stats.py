@@ -1,4 +1,5 @@
 """Per-batch composition with confidence intervals (numpy/scipy only; no UI)."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -14,7 +15,9 @@ if TYPE_CHECKING:
     from db.queries import BatchRow
 
 
-def wilson_interval(k: int | np.ndarray, n: int | np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+def wilson_interval(
+    k: int | np.ndarray, n: int | np.ndarray, confidence: float = 0.95
+) -> tuple[np.ndarray, np.ndarray]:
     """Wilson score interval for a binomial proportion k/n; (0, 0) where n is 0.
 
     >>> lo, hi = wilson_interval(5, 10)
@@ -131,9 +134,19 @@ def per_mouse(batches: Sequence[BatchRow], counts: dict[int, dict[str, int]], cl
     for b in batches:
         c = counts.get(b.id, {})
         total = sum(int(c.get(k, 0)) for k in classes)
-        row = {"batch": b.id, "batch_name": b.name, "owner": b.owner, "mouse_id": b.mouse_id, "age_days": b.age_days,
-               "sex": b.sex, "strain": b.strain, "gate": b.gate, "imaging_date": b.imaging_date, "model": b.model,
-               "cells": total}
+        row = {
+            "batch": b.id,
+            "batch_name": b.name,
+            "owner": b.owner,
+            "mouse_id": b.mouse_id,
+            "age_days": b.age_days,
+            "sex": b.sex,
+            "strain": b.strain,
+            "gate": b.gate,
+            "imaging_date": b.imaging_date,
+            "model": b.model,
+            "cells": total,
+        }
         for k in classes:
             row[f"n_{k}"] = int(c.get(k, 0))
         for k in classes:
@@ -155,9 +168,19 @@ def group_summary(table: pd.DataFrame, classes: list[str], group: str = "group")
             mean = float(x.mean()) if n else np.nan
             sd = float(x.std(ddof=1)) if n > 1 else np.nan
             half = float(sps.t.ppf(0.975, n - 1) * sd / np.sqrt(n)) if n > 1 else np.nan
-            rows.append({"group": g, "class": k, "mice": n, "mean_fraction": mean, "ci95_low": mean - half,
-                         "ci95_high": mean + half, "sd": sd, "median": float(np.median(x)) if n else np.nan,
-                         "cells": int(part["cells"].sum())})
+            rows.append(
+                {
+                    "group": g,
+                    "class": k,
+                    "mice": n,
+                    "mean_fraction": mean,
+                    "ci95_low": mean - half,
+                    "ci95_high": mean + half,
+                    "sd": sd,
+                    "median": float(np.median(x)) if n else np.nan,
+                    "cells": int(part["cells"].sum()),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -195,19 +218,33 @@ def compare_groups(table: pd.DataFrame, classes: list[str], group: str = "group"
         usable = [x for x in samples if len(x)]
         row = {"class": k, "groups": " vs ".join(map(str, groups)), "mice": int(sum(len(x) for x in samples))}
         if len(usable) < 2 or len(usable) != len(samples):
-            row.update(test="not enough groups with mice", statistic=np.nan, p_value=np.nan, effect_size=np.nan,
-                       effect_size_name="")
+            row.update(
+                test="not enough groups with mice",
+                statistic=np.nan,
+                p_value=np.nan,
+                effect_size=np.nan,
+                effect_size_name="",
+            )
         elif len(samples) == 2:
             a, b = samples
             res = sps.mannwhitneyu(a, b, alternative="two-sided")
-            row.update(test="Mann-Whitney U (two-sided)", statistic=float(res.statistic), p_value=float(res.pvalue),
-                       effect_size=float(2 * res.statistic / (len(a) * len(b)) - 1),
-                       effect_size_name=f"rank-biserial r ({groups[0]} vs {groups[1]})")
+            row.update(
+                test="Mann-Whitney U (two-sided)",
+                statistic=float(res.statistic),
+                p_value=float(res.pvalue),
+                effect_size=float(2 * res.statistic / (len(a) * len(b)) - 1),
+                effect_size_name=f"rank-biserial r ({groups[0]} vs {groups[1]})",
+            )
         else:
             res = sps.kruskal(*samples)
             n = sum(len(x) for x in samples)
-            row.update(test="Kruskal-Wallis H", statistic=float(res.statistic), p_value=float(res.pvalue),
-                       effect_size=float(res.statistic / (n - 1)), effect_size_name="epsilon-squared")
+            row.update(
+                test="Kruskal-Wallis H",
+                statistic=float(res.statistic),
+                p_value=float(res.pvalue),
+                effect_size=float(res.statistic / (n - 1)),
+                effect_size_name="epsilon-squared",
+            )
         rows.append(row)
     out = pd.DataFrame(rows)
     out["p_holm"] = holm(out["p_value"].tolist())
@@ -220,10 +257,21 @@ def pooled_chi_square(table: pd.DataFrame, classes: list[str], group: str = "gro
     contingency = data.groupby(group, sort=False)[[f"n_{k}" for k in classes]].sum()
     contingency = contingency.loc[:, contingency.sum(axis=0) > 0]
     if contingency.shape[0] < 2 or contingency.shape[1] < 2:
-        return {"test": "chi-square on pooled cells", "statistic": np.nan, "p_value": np.nan, "dof": 0, "note": PSEUDOREPLICATION_NOTE}
+        return {
+            "test": "chi-square on pooled cells",
+            "statistic": np.nan,
+            "p_value": np.nan,
+            "dof": 0,
+            "note": PSEUDOREPLICATION_NOTE,
+        }
     res = sps.chi2_contingency(contingency.to_numpy())
-    return {"test": "chi-square on pooled cells", "statistic": float(res.statistic), "p_value": float(res.pvalue),
-            "dof": int(res.dof), "note": PSEUDOREPLICATION_NOTE}
+    return {
+        "test": "chi-square on pooled cells",
+        "statistic": float(res.statistic),
+        "p_value": float(res.pvalue),
+        "dof": int(res.dof),
+        "note": PSEUDOREPLICATION_NOTE,
+    }
 
 
 def trend(table: pd.DataFrame, cls: str) -> dict | None:
@@ -233,5 +281,10 @@ def trend(table: pd.DataFrame, cls: str) -> dict | None:
         return None
     months = data["age_days"].to_numpy(float) / DAYS_PER_MONTH
     res = sps.linregress(months, data[f"fraction_{cls}"].to_numpy(float))
-    return {"slope_per_month": float(res.slope), "intercept": float(res.intercept), "r": float(res.rvalue),
-            "p_value": float(res.pvalue), "mice": int(len(data))}
+    return {
+        "slope_per_month": float(res.slope),
+        "intercept": float(res.intercept),
+        "r": float(res.rvalue),
+        "p_value": float(res.pvalue),
+        "mice": int(len(data)),
+    }

@@ -14,6 +14,7 @@ names the revision its user saw, and is refused if the batch changed since.
 Revision ID: 0006
 Revises: 0005
 """
+
 import re
 
 import sqlalchemy as sa
@@ -53,7 +54,9 @@ def upgrade() -> None:
         if not top:
             continue
         if bind.execute(sa.text("SELECT count(*) FROM sqlite_sequence WHERE name = :t"), {"t": table}).scalar():
-            bind.execute(sa.text("UPDATE sqlite_sequence SET seq = max(seq, :top) WHERE name = :t"), {"t": table, "top": top})
+            bind.execute(
+                sa.text("UPDATE sqlite_sequence SET seq = max(seq, :top) WHERE name = :t"), {"t": table, "top": top}
+            )
         else:
             bind.execute(sa.text("INSERT INTO sqlite_sequence (name, seq) VALUES (:t, :top)"), {"t": table, "top": top})
 

@@ -6,6 +6,7 @@ decorated with ``@task(JobKind.X)``. Every module of this package is imported wh
 read, so nothing else needs to list them. A task module may also hold the ``submit`` function that queues
 its jobs (checking what the person may do); heavy imports (torch) stay inside the functions.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -24,6 +25,7 @@ _loaded = False
 
 def task(kind: JobKind) -> Callable[[Task], Task]:
     """Register the decorated function as the task of jobs of ``kind``."""
+
     def register(fn: Task) -> Task:
         if kind.value in _REGISTRY and _REGISTRY[kind.value] is not fn:
             raise RuntimeError(f"two tasks for job kind {kind.value!r}")

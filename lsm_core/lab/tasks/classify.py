@@ -6,6 +6,7 @@ progress, under the unique key (image, cell index): a worker killed mid-chunk le
 and whoever takes the job over starts after the last committed chunk. Cells computed before for the same
 image bytes, the same weights and the same pixel size are copied, not recomputed.
 """
+
 from __future__ import annotations
 
 import logging
@@ -60,9 +61,11 @@ def run(ctx: Context, payload: dict[str, Any]) -> None:
         if model is None or model.deleted:
             raise LsmError("the batch's model was deleted; re-run the batch with another model")
         s.expunge(model)
-        todo = s.execute(select(Image.id, Image.sha256, Image.page)
-                         .where(Image.batch_id == batch_id, Image.done.is_(False), Image.error.is_(None))
-                         .order_by(Image.position)).all()
+        todo = s.execute(
+            select(Image.id, Image.sha256, Image.page)
+            .where(Image.batch_id == batch_id, Image.done.is_(False), Image.error.is_(None))
+            .order_by(Image.position)
+        ).all()
         total = s.scalar(select(Job.progress_total).where(Job.id == ctx.job.id)) or 0
         return model, batch.pixel_size_um, todo, total - len(todo)
 
@@ -89,8 +92,9 @@ def run(ctx: Context, payload: dict[str, Any]) -> None:
 
 def _cells_for(ctx: Context, image, model: Model, params: FindParams, pixel_size: float | None) -> ImageResult:
     result = ImageResult(image.id)
-    cached = ctx.read("looking up earlier cells",
-                      lambda s: _cached(s, image.sha256, image.page, model.weights_sha256, pixel_size))
+    cached = ctx.read(
+        "looking up earlier cells", lambda s: _cached(s, image.sha256, image.page, model.weights_sha256, pixel_size)
+    )
     if cached is not None:
         result.kind, result.cached, result.note = cached
         return result
@@ -106,8 +110,9 @@ def _cells_for(ctx: Context, image, model: Model, params: FindParams, pixel_size
     return result
 
 
-def _cached(s: Session, sha: str | None, page: int, weights_sha: str,
-            pixel_size: float | None) -> tuple[str | None, list[dict[str, Any]], str | None] | None:
+def _cached(
+    s: Session, sha: str | None, page: int, weights_sha: str, pixel_size: float | None
+) -> tuple[str | None, list[dict[str, Any]], str | None] | None:
     """(kind, cells, note) computed before for these image bytes, these weights and this batch pixel size
     (None: the model's), or None."""
     if not sha:
@@ -116,9 +121,15 @@ def _cached(s: Session, sha: str | None, page: int, weights_sha: str,
         select(Image.id, Image.n_cells, Image.note, Image.kind)
         .join(Batch, Batch.id == Image.batch_id)
         .join(Model, Model.id == Batch.model_id)
-        .where(Image.sha256 == sha, Image.page == page, Image.done.is_(True), Image.error.is_(None),
-               Model.weights_sha256 == weights_sha, Image.n_cells.is_not(None),
-               func.coalesce(Batch.pixel_size_um, -1.0) == (-1.0 if pixel_size is None else pixel_size))
+        .where(
+            Image.sha256 == sha,
+            Image.page == page,
+            Image.done.is_(True),
+            Image.error.is_(None),
+            Model.weights_sha256 == weights_sha,
+            Image.n_cells.is_not(None),
+            func.coalesce(Batch.pixel_size_um, -1.0) == (-1.0 if pixel_size is None else pixel_size),
+        )
         .limit(1)
     ).first()
     if source is None:
@@ -126,11 +137,24 @@ def _cached(s: Session, sha: str | None, page: int, weights_sha: str,
     cells = s.scalars(select(Cell).where(Cell.image_id == source.id).order_by(Cell.idx)).all()
     if len(cells) != source.n_cells:
         return None
-    return source.kind, [
-        {"idx": c.idx, "x": c.x, "y": c.y, "w": c.w, "h": c.h, "predicted": c.predicted, "score": c.score,
-         "probs": c.probs, "flags": c.flags}
-        for c in cells
-    ], source.note
+    return (
+        source.kind,
+        [
+            {
+                "idx": c.idx,
+                "x": c.x,
+                "y": c.y,
+                "w": c.w,
+                "h": c.h,
+                "predicted": c.predicted,
+                "score": c.score,
+                "probs": c.probs,
+                "flags": c.flags,
+            }
+            for c in cells
+        ],
+        source.note,
+    )
 
 
 def _written(s: Session, images: list[tuple[Any, ImageResult]]) -> bool:
@@ -151,13 +175,26 @@ def _write(s: Session, batch_id: int, images: list[tuple[Any, ImageResult]], cla
         else:
             found = r.found
             n = len(found) if found is not None else 0
-            for j in range(n):
-                x, y, w, h = (int(v) for v in found.boxes[j])
-                rows.append({
-                    "batch_id": batch_id, "image_id": image.id, "idx": j + 1, "x": x, "y": y, "w": w, "h": h,
-                    "predicted": classes[int(r.predicted[j])], "score": float(r.score[j]),
-                    "probs": [float(p) for p in r.probs[j]], "flags": found.flags[j],
-                })
+            if found is not None and n:
+                # in_batches predicts every image with cells, and run() stored each prediction in its result
+                assert r.predicted is not None and r.score is not None and r.probs is not None
+                for j in range(n):
+                    x, y, w, h = (int(v) for v in found.boxes[j])
+                    rows.append(
+                        {
+                            "batch_id": batch_id,
+                            "image_id": image.id,
+                            "idx": j + 1,
+                            "x": x,
+                            "y": y,
+                            "w": w,
+                            "h": h,
+                            "predicted": classes[int(r.predicted[j])],
+                            "score": float(r.score[j]),
+                            "probs": [float(p) for p in r.probs[j]],
+                            "flags": found.flags[j],
+                        }
+                    )
             values.update(n_cells=n, kind=r.kind, note=r.note)
         s.execute(update(Image).where(Image.id == image.id).values(**values))
     insert_cells(s, rows)

@@ -6,6 +6,7 @@ asked to cancel it, and renews the job's lease), reports progress, asks ``ctx.sh
 and gets loaded models from the worker's cache. It ends by returning its result (or calling ``ctx.finish``
 to write more in the same transaction as the job's end).
 """
+
 from __future__ import annotations
 
 import threading
@@ -59,14 +60,18 @@ class ModelCache:
         return package_for(model, self.lab.store)
 
     def predictor(self, model: Model) -> Predictor:
-        from lsm_core.ml.predict import Predictor
+        from lsm_core.ml.predict import DEFAULT_BATCH_SIZE, Predictor
 
         key = model.weights_sha256
         if key in self._predictors:
             self._predictors.move_to_end(key)
             return self._predictors[key]
-        predictor = Predictor(self.package(model), device=self.device, precision=self.lab.settings.precision,
-                              **({"batch_size": self.batch_size} if self.batch_size else {}))
+        predictor = Predictor(
+            self.package(model),
+            device=self.device,
+            precision=self.lab.settings.precision,
+            batch_size=self.batch_size or DEFAULT_BATCH_SIZE,
+        )
         self._predictors[key] = predictor
         while len(self._predictors) > self.size:
             self._predictors.popitem(last=False)
@@ -95,6 +100,7 @@ class Context:
 
     def read(self, what: str, fn: Callable[[Session], T]) -> T:
         """``fn(session)`` in a read-only session, under the retry policy."""
+
         def attempt(_attempt: int) -> T:
             with self.lab() as s:
                 return fn(s)
@@ -105,6 +111,7 @@ class Context:
         """``fn(session, attempt)`` in one transaction that first checks the job is still this worker's and not
         cancelled, and renews its lease; under the retry policy (``attempt`` > 0: check whether a lost commit
         landed before writing again)."""
+
         def attempt(n: int) -> T:
             with self.lab.begin() as s:
                 self.check(s)
@@ -124,6 +131,7 @@ class Context:
 
     def progress(self, done: int, total: int | None = None, result: dict[str, Any] | None = None) -> None:
         """Record how far the job is (and, e.g. for training, the latest figures as its interim result)."""
+
         def write(s: Session, _attempt: int) -> None:
             jobs.set_progress(s, self.job.id, done, total)
             if result is not None:
@@ -133,6 +141,7 @@ class Context:
 
     def model(self, model_id: int, what: str = "the model") -> Model:
         """A live Model row (detached); LsmError when it was deleted."""
+
         def read(s: Session) -> Model:
             model = s.get(Model, model_id)
             if model is None or model.deleted:
@@ -145,6 +154,7 @@ class Context:
     def finish(self, result: dict[str, Any] | None = None, before: Callable[[Session], None] | None = None) -> None:
         """Mark the job done, with ``result`` and after ``before(session)``, in one transaction (unless a lost
         commit of a previous try did it already)."""
+
         def attempt(n: int) -> None:
             with self.lab.begin() as s:
                 if n and self._ended_by_us(s):

@@ -1,4 +1,5 @@
 """Evaluate a registered model on labelled test files: every metric of a model card."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -16,8 +17,14 @@ from lsm_core.lab.tasks.train import labelled_uploads
 def submit(lab: Lab, model_id: int, uploads: list[dict[str, str]], owner: str | None = None) -> int:
     if not uploads:
         raise LsmError("choose a labelled test ZIP")
-    return jobs.submit(lab, JobKind.EVALUATE, {"model_id": model_id, "uploads": uploads},
-                       owner or accounts.current_user(), total=1, audit_as=("evaluate", f"model id {model_id}"))
+    return jobs.submit(
+        lab,
+        JobKind.EVALUATE,
+        {"model_id": model_id, "uploads": uploads},
+        owner or accounts.current_user(),
+        total=1,
+        audit_as=("evaluate", f"model id {model_id}"),
+    )
 
 
 @task(JobKind.EVALUATE)

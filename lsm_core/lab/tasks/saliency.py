@@ -1,4 +1,5 @@
 """Saliency maps for a batch's cells (all, or the top-k of each class by score), stored as one 8-bit npz blob."""
+
 from __future__ import annotations
 
 import io
@@ -30,8 +31,9 @@ def submit(lab: Lab, batch_id: int, method: str, top: int | None = None, owner: 
     with lab() as s:
         if s.get(Batch, batch_id) is None:
             raise LsmError(f"batch {batch_id} does not exist")
-    return jobs.submit(lab, JobKind.SALIENCY, {"batch_id": batch_id, "method": method, "top": top},
-                       owner or accounts.current_user())
+    return jobs.submit(
+        lab, JobKind.SALIENCY, {"batch_id": batch_id, "method": method, "top": top}, owner or accounts.current_user()
+    )
 
 
 @task(JobKind.SALIENCY)
@@ -48,8 +50,11 @@ def run(ctx: Context, payload: dict[str, Any]) -> None:
         if model is None or model.deleted:
             raise LsmError("the batch's model was deleted; re-run the batch with another model")
         s.expunge(model)
-        cells = s.execute(select(Cell.id, Cell.image_id, Cell.x, Cell.y, Cell.w, Cell.h, Cell.predicted, Cell.score)
-                          .where(Cell.batch_id == batch_id).order_by(Cell.image_id, Cell.idx)).all()
+        cells = s.execute(
+            select(Cell.id, Cell.image_id, Cell.x, Cell.y, Cell.w, Cell.h, Cell.predicted, Cell.score)
+            .where(Cell.batch_id == batch_id)
+            .order_by(Cell.image_id, Cell.idx)
+        ).all()
         if top:
             keep: set[int] = set()
             for cls in model.classes:
@@ -77,8 +82,9 @@ def run(ctx: Context, payload: dict[str, Any]) -> None:
             crops.append(stored_crops(ctx.lab.blobs, images[image_id], [(c.x, c.y, c.w, c.h) for c in mine], params))
             ids += [c.id for c in mine]
         targets = np.array([index[c.predicted] for c in part])
-        maps.append(to_uint8(saliency_maps(net, model.architecture, np.concatenate(crops), method, targets,
-                                           device=ctx.device)))
+        maps.append(
+            to_uint8(saliency_maps(net, model.architecture, np.concatenate(crops), method, targets, device=ctx.device))
+        )
         ctx.progress(min(len(cells), start + CHUNK), len(cells))
         ctx.should_stop()
     buf = io.BytesIO()
@@ -86,8 +92,9 @@ def run(ctx: Context, payload: dict[str, Any]) -> None:
     blob = ctx.lab.blobs.put(buf.getvalue())
 
     def record(s: Session) -> None:
-        run = SaliencyRun(batch_id=batch_id, method=method, scope=f"top {top} per class" if top else "all",
-                          cells=len(ids), blob=blob)
+        run = SaliencyRun(
+            batch_id=batch_id, method=method, scope=f"top {top} per class" if top else "all", cells=len(ids), blob=blob
+        )
         s.add(run)
         s.flush()
         s.execute(update(Job).where(Job.id == ctx.job.id).values(result={"saliency_run": run.id}))

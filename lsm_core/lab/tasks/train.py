@@ -1,4 +1,5 @@
 """Train and register a model version from labelled ZIPs and/or labelled batches (administrators only)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -12,9 +13,17 @@ from lsm_core.lab.tasks import task
 from lsm_core.lab.tasks.context import Cancelled, Context
 
 
-def submit(lab: Lab, task_name: str, name: str, config: dict[str, Any], owner: str | None = None,
-           uploads: list[dict[str, str]] | None = None, batches: dict[int, str] | None = None,
-           test_uploads: list[dict[str, str]] | None = None, priority: int = 0) -> int:
+def submit(
+    lab: Lab,
+    task_name: str,
+    name: str,
+    config: dict[str, Any],
+    owner: str | None = None,
+    uploads: list[dict[str, str]] | None = None,
+    batches: dict[int, str] | None = None,
+    test_uploads: list[dict[str, str]] | None = None,
+    priority: int = 0,
+) -> int:
     """Queue a training job (administrators only: it registers a model): data from uploaded labelled ZIPs
     (:meth:`lsm_core.lab.blobs.BlobStore.put_uploads`) and/or labelled batches (``{batch id: class}``)."""
     from lsm_core.ml.models import check_name
@@ -26,10 +35,23 @@ def submit(lab: Lab, task_name: str, name: str, config: dict[str, Any], owner: s
         raise LsmError("choose training data: a labelled ZIP or labelled batches")
     with lab() as s:
         accounts.require_admin(s, owner, "train models")
-    payload = {"task": task_name, "name": name, "config": config, "uploads": uploads or [],
-               "batches": {str(k): v for k, v in (batches or {}).items()}, "test_uploads": test_uploads or []}
-    return jobs.submit(lab, JobKind.TRAIN, payload, owner, priority, total=int(config.get("epochs", 20)),
-                       audit_as=("train", f"model {name}"))
+    payload = {
+        "task": task_name,
+        "name": name,
+        "config": config,
+        "uploads": uploads or [],
+        "batches": {str(k): v for k, v in (batches or {}).items()},
+        "test_uploads": test_uploads or [],
+    }
+    return jobs.submit(
+        lab,
+        JobKind.TRAIN,
+        payload,
+        owner,
+        priority,
+        total=int(config.get("epochs", 20)),
+        audit_as=("train", f"model {name}"),
+    )
 
 
 def labelled_uploads(ctx: Context, uploads: list[dict[str, str]], task_name: str, params=None):
@@ -67,13 +89,27 @@ def run(ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
         return False
 
     try:
-        package = train_and_register(data, task_name, config, payload["name"], ctx.lab.store, test=test,
-                                     progress=progress, should_stop=should_stop, device=ctx.device,
-                                     patience=payload.get("patience", 5))
+        package = train_and_register(
+            data,
+            task_name,
+            config,
+            payload["name"],
+            ctx.lab.store,
+            test=test,
+            progress=progress,
+            should_stop=should_stop,
+            device=ctx.device,
+            patience=payload.get("patience", 5),
+        )
     except TrainingCancelled:
         raise Cancelled() from None
     m = package.manifest
     rows = ctx.retry("registering the model", lambda _: sync_models(ctx.lab))
     model_id = next(r.id for r in rows if r.name == m.name and r.version == m.version)
-    return {"model_id": model_id, "model": m.label, "accuracy": m.metrics["accuracy"],
-            "quality_check": m.metrics.get("quality_check"), "unusable_files": [list(e) for e in data.errors[:200]]}
+    return {
+        "model_id": model_id,
+        "model": m.label,
+        "accuracy": m.metrics["accuracy"],
+        "quality_check": m.metrics.get("quality_check"),
+        "unusable_files": [list(e) for e in data.errors[:200]],
+    }
