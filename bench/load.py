@@ -8,7 +8,7 @@ crops (so no cell comes from the cache) through `lsm_core.lab.batches.submit_bat
 makes, on one Lab as the web server holds it (`lsm_core.lab.history.open_lab`).
 Printed: p50 / p95 latency of a submit_batch call, wall time from the first submit until every job is done,
 completed classify jobs per minute. Checked (exit 1 if not): every job `done`; one Cell row per readable
-image in every batch (a crop up to 1.5 crop sides is taken whole as one `single` cell, lsm_core/cells.py);
+image in every batch (a crop up to 1.5 crop sides is taken whole as one `single` cell, lsm_core/imaging/cells.py);
 no duplicate (image, idx); every cell in its image's batch.
 
 Usage: python bench/load.py [--submitters 20] [--batches 3] [--files 10] [--workers 2] [--quick]
