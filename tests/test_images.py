@@ -18,7 +18,15 @@ import tifffile
 from PIL import Image
 
 from lsm_core.errors import LsmError
-from lsm_core.imaging.images import Limits, decode_bytes, iter_zip, read_inputs, read_path, to_grey_float
+from lsm_core.imaging.images import (
+    Limits,
+    decode_bytes,
+    decode_raw,
+    iter_zip_members,
+    read_inputs,
+    read_path,
+    to_grey_float,
+)
 
 LIMITS = Limits()  # the defaults, passed explicitly so that LSM_* variables of the environment do not matter
 EPS = 1e-6
@@ -286,7 +294,7 @@ def test_zip_keeps_folder_names_and_skips_junk(tmp_path):
         "archive.zip/MPP/deep/b.png",
     ]
     with open(path, "rb") as fh:
-        assert [r.ok for r in iter_zip("x.zip", fh, LIMITS)] == [True, True]
+        assert [r.ok for m in iter_zip_members("x.zip", fh, LIMITS) for r in decode_raw(m, LIMITS)] == [True, True]
 
 
 def test_folder_read_recursively(tmp_path):
@@ -437,13 +445,13 @@ def test_png_over_configured_limit_names_the_setting(tmp_path):
 
 
 def test_png_under_a_raised_limit_is_not_refused_for_its_size(tmp_path):
-    """LSM_MAX_IMAGE_PIXELS is "the largest image that is decoded": raising it must let bigger images in.
+    """LSM_MAX_IMAGE_PIXELS (and LSM_MAX_IMAGE_BYTES) bound what is decoded: raising them must let bigger images in.
 
     15000 x 15000 = 225 megapixels is under the configured 1000 megapixels, so the file must get past the
     size check and fail only because its pixel data (a 16-byte IDAT) is missing.
     """
     data = _png_claiming(15000, 15000)
-    (rec,) = decode_bytes("big.png", data, Limits(max_image_pixels=1_000_000_000))
+    (rec,) = decode_bytes("big.png", data, Limits(max_image_pixels=1_000_000_000, max_image_bytes=2_000_000_000))
     assert not rec.ok
     assert "damaged" in rec.error or "incomplete" in rec.error, rec.error
     assert "too large" not in rec.error and "limit" not in rec.error, rec.error

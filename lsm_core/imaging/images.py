@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import stat
 import zipfile
 from collections.abc import Iterable, Iterator
@@ -63,9 +64,17 @@ LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 @dataclass(frozen=True)
 class Limits:
     """Bounds applied before anything is decoded or unpacked (a lab changes them in its settings:
-    LSM_MAX_IMAGE_PIXELS, LSM_MAX_ARCHIVE_MEMBERS, LSM_MAX_ARCHIVE_BYTES; see lsm_core.lab.settings)."""
+    LSM_MAX_IMAGE_PIXELS, LSM_MAX_IMAGE_BYTES, LSM_MAX_FILE_BYTES, LSM_MAX_ARCHIVE_MEMBERS,
+    LSM_MAX_ARCHIVE_BYTES; see lsm_core.lab.settings).
+
+    ``max_image_bytes`` bounds the memory one decoded page takes: width x height x samples x bytes per sample
+    as stored, plus its float32 grey copy. Pages are decoded one at a time, so this is the memory an image
+    costs whatever its number of pages. ``max_file_bytes`` bounds one file (or ZIP member) read into memory.
+    """
 
     max_image_pixels: int = 100_000_000
+    max_image_bytes: int = 400_000_000
+    max_file_bytes: int = 2 * 1024**3
     max_archive_members: int = 20_000
     max_archive_bytes: int = 4 * 1024**3
 
@@ -161,7 +170,11 @@ def to_grey_float(arr: np.ndarray, bit_depth: int | None = None) -> np.ndarray:
         elif channels in (3, 4):  # RGB or RGBA: luminance, alpha dropped
             if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a[..., :3]).all():
                 raise LsmError(_nan_message(a[..., :3]))
-            grey = a[..., :3].astype(np.float32) @ LUMA
+            if np.issubdtype(a.dtype, np.integer) and np.iinfo(a.dtype).min == 0:
+                return _luminance(a, bit_depth)
+            grey = np.empty(a.shape[:2], np.float32)
+            for r in range(0, a.shape[0], _ROWS):  # a few rows at a time: no float copy of every channel
+                grey[r : r + _ROWS] = a[r : r + _ROWS, :, :3].astype(np.float32) @ LUMA
             if np.issubdtype(a.dtype, np.integer):
                 grey = np.rint(grey).astype(a.dtype)
             a = grey
@@ -193,6 +206,23 @@ def to_grey_float(arr: np.ndarray, bit_depth: int | None = None) -> np.ndarray:
     raise LsmError(f"unsupported pixel type {a.dtype}")
 
 
+_ROWS = 256  # rows converted at a time from colour to grey
+
+
+def _luminance(a: np.ndarray, bit_depth: int | None) -> np.ndarray:
+    """Unsigned integer RGB(A) (H, W, 3|4) to grey float32 in [0, 1], a few rows at a time: the same values as
+    rounding the luminance to the integer type and scaling it, with no other full-size copy."""
+    info = np.iinfo(a.dtype)
+    bits = bit_depth if bit_depth and bit_depth <= info.bits else info.bits
+    top = np.float32(2**bits - 1)
+    grey = np.empty(a.shape[:2], np.float32)
+    for r in range(0, a.shape[0], _ROWS):
+        block = a[r : r + _ROWS, :, :3].astype(np.float32) @ LUMA
+        np.rint(block, out=block)
+        np.clip(block / top, 0.0, 1.0, out=grey[r : r + _ROWS])
+    return grey
+
+
 def _nan_message(a: np.ndarray) -> str:
     nan = int(np.isnan(a).sum())
     inf = int(np.isinf(a).sum())
@@ -204,33 +234,6 @@ def _nan_message(a: np.ndarray) -> str:
     return f"the image holds {' and '.join(parts)} pixel values; export it again without masked pixels"
 
 
-def _decode_pil(data: bytes, limits: Limits) -> list[tuple[np.ndarray, int]]:
-    try:
-        with Image.open(io.BytesIO(data)) as opened:
-            im: Image.Image = opened  # exif_transpose and convert return plain Images
-            _check_pixels(im.width, im.height, limits)
-            if im.format == "JPEG" or "exif" in im.info:
-                im = ImageOps.exif_transpose(im)  # applies the camera's orientation
-            mode = im.mode
-            if mode == "P":
-                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-            elif mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
-                im = im.convert("L" if mode == "1" else "RGB")
-            arr = np.asarray(im)
-            bits = 16 if mode.startswith("I;16") or (mode == "I" and arr.max(initial=0) <= 65535) else None
-            if mode == "I" and bits == 16:
-                arr = arr.astype(np.uint16)
-            if arr.dtype == np.uint8:
-                bits = 8
-            return [(arr, bits or arr.dtype.itemsize * 8)]
-    except LsmError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise LsmError(f"the image is too large to decode safely ({exc})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise LsmError(_damaged(exc)) from None
-
-
 def _damaged(exc: Exception) -> str:
     if isinstance(exc, UnidentifiedImageError):  # Pillow names its buffer object here, which says nothing to people
         return "the file is damaged or incomplete and could not be decoded (its contents are not a readable image)"
@@ -238,92 +241,299 @@ def _damaged(exc: Exception) -> str:
     return f"the file is damaged or incomplete and could not be decoded ({text})"
 
 
-def _decode_tiff(data: bytes, limits: Limits) -> Iterator[tuple[np.ndarray | None, int | None, str | None]]:
-    try:
-        tif = tifffile.TiffFile(io.BytesIO(data))
-    except Exception as exc:  # tifffile raises many types for broken headers
-        raise LsmError(_damaged(exc)) from None
-    with tif:
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:,.0f} MB"
+
+
+@dataclass(frozen=True)
+class PageInfo:
+    """What a page's header says, before anything is decoded: its size, samples per pixel, bytes per sample."""
+
+    index: int  # 0-based
+    width: int
+    height: int
+    samples: int = 1
+    itemsize: int = 1
+    bits: int = 8  # significant bits of an integer sample
+
+    @property
+    def decoded_bytes(self) -> int:
+        """The memory the page takes once decoded: its samples as stored plus its float32 grey copy."""
+        return self.width * self.height * (self.samples * self.itemsize + 4)
+
+    def check(self, limits: Limits) -> None:
+        """LsmError when the page is larger than the limits allow (pixels, or memory once decoded)."""
+        _check_pixels(self.width, self.height, limits)
+        if self.decoded_bytes > limits.max_image_bytes:
+            raise LsmError(
+                f"the image would take {_megabytes(self.decoded_bytes)} of memory to decode ({self.width} x "
+                f"{self.height} pixels, {self.samples} sample{'s' if self.samples != 1 else ''} of "
+                f"{self.itemsize} byte{'s' if self.itemsize != 1 else ''} each); the limit is "
+                f"{_megabytes(limits.max_image_bytes)} (LSM_MAX_IMAGE_BYTES). Tile it, bin it, or save the "
+                "channel that matters alone."
+            )
+
+
+class ImageReader:
+    """One image file's pages: their headers at once (:attr:`pages`), their pixels one page at a time."""
+
+    format = ""
+    pages: list[PageInfo]
+
+    def read(self, index: int) -> tuple[np.ndarray, int]:
+        """The raw samples of page ``index`` ((H, W) or (H, W, S)) and their significant bits."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> ImageReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_PIL_MODES = {  # mode -> (samples, bytes per sample) as decoded (palette and bilevel images are converted)
+    "1": (1, 1),
+    "L": (1, 1),
+    "P": (4, 1),
+    "LA": (2, 1),
+    "PA": (4, 1),
+    "RGB": (3, 1),
+    "RGBA": (4, 1),
+    "RGBX": (4, 1),
+    "CMYK": (3, 1),
+    "YCbCr": (3, 1),
+    "LAB": (3, 1),
+    "HSV": (3, 1),
+    "I": (1, 4),
+    "F": (1, 4),
+    "I;16": (1, 2),
+    "I;16L": (1, 2),
+    "I;16B": (1, 2),
+    "I;16N": (1, 2),
+}
+
+
+class PilReader(ImageReader):
+    """PNG and JPEG through Pillow: one page; the camera's orientation (EXIF) is applied."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
         try:
-            n_pages = len(tif.pages)
-        except Exception as exc:
+            with Image.open(io.BytesIO(data)) as im:
+                self.format = (im.format or "").lower()
+                samples, itemsize = _PIL_MODES.get(im.mode, (4, 4))
+                bits = 16 if im.mode.startswith("I;16") else 8 * itemsize
+                self.pages = [PageInfo(0, im.width, im.height, samples, itemsize, bits)]
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            raise LsmError(_damaged(exc)) from None
+
+    def read(self, index: int) -> tuple[np.ndarray, int]:
+        try:
+            with Image.open(io.BytesIO(self._data)) as opened:
+                im: Image.Image = opened  # exif_transpose and convert return plain Images
+                if im.format == "JPEG" or "exif" in im.info:
+                    im = ImageOps.exif_transpose(im)  # applies the camera's orientation
+                mode = im.mode
+                if mode == "P":
+                    im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+                elif mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
+                    im = im.convert("L" if mode == "1" else "RGB")
+                arr = np.asarray(im)
+        except Image.DecompressionBombError as exc:
+            raise LsmError(f"the image is too large to decode safely ({exc})") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            raise LsmError(_damaged(exc)) from None
+        bits = 16 if mode.startswith("I;16") or (mode == "I" and arr.max(initial=0) <= 65535) else None
+        if mode == "I" and bits == 16:
+            arr = arr.astype(np.uint16)
+        if arr.dtype == np.uint8:
+            bits = 8
+        return arr, bits or arr.dtype.itemsize * 8
+
+
+class TiffReader(ImageReader):
+    """TIFF through tifffile: every page's header at once, the pixels of one page when asked for."""
+
+    format = "tiff"
+
+    def __init__(self, data: bytes, limits: Limits) -> None:
+        try:
+            self._tif = tifffile.TiffFile(io.BytesIO(data))
+            n_pages = len(self._tif.pages)
+        except Exception as exc:  # tifffile raises many types for broken headers
             raise LsmError(_damaged(exc)) from None
         if n_pages > limits.max_archive_members:
+            self._tif.close()
             raise LsmError(f"the TIFF has {n_pages:,} pages; the limit is {limits.max_archive_members:,}")
+        if n_pages == 0:
+            self._tif.close()
+            raise LsmError("the TIFF holds no readable image (no page in it could be read)")
+        self.pages = []
+        self._errors: dict[int, str] = {}
         for index in range(n_pages):
             try:
-                page = tif.pages[index]
-                shape = tuple(int(s) for s in page.shape)
-                axes = page.axes
-                if "S" in axes and axes.index("S") == 0 and len(shape) == 3:
-                    height, width = shape[1], shape[2]
-                else:
-                    height, width = shape[0], shape[1] if len(shape) > 1 else 1
-                _check_pixels(width, height, limits)
-                arr = page.asarray()
-                if "S" in axes and axes.index("S") == 0 and arr.ndim == 3:
-                    arr = np.moveaxis(arr, 0, -1)  # planar RGB -> channels last
-                if arr.ndim > 3 or (arr.ndim == 3 and arr.shape[-1] > 4):
-                    raise LsmError(f"page {index + 1} is a {arr.ndim}-D stack {arr.shape}; save each plane as a page")
-                # LSM and ScanImage files give TiffFrames, which carry no tags of their own: read their keyframe's
-                keyframe = page.keyframe
-                assert keyframe is not None  # page.shape above already required it
-                yield arr, int(keyframe.bitspersample), None
+                self.pages.append(self._info(index))
             except LsmError as exc:
-                yield None, None, str(exc)
+                self._errors[index] = str(exc)
+                self.pages.append(PageInfo(index, 0, 0))
             except Exception as exc:
-                yield None, None, _damaged(exc)
+                self._errors[index] = _damaged(exc)
+                self.pages.append(PageInfo(index, 0, 0))
+
+    def _info(self, index: int) -> PageInfo:
+        page = self._tif.pages[index]
+        shape = tuple(int(v) for v in page.shape)
+        axes = page.axes
+        samples = 1
+        if len(shape) == 3 and "S" in axes:
+            samples = shape[axes.index("S")]
+            shape = tuple(v for i, v in enumerate(shape) if axes[i] != "S")
+        if len(shape) != 2:
+            raise LsmError(f"page {index + 1} is a {len(shape)}-D stack {tuple(page.shape)}; save each plane as a page")
+        # LSM and ScanImage files give TiffFrames, which carry no tags of their own: read their keyframe's
+        keyframe = page.keyframe
+        assert keyframe is not None  # page.shape above already required it
+        if page.dtype is None:
+            raise LsmError(f"page {index + 1} stores its samples in a format this app cannot read")
+        return PageInfo(index, shape[1], shape[0], samples, int(page.dtype.itemsize), int(keyframe.bitspersample))
+
+    def error(self, index: int) -> str | None:
+        """Why page ``index`` cannot be read, when its header already says so."""
+        return self._errors.get(index)
+
+    def read(self, index: int) -> tuple[np.ndarray, int]:
+        if index in self._errors:
+            raise LsmError(self._errors[index])
+        try:
+            page = self._tif.pages[index]
+            arr = page.asarray()
+        except Exception as exc:
+            raise LsmError(_damaged(exc)) from None
+        if "S" in page.axes and page.axes.index("S") == 0 and arr.ndim == 3:
+            arr = np.moveaxis(arr, 0, -1)  # planar RGB -> channels last
+        return arr, self.pages[index].bits
+
+    def close(self) -> None:
+        self._tif.close()
 
 
-def decode_bytes(name: str, data: bytes, limits: Limits | None = None) -> list[ImageRecord]:
-    """Decode one file's bytes into one record per page (never raises for bad content).
-
-    ZIP archives are expanded with :func:`iter_zip`.
-    """
+def open_image(name: str, data: bytes, limits: Limits | None = None) -> ImageReader:
+    """A reader for one image file's bytes (its format told from its content); LsmError when it is not an
+    image this app reads, or its header is damaged. Nothing is decoded yet."""
     limits = limits or Limits()
     if len(data) == 0:
-        return [ImageRecord(name, error="the file is empty (0 bytes)")]
-    digest = hashlib.sha256(data).hexdigest()
+        raise LsmError("the file is empty (0 bytes)")
     kind = _sniff(data)
+    if kind == "tiff":
+        return TiffReader(data, limits)
+    if kind in ("png", "jpeg"):
+        return PilReader(data)
     if kind == "zip":
-        return [r for raw in iter_zip_members(name, io.BytesIO(data), limits) for r in decode_raw(raw, limits)]
-    if kind == "unknown":
-        if _looks_like_text(data):
-            msg = "this is a text file, not an image (PNG, JPEG, TIFF or ZIP expected)"
-        else:
-            msg = "not a supported image format (PNG, JPEG, TIFF or ZIP expected)"
-        return [ImageRecord(name, sha256=digest, error=msg)]
-    records: list[ImageRecord] = []
+        raise LsmError("a ZIP inside a ZIP is not read; unpack the inner archive first")
+    if _looks_like_text(data):
+        raise LsmError("this is a text file, not an image (PNG, JPEG, TIFF or ZIP expected)")
+    raise LsmError("not a supported image format (PNG, JPEG, TIFF or ZIP expected)")
+
+
+def inspect(raw: RawFile, limits: Limits | None = None) -> list[ImageRecord]:
+    """One record per page of a file from its headers alone: size and bit depth, or why it cannot be read
+    (format, damaged header, too large). Pixels are not decoded (``pixels`` stays None): cheap enough for
+    the web server, which leaves decoding to the workers."""
+    limits = limits or Limits()
+    if raw.error is not None or raw.data is None:
+        return [ImageRecord(raw.source, error=raw.error or "could not be read")]
+    digest = hashlib.sha256(raw.data).hexdigest()
     try:
-        if kind == "tiff":
-            decoded = list(_decode_tiff(data, limits))
-        else:
-            decoded = [(arr, bits, None) for arr, bits in _decode_pil(data, limits)]
+        reader = open_image(raw.source, raw.data, limits)
     except LsmError as exc:
-        return [ImageRecord(name, sha256=digest, error=str(exc))]
-    for page, (arr, bits, error) in enumerate(decoded):
-        record = ImageRecord(name, page=page, sha256=digest, error=error)
-        if arr is not None:
+        return [ImageRecord(raw.source, sha256=digest, error=str(exc))]
+    records = []
+    with reader:
+        many = len(reader.pages) > 1
+        for info in reader.pages:
+            record = ImageRecord(
+                raw.source,
+                page=info.index,
+                sha256=digest,
+                width=info.width or None,
+                height=info.height or None,
+                bit_depth=info.bits,
+            )
             try:
-                record.pixels = to_grey_float(arr, bits)
-                record.height, record.width = record.pixels.shape
-                record.bit_depth = bits
+                problem = reader.error(info.index) if isinstance(reader, TiffReader) else None
+                if problem:
+                    raise LsmError(problem)
+                info.check(limits)
             except LsmError as exc:
-                record.error = str(exc)
-        if record.error and len(decoded) > 1:
-            record.error = f"page {page + 1}: {record.error}"
-        records.append(record)
+                record.error = f"page {info.index + 1}: {exc}" if many else str(exc)
+                record.width = record.height = None
+            records.append(record)
     return records
 
 
+def _decoded(reader: ImageReader, info: PageInfo, limits: Limits) -> np.ndarray:
+    info.check(limits)
+    arr, bits = reader.read(info.index)
+    return to_grey_float(arr, bits)
+
+
+def decode_raw(raw: RawFile, limits: Limits | None = None) -> Iterator[ImageRecord]:
+    """The records of one raw file, one page at a time (its error, or each page decoded): a multi-page file
+    holds one decoded page in memory at a time, as long as the caller lets go of each. Never raises for bad
+    content."""
+    limits = limits or Limits()
+    if raw.error is not None or raw.data is None:
+        yield ImageRecord(raw.source, error=raw.error or "could not be read")
+        return
+    if _sniff(raw.data) == "zip":
+        for member in iter_zip_members(raw.source, io.BytesIO(raw.data), limits):
+            yield from decode_raw(member, limits)
+        return
+    digest = hashlib.sha256(raw.data).hexdigest()
+    try:
+        reader = open_image(raw.source, raw.data, limits)
+    except LsmError as exc:
+        yield ImageRecord(raw.source, sha256=digest, error=str(exc))
+        return
+    with reader:
+        many = len(reader.pages) > 1
+        for info in reader.pages:
+            record = ImageRecord(raw.source, page=info.index, sha256=digest)
+            try:
+                record.pixels = _decoded(reader, info, limits)
+                record.height, record.width = record.pixels.shape
+                record.bit_depth = info.bits
+            except LsmError as exc:
+                record.error = f"page {info.index + 1}: {exc}" if many else str(exc)
+            yield record
+
+
+def decode_bytes(name: str, data: bytes, limits: Limits | None = None) -> list[ImageRecord]:
+    """Every record of one file's bytes at once (small files and tests; pipelines use :func:`decode_raw`)."""
+    return list(decode_raw(RawFile(name, data), limits))
+
+
 def decode_page(name: str, data: bytes, page: int, limits: Limits | None = None) -> np.ndarray:
-    """The pixels of page ``page`` (counted from 1) of one file's bytes; LsmError if it cannot be read."""
-    record = next((r for r in decode_bytes(name, data, limits) if r.page == page - 1), None)
-    if record is None:
-        raise LsmError(f"{name}: page {page} is missing")
-    if not record.ok or record.pixels is None:
-        raise LsmError(record.error or "the image could not be read")
-    return record.pixels
+    """The pixels of page ``page`` (counted from 1) of one file's bytes, decoding that page only; LsmError if
+    it cannot be read."""
+    limits = limits or Limits()
+    with open_image(name, data, limits) as reader:
+        if not 1 <= page <= len(reader.pages):
+            raise LsmError(f"{name}: page {page} is missing")
+        return _decoded(reader, reader.pages[page - 1], limits)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def clean_name(name: str, limit: int = 1000) -> str:
+    """A file name as it is stored and shown: control characters (which break spreadsheets and terminals)
+    replaced by "?", cut to ``limit`` characters."""
+    cleaned = _CONTROL.sub("?", name)
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
 
 
 def _unsafe_member(name: str) -> str | None:
@@ -381,13 +591,18 @@ def iter_zip_members(name: str, fileobj, limits: Limits | None = None, only_imag
             )
             return
         for member in members:
-            source = f"{name}/{member.filename}"
+            source = f"{name}/{clean_name(member.filename)}"
             problem = _unsafe_member(member.filename)
+            if problem is None and member.file_size > limits.max_file_bytes:
+                problem = (
+                    f"unpacks to {_megabytes(member.file_size)}; the limit for one file is "
+                    f"{_megabytes(limits.max_file_bytes)} (LSM_MAX_FILE_BYTES)"
+                )
             mode = member.external_attr >> 16
             if problem is None and stat.S_ISLNK(mode):
                 problem = "is a symbolic link; refused"
             if problem:
-                yield RawFile(source, error=f"archive member {member.filename!r} {problem}")
+                yield RawFile(source, error=f"archive member {clean_name(member.filename)!r} {problem}")
                 continue
             suffix = PurePosixPath(member.filename).suffix.lower()
             if only_images and suffix not in IMAGE_SUFFIXES | ARCHIVE_SUFFIXES:
@@ -407,20 +622,6 @@ def iter_zip_members(name: str, fileobj, limits: Limits | None = None, only_imag
                 yield RawFile(source, error="a ZIP inside a ZIP is not read; unpack the inner archive first")
                 continue
             yield RawFile(source, data)
-
-
-def decode_raw(raw: RawFile, limits: Limits | None = None) -> list[ImageRecord]:
-    """The records of one raw file (its error, or one per decoded page)."""
-    if raw.error is not None or raw.data is None:
-        return [ImageRecord(raw.source, error=raw.error or "could not be read")]
-    return decode_bytes(raw.source, raw.data, limits)
-
-
-def iter_zip(name: str, fileobj, limits: Limits | None = None, only_images: bool = True) -> Iterator[ImageRecord]:
-    """Yield the records of every image in a ZIP archive (see :func:`iter_zip_members`)."""
-    limits = limits or Limits()
-    for raw in iter_zip_members(name, fileobj, limits, only_images):
-        yield from decode_raw(raw, limits)
 
 
 def iter_upload(name: str, data: bytes, limits: Limits | None = None) -> Iterator[RawFile]:
@@ -453,6 +654,14 @@ def iter_path(path: str | Path, limits: Limits | None = None, display: str | Non
             if _sniff(head) == "zip":
                 fh.seek(0)
                 yield from iter_zip_members(name, fh, limits)
+                return
+            size = os.fstat(fh.fileno()).st_size
+            if size > limits.max_file_bytes:
+                yield RawFile(
+                    name,
+                    error=f"the file is {_megabytes(size)}; the limit for one file is "
+                    f"{_megabytes(limits.max_file_bytes)} (LSM_MAX_FILE_BYTES)",
+                )
                 return
             fh.seek(0)
             data = fh.read()

@@ -12,18 +12,19 @@ refused with a message, so nobody acts on something other than what they looked 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from db import audit
-from db.schema import Batch, Cell, Image, Job, Model
+from db.schema import AuditEvent, Batch, Cell, Image, Job, Model, SaliencyRun
 from lsm_core.errors import LsmError
-from lsm_core.imaging.images import Limits, RawFile, decode_raw
+from lsm_core.imaging.images import Limits, RawFile, clean_name, inspect, iter_upload
 from lsm_core.lab import accounts
-from lsm_core.lab.blobs import BlobStore
+from lsm_core.lab.blobs import BlobStore, human_bytes
+from lsm_core.lab.gc import unshared_blobs
 from lsm_core.lab.history import Lab
 from lsm_core.lab.jobs import JobKind, JobStatus, new_job
 
@@ -94,27 +95,35 @@ class ImageRows:
 def image_rows(
     files: Iterable[RawFile], blobs: BlobStore, limits: Limits, present: dict[str, str] | None = None
 ) -> ImageRows:
-    """Image rows for uploaded files: each file's bytes stored once, each decoded once to validate it; a file
-    that fails becomes a row with its error. A file whose bytes are in ``present`` (sha256 -> the file name
-    there: the batch's files) or earlier in ``files`` is skipped, never counted twice."""
+    """Image rows for uploaded files, read one at a time: each file's headers are checked (format, size,
+    the memory a page would take: nothing is decoded here, the workers do that and report a damaged page
+    there) and its bytes stored once, only when at least one page can be read. A file that cannot becomes a
+    row with its error. A file whose bytes are in ``present`` (sha256 -> the file name there: the batch's
+    files) or earlier in ``files`` is skipped, never counted twice."""
     out = ImageRows()
     seen = dict(present or {})
-    for raw in files:
-        sha = blobs.put(raw.data) if raw.error is None and raw.data else None
+    expanded = (
+        member for f in files for member in ([f] if f.error or not f.data else iter_upload(f.source, f.data, limits))
+    )
+    for raw in expanded:  # a ZIP's members one at a time
+        raw = RawFile(clean_name(raw.source), raw.data, raw.error)
+        records = inspect(raw, limits)
+        sha = records[0].sha256 if raw.error is None else None
         if sha is not None and sha in seen:
             same = seen[sha]
             out.skipped.append(
                 (raw.source, "the same file is in this batch already" + ("" if same == raw.source else f" (as {same})"))
             )
             continue
-        if sha is not None:
+        if sha is not None and raw.data is not None and any(r.ok for r in records):
+            blobs.put(raw.data)
             seen[sha] = raw.source
-        for record in decode_raw(raw, limits):
+        for record in records:
             image = Image(
                 position=len(out.rows),
                 file=record.source,
                 page=record.page + 1,
-                sha256=sha if record.ok else record.sha256,
+                sha256=record.sha256,
                 width=record.width,
                 height=record.height,
                 bit_depth=record.bit_depth,
@@ -125,7 +134,6 @@ def image_rows(
                 image.n_cells = 0
                 out.errors.append((record.source, record.error or ""))
             out.rows.append(image)
-            record.pixels = None
     return out
 
 
@@ -245,12 +253,43 @@ class Deleted:
     name: str
     images: int
     cells: int
+    blobs: int = 0  # stored files only this batch used (its images' bytes, its saliency maps), removed with it
+    freed_bytes: int = 0
+
+    @property
+    def freed(self) -> str:
+        """The disk space freed, as people read it: ``12.3 MB``."""
+        return human_bytes(self.freed_bytes)
+
+
+def _last_stored(s: Session, batch: Batch) -> float:
+    """Within ``s``: when (seconds since the epoch) ``batch`` last got stored files: made, files added, saliency
+    maps. Its blobs were stored before; one stored again after that belongs to someone else's upload too."""
+    times = [
+        batch.created,
+        s.scalar(
+            select(func.max(AuditEvent.at)).where(
+                AuditEvent.target == f"batch {batch.id}", AuditEvent.action == "add files"
+            )
+        ),
+        s.scalar(select(func.max(SaliencyRun.created)).where(SaliencyRun.batch_id == batch.id)),
+    ]
+    return max(t.replace(tzinfo=UTC).timestamp() for t in times if t is not None) + 0.001
 
 
 def delete(lab: Lab, batch_id: int, user: str, seen_revision: int | None = None) -> Deleted:
-    """Delete a batch with its images and cells; its queued or running jobs are cancelled. Returns what went."""
+    """Delete a batch with its images and cells; its queued or running jobs are cancelled. The stored files
+    only this batch used go too, once the delete has committed (other batches keep the ones they share:
+    :func:`lsm_core.lab.gc.unshared_blobs`); a file stored again since the batch got it (an upload of the same
+    bytes in progress) or read by a running job is left to :func:`lsm_core.lab.gc.collect_garbage`. Returns what
+    went."""
     with lab.begin() as s:
         batch = _own(s, batch_id, user, seen_revision)
+        running = s.scalar(
+            select(func.count()).select_from(Job).where(Job.batch_id == batch_id, Job.status == "running")
+        )
+        unshared = set() if running else unshared_blobs(s, batch_id)  # a worker reads them: left to the collection
+        stored_before = _last_stored(s, batch)
         gone = Deleted(
             batch.id,
             batch.name,
@@ -274,7 +313,16 @@ def delete(lab: Lab, batch_id: int, user: str, seen_revision: int | None = None)
             cells=gone.cells,
         )
         s.delete(batch)
-        return gone
+    freed = 0
+    removed = 0
+    for sha in sorted(unshared):
+        try:
+            size = lab.blobs.remove(sha, stored_before)
+        except OSError:
+            continue  # the delete stands; garbage collection reports a file it cannot remove
+        if size is not None:
+            removed, freed = removed + 1, freed + size
+    return replace(gone, blobs=removed, freed_bytes=freed)
 
 
 def rerun(

@@ -16,9 +16,15 @@ app. Nothing else in the project reads the environment: functions get what they 
 | LSM_PRECISION | auto | ``auto`` (bf16 autocast on CUDA and on CPUs with native bf16), ``bf16``, ``fp32`` |
 | LSM_PIXEL_SIZE_UM | the model's (0.2) | the microscope's calibration in micrometres per pixel |
 | LSM_MAX_IMAGE_PIXELS | 100000000 | largest image (width x height) decoded |
+| LSM_MAX_IMAGE_BYTES | 400000000 | most memory one decoded page may take (samples as stored plus a float grey copy) |
+| LSM_MAX_FILE_BYTES | 2147483648 | largest single file (or ZIP member) read into memory |
 | LSM_MAX_ARCHIVE_MEMBERS | 20000 | most files read from one ZIP (and pages from one TIFF) |
 | LSM_MAX_ARCHIVE_BYTES | 4294967296 | most bytes unpacked from one ZIP |
 | LSM_DEMO_RECIPE | full | tests only: ``tiny`` trains the demo models in seconds |
+| LSM_ADDRESS | 127.0.0.1 | the address ``serve`` listens on (``0.0.0.0``: every interface of the machine) |
+| LSM_ALLOWED_DOMAINS | (anyone the provider knows) | signed-in mode: e-mail domains (or addresses) that may sign in |
+| LSM_MAX_SECONDS_PER_IMAGE | 120 | a worker gives up reading and finding the cells of one image after this long |
+| LSM_SALIENCY_MAX_CELLS | 2000 | most cells a member may ask saliency maps for at once (administrators: any number) |
 
 Sign-in is on when an ``[auth]`` section is configured in ``~/.streamlit/secrets.toml`` or
 ``./.streamlit/secrets.toml`` (Streamlit's own places).
@@ -47,9 +53,15 @@ VARIABLES = (
     "LSM_PRECISION",
     "LSM_PIXEL_SIZE_UM",
     "LSM_MAX_IMAGE_PIXELS",
+    "LSM_MAX_IMAGE_BYTES",
+    "LSM_MAX_FILE_BYTES",
     "LSM_MAX_ARCHIVE_MEMBERS",
     "LSM_MAX_ARCHIVE_BYTES",
     "LSM_DEMO_RECIPE",
+    "LSM_ADDRESS",
+    "LSM_ALLOWED_DOMAINS",
+    "LSM_MAX_SECONDS_PER_IMAGE",
+    "LSM_SALIENCY_MAX_CELLS",
 )
 PRECISIONS = ("auto", "bf16", "fp32")
 DEMO_RECIPES = ("full", "tiny")
@@ -71,6 +83,113 @@ def _auth_configured(files: list[Path]) -> bool:
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise LsmError(f"{path} cannot be read ({exc}); fix it or remove it") from None
     return False
+
+
+# cookie_secret signs the cookie that says who is signed in: anyone who knows it signs a cookie of their own and is
+# whoever they write in it (administrators included) without the identity provider. So signed-in mode refuses a
+# short one and one printed in a README or a manual. Compared without case, spaces or punctuation; the phrases
+# are refused inside a longer secret too ("a long random string 123...").
+MIN_COOKIE_SECRET_BYTES = 32
+MIN_COOKIE_SECRET_CHARACTERS = 8  # different characters: a random secret of 32 bytes has far more
+EXAMPLE_COOKIE_SECRETS = (
+    "a long random string",  # this project's README
+    "a-long-random-string-for-the-test-only",  # this project's tests, before they made a random one
+    "xxx",  # Streamlit's documentation
+    "changeme",
+    "change me",
+    "changeit",
+    "replace me",
+    "secret",
+    "my secret",
+    "super secret",
+    "cookie secret",
+    "your cookie secret",
+    "your secret",
+    "secret key",
+    "password",
+    "random string",
+    "example",
+    "todo",
+)
+EXAMPLE_COOKIE_SECRET_PHRASES = (
+    "alongrandomstring",
+    "randomstring",
+    "changeme",
+    "replaceme",
+    "cookiesecret",
+    "yoursecret",
+    "forthetestonly",
+)
+
+
+def _letters(text: str) -> str:
+    return "".join(ch for ch in text.lower() if ch.isalnum())
+
+
+def _effective_auth(files: list[Path]) -> tuple[Path, object] | None:
+    """The ``[auth]`` section Streamlit signs in with, and its file: Streamlit reads ``files`` in order and a
+    later file's ``[auth]`` replaces an earlier one's whole. None without one. An unreadable file raises."""
+    found = None
+    for path in files:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            continue
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise LsmError(f"{path} cannot be read ({exc}); fix it or remove it") from None
+        if "auth" in data:
+            found = (path, data["auth"])
+    return found if found is not None and found[1] else None
+
+
+def auth_problem(files: list[Path] | None = None) -> str | None:
+    """Why signed-in mode must not start with the ``[auth]`` section of the secrets ``files`` (default: where
+    Streamlit looks, :func:`secrets_files`, from the working folder of this process), or None when it may (or
+    when there is no ``[auth]``: lab mode).
+
+    The section's ``cookie_secret`` must be at least 32 bytes, not made of a handful of characters, and none
+    of :data:`EXAMPLE_COOKIE_SECRETS` (nor hold one of :data:`EXAMPLE_COOKIE_SECRET_PHRASES`). The message says
+    which file and how to make a good one. The web app shows it instead of anything else; ``serve`` refuses to
+    start with it.
+    """
+    try:
+        found = _effective_auth(secrets_files() if files is None else files)
+    except LsmError as exc:
+        return f"Sign-in cannot start: {exc}."
+    if found is None:
+        return None
+    path, auth = found
+    fix = (
+        f'Put a long random one in the [auth] section of {path} (make one with: python -c "import secrets; '
+        'print(secrets.token_hex(32))"), then restart the app. Everyone signs in again afterwards.'
+    )
+    where = f"the cookie_secret in the [auth] section of {path}"
+    if not isinstance(auth, dict):
+        return f"Sign-in is refused: [auth] in {path} is not a section of settings. {fix}"
+    secret = auth.get("cookie_secret")
+    if secret is None:
+        return f"Sign-in is refused: the [auth] section of {path} has no cookie_secret. {fix}"
+    if not isinstance(secret, str):
+        return f"Sign-in is refused: {where} is not text. {fix}"
+    danger = (
+        "anyone who knows it can sign a sign-in cookie of their own and be anyone, an administrator included, "
+        "without the lab's identity provider."
+    )
+    letters = _letters(secret)
+    if letters in {_letters(example) for example in EXAMPLE_COOKIE_SECRETS} - {""} or any(
+        phrase in letters for phrase in EXAMPLE_COOKIE_SECRET_PHRASES
+    ):
+        return f"Sign-in is refused: {where} is an example from documentation; {danger} {fix}"
+    size = len(secret.encode())
+    if size < MIN_COOKIE_SECRET_BYTES:
+        return (
+            f"Sign-in is refused: {where} is {size} bytes long; it must be at least {MIN_COOKIE_SECRET_BYTES} "
+            f"random bytes, or {danger.replace('anyone who knows', 'anyone who guesses')} {fix}"
+        )
+    if len(set(secret)) < MIN_COOKIE_SECRET_CHARACTERS:
+        return f"Sign-in is refused: {where} is not random (only {len(set(secret))} different characters). {fix}"
+    return None
 
 
 def _number(env: Mapping[str, str], name: str, default: float, kind: type = float) -> float:
@@ -107,6 +226,10 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     demo_recipe: str = "full"
     signed_in: bool = False  # [auth] configured: people sign in with the lab's identity provider
+    address: str = "127.0.0.1"  # where serve listens: this machine only, unless told otherwise
+    allowed_domains: frozenset[str] = frozenset()  # who may sign in (e-mail domains or whole addresses); empty: anyone
+    max_seconds_per_image: float = 120.0  # a worker gives up reading one image after this long
+    saliency_max_cells: int = 2000  # most cells a member may ask saliency maps for at once (administrators: any)
 
     @property
     def model_dir(self) -> Path:
@@ -136,11 +259,19 @@ class Settings:
             pixel_size_um=pixel,
             limits=Limits(
                 max_image_pixels=int(_number(env, "LSM_MAX_IMAGE_PIXELS", defaults.max_image_pixels, int)),
+                max_image_bytes=int(_number(env, "LSM_MAX_IMAGE_BYTES", defaults.max_image_bytes, int)),
+                max_file_bytes=int(_number(env, "LSM_MAX_FILE_BYTES", defaults.max_file_bytes, int)),
                 max_archive_members=int(_number(env, "LSM_MAX_ARCHIVE_MEMBERS", defaults.max_archive_members, int)),
                 max_archive_bytes=int(_number(env, "LSM_MAX_ARCHIVE_BYTES", defaults.max_archive_bytes, int)),
             ),
             demo_recipe=recipe,
             signed_in=_auth_configured(secrets_files() if secrets is None else secrets),
+            address=env.get("LSM_ADDRESS", "").strip() or "127.0.0.1",
+            allowed_domains=frozenset(
+                d.strip().lower().lstrip("@") for d in env.get("LSM_ALLOWED_DOMAINS", "").split(",") if d.strip()
+            ),
+            max_seconds_per_image=float(_number(env, "LSM_MAX_SECONDS_PER_IMAGE", 120.0)),
+            saliency_max_cells=int(_number(env, "LSM_SALIENCY_MAX_CELLS", 2000, int)),
         )
 
     def with_(self, **changes) -> Settings:
@@ -158,11 +289,18 @@ class Settings:
             "LSM_PRECISION": self.precision,
             "LSM_DEMO_RECIPE": self.demo_recipe,
             "LSM_MAX_IMAGE_PIXELS": str(self.limits.max_image_pixels),
+            "LSM_MAX_IMAGE_BYTES": str(self.limits.max_image_bytes),
+            "LSM_MAX_FILE_BYTES": str(self.limits.max_file_bytes),
+            "LSM_ADDRESS": self.address,
+            "LSM_MAX_SECONDS_PER_IMAGE": repr(self.max_seconds_per_image),
+            "LSM_SALIENCY_MAX_CELLS": str(self.saliency_max_cells),
             "LSM_MAX_ARCHIVE_MEMBERS": str(self.limits.max_archive_members),
             "LSM_MAX_ARCHIVE_BYTES": str(self.limits.max_archive_bytes),
         }
         if self.admins:
             env["LSM_ADMINS"] = ",".join(sorted(self.admins))
+        if self.allowed_domains:
+            env["LSM_ALLOWED_DOMAINS"] = ",".join(sorted(self.allowed_domains))
         if self.pixel_size_um is not None:
             env["LSM_PIXEL_SIZE_UM"] = repr(self.pixel_size_um)
         return env

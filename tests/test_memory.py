@@ -1,0 +1,184 @@
+"""Memory is bounded before anything is decoded (hardening issue, items 1, 2 and 8).
+
+Each hostile file is small on disk and huge once decoded: 1,500 samples per pixel, twelve 25-megapixel
+pages, a 100-megapixel RGB PNG, a ZIP of zero-filled members. Each goes through the command line's
+``submit`` and ``classify`` in a child process whose peak resident memory is measured (the kernel's own
+count, getrusage) and compared with the same command on one small valid image: the difference must stay
+under 400 MB. A page of a 2,000-page TIFF costs one page, not the file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import subprocess
+import sys
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from tests.helpers import ROOT, png_bytes
+
+BOUND_MB = 400
+
+MEASURE = (
+    "import resource, subprocess, sys\n"
+    "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+    "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    "print(p.stdout[-2000:]); print(p.stderr[-4000:])\n"
+)
+
+
+def peak_mb(args: list[str], env: dict[str, str]) -> tuple[int, float, str]:
+    """(exit status, peak RSS in MB, output) of ``python -m lsm_core ARGS`` in a child process."""
+    out = subprocess.run(
+        [sys.executable, "-c", MEASURE, sys.executable, "-m", "lsm_core", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    first, _, rest = out.stdout.partition("\n")
+    code, kb = first.split()
+    return int(code), int(kb) / 1024, rest + out.stderr
+
+
+def tiles(shape: tuple[int, ...], tile: tuple[int, int], pages: int = 1, dtype=np.uint8):
+    """The zero tiles of ``pages`` images of ``shape``, one at a time (never a whole page in this process),
+    as tifffile's writer takes them from an iterator."""
+    block = np.zeros(tile + shape[2:], dtype)
+    per_page = -(-shape[0] // tile[0]) * -(-shape[1] // tile[1])
+    for _ in range(per_page * pages):
+        yield block
+
+
+def many_samples_tiff(path: Path) -> None:
+    """1024 x 1024 pixels with 1,500 samples each: 1.5 GB decoded, about 1.5 MB on disk."""
+    shape = (1024, 1024, 1500)
+    tifffile.imwrite(
+        path,
+        tiles(shape, (16, 16)),
+        shape=shape,
+        dtype=np.uint8,
+        compression="zlib",
+        tile=(16, 16),
+        photometric="minisblack",
+        planarconfig="contig",
+    )
+
+
+def twelve_pages_tiff(path: Path) -> None:
+    """Twelve 5000 x 5000 pages (25 megapixels each): 300 MB decoded at once, a few hundred KB on disk."""
+    with tifffile.TiffWriter(path) as tif:
+        for _ in range(12):
+            tif.write(
+                tiles((5000, 5000), (256, 256)), shape=(5000, 5000), dtype=np.uint8, compression="zlib", tile=(256, 256)
+            )
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def huge_rgb_png(path: Path, side: int = 10_000) -> None:
+    """A real, complete 10000 x 10000 RGB PNG (100 megapixels, 300 MB decoded) written row by row."""
+    z = zlib.compressobj(9)
+    row = b"\x00" + b"\x00" * (3 * side)
+    idat = b"".join(z.compress(row) for _ in range(side)) + z.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b""))
+
+
+def zip_of_zeros(path: Path, members: int = 30, size: int = 30_000_000) -> None:
+    """About 900 KB on disk, 900 MB unpacked: zero-filled members named like images."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for i in range(members):
+            with zf.open(f"plate/cell{i:02d}.png", "w", force_zip64=True) as fh:
+                for _ in range(size // 1_000_000):
+                    fh.write(b"\x00" * 1_000_000)
+
+
+@pytest.fixture(scope="module")
+def setting(tmp_path_factory):
+    """A data dir with a registered tiny model, its environment, and a small valid image as the baseline."""
+    from tests.helpers import add_tiny_demo_models
+
+    data = tmp_path_factory.mktemp("memory")
+    add_tiny_demo_models(data / "models")
+    env = dict(os.environ, LSM_DATA_DIR=str(data), PYTHONPATH=str(ROOT), LSM_USER="ana", LSM_DEVICE="cpu")
+    env.pop("LSM_DATABASE_URL", None)
+    small = data / "small.png"
+    small.write_bytes(png_bytes(np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)))
+    return data, env, small
+
+
+HOSTILE = {
+    "many_samples.tif": many_samples_tiff,
+    "twelve_pages.tif": twelve_pages_tiff,
+    "huge_rgb.png": huge_rgb_png,
+    "zeros.zip": zip_of_zeros,
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(HOSTILE))
+@pytest.mark.parametrize("command", ["submit", "classify"])
+def test_a_small_file_that_decodes_huge_stays_within_the_memory_bound(setting, tmp_path, name, command):
+    data, env, small = setting
+    hostile = tmp_path / name
+    HOSTILE[name](hostile)
+    assert hostile.stat().st_size < 5_000_000
+
+    def args(path: Path, batch: str) -> list[str]:
+        if command == "submit":
+            return ["submit", str(path), "--model", "demo-lsm", "--batch", batch]
+        return ["classify", str(path), "--model", "demo-lsm", "--out", str(tmp_path / f"{batch}.csv")]
+
+    code, base, out = peak_mb(args(small, "baseline"), env)
+    assert code == 0, out
+    code, peak, out = peak_mb(args(hostile, "hostile"), env)
+    assert peak - base < BOUND_MB, f"{name} through {command}: {peak:.0f} MB peak vs {base:.0f} MB for a small image"
+    if command == "classify":  # nothing classified, but every part of the file said why
+        rows = (tmp_path / "hostile.csv").read_text().splitlines()
+        assert len(rows) >= 2 and all(name in r.split(",")[0] for r in rows[1:]), rows[:3]
+
+
+def test_a_page_of_a_long_tiff_costs_one_page(tmp_path, monkeypatch):
+    from lsm_core.imaging import images
+
+    path = tmp_path / "pages.tif"
+    with tifffile.TiffWriter(path) as tif:
+        for i in range(2000):
+            tif.write(np.full((64, 64), i % 250, np.uint8))
+    data = path.read_bytes()
+    decoded = []
+    original = tifffile.TiffPage.asarray
+
+    def counting(page, *a, **k):
+        decoded.append(page.index)
+        return original(page, *a, **k)
+
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", counting)
+    pixels = images.decode_page("pages.tif", data, 2000)
+    assert decoded == [1999] and pixels.shape == (64, 64)
+    assert abs(float(pixels.mean()) - 1999 % 250 / 255) < 1e-6
+
+
+def test_every_page_of_a_multi_page_file_is_not_held_at_once(tmp_path):
+    """Pages come one at a time: the records of a 12-page file are a stream, not a list of 12 decoded arrays."""
+    from lsm_core.imaging.images import RawFile, decode_raw
+
+    buf = io.BytesIO()
+    with tifffile.TiffWriter(buf) as tif:
+        for i in range(12):
+            tif.write(np.full((32, 32), i, np.uint8))
+    records = decode_raw(RawFile("twelve.tif", buf.getvalue()))
+    first = next(records)
+    assert first.ok and first.pixels is not None
+    assert not isinstance(records, list)
