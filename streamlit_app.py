@@ -1,13 +1,23 @@
 """Entry point of the web app: `python -m lsm_core serve` (or `make run`) starts it with a worker."""
 
+import time
+
 import streamlit as st
 
 from db import queries
 from lsm_core.errors import LsmError
-from lsm_core.lab import accounts
+from lsm_core.lab import accounts, settings
+from lsm_core.lab.serve import open_lab_warning, worker_restarts
 from pages._shared import escape_markdown, signed_in_mode, the_lab, user
 
 st.set_page_config(page_title="LSM classifier", page_icon=":microscope:", layout="wide")
+
+# A cookie_secret anyone could know (short, or an example) lets a visitor sign a sign-in cookie of their own and
+# be anyone, an administrator included: then nobody uses the app, and the administrator reads why.
+problem = settings.auth_problem()
+if problem:
+    st.error(escape_markdown(problem), icon=":material/lock:")
+    st.stop()
 
 # Streamlit still reads a folder called pages/ the legacy way until st.navigation has run: it would list
 # every file there in the sidebar and serve /results straight from pages/results.py, outside this frame.
@@ -31,14 +41,12 @@ if signed_in_mode():
         st.write("Sign in with your lab account to classify images and see the lab's results.")
         st.button("Sign in", type="primary", on_click=st.login)
         st.stop()
-    if st.session_state.get("signed_in_as") != user():
-        try:
-            accounts.sign_in(lab, user(), st.user.get("name"))
-        except LsmError as exc:
-            st.error(str(exc))
-            st.button("Sign out", on_click=st.logout)
-            st.stop()
-        st.session_state["signed_in_as"] = user()
+    try:
+        user()  # once per account and session: lsm_core.lab.accounts.sign_in (verified e-mail, allowed domains)
+    except LsmError as exc:
+        st.error(escape_markdown(str(exc)))
+        st.button("Sign out", on_click=st.logout)
+        st.stop()
 
 with lab() as s:
     role = accounts.role_of(s, user())
@@ -51,10 +59,26 @@ def status() -> None:
     with lab() as s:
         workers = queries.live_workers(s)
         queued = queries.queue_length(s)
+    restarts = worker_restarts(lab.settings.data_dir)  # serve's record: a worker that died and was started again
+    if restarts is not None:
+        when = time.strftime("%H:%M UTC", time.gmtime(restarts.died_at)) if restarts.died_at else "lately"
+        st.warning(
+            f"The worker stopped at {when} (exit status {restarts.last_exit}) and "
+            + (
+                f"was started again ({restarts.restarts} restart{'s' if restarts.restarts != 1 else ''} so far)."
+                if restarts.running
+                else "is started again in a moment."
+            )
+            + " A file that needs more memory than the machine has can cause this; the server's log says more.",
+            icon=":material/restart_alt:",
+        )
     if workers:
         st.markdown("**Workers**")
-        for w in workers:
-            st.caption(f"{w.host} · {w.device}" + (f" · job {w.current_job_id}" if w.current_job_id else " · idle"))
+        for w in workers:  # host and device come from the workers' own rows: shown as text
+            st.caption(
+                escape_markdown(f"{w.host} · {w.device}")
+                + (f" · job {w.current_job_id}" if w.current_job_id else " · idle")
+            )
     else:
         st.warning("No worker is running: jobs wait in the queue. Start one with `python -m lsm_core worker`.")
     st.caption(f"Queue: {queued} job{'s' if queued != 1 else ''} waiting")
@@ -73,6 +97,9 @@ with st.sidebar:
         st.caption("Lab mode: no sign-in on this machine (unauthenticated).")
     status()
 
+opened = open_lab_warning(lab.settings)
+if opened:
+    st.error(f"**Open to the network.** {escape_markdown(opened[0].upper() + opened[1:])}.", icon=":material/warning:")
 if not signed_in_mode():
     rights = ", as an administrator: able to change or delete every batch" if role == accounts.ADMIN else ""
     st.warning(

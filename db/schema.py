@@ -33,10 +33,17 @@ class Base(DeclarativeBase):
 
 
 class User(Base):
+    """A person. Signed in, they are their identity provider's account (``issuer`` + ``subject``: the ID token's
+    ``iss`` and ``sub``); ``name`` is the e-mail they first signed in with, what batches' owner and the audit trail
+    hold, and stays so. Lab mode and rows made before migration 0008 have no issuer or subject."""
+
     __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("issuer", "subject", name="uq_users_issuer_subject"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
+    issuer: Mapped[str | None] = mapped_column(String(300))
+    subject: Mapped[str | None] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16), default="member")  # member | admin (lsm_core.lab.accounts)
     created: Mapped[datetime] = mapped_column(default=utcnow)
     display_name: Mapped[str | None] = mapped_column(String(200))

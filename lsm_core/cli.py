@@ -150,6 +150,17 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_blobs_gc(args: argparse.Namespace) -> int:
+    from lsm_core.lab.gc import collect_garbage
+
+    if not args.grace_hours >= 0:
+        raise LsmError("--grace-hours must be 0 or more")
+    lab = _require_admin("remove unused stored files")
+    report = collect_garbage(lab, dry_run=args.dry_run, grace_s=args.grace_hours * 3600)
+    print(f"{lab.blobs.root}: {report.summary()}" + (" (dry run: nothing was removed)" if args.dry_run else ""))
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     import logging
 
@@ -170,12 +181,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from lsm_core.lab.serve import serve
 
-    return serve(port=args.port, log=_log)
+    return serve(port=args.port, log=_log, address=args.address)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from db.queries import model_by_name
     from lsm_core.imaging.images import iter_files
+    from lsm_core.lab.accounts import current_user
     from lsm_core.lab.batches import BatchMeta, submit_batch
 
     lab = _lab()
@@ -202,6 +214,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         owner=args.owner,
         meta=meta,
         priority=args.priority,
+        actor=current_user(),  # the audit trail names who ran the command; --owner is for administrators
     )
     for file, message in result.errors:
         _log(f"{file}: {message}")
@@ -487,6 +500,23 @@ def build_parser() -> argparse.ArgumentParser:
     q = dsub.add_parser("upgrade", help="migrate the database (LSM_DATABASE_URL) to this code's schema")
     q.set_defaults(func=cmd_db_upgrade)
 
+    p = sub.add_parser("blobs", help="the blob store of uploaded files (administrators)")
+    bsub = p.add_subparsers(dest="blobs_command", required=True)
+    q = bsub.add_parser(
+        "gc",
+        help="remove stored files that no batch, saliency run or waiting job uses, and temporary files of "
+        "interrupted uploads, once older than the grace period; prints the space freed",
+    )
+    q.add_argument("--dry-run", action="store_true", help="remove nothing; print what would be freed")
+    q.add_argument(
+        "--grace-hours",
+        type=float,
+        default=1.0,
+        metavar="H",
+        help="leave files stored less than H hours ago (uploads in progress); default 1",
+    )
+    q.set_defaults(func=cmd_blobs_gc)
+
     p = sub.add_parser("worker", help="claim jobs from the database and run them on one device")
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: LSM_DEVICE or auto)")
     p.add_argument(
@@ -505,6 +535,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="upgrade the database, start the app and one worker, and train missing demo models in the background",
     )
     p.add_argument("--port", type=int, default=8501)
+    p.add_argument(
+        "--address",
+        default=None,
+        help="where the app listens (default LSM_ADDRESS, else 127.0.0.1: this machine only; 0.0.0.0: every "
+        "interface, for the lab's network: set LSM_ADMINS or sign-in first)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("submit", help="queue a batch for classification; prints `batch <ID> job <ID>`")

@@ -5,6 +5,8 @@ Imported by pages; not a page itself. Widgets only: data and figures come from l
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -50,10 +52,17 @@ def signed_in_mode() -> bool:
 
 
 def user() -> str:
-    """Who is acting: the signed-in e-mail (or subject) with [auth]; else LSM_USER / the login name (lab mode)."""
-    if signed_in_mode():
-        return str(st.user.get("email") or st.user.get("sub") or "")
-    return accounts.current_user()
+    """Who is acting. With [auth]: the person the identity provider signed in, by the name
+    lsm_core.lab.accounts.sign_in gives them (the e-mail of their first sign-in), decided once per account and
+    session; raises LsmError when this account may not sign in. Else LSM_USER / the login name (lab mode)."""
+    if not signed_in_mode():
+        return accounts.current_user()
+    account = tuple(st.user.get(claim) for claim in ("iss", "sub", "email", "email_verified"))
+    known = st.session_state.get("_signed_in_as")
+    if known is None or known[0] != account:
+        known = (account, accounts.sign_in(the_lab(), st.user))
+        st.session_state["_signed_in_as"] = known
+    return known[1]
 
 
 def admin() -> bool:
@@ -106,12 +115,28 @@ def show_flash() -> None:
         {"success": st.success, "warning": st.warning, "error": st.error}.get(kind, st.info)(escape_markdown(message))
 
 
-_MARKDOWN_SPECIAL = set("\\`*_{}[]()#+-.!|<>~$:=")
+# Every ASCII punctuation character: CommonMark lets a backslash escape each of them, and together they are all
+# the syntax of Streamlit's Markdown (GFM links, images, emphasis, code, tables, headings, quotes, lists, HTML,
+# entities, <autolinks>; remark-math's $; remark-directive's :red[...] and :help[...]).
+_MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
+# What Streamlit's Markdown looks for in the text *after* the escapes are read, so that escaping cannot stop it:
+# :material/...: icons, :streamlit:, :emoji: shortcodes, and GFM's bare http://, www. and e-mail autolinks. An
+# invisible word joiner (U+2060) inside each breaks the pattern and changes nothing a person reads.
+_AFTER_ESCAPES = re.compile(r"(?<=:)(?=[\w+\-/]+:|//)|(?<=@)(?=[\w\-]+\.[\w\-])|(?i:(?<=www)(?=\.))")
+_WORD_JOINER = "\u2060"
 
 
-def escape_markdown(text: str) -> str:
-    """``text`` with every Markdown (and Streamlit directive) character escaped: for user text in a message box."""
-    return "".join("\\" + ch if ch in _MARKDOWN_SPECIAL else ch for ch in str(text))
+def escape_markdown(text: object) -> str:
+    """``text`` as Streamlit shows it literally in any element that renders Markdown (st.markdown, st.caption,
+    st.info / warning / error / success, headers, widget labels and help): the one function through which
+    pages put user text (batch names, sample metadata, file names, owners, messages naming them) in Markdown.
+
+    Every ASCII punctuation character gets a backslash, and a word joiner goes where Streamlit would still
+    find an icon, an emoji shortcode or an autolink: a link or an image in a batch name is shown as the
+    characters typed, never fetched or followed.
+    """
+    joined = _AFTER_ESCAPES.sub(_WORD_JOINER, str(text))
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", joined)
 
 
 def threshold_picker(key: str) -> float:
@@ -150,7 +175,7 @@ def render_results(batch_id: int, key: str = "results") -> None:
         try:
             report = load_report(s, batch_id, threshold)
         except LsmError as exc:
-            st.error(str(exc))
+            st.error(escape_markdown(exc))
             return
         pred, score, probs = cell_arrays(s, batch_id, report.classes)
         images = queries.batch_images(s, batch_id)
@@ -292,11 +317,14 @@ def rerun_with_pixel_size(report, key: str) -> None:
         try:
             result = batches.rerun(the_lab(), report.batch_id, report.model["id"], user(), pixel_size_um=pixel)
         except LsmError as exc:
-            st.error(str(exc))
+            st.error(escape_markdown(exc))
             return
         st.session_state["current"] = {"batch": result.batch_id, "job": result.job_id, "errors": []}
         st.query_params["batch"] = str(result.batch_id)
-        flash(f"Re-running as batch #{result.batch_id} at {pixel:g} µm per pixel.")
+        flash(
+            f"Re-running as batch #{result.batch_id} at {pixel:g} µm per pixel."
+            + (f" Note: {result.note}." if result.note else "")
+        )
         st.rerun()
 
 
@@ -331,12 +359,14 @@ def saliency_section(batch_id: int, report, key: str) -> None:
                     submit_saliency(lab, batch_id, method, top=SALIENCY_TOP if top else None, owner=user())
                     st.rerun()
                 except LsmError as exc:
-                    st.error(str(exc))
+                    st.error(escape_markdown(exc))
         return
     with lab() as s:
         gallery = saliency_gallery(s, runs[0].id, report.classes, lab.blobs, per_class=SALIENCY_TOP)
     view = gallery.view
-    st.caption(f"{name}, {view.scope}: {len(view.cells)} cells. Bright = evidence for the predicted class.")
+    st.caption(
+        f"{name}, {escape_markdown(view.scope)}: {len(view.cells)} cells. Bright = evidence for the predicted class."
+    )
     means = view.mean_maps(report.classes)
     cols = st.columns(max(1, len(means)))
     for col, (cls, m) in zip(cols, means.items()):
@@ -346,7 +376,7 @@ def saliency_section(batch_id: int, report, key: str) -> None:
         if not members:
             continue
         total = sum(1 for cell in view.cells if cell.predicted == cls)
-        st.markdown(f"**{cls}**: {len(members)} of {total} cells, highest score first")
+        st.markdown(f"**{escape_markdown(cls)}**: {len(members)} of {total} cells, highest score first")
         for start in range(0, len(members), per_row):
             row = st.columns(per_row)
             for slot, i in zip(row, members[start : start + per_row]):
@@ -355,7 +385,9 @@ def saliency_section(batch_id: int, report, key: str) -> None:
                     [overlay(gallery.crops[i], view.maps[i], 0.0), overlay(gallery.crops[i], view.maps[i], opacity)],
                     width=96,
                 )
-                slot.caption(f"{cls}, p = {cell.score:.2f} · cell {cell.cell} · {cell.file}")
+                slot.caption(
+                    f"{escape_markdown(cls)}, p = {cell.score:.2f} · cell {cell.cell} · {escape_markdown(cell.file)}"
+                )
     st.download_button(
         f"Download {name} overlays (ZIP of PNGs)",
         lambda: overlays_zip(view, gallery.crops, opacity),
@@ -367,8 +399,9 @@ def saliency_section(batch_id: int, report, key: str) -> None:
 
 
 def saliency_progress(job_id: int, name: str) -> None:
-    """A saliency job's progress, polled every 2 s; the page reruns by itself when the job has ended."""
-    from lsm_core.lab.jobs import queue_info
+    """A saliency job's progress, polled every 2 s, with a Cancel button for its owner and administrators; the
+    page reruns by itself when the job has ended."""
+    from lsm_core.lab.jobs import cancel, queue_info
 
     @st.fragment(run_every=2.0)
     def poll() -> None:
@@ -385,6 +418,13 @@ def saliency_progress(job_id: int, name: str) -> None:
             text=f"{name} maps are being computed (job {job_id}, {where}): {info.done:,} of {info.total:,} cells",
         )
         st.caption("This section shows the maps by itself when they are ready.")
+        if info.owner == user() or admin():  # jobs.cancel checks again
+            if st.button("Cancel these maps", key=f"cancel_saliency_{job_id}"):
+                try:
+                    status = cancel(the_lab(), job_id, user())
+                    st.success("Cancelled." if status == "cancelled" else "The worker stops at its next step.")
+                except LsmError as exc:
+                    st.error(escape_markdown(str(exc)))
 
     poll()
 

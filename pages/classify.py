@@ -1,9 +1,11 @@
 """Classify page: upload a batch with its mouse metadata, queue it for the GPU, watch it, see the results."""
 
+from collections.abc import Iterator
+
 import streamlit as st
 
 from lsm_core.errors import LsmError
-from lsm_core.imaging.images import iter_upload
+from lsm_core.imaging.images import RawFile
 from lsm_core.lab import batches
 from lsm_core.lab.batches import BatchMeta, submit_batch
 from lsm_core.lab.jobs import queue_info
@@ -31,7 +33,8 @@ def show_demo_training(waiting: bool) -> None:
     first = demo_status(lab.settings.model_dir)
     if first is not None and not first.running:
         st.error(
-            f"Training the synthetic demo models {first.state}: {first.error or 'no reason was recorded'}. "
+            f"Training the synthetic demo models {first.state}: "
+            f"{escape_markdown(first.error or 'no reason was recorded')}. "
             "`python -m lsm_core demo` (or the next start of the app) tries again."
         )
         return
@@ -94,8 +97,10 @@ def age_in_days(text: str, unit: str) -> float | None:
     return value * AGE_UNITS[unit]
 
 
-def uploads(files) -> list:
-    return [raw for f in files for raw in iter_upload(f.name, f.getvalue(), lab.limits)]
+def uploads(files) -> Iterator[RawFile]:
+    """The uploaded files one at a time (the library opens ZIPs member by member): never all at once in memory."""
+    for f in files:
+        yield RawFile(f.name, f.getvalue())
 
 
 # the uploader's key changes after every submitted batch, so it is empty again: files already sent are never
@@ -150,7 +155,7 @@ def do_submit(batch_name: str, add_to: int | None = None) -> bool:
                 raise LsmError("choose a classifier")
             result = submit_batch(lab, raws, model_id, batch_name, owner=user(), meta=meta)
     except LsmError as exc:
-        st.error(str(exc))
+        st.error(escape_markdown(exc))
         return False
     st.session_state["current"] = {
         "batch": result.batch_id,
@@ -173,7 +178,7 @@ if submitted:
         if not name.strip():
             raise LsmError("Give the batch a name.")
     except LsmError as exc:
-        st.error(str(exc))
+        st.error(escape_markdown(exc))
     else:
         existing = batches.find_by_name(lab, user(), name)
         if existing is not None:
@@ -236,4 +241,4 @@ if current:
         st.success("Done.")
         render_results(current["batch"], key="classify")
     else:
-        st.error(f"The batch {info.status}" + (f": {info.error}" if info.error else "."))
+        st.error(f"The batch {info.status}" + (f": {escape_markdown(info.error)}" if info.error else "."))

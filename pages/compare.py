@@ -12,7 +12,7 @@ from lsm_core.lab.registry import offered_models
 from lsm_core.reports import compare
 from lsm_core.reports.report import age_text
 from lsm_core.reports.stats import parse_bins
-from pages._shared import the_lab, threshold_picker
+from pages._shared import escape_markdown, the_lab, threshold_picker
 
 st.title("Compare")
 st.caption(
@@ -93,7 +93,7 @@ try:
     with lab() as s:
         result = compare.build(s, list(chosen), by=by, bins=bins, threshold=threshold)
 except LsmError as exc:
-    st.error(str(exc))
+    st.error(escape_markdown(exc))
     st.stop()
 
 grouped = result.table.dropna(subset=["group"])
@@ -101,7 +101,7 @@ outside = result.table[result.table["group"].isna()]
 if len(outside):
     st.warning(
         f"{len(outside)} batch(es) fall in no group (no age, or outside every bin) and are left out: "
-        + ", ".join(outside["batch_name"].astype(str).head(10))
+        + ", ".join(escape_markdown(name) for name in outside["batch_name"].astype(str).head(10))
     )
 st.markdown(f"**{len(grouped)} mice in {grouped['group'].nunique()} groups** · cells with score ≥ {threshold:.2f}")
 

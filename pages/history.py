@@ -16,7 +16,17 @@ from lsm_core.errors import LsmError
 from lsm_core.lab import batches
 from lsm_core.lab.registry import offered_models
 from lsm_core.reports.report import age_text
-from pages._shared import admin, download_buttons, flash, model_options, model_picker, show_flash, the_lab, user
+from pages._shared import (
+    admin,
+    download_buttons,
+    escape_markdown,
+    flash,
+    model_options,
+    model_picker,
+    show_flash,
+    the_lab,
+    user,
+)
 
 st.title("History")
 lab = the_lab()
@@ -157,7 +167,7 @@ with c[1].popover("Rename", disabled=not mine):
             reset_selection(f"Batch #{batch_id} renamed to “{new_name.strip()}”.")
             st.rerun()
         except LsmError as exc:
-            st.error(str(exc))
+            st.error(escape_markdown(exc))
 with c[2].popover("Delete", disabled=not mine):
     st.write(
         f"Delete batch #{batch_id} with its {batch.images:,} images and {batch.cells:,} cells? "
@@ -170,14 +180,19 @@ with c[2].popover("Delete", disabled=not mine):
             gone = batches.delete(lab, batch_id, user(), seen_revision=revision)
             reset_selection(
                 f"Deleted batch #{gone.batch_id} “{gone.name}” with its {gone.images:,} images and "
-                f"{gone.cells:,} cells."
+                f"{gone.cells:,} cells; "
+                + (
+                    f"freed {gone.freed} of stored files."
+                    if gone.blobs
+                    else "no disk space was freed (its files are shared with other batches or still in use)."
+                )
             )
             st.rerun()
         except LsmError as exc:
             reset_selection(str(exc), "error")
             st.rerun()
 if not mine:
-    st.caption(f"Only {batch.owner} or an administrator can rename or delete this batch.")
+    st.caption(f"Only {escape_markdown(batch.owner)} or an administrator can rename or delete this batch.")
 
 with st.expander("Re-run with another model version or pixel size"):
     chosen_model = model_picker("Model", model_options(batch.task), f"rerun_model_{nonce}")
@@ -195,9 +210,12 @@ with st.expander("Re-run with another model version or pixel size"):
             if chosen_model is None:
                 raise LsmError(f"no {batch.task} model is offered; import or train one on the Models page")
             result = batches.rerun(lab, batch_id, chosen_model, user(), pixel_size_um=pixel, seen_revision=revision)
-            reset_selection(f"Batch #{batch_id} re-run as batch #{result.batch_id}; open it in Results to follow it.")
+            reset_selection(
+                f"Batch #{batch_id} re-run as batch #{result.batch_id}; open it in Results to follow it."
+                + (f" Note: {result.note}." if result.note else "")
+            )
             st.rerun()
         except LsmError as exc:
-            st.error(str(exc))
+            st.error(escape_markdown(exc))
 
 download_buttons(batch_id, 0.0, key=f"history_{batch_id}")

@@ -5,7 +5,7 @@ import streamlit as st
 
 from lsm_core.errors import LsmError
 from lsm_core.lab import accounts
-from pages._shared import admin, signed_in_mode, the_lab, user
+from pages._shared import admin, escape_markdown, signed_in_mode, the_lab, user
 
 st.title("Lab")
 lab = the_lab()
@@ -52,10 +52,10 @@ if changeable:
     if go:
         try:
             accounts.set_role(lab, who, role, user())
-            st.success(f"{who} is now {'an' if role == accounts.ADMIN else 'a'} {role}.")
+            st.success(escape_markdown(f"{who} is now {'an' if role == accounts.ADMIN else 'a'} {role}."))
             st.rerun()
         except LsmError as exc:
-            st.error(str(exc))
+            st.error(escape_markdown(str(exc)))
 
 st.subheader("Audit trail")
 st.caption(

@@ -47,12 +47,12 @@ def option(m: Model) -> str:
 def show_card(card: MetricsCard, key: str) -> None:
     """Draw a card built by lsm_core.reports.model_card: which cells, verdicts, numbers, per-class table, figures."""
     st.markdown(f"**{escape_markdown(card.heading)}**")
-    for message in card.errors:
-        st.error(message)
+    for message in card.errors:  # may name evaluation files: text, never Markdown
+        st.error(escape_markdown(message))
     for message in card.warnings:
-        st.warning(message)
+        st.warning(escape_markdown(message))
     for message in card.notes:
-        st.caption(message)
+        st.caption(escape_markdown(message))
     cols = st.columns(len(card.numbers))
     for col, (label, value, help_text) in zip(cols, card.numbers):
         col.metric(label, value, help=help_text)
@@ -83,10 +83,10 @@ with tabs[0]:
         if passed is False:
             st.error(
                 "This model **failed its quality check**: it is not offered for classification by default "
-                "and cannot be made the default. " + " ".join(reasons)
+                "and cannot be made the default. " + escape_markdown(" ".join(reasons))
             )
         for message in warnings:
-            st.warning(message)
+            st.warning(escape_markdown(message))
         cards = model_cards(m.metrics, m.demo)
         if cards:
             st.caption(f"Temperature {m.temperature:.2f} (fitted on the validation set, applied at inference).")
@@ -111,14 +111,18 @@ with tabs[0]:
                 if administers
                 else "Only administrators choose default models."
             )
-            if st.button(f"Make {m.name} v{m.version} the default {m.task} model", disabled=why is not None, help=why):
+            if st.button(
+                f"Make {m.name} v{m.version} the default {m.task} model",  # model names: letters, digits, . _ -
+                disabled=why is not None,
+                help=why,
+            ):
                 try:
                     set_default(lab, m.id, me)
                     st.rerun()
                 except LsmError as exc:
-                    st.error(str(exc))
+                    st.error(escape_markdown(str(exc)))
             if why and passed is False:
-                st.caption(why)
+                st.caption(escape_markdown(why))
         else:
             st.caption("This is the default model for its task.")
 
@@ -143,7 +147,7 @@ def job_list(kind: str) -> None:
             label += " · " + ", ".join(u.get("name", "?") for u in (j.payload or {}).get("uploads", []))
         st.text(label + (f" · {j.error}" if j.error else ""))
         if j.status == "running" and j.progress_total:
-            st.progress(j.progress_done / j.progress_total)
+            st.progress(min(max(j.progress_done / j.progress_total, 0.0), 1.0))
         # offered to the owner and administrators; jobs.cancel checks again (the role may have changed since)
         if j.status in ("queued", "running") and (j.owner == me or administers):
             if st.button("Cancel", key=f"cancel_{j.id}"):
@@ -151,7 +155,7 @@ def job_list(kind: str) -> None:
                     status = jobs.cancel(lab, j.id, me)
                     st.success(f"Job {j.id} {'cancelled' if status == 'cancelled' else 'stops at its next step'}.")
                 except LsmError as exc:
-                    st.error(str(exc))
+                    st.error(escape_markdown(str(exc)))
     # a job that was running and is done now: run the whole page, so that its result appears below
     active = {j.id for j in listed if j.status in ("queued", "running")}
     seen = st.session_state.get(f"active_{kind}", set())
@@ -204,7 +208,7 @@ with tabs[1]:
             job_id = train.submit(lab, task, name.strip(), config, owner=me, uploads=uploads, batches=labelled)
             st.success(f"Training queued as job {job_id}; it runs on a worker and appears below.")
         except LsmError as exc:
-            st.error(str(exc))
+            st.error(escape_markdown(str(exc)))
     job_list("train")
 
 with tabs[2]:
@@ -222,7 +226,7 @@ with tabs[2]:
                 job_id = evaluate.submit(lab, labels[chosen], uploads, owner=me)
                 st.success(f"Evaluation queued as job {job_id}.")
             except LsmError as exc:
-                st.error(str(exc))
+                st.error(escape_markdown(str(exc)))
         job_list("evaluate")
         with lab() as s:
             finished = queries.evaluations(s, limit=5)
@@ -249,15 +253,15 @@ with tabs[3]:
         else:
             try:
                 row = import_model_bytes(lab, weights.name, weights.getvalue(), manifest.getvalue(), me)
-                st.success(f"Registered {row.label}.")
+                st.success(escape_markdown(f"Registered {row.label}."))
             except LsmError as exc:
-                st.error(str(exc))
+                st.error(escape_markdown(str(exc)))
     if rows:
         labels = {option(m): m for m in rows}
         m = labels[st.selectbox("Export a model package", list(labels), key="export_model")]
         package = lab.store.get(m.name, m.version)
         st.download_button(
-            f"Download {m.name}-v{m.version}.zip (manifest + weights)",
+            f"Download {m.name}-v{m.version}.zip (manifest + weights)",  # names: letters, digits, . _ -
             lambda: package_zip(package.path),
             file_name=f"{m.name}-v{m.version}.zip",
             mime="application/zip",

@@ -12,16 +12,18 @@ with lab() as s:
 show_flash()
 labels = {b.id: f"#{b.id} {b.name} · {b.owner} · {b.model} · {b.cells:,} cells" for b in rows}
 wanted = st.query_params.get("batch")
+# only ASCII digits: str.isdigit() also accepts "²", which int() refuses
+asked = int(wanted) if wanted and wanted.isascii() and wanted.isdigit() else None
 ids = list(labels)
-if wanted and wanted.isdigit() and int(wanted) not in ids:
+if asked is not None and asked not in ids:
     st.warning(
-        f"Batch #{wanted} no longer exists: someone deleted it."
+        f"Batch #{asked} no longer exists: someone deleted it."
         + (" The newest batch is shown instead." if rows else "")
     )
 if not rows:
     st.info("No batches yet. Upload one on the Classify page.")
     st.stop()
-index = ids.index(int(wanted)) if wanted and wanted.isdigit() and int(wanted) in ids else 0
+index = ids.index(asked) if asked in ids else 0
 # options are batch ids (stable while colleagues add batches); the label is only what is shown
 chosen = st.selectbox("Batch", ids, index=index, format_func=labels.get, key=f"results_batch_{wanted}")
 st.query_params["batch"] = str(chosen)

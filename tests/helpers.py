@@ -184,6 +184,19 @@ def run_page(page: str | None = None, query: dict | None = None):
     return at
 
 
+def history_page(lab, batch_id: int):
+    """The History page with ``batch_id`` selected (what clicking its row does); fails on an exception."""
+    from db import queries
+
+    at = run_page("pages/history.py")
+    with lab() as s:
+        row = next(b for b in queries.batches(s) if b.id == batch_id)
+    at.session_state["history_batch"] = (row.id, row.revision)
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
 def texts(at) -> str:
     """Every text a person reads on the page (Markdown escapes removed, as the browser shows them), plain text too."""
     parts = [m.value for m in at.markdown] + [m.value for m in at.title] + [m.value for m in at.subheader]

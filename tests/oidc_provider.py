@@ -1,8 +1,10 @@
 """A minimal OpenID Connect provider for the sign-in test: discovery, authorize, token, JWKS and userinfo.
 
 It signs RS256 ID tokens with a fresh key (joserfc, which Authlib uses) and approves every authorisation
-request at once as ``provider.user`` (the test sets who signs in next). Real HTTP on 127.0.0.1, so the web
-app's st.login runs its real OpenID Connect code (Authlib) against it; nothing about the app is mocked.
+request at once as ``provider.user`` (the test sets who signs in next). Its ID tokens carry ``iss`` (this
+provider's address), ``sub`` and ``email`` from ``provider.user``, and ``email_verified`` true unless
+``provider.user`` says otherwise. Real HTTP on 127.0.0.1, so the web app's st.login runs its real OpenID Connect
+code (Authlib) against it; nothing about the app is mocked.
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ class Provider:
                 elif url.path == "/jwks":
                     self._json(200, {"keys": [provider.key.as_dict(private=False)]})
                 elif url.path == "/userinfo":
-                    self._json(200, dict(provider.user))
+                    self._json(200, {"email_verified": True, **provider.user})
                 elif url.path == "/authorize":
                     if query.get("client_id") != provider.client_id or query.get("response_type") != "code":
                         self._json(400, {"error": "invalid_request"})

@@ -65,6 +65,24 @@ def _zip(members: dict[str, bytes], symlinks: tuple[str, ...] = ()) -> bytes:
     return buf.getvalue()
 
 
+def _many_samples_tiff() -> bytes:
+    """512 x 512 pixels of 1,600 samples each: 420 MB decoded (over LSM_MAX_IMAGE_BYTES), 1 MB on disk."""
+    shape, tile = (512, 512, 1600), (16, 16)
+    block = np.zeros(tile + shape[2:], np.uint8)
+    buf = io.BytesIO()
+    tifffile.imwrite(
+        buf,
+        (block for _ in range((shape[0] // tile[0]) * (shape[1] // tile[1]))),
+        shape=shape,
+        dtype=np.uint8,
+        tile=tile,
+        compression="zlib",
+        photometric="minisblack",
+        planarconfig="contig",
+    )
+    return buf.getvalue()
+
+
 def corpus() -> dict[str, tuple[bytes, str | None]]:
     """name -> (bytes, words the error must contain; None: accepted as an image)."""
     good = (synthetic.make_crops("lsm", 1, seed=0)[0][0] * 255).astype(np.uint8)
@@ -120,6 +138,9 @@ def corpus() -> dict[str, tuple[bytes, str | None]]:
         "=cmd|' /C calc'!A0.png": (another_good_png(3), None),
         "huge_metadata.png": (meta.getvalue(), None),
         "cp437_names.zip": (_zip({"caf\u00e9/\u00fcber.png": another_good_png(4)}), None),
+        "no_pages.tif": (b"II*\x00\x00\x00\x00\x00", "no readable image"),
+        "many_samples.tif": (_many_samples_tiff(), "LSM_MAX_IMAGE_BYTES"),
+        "text_inside.zip": (_zip({"readme.txt": b"not an image at all\n"}), "holds no image files"),
         "good.png": (good_png, None),
     }
 
@@ -157,6 +178,9 @@ def test_hostile_uploads_get_clear_errors_and_the_rest_is_kept(history, data_dir
                 assert all(r.error is None for r in rows), f"{name}: {errors}"
             else:
                 assert words in errors, f"{name}: expected {words!r} in {errors!r}"
+                assert len(rows) == 1 and rows[0].error, f"{name}: one error row expected, got {len(rows)}"
+                if rows[0].width is None:  # refused from its headers: its bytes are not kept
+                    assert rows[0].sha256 is None or not lab.blobs.has(rows[0].sha256), f"{name}: bytes stored"
         good = by_top["good.png"][0]
         assert good.n_cells == 1
         assert s.scalar(select(Cell.predicted).where(Cell.image_id == good.id)) in ("LT-HSC", "ST-HSC", "MPP")

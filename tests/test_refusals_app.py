@@ -11,7 +11,7 @@ from db import queries
 from db.schema import Model
 from lsm_core.lab import batches
 from lsm_core.lab.history import open_lab
-from tests.helpers import crop_files, png_bytes, run_page, texts
+from tests.helpers import crop_files, history_page, png_bytes, run_page, texts
 
 
 def model_id(lab, name="demo-lsm") -> int:
@@ -62,21 +62,10 @@ def test_adding_only_files_the_batch_has_is_refused_plainly(app_env):
     lab.dispose()
 
 
-def history_with(lab, batch_id: int):
-    """The History page with ``batch_id`` selected (what clicking its row does)."""
-    at = run_page("pages/history.py")
-    with lab() as s:
-        row = next(b for b in queries.batches(s) if b.id == batch_id)
-    at.session_state["history_batch"] = (row.id, row.revision)
-    at.run()
-    no_exception(at)
-    return at
-
-
 def test_history_rename_refusals_are_messages(app_env):
     lab = open_lab()
     sub = batches.submit_batch(lab, crop_files(1, seed=803), model_id(lab), "named", owner="ana")
-    at = history_with(lab, sub.batch_id)
+    at = history_page(lab, sub.batch_id)
     next(w for w in at.text_input if w.label == "New name").set_value("   ")
     next(b for b in at.button if b.label == "Save the new name").click()
     at.run()
@@ -94,7 +83,7 @@ def test_history_rename_refusals_are_messages(app_env):
 def test_history_rerun_with_a_model_deleted_meanwhile_is_refused(app_env):
     lab = open_lab()
     sub = batches.submit_batch(lab, crop_files(1, seed=804), model_id(lab), "to re-run", owner="ana")
-    at = history_with(lab, sub.batch_id)
+    at = history_page(lab, sub.batch_id)
     delete_model(lab)
     next(b for b in at.button if b.label == "Re-run").click()
     at.run()
@@ -107,7 +96,7 @@ def test_history_says_when_the_selected_batch_was_deleted_by_someone_else(app_en
     lab = open_lab()
     sub = batches.submit_batch(lab, crop_files(1, seed=805), model_id(lab), "short-lived", owner="bob")
     batches.submit_batch(lab, crop_files(1, seed=806), model_id(lab), "stays", owner="ana")
-    at = history_with(lab, sub.batch_id)
+    at = history_page(lab, sub.batch_id)
     batches.delete(lab, sub.batch_id, "bob")
     at.run()
     no_exception(at)

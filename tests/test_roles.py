@@ -133,15 +133,22 @@ def test_roles_are_given_by_admins_and_the_audit_trail_is_theirs(history, lab_mo
         set_default(lab, model_id, "ana")
 
 
+def _claims(sub: str, email: str, name: str) -> dict:
+    """An ID token's claims, as st.user holds them after the provider signed someone in."""
+    return {"iss": "https://login.lab.org", "sub": sub, "email": email, "email_verified": True, "name": name}
+
+
 def test_signed_in_newcomers_are_members_and_the_last_admin_stays(history, signed_in_mode, monkeypatch):
     lab, _, model_id = history
     assert accounts.auth_configured()
-    assert accounts.sign_in(lab, "ana@lab.org", "Ana") == accounts.MEMBER
+    assert accounts.sign_in(lab, _claims("17", "ana@lab.org", "Ana")) == "ana@lab.org"
+    with lab() as s:
+        assert accounts.role_of(s, "ana@lab.org") == accounts.MEMBER
     with pytest.raises(LsmError, match="not an administrator"):
         set_default(lab, model_id, "ana@lab.org")  # no LSM_ADMINS: nobody administers yet
 
     monkeypatch.setenv("LSM_ADMINS", "boss@lab.org")
-    assert accounts.sign_in(lab, "boss@lab.org", "Boss") == accounts.ADMIN
+    assert accounts.sign_in(lab, _claims("1", "boss@lab.org", "Boss")) == "boss@lab.org"
     accounts.set_role(lab, "ana@lab.org", accounts.ADMIN, "boss@lab.org")
     monkeypatch.delenv("LSM_ADMINS")  # from now on the users table alone says who administers
     with lab() as s:
@@ -153,8 +160,8 @@ def test_signed_in_newcomers_are_members_and_the_last_admin_stays(history, signe
     people = {p.name: p.role for p in accounts.people(lab)}
     assert people == {"ana@lab.org": accounts.ADMIN, "boss@lab.org": accounts.MEMBER}
 
-    with pytest.raises(LsmError, match="no usable name"):
-        accounts.sign_in(lab, "  ")
+    with pytest.raises(LsmError, match="no e-mail address"):
+        accounts.sign_in(lab, _claims("5", "  ", "Nobody"))
 
 
 def test_a_broken_secrets_file_is_named(lab_mode, tmp_path):
@@ -162,3 +169,94 @@ def test_a_broken_secrets_file_is_named(lab_mode, tmp_path):
     (tmp_path / ".streamlit" / "secrets.toml").write_text("[auth\n")
     with pytest.raises(LsmError, match="secrets.toml cannot be read"):
         accounts.auth_configured()
+
+
+def test_a_training_job_is_refused_for_a_member_where_it_is_queued_and_where_it_runs(history, lab_mode, monkeypatch):
+    from lsm_core.lab.worker import Worker
+
+    lab, _, _ = history
+    monkeypatch.setenv("LSM_ADMINS", "boss")
+    payload = {"task": "lsm", "name": "sneaky", "config": {"epochs": 1}, "uploads": [], "batches": {}}
+    with pytest.raises(LsmError, match="only administrators train models"):
+        jobs.submit(lab, jobs.JobKind.TRAIN, payload, "ana")  # the queue itself refuses, not only train.submit
+    with lab.begin() as s:  # a row written by an old version, or by hand: the worker checks again
+        s.add(jobs.new_job(jobs.JobKind.TRAIN, payload, "ana"))
+    Worker(lab, device="cpu").run(drain=True)
+    with lab() as s:
+        job = s.scalars(select(Job).where(Job.kind == "train")).one()
+        assert job.status == "failed" and "only administrators train models" in (job.error or "")
+        assert s.scalar(select(func.count()).select_from(Model).where(Model.name == "sneaky")) == 0
+
+
+def test_submitting_for_someone_else_is_for_admins_and_the_audit_names_who_acted(history, lab_mode, monkeypatch):
+    lab, _, model_id = history
+    monkeypatch.setenv("LSM_ADMINS", "boss")
+    with pytest.raises(LsmError, match="only administrators submit batches for someone else"):
+        batches.submit_batch(lab, crop_files(1, seed=801), model_id, "for bea", owner="bea", actor="ana")
+    sub = batches.submit_batch(lab, crop_files(1, seed=802), model_id, "for bea", owner="bea", actor="boss")
+    with lab() as s:
+        assert s.get(Batch, sub.batch_id).owner == "bea"
+        (event,) = [e for e in audit.events(s) if e.action == "submit" and e.target == f"batch {sub.batch_id}"]
+    assert event.actor == "boss" and event.detail["owner"] == "bea"
+
+
+def test_the_command_line_records_who_ran_it_not_the_owner_it_names(history, lab_mode, monkeypatch, tmp_path):
+    from lsm_core import cli
+
+    lab, _, _ = history
+    folder = tmp_path / "cells"
+    folder.mkdir()
+    for f in crop_files(1, seed=803):
+        (folder / f.source).write_bytes(f.data)
+    monkeypatch.setenv("LSM_DATABASE_URL", lab.settings.database_url)
+    monkeypatch.setenv("LSM_DATA_DIR", str(lab.settings.data_dir))
+    monkeypatch.setenv("LSM_ADMINS", "boss")
+    monkeypatch.setenv("LSM_USER", "ana")
+    assert cli.main(["submit", str(folder), "--model", "tiny-lsm", "--batch", "x", "--owner", "bea"]) != 0
+    monkeypatch.setenv("LSM_USER", "boss")
+    assert cli.main(["submit", str(folder), "--model", "tiny-lsm", "--batch", "x", "--owner", "bea"]) == 0
+    with lab() as s:
+        events = [e for e in audit.events(s) if e.action == "submit"]
+    assert events[0].actor == "boss" and events[0].detail["owner"] == "bea"
+
+
+def test_two_admins_demoting_each_other_at_once_leave_one(history, signed_in_mode, monkeypatch):
+    import threading
+
+    lab, _, _ = history
+    with lab.begin() as s:
+        s.add_all([User(name="a@lab.org", role=accounts.ADMIN), User(name="b@lab.org", role=accounts.ADMIN)])
+    both_checked = threading.Barrier(2, timeout=3)
+    real_record = audit.record
+
+    def record(*args, **kwargs):  # each demotion waits here, after its check, for the other one's check
+        if args[2] == "set role":
+            try:
+                both_checked.wait()
+            except threading.BrokenBarrierError:  # the other one is held back by a lock: go on alone
+                pass
+        return real_record(*args, **kwargs)
+
+    monkeypatch.setattr(audit, "record", record)
+    outcomes: dict[str, str] = {}
+
+    def demote(who: str, by: str) -> None:
+        try:
+            accounts.set_role(lab, who, accounts.MEMBER, by)
+            outcomes[by] = "done"
+        except LsmError as exc:
+            outcomes[by] = str(exc)
+
+    threads = [
+        threading.Thread(target=demote, args=("b@lab.org", "a@lab.org")),
+        threading.Thread(target=demote, args=("a@lab.org", "b@lab.org")),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    with lab() as s:
+        admins = set(s.scalars(select(User.name).where(User.role == accounts.ADMIN)))
+    assert len(admins) == 1, outcomes
+    refused = [m for m in outcomes.values() if m != "done"]
+    assert len(refused) == 1 and ("last administrator" in refused[0] or "not an administrator" in refused[0])

@@ -2,9 +2,11 @@
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
 
@@ -66,3 +68,161 @@ def test_serve_starts_worker_and_app_and_stops_on_ctrl_c(fresh_data_dir):
 
     with lab() as s:
         assert all(w.stopped for w in s.scalars(select(Worker)))
+
+
+def _outside_address() -> str | None:
+    """An address of this machine that is not loopback (what a colleague's browser would reach), or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 1))  # no packet is sent: this only picks the outgoing interface
+            address = probe.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        return urllib.request.urlopen(f"http://{host}:{port}/_stcore/health", timeout=2).read() == b"ok"
+    except OSError:
+        return False
+
+
+def _start_serve(data_dir: Path, port: int, *extra: str, **env_extra: str) -> subprocess.Popen:
+    env = dict(os.environ, LSM_DATA_DIR=str(data_dir), PYTHONPATH=str(ROOT), **env_extra)
+    for name in ("LSM_DATABASE_URL", "LSM_ADDRESS", "LSM_ADMINS"):
+        if name not in env_extra:
+            env.pop(name, None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "lsm_core", "serve", "--port", str(port), *extra],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _wait_for(check, seconds: float):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    return check()
+
+
+def test_the_streamlit_config_listens_on_this_machine_and_shows_no_tracebacks():
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["address"] == "127.0.0.1"  # `streamlit run` too, not only serve
+    assert config["client"]["showErrorDetails"] == "none"
+
+
+def test_only_an_open_address_in_lab_mode_with_nobody_named_is_warned_about():
+    from lsm_core.lab.serve import is_loopback, open_lab_warning
+    from lsm_core.lab.settings import Settings
+
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("lab-server.example.org")
+    lab_mode = Settings()
+    assert open_lab_warning(lab_mode) is None  # the default: this machine only
+    opened = lab_mode.with_(address="0.0.0.0")
+    assert "anyone who can reach this port administers" in (open_lab_warning(opened) or "")
+    assert open_lab_warning(opened.with_(admins=frozenset({"ana"}))) is None
+    assert open_lab_warning(opened.with_(signed_in=True)) is None
+
+
+@pytest.mark.slow
+def test_serve_listens_on_localhost_only_and_starts_a_dead_worker_again(fresh_data_dir):
+    from db.session import make_engine, session_factory
+    from lsm_core.lab.serve import worker_restarts
+
+    port = free_port()
+    proc = _start_serve(fresh_data_dir, port)
+    lab = session_factory(make_engine(f"sqlite:///{fresh_data_dir / 'lsm.db'}"))
+
+    def live_pids() -> set[int]:
+        from db import queries
+
+        try:
+            with lab() as s:
+                return {w.pid for w in queries.live_workers(s)}
+        except Exception:  # the database is not made yet
+            return set()
+
+    try:
+        assert _wait_for(lambda: _answers("127.0.0.1", port), 90), "the app did not answer"
+        outside = _outside_address()
+        if outside is not None:
+            assert not _answers(outside, port), f"the app answers on {outside}: it must listen on 127.0.0.1 only"
+        first = _wait_for(live_pids, 60)
+        assert len(first) == 1
+        assert worker_restarts(fresh_data_dir) is None  # nothing to report yet
+        os.kill(next(iter(first)), signal.SIGKILL)  # as the kernel's OOM killer would
+        news = _wait_for(lambda: worker_restarts(fresh_data_dir), 30)
+        assert news is not None and news.last_exit == -signal.SIGKILL
+        second = _wait_for(lambda: live_pids() - first, 60)
+        assert second, "no new worker started"
+        assert _answers("127.0.0.1", port), "the app went down with its worker"
+        news = worker_restarts(fresh_data_dir)
+        assert news is not None and news.restarts == 1 and news.running
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, out
+    assert "the worker stopped (exit status -9)" in out
+    assert worker_restarts(fresh_data_dir) is None  # serve removed its record
+
+
+@pytest.mark.slow
+def test_serve_on_every_interface_in_lab_mode_warns_that_anyone_administers(fresh_data_dir):
+    port = free_port()
+    proc = _start_serve(fresh_data_dir, port, "--address", "0.0.0.0")
+    try:
+        assert _wait_for(lambda: _answers("127.0.0.1", port), 90), "the app did not answer"
+        outside = _outside_address()
+        if outside is not None:
+            assert _answers(outside, port)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, out
+    assert "WARNING: the app listens on 0.0.0.0 in lab mode" in out
+
+
+def test_serve_refuses_to_start_with_a_forgeable_cookie_secret(tmp_path):
+    home = tmp_path / "home"
+    (home / ".streamlit").mkdir(parents=True)
+    (home / ".streamlit" / "secrets.toml").write_text(
+        '[auth]\nredirect_uri = "http://localhost:8501/oauth2callback"\ncookie_secret = "a long random string"\n'
+        'client_id = "lsm"\nclient_secret = "s3cr3t-s3cr3t-s3cr3t"\n'
+        'server_metadata_url = "http://127.0.0.1:9/.well-known/openid-configuration"\n'
+    )
+    port = free_port()
+    proc = _start_serve(tmp_path / "data", port, HOME=str(home))
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode != 0
+    assert "cookie_secret" in out
+    assert not _answers("127.0.0.1", port)
+    assert not (tmp_path / "data" / "lsm.db").exists()  # refused before anything was made
+
+
+def test_the_app_says_when_it_is_open_to_everyone_and_when_its_worker_was_restarted(app_env, monkeypatch):
+    import json
+
+    from lsm_core.lab.serve import WORKER_STATUS_NAME
+    from tests.helpers import run_page, texts
+
+    at = run_page()
+    assert "Open to the network" not in texts(at) and "The worker stopped" not in texts(at)
+    monkeypatch.setenv("LSM_ADDRESS", "0.0.0.0")
+    (app_env / WORKER_STATUS_NAME).write_text(
+        json.dumps({"serve_pid": os.getpid(), "restarts": 2, "last_exit": -9, "died_at": time.time(), "running": True})
+    )
+    at = run_page()
+    shown = texts(at)
+    assert "Open to the network. The app listens on 0.0.0.0 in lab mode" in shown
+    assert "anyone who can reach this port administers the lab" in shown
+    assert "(exit status -9) and was started again (2 restarts so far)" in shown

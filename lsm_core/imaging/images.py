@@ -565,9 +565,23 @@ def iter_zip_members(name: str, fileobj, limits: Limits | None = None, only_imag
 
     Members are read in memory, never written to disk. Members whose names do not end in an image suffix
     are skipped when ``only_images`` (as in a folder); operating-system junk (``__MACOSX``, ``.DS_Store``)
-    always is. Sources are ``<name>/<member path>``.
+    always is. Sources are ``<name>/<member path>``. An archive that gives nothing at all gives one error (a
+    file never vanishes without a word).
     """
-    limits = limits or Limits()
+    skipped: list[str] = []
+    given = 0
+    for raw in _zip_members(name, fileobj, limits or Limits(), only_images, skipped):
+        given += 1
+        yield raw
+    if not given:
+        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5:,} more" if len(skipped) > 5 else "")
+        yield RawFile(
+            name,
+            error="the ZIP holds no image files (PNG, JPEG, TIFF)" + (f"; it holds {shown}" if shown else ""),
+        )
+
+
+def _zip_members(name: str, fileobj, limits: Limits, only_images: bool, skipped: list[str]) -> Iterator[RawFile]:
     try:
         archive = zipfile.ZipFile(fileobj)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
@@ -606,6 +620,7 @@ def iter_zip_members(name: str, fileobj, limits: Limits | None = None, only_imag
                 continue
             suffix = PurePosixPath(member.filename).suffix.lower()
             if only_images and suffix not in IMAGE_SUFFIXES | ARCHIVE_SUFFIXES:
+                skipped.append(clean_name(PurePosixPath(member.filename).name, 60))
                 continue
             try:
                 # zipfile never returns more than the member's declared size (it raises on a mismatch),

@@ -8,9 +8,13 @@ anyone's batch. The checks live here and in the functions that act (:mod:`lsm_co
 How people are known depends on the deployment:
 
 * **Signed in** (``.streamlit/secrets.toml`` has an ``[auth]`` section): the web app asks the lab's OpenID
-  Connect provider (``st.login``); a person is their e-mail address. Newcomers are members. Administrators
-  are those listed in ``LSM_ADMINS`` (comma-separated: how the first one is made) and those an administrator
-  promoted on the Lab page.
+  Connect provider (``st.login``) and :func:`sign_in` decides who that is. A person is their account at the
+  provider (the ID token's issuer and subject); their name is the e-mail address the provider verified when they
+  first came, and stays so. Only verified addresses, and only those ``LSM_ALLOWED_DOMAINS`` admits (when set),
+  sign in; another account with a known address is refused. Newcomers are members. Administrators are those
+  listed in ``LSM_ADMINS`` (comma-separated: how the first one is made) and those an administrator promoted on
+  the Lab page. The ``[auth]`` section's ``cookie_secret`` must be long and random
+  (:func:`lsm_core.lab.settings.auth_problem`): it signs the cookie that says who is signed in.
 * **Lab mode** (no ``[auth]``: the embedded default for one trusted machine): nobody signs in; the user is
   ``LSM_USER`` or the login name, and every page says the app is unauthenticated. Everyone administers unless
   ``LSM_ADMINS`` names who does; then the rest are members (or what the users table says).
@@ -20,10 +24,13 @@ The command line acts as ``LSM_USER`` / the login name under the same rules.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db import audit
@@ -45,6 +52,11 @@ def auth_configured() -> bool:
 def configured_admins() -> frozenset[str]:
     """The administrators LSM_ADMINS names."""
     return settings.current().admins
+
+
+def allowed_domains() -> frozenset[str]:
+    """Who LSM_ALLOWED_DOMAINS lets sign in: e-mail domains and whole addresses, lower case; empty: anyone."""
+    return settings.current().allowed_domains
 
 
 def current_user() -> str:
@@ -78,21 +90,94 @@ def may_change(s: Session, user: str, owner: str) -> bool:
     return user == owner or is_admin(s, user)
 
 
-def sign_in(lab: Lab, name: str, display_name: str | None = None) -> str:
-    """Note that ``name`` is here (a users row, made on first sign-in with the member role); returns their role."""
-    name = (name or "").strip()
-    if not name or len(name) > 200:
-        raise LsmError("the identity provider gave no usable name or e-mail for this account")
+def _claim(claims: Mapping[str, Any], key: str) -> str:
+    value = claims.get(key)
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _verified(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
+
+
+def admitted(email: str, allowed: frozenset[str]) -> bool:
+    """Whether LSM_ALLOWED_DOMAINS (``allowed``: domains and whole addresses, lower case) lets ``email`` in;
+    an empty ``allowed`` lets everyone in. A domain admits its own addresses only, not its subdomains'."""
+    email = email.lower()
+    return not allowed or email in allowed or email.rpartition("@")[2] in allowed
+
+
+def sign_in(lab: Lab, claims: Mapping[str, Any]) -> str:
+    """Let in the person whom the identity provider vouches for in ``claims`` (the ID token's claims, as
+    ``st.user`` holds them) and return the name they act under; raise LsmError, with a message for them, when
+    they may not sign in.
+
+    A person is their account at the provider, ``iss`` + ``sub``. The account's ``email`` must be verified
+    (``email_verified`` true) and admitted by LSM_ALLOWED_DOMAINS (:func:`admitted`). Their name is the e-mail
+    of their first sign-in (a users row, made then with the member role, or the administrator role when
+    LSM_ADMINS names them) and stays so when the provider later gives them another address. A users row known
+    by name alone (from before issuer and subject were kept, or promoted before ever signing in) becomes the
+    first account that signs in with its e-mail; any other account whose e-mail is the name of someone known
+    is refused, never merged into them.
+    """
+    issuer, subject, email = _claim(claims, "iss"), _claim(claims, "sub"), _claim(claims, "email")
+    if not issuer or not subject or len(issuer) > 300 or len(subject) > 255:
+        raise LsmError(
+            "the identity provider did not say who this account is (no issuer or subject in its answer); "
+            "the lab's administrator should check the app's [auth] settings"
+        )
+    if not email:
+        raise LsmError(
+            "the identity provider gave no e-mail address for this account; the app needs one (the 'email' "
+            "scope): ask the lab's administrator"
+        )
+    if len(email) > 200 or email.count("@") != 1 or not all(email.split("@")):
+        raise LsmError(f"the identity provider gave {email[:200]!r} as this account's e-mail, not an e-mail address")
+    if not _verified(claims.get("email_verified")):
+        raise LsmError(
+            f"the identity provider has not verified that {email} is this account's e-mail address; verify it "
+            "with the provider (or ask the lab's administrator), then sign in again"
+        )
+    allowed = allowed_domains()
+    if not admitted(email, allowed):
+        domains = sorted(d for d in allowed if "@" not in d)  # whole addresses are not shown to outsiders
+        parts = [f"accounts of {', '.join(domains)}"] if domains else []
+        if len(domains) < len(allowed):
+            parts.append("some people named one by one")
+        who = " and ".join(parts)
+        raise LsmError(
+            f"{email} may not sign in to this lab's app: it lets in {who} only. Sign out and sign in with your lab "
+            "account, or ask the lab's administrator."
+        )
+    display_name = _claim(claims, "name")[:200] or None
+    try:
+        return _known_as(lab, issuer, subject, email, display_name)
+    except IntegrityError:  # the same person's first sign-in in two tabs at once: the other one made the row
+        return _known_as(lab, issuer, subject, email, display_name)
+
+
+def _known_as(lab: Lab, issuer: str, subject: str, email: str, display_name: str | None) -> str:
+    """The users row of the account (``issuer``, ``subject``), found, linked or made (see :func:`sign_in`); its name."""
     with lab.begin() as s:
-        row = s.scalar(select(User).where(User.name == name))
+        row = s.scalar(select(User).where(User.issuer == issuer, User.subject == subject).with_for_update())
         if row is None:
-            row = User(name=name, role=ADMIN if name in configured_admins() else MEMBER)
-            s.add(row)
-            audit.record(s, name, "first sign-in", f"user {name}", role=row.role)
-        row.display_name = (display_name or "")[:200] or None
+            known = s.scalars(select(User).where(func.lower(User.name) == email.lower()).with_for_update()).all()
+            if any(u.subject is not None for u in known):
+                raise LsmError(
+                    f"{email} is already the e-mail address of another account, which signs in here as that "
+                    "person; this account is not them and may not sign in. Sign out and sign in with the account "
+                    "you used before, or ask the lab's administrator."
+                )
+            row = next((u for u in known if u.name == email), known[0] if known else None)
+            if row is None:
+                row = User(name=email, role=ADMIN if email in configured_admins() else MEMBER)
+                s.add(row)
+                audit.record(s, email, "first sign-in", f"user {email}", role=row.role, issuer=issuer, subject=subject)
+            else:
+                audit.record(s, row.name, "linked account", f"user {row.name}", issuer=issuer, subject=subject)
+            row.issuer, row.subject = issuer, subject
+        row.display_name = display_name
         row.last_seen = utcnow()
-        s.flush()
-        return role_of(s, name)
+        return row.name
 
 
 @dataclass(frozen=True)
@@ -134,6 +219,10 @@ def set_role(lab: Lab, name: str, role: str, by: str) -> None:
     if role not in ROLES:
         raise LsmError(f"unknown role {role!r}; choose {' or '.join(ROLES)}")
     with lab.begin() as s:
+        # every administrator's row locked first, in one order: two administrators demoting each other at once
+        # run one after the other, and the second sees the first's change (PostgreSQL; SQLite's writes are
+        # serialised by BEGIN IMMEDIATE)
+        s.scalars(select(User.id).where(User.role == ADMIN).order_by(User.id).with_for_update()).all()
         require_admin(s, by, "change people's roles")
         if name in configured_admins() and role != ADMIN:
             raise LsmError(f"{name} is named in LSM_ADMINS; remove them there to change their role")

@@ -11,6 +11,7 @@ refused with a message, so nobody acts on something other than what they looked 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -61,6 +62,12 @@ class BatchMeta:
                 datetime.strptime(self.imaging_date, "%Y-%m-%d")
             except ValueError:
                 raise LsmError(f"imaging date {self.imaging_date!r} must be written YYYY-MM-DD") from None
+        for name in ("mouse_id", "strain", "gate"):  # one line each: no control characters
+            value = getattr(self, name)
+            if isinstance(value, str):
+                setattr(self, name, clean_name(value, limit=100_000).strip() or None)
+        if isinstance(self.notes, str):  # lines and tabs kept, other control characters dropped
+            self.notes = _NOTE_CONTROL.sub("", self.notes)
         for name, limit in (("mouse_id", 100), ("strain", 200), ("gate", 200), ("notes", 20_000)):
             value = getattr(self, name)
             if value is not None and len(str(value)) > limit:
@@ -77,6 +84,11 @@ class Submitted:
     images: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)  # (file, message)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why): the same bytes are in the batch already
+    note: str | None = None  # what was changed to make it fit (a name cut to length), for the user to read
+
+
+NAME_MAX = 200  # characters of a batch name (the column's length)
+_NOTE_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 @dataclass
@@ -161,6 +173,7 @@ def submit_batch(
     meta: BatchMeta | None = None,
     limits: Limits | None = None,
     priority: int = 0,
+    actor: str | None = None,
 ) -> Submitted:
     """Store the files' bytes, then create the batch, its images and its classify job in one transaction.
 
@@ -168,12 +181,16 @@ def submit_batch(
     and the rest go on. Raises LsmError when nothing at all was uploaded or the model is unknown.
     """
     owner = owner or accounts.current_user()
+    actor = actor or owner  # who acts: an administrator may submit a batch that belongs to someone else
+    if actor != owner:
+        with lab() as s:
+            accounts.require_admin(s, actor, "submit batches for someone else")
     meta = (meta or BatchMeta()).validated()
-    name = (name or "").strip()
+    name = clean_name(name or "", limit=100_000).strip()  # control characters break spreadsheets and terminals
     if not name:
         raise LsmError("the batch needs a name")
-    if len(name) > 200:
-        raise LsmError("the batch name is longer than 200 characters")
+    if len(name) > NAME_MAX:
+        raise LsmError(f"the batch name is longer than {NAME_MAX} characters")
     found = image_rows(files, lab.blobs, limits or lab.limits)
     rows, errors, readable = found.rows, found.errors, found.readable
     if not rows:
@@ -193,9 +210,10 @@ def submit_batch(
         s.flush()
         audit.record(
             s,
-            owner,
+            actor,
             "submit",
             f"batch {batch.id}",
+            **({"owner": owner} if owner != actor else {}),  # an administrator submitted it for someone
             name=name,
             model=model.label,
             images=len(rows),
@@ -235,9 +253,9 @@ def _own(s: Session, batch_id: int, user: str, seen_revision: int | None = None)
 
 
 def rename(lab: Lab, batch_id: int, new_name: str, user: str, seen_revision: int | None = None) -> None:
-    new_name = (new_name or "").strip()
-    if not new_name or len(new_name) > 200:
-        raise LsmError("a batch name needs 1 to 200 characters")
+    new_name = clean_name(new_name or "", limit=100_000).strip()
+    if not new_name or len(new_name) > NAME_MAX:
+        raise LsmError(f"a batch name needs 1 to {NAME_MAX} characters")
     with lab.begin() as s:
         batch = _own(s, batch_id, user, seen_revision)
         audit.record(s, user, "rename", f"batch {batch_id}", old=batch.name, new=new_name)
@@ -365,8 +383,12 @@ def rerun(
         readable = sum(1 for c in copies if not c.done)
         pixels = pixel_size_um if pixel_size_um is not None else old.pixel_size_um
         suffix = f" ({model.name} v{model.version}" + (f", {pixels:g} um/px" if pixel_size_um is not None else "") + ")"
+        name, note = old.name + suffix, None
+        if len(name) > NAME_MAX:  # the column holds 200 characters: cut the old name, keep what tells them apart
+            name = old.name[: NAME_MAX - len(suffix) - 1].rstrip() + "…" + suffix
+            note = f"the new batch's name was cut to {NAME_MAX} characters: {name}"
         batch = Batch(
-            name=old.name + suffix,
+            name=name,
             owner=user,
             model_id=model.id,
             status="queued",
@@ -386,7 +408,26 @@ def rerun(
         s.add(job)
         s.flush()
         audit.record(s, user, "rerun", f"batch {batch.id}", source=batch_id, model=model.label, pixel_size_um=pixels)
-        return Submitted(batch.id, job.id, len(copies), [])
+        return Submitted(batch.id, job.id, len(copies), [], note=note)
+
+
+def _running_job(s: Session, batch_id: int) -> Job | None:
+    """Within ``s``: the batch's queued or running classify job, locked (PostgreSQL) so that its worker cannot
+    end it while new images join it (the worker's end takes the same lock, then looks for unread images)."""
+    query = (
+        select(Job)
+        .where(
+            Job.batch_id == batch_id,
+            Job.kind == JobKind.CLASSIFY,
+            Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
+            Job.cancel_requested.is_(False),
+        )
+        .order_by(Job.id.desc())
+        .limit(1)
+    )
+    if s.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    return s.scalars(query).first()
 
 
 def add_files(
@@ -397,7 +438,8 @@ def add_files(
     limits: Limits | None = None,
     seen_revision: int | None = None,
 ) -> Submitted:
-    """Add files to one of ``user``'s batches and queue a job that classifies the new images.
+    """Add files to one of ``user``'s batches and have them classified: by the batch's queued or running job
+    when it has one (one job per batch: never two workers on the same images), else by a new job.
 
     A file whose bytes are in the batch already (same sha256) is skipped and listed in ``skipped``; when
     every file is, nothing is queued and LsmError says so.
@@ -423,10 +465,19 @@ def add_files(
             row.position = start + i
             row.batch_id = batch_id
             s.add(row)
-        batch.status = "queued"
         batch.revision += 1
-        job = classify_job(batch, user, found.readable)
-        s.add(job)
+        job = _running_job(s, batch_id)
+        if job is not None:  # one job per batch: the queued or running one takes the new images too
+            job.progress_total += found.readable
+        else:
+            job = classify_job(batch, user, found.readable)
+            if found.readable:
+                batch.status = "queued"
+                s.add(job)
+            else:  # nothing new to read: the batch keeps its status, its last job stands
+                job = s.scalar(select(Job).where(Job.batch_id == batch_id).order_by(Job.id.desc()).limit(1)) or job
+                if job.id is None:
+                    s.add(job)
         s.flush()
         audit.record(
             s,

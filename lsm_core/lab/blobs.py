@@ -4,6 +4,12 @@ Files live at ``<root>/<aa>/<bb>/<sha256>`` (root: LSM_BLOB_DIR, default ``$LSM_
 mount when workers run on several hosts). Writes go to a temporary file and are renamed into place, so a
 reader never sees half a blob; a write that fails (a full disk) removes its temporary file and raises
 LsmError saying so.
+
+Nothing here knows who uses a blob: :mod:`lsm_core.lab.gc` asks the database and removes the blobs nothing
+refers to. Its safety rests on two things this store does: storing content that is already there touches
+the file (its modification time is the last time anyone stored it), and :meth:`BlobStore.remove` takes a
+blob away only when it has not been stored again since a given moment, checked once more after the blob has
+been moved aside, so a ``put`` racing with a removal either keeps the file or writes it anew.
 """
 
 from __future__ import annotations
@@ -13,13 +19,45 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from lsm_core.errors import LsmError
 from lsm_core.imaging.images import RawFile
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_HEX2_RE = re.compile(r"^[0-9a-f]{2}$")
+PARTIAL_PREFIX = ".partial-"  # a write in progress, or left by a process killed while writing
+TOMB_PREFIX = ".gc-"  # a blob moved aside while it is being removed (left only by a process killed then)
+
+
+def is_sha256(text: object) -> bool:
+    """Whether ``text`` is a blob's name: 64 lower-case hexadecimal digits."""
+    return isinstance(text, str) and _SHA_RE.match(text) is not None
+
+
+def human_bytes(n: int | float) -> str:
+    """A size in decimal units, as people read it: ``0 B``, ``950 B``, ``12.3 MB``, ``1.5 GB``."""
+    n = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A file found in the store by :meth:`BlobStore.scan`: a blob (``sha256`` set), a temporary file of a
+    write (``partial``) or a blob moved aside by a removal that was interrupted (``tomb``, with its sha256)."""
+
+    path: Path
+    size: int
+    mtime: float  # seconds since the epoch
+    sha256: str | None = None
+    partial: bool = False
+    tomb: bool = False
 
 
 class BlobStore:
@@ -36,11 +74,17 @@ class BlobStore:
         """Store ``data`` (once) and return its sha256."""
         sha = hashlib.sha256(data).hexdigest()
         target = self.path(sha)
-        if target.exists():
+        try:
+            os.utime(target)  # stored again: fresh, so a garbage collection running now leaves it (module docstring)
             return sha
+        except FileNotFoundError:
+            pass  # not there (or being removed right now): write it
+        except OSError:
+            if target.is_file():  # a store we may read but not touch (another owner): the blob is there
+                return sha
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".partial-")
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=PARTIAL_PREFIX)
             try:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(data)
@@ -66,6 +110,75 @@ class BlobStore:
     def has(self, sha256: str) -> bool:
         return self.path(sha256).is_file()
 
+    def remove(self, sha256: str, stored_before: float) -> int | None:
+        """Remove a blob unless it was stored (:meth:`put`) at or after ``stored_before`` (seconds since the
+        epoch); returns the bytes freed, or None when it was kept or is not there.
+
+        The blob is first moved aside, then its modification time is read again: a ``put`` that touched it
+        in between keeps it (it is moved back), and a ``put`` after the move finds nothing and writes it anew."""
+        target = self.path(sha256)
+        try:
+            if target.stat().st_mtime >= stored_before:
+                return None
+            tomb = target.with_name(TOMB_PREFIX + sha256)
+            os.replace(target, tomb)
+        except FileNotFoundError:
+            return None
+        return self._finish_removal(tomb, target, stored_before)
+
+    def _finish_removal(self, tomb: Path, target: Path, stored_before: float) -> int | None:
+        """Delete a blob moved aside to ``tomb`` unless it was stored at or after ``stored_before``; then it
+        goes back to ``target`` (the same bytes as any copy a ``put`` wrote there since)."""
+        try:
+            st = tomb.stat()
+        except FileNotFoundError:
+            return None
+        if st.st_mtime >= stored_before:
+            os.replace(tomb, target)
+            return None
+        tomb.unlink(missing_ok=True)
+        return st.st_size
+
+    def restore(self, tomb: StoredFile) -> None:
+        """Put a blob that an interrupted removal left aside back in its place."""
+        assert tomb.tomb and tomb.sha256 is not None
+        try:
+            os.replace(tomb.path, self.path(tomb.sha256))
+        except FileNotFoundError:
+            pass
+
+    def remove_tomb(self, tomb: StoredFile, stored_before: float) -> int | None:
+        """Finish the removal of a blob that an interrupted removal left aside (see :meth:`remove`)."""
+        assert tomb.tomb and tomb.sha256 is not None
+        return self._finish_removal(tomb.path, self.path(tomb.sha256), stored_before)
+
+    def scan(self) -> Iterator[StoredFile]:
+        """Every file of the store's layout (``<aa>/<bb>/<sha256>``, with the temporary files beside them), one
+        at a time; anything else under the root is not the store's and is never listed."""
+        for top in _subdirs(self.root):
+            for sub in _subdirs(top):
+                try:
+                    entries = list(os.scandir(sub))
+                except FileNotFoundError:
+                    continue
+                for entry in entries:
+                    name = entry.name
+                    try:
+                        if not entry.is_file(follow_symlinks=False):
+                            continue
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    path, prefix = Path(entry.path), top.name + sub.name
+                    if is_sha256(name) and name.startswith(prefix):
+                        yield StoredFile(path, st.st_size, st.st_mtime, sha256=name)
+                    elif name.startswith(PARTIAL_PREFIX):
+                        yield StoredFile(path, st.st_size, st.st_mtime, partial=True)
+                    elif name.startswith(TOMB_PREFIX) and is_sha256(name[len(TOMB_PREFIX) :]):
+                        sha = name[len(TOMB_PREFIX) :]
+                        if sha.startswith(prefix):
+                            yield StoredFile(path, st.st_size, st.st_mtime, sha256=sha, tomb=True)
+
     def put_uploads(self, files: Iterable[RawFile]) -> list[dict[str, str]]:
         """Keep uploaded files whole (a training ZIP is unpacked by the worker): ``[{"name", "sha256"}]``.
         An unreadable or empty file is refused by name."""
@@ -75,3 +188,13 @@ class BlobStore:
                 raise LsmError(f"{raw.source}: {raw.error or 'the file is empty'}")
             out.append({"name": raw.source, "sha256": self.put(raw.data)})
         return out
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    """The two-hex-digit folders of the store's layout in ``folder`` (sorted; none when it is gone)."""
+    try:
+        return sorted(
+            Path(e.path) for e in os.scandir(folder) if _HEX2_RE.match(e.name) and e.is_dir(follow_symlinks=False)
+        )
+    except FileNotFoundError:
+        return []

@@ -95,6 +95,8 @@ def submit(
     """Queue a job in its own transaction; returns its id. ``audit_as`` (action, target) records it in the
     audit trail in the same transaction."""
     with lab.begin() as s:
+        if kind == JobKind.TRAIN:  # training registers a model: checked here too, whoever called (and at run)
+            accounts.require_admin(s, owner, "train models")
         job = new_job(kind, payload, owner, priority, total, batch_id)
         s.add(job)
         s.flush()
@@ -303,6 +305,7 @@ class QueueInfo:
     total: int
     eta_s: float | None
     error: str | None
+    owner: str = ""
 
 
 def queue_info(lab: Lab, job_id: int) -> QueueInfo:
@@ -337,8 +340,10 @@ def queue_info(lab: Lab, job_id: int) -> QueueInfo:
                 or 0
             )
             ahead_items += running_left
-        remaining = job.progress_total - job.progress_done
+        remaining = max(job.progress_total - job.progress_done, 0)
         eta = None
         if rate and job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
             eta = (ahead_items + remaining) / rate
-        return QueueInfo(job.status, position, job.progress_done, job.progress_total, eta, job.error)
+        total = max(job.progress_total, 0)
+        done = min(max(job.progress_done, 0), total)  # what a progress bar can show, whatever a row holds
+        return QueueInfo(job.status, position, done, total, eta, job.error, job.owner)

@@ -4,15 +4,25 @@ Upgrades the database, registers the models of the store, starts the Streamlit a
 processes at once and, when a synthetic demo model is missing, trains it in a third, background child
 (``python -m lsm_core demo``, at a lower priority), which registers each model as soon as it is trained and
 reports its progress through :func:`lsm_core.ml.demo.demo_status`. Ctrl-C (or SIGTERM) stops them all.
+
+The app listens on 127.0.0.1 unless told otherwise (``--address`` or LSM_ADDRESS); opened to the network in
+lab mode without LSM_ADMINS, everyone who reaches the port administers, and serve says so. A worker that dies
+(killed for memory, a crash) is started again after a pause that doubles up to a minute, and the app's
+sidebar says so (:func:`worker_restarts`); the app stays up. Blobs nothing references are collected once an
+hour (:mod:`lsm_core.lab.gc`).
 """
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from lsm_core.lab.settings import Settings
@@ -57,7 +67,132 @@ def child_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
-def serve(port: int = 8501, log=print) -> int:
+WORKER_STATUS_NAME = "serve-worker.json"  # in the data dir: the worker restarts serve made, for the sidebar
+RESTART_PAUSES_S = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0)  # between a worker's death and its next start
+STEADY_S = 300.0  # a worker that ran this long starts the pauses over when it dies
+GC_EVERY_S = 3600.0
+
+
+def is_loopback(address: str) -> bool:
+    """Whether ``address`` reaches this machine only (127.0.0.0/8, ::1, localhost)."""
+    if address.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def open_lab_warning(settings: Settings) -> str | None:
+    """What to warn about the address the app listens on, or None: open to the network in lab mode with
+    nobody named in LSM_ADMINS, whoever reaches the port administers the lab."""
+    if is_loopback(settings.address) or settings.signed_in or settings.admins:
+        return None
+    return (
+        f"the app listens on {settings.address} in lab mode (no sign-in) and LSM_ADMINS is not set: anyone who "
+        "can reach this port administers the lab (deletes anyone's batches, trains and chooses models, changes "
+        "roles). Set LSM_ADMINS, configure sign-in (README, Security), or serve on 127.0.0.1"
+    )
+
+
+@dataclass(frozen=True)
+class WorkerRestarts:
+    restarts: int  # how many times serve started the worker again
+    last_exit: int | None  # the exit status of the worker that died last (negative: killed by that signal)
+    died_at: float | None  # when (time.time())
+    running: bool  # whether a worker runs now (False: serve waits before starting the next)
+
+
+def worker_restarts(data_dir: str | Path) -> WorkerRestarts | None:
+    """The worker restarts of the serve running on ``data_dir``, or None (none, or no serve running)."""
+    path = Path(data_dir) / WORKER_STATUS_NAME
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        os.kill(int(record["serve_pid"]), 0)  # a serve that vanished left its record behind: not news
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not record.get("restarts") and record.get("running", True):
+        return None
+    return WorkerRestarts(
+        int(record.get("restarts", 0)), record.get("last_exit"), record.get("died_at"), bool(record.get("running"))
+    )
+
+
+class _WorkerKeeper:
+    """Starts the worker, and starts it again when it dies, pausing longer each time it dies young."""
+
+    def __init__(self, env: dict[str, str], data_dir: Path, log) -> None:
+        self.env, self.log = env, log
+        self.path = data_dir / WORKER_STATUS_NAME
+        self.restarts, self.pause_index = 0, 0
+        self.last_exit: int | None = None
+        self.died_at: float | None = None
+        self.next_start = 0.0
+        self.proc: subprocess.Popen | None = None
+        self.started = 0.0
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "lsm_core", "worker"], cwd=ROOT, env=self.env)
+        self.started = time.monotonic()
+        self._record()
+
+    def check(self) -> None:
+        """Call often: notices a dead worker and starts the next one when its pause is over."""
+        now = time.monotonic()
+        if self.proc is not None and self.proc.poll() is not None:
+            self.last_exit, self.died_at = self.proc.returncode, time.time()
+            self.proc = None
+            if now - self.started >= STEADY_S:
+                self.pause_index = 0
+            pause = RESTART_PAUSES_S[min(self.pause_index, len(RESTART_PAUSES_S) - 1)]
+            self.pause_index += 1
+            self.next_start = now + pause
+            self.log(f"the worker stopped (exit status {self.last_exit}); starting another in {pause:g} s")
+            self._record()
+        if self.proc is None and now >= self.next_start:
+            self.restarts += 1
+            self.start()
+            self.log(f"worker started again (pid {self.proc.pid if self.proc else '?'}; restart {self.restarts})")
+
+    def _record(self) -> None:
+        record = {
+            "serve_pid": os.getpid(),
+            "restarts": self.restarts,
+            "last_exit": self.last_exit,
+            "died_at": self.died_at,
+            "running": self.proc is not None,
+        }
+        try:
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(record), encoding="utf-8")
+            tmp.replace(self.path)
+        except OSError as exc:
+            self.log(f"could not write {self.path}: {exc}")
+
+    def stop_children(self) -> list[subprocess.Popen]:
+        self.path.unlink(missing_ok=True)
+        return [self.proc] if self.proc is not None else []
+
+
+def _collect_garbage_forever(settings: Settings, stop: threading.Event, log) -> None:
+    from lsm_core.lab.gc import collect_garbage
+    from lsm_core.lab.history import open_lab
+
+    while not stop.wait(GC_EVERY_S):
+        try:
+            lab = open_lab(settings, sync=False)
+            try:
+                report = collect_garbage(lab, dry_run=False)
+            finally:
+                lab.dispose()
+            if report.files:
+                log(f"blob store: {report.summary()}")
+        except Exception as exc:  # the database may be restarting: the next hour tries again
+            log(f"collecting unreferenced blobs failed: {exc}")
+
+
+def serve(port: int = 8501, log=print, address: str | None = None) -> int:
     from lsm_core.errors import LsmError
     from lsm_core.lab import settings as settings_module
     from lsm_core.lab.history import open_lab
@@ -69,10 +204,21 @@ def serve(port: int = 8501, log=print) -> int:
             "install the project from its folder with `pip install -e .` (`make install`)"
         )
     settings = settings_module.current()
+    if address:
+        settings = settings.with_(address=address.strip())
+    # the app runs in ROOT: its secrets are the user's and ROOT's, whatever folder serve was started in
+    app_secrets = [Path.home() / ".streamlit" / "secrets.toml", ROOT / ".streamlit" / "secrets.toml"]
+    problem = settings_module.auth_problem(app_secrets)
+    if problem:
+        raise LsmError(problem)  # a forgeable sign-in cookie: nothing starts
+    settings = settings.with_(signed_in=settings_module.Settings.from_env(secrets=app_secrets).signed_in)
     env = child_environment(settings)
     lab = open_lab(settings)  # upgraded, and the store's models registered
     store = lab.store
     lab.dispose()
+    warning = open_lab_warning(settings)
+    if warning:
+        log("WARNING: " + warning)
     app = subprocess.Popen(
         [
             sys.executable,
@@ -82,13 +228,15 @@ def serve(port: int = 8501, log=print) -> int:
             str(ROOT / "streamlit_app.py"),
             "--server.port",
             str(port),
+            "--server.address",
+            settings.address,
             "--server.headless",
             "true",
         ],
         cwd=ROOT,
         env=env,
     )
-    worker = subprocess.Popen([sys.executable, "-m", "lsm_core", "worker"], cwd=ROOT, env=env)
+    keeper = _WorkerKeeper(env, settings.data_dir, log)
     trainer = None
     missing = missing_demo_models(store)
     if missing:
@@ -99,12 +247,14 @@ def serve(port: int = 8501, log=print) -> int:
         trainer = subprocess.Popen(
             [sys.executable, "-m", "lsm_core", "demo"], cwd=ROOT, env=env, preexec_fn=_lower_priority
         )
-    children = [p for p in (app, worker, trainer) if p is not None]
+    shown = "localhost" if is_loopback(settings.address) else settings.address
     log(
-        f"the app is at http://localhost:{port} (worker pid {worker.pid}); Ctrl-C stops "
+        f"the app is at http://{shown}:{port} (worker pid {keeper.proc.pid if keeper.proc else '?'}); Ctrl-C stops "
         + ("all three" if trainer else "both")
     )
     stopping = False
+    gc_stop = threading.Event()
+    threading.Thread(target=_collect_garbage_forever, args=(settings, gc_stop, log), daemon=True).start()
 
     def stop(*_):
         nonlocal stopping
@@ -113,7 +263,8 @@ def serve(port: int = 8501, log=print) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        while not stopping and worker.poll() is None and app.poll() is None:
+        while not stopping and app.poll() is None:
+            keeper.check()
             if trainer is not None and trainer.poll() is not None:
                 if trainer.returncode == 0:
                     log("the synthetic demo models are trained and registered")
@@ -125,6 +276,8 @@ def serve(port: int = 8501, log=print) -> int:
                 trainer = None
             time.sleep(0.5)
     finally:
+        gc_stop.set()
+        children = [app, *keeper.stop_children(), *([trainer] if trainer is not None else [])]
         for proc in children:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -135,6 +288,6 @@ def serve(port: int = 8501, log=print) -> int:
                 proc.kill()
                 proc.wait()
     if not stopping:
-        log(f"stopped: {'the worker' if worker.returncode is not None else 'the app'} exited")
+        log(f"stopped: the app exited (exit status {app.returncode})")
         return 1
     return 0

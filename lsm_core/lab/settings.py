@@ -27,7 +27,8 @@ app. Nothing else in the project reads the environment: functions get what they 
 | LSM_SALIENCY_MAX_CELLS | 2000 | most cells a member may ask saliency maps for at once (administrators: any number) |
 
 Sign-in is on when an ``[auth]`` section is configured in ``~/.streamlit/secrets.toml`` or
-``./.streamlit/secrets.toml`` (Streamlit's own places).
+``./.streamlit/secrets.toml`` (Streamlit's own places); :func:`auth_problem` says when its ``cookie_secret`` is
+one that anyone could know, so that neither the app nor ``serve`` starts with it.
 """
 
 from __future__ import annotations
@@ -161,34 +162,40 @@ def auth_problem(files: list[Path] | None = None) -> str | None:
         return None
     path, auth = found
     fix = (
-        f'Put a long random one in the [auth] section of {path} (make one with: python -c "import secrets; '
-        'print(secrets.token_hex(32))"), then restart the app. Everyone signs in again afterwards.'
+        'Replace it with a long random one (make one with: python -c "import secrets; print(secrets.token_hex(32))") '
+        "and restart the app; everyone signs in again afterwards."
     )
     where = f"the cookie_secret in the [auth] section of {path}"
     if not isinstance(auth, dict):
-        return f"Sign-in is refused: [auth] in {path} is not a section of settings. {fix}"
+        return f"Sign-in cannot start: [auth] in {path} is not a section of settings."
     secret = auth.get("cookie_secret")
     if secret is None:
-        return f"Sign-in is refused: the [auth] section of {path} has no cookie_secret. {fix}"
+        return (
+            f"Sign-in cannot start: the [auth] section of {path} has no cookie_secret, which signs the cookie "
+            f"that says who is signed in. {fix.replace('Replace it with', 'Add')}"
+        )
     if not isinstance(secret, str):
-        return f"Sign-in is refused: {where} is not text. {fix}"
+        return f"Sign-in cannot start: {where} is not text. {fix}"
     danger = (
-        "anyone who knows it can sign a sign-in cookie of their own and be anyone, an administrator included, "
-        "without the lab's identity provider."
+        "can sign a sign-in cookie of their own and be anyone, an administrator included, without the lab's "
+        "identity provider."
     )
     letters = _letters(secret)
     if letters in {_letters(example) for example in EXAMPLE_COOKIE_SECRETS} - {""} or any(
         phrase in letters for phrase in EXAMPLE_COOKIE_SECRET_PHRASES
     ):
-        return f"Sign-in is refused: {where} is an example from documentation; {danger} {fix}"
+        return f"Sign-in is not safe: {where} is an example from documentation; anyone who knows it {danger} {fix}"
     size = len(secret.encode())
     if size < MIN_COOKIE_SECRET_BYTES:
         return (
-            f"Sign-in is refused: {where} is {size} bytes long; it must be at least {MIN_COOKIE_SECRET_BYTES} "
-            f"random bytes, or {danger.replace('anyone who knows', 'anyone who guesses')} {fix}"
+            f"Sign-in is not safe: {where} is {size} bytes long, under {MIN_COOKIE_SECRET_BYTES}; anyone who "
+            f"guesses it {danger} {fix}"
         )
     if len(set(secret)) < MIN_COOKIE_SECRET_CHARACTERS:
-        return f"Sign-in is refused: {where} is not random (only {len(set(secret))} different characters). {fix}"
+        return (
+            f"Sign-in is not safe: {where} is not random (only {len(set(secret))} different characters); anyone "
+            f"who guesses it {danger} {fix}"
+        )
     return None
 
 

@@ -20,7 +20,7 @@ from db import queries
 from db.schema import Batch, Cell, Model
 from lsm_core.errors import LsmError
 from lsm_core.reports.export import add_sheet, batch_rows, workbook_bytes
-from lsm_core.reports.report import age_text, colour
+from lsm_core.reports.report import age_text, colour, plot_text
 from lsm_core.reports.stats import (
     DAYS_PER_MONTH,
     AgeBin,
@@ -131,12 +131,12 @@ def per_mouse_figure(c: Comparison) -> go.Figure:
                 x=[k for k in c.classes for _ in range(len(part))],
                 y=[100 * v for k in c.classes for v in part[f"fraction_{k}"]],
                 mode="markers",
-                name=f"{g}: mice",
+                name=f"{plot_text(g)}: mice",
                 legendgroup=str(g),
                 offsetgroup=str(gi),
                 marker={"size": 9, "opacity": 0.75, "color": colour(str(g), gi + 2)},
                 text=[
-                    f"{m or b} ({a})"
+                    f"{plot_text(m or b)} ({a})"
                     for _ in c.classes
                     for m, b, a in zip(part["mouse_id"], part["batch_name"], part["age"])
                 ],
@@ -148,7 +148,7 @@ def per_mouse_figure(c: Comparison) -> go.Figure:
                 x=list(summ["class"]),
                 y=list(100 * summ["mean_fraction"]),
                 mode="markers",
-                name=f"{g}: mean, 95% CI",
+                name=f"{plot_text(g)}: mean, 95% CI",
                 legendgroup=str(g),
                 offsetgroup=str(gi),
                 marker={"symbol": "line-ew-open", "size": 28, "color": "#222"},
@@ -181,7 +181,7 @@ def score_figure(s: Session, c: Comparison, max_cells: int = 50_000) -> go.Figur
     fig = go.Figure()
     for gi, g in enumerate(dict.fromkeys(data["group"])):
         scores = [sc for b, sc in rows if group_of.get(b) == g]
-        fig.add_trace(go.Box(y=scores, name=str(g), boxmean=True, marker_color=colour(str(g), gi + 2)))
+        fig.add_trace(go.Box(y=scores, name=plot_text(g), boxmean=True, marker_color=colour(str(g), gi + 2)))
     fig.add_hline(y=c.threshold, line_dash="dash", line_color="#444")
     fig.update_layout(yaxis_title="score of each cell", height=380, margin={"t": 30}, showlegend=False)
     return fig
@@ -198,7 +198,7 @@ def age_figure(c: Comparison, cls: str) -> go.Figure:
             mode="markers",
             name="mice",
             marker={"size": 10, "color": colour(cls)},
-            text=[m or b for m, b in zip(data["mouse_id"], data["batch_name"])],
+            text=[plot_text(m or b) for m, b in zip(data["mouse_id"], data["batch_name"])],
             hovertemplate="%{text}: %{x:.1f} months, %{y:.1f}%<extra></extra>",
         )
     )

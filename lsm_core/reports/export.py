@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from openpyxl import Workbook
 
@@ -15,21 +17,49 @@ from lsm_core.errors import LsmError
 FORMATS = (".csv", ".xlsx")
 
 
-def spreadsheet_text(value):
-    # Spreadsheet programs run text that starts with = + - @ as a formula: keep file names inert.
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
-        return "'" + value
-    return value
+# C0 control characters but tab, line feed and carriage return (which a cell may hold), DEL, C1, lone surrogates
+# (from file names on disk that are not UTF-8) and the two non-characters: XML, so openpyxl, refuses them
+# (IllegalCharacterError), and they garble a CSV in a spreadsheet program or a terminal.
+_UNWRITABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+# what makes a spreadsheet program read a cell as a formula (OWASP's CSV injection list; the full-width forms
+# too, which some locales take for the ASCII ones)
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+def spreadsheet_text(value: Any) -> Any:
+    r"""``value`` as a spreadsheet cell can hold it inertly: the one function every CSV and xlsx writer of the
+    app passes each cell (and each header) through.
+
+    Text loses its control characters (all but tab, line feed and carriage return), then, when it starts with
+    ``= + - @``, a tab or a carriage return (also after leading spaces), gets a leading apostrophe, so that
+    Excel, LibreOffice or Google Sheets show it instead of running it as a formula. Anything but text (numbers,
+    a negative one included, None, dates) is returned as it is.
+
+    >>> spreadsheet_text('=HYPERLINK("http://x")'), spreadsheet_text("a\x01b"), spreadsheet_text(-2.5)
+    ('\'=HYPERLINK("http://x")', 'ab', -2.5)
+    """
+    if not isinstance(value, str):
+        return value
+    text = _UNWRITABLE.sub("", value)
+    if text.startswith(_FORMULA_START) or text.lstrip(" \n").startswith(_FORMULA_START):
+        return "'" + text
+    return text
+
+
+def _cells(row: Iterable[Any]) -> list[Any]:
+    """One row as written to an xlsx sheet: text made inert, NaN left empty."""
+    return [None if isinstance(v, float) and math.isnan(v) else spreadsheet_text(v) for v in row]
 
 
 def add_sheet(book: Workbook, name: str, columns: Sequence[str], rows: Iterable[Sequence]) -> int:
-    """A sheet ``name`` of a write-only workbook: the header, then ``rows`` (text made inert, NaN left empty);
-    returns the number of rows. The one loop every xlsx of the app is written with."""
+    """A sheet ``name`` of a write-only workbook: the header, then ``rows`` (text made inert by
+    :func:`spreadsheet_text`, NaN left empty); returns the number of rows. The one loop every xlsx of the app
+    is written with."""
     sheet = book.create_sheet(name)
-    sheet.append(list(columns))
+    sheet.append(_cells(columns))
     n = 0
     for row in rows:
-        sheet.append([None if isinstance(v, float) and math.isnan(v) else spreadsheet_text(v) for v in row])
+        sheet.append(_cells(row))
         n += 1
     return n
 
@@ -41,12 +71,13 @@ def workbook_bytes(book: Workbook) -> bytes:
 
 
 def write_csv(fh, columns: Sequence[str], rows: Iterable[Sequence]) -> int:
-    """Write ``columns`` and ``rows`` as CSV to an open text file (None becomes an empty field)."""
+    """Write ``columns`` and ``rows`` as CSV to an open text file: text made inert by :func:`spreadsheet_text`,
+    None an empty field. The one CSV writer of the app (downloads, `export`, `classify`, `saliency`)."""
     writer = csv.writer(fh)
-    writer.writerow(columns)
+    writer.writerow([spreadsheet_text(v) for v in columns])
     n = 0
     for row in rows:
-        writer.writerow(["" if v is None else v for v in row])
+        writer.writerow(["" if v is None else spreadsheet_text(v) for v in row])
         n += 1
     return n
 

@@ -38,6 +38,17 @@ def colour(cls: str, i: int = 0) -> str:
     return CLASS_COLOURS.get(cls, FALLBACK_COLOURS[i % len(FALLBACK_COLOURS)])
 
 
+def plot_text(value: object) -> str:
+    """User text (a batch name, a mouse id, a group) as a plotly figure shows it literally: plotly reads a subset
+    of HTML in trace names, hover and axis texts (``<a href>``, ``<b>``, ``<br>``, ``<span style>``) and decodes
+    entities, so ``&``, ``<`` and ``>`` are written as entities.
+
+    >>> plot_text('<a href="http://x">M1</a> & co')
+    '&lt;a href="http://x"&gt;M1&lt;/a&gt; &amp; co'
+    """
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def age_text(days: float | None) -> str:
     """An age as people say it: weeks below six months, months above."""
     if days is None:

@@ -24,7 +24,7 @@ from lsm_core.imaging.cells import CellCrops, FindParams, find_cells, no_cells_n
 from lsm_core.imaging.images import decode_page
 from lsm_core.lab.jobs import JobKind
 from lsm_core.lab.tasks import task
-from lsm_core.lab.tasks.context import Context
+from lsm_core.lab.tasks.context import Context, time_limit
 
 log = logging.getLogger("lsm_core.worker")
 
@@ -47,11 +47,36 @@ class ImageResult:
         return self.found.crops if self.found is not None and len(self.found) else None
 
 
+class _MoreImages(Exception):
+    """Images joined the batch while its job ran (files added): the job goes on instead of ending."""
+
+
 @task(JobKind.CLASSIFY)
 def run(ctx: Context, payload: dict[str, Any]) -> None:
-    from lsm_core.ml.classify import in_batches
-
     batch_id = int(payload["batch_id"])
+    while True:
+        _classify_unread(ctx, batch_id)
+        try:
+            ctx.finish(before=lambda s: _none_unread(s, ctx.job.id, batch_id))
+            return
+        except _MoreImages:
+            log.info("job %s: files were added to batch %s; classifying them too", ctx.job.id, batch_id)
+
+
+def _none_unread(s: Session, job_id: int, batch_id: int) -> None:
+    """Within the transaction that ends the job: raise _MoreImages when the batch has unread images. The job's
+    row is locked first, as adding files does (lsm_core.lab.batches.add_files), so no image can join unseen."""
+    s.execute(select(Job.id).where(Job.id == job_id).with_for_update())
+    if s.scalar(select(func.count()).select_from(Image).where(*_unread(batch_id))):
+        raise _MoreImages()
+
+
+def _unread(batch_id: int):
+    return Image.batch_id == batch_id, Image.done.is_(False), Image.error.is_(None)
+
+
+def _classify_unread(ctx: Context, batch_id: int) -> None:
+    from lsm_core.ml.classify import in_batches
 
     def read(s: Session):
         batch = s.get(Batch, batch_id)
@@ -62,14 +87,14 @@ def run(ctx: Context, payload: dict[str, Any]) -> None:
             raise LsmError("the batch's model was deleted; re-run the batch with another model")
         s.expunge(model)
         todo = s.execute(
-            select(Image.id, Image.sha256, Image.page)
-            .where(Image.batch_id == batch_id, Image.done.is_(False), Image.error.is_(None))
-            .order_by(Image.position)
+            select(Image.id, Image.sha256, Image.page).where(*_unread(batch_id)).order_by(Image.position)
         ).all()
         total = s.scalar(select(Job.progress_total).where(Job.id == ctx.job.id)) or 0
-        return model, batch.pixel_size_um, todo, total - len(todo)
+        return model, batch.pixel_size_um, todo, total
 
-    model, pixel_size, todo, done = ctx.read("reading a batch", read)
+    model, pixel_size, todo, total = ctx.read("reading a batch", read)
+    total = max(total, len(todo))  # a job made by an older version may count fewer images than are left
+    done = total - len(todo)  # never negative, never past the total
     predictor = ctx.models.predictor(model)
     params = FindParams.for_model(model, pixel_size)
     results = ((image, _cells_for(ctx, image, model, params, pixel_size)) for image in todo)
@@ -83,7 +108,12 @@ def run(ctx: Context, payload: dict[str, Any]) -> None:
             images = [(image, result) for (image, result), _ in chunk]
             if not (attempt and _written(s, images)):
                 _write(s, batch_id, images, predictor.classes)
-            s.execute(update(Job).where(Job.id == ctx.job.id).values(progress_done=done))
+            job_total = s.scalar(select(Job.progress_total).where(Job.id == ctx.job.id)) or 0
+            s.execute(
+                update(Job)
+                .where(Job.id == ctx.job.id)
+                .values(progress_done=min(done, max(job_total, done)), progress_total=max(job_total, done))
+            )
 
         ctx.write("writing cells", write)
         ctx.should_stop()  # asked to stop: this chunk is written, the rest goes back to the queue
@@ -99,8 +129,9 @@ def _cells_for(ctx: Context, image, model: Model, params: FindParams, pixel_size
         result.kind, result.cached, result.note = cached
         return result
     try:
-        pixels = decode_page("stored", ctx.lab.blobs.get(image.sha256), image.page, ctx.lab.limits)
-        found = find_cells(pixels, params)
+        with time_limit(ctx.lab.settings.max_seconds_per_image, "reading this image and finding its cells"):
+            pixels = decode_page("stored", ctx.lab.blobs.get(image.sha256), image.page, ctx.lab.limits)
+            found = find_cells(pixels, params)
     except LsmError as exc:
         result.error = str(exc)
         return result

@@ -9,9 +9,11 @@ to write more in the same transaction as the job's end).
 
 from __future__ import annotations
 
+import signal
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -44,6 +46,31 @@ class Cancelled(Exception):
 
 class Stopping(Exception):
     """The worker is stopping (SIGTERM): the job goes back to the queue without counting an attempt."""
+
+
+class TookTooLong(LsmError):
+    """One item of a job (an image) ran past the per-item time limit (LSM_MAX_SECONDS_PER_IMAGE)."""
+
+
+@contextmanager
+def time_limit(seconds: float, what: str) -> Iterator[None]:
+    """Raise :class:`TookTooLong` in the block after ``seconds`` (a SIGALRM timer: in the main thread only, where
+    workers run their tasks; elsewhere, as in tests that run a worker in a thread, the block is not limited). A
+    long call into C (a decompressor, say) ends its step before the signal is seen."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expired(_signum, _frame):
+        raise TookTooLong(f"{what} took longer than {seconds:g} s (LSM_MAX_SECONDS_PER_IMAGE); it was stopped")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 class ModelCache:

@@ -6,9 +6,10 @@ import io
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from db import audit
 from db.schema import Batch, Cell, Image, Job, Model, SaliencyRun
 from lsm_core.errors import LsmError
 from lsm_core.imaging.cells import FindParams
@@ -22,18 +23,80 @@ from lsm_core.lab.tasks.context import Context
 CHUNK = 256  # cells per step: progress is written and a stop is honoured between steps
 
 
+def scope_of(top: int | None) -> str:
+    return f"top {top} per class" if top else "all"
+
+
 def submit(lab: Lab, batch_id: int, method: str, top: int | None = None, owner: str | None = None) -> int:
-    """Queue saliency maps for a batch: every cell, or the ``top`` highest-scoring cells of each class."""
+    """Queue saliency maps for a batch: every cell, or the ``top`` highest-scoring cells of each class; returns
+    the job's id. The same request (batch, its model, method, scope) queued, running or done already gives
+    that job instead of a second one. A member may ask for at most LSM_SALIENCY_MAX_CELLS cells at once
+    (administrators for any number): on the paper's network every cell of a large batch holds the GPU for hours.
+    """
     from lsm_core.ml.saliency import METHODS
 
     if method not in METHODS:
         raise LsmError(f"unknown saliency method {method!r}; choose {', '.join(METHODS)}")
-    with lab() as s:
-        if s.get(Batch, batch_id) is None:
+    if top is not None and not (isinstance(top, int) and top > 0):
+        raise LsmError("top must be a positive number of cells per class")
+    owner = owner or accounts.current_user()
+    with lab.begin() as s:
+        # the batch locked (PostgreSQL; SQLite serialises writes): two clicks at once make one job
+        batch = s.get(Batch, batch_id, with_for_update=s.get_bind().dialect.name == "postgresql")
+        if batch is None:
             raise LsmError(f"batch {batch_id} does not exist")
-    return jobs.submit(
-        lab, JobKind.SALIENCY, {"batch_id": batch_id, "method": method, "top": top}, owner or accounts.current_user()
+        same = _same_request(s, batch, method, top)
+        if same is not None:
+            return same
+        model = s.get(Model, batch.model_id)
+        classes = len(model.classes) if model is not None else 1
+        n_cells = s.scalar(select(func.count()).select_from(Cell).where(Cell.batch_id == batch_id)) or 0
+        asked = n_cells if not top else min(n_cells, top * classes)
+        limit = lab.settings.saliency_max_cells
+        if asked > limit and not accounts.is_admin(s, owner):
+            raise LsmError(
+                f"maps of {asked:,} cells were asked for; members may ask for at most {limit:,} at once "
+                "(LSM_SALIENCY_MAX_CELLS): ask for the top cells of each class, or ask an administrator"
+            )
+        job = jobs.new_job(
+            JobKind.SALIENCY,
+            {"batch_id": batch_id, "model_id": batch.model_id, "method": method, "top": top},
+            owner,
+            total=asked,
+        )
+        s.add(job)
+        s.flush()
+        audit.record(s, owner, "saliency", f"batch {batch_id}", job=job.id, method=method, cells=asked)
+        return job.id
+
+
+def _same_request(s: Session, batch: Batch, method: str, top: int | None) -> int | None:
+    """The id of a queued, running or done saliency job for the same batch, model, method and scope."""
+    runs = set(
+        s.scalars(
+            select(SaliencyRun.id).where(
+                SaliencyRun.batch_id == batch.id, SaliencyRun.method == method, SaliencyRun.scope == scope_of(top)
+            )
+        )
     )
+    candidates = s.scalars(
+        select(Job)
+        .where(Job.kind == JobKind.SALIENCY, Job.status.in_([*jobs.ACTIVE, jobs.JobStatus.DONE]))
+        .order_by(Job.id.desc())
+        .limit(1000)
+    )
+    for job in candidates:
+        p = job.payload or {}
+        if (
+            p.get("batch_id") != batch.id
+            or p.get("method") != method
+            or p.get("top") != top
+            or p.get("model_id", batch.model_id) != batch.model_id
+        ):
+            continue
+        if job.status != jobs.JobStatus.DONE or (job.result or {}).get("saliency_run") in runs:
+            return job.id
+    return None
 
 
 @task(JobKind.SALIENCY)
@@ -92,9 +155,7 @@ def run(ctx: Context, payload: dict[str, Any]) -> None:
     blob = ctx.lab.blobs.put(buf.getvalue())
 
     def record(s: Session) -> None:
-        run = SaliencyRun(
-            batch_id=batch_id, method=method, scope=f"top {top} per class" if top else "all", cells=len(ids), blob=blob
-        )
+        run = SaliencyRun(batch_id=batch_id, method=method, scope=scope_of(top), cells=len(ids), blob=blob)
         s.add(run)
         s.flush()
         s.execute(update(Job).where(Job.id == ctx.job.id).values(result={"saliency_run": run.id}))

@@ -1,0 +1,44 @@
+"""Names as they are stored (hardening issue, items 12 and 13), on SQLite and PostgreSQL: control characters
+are taken out where a name or a metadata field is stored, and a re-run of a batch with a long name is cut to
+the column's 200 characters with a message, never a database error."""
+
+from __future__ import annotations
+
+from db.schema import Batch
+from lsm_core.lab import batches
+from lsm_core.lab.batches import BatchMeta
+from tests.helpers import crop_files
+
+
+def test_rerunning_a_batch_with_a_long_name_cuts_the_new_name_and_says_so(history):
+    lab, _, model_id = history
+    long_name = "M17 aged LT-HSC sorted " + "x" * 172  # 195 characters: the suffix makes it longer than 200
+    sub = batches.submit_batch(lab, crop_files(1, seed=950), model_id, long_name, owner="ana")
+    again = batches.rerun(lab, sub.batch_id, model_id, "ana", pixel_size_um=0.25)
+    with lab() as s:
+        name = s.get(Batch, again.batch_id).name
+    assert len(name) <= batches.NAME_MAX
+    assert name.startswith("M17 aged LT-HSC sorted ") and name.endswith("v1, 0.25 um/px)")  # what tells them apart
+    assert again.note is not None and "cut to 200 characters" in again.note
+    short = batches.rerun(lab, sub.batch_id, model_id, "ana")  # fits: no note
+    assert short.note is None or "cut" in short.note
+
+
+def test_control_characters_are_taken_out_of_names_and_metadata_where_they_are_stored(history):
+    lab, _, model_id = history
+    meta = BatchMeta(
+        mouse_id="M\x1b[31m17", strain="C57BL/6\x00", gate="LSK\r\nCD150+", notes="line 1\nline\x07 2\tend"
+    )
+    sub = batches.submit_batch(
+        lab, crop_files(1, seed=951), model_id, "aged\x1b]0;pwned\x07 mice", meta=meta, owner="ana"
+    )
+    with lab() as s:
+        batch = s.get(Batch, sub.batch_id)
+        stored = (batch.name, batch.mouse_id, batch.strain, batch.gate, batch.notes)
+    for value in stored[:4]:
+        assert not any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value), repr(value)
+    assert stored[0].startswith("aged") and stored[0].endswith(" mice")
+    assert stored[4] == "line 1\nline 2\tend"  # lines and tabs of notes kept
+    batches.rename(lab, sub.batch_id, "renamed\x00\x1b", "ana")
+    with lab() as s:
+        assert s.get(Batch, sub.batch_id).name == "renamed??"

@@ -1,0 +1,78 @@
+"""Saliency requests (hardening issue, item 11), on SQLite and PostgreSQL: the same request gives the same job,
+a member's request is capped at LSM_SALIENCY_MAX_CELLS cells (administrators may ask for all), and a request
+can be cancelled from the page that shows its progress."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from db.schema import Job
+from lsm_core.errors import LsmError
+from lsm_core.lab import batches
+from lsm_core.lab.history import Lab
+from lsm_core.lab.tasks import saliency as saliency_task
+from lsm_core.lab.worker import Worker
+from tests.helpers import crop_files, run_page
+
+
+def _saliency_jobs(lab) -> int:
+    with lab() as s:
+        return s.scalar(select(func.count()).select_from(Job).where(Job.kind == "saliency")) or 0
+
+
+def test_the_same_request_gives_the_same_job_queued_running_or_done(history):
+    lab, _, model_id = history
+    sub = batches.submit_batch(lab, crop_files(4, seed=960), model_id, "maps twice", owner="ana")
+    Worker(lab, device="cpu").run(drain=True)
+    before = _saliency_jobs(lab)
+    first = saliency_task.submit(lab, sub.batch_id, "gradcam", top=2, owner="ana")
+    assert saliency_task.submit(lab, sub.batch_id, "gradcam", top=2, owner="bea") == first  # a colleague's click
+    other = saliency_task.submit(lab, sub.batch_id, "gradcam", owner="ana")  # every cell: another request
+    assert other != first
+    assert _saliency_jobs(lab) == before + 2
+    Worker(lab, device="cpu").run(drain=True)
+    with lab() as s:
+        assert s.get(Job, first).status == "done"
+    assert saliency_task.submit(lab, sub.batch_id, "gradcam", top=2, owner="ana") == first  # done: its maps stand
+    assert _saliency_jobs(lab) == before + 2
+
+
+def test_a_member_may_ask_for_a_capped_number_of_cells_and_an_admin_for_all(history, monkeypatch, tmp_path):
+    lab, _, model_id = history
+    monkeypatch.setenv("HOME", str(tmp_path))  # lab mode (no [auth])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LSM_ADMINS", "boss")
+    capped = Lab(lab.sessions, lab.settings.with_(saliency_max_cells=3), lab.engine)
+    sub = batches.submit_batch(capped, crop_files(6, seed=961), model_id, "six cells", owner="ana")
+    Worker(capped, device="cpu").run(drain=True)
+    with pytest.raises(LsmError, match=r"maps of 6 cells were asked for; members may ask for at most 3"):
+        saliency_task.submit(capped, sub.batch_id, "gradcam", owner="ana")
+    saliency_task.submit(capped, sub.batch_id, "gradcam", top=1, owner="ana")  # at most 3 cells: allowed
+    job = saliency_task.submit(capped, sub.batch_id, "gradcam", owner="boss")  # an administrator: any number
+    with capped() as s:
+        assert s.get(Job, job).progress_total == 6
+
+
+def test_a_saliency_job_can_be_cancelled_where_its_progress_is_shown(app_env):
+    from db import queries
+    from lsm_core.lab.history import open_lab
+
+    lab = open_lab()
+    with lab() as s:
+        model_id = queries.model_by_name(s, "demo-lsm").id
+    sub = batches.submit_batch(lab, crop_files(3, seed=962), model_id, "to cancel", owner="ana")
+    Worker(lab, device="cpu").run(drain=True)
+    job = saliency_task.submit(lab, sub.batch_id, "gradcam", top=2, owner="ana")
+    at = run_page("pages/results.py", {"batch": str(sub.batch_id)})
+    method = next(r for r in at.radio if r.label == "Method")
+    method.set_value("gradcam")
+    at.run()
+    cancel = next(b for b in at.button if b.label == "Cancel these maps")
+    cancel.click()
+    at.run()
+    with lab() as s:
+        assert s.get(Job, job).status == "cancelled"
+    at.run()  # what the polling fragment's rerun does once the job has ended
+    assert any(b.label.startswith("Compute") for b in at.button)  # the request can be made again
+    lab.dispose()
