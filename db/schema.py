@@ -108,7 +108,9 @@ class Batch(Base):
     gate: Mapped[str | None] = mapped_column(String(200))
     imaging_date: Mapped[str | None] = mapped_column(String(10))  # ISO date
     notes: Mapped[str | None] = mapped_column(Text)
-    pixel_size_um: Mapped[float | None] = mapped_column(Float)
+    pixel_size_um: Mapped[float | None] = mapped_column(Float)  # set by the user for this batch (wins)
+    channel: Mapped[str | None] = mapped_column(String(100))  # the channel to read (name or index); None: by name
+    z: Mapped[int | None] = mapped_column(Integer)  # the z plane to read (from 0); None: the best-focused
     # changes people made (rename, files added): an action names the revision its user saw (lsm_core.lab.batches)
     revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
@@ -138,6 +140,11 @@ class Image(Base):
     note: Mapped[str | None] = mapped_column(Text)
     n_cells: Mapped[int | None] = mapped_column(Integer)  # None until classified
     done: Mapped[bool] = mapped_column(Boolean, default=False)
+    # the pixel size the cells were found at, and where it came from: "user" (the batch's), "file" (the
+    # file's metadata; set at upload), "model default"; channel: the channel read from a multi-channel file
+    pixel_size_um: Mapped[float | None] = mapped_column(Float)
+    pixel_size_source: Mapped[str | None] = mapped_column(String(16))
+    channel: Mapped[str | None] = mapped_column(String(100))
 
     batch: Mapped[Batch] = relationship(back_populates="images")
 

@@ -28,7 +28,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_classify(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from lsm_core.imaging.images import read_inputs
+    from lsm_core.imaging.images import ReadOptions, read_inputs
     from lsm_core.ml.classify import Summary, classify_records, find_params_for, result_columns
     from lsm_core.ml.predict import Predictor
     from lsm_core.reports.export import write_csv, write_table
@@ -43,7 +43,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
     summary = Summary()
     n_classes = len(predictor.classes)
     columns = result_columns(predictor.classes)
-    progress = tqdm(read_inputs(args.inputs, settings.limits), unit=" image", file=sys.stderr, disable=None)
+    options = ReadOptions(args.channel, args.z)
+    progress = tqdm(read_inputs(args.inputs, settings.limits, options), unit=" image", file=sys.stderr, disable=None)
     rows: Iterator[list] = (row.values(n_classes) for row in classify_records(progress, predictor, params, summary))
     if args.out:
         write_table(args.out, columns, rows)
@@ -205,6 +206,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         imaging_date=args.imaging_date,
         notes=args.notes,
         pixel_size_um=args.pixel_size,
+        channel=args.channel,
+        z=args.z,
     )
     result = submit_batch(
         lab,
@@ -442,6 +445,24 @@ def cmd_saliency(args: argparse.Namespace) -> int:
     return 0 if k else 1
 
 
+def _add_plane_options(p: argparse.ArgumentParser) -> None:
+    """--channel and --z: which plane of a multi-channel file or a z-stack is classified."""
+    p.add_argument(
+        "--channel",
+        default=None,
+        metavar="NAME|INDEX",
+        help="the channel of multi-channel files to classify (default: the one named as transmitted light: "
+        "DIC, TD, Trans, BF, Bright, Phase)",
+    )
+    p.add_argument(
+        "--z",
+        type=int,
+        default=None,
+        metavar="INDEX",
+        help="the z plane of z-stacks, from 0 (default: the best-focused plane)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     # choices come from the registries that hold them
     from lsm_core.classes import TASKS
@@ -473,8 +494,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="UM_PER_PIXEL",
-        help="the microscope's calibration (default: the model's, 0.2 for the demo models)",
+        help="the microscope's calibration (default: what the file states, else LSM_PIXEL_SIZE_UM, else the "
+        "model's, 0.2 for the demo models)",
     )
+    _add_plane_options(p)
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: LSM_DEVICE or auto)")
     p.add_argument("--batch-size", type=int, default=256)
     p.set_defaults(func=cmd_classify)
@@ -556,6 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--imaging-date", help="YYYY-MM-DD")
     p.add_argument("--notes")
     p.add_argument("--pixel-size", type=float, metavar="UM_PER_PIXEL")
+    _add_plane_options(p)
     p.add_argument("--priority", type=int, default=0)
     p.set_defaults(func=cmd_submit)
 

@@ -209,6 +209,25 @@ def render_results(batch_id: int, key: str = "results") -> None:
     c[1].metric(f"Cells with score ≥ {threshold:.2f}", f"{report.cells_kept:,}")
     c[2].metric("Images read", f"{report.images_read:,}", help="Images that could be read: what the progress counts.")
     c[3].metric("Files that could not be read", f"{len(report.failed):,}")
+    if report.calibration:
+        words = {"user": "set for this batch", "file": "stated in the file", "model default": "the model's default"}
+        st.caption(
+            "Pixel size: "
+            + "; ".join(
+                f"{size:g} µm/px {words.get(source, source)} ({n} image{'s' if n != 1 else ''})"
+                for size, source, n in report.calibration
+            )
+        )
+    if report.uncalibrated:
+        with st.expander(
+            f"{len(report.uncalibrated)} image(s) state no pixel size: the model's default was assumed", expanded=False
+        ):
+            st.warning(
+                "Neither you nor these files stated the microscope's pixel size, so the model's default "
+                f"({report.model['pixel_size_um']:g} µm/px) was assumed: cells are cut at the wrong physical size "
+                "if it differs. Re-run the batch at your microscope's pixel size (below) if it does."
+            )
+            file_errors([(f, "no pixel size in the file") for f in report.uncalibrated], mark="!")
     if report.failed:
         with st.expander(f"{len(report.failed)} file(s) could not be read", expanded=True):
             file_errors(report.failed)

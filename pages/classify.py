@@ -128,7 +128,34 @@ with st.form("batch", clear_on_submit=False):
     gate = c[1].text_input("Sorting gate", placeholder="e.g. LSK CD150+CD48-")
     imaging_date = c[2].date_input("Imaging date", value=None, format="YYYY-MM-DD")
     notes = st.text_area("Notes", height=80)
+    c = st.columns(3)
+    pixel_text = c[0].text_input(
+        "Pixel size (µm per pixel)",
+        placeholder="from the files, else the model's",
+        help="Your microscope's calibration. Left empty: what each file states (OME-TIFF, CZI, ND2, ImageJ, "
+        "TIFF resolution), else the model's default, and the results say which was used.",
+    )
+    channel_text = c[1].text_input(
+        "Channel to classify",
+        placeholder="the transmitted-light one",
+        help="For files with several channels: a channel's name or number (from 0). Left empty: the channel "
+        "named DIC, TD, Trans, BF, Bright or Phase.",
+    )
+    z_text = c[2].text_input(
+        "z plane", placeholder="the best-focused", help="For z-stacks: the plane to classify, from 0."
+    )
     submitted = st.form_submit_button("Classify", type="primary")
+
+
+def number_or_none(text: str, what: str, kind: type = float):
+    """The number typed in a text box, or None when it is empty; LsmError names the box otherwise."""
+    text = (text or "").strip().replace(",", ".")
+    if not text:
+        return None
+    try:
+        return kind(text)
+    except ValueError:
+        raise LsmError(f"{what} {text!r} is not a number") from None
 
 
 def do_submit(batch_name: str, add_to: int | None = None) -> bool:
@@ -150,6 +177,9 @@ def do_submit(batch_name: str, add_to: int | None = None) -> bool:
                 gate=gate or None,
                 imaging_date=imaging_date.isoformat() if imaging_date else None,
                 notes=notes or None,
+                pixel_size_um=number_or_none(pixel_text, "pixel size"),
+                channel=channel_text or None,
+                z=number_or_none(z_text, "z plane", int),
             )
             if model_id is None:
                 raise LsmError("choose a classifier")

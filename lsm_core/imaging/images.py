@@ -42,7 +42,7 @@ import re
 import stat
 import zipfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -55,7 +55,7 @@ from lsm_core.errors import LsmError
 # Pillow's own, lower, built-in limit would otherwise override a lab's raised setting.
 Image.MAX_IMAGE_PIXELS = None
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".czi", ".nd2", ".lif", ".oib"}
 ARCHIVE_SUFFIXES = {".zip"}
 INPUT_SUFFIXES = IMAGE_SUFFIXES | ARCHIVE_SUFFIXES
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -99,6 +99,9 @@ class ImageRecord:
     sha256: str | None = None
     error: str | None = None
     notes: list[str] = field(default_factory=list)
+    pixel_size_um: float | None = None  # what the file states (None: nothing; the user's or the model's applies)
+    pixel_size_origin: str | None = None
+    channel: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -255,6 +258,10 @@ class PageInfo:
     samples: int = 1
     itemsize: int = 1
     bits: int = 8  # significant bits of an integer sample
+    label: str | None = None  # how the image is named when a file holds scenes or time points: file[s=2,t=3]
+    pixel_size_um: float | None = None  # what the file states (square pixels), None when it states nothing
+    pixel_size_origin: str | None = None  # where in the file that number was found
+    channel: str | None = None  # the channel read (a multi-channel file): its name, or #index
 
     @property
     def decoded_bytes(self) -> int:
@@ -274,11 +281,25 @@ class PageInfo:
             )
 
 
+@dataclass(frozen=True)
+class ReadOptions:
+    """What to read from a file of several channels or planes: the channel (a name, case-insensitive, or an
+    index counted from 0; None: the transmitted-light channel found by name) and the z plane (counted from 0;
+    None: the best-focused, see :func:`lsm_core.imaging.formats.best_focus`)."""
+
+    channel: str | None = None
+    z: int | None = None
+
+
 class ImageReader:
     """One image file's pages: their headers at once (:attr:`pages`), their pixels one page at a time."""
 
     format = ""
     pages: list[PageInfo]
+
+    def error(self, index: int) -> str | None:
+        """Why page ``index`` cannot be read, when its headers already say so."""
+        return None
 
     def read(self, index: int) -> tuple[np.ndarray, int]:
         """The raw samples of page ``index`` ((H, W) or (H, W, S)) and their significant bits."""
@@ -398,10 +419,22 @@ class TiffReader(ImageReader):
         assert keyframe is not None  # page.shape above already required it
         if page.dtype is None:
             raise LsmError(f"page {index + 1} stores its samples in a format this app cannot read")
-        return PageInfo(index, shape[1], shape[0], samples, int(page.dtype.itemsize), int(keyframe.bitspersample))
+        from lsm_core.imaging.formats import PRINT_RESOLUTION_UM, tiff_resolution_um
+
+        size = tiff_resolution_um(keyframe)
+        square = size is not None and abs(size[0] - size[1]) <= 0.01 * size[1] and size[1] < PRINT_RESOLUTION_UM
+        return PageInfo(
+            index,
+            shape[1],
+            shape[0],
+            samples,
+            int(page.dtype.itemsize),
+            int(keyframe.bitspersample),
+            pixel_size_um=size[1] if size is not None and square else None,
+            pixel_size_origin="TIFF resolution tags" if square else None,
+        )
 
     def error(self, index: int) -> str | None:
-        """Why page ``index`` cannot be read, when its header already says so."""
         return self._errors.get(index)
 
     def read(self, index: int) -> tuple[np.ndarray, int]:
@@ -420,7 +453,125 @@ class TiffReader(ImageReader):
         self._tif.close()
 
 
-def open_image(name: str, data: bytes, limits: Limits | None = None) -> ImageReader:
+class FormatReader(ImageReader):
+    """A microscope file of scenes, time points, channels and z planes (OME-TIFF, ImageJ hyperstacks, CZI,
+    ND2, LIF, OIB/OIF) through :mod:`lsm_core.imaging.formats`: one page per (scene, time point), named
+    ``file[s=2,t=3]``; of each, one plane: the chosen channel (``options.channel``, else the transmitted-light
+    channel found by name) at the chosen z (``options.z``, else the best-focused plane). A page whose file
+    names no transmitted-light channel, or whose pixels are not square, is an error that says what to do.
+
+    The vendor readers read files, not bytes: the bytes are written to a temporary file, removed on close.
+    """
+
+    def __init__(self, name: str, data: bytes, limits: Limits, options: ReadOptions | None = None) -> None:
+        import tempfile
+
+        from lsm_core.imaging import formats
+
+        self.options = options or ReadOptions()
+        fd, tmp = tempfile.mkstemp(prefix="lsm-read-")
+        self._tmp = Path(tmp)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            self._file = formats.open_microscope_file(self._tmp, name, limits)
+        except BaseException:
+            self._tmp.unlink(missing_ok=True)
+            raise
+        self.format = self._file.format
+        self.pages, self._where, self._errors = [], [], {}
+        scenes = self._file.scenes
+        for scene in scenes:
+            channel, problem = self._channel(scene)
+            info = scene.plane_info
+            size, square = scene.pixel_size_um, True
+            if size is not None and abs(size[0] - size[1]) > 0.01 * size[1]:
+                square = False
+                problem = problem or (
+                    f"its pixels are not square ({size[1]:.4g} x {size[0]:.4g} um, x by y, from "
+                    f"{scene.pixel_size_origin}); resample it to square pixels first"
+                )
+            for t in range(scene.sizes["T"]):
+                index = len(self.pages)
+                self.pages.append(
+                    replace(
+                        info,
+                        index=index,
+                        label=formats.image_label(name, scene.index, len(scenes), t, scene.sizes["T"]),
+                        pixel_size_um=size[1] if size is not None and square else None,
+                        pixel_size_origin=scene.pixel_size_origin if size is not None and square else None,
+                        channel=(scene.channels[channel] or f"#{channel}")
+                        if channel is not None and len(scene.channels) > 1
+                        else None,
+                    )
+                )
+                self._where.append((scene.index, t, channel))
+                if problem:
+                    self._errors[index] = problem
+
+    def _channel(self, scene) -> tuple[int | None, str | None]:
+        from lsm_core.imaging.formats import transmitted_channel
+
+        names = scene.channels
+        wanted = self.options.channel
+        if wanted is not None and str(wanted).strip() != "":
+            text = str(wanted).strip()
+            for i, n in enumerate(names):
+                if n and n.lower() == text.lower():
+                    return i, None
+            if text.isdigit() and int(text) < len(names):
+                return int(text), None
+            listed = ", ".join(f"{i}: {n or '(unnamed)'}" for i, n in enumerate(names))
+            return None, f"it has no channel {text!r}; its channels are {listed}"
+        found = transmitted_channel(names)
+        if found is None:
+            listed = ", ".join(f"{i}: {n or '(unnamed)'}" for i, n in enumerate(names))
+            return None, (
+                f"none of its channels is named as transmitted light (DIC, TD, Trans, BF, Bright, Phase): "
+                f"{listed}. Choose the channel to classify (--channel NAME or INDEX, or on the Classify page)"
+            )
+        return found, None
+
+    def error(self, index: int) -> str | None:
+        return self._errors.get(index)
+
+    def read(self, index: int) -> tuple[np.ndarray, int]:
+        from lsm_core.imaging.formats import best_focus
+
+        if index in self._errors:
+            raise LsmError(self._errors[index])
+        scene, t, channel = self._where[index]
+        assert channel is not None  # a page without one has an error above
+        depth = self._file.scenes[scene].sizes["Z"]
+        z = self.options.z
+        if z is None:
+            z = best_focus(self._file.z_planes(scene, t, channel))[0] if depth > 1 else 0
+            self.last_note = f"z plane {z + 1} of {depth} (best focus)" if depth > 1 else None
+        else:
+            if not 0 <= z < depth:
+                raise LsmError(f"z plane {z} was asked for; this image has {depth} (counted from 0)")
+            self.last_note = f"z plane {z + 1} of {depth} (chosen)" if depth > 1 else None
+        plane = self._file.plane(scene, t, channel, z)
+        return plane, self.pages[index].bits
+
+    def close(self) -> None:
+        try:
+            self._file.close()
+        finally:
+            self._tmp.unlink(missing_ok=True)
+
+
+def _structured_tiff(data: bytes) -> bool:
+    """Whether a TIFF is an OME-TIFF or an ImageJ hyperstack (axes, channels, calibration in its metadata),
+    read by :class:`FormatReader`; a plain TIFF's pages are each an image (:class:`TiffReader`)."""
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            return bool(tif.is_ome or tif.is_imagej or tif.is_lsm)
+    except Exception:  # a damaged header: TiffReader says so
+        return False
+
+
+def open_image(name: str, data: bytes, limits: Limits | None = None, options: ReadOptions | None = None) -> ImageReader:
     """A reader for one image file's bytes (its format told from its content); LsmError when it is not an
     image this app reads, or its header is damaged. Nothing is decoded yet."""
     limits = limits or Limits()
@@ -428,17 +579,53 @@ def open_image(name: str, data: bytes, limits: Limits | None = None) -> ImageRea
         raise LsmError("the file is empty (0 bytes)")
     kind = _sniff(data)
     if kind == "tiff":
-        return TiffReader(data, limits)
+        return FormatReader(name, data, limits, options) if _structured_tiff(data) else TiffReader(data, limits)
     if kind in ("png", "jpeg"):
         return PilReader(data)
     if kind == "zip":
         raise LsmError("a ZIP inside a ZIP is not read; unpack the inner archive first")
     if _looks_like_text(data):
-        raise LsmError("this is a text file, not an image (PNG, JPEG, TIFF or ZIP expected)")
-    raise LsmError("not a supported image format (PNG, JPEG, TIFF or ZIP expected)")
+        raise LsmError(f"this is a text file, not an image ({SUPPORTED_TEXT} or ZIP expected)")
+    if _vendor(data):
+        return FormatReader(name, data, limits, options)
+    raise LsmError(f"not a supported image format ({SUPPORTED_TEXT} or ZIP expected)")
 
 
-def inspect(raw: RawFile, limits: Limits | None = None) -> list[ImageRecord]:
+SUPPORTED_TEXT = "PNG, JPEG, TIFF, OME-TIFF, CZI, ND2, LIF, OIB"
+
+
+def _vendor(data: bytes) -> bool:
+    """Whether the bytes start like a vendor microscope file (CZI, ND2, LIF, OIB, OIR)."""
+    head = data[:64]
+    return (
+        head.startswith(b"ZISRAWFILE")
+        or head[:4] == b"\xda\xce\xbe\x0a"
+        or head.startswith(b"\x00\x00\x00\x0cjP  \r\n\x87\n")
+        or (len(head) >= 13 and head[:4] == b"\x70\x00\x00\x00" and head[8] == 0x2A)
+        or head.startswith(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1")
+        or head.startswith(b"OLYMPUSRAWFORMAT")
+    )
+
+
+def _record(raw: RawFile, info: PageInfo, digest: str) -> ImageRecord:
+    return ImageRecord(
+        info.label or raw.source,
+        page=info.index,
+        sha256=digest,
+        width=info.width or None,
+        height=info.height or None,
+        bit_depth=info.bits,
+        pixel_size_um=info.pixel_size_um,
+        pixel_size_origin=info.pixel_size_origin,
+        channel=info.channel,
+    )
+
+
+def _page_error(info: PageInfo, many: bool, exc: LsmError) -> str:
+    return str(exc) if info.label or not many else f"page {info.index + 1}: {exc}"
+
+
+def inspect(raw: RawFile, limits: Limits | None = None, options: ReadOptions | None = None) -> list[ImageRecord]:
     """One record per page of a file from its headers alone: size and bit depth, or why it cannot be read
     (format, damaged header, too large). Pixels are not decoded (``pixels`` stays None): cheap enough for
     the web server, which leaves decoding to the workers."""
@@ -447,28 +634,21 @@ def inspect(raw: RawFile, limits: Limits | None = None) -> list[ImageRecord]:
         return [ImageRecord(raw.source, error=raw.error or "could not be read")]
     digest = hashlib.sha256(raw.data).hexdigest()
     try:
-        reader = open_image(raw.source, raw.data, limits)
+        reader = open_image(raw.source, raw.data, limits, options)
     except LsmError as exc:
         return [ImageRecord(raw.source, sha256=digest, error=str(exc))]
     records = []
     with reader:
         many = len(reader.pages) > 1
         for info in reader.pages:
-            record = ImageRecord(
-                raw.source,
-                page=info.index,
-                sha256=digest,
-                width=info.width or None,
-                height=info.height or None,
-                bit_depth=info.bits,
-            )
+            record = _record(raw, info, digest)
             try:
-                problem = reader.error(info.index) if isinstance(reader, TiffReader) else None
+                problem = reader.error(info.index)
                 if problem:
                     raise LsmError(problem)
                 info.check(limits)
             except LsmError as exc:
-                record.error = f"page {info.index + 1}: {exc}" if many else str(exc)
+                record.error = _page_error(info, many, exc)
                 record.width = record.height = None
             records.append(record)
     return records
@@ -480,7 +660,7 @@ def _decoded(reader: ImageReader, info: PageInfo, limits: Limits) -> np.ndarray:
     return to_grey_float(arr, bits)
 
 
-def decode_raw(raw: RawFile, limits: Limits | None = None) -> Iterator[ImageRecord]:
+def decode_raw(raw: RawFile, limits: Limits | None = None, options: ReadOptions | None = None) -> Iterator[ImageRecord]:
     """The records of one raw file, one page at a time (its error, or each page decoded): a multi-page file
     holds one decoded page in memory at a time, as long as the caller lets go of each. Never raises for bad
     content."""
@@ -490,39 +670,49 @@ def decode_raw(raw: RawFile, limits: Limits | None = None) -> Iterator[ImageReco
         return
     if _sniff(raw.data) == "zip":
         for member in iter_zip_members(raw.source, io.BytesIO(raw.data), limits):
-            yield from decode_raw(member, limits)
+            yield from decode_raw(member, limits, options)
         return
     digest = hashlib.sha256(raw.data).hexdigest()
     try:
-        reader = open_image(raw.source, raw.data, limits)
+        reader = open_image(raw.source, raw.data, limits, options)
     except LsmError as exc:
         yield ImageRecord(raw.source, sha256=digest, error=str(exc))
         return
     with reader:
         many = len(reader.pages) > 1
         for info in reader.pages:
-            record = ImageRecord(raw.source, page=info.index, sha256=digest)
+            record = _record(raw, info, digest)
+            record.width = record.height = None
             try:
                 record.pixels = _decoded(reader, info, limits)
                 record.height, record.width = record.pixels.shape
-                record.bit_depth = info.bits
+                note = getattr(reader, "last_note", None)
+                if note:
+                    record.notes.append(note)
             except LsmError as exc:
-                record.error = f"page {info.index + 1}: {exc}" if many else str(exc)
+                record.error = _page_error(info, many, exc)
             yield record
 
 
-def decode_bytes(name: str, data: bytes, limits: Limits | None = None) -> list[ImageRecord]:
+def decode_bytes(
+    name: str, data: bytes, limits: Limits | None = None, options: ReadOptions | None = None
+) -> list[ImageRecord]:
     """Every record of one file's bytes at once (small files and tests; pipelines use :func:`decode_raw`)."""
-    return list(decode_raw(RawFile(name, data), limits))
+    return list(decode_raw(RawFile(name, data), limits, options))
 
 
-def decode_page(name: str, data: bytes, page: int, limits: Limits | None = None) -> np.ndarray:
+def decode_page(
+    name: str, data: bytes, page: int, limits: Limits | None = None, options: ReadOptions | None = None
+) -> np.ndarray:
     """The pixels of page ``page`` (counted from 1) of one file's bytes, decoding that page only; LsmError if
     it cannot be read."""
     limits = limits or Limits()
-    with open_image(name, data, limits) as reader:
+    with open_image(name, data, limits, options) as reader:
         if not 1 <= page <= len(reader.pages):
             raise LsmError(f"{name}: page {page} is missing")
+        problem = reader.error(page - 1)
+        if problem:
+            raise LsmError(problem)
         return _decoded(reader, reader.pages[page - 1], limits)
 
 
@@ -700,15 +890,19 @@ def iter_files(inputs: Iterable[str | Path], limits: Limits | None = None) -> It
             yield RawFile(str(item), error="no such file or folder")
 
 
-def read_path(path: str | Path, limits: Limits | None = None, display: str | None = None) -> Iterator[ImageRecord]:
+def read_path(
+    path: str | Path, limits: Limits | None = None, display: str | None = None, options: ReadOptions | None = None
+) -> Iterator[ImageRecord]:
     """Records for one file (image or ZIP), reported under ``display`` (default: the path as given)."""
     limits = limits or Limits()
     for raw in iter_path(path, limits, display):
-        yield from decode_raw(raw, limits)
+        yield from decode_raw(raw, limits, options)
 
 
-def read_inputs(inputs: Iterable[str | Path], limits: Limits | None = None) -> Iterator[ImageRecord]:
+def read_inputs(
+    inputs: Iterable[str | Path], limits: Limits | None = None, options: ReadOptions | None = None
+) -> Iterator[ImageRecord]:
     """Records for files, folders (searched recursively for image and ZIP files) and ZIP archives."""
     limits = limits or Limits()
     for raw in iter_files(inputs, limits):
-        yield from decode_raw(raw, limits)
+        yield from decode_raw(raw, limits, options)

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from db import audit
 from db.schema import AuditEvent, Batch, Cell, Image, Job, Model, SaliencyRun
 from lsm_core.errors import LsmError
-from lsm_core.imaging.images import Limits, RawFile, clean_name, inspect, iter_upload
+from lsm_core.imaging.images import Limits, RawFile, ReadOptions, clean_name, inspect, iter_upload
 from lsm_core.lab import accounts
 from lsm_core.lab.blobs import BlobStore, human_bytes
 from lsm_core.lab.gc import unshared_blobs
@@ -44,8 +44,21 @@ class BatchMeta:
     imaging_date: str | None = None
     notes: str | None = None
     pixel_size_um: float | None = None
+    channel: str | None = None  # of a multi-channel file: its name or index; None: the transmitted-light one
+    z: int | None = None  # the z plane of a stack (from 0); None: the best-focused
 
     def validated(self) -> BatchMeta:
+        if isinstance(self.channel, str):
+            self.channel = clean_name(self.channel, limit=100_000).strip() or None
+        if self.channel is not None and len(str(self.channel)) > 100:
+            raise LsmError("the channel name is longer than 100 characters")
+        if self.z is not None:
+            try:
+                self.z = int(self.z)
+            except (TypeError, ValueError):
+                raise LsmError(f"z plane {self.z!r} is not a whole number") from None
+            if self.z < 0:
+                raise LsmError("the z plane is counted from 0: it cannot be negative")
         if self.age_days is not None:
             try:
                 self.age_days = float(self.age_days)
@@ -105,7 +118,11 @@ class ImageRows:
 
 
 def image_rows(
-    files: Iterable[RawFile], blobs: BlobStore, limits: Limits, present: dict[str, str] | None = None
+    files: Iterable[RawFile],
+    blobs: BlobStore,
+    limits: Limits,
+    present: dict[str, str] | None = None,
+    options: ReadOptions | None = None,
 ) -> ImageRows:
     """Image rows for uploaded files, read one at a time: each file's headers are checked (format, size,
     the memory a page would take: nothing is decoded here, the workers do that and report a damaged page
@@ -119,7 +136,7 @@ def image_rows(
     )
     for raw in expanded:  # a ZIP's members one at a time
         raw = RawFile(clean_name(raw.source), raw.data, raw.error)
-        records = inspect(raw, limits)
+        records = inspect(raw, limits, options)
         sha = records[0].sha256 if raw.error is None else None
         if sha is not None and sha in seen:
             same = seen[sha]
@@ -139,6 +156,9 @@ def image_rows(
                 width=record.width,
                 height=record.height,
                 bit_depth=record.bit_depth,
+                pixel_size_um=record.pixel_size_um,  # what the file states; the worker records what it used
+                pixel_size_source="file" if record.pixel_size_um else None,
+                channel=record.channel,
                 error=record.error,
                 done=not record.ok,
             )
@@ -191,7 +211,7 @@ def submit_batch(
         raise LsmError("the batch needs a name")
     if len(name) > NAME_MAX:
         raise LsmError(f"the batch name is longer than {NAME_MAX} characters")
-    found = image_rows(files, lab.blobs, limits or lab.limits)
+    found = image_rows(files, lab.blobs, limits or lab.limits, options=ReadOptions(meta.channel, meta.z))
     rows, errors, readable = found.rows, found.errors, found.readable
     if not rows:
         raise LsmError("no files were uploaded")
@@ -374,6 +394,9 @@ def rerun(
                 width=im.width,
                 height=im.height,
                 bit_depth=im.bit_depth,
+                pixel_size_um=im.pixel_size_um if im.pixel_size_source == "file" else None,  # the file's
+                pixel_size_source="file" if im.pixel_size_source == "file" else None,
+                channel=im.channel,
                 error=im.error if im.width is None else None,
                 done=im.width is None,
                 n_cells=0 if im.width is None else None,
@@ -400,6 +423,8 @@ def rerun(
             imaging_date=old.imaging_date,
             notes=old.notes,
             pixel_size_um=pixels,
+            channel=old.channel,
+            z=old.z,
         )
         batch.images = copies
         s.add(batch)
@@ -453,7 +478,8 @@ def add_files(
             )
             if sha is not None  # always: the query leaves out images without one
         }
-    found = image_rows(files, lab.blobs, limits or lab.limits, present)
+        options = ReadOptions(batch.channel, batch.z)
+    found = image_rows(files, lab.blobs, limits or lab.limits, present, options)
     if not found.rows:
         if found.skipped:
             raise LsmError(f"nothing was added: all {len(found.skipped)} file(s) are in batch {batch.name!r} already")

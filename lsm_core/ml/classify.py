@@ -33,8 +33,13 @@ NO_CELLS_NOTE = "no cells found in this image (0 cells)"  # the reason is given 
 
 
 def result_columns(classes: Iterable[str]) -> list[str]:
-    """Column names of a result row: the leading columns, ``p_<class>`` per class, ``error``, ``flags``, ``note``."""
-    return LEADING_COLUMNS + [f"p_{c}" for c in classes] + ["error", "flags", "note"]
+    """Column names of a result row: the leading columns, ``p_<class>`` per class, ``error``, ``flags``, ``note``,
+    and the calibration the cells were found at: ``pixel_size_um``, ``pixel_size_source`` (user, file or
+    model default)."""
+    return LEADING_COLUMNS + [f"p_{c}" for c in classes] + ["error", "flags", "note"] + CALIBRATION_COLUMNS
+
+
+CALIBRATION_COLUMNS = ["pixel_size_um", "pixel_size_source"]
 
 
 @dataclass
@@ -56,6 +61,8 @@ class ResultRow:
     note: str = ""
     sha256: str | None = None
     crop: np.ndarray | None = field(default=None, repr=False)
+    pixel_size_um: float | None = None
+    pixel_size_source: str = ""
 
     def values(self, n_classes: int) -> list:
         box = self.box or (None, None, None, None)
@@ -71,6 +78,8 @@ class ResultRow:
             self.error,
             self.flags,
             self.note,
+            self.pixel_size_um,
+            self.pixel_size_source,
         ]
 
 
@@ -173,16 +182,31 @@ class _Raised:
     exc: BaseException
 
 
-def _prepared(records: Iterable[ImageRecord], params: FindParams) -> Iterator[tuple[ImageRecord, CellCrops | None]]:
+PIXEL_SIZE_SOURCES = {"as given": "user", "stated in the file": "file"}  # FindParams' words -> the column's
+
+
+def params_for_record(params: FindParams, record: ImageRecord) -> FindParams:
+    """The settings for one image: a pixel size given for this run wins, then the one its file states, then
+    LSM_PIXEL_SIZE_UM, then the model's."""
+    if params.pixel_size_source == "as given" or not record.pixel_size_um:
+        return params
+    return dataclasses.replace(params, pixel_size_um=record.pixel_size_um, pixel_size_source="stated in the file")
+
+
+Prepared = tuple[ImageRecord, CellCrops | None, FindParams]
+
+
+def _prepared(records: Iterable[ImageRecord], params: FindParams) -> Iterator[Prepared]:
     for record in records:
         cells: CellCrops | None = None
+        mine = params_for_record(params, record)
         if record.ok and record.pixels is not None:
             try:
-                cells = find_cells(record.pixels, params)
+                cells = find_cells(record.pixels, mine)
             except LsmError as exc:
                 record.error = str(exc)
         record.pixels = None  # the crops are all that is kept
-        yield record, cells
+        yield record, cells, mine
 
 
 def classify_records(
@@ -203,13 +227,17 @@ def classify_records(
     if prefetch > 0:
         items = prefetched(items, prefetch)
 
-    def crops_of(item: tuple[ImageRecord, CellCrops | None]) -> np.ndarray | None:
-        record, cells = item
+    def crops_of(item: Prepared) -> np.ndarray | None:
+        record, cells, _ = item
         return cells.crops if record.ok and cells is not None else None
 
     for group in in_batches(items, predictor, crops_of):
-        for (record, cells), pred in group:
-            yield from _rows(record, cells, pred, classes, params, summary, keep_crops)
+        for (record, cells, mine), pred in group:
+            for row in _rows(record, cells, pred, classes, mine, summary, keep_crops):
+                if record.ok:
+                    row.pixel_size_um = mine.pixel_size_um
+                    row.pixel_size_source = PIXEL_SIZE_SOURCES.get(mine.pixel_size_source, "model default")
+                yield row
 
 
 def _rows(

@@ -155,6 +155,8 @@ def batch_rows(s, batch_ids: Sequence[int]) -> tuple[list[str], Iterable[list]]:
                         image.error or "",
                         "",
                         note,
+                        image.pixel_size_um,
+                        image.pixel_size_source or "",
                         *meta,
                     ]
                     continue
@@ -173,6 +175,8 @@ def batch_rows(s, batch_ids: Sequence[int]) -> tuple[list[str], Iterable[list]]:
                         "",
                         c.flags,
                         "",
+                        image.pixel_size_um,
+                        image.pixel_size_source or "",
                         *meta,
                     ]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -74,6 +75,10 @@ class BatchReport:
     images: int
     failed: list[tuple[str, str]] = field(default_factory=list)  # (file, why it could not be read)
     without_cells: list[tuple[str, str]] = field(default_factory=list)  # (file, why no cell was found)
+    # the pixel sizes the cells were found at: (um per pixel, "user" | "file" | "model default", images)
+    calibration: list[tuple[float, str, int]] = field(default_factory=list)
+    # images classified at the model's default pixel size: neither the user nor the file stated one
+    uncalibrated: list[str] = field(default_factory=list)
 
     @property
     def images_read(self) -> int:
@@ -95,10 +100,21 @@ def load_report(s: Session, batch_id: int, threshold: float = 0.0) -> BatchRepor
     counts_all = queries.class_counts(s, [batch_id])[batch_id]
     counts = queries.class_counts(s, [batch_id], threshold)[batch_id]
     images = s.execute(
-        select(Image.file, Image.page, Image.error, Image.n_cells, Image.done, Image.note)
+        select(
+            Image.file,
+            Image.page,
+            Image.error,
+            Image.n_cells,
+            Image.done,
+            Image.note,
+            Image.pixel_size_um,
+            Image.pixel_size_source,
+        )
         .where(Image.batch_id == batch_id)
         .order_by(Image.position)
     ).all()
+    classified = [im for im in images if im.done and not im.error]
+    used = Counter((im.pixel_size_um, im.pixel_size_source) for im in classified if im.pixel_size_source)
     return BatchReport(
         batch_id=batch.id,
         name=batch.name,
@@ -140,6 +156,8 @@ def load_report(s: Session, batch_id: int, threshold: float = 0.0) -> BatchRepor
             for im in images
             if not im.error and im.done and im.n_cells == 0
         ],
+        calibration=[(size, source, n) for (size, source), n in used.most_common()],
+        uncalibrated=[im.file for im in classified if im.pixel_size_source == "model default"],
     )
 
 

@@ -10,7 +10,7 @@ image bytes, the same weights and the same pixel size are copied, not recomputed
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,7 @@ from db.bulk import insert_cells
 from db.schema import Batch, Cell, Image, Job, Model
 from lsm_core.errors import LsmError
 from lsm_core.imaging.cells import CellCrops, FindParams, find_cells, no_cells_note
-from lsm_core.imaging.images import decode_page
+from lsm_core.imaging.images import ReadOptions, decode_page
 from lsm_core.lab.jobs import JobKind
 from lsm_core.lab.tasks import task
 from lsm_core.lab.tasks.context import Context, time_limit
@@ -34,6 +34,8 @@ class ImageResult:
     """What one image gave: its cells (found now, or copied from an earlier identical run), or its error."""
 
     image_id: int
+    pixel_size_um: float | None = None
+    pixel_size_source: str | None = None
     found: CellCrops | None = None
     error: str | None = None
     kind: str | None = None
@@ -87,17 +89,20 @@ def _classify_unread(ctx: Context, batch_id: int) -> None:
             raise LsmError("the batch's model was deleted; re-run the batch with another model")
         s.expunge(model)
         todo = s.execute(
-            select(Image.id, Image.sha256, Image.page).where(*_unread(batch_id)).order_by(Image.position)
+            select(Image.id, Image.sha256, Image.page, Image.pixel_size_um, Image.pixel_size_source)
+            .where(*_unread(batch_id))
+            .order_by(Image.position)
         ).all()
         total = s.scalar(select(Job.progress_total).where(Job.id == ctx.job.id)) or 0
-        return model, batch.pixel_size_um, todo, total
+        return model, batch.pixel_size_um, ReadOptions(batch.channel, batch.z), todo, total
 
-    model, pixel_size, todo, total = ctx.read("reading a batch", read)
+    model, pixel_size, options, todo, total = ctx.read("reading a batch", read)
     total = max(total, len(todo))  # a job made by an older version may count fewer images than are left
     done = total - len(todo)  # never negative, never past the total
     predictor = ctx.models.predictor(model)
-    params = FindParams.for_model(model, pixel_size)
-    results = ((image, _cells_for(ctx, image, model, params, pixel_size)) for image in todo)
+    results = (
+        (image, _cells_for(ctx, image, model, _calibration(image, pixel_size, model), options)) for image in todo
+    )
     for chunk in in_batches(results, predictor, lambda item: item[1].crops()):
         for (_, result), pred in chunk:
             if pred is not None:
@@ -120,17 +125,35 @@ def _classify_unread(ctx: Context, batch_id: int) -> None:
     log.info("job %s: %s images classified", ctx.job.id, len(todo))
 
 
-def _cells_for(ctx: Context, image, model: Model, params: FindParams, pixel_size: float | None) -> ImageResult:
-    result = ImageResult(image.id)
+def _calibration(image, batch_pixel_size: float | None, model: Model) -> tuple[float, str]:
+    """The pixel size to find an image's cells at, and where it comes from: what the user set for the batch,
+    else what the file states, else the model's default."""
+    if batch_pixel_size:
+        return float(batch_pixel_size), "user"
+    if image.pixel_size_source == "file" and image.pixel_size_um:
+        return float(image.pixel_size_um), "file"
+    return float(model.pixel_size_um), "model default"
+
+
+def _cells_for(ctx: Context, image, model: Model, calibration: tuple[float, str], options: ReadOptions) -> ImageResult:
+    pixel_size, origin = calibration
+    result = ImageResult(image.id, pixel_size_um=pixel_size, pixel_size_source=origin)
+    params = replace(
+        FindParams.for_model(model, pixel_size),
+        pixel_size_source={"user": "set for this batch", "file": "stated in the file"}.get(
+            origin, "the model's default"
+        ),
+    )
     cached = ctx.read(
-        "looking up earlier cells", lambda s: _cached(s, image.sha256, image.page, model.weights_sha256, pixel_size)
+        "looking up earlier cells",
+        lambda s: _cached(s, image.sha256, image.page, model.weights_sha256, pixel_size, options),
     )
     if cached is not None:
         result.kind, result.cached, result.note = cached
         return result
     try:
         with time_limit(ctx.lab.settings.max_seconds_per_image, "reading this image and finding its cells"):
-            pixels = decode_page("stored", ctx.lab.blobs.get(image.sha256), image.page, ctx.lab.limits)
+            pixels = decode_page("stored", ctx.lab.blobs.get(image.sha256), image.page, ctx.lab.limits, options)
             found = find_cells(pixels, params)
     except LsmError as exc:
         result.error = str(exc)
@@ -142,10 +165,10 @@ def _cells_for(ctx: Context, image, model: Model, params: FindParams, pixel_size
 
 
 def _cached(
-    s: Session, sha: str | None, page: int, weights_sha: str, pixel_size: float | None
+    s: Session, sha: str | None, page: int, weights_sha: str, pixel_size: float, options: ReadOptions
 ) -> tuple[str | None, list[dict[str, Any]], str | None] | None:
-    """(kind, cells, note) computed before for these image bytes, these weights and this batch pixel size
-    (None: the model's), or None."""
+    """(kind, cells, note) computed before for these image bytes, these weights, this pixel size and the same
+    channel and z plane, or None."""
     if not sha:
         return None
     source = s.execute(
@@ -159,7 +182,9 @@ def _cached(
             Image.error.is_(None),
             Model.weights_sha256 == weights_sha,
             Image.n_cells.is_not(None),
-            func.coalesce(Batch.pixel_size_um, -1.0) == (-1.0 if pixel_size is None else pixel_size),
+            Image.pixel_size_um == pixel_size,
+            func.coalesce(Batch.channel, "") == (options.channel or ""),
+            func.coalesce(Batch.z, -1) == (-1 if options.z is None else options.z),
         )
         .limit(1)
     ).first()
@@ -198,6 +223,8 @@ def _write(s: Session, batch_id: int, images: list[tuple[Any, ImageResult]], cla
     rows: list[dict[str, Any]] = []
     for image, r in images:
         values: dict[str, Any] = {"done": True}
+        if r.pixel_size_um is not None:
+            values.update(pixel_size_um=r.pixel_size_um, pixel_size_source=r.pixel_size_source)
         if r.error:
             values.update(error=r.error, n_cells=0)
         elif r.cached is not None:

@@ -1,0 +1,189 @@
+"""Microscope files through the whole path (issue #15, first part): a 2-channel z-stack OME-TIFF classified
+with no options is read on its transmitted-light channel, at its best-focused plane, at the pixel size the
+file states, once per field (never once per plane); a file that names no transmitted channel asks for one;
+the shared vendor files carry their calibration into the history and the exports, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from scipy import ndimage
+from sqlalchemy import select
+
+from db.schema import Batch, Cell, Image
+from lsm_core.imaging import synthetic
+from lsm_core.imaging.images import RawFile, ReadOptions, decode_bytes
+from lsm_core.lab import batches
+from lsm_core.lab.worker import Worker
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+PIXEL_UM = 0.1  # the file's calibration: half the demo models' 0.2, so the model's default would be wrong
+
+
+def shared(relative: str) -> Path:
+    path = SHARED / relative
+    if not path.is_file():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{path} is missing: the shared microscope files are needed under CI")
+        pytest.skip(f"{path} is missing (the shared microscope files are not on this machine)")
+    return path
+
+
+def two_channel_stack(seed: int = 3) -> tuple[bytes, int]:
+    """An OME-TIFF of one field: channels GFP (a reporter: bright where the cells are) and DIC, three z planes
+    of which the middle one is sharp, 0.1 um per pixel stated in nanometres. Returns (bytes, cells in it)."""
+    field, truth = synthetic.make_field("lsm", seed=seed, shape=(900, 900), n_cells=6, n_debris=0, pixel_size=PIXEL_UM)
+    dic = np.round(field * 4095).astype(np.uint16)
+    gfp = np.zeros_like(dic)
+    for cell in truth:
+        gfp[max(0, int(cell.y) - 20) : int(cell.y) + 20, max(0, int(cell.x) - 20) : int(cell.x) + 20] = 3000
+    planes = []
+    for z in range(3):
+        blur = 0 if z == 1 else 6
+        planes.append(
+            [
+                ndimage.gaussian_filter(gfp, blur) if blur else gfp,
+                ndimage.gaussian_filter(dic, blur) if blur else dic,
+            ]
+        )
+    stack = np.array(planes)[np.newaxis]  # T Z C Y X
+    stack = np.moveaxis(stack, 2, 1)  # T C Z Y X
+    buf = io.BytesIO()
+    tifffile.imwrite(
+        buf,
+        stack,
+        ome=True,
+        metadata={
+            "axes": "TCZYX",
+            "Channel": {"Name": ["GFP", "DIC"]},
+            "PhysicalSizeX": PIXEL_UM * 1000,
+            "PhysicalSizeXUnit": "nm",
+            "PhysicalSizeY": PIXEL_UM * 1000,
+            "PhysicalSizeYUnit": "nm",
+        },
+    )
+    return buf.getvalue(), len(truth)
+
+
+def test_a_two_channel_stack_is_read_on_its_dic_channel_at_its_best_plane_and_its_pixel_size():
+    data, _ = two_channel_stack()
+    (record,) = decode_bytes("stack.ome.tif", data)  # one image: the planes are one field, not three
+    assert record.ok, record.error
+    assert record.channel == "DIC" and record.pixel_size_um == pytest.approx(PIXEL_UM)
+    assert record.pixel_size_origin and "OME" in record.pixel_size_origin
+    assert record.notes == ["z plane 2 of 3 (best focus)"]
+    (gfp,) = decode_bytes("stack.ome.tif", data, options=ReadOptions(channel="gfp", z=0))
+    assert gfp.channel == "GFP" and gfp.notes == ["z plane 1 of 3 (chosen)"]
+    assert not np.allclose(gfp.pixels, record.pixels)
+
+
+def test_a_file_that_names_no_transmitted_channel_asks_for_one():
+    data, _ = two_channel_stack()
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        xml = tif.ome_metadata
+    renamed = data.replace(b'Name="DIC"', b'Name="RFP"')
+    assert xml and renamed != data
+    (record,) = decode_bytes("two-reporters.ome.tif", renamed)
+    assert not record.ok
+    assert "none of its channels is named as transmitted light" in record.error
+    assert "0: GFP, 1: RFP" in record.error and "--channel" in record.error
+    (chosen,) = decode_bytes("two-reporters.ome.tif", renamed, options=ReadOptions(channel="1"))
+    assert chosen.ok and chosen.channel == "RFP"
+
+
+def test_classify_on_the_command_line_uses_the_files_calibration(tmp_path, data_dir, tiny_lsm_package):
+    from lsm_core import cli
+
+    data, _ = two_channel_stack()
+    (tmp_path / "stack.ome.tif").write_bytes(data)
+    out = tmp_path / "cells.csv"
+    model = str(tiny_lsm_package.path)
+    assert cli.main(["classify", str(tmp_path / "stack.ome.tif"), "--model", model, "--out", str(out)]) == 0
+
+    rows = list(csv.DictReader(out.open()))
+    assert rows and all(r["pixel_size_source"] == "file" for r in rows), rows[:2]
+    assert all(float(r["pixel_size_um"]) == pytest.approx(PIXEL_UM) for r in rows)
+    assert {r["page"] for r in rows} == {"1"}  # one field, whatever the number of planes
+    given = tmp_path / "given.csv"
+    argv = ["classify", str(tmp_path / "stack.ome.tif"), "--model", str(tiny_lsm_package.path), "--pixel-size", "0.12"]
+    assert cli.main([*argv, "--out", str(given)]) == 0
+    assert {r["pixel_size_source"] for r in csv.DictReader(given.open())} == {"user"}
+
+
+def test_a_stack_submitted_with_no_options_is_classified_once_per_field_at_the_files_pixel_size(history):
+    lab, _, model_id = history
+    data, n_cells = two_channel_stack(seed=4)
+    sub = batches.submit_batch(lab, [RawFile("stack.ome.tif", data)], model_id, "stack", owner="ana")
+    Worker(lab, device="cpu").run(drain=True)
+    with lab() as s:
+        (image,) = s.scalars(select(Image).where(Image.batch_id == sub.batch_id))
+        cells = s.scalars(select(Cell).where(Cell.image_id == image.id)).all()
+    assert image.error is None and image.channel == "DIC"
+    assert (image.pixel_size_um, image.pixel_size_source) == (pytest.approx(PIXEL_UM), "file")
+    assert len(cells) == n_cells  # found on the DIC relief at 0.1 um/px, each once (at 0.2, none are found)
+    again = batches.rerun(lab, sub.batch_id, model_id, "ana", pixel_size_um=0.15)  # the user's value wins
+    Worker(lab, device="cpu").run(drain=True)
+    with lab() as s:
+        (image,) = s.scalars(select(Image).where(Image.batch_id == again.batch_id))
+        assert (image.pixel_size_um, image.pixel_size_source) == (0.15, "user")
+
+
+def test_the_shared_czi_and_nd2_carry_their_calibration_into_the_history_and_the_export(history):
+    from lsm_core.reports.export import batch_rows
+
+    lab, _, model_id = history
+    czi = shared("vendor/aicsimageio_s_1_t_1_c_1_z_1.czi")
+    nd2 = shared("vendor/pims_cluster.nd2")
+    files = [RawFile(czi.name, czi.read_bytes()), RawFile(nd2.name, nd2.read_bytes())]
+    sub = batches.submit_batch(lab, files, model_id, "vendor", owner="ana")
+    with lab() as s:
+        images = {im.file: im for im in s.scalars(select(Image).where(Image.batch_id == sub.batch_id))}
+    assert set(images) == {czi.name, f"{nd2.name}[t=1]", f"{nd2.name}[t=2]", f"{nd2.name}[t=3]"}
+    assert images[czi.name].error is None and images[czi.name].pixel_size_um == pytest.approx(1.0833333, rel=1e-6)
+    for t in (1, 2, 3):  # two fluorescence channels, neither transmitted: each time point asks which
+        assert "none of its channels is named as transmitted light" in (images[f"{nd2.name}[t={t}]"].error or "")
+    Worker(lab, device="cpu").run(drain=True)
+    with lab() as s:
+        columns, rows = batch_rows(s, [sub.batch_id])
+        rows = [dict(zip(columns, r)) for r in rows]
+        assert s.get(Batch, sub.batch_id) is not None
+    czi_rows = [r for r in rows if r["file"] == czi.name]
+    assert czi_rows and all(r["pixel_size_source"] == "file" for r in czi_rows)
+    assert all(r["pixel_size_um"] == pytest.approx(1.0833333, rel=1e-6) for r in czi_rows)
+
+    chosen = batches.submit_batch(
+        lab, [files[1]], model_id, "nd2 FM", owner="ana", meta=batches.BatchMeta(channel="FM 4-64/2% CHAPS")
+    )
+    Worker(lab, device="cpu").run(drain=True)
+    with lab() as s:
+        images = s.scalars(select(Image).where(Image.batch_id == chosen.batch_id)).all()
+    assert len(images) == 3 and all(im.error is None and im.done for im in images), [im.error for im in images]
+    assert all(im.channel == "FM 4-64/2% CHAPS" and im.pixel_size_source == "file" for im in images)
+
+
+def test_the_results_page_says_which_pixel_size_was_used_and_warns_when_none_was_stated(app_env):
+    from db import queries
+    from lsm_core.lab.history import open_lab
+    from tests.helpers import crop_files, run_page, texts
+
+    lab = open_lab()
+    with lab() as s:
+        model_id = queries.model_by_name(s, "demo-lsm").id
+    data, _ = two_channel_stack()
+    stated = batches.submit_batch(lab, [RawFile("stack.ome.tif", data)], model_id, "stated", owner="ana")
+    guessed = batches.submit_batch(lab, crop_files(2, seed=970), model_id, "guessed", owner="ana")
+    Worker(lab, device="cpu").run(drain=True)
+    lab.dispose()
+    shown = texts(run_page("pages/results.py", {"batch": str(stated.batch_id)}))
+    assert "Pixel size: 0.1 µm/px stated in the file (1 image)" in shown
+    assert "Neither you nor these files stated" not in shown
+    shown = texts(run_page("pages/results.py", {"batch": str(guessed.batch_id)}))
+    assert "Pixel size: 0.2 µm/px the model's default (2 images)" in shown
+    assert "Neither you nor these files stated the microscope's pixel size" in shown
+    assert "cell0000.png: no pixel size in the file" in shown
