@@ -10,7 +10,8 @@ from sqlalchemy.orm import Session
 
 from db.schema import Cell
 
-CELL_COLUMNS = ("batch_id", "image_id", "idx", "x", "y", "w", "h", "predicted", "score", "probs", "flags")
+CELL_COLUMNS = ("batch_id", "image_id", "idx", "x", "y", "w", "h", "predicted", "score", "probs", "flags", "signal")
+JSON_COLUMNS = ("probs", "signal")
 
 
 def insert_cells(s: Session, rows: Sequence[dict]) -> int:
@@ -24,7 +25,13 @@ def insert_cells(s: Session, rows: Sequence[dict]) -> int:
         with raw.cursor() as cur:
             with cur.copy(f"COPY cells ({', '.join(CELL_COLUMNS)}) FROM STDIN") as copy:
                 for r in rows:
-                    copy.write_row([r[c] if c != "probs" else json.dumps(r[c]) for c in CELL_COLUMNS])
+                    copy.write_row([_copied(c, r.get(c)) for c in CELL_COLUMNS])
         return len(rows)
-    conn.execute(insert(Cell), list(rows))
+    conn.execute(insert(Cell), [{c: r.get(c) for c in CELL_COLUMNS} for r in rows])
     return len(rows)
+
+
+def _copied(column: str, value):
+    if column in JSON_COLUMNS:
+        return None if value is None else json.dumps(value)
+    return value

@@ -145,6 +145,8 @@ class Image(Base):
     pixel_size_um: Mapped[float | None] = mapped_column(Float)
     pixel_size_source: Mapped[str | None] = mapped_column(String(16))
     channel: Mapped[str | None] = mapped_column(String(100))
+    # the reporter channels measured in its cells: {name: {"background": level, "method": how it was found}}
+    reporters: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     batch: Mapped[Batch] = relationship(back_populates="images")
 
@@ -168,6 +170,9 @@ class Cell(Base):
     score: Mapped[float] = mapped_column(Float)
     probs: Mapped[list[Any]] = mapped_column(JSON)  # in the model's class order
     flags: Mapped[str] = mapped_column(String(64), default="")
+    # the other channels of a multi-channel file in this cell: {name: [mean, integrated]}, background
+    # subtracted (lsm_core.imaging.reporters); None for a one-channel image
+    signal: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class SaliencyRun(Base):

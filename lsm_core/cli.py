@@ -28,10 +28,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_classify(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from lsm_core.imaging.images import ReadOptions, read_inputs
+    from lsm_core.imaging.images import ReadOptions, read_inputs, reporter_names
     from lsm_core.ml.classify import Summary, classify_records, find_params_for, result_columns
     from lsm_core.ml.predict import Predictor
-    from lsm_core.reports.export import write_csv, write_table
+    from lsm_core.reports.export import signal_columns, write_csv, write_table
 
     settings = _settings()
     package = _store().resolve(args.model)
@@ -42,10 +42,13 @@ def cmd_classify(args: argparse.Namespace) -> int:
     _log(f"model {package.manifest.label} on {predictor.device}{' (bf16)' if predictor.bf16 else ''}")
     summary = Summary()
     n_classes = len(predictor.classes)
-    columns = result_columns(predictor.classes)
     options = ReadOptions(args.channel, args.z)
+    channels = reporter_names(args.inputs, settings.limits, options)  # from the headers: the columns come first
+    columns = result_columns(predictor.classes) + signal_columns(channels)
     progress = tqdm(read_inputs(args.inputs, settings.limits, options), unit=" image", file=sys.stderr, disable=None)
-    rows: Iterator[list] = (row.values(n_classes) for row in classify_records(progress, predictor, params, summary))
+    rows: Iterator[list] = (
+        row.values(n_classes, channels) for row in classify_records(progress, predictor, params, summary)
+    )
     if args.out:
         write_table(args.out, columns, rows)
     else:

@@ -267,6 +267,7 @@ def render_results(batch_id: int, key: str = "results") -> None:
     right.markdown("**Per-cell probabilities**")
     right.plotly_chart(probability_figure(pred, probs, report.classes), width="stretch", key=f"{key}_probs")
 
+    reporter_section(batch_id, report.classes, key)
     st.subheader("Cells")
     n = report.cells_kept
     c = st.columns([2, 1, 1])
@@ -316,6 +317,47 @@ def render_results(batch_id: int, key: str = "results") -> None:
 
     saliency_section(batch_id, report, key)
     download_buttons(batch_id, threshold, key)
+
+
+def reporter_section(batch_id: int, classes: list[str], key: str) -> None:
+    """The reporter channels measured in the cells (multi-channel files): a channel's signal against each class
+    probability, and the reporter-positive fraction per predicted class at a threshold (default: Otsu's)."""
+    from lsm_core.imaging.reporters import BACKGROUND_MARGIN_UM
+    from lsm_core.reports.export import reporter_channels
+    from lsm_core.reports.report import positive_fractions, reporter_figure, reporter_view
+
+    lab = the_lab()
+    with lab() as s:
+        channels = reporter_channels(s, [batch_id])
+    if not channels:
+        return
+    st.subheader("Reporter signal")
+    c = st.columns([1, 1, 2])
+    channel = c[0].selectbox("Channel", channels, key=f"{key}_reporter")
+    with lab() as s:
+        view = reporter_view(s, batch_id, classes, channel)
+    if not len(view.means):
+        st.info("No cell of this batch has a value for this channel.")
+        return
+    default = view.otsu if view.otsu is not None else float(np.median(view.means))
+    threshold = c[1].number_input(
+        "Positive above",
+        value=round(default, 3),
+        key=f"{key}_reporter_threshold_{channel}",
+        help="Default: Otsu's threshold of this batch's cell means.",
+    )
+    c[2].caption(
+        f"Mean intensity inside each cell's mask minus the background: the median of the channel outside every "
+        f"cell grown by {BACKGROUND_MARGIN_UM:g} µm. Otsu's threshold of this batch: "
+        + (f"{view.otsu:.4g}." if view.otsu is not None else "none (too few distinct values).")
+    )
+    left, right = st.columns([3, 2])
+    left.plotly_chart(reporter_figure(view, classes, threshold), width="stretch", key=f"{key}_reporter_fig")
+    right.dataframe(
+        pd.DataFrame(positive_fractions(view, classes, threshold)),
+        hide_index=True,
+        column_config={"fraction positive": st.column_config.NumberColumn(format="percent")},
+    )
 
 
 def rerun_with_pixel_size(report, key: str) -> None:

@@ -24,6 +24,12 @@ from lsm_core.lab.worker import Worker
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PIXEL_UM = 0.1  # the file's calibration: half the demo models' 0.2, so the model's default would be wrong
+GFP_BACKGROUND = 100
+
+
+def gfp_level(i: int) -> int:
+    """The reporter level of the i-th cell of the synthetic stack (the background is GFP_BACKGROUND)."""
+    return 1000 + 400 * i
 
 
 def shared(relative: str) -> Path:
@@ -40,9 +46,11 @@ def two_channel_stack(seed: int = 3) -> tuple[bytes, int]:
     of which the middle one is sharp, 0.1 um per pixel stated in nanometres. Returns (bytes, cells in it)."""
     field, truth = synthetic.make_field("lsm", seed=seed, shape=(900, 900), n_cells=6, n_debris=0, pixel_size=PIXEL_UM)
     dic = np.round(field * 4095).astype(np.uint16)
-    gfp = np.zeros_like(dic)
-    for cell in truth:
-        gfp[max(0, int(cell.y) - 20) : int(cell.y) + 20, max(0, int(cell.x) - 20) : int(cell.x) + 20] = 3000
+    gfp = np.full_like(dic, GFP_BACKGROUND)
+    yy, xx = np.mgrid[: dic.shape[0], : dic.shape[1]]
+    for i, cell in enumerate(truth):  # a disk that covers the whole cell, brighter for each next cell
+        inside = (xx - cell.cx) ** 2 + (yy - cell.cy) ** 2 <= (0.8 * max(cell.w, cell.h)) ** 2
+        gfp[inside] = gfp_level(i)
     planes = []
     for z in range(3):
         blur = 0 if z == 1 else 6
@@ -187,3 +195,67 @@ def test_the_results_page_says_which_pixel_size_was_used_and_warns_when_none_was
     assert "Pixel size: 0.2 µm/px the model's default (2 images)" in shown
     assert "Neither you nor these files stated the microscope's pixel size" in shown
     assert "cell0000.png: no pixel size in the file" in shown
+
+
+def test_the_reporter_channel_is_measured_in_each_cell_within_two_percent_and_exported(history):
+    from lsm_core.reports.export import batch_rows
+
+    lab, _, model_id = history
+    data, n_cells = two_channel_stack(seed=5)
+    field, truth = synthetic.make_field("lsm", seed=5, shape=(900, 900), n_cells=6, n_debris=0, pixel_size=PIXEL_UM)
+    sub = batches.submit_batch(lab, [RawFile("reporter.ome.tif", data)], model_id, "reporter", owner="ana")
+    Worker(lab, device="cpu").run(drain=True)
+    with lab() as s:
+        (image,) = s.scalars(select(Image).where(Image.batch_id == sub.batch_id))
+        cells = s.scalars(select(Cell).where(Cell.image_id == image.id)).all()
+        columns, rows = batch_rows(s, [sub.batch_id])
+        rows = [dict(zip(columns, r)) for r in rows]
+    assert image.reporters["GFP"]["method"] == "median outside the cells"
+    assert image.reporters["GFP"]["background"] == pytest.approx(GFP_BACKGROUND)
+    assert len(cells) == n_cells
+    for cell in cells:  # the truth cell whose centre is in this cell's box
+        (i,) = [i for i, t in enumerate(truth) if cell.x <= t.cx < cell.x + cell.w and cell.y <= t.cy < cell.y + cell.h]
+        mean, integrated = cell.signal["GFP"]
+        assert mean == pytest.approx(gfp_level(i) - GFP_BACKGROUND, rel=0.02)
+        assert integrated > mean
+    assert {"ch_GFP_mean", "ch_GFP_integrated"} <= set(columns)
+    assert sorted(round(r["ch_GFP_mean"]) for r in rows) == sorted(round(c.signal["GFP"][0]) for c in cells)
+
+
+def test_the_results_page_plots_the_reporter_and_its_positive_fraction_per_class(app_env):
+    from db import queries
+    from lsm_core.lab.history import open_lab
+    from tests.helpers import run_page, texts
+
+    lab = open_lab()
+    with lab() as s:
+        model_id = queries.model_by_name(s, "demo-lsm").id
+    data, n_cells = two_channel_stack(seed=5)
+    sub = batches.submit_batch(lab, [RawFile("reporter.ome.tif", data)], model_id, "reporter", owner="ana")
+    Worker(lab, device="cpu").run(drain=True)
+    lab.dispose()
+    at = run_page("pages/results.py", {"batch": str(sub.batch_id)})
+    shown = texts(at)
+    assert "Reporter signal" in shown and "Otsu's threshold of this batch: " in shown
+    table = next(d.value for d in at.dataframe if "fraction positive" in d.value.columns)
+    assert int(table["cells"].sum()) == n_cells
+    threshold = next(n for n in at.number_input if n.label == "Positive above")
+    threshold.set_value(0.0).run()  # every cell is brighter than the background: all positive
+    table = next(d.value for d in at.dataframe if "fraction positive" in d.value.columns)
+    assert int(table["GFP-positive"].sum()) == n_cells
+
+
+def test_classify_on_the_command_line_writes_the_reporter_columns(tmp_path, data_dir, tiny_lsm_package):
+    from lsm_core import cli
+
+    data, n_cells = two_channel_stack(seed=5)
+    (tmp_path / "reporter.ome.tif").write_bytes(data)
+    out = tmp_path / "cells.csv"
+    model = str(tiny_lsm_package.path)
+    assert cli.main(["classify", str(tmp_path / "reporter.ome.tif"), "--model", model, "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == n_cells
+    means = sorted(float(r["ch_GFP_mean"]) for r in rows)
+    expected = sorted(gfp_level(i) - GFP_BACKGROUND for i in range(n_cells))
+    assert means == pytest.approx(expected, rel=0.02)
+    assert all(float(r["ch_GFP_integrated"]) > float(r["ch_GFP_mean"]) for r in rows)

@@ -80,6 +80,8 @@ class CellCrops:
     centres : (N, 2) float32, each cell's centre (x, y) in the image's pixels
     flags : N strings, comma-separated quality flags (``edge``, ``single``) or empty
     dropped : regions not kept, by reason (``debris``, ``clump``)
+    labels : (H, W) int32, cell i+1's mask in the image's pixels (0: no cell), or None; the masks are found
+        at the working resolution (about 0.4 um per pixel) and scaled up
     """
 
     crops: np.ndarray
@@ -87,6 +89,7 @@ class CellCrops:
     centres: np.ndarray
     flags: list[str]
     dropped: dict[str, int] = field(default_factory=dict)
+    labels: np.ndarray | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.flags)
@@ -251,6 +254,7 @@ def find_cells(image: np.ndarray, params: FindParams | None = None) -> CellCrops
             np.array([[0, 0, w, h]], np.int32),
             np.array([[(w - 1) / 2, (h - 1) / 2]], np.float32),
             ["single"],
+            labels=np.ones((h, w), np.int32),  # a single-cell crop: the whole image is the cell
         )
 
     factor = max(1, int(round(WORKING_PIXEL_UM / params.pixel_size_um)))
@@ -299,7 +303,13 @@ def find_cells(image: np.ndarray, params: FindParams | None = None) -> CellCrops
         touches = min(r0, c0) <= margin or r1 >= small.shape[0] - margin or c1 >= small.shape[1] - margin
         flags.append("edge" if touches else "")
     crops = cut_crops(image, centres, params)
-    return CellCrops(crops, boxes, centres, flags, dropped)
+    small_labels = np.zeros(small.shape, np.int32)
+    for i, region in enumerate(kept):
+        small_labels[region.coords[:, 0], region.coords[:, 1]] = i + 1
+    full = np.repeat(np.repeat(small_labels, factor, axis=0), factor, axis=1)
+    labels = np.zeros((h, w), np.int32)
+    labels[: min(h, full.shape[0]), : min(w, full.shape[1])] = full[:h, :w]
+    return CellCrops(crops, boxes, centres, flags, dropped, labels)
 
 
 def crops_at(image: np.ndarray, boxes, params: FindParams, single: bool = False) -> np.ndarray:

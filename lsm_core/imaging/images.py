@@ -50,6 +50,7 @@ import tifffile
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from lsm_core.errors import LsmError
+from lsm_core.imaging.reporters import ChannelSignal
 
 # The pixel limit is LSM_MAX_IMAGE_PIXELS, checked from the header before decoding (_check_pixels);
 # Pillow's own, lower, built-in limit would otherwise override a lab's raised setting.
@@ -102,6 +103,8 @@ class ImageRecord:
     pixel_size_um: float | None = None  # what the file states (None: nothing; the user's or the model's applies)
     pixel_size_origin: str | None = None
     channel: str | None = None
+    others: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # the other channels' planes
+    signal: list[ChannelSignal] = field(default_factory=list, repr=False)  # measured in its cells
 
     @property
     def ok(self) -> bool:
@@ -551,8 +554,35 @@ class FormatReader(ImageReader):
             if not 0 <= z < depth:
                 raise LsmError(f"z plane {z} was asked for; this image has {depth} (counted from 0)")
             self.last_note = f"z plane {z + 1} of {depth} (chosen)" if depth > 1 else None
+        self.last_z = z
         plane = self._file.plane(scene, t, channel, z)
         return plane, self.pages[index].bits
+
+    def other_channel_names(self, index: int) -> list[str]:
+        """The names :meth:`other_channels` gives page ``index``'s other channels (headers only)."""
+        scene, _, channel = self._where[index]
+        names: list[str] = []
+        for c, name in enumerate(self._file.scenes[scene].channels):
+            if c != channel:
+                key = name or f"#{c}"
+                names.append(f"{key} #{c}" if key in names else key)
+        return names
+
+    def other_channels(self, index: int) -> dict[str, np.ndarray]:
+        """The other channels of page ``index`` at the z plane :meth:`read` last used, in the file's grey
+        values (float32), by name ("#2" for an unnamed one): the reporter signal measured in each cell."""
+        scene, t, channel = self._where[index]
+        names = self._file.scenes[scene].channels
+        z = getattr(self, "last_z", 0)
+        out: dict[str, np.ndarray] = {}
+        for c, name in enumerate(names):
+            if c == channel:
+                continue
+            key = name or f"#{c}"
+            if key in out:
+                key = f"{key} #{c}"
+            out[key] = np.asarray(self._file.plane(scene, t, c, z), dtype=np.float32)
+        return out
 
     def close(self) -> None:
         try:
@@ -686,6 +716,8 @@ def decode_raw(raw: RawFile, limits: Limits | None = None, options: ReadOptions 
             try:
                 record.pixels = _decoded(reader, info, limits)
                 record.height, record.width = record.pixels.shape
+                if isinstance(reader, FormatReader):
+                    record.others = reader.other_channels(info.index)
                 note = getattr(reader, "last_note", None)
                 if note:
                     record.notes.append(note)
@@ -714,6 +746,23 @@ def decode_page(
         if problem:
             raise LsmError(problem)
         return _decoded(reader, reader.pages[page - 1], limits)
+
+
+def decode_page_channels(
+    name: str, data: bytes, page: int, limits: Limits | None = None, options: ReadOptions | None = None
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """:func:`decode_page`, with the page's other channels (a multi-channel microscope file: the reporter
+    channels, at the same z plane, in the file's grey values); a file of one channel gives none."""
+    limits = limits or Limits()
+    with open_image(name, data, limits, options) as reader:
+        if not 1 <= page <= len(reader.pages):
+            raise LsmError(f"{name}: page {page} is missing")
+        problem = reader.error(page - 1)
+        if problem:
+            raise LsmError(problem)
+        pixels = _decoded(reader, reader.pages[page - 1], limits)
+        others = reader.other_channels(page - 1) if isinstance(reader, FormatReader) else {}
+        return pixels, others
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -897,6 +946,28 @@ def read_path(
     limits = limits or Limits()
     for raw in iter_path(path, limits, display):
         yield from decode_raw(raw, limits, options)
+
+
+def reporter_names(
+    inputs: Iterable[str | Path], limits: Limits | None = None, options: ReadOptions | None = None
+) -> list[str]:
+    """The other (reporter) channels of the inputs' multi-channel files, from their headers, in the order first
+    met: the columns a table of their cells needs before the first cell is written."""
+    limits = limits or Limits()
+    names: dict[str, None] = {}
+    for raw in iter_files(inputs, limits):
+        for member in [raw] if raw.error or raw.data is None else iter_upload(raw.source, raw.data, limits):
+            if member.error or not member.data or _sniff(member.data) not in ("tiff", "other"):
+                continue
+            try:
+                with open_image(member.source, member.data, limits, options) as reader:
+                    if isinstance(reader, FormatReader):
+                        for info in reader.pages:
+                            if reader.error(info.index) is None:
+                                names.update(dict.fromkeys(reader.other_channel_names(info.index)))
+            except LsmError:
+                continue
+    return list(names)
 
 
 def read_inputs(

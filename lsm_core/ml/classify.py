@@ -24,6 +24,7 @@ import numpy as np
 from lsm_core.errors import LsmError
 from lsm_core.imaging.cells import CellCrops, FindParams, find_cells, no_cells_note
 from lsm_core.imaging.images import ImageRecord
+from lsm_core.imaging.reporters import measure
 from lsm_core.ml.predict import Prediction, Predictor
 
 T = TypeVar("T")
@@ -63,10 +64,13 @@ class ResultRow:
     crop: np.ndarray | None = field(default=None, repr=False)
     pixel_size_um: float | None = None
     pixel_size_source: str = ""
+    signal: dict[str, list[float]] | None = None  # reporter channel -> [mean, integrated] in this cell
 
-    def values(self, n_classes: int) -> list:
+    def values(self, n_classes: int, channels: Iterable[str] = ()) -> list:
         box = self.box or (None, None, None, None)
         probs = self.probs if self.probs is not None else [None] * n_classes
+        none: list[float | None] = [None, None]
+        signal = [v for c in channels for v in ((self.signal or {}).get(c) or none)]
         return [
             self.file,
             self.page,
@@ -80,6 +84,7 @@ class ResultRow:
             self.note,
             self.pixel_size_um,
             self.pixel_size_source,
+            *signal,
         ]
 
 
@@ -203,9 +208,14 @@ def _prepared(records: Iterable[ImageRecord], params: FindParams) -> Iterator[Pr
         if record.ok and record.pixels is not None:
             try:
                 cells = find_cells(record.pixels, mine)
+                if record.others and cells.labels is not None:
+                    record.signal = measure(cells.labels, len(cells), record.others, mine.pixel_size_um)
             except LsmError as exc:
                 record.error = str(exc)
         record.pixels = None  # the crops are all that is kept
+        record.others = {}
+        if cells is not None:
+            cells.labels = None
         yield record, cells, mine
 
 
@@ -234,6 +244,9 @@ def classify_records(
     for group in in_batches(items, predictor, crops_of):
         for (record, cells, mine), pred in group:
             for row in _rows(record, cells, pred, classes, mine, summary, keep_crops):
+                if row.cell is not None and record.signal:
+                    j = row.cell - 1
+                    row.signal = {sig.name: [float(sig.mean[j]), float(sig.integrated[j])] for sig in record.signal}
                 if record.ok:
                     row.pixel_size_um = mine.pixel_size_um
                     row.pixel_size_source = PIXEL_SIZE_SOURCES.get(mine.pixel_size_source, "model default")

@@ -112,6 +112,28 @@ BATCH_COLUMNS = [
 ]
 
 
+def reporter_channels(s, batch_ids: Sequence[int]) -> list[str]:
+    """The reporter channels measured in the cells of these batches, in the order first met."""
+    from sqlalchemy import select
+
+    from db.schema import Image
+
+    names: dict[str, None] = {}
+    for reporters in s.scalars(
+        select(Image.reporters).where(Image.batch_id.in_(list(batch_ids)), Image.reporters.is_not(None))
+    ):
+        names.update(dict.fromkeys(reporters or {}))
+    return list(names)
+
+
+def signal_columns(channels: Sequence[str]) -> list[str]:
+    """``ch_<name>_mean`` and ``ch_<name>_integrated`` per reporter channel (background subtracted: see
+    :mod:`lsm_core.imaging.reporters`)."""
+    from lsm_core.imaging.reporters import column_name
+
+    return [f"ch_{column_name(c)}_{kind}" for c in channels for kind in ("mean", "integrated")]
+
+
 def batch_rows(s, batch_ids: Sequence[int]) -> tuple[list[str], Iterable[list]]:
     """Columns and rows of ``batch_ids``' cells: the ``classify`` columns, then ``batch`` and its metadata.
 
@@ -131,7 +153,13 @@ def batch_rows(s, batch_ids: Sequence[int]) -> tuple[list[str], Iterable[list]]:
     if len(class_sets) != 1:
         raise LsmError("these batches were classified by models with different classes; export them separately")
     classes = list(class_sets.pop())
-    columns = result_columns(classes) + BATCH_COLUMNS
+    channels = reporter_channels(s, batch_ids)
+    columns = result_columns(classes) + signal_columns(channels) + BATCH_COLUMNS
+    blank = [None] * (2 * len(channels))
+
+    def signal(c) -> list:
+        values = c.signal or {}
+        return [v for name in channels for v in (values.get(name) or [None, None])]
 
     def rows() -> Iterable[list]:
         for b in batches:
@@ -157,6 +185,7 @@ def batch_rows(s, batch_ids: Sequence[int]) -> tuple[list[str], Iterable[list]]:
                         note,
                         image.pixel_size_um,
                         image.pixel_size_source or "",
+                        *blank,
                         *meta,
                     ]
                     continue
@@ -177,6 +206,7 @@ def batch_rows(s, batch_ids: Sequence[int]) -> tuple[list[str], Iterable[list]]:
                         "",
                         image.pixel_size_um,
                         image.pixel_size_source or "",
+                        *signal(c),
                         *meta,
                     ]
 

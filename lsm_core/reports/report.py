@@ -504,3 +504,75 @@ def overlays_zip(view: SaliencyView, crops: list[np.ndarray], opacity: float = 0
             name = f"{cell.predicted}/{view.method}_cell{cell.id}_score{cell.score:.3f}.png"
             zf.writestr(name, png_bytes(overlay(crop, m, opacity)))
     return buf.getvalue()
+
+
+# --- reporter channels ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReporterView:
+    """One reporter channel over a batch's cells: its background-subtracted mean per cell (N,), with each
+    cell's predicted class index (N,) and probabilities (N, C); Otsu's threshold of the means (the default
+    for "reporter-positive")."""
+
+    channel: str
+    means: np.ndarray
+    predicted: np.ndarray
+    probs: np.ndarray
+    otsu: float | None
+
+
+def reporter_view(s: Session, batch_id: int, classes: list[str], channel: str) -> ReporterView:
+    from lsm_core.imaging.reporters import otsu_threshold
+
+    rows = s.execute(
+        select(Cell.predicted, Cell.probs, Cell.signal)
+        .where(Cell.batch_id == batch_id)
+        .order_by(Cell.image_id, Cell.idx)
+    ).all()
+    index = {c: i for i, c in enumerate(classes)}
+    kept = [r for r in rows if r.signal and r.signal.get(channel)]
+    means = np.array([r.signal[channel][0] for r in kept], dtype=np.float64)
+    predicted = np.array([index.get(r.predicted, -1) for r in kept], dtype=np.int64)
+    probs = np.array([r.probs for r in kept], dtype=np.float32).reshape(len(kept), len(classes))
+    return ReporterView(channel, means, predicted, probs, otsu_threshold(means))
+
+
+def positive_fractions(view: ReporterView, classes: list[str], threshold: float) -> list[dict]:
+    """Per predicted class: cells, reporter-positive cells (mean above ``threshold``) and their fraction."""
+    out = []
+    for i, cls in enumerate(classes):
+        mine = view.means[view.predicted == i]
+        positive = int((mine > threshold).sum())
+        out.append(
+            {
+                "predicted class": cls,
+                "cells": int(mine.size),
+                f"{view.channel}-positive": positive,
+                "fraction positive": positive / mine.size if mine.size else float("nan"),
+            }
+        )
+    return out
+
+
+def reporter_figure(view: ReporterView, classes: list[str], threshold: float) -> go.Figure:
+    """The channel's mean per cell against each class probability (one panel per class), the threshold drawn."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=len(classes), shared_yaxes=True, subplot_titles=[plot_text(c) for c in classes])
+    for i, cls in enumerate(classes):
+        fig.add_trace(
+            go.Scattergl(
+                x=view.probs[:, i] if len(view.means) else [],
+                y=view.means,
+                mode="markers",
+                marker={"size": 5, "opacity": 0.6, "color": colour(cls, i)},
+                name=plot_text(cls),
+                showlegend=False,
+            ),
+            row=1,
+            col=i + 1,
+        )
+        fig.update_xaxes(title_text=f"p({plot_text(cls)})", range=[0, 1], row=1, col=i + 1)
+    fig.add_hline(y=threshold, line_dash="dash", line_color="#555")
+    fig.update_yaxes(title_text=f"{plot_text(view.channel)} mean (background subtracted)", row=1, col=1)
+    fig.update_layout(height=320, margin={"l": 40, "r": 10, "t": 30, "b": 40})
+    return fig

@@ -21,7 +21,8 @@ from db.bulk import insert_cells
 from db.schema import Batch, Cell, Image, Job, Model
 from lsm_core.errors import LsmError
 from lsm_core.imaging.cells import CellCrops, FindParams, find_cells, no_cells_note
-from lsm_core.imaging.images import ReadOptions, decode_page
+from lsm_core.imaging.images import ReadOptions, decode_page_channels
+from lsm_core.imaging.reporters import ChannelSignal, measure
 from lsm_core.lab.jobs import JobKind
 from lsm_core.lab.tasks import task
 from lsm_core.lab.tasks.context import Context, time_limit
@@ -41,6 +42,8 @@ class ImageResult:
     kind: str | None = None
     note: str | None = None
     cached: list[dict[str, Any]] | None = None
+    reporters: dict[str, Any] | None = None  # {channel: {"background": level, "method": how}}
+    signal: list[ChannelSignal] = field(default_factory=list)
     probs: np.ndarray | None = field(default=None, repr=False)
     predicted: np.ndarray | None = field(default=None, repr=False)
     score: np.ndarray | None = field(default=None, repr=False)
@@ -149,15 +152,19 @@ def _cells_for(ctx: Context, image, model: Model, calibration: tuple[float, str]
         lambda s: _cached(s, image.sha256, image.page, model.weights_sha256, pixel_size, options),
     )
     if cached is not None:
-        result.kind, result.cached, result.note = cached
+        result.kind, result.cached, result.note, result.reporters = cached
         return result
     try:
         with time_limit(ctx.lab.settings.max_seconds_per_image, "reading this image and finding its cells"):
-            pixels = decode_page("stored", ctx.lab.blobs.get(image.sha256), image.page, ctx.lab.limits, options)
+            blob = ctx.lab.blobs.get(image.sha256)
+            pixels, others = decode_page_channels("stored", blob, image.page, ctx.lab.limits, options)
             found = find_cells(pixels, params)
+            if others and found.labels is not None:  # the reporter channels, measured in each cell's mask
+                result.signal = measure(found.labels, len(found), others, pixel_size)
     except LsmError as exc:
         result.error = str(exc)
         return result
+    found.labels = None  # measured: only the crops are kept
     result.kind = "single" if found.flags == ["single"] else "field"
     result.found = found
     result.note = None if len(found) else no_cells_note(found.dropped, params)
@@ -166,13 +173,13 @@ def _cells_for(ctx: Context, image, model: Model, calibration: tuple[float, str]
 
 def _cached(
     s: Session, sha: str | None, page: int, weights_sha: str, pixel_size: float, options: ReadOptions
-) -> tuple[str | None, list[dict[str, Any]], str | None] | None:
+) -> tuple[str | None, list[dict[str, Any]], str | None, dict[str, Any] | None] | None:
     """(kind, cells, note) computed before for these image bytes, these weights, this pixel size and the same
     channel and z plane, or None."""
     if not sha:
         return None
     source = s.execute(
-        select(Image.id, Image.n_cells, Image.note, Image.kind)
+        select(Image.id, Image.n_cells, Image.note, Image.kind, Image.reporters)
         .join(Batch, Batch.id == Image.batch_id)
         .join(Model, Model.id == Batch.model_id)
         .where(
@@ -206,10 +213,12 @@ def _cached(
                 "score": c.score,
                 "probs": c.probs,
                 "flags": c.flags,
+                "signal": c.signal,
             }
             for c in cells
         ],
         source.note,
+        source.reporters,
     )
 
 
@@ -229,7 +238,7 @@ def _write(s: Session, batch_id: int, images: list[tuple[Any, ImageResult]], cla
             values.update(error=r.error, n_cells=0)
         elif r.cached is not None:
             rows += [c | {"batch_id": batch_id, "image_id": image.id} for c in r.cached]
-            values.update(n_cells=len(r.cached), kind=r.kind, note=r.note)
+            values.update(n_cells=len(r.cached), kind=r.kind, note=r.note, reporters=r.reporters)
         else:
             found = r.found
             n = len(found) if found is not None else 0
@@ -251,8 +260,11 @@ def _write(s: Session, batch_id: int, images: list[tuple[Any, ImageResult]], cla
                             "score": float(r.score[j]),
                             "probs": [float(p) for p in r.probs[j]],
                             "flags": found.flags[j],
+                            "signal": {sig.name: [float(sig.mean[j]), float(sig.integrated[j])] for sig in r.signal}
+                            or None,
                         }
                     )
-            values.update(n_cells=n, kind=r.kind, note=r.note)
+            reporters = {sig.name: {"background": sig.background, "method": sig.background_method} for sig in r.signal}
+            values.update(n_cells=n, kind=r.kind, note=r.note, reporters=reporters or None)
         s.execute(update(Image).where(Image.id == image.id).values(**values))
     insert_cells(s, rows)
