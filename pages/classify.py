@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import streamlit as st
 
 from lsm_core.errors import LsmError
-from lsm_core.imaging.images import RawFile
+from lsm_core.imaging.images import FileChannels, RawFile, file_channels
 from lsm_core.lab import batches
 from lsm_core.lab.batches import BatchMeta, submit_batch
 from lsm_core.lab.jobs import queue_info
@@ -108,12 +108,44 @@ def uploads(files) -> Iterator[RawFile]:
 st.session_state.setdefault("uploader_nonce", 0)
 uploader_key = f"files_{st.session_state['uploader_nonce']}"
 
+# outside the form, so that the channels of the first file can be listed as soon as it is chosen
+files = st.file_uploader(
+    "Images: PNG, JPEG, TIFF (8/16-bit, multi-page), OME-TIFF, ImageJ TIFF, Zeiss CZI, Nikon ND2, Leica LIF, "
+    "Olympus OIB, a zipped OME-Zarr, or ZIP archives of images",
+    accept_multiple_files=True,
+    key=uploader_key,
+)
+
+
+def first_file_channels(files) -> FileChannels | None:
+    """The channels of the first chosen file (its headers; remembered per upload, so a rerun reads nothing)."""
+    if not files:
+        return None
+    first = files[0]
+    seen = st.session_state.setdefault("upload_channels", {})
+    if first.file_id not in seen:
+        seen.clear()
+        seen[first.file_id] = file_channels(RawFile(first.name, first.getvalue()), lab.limits)
+    return seen[first.file_id]
+
+
+def channel_label(found: FileChannels, choice: int | None) -> str:
+    if choice is None:
+        if found.automatic is None:
+            return "choose one: none is named as transmitted light"
+        return f"automatic: {found.automatic}: {found.names[found.automatic] or '(unnamed)'}"
+    return f"{choice}: {found.names[choice] or '(unnamed)'}"
+
+
+def chosen_channel(found: FileChannels, choice: int) -> str:
+    """What the batch asks for: the channel's name (files of a batch may order their channels differently),
+    its index when it is unnamed or its name is not unique."""
+    name = found.names[choice]
+    return name if name and found.names.count(name) == 1 and not name.isdigit() else str(choice)
+
+
+found_channels = first_file_channels(files)
 with st.form("batch", clear_on_submit=False):
-    files = st.file_uploader(
-        "Images: PNG, JPEG, TIFF (8/16-bit, multi-page) or ZIP archives of them",
-        accept_multiple_files=True,
-        key=uploader_key,
-    )
     c = st.columns(2)
     name = c[0].text_input("Batch name", placeholder="e.g. M17 LT-HSC 2026-11-20")
     with c[1]:
@@ -135,12 +167,24 @@ with st.form("batch", clear_on_submit=False):
         help="Your microscope's calibration. Left empty: what each file states (OME-TIFF, CZI, ND2, ImageJ, "
         "TIFF resolution), else the model's default, and the results say which was used.",
     )
-    channel_text = c[1].text_input(
-        "Channel to classify",
-        placeholder="the transmitted-light one",
-        help="For files with several channels: a channel's name or number (from 0). Left empty: the channel "
-        "named DIC, TD, Trans, BF, Bright or Phase.",
-    )
+    if found_channels is not None:  # listed from the first file: the choice applies to every file of the batch
+        picked = c[1].selectbox(
+            "Channel to classify",
+            [None, *range(len(found_channels.names))],
+            format_func=lambda i: channel_label(found_channels, i),
+            key=f"channel_pick_{uploader_key}",
+            help=f"The channels of {found_channels.file}; the one chosen is classified in every file of the "
+            "batch, the others are measured in each cell as reporter signal. Automatic: the channel named DIC, "
+            "TD, Trans, BF, Bright or Phase.",
+        )
+        channel_text = "" if picked is None else chosen_channel(found_channels, picked)
+    else:
+        channel_text = c[1].text_input(
+            "Channel to classify",
+            placeholder="the transmitted-light one",
+            help="For files with several channels: a channel's name or number (from 0). Left empty: the channel "
+            "named DIC, TD, Trans, BF, Bright or Phase.",
+        )
     z_text = c[2].text_input(
         "z plane", placeholder="the best-focused", help="For z-stacks: the plane to classify, from 0."
     )

@@ -161,3 +161,50 @@ def test_compare_page_and_its_workbook_in_chromium(server, tmp_path):
     header = [c.value for c in book["per_mouse"][1]]
     groups = [r[header.index("group")] for r in per_mouse]
     assert len(per_mouse) >= 6 and groups.count("aged") >= 2 and groups.count("middle") >= 2
+
+
+@pytest.mark.slow
+def test_the_channel_to_classify_is_picked_from_the_first_files_channels_in_chromium(server, tmp_path):
+    """A 2-channel OME-TIFF that names no transmitted-light channel: the Classify page lists its channels as soon
+    as it is chosen, the one picked is classified and the other is measured as reporter signal."""
+    import io
+
+    import tifffile
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.test_microscope_files import two_channel_stack
+
+    url, _ = server
+    data, _ = two_channel_stack(seed=6)
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        stack = tif.series[0].asarray()
+    stack = stack.reshape(1, 2, 3, *stack.shape[-2:])  # T C Z Y X: GFP, DIC
+    path = tmp_path / "two_cameras.ome.tif"
+    tifffile.imwrite(
+        path,
+        stack,
+        ome=True,
+        metadata={
+            "axes": "TCZYX",
+            "Channel": {"Name": ["GFP", "camera 2"]},
+            "PhysicalSizeX": 0.1,
+            "PhysicalSizeY": 0.1,
+        },
+    )
+    with sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 2400})
+        page.goto(url)
+        expect(page.get_by_role("heading", name="Classify")).to_be_visible(timeout=60_000)
+        page.locator("input[type=file]").set_input_files([str(path)])
+        expect(page.get_by_text("choose one: none is named as transmitted light")).to_be_visible(timeout=60_000)
+        page.get_by_text("choose one: none is named as transmitted light").click()
+        page.get_by_role("option", name="1: camera 2").click()
+        page.get_by_label("Batch name").fill("two cameras")
+        page.screenshot(path=str(ARTIFACTS / "e2e-7-channel-picked.png"), full_page=True)
+        page.get_by_role("button", name="Classify", exact=True).click()
+        expect(page.get_by_role("heading", name="Composition")).to_be_visible(timeout=180_000)
+        expect(page.get_by_role("heading", name="Reporter signal")).to_be_visible(timeout=60_000)
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(ARTIFACTS / "e2e-8-reporter.png"), full_page=True)
+        browser.close()

@@ -384,9 +384,10 @@ def _zip_zarr_root(path: Path, limits: Limits) -> str | None:
     """The folder inside a ZIP that holds an OME-Zarr ("" for the top), or None when it holds none."""
     try:
         with zipfile.ZipFile(path) as archive:
-            names = [m.filename for m in archive.infolist() if not m.is_dir()]
+            members = [m for m in archive.infolist() if not m.is_dir()]
     except (zipfile.BadZipFile, OSError) as exc:
         raise LsmError(f"the ZIP archive is damaged ({exc})") from None
+    names = [m.filename for m in members]
     markers = (".zattrs", ".zgroup", "zarr.json")
     roots = sorted(
         {str(PurePosixPath(n).parent) for n in names if PurePosixPath(n).name in markers},
@@ -1263,6 +1264,14 @@ class ZarrMicroscopeFile(MicroscopeFile):
             raise LsmError(
                 f"the ZIP would unpack to {declared / 1e9:,.2f} GB; the limit is "
                 f"{self.limits.max_archive_bytes / 1e9:,.2f} GB (LSM_MAX_ARCHIVE_BYTES)"
+            )
+        # zarr unpacks a chunk's whole member to read it: each is bounded like a file (zipfile never gives
+        # more than the size declared)
+        biggest = max((m.file_size for m in members), default=0)
+        if biggest > self.limits.max_file_bytes:
+            raise LsmError(
+                f"a member of the ZIP unpacks to {_megabytes(biggest)}; the limit for one file is "
+                f"{_megabytes(self.limits.max_file_bytes)} (LSM_MAX_FILE_BYTES)"
             )
 
     @staticmethod

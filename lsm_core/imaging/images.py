@@ -60,6 +60,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".czi", ".nd2", ".li
 ARCHIVE_SUFFIXES = {".zip"}
 INPUT_SUFFIXES = IMAGE_SUFFIXES | ARCHIVE_SUFFIXES
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+MAX_REPORTER_CHANNELS = 16  # measured per cell beside the classified channel; more are named in a note
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,44 @@ def _sniff(data: bytes) -> str:
     if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
         return "zip"
     return "unknown"
+
+
+ZARR_MARKERS = (".zattrs", ".zgroup", "zarr.json")
+
+
+def holds_zarr(fileobj) -> bool:
+    """Whether a ZIP archive (a file object) holds an OME-Zarr (a .zattrs, .zgroup or zarr.json in it): one
+    microscope image read chunk by chunk, not a ZIP of image files to unpack."""
+    try:
+        with zipfile.ZipFile(fileobj) as archive:
+            return any(PurePosixPath(m.filename).name in ZARR_MARKERS for m in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+    finally:
+        if hasattr(fileobj, "seek"):
+            fileobj.seek(0)
+
+
+def is_zarr_folder(path: Path) -> bool:
+    """Whether a folder is an OME-Zarr (a marker file at its top)."""
+    return path.is_dir() and any((path / m).is_file() for m in ZARR_MARKERS)
+
+
+def zip_zarr_folder(folder: Path, limits: Limits) -> bytes:
+    """An OME-Zarr folder as the bytes of an uncompressed ZIP of it (how the app stores and hands it to the
+    workers, like an uploaded ZIP of one); LsmError when its files pass LSM_MAX_FILE_BYTES together."""
+    files = sorted(f for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
+    total = sum(f.stat().st_size for f in files)
+    if total > limits.max_file_bytes:
+        raise LsmError(
+            f"the OME-Zarr holds {_megabytes(total)}; the limit for one file is {_megabytes(limits.max_file_bytes)} "
+            "(LSM_MAX_FILE_BYTES)"
+        )
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as archive:
+        for f in files:
+            archive.write(f, f"{folder.name}/{f.relative_to(folder).as_posix()}")
+    return buf.getvalue()
 
 
 def _looks_like_text(data: bytes) -> bool:
@@ -558,6 +597,11 @@ class FormatReader(ImageReader):
         plane = self._file.plane(scene, t, channel, z)
         return plane, self.pages[index].bits
 
+    def scene_channels(self, scene: int) -> list[str]:
+        """The channel names of scene ``scene`` as the file states them (None or "" when unnamed)."""
+        scenes = self._file.scenes
+        return list(scenes[scene].channels) if 0 <= scene < len(scenes) else []
+
     def other_channel_names(self, index: int) -> list[str]:
         """The names :meth:`other_channels` gives page ``index``'s other channels (headers only)."""
         scene, _, channel = self._where[index]
@@ -568,21 +612,34 @@ class FormatReader(ImageReader):
                 names.append(f"{key} #{c}" if key in names else key)
         return names
 
-    def other_channels(self, index: int) -> dict[str, np.ndarray]:
+    def other_channels(self, index: int, limits: Limits | None = None) -> tuple[dict[str, np.ndarray], str | None]:
         """The other channels of page ``index`` at the z plane :meth:`read` last used, in the file's grey
-        values (float32), by name ("#2" for an unnamed one): the reporter signal measured in each cell."""
+        values (float32), by name ("#2" for an unnamed one): the reporter signal measured in each cell; and a
+        note naming the channels left out. Memory is bounded before anything is decoded: at most
+        :data:`MAX_REPORTER_CHANNELS` channels, and together with the page itself within
+        ``limits.max_image_bytes`` (each channel costs its plane as stored plus its float32 copy)."""
+        limits = limits or Limits()
         scene, t, channel = self._where[index]
-        names = self._file.scenes[scene].channels
+        info = self.pages[index]
+        names = self.other_channel_names(index)
+        indices = [c for c in range(len(self._file.scenes[scene].channels)) if c != channel]
+        each = info.width * info.height * (info.itemsize + 4)
+        room = max(0, limits.max_image_bytes - info.decoded_bytes) // max(1, each)
+        keep = min(len(indices), MAX_REPORTER_CHANNELS, room)
         z = getattr(self, "last_z", 0)
-        out: dict[str, np.ndarray] = {}
-        for c, name in enumerate(names):
-            if c == channel:
-                continue
-            key = name or f"#{c}"
-            if key in out:
-                key = f"{key} #{c}"
-            out[key] = np.asarray(self._file.plane(scene, t, c, z), dtype=np.float32)
-        return out
+        out = {names[k]: np.asarray(self._file.plane(scene, t, indices[k], z), dtype=np.float32) for k in range(keep)}
+        note = None
+        if keep < len(indices):
+            left = names[keep:]
+            why = (
+                f"at most {MAX_REPORTER_CHANNELS} are measured"
+                if keep == MAX_REPORTER_CHANNELS
+                else f"measuring them would pass the memory limit of {_megabytes(limits.max_image_bytes)} "
+                "(LSM_MAX_IMAGE_BYTES)"
+            )
+            shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+            note = f"reporter channel{'s' if len(left) > 1 else ''} {shown} not measured: {why}"
+        return out, note
 
     def close(self) -> None:
         try:
@@ -613,6 +670,8 @@ def open_image(name: str, data: bytes, limits: Limits | None = None, options: Re
     if kind in ("png", "jpeg"):
         return PilReader(data)
     if kind == "zip":
+        if holds_zarr(io.BytesIO(data)):
+            return FormatReader(name, data, limits, options)
         raise LsmError("a ZIP inside a ZIP is not read; unpack the inner archive first")
     if _looks_like_text(data):
         raise LsmError(f"this is a text file, not an image ({SUPPORTED_TEXT} or ZIP expected)")
@@ -621,7 +680,7 @@ def open_image(name: str, data: bytes, limits: Limits | None = None, options: Re
     raise LsmError(f"not a supported image format ({SUPPORTED_TEXT} or ZIP expected)")
 
 
-SUPPORTED_TEXT = "PNG, JPEG, TIFF, OME-TIFF, CZI, ND2, LIF, OIB"
+SUPPORTED_TEXT = "PNG, JPEG, TIFF, OME-TIFF, CZI, ND2, LIF, OIB, OME-Zarr (zipped)"
 
 
 def _vendor(data: bytes) -> bool:
@@ -698,7 +757,7 @@ def decode_raw(raw: RawFile, limits: Limits | None = None, options: ReadOptions 
     if raw.error is not None or raw.data is None:
         yield ImageRecord(raw.source, error=raw.error or "could not be read")
         return
-    if _sniff(raw.data) == "zip":
+    if _sniff(raw.data) == "zip" and not holds_zarr(io.BytesIO(raw.data)):
         for member in iter_zip_members(raw.source, io.BytesIO(raw.data), limits):
             yield from decode_raw(member, limits, options)
         return
@@ -717,7 +776,9 @@ def decode_raw(raw: RawFile, limits: Limits | None = None, options: ReadOptions 
                 record.pixels = _decoded(reader, info, limits)
                 record.height, record.width = record.pixels.shape
                 if isinstance(reader, FormatReader):
-                    record.others = reader.other_channels(info.index)
+                    record.others, left_out = reader.other_channels(info.index, limits)
+                    if left_out:
+                        record.notes.append(left_out)
                 note = getattr(reader, "last_note", None)
                 if note:
                     record.notes.append(note)
@@ -750,9 +811,10 @@ def decode_page(
 
 def decode_page_channels(
     name: str, data: bytes, page: int, limits: Limits | None = None, options: ReadOptions | None = None
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+) -> tuple[np.ndarray, dict[str, np.ndarray], str | None]:
     """:func:`decode_page`, with the page's other channels (a multi-channel microscope file: the reporter
-    channels, at the same z plane, in the file's grey values); a file of one channel gives none."""
+    channels, at the same z plane, in the file's grey values; a file of one channel gives none) and a note
+    naming those left out (see :meth:`FormatReader.other_channels`)."""
     limits = limits or Limits()
     with open_image(name, data, limits, options) as reader:
         if not 1 <= page <= len(reader.pages):
@@ -761,8 +823,10 @@ def decode_page_channels(
         if problem:
             raise LsmError(problem)
         pixels = _decoded(reader, reader.pages[page - 1], limits)
-        others = reader.other_channels(page - 1) if isinstance(reader, FormatReader) else {}
-        return pixels, others
+        if isinstance(reader, FormatReader):
+            others, note = reader.other_channels(page - 1, limits)
+            return pixels, others, note
+        return pixels, {}, None
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -879,9 +943,10 @@ def _zip_members(name: str, fileobj, limits: Limits, only_images: bool, skipped:
 
 
 def iter_upload(name: str, data: bytes, limits: Limits | None = None) -> Iterator[RawFile]:
-    """The raw files of one uploaded file: itself, or its members when it is a ZIP archive."""
+    """The raw files of one uploaded file: itself (an image, or a ZIP of one OME-Zarr), or its members when it
+    is a ZIP archive of images."""
     limits = limits or Limits()
-    if _sniff(data) == "zip":
+    if _sniff(data) == "zip" and not holds_zarr(io.BytesIO(data)):
         yield from iter_zip_members(name, io.BytesIO(data), limits)
     else:
         yield RawFile(name, data)
@@ -890,6 +955,9 @@ def iter_upload(name: str, data: bytes, limits: Limits | None = None) -> Iterato
 def _iter_folder(folder: Path) -> Iterator[Path]:
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        zarrs = [d for d in dirs if is_zarr_folder(Path(root) / d)]  # one image each: not searched inside
+        dirs[:] = [d for d in dirs if d not in zarrs]
+        yield from (Path(root) / d for d in zarrs)
         for fname in sorted(files):
             if fname.startswith(".") or fname.lower() in _JUNK_NAMES:
                 continue
@@ -898,14 +966,23 @@ def _iter_folder(folder: Path) -> Iterator[Path]:
 
 
 def iter_path(path: str | Path, limits: Limits | None = None, display: str | None = None) -> Iterator[RawFile]:
-    """The raw files of one file on disk (itself, or its members when it is a ZIP archive)."""
+    """The raw files of one file on disk (itself, or its members when it is a ZIP archive of images); an
+    OME-Zarr, as a folder or a ZIP of one, is one file."""
     limits = limits or Limits()
     path = Path(path)
     name = display or str(path)
+    if path.is_dir():
+        try:
+            yield RawFile(name, zip_zarr_folder(path, limits))
+        except LsmError as exc:
+            yield RawFile(name, error=str(exc))
+        except OSError as exc:
+            yield RawFile(name, error=f"could not be read ({exc.strerror or exc})")
+        return
     try:
         with open(path, "rb") as fh:
             head = fh.read(8)
-            if _sniff(head) == "zip":
+            if _sniff(head) == "zip" and not holds_zarr(fh):
                 fh.seek(0)
                 yield from iter_zip_members(name, fh, limits)
                 return
@@ -930,7 +1007,9 @@ def iter_files(inputs: Iterable[str | Path], limits: Limits | None = None) -> It
     limits = limits or Limits()
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
+        if is_zarr_folder(path):
+            yield from iter_path(path, limits, display=str(item))
+        elif path.is_dir():
             for found in _iter_folder(path):
                 yield from iter_path(found, limits)
         elif path.exists():
@@ -957,7 +1036,7 @@ def reporter_names(
     names: dict[str, None] = {}
     for raw in iter_files(inputs, limits):
         for member in [raw] if raw.error or raw.data is None else iter_upload(raw.source, raw.data, limits):
-            if member.error or not member.data or _sniff(member.data) not in ("tiff", "other"):
+            if member.error or not member.data or _sniff(member.data) in ("png", "jpeg"):
                 continue
             try:
                 with open_image(member.source, member.data, limits, options) as reader:
@@ -968,6 +1047,40 @@ def reporter_names(
             except LsmError:
                 continue
     return list(names)
+
+
+@dataclass(frozen=True)
+class FileChannels:
+    """The channels of a multi-channel file's first scene (headers only): their names ("" when unnamed) and
+    the one classified when nobody chooses (the transmitted-light channel found by name; None: none is)."""
+
+    file: str
+    names: list[str]
+    automatic: int | None
+
+
+def file_channels(raw: RawFile, limits: Limits | None = None) -> FileChannels | None:
+    """The channels of an upload's first image file (a ZIP's first member), read from the headers only; None
+    when it has one channel (or cannot be read: the upload says why later)."""
+    from lsm_core.imaging.formats import transmitted_channel
+
+    limits = limits or Limits()
+    if raw.error or not raw.data:
+        return None
+    for member in iter_upload(raw.source, raw.data, limits):
+        if member.error or not member.data or _sniff(member.data) in ("png", "jpeg"):
+            return None
+        try:
+            with open_image(member.source, member.data, limits) as reader:
+                if not isinstance(reader, FormatReader):
+                    return None
+                names = reader.scene_channels(0)
+        except LsmError:
+            return None
+        if len(names) < 2:
+            return None
+        return FileChannels(member.source, [n or "" for n in names], transmitted_channel(names))
+    return None
 
 
 def read_inputs(

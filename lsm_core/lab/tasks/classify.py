@@ -157,7 +157,7 @@ def _cells_for(ctx: Context, image, model: Model, calibration: tuple[float, str]
     try:
         with time_limit(ctx.lab.settings.max_seconds_per_image, "reading this image and finding its cells"):
             blob = ctx.lab.blobs.get(image.sha256)
-            pixels, others = decode_page_channels("stored", blob, image.page, ctx.lab.limits, options)
+            pixels, others, left_out = decode_page_channels("stored", blob, image.page, ctx.lab.limits, options)
             found = find_cells(pixels, params)
             if others and found.labels is not None:  # the reporter channels, measured in each cell's mask
                 result.signal = measure(found.labels, len(found), others, pixel_size)
@@ -167,7 +167,8 @@ def _cells_for(ctx: Context, image, model: Model, calibration: tuple[float, str]
     found.labels = None  # measured: only the crops are kept
     result.kind = "single" if found.flags == ["single"] else "field"
     result.found = found
-    result.note = None if len(found) else no_cells_note(found.dropped, params)
+    notes = [left_out, None if len(found) else no_cells_note(found.dropped, params)]
+    result.note = "; ".join(n for n in notes if n) or None
     return result
 
 
