@@ -291,15 +291,43 @@ def _print_metrics(m: dict) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from lsm_core.imaging.cells import FindParams
-    from lsm_core.ml.datasets import from_paths
+    from lsm_core.ml.datasets import LabelledData, from_paths
     from lsm_core.ml.models import check_name
     from lsm_core.ml.predict import choose_device
     from lsm_core.ml.train import TrainConfig, train_and_register
 
     check_name(args.register)
+    if bool(args.batches) != bool(args.gate):
+        raise LsmError(
+            "--batches needs --gate RULE (the reporter gate that labels their cells)"
+            if args.batches
+            else "--gate needs --batches ID [ID ...] (the batches whose cells it labels)"
+        )
+    if not args.data and not args.gate:
+        raise LsmError("give training data: folders or ZIPs of class folders, and/or --batches ID ... --gate RULE")
+    gate = None
+    if args.gate:
+        from lsm_core.lab.gating import parse_gate
+
+        gate = parse_gate(args.gate, args.task)  # refused before the lab is opened or anything is read
     lab = _require_admin("train models")
     params = FindParams(output_size=args.input_size)  # the same 12.8 um square, sampled at --input-size pixels
-    data = from_paths(args.data, args.task, params)
+    parts = [from_paths(args.data, args.task, params)] if args.data else []
+    if gate is not None:
+        from lsm_core.lab.labels import from_gate
+
+        gated = from_gate(lab, args.batches, gate, args.task, params)
+        (summary,) = gated.provenance
+        counts = summary["counts"]
+        _log(
+            f"gate {gate.text} on batches {', '.join(map(str, summary['batches']))}: "
+            + ", ".join(f"{c} {n}" for c, n in counts["labelled"].items())
+            + f"; left out: {counts['between']} between the thresholds, {counts['no_value']} with no "
+            f"{gate.channel} value"
+            + "".join(f"; Otsu's threshold of batch {b}: {t:g}" for b, t in summary["thresholds"].items())
+        )
+        parts.append(gated)
+    data = LabelledData.concat(parts)
     for file, message in data.errors[:20]:
         _log(f"{file}: {message}")
     if len(data.errors) > 20:
@@ -586,9 +614,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--priority", type=int, default=0)
     p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser("train", help="train and register a model on labelled cells (class folders or ZIPs)")
+    p = sub.add_parser(
+        "train",
+        help="train and register a model on labelled cells (class folders or ZIPs, and/or batches and a reporter gate)",
+    )
     p.add_argument(
-        "data", nargs="+", metavar="DATA", help="folders of class folders, or ZIPs whose folders are classes"
+        "data",
+        nargs="*",
+        metavar="DATA",
+        help="folders of class folders, or ZIPs whose folders are classes (none with --batches and --gate)",
+    )
+    p.add_argument(
+        "--batches",
+        nargs="+",
+        type=int,
+        metavar="ID",
+        help="classified multi-channel batches whose cells --gate labels",
+    )
+    p.add_argument(
+        "--gate",
+        metavar="RULE",
+        help="reporter gate on each cell's background-subtracted mean, e.g. "
+        "'GFP > 1500 -> LT-HSC; GFP < 400 -> MPP' or 'GFP high -> LT-HSC; GFP low -> MPP' (above / below each "
+        "batch's Otsu threshold); GFP.integrated for the integrated signal; cells between thresholds are left out",
     )
     p.add_argument("--task", choices=list(TASKS), required=True)
     p.add_argument("--register", required=True, metavar="NAME", help="the model name; each training adds a version")

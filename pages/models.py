@@ -9,6 +9,7 @@ from lsm_core.classes import TASK_TITLES
 from lsm_core.errors import LsmError
 from lsm_core.imaging.images import RawFile
 from lsm_core.lab import jobs
+from lsm_core.lab.gating import EXAMPLE as GATE_EXAMPLE
 from lsm_core.lab.labels import parse_labelled_batches
 from lsm_core.lab.registry import import_model_bytes, offered_models, set_default
 from lsm_core.lab.tasks import evaluate, train
@@ -21,6 +22,7 @@ from lsm_core.reports.model_card import (
     models_table,
     package_zip,
     training_figure,
+    training_labels,
 )
 from pages._shared import admin, escape_markdown, the_lab, user
 
@@ -100,6 +102,12 @@ with tabs[0]:
                 "**Training curves** (loss on the training data and on the validation set; validation accuracy)"
             )
             st.plotly_chart(training_figure(training), width="stretch", key="card_train")
+        section = training_labels(training)
+        if section:
+            st.markdown("**Training labels**")
+            for line in section.lines:  # rules and channel names are the user's text: never Markdown
+                st.markdown(escape_markdown(line))
+            st.dataframe(pd.DataFrame(section.counts), hide_index=True, width="stretch")
         if training:
             st.markdown("**Training summary**")
             st.json({k: v for k, v in training.items() if k != "history"}, expanded=False)
@@ -168,7 +176,8 @@ with tabs[1]:
     st.markdown(
         "Train a new model version with the paper's recipe on cells sorted by FACS: upload a ZIP whose "
         "folders are named after the classes (LT-HSC, ST-HSC, MPP or young, aged), and/or choose classified "
-        "batches and the class each one was sorted as. A fifth of the source images is held out as the "
+        "batches and the class each one was sorted as, and/or batches of multi-channel files whose cells a "
+        "reporter gate labels (e.g. `GFP high -> LT-HSC; GFP low -> MPP`). A fifth of the sources is held out as the "
         "validation set; a model whose validation accuracy is not clearly above chance is registered as "
         "**failed quality check**, never made the default and not offered for classification by default."
     )
@@ -193,6 +202,23 @@ with tabs[1]:
             "Labelled ZIP (folders named after the classes)", type=None, accept_multiple_files=True, key="train_zip"
         )
         batch_labels = st.text_area("Labelled batches (optional): one `batch id: class` per line, e.g. `12: LT-HSC`")
+        c = st.columns([1, 2])
+        gated_batches = c[0].text_input(
+            "Batches to label by a reporter gate (optional)",
+            placeholder="e.g. 12, 13",
+            help="Ids of classified batches of multi-channel files whose reporter channel was measured in each cell.",
+        )
+        gate_rule = c[1].text_area(
+            "Reporter gate",
+            placeholder=f"e.g. {GATE_EXAMPLE}",
+            help=(
+                "One `TEST -> CLASS` per clause, separated by `;`, on each cell's mean reporter intensity minus the "
+                f"background: `{GATE_EXAMPLE}`; `GFP high -> LT-HSC; GFP low -> MPP` (above / at or below each "
+                "batch's Otsu threshold); `400 < GFP < 1500 -> ST-HSC`; `GFP.integrated > 2e5 -> LT-HSC` for the "
+                "integrated signal; quote names with spaces. Cells that no clause covers, or with no value, are "
+                "left out and counted in the model card."
+            ),
+        )
         go = st.form_submit_button("Start training")
     if go:
         try:
@@ -205,7 +231,10 @@ with tabs[1]:
                 "lr": float(lr),
                 "seed": int(seed),
             }
-            job_id = train.submit(lab, task, name.strip(), config, owner=me, uploads=uploads, batches=labelled)
+            gated = {"batches": gated_batches, "rule": gate_rule}
+            job_id = train.submit(
+                lab, task, name.strip(), config, owner=me, uploads=uploads, batches=labelled, gated=gated
+            )
             st.success(f"Training queued as job {job_id}; it runs on a worker and appears below.")
         except LsmError as exc:
             st.error(escape_markdown(str(exc)))

@@ -27,7 +27,10 @@ MIN_SIDE = 16
 
 @dataclass
 class LabelledData:
-    """crops (N, S, S) float32; labels (N,) int64 into ``classes``; groups (N,) int64 source ids."""
+    """crops (N, S, S) float32; labels (N,) int64 into ``classes``; groups (N,) int64 source ids.
+
+    ``provenance``: where the labels come from, one JSON-able dict per part (``{"kind": "folders" | "batches" |
+    "gate", ...}``), recorded in the model's manifest as ``training["labels"]``."""
 
     classes: list[str]
     crops: np.ndarray
@@ -35,6 +38,7 @@ class LabelledData:
     groups: np.ndarray
     sources: list[str]
     errors: list[tuple[str, str]] = field(default_factory=list)
+    provenance: list[dict] = field(default_factory=list)
 
     @property
     def class_counts(self) -> dict[str, int]:
@@ -42,7 +46,9 @@ class LabelledData:
         return {c: int(n) for c, n in zip(self.classes, counts)}
 
     def subset(self, index: np.ndarray) -> LabelledData:
-        return LabelledData(self.classes, self.crops[index], self.labels[index], self.groups[index], self.sources, [])
+        return LabelledData(
+            self.classes, self.crops[index], self.labels[index], self.groups[index], self.sources, [], self.provenance
+        )
 
     @classmethod
     def concat(cls, parts: list[LabelledData]) -> LabelledData:
@@ -53,14 +59,22 @@ class LabelledData:
         groups: list[np.ndarray] = []
         sources: list[str] = []
         errors: list[tuple[str, str]] = []
+        provenance: list[dict] = []
         for part in parts:
             crops.append(part.crops)
             labels.append(part.labels)
             groups.append(part.groups + len(sources))
             sources += part.sources
             errors += part.errors
+            provenance += part.provenance
         return cls(
-            first.classes, np.concatenate(crops), np.concatenate(labels), np.concatenate(groups), sources, errors
+            first.classes,
+            np.concatenate(crops),
+            np.concatenate(labels),
+            np.concatenate(groups),
+            sources,
+            errors,
+            provenance,
         )
 
     def digest(self) -> str:
@@ -136,6 +150,7 @@ def from_files(files: Iterable[RawFile], task: str, params: FindParams | None = 
     data = LabelledData(
         classes, np.concatenate(crops), np.asarray(labels, np.int64), np.asarray(groups, np.int64), sources, errors
     )
+    data.provenance = [{"kind": "folders", "images": len(sources), "cells": data.class_counts}]
     check_classes(data)
     return data
 

@@ -280,7 +280,8 @@ def train_and_register(
     ``data`` and ``test`` are :class:`lsm_core.ml.datasets.LabelledData`. The split is stratified 8:2 and keeps
     each source (file or mouse) on one side. The temperature is fitted on the validation set and stored in
     the manifest, which also carries the metrics and a training summary (class counts, split, recipe,
-    seed, sha256 of the data).
+    seed, sha256 of the data, and where the labels came from: ``training["labels"]``, the data's provenance,
+    e.g. a reporter gate's rule and counts; manifests written before it have no such key).
 
     Every set of metrics says which cells it comes from (``evaluated_on``): the validation set, and the test
     set (``test_name``; for demo models "synthetic cells of another seed") under ``metrics["test"]``. The
@@ -351,6 +352,7 @@ def train_and_register(
             "seed": config.seed,
             "data_sha256": data.digest(),
             "unusable_files": len(data.errors),
+            "labels": [dict(part) for part in data.provenance],
             "history": {
                 "train_loss": history.train_loss,
                 "val_loss": history.val_loss,

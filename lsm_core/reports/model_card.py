@@ -332,6 +332,82 @@ def models_table(rows: list) -> list[dict]:
     return out
 
 
+@dataclass
+class LabelsSection:
+    """Where a model's training labels came from ("Training labels" on its card): plain sentences, and rows
+    (labels from, class, cells) for a table, left-out cells included."""
+
+    lines: list[str]
+    counts: list[dict]
+
+
+def _number(value: float) -> str:
+    return f"{value:,.1f}" if abs(value) < 1e6 else f"{value:.4g}"
+
+
+def training_labels(training: dict | None) -> LabelsSection | None:
+    """The "Training labels" section of a model card, from ``training["labels"]`` (the data's provenance, see
+    :func:`lsm_core.ml.train.train_and_register`); None for models registered before it was recorded."""
+    parts = (training or {}).get("labels")
+    if not isinstance(parts, list) or not parts:
+        return None
+    lines: list[str] = []
+    rows: list[dict] = []
+    for part in parts:
+        if not isinstance(part, dict):
+            continue
+        kind = part.get("kind")
+        if kind == "folders":
+            cells = part.get("cells") or {}
+            lines.append(
+                f"Class folders (labelled ZIPs or folders named after the classes): {part.get('images', '?')} images."
+            )
+            rows += [{"labels from": "class folders", "class": c, "cells": n} for c, n in cells.items()]
+        elif kind == "batches":
+            named = part.get("batches") or {}
+            lines.append(
+                "Batches labelled with the class their cells were sorted as: "
+                + ", ".join(f"batch {b}: {c}" for b, c in named.items())
+                + "."
+            )
+            per_class: dict[str, int] = {}
+            for b, n in (part.get("cells") or {}).items():
+                cls = named.get(b)
+                if cls is not None:
+                    per_class[cls] = per_class.get(cls, 0) + int(n)
+            rows += [{"labels from": "sorted batches", "class": c, "cells": n} for c, n in per_class.items()]
+        elif kind == "gate":
+            channel = part.get("channel", "?")
+            measure = part.get("measure", "mean")
+            how = (
+                "the mean intensity inside each cell minus the background"
+                if measure == "mean"
+                else "the integrated intensity of each cell minus the background"
+            )
+            batches = ", ".join(str(b) for b in part.get("batches") or [])
+            lines.append(f"Reporter gate on {channel} ({how}) of batch(es) {batches}: {part.get('rule', '?')}")
+            thresholds = part.get("thresholds") or {}
+            if thresholds:
+                lines.append(
+                    "Otsu's threshold (high / low) of each batch: "
+                    + "; ".join(f"batch {b}: {_number(t)}" for b, t in thresholds.items())
+                )
+            counts = part.get("counts") or {}
+            between, no_value = int(counts.get("between", 0)), int(counts.get("no_value", 0))
+            unusable = int(counts.get("unusable", 0))
+            lines.append(
+                f"Left out: {between} cell(s) between the thresholds (no clause covers them), {no_value} with no "
+                f"{channel} value" + (f", {unusable} in images that could not be read again" if unusable else "") + "."
+            )
+            rows += [
+                {"labels from": "reporter gate", "class": c, "cells": n}
+                for c, n in (counts.get("labelled") or {}).items()
+            ]
+            rows.append({"labels from": "reporter gate", "class": "left out: between the thresholds", "cells": between})
+            rows.append({"labels from": "reporter gate", "class": f"left out: no {channel} value", "cells": no_value})
+    return LabelsSection(lines, rows) if lines else None
+
+
 def package_zip(folder: Path) -> bytes:
     """A model package (manifest.json + weights.safetensors) as one ZIP, for export."""
     buf = io.BytesIO()

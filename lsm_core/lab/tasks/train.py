@@ -1,4 +1,10 @@
-"""Train and register a model version from labelled ZIPs and/or labelled batches (administrators only)."""
+"""Train and register a model version from labelled ZIPs, labelled batches and/or batches labelled by a reporter
+gate (administrators only).
+
+The job's payload: ``task``, ``name``, ``config`` (:class:`lsm_core.ml.train.TrainConfig`), and the data:
+``uploads`` (labelled ZIPs in the blob store), ``batches`` (``{batch id: class}``), ``gated``
+(``{"batches": [ids], "rule": "GFP high -> LT-HSC; GFP low -> MPP"}``, :mod:`lsm_core.lab.gating`), any of
+them together; ``test_uploads`` a separate test set."""
 
 from __future__ import annotations
 
@@ -23,18 +29,27 @@ def submit(
     batches: dict[int, str] | None = None,
     test_uploads: list[dict[str, str]] | None = None,
     priority: int = 0,
+    gated: dict[str, Any] | None = None,
 ) -> int:
     """Queue a training job (administrators only: it registers a model): data from uploaded labelled ZIPs
-    (:meth:`lsm_core.lab.blobs.BlobStore.put_uploads`) and/or labelled batches (``{batch id: class}``)."""
+    (:meth:`lsm_core.lab.blobs.BlobStore.put_uploads`), labelled batches (``{batch id: class}``) and/or batches
+    whose cells a reporter gate labels (``gated``: ``{"batches": [ids], "rule": text}``). The gate is checked
+    here against the batches (its syntax, classes, channel and overlaps), so that a bad one is refused at once."""
+    from lsm_core.lab.labels import check_gate
     from lsm_core.ml.models import check_name
 
     owner = owner or accounts.current_user()
     task_classes(task_name)
     check_name(name)
-    if not uploads and not batches:
-        raise LsmError("choose training data: a labelled ZIP or labelled batches")
+    gate = None
+    if gated is not None:
+        gated, gate = _gated(gated, task_name)
+    if not uploads and not batches and not gated:
+        raise LsmError("choose training data: a labelled ZIP, labelled batches or batches and a reporter gate")
     with lab() as s:
         accounts.require_admin(s, owner, "train models")
+        if gated is not None and gate is not None:
+            check_gate(s, gated["batches"], gate)
     payload = {
         "task": task_name,
         "name": name,
@@ -43,6 +58,8 @@ def submit(
         "batches": {str(k): v for k, v in (batches or {}).items()},
         "test_uploads": test_uploads or [],
     }
+    if gated:
+        payload["gated"] = gated
     return jobs.submit(
         lab,
         JobKind.TRAIN,
@@ -52,6 +69,29 @@ def submit(
         total=int(config.get("epochs", 20)),
         audit_as=("train", f"model {name}"),
     )
+
+
+def _gated(gated: dict[str, Any], task_name: str):
+    """The ``gated`` part of a payload, tidied (batch ids as numbers, the rule's text), and its parsed gate;
+    (None, None) when it names neither batches nor a rule."""
+    from lsm_core.lab.gating import EXAMPLE, parse_batch_ids, parse_gate
+
+    if not isinstance(gated, dict):
+        raise LsmError("gated must be {'batches': [ids], 'rule': text}")
+    raw = gated.get("batches") or []
+    try:
+        ids = parse_batch_ids(raw if isinstance(raw, str) else " ".join(str(b) for b in raw))
+    except TypeError:
+        raise LsmError("gated batches must be a list of batch ids") from None
+    rule = str(gated.get("rule") or "").strip()
+    if not ids and not rule:
+        return None, None
+    if not rule:
+        raise LsmError(f"batches to gate were chosen but no gate: write one, e.g. `{EXAMPLE}`")
+    gate = parse_gate(rule, task_name)
+    if not ids:
+        raise LsmError("a gate was written but no batches chosen: give the ids of the batches whose cells it labels")
+    return {"batches": ids, "rule": rule}, gate
 
 
 def labelled_uploads(ctx: Context, uploads: list[dict[str, str]], task_name: str, params=None):
@@ -65,7 +105,7 @@ def labelled_uploads(ctx: Context, uploads: list[dict[str, str]], task_name: str
 
 @task(JobKind.TRAIN)
 def run(ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
-    from lsm_core.lab.labels import from_batches
+    from lsm_core.lab.labels import from_batches, from_gate
     from lsm_core.lab.registry import sync_models
     from lsm_core.ml.datasets import LabelledData
     from lsm_core.ml.train import TrainConfig, TrainingCancelled, train_and_register
@@ -78,6 +118,9 @@ def run(ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
         parts.append(labelled_uploads(ctx, payload["uploads"], task_name))
     if payload.get("batches"):
         parts.append(from_batches(ctx.lab, {int(k): v for k, v in payload["batches"].items()}, task_name))
+    if payload.get("gated"):
+        gated = payload["gated"]
+        parts.append(from_gate(ctx.lab, [int(b) for b in gated["batches"]], gated["rule"], task_name))
     data = LabelledData.concat(parts)
     test = labelled_uploads(ctx, payload["test_uploads"], task_name) if payload.get("test_uploads") else None
 
@@ -112,4 +155,5 @@ def run(ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
         "accuracy": m.metrics["accuracy"],
         "quality_check": m.metrics.get("quality_check"),
         "unusable_files": [list(e) for e in data.errors[:200]],
+        "labels": m.training.get("labels", []),
     }
