@@ -14,7 +14,7 @@ import streamlit as st
 from db import queries
 from lsm_core.classes import TASK_TITLES
 from lsm_core.errors import LsmError
-from lsm_core.imaging.images import decode_page
+from lsm_core.imaging.images import ReadOptions, decode_page
 from lsm_core.lab import accounts, settings
 from lsm_core.lab.history import Lab, open_lab
 from lsm_core.lab.registry import offered_models
@@ -72,10 +72,12 @@ def admin() -> bool:
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def image_pixels(sha256: str, page: int):
-    """The grey pixels of one stored image page (cached: thumbnails and field views reuse them)."""
+def image_pixels(sha256: str, page: int, channel: str | None = None, z: int | None = None):
+    """The grey pixels of one stored image page, read as its batch was (its channel and z plane; None:
+    automatic) within the lab's limits (cached: thumbnails and field views reuse them)."""
+    lab = the_lab()
     try:
-        return decode_page("stored", the_lab().blobs.get(sha256), page)
+        return decode_page("stored", lab.blobs.get(sha256), page, lab.limits, ReadOptions(channel, z))
     except LsmError:
         return None
 
@@ -288,7 +290,7 @@ def render_results(batch_id: int, key: str = "results") -> None:
 
     def thumb(cell) -> str | None:
         im = by_image.get(cell.image_id)
-        pixels = image_pixels(im.sha256, im.page) if im is not None and im.sha256 else None
+        pixels = image_pixels(im.sha256, im.page, report.channel, report.z) if im is not None and im.sha256 else None
         return thumbnail(pixels, cell.box, size=THUMB_PX) if pixels is not None else None
 
     st.dataframe(
@@ -307,7 +309,7 @@ def render_results(batch_id: int, key: str = "results") -> None:
             for im in fields
         }
         chosen = names[st.selectbox("Image", list(names), key=f"{key}_field")]
-        pixels = image_pixels(chosen.sha256, chosen.page)
+        pixels = image_pixels(chosen.sha256, chosen.page, report.channel, report.z)
         if pixels is None:
             st.error("The stored image could not be read back.")
         else:
@@ -423,7 +425,7 @@ def saliency_section(batch_id: int, report, key: str) -> None:
                     st.error(escape_markdown(exc))
         return
     with lab() as s:
-        gallery = saliency_gallery(s, runs[0].id, report.classes, lab.blobs, per_class=SALIENCY_TOP)
+        gallery = saliency_gallery(s, runs[0].id, report.classes, lab.blobs, SALIENCY_TOP, lab.limits)
     view = gallery.view
     st.caption(
         f"{name}, {escape_markdown(view.scope)}: {len(view.cells)} cells. Bright = evidence for the predicted class."

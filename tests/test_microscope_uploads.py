@@ -220,3 +220,47 @@ def test_each_writers_stack_is_classified_at_its_sharp_plane_once_per_cell_with_
     assert {r["pixel_size_source"] for r in rows} == {"file"}
     means = sorted(float(r[f"{column}_mean"]) for r in rows)
     assert means == pytest.approx(sorted(gfp_level(i) - GFP_BACKGROUND for i in range(n_cells)), rel=0.02)
+
+
+def two_cameras_file(seed: int = 6) -> bytes:
+    """The reporter stack with channels named GFP and "camera 2" (no transmitted-light name): its DIC channel
+    must be chosen, and everything that reads it again must read that channel."""
+    data, _ = two_channel_stack(seed=seed)
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        stack = tif.series[0].asarray()
+    buf = io.BytesIO()
+    tifffile.imwrite(
+        buf,
+        stack.reshape(1, 2, 3, *stack.shape[-2:]),
+        ome=True,
+        metadata={
+            "axes": "TCZYX",
+            "Channel": {"Name": ["GFP", "camera 2"]},
+            "PhysicalSizeX": PIXEL_UM,
+            "PhysicalSizeY": PIXEL_UM,
+        },
+    )
+    return buf.getvalue()
+
+
+def test_the_results_page_reads_a_batch_again_on_the_channel_it_chose(app_env):
+    """Thumbnails and the field of view are cut from the channel the batch was classified on (they were read
+    with the automatic choice, which a file naming no transmitted channel refuses: blank thumbnails)."""
+    from db import queries
+    from lsm_core.lab.batches import BatchMeta
+    from lsm_core.lab.history import open_lab
+    from tests.helpers import run_page, texts
+
+    lab = open_lab()
+    with lab() as s:
+        model_id = queries.model_by_name(s, "demo-lsm").id
+    meta = BatchMeta(channel="camera 2")
+    sub = batches.submit_batch(lab, [RawFile("cams.ome.tif", two_cameras_file())], model_id, "cams", "ana", meta=meta)
+    Worker(lab, device="cpu").run(drain=True)
+    lab.dispose()
+    at = run_page("pages/results.py", {"batch": str(sub.batch_id)})
+    shown = texts(at)
+    assert "Field of view" in shown
+    assert "could not be read back" not in shown
+    table = next(d.value for d in at.dataframe if "cell" in d.value.columns and "predicted" in d.value.columns)
+    assert len(table) > 0 and table["cell"].notna().all()  # every thumbnail drawn

@@ -79,6 +79,8 @@ class BatchReport:
     calibration: list[tuple[float, str, int]] = field(default_factory=list)
     # images classified at the model's default pixel size: neither the user nor the file stated one
     uncalibrated: list[str] = field(default_factory=list)
+    channel: str | None = None  # the channel and z plane the batch asked for (None: automatic), for reading again
+    z: int | None = None
 
     @property
     def images_read(self) -> int:
@@ -120,6 +122,8 @@ def load_report(s: Session, batch_id: int, threshold: float = 0.0) -> BatchRepor
         name=batch.name,
         owner=batch.owner,
         status=batch.status,
+        channel=batch.channel,
+        z=batch.z,
         meta={
             "mouse_id": batch.mouse_id,
             "age_days": batch.age_days,
@@ -437,11 +441,11 @@ class SaliencyGallery:
 
 
 def saliency_gallery(
-    s: Session, run_id: int, classes: list[str], blobs: BlobStore, per_class: int = 12
+    s: Session, run_id: int, classes: list[str], blobs: BlobStore, per_class: int = 12, limits=None
 ) -> SaliencyGallery:
     """The gallery of a saliency run: up to ``per_class`` cells of each predicted class (highest score first)."""
     from lsm_core.imaging.cells import FindParams
-    from lsm_core.lab.labels import stored_crops
+    from lsm_core.lab.labels import read_options, stored_crops
 
     view = load_saliency(s, run_id, blobs)
     run = s.get(SaliencyRun, run_id)
@@ -455,7 +459,8 @@ def saliency_gallery(
     crops = []
     for cell in view.cells:
         try:
-            crops.append(stored_crops(blobs, images[cell.image_id], [cell.box], params)[0])
+            image = images[cell.image_id]
+            crops.append(stored_crops(blobs, image, [cell.box], params, read_options(batch), limits)[0])
         except (LsmError, KeyError):  # the stored image is gone: the map alone is still shown
             crops.append(np.zeros(view.maps.shape[1:], np.float32))
     by_class = {}

@@ -16,7 +16,7 @@ from lsm_core.imaging.cells import FindParams
 from lsm_core.lab import accounts, jobs
 from lsm_core.lab.history import Lab
 from lsm_core.lab.jobs import JobKind
-from lsm_core.lab.labels import stored_crops
+from lsm_core.lab.labels import read_options, stored_crops
 from lsm_core.lab.tasks import task
 from lsm_core.lab.tasks.context import Context
 
@@ -127,9 +127,9 @@ def run(ctx: Context, payload: dict[str, Any]) -> None:
         images = {im.id: im for im in s.scalars(select(Image).where(Image.id.in_({c.image_id for c in cells})))}
         for im in images.values():
             s.expunge(im)
-        return model, batch.pixel_size_um, cells, images
+        return model, batch.pixel_size_um, cells, images, read_options(batch)
 
-    model, pixel_size, cells, images = ctx.read("reading a batch", read)
+    model, pixel_size, cells, images, options = ctx.read("reading a batch", read)
     if not cells:
         raise LsmError("this batch has no classified cells")
     params = FindParams.for_model(model, pixel_size)
@@ -142,7 +142,8 @@ def run(ctx: Context, payload: dict[str, Any]) -> None:
         crops = []
         for image_id in dict.fromkeys(c.image_id for c in part):
             mine = [c for c in part if c.image_id == image_id]
-            crops.append(stored_crops(ctx.lab.blobs, images[image_id], [(c.x, c.y, c.w, c.h) for c in mine], params))
+            boxes = [(c.x, c.y, c.w, c.h) for c in mine]
+            crops.append(stored_crops(ctx.lab.blobs, images[image_id], boxes, params, options, ctx.lab.limits))
             ids += [c.id for c in mine]
         targets = np.array([index[c.predicted] for c in part])
         maps.append(
