@@ -77,7 +77,7 @@ def image_pixels(sha256: str, page: int, channel: str | None = None, z: int | No
     automatic) within the lab's limits (cached: thumbnails and field views reuse them)."""
     lab = the_lab()
     try:
-        return decode_page("stored", lab.blobs.get(sha256), page, lab.limits, ReadOptions(channel, z))
+        return decode_page("stored", lab.blobs.file(sha256), page, lab.limits, ReadOptions(channel, z))
     except LsmError:
         return None
 

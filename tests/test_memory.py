@@ -118,11 +118,17 @@ def setting(tmp_path_factory):
     return data, env, small
 
 
+def zip_of_one_huge_member(path: Path) -> None:
+    """About 1 MB on disk, one member of 1 GB of zeros named like an image (under LSM_MAX_FILE_BYTES)."""
+    zip_of_zeros(path, members=1, size=1_000_000_000)
+
+
 HOSTILE = {
     "many_samples.tif": many_samples_tiff,
     "twelve_pages.tif": twelve_pages_tiff,
     "huge_rgb.png": huge_rgb_png,
     "zeros.zip": zip_of_zeros,
+    "one_huge_member.zip": zip_of_one_huge_member,
 }
 
 

@@ -128,6 +128,15 @@ def _sniff(data: bytes) -> str:
 ZARR_MARKERS = (".zattrs", ".zgroup", "zarr.json")
 
 
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file on disk, read in blocks (never the whole file at once)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def holds_zarr(fileobj) -> bool:
     """Whether a ZIP archive (a file object) holds an OME-Zarr (a .zattrs, .zgroup or zarr.json in it): one
     microscope image read chunk by chunk, not a ZIP of image files to unpack."""
@@ -422,9 +431,9 @@ class TiffReader(ImageReader):
 
     format = "tiff"
 
-    def __init__(self, data: bytes, limits: Limits) -> None:
+    def __init__(self, data: bytes | Path, limits: Limits) -> None:
         try:
-            self._tif = tifffile.TiffFile(io.BytesIO(data))
+            self._tif = tifffile.TiffFile(data if isinstance(data, Path) else io.BytesIO(data))
             n_pages = len(self._tif.pages)
         except Exception as exc:  # tifffile raises many types for broken headers
             raise LsmError(_damaged(exc)) from None
@@ -502,24 +511,30 @@ class FormatReader(ImageReader):
     channel found by name) at the chosen z (``options.z``, else the best-focused plane). A page whose file
     names no transmitted-light channel, or whose pixels are not square, is an error that says what to do.
 
-    The vendor readers read files, not bytes: the bytes are written to a temporary file, removed on close.
+    The vendor readers read files, not bytes: given a path (a stored blob, a file on disk) the file is opened
+    where it lies, and only the planes asked for are read from it; given bytes, they are written to a
+    temporary file first, removed on close.
     """
 
-    def __init__(self, name: str, data: bytes, limits: Limits, options: ReadOptions | None = None) -> None:
+    def __init__(self, name: str, data: bytes | Path, limits: Limits, options: ReadOptions | None = None) -> None:
         import tempfile
 
         from lsm_core.imaging import formats
 
         self.options = options or ReadOptions()
-        fd, tmp = tempfile.mkstemp(prefix="lsm-read-")
-        self._tmp = Path(tmp)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            self._file = formats.open_microscope_file(self._tmp, name, limits)
-        except BaseException:
-            self._tmp.unlink(missing_ok=True)
-            raise
+        self._tmp: Path | None = None
+        if isinstance(data, Path):
+            self._file = formats.open_microscope_file(data, name, limits)
+        else:
+            fd, tmp = tempfile.mkstemp(prefix="lsm-read-")
+            self._tmp = Path(tmp)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                self._file = formats.open_microscope_file(self._tmp, name, limits)
+            except BaseException:
+                self._tmp.unlink(missing_ok=True)
+                raise
         self.format = self._file.format
         self.pages, self._where, self._errors = [], [], {}
         scenes = self._file.scenes
@@ -645,23 +660,31 @@ class FormatReader(ImageReader):
         try:
             self._file.close()
         finally:
-            self._tmp.unlink(missing_ok=True)
+            if self._tmp is not None:
+                self._tmp.unlink(missing_ok=True)
 
 
-def _structured_tiff(data: bytes) -> bool:
+def _structured_tiff(data: bytes | Path) -> bool:
     """Whether a TIFF is an OME-TIFF or an ImageJ hyperstack (axes, channels, calibration in its metadata),
     read by :class:`FormatReader`; a plain TIFF's pages are each an image (:class:`TiffReader`)."""
     try:
-        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        with tifffile.TiffFile(data if isinstance(data, Path) else io.BytesIO(data)) as tif:
             return bool(tif.is_ome or tif.is_imagej or tif.is_lsm)
     except Exception:  # a damaged header: TiffReader says so
         return False
 
 
-def open_image(name: str, data: bytes, limits: Limits | None = None, options: ReadOptions | None = None) -> ImageReader:
-    """A reader for one image file's bytes (its format told from its content); LsmError when it is not an
-    image this app reads, or its header is damaged. Nothing is decoded yet."""
+def open_image(
+    name: str, data: bytes | Path, limits: Limits | None = None, options: ReadOptions | None = None
+) -> ImageReader:
+    """A reader for one image file's bytes, or the file at a path (its format told from its content); LsmError
+    when it is not an image this app reads, or its header is damaged. Nothing is decoded yet.
+
+    A path is opened where it lies for the formats read plane by plane (TIFF, OME-TIFF, vendor files, a
+    zipped OME-Zarr): memory is one plane, whatever the file's size. Other formats are read into memory."""
     limits = limits or Limits()
+    if isinstance(data, Path):
+        return _open_path(name, data, limits, options)
     if len(data) == 0:
         raise LsmError("the file is empty (0 bytes)")
     kind = _sniff(data)
@@ -681,6 +704,27 @@ def open_image(name: str, data: bytes, limits: Limits | None = None, options: Re
 
 
 SUPPORTED_TEXT = "PNG, JPEG, TIFF, OME-TIFF, CZI, ND2, LIF, OIB, OME-Zarr (zipped)"
+
+
+def _open_path(name: str, path: Path, limits: Limits, options: ReadOptions | None) -> ImageReader:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+            kind = _sniff(head)
+            zarr = kind == "zip" and holds_zarr(fh)
+    except OSError as exc:
+        raise LsmError(f"could not be read ({exc.strerror or exc})") from None
+    if kind == "tiff":
+        return FormatReader(name, path, limits, options) if _structured_tiff(path) else TiffReader(path, limits)
+    if zarr or (kind == "unknown" and _vendor(head)):
+        return FormatReader(name, path, limits, options)
+    size = path.stat().st_size
+    if size > limits.max_file_bytes:
+        raise LsmError(
+            f"the file is {_megabytes(size)}; the limit for one file is {_megabytes(limits.max_file_bytes)} "
+            "(LSM_MAX_FILE_BYTES)"
+        )
+    return open_image(name, path.read_bytes(), limits, options)
 
 
 def _vendor(data: bytes) -> bool:
@@ -754,16 +798,24 @@ def decode_raw(raw: RawFile, limits: Limits | None = None, options: ReadOptions 
     holds one decoded page in memory at a time, as long as the caller lets go of each. Never raises for bad
     content."""
     limits = limits or Limits()
-    if raw.error is not None or raw.data is None:
+    if raw.error is None and raw.data is None and raw.path is not None:
+        source: bytes | Path = raw.path
+        try:
+            digest = file_sha256(raw.path)
+        except OSError as exc:
+            yield ImageRecord(raw.source, error=f"could not be read ({exc.strerror or exc})")
+            return
+    elif raw.error is not None or raw.data is None:
         yield ImageRecord(raw.source, error=raw.error or "could not be read")
         return
-    if _sniff(raw.data) == "zip" and not holds_zarr(io.BytesIO(raw.data)):
+    elif _sniff(raw.data) == "zip" and not holds_zarr(io.BytesIO(raw.data)):
         for member in iter_zip_members(raw.source, io.BytesIO(raw.data), limits):
             yield from decode_raw(member, limits, options)
         return
-    digest = hashlib.sha256(raw.data).hexdigest()
+    else:
+        source, digest = raw.data, hashlib.sha256(raw.data).hexdigest()
     try:
-        reader = open_image(raw.source, raw.data, limits, options)
+        reader = open_image(raw.source, source, limits, options)
     except LsmError as exc:
         yield ImageRecord(raw.source, sha256=digest, error=str(exc))
         return
@@ -795,10 +847,10 @@ def decode_bytes(
 
 
 def decode_page(
-    name: str, data: bytes, page: int, limits: Limits | None = None, options: ReadOptions | None = None
+    name: str, data: bytes | Path, page: int, limits: Limits | None = None, options: ReadOptions | None = None
 ) -> np.ndarray:
-    """The pixels of page ``page`` (counted from 1) of one file's bytes, decoding that page only; LsmError if
-    it cannot be read."""
+    """The pixels of page ``page`` (counted from 1) of one file's bytes (or the file at a path, see
+    :func:`open_image`), decoding that page only; LsmError if it cannot be read."""
     limits = limits or Limits()
     with open_image(name, data, limits, options) as reader:
         if not 1 <= page <= len(reader.pages):
@@ -810,7 +862,7 @@ def decode_page(
 
 
 def decode_page_channels(
-    name: str, data: bytes, page: int, limits: Limits | None = None, options: ReadOptions | None = None
+    name: str, data: bytes | Path, page: int, limits: Limits | None = None, options: ReadOptions | None = None
 ) -> tuple[np.ndarray, dict[str, np.ndarray], str | None]:
     """:func:`decode_page`, with the page's other channels (a multi-channel microscope file: the reporter
     channels, at the same z plane, in the file's grey values; a file of one channel gives none) and a note
@@ -856,11 +908,13 @@ def _is_junk(name: str) -> bool:
 
 @dataclass
 class RawFile:
-    """One file's bytes as found in a folder, an upload or an archive, or the error that stopped reading it."""
+    """One file's bytes as found in a folder, an upload or an archive, or the error that stopped reading it;
+    or, read lazily (:func:`iter_path` with ``lazy``), the path of a file on disk to be opened where it lies."""
 
     source: str
     data: bytes | None = None
     error: str | None = None
+    path: Path | None = None
 
 
 def iter_zip_members(name: str, fileobj, limits: Limits | None = None, only_images: bool = True) -> Iterator[RawFile]:
@@ -915,6 +969,16 @@ def _zip_members(name: str, fileobj, limits: Limits, only_images: bool, skipped:
                     f"unpacks to {_megabytes(member.file_size)}; the limit for one file is "
                     f"{_megabytes(limits.max_file_bytes)} (LSM_MAX_FILE_BYTES)"
                 )
+            if (
+                problem is None
+                and member.file_size > limits.max_image_bytes
+                and member.file_size > 100 * max(1, member.compress_size)
+            ):  # read whole into memory below: a member this large and this compressible is a bomb, not an image
+                problem = (
+                    f"unpacks to {_megabytes(member.file_size)} from {_megabytes(member.compress_size)} in the "
+                    f"archive (more than {_megabytes(limits.max_image_bytes)}, LSM_MAX_IMAGE_BYTES, and over 100 "
+                    "times smaller packed than unpacked: no microscope image compresses so well); refused"
+                )
             mode = member.external_attr >> 16
             if problem is None and stat.S_ISLNK(mode):
                 problem = "is a symbolic link; refused"
@@ -965,9 +1029,13 @@ def _iter_folder(folder: Path) -> Iterator[Path]:
                 yield Path(root) / fname
 
 
-def iter_path(path: str | Path, limits: Limits | None = None, display: str | None = None) -> Iterator[RawFile]:
+def iter_path(
+    path: str | Path, limits: Limits | None = None, display: str | None = None, lazy: bool = False
+) -> Iterator[RawFile]:
     """The raw files of one file on disk (itself, or its members when it is a ZIP archive of images); an
-    OME-Zarr, as a folder or a ZIP of one, is one file."""
+    OME-Zarr, as a folder or a ZIP of one, is one file. ``lazy``: a file that is not a ZIP of images is given
+    by its path, not its bytes (:func:`decode_raw` then opens it where it lies: a TIFF or vendor file costs one
+    plane of memory, not its size, and LSM_MAX_FILE_BYTES bounds only the formats read into memory)."""
     limits = limits or Limits()
     path = Path(path)
     name = display or str(path)
@@ -986,6 +1054,9 @@ def iter_path(path: str | Path, limits: Limits | None = None, display: str | Non
                 fh.seek(0)
                 yield from iter_zip_members(name, fh, limits)
                 return
+            if lazy:
+                yield RawFile(name, path=path)
+                return
             size = os.fstat(fh.fileno()).st_size
             if size > limits.max_file_bytes:
                 yield RawFile(
@@ -995,15 +1066,16 @@ def iter_path(path: str | Path, limits: Limits | None = None, display: str | Non
                 )
                 return
             fh.seek(0)
-            data = fh.read()
+            data = fh.read(size)  # read() after a seek would join its buffer to the rest: two copies at once
     except OSError as exc:
         yield RawFile(name, error=f"could not be read ({exc.strerror or exc})")
         return
     yield RawFile(name, data)
 
 
-def iter_files(inputs: Iterable[str | Path], limits: Limits | None = None) -> Iterator[RawFile]:
-    """Raw files from files, folders (searched recursively for image and ZIP files) and ZIP archives."""
+def iter_files(inputs: Iterable[str | Path], limits: Limits | None = None, lazy: bool = False) -> Iterator[RawFile]:
+    """Raw files from files, folders (searched recursively for image and ZIP files) and ZIP archives
+    (``lazy``: files by their paths, see :func:`iter_path`)."""
     limits = limits or Limits()
     for item in inputs:
         path = Path(item)
@@ -1011,9 +1083,9 @@ def iter_files(inputs: Iterable[str | Path], limits: Limits | None = None) -> It
             yield from iter_path(path, limits, display=str(item))
         elif path.is_dir():
             for found in _iter_folder(path):
-                yield from iter_path(found, limits)
+                yield from iter_path(found, limits, lazy=lazy)
         elif path.exists():
-            yield from iter_path(path, limits, display=str(item))
+            yield from iter_path(path, limits, display=str(item), lazy=lazy)
         else:
             yield RawFile(str(item), error="no such file or folder")
 
@@ -1023,7 +1095,7 @@ def read_path(
 ) -> Iterator[ImageRecord]:
     """Records for one file (image or ZIP), reported under ``display`` (default: the path as given)."""
     limits = limits or Limits()
-    for raw in iter_path(path, limits, display):
+    for raw in iter_path(path, limits, display, lazy=True):
         yield from decode_raw(raw, limits, options)
 
 
@@ -1034,12 +1106,13 @@ def reporter_names(
     met: the columns a table of their cells needs before the first cell is written."""
     limits = limits or Limits()
     names: dict[str, None] = {}
-    for raw in iter_files(inputs, limits):
+    for raw in iter_files(inputs, limits, lazy=True):
         for member in [raw] if raw.error or raw.data is None else iter_upload(raw.source, raw.data, limits):
-            if member.error or not member.data or _sniff(member.data) in ("png", "jpeg"):
+            source = member.path if member.data is None else member.data
+            if member.error or source is None or (member.data is not None and _sniff(member.data) in ("png", "jpeg")):
                 continue
             try:
-                with open_image(member.source, member.data, limits, options) as reader:
+                with open_image(member.source, source, limits, options) as reader:
                     if isinstance(reader, FormatReader):
                         for info in reader.pages:
                             if reader.error(info.index) is None:
@@ -1088,5 +1161,5 @@ def read_inputs(
 ) -> Iterator[ImageRecord]:
     """Records for files, folders (searched recursively for image and ZIP files) and ZIP archives."""
     limits = limits or Limits()
-    for raw in iter_files(inputs, limits):
+    for raw in iter_files(inputs, limits, lazy=True):
         yield from decode_raw(raw, limits, options)

@@ -107,6 +107,14 @@ class BlobStore:
         except FileNotFoundError:
             raise LsmError(f"the stored file {sha256[:12]}... is missing from {self.root}") from None
 
+    def file(self, sha256: str) -> Path:
+        """Where the stored file lies, to be opened there (readers that read one plane at a time need not hold
+        the whole file in memory, as :meth:`get` would); LsmError when it is missing."""
+        path = self.path(sha256)
+        if not path.is_file():
+            raise LsmError(f"the stored file {sha256[:12]}... is missing from {self.root}")
+        return path
+
     def has(self, sha256: str) -> bool:
         return self.path(sha256).is_file()
 

@@ -51,7 +51,7 @@ def stored_crops(
         raise LsmError(f"{image.file}: its bytes were not stored")
     if image.pixel_size_um:
         params = replace(params, pixel_size_um=float(image.pixel_size_um))
-    pixels = decode_page(image.file, blobs.get(image.sha256), image.page, limits, options)
+    pixels = decode_page(image.file, blobs.file(image.sha256), image.page, limits, options)
     return crops_at(pixels, boxes, params, single=image.kind == "single")
 
 

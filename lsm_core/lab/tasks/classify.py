@@ -156,8 +156,8 @@ def _cells_for(ctx: Context, image, model: Model, calibration: tuple[float, str]
         return result
     try:
         with time_limit(ctx.lab.settings.max_seconds_per_image, "reading this image and finding its cells"):
-            blob = ctx.lab.blobs.get(image.sha256)
-            pixels, others, left_out = decode_page_channels("stored", blob, image.page, ctx.lab.limits, options)
+            stored = ctx.lab.blobs.file(image.sha256)  # opened where it lies: one plane in memory at a time
+            pixels, others, left_out = decode_page_channels("stored", stored, image.page, ctx.lab.limits, options)
             found = find_cells(pixels, params)
             if others and found.labels is not None:  # the reporter channels, measured in each cell's mask
                 result.signal = measure(found.labels, len(found), others, pixel_size)
