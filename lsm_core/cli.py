@@ -262,6 +262,15 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from lsm_core.lab.accounts import current_user
+    from lsm_core.lab.jobs import cancel
+
+    status = cancel(_lab(), args.job_id, current_user())
+    print(f"job {args.job_id} {'cancelled' if status == 'cancelled' else 'stops at its next step'}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from lsm_core.reports.export import batch_rows, write_table
 
@@ -682,6 +691,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--limit", type=int, default=200)
     p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("cancel", help="cancel a job (yours, or any as an administrator): queued at once, running soon")
+    p.add_argument("job_id", type=int, metavar="JOB_ID")
+    p.set_defaults(func=cmd_cancel)
 
     p = sub.add_parser("export", help="write batches' cells to a spreadsheet")
     p.add_argument("batch_ids", nargs="+", type=int, metavar="BATCH_ID")

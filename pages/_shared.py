@@ -15,7 +15,7 @@ from db import queries
 from lsm_core.classes import TASK_TITLES
 from lsm_core.errors import LsmError
 from lsm_core.imaging.images import ReadOptions, decode_page
-from lsm_core.lab import accounts, settings
+from lsm_core.lab import accounts, jobs, settings
 from lsm_core.lab.history import Lab, open_lab
 from lsm_core.lab.registry import offered_models
 from lsm_core.reports.report import (
@@ -529,3 +529,45 @@ def download_buttons(batch_id: int, threshold: float, key: str) -> None:
         key=f"{key}_csv",
         on_click="ignore",
     )
+
+
+@st.fragment(run_every=2.0)
+def job_list(kind: str) -> None:
+    """The last five jobs of a kind (train, evaluate, saliency) with their state, progress and a Cancel button
+    for their owner and administrators (jobs.cancel checks again: the role may have changed since)."""
+    lab = the_lab()
+    me = user()
+    administers = admin()
+    with lab() as s:
+        listed = queries.recent_jobs(s, kind, limit=5)
+    for j in listed:
+        label = f"job {j.id} · {j.owner} · {j.status}"
+        if j.kind == "train":
+            label += f" · epoch {j.progress_done} of {j.progress_total}"
+            if j.result and j.result.get("val_accuracy") is not None:
+                label += f" · validation accuracy {j.result['val_accuracy']:.3f}"
+            if j.status == "done" and j.result:
+                label += f" · registered {j.result.get('model')}"
+        if j.kind == "evaluate":
+            label += " · " + ", ".join(u.get("name", "?") for u in (j.payload or {}).get("uploads", []))
+        if j.kind == "saliency":
+            payload = j.payload or {}
+            scope = f"top {payload['top']} per class" if payload.get("top") else "every cell"
+            label += f" · batch {payload.get('batch_id', j.batch_id)} · {payload.get('method', 'scorecam')} · {scope}"
+            label += f" · {j.progress_done} of {j.progress_total} cells" if j.progress_total else ""
+        st.text(label + (f" · {j.error}" if j.error else ""))
+        if j.status == "running" and j.progress_total:
+            st.progress(min(max(j.progress_done / j.progress_total, 0.0), 1.0))
+        if j.status in ("queued", "running") and (j.owner == me or administers):
+            if st.button("Cancel", key=f"cancel_{j.id}"):
+                try:
+                    status = jobs.cancel(lab, j.id, me)
+                    st.success(f"Job {j.id} {'cancelled' if status == 'cancelled' else 'stops at its next step'}.")
+                except LsmError as exc:
+                    st.error(escape_markdown(str(exc)))
+    # a job that was running and is done now: run the whole page, so that its result appears below
+    active = {j.id for j in listed if j.status in ("queued", "running")}
+    seen = st.session_state.get(f"active_{kind}", set())
+    st.session_state[f"active_{kind}"] = active
+    if seen - active:
+        st.rerun()

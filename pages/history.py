@@ -21,6 +21,7 @@ from pages._shared import (
     download_buttons,
     escape_markdown,
     flash,
+    job_list,
     model_options,
     model_picker,
     show_flash,
@@ -62,6 +63,9 @@ def remember_selection() -> None:
 with lab() as s:
     owners = queries.owners(s)
     models = {m.label: m.id for m in offered_models(s, include_failed=True, include_deleted=True)}
+
+with st.expander("Saliency map jobs (they hold the GPU: cancel what is no longer needed)"):
+    job_list("saliency")
 
 with st.expander("Filters", expanded=True):
     c = st.columns(4)

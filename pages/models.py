@@ -4,11 +4,10 @@ import pandas as pd
 import streamlit as st
 
 from db import queries
-from db.schema import Job, Model
+from db.schema import Model
 from lsm_core.classes import TASK_TITLES
 from lsm_core.errors import LsmError
 from lsm_core.imaging.images import RawFile
-from lsm_core.lab import jobs
 from lsm_core.lab.gating import EXAMPLE as GATE_EXAMPLE
 from lsm_core.lab.labels import parse_labelled_batches
 from lsm_core.lab.registry import import_model_bytes, offered_models, set_default
@@ -24,7 +23,7 @@ from lsm_core.reports.model_card import (
     training_figure,
     training_labels,
 )
-from pages._shared import admin, escape_markdown, the_lab, user
+from pages._shared import admin, escape_markdown, job_list, the_lab, user
 
 ARCHITECTURES = [a for a in nets.REGISTRY if a != "tiny_cnn"]  # the registry's, less the tests' toy network
 ARCHITECTURES.sort(key=lambda a: a != "resnet50_paper")  # the paper's first: the default
@@ -133,43 +132,6 @@ with tabs[0]:
                 st.caption(escape_markdown(why))
         else:
             st.caption("This is the default model for its task.")
-
-
-def recent(kind: str) -> list[Job]:
-    with lab() as s:
-        return queries.recent_jobs(s, kind, limit=5)
-
-
-@st.fragment(run_every=2.0)
-def job_list(kind: str) -> None:
-    listed = recent(kind)
-    for j in listed:
-        label = f"job {j.id} · {j.owner} · {j.status}"
-        if j.kind == "train":
-            label += f" · epoch {j.progress_done} of {j.progress_total}"
-            if j.result and j.result.get("val_accuracy") is not None:
-                label += f" · validation accuracy {j.result['val_accuracy']:.3f}"
-            if j.status == "done" and j.result:
-                label += f" · registered {j.result.get('model')}"
-        if j.kind == "evaluate":
-            label += " · " + ", ".join(u.get("name", "?") for u in (j.payload or {}).get("uploads", []))
-        st.text(label + (f" · {j.error}" if j.error else ""))
-        if j.status == "running" and j.progress_total:
-            st.progress(min(max(j.progress_done / j.progress_total, 0.0), 1.0))
-        # offered to the owner and administrators; jobs.cancel checks again (the role may have changed since)
-        if j.status in ("queued", "running") and (j.owner == me or administers):
-            if st.button("Cancel", key=f"cancel_{j.id}"):
-                try:
-                    status = jobs.cancel(lab, j.id, me)
-                    st.success(f"Job {j.id} {'cancelled' if status == 'cancelled' else 'stops at its next step'}.")
-                except LsmError as exc:
-                    st.error(escape_markdown(str(exc)))
-    # a job that was running and is done now: run the whole page, so that its result appears below
-    active = {j.id for j in listed if j.status in ("queued", "running")}
-    seen = st.session_state.get(f"active_{kind}", set())
-    st.session_state[f"active_{kind}"] = active
-    if seen - active:
-        st.rerun()
 
 
 with tabs[1]:

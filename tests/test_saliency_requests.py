@@ -13,7 +13,7 @@ from lsm_core.lab import batches
 from lsm_core.lab.history import Lab
 from lsm_core.lab.tasks import saliency as saliency_task
 from lsm_core.lab.worker import Worker
-from tests.helpers import crop_files, run_page
+from tests.helpers import crop_files, run_page, texts
 
 
 def _saliency_jobs(lab) -> int:
@@ -75,4 +75,49 @@ def test_a_saliency_job_can_be_cancelled_where_its_progress_is_shown(app_env):
         assert s.get(Job, job).status == "cancelled"
     at.run()  # what the polling fragment's rerun does once the job has ended
     assert any(b.label.startswith("Compute") for b in at.button)  # the request can be made again
+    lab.dispose()
+
+
+def test_saliency_jobs_are_listed_on_the_history_page_and_cancelled_there(app_env):
+    from db import queries
+    from lsm_core.lab.history import open_lab
+
+    lab = open_lab()
+    with lab() as s:
+        model_id = queries.model_by_name(s, "demo-lsm").id
+    sub = batches.submit_batch(lab, crop_files(3, seed=963), model_id, "listed", owner="ana")
+    Worker(lab, device="cpu").run(drain=True)
+    job = saliency_task.submit(lab, sub.batch_id, "gradcam", top=2, owner="ana")
+    at = run_page("pages/history.py")
+    shown = texts(at)
+    assert f"job {job} · ana · queued · batch {sub.batch_id} · gradcam · top 2 per class" in shown
+    next(b for b in at.button if b.key == f"cancel_{job}").click()
+    at.run()
+    with lab() as s:
+        assert s.get(Job, job).status == "cancelled"
+    assert f"Job {job} cancelled." in texts(at)
+    lab.dispose()
+
+
+def test_a_job_is_cancelled_on_the_command_line_by_its_owner_not_by_another_member(app_env, monkeypatch, capsys):
+    from db import queries
+    from lsm_core import cli
+    from lsm_core.lab.history import open_lab
+
+    monkeypatch.setenv("LSM_ADMINS", "boss")  # ana and bea are members
+    lab = open_lab()
+    with lab() as s:
+        model_id = queries.model_by_name(s, "demo-lsm").id
+    sub = batches.submit_batch(lab, crop_files(3, seed=964), model_id, "cli cancel", owner="ana")
+    Worker(lab, device="cpu").run(drain=True)
+    job = saliency_task.submit(lab, sub.batch_id, "gradcam", top=2, owner="ana")
+    monkeypatch.setenv("LSM_USER", "bea")
+    assert cli.main(["cancel", str(job)]) != 0
+    with lab() as s:
+        assert s.get(Job, job).status == "queued"
+    monkeypatch.setenv("LSM_USER", "ana")
+    assert cli.main(["cancel", str(job)]) == 0
+    assert f"job {job} cancelled" in capsys.readouterr().out
+    with lab() as s:
+        assert s.get(Job, job).status == "cancelled"
     lab.dispose()
