@@ -173,3 +173,18 @@ def test_classify_page_says_the_demo_models_are_training_and_waits_for_them(tmp_
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)
+
+
+def test_the_history_table_shows_which_batch_and_its_cells_first(with_batch):
+    """Item 15: the cell count is in view without scrolling sideways."""
+    at = run_page("pages/history.py")
+    table = next(d.value for d in at.dataframe if "owner" in d.value.columns)
+    assert list(table.columns[:5]) == ["id", "name", "cells", "images", "failed"]
+    assert table["cells"].iloc[0] > 0
+
+
+def test_the_evaluation_starts_from_the_lsm_model(with_batch):
+    """Item 9: one model order everywhere, LSM first (it used to default to the aging model)."""
+    at = run_page("pages/models.py")
+    chosen = next(s for s in at.selectbox if s.key == "eval_model")
+    assert chosen.value.startswith("LSM: ") and "demo-lsm" in chosen.value and chosen.index == 0

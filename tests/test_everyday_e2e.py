@@ -92,6 +92,16 @@ def test_history_acts_on_the_batch_chosen_while_a_colleague_submits(server, libr
 
         theirs = submit(library, "bob's", 2, seed=3, owner="bob")  # now the top row
 
+        # "Open results" opens what ana chose, not what is now in the row she ticked
+        page.get_by_role("button", name="Open results").click()
+        expect(page.get_by_role("heading", name="Results")).to_be_visible(timeout=60_000)
+        expect(page.get_by_role("heading", name="A2 20m")).to_be_visible(timeout=60_000)
+        assert f"batch={chosen.batch_id}" in page.url
+        page.get_by_role("link", name="History").click()
+        expect(page.get_by_text("3 batch(es)")).to_be_visible(timeout=30_000)
+        select_row(page, 1)  # rows now: bob's, A2 20m, A1 8w
+        expect(page.get_by_text(f"Selected: batch #{chosen.batch_id}")).to_be_visible(timeout=30_000)
+
         page.get_by_role("button", name="Delete").click()
         page.get_by_text(f"Yes, delete batch #{chosen.batch_id}").click()
         expect(page.get_by_role("button", name="Delete for good")).to_be_enabled(timeout=30_000)
