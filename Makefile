@@ -53,3 +53,4 @@ bench: install
 	$(PY) bench/quality.py
 	$(PY) bench/saliency.py
 	$(PY) bench/load.py
+	$(PY) bench/formats.py
