@@ -264,3 +264,27 @@ def test_the_results_page_reads_a_batch_again_on_the_channel_it_chose(app_env):
     assert "could not be read back" not in shown
     table = next(d.value for d in at.dataframe if "cell" in d.value.columns and "predicted" in d.value.columns)
     assert len(table) > 0 and table["cell"].notna().all()  # every thumbnail drawn
+
+
+def test_saliency_maps_of_a_batch_are_cut_from_the_channel_it_chose(app_env):
+    """The saliency task cut its crops with the automatic channel: on a file that names no transmitted channel
+    it failed ('none of its channels is named as transmitted light') for a batch classified on a chosen one."""
+    from db import queries
+    from db.schema import Job, SaliencyRun
+    from lsm_core.lab.batches import BatchMeta
+    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.tasks import saliency as saliency_task
+
+    lab = open_lab()
+    with lab() as s:
+        model_id = queries.model_by_name(s, "demo-lsm").id
+    meta = BatchMeta(channel="camera 2")
+    sub = batches.submit_batch(lab, [RawFile("cams.ome.tif", two_cameras_file())], model_id, "maps", "ana", meta=meta)
+    Worker(lab, device="cpu").run(drain=True)
+    job = saliency_task.submit(lab, sub.batch_id, "gradcam", top=2, owner="ana")
+    Worker(lab, device="cpu").run(drain=True)
+    with lab() as s:
+        done = s.get(Job, job)
+        assert done.status == "done", done.error
+        assert s.scalars(select(SaliencyRun).where(SaliencyRun.batch_id == sub.batch_id)).first() is not None
+    lab.dispose()
