@@ -172,11 +172,22 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip()) if args.kinds else ALL_KINDS
+    if args.prep_workers is not None and args.prep_workers < 0:
+        raise LsmError("--prep-workers must be 0 or more")
     worker = Worker(
-        _lab(), device=args.device, kinds=kinds, lease_s=args.lease, poll_s=args.poll, batch_size=args.batch_size
+        _lab(),
+        device=args.device,
+        kinds=kinds,
+        lease_s=args.lease,
+        poll_s=args.poll,
+        batch_size=args.batch_size,
+        prep_workers=args.prep_workers,
     )
     worker.install_signal_handlers()
-    _log(f"worker {worker.id} on {worker.device}, job kinds: {', '.join(worker.kinds)}")
+    _log(
+        f"worker {worker.id} on {worker.device}, job kinds: {', '.join(worker.kinds)}, "
+        f"{worker.prep.workers} preparation process(es)"
+    )
     n = worker.run(drain=args.drain)
     _log(f"worker {worker.id} stopped after {n} jobs")
     return 0
@@ -588,6 +599,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated job kinds to take: {', '.join(k.value for k in JobKind)} (default: all)",
     )
     p.add_argument("--drain", action="store_true", help="exit once the queue is empty")
+    p.add_argument(
+        "--prep-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="processes that read images and find their cells (default: LSM_PREP_WORKERS, else the cores minus "
+        "one as memory allows; 0: this process does it)",
+    )
     p.add_argument("--lease", type=float, default=60.0, help="seconds a claimed job is held between heartbeats")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between looks at an empty queue")
     p.add_argument("--batch-size", type=int, default=None, help="crops per forward pass (default 256)")

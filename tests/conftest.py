@@ -6,6 +6,10 @@ import os
 
 import pytest
 
+# Workers in tests read images in-process unless a test asks for preparation processes (tests/test_prepare.py):
+# spawning a pool for each of the hundreds of short worker runs would only cost time.
+os.environ.setdefault("LSM_PREP_WORKERS", "0")
+
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):

@@ -159,14 +159,14 @@ def test_the_migration_keeps_deleted_ids_unused_and_every_row(tmp_path):
 
 def test_an_image_without_cells_says_why_and_a_rerun_at_another_pixel_size_finds_them(history):
     lab, _, model_id = history
-    sub = submit(lab, model_id, [field_file(31)], "wrong calibration", pixel_size_um=1.5)
+    sub = submit(lab, model_id, [field_file(31)], "wrong calibration", pixel_size_um=4.0)  # 20 times too large
     Worker(lab, device="cpu").run(drain=True)
     with lab() as s:
         report = load_report(s, sub.batch_id)
     assert report.cells_total == 0 and not report.running
     [(file, why)] = report.without_cells
     assert file == "field31.tif"
-    assert "larger than 14 µm" in why and "Is the pixel size right? It is 1.5 µm/px, set for this batch" in why
+    assert "larger than 18 µm" in why and "Is the pixel size right? It is 4 µm/px, set for this batch" in why
 
     again = batches.rerun(lab, sub.batch_id, model_id, "ana", pixel_size_um=0.2)
     Worker(lab, device="cpu").run(drain=True)  # not the cached (empty) result of the other pixel size
@@ -178,7 +178,7 @@ def test_an_image_without_cells_says_why_and_a_rerun_at_another_pixel_size_finds
 
 def test_no_cells_note_names_what_was_dropped():
     assert no_cells_note({"clump": 1, "debris": 3}, FindParams()) == (
-        "no cells found: 1 object larger than 14 µm was dropped as a clump; 3 objects smaller than 4 µm were dropped "
+        "no cells found: 1 object larger than 18 µm was dropped as a clump; 3 objects smaller than 4 µm were dropped "
         "as debris. Is the pixel size right? It is 0.2 µm/px, the model's default."
     )
     assert "nothing stood out from the background" in no_cells_note({}, FindParams())

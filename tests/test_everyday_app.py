@@ -42,7 +42,7 @@ def test_results_say_why_no_cell_was_found_and_offer_another_pixel_size(app_env)
 
     lab = _lab()
     sub = submit_batch(
-        lab, [field_file(31)], _model_id(lab), "too coarse", owner="ana", meta=BatchMeta(pixel_size_um=1.5)
+        lab, [field_file(31)], _model_id(lab), "too coarse", owner="ana", meta=BatchMeta(pixel_size_um=4.0)
     )
     at = run_page("pages/results.py", {"batch": str(sub.batch_id)})
     assert "still being classified" in texts(at) and "No cells were classified" not in texts(at)
@@ -50,10 +50,10 @@ def test_results_say_why_no_cell_was_found_and_offer_another_pixel_size(app_env)
     at = run_page("pages/results.py", {"batch": str(sub.batch_id)})
     shown = texts(at)
     assert "No cells were classified in this batch." in shown and "yet" not in shown
-    assert "field31.tif: no cells found" in shown and "larger than 14 µm" in shown
-    assert "It is 1.5 µm/px, set for this batch" in shown
+    assert "field31.tif: no cells found" in shown and "larger than 18 µm" in shown
+    assert "It is 4 µm/px, set for this batch" in shown
     pixel = next(n for n in at.number_input if n.label == "Pixel size (µm per pixel)")
-    assert pixel.value == 1.5
+    assert pixel.value == 4.0
     pixel.set_value(0.2)
     next(b for b in at.button if b.label == "Re-run at this pixel size").click()
     at.run()

@@ -25,6 +25,7 @@ app. Nothing else in the project reads the environment: functions get what they 
 | LSM_ALLOWED_DOMAINS | (anyone the provider knows) | signed-in mode: e-mail domains (or addresses) that may sign in |
 | LSM_MAX_SECONDS_PER_IMAGE | 120 | a worker gives up reading and finding the cells of one image after this long |
 | LSM_SALIENCY_MAX_CELLS | 2000 | most cells a member may ask saliency maps for at once (administrators: any number) |
+| LSM_PREP_WORKERS | cores - 1, as memory allows | a worker's processes that read images and find cells (0: none) |
 
 Sign-in is on when an ``[auth]`` section is configured in ``~/.streamlit/secrets.toml`` or
 ``./.streamlit/secrets.toml`` (Streamlit's own places); :func:`auth_problem` says when its ``cookie_secret`` is
@@ -63,6 +64,7 @@ VARIABLES = (
     "LSM_ALLOWED_DOMAINS",
     "LSM_MAX_SECONDS_PER_IMAGE",
     "LSM_SALIENCY_MAX_CELLS",
+    "LSM_PREP_WORKERS",
 )
 PRECISIONS = ("auto", "bf16", "fp32")
 DEMO_RECIPES = ("full", "tiny")
@@ -199,6 +201,20 @@ def auth_problem(files: list[Path] | None = None) -> str | None:
     return None
 
 
+def _count(env: Mapping[str, str], name: str) -> int | None:
+    """A whole number of 0 or more, or None when the variable is not set."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise LsmError(f"setting {name}={raw!r} is not a whole number") from None
+    if value < 0:
+        raise LsmError(f"setting {name}={raw!r} must be 0 or more")
+    return value
+
+
 def _number(env: Mapping[str, str], name: str, default: float, kind: type = float) -> float:
     raw = env.get(name, "").strip()
     if not raw:
@@ -237,6 +253,7 @@ class Settings:
     allowed_domains: frozenset[str] = frozenset()  # who may sign in (e-mail domains or whole addresses); empty: anyone
     max_seconds_per_image: float = 120.0  # a worker gives up reading one image after this long
     saliency_max_cells: int = 2000  # most cells a member may ask saliency maps for at once (administrators: any)
+    prep_workers: int | None = None  # a worker's preparation processes (None: lsm_core.imaging.prepare's default)
 
     @property
     def model_dir(self) -> Path:
@@ -279,6 +296,7 @@ class Settings:
             ),
             max_seconds_per_image=float(_number(env, "LSM_MAX_SECONDS_PER_IMAGE", 120.0)),
             saliency_max_cells=int(_number(env, "LSM_SALIENCY_MAX_CELLS", 2000, int)),
+            prep_workers=_count(env, "LSM_PREP_WORKERS"),
         )
 
     def with_(self, **changes) -> Settings:
@@ -301,6 +319,7 @@ class Settings:
             "LSM_ADDRESS": self.address,
             "LSM_MAX_SECONDS_PER_IMAGE": repr(self.max_seconds_per_image),
             "LSM_SALIENCY_MAX_CELLS": str(self.saliency_max_cells),
+            **({"LSM_PREP_WORKERS": str(self.prep_workers)} if self.prep_workers is not None else {}),
             "LSM_MAX_ARCHIVE_MEMBERS": str(self.limits.max_archive_members),
             "LSM_MAX_ARCHIVE_BYTES": str(self.limits.max_archive_bytes),
         }

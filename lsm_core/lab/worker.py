@@ -31,11 +31,12 @@ from collections.abc import Iterable
 from db.schema import Job, utcnow
 from db.schema import Worker as WorkerRow
 from lsm_core.errors import LsmError
+from lsm_core.imaging.prepare import default_workers
 from lsm_core.lab import jobs, tasks
 from lsm_core.lab.history import Lab
 from lsm_core.lab.jobs import JobKind, JobStatus
 from lsm_core.lab.retry import DEFAULT_SECONDS, Retry, connection_lost
-from lsm_core.lab.tasks.context import Cancelled, Context, JobLost, ModelCache, Stopping
+from lsm_core.lab.tasks.context import Cancelled, Context, JobLost, ModelCache, Preparation, Stopping
 
 log = logging.getLogger("lsm_core.worker")
 ALL_KINDS = tuple(k.value for k in JobKind)
@@ -53,6 +54,7 @@ class Worker:
         worker_id: str | None = None,
         batch_size: int | None = None,
         db_retry_s: float = DEFAULT_SECONDS,
+        prep_workers: int | None = None,
     ) -> None:
         from lsm_core.ml.predict import choose_device
 
@@ -65,6 +67,9 @@ class Worker:
         self.lease_s, self.poll_s = lease_s, poll_s
         self.retry = Retry(db_retry_s)
         self.models = ModelCache(lab, self.device, cache_size, batch_size)
+        if prep_workers is None:  # the setting, else the host's cores minus one as memory allows
+            prep_workers = lab.settings.prep_workers
+        self.prep = Preparation(default_workers(lab.limits) if prep_workers is None else prep_workers)
         self.host = socket.gethostname()
         self.id = worker_id or f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.stop = threading.Event()
@@ -142,6 +147,7 @@ class Worker:
                     break
         finally:
             beats_done.set()
+            self.prep.close()
             self.current_job = None
             self._beat_now(stopped=True)
         return n
@@ -151,7 +157,7 @@ class Worker:
         self.current_job = job.id
         self._beat_now()
         log.info("job %s (%s) claimed, attempt %s", job.id, job.kind, job.attempts)
-        ctx = Context(self.lab, job, self.id, self.retry, self.models, self.stop, self.lease_s)
+        ctx = Context(self.lab, job, self.id, self.retry, self.models, self.stop, self.lease_s, self.prep)
         try:
             result = tasks.find(job.kind)(ctx, job.payload)
             if not ctx.finished:

@@ -20,12 +20,13 @@ from sqlalchemy.orm import Session
 from db.bulk import insert_cells
 from db.schema import Batch, Cell, Image, Job, Model
 from lsm_core.errors import LsmError
-from lsm_core.imaging.cells import CellCrops, FindParams, find_cells, no_cells_note
-from lsm_core.imaging.images import ReadOptions, decode_page_channels
-from lsm_core.imaging.reporters import ChannelSignal, measure
+from lsm_core.imaging.cells import CellCrops, FindParams
+from lsm_core.imaging.images import ReadOptions
+from lsm_core.imaging.prepare import Prepared, PrepTask
+from lsm_core.imaging.reporters import ChannelSignal
 from lsm_core.lab.jobs import JobKind
 from lsm_core.lab.tasks import task
-from lsm_core.lab.tasks.context import Context, time_limit
+from lsm_core.lab.tasks.context import Context
 
 log = logging.getLogger("lsm_core.worker")
 
@@ -103,9 +104,13 @@ def _classify_unread(ctx: Context, batch_id: int) -> None:
     total = max(total, len(todo))  # a job made by an older version may count fewer images than are left
     done = total - len(todo)  # never negative, never past the total
     predictor = ctx.models.predictor(model)
-    results = (
-        (image, _cells_for(ctx, image, model, _calibration(image, pixel_size, model), options)) for image in todo
+    # the cells found before for the same bytes, weights, pixel size and plane are copied; the other images are
+    # read and their cells found by the worker's preparation processes, in order, a few images ahead
+    looked_up = (
+        (image, _looked_up(ctx, image, model, _calibration(image, pixel_size, model), options)) for image in todo
     )
+    prepared = ctx.prep.pool().ordered(looked_up, lambda item: item[1][1])
+    results = ((image, _result(looked[0], done_)) for (image, looked), done_ in prepared)
     for chunk in in_batches(results, predictor, lambda item: item[1].crops()):
         for (_, result), pred in chunk:
             if pred is not None:
@@ -138,7 +143,11 @@ def _calibration(image, batch_pixel_size: float | None, model: Model) -> tuple[f
     return float(model.pixel_size_um), "model default"
 
 
-def _cells_for(ctx: Context, image, model: Model, calibration: tuple[float, str], options: ReadOptions) -> ImageResult:
+def _looked_up(
+    ctx: Context, image, model: Model, calibration: tuple[float, str], options: ReadOptions
+) -> tuple[ImageResult, PrepTask | None]:
+    """An image's result as far as the database knows it (cells found before, copied), and the preparation it
+    still needs (None: none)."""
     pixel_size, origin = calibration
     result = ImageResult(image.id, pixel_size_um=pixel_size, pixel_size_source=origin)
     params = replace(
@@ -153,22 +162,24 @@ def _cells_for(ctx: Context, image, model: Model, calibration: tuple[float, str]
     )
     if cached is not None:
         result.kind, result.cached, result.note, result.reporters = cached
-        return result
+        return result, None
     try:
-        with time_limit(ctx.lab.settings.max_seconds_per_image, "reading this image and finding its cells"):
-            stored = ctx.lab.blobs.file(image.sha256)  # opened where it lies: one plane in memory at a time
-            pixels, others, left_out = decode_page_channels("stored", stored, image.page, ctx.lab.limits, options)
-            found = find_cells(pixels, params)
-            if others and found.labels is not None:  # the reporter channels, measured in each cell's mask
-                result.signal = measure(found.labels, len(found), others, pixel_size)
+        stored = ctx.lab.blobs.file(image.sha256)  # opened where it lies: one plane in memory at a time
     except LsmError as exc:
         result.error = str(exc)
+        return result, None
+    return result, PrepTask(stored, image.page, options, ctx.lab.limits, params, ctx.lab.settings.max_seconds_per_image)
+
+
+def _result(result: ImageResult, prepared: Prepared | None) -> ImageResult:
+    """The result of an image with what its preparation gave (None: nothing to add)."""
+    if prepared is None:
         return result
-    found.labels = None  # measured: only the crops are kept
-    result.kind = "single" if found.flags == ["single"] else "field"
-    result.found = found
-    notes = [left_out, None if len(found) else no_cells_note(found.dropped, params)]
-    result.note = "; ".join(n for n in notes if n) or None
+    if prepared.error is not None or prepared.found is None:
+        result.error = prepared.error or "could not be read"
+        return result
+    result.found, result.signal, result.note = prepared.found, prepared.signal, prepared.note
+    result.kind = "single" if prepared.found.flags == ["single"] else "field"
     return result
 
 

@@ -9,11 +9,9 @@ to write more in the same transaction as the job's end).
 
 from __future__ import annotations
 
-import signal
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -30,6 +28,7 @@ from lsm_core.lab.retry import Retry
 if TYPE_CHECKING:
     import torch
 
+    from lsm_core.imaging.prepare import PrepPool
     from lsm_core.ml.models import ModelPackage
     from lsm_core.ml.predict import Predictor
 
@@ -48,29 +47,25 @@ class Stopping(Exception):
     """The worker is stopping (SIGTERM): the job goes back to the queue without counting an attempt."""
 
 
-class TookTooLong(LsmError):
-    """One item of a job (an image) ran past the per-item time limit (LSM_MAX_SECONDS_PER_IMAGE)."""
+class Preparation:
+    """The worker's pool of preparation processes (:class:`lsm_core.imaging.prepare.PrepPool`), started when a
+    job first needs it and kept for the next jobs (a process costs a second to start), closed with the worker."""
 
+    def __init__(self, workers: int) -> None:
+        self.workers = max(0, int(workers))
+        self._pool: PrepPool | None = None
 
-@contextmanager
-def time_limit(seconds: float, what: str) -> Iterator[None]:
-    """Raise :class:`TookTooLong` in the block after ``seconds`` (a SIGALRM timer: in the main thread only, where
-    workers run their tasks; elsewhere, as in tests that run a worker in a thread, the block is not limited). A
-    long call into C (a decompressor, say) ends its step before the signal is seen."""
-    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    def pool(self) -> PrepPool:
+        from lsm_core.imaging.prepare import PrepPool
 
-    def expired(_signum, _frame):
-        raise TookTooLong(f"{what} took longer than {seconds:g} s (LSM_MAX_SECONDS_PER_IMAGE); it was stopped")
+        if self._pool is None:
+            self._pool = PrepPool(self.workers)
+        return self._pool
 
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
 
 class ModelCache:
@@ -114,6 +109,7 @@ class Context:
     models: ModelCache
     stop: threading.Event
     lease_s: float = jobs.DEFAULT_LEASE_S
+    prep: Preparation = field(default_factory=lambda: Preparation(0))  # the worker's (0: images read in-process)
     finished: bool = field(default=False, init=False)
 
     @property
