@@ -50,18 +50,18 @@ def test_adding_files_while_the_job_runs_extends_it_and_the_worker_takes_them_be
     worker = Worker(lab, device="cpu")
     claimed = jobs.claim(lab, worker.id)
     assert claimed is not None and claimed.id == sub.job_id
-    real = classify_task._cells_for
+    real = classify_task._looked_up
     added: list[batches.Submitted] = []
     calls: list[int] = []
 
-    def cells_for(ctx, image, *args):  # the user adds files while the worker reads the batch's last image
+    def looked_up(ctx, image, *args):  # the user adds files while the worker takes up the batch's last image
         result = real(ctx, image, *args)
         calls.append(image.id)
         if len(calls) == 3 and not added:  # the last of the three images is read: add two more
             added.append(batches.add_files(lab, sub.batch_id, crop_files(2, seed=721, prefix="late"), "ana"))
         return result
 
-    monkeypatch.setattr(classify_task, "_cells_for", cells_for)
+    monkeypatch.setattr(classify_task, "_looked_up", looked_up)
     worker.run_job(claimed)
     assert added and added[0].job_id == sub.job_id  # no second job
     (job,) = _jobs_of(lab, sub.batch_id)

@@ -106,3 +106,33 @@ def test_the_worker_classifies_a_batch_the_same_with_and_without_preparation_pro
         batches.delete(lab, sub.batch_id, "ana")  # so that the next run finds its cells again, not from this one
     assert len(rows[0][1]) > 40
     assert rows[2] == rows[0]
+
+
+def test_a_pool_process_that_dies_costs_a_retry_not_the_images(tmp_path):
+    """Killed from outside (as the kernel kills a process for memory) while it prepares: the pool is started
+    again and the images in it are prepared once more; the results are those of the serial path."""
+    import os
+    import signal
+    import threading
+
+    items = list(enumerate(tasks(tmp_path)[:3]))
+    with PrepPool(0) as serial:
+        expected = [summary(p) for _, p in serial.ordered(items, lambda item: item[1])]
+    killed: list[int] = []
+    with PrepPool(1) as pool:
+
+        def kill() -> None:  # the first process, as soon as it exists (the first image was handed to it)
+            for _ in range(2000):
+                processes = list((getattr(pool._executor, "_processes", None) or {}).values())
+                if processes:
+                    os.kill(processes[0].pid, signal.SIGKILL)
+                    killed.append(processes[0].pid)
+                    return
+                threading.Event().wait(0.005)
+
+        killer = threading.Thread(target=kill)
+        killer.start()
+        got = [summary(p) for _, p in pool.ordered(items, lambda item: item[1])]
+        killer.join()
+    assert killed  # a process was killed while the pool had work
+    assert got == expected

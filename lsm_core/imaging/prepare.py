@@ -21,6 +21,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,8 +121,9 @@ def default_workers(limits: Limits | None = None, cores: int | None = None, memo
 @dataclass
 class _Slot(Generic[T]):
     item: T
-    future: Future | None  # None: prepared here already (``ready``)
-    ready: Prepared | None = None
+    task: PrepTask | None
+    future: Future | None  # None: nothing to prepare
+    retried: bool = False
 
 
 class PrepPool:
@@ -160,26 +162,47 @@ class PrepPool:
         ahead = 2 * self.workers
         for item in items:
             task = task_of(item)
-            window.append(_Slot(item, self._executor.submit(prepare, task) if task is not None else None))
+            window.append(_Slot(item, task, self._submit(task) if task is not None else None))
             while len(window) > ahead or (window and _finished(window[0])):
-                yield _result(window.popleft())
+                yield self._result(window.popleft())
         while window:
-            yield _result(window.popleft())
+            yield self._result(window.popleft())
+
+    def _submit(self, task: PrepTask) -> Future:
+        assert self._executor is not None
+        try:
+            return self._executor.submit(prepare, task)
+        except BrokenProcessPool:  # a process died (killed for memory, say): a fresh pool for the rest
+            self._restart()
+            return self._executor.submit(prepare, task)
+
+    def _restart(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def _result(self, slot: _Slot[T]) -> tuple[T, Prepared | None]:
+        if slot.future is None or slot.task is None:
+            return slot.item, None
+        try:
+            return slot.item, slot.future.result()
+        except LsmError as exc:
+            return slot.item, Prepared(error=str(exc))
+        except BrokenProcessPool as exc:
+            # the pool broke while this image was in it (it may be the image that killed a process, or one that
+            # merely shared the pool with it): once more in a fresh pool, then it is this image's error
+            if not slot.retried:
+                if self._executor is None or getattr(self._executor, "_broken", False):
+                    self._restart()
+                slot.future, slot.retried = self._submit(slot.task), True
+                return self._result(slot)
+            return slot.item, Prepared(error=f"preparing this image stopped its process twice ({exc})")
+        except Exception as exc:  # anything else that escaped prepare(): this image's error, the rest goes on
+            return slot.item, Prepared(error=f"preparing this image failed ({type(exc).__name__}: {exc})")
 
 
 def _finished(slot: _Slot) -> bool:
     return slot.future is None or slot.future.done()
-
-
-def _result(slot: _Slot[T]) -> tuple[T, Prepared | None]:
-    if slot.future is None:
-        return slot.item, None
-    try:
-        return slot.item, slot.future.result()
-    except LsmError as exc:
-        return slot.item, Prepared(error=str(exc))
-    except Exception as exc:  # a pool process that died (killed for memory): that image's error, the rest goes on
-        return slot.item, Prepared(error=f"preparing this image failed ({type(exc).__name__}: {exc})")
 
 
 def crops_of(prepared: Prepared | None) -> np.ndarray | None:
