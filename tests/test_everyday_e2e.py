@@ -62,6 +62,15 @@ def wait_done(library, batch_id, timeout=120):
     raise AssertionError(f"batch {batch_id} was not done within {timeout} s")
 
 
+def settle(page) -> None:
+    """Wait until the app has finished rerunning after an upload (Streamlit's status widget is gone): a click
+    on a form button during the rerun that each uploaded file starts may be taken by the old run."""
+    from playwright.sync_api import expect
+
+    page.wait_for_timeout(500)
+    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0, timeout=60_000)
+
+
 def select_row(page, row: int) -> None:
     """Tick the row marker of the ``row``-th row (0 = top) of the page's first table."""
     box = page.locator('[data-testid="stDataFrame"]').first.bounding_box()
@@ -162,6 +171,7 @@ def test_adding_files_to_a_batch_adds_only_the_new_ones(server, library, tmp_pat
         page.locator("input[type=file]").set_input_files(paths[:20])
         expect(page.get_by_text("crop19.png")).to_be_visible(timeout=30_000)
         expect(page.get_by_test_id("stFileUploader").get_by_text("crop00.png")).to_have_count(1)
+        settle(page)
         page.get_by_label("Batch name").fill("twenty crops")
         page.get_by_role("button", name="Classify", exact=True).click()
         expect(page.get_by_role("heading", name="Composition")).to_be_visible(timeout=180_000)
@@ -173,6 +183,7 @@ def test_adding_files_to_a_batch_adds_only_the_new_ones(server, library, tmp_pat
 
         page.locator("input[type=file]").set_input_files(paths)  # the 20 again, and one new
         expect(page.get_by_text("crop20.png")).to_be_visible(timeout=30_000)
+        settle(page)
         page.get_by_label("Batch name").fill("twenty crops")
         page.get_by_role("button", name="Classify", exact=True).click()
         expect(page.get_by_text(re.compile("You already have a batch called"))).to_be_visible(timeout=30_000)
