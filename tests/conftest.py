@@ -11,6 +11,18 @@ import pytest
 os.environ.setdefault("LSM_PREP_WORKERS", "0")
 
 
+@pytest.fixture(autouse=True)
+def _main_module_kept():
+    """Streamlit's AppTest leaves the page script it ran as ``sys.modules["__main__"]``; a process that
+    multiprocessing spawns later (the preparation pool of tests/test_prepare.py) runs ``__main__`` again
+    first, and dies running a page outside Streamlit. Each test gets back the ``__main__`` it started with."""
+    import sys
+
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("lsm-data")
