@@ -1,14 +1,18 @@
-"""Bulk writes of cells: PostgreSQL's COPY where available, executemany elsewhere, inside the caller's transaction."""
+"""Bulk writes, inside the caller's transaction: cells through PostgreSQL's COPY where available (executemany
+elsewhere); an upload's rows (its batch, images, job and audit event) in as few round trips as the database
+allows (:func:`insert_together`)."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
+from typing import Any, cast
 
-from sqlalchemy import insert
-from sqlalchemy.orm import Session
+from sqlalchemy import ARRAY, JSON, ColumnElement, Connection, Insert, Table, bindparam, func, insert, null, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from db.schema import Cell
+from db.schema import Base, Cell, Image
 
 CELL_COLUMNS = ("batch_id", "image_id", "idx", "x", "y", "w", "h", "predicted", "score", "probs", "flags", "signal")
 JSON_COLUMNS = ("probs", "signal")
@@ -29,6 +33,103 @@ def insert_cells(s: Session, rows: Sequence[dict]) -> int:
         return len(rows)
     conn.execute(insert(Cell), [{c: r.get(c) for c in CELL_COLUMNS} for r in rows])
     return len(rows)
+
+
+def insert_images(s: Session, batch_id: int, rows: Sequence[dict[str, Any]]) -> int:
+    """Insert image rows (dicts of ``images`` columns, every row the same keys) of batch ``batch_id`` within
+    ``s``'s transaction, as multi-row INSERTs; returns the number written."""
+    return _insert_many(s.connection(), _table(Image), [{**r, "batch_id": batch_id} for r in rows])
+
+
+def next_id(s: Session, model: type[Base]) -> ColumnElement[Any]:
+    """A column expression that takes a new id of ``model``'s table from its sequence on PostgreSQL, to be
+    selected beside another query (no round trip of its own); NULL elsewhere, where the row's INSERT gives
+    its id."""
+    if s.get_bind().dialect.name == "postgresql":
+        return func.nextval(func.pg_get_serial_sequence(_table(model).name, "id"))
+    return null()
+
+
+def insert_together(
+    s: Session, parts: Sequence[tuple[type[Base], Sequence[dict[str, Any]]]], returning: InstrumentedAttribute
+) -> Any:
+    """Insert rows (column values; the rows of a part have the same keys) of several mapped classes' tables
+    within ``s``'s transaction, in order, and return the ``returning`` column of the last part's one row.
+
+    No part may need another's result (every id a row refers to is given, see :func:`next_id`), so on
+    PostgreSQL they go as one statement, one round trip instead of one per table: the parts before the last
+    are data-modifying CTEs (foreign keys are checked at the statement's end), a part of many rows an
+    ``INSERT ... SELECT FROM unnest(<one array per column>)``. That statement is built once per shape (the
+    tables, their keys, one row or many) with a named parameter per column, so neither building it nor
+    compiling it costs anything the next time, whatever the number of rows (and no limit on parameters).
+    Elsewhere (SQLite runs in process: no round trip to save) one statement per table. The columns'
+    Python-side defaults are filled in here, for both."""
+    done = [(_table(m), [_with_defaults(_table(m), row) for row in rows]) for m, rows in parts if rows]
+    *before, (last, (row, *more)) = done
+    assert not more, "the last part is one row"
+    shape = tuple((table, tuple(rows[0]), len(rows) > 1) for table, rows in done)
+    assert all(tuple(r) == keys for (_, keys, _), (_, rows) in zip(shape, done) for r in rows), "keys differ"
+    conn = s.connection()
+    # one statement per table on SQLite, and where many rows hold JSON (no array of JSON values is sent)
+    if conn.dialect.name != "postgresql" or any(many and _json_columns(t, keys) for t, keys, many in shape):
+        for table, rows in before:
+            _insert_many(conn, table, rows)
+        return conn.execute(insert(last).returning(returning), row).scalar_one()
+    params: dict[str, Any] = {}
+    for i, (_, rows) in enumerate(done):
+        if len(rows) > 1:
+            params.update({f"p{i}_{k}": [r[k] for r in rows] for k in rows[0]})
+        else:
+            params.update({f"p{i}_{k}": v for k, v in rows[0].items()})
+    return conn.execute(_together(shape, returning.key), params).scalar_one()
+
+
+@functools.lru_cache(maxsize=64)
+def _together(shape: tuple[tuple[Table, tuple[str, ...], bool], ...], returning: str) -> Insert:
+    """:func:`insert_together`'s statement for PostgreSQL: the parts but the last as CTEs, their values the
+    parameters ``p<part>_<column>`` (an array per column for a part of many rows)."""
+    inserts = []
+    for i, (table, keys, many) in enumerate(shape):
+        if many:
+            arrays = [bindparam(f"p{i}_{k}", type_=ARRAY(table.c[k].type)) for k in keys]
+            unnested = func.unnest(*arrays).table_valued(*keys).render_derived()
+            inserts.append(insert(table).from_select(list(keys), select(unnested), include_defaults=False))
+        else:
+            inserts.append(insert(table).values({k: bindparam(f"p{i}_{k}", type_=table.c[k].type) for k in keys}))
+    *ctes, last = inserts
+    named = [stmt.cte(f"new_{table.name}") for stmt, (table, _, _) in zip(ctes, shape)]
+    return last.returning(shape[-1][0].c[returning]).add_cte(*named)
+
+
+def _json_columns(table: Table, keys: Sequence[str]) -> list[str]:
+    return [k for k in keys if isinstance(table.c[k].type, JSON)]
+
+
+def _insert_many(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> int:
+    """Insert rows (the same keys each) as multi-row INSERTs: SQLAlchemy sends an executemany with RETURNING
+    that way ("insertmanyvalues", at most 1,000 rows a statement) on every dialect; without RETURNING, psycopg
+    would send one INSERT per row."""
+    if not rows:
+        return 0
+    return len(conn.execute(insert(table).returning(table.c.id), list(rows)).all())
+
+
+def _table(model: type[Base]) -> Table:
+    return cast(Table, model.__table__)
+
+
+def _with_defaults(table: Table, row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with the Python-side defaults of the columns it leaves out (a CTE's INSERT gets none of its own)."""
+    out = dict(row)
+    for column in table.columns:
+        default = column.default
+        if column.key in out or default is None:
+            continue
+        if default.is_scalar:
+            out[column.key] = default.arg  # type: ignore[attr-defined]
+        elif default.is_callable:
+            out[column.key] = default.arg(None)  # type: ignore[attr-defined]
+    return out
 
 
 def _copied(column: str, value):

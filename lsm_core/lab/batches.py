@@ -15,12 +15,14 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import instance_dict
 
-from db import audit
-from db.schema import AuditEvent, Batch, Cell, Image, Job, Model, SaliencyRun
+from db import audit, bulk
+from db.schema import AuditEvent, Base, Batch, Cell, Image, Job, Model, SaliencyRun
 from lsm_core.errors import LsmError
 from lsm_core.imaging.images import Limits, RawFile, ReadOptions, clean_name, inspect, iter_upload
 from lsm_core.lab import accounts
@@ -106,15 +108,16 @@ _NOTE_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 @dataclass
 class ImageRows:
-    """Image rows for uploaded files (not yet in a session), with the files that failed and those skipped."""
+    """Image rows for uploaded files (column values of the ``images`` table, without ``batch_id``: written at
+    once by :mod:`db.bulk`, no ORM object made), with the files that failed and those skipped."""
 
-    rows: list[Image] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
     errors: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def readable(self) -> int:
-        return sum(1 for r in self.rows if r.error is None)
+        return sum(1 for r in self.rows if r["error"] is None)
 
 
 def image_rows(
@@ -125,10 +128,11 @@ def image_rows(
     options: ReadOptions | None = None,
 ) -> ImageRows:
     """Image rows for uploaded files, read one at a time: each file's headers are checked (format, size,
-    the memory a page would take: nothing is decoded here, the workers do that and report a damaged page
-    there) and its bytes stored once, only when at least one page can be read. A file that cannot becomes a
-    row with its error. A file whose bytes are in ``present`` (sha256 -> the file name there: the batch's
-    files) or earlier in ``files`` is skipped, never counted twice."""
+    the memory a page would take, a ZIP's members, their number and declared sizes: nothing is decoded
+    here, the workers do that and report a damaged page there, per image) and its bytes stored once, only
+    when at least one page can be read. A file that cannot becomes a row with its error. A file whose bytes
+    are in ``present`` (sha256 -> the file name there: the batch's files) or earlier in ``files`` is
+    skipped, never counted twice."""
     out = ImageRows()
     seen = dict(present or {})
     expanded = (
@@ -145,27 +149,28 @@ def image_rows(
             )
             continue
         if sha is not None and raw.data is not None and any(r.ok for r in records):
-            blobs.put(raw.data)
+            blobs.put(raw.data, sha)  # hashed once, by inspect
             seen[sha] = raw.source
         for record in records:
-            image = Image(
-                position=len(out.rows),
-                file=record.source,
-                page=record.page + 1,
-                sha256=record.sha256,
-                width=record.width,
-                height=record.height,
-                bit_depth=record.bit_depth,
-                pixel_size_um=record.pixel_size_um,  # what the file states; the worker records what it used
-                pixel_size_source="file" if record.pixel_size_um else None,
-                channel=record.channel,
-                error=record.error,
-                done=not record.ok,
+            out.rows.append(
+                {
+                    "position": len(out.rows),
+                    "file": record.source,
+                    "page": record.page + 1,
+                    "sha256": record.sha256,
+                    "width": record.width,
+                    "height": record.height,
+                    "bit_depth": record.bit_depth,
+                    "pixel_size_um": record.pixel_size_um,  # what the file states; the worker records what it used
+                    "pixel_size_source": "file" if record.pixel_size_um else None,
+                    "channel": record.channel,
+                    "error": record.error,
+                    "done": not record.ok,
+                    "n_cells": None if record.ok else 0,
+                }
             )
             if not record.ok:
-                image.n_cells = 0
                 out.errors.append((record.source, record.error or ""))
-            out.rows.append(image)
     return out
 
 
@@ -184,6 +189,19 @@ def classify_job(batch: Batch, owner: str, readable: int, priority: int = 0) -> 
     )
 
 
+def _columns(row: Base) -> dict[str, Any]:
+    """A new ORM object's row, to insert: the columns its constructor was given, except those given None that
+    have a default (or are the id): their default fills them. The keys then depend on the code that made the
+    object, not on its values (db.bulk.insert_together builds one statement per set of keys)."""
+    given = instance_dict(row)
+    return {
+        c.key: given[c.key]
+        for c in row.__table__.columns
+        if c.key in given
+        and (given[c.key] is not None or not (c.primary_key or c.default is not None or c.server_default is not None))
+    }
+
+
 def submit_batch(
     lab: Lab,
     files: Iterable[RawFile],
@@ -197,8 +215,12 @@ def submit_batch(
 ) -> Submitted:
     """Store the files' bytes, then create the batch, its images and its classify job in one transaction.
 
-    Every file is decoded once here to validate it; a file that fails becomes an image row with its error
-    and the rest go on. Raises LsmError when nothing at all was uploaded or the model is unknown.
+    Files are checked from their headers and sizes alone (:func:`image_rows`): nothing is decoded here, the
+    worker decodes each image and reports one it cannot read as that image's error, the rest of the batch
+    going on. A file whose headers refuse it becomes an image row with its error, its bytes not stored.
+    The transaction is two statements on PostgreSQL (the model with the batch's new id, then every row at
+    once: db.bulk.insert_together) and its commit. Raises LsmError when nothing at all was uploaded or the
+    model is unknown.
     """
     owner = owner or accounts.current_user()
     actor = actor or owner  # who acts: an administrator may submit a batch that belongs to someone else
@@ -216,31 +238,44 @@ def submit_batch(
     if not rows:
         raise LsmError("no files were uploaded")
     with lab.begin() as s:
-        model = s.get(Model, model_id)
-        if model is None or model.deleted:
+        # the model, and on PostgreSQL the new batch's id from its sequence: every row below is then known
+        # before any is written, and they go as one statement (db.bulk.insert_together)
+        found_model = s.execute(select(Model, bulk.next_id(s, Batch)).where(Model.id == model_id)).first()
+        if found_model is None or found_model[0].deleted:
             raise LsmError("the chosen model no longer exists; pick another one")
+        model, batch_id = found_model
         batch = Batch(
-            name=name, owner=owner, model_id=model.id, status="queued" if readable else "failed", **vars(meta)
-        )
-        batch.images = rows
-        s.add(batch)
-        s.flush()
-        job = classify_job(batch, owner, readable, priority)
-        s.add(job)
-        s.flush()
-        audit.record(
-            s,
-            actor,
-            "submit",
-            f"batch {batch.id}",
-            **({"owner": owner} if owner != actor else {}),  # an administrator submitted it for someone
+            id=batch_id,
             name=name,
-            model=model.label,
-            images=len(rows),
-            failed=len(errors),
-            skipped=len(found.skipped),
+            owner=owner,
+            model_id=model.id,
+            status="queued" if readable else "failed",
+            **vars(meta),
         )
-        return Submitted(batch.id, job.id, len(rows), errors, found.skipped)
+        parts: list[tuple[type[Base], list[dict[str, Any]]]] = [(Batch, [_columns(batch)])]
+        if batch.id is None:  # SQLite: its INSERT gives the id
+            batch.id = bulk.insert_together(s, parts, Batch.id)
+            parts = []
+        audit_event = AuditEvent(
+            actor=actor,
+            action="submit",
+            target=f"batch {batch.id}",
+            detail={
+                **({"owner": owner} if owner != actor else {}),  # an administrator submitted it for someone
+                "name": name,
+                "model": model.label,
+                "images": len(rows),
+                "failed": len(errors),
+                "skipped": len(found.skipped),
+            },
+        )
+        parts += [
+            (Image, [{**row, "batch_id": batch.id} for row in rows]),
+            (AuditEvent, [_columns(audit_event)]),
+            (Job, [_columns(classify_job(batch, owner, readable, priority))]),
+        ]
+        job_id = bulk.insert_together(s, parts, Job.id)
+        return Submitted(batch.id, job_id, len(rows), errors, found.skipped)
 
 
 def find_by_name(lab: Lab, owner: str, name: str) -> int | None:
@@ -487,10 +522,7 @@ def add_files(
     with lab.begin() as s:
         batch = _own(s, batch_id, user, seen_revision)
         start = (s.scalar(select(func.max(Image.position)).where(Image.batch_id == batch_id)) or 0) + 1
-        for i, row in enumerate(found.rows):
-            row.position = start + i
-            row.batch_id = batch_id
-            s.add(row)
+        bulk.insert_images(s, batch_id, [{**row, "position": start + i} for i, row in enumerate(found.rows)])
         batch.revision += 1
         job = _running_job(s, batch_id)
         if job is not None:  # one job per batch: the queued or running one takes the new images too

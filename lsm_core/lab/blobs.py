@@ -70,9 +70,13 @@ class BlobStore:
             raise LsmError(f"not a sha256: {sha256!r}")
         return self.root / sha256[:2] / sha256[2:4] / sha256
 
-    def put(self, data: bytes) -> str:
-        """Store ``data`` (once) and return its sha256."""
-        sha = hashlib.sha256(data).hexdigest()
+    def put(self, data: bytes, sha256: str | None = None) -> str:
+        """Store ``data`` (once) and return its sha256. ``sha256``: the digest of ``data`` when the caller has
+        computed it already (an upload is hashed once, when its headers are read), else it is computed here.
+
+        A new blob is one temporary file, written and renamed into place (not fsynced); its folders are made
+        only when the first write into them finds them missing."""
+        sha = sha256 or hashlib.sha256(data).hexdigest()
         target = self.path(sha)
         try:
             os.utime(target)  # stored again: fresh, so a garbage collection running now leaves it (module docstring)
@@ -83,8 +87,11 @@ class BlobStore:
             if target.is_file():  # a store we may read but not touch (another owner): the blob is there
                 return sha
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=PARTIAL_PREFIX)
+            try:
+                fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=PARTIAL_PREFIX)
+            except FileNotFoundError:  # the first blob of its folder
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=PARTIAL_PREFIX)
             try:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(data)
