@@ -1,12 +1,20 @@
 """Cost of saliency maps on the CPU, as ratios to classifying the same cells in the same process.
 
-For 1,000 synthetic crops: the time of classification (lsm_core.ml.predict, the app's path) and of Grad-CAM,
-Score-CAM and Integrated Gradients (lsm_core.ml.saliency), on `small_cnn` (the demo models' architecture) and
-on `resnet50_paper` (Grad-CAM and IG only: Score-CAM needs one forward pass per channel of the target
-layer, 1,024 for ResNet-50's layer3, i.e. about a million forward passes for 1,000 cells). Random weights:
-the cost does not depend on them. Target: Grad-CAM <= 3x classification.
+For N synthetic crops (default 1,000): the time of classification (lsm_core.ml.predict, the app's path) and of
+Grad-CAM, Score-CAM (at its default k, ``SCORECAM_CHANNELS``) and Integrated Gradients (lsm_core.ml.saliency),
+on `small_cnn` (the demo models' architecture) and on `resnet50_paper`. Random weights: the cost does not
+depend on them. Targets: Grad-CAM <= 3x classification, Score-CAM <= 30x on `resnet50_paper`.
 
-Usage: python bench/saliency.py [--n N]
+Then Score-CAM's k on `resnet50_paper`: for each k of --ks, the cost on --sweep-n crops as a ratio to
+classifying them, and the agreement of the maps with full Score-CAM (each of layer3's 1,024 channels a masked
+pass) on the first --agreement of those crops: Spearman correlation of the two maps of each crop, mean and
+minimum over the crops (goal >= 0.9), the channels kept by activation variance (Faster Score-CAM's criterion).
+That network is trained first (--train-epochs on --train-n synthetic crops): a random network's maps follow
+no cell, and their agreement would say little. Ratios are given in wall time and in CPU time (this process,
+all threads): on a shared machine the second is steadier.
+
+Usage: python bench/saliency.py [--n N] [--quick] [--ks 8,16,...] [--sweep-n N] [--agreement M] [--only-k]
+  --quick: 200 crops, Integrated Gradients left out on resnet50_paper (the longest part: about 9 minutes)
 """
 
 from __future__ import annotations
@@ -15,59 +23,162 @@ import argparse
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from scipy import stats as sps  # noqa: E402
 
 from lsm_core.imaging import synthetic  # noqa: E402
-from lsm_core.ml import nets
+from lsm_core.ml import nets  # noqa: E402
 from lsm_core.ml.models import Manifest, ModelStore  # noqa: E402
 from lsm_core.ml.predict import Predictor  # noqa: E402
-from lsm_core.ml.saliency import saliency_maps  # noqa: E402
+from lsm_core.ml.saliency import SCORECAM_CHANNELS, saliency_maps, score_cam  # noqa: E402
+from lsm_core.ml.train import TrainConfig, fit, logits_of  # noqa: E402
+
+NAMES = {"gradcam": "Grad-CAM", "scorecam": f"Score-CAM (k={SCORECAM_CHANNELS})", "ig": "Integrated Gradients"}
 
 
-def timed(fn) -> float:
+class Timing:
+    """Wall and CPU seconds of one call, and what it returned."""
+
+    def __init__(self, fn) -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.result = fn()
+        self.wall, self.cpu = time.perf_counter() - wall, time.process_time() - cpu
+
+    def ratio(self, base: Timing) -> str:
+        return f"{self.wall / base.wall:.1f} (CPU time {self.cpu / base.cpu:.1f})"
+
+
+def classification(predictor: Predictor, crops: np.ndarray, repeats: int = 3) -> Timing:
+    """The median (by wall time) of ``repeats`` runs: classification is short, so its noise weighs most."""
+    runs = sorted((Timing(lambda: predictor(crops)) for _ in range(repeats)), key=lambda t: t.wall)
+    return runs[len(runs) // 2]
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman correlation of each pair of maps (NaN where a map is constant)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return np.array([sps.spearmanr(x.ravel(), y.ravel()).statistic for x, y in zip(a, b)])
+
+
+def summary(rho: np.ndarray) -> str:
+    constant = int(np.isnan(rho).sum())
+    note = f" ({constant} constant)" if constant else ""
+    return f"{np.nanmean(rho):.3f} / {np.nanmin(rho):.3f}{note}"
+
+
+_LOADED: dict[str, tuple[torch.nn.Module, Predictor]] = {}
+
+
+def predictor_for(store: ModelStore, arch: str) -> tuple[torch.nn.Module, Predictor]:
+    """A network of random weights and the app's predictor for it (one per architecture in a run)."""
+    if arch not in _LOADED:
+        torch.manual_seed(0)  # the same weights whichever parts run
+        net = nets.create(arch, 3).eval()
+        package = store.add(
+            net,
+            Manifest(
+                task="lsm",
+                name=f"bench-{arch.replace('_', '-')}",
+                classes=["LT-HSC", "ST-HSC", "MPP"],
+                architecture=arch,
+            ),
+        )
+        predictor = Predictor(package, device="cpu")
+        predictor(np.zeros((8, 64, 64), np.float32))  # warm-up
+        _LOADED[arch] = net, predictor
+    return _LOADED[arch]
+
+
+def methods_table(store: ModelStore, crops: np.ndarray, quick: bool) -> None:
+    n = len(crops)
+    for arch in ("small_cnn", "resnet50_paper"):
+        methods = ("gradcam", "scorecam") if quick and arch == "resnet50_paper" else ("gradcam", "scorecam", "ig")
+        net, predictor = predictor_for(store, arch)
+        base = classification(predictor, crops)
+        predicted = predictor(crops).predicted  # maps explain the class each cell was given
+        print(
+            f"{arch}: classification of {n} cells: {base.wall:.2f} s ({n / base.wall:.0f} cells/s, "
+            f"{'bf16' if predictor.bf16 else 'fp32'})",
+            flush=True,
+        )
+        for method in methods:
+            run = Timing(
+                lambda net=net, arch=arch, method=method, predicted=predicted: saliency_maps(
+                    net, arch, crops, method, predicted
+                )
+            )
+            print(f"  {NAMES[method]}: {run.wall:.2f} s, ratio to classification {run.ratio(base)}", flush=True)
+
+
+def trained_resnet(crops: int, epochs: int) -> torch.nn.Module:
+    """``resnet50_paper`` trained briefly on synthetic LSM crops: its maps, unlike a random network's, follow
+    the cells, so the agreement of k channels with every channel is measured on maps that mean something."""
+    x, y = synthetic.make_crops("lsm", crops, seed=1)
+    config = TrainConfig(architecture="resnet50_paper", epochs=epochs, batch_size=64, lr=1e-3, weight_decay=0)
+    net, _ = fit(x, y, 3, config)
+    return net.eval()
+
+
+def choose_k(
+    store: ModelStore,
+    crops: np.ndarray,
+    labels: np.ndarray,
+    ks: list[int],
+    agreement: int,
+    args: argparse.Namespace,
+) -> None:
+    arch = "resnet50_paper"
+    _, predictor = predictor_for(store, arch)
     t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    net = trained_resnet(args.train_n, args.train_epochs)
+    predicted = logits_of(net, crops).argmax(1)
+    print(
+        f"\nScore-CAM's k on {arch}, trained {args.train_epochs} epochs on {args.train_n} synthetic crops "
+        f"({time.perf_counter() - t0:.0f} s; accuracy on the {len(crops)} bench crops "
+        f"{(predicted == labels).mean():.2f})",
+        flush=True,
+    )
+    sub, sub_classes = crops[:agreement], predicted[:agreement]
+    full = Timing(lambda: score_cam(net, arch, sub, sub_classes, channels=None))
+    base = classification(predictor, crops)
+    print(
+        f"full Score-CAM (all 1,024 channels of layer3) of {agreement} of them: {full.wall:.1f} s; "
+        f"classification of {len(crops)}: {base.wall:.2f} s\n"
+    )
+    print("| k | Score-CAM time | ratio to classification | Spearman with full Score-CAM, mean / min |")
+    print("| --- | --- | --- | --- |")
+    for k in ks:
+        run = Timing(lambda k=k: score_cam(net, arch, crops, predicted, channels=k))
+        rho = summary(spearman(run.result[:agreement], full.result))
+        print(f"| {k} | {run.wall:.1f} s | {run.ratio(base)} | {rho} |", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--n", type=int, default=None, help="crops for the methods (default 1,000; 200 with --quick)")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--ks", default="8,16,24,32,64", help="Score-CAM's k values to compare on resnet50_paper")
+    parser.add_argument("--sweep-n", type=int, default=128, help="crops timed for each k")
+    parser.add_argument("--agreement", type=int, default=12, help="of those, crops compared with full Score-CAM")
+    parser.add_argument("--only-k", action="store_true", help="only the comparison of k values")
+    parser.add_argument("--train-n", type=int, default=1000, help="synthetic crops the k comparison's network learns")
+    parser.add_argument("--train-epochs", type=int, default=2)
     args = parser.parse_args()
-    crops, _ = synthetic.make_crops("lsm", args.n, seed=0)
-    torch.manual_seed(0)
+    n = args.n or (200 if args.quick else 1000)
     with tempfile.TemporaryDirectory() as tmp:
         store = ModelStore(Path(tmp))
-        for arch, methods in (("small_cnn", ("gradcam", "scorecam", "ig")), ("resnet50_paper", ("gradcam", "ig"))):
-            net = nets.create(arch, 3).eval()
-            package = store.add(
-                net,
-                Manifest(
-                    task="lsm",
-                    name=f"bench-{arch.replace('_', '-')}",
-                    classes=["LT-HSC", "ST-HSC", "MPP"],
-                    architecture=arch,
-                ),
-            )
-            predictor = Predictor(package, device="cpu")
-            predictor(crops[:64])  # warm-up
-            base = timed(lambda predictor=predictor: predictor(crops))
-            predicted = predictor(crops).predicted  # maps explain the class each cell was given
-            print(
-                f"{arch}: classification of {args.n} cells: {base:.2f} s ({args.n / base:.0f} cells/s, "
-                f"{'bf16' if predictor.bf16 else 'fp32'})"
-            )
-            for method in methods:
-                seconds = timed(
-                    lambda net=net, arch=arch, method=method, predicted=predicted: saliency_maps(
-                        net, arch, crops, method, predicted
-                    )
-                )
-                print(f"  {method}: {seconds:.2f} s, ratio {method}/classification: {seconds / base:.2f}")
+        if not args.only_k:
+            crops, _ = synthetic.make_crops("lsm", n, seed=0)
+            methods_table(store, crops, args.quick)
+        crops, labels = synthetic.make_crops("lsm", max(args.sweep_n, args.agreement), seed=0)
+        choose_k(store, crops, labels, [int(k) for k in args.ks.split(",")], min(args.agreement, len(crops)), args)
 
 
 if __name__ == "__main__":

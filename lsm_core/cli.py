@@ -454,7 +454,7 @@ def cmd_saliency(args: argparse.Namespace) -> int:
     from lsm_core.imaging.images import read_inputs
     from lsm_core.ml.classify import ResultRow, Summary, classify_records, find_params_for, result_columns
     from lsm_core.ml.predict import Predictor
-    from lsm_core.ml.saliency import overlay, saliency_maps
+    from lsm_core.ml.saliency import overlay, saliency_maps, scorecam_k
     from lsm_core.reports.export import write_csv
 
     settings = _settings()
@@ -479,8 +479,17 @@ def cmd_saliency(args: argparse.Namespace) -> int:
             targets.append(classes.index(row.predicted))
     maps = np.zeros((0, package.manifest.input_size, package.manifest.input_size), np.float32)
     if crops:
+        if args.scorecam_channels is not None and args.scorecam_channels < 0:
+            raise LsmError("--scorecam-channels must be 0 (every channel) or more")
+        k = scorecam_k(settings.scorecam_channels if args.scorecam_channels is None else args.scorecam_channels)
         maps = saliency_maps(
-            net, package.manifest.architecture, np.stack(crops), args.method, np.array(targets), device=predictor.device
+            net,
+            package.manifest.architecture,
+            np.stack(crops),
+            args.method,
+            np.array(targets),
+            device=predictor.device,
+            scorecam_channels=k,
         )
     np.savez_compressed(out / "maps.npz", maps=maps)
     with open(out / "cells.csv", "w", newline="", encoding="utf-8") as fh:
@@ -701,6 +710,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("--model", required=True)
     p.add_argument("--method", choices=list(SALIENCY_METHODS), default="scorecam")
+    p.add_argument(
+        "--scorecam-channels",
+        type=int,
+        default=None,
+        metavar="K",
+        help="Score-CAM: the target layer's channels of most variance kept per cell (default: "
+        "LSM_SCORECAM_CHANNELS, else 8; 0: every channel, full Score-CAM)",
+    )
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--pixel-size", type=float, default=None, metavar="UM_PER_PIXEL")
     p.add_argument("--device", default=None)

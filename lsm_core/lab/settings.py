@@ -26,6 +26,7 @@ app. Nothing else in the project reads the environment: functions get what they 
 | LSM_MAX_SECONDS_PER_IMAGE | 120 | a worker gives up reading and finding the cells of one image after this long |
 | LSM_SALIENCY_MAX_CELLS | 2000 | most cells a member may ask saliency maps for at once (administrators: any number) |
 | LSM_PREP_WORKERS | cores - 1, as memory allows | a worker's processes that read images and find cells (0: none) |
+| LSM_SCORECAM_CHANNELS | 8 | Score-CAM's k: channels of the target layer scored per cell, by variance (0: all) |
 
 Sign-in is on when an ``[auth]`` section is configured in ``~/.streamlit/secrets.toml`` or
 ``./.streamlit/secrets.toml`` (Streamlit's own places); :func:`auth_problem` says when its ``cookie_secret`` is
@@ -65,6 +66,7 @@ VARIABLES = (
     "LSM_MAX_SECONDS_PER_IMAGE",
     "LSM_SALIENCY_MAX_CELLS",
     "LSM_PREP_WORKERS",
+    "LSM_SCORECAM_CHANNELS",
 )
 PRECISIONS = ("auto", "bf16", "fp32")
 DEMO_RECIPES = ("full", "tiny")
@@ -254,6 +256,7 @@ class Settings:
     max_seconds_per_image: float = 120.0  # a worker gives up reading one image after this long
     saliency_max_cells: int = 2000  # most cells a member may ask saliency maps for at once (administrators: any)
     prep_workers: int | None = None  # a worker's preparation processes (None: lsm_core.imaging.prepare's default)
+    scorecam_channels: int | None = None  # Score-CAM's k (None: lsm_core.ml.saliency's default; 0: every channel)
 
     @property
     def model_dir(self) -> Path:
@@ -297,6 +300,7 @@ class Settings:
             max_seconds_per_image=float(_number(env, "LSM_MAX_SECONDS_PER_IMAGE", 120.0)),
             saliency_max_cells=int(_number(env, "LSM_SALIENCY_MAX_CELLS", 2000, int)),
             prep_workers=_count(env, "LSM_PREP_WORKERS"),
+            scorecam_channels=_count(env, "LSM_SCORECAM_CHANNELS"),
         )
 
     def with_(self, **changes) -> Settings:
@@ -320,6 +324,7 @@ class Settings:
             "LSM_MAX_SECONDS_PER_IMAGE": repr(self.max_seconds_per_image),
             "LSM_SALIENCY_MAX_CELLS": str(self.saliency_max_cells),
             **({"LSM_PREP_WORKERS": str(self.prep_workers)} if self.prep_workers is not None else {}),
+            **({"LSM_SCORECAM_CHANNELS": str(self.scorecam_channels)} if self.scorecam_channels is not None else {}),
             "LSM_MAX_ARCHIVE_MEMBERS": str(self.limits.max_archive_members),
             "LSM_MAX_ARCHIVE_BYTES": str(self.limits.max_archive_bytes),
         }

@@ -101,7 +101,7 @@ def _same_request(s: Session, batch: Batch, method: str, top: int | None) -> int
 
 @task(JobKind.SALIENCY)
 def run(ctx: Context, payload: dict[str, Any]) -> None:
-    from lsm_core.ml.saliency import saliency_maps, to_uint8
+    from lsm_core.ml.saliency import saliency_maps, scorecam_k, to_uint8
 
     batch_id, method, top = int(payload["batch_id"]), payload.get("method", "scorecam"), payload.get("top")
 
@@ -135,6 +135,7 @@ def run(ctx: Context, payload: dict[str, Any]) -> None:
     params = FindParams.for_model(model, pixel_size)
     net = ctx.models.package(model).load(ctx.device)  # a private copy: the predictor's is fused
     index = {c: i for i, c in enumerate(model.classes)}
+    k = scorecam_k(ctx.lab.settings.scorecam_channels)
     ids: list[int] = []
     maps = []
     for start in range(0, len(cells), CHUNK):
@@ -147,7 +148,17 @@ def run(ctx: Context, payload: dict[str, Any]) -> None:
             ids += [c.id for c in mine]
         targets = np.array([index[c.predicted] for c in part])
         maps.append(
-            to_uint8(saliency_maps(net, model.architecture, np.concatenate(crops), method, targets, device=ctx.device))
+            to_uint8(
+                saliency_maps(
+                    net,
+                    model.architecture,
+                    np.concatenate(crops),
+                    method,
+                    targets,
+                    device=ctx.device,
+                    scorecam_channels=k,
+                )
+            )
         )
         ctx.progress(min(len(cells), start + CHUNK), len(cells))
         ctx.should_stop()
