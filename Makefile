@@ -50,6 +50,7 @@ bench: install
 	$(PY) bench/cells.py
 	$(PY) bench/history.py
 	$(PY) bench/results_page.py
+	$(PY) bench/history_pages.py
 	$(PY) bench/quality.py
 	$(PY) bench/saliency.py
 	$(PY) bench/load.py

@@ -89,8 +89,10 @@ f = queries.BatchFilter(
     created_from=dt.datetime.combine(date_from, dt.time.min) if date_from else None,
     created_to=dt.datetime.combine(date_to, dt.time.max) if date_to else None,
 )
+SHOWN = 1000  # the newest batches listed; the caption says how many more match
 with lab() as s:
-    rows = queries.batches(s, f, limit=1000)
+    rows = queries.batches(s, f, limit=SHOWN)
+    matching = queries.count_batches(s, f) if len(rows) == SHOWN else len(rows)
 
 show_flash()
 if not rows:
@@ -125,7 +127,12 @@ if state.get("history_shown") not in (None, shown) and state.get("history_batch"
     # selected batch stays bound by its id, below)
     state["history_table"] += 1
 state["history_shown"] = shown
-st.caption(f"{len(rows)} batch(es). Select a row to act on it.")
+st.caption(
+    f"{len(rows)} batch(es). Select a row to act on it."
+    if matching == len(rows)
+    else f"The newest {len(rows):,} of {matching:,} batches (narrow the filters to list older ones). "
+    "Select a row to act on it."
+)
 st.dataframe(
     table,
     hide_index=True,

@@ -151,11 +151,16 @@ def per_mouse(batches: Sequence[BatchRow], counts: dict[int, dict[str, int]], cl
             row[f"n_{k}"] = int(c.get(k, 0))
         for k in classes:
             row[f"fraction_{k}"] = c.get(k, 0) / total if total else np.nan
-        for k in classes:
-            lo, hi = wilson_interval(int(c.get(k, 0)), total)
-            row[f"ci95_low_{k}"], row[f"ci95_high_{k}"] = (float(lo), float(hi)) if total else (np.nan, np.nan)
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if not rows:
+        return table
+    total = table["cells"].to_numpy()
+    for k in classes:  # every mouse at once: one call per mouse and class costs 2 ms (scipy's ppf)
+        lo, hi = wilson_interval(table[f"n_{k}"].to_numpy(), total)
+        table[f"ci95_low_{k}"] = np.where(total > 0, lo, np.nan)
+        table[f"ci95_high_{k}"] = np.where(total > 0, hi, np.nan)
+    return table
 
 
 def group_summary(table: pd.DataFrame, classes: list[str], group: str = "group") -> pd.DataFrame:
