@@ -99,3 +99,15 @@ def test_blank_image_is_a_clear_error():
 def test_bad_pixel_size_is_refused():
     with pytest.raises(LsmError, match="pixel size"):
         FindParams(pixel_size_um=0)
+
+
+def test_holes_are_filled_as_scipy_fills_them():
+    from scipy import ndimage as ndi
+
+    from lsm_core.imaging.cells import _fill_holes
+
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        rings = ndi.binary_dilation(rng.random((256, 192)) > 0.995, iterations=3) ^ (rng.random((256, 192)) > 0.97)
+        assert np.array_equal(_fill_holes(rings), ndi.binary_fill_holes(rings))
+    assert not _fill_holes(np.zeros((8, 8), bool)).any() and _fill_holes(np.ones((8, 8), bool)).all()

@@ -82,7 +82,9 @@ class CellCrops:
     flags : N strings, comma-separated quality flags (``edge``, ``single``) or empty
     dropped : regions not kept, by reason (``debris``, ``clump``)
     labels : (H, W) int32, cell i+1's mask in the image's pixels (0: no cell), or None; the masks are found
-        at the working resolution (about 0.4 um per pixel) and scaled up
+        at the working resolution (about 0.8 um per pixel) and scaled up when first asked for (only the
+        reporter channels need them: a 2048 x 2048 field's labels are 16 MB, and making them cost a tenth
+        of finding its cells)
     """
 
     crops: np.ndarray
@@ -90,10 +92,18 @@ class CellCrops:
     centres: np.ndarray
     flags: list[str]
     dropped: dict[str, int] = field(default_factory=dict)
-    labels: np.ndarray | None = field(default=None, repr=False)
+    masks: _Masks | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.flags)
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        return None if self.masks is None else self.masks.full()
+
+    @labels.setter
+    def labels(self, value: np.ndarray | None) -> None:
+        self.masks = None if value is None else _Masks(np.asarray(value, np.int32), 1, value.shape)
 
     @classmethod
     def empty(cls, size: int, dropped: dict[str, int] | None = None) -> CellCrops:
@@ -104,6 +114,27 @@ class CellCrops:
             [],
             dropped or {},
         )
+
+
+@dataclass
+class _Masks:
+    """Cell labels at the working scale, scaled up to the image's pixels (nearest) when first asked for."""
+
+    small: np.ndarray  # (h, w) int32 at the working scale
+    factor: int  # image pixels per working pixel, each way
+    shape: tuple[int, int]  # the image's (H, W)
+    _full: np.ndarray | None = field(default=None, repr=False)
+
+    def full(self) -> np.ndarray:
+        if self._full is None:
+            if self.factor == 1 and self.small.shape == self.shape:
+                self._full = self.small
+            else:
+                h, w = self.shape
+                up = np.repeat(np.repeat(self.small, self.factor, axis=0), self.factor, axis=1)
+                self._full = np.zeros((h, w), np.int32)
+                self._full[: min(h, up.shape[0]), : min(w, up.shape[1])] = up[:h, :w]
+        return self._full
 
 
 def no_cells_note(dropped: dict[str, int], params: FindParams) -> str:
@@ -143,7 +174,10 @@ def _bin(image: np.ndarray, factor: int) -> np.ndarray:
     if factor == 1:
         return image
     h, w = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
-    return image[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3), dtype=np.float32)
+    # summed over each band of rows first (whole rows at a time), then over columns: 3x faster than one mean
+    # over both axes of the 4-d view
+    rows = image[:h, :w].reshape(h // factor, factor, w).sum(axis=1, dtype=np.float32)
+    return rows.reshape(h // factor, w // factor, factor).sum(axis=2) * np.float32(1.0 / factor**2)
 
 
 def _interp_matrix(n: int, g: int, tile: int) -> np.ndarray:
@@ -170,7 +204,9 @@ def flatten_background(image: np.ndarray, scale_px: float) -> np.ndarray:
     tile = int(max(8, min(scale_px, h, w)))
     gh, gw = -(-h // tile), -(-w // tile)
     padded = np.pad(image, ((0, gh * tile - h), (0, gw * tile - w)), mode="reflect")
-    grid = np.median(padded.reshape(gh, tile, gw, tile).transpose(0, 2, 1, 3).reshape(gh, gw, -1), axis=2)
+    # each tile's median from every other pixel each way (a quarter of the work; the background is smooth)
+    tiles = padded.reshape(gh, tile, gw, tile)[:, ::2, :, ::2]
+    grid = np.median(tiles.transpose(0, 2, 1, 3).reshape(gh, gw, -1), axis=2)
     background = _interp_matrix(h, gh, tile) @ grid.astype(np.float32) @ _interp_matrix(w, gw, tile).T
     return (image - background).astype(np.float32)
 
@@ -181,16 +217,23 @@ def _disk(radius: float) -> np.ndarray:
     return (yy**2 + xx**2) <= r * r + r
 
 
+def _sample(x: np.ndarray) -> np.ndarray:
+    """At most about 65,000 of ``x``'s values, evenly spaced: enough for a median to 0.5 % (a 2048 x 2048
+    field at the working scale has 262,144, and each of its medians cost 3 ms)."""
+    return x.ravel()[:: max(1, x.size // 65_536)]
+
+
 def _robust_sigma(x: np.ndarray) -> float:
-    sample = x.ravel()[:: max(1, x.size // 200_000)]
+    sample = _sample(x)
     med = np.median(sample)
     return float(1.4826 * np.median(np.abs(sample - med)))
 
 
 def background_level(image: np.ndarray) -> float:
-    """The image's background grey level: the median of every 4th pixel each way (a field is mostly
-    background; the median of all 4 million pixels of a 2048 x 2048 field cost a third of finding its cells)."""
-    return float(np.median(image[::4, ::4]))
+    """The image's background grey level: the median of every 8th pixel each way (a field is mostly
+    background; the median of all 4 million pixels of a 2048 x 2048 field cost a third of finding its cells,
+    and 65,000 give it to a fraction of the noise)."""
+    return float(np.median(image[::8, ::8]))
 
 
 def cut_crops(image: np.ndarray, centres: np.ndarray, params: FindParams) -> np.ndarray:
@@ -244,12 +287,16 @@ def find_cells(image: np.ndarray, params: FindParams | None = None) -> CellCrops
     image = np.asarray(image, dtype=np.float32)
     if image.ndim != 2:
         raise LsmError(f"expected a 2-D grey image, got shape {image.shape}")
-    lo, hi = float(image.min()), float(image.max())
-    if hi <= lo:
-        raise LsmError(f"the image is blank: every pixel has the same value ({lo:g}); nothing to analyse")
     h, w = image.shape
     crop_px = params.crop_px
-    if max(h, w) <= params.single_crop_factor * max(crop_px, params.output_size):
+    single = max(h, w) <= params.single_crop_factor * max(crop_px, params.output_size)
+    factor = max(1, int(round(WORKING_PIXEL_UM / params.pixel_size_um)))
+    small = image if single else _bin(image, factor)
+    if small.size == 0 or not small.max() > small.min():  # the binned field says "not blank" at a 16th the cost
+        _refuse_blank(image)
+        if small.size == 0:  # a strip thinner than one working pixel: no cell fits
+            return CellCrops.empty(params.output_size)
+    if single:
         side = max(h, w)
         square = image
         if h != w:  # pad to a square with the background level
@@ -261,16 +308,14 @@ def find_cells(image: np.ndarray, params: FindParams | None = None) -> CellCrops
             np.array([[0, 0, w, h]], np.int32),
             np.array([[(w - 1) / 2, (h - 1) / 2]], np.float32),
             ["single"],
-            labels=np.ones((h, w), np.int32),  # a single-cell crop: the whole image is the cell
+            masks=_Masks(np.ones((h, w), np.int32), 1, (h, w)),  # a single-cell crop: the whole image is the cell
         )
 
-    factor = max(1, int(round(WORKING_PIXEL_UM / params.pixel_size_um)))
     work_um = params.pixel_size_um * factor
-    small = _bin(image, factor)
     relief = flatten_background(small, 2 * params.max_diameter_um / work_um)
     noise = _robust_sigma(relief)
     energy = ndi.gaussian_filter(np.abs(relief), 0.3 / work_um)
-    base = float(np.median(energy))
+    base = float(np.median(_sample(energy)))
     spread = _robust_sigma(energy)
     if noise <= 0 and spread <= 0:
         return CellCrops.empty(params.output_size)
@@ -278,7 +323,7 @@ def find_cells(image: np.ndarray, params: FindParams | None = None) -> CellCrops
     mask = energy > threshold
     # DIC relief vanishes across the shear direction: close the two bright/dark crescents into one ring
     mask = ndi.binary_closing(mask, structure=_disk(1.2 / work_um), border_value=0)
-    mask = ndi.binary_fill_holes(mask)
+    mask = _fill_holes(mask)
     mask = ndi.binary_opening(mask, structure=_disk(0.8 / work_um))
     labels = measure.label(mask, connectivity=2)
     min_area = np.pi / 4 * (params.min_diameter_um / work_um) ** 2
@@ -323,10 +368,24 @@ def find_cells(image: np.ndarray, params: FindParams | None = None) -> CellCrops
     small_labels = np.zeros(small.shape, np.int32)
     for i, region in enumerate(kept):
         small_labels[region.coords[:, 0], region.coords[:, 1]] = i + 1
-    full = np.repeat(np.repeat(small_labels, factor, axis=0), factor, axis=1)
-    labels = np.zeros((h, w), np.int32)
-    labels[: min(h, full.shape[0]), : min(w, full.shape[1])] = full[:h, :w]
-    return CellCrops(crops, boxes, centres, flags, dropped, labels)
+    return CellCrops(crops, boxes, centres, flags, dropped, _Masks(small_labels, factor, (h, w)))
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_fill_holes`` (the same result: background not 4-connected to the border is
+    filled), by labelling the background once instead of growing it from the border step by step: 3x faster."""
+    background, _ = ndi.label(~mask)
+    outside = np.zeros(background.max() + 1, bool)
+    for edge in (background[0], background[-1], background[:, 0], background[:, -1]):
+        outside[edge] = True
+    outside[0] = True  # label 0: the mask itself
+    return mask | ~outside[background]
+
+
+def _refuse_blank(image: np.ndarray) -> None:
+    lo, hi = float(image.min()), float(image.max())
+    if hi <= lo:
+        raise LsmError(f"the image is blank: every pixel has the same value ({lo:g}); nothing to analyse")
 
 
 @dataclass(frozen=True)
