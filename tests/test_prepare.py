@@ -136,3 +136,22 @@ def test_a_pool_process_that_dies_costs_a_retry_not_the_images(tmp_path):
         killer.join()
     assert killed  # a process was killed while the pool had work
     assert got == expected
+
+
+def _blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+
+def test_a_preparation_process_computes_on_one_core():
+    """numpy's BLAS starts a thread per core in each process unless told: on two cores, two preparation
+    processes then ran at 0.9x one (bench/fields.py)."""
+    from lsm_core.imaging import prepare
+
+    executor = prepare._executor(1)
+    try:
+        threads = executor.submit(_blas_threads).result(timeout=120)
+    finally:
+        executor.shutdown()
+    assert threads and set(threads) == {1}, threads
