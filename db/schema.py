@@ -111,6 +111,8 @@ class Batch(Base):
     pixel_size_um: Mapped[float | None] = mapped_column(Float)  # set by the user for this batch (wins)
     channel: Mapped[str | None] = mapped_column(String(100))  # the channel to read (name or index); None: by name
     z: Mapped[int | None] = mapped_column(Integer)  # the z plane to read (from 0); None: the best-focused
+    # how the cells were imaged (lsm_core.imaging.cells.MODALITIES): dic, brightfield, phase; None: auto
+    modality: Mapped[str | None] = mapped_column(String(16))
     # changes people made (rename, files added): an action names the revision its user saw (lsm_core.lab.batches)
     revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 

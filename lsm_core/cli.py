@@ -38,7 +38,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     predictor = Predictor(
         package, device=args.device or settings.device, precision=settings.precision, batch_size=args.batch_size
     )
-    params = find_params_for(predictor, args.pixel_size, settings.pixel_size_um)
+    params = find_params_for(predictor, args.pixel_size, settings.pixel_size_um, args.modality)
     _log(f"model {package.manifest.label} on {predictor.device}{' (bf16)' if predictor.bf16 else ''}")
     summary = Summary()
     n_classes = len(predictor.classes)
@@ -222,6 +222,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         pixel_size_um=args.pixel_size,
         channel=args.channel,
         z=args.z,
+        modality=args.modality,
     )
     result = submit_batch(
         lab,
@@ -506,7 +507,8 @@ def cmd_saliency(args: argparse.Namespace) -> int:
 
 
 def _add_plane_options(p: argparse.ArgumentParser) -> None:
-    """--channel and --z: which plane of a multi-channel file or a z-stack is classified."""
+    """--channel and --z: which plane of a multi-channel file or a z-stack is classified; --modality: how its
+    cells were imaged."""
     p.add_argument(
         "--channel",
         default=None,
@@ -520,6 +522,15 @@ def _add_plane_options(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="INDEX",
         help="the z plane of z-stacks, from 0 (default: the best-focused plane)",
+    )
+    from lsm_core.imaging.cells import MODALITIES
+
+    p.add_argument(
+        "--modality",
+        choices=list(MODALITIES),
+        default="auto",
+        help="how the cells were imaged: "
+        + "; ".join(f"{name}: {what}" for name, what in MODALITIES.items()).replace("%", "%%"),
     )
 
 

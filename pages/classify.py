@@ -5,6 +5,7 @@ from collections.abc import Iterator
 import streamlit as st
 
 from lsm_core.errors import LsmError
+from lsm_core.imaging.cells import MODALITIES
 from lsm_core.imaging.images import FileChannels, RawFile, file_channels
 from lsm_core.lab import batches
 from lsm_core.lab.batches import BatchMeta, submit_batch
@@ -188,6 +189,13 @@ with st.form("batch", clear_on_submit=False):
     z_text = c[2].text_input(
         "z plane", placeholder="the best-focused", help="For z-stacks: the plane to classify, from 0."
     )
+    modality = st.selectbox(
+        "Imaging",
+        list(MODALITIES),
+        format_func=lambda m: MODALITIES[m],
+        help="How the cells were imaged: cells are found by their relief in DIC and brightfield, by their dark "
+        "body in phase contrast (its bright halo is not the cell). Phase contrast is not detected: choose it.",
+    )
     submitted = st.form_submit_button("Classify", type="primary")
 
 
@@ -224,6 +232,7 @@ def do_submit(batch_name: str, add_to: int | None = None) -> bool:
                 pixel_size_um=number_or_none(pixel_text, "pixel size"),
                 channel=channel_text or None,
                 z=number_or_none(z_text, "z plane", int),
+                modality=modality,
             )
             if model_id is None:
                 raise LsmError("choose a classifier")

@@ -34,6 +34,13 @@ from lsm_core.errors import LsmError
 
 WORKING_PIXEL_UM = 0.8  # a cell of 4 um, the smallest, is 5 pixels across there
 DEFAULT_PIXEL_SIZE_UM = 0.2  # the calibration the models are trained at unless their manifest says otherwise
+MODALITIES = {
+    "auto": "DIC or brightfield: a cell's relief of either sign (phase contrast is not detected: choose it)",
+    "dic": "DIC: a cell's bright and dark flanks, joined into one outline",
+    "brightfield": "brightfield: a cell's ring and what it encloses (the same detector as DIC)",
+    "phase": "phase contrast: a cell's dark body, without its bright halo",
+}
+"""The imaging modalities cell finding knows (``FindParams.modality``), with what it looks for in each."""
 
 
 @dataclass(frozen=True)
@@ -49,22 +56,27 @@ class FindParams:
     threshold_sigmas: float = 5.0
     single_crop_factor: float = 1.5  # images up to this many crop sides pass through as one cell
     pixel_size_source: str = "the model's default"  # said to people when no cell is found (see no_cells_note)
+    modality: str = "auto"  # dic, brightfield, phase, or auto (see MODALITIES)
 
     def __post_init__(self) -> None:
         if not (self.pixel_size_um > 0 and np.isfinite(self.pixel_size_um)):
             raise LsmError(f"pixel size must be a positive number of micrometres per pixel, not {self.pixel_size_um}")
         if self.output_size < 8:
             raise LsmError(f"crop output size {self.output_size} is too small")
+        if self.modality not in MODALITIES:
+            raise LsmError(f"unknown imaging modality {self.modality!r}; choose {', '.join(MODALITIES)}")
 
     @classmethod
-    def for_model(cls, model, pixel_size_um: float | None = None) -> FindParams:
+    def for_model(cls, model, pixel_size_um: float | None = None, modality: str | None = None) -> FindParams:
         """Settings for a model (a manifest or a Model row): its crop, in micrometres, sampled at its input size,
-        at ``pixel_size_um`` (the microscope's calibration), else the pixel size it was trained at."""
+        at ``pixel_size_um`` (the microscope's calibration), else the pixel size it was trained at; cells found
+        as ``modality`` shows them (None: auto)."""
         return cls(
             pixel_size_um=pixel_size_um or model.pixel_size_um,
             crop_um=model.crop_um,
             output_size=model.input_size,
             pixel_size_source="set for this batch" if pixel_size_um else "the model's default",
+            modality=modality or "auto",
         )
 
     @property
@@ -314,15 +326,25 @@ def find_cells(image: np.ndarray, params: FindParams | None = None) -> CellCrops
     work_um = params.pixel_size_um * factor
     relief = flatten_background(small, 2 * params.max_diameter_um / work_um)
     noise = _robust_sigma(relief)
+    phase = params.modality == "phase"
+    # what marks a cell: relief of either sign (DIC's bright and dark flanks, brightfield's ring), or in
+    # positive phase contrast the dark body alone (its bright halo lies outside the cell: taken with it, the
+    # cell's box grows by half: IoU with the cell under 0.5)
     energy = ndi.gaussian_filter(np.abs(relief), 0.3 / work_um)
     base = float(np.median(_sample(energy)))
     spread = _robust_sigma(energy)
     if noise <= 0 and spread <= 0:
         return CellCrops.empty(params.output_size)
+    # the threshold is the relief's either way (the dark part alone is 0 over half the field: its own
+    # median and spread would put the threshold in the noise)
     threshold = base + params.threshold_sigmas * max(spread, 0.3 * noise)
+    if phase:
+        energy = ndi.gaussian_filter(np.maximum(-relief, 0), 0.3 / work_um)
     mask = energy > threshold
-    # DIC relief vanishes across the shear direction: close the two bright/dark crescents into one ring
-    mask = ndi.binary_closing(mask, structure=_disk(1.2 / work_um), border_value=0)
+    if not phase:
+        # DIC relief vanishes across the shear direction: close the two crescents into a ring (brightfield
+        # cells are found better with it too: Jurkat recall 0.998 against 0.989 without, bench/cells.py)
+        mask = ndi.binary_closing(mask, structure=_disk(1.2 / work_um), border_value=0)
     mask = _fill_holes(mask)
     mask = ndi.binary_opening(mask, structure=_disk(0.8 / work_um))
     labels = measure.label(mask, connectivity=2)

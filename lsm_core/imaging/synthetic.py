@@ -129,6 +129,20 @@ def dic_image(opd: np.ndarray, background: np.ndarray, rng: np.random.Generator,
     return img.astype(np.float32)
 
 
+PHASE_GAIN = 0.5  # darkening of a positive phase-contrast image per unit of optical path above its surround
+PHASE_HALO_UM = 1.5  # the scale the phase ring holds back: the width of the bright halo around a cell
+
+
+def phase_image(opd: np.ndarray, background: np.ndarray, rng: np.random.Generator, pixel_size: float) -> np.ndarray:
+    """Positive phase-contrast image of an optical-path map: the phase ring passes a cell's fine structure and
+    holds back its slow part, so the cell is dark and a bright halo surrounds it (the optical path minus its
+    blur at the halo's scale)."""
+    high = opd - ndi.gaussian_filter(opd, PHASE_HALO_UM / pixel_size)
+    img = background * (1.0 - PHASE_GAIN * ndi.gaussian_filter(high, 0.7))
+    img += rng.normal(0.0, NOISE, img.shape).astype(np.float32) * background
+    return img.astype(np.float32)
+
+
 def _background(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     h, w = shape
     level = rng.uniform(0.35, 0.6)
@@ -196,8 +210,10 @@ def make_field(
     n_cells: int = 60,
     n_debris: int = 15,
     pixel_size: float = DEFAULT_PIXEL_SIZE_UM,
+    modality: str = "dic",
 ) -> tuple[np.ndarray, list[FieldCell]]:
-    """A synthetic field of view with non-touching cells and some small debris.
+    """A synthetic field of view with non-touching cells and some small debris, seen in DIC (``modality``
+    "dic") or positive phase contrast ("phase": dark cells in bright halos; the same cells for a seed).
 
     Returns
     -------
@@ -250,7 +266,10 @@ def make_field(
         r = rng.uniform(0.5, 1.1) / pixel_size
         cap = np.clip(1 - ((yy - (cy - y0)) ** 2 + (xx - (cx - x0)) ** 2) / r**2, 0, None)
         opd[y0 : y0 + 2 * debris_half, x0 : x0 + 2 * debris_half] += 0.8 * np.sqrt(cap).astype(np.float32)
-    field = np.clip(dic_image(opd, background, rng, pixel_size), 0, 1)
+    render = {"dic": dic_image, "phase": phase_image}.get(modality)
+    if render is None:
+        raise ValueError(f"synthetic fields are DIC or phase contrast, not {modality!r}")
+    field = np.clip(render(opd, background, rng, pixel_size), 0, 1)
     return field, truth
 
 

@@ -24,6 +24,7 @@ from sqlalchemy.orm.attributes import instance_dict
 from db import audit, bulk
 from db.schema import AuditEvent, Base, Batch, Cell, Image, Job, Model, SaliencyRun
 from lsm_core.errors import LsmError
+from lsm_core.imaging.cells import MODALITIES
 from lsm_core.imaging.images import Limits, RawFile, ReadOptions, clean_name, inspect, iter_upload
 from lsm_core.lab import accounts
 from lsm_core.lab.blobs import BlobStore, human_bytes
@@ -48,8 +49,15 @@ class BatchMeta:
     pixel_size_um: float | None = None
     channel: str | None = None  # of a multi-channel file: its name or index; None: the transmitted-light one
     z: int | None = None  # the z plane of a stack (from 0); None: the best-focused
+    modality: str | None = None  # dic, brightfield, phase (lsm_core.imaging.cells.MODALITIES); None: auto
 
     def validated(self) -> BatchMeta:
+        if self.modality is not None:
+            self.modality = str(self.modality).strip().lower() or None
+            if self.modality == "auto":
+                self.modality = None
+            if self.modality is not None and self.modality not in MODALITIES:
+                raise LsmError(f"unknown imaging modality {self.modality!r}; choose {', '.join(MODALITIES)}")
         if isinstance(self.channel, str):
             self.channel = clean_name(self.channel, limit=100_000).strip() or None
         if self.channel is not None and len(str(self.channel)) > 100:
@@ -460,6 +468,7 @@ def rerun(
             pixel_size_um=pixels,
             channel=old.channel,
             z=old.z,
+            modality=old.modality,
         )
         batch.images = copies
         s.add(batch)

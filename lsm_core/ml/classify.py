@@ -97,13 +97,16 @@ class Summary:
     dropped: dict[str, int] = field(default_factory=lambda: {"debris": 0, "clump": 0})
 
 
-def find_params_for(predictor: Predictor, pixel_size_um: float | None, setting_um: float | None = None) -> FindParams:
+def find_params_for(
+    predictor: Predictor, pixel_size_um: float | None, setting_um: float | None = None, modality: str | None = None
+) -> FindParams:
     """Cell-finding settings for a model: its crop size in micrometres at the microscope's pixel size.
 
     The pixel size is ``pixel_size_um`` (given for this run), else ``setting_um`` (LSM_PIXEL_SIZE_UM), else the
-    one the model was trained at; the params say which (``pixel_size_source``).
+    one the model was trained at; the params say which (``pixel_size_source``). ``modality``: how the cells
+    were imaged (``lsm_core.imaging.cells.MODALITIES``; None: auto).
     """
-    params = FindParams.for_model(predictor.manifest, pixel_size_um or setting_um)
+    params = FindParams.for_model(predictor.manifest, pixel_size_um or setting_um, modality)
     if pixel_size_um:
         return dataclasses.replace(params, pixel_size_source="as given")
     if setting_um:

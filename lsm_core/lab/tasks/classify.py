@@ -98,16 +98,17 @@ def _classify_unread(ctx: Context, batch_id: int) -> None:
             .order_by(Image.position)
         ).all()
         total = s.scalar(select(Job.progress_total).where(Job.id == ctx.job.id)) or 0
-        return model, batch.pixel_size_um, ReadOptions(batch.channel, batch.z), todo, total
+        return model, batch.pixel_size_um, ReadOptions(batch.channel, batch.z), batch.modality, todo, total
 
-    model, pixel_size, options, todo, total = ctx.read("reading a batch", read)
+    model, pixel_size, options, modality, todo, total = ctx.read("reading a batch", read)
     total = max(total, len(todo))  # a job made by an older version may count fewer images than are left
     done = total - len(todo)  # never negative, never past the total
     predictor = ctx.models.predictor(model)
     # the cells found before for the same bytes, weights, pixel size and plane are copied; the other images are
     # read and their cells found by the worker's preparation processes, in order, a few images ahead
     looked_up = (
-        (image, _looked_up(ctx, image, model, _calibration(image, pixel_size, model), options)) for image in todo
+        (image, _looked_up(ctx, image, model, _calibration(image, pixel_size, model), options, modality))
+        for image in todo
     )
     prepared = ctx.prep.pool().ordered(looked_up, lambda item: item[1][1])
     results = ((image, _result(looked[0], done_)) for (image, looked), done_ in prepared)
@@ -144,21 +145,21 @@ def _calibration(image, batch_pixel_size: float | None, model: Model) -> tuple[f
 
 
 def _looked_up(
-    ctx: Context, image, model: Model, calibration: tuple[float, str], options: ReadOptions
+    ctx: Context, image, model: Model, calibration: tuple[float, str], options: ReadOptions, modality: str | None
 ) -> tuple[ImageResult, PrepTask | None]:
     """An image's result as far as the database knows it (cells found before, copied), and the preparation it
     still needs (None: none)."""
     pixel_size, origin = calibration
     result = ImageResult(image.id, pixel_size_um=pixel_size, pixel_size_source=origin)
     params = replace(
-        FindParams.for_model(model, pixel_size),
+        FindParams.for_model(model, pixel_size, modality),
         pixel_size_source={"user": "set for this batch", "file": "stated in the file"}.get(
             origin, "the model's default"
         ),
     )
     cached = ctx.read(
         "looking up earlier cells",
-        lambda s: _cached(s, image.sha256, image.page, model.weights_sha256, pixel_size, options),
+        lambda s: _cached(s, image.sha256, image.page, model.weights_sha256, pixel_size, options, modality),
     )
     if cached is not None:
         result.kind, result.cached, result.note, result.reporters = cached
@@ -184,10 +185,16 @@ def _result(result: ImageResult, prepared: Prepared | None) -> ImageResult:
 
 
 def _cached(
-    s: Session, sha: str | None, page: int, weights_sha: str, pixel_size: float, options: ReadOptions
+    s: Session,
+    sha: str | None,
+    page: int,
+    weights_sha: str,
+    pixel_size: float,
+    options: ReadOptions,
+    modality: str | None = None,
 ) -> tuple[str | None, list[dict[str, Any]], str | None, dict[str, Any] | None] | None:
-    """(kind, cells, note) computed before for these image bytes, these weights, this pixel size and the same
-    channel and z plane, or None."""
+    """(kind, cells, note) computed before for these image bytes, these weights, this pixel size, the same
+    channel and z plane and the same modality, or None."""
     if not sha:
         return None
     source = s.execute(
@@ -204,6 +211,7 @@ def _cached(
             Image.pixel_size_um == pixel_size,
             func.coalesce(Batch.channel, "") == (options.channel or ""),
             func.coalesce(Batch.z, -1) == (-1 if options.z is None else options.z),
+            func.coalesce(Batch.modality, "") == (modality or ""),
         )
         .limit(1)
     ).first()
