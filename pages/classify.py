@@ -118,6 +118,10 @@ files = st.file_uploader(
 )
 
 
+# how the Imaging choice reads on the page (what each looks for: lsm_core.imaging.cells.MODALITIES, in its help)
+IMAGING = {"auto": "DIC or brightfield", "dic": "DIC", "brightfield": "Brightfield", "phase": "Phase contrast"}
+
+
 def first_file_channels(files) -> FileChannels | None:
     """The channels of the first chosen file (its headers; remembered per upload, so a rerun reads nothing)."""
     if not files:
@@ -161,7 +165,7 @@ with st.form("batch", clear_on_submit=False):
     gate = c[1].text_input("Sorting gate", placeholder="e.g. LSK CD150+CD48-")
     imaging_date = c[2].date_input("Imaging date", value=None, format="YYYY-MM-DD")
     notes = st.text_area("Notes", height=80)
-    c = st.columns(3)
+    c = st.columns(4)
     pixel_text = c[0].text_input(
         "Pixel size (µm per pixel)",
         placeholder="from the files, else the model's",
@@ -189,12 +193,12 @@ with st.form("batch", clear_on_submit=False):
     z_text = c[2].text_input(
         "z plane", placeholder="the best-focused", help="For z-stacks: the plane to classify, from 0."
     )
-    modality = st.selectbox(
+    modality = c[3].selectbox(
         "Imaging",
         list(MODALITIES),
-        format_func=lambda m: MODALITIES[m],
-        help="How the cells were imaged: cells are found by their relief in DIC and brightfield, by their dark "
-        "body in phase contrast (its bright halo is not the cell). Phase contrast is not detected: choose it.",
+        format_func=IMAGING.__getitem__,
+        help="How the cells were imaged. "
+        + " ".join(f"{IMAGING[m]}: {what}." for m, what in MODALITIES.items() if m != "auto"),
     )
     submitted = st.form_submit_button("Classify", type="primary")
 

@@ -136,4 +136,5 @@ def test_the_command_line_classifies_with_the_modality_given(tiny_lsm_package, t
 def test_the_classify_page_offers_the_modalities(app_env):
     at = run_page()
     imaging = next(s for s in at.selectbox if s.label == "Imaging")
-    assert imaging.options == [MODALITIES[m] for m in MODALITIES] and imaging.value == "auto"
+    assert imaging.options == ["DIC or brightfield", "DIC", "Brightfield", "Phase contrast"]
+    assert imaging.value == "auto" and "a cell's dark body, without its bright halo" in imaging.help
