@@ -197,6 +197,8 @@ def render_results(batch_id: int, key: str = "results") -> None:
         )
         if meta.get(k)
     ]
+    if meta.get("imaging") not in (None, "auto"):  # chosen at submit: say how the cells were found
+        facts.append(f"imaging **{escape_markdown(meta['imaging'])}**")
     st.markdown(" · ".join(facts))
     if model["demo"]:
         st.warning(

@@ -115,6 +115,11 @@ def test_a_phase_batch_finds_its_cells_and_its_modality_keys_the_cell_cache(hist
     # the file's cells found in phase are not copied into the auto batch: found again, with their halos
     assert boxes(auto.batch_id) != found and matched(truth, boxes(auto.batch_id)) < 0.5 * len(truth)
     assert boxes(rerun.batch_id) == found
+    from lsm_core.reports.report import load_report
+
+    with lab() as s:
+        assert load_report(s, phase.batch_id).meta["imaging"] == "phase"
+        assert load_report(s, auto.batch_id).meta["imaging"] == "auto"
 
 
 def test_the_command_line_classifies_with_the_modality_given(tiny_lsm_package, tmp_path):

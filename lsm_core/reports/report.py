@@ -135,6 +135,7 @@ def load_report(s: Session, batch_id: int, threshold: float = 0.0) -> BatchRepor
             "notes": batch.notes,
             "created": batch.created,
             "pixel_size_um": batch.pixel_size_um,
+            "imaging": batch.modality or "auto",  # how its cells were found (lsm_core.imaging.cells.MODALITIES)
         },
         model={
             "id": model.id,
@@ -371,7 +372,7 @@ def workbook(s: Session, batch_id: int, threshold: float) -> bytes:
         "images": report.images,
         "images_failed": len(report.failed),
     }
-    keys = BATCH_COLUMNS + ["created", "pixel_size_um", "status", "images", "images_failed"]
+    keys = BATCH_COLUMNS + ["created", "pixel_size_um", "imaging", "status", "images", "images_failed"]
     add_sheet(
         book,
         "batch",
