@@ -75,6 +75,33 @@ def stop(procs: list[subprocess.Popen]) -> None:
 GOAL_MS = 100  # p50 of submit_batch, 10 files, 20 submitters (issue #16 item 5)
 
 
+def reference(lab, model_id: int, uploads: dict, args: argparse.Namespace) -> float:
+    """The baseline, in this process just before the submits, with the same threads at once: each submitter
+    hashes its first batch's files and reads the model in a transaction, 3 times; p50 in ms. What the
+    machine gives right now to the same concurrency (its speed drifts from run to run on a shared host)."""
+    import hashlib
+
+    times: list[float] = []
+    barrier = threading.Barrier(args.submitters)
+
+    def one(k: int) -> None:
+        barrier.wait()
+        for _ in range(args.batches):
+            t0 = time.perf_counter()
+            for f in uploads[k, 0]:
+                hashlib.sha256(f.data).hexdigest()
+            with lab.begin() as s:
+                s.get(Model, model_id)
+            times.append(time.perf_counter() - t0)
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(args.submitters)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return 1000 * float(np.median(times))
+
+
 def run(url: str, data: Path, args: argparse.Namespace) -> tuple[dict, list[str]]:
     store = ModelStore(data / "models")
     x, y = synthetic.make_crops("lsm", 300, seed=11)
@@ -160,6 +187,7 @@ def run(url: str, data: Path, args: argparse.Namespace) -> tuple[dict, list[str]
             120,
             "the workers did not start",
         )
+        baseline_ms = reference(lab, model_id, uploads, args)
         for t in threads:
             t.start()
         load_before = os.getloadavg()[0]
@@ -195,6 +223,7 @@ def run(url: str, data: Path, args: argparse.Namespace) -> tuple[dict, list[str]
         "submits_s": submits_s,
         "statements": float(np.median(statements or [np.nan])),
         "cpu_ms": 1000 * float(np.median(cpu or [np.nan])),
+        "baseline_ms": baseline_ms,
         "load": (load_before, load_after),
         "job_s": float(
             np.median([(r.finished - r.started).total_seconds() for r in runs if r.finished and r.started] or [0])
@@ -287,6 +316,10 @@ def main() -> None:
         f"goal of {GOAL_MS} ms), p95 {r['p95_ms']:.0f} ms, max {r['max_ms']:.0f} ms ({r['calls']} calls, all "
         f"sent within {r['submits_s']:.2f} s); {r['statements']:.0f} SQL statements per call (median), "
         f"and its commit"
+    )
+    print(
+        f"  baseline, the same threads hashing their files and reading the model: p50 {r['baseline_ms']:.1f} ms; "
+        f"ratio submit_batch / baseline {r['p50_ms'] / r['baseline_ms']:.1f}"
     )
     print(
         f"  CPU of the calling thread per call: median {r['cpu_ms']:.1f} ms (the rest of the latency it waited: "
