@@ -32,7 +32,7 @@ import tifffile  # noqa: E402
 from scipy import ndimage as ndi  # noqa: E402
 
 from lsm_core.imaging import synthetic  # noqa: E402
-from lsm_core.imaging.cells import find_cells  # noqa: E402
+from lsm_core.imaging.cells import find_cells, matched_boxes  # noqa: E402
 from lsm_core.imaging.images import decode_bytes  # noqa: E402
 
 
@@ -58,7 +58,7 @@ def main() -> None:
         find_times.append(t2 - t1)
         blur_times.append(t3 - t2)
         counts.append((len(found), len(truth)))
-        matched += matches([(c.x, c.y, c.w, c.h) for c in truth], found.boxes.tolist())
+        matched += matched_boxes([(c.x, c.y, c.w, c.h) for c in truth], found.boxes.tolist())
         reported += len(found)
         true += len(truth)
     find_s, read_s, blur_s = (float(np.median(v)) for v in (find_times, read_times, blur_times))
@@ -86,36 +86,13 @@ def phase(n_fields: int) -> None:
             t0 = time.perf_counter()
             found = find_cells(pixels, FindParams(modality=modality))
             times.append(time.perf_counter() - t0)
-            hit += matches([(c.x, c.y, c.w, c.h) for c in truth], found.boxes.tolist())
+            hit += matched_boxes([(c.x, c.y, c.w, c.h) for c in truth], found.boxes.tolist())
             true += len(truth)
             reported += len(found)
         print(
             f"phase contrast, modality {modality}: recall {hit / true:.3f}, precision {hit / max(1, reported):.3f} "
             f"at IoU >= 0.5; {np.median(times) * 1000:.0f} ms per field"
         )
-
-
-def iou(a, b) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    ix = max(0, min(ax + aw, bx + bw) - max(ax, bx))
-    iy = max(0, min(ay + ah, by + bh) - max(ay, by))
-    inter = ix * iy
-    return inter / (aw * ah + bw * bh - inter) if inter else 0.0
-
-
-def matches(truth: list, found: list) -> int:
-    """True boxes matched one-to-one by reported boxes at IoU >= 0.5 (greedy, best first)."""
-    pairs = sorted(((iou(t, f), i, j) for i, t in enumerate(truth) for j, f in enumerate(found)), reverse=True)
-    used_t: set[int] = set()
-    used_f: set[int] = set()
-    for value, i, j in pairs:
-        if value < 0.5:
-            break
-        if i not in used_t and j not in used_f:
-            used_t.add(i)
-            used_f.add(j)
-    return len(used_t)
 
 
 JURKAT = Path(__file__).resolve().parents[2] / "shared" / "data" / "brightfield" / "jurkat_G1_montage.tif"

@@ -14,35 +14,15 @@ from sqlalchemy import func, select
 from db.schema import Batch, Cell, Image
 from lsm_core.errors import LsmError
 from lsm_core.imaging import synthetic
-from lsm_core.imaging.cells import MODALITIES, FindParams, find_cells
+from lsm_core.imaging.cells import MODALITIES, FindParams, find_cells, matched_boxes
 from lsm_core.imaging.images import RawFile
 from lsm_core.lab import batches
 from lsm_core.lab.worker import Worker
 from tests.helpers import run_page
 
 
-def iou(a, b) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    ix = max(0, min(ax + aw, bx + bw) - max(ax, bx))
-    iy = max(0, min(ay + ah, by + bh) - max(ay, by))
-    inter = ix * iy
-    return inter / (aw * ah + bw * bh - inter) if inter else 0.0
-
-
 def matched(truth, boxes) -> int:
-    """True cells matched one to one by reported boxes at IoU >= 0.5 (greedy, best first)."""
-    pairs = sorted(
-        ((iou((c.x, c.y, c.w, c.h), tuple(f)), i, j) for i, c in enumerate(truth) for j, f in enumerate(boxes)),
-        reverse=True,
-    )
-    seen_t: set[int] = set()
-    seen_f: set[int] = set()
-    for value, i, j in pairs:
-        if value >= 0.5 and i not in seen_t and j not in seen_f:
-            seen_t.add(i)
-            seen_f.add(j)
-    return len(seen_t)
+    return matched_boxes([(c.x, c.y, c.w, c.h) for c in truth], [tuple(b) for b in boxes])
 
 
 def phase_field(seed: int, shape=(1024, 1024), n_cells=16):

@@ -447,6 +447,35 @@ def _touching_cells(region, min_radius: float) -> list:
     return list(measure.regionprops(watershed(-distance, markers, mask=mask)))
 
 
+def box_iou(a, b) -> float:
+    """Intersection over union of two boxes (x, y, w, h)."""
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    ix = max(0, min(ax + aw, bx + bw) - max(ax, bx))
+    iy = max(0, min(ay + ah, by + bh) - max(ay, by))
+    inter = ix * iy
+    return inter / (aw * ah + bw * bh - inter) if inter else 0.0
+
+
+def matched_boxes(truth, found, at: float = 0.5) -> int:
+    """How many true boxes (x, y, w, h) reported boxes match one to one at IoU >= ``at`` (greedy, best pairs
+    first): recall is this over the true boxes, precision over the reported ones (bench/cells.py).
+
+    >>> matched_boxes([(0, 0, 10, 10), (50, 50, 10, 10)], [(1, 1, 10, 10), (0, 0, 10, 10), (90, 90, 5, 5)])
+    1
+    """
+    pairs = sorted(((box_iou(t, f), i, j) for i, t in enumerate(truth) for j, f in enumerate(found)), reverse=True)
+    used_t: set[int] = set()
+    used_f: set[int] = set()
+    for value, i, j in pairs:
+        if value < at:
+            break
+        if i not in used_t and j not in used_f:
+            used_t.add(i)
+            used_f.add(j)
+    return len(used_t)
+
+
 def crops_at(image: np.ndarray, boxes, params: FindParams, single: bool = False) -> np.ndarray:
     """The crops of cells found before (boxes (x, y, w, h) in the image's pixels), cut again from the image:
     (N, S, S) float32. ``single``: the image is a single-cell crop, passed through whole as when it was found."""
