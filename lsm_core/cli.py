@@ -726,8 +726,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="K",
-        help="Score-CAM: the target layer's channels of most variance kept per cell (default: "
-        "LSM_SCORECAM_CHANNELS, else 8; 0: every channel, full Score-CAM)",
+        help="Score-CAM: per cell, the target layer's channels of most variance whose score is computed (8 "
+        "more stand for the others; default: LSM_SCORECAM_CHANNELS, else 8; 0: every channel, full Score-CAM)",
     )
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--pixel-size", type=float, default=None, metavar="UM_PER_PIXEL")

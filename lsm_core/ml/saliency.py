@@ -78,8 +78,7 @@ def integrated_gradients(
     return np.concatenate(out).astype(np.float32), np.concatenate(gaps).astype(np.float32)
 
 
-def _cam(
-    method: str,
+def _grad_cam(
     net: nn.Module,
     architecture: str,
     crops: np.ndarray,
@@ -87,10 +86,10 @@ def _cam(
     batch_size: int,
     device,
 ) -> np.ndarray:
+    """Grad-CAM maps (N, H, W) of crops (N, H, W) for the target classes, from ``pytorch-grad-cam``."""
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    cls = {"gradcam": GradCAM}[method]
     layer = nets.target_layer(net, architecture)
     out = []
     # Only the target layer's gradient is needed: weights stay frozen (no weight gradients), and the
@@ -110,7 +109,7 @@ def _cam(
             x = x.contiguous(memory_format=torch.channels_last)
             target = _targets(net, x, None if classes is None else classes[start : start + batch_size])
             with (
-                cls(model=net, target_layers=[layer]) as cam,
+                GradCAM(model=net, target_layers=[layer]) as cam,
                 torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16),
             ):  # hooks removed on exit
                 maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in target])
@@ -315,7 +314,7 @@ def saliency_maps(
     if method == "scorecam":
         return _normalise(score_cam(net, architecture, crops, classes, scorecam_channels, batch_size, device))
     net = net.to(memory_format=torch.channels_last)  # in place: oneDNN's fast layout, as for classification
-    return _normalise(_cam(method, net, architecture, crops, classes, batch_size, device))
+    return _normalise(_grad_cam(net, architecture, crops, classes, batch_size, device))
 
 
 def to_uint8(maps: np.ndarray) -> np.ndarray:
