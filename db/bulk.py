@@ -9,7 +9,21 @@ import json
 from collections.abc import Sequence
 from typing import Any, cast
 
-from sqlalchemy import ARRAY, JSON, ColumnElement, Connection, Insert, Table, bindparam, func, insert, null, select
+from sqlalchemy import (
+    ARRAY,
+    JSON,
+    ColumnElement,
+    Connection,
+    Insert,
+    Table,
+    bindparam,
+    func,
+    insert,
+    literal,
+    literal_column,
+    null,
+    select,
+)
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from db.schema import Base, Cell, Image
@@ -64,41 +78,74 @@ def insert_together(
     compiling it costs anything the next time, whatever the number of rows (and no limit on parameters).
     Elsewhere (SQLite runs in process: no round trip to save) one statement per table. The columns'
     Python-side defaults are filled in here, for both."""
+    given = [frozenset(rows[0]) for _, rows in parts if rows]  # the keys the caller gave, before defaults
     done = [(_table(m), [_with_defaults(_table(m), row) for row in rows]) for m, rows in parts if rows]
     *before, (last, (row, *more)) = done
     assert not more, "the last part is one row"
-    shape = tuple((table, tuple(rows[0]), len(rows) > 1) for table, rows in done)
-    assert all(tuple(r) == keys for (_, keys, _), (_, rows) in zip(shape, done) for r in rows), "keys differ"
+    assert all(tuple(r) == tuple(rows[0]) for _, rows in done for r in rows), "keys differ"
     conn = s.connection()
     # one statement per table on SQLite, and where many rows hold JSON (no array of JSON values is sent)
-    if conn.dialect.name != "postgresql" or any(many and _json_columns(t, keys) for t, keys, many in shape):
+    if conn.dialect.name != "postgresql" or any(len(rows) > 1 and _json_columns(t, list(rows[0])) for t, rows in done):
+        if len(done) > 1 and conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+            raise AssertionError("these rows need several statements: not atomic on a connection in autocommit")
         for table, rows in before:
             _insert_many(conn, table, rows)
         return conn.execute(insert(last).returning(returning), row).scalar_one()
+    # a constant default the caller left out (a count's 0, a flag's False) goes into the statement's text, not
+    # as a parameter: fewer parameters, so that psycopg keeps the statement's conversion (up to 50 of them)
+    shape = []
     params: dict[str, Any] = {}
-    for i, (_, rows) in enumerate(done):
+    for i, ((table, rows), keys_given) in enumerate(zip(done, given)):
+        constants = _constant_defaults(table, keys_given)
+        keys = tuple(k for k in rows[0] if k not in constants)
+        shape.append((table, keys, len(rows) > 1, tuple(constants.items())))
         if len(rows) > 1:
-            params.update({f"p{i}_{k}": [r[k] for r in rows] for k in rows[0]})
+            params.update({f"p{i}_{k}": [r[k] for r in rows] for k in keys})
         else:
-            params.update({f"p{i}_{k}": v for k, v in rows[0].items()})
-    return conn.execute(_together(shape, returning.key), params).scalar_one()
+            params.update({f"p{i}_{k}": rows[0][k] for k in keys})
+    return conn.execute(_together(tuple(shape), returning.key), params).scalar_one()
+
+
+def _constant_defaults(table: Table, given: frozenset[str]) -> dict[str, Any]:
+    """The scalar Python-side defaults of ``table``'s columns that the caller left out."""
+    out = {}
+    for column in table.columns:
+        default = column.default
+        if column.key not in given and default is not None and default.is_scalar:
+            out[column.key] = default.arg  # type: ignore[attr-defined]
+    return out
 
 
 @functools.lru_cache(maxsize=64)
-def _together(shape: tuple[tuple[Table, tuple[str, ...], bool], ...], returning: str) -> Insert:
+def _together(
+    shape: tuple[tuple[Table, tuple[str, ...], bool, tuple[tuple[str, Any], ...]], ...], returning: str
+) -> Insert:
     """:func:`insert_together`'s statement for PostgreSQL: the parts but the last as CTEs, their values the
-    parameters ``p<part>_<column>`` (an array per column for a part of many rows)."""
+    parameters ``p<part>_<column>`` (an array per column for a part of many rows) and the constants given
+    (rendered in the text)."""
     inserts = []
-    for i, (table, keys, many) in enumerate(shape):
+    for i, (table, keys, many, constants) in enumerate(shape):
+        fixed = {k: literal_column(_sql_literal(table.c[k], v), table.c[k].type) for k, v in constants}
         if many:
             arrays = [bindparam(f"p{i}_{k}", type_=ARRAY(table.c[k].type)) for k in keys]
             unnested = func.unnest(*arrays).table_valued(*keys).render_derived()
-            inserts.append(insert(table).from_select(list(keys), select(unnested), include_defaults=False))
+            columns = [*unnested.c, *(value.label(k) for k, value in fixed.items())]
+            inserts.append(insert(table).from_select([*keys, *fixed], select(*columns), include_defaults=False))
         else:
-            inserts.append(insert(table).values({k: bindparam(f"p{i}_{k}", type_=table.c[k].type) for k in keys}))
+            values = {k: bindparam(f"p{i}_{k}", type_=table.c[k].type) for k in keys}
+            inserts.append(insert(table).values({**values, **fixed}))
     *ctes, last = inserts
-    named = [stmt.cte(f"new_{table.name}") for stmt, (table, _, _) in zip(ctes, shape)]
+    named = [stmt.cte(f"new_{table.name}") for stmt, (table, *_rest) in zip(ctes, shape)]
     return last.returning(shape[-1][0].c[returning]).add_cte(*named)
+
+
+def _sql_literal(column, value: Any) -> str:
+    """``value`` as PostgreSQL writes it in a statement's text (a column's constant default)."""
+    from sqlalchemy.dialects import postgresql
+
+    return str(
+        literal(value, column.type).compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True})
+    )
 
 
 def _json_columns(table: Table, keys: Sequence[str]) -> list[str]:

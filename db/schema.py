@@ -80,12 +80,15 @@ class Model(Base):
     def label(self) -> str:
         """``name v3``, with ``(synthetic demo)`` for demo models and ``(failed quality check)`` for models whose
         recorded quality check failed (lsm_core.ml.metrics.model_quality)."""
-        check = (self.metrics or {}).get("quality_check")  # as lsm_core.ml.metrics writes it (db imports no lsm_core)
+        return self.label_of(self.name, self.version, self.demo, self.metrics)
+
+    @staticmethod
+    def label_of(name: str, version: int, demo: bool, metrics: dict[str, Any] | None) -> str:
+        """:attr:`label` from the columns it is made of (for a query that selects only those)."""
+        check = (metrics or {}).get("quality_check")  # as lsm_core.ml.metrics writes it (db imports no lsm_core)
         failed = isinstance(check, dict) and check.get("passed") is False
         return (
-            f"{self.name} v{self.version}"
-            + (" (synthetic demo)" if self.demo else "")
-            + (" (failed quality check)" if failed else "")
+            f"{name} v{version}" + (" (synthetic demo)" if demo else "") + (" (failed quality check)" if failed else "")
         )
 
 

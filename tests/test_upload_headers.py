@@ -76,11 +76,13 @@ def test_pixels_are_decoded_by_the_worker_and_a_broken_page_is_that_image_s_erro
 
 
 def _statements(lab, call):
-    """What ``call()`` returns, and the SQL statements it sent."""
-    sent: list[str] = []
+    """What ``call()`` returns, and the SQL statements it sent: (text, number of parameters, whether the
+    driver's connection was in autocommit)."""
+    sent: list[tuple[str, int, bool]] = []
 
-    def seen(_conn, _cursor, statement, *_rest):
-        sent.append(statement)
+    def seen(conn, _cursor, statement, parameters, *_rest):
+        driver = conn.connection.driver_connection
+        sent.append((statement, len(parameters or ()), bool(getattr(driver, "autocommit", False))))
 
     event.listen(lab.engine, "before_cursor_execute", seen)
     try:
@@ -101,6 +103,8 @@ def test_the_rows_of_a_submit_are_written_at_once(history, n_good, broken):
     )
     if engine.dialect.name == "postgresql":
         assert len(sent) == 2, sent  # the model (with the batch's new id), then every row: one round trip each
+        assert all(autocommit for _, _, autocommit in sent)  # no BEGIN, no COMMIT: the insert is atomic alone
+        assert sent[1][1] <= 50  # parameters: psycopg keeps the statement's conversion (the constants are text)
     assert sub.images == n_rows and [f for f, _ in sub.errors] == ["broken.png"] * broken
     with lab() as s:
         batch = s.get(Batch, sub.batch_id)
@@ -160,3 +164,28 @@ def test_a_refused_submit_writes_nothing(history):
     sub = batches.submit_batch(lab, crop_files(2, seed=970), model_id, "in time", owner="ana")
     with lab() as s:
         assert s.get(Batch, sub.batch_id).name == "in time" and s.get(Job, sub.job_id).batch_id == sub.batch_id
+
+
+def test_rows_that_need_several_statements_are_never_sent_in_autocommit(history):
+    """db.bulk.insert_together on Lab.begin_one_statement: rows of several tables that PostgreSQL cannot take
+    in one statement (many rows holding JSON) are refused there, nothing written; SQLite takes them in its
+    transaction."""
+    from db import bulk
+
+    lab, engine, _ = history
+    events = [{"actor": "ana", "action": "probe", "target": f"t{i}", "detail": {"i": i}} for i in range(2)]
+    job = {"kind": "classify", "payload": {}, "owner": "ana", "status": "cancelled"}
+    with lab() as s:
+        before = s.scalar(select(func.count()).select_from(AuditEvent))
+    if engine.dialect.name == "postgresql":
+        with pytest.raises(AssertionError, match="not atomic"):
+            with lab.begin_one_statement() as s:
+                bulk.insert_together(s, [(AuditEvent, events), (Job, [job])], Job.id)
+        with lab() as s:
+            assert s.scalar(select(func.count()).select_from(AuditEvent)) == before
+    else:
+        with lab.begin_one_statement() as s:
+            job_id = bulk.insert_together(s, [(AuditEvent, events), (Job, [job])], Job.id)
+        with lab() as s:
+            assert s.scalar(select(func.count()).select_from(AuditEvent)) == before + 2
+            assert s.get(Job, job_id).owner == "ana"

@@ -12,6 +12,7 @@ refused with a message, so nobody acts on something other than what they looked 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -111,6 +112,8 @@ class Submitted:
 
 
 NAME_MAX = 200  # characters of a batch name (the column's length)
+STORE_CHUNK_BYTES = 32 << 20  # an upload's files are stored together up to this many bytes at a time,
+STORE_WAIT_S = 0.1  # or as soon as the first of them has waited this long
 _NOTE_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
@@ -138,14 +141,17 @@ def image_rows(
     """Image rows for uploaded files, read one at a time: each file's headers are checked (format, size,
     the memory a page would take, a ZIP's members, their number and declared sizes: nothing is decoded
     here, the workers do that and report a damaged page there, per image) and its bytes stored once, only
-    when at least one page can be read. A file that cannot becomes a row with its error. A file whose bytes
-    are in ``present`` (sha256 -> the file name there: the batch's files) or earlier in ``files`` is
-    skipped, never counted twice."""
+    when at least one page can be read (together with the other files', up to STORE_CHUNK_BYTES or
+    STORE_WAIT_S at a time: :meth:`BlobStore.put_many`; all of them are stored when this returns). A file
+    that cannot becomes a row with its error. A file whose bytes are in ``present`` (sha256 -> the file name
+    there: the batch's files) or earlier in ``files`` is skipped, never counted twice."""
     out = ImageRows()
     seen = dict(present or {})
     expanded = (
         member for f in files for member in ([f] if f.error or not f.data else iter_upload(f.source, f.data, limits))
     )
+    pending: list[tuple[bytes, str]] = []  # files to store, written together (BlobStore.put_many)
+    pending_bytes, pending_since = 0, 0.0
     for raw in expanded:  # a ZIP's members one at a time
         raw = RawFile(clean_name(raw.source), raw.data, raw.error)
         records = inspect(raw, limits, options)
@@ -157,8 +163,16 @@ def image_rows(
             )
             continue
         if sha is not None and raw.data is not None and any(r.ok for r in records):
-            blobs.put(raw.data, sha)  # hashed once, by inspect
+            if not pending:
+                pending_since = time.monotonic()
+            pending.append((raw.data, sha))  # hashed once, by inspect
+            pending_bytes += len(raw.data)
             seen[sha] = raw.source
+            # a ZIP's members are not all held at once, and files that arrive slowly are stored as they come
+            # (an upload cut off half-way leaves those stored: sent again, they are not written again)
+            if pending_bytes >= STORE_CHUNK_BYTES or time.monotonic() - pending_since >= STORE_WAIT_S:
+                blobs.put_many(pending)
+                pending, pending_bytes = [], 0
         for record in records:
             out.rows.append(
                 {
@@ -179,6 +193,7 @@ def image_rows(
             )
             if not record.ok:
                 out.errors.append((record.source, record.error or ""))
+    blobs.put_many(pending)
     return out
 
 
@@ -221,14 +236,14 @@ def submit_batch(
     priority: int = 0,
     actor: str | None = None,
 ) -> Submitted:
-    """Store the files' bytes, then create the batch, its images and its classify job in one transaction.
+    """Store the files' bytes, then create the batch, its images, its audit event and its classify job at once.
 
     Files are checked from their headers and sizes alone (:func:`image_rows`): nothing is decoded here, the
     worker decodes each image and reports one it cannot read as that image's error, the rest of the batch
     going on. A file whose headers refuse it becomes an image row with its error, its bytes not stored.
-    The transaction is two statements on PostgreSQL (the model with the batch's new id, then every row at
-    once: db.bulk.insert_together) and its commit. Raises LsmError when nothing at all was uploaded or the
-    model is unknown.
+    On PostgreSQL that is two statements, each committing by itself (Lab.begin_one_statement): the model's
+    read with the batch's new id, then every row in one statement (db.bulk.insert_together), atomic on its
+    own; elsewhere one transaction. Raises LsmError when nothing at all was uploaded or the model is unknown.
     """
     owner = owner or accounts.current_user()
     actor = actor or owner  # who acts: an administrator may submit a batch that belongs to someone else
@@ -245,18 +260,21 @@ def submit_batch(
     rows, errors, readable = found.rows, found.errors, found.readable
     if not rows:
         raise LsmError("no files were uploaded")
-    with lab.begin() as s:
+    with lab.begin_one_statement() as s:
         # the model, and on PostgreSQL the new batch's id from its sequence: every row below is then known
         # before any is written, and they go as one statement (db.bulk.insert_together)
-        found_model = s.execute(select(Model, bulk.next_id(s, Batch)).where(Model.id == model_id)).first()
-        if found_model is None or found_model[0].deleted:
+        model = s.execute(
+            select(Model.deleted, Model.name, Model.version, Model.demo, Model.metrics, bulk.next_id(s, Batch)).where(
+                Model.id == model_id
+            )
+        ).first()
+        if model is None or model.deleted:
             raise LsmError("the chosen model no longer exists; pick another one")
-        model, batch_id = found_model
         batch = Batch(
-            id=batch_id,
+            id=model[-1],
             name=name,
             owner=owner,
-            model_id=model.id,
+            model_id=model_id,
             status="queued" if readable else "failed",
             **vars(meta),
         )
@@ -271,7 +289,7 @@ def submit_batch(
             detail={
                 **({"owner": owner} if owner != actor else {}),  # an administrator submitted it for someone
                 "name": name,
-                "model": model.label,
+                "model": Model.label_of(model.name, model.version, model.demo, model.metrics),
                 "images": len(rows),
                 "failed": len(errors),
                 "skipped": len(found.skipped),

@@ -257,6 +257,7 @@ class Settings:
     saliency_max_cells: int = 2000  # most cells a member may ask saliency maps for at once (administrators: any)
     prep_workers: int | None = None  # a worker's preparation processes (None: lsm_core.imaging.prepare's default)
     scorecam_channels: int | None = None  # Score-CAM's k (None: lsm_core.ml.saliency's default; 0: every channel)
+    blob_helpers: int | None = None  # blob-writing helper processes (None: lsm_core.lab.blobwriter's default; 0: none)
 
     @property
     def model_dir(self) -> Path:
@@ -301,6 +302,7 @@ class Settings:
             saliency_max_cells=int(_number(env, "LSM_SALIENCY_MAX_CELLS", 2000, int)),
             prep_workers=_count(env, "LSM_PREP_WORKERS"),
             scorecam_channels=_count(env, "LSM_SCORECAM_CHANNELS"),
+            blob_helpers=_count(env, "LSM_BLOB_HELPERS"),
         )
 
     def with_(self, **changes) -> Settings:
@@ -325,6 +327,7 @@ class Settings:
             "LSM_SALIENCY_MAX_CELLS": str(self.saliency_max_cells),
             **({"LSM_PREP_WORKERS": str(self.prep_workers)} if self.prep_workers is not None else {}),
             **({"LSM_SCORECAM_CHANNELS": str(self.scorecam_channels)} if self.scorecam_channels is not None else {}),
+            **({"LSM_BLOB_HELPERS": str(self.blob_helpers)} if self.blob_helpers is not None else {}),
             "LSM_MAX_ARCHIVE_MEMBERS": str(self.limits.max_archive_members),
             "LSM_MAX_ARCHIVE_BYTES": str(self.limits.max_archive_bytes),
         }
