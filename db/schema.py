@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -178,6 +179,38 @@ class Cell(Base):
     # the other channels of a multi-channel file in this cell: {name: [mean, integrated]}, background
     # subtracted (lsm_core.imaging.reporters); None for a one-channel image
     signal: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class CellLabel(Base):
+    """What a person says a cell is: its true class (``label``, one of its model's classes) or not a cell
+    (``excluded``: why, lsm_core.lab.review.EXCLUSIONS); both empty: they took their label back. Never written
+    over: each change is a new row, and a person's newest row for a cell is their ``current`` one (at most
+    one per person and cell). ``predicted`` and ``score``: what the model said when the label was given."""
+
+    __tablename__ = "cell_labels"
+    __table_args__ = (
+        Index("ix_cell_labels_batch", "batch_id", "current"),
+        Index(
+            "uq_cell_labels_current",
+            "cell_id",
+            "labelled_by",
+            unique=True,
+            sqlite_where=text("current"),
+            postgresql_where=text("current"),
+        ),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    cell_id: Mapped[int] = mapped_column(ForeignKey("cells.id", ondelete="CASCADE"), index=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    labelled_by: Mapped[str] = mapped_column(String(200), index=True)
+    label: Mapped[str | None] = mapped_column(String(32))
+    excluded: Mapped[str | None] = mapped_column(String(16))
+    predicted: Mapped[str] = mapped_column(String(32))
+    score: Mapped[float] = mapped_column(Float)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    current: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
 class SaliencyRun(Base):

@@ -1,0 +1,281 @@
+"""Review: people say what a cell really is, and the history keeps every word of it.
+
+A label is a cell's true class (one of its batch's model's classes) or **not a cell**, with why
+(:data:`EXCLUSIONS`: debris, a doublet, out of focus, cut by the image's edge). Labels go into their own
+table (``cell_labels``), never over the prediction, each with who gave it, when, and what the model said
+then. A change is a new row: the person's previous label for that cell stops being ``current`` and stays
+in the history (:func:`history`).
+
+Several people may label one batch without overwriting each other: each person has their own current
+label per cell, and :func:`consensus` says what the cell counts as: the label every current reviewer
+gave, or, where they disagree, the newest one (its author shown), flagged ``disputed``. Members label the
+cells of their own batches, administrators anyone's; every change is in the audit trail.
+
+:func:`queue` orders a batch's cells (or several batches') for review: most uncertain first (the smallest
+margin between the two largest probabilities), by predicted class, by score, or in a random order that a
+seed repeats.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from db import audit
+from db.schema import Batch, Cell, CellLabel, Model
+from lsm_core.errors import LsmError
+from lsm_core.lab import accounts
+from lsm_core.lab.history import Lab
+
+# why a found object is not a cell to classify: key (stored) -> what people read
+EXCLUSIONS = {
+    "debris": "debris",
+    "doublet": "doublet",
+    "out_of_focus": "out of focus",
+    "edge": "cut by the edge",
+}
+ORDERS = ("uncertain", "class", "score", "random")
+
+
+def describe(label: str | None, excluded: str | None) -> str:
+    """A label as people read it: ``ST-HSC``, ``not a cell (debris)`` or ``no label``."""
+    if excluded:
+        return f"not a cell ({EXCLUSIONS.get(excluded, excluded)})"
+    return label or "no label"
+
+
+@dataclass(frozen=True)
+class Label:
+    """One label row as people read it."""
+
+    cell_id: int
+    labelled_by: str
+    label: str | None  # the true class
+    excluded: str | None  # not a cell: a key of EXCLUSIONS
+    predicted: str  # what the model said when the label was given
+    score: float
+    at: datetime
+    current: bool
+
+    @property
+    def withdrawn(self) -> bool:
+        return self.label is None and self.excluded is None
+
+    @property
+    def text(self) -> str:
+        return describe(self.label, self.excluded)
+
+
+@dataclass(frozen=True)
+class Consensus:
+    """What a cell counts as, from its reviewers' current labels."""
+
+    label: str | None  # the true class, when the cell counts as one
+    excluded: str | None  # not a cell, why
+    labelled_by: tuple[str, ...]  # the reviewers with a current label, newest first
+    disputed: bool  # they do not all say the same: the newest label counts
+    last_by: str  # whose label counts
+
+    @property
+    def text(self) -> str:
+        return describe(self.label, self.excluded)
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    cell_id: int
+    batch_id: int
+    image_id: int
+    idx: int
+    predicted: str
+    score: float
+    probs: list[float]
+    margin: float  # the two largest probabilities' difference (0: as uncertain as can be)
+    mine: Label | None  # the asking person's current label
+    consensus: Consensus | None
+
+
+def _row(r: CellLabel) -> Label:
+    return Label(r.cell_id, r.labelled_by, r.label, r.excluded, r.predicted, r.score, r.at, r.current)
+
+
+def margin(probs: Sequence[float]) -> float:
+    """The difference of the two largest probabilities (1 for a single class)."""
+    top = sorted((float(p) for p in probs), reverse=True)
+    return top[0] - top[1] if len(top) > 1 else 1.0
+
+
+def set_label(
+    lab: Lab,
+    cell_id: int,
+    user: str,
+    label: str | None = None,
+    excluded: str | None = None,
+) -> Label | None:
+    """Say what cell ``cell_id`` is: its true class ``label``, or not a cell (``excluded``: a key of
+    EXCLUSIONS); neither takes ``user``'s label back. Returns the new current label, or None when it is the
+    same as ``user``'s current one (nothing written). LsmError: the cell is gone, the label is not one of
+    its model's classes, or ``user`` may not label this batch."""
+    if label is not None and excluded is not None:
+        raise LsmError("a cell is either a class or not a cell, not both")
+    if excluded is not None and excluded not in EXCLUSIONS:
+        raise LsmError(f"unknown reason {excluded!r} for 'not a cell'; choose {', '.join(EXCLUSIONS)}")
+    with lab.begin() as s:
+        postgres = s.get_bind().dialect.name == "postgresql"
+        cell = s.get(Cell, cell_id, with_for_update=postgres)  # one person's two tabs wait for each other
+        if cell is None:
+            raise LsmError(f"cell #{cell_id} no longer exists: its batch was deleted. Nothing was done.")
+        batch = s.get(Batch, cell.batch_id)
+        assert batch is not None  # a cell's batch goes with it (ON DELETE CASCADE)
+        if not accounts.may_change(s, user, batch.owner):
+            raise LsmError(
+                f"batch {batch.name!r} belongs to {batch.owner}; only they or an administrator can label its cells"
+            )
+        classes = list(s.scalar(select(Model.classes).where(Model.id == batch.model_id)) or [])
+        if label is not None and label not in classes:
+            raise LsmError(f"{label!r} is not a class of this batch's model ({', '.join(map(str, classes))})")
+        previous = s.scalars(
+            select(CellLabel).where(
+                CellLabel.cell_id == cell_id, CellLabel.labelled_by == user, CellLabel.current.is_(True)
+            )
+        ).first()
+        if previous is None and label is None and excluded is None:
+            return None  # nothing to take back
+        if previous is not None and (previous.label, previous.excluded) == (label, excluded):
+            return None
+        if previous is not None:
+            s.execute(update(CellLabel).where(CellLabel.id == previous.id).values(current=False))
+        row = CellLabel(
+            cell_id=cell_id,
+            batch_id=batch.id,
+            labelled_by=user,
+            label=label,
+            excluded=excluded,
+            predicted=cell.predicted,
+            score=cell.score,
+            current=True,
+        )
+        s.add(row)
+        audit.record(
+            s,
+            user,
+            "label",
+            f"batch {batch.id}",
+            cell=f"image {cell.image_id} cell {cell.idx}",
+            label=_row(row).text if (label or excluded) else "taken back",
+            was=_row(previous).text if previous is not None else None,
+            predicted=cell.predicted,
+        )
+        s.flush()
+        return _row(row)
+
+
+def history(lab: Lab, cell_id: int) -> list[Label]:
+    """Every label ever given to a cell, oldest first."""
+    with lab() as s:
+        rows = s.scalars(select(CellLabel).where(CellLabel.cell_id == cell_id).order_by(CellLabel.id))
+        return [_row(r) for r in rows]
+
+
+def current_labels(s: Session, batch_ids: Iterable[int]) -> dict[int, list[Label]]:
+    """Within ``s``: each labelled cell's current labels (withdrawn ones left out), newest first."""
+    out: dict[int, list[Label]] = defaultdict(list)
+    rows = s.scalars(
+        select(CellLabel)
+        .where(CellLabel.batch_id.in_(list(batch_ids)), CellLabel.current.is_(True))
+        .order_by(CellLabel.id.desc())
+    )
+    for r in rows:
+        if r.label is not None or r.excluded is not None:
+            out[r.cell_id].append(_row(r))
+    return dict(out)
+
+
+def consensus(labels: Sequence[Label]) -> Consensus | None:
+    """What a cell counts as from its current labels (newest first); None when nobody labelled it."""
+    if not labels:
+        return None
+    newest = labels[0]
+    said = {(x.label, x.excluded) for x in labels}
+    return Consensus(
+        newest.label,
+        newest.excluded,
+        tuple(x.labelled_by for x in labels),
+        len(said) > 1,
+        newest.labelled_by,
+    )
+
+
+def consensus_of(s: Session, batch_ids: Iterable[int]) -> dict[int, Consensus]:
+    """Within ``s``: each labelled cell's consensus (cell id -> Consensus)."""
+    return {
+        cell_id: c for cell_id, labels in current_labels(s, batch_ids).items() if (c := consensus(labels)) is not None
+    }
+
+
+def queue(
+    lab: Lab,
+    batch_ids: Sequence[int],
+    user: str,
+    order: str = "uncertain",
+    unlabelled_only: bool = False,
+    limit: int | None = None,
+    seed: int = 0,
+) -> list[QueueItem]:
+    """The cells of ``batch_ids`` in the order to review them (ORDERS): ``uncertain`` (smallest margin first),
+    ``class`` (by predicted class in the model's order, then most uncertain), ``score`` (lowest score
+    first), ``random`` (the same order for the same seed). ``unlabelled_only``: leave out the cells
+    ``user`` labelled already. At most ``limit`` cells."""
+    if order not in ORDERS:
+        raise LsmError(f"unknown review order {order!r}; choose {', '.join(ORDERS)}")
+    with lab() as s:
+        cells = s.execute(
+            select(Cell.id, Cell.batch_id, Cell.image_id, Cell.idx, Cell.predicted, Cell.score, Cell.probs).where(
+                Cell.batch_id.in_(list(batch_ids))
+            )
+        ).all()
+        labels = current_labels(s, batch_ids)
+        class_order: dict[str, int] = {}
+        for classes in s.scalars(
+            select(Model.classes).join(Batch, Batch.model_id == Model.id).where(Batch.id.in_(list(batch_ids)))
+        ):
+            for c in classes or []:
+                class_order.setdefault(c, len(class_order))
+    items = []
+    for c in cells:
+        mine = next((x for x in labels.get(c.id, []) if x.labelled_by == user), None)
+        if unlabelled_only and mine is not None:
+            continue
+        probs = [float(p) for p in (c.probs or [])]
+        items.append(
+            QueueItem(
+                c.id,
+                c.batch_id,
+                c.image_id,
+                c.idx,
+                c.predicted,
+                float(c.score),
+                probs,
+                margin(probs) if probs else 1.0,
+                mine,
+                consensus(labels.get(c.id, [])),
+            )
+        )
+    keys: dict[str, Any] = {
+        "uncertain": lambda q: (q.margin, q.cell_id),
+        "class": lambda q: (class_order.get(q.predicted, len(class_order)), q.margin, q.cell_id),
+        "score": lambda q: (q.score, q.cell_id),
+    }
+    if order == "random":
+        items.sort(key=lambda q: q.cell_id)
+        random.Random(seed).shuffle(items)
+    else:
+        items.sort(key=keys[order])
+    return items if limit is None else items[:limit]
