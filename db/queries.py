@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session
 
-from db.schema import Batch, Cell, Image, Job, Model, SaliencyRun, Worker
+from db.schema import Batch, Cell, CellLabel, Image, Job, Model, SaliencyRun, Worker
 
 ID_CHUNK = 1000  # ids per IN (...) list: well below SQLite's limit on bound parameters
 
@@ -239,15 +239,41 @@ def owners(s: Session) -> list[str]:
     return list(s.scalars(select(Batch.owner).distinct().order_by(Batch.owner)))
 
 
+def excluded_cells(batch_ids: Iterable[int] | None = None) -> Select:
+    """The ids of the cells that count as not cells: those whose newest current label (of any reviewer; a
+    label taken back does not count) says so. The same rule as lsm_core.lab.review.consensus."""
+    newest = select(func.max(CellLabel.id)).where(
+        CellLabel.current.is_(True), or_(CellLabel.label.is_not(None), CellLabel.excluded.is_not(None))
+    )
+    query = select(CellLabel.cell_id).where(CellLabel.excluded.is_not(None))
+    if batch_ids is not None:
+        ids = list(batch_ids)
+        newest = newest.where(CellLabel.batch_id.in_(ids))
+        query = query.where(CellLabel.batch_id.in_(ids))
+    return query.where(CellLabel.id.in_(newest.group_by(CellLabel.cell_id)))
+
+
+def excluded_counts(s: Session, batch_ids: Iterable[int]) -> dict[int, int]:
+    """Per batch, the number of its cells that count as not cells (:func:`excluded_cells`)."""
+    ids = list(batch_ids)
+    out = dict.fromkeys(ids, 0)
+    rows = s.execute(
+        select(Cell.batch_id, func.count()).where(Cell.id.in_(excluded_cells(ids))).group_by(Cell.batch_id)
+    )
+    out.update({batch_id: n for batch_id, n in rows})
+    return out
+
+
 def class_counts(s: Session, batch_ids: Iterable[int], threshold: float = 0.0) -> dict[int, dict[str, int]]:
-    """Per batch, the number of cells of each predicted class with score >= threshold."""
+    """Per batch, the number of cells of each predicted class with score >= threshold; cells that count as
+    not cells (:func:`excluded_cells`) are left out."""
     ids = list(batch_ids)
     out: dict[int, dict[str, int]] = {i: {} for i in ids}
     if not ids:
         return out
     rows = s.execute(
         select(Cell.batch_id, Cell.predicted, func.count())
-        .where(Cell.batch_id.in_(ids), Cell.score >= threshold)
+        .where(Cell.batch_id.in_(ids), Cell.score >= threshold, Cell.id.not_in(excluded_cells(ids)))
         .group_by(Cell.batch_id, Cell.predicted)
     )
     for batch_id, predicted, n in rows:
@@ -256,12 +282,13 @@ def class_counts(s: Session, batch_ids: Iterable[int], threshold: float = 0.0) -
 
 
 def counts_by_age(s: Session, task: str, threshold: float = 0.0) -> list[tuple[float | None, str, int, int]]:
-    """(age in days, predicted class, cells, batches) over every batch of ``task`` with cells >= threshold."""
+    """(age in days, predicted class, cells, batches) over every batch of ``task`` with cells >= threshold
+    (cells that count as not cells left out)."""
     query = (
         select(Batch.age_days, Cell.predicted, func.count(), func.count(func.distinct(Cell.batch_id)))
         .join(Batch, Batch.id == Cell.batch_id)
         .join(Model, Model.id == Batch.model_id)
-        .where(Model.task == task, Cell.score >= threshold)
+        .where(Model.task == task, Cell.score >= threshold, Cell.id.not_in(excluded_cells()))
         .group_by(Batch.age_days, Cell.predicted)
         .order_by(Batch.age_days, Cell.predicted)
     )

@@ -213,6 +213,11 @@ def render_results(batch_id: int, key: str = "results") -> None:
     c[1].metric(f"Cells with score ≥ {threshold:.2f}", f"{report.cells_kept:,}")
     c[2].metric("Images read", f"{report.images_read:,}", help="Images that could be read: what the progress counts.")
     c[3].metric("Files that could not be read", f"{len(report.failed):,}")
+    if report.cells_excluded:
+        st.caption(
+            f"{report.cells_excluded:,} found object(s) that reviewers marked as not a cell (debris, a doublet, out "
+            "of focus, cut by the edge) are counted nowhere on this page nor in its downloads' summaries."
+        )
     if report.calibration:
         words = {"user": "set for this batch", "file": "stated in the file", "model default": "the model's default"}
         st.caption(

@@ -98,6 +98,9 @@ def write_table(path: str | Path, columns: Sequence[str], rows: Iterable[Sequenc
     return n
 
 
+# what reviewers said of each cell (lsm_core.lab.review: the consensus): its true class, who labelled it,
+# and why it is not a cell (then it is counted nowhere)
+REVIEW_COLUMNS = ["label", "labelled_by", "excluded"]
 BATCH_COLUMNS = [
     "batch",
     "batch_name",
@@ -135,12 +138,14 @@ def signal_columns(channels: Sequence[str]) -> list[str]:
 
 
 def batch_rows(s, batch_ids: Sequence[int]) -> tuple[list[str], Iterable[list]]:
-    """Columns and rows of ``batch_ids``' cells: the ``classify`` columns, then ``batch`` and its metadata.
+    """Columns and rows of ``batch_ids``' cells: the ``classify`` columns, the reporter channels' signals,
+    what reviewers said (REVIEW_COLUMNS), then ``batch`` and its metadata.
 
     All batches must share one model's classes. ``s`` is an open database session.
     """
     from db.queries import export_rows
     from db.schema import Batch, Model
+    from lsm_core.lab.review import EXCLUSIONS, consensus_of
     from lsm_core.ml.classify import NO_CELLS_NOTE, result_columns
 
     batches = []
@@ -154,8 +159,16 @@ def batch_rows(s, batch_ids: Sequence[int]) -> tuple[list[str], Iterable[list]]:
         raise LsmError("these batches were classified by models with different classes; export them separately")
     classes = list(class_sets.pop())
     channels = reporter_channels(s, batch_ids)
-    columns = result_columns(classes) + signal_columns(channels) + BATCH_COLUMNS
+    columns = result_columns(classes) + signal_columns(channels) + REVIEW_COLUMNS + BATCH_COLUMNS
     blank = [None] * (2 * len(channels))
+    agreed = consensus_of(s, batch_ids)
+
+    def reviewed(c) -> list:
+        said = agreed.get(c.id)
+        if said is None:
+            return ["", "", ""]
+        why = EXCLUSIONS.get(said.excluded, said.excluded) if said.excluded else ""
+        return [said.label or "", ", ".join(sorted(set(said.labelled_by))), why]
 
     def signal(c) -> list:
         values = c.signal or {}
@@ -186,6 +199,9 @@ def batch_rows(s, batch_ids: Sequence[int]) -> tuple[list[str], Iterable[list]]:
                         image.pixel_size_um,
                         image.pixel_size_source or "",
                         *blank,
+                        "",
+                        "",
+                        "",
                         *meta,
                     ]
                     continue
@@ -207,6 +223,7 @@ def batch_rows(s, batch_ids: Sequence[int]) -> tuple[list[str], Iterable[list]]:
                         image.pixel_size_um,
                         image.pixel_size_source or "",
                         *signal(c),
+                        *reviewed(c),
                         *meta,
                     ]
 

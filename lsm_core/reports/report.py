@@ -69,7 +69,7 @@ class BatchReport:
     model: dict
     classes: list[str]
     threshold: float
-    cells_total: int
+    cells_total: int  # counted as cells: those reviewers said are not cells are left out (cells_excluded)
     cells_kept: int
     shares: list[ClassShare]
     images: int
@@ -81,6 +81,7 @@ class BatchReport:
     uncalibrated: list[str] = field(default_factory=list)
     channel: str | None = None  # the channel and z plane the batch asked for (None: automatic), for reading again
     z: int | None = None
+    cells_excluded: int = 0  # cells that reviewers said are not cells (lsm_core.lab.review), counted nowhere
 
     @property
     def images_read(self) -> int:
@@ -163,14 +164,16 @@ def load_report(s: Session, batch_id: int, threshold: float = 0.0) -> BatchRepor
         ],
         calibration=[(size, source, n) for (size, source), n in used.most_common()],
         uncalibrated=[im.file for im in classified if im.pixel_size_source == "model default"],
+        cells_excluded=queries.excluded_counts(s, [batch_id])[batch_id],
     )
 
 
 def cell_arrays(s: Session, batch_id: int, classes: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every cell's predicted class index (N,), score (N,) and probabilities (N, C), in upload order."""
+    """Every cell's predicted class index (N,), score (N,) and probabilities (N, C), in upload order (those
+    reviewers said are not cells left out)."""
     rows = s.execute(
         select(Cell.predicted, Cell.score, Cell.probs)
-        .where(Cell.batch_id == batch_id)
+        .where(Cell.batch_id == batch_id, Cell.id.not_in(queries.excluded_cells([batch_id])))
         .order_by(Cell.image_id, Cell.idx)
     ).all()
     index = {c: i for i, c in enumerate(classes)}

@@ -1,0 +1,248 @@
+"""Review labels (lsm_core.lab.review, issue #17 items 1 and 8), on SQLite and PostgreSQL: a label never
+writes over the prediction, a change keeps the history, two people keep their own labels and a consensus
+says what counts, members label their own batches and administrators anyone's, every change is audited,
+and the review queue puts the most uncertain cells first."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import func, select
+
+from db.schema import AuditEvent, Batch, Cell, CellLabel, Image
+from lsm_core.errors import LsmError
+from lsm_core.lab import batches, review
+from lsm_core.lab.worker import Worker
+from tests.helpers import crop_files
+
+
+@pytest.fixture
+def classified(history, monkeypatch, tmp_path):
+    """(lab, batch id, its cells' ids) of a classified batch of 8 crops owned by ana; LSM_ADMINS=boss."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LSM_ADMINS", "boss")
+    lab, _, model_id = history
+    sub = batches.submit_batch(lab, crop_files(8, seed=1701, prefix="rev"), model_id, "to review", owner="ana")
+    assert Worker(lab, device="cpu").run(drain=True) == 1
+    with lab() as s:
+        ids = s.scalars(select(Cell.id).where(Cell.batch_id == sub.batch_id).order_by(Cell.id)).all()
+    assert len(ids) == 8
+    return lab, sub.batch_id, list(ids)
+
+
+def test_a_label_is_kept_beside_the_prediction_and_a_change_keeps_the_history(classified):
+    lab, batch_id, ids = classified
+    with lab() as s:
+        before = s.execute(select(Cell.predicted, Cell.score, Cell.probs).where(Cell.id == ids[0])).one()
+    first = review.set_label(lab, ids[0], "ana", label="MPP")
+    assert first is not None and first.label == "MPP" and first.predicted == before.predicted
+    assert review.set_label(lab, ids[0], "ana", label="MPP") is None  # the same again: nothing written
+    review.set_label(lab, ids[0], "ana", excluded="debris")
+    review.set_label(lab, ids[0], "ana")  # taken back
+    review.set_label(lab, ids[0], "ana", label="LT-HSC")
+    past = review.history(lab, ids[0])
+    assert [(x.label, x.excluded, x.current) for x in past] == [
+        ("MPP", None, False),
+        (None, "debris", False),
+        (None, None, False),
+        ("LT-HSC", None, True),
+    ]
+    assert all(x.labelled_by == "ana" and x.score == pytest.approx(before.score) for x in past)
+    with lab() as s:
+        assert s.execute(select(Cell.predicted, Cell.score, Cell.probs).where(Cell.id == ids[0])).one() == before
+        assert review.consensus_of(s, [batch_id])[ids[0]].label == "LT-HSC"
+        changes = s.scalars(
+            select(AuditEvent).where(AuditEvent.action == "label", AuditEvent.target == f"batch {batch_id}")
+        ).all()
+    assert [e.detail["label"] for e in changes] == ["MPP", "not a cell (debris)", "taken back", "LT-HSC"]
+    assert changes[1].detail["was"] == "MPP" and all(e.actor == "ana" for e in changes)
+
+
+def test_wrong_labels_are_refused(classified):
+    lab, _, ids = classified
+    with pytest.raises(LsmError, match="not a class of this batch's model"):
+        review.set_label(lab, ids[0], "ana", label="young")
+    with pytest.raises(LsmError, match="unknown reason"):
+        review.set_label(lab, ids[0], "ana", excluded="ugly")
+    with pytest.raises(LsmError, match="not both"):
+        review.set_label(lab, ids[0], "ana", label="MPP", excluded="debris")
+    with pytest.raises(LsmError, match="no longer exists"):
+        review.set_label(lab, 10**9, "ana", label="MPP")
+    assert review.history(lab, ids[0]) == []
+
+
+def test_members_label_their_own_batches_and_administrators_anyones(classified):
+    lab, batch_id, ids = classified
+    with pytest.raises(LsmError, match="belongs to ana"):
+        review.set_label(lab, ids[1], "bob", label="MPP")
+    assert review.set_label(lab, ids[1], "boss", label="MPP") is not None
+    with lab() as s:
+        assert s.scalar(select(func.count()).select_from(CellLabel).where(CellLabel.labelled_by == "bob")) == 0
+
+
+def test_two_people_keep_their_own_labels_and_the_consensus_says_what_counts(classified):
+    lab, batch_id, ids = classified
+    review.set_label(lab, ids[2], "ana", label="ST-HSC")
+    review.set_label(lab, ids[2], "boss", label="ST-HSC")
+    review.set_label(lab, ids[3], "ana", label="ST-HSC")
+    review.set_label(lab, ids[3], "boss", excluded="doublet")
+    with lab() as s:
+        agreed = review.consensus_of(s, [batch_id])
+    assert (agreed[ids[2]].label, agreed[ids[2]].disputed) == ("ST-HSC", False)
+    assert set(agreed[ids[2]].labelled_by) == {"ana", "boss"}
+    assert (agreed[ids[3]].excluded, agreed[ids[3]].disputed, agreed[ids[3]].last_by) == ("doublet", True, "boss")
+    assert agreed[ids[3]].text == "not a cell (doublet)"
+    review.set_label(lab, ids[3], "boss")  # boss takes it back: ana's label alone counts
+    with lab() as s:
+        agreed = review.consensus_of(s, [batch_id])
+    assert (agreed[ids[3]].label, agreed[ids[3]].disputed, agreed[ids[3]].last_by) == ("ST-HSC", False, "ana")
+    queue = {q.cell_id: q for q in review.queue(lab, [batch_id], "boss")}
+    assert queue[ids[2]].mine is not None and queue[ids[2]].mine.label == "ST-HSC"
+    assert queue[ids[3]].mine is None and queue[ids[3]].consensus is not None
+
+
+def test_one_person_labelling_one_cell_from_two_tabs_at_once_leaves_one_current_label(classified):
+    lab, _, ids = classified
+    errors: list[BaseException] = []
+
+    def tab(label: str) -> None:
+        try:
+            review.set_label(lab, ids[4], "ana", label=label)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=tab, args=(c,)) for c in ("LT-HSC", "MPP", "ST-HSC", "LT-HSC")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    past = review.history(lab, ids[4])
+    assert sum(x.current for x in past) == 1 and past[-1].current
+
+
+def test_the_queue_puts_the_most_uncertain_first_and_orders_as_asked(classified):
+    lab, batch_id, ids = classified
+    items = review.queue(lab, [batch_id], "ana")
+    margins = [q.margin for q in items]
+    assert sorted(margins) == margins and len(items) == 8
+    for q in items:
+        top = sorted(q.probs, reverse=True)
+        assert q.margin == pytest.approx(top[0] - top[1])
+    by_score = [q.score for q in review.queue(lab, [batch_id], "ana", order="score")]
+    assert by_score == sorted(by_score)
+    order = ["LT-HSC", "ST-HSC", "MPP"]
+    by_class = [order.index(q.predicted) for q in review.queue(lab, [batch_id], "ana", order="class")]
+    assert by_class == sorted(by_class)
+    shuffled = [q.cell_id for q in review.queue(lab, [batch_id], "ana", order="random", seed=3)]
+    assert shuffled == [q.cell_id for q in review.queue(lab, [batch_id], "ana", order="random", seed=3)]
+    assert sorted(shuffled) == sorted(ids)
+    review.set_label(lab, items[0].cell_id, "ana", label="MPP")
+    rest = review.queue(lab, [batch_id], "ana", unlabelled_only=True, limit=3)
+    assert len(rest) == 3 and items[0].cell_id not in {q.cell_id for q in rest}
+    with pytest.raises(LsmError, match="unknown review order"):
+        review.queue(lab, [batch_id], "ana", order="alphabetical")
+
+
+def test_labels_go_with_their_batch(classified):
+    lab, batch_id, ids = classified
+    review.set_label(lab, ids[5], "ana", label="MPP")
+    batches.delete(lab, batch_id, "ana")
+    with lab() as s:
+        assert s.scalar(select(func.count()).select_from(CellLabel)) == 0
+        assert s.get(Batch, batch_id) is None
+
+
+def test_the_migrated_table_holds_one_current_label_per_person_and_cell_and_migrates_down(classified):
+    """Migration 0012 on both engines: the partial unique index is there (a second current row for the same
+    person and cell is refused, old rows are not), and the table goes with a downgrade and comes back."""
+    from alembic import command
+    from sqlalchemy.exc import IntegrityError
+
+    from db.session import _alembic_config, current_revision, upgrade
+
+    lab, batch_id, ids = classified
+    row = {"cell_id": ids[6], "batch_id": batch_id, "labelled_by": "ana", "predicted": "MPP", "score": 0.5}
+    with lab.begin() as s:
+        s.add_all([CellLabel(**row, label="MPP", current=False), CellLabel(**row, label="MPP", current=False)])
+        s.add(CellLabel(**row, label="LT-HSC", current=True))
+    with pytest.raises(IntegrityError):
+        with lab.begin() as s:
+            s.add(CellLabel(**row, label="ST-HSC", current=True))
+    with lab() as s:
+        assert s.scalar(select(func.count()).select_from(CellLabel)) == 3
+    lab.dispose()
+    command.downgrade(_alembic_config(lab.engine), "0011")
+    assert current_revision(lab.engine) == "0011"
+    upgrade(lab.engine)
+    with lab() as s:
+        assert s.scalar(select(func.count()).select_from(CellLabel)) == 0
+
+
+def test_cells_said_not_to_be_cells_count_nowhere_and_every_export_says_what_reviewers_said(classified):
+    """Item 2: composition (at any threshold), the report's figures' arrays, compare's counts and the cells
+    export leave excluded cells out or name them; the database's rule is the consensus's."""
+    from db import queries
+    from lsm_core.reports.export import batch_rows
+    from lsm_core.reports.report import cell_arrays, load_report
+
+    lab, batch_id, ids = classified
+    with lab() as s:
+        before = queries.class_counts(s, [batch_id])[batch_id]
+        predicted = dict(s.execute(select(Cell.id, Cell.predicted).where(Cell.batch_id == batch_id)).all())
+    review.set_label(lab, ids[0], "ana", excluded="debris")
+    review.set_label(lab, ids[1], "ana", excluded="edge")
+    review.set_label(lab, ids[1], "boss", label="MPP")  # newer: ids[1] counts as an MPP cell again (disputed)
+    review.set_label(lab, ids[2], "ana", excluded="doublet")
+    review.set_label(lab, ids[2], "ana")  # taken back: counts again
+    review.set_label(lab, ids[3], "boss", label="LT-HSC")
+    with lab() as s:
+        agreed = review.consensus_of(s, [batch_id])
+        excluded = set(s.scalars(queries.excluded_cells([batch_id])))
+        assert excluded == {c for c, x in agreed.items() if x.excluded} == {ids[0]}
+        after = queries.class_counts(s, [batch_id])[batch_id]
+        expected = dict(before)
+        expected[predicted[ids[0]]] -= 1
+        assert {k: v for k, v in after.items() if v} == {k: v for k, v in expected.items() if v}
+        report = load_report(s, batch_id)
+        assert (report.cells_total, report.cells_excluded) == (7, 1)
+        pred, _, _ = cell_arrays(s, batch_id, report.classes)
+        assert len(pred) == 7
+        assert sum(n for _, _, n, _ in queries.counts_by_age(s, "lsm")) == sum(after.values())
+        columns, rows = batch_rows(s, [batch_id])
+        rows = list(rows)
+    col = {c: i for i, c in enumerate(columns)}
+    assert columns.index("label") < columns.index("batch")
+    by_idx = {(r[col["file"]], r[col["cell"]]): r for r in rows}
+    with lab() as s:
+        where = {
+            c.id: (f, c.idx)
+            for c, f in s.execute(select(Cell, Image.file).join(Image, Image.id == Cell.image_id)).all()
+        }
+    cell = {i: by_idx[where[i]] for i in ids[:4]}
+    assert [cell[ids[0]][col[k]] for k in ("label", "labelled_by", "excluded")] == ["", "ana", "debris"]
+    assert [cell[ids[1]][col[k]] for k in ("label", "labelled_by", "excluded")] == ["MPP", "ana, boss", ""]
+    assert [cell[ids[2]][col[k]] for k in ("label", "labelled_by", "excluded")] == ["", "", ""]
+    assert [cell[ids[3]][col[k]] for k in ("label", "labelled_by", "excluded")] == ["LT-HSC", "boss", ""]
+
+
+def test_the_results_page_says_how_many_cells_reviewers_excluded(with_batch):
+    """AppTest: the batch's page counts the excluded cells out of its metrics and says so."""
+    from lsm_core.lab.history import open_lab
+    from tests.helpers import run_page, texts
+
+    lab = open_lab()
+    with lab() as s:
+        ids = s.scalars(select(Cell.id).where(Cell.batch_id == with_batch.batch_id).order_by(Cell.id)).all()
+    query = {"batch": str(with_batch.batch_id)}
+    at = run_page("pages/results.py", query)
+    cells = next(m for m in at.metric if m.label == "Cells")
+    assert cells.value == f"{len(ids):,}" and "marked as not a cell" not in texts(at)
+    review.set_label(lab, ids[0], "ana", excluded="debris")
+    review.set_label(lab, ids[1], "ana", excluded="out_of_focus")
+    at = run_page("pages/results.py", query)
+    assert next(m for m in at.metric if m.label == "Cells").value == f"{len(ids) - 2:,}"
+    assert "2 found object(s) that reviewers marked as not a cell" in texts(at)
+    lab.dispose()
