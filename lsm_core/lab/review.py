@@ -279,3 +279,86 @@ def queue(
     else:
         items.sort(key=keys[order])
     return items if limit is None else items[:limit]
+
+
+CONSENSUS = "(consensus)"  # the reviewer name of the rows that compare the model with the consensus
+NOT_A_CELL = "not a cell"
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How often one reviewer (or the consensus, :data:`CONSENSUS`) agreed with the model on a batch."""
+
+    batch_id: int
+    reviewer: str
+    labelled: int  # cells with a current label (taken-back ones not counted)
+    agreed: int  # labelled with the class the model predicted
+    not_a_cell: int  # labelled as not a cell (a disagreement: the model called it a cell of some class)
+    confusion: dict[tuple[str, str], int]  # (model said, reviewer said) -> cells; reviewer said NOT_A_CELL too
+
+    @property
+    def rate(self) -> float | None:
+        return self.agreed / self.labelled if self.labelled else None
+
+
+def agreement(s: Session, batch_ids: Iterable[int]) -> list[Agreement]:
+    """Within ``s``: per batch, per reviewer and for the consensus, the model-vs-reviewer agreement and
+    confusion counts over the cells they labelled (batches in the given order, reviewers by name)."""
+    ids = list(batch_ids)
+    labels = current_labels(s, ids)
+    predicted = dict(s.execute(select(Cell.id, Cell.predicted).where(Cell.id.in_(list(labels)))).all())
+    batch_of = dict(s.execute(select(Cell.id, Cell.batch_id).where(Cell.id.in_(list(labels)))).all())
+    said: dict[tuple[int, str], list[tuple[str, str]]] = defaultdict(list)
+    for cell_id, rows in labels.items():
+        model = predicted[cell_id]
+        for x in rows:
+            said[batch_of[cell_id], x.labelled_by].append((model, x.label or NOT_A_CELL))
+        agreed = consensus(rows)
+        assert agreed is not None
+        said[batch_of[cell_id], CONSENSUS].append((model, agreed.label or NOT_A_CELL))
+    out = []
+    for batch_id in ids:
+        people = sorted({p for b, p in said if b == batch_id and p != CONSENSUS})
+        for person in people + ([CONSENSUS] if people else []):
+            pairs = said[batch_id, person]
+            confusion: dict[tuple[str, str], int] = defaultdict(int)
+            for pair in pairs:
+                confusion[pair] += 1
+            out.append(
+                Agreement(
+                    batch_id,
+                    person,
+                    len(pairs),
+                    sum(m == r for m, r in pairs),
+                    sum(r == NOT_A_CELL for _, r in pairs),
+                    dict(confusion),
+                )
+            )
+    return out
+
+
+def find_cell(lab: Lab, batch_id: int, file: str, idx: int, page: int = 1) -> int:
+    """The id of cell ``idx`` (from 1, as the exports number them) of ``file`` (page ``page``) in a batch."""
+    from db.schema import Image
+
+    with lab() as s:
+        cell_id = s.scalar(
+            select(Cell.id)
+            .join(Image, Image.id == Cell.image_id)
+            .where(Image.batch_id == batch_id, Image.file == file, Image.page == page, Cell.idx == idx)
+        )
+    if cell_id is None:
+        raise LsmError(f"batch {batch_id} has no cell {idx} in {file!r} (page {page})")
+    return cell_id
+
+
+def parse_label(text: str) -> tuple[str | None, str | None]:
+    """What the command line says a cell is: a class name, ``not-a-cell`` (debris) or ``not-a-cell:REASON``
+    (a key of EXCLUSIONS), or ``none`` (take the label back): (label, excluded)."""
+    word = text.strip()
+    if word.lower() == "none":
+        return None, None
+    if word.lower().startswith("not-a-cell"):
+        reason = word.partition(":")[2].strip().lower().replace(" ", "_").replace("-", "_") or "debris"
+        return None, reason
+    return word, None

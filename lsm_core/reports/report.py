@@ -22,6 +22,7 @@ from db import queries
 from db.schema import Batch, Cell, Image, Model, SaliencyRun
 from lsm_core.errors import LsmError
 from lsm_core.lab.blobs import BlobStore
+from lsm_core.lab.review import agreement
 from lsm_core.reports.export import BATCH_COLUMNS, add_sheet, batch_rows, workbook_bytes, write_csv
 from lsm_core.reports.stats import DAYS_PER_MONTH, ClassShare, composition
 
@@ -353,7 +354,8 @@ def thumbnail(pixels: np.ndarray, box: tuple[int, int, int, int], size: int = 56
 
 def workbook(s: Session, batch_id: int, threshold: float) -> bytes:
     """The batch's xlsx: sheets ``cells`` (as the export command), ``summary`` (at ``threshold``), ``batch``,
-    ``model``."""
+    ``model``, ``review`` (how often each reviewer, and their consensus, agreed with the model) and
+    ``review_confusion`` (model said x reviewer said, cells)."""
     report = load_report(s, batch_id, threshold)
     book = Workbook(write_only=True)
     add_sheet(book, "cells", *batch_rows(s, [batch_id]))
@@ -392,7 +394,29 @@ def workbook(s: Session, batch_id: int, threshold: float) -> bytes:
         ["synthetic demo", "yes: trained on synthetic cells only" if report.model["demo"] else "no"],
     ]
     add_sheet(book, "model", ["field", "value"], model)
+    agreed = agreement(s, [batch_id])
+    add_sheet(
+        book,
+        "review",
+        ["batch", "reviewer", "cells_labelled", "agreed_with_model", "agreement", "not_a_cell"],
+        ([a.batch_id, a.reviewer, a.labelled, a.agreed, a.rate, a.not_a_cell] for a in agreed),
+    )
+    add_sheet(
+        book,
+        "review_confusion",
+        ["batch", "reviewer", "model_said", "reviewer_said", "cells"],
+        (
+            [a.batch_id, a.reviewer, model, said, n]
+            for a in agreed
+            for (model, said), n in sorted(a.confusion.items(), key=lambda kv: _confusion_order(kv[0], report.classes))
+        ),
+    )
     return workbook_bytes(book)
+
+
+def _confusion_order(pair: tuple[str, str], classes: list[str]) -> tuple[int, int]:
+    rank = {c: i for i, c in enumerate(classes)}
+    return rank.get(pair[0], len(rank)), rank.get(pair[1], len(rank))
 
 
 def cells_csv(s: Session, batch_id: int) -> bytes:
