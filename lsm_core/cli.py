@@ -283,6 +283,44 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_review(args: argparse.Namespace) -> int:
+    from lsm_core.lab import review
+    from lsm_core.lab.accounts import current_user
+
+    lab = _lab()
+    items = review.queue(lab, args.batch_ids, current_user(), args.order, args.unlabelled, args.limit)
+    from sqlalchemy import select
+
+    from db.schema import Image
+
+    with lab() as s:
+        files = dict(s.execute(select(Image.id, Image.file).where(Image.batch_id.in_(args.batch_ids))).all())
+    print("batch\tfile\tcell\tpredicted\tscore\tmargin\tmine\tconsensus")
+    for q in items:
+        mine = q.mine.text if q.mine else ""
+        agreed = "" if q.consensus is None else q.consensus.text + (" (disputed)" if q.consensus.disputed else "")
+        print(
+            f"{q.batch_id}\t{files.get(q.image_id, '')}\t{q.idx}\t{q.predicted}\t{q.score:.3f}\t{q.margin:.3f}\t"
+            f"{mine}\t{agreed}"
+        )
+    return 0
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    from lsm_core.lab import review
+    from lsm_core.lab.accounts import current_user
+
+    lab = _lab()
+    file, _, idx = args.cell.rpartition(":")
+    if not file or not idx.isdigit():
+        raise LsmError(f"name the cell as FILE:CELL (the export's file and cell columns), not {args.cell!r}")
+    cell_id = review.find_cell(lab, args.batch_id, file, int(idx), args.page)
+    label, excluded = review.parse_label(args.label)
+    new = review.set_label(lab, cell_id, current_user(), label, excluded)
+    print(f"{args.cell}: " + ("unchanged" if new is None else new.text if not new.withdrawn else "label taken back"))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from lsm_core.reports.export import batch_rows, write_table
 
@@ -742,6 +780,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cancel", help="cancel a job (yours, or any as an administrator): queued at once, running soon")
     p.add_argument("job_id", type=int, metavar="JOB_ID")
     p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("review", help="a batch's cells in the order to review them, with your label and the consensus")
+    p.add_argument("batch_ids", nargs="+", type=int, metavar="BATCH_ID")
+    p.add_argument("--order", default="uncertain", help="uncertain (default), class, score or random")
+    p.add_argument("--unlabelled", action="store_true", help="only the cells you have not labelled")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=cmd_review)
+
+    p = sub.add_parser(
+        "label", help="say what a cell is: its class, not-a-cell[:debris|doublet|out_of_focus|edge], none"
+    )
+    p.add_argument("batch_id", type=int, metavar="BATCH_ID")
+    p.add_argument("cell", metavar="FILE:CELL", help="the cell as the export names it (file and cell columns)")
+    p.add_argument("label", metavar="LABEL")
+    p.add_argument("--page", type=int, default=1, help="the page of a multi-page file (from 1)")
+    p.set_defaults(func=cmd_label)
 
     p = sub.add_parser("export", help="write batches' cells to a spreadsheet")
     p.add_argument("batch_ids", nargs="+", type=int, metavar="BATCH_ID")

@@ -246,3 +246,76 @@ def test_the_results_page_says_how_many_cells_reviewers_excluded(with_batch):
     assert next(m for m in at.metric if m.label == "Cells").value == f"{len(ids) - 2:,}"
     assert "2 found object(s) that reviewers marked as not a cell" in texts(at)
     lab.dispose()
+
+
+def test_agreement_per_reviewer_and_consensus_is_in_the_workbook(classified):
+    """Item 5: per batch and person (and the consensus), how often the reviewer agreed with the model, and
+    the model-vs-reviewer confusion counts; the results workbook's sheets ``review`` and ``review_confusion``."""
+    import io
+
+    from openpyxl import load_workbook
+
+    from lsm_core.reports.report import workbook
+
+    lab, batch_id, ids = classified
+    with lab() as s:
+        predicted = dict(s.execute(select(Cell.id, Cell.predicted).where(Cell.batch_id == batch_id)).all())
+    other = {c: next(k for k in ("LT-HSC", "ST-HSC", "MPP") if k != predicted[c]) for c in ids}
+    review.set_label(lab, ids[0], "ana", label=predicted[ids[0]])
+    review.set_label(lab, ids[1], "ana", label=predicted[ids[1]])
+    review.set_label(lab, ids[2], "ana", label=other[ids[2]])
+    review.set_label(lab, ids[3], "ana", excluded="debris")
+    review.set_label(lab, ids[0], "boss", label=other[ids[0]])  # newer than ana's: the consensus follows boss
+    with lab() as s:
+        rows = {a.reviewer: a for a in review.agreement(s, [batch_id])}
+        book = load_workbook(io.BytesIO(workbook(s, batch_id, 0.0)), read_only=True)
+    ana, boss, both = rows["ana"], rows["boss"], rows[review.CONSENSUS]
+    assert (ana.labelled, ana.agreed, ana.not_a_cell, ana.rate) == (4, 2, 1, 0.5)
+    assert (boss.labelled, boss.agreed, boss.rate) == (1, 0, 0.0)
+    assert (both.labelled, both.agreed, both.not_a_cell) == (4, 1, 1)
+    assert ana.confusion[predicted[ids[3]], review.NOT_A_CELL] >= 1
+    assert sum(ana.confusion.values()) == 4
+    sheet = list(book["review"].iter_rows(values_only=True))
+    assert sheet[0] == ("batch", "reviewer", "cells_labelled", "agreed_with_model", "agreement", "not_a_cell")
+    assert [r[1] for r in sheet[1:]] == ["ana", "boss", review.CONSENSUS]
+    assert sheet[1][2:] == (4, 2, 0.5, 1)
+    confusion = list(book["review_confusion"].iter_rows(values_only=True))
+    assert sum(r[4] for r in confusion[1:] if r[1] == "ana") == 4
+
+
+def test_the_command_line_lists_the_queue_and_labels_a_cell(classified, db_url, data_dir):
+    """`lsm review` prints the queue (uncertain first) and `lsm label BATCH FILE:CELL LABEL` labels, as the
+    acting user (LSM_USER), through the same rules."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    lab, batch_id, ids = classified
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, LSM_DATABASE_URL=db_url, LSM_DATA_DIR=str(data_dir), LSM_USER="ana", PYTHONPATH=str(root))
+
+    def cli(*args, ok=True):
+        proc = subprocess.run(
+            [sys.executable, "-m", "lsm_core", *args], cwd=root, env=env, capture_output=True, text=True
+        )
+        assert (proc.returncode == 0) == ok, proc.stderr
+        return proc
+
+    lines = cli("review", str(batch_id), "--limit", "3").stdout.splitlines()
+    assert lines[0].split("\t")[:3] == ["batch", "file", "cell"] and len(lines) == 4
+    first = lines[1].split("\t")
+    margins = [float(line.split("\t")[5]) for line in lines[1:]]
+    assert margins == sorted(margins)
+    ref = f"{first[1]}:{first[2]}"
+    assert "not a cell (doublet)" in cli("label", str(batch_id), ref, "not-a-cell:doublet").stdout
+    assert "unchanged" in cli("label", str(batch_id), ref, "not-a-cell:doublet").stdout
+    assert "not a class" in cli("label", str(batch_id), ref, "granulocyte", ok=False).stderr
+    assert "no cell 99" in cli("label", str(batch_id), f"{first[1]}:99", "MPP", ok=False).stderr
+    env["LSM_USER"] = "bob"
+    assert "belongs to ana" in cli("label", str(batch_id), ref, "MPP", ok=False).stderr
+    cell_id = review.find_cell(lab, batch_id, first[1], int(first[2]))
+    assert [(x.labelled_by, x.excluded) for x in review.history(lab, cell_id)] == [("ana", "doublet")]
+    env["LSM_USER"] = "ana"
+    lines = cli("review", str(batch_id), "--unlabelled", "--limit", "100").stdout.splitlines()
+    assert len(lines) == 1 + len(ids) - 1
