@@ -98,6 +98,11 @@ except LsmError as exc:
 
 grouped = result.table.dropna(subset=["group"])
 outside = result.table[result.table["group"].isna()]
+if result.excluded:
+    st.caption(
+        f"{result.excluded:,} found object(s) of these batches that reviewers marked as not a cell are counted "
+        "nowhere in this comparison."
+    )
 if len(outside):
     st.warning(
         f"{len(outside)} batch(es) fall in no group (no age, or outside every bin) and are left out: "

@@ -319,3 +319,25 @@ def test_the_command_line_lists_the_queue_and_labels_a_cell(classified, db_url, 
     env["LSM_USER"] = "ana"
     lines = cli("review", str(batch_id), "--unlabelled", "--limit", "100").stdout.splitlines()
     assert len(lines) == 1 + len(ids) - 1
+
+
+def test_a_comparison_leaves_excluded_cells_out_and_says_how_many(classified):
+    """Item 2 on the comparison: per-mouse counts without the excluded cells, and their number."""
+    from lsm_core.reports import compare
+
+    lab, batch_id, ids = classified
+    with lab() as s:
+        model_id = s.get(Batch, batch_id).model_id
+    other = batches.rerun(lab, batch_id, model_id, "ana")
+    assert Worker(lab, device="cpu").run(drain=True) == 1
+    with lab() as s:
+        before = compare.build(s, [batch_id, other.batch_id], by="owner")
+    assert before.excluded == 0
+    review.set_label(lab, ids[0], "ana", excluded="debris")
+    review.set_label(lab, ids[1], "ana", excluded="doublet")
+    with lab() as s:
+        after = compare.build(s, [batch_id, other.batch_id], by="owner")
+    assert after.excluded == 2
+    cells = {r["batch"]: r["cells"] for r in after.table.to_dict("records")}
+    was = {r["batch"]: r["cells"] for r in before.table.to_dict("records")}
+    assert cells == {batch_id: was[batch_id] - 2, other.batch_id: was[other.batch_id]}

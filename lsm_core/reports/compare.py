@@ -63,6 +63,7 @@ class Comparison:
     pooled: dict
     trends: dict
     bins: list[AgeBin] | None
+    excluded: int = 0  # cells of these batches that reviewers marked as not cells: counted nowhere here
 
 
 def build(
@@ -115,6 +116,7 @@ def build(
         pooled_chi_square(grouped, classes),
         {k: trend(table, k) for k in classes},
         bins,
+        sum(queries.excluded_counts(s, batch_ids).values()),
     )
 
 
