@@ -90,10 +90,17 @@ class BatchRow:
     errors: int
     revision: int
     pixel_size_um: float | None
+    excluded: int = 0  # of ``cells``: found objects that reviewers marked as not cells (:func:`excluded_cells`)
+
+    @property
+    def counted(self) -> int:
+        """The cells that count (found objects less those reviewers marked as not cells)."""
+        return self.cells - self.excluded
 
 
 def batches(s: Session, f: BatchFilter | None = None, limit: int = 500, offset: int = 0) -> list[BatchRow]:
-    """Batches (newest first) with their model and cell and image counts.
+    """Batches (newest first) with their model and cell and image counts (and how many of the cells reviewers
+    marked as not cells).
 
     Two steps, whatever the filter: the page of batches first, then the cells and images of those batches only,
     counted through their batch_id indexes. (Counted in subqueries joined to every batch, as before, PostgreSQL
@@ -110,8 +117,10 @@ def batches(s: Session, f: BatchFilter | None = None, limit: int = 500, offset: 
     cells: dict[int, int] = {}
     images: dict[int, tuple[int, int]] = {}
     ids = [batch.id for batch, _ in listed]
+    excluded: dict[int, int] = {}
     for start in range(0, len(ids), ID_CHUNK):
         part = ids[start : start + ID_CHUNK]
+        excluded.update(excluded_counts(s, part))
         cells.update(
             (batch_id, n)
             for batch_id, n in s.execute(
@@ -147,6 +156,7 @@ def batches(s: Session, f: BatchFilter | None = None, limit: int = 500, offset: 
             *images.get(batch.id, (0, 0)),
             batch.revision,
             batch.pixel_size_um,
+            excluded.get(batch.id, 0),
         )
         for batch, model in listed
     ]

@@ -105,9 +105,10 @@ table = pd.DataFrame(
         {
             "id": b.id,
             "name": b.name,
-            "cells": b.cells,
+            "cells": b.counted,
             "images": b.images,
             "failed": b.errors,
+            "not cells": b.excluded,  # found objects that reviewers marked as not cells (counted nowhere)
             "status": b.status,
             "owner": b.owner,
             "uploaded": b.created.strftime("%Y-%m-%d %H:%M"),

@@ -10,7 +10,11 @@ lab = the_lab()
 with lab() as s:
     rows = queries.batches(s, limit=1000)
 show_flash()
-labels = {b.id: f"#{b.id} {b.name} · {b.owner} · {b.model} · {b.cells:,} cells" for b in rows}
+labels = {
+    b.id: f"#{b.id} {b.name} · {b.owner} · {b.model} · {b.counted:,} cells"
+    + (f" ({b.excluded:,} not cells)" if b.excluded else "")
+    for b in rows
+}
 wanted = st.query_params.get("batch")
 # only ASCII digits: str.isdigit() also accepts "²", which int() refuses
 asked = int(wanted) if wanted and wanted.isascii() and wanted.isdigit() else None

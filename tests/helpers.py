@@ -222,6 +222,15 @@ def need_browser() -> None:
         pytest.skip(problem)
 
 
+def settle(page) -> None:
+    """Wait until the app has finished its rerun (Streamlit's status widget is gone): a click or key during a
+    rerun may be taken by the old run, or reach a widget that has not been drawn yet."""
+    from playwright.sync_api import expect
+
+    page.wait_for_timeout(500)
+    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0, timeout=60_000)
+
+
 def launch(p):
     """Headless chromium for playwright ``p``, with the flags this sandbox needs."""
     return p.chromium.launch(

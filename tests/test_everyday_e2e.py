@@ -14,7 +14,7 @@ import pytest
 from PIL import Image as PILImage
 
 from lsm_core.lab import batches
-from tests.helpers import ARTIFACTS, add_tiny_demo_models, crop_files, lab_at, launch, need_browser, served_app
+from tests.helpers import ARTIFACTS, add_tiny_demo_models, crop_files, lab_at, launch, need_browser, served_app, settle
 
 ROW_PX = 35  # st.dataframe's default row height (header and rows)
 
@@ -60,15 +60,6 @@ def wait_done(library, batch_id, timeout=120):
                 return
         time.sleep(0.3)
     raise AssertionError(f"batch {batch_id} was not done within {timeout} s")
-
-
-def settle(page) -> None:
-    """Wait until the app has finished rerunning after an upload (Streamlit's status widget is gone): a click
-    on a form button during the rerun that each uploaded file starts may be taken by the old run."""
-    from playwright.sync_api import expect
-
-    page.wait_for_timeout(500)
-    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0, timeout=60_000)
 
 
 def select_row(page, row: int) -> None:

@@ -239,12 +239,19 @@ def test_the_results_page_says_how_many_cells_reviewers_excluded(with_batch):
     query = {"batch": str(with_batch.batch_id)}
     at = run_page("pages/results.py", query)
     cells = next(m for m in at.metric if m.label == "Cells")
-    assert cells.value == f"{len(ids):,}" and "marked as not a cell" not in texts(at)
+    assert cells.value == f"{len(ids):,}" and "reviewers marked as not a cell" not in texts(at)
     review.set_label(lab, ids[0], "ana", excluded="debris")
     review.set_label(lab, ids[1], "ana", excluded="out_of_focus")
     at = run_page("pages/results.py", query)
     assert next(m for m in at.metric if m.label == "Cells").value == f"{len(ids) - 2:,}"
     assert "2 found object(s) that reviewers marked as not a cell" in texts(at)
+    # the batch picker and the History table count the same cells as the metrics (they counted every found object)
+    picked = at.selectbox(key=f"results_batch_{with_batch.batch_id}")
+    assert picked.format_func(picked.value).endswith(f"{len(ids) - 2:,} cells (2 not cells)"), picked.options
+    history = run_page("pages/history.py")
+    table = history.dataframe[0].value
+    row = table[table["id"] == with_batch.batch_id].iloc[0]
+    assert (row["cells"], row["not cells"]) == (len(ids) - 2, 2)
     lab.dispose()
 
 

@@ -29,7 +29,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from db import audit
-from db.schema import Batch, Cell, CellLabel, Model
+from db.schema import Batch, Cell, CellLabel, Image, Model
 from lsm_core.errors import LsmError
 from lsm_core.lab import accounts
 from lsm_core.lab.history import Lab
@@ -100,6 +100,10 @@ class QueueItem:
     margin: float  # the two largest probabilities' difference (0: as uncertain as can be)
     mine: Label | None  # the asking person's current label
     consensus: Consensus | None
+    box: tuple[int, int, int, int]  # x, y, w, h in its image
+    file: str  # its image's file name as uploaded
+    page: int  # its image's page in that file (from 1)
+    sha256: str | None  # the stored file (None: not kept)
 
 
 def _row(r: CellLabel) -> Label:
@@ -237,9 +241,24 @@ def queue(
         raise LsmError(f"unknown review order {order!r}; choose {', '.join(ORDERS)}")
     with lab() as s:
         cells = s.execute(
-            select(Cell.id, Cell.batch_id, Cell.image_id, Cell.idx, Cell.predicted, Cell.score, Cell.probs).where(
-                Cell.batch_id.in_(list(batch_ids))
+            select(
+                Cell.id,
+                Cell.batch_id,
+                Cell.image_id,
+                Cell.idx,
+                Cell.predicted,
+                Cell.score,
+                Cell.probs,
+                Cell.x,
+                Cell.y,
+                Cell.w,
+                Cell.h,
+                Image.file,
+                Image.page,
+                Image.sha256,
             )
+            .join(Image, Image.id == Cell.image_id)
+            .where(Cell.batch_id.in_(list(batch_ids)))
         ).all()
         labels = current_labels(s, batch_ids)
         class_order: dict[str, int] = {}
@@ -266,6 +285,10 @@ def queue(
                 margin(probs) if probs else 1.0,
                 mine,
                 consensus(labels.get(c.id, [])),
+                (c.x, c.y, c.w, c.h),
+                c.file,
+                c.page,
+                c.sha256,
             )
         )
     keys: dict[str, Any] = {
@@ -339,8 +362,6 @@ def agreement(s: Session, batch_ids: Iterable[int]) -> list[Agreement]:
 
 def find_cell(lab: Lab, batch_id: int, file: str, idx: int, page: int = 1) -> int:
     """The id of cell ``idx`` (from 1, as the exports number them) of ``file`` (page ``page``) in a batch."""
-    from db.schema import Image
-
     with lab() as s:
         cell_id = s.scalar(
             select(Cell.id)

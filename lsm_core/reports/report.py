@@ -338,17 +338,22 @@ def field_figure(
     return fig
 
 
-def thumbnail(pixels: np.ndarray, box: tuple[int, int, int, int], size: int = 56) -> str:
-    """A PNG data URI of a square around a cell's box (for tables)."""
+def cell_picture(pixels: np.ndarray, box: tuple[int, int, int, int], size: int = 56) -> PILImage.Image:
+    """A ``size`` x ``size`` grey picture of a square around a cell's box, its contrast stretched."""
     x, y, w, h = box
-    side = int(max(w, h) * 1.3)
+    side = max(1, int(max(w, h) * 1.3))
     cx, cy = x + w // 2, y + h // 2
     y0, x0 = max(0, cy - side // 2), max(0, cx - side // 2)
     patch = pixels[y0 : y0 + side, x0 : x0 + side]
     lo, hi = float(patch.min()), float(patch.max())
     grey = ((patch - lo) / max(hi - lo, 1e-9) * 255).astype(np.uint8)
+    return PILImage.fromarray(grey).resize((size, size), PILImage.Resampling.BILINEAR)
+
+
+def thumbnail(pixels: np.ndarray, box: tuple[int, int, int, int], size: int = 56) -> str:
+    """A PNG data URI of a square around a cell's box (for tables)."""
     buf = io.BytesIO()
-    PILImage.fromarray(grey).resize((size, size), PILImage.Resampling.BILINEAR).save(buf, format="PNG")
+    cell_picture(pixels, box, size).save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 

@@ -1,0 +1,221 @@
+"""The review queue of one batch on its results page (issue #17 item 1): its cells in the order to look at them
+(most uncertain first, by class, by score, random), the current one large with its probabilities, and a grid of
+the cells around it. One click, or one key on the current cell (1, 2, 3: a class; X: not a cell; arrows: move),
+says what a cell really is; labels and their history live in lsm_core.lab.review.
+
+Imported by pages; not a page itself.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from lsm_core.errors import LsmError
+from lsm_core.lab import accounts, review
+from lsm_core.reports.report import cell_picture
+
+ORDER_NAMES = {
+    "uncertain": "most uncertain first",
+    "class": "by predicted class",
+    "score": "lowest score first",
+    "random": "random",
+}
+GRID = 12  # cells in the grid around the current one
+COLUMNS = 4
+TILE_PX = 96
+LARGE_PX = 224
+NOT_A_CELL = "not a cell"
+
+
+def _say(lab, cell_id: int, me: str, label: str | None, excluded: str | None, then: int | None, key: str) -> None:
+    """Button callback: store the label, then move the review on to ``then`` (a cell id)."""
+    try:
+        review.set_label(lab, cell_id, me, label=label, excluded=excluded)
+    except LsmError as exc:
+        st.session_state[f"{key}_review_error"] = str(exc)
+        return
+    if then is not None:
+        st.session_state[f"{key}_review_cell"] = then
+
+
+def _move(cell_id: int | None, key: str) -> None:
+    if cell_id is not None:
+        st.session_state[f"{key}_review_cell"] = cell_id
+
+
+def _tile_changed(lab, cell_id: int, me: str, widget: str, key: str) -> None:
+    """A grid tile's choice changed: a class, not a cell (for the reason chosen above), or nothing (taken back)."""
+    choice = st.session_state.get(widget)
+    reason = st.session_state.get(f"{key}_review_reason", "debris")
+    if choice == NOT_A_CELL:
+        _say(lab, cell_id, me, None, reason, None, key)
+    else:
+        _say(lab, cell_id, me, choice, None, None, key)
+
+
+def _picture(item: review.QueueItem, report, size: int, pixels_of):
+    pixels = pixels_of(item.sha256, item.page, report.channel, report.z) if item.sha256 else None
+    return cell_picture(pixels, item.box, size) if pixels is not None else None
+
+
+def _where(item: review.QueueItem) -> str:
+    return f"cell {item.idx} of {item.file}" + (f" (page {item.page})" if item.page > 1 else "")
+
+
+def review_section(lab, batch_id: int, report, me: str, key: str, pixels_of, escape) -> None:
+    """The review queue of ``batch_id`` for person ``me`` (``pixels_of``: the cached image reader,
+    ``escape``: markdown escaping of user text)."""
+    classes = list(report.classes)
+    st.subheader("Review")
+    st.caption(
+        "Say what each cell really is. Your labels are kept beside the model's prediction, never over it; a change "
+        "keeps the history, and colleagues keep their own labels. Keys on the framed cell: "
+        + ", ".join(f"**{i + 1}** {escape(c)}" for i, c in enumerate(classes[:9]))
+        + ", **X** not a cell, **←/→** previous/next. Cells marked as not a cell count nowhere."
+    )
+    with lab() as s:
+        may = accounts.may_change(s, me, report.owner)
+    if not may:
+        st.info(
+            f"This batch belongs to {escape(report.owner)}: only they or an administrator can label its cells. "
+            "You can look at them."
+        )
+    c = st.columns([2, 2, 2])
+    order = c[0].selectbox("Order", list(ORDER_NAMES), format_func=ORDER_NAMES.get, key=f"{key}_review_order")
+    reason = c[1].selectbox(
+        "Not a cell because",
+        list(review.EXCLUSIONS),
+        format_func=review.EXCLUSIONS.get,
+        key=f"{key}_review_reason",
+        help="What X and the grid's 'not a cell' record.",
+    )
+    only_new = c[2].toggle("Only cells I have not labelled", key=f"{key}_review_new")
+    items = review.queue(lab, [batch_id], me, order, unlabelled_only=only_new, seed=batch_id)
+    error = st.session_state.pop(f"{key}_review_error", None)
+    if error:
+        st.error(escape(error))
+    if not items:
+        st.success("You have labelled every cell of this batch." if only_new else "This batch has no cells.")
+        return
+    ids = [q.cell_id for q in items]
+    current = st.session_state.get(f"{key}_review_cell")
+    pos = ids.index(current) if current in ids else 0
+    item = items[pos]
+    after = ids[pos + 1] if pos + 1 < len(ids) else None
+    before = ids[pos - 1] if pos > 0 else None
+    # with "only unlabelled", the labelled cell leaves the queue: the next one takes its place
+    then = after if after is not None else (before if only_new else item.cell_id)
+    mine = sum(q.mine is not None for q in items)
+    st.caption(f"Cell {pos + 1:,} of {len(items):,} in this order · you labelled {mine:,} of them")
+
+    with st.container(border=True):
+        left, right = st.columns([1, 2])
+        picture = _picture(item, report, LARGE_PX, pixels_of)
+        if picture is not None:
+            left.image(picture, caption=_where(item))
+        else:
+            left.caption(f"{_where(item)}: the stored image could not be read back")
+        right.markdown(
+            f"**{escape(_where(item))}** · model: **{escape(item.predicted)}** ({item.score:.2f}) · "
+            f"margin {item.margin:.2f}"
+        )
+        for cls, p in zip(classes, item.probs, strict=False):
+            right.progress(min(max(p, 0.0), 1.0), text=f"{cls}: {p:.3f}")
+        said = item.mine.text if item.mine is not None else "no label"
+        line = f"Your label: **{escape(said)}**"
+        if item.consensus is not None:
+            line += f" · counts as: **{escape(item.consensus.text)}**"
+            if item.consensus.disputed:
+                line += f" (disputed: {escape(item.consensus.last_by)}'s newest label counts)"
+        right.markdown(line)
+        buttons = right.columns(len(classes) + 1)
+        for i, cls in enumerate(classes):
+            buttons[i].button(
+                cls,
+                key=f"{key}_review_class_{i}",
+                shortcut=str(i + 1) if i < 9 else None,
+                type="primary" if item.mine is not None and item.mine.label == cls else "secondary",
+                disabled=not may,
+                on_click=_say,
+                args=(lab, item.cell_id, me, cls, None, then, key),
+                width="stretch",
+            )
+        buttons[-1].button(
+            NOT_A_CELL,
+            key=f"{key}_review_not",
+            shortcut="X",
+            type="primary" if item.mine is not None and item.mine.excluded else "secondary",
+            disabled=not may,
+            on_click=_say,
+            args=(lab, item.cell_id, me, None, reason, then, key),
+            width="stretch",
+        )
+        nav = right.columns(3)
+        nav[0].button("Previous", key=f"{key}_review_prev", shortcut="Left", disabled=before is None,
+                      on_click=_move, args=(before, key), width="stretch")  # fmt: skip
+        nav[1].button("Next", key=f"{key}_review_next", shortcut="Right", disabled=after is None,
+                      on_click=_move, args=(after, key), width="stretch")  # fmt: skip
+        nav[2].button(
+            "Take my label back",
+            key=f"{key}_review_back",
+            disabled=not may or item.mine is None,
+            on_click=_say,
+            args=(lab, item.cell_id, me, None, None, None, key),
+            width="stretch",
+        )
+        past = review.history(lab, item.cell_id)
+        if past:
+            with right.expander(f"History of this cell's labels ({len(past)})"):
+                st.dataframe(
+                    pd.DataFrame(
+                        [
+                            {
+                                "when": x.at.strftime("%Y-%m-%d %H:%M:%S"),
+                                "who": x.labelled_by,
+                                "label": x.text if not x.withdrawn else "taken back",
+                                "model said": f"{x.predicted} ({x.score:.2f})",
+                                "current": x.current,
+                            }
+                            for x in past
+                        ]
+                    ),
+                    hide_index=True,
+                    width="stretch",
+                )
+
+    start = (pos // GRID) * GRID
+    tiles = items[start : start + GRID]
+    st.caption(
+        f"Cells {start + 1:,} to {start + len(tiles):,}: pick a class under a cell to label it in one click; "
+        "the framed one is the cell the keys act on."
+    )
+    options = [*classes, NOT_A_CELL]
+    for row in range(0, len(tiles), COLUMNS):
+        cols = st.columns(COLUMNS)
+        for col, q in zip(cols, tiles[row : row + COLUMNS], strict=False):
+            with col.container(border=q.cell_id == item.cell_id):
+                picture = _picture(q, report, TILE_PX, pixels_of)
+                if picture is not None:
+                    st.image(picture, width=TILE_PX)
+                st.caption(f"{q.predicted} {q.score:.2f} · {_where(q)}")
+                now = None if q.mine is None else (NOT_A_CELL if q.mine.excluded else q.mine.label)
+                widget = f"{key}_tile_{q.cell_id}_{now}"
+                st.segmented_control(
+                    "label",
+                    options,
+                    default=now,
+                    key=widget,
+                    label_visibility="collapsed",
+                    disabled=not may,
+                    on_change=_tile_changed,
+                    args=(lab, q.cell_id, me, widget, key),
+                )
+                if q.cell_id != item.cell_id:
+                    st.button(
+                        "Look closer",
+                        key=f"{key}_review_open_{q.cell_id}",
+                        type="tertiary",
+                        on_click=_move,
+                        args=(q.cell_id, key),
+                    )

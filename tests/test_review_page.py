@@ -1,0 +1,128 @@
+"""The review queue on the results page (issue #17 items 1 and 9), in Streamlit's AppTest: the framed cell is
+the most uncertain one, a class button (keys 1/2/3) or "not a cell" (X) labels it and moves on, the grid
+labels a cell in one click, a label can be taken back, exclusions change the counts at once, and someone
+else's batch can be looked at but not labelled."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from db.schema import CellLabel
+from lsm_core.lab import review
+from lsm_core.lab.history import open_lab
+from tests.helpers import run_page, texts
+
+
+def _current(lab, batch_id):
+    with lab() as s:
+        rows = s.scalars(select(CellLabel).where(CellLabel.batch_id == batch_id, CellLabel.current.is_(True)))
+        return {r.cell_id: (r.labelled_by, r.label, r.excluded) for r in rows if r.label or r.excluded}
+
+
+def _metric(at, label):
+    return next(m for m in at.metric if m.label == label).value
+
+
+def test_the_keys_label_the_framed_cell_most_uncertain_first_and_the_counts_follow(with_batch):
+    lab = open_lab()
+    batch_id = with_batch.batch_id
+    order = [q.cell_id for q in review.queue(lab, [batch_id], "ana")]
+    at = run_page("pages/results.py", {"batch": str(batch_id)})
+    total = int(_metric(at, "Cells").replace(",", ""))
+    assert total == len(order)
+    assert f"Cell 1 of {len(order)} in this order" in texts(at)
+    one = at.button(key="results_review_class_0")
+    assert one.proto.shortcut.lower() == "1" and at.button(key="results_review_not").proto.shortcut.lower() == "x"
+    first_class = one.label
+    one.click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert _current(lab, batch_id) == {order[0]: ("ana", first_class, None)}
+    assert f"Cell 2 of {len(order)} in this order" in texts(at)  # moved on to the next most uncertain cell
+    assert _metric(at, "Cells") == f"{total:,}"  # a class label does not change what counts
+
+    at.selectbox(key="results_review_reason").set_value("doublet").run()
+    at.button(key="results_review_not").click().run()
+    assert _current(lab, batch_id)[order[1]] == ("ana", None, "doublet")
+    assert _metric(at, "Cells") == f"{total - 1:,}"  # the composition leaves it out at once
+    assert "1 found object(s) that reviewers marked as not a cell" in texts(at)
+
+    at.button(key="results_review_prev").click().run()  # back to the doublet: take it back
+    assert f"Cell 2 of {len(order)} in this order" in texts(at)
+    assert "Your label: not a cell (doublet)" in texts(at)
+    at.button(key="results_review_back").click().run()
+    assert order[1] not in _current(lab, batch_id)
+    assert _metric(at, "Cells") == f"{total:,}"
+    assert [x.text for x in review.history(lab, order[1])] == ["not a cell (doublet)", "no label"]
+    lab.dispose()
+
+
+def test_only_unlabelled_cells_and_a_grid_tile_labels_its_cell_in_one_click(with_batch):
+    lab = open_lab()
+    batch_id = with_batch.batch_id
+    order = review.queue(lab, [batch_id], "ana")
+    at = run_page("pages/results.py", {"batch": str(batch_id)})
+    third = order[2]
+    at.segmented_control(key=f"results_tile_{third.cell_id}_None").set_value("not a cell").run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert _current(lab, batch_id) == {third.cell_id: ("ana", None, "debris")}
+    at.toggle(key="results_review_new").set_value(True).run()
+    assert f"Cell 1 of {len(order) - 1} in this order" in texts(at)
+    at.button(key="results_review_class_1").click().run()  # labelled cells leave the queue: the next slides in
+    assert f"Cell 1 of {len(order) - 2} in this order" in texts(at)
+    assert set(_current(lab, batch_id)) == {third.cell_id, order[0].cell_id}
+    lab.dispose()
+
+
+def test_someone_elses_batch_can_be_looked_at_but_not_labelled(with_batch, monkeypatch):
+    lab = open_lab()
+    monkeypatch.setenv("LSM_ADMINS", "boss")
+    monkeypatch.setenv("LSM_USER", "bob")
+    at = run_page("pages/results.py", {"batch": str(with_batch.batch_id)})
+    assert "only they or an administrator can label its cells" in texts(at)
+    assert at.button(key="results_review_class_0").disabled and at.button(key="results_review_not").disabled
+    assert not at.button(key="results_review_next").disabled  # looking is allowed
+    lab.dispose()
+
+
+def test_labelling_with_the_keyboard_in_chromium_changes_the_composition(app_env, with_batch, tmp_path):
+    """Chromium, through the app's own server: keys X and 1 label the framed cells, the Cells metric (the
+    composition's total) loses the cell marked as not a cell, and the database holds both labels."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.helpers import ARTIFACTS, launch, need_browser, served_app, settle
+
+    need_browser()
+    lab = open_lab()
+    batch_id = with_batch.batch_id
+    order = [q.cell_id for q in review.queue(lab, [batch_id], "ana")]
+    total = len(order)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with (
+        served_app(app_env, tmp_path / "server.log", LSM_USER="ana", LSM_PREP_WORKERS="0") as url,
+        sync_playwright() as p,
+    ):
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        page.goto(f"{url}/batch-results?batch={batch_id}")
+        expect(page.get_by_text(f"Cell 1 of {total} in this order")).to_be_visible(timeout=90_000)
+        cells = page.get_by_test_id("stMetric").filter(has_text="Cells").first
+        expect(cells).to_contain_text(f"{total:,}")
+        settle(page)  # a key pressed while the page is still being drawn may find no button to press
+        page.keyboard.press("x")
+        try:
+            expect(page.get_by_text(f"Cell 2 of {total} in this order")).to_be_visible(timeout=60_000)
+        except AssertionError:
+            page.screenshot(path=str(ARTIFACTS / "review-keys-failed.png"))
+            raise
+        expect(cells).to_contain_text(f"{total - 1:,}", timeout=60_000)
+        expect(page.get_by_text("1 found object(s) that reviewers marked as not a cell")).to_be_visible()
+        settle(page)
+        page.keyboard.press("1")
+        expect(page.get_by_text(f"Cell 3 of {total} in this order")).to_be_visible(timeout=60_000)
+        page.get_by_text("Review", exact=True).first.scroll_into_view_if_needed()
+        page.screenshot(path=str(ARTIFACTS / "review-keys.png"))
+        browser.close()
+    labels = _current(lab, batch_id)
+    assert labels[order[0]] == ("ana", None, "debris")
+    assert labels[order[1]][:2] == ("ana", "LT-HSC") and set(labels) == {order[0], order[1]}
+    lab.dispose()
