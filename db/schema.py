@@ -151,6 +151,9 @@ class Image(Base):
     pixel_size_um: Mapped[float | None] = mapped_column(Float)
     pixel_size_source: Mapped[str | None] = mapped_column(String(16))
     channel: Mapped[str | None] = mapped_column(String(100))
+    # the z plane the cells were found on (from 0; None: no z stack) and the app version that classified it
+    z_plane: Mapped[int | None] = mapped_column(Integer)
+    app_version: Mapped[str | None] = mapped_column(String(32))
     # the reporter channels measured in its cells: {name: {"background": level, "method": how it was found}}
     reporters: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 

@@ -142,6 +142,52 @@ def test_a_stack_submitted_with_no_options_is_classified_once_per_field_at_the_f
         assert (image.pixel_size_um, image.pixel_size_source) == (0.15, "user")
 
 
+def test_every_exported_row_says_which_model_app_plane_channel_and_pixel_size_produced_it(history):
+    """Issue #17 item 7: each cell row carries the model's name, version and the first 12 hex of its weights'
+    sha256, the app version, the pixel size used and its source, the channel and the z plane read (from 0, as
+    --z takes it; the best-focused one here, also when the cells are copied from an identical earlier run);
+    the workbook's batch and model sheets carry the full record."""
+    import io
+
+    from openpyxl import load_workbook
+
+    import lsm_core
+    from db.schema import Model
+    from lsm_core.reports.export import batch_rows
+    from lsm_core.reports.report import workbook
+
+    lab, _, model_id = history
+    data, n_cells = two_channel_stack(seed=4)
+    first = batches.submit_batch(lab, [RawFile("stack.ome.tif", data)], model_id, "stack", owner="ana")
+    Worker(lab, device="cpu").run(drain=True)
+    again = batches.submit_batch(lab, [RawFile("same.ome.tif", data)], model_id, "same stack", owner="ana")
+    Worker(lab, device="cpu").run(drain=True)  # the same bytes, weights and options: cells copied
+    with lab() as s:
+        model = s.get(Model, model_id)
+        for sub in (first, again):
+            columns, rows = batch_rows(s, [sub.batch_id])
+            rows = [dict(zip(columns, r)) for r in rows]
+            assert len(rows) == n_cells
+            for r in rows:
+                assert (r["model"], r["model_version"], r["weights_sha12"]) == (
+                    model.name,
+                    model.version,
+                    model.weights_sha256[:12],
+                )
+                assert r["app_version"] == lsm_core.__version__
+                assert (r["channel"], r["z_plane"]) == ("DIC", 1)  # the sharp middle plane of three
+                assert (r["pixel_size_um"], r["pixel_size_source"]) == (pytest.approx(PIXEL_UM), "file")
+        book = load_workbook(io.BytesIO(workbook(s, first.batch_id, 0.0)))
+    batch = dict(book["batch"].iter_rows(min_row=2, values_only=True))
+    assert batch["channel"] == "automatic (the transmitted-light one)" and batch["z_plane"] == "automatic (best focus)"
+    assert batch["app_version"] == lsm_core.__version__
+    assert batch["imaging"] == "auto"
+    model_sheet = dict(book["model"].iter_rows(min_row=2, values_only=True))
+    assert model_sheet["sha256"] == model.weights_sha256
+    for key in ("input_size", "pixel_size_um", "crop_um", "normalisation", "temperature", "training"):
+        assert key in model_sheet, key
+
+
 def test_the_shared_czi_and_nd2_carry_their_calibration_into_the_history_and_the_export(history):
     from lsm_core.reports.export import batch_rows
 

@@ -226,3 +226,16 @@ def test_command_line_export_and_classify_write_no_formula(hostile_batches, tmp_
     xlsx = tmp_path / "classified.xlsx"
     assert cli.main(["classify", "--model", "demo-lsm", "--out", str(xlsx), "--", *names]) == 0
     check_xlsx(Path(xlsx).read_bytes())
+
+
+def test_text_longer_than_a_spreadsheet_cell_holds_is_cut_and_says_so():
+    """Excel refuses a workbook whose cell holds more than 32,767 characters (a long batch note, a model's
+    training record): the xlsx cell is cut, and ends saying so; the CSV keeps the whole text."""
+    book = Workbook(write_only=True)
+    add_sheet(book, "notes", ["note"], [["x" * 40_000], ["short"]])
+    sheet = openpyxl.load_workbook(io.BytesIO(workbook_bytes(book)))["notes"]
+    long_cell, short = sheet["A2"].value, sheet["A3"].value
+    assert len(long_cell) <= 32_767 and long_cell.endswith("(cut: 40,000 characters in all)") and short == "short"
+    out = io.StringIO()
+    write_csv(out, ["note"], [["x" * 40_000]])
+    assert ("x" * 40_000) in out.getvalue()

@@ -609,6 +609,7 @@ class FormatReader(ImageReader):
                 raise LsmError(f"z plane {z} was asked for; this image has {depth} (counted from 0)")
             self.last_note = f"z plane {z + 1} of {depth} (chosen)" if depth > 1 else None
         self.last_z = z
+        self.z_read: int | None = z if depth > 1 else None  # what the results record (None: no z stack)
         plane = self._file.plane(scene, t, channel, z)
         return plane, self.pages[index].bits
 
@@ -863,10 +864,11 @@ def decode_page(
 
 def decode_page_channels(
     name: str, data: bytes | Path, page: int, limits: Limits | None = None, options: ReadOptions | None = None
-) -> tuple[np.ndarray, dict[str, np.ndarray], str | None]:
+) -> tuple[np.ndarray, dict[str, np.ndarray], str | None, int | None]:
     """:func:`decode_page`, with the page's other channels (a multi-channel microscope file: the reporter
-    channels, at the same z plane, in the file's grey values; a file of one channel gives none) and a note
-    naming those left out (see :meth:`FormatReader.other_channels`)."""
+    channels, at the same z plane, in the file's grey values; a file of one channel gives none), a note
+    naming those left out (see :meth:`FormatReader.other_channels`) and the z plane read (from 0; None: the
+    image is no z stack)."""
     limits = limits or Limits()
     with open_image(name, data, limits, options) as reader:
         if not 1 <= page <= len(reader.pages):
@@ -877,8 +879,8 @@ def decode_page_channels(
         pixels = _decoded(reader, reader.pages[page - 1], limits)
         if isinstance(reader, FormatReader):
             others, note = reader.other_channels(page - 1, limits)
-            return pixels, others, note
-        return pixels, {}, None
+            return pixels, others, note, getattr(reader, "z_read", None)
+        return pixels, {}, None, None
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")

@@ -84,6 +84,7 @@ class Prepared:
     signal: list[ChannelSignal] = field(default_factory=list)
     note: str | None = None
     error: str | None = None
+    z: int | None = None  # the z plane read (from 0; None: no z stack)
 
 
 def prepare(task: PrepTask) -> Prepared:
@@ -91,7 +92,9 @@ def prepare(task: PrepTask) -> Prepared:
     image's content (its error is in the result)."""
     try:
         with time_limit(task.seconds, "reading this image and finding its cells"):
-            pixels, others, left_out = decode_page_channels("stored", task.path, task.page, task.limits, task.options)
+            pixels, others, left_out, z = decode_page_channels(
+                "stored", task.path, task.page, task.limits, task.options
+            )
             found = find_cells(pixels, task.params)
             signal_: list[ChannelSignal] = []
             if others and found.labels is not None:  # the reporter channels, measured in each cell's mask
@@ -100,7 +103,7 @@ def prepare(task: PrepTask) -> Prepared:
         return Prepared(error=str(exc))
     found.labels = None  # measured: only the crops travel back
     notes = [left_out, None if len(found) else no_cells_note(found.dropped, task.params)]
-    return Prepared(found, signal_, "; ".join(n for n in notes if n) or None)
+    return Prepared(found, signal_, "; ".join(n for n in notes if n) or None, z=z)
 
 
 def default_workers(limits: Limits | None = None, cores: int | None = None, memory: int | None = None) -> int:

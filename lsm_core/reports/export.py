@@ -46,9 +46,22 @@ def spreadsheet_text(value: Any) -> Any:
     return text
 
 
+XLSX_CELL_CHARS = 32_767  # the most characters a spreadsheet cell holds (Excel refuses a workbook with more)
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    value = spreadsheet_text(value)
+    if isinstance(value, str) and len(value) > XLSX_CELL_CHARS:
+        said = f" … (cut: {len(value):,} characters in all)"
+        return value[: XLSX_CELL_CHARS - len(said)] + said
+    return value
+
+
 def _cells(row: Iterable[Any]) -> list[Any]:
-    """One row as written to an xlsx sheet: text made inert, NaN left empty."""
-    return [None if isinstance(v, float) and math.isnan(v) else spreadsheet_text(v) for v in row]
+    """One row as written to an xlsx sheet: text made inert and cut to what a cell holds, NaN left empty."""
+    return [_cell(v) for v in row]
 
 
 def add_sheet(book: Workbook, name: str, columns: Sequence[str], rows: Iterable[Sequence]) -> int:
@@ -101,6 +114,11 @@ def write_table(path: str | Path, columns: Sequence[str], rows: Iterable[Sequenc
 # what reviewers said of each cell (lsm_core.lab.review: the consensus): its true class, who labelled it,
 # and why it is not a cell (then it is counted nowhere)
 REVIEW_COLUMNS = ["label", "labelled_by", "excluded"]
+# what produced each row, so that a result can be reproduced and a re-run compared: the model (name, version,
+# the first 12 hex of its weights' sha256), the app version that classified the image, and the channel and z
+# plane (from 0, as --z takes it; empty: no z stack) the cells were found on; the pixel size used and its
+# source are the CALIBRATION_COLUMNS (lsm_core.ml.classify)
+PROVENANCE_COLUMNS = ["model", "model_version", "weights_sha12", "app_version", "channel", "z_plane"]
 BATCH_COLUMNS = [
     "batch",
     "batch_name",
@@ -154,12 +172,13 @@ def batch_rows(s, batch_ids: Sequence[int]) -> tuple[list[str], Iterable[list]]:
         if batch is None:
             raise LsmError(f"no batch {batch_id}")
         batches.append(batch)
-    class_sets = {tuple(s.get(Model, b.model_id).classes) for b in batches}
+    models = {b.id: s.get(Model, b.model_id) for b in batches}
+    class_sets = {tuple(m.classes) for m in models.values()}
     if len(class_sets) != 1:
         raise LsmError("these batches were classified by models with different classes; export them separately")
     classes = list(class_sets.pop())
     channels = reporter_channels(s, batch_ids)
-    columns = result_columns(classes) + signal_columns(channels) + REVIEW_COLUMNS + BATCH_COLUMNS
+    columns = result_columns(classes) + signal_columns(channels) + REVIEW_COLUMNS + PROVENANCE_COLUMNS + BATCH_COLUMNS
     blank = [None] * (2 * len(channels))
     agreed = consensus_of(s, batch_ids)
 
@@ -174,9 +193,20 @@ def batch_rows(s, batch_ids: Sequence[int]) -> tuple[list[str], Iterable[list]]:
         values = c.signal or {}
         return [v for name in channels for v in (values.get(name) or [None, None])]
 
+    def made(model: Model, image) -> list:
+        return [
+            model.name,
+            model.version,
+            model.weights_sha256[:12],
+            image.app_version or "",
+            image.channel or "",
+            image.z_plane,
+        ]
+
     def rows() -> Iterable[list]:
         for b in batches:
             meta = [b.id, b.name, b.owner, b.mouse_id, b.age_days, b.sex, b.strain, b.gate, b.imaging_date, b.notes]
+            model = models[b.id]
             for image, cells in export_rows(s, b.id):
                 if image.error or not cells:
                     note = (
@@ -202,6 +232,7 @@ def batch_rows(s, batch_ids: Sequence[int]) -> tuple[list[str], Iterable[list]]:
                         "",
                         "",
                         "",
+                        *made(model, image),
                         *meta,
                     ]
                     continue
@@ -224,6 +255,7 @@ def batch_rows(s, batch_ids: Sequence[int]) -> tuple[list[str], Iterable[list]]:
                         image.pixel_size_source or "",
                         *signal(c),
                         *reviewed(c),
+                        *made(model, image),
                         *meta,
                     ]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,6 +84,7 @@ class BatchReport:
     channel: str | None = None  # the channel and z plane the batch asked for (None: automatic), for reading again
     z: int | None = None
     cells_excluded: int = 0  # cells that reviewers said are not cells (lsm_core.lab.review), counted nowhere
+    app_versions: list[str] = field(default_factory=list)  # the app versions that classified its images
 
     @property
     def images_read(self) -> int:
@@ -113,6 +115,7 @@ def load_report(s: Session, batch_id: int, threshold: float = 0.0) -> BatchRepor
             Image.note,
             Image.pixel_size_um,
             Image.pixel_size_source,
+            Image.app_version,
         )
         .where(Image.batch_id == batch_id)
         .order_by(Image.position)
@@ -150,6 +153,12 @@ def load_report(s: Session, batch_id: int, threshold: float = 0.0) -> BatchRepor
             "demo": model.demo,
             "architecture": model.architecture,
             "pixel_size_um": model.pixel_size_um,
+            "input_size": model.input_size,
+            "crop_um": model.crop_um,
+            "normalisation": model.normalisation,
+            "temperature": model.temperature,
+            "created": model.created,
+            "training": model.training or {},
         },
         classes=classes,
         threshold=threshold,
@@ -166,6 +175,7 @@ def load_report(s: Session, batch_id: int, threshold: float = 0.0) -> BatchRepor
         calibration=[(size, source, n) for (size, source), n in used.most_common()],
         uncalibrated=[im.file for im in classified if im.pixel_size_source == "model default"],
         cells_excluded=queries.excluded_counts(s, [batch_id])[batch_id],
+        app_versions=sorted({im.app_version for im in classified if im.app_version}),
     )
 
 
@@ -381,8 +391,14 @@ def workbook(s: Session, batch_id: int, threshold: float) -> bytes:
         "status": report.status,
         "images": report.images,
         "images_failed": len(report.failed),
+        # what the batch asked for; each cell row says what was read (channel, z_plane, pixel size)
+        "channel": report.channel if report.channel is not None else "automatic (the transmitted-light one)",
+        "z_plane": report.z if report.z is not None else "automatic (best focus)",
+        "app_version": ", ".join(report.app_versions),
+        "cells_excluded": report.cells_excluded,
     }
-    keys = BATCH_COLUMNS + ["created", "pixel_size_um", "imaging", "status", "images", "images_failed"]
+    keys = BATCH_COLUMNS + ["created", "pixel_size_um", "channel", "z_plane", "imaging", "app_version", "status"]
+    keys += ["images", "images_failed", "cells_excluded"]
     add_sheet(
         book,
         "batch",
@@ -393,10 +409,14 @@ def workbook(s: Session, batch_id: int, threshold: float) -> bytes:
             for v in [batch_values.get(key)]
         ),
     )
-    model = [[key, report.model[key]] for key in ("name", "version", "task", "architecture", "sha256")]
+    fields = ("name", "version", "task", "architecture", "sha256", "input_size", "pixel_size_um", "crop_um")
+    model = [[key, report.model[key]] for key in (*fields, "normalisation", "temperature")]
     model += [
+        ["created", str(report.model["created"])],
         ["classes", ", ".join(report.classes)],
         ["synthetic demo", "yes: trained on synthetic cells only" if report.model["demo"] else "no"],
+        # how it was trained: its configuration, its data and labels (with their sha256), its parent model
+        ["training", json.dumps(report.model["training"], sort_keys=True, default=str)],
     ]
     add_sheet(book, "model", ["field", "value"], model)
     agreed = agreement(s, [batch_id])

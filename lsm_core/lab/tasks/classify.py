@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from db.bulk import insert_cells
 from db.schema import Batch, Cell, Image, Job, Model
+from lsm_core import __version__
 from lsm_core.errors import LsmError
 from lsm_core.imaging.cells import CellCrops, FindParams
 from lsm_core.imaging.images import ReadOptions
@@ -44,6 +45,7 @@ class ImageResult:
     note: str | None = None
     cached: list[dict[str, Any]] | None = None
     reporters: dict[str, Any] | None = None  # {channel: {"background": level, "method": how}}
+    z_plane: int | None = None  # the z plane read (from 0; None: no z stack)
     signal: list[ChannelSignal] = field(default_factory=list)
     probs: np.ndarray | None = field(default=None, repr=False)
     predicted: np.ndarray | None = field(default=None, repr=False)
@@ -162,7 +164,7 @@ def _looked_up(
         lambda s: _cached(s, image.sha256, image.page, model.weights_sha256, pixel_size, options, modality),
     )
     if cached is not None:
-        result.kind, result.cached, result.note, result.reporters = cached
+        result.kind, result.cached, result.note, result.reporters, result.z_plane = cached
         return result, None
     try:
         stored = ctx.lab.blobs.file(image.sha256)  # opened where it lies: one plane in memory at a time
@@ -180,6 +182,7 @@ def _result(result: ImageResult, prepared: Prepared | None) -> ImageResult:
         result.error = prepared.error or "could not be read"
         return result
     result.found, result.signal, result.note = prepared.found, prepared.signal, prepared.note
+    result.z_plane = prepared.z
     result.kind = "single" if prepared.found.flags == ["single"] else "field"
     return result
 
@@ -192,13 +195,13 @@ def _cached(
     pixel_size: float,
     options: ReadOptions,
     modality: str | None = None,
-) -> tuple[str | None, list[dict[str, Any]], str | None, dict[str, Any] | None] | None:
-    """(kind, cells, note) computed before for these image bytes, these weights, this pixel size, the same
-    channel and z plane and the same modality, or None."""
+) -> tuple[str | None, list[dict[str, Any]], str | None, dict[str, Any] | None, int | None] | None:
+    """(kind, cells, note, reporters, z plane read) computed before for these image bytes, these weights, this
+    pixel size, the same channel and z plane asked for and the same modality, or None."""
     if not sha:
         return None
     source = s.execute(
-        select(Image.id, Image.n_cells, Image.note, Image.kind, Image.reporters)
+        select(Image.id, Image.n_cells, Image.note, Image.kind, Image.reporters, Image.z_plane)
         .join(Batch, Batch.id == Image.batch_id)
         .join(Model, Model.id == Batch.model_id)
         .where(
@@ -239,6 +242,7 @@ def _cached(
         ],
         source.note,
         source.reporters,
+        source.z_plane,
     )
 
 
@@ -251,7 +255,7 @@ def _written(s: Session, images: list[tuple[Any, ImageResult]]) -> bool:
 def _write(s: Session, batch_id: int, images: list[tuple[Any, ImageResult]], classes: list[str]) -> None:
     rows: list[dict[str, Any]] = []
     for image, r in images:
-        values: dict[str, Any] = {"done": True}
+        values: dict[str, Any] = {"done": True, "app_version": __version__, "z_plane": r.z_plane}
         if r.pixel_size_um is not None:
             values.update(pixel_size_um=r.pixel_size_um, pixel_size_source=r.pixel_size_source)
         if r.error:
