@@ -362,8 +362,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             if args.batches
             else "--gate needs --batches ID [ID ...] (the batches whose cells it labels)"
         )
-    if not args.data and not args.gate:
-        raise LsmError("give training data: folders or ZIPs of class folders, and/or --batches ID ... --gate RULE")
+    if not args.data and not args.gate and not args.reviewed:
+        raise LsmError(
+            "give training data: folders or ZIPs of class folders, --batches ID ... --gate RULE and/or "
+            "--reviewed ID ..."
+        )
     gate = None
     if args.gate:
         from lsm_core.lab.gating import parse_gate
@@ -386,6 +389,17 @@ def cmd_train(args: argparse.Namespace) -> int:
             + "".join(f"; Otsu's threshold of batch {b}: {t:g}" for b, t in summary["thresholds"].items())
         )
         parts.append(gated)
+    if args.reviewed:
+        from lsm_core.lab.labels import from_reviews
+
+        reviewed = from_reviews(lab, args.reviewed, args.task, params)
+        (summary,) = reviewed.provenance
+        _log(
+            f"reviewed cells of batches {', '.join(map(str, summary['batches']))}: "
+            + ", ".join(f"{c} {n}" for c, n in summary["cells"].items())
+            + f" (labelled by {', '.join(summary['labelled_by'])}; label set sha256 {summary['sha256'][:12]})"
+        )
+        parts.append(reviewed)
     data = LabelledData.concat(parts)
     for file, message in data.errors[:20]:
         _log(f"{file}: {message}")
@@ -702,13 +716,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "train",
-        help="train and register a model on labelled cells (class folders or ZIPs, and/or batches and a reporter gate)",
+        help="train and register a model on labelled cells (class folders or ZIPs, batches and a reporter gate, "
+        "and/or the cells reviewers labelled)",
     )
     p.add_argument(
         "data",
         nargs="*",
         metavar="DATA",
-        help="folders of class folders, or ZIPs whose folders are classes (none with --batches and --gate)",
+        help="folders of class folders, or ZIPs whose folders are classes (none with --batches and --gate or "
+        "--reviewed)",
+    )
+    p.add_argument(
+        "--reviewed",
+        nargs="+",
+        type=int,
+        metavar="ID",
+        help="classified batches whose cells reviewers gave a class (`label`, or Review on the results page): "
+        "each counts as its reviewers' consensus; the model that classified them is recorded as the parent",
     )
     p.add_argument(
         "--batches",

@@ -9,14 +9,16 @@ from lsm_core.classes import TASK_TITLES
 from lsm_core.errors import LsmError
 from lsm_core.imaging.images import RawFile
 from lsm_core.lab.gating import EXAMPLE as GATE_EXAMPLE
+from lsm_core.lab.gating import parse_batch_ids
 from lsm_core.lab.labels import parse_labelled_batches
-from lsm_core.lab.registry import import_model_bytes, offered_models, set_default
+from lsm_core.lab.registry import import_model_bytes, lineage, offered_models, set_default
 from lsm_core.lab.tasks import evaluate, train
 from lsm_core.ml import nets
 from lsm_core.ml.metrics import model_quality
 from lsm_core.reports.model_card import (
     MetricsCard,
     evaluation_card,
+    lineage_text,
     model_cards,
     models_table,
     package_zip,
@@ -88,6 +90,11 @@ with tabs[0]:
             )
         for message in warnings:
             st.warning(escape_markdown(message))
+        with lab() as s:
+            chain = lineage(s, m)
+        if len(chain) > 1:  # trained on reviewers' corrections of its parent's predictions
+            st.markdown("**Lineage** (each trained on reviewed cells of batches its parent classified): ")
+            st.text(lineage_text(chain))
         cards = model_cards(m.metrics, m.demo)
         if cards:
             st.caption(f"Temperature {m.temperature:.2f} (fitted on the validation set, applied at inference).")
@@ -139,7 +146,8 @@ with tabs[1]:
         "Train a new model version with the paper's recipe on cells sorted by FACS: upload a ZIP whose "
         "folders are named after the classes (LT-HSC, ST-HSC, MPP or young, aged), and/or choose classified "
         "batches and the class each one was sorted as, and/or batches of multi-channel files whose cells a "
-        "reporter gate labels (e.g. `GFP high -> LT-HSC; GFP low -> MPP`). A fifth of the sources is held out as the "
+        "reporter gate labels (e.g. `GFP high -> LT-HSC; GFP low -> MPP`), and/or batches whose cells reviewers "
+        "labelled on their results page. A fifth of the sources is held out as the "
         "validation set; a model whose validation accuracy is not clearly above chance is registered as "
         "**failed quality check**, never made the default and not offered for classification by default."
     )
@@ -181,6 +189,15 @@ with tabs[1]:
                 "left out and counted in the model card."
             ),
         )
+        reviewed_batches = st.text_input(
+            "Batches whose labelled cells to train on (optional)",
+            placeholder="e.g. 12, 13",
+            help=(
+                "Ids of classified batches whose cells reviewers gave a class on their results page (Review): "
+                "each cell counts as its reviewers' consensus; cells marked as not a cell are left out. The new "
+                "model records the model that classified them as its parent, and the label set."
+            ),
+        )
         go = st.form_submit_button("Start training")
     if go:
         try:
@@ -195,7 +212,15 @@ with tabs[1]:
             }
             gated = {"batches": gated_batches, "rule": gate_rule}
             job_id = train.submit(
-                lab, task, name.strip(), config, owner=me, uploads=uploads, batches=labelled, gated=gated
+                lab,
+                task,
+                name.strip(),
+                config,
+                owner=me,
+                uploads=uploads,
+                batches=labelled,
+                gated=gated,
+                reviewed=parse_batch_ids(reviewed_batches),
             )
             st.success(f"Training queued as job {job_id}; it runs on a worker and appears below.")
         except LsmError as exc:

@@ -7,6 +7,7 @@ Crops are cut again exactly as the batch was classified: from the channel and z 
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -308,4 +309,100 @@ def from_gate(
         raise LsmError(_labels_nothing(gate, summary))
     summary["counts"]["labelled"] = {c: cut.get(c, 0) for c in gate.classes}
     summary["counts"]["unusable"] = unusable
+    return build.data(summary)
+
+
+# --- reviewers' labels (lsm_core.lab.review) ----------------------------------------------------------
+@dataclass
+class ReviewedCell:
+    cell_id: int
+    batch_id: int
+    image_id: int
+    box: tuple[int, int, int, int]
+    cls: str  # the class it counts as (its reviewers' consensus)
+    by: str  # whose label counts
+
+
+def reviewed_cells(s: Session, batch_ids: list[int], task: str) -> tuple[list[ReviewedCell], dict[str, Any]]:
+    """The cells of the batches that reviewers gave a class (their consensus, :func:`lsm_core.lab.review.consensus`;
+    cells marked as not a cell and unlabelled ones left out), in image and cell order, and the label set's
+    record: batches, counts per class, who labelled, how many were disputed, the sha256 of the set (batch,
+    image bytes, page, cell, class) and the parent models (those that classified the batches). Cheap: no
+    crop is cut. LsmError for a missing batch, one classified for another task, or no labelled cell."""
+    from lsm_core.lab.review import consensus_of
+
+    if not batch_ids:
+        raise LsmError("choose the batches whose labelled cells to train on")
+    classes = list(task_classes(task))
+    parents: dict[int, dict[str, Any]] = {}
+    for batch_id in dict.fromkeys(batch_ids):
+        batch = s.get(Batch, batch_id)
+        if batch is None:
+            raise LsmError(f"batch {batch_id} does not exist")
+        if batch.model.task != task:
+            raise LsmError(f"batch {batch_id} was classified by a {batch.model.task} model, not a {task} one")
+        m = batch.model
+        parents[m.id] = {"name": m.name, "version": m.version, "sha256": m.weights_sha256}
+    ids = list(dict.fromkeys(batch_ids))
+    agreed = consensus_of(s, ids)
+    rows = s.execute(  # the batches' cells (not an IN list of labelled ids: that may pass a driver's limit)
+        select(Cell.id, Cell.batch_id, Cell.image_id, Cell.idx, Cell.x, Cell.y, Cell.w, Cell.h, Image.sha256)
+        .add_columns(Image.page)
+        .join(Image, Image.id == Cell.image_id)
+        .where(Cell.batch_id.in_(ids))
+        .order_by(Cell.batch_id, Image.position, Cell.idx)
+    ).all()
+    cells, digest, by, disputed = [], hashlib.sha256(), Counter[str](), 0
+    for r in rows:
+        said = agreed.get(r.id)
+        if said is None or said.label is None:
+            continue
+        if said.label not in classes:
+            continue  # a class of another model's task cannot be (batches are checked above)
+        cells.append(ReviewedCell(r.id, r.batch_id, r.image_id, (r.x, r.y, r.w, r.h), said.label, said.last_by))
+        digest.update(f"{r.batch_id}\t{r.sha256}\t{r.page}\t{r.idx}\t{said.label}\n".encode())
+        by[said.last_by] += 1
+        disputed += said.disputed
+    if not cells:
+        raise LsmError(
+            f"no cell of batch(es) {', '.join(map(str, ids))} has been given a class yet: label some on their "
+            "results pages (Review) or with `lsm label`"
+        )
+    counts = Counter(c.cls for c in cells)
+    summary = {
+        "kind": "reviews",
+        "batches": ids,
+        "cells": {c: counts.get(c, 0) for c in classes},
+        "labelled_by": dict(sorted(by.items())),
+        "disputed": disputed,
+        "not_a_cell": sum(1 for x in agreed.values() if x.excluded),
+        "sha256": digest.hexdigest(),
+        "parents": list(parents.values()),
+    }
+    return cells, summary
+
+
+def from_reviews(lab: Lab, batch_ids: list[int], task: str, params: FindParams | None = None) -> LabelledData:
+    """Labelled crops from the cells of classified batches that reviewers gave a class (:func:`reviewed_cells`),
+    cut again as the batches were classified; the data's provenance is the label set's record, its
+    ``cells`` the crops actually cut and ``unusable`` the cells of images that could not be read again."""
+    build = _Builder(lab, task, params)
+    with lab() as s:
+        cells, summary = reviewed_cells(s, batch_ids, task)
+        by_image: dict[int, list[ReviewedCell]] = {}
+        for cell in cells:
+            by_image.setdefault(cell.image_id, []).append(cell)
+        cut: Counter[str] = Counter()
+        unusable = 0
+        for image_id, group in by_image.items():
+            image = s.get(Image, image_id)
+            batch = s.get(Batch, group[0].batch_id)
+            assert image is not None and batch is not None
+            n = build.add(batch, image, [c.box for c in group], [build.classes.index(c.cls) for c in group])
+            if n == 0:
+                unusable += len(group)
+            else:
+                cut.update(c.cls for c in group)
+    summary["cells"] = {c: cut.get(c, 0) for c in build.classes}
+    summary["unusable"] = unusable
     return build.data(summary)

@@ -168,3 +168,27 @@ def import_model_bytes(lab: Lab, weights_name: str, weights: bytes, manifest: by
         wpath.write_bytes(weights)
         mpath.write_bytes(manifest)
         return import_model(lab, wpath, mpath, user)
+
+
+def lineage(s: Session, model: Model, limit: int = 50) -> list[str]:
+    """The chain of models this one descends from, oldest first, ending with itself: each model's parent is
+    the one whose predictions reviewers corrected to make its labels (``training["parents"]``, matched by
+    the weights' sha256; the first of several). A parent that is not registered here is named as recorded."""
+    chain = [model.label]
+    seen = {model.weights_sha256}
+    current: Model | None = model
+    while current is not None and len(chain) < limit:
+        parents = (current.training or {}).get("parents") or []
+        if not parents:
+            break
+        parent = parents[0]
+        sha = str(parent.get("sha256") or "")
+        if sha in seen:
+            break  # a cycle cannot be made by training, but a hand-written manifest could say one
+        seen.add(sha)
+        current = s.scalars(select(Model).where(Model.weights_sha256 == sha).order_by(Model.id)).first()
+        more = f" (and {len(parents) - 1} more)" if len(parents) > 1 else ""
+        chain.insert(
+            0, (current.label if current is not None else f"{parent.get('name')} v{parent.get('version')}") + more
+        )
+    return chain

@@ -258,6 +258,16 @@ def logits_of(net: nn.Module, crops: np.ndarray, device: torch.device | str = "c
     return logits
 
 
+def parents_of(provenance: list[dict]) -> list[dict]:
+    """The parent models (name, version, sha256) that the data's parts name, once each: the models that
+    classified the batches whose reviewed cells are the labels."""
+    out: dict[str, dict] = {}
+    for part in provenance:
+        for parent in part.get("parents") or []:
+            out.setdefault(str(parent.get("sha256")), dict(parent))
+    return list(out.values())
+
+
 def train_and_register(
     data,
     task: str,
@@ -353,6 +363,8 @@ def train_and_register(
             "data_sha256": data.digest(),
             "unusable_files": len(data.errors),
             "labels": [dict(part) for part in data.provenance],
+            # the models whose predictions reviewers corrected to make these labels (the model card's lineage)
+            "parents": parents_of(data.provenance),
             "history": {
                 "train_loss": history.train_loss,
                 "val_loss": history.val_loss,

@@ -405,7 +405,27 @@ def training_labels(training: dict | None) -> LabelsSection | None:
             ]
             rows.append({"labels from": "reporter gate", "class": "left out: between the thresholds", "cells": between})
             rows.append({"labels from": "reporter gate", "class": f"left out: no {channel} value", "cells": no_value})
+        elif kind == "reviews":
+            batches = ", ".join(str(b) for b in part.get("batches") or [])
+            people = part.get("labelled_by") or {}
+            lines.append(
+                f"Cells of batch(es) {batches} that reviewers gave a class (their consensus), labelled by "
+                + (", ".join(f"{who} ({n})" for who, n in people.items()) or "nobody")
+                + f"; {int(part.get('disputed', 0))} disputed (the newest label counted), "
+                f"{int(part.get('not_a_cell', 0))} marked as not a cell left out."
+            )
+            lines.append(f"Label set sha256: {part.get('sha256', '?')}")
+            source = "reviewed cells"
+            rows += [{"labels from": source, "class": c, "cells": n} for c, n in (part.get("cells") or {}).items()]
+            unusable = int(part.get("unusable", 0))
+            if unusable:
+                rows.append({"labels from": source, "class": "left out: image not readable", "cells": unusable})
     return LabelsSection(lines, rows) if lines else None
+
+
+def lineage_text(chain: list[str]) -> str:
+    """A model's lineage as people read it: ``demo-lsm v1 → lsm-lab v1 → lsm-lab v2``."""
+    return " → ".join(chain)
 
 
 def package_zip(folder: Path) -> bytes:

@@ -1,10 +1,11 @@
-"""Train and register a model version from labelled ZIPs, labelled batches and/or batches labelled by a reporter
-gate (administrators only).
+"""Train and register a model version from labelled ZIPs, labelled batches, batches labelled by a reporter gate
+and/or the cells reviewers labelled (administrators only).
 
 The job's payload: ``task``, ``name``, ``config`` (:class:`lsm_core.ml.train.TrainConfig`), and the data:
 ``uploads`` (labelled ZIPs in the blob store), ``batches`` (``{batch id: class}``), ``gated``
-(``{"batches": [ids], "rule": "GFP high -> LT-HSC; GFP low -> MPP"}``, :mod:`lsm_core.lab.gating`), any of
-them together; ``test_uploads`` a separate test set."""
+(``{"batches": [ids], "rule": "GFP high -> LT-HSC; GFP low -> MPP"}``, :mod:`lsm_core.lab.gating`),
+``reviewed`` (batch ids: their cells that reviewers gave a class, :func:`lsm_core.lab.labels.from_reviews`),
+any of them together; ``test_uploads`` a separate test set."""
 
 from __future__ import annotations
 
@@ -30,12 +31,15 @@ def submit(
     test_uploads: list[dict[str, str]] | None = None,
     priority: int = 0,
     gated: dict[str, Any] | None = None,
+    reviewed: list[int] | None = None,
 ) -> int:
     """Queue a training job (administrators only: it registers a model): data from uploaded labelled ZIPs
     (:meth:`lsm_core.lab.blobs.BlobStore.put_uploads`), labelled batches (``{batch id: class}``) and/or batches
-    whose cells a reporter gate labels (``gated``: ``{"batches": [ids], "rule": text}``). The gate is checked
-    here against the batches (its syntax, classes, channel and overlaps), so that a bad one is refused at once."""
-    from lsm_core.lab.labels import check_gate
+    whose cells a reporter gate labels (``gated``: ``{"batches": [ids], "rule": text}``) and/or the cells of
+    batches that reviewers gave a class (``reviewed``: batch ids). The gate is checked here against the batches
+    (its syntax, classes, channel and overlaps), and the reviewed batches for a labelled cell, so that bad
+    data is refused at once."""
+    from lsm_core.lab.labels import check_gate, reviewed_cells
     from lsm_core.ml.models import check_name
 
     owner = owner or accounts.current_user()
@@ -44,13 +48,19 @@ def submit(
     gate = None
     if gated is not None:
         gated, gate = _gated(gated, task_name)
-    if not uploads and not batches and not gated:
-        raise LsmError("choose training data: a labelled ZIP, labelled batches or batches and a reporter gate")
+    reviewed = list(dict.fromkeys(int(b) for b in reviewed or []))
+    if not uploads and not batches and not gated and not reviewed:
+        raise LsmError(
+            "choose training data: a labelled ZIP, labelled batches, batches and a reporter gate, or batches "
+            "whose cells reviewers labelled"
+        )
     with lab() as s:
         accounts.require_admin(s, owner, "train models")
         if gated is not None and gate is not None:
             check_gate(s, gated["batches"], gate)
-    payload = {
+        if reviewed:
+            reviewed_cells(s, reviewed, task_name)
+    payload: dict[str, Any] = {
         "task": task_name,
         "name": name,
         "config": config,
@@ -60,6 +70,8 @@ def submit(
     }
     if gated:
         payload["gated"] = gated
+    if reviewed:
+        payload["reviewed"] = reviewed
     return jobs.submit(
         lab,
         JobKind.TRAIN,
@@ -105,7 +117,7 @@ def labelled_uploads(ctx: Context, uploads: list[dict[str, str]], task_name: str
 
 @task(JobKind.TRAIN)
 def run(ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
-    from lsm_core.lab.labels import from_batches, from_gate
+    from lsm_core.lab.labels import from_batches, from_gate, from_reviews
     from lsm_core.lab.registry import sync_models
     from lsm_core.ml.datasets import LabelledData
     from lsm_core.ml.train import TrainConfig, TrainingCancelled, train_and_register
@@ -121,6 +133,8 @@ def run(ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
     if payload.get("gated"):
         gated = payload["gated"]
         parts.append(from_gate(ctx.lab, [int(b) for b in gated["batches"]], gated["rule"], task_name))
+    if payload.get("reviewed"):
+        parts.append(from_reviews(ctx.lab, [int(b) for b in payload["reviewed"]], task_name))
     data = LabelledData.concat(parts)
     test = labelled_uploads(ctx, payload["test_uploads"], task_name) if payload.get("test_uploads") else None
 
