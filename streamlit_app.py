@@ -26,6 +26,7 @@ if problem:
 pages = [
     st.Page("pages/classify.py", title="Classify", icon=":material/upload:", default=True),
     st.Page("pages/results.py", title="Results", icon=":material/bar_chart:", url_path="batch-results"),
+    st.Page("pages/review.py", title="Review", icon=":material/rule:", url_path="review-cells"),
     st.Page("pages/history.py", title="History", icon=":material/history:", url_path="batch-history"),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:", url_path="compare-ages"),
     st.Page("pages/models.py", title="Models", icon=":material/model_training:", url_path="model-registry"),

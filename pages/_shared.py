@@ -31,7 +31,7 @@ from lsm_core.reports.report import (
     workbook,
 )
 from lsm_core.reports.stats import PAPER_THRESHOLDS
-from pages._review import review_section
+from pages._review_queue import Scope, review_section
 
 PAGE_SIZE = 50
 THUMB_PX = 64  # cell thumbnails in the table: large enough to see the cell
@@ -309,7 +309,7 @@ def render_results(batch_id: int, key: str = "results") -> None:
         column_config={"cell": st.column_config.ImageColumn("cell", width=THUMB_PX + 16)},
     )
 
-    review_section(lab, batch_id, report, user(), key, image_pixels, escape_markdown)
+    review_section(lab, Scope.of_report(report), user(), key, image_pixels, escape_markdown)
 
     fields = [im for im in images if im.kind == "field" and im.n_cells]
     if fields:

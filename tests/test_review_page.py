@@ -126,3 +126,40 @@ def test_labelling_with_the_keyboard_in_chromium_changes_the_composition(app_env
     assert labels[order[0]] == ("ana", None, "debris")
     assert labels[order[1]][:2] == ("ana", "LT-HSC") and set(labels) == {order[0], order[1]}
     lab.dispose()
+
+
+def test_the_review_page_queues_a_persons_batches_together_most_uncertain_first(app_env, monkeypatch):
+    """Item 6: one queue over several batches (by default the person's own), the most uncertain cell of any of
+    them first; a colleague's batch joins when asked, read-only for a member."""
+    from db import queries
+    from lsm_core.lab.batches import submit_batch
+    from lsm_core.lab.worker import Worker
+    from tests.helpers import crop_files
+
+    monkeypatch.setenv("LSM_ADMINS", "boss")
+    lab = open_lab()
+    with lab() as s:
+        model_id = queries.model_by_name(s, "demo-lsm").id
+    mine = [submit_batch(lab, crop_files(5, seed=s, prefix=f"a{s}_"), model_id, f"ana {s}", owner="ana").batch_id
+            for s in (1, 2)]  # fmt: skip
+    theirs = submit_batch(lab, crop_files(4, seed=3, prefix="b_"), model_id, "bob's", owner="bob").batch_id
+    Worker(lab, device="cpu").run(drain=True)
+    order = review.queue(lab, mine, "ana")
+    assert {q.batch_id for q in order} == set(mine) and len(order) == 10
+    at = run_page("pages/review.py")
+    assert f"Cell 1 of {len(order)} in this order" in texts(at)
+    first = order[0]
+    assert f"cell {first.idx} of {first.file}, batch #{first.batch_id} ana" in texts(at)
+    at.button(key="review_review_class_2").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert _current(lab, first.batch_id) == {first.cell_id: ("ana", "MPP", None)}
+
+    at.toggle(key="review_mine").set_value(False).run()  # the lab's batches: bob's joins the queue
+    everyone = review.queue(lab, [*mine, theirs], "ana")
+    assert f"of {len(everyone)} in this order" in texts(at)
+    bobs = next(i for i, q in enumerate(everyone) if q.batch_id == theirs)
+    for _ in range(bobs - 1):  # walk to bob's first cell (the queue starts after ana's label: cell 2)
+        at.button(key="review_review_next").click().run()
+    assert f"Cell {bobs + 1} of" in texts(at)
+    assert at.button(key="review_review_class_0").disabled  # ana is a member: bob's cells are read-only
+    lab.dispose()

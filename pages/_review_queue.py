@@ -1,12 +1,15 @@
-"""The review queue of one batch on its results page (issue #17 item 1): its cells in the order to look at them
-(most uncertain first, by class, by score, random), the current one large with its probabilities, and a grid of
-the cells around it. One click, or one key on the current cell (1, 2, 3: a class; X: not a cell; arrows: move),
-says what a cell really is; labels and their history live in lsm_core.lab.review.
+"""The review queue (issue #17 items 1 and 6): the cells of one batch (its results page) or of several (the
+Review page: one queue for a person's batches), in the order to look at them (most uncertain first, by
+class, by score, random), the current one large with its probabilities, and a grid of the cells around it.
+One click, or one key on the current cell (1, 2, 3: a class; X: not a cell; arrows: move), says what a cell
+really is; labels and their history live in lsm_core.lab.review.
 
 Imported by pages; not a page itself.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import pandas as pd
 import streamlit as st
@@ -26,6 +29,23 @@ COLUMNS = 4
 TILE_PX = 96
 LARGE_PX = 224
 NOT_A_CELL = "not a cell"
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What is reviewed: batches of one model's classes, with each one's owner and how its images are read."""
+
+    batch_ids: list[int]
+    classes: list[str]
+    owners: dict[int, str]  # batch id -> owner
+    planes: dict[int, tuple[str | None, int | None]]  # batch id -> (channel, z) its images were read at
+    names: dict[int, str] | None = None  # batch id -> name, shown beside each cell when several are reviewed
+
+    @classmethod
+    def of_report(cls, report) -> Scope:
+        """The one batch of a results page."""
+        b = report.batch_id
+        return cls([b], list(report.classes), {b: report.owner}, {b: (report.channel, report.z)})
 
 
 def _say(lab, cell_id: int, me: str, label: str | None, excluded: str | None, then: int | None, key: str) -> None:
@@ -54,20 +74,25 @@ def _tile_changed(lab, cell_id: int, me: str, widget: str, key: str) -> None:
         _say(lab, cell_id, me, choice, None, None, key)
 
 
-def _picture(item: review.QueueItem, report, size: int, pixels_of):
-    pixels = pixels_of(item.sha256, item.page, report.channel, report.z) if item.sha256 else None
+def _picture(item: review.QueueItem, scope: Scope, size: int, pixels_of):
+    channel, z = scope.planes.get(item.batch_id, (None, None))
+    pixels = pixels_of(item.sha256, item.page, channel, z) if item.sha256 else None
     return cell_picture(pixels, item.box, size) if pixels is not None else None
 
 
-def _where(item: review.QueueItem) -> str:
-    return f"cell {item.idx} of {item.file}" + (f" (page {item.page})" if item.page > 1 else "")
+def _where(item: review.QueueItem, scope: Scope) -> str:
+    where = f"cell {item.idx} of {item.file}" + (f" (page {item.page})" if item.page > 1 else "")
+    if scope.names:
+        where += f", batch #{item.batch_id} {scope.names.get(item.batch_id, '')}".rstrip()
+    return where
 
 
-def review_section(lab, batch_id: int, report, me: str, key: str, pixels_of, escape) -> None:
-    """The review queue of ``batch_id`` for person ``me`` (``pixels_of``: the cached image reader,
+def review_section(lab, scope: Scope, me: str, key: str, pixels_of, escape, heading: bool = True) -> None:
+    """The review queue of ``scope``'s batches for person ``me`` (``pixels_of``: the cached image reader,
     ``escape``: markdown escaping of user text)."""
-    classes = list(report.classes)
-    st.subheader("Review")
+    classes = scope.classes
+    if heading:
+        st.subheader("Review")
     st.caption(
         "Say what each cell really is. Your labels are kept beside the model's prediction, never over it; a change "
         "keeps the history, and colleagues keep their own labels. Keys on the framed cell: "
@@ -75,11 +100,12 @@ def review_section(lab, batch_id: int, report, me: str, key: str, pixels_of, esc
         + ", **X** not a cell, **←/→** previous/next. Cells marked as not a cell count nowhere."
     )
     with lab() as s:
-        may = accounts.may_change(s, me, report.owner)
-    if not may:
+        allowed = {b: accounts.may_change(s, me, owner) for b, owner in scope.owners.items()}
+    if not any(allowed.values()):
+        whose = ", ".join(sorted(set(scope.owners.values())))
         st.info(
-            f"This batch belongs to {escape(report.owner)}: only they or an administrator can label its cells. "
-            "You can look at them."
+            f"{'This batch belongs' if len(scope.owners) == 1 else 'These batches belong'} to {escape(whose)}: "
+            "only they or an administrator can label its cells. You can look at them."
         )
     c = st.columns([2, 2, 2])
     order = c[0].selectbox("Order", list(ORDER_NAMES), format_func=ORDER_NAMES.get, key=f"{key}_review_order")
@@ -91,17 +117,18 @@ def review_section(lab, batch_id: int, report, me: str, key: str, pixels_of, esc
         help="What X and the grid's 'not a cell' record.",
     )
     only_new = c[2].toggle("Only cells I have not labelled", key=f"{key}_review_new")
-    items = review.queue(lab, [batch_id], me, order, unlabelled_only=only_new, seed=batch_id)
+    items = review.queue(lab, scope.batch_ids, me, order, unlabelled_only=only_new, seed=scope.batch_ids[0])
     error = st.session_state.pop(f"{key}_review_error", None)
     if error:
         st.error(escape(error))
     if not items:
-        st.success("You have labelled every cell of this batch." if only_new else "This batch has no cells.")
+        st.success("You have labelled every cell here." if only_new else "There are no cells to review here.")
         return
     ids = [q.cell_id for q in items]
     current = st.session_state.get(f"{key}_review_cell")
     pos = ids.index(current) if current in ids else 0
     item = items[pos]
+    may = allowed.get(item.batch_id, False)
     after = ids[pos + 1] if pos + 1 < len(ids) else None
     before = ids[pos - 1] if pos > 0 else None
     # with "only unlabelled", the labelled cell leaves the queue: the next one takes its place
@@ -111,13 +138,13 @@ def review_section(lab, batch_id: int, report, me: str, key: str, pixels_of, esc
 
     with st.container(border=True):
         left, right = st.columns([1, 2])
-        picture = _picture(item, report, LARGE_PX, pixels_of)
+        picture = _picture(item, scope, LARGE_PX, pixels_of)
         if picture is not None:
-            left.image(picture, caption=_where(item))
+            left.image(picture, caption=_where(item, scope))
         else:
-            left.caption(f"{_where(item)}: the stored image could not be read back")
+            left.caption(f"{_where(item, scope)}: the stored image could not be read back")
         right.markdown(
-            f"**{escape(_where(item))}** · model: **{escape(item.predicted)}** ({item.score:.2f}) · "
+            f"**{escape(_where(item, scope))}** · model: **{escape(item.predicted)}** ({item.score:.2f}) · "
             f"margin {item.margin:.2f}"
         )
         for cls, p in zip(classes, item.probs, strict=False):
@@ -195,10 +222,10 @@ def review_section(lab, batch_id: int, report, me: str, key: str, pixels_of, esc
         cols = st.columns(COLUMNS)
         for col, q in zip(cols, tiles[row : row + COLUMNS], strict=False):
             with col.container(border=q.cell_id == item.cell_id):
-                picture = _picture(q, report, TILE_PX, pixels_of)
+                picture = _picture(q, scope, TILE_PX, pixels_of)
                 if picture is not None:
                     st.image(picture, width=TILE_PX)
-                st.caption(f"{q.predicted} {q.score:.2f} · {_where(q)}")
+                st.caption(f"{q.predicted} {q.score:.2f} · {_where(q, scope)}")
                 now = None if q.mine is None else (NOT_A_CELL if q.mine.excluded else q.mine.label)
                 widget = f"{key}_tile_{q.cell_id}_{now}"
                 st.segmented_control(
@@ -207,7 +234,7 @@ def review_section(lab, batch_id: int, report, me: str, key: str, pixels_of, esc
                     default=now,
                     key=widget,
                     label_visibility="collapsed",
-                    disabled=not may,
+                    disabled=not allowed.get(q.batch_id, False),
                     on_change=_tile_changed,
                     args=(lab, q.cell_id, me, widget, key),
                 )
