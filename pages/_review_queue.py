@@ -246,3 +246,96 @@ def review_section(lab, scope: Scope, me: str, key: str, pixels_of, escape, head
                         on_click=_move,
                         args=(q.cell_id, key),
                     )
+
+
+# --- fixing detection on a field of view (issue #17 item 3) ----------------------------------------------
+def _cell_of(point: dict) -> int | None:
+    data = point.get("customdata")
+    if isinstance(data, list):
+        data = data[0] if data else None
+    try:
+        return int(data) if data is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def field_pick(selection) -> tuple[list[int], tuple[float, float] | None]:
+    """What a rectangle dragged on an editable field figure (lsm_core.reports.report.field_figure) picked:
+    the cells whose handles it enclosed (or a handle clicked), else, when it enclosed none, its centre (where
+    a missed cell is, to add one there), else nothing."""
+    if not selection:
+        return [], None
+    points = list(selection.get("points") or [])
+    cells = list(dict.fromkeys(c for p in points if (c := _cell_of(p)) is not None and c >= 0))
+    if cells:
+        return cells, None
+    for box in selection.get("box") or []:
+        xs, ys = box.get("x") or [], box.get("y") or []
+        if len(xs) >= 2 and len(ys) >= 2:
+            return [], ((float(min(xs)) + float(max(xs))) / 2, (float(min(ys)) + float(max(ys))) / 2)
+    return [], None
+
+
+def field_section(lab, image, cells, scope: Scope, me: str, key: str, pixels_of, escape, figure) -> None:
+    """The field of view of ``image`` (with ``cells``, queries.CellRow) as ``figure`` (editable when ``me``
+    may change the batch), and what a click or a drag on it does: a box clicked is reviewed here (a class,
+    or not a cell), a box dragged around is marked as not a cell, a click where no cell is adds one (a job)."""
+    from lsm_core.lab.tasks import add_cell
+
+    with lab() as s:
+        may = accounts.may_change(s, me, scope.owners.get(image.batch_id, ""))
+    chart_key = f"{key}_fov_{image.id}"
+    if not may:
+        st.plotly_chart(figure(False), width="stretch", key=chart_key)
+        return
+    st.caption(
+        "Drag a rectangle: around one box to review its cell, around several false boxes to mark them as not "
+        "cells, around a cell the finder missed to add it (a worker cuts and classifies it)."
+    )
+    event = st.plotly_chart(
+        figure(True), width="stretch", key=chart_key, on_select="rerun", selection_mode=("points", "box")
+    )
+    picked, point = field_pick(event.selection if event else None)
+    by_id = {c.id: c for c in cells}
+    picked = [c for c in picked if c in by_id]
+    reason = st.session_state.get(f"{key}_review_reason", "debris")
+    if len(picked) == 1:
+        cell = by_id[picked[0]]
+        with st.container(border=True):
+            left, right = st.columns([1, 3])
+            pixels = pixels_of(image.sha256, image.page, *scope.planes.get(image.batch_id, (None, None)))
+            if pixels is not None:
+                left.image(cell_picture(pixels, cell.box, TILE_PX * 2))
+            right.markdown(f"**cell {cell.cell} of {escape(image.file)}** · model: **{escape(cell.predicted)}** "
+                           f"({cell.score:.2f})")  # fmt: skip
+            cols = right.columns(len(scope.classes) + 1)
+            for i, cls in enumerate(scope.classes):
+                cols[i].button(cls, key=f"{key}_fov_class_{i}", on_click=_say,
+                               args=(lab, cell.id, me, cls, None, None, key), width="stretch")  # fmt: skip
+            cols[-1].button(NOT_A_CELL, key=f"{key}_fov_not", on_click=_say,
+                            args=(lab, cell.id, me, None, reason, None, key), width="stretch")  # fmt: skip
+    elif len(picked) > 1:
+
+        def remove(ids=tuple(picked)) -> None:
+            for cell_id in ids:
+                _say(lab, cell_id, me, None, reason, None, key)
+
+        st.button(
+            f"Mark the {len(picked)} selected boxes as not cells ({review.EXCLUSIONS.get(reason, reason)})",
+            key=f"{key}_fov_remove",
+            on_click=remove,
+        )
+    elif point is not None:
+        x, y = point
+
+        def add() -> None:
+            try:
+                job_id = add_cell.submit(lab, image.id, x, y, me)
+                st.session_state[f"{key}_fov_added"] = f"A cell at ({x:.0f}, {y:.0f}) is being added (job {job_id})."
+            except LsmError as exc:
+                st.session_state[f"{key}_review_error"] = str(exc)
+
+        st.button(f"Add a cell at ({x:.0f}, {y:.0f})", key=f"{key}_fov_add", on_click=add)
+    added = st.session_state.pop(f"{key}_fov_added", None)
+    if added:
+        st.success(added)

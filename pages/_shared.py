@@ -31,7 +31,7 @@ from lsm_core.reports.report import (
     workbook,
 )
 from lsm_core.reports.stats import PAPER_THRESHOLDS
-from pages._review_queue import Scope, review_section
+from pages._review_queue import Scope, field_section, review_section
 
 PAGE_SIZE = 50
 THUMB_PX = 64  # cell thumbnails in the table: large enough to see the cell
@@ -325,7 +325,17 @@ def render_results(batch_id: int, key: str = "results") -> None:
         else:
             with lab() as s:
                 cells = queries.image_cells(s, chosen.id)
-            st.plotly_chart(field_figure(pixels, cells, report.classes, threshold), width="stretch", key=f"{key}_fov")
+            field_section(
+                lab,
+                chosen,
+                cells,
+                Scope.of_report(report),
+                user(),
+                key,
+                image_pixels,
+                escape_markdown,
+                lambda editable: field_figure(pixels, cells, report.classes, threshold, editable=editable),
+            )
 
     saliency_section(batch_id, report, key)
     download_buttons(batch_id, threshold, key)

@@ -84,12 +84,32 @@ def test_someone_elses_batch_can_be_looked_at_but_not_labelled(with_batch, monke
     lab.dispose()
 
 
+def press(page, key: str, then: str, done) -> None:
+    """Press ``key`` on the idle page and wait for ``then``. The first key pressed after the page is drawn is
+    dropped in about one run in three, though Streamlit's status widget says the page is idle (cause not found;
+    a second press always worked): it is pressed again only when ``done()`` (the database) says the press
+    stored nothing, so a key that labels twice still fails the test."""
+    from playwright.sync_api import expect
+
+    from tests.helpers import settle
+
+    for attempt in range(3):
+        settle(page)
+        page.keyboard.press(key)
+        try:
+            expect(page.get_by_text(then)).to_be_visible(timeout=15_000)
+            return
+        except AssertionError:
+            if done() or attempt == 2:
+                raise
+
+
 def test_labelling_with_the_keyboard_in_chromium_changes_the_composition(app_env, with_batch, tmp_path):
     """Chromium, through the app's own server: keys X and 1 label the framed cells, the Cells metric (the
     composition's total) loses the cell marked as not a cell, and the database holds both labels."""
     from playwright.sync_api import expect, sync_playwright
 
-    from tests.helpers import ARTIFACTS, launch, need_browser, served_app, settle
+    from tests.helpers import ARTIFACTS, launch, need_browser, served_app
 
     need_browser()
     lab = open_lab()
@@ -107,18 +127,11 @@ def test_labelling_with_the_keyboard_in_chromium_changes_the_composition(app_env
         expect(page.get_by_text(f"Cell 1 of {total} in this order")).to_be_visible(timeout=90_000)
         cells = page.get_by_test_id("stMetric").filter(has_text="Cells").first
         expect(cells).to_contain_text(f"{total:,}")
-        settle(page)  # a key pressed while the page is still being drawn may find no button to press
-        page.keyboard.press("x")
-        try:
-            expect(page.get_by_text(f"Cell 2 of {total} in this order")).to_be_visible(timeout=60_000)
-        except AssertionError:
-            page.screenshot(path=str(ARTIFACTS / "review-keys-failed.png"))
-            raise
+        page.get_by_role("heading", name="Results").click()  # the keys go to the page, not to a widget
+        press(page, "x", f"Cell 2 of {total} in this order", lambda: len(_current(lab, batch_id)) == 1)
         expect(cells).to_contain_text(f"{total - 1:,}", timeout=60_000)
         expect(page.get_by_text("1 found object(s) that reviewers marked as not a cell")).to_be_visible()
-        settle(page)
-        page.keyboard.press("1")
-        expect(page.get_by_text(f"Cell 3 of {total} in this order")).to_be_visible(timeout=60_000)
+        press(page, "1", f"Cell 3 of {total} in this order", lambda: len(_current(lab, batch_id)) == 2)
         page.get_by_text("Review", exact=True).first.scroll_into_view_if_needed()
         page.screenshot(path=str(ARTIFACTS / "review-keys.png"))
         browser.close()

@@ -56,6 +56,7 @@ class JobKind(StrEnum):
     TRAIN = "train"
     EVALUATE = "evaluate"
     SALIENCY = "saliency"
+    ADD_CELL = "add_cell"  # a cell the finder missed, added where a reviewer clicked
 
 
 def new_job(

@@ -286,11 +286,18 @@ def probability_figure(pred: np.ndarray, probs: np.ndarray, classes: list[str], 
 
 
 def field_figure(
-    pixels: np.ndarray, cells: list[queries.CellRow], classes: list[str], threshold: float, max_side: int = 1024
+    pixels: np.ndarray,
+    cells: list[queries.CellRow],
+    classes: list[str],
+    threshold: float,
+    max_side: int = 1024,
+    editable: bool = False,
 ) -> go.Figure:
     """The field of view with each cell's box coloured by predicted class, its score on hover (Figure 6A).
 
     One outline trace and one marker trace per class, not per cell. Cells under the threshold are faded.
+    ``editable``: also a handle at each box's centre (trace "cells", customdata: the cell's id), and a drag
+    draws a selection rectangle instead of zooming (pages/_review_queue.field_pick reads what it enclosed).
     """
     h, w = pixels.shape
     step = max(1, int(np.ceil(max(h, w) / max_side)))
@@ -338,6 +345,20 @@ def field_figure(
                     opacity=1.0 if kept else 0.35,
                 )
             )
+    if editable:
+        fig.add_trace(
+            go.Scatter(
+                x=[c.x + c.w / 2 for c in cells],
+                y=[c.y + c.h / 2 for c in cells],
+                mode="markers",
+                marker={"size": 14, "symbol": "square-open", "color": "rgba(255,255,255,0.6)"},
+                customdata=[c.id for c in cells],
+                name="cells",
+                hovertext=[f"cell {c.cell}: {c.predicted} {c.score:.2f}" for c in cells],
+                hoverinfo="text",
+                showlegend=False,
+            )
+        )
     fig.update_layout(
         height=700,
         margin={"t": 10, "b": 10, "l": 10, "r": 10},
@@ -345,6 +366,8 @@ def field_figure(
         xaxis={"visible": False, "range": [0, w]},
         yaxis={"visible": False, "range": [h, 0], "scaleanchor": "x"},
     )
+    if editable:  # a drag selects the handles it encloses (instead of zooming)
+        fig.update_layout(dragmode="select")
     return fig
 
 

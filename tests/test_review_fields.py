@@ -1,0 +1,124 @@
+"""Fixing detection on a field of view (issue #17 item 3), on SQLite and PostgreSQL: a cell the finder missed
+is added where a reviewer points (a small job cuts and classifies it; it counts like any other, flagged
+``added``, audited), a point on a cell, outside the image or on a single-cell crop is refused, and only the
+batch's owner or an administrator may add. What a rectangle dragged on the field view means is tested apart."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from db.schema import AuditEvent, Cell, Image, Job
+from lsm_core.errors import LsmError
+from lsm_core.imaging import synthetic
+from lsm_core.lab import batches
+from lsm_core.lab.worker import Worker
+from tests.helpers import crop_files, field_file
+
+
+@pytest.fixture
+def field_batch(history, monkeypatch):
+    """(lab, batch id, the field's Image row) of ana's classified batch of one field of view and one crop."""
+    monkeypatch.setenv("LSM_ADMINS", "boss")
+    lab, _, model_id = history
+    sub = batches.submit_batch(lab, [field_file(11), *crop_files(1, seed=3)], model_id, "field", owner="ana")
+    assert Worker(lab, device="cpu").run(drain=True) == 1
+    with lab() as s:
+        field = s.scalars(select(Image).where(Image.batch_id == sub.batch_id, Image.kind == "field")).one()
+    assert field.n_cells and field.n_cells > 0
+    return lab, sub.batch_id, field
+
+
+def empty_point(lab, image) -> tuple[float, float]:
+    """A point of the field at least 60 pixels from every cell's box."""
+    with lab() as s:
+        boxes = s.execute(select(Cell.x, Cell.y, Cell.w, Cell.h).where(Cell.image_id == image.id)).all()
+    for y in range(40, image.height - 40, 16):
+        for x in range(40, image.width - 40, 16):
+            if all(x < bx - 60 or x > bx + bw + 60 or y < by - 60 or y > by + bh + 60 for bx, by, bw, bh in boxes):
+                return float(x), float(y)
+    raise AssertionError("no empty point in the field")
+
+
+def test_a_missed_cell_is_added_where_the_reviewer_points_and_counts(field_batch):
+    from lsm_core.lab.tasks import add_cell
+    from lsm_core.reports.export import batch_rows
+    from lsm_core.reports.report import load_report
+
+    lab, batch_id, field = field_batch
+    with lab() as s:
+        before = load_report(s, batch_id).cells_total
+    x, y = empty_point(lab, field)
+    job_id = add_cell.submit(lab, field.id, x, y, "ana")
+    assert Worker(lab, device="cpu").run(drain=True) == 1
+    with lab() as s:
+        job = s.get(Job, job_id)
+        assert job.status == "done", job.errors
+        cells = s.scalars(select(Cell).where(Cell.image_id == field.id).order_by(Cell.idx)).all()
+        added = cells[-1]
+        assert (added.idx, added.flags, job.result["cell_id"]) == (len(cells), "added", added.id)
+        assert added.x <= x < added.x + added.w and added.y <= y < added.y + added.h
+        assert added.predicted in ("LT-HSC", "ST-HSC", "MPP") and len(added.probs) == 3
+        assert abs(sum(added.probs) - 1) < 1e-5 and added.score == max(added.probs)
+        assert s.get(Image, field.id).n_cells == field.n_cells + 1
+        assert load_report(s, batch_id).cells_total == before + 1
+        columns, rows = batch_rows(s, [batch_id])
+        flagged = [r for r in rows if r[columns.index("cell")] == added.idx and r[0] == field.file]
+        assert len(flagged) == 1 and flagged[0][columns.index("flags")] == "added"
+        event = s.scalars(select(AuditEvent).where(AuditEvent.action == "add cell")).one()
+        assert event.actor == "ana" and event.detail["job"] == job_id and event.detail["image"] == field.file
+    with pytest.raises(LsmError, match=f"cell {added.idx} of {field.file} is there already"):
+        add_cell.submit(lab, field.id, x, y, "ana")  # the same point again
+
+
+def test_points_that_cannot_take_a_cell_are_refused(field_batch):
+    from lsm_core.lab.tasks import add_cell
+
+    lab, batch_id, field = field_batch
+    with lab() as s:
+        first = s.scalars(select(Cell).where(Cell.image_id == field.id).order_by(Cell.idx)).first()
+        crop = s.scalars(select(Image).where(Image.batch_id == batch_id, Image.kind == "single")).one()
+    with pytest.raises(LsmError, match=f"cell {first.idx} of {field.file} is there already"):
+        add_cell.submit(lab, field.id, first.x + first.w / 2, first.y + first.h / 2, "ana")
+    with pytest.raises(LsmError, match="is outside"):
+        add_cell.submit(lab, field.id, field.width + 5, 10, "ana")
+    with pytest.raises(LsmError, match="classified fields of view only"):
+        add_cell.submit(lab, crop.id, 5, 5, "ana")
+    x, y = empty_point(lab, field)
+    with pytest.raises(LsmError, match="only they or an administrator can add cells"):
+        add_cell.submit(lab, field.id, x, y, "bob")
+    assert add_cell.submit(lab, field.id, x, y, "boss") > 0  # an administrator may
+    with lab() as s:
+        assert s.scalars(select(Job).where(Job.kind == "add_cell")).one().owner == "boss"
+
+
+def test_what_a_rectangle_dragged_on_the_field_view_means():
+    """pages/_review_queue.field_pick: a rectangle around one box's handle picks that cell, around several
+    picks them all, around none gives its centre (to add a cell there); nothing dragged picks nothing."""
+    from pages._review_queue import field_pick
+
+    handle = {"curve_number": 3, "x": 40.0, "y": 50.0, "customdata": 17}
+    around = [{"x": [30, 50], "y": [60, 40]}]
+    assert field_pick({"points": [handle], "box": around}) == ([17], None)
+    both = {"points": [handle, {**handle, "customdata": [18]}], "box": [{"x": [0, 400], "y": [0, 400]}]}
+    assert field_pick(both) == ([17, 18], None)
+    assert field_pick({"points": [], "box": [{"x": [310, 290], "y": [190, 210]}]}) == ([], (300.0, 200.0))
+    assert field_pick({"points": [], "box": []}) == ([], None)
+    assert field_pick(None) == ([], None)
+
+
+def test_the_editable_field_figure_carries_a_handle_per_cell(field_batch):
+    from db import queries
+    from lsm_core.reports.report import field_figure
+
+    lab, _, field = field_batch
+    with lab() as s:
+        cells = queries.image_cells(s, field.id)
+    pixels = np.zeros((field.height, field.width), np.float32) + synthetic.DEFAULT_PIXEL_SIZE_UM
+    fig = field_figure(pixels, cells, ["LT-HSC", "ST-HSC", "MPP"], 0.0, editable=True)
+    handles = next(t for t in fig.data if t.name == "cells")
+    assert [int(c) for c in handles.customdata] == [c.id for c in cells]
+    assert fig.layout.dragmode == "select"  # a drag draws a rectangle instead of zooming
+    plain = field_figure(pixels, cells, ["LT-HSC", "ST-HSC", "MPP"], 0.0)
+    assert not any(t.name == "cells" for t in plain.data) and plain.layout.dragmode is None
