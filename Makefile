@@ -54,4 +54,5 @@ bench: install
 	$(PY) bench/quality.py
 	$(PY) bench/saliency.py
 	$(PY) bench/load.py
+	$(PY) bench/active.py
 	$(PY) bench/formats.py
