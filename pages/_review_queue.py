@@ -260,15 +260,19 @@ def _cell_of(point: dict) -> int | None:
 
 
 def field_pick(selection) -> tuple[list[int], tuple[float, float] | None]:
-    """What a rectangle dragged on an editable field figure (lsm_core.reports.report.field_figure) picked:
-    the cells whose handles it enclosed (or a handle clicked), else, when it enclosed none, its centre (where
-    a missed cell is, to add one there), else nothing."""
+    """What a click or a box selection on an editable field figure (lsm_core.reports.report.field_figure)
+    picked: the cells whose handles it hit or enclosed (a click on a box wins over the clear point under
+    it), else the clear point clicked, or the centre of a rectangle that enclosed no box (where a missed cell
+    is, to add one there), else nothing."""
     if not selection:
         return [], None
     points = list(selection.get("points") or [])
     cells = list(dict.fromkeys(c for p in points if (c := _cell_of(p)) is not None and c >= 0))
     if cells:
         return cells, None
+    clear = [p for p in points if _cell_of(p) == -1]
+    if clear and not selection.get("box"):
+        return [], (float(clear[0]["x"]), float(clear[0]["y"]))
     for box in selection.get("box") or []:
         xs, ys = box.get("x") or [], box.get("y") or []
         if len(xs) >= 2 and len(ys) >= 2:
@@ -289,8 +293,9 @@ def field_section(lab, image, cells, scope: Scope, me: str, key: str, pixels_of,
         st.plotly_chart(figure(False), width="stretch", key=chart_key)
         return
     st.caption(
-        "Drag a rectangle: around one box to review its cell, around several false boxes to mark them as not "
-        "cells, around a cell the finder missed to add it (a worker cuts and classifies it)."
+        "Click a box to review its cell; click where the finder missed a cell to add it (a worker cuts and "
+        "classifies it); to remove false boxes, choose the box select tool (the dotted square, top right) and "
+        "drag a rectangle around them."
     )
     event = st.plotly_chart(
         figure(True), width="stretch", key=chart_key, on_select="rerun", selection_mode=("points", "box")

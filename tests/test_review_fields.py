@@ -1,9 +1,11 @@
 """Fixing detection on a field of view (issue #17 item 3), on SQLite and PostgreSQL: a cell the finder missed
 is added where a reviewer points (a small job cuts and classifies it; it counts like any other, flagged
 ``added``, audited), a point on a cell, outside the image or on a single-cell crop is refused, and only the
-batch's owner or an administrator may add. What a rectangle dragged on the field view means is tested apart."""
+batch's owner or an administrator may add. What a click or a rectangle on the field view means is tested apart."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
@@ -93,12 +95,17 @@ def test_points_that_cannot_take_a_cell_are_refused(field_batch):
         assert s.scalars(select(Job).where(Job.kind == "add_cell")).one().owner == "boss"
 
 
-def test_what_a_rectangle_dragged_on_the_field_view_means():
-    """pages/_review_queue.field_pick: a rectangle around one box's handle picks that cell, around several
-    picks them all, around none gives its centre (to add a cell there); nothing dragged picks nothing."""
+def test_what_a_click_or_a_rectangle_on_the_field_view_means():
+    """pages/_review_queue.field_pick: a click on a box's handle picks that cell, a click elsewhere a point to
+    add a cell at; a rectangle around one or several handles picks those cells, around none gives its centre;
+    nothing picked, nothing."""
     from pages._review_queue import field_pick
 
     handle = {"curve_number": 3, "x": 40.0, "y": 50.0, "customdata": 17}
+    grid = {"curve_number": 2, "x": 300.0, "y": 200.0, "customdata": -1}
+    assert field_pick({"points": [handle], "box": []}) == ([17], None)
+    assert field_pick({"points": [grid], "box": []}) == ([], (300.0, 200.0))
+    assert field_pick({"points": [grid, handle], "box": []}) == ([17], None)  # a box wins over the point under it
     around = [{"x": [30, 50], "y": [60, 40]}]
     assert field_pick({"points": [handle], "box": around}) == ([17], None)
     both = {"points": [handle, {**handle, "customdata": [18]}], "box": [{"x": [0, 400], "y": [0, 400]}]}
@@ -119,6 +126,91 @@ def test_the_editable_field_figure_carries_a_handle_per_cell(field_batch):
     fig = field_figure(pixels, cells, ["LT-HSC", "ST-HSC", "MPP"], 0.0, editable=True)
     handles = next(t for t in fig.data if t.name == "cells")
     assert [int(c) for c in handles.customdata] == [c.id for c in cells]
-    assert fig.layout.dragmode == "select"  # a drag draws a rectangle instead of zooming
+    grid = next(t for t in fig.data if t.name == "add a cell here")
+    assert set(int(c) for c in grid.customdata) == {-1} and len(grid.x) > 1000
+    assert max(grid.x) < field.width and max(grid.y) < field.height
+    assert fig.layout.dragmode is None  # left to Streamlit: in the select drag mode clicks select nothing
     plain = field_figure(pixels, cells, ["LT-HSC", "ST-HSC", "MPP"], 0.0)
-    assert not any(t.name == "cells" for t in plain.data) and plain.layout.dragmode is None
+    assert not any(t.name in ("cells", "add a cell here") for t in plain.data)
+
+
+def test_fixing_a_field_of_view_in_chromium(app_env, with_batch, tmp_path):
+    """Chromium, through the app's own server (with its worker): a click on a box opens its cell's review, a
+    click where no cell is offers to add one there and the added cell appears, and a rectangle drawn with the
+    box-select tool around several boxes offers to mark exactly those as not cells."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from lsm_core.lab.history import open_lab
+    from tests.helpers import ARTIFACTS, launch, need_browser, served_app, settle
+
+    need_browser()
+    lab = open_lab()
+    with lab() as s:
+        field = s.scalars(select(Image).where(Image.batch_id == with_batch.batch_id, Image.kind == "field")).one()
+        cells = s.scalars(select(Cell).where(Cell.image_id == field.id).order_by(Cell.idx)).all()
+    x, y = empty_point(lab, field)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with (
+        served_app(app_env, tmp_path / "server.log", LSM_USER="ana", LSM_PREP_WORKERS="0") as url,
+        sync_playwright() as p,
+    ):
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.goto(f"{url}/batch-results?batch={with_batch.batch_id}")
+        expect(page.get_by_role("heading", name="Field of view")).to_be_visible(timeout=90_000)
+        settle(page)
+
+        def plot_area():
+            chart = page.get_by_test_id("stPlotlyChart").last
+            chart.scroll_into_view_if_needed()
+            page.wait_for_timeout(500)
+            return page.locator("[data-testid=stPlotlyChart] .nsewdrag").last.bounding_box()
+
+        def at(px: float, py: float) -> tuple[float, float]:  # the image's square fills the plot area
+            return area["x"] + area["width"] * px / field.width, area["y"] + area["height"] * py / field.height
+
+        area = plot_area()
+        first = cells[0]
+        page.mouse.click(*at(first.x + first.w / 2, first.y + first.h / 2))
+        settle(page)
+        expect(page.get_by_text(f"cell {first.idx} of {field.file}").first).to_be_visible(timeout=30_000)
+        page.mouse.click(*at(x, y))
+        settle(page)
+        add = page.get_by_role("button", name=re.compile(r"^Add a cell at \("))
+        expect(add).to_be_visible(timeout=30_000)
+        add.click()
+        expect(page.get_by_text("is being added (job")).to_be_visible(timeout=30_000)
+        with lab() as s:
+            job = s.scalars(select(Job).where(Job.kind == "add_cell")).one()
+        for _ in range(120):  # the app's own worker runs it
+            with lab() as s:
+                if s.get(Job, job.id).status == "done":
+                    break
+            page.wait_for_timeout(500)
+        with lab() as s:
+            assert s.get(Job, job.id).status == "done"
+            added = s.scalars(select(Cell).where(Cell.image_id == field.id, Cell.flags == "added")).one()
+        assert abs(added.x + added.w / 2 - x) <= 16 and abs(added.y + added.h / 2 - y) <= 16
+
+        page.reload()
+        expect(page.get_by_role("heading", name="Field of view")).to_be_visible(timeout=90_000)
+        settle(page)
+        area = plot_area()
+        two = sorted(cells, key=lambda c: (c.y, c.x))[:2]
+        x0, y0 = min(c.x for c in two) - 4, min(c.y for c in two) - 4
+        x1, y1 = max(c.x + c.w for c in two) + 4, max(c.y + c.h for c in two) + 4
+        inside = [c for c in [*cells, added] if x0 <= c.x + c.w / 2 <= x1 and y0 <= c.y + c.h / 2 <= y1]
+        page.mouse.move(*at(x0, y0))
+        page.locator("[data-testid=stPlotlyChart] .modebar-btn[data-title='Box Select']").last.click()
+        page.mouse.move(*at(x0, y0))
+        page.mouse.down()
+        page.mouse.move(*at(x1, y1), steps=8)
+        page.mouse.up()
+        settle(page)
+        expect(page.get_by_role("button", name=f"Mark the {len(inside)} selected boxes as not cells")).to_be_visible(
+            timeout=30_000
+        )
+        page.screenshot(path=str(ARTIFACTS / "field-fixes.png"))
+        browser.close()
+    assert len(inside) >= 2
+    lab.dispose()

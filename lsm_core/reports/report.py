@@ -296,8 +296,10 @@ def field_figure(
     """The field of view with each cell's box coloured by predicted class, its score on hover (Figure 6A).
 
     One outline trace and one marker trace per class, not per cell. Cells under the threshold are faded.
-    ``editable``: also a handle at each box's centre (trace "cells", customdata: the cell's id), and a drag
-    draws a selection rectangle instead of zooming (pages/_review_queue.field_pick reads what it enclosed).
+    ``editable``: also a handle at each box's centre (trace "cells", customdata: the cell's id) to click, or
+    to enclose with the box-select tool, and a grid of clear points (trace "add a cell here", customdata -1)
+    to click where a cell was missed (pages/_review_queue.field_pick reads what was picked). The drag mode
+    is left to Streamlit (pan): in the select drag mode plotly's clicks select nothing.
     """
     h, w = pixels.shape
     step = max(1, int(np.ceil(max(h, w) / max_side)))
@@ -346,6 +348,21 @@ def field_figure(
                 )
             )
     if editable:
+        # clear points to click where a cell was missed (Scattergl: thousands of them stay fast)
+        spacing = max(4, int(np.ceil(max(h, w) / 96)))
+        gx, gy = np.meshgrid(np.arange(spacing // 2, w, spacing), np.arange(spacing // 2, h, spacing))
+        fig.add_trace(
+            go.Scattergl(
+                x=gx.ravel(),
+                y=gy.ravel(),
+                mode="markers",
+                marker={"size": spacing, "color": "rgba(0,0,0,0)"},
+                customdata=np.full(gx.size, -1),
+                name="add a cell here",
+                hovertemplate="click to add a cell at (%{x}, %{y})<extra></extra>",
+                showlegend=False,
+            )
+        )
         fig.add_trace(
             go.Scatter(
                 x=[c.x + c.w / 2 for c in cells],
@@ -366,8 +383,6 @@ def field_figure(
         xaxis={"visible": False, "range": [0, w]},
         yaxis={"visible": False, "range": [h, 0], "scaleanchor": "x"},
     )
-    if editable:  # a drag selects the handles it encloses (instead of zooming)
-        fig.update_layout(dragmode="select")
     return fig
 
 
