@@ -139,16 +139,17 @@ def review_section(lab, scope: Scope, me: str, key: str, pixels_of, escape, head
     with st.container(border=True):
         left, right = st.columns([1, 2])
         picture = _picture(item, scope, LARGE_PX, pixels_of)
+        where = escape(_where(item, scope))  # file and batch names are the user's text: never Markdown
         if picture is not None:
-            left.image(picture, caption=_where(item, scope))
+            left.image(picture, caption=where)
         else:
-            left.caption(f"{_where(item, scope)}: the stored image could not be read back")
+            left.caption(f"{where}: the stored image could not be read back")
         right.markdown(
             f"**{escape(_where(item, scope))}** · model: **{escape(item.predicted)}** ({item.score:.2f}) · "
             f"margin {item.margin:.2f}"
         )
         for cls, p in zip(classes, item.probs, strict=False):
-            right.progress(min(max(p, 0.0), 1.0), text=f"{cls}: {p:.3f}")
+            right.progress(min(max(p, 0.0), 1.0), text=f"{escape(cls)}: {p:.3f}")
         said = item.mine.text if item.mine is not None else "no label"
         line = f"Your label: **{escape(said)}**"
         if item.consensus is not None:
@@ -225,7 +226,7 @@ def review_section(lab, scope: Scope, me: str, key: str, pixels_of, escape, head
                 picture = _picture(q, scope, TILE_PX, pixels_of)
                 if picture is not None:
                     st.image(picture, width=TILE_PX)
-                st.caption(f"{q.predicted} {q.score:.2f} · {_where(q, scope)}")
+                st.caption(f"{escape(q.predicted)} {q.score:.2f} · {escape(_where(q, scope))}")
                 now = None if q.mine is None else (NOT_A_CELL if q.mine.excluded else q.mine.label)
                 widget = f"{key}_tile_{q.cell_id}_{now}"
                 st.segmented_control(
