@@ -489,13 +489,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     bins = parse_bins(args.bins) if args.by == "age" else None
     with _lab()() as s:
-        c = compare.build(s, args.batch_ids, by=args.by, bins=bins, threshold=args.threshold)
+        mixed = args.allow_mixed_models
+        c = compare.build(s, args.batch_ids, by=args.by, bins=bins, threshold=args.threshold, allow_mixed_models=mixed)
         data = compare.workbook(s, c)
     with open(args.out, "wb") as fh:
         fh.write(data)
     for row in c.tests.itertuples(index=False):
         print(f"{row[0]}\t{row[1]}\tstatistic {row[4]:.4g}\tp {row[5]:.4g}\tHolm p {row[6]:.4g}\t{row[8]} {row[7]:.3g}")
-    _log(f"{int(c.table['group'].notna().sum())} mice in {c.groups['group'].nunique()} groups; wrote {args.out}")
+    for warning in c.warnings:
+        _log(warning)
+    grouped = c.table.dropna(subset=["group"])
+    _log(
+        f"{len(grouped)} mice in {c.groups['group'].nunique()} groups (from {int(grouped['n_batches'].sum())} "
+        f"batches: a mouse's batches are pooled); wrote {args.out}"
+    )
     return 0
 
 
@@ -777,6 +784,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bins", default="young:<26w, aged:>=18m", help="age bins, e.g. 'young:8w-12w, aged:>=18m'")
     p.add_argument("--threshold", type=float, default=0.0, help="count only cells whose score reaches this")
     p.add_argument("--out", required=True, help="FILE.xlsx")
+    p.add_argument(
+        "--allow-mixed-models",
+        action="store_true",
+        help="compare batches classified by different models or model versions (refused otherwise)",
+    )
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("saliency", help="saliency maps of every cell: overlay PNGs, maps.npz and cells.csv")

@@ -11,13 +11,14 @@ from lsm_core.errors import LsmError
 from lsm_core.lab.registry import offered_models
 from lsm_core.reports import compare
 from lsm_core.reports.report import age_text
-from lsm_core.reports.stats import parse_bins
+from lsm_core.reports.stats import UNIT_BATCH, parse_bins
 from pages._shared import escape_markdown, the_lab, threshold_picker
 
 st.title("Compare")
 st.caption(
-    "Each batch is one mouse: groups are compared on per-mouse fractions, the mouse being the unit of "
-    "replication. Pooled cells appear only as a secondary view."
+    "The mouse is the unit of replication: batches of one mouse id (sessions, or sorted populations) are pooled "
+    "into one mouse, a batch without a mouse id counts as a mouse of its own, and groups are compared on "
+    "per-mouse fractions. Pooled cells appear only as a secondary view."
 )
 lab = the_lab()
 with lab() as s:
@@ -76,7 +77,7 @@ chosen = st.multiselect(
 if len(start) < len(found):
     st.caption(
         f"{len(found) - len(start)} older batch(es) of mice already chosen are not selected (re-runs or repeats "
-        "of the same mouse id); add them above if they are other samples."
+        "of the same mouse id); add them above if they are other samples of that mouse: its batches are pooled."
     )
 c = st.columns([1, 3])
 by = c[0].selectbox("Group by", compare.GROUP_FIELDS)
@@ -87,17 +88,24 @@ bins_text = c[1].text_input(
     help="e.g. young:8w-12w, middle:12w-18m, aged:>=18m",
 )
 threshold = threshold_picker("compare")
+mixed = st.checkbox(
+    "Allow batches classified by different models or model versions",
+    key="cmp_mixed",
+    help="Their numbers are not comparable as such: each mouse's model is then named in every table.",
+)
 
 try:
     bins = parse_bins(bins_text) if by == "age" else None
     with lab() as s:
-        result = compare.build(s, list(chosen), by=by, bins=bins, threshold=threshold)
+        result = compare.build(s, list(chosen), by=by, bins=bins, threshold=threshold, allow_mixed_models=mixed)
 except LsmError as exc:
     st.error(escape_markdown(exc))
     st.stop()
 
 grouped = result.table.dropna(subset=["group"])
 outside = result.table[result.table["group"].isna()]
+for warning in result.warnings:
+    st.warning(escape_markdown(warning))
 if result.excluded:
     st.caption(
         f"{result.excluded:,} found object(s) of these batches that reviewers marked as not a cell are counted "
@@ -108,7 +116,13 @@ if len(outside):
         f"{len(outside)} batch(es) fall in no group (no age, or outside every bin) and are left out: "
         + ", ".join(escape_markdown(name) for name in outside["batch_name"].astype(str).head(10))
     )
-st.markdown(f"**{len(grouped)} mice in {grouped['group'].nunique()} groups** · cells with score ≥ {threshold:.2f}")
+alone = int((grouped["unit"] == UNIT_BATCH).sum())
+st.markdown(
+    f"**{len(grouped)} mice in {grouped['group'].nunique()} groups** (from {int(grouped['n_batches'].sum())} "
+    f"batches) · cells with score ≥ {threshold:.2f}"
+)
+if alone:
+    st.caption(f"{alone} of them are batches without a mouse id, each counted as a mouse of its own.")
 
 st.subheader("Per mouse")
 st.plotly_chart(compare.per_mouse_figure(result), width="stretch", key="cmp_mice")

@@ -225,3 +225,129 @@ def test_command_line_compare_writes_the_workbook(history, db_url, data_dir, tmp
     assert proc.returncode == 0, proc.stderr
     assert "6 mice in 3 groups" in proc.stderr and "Kruskal-Wallis" in proc.stdout
     assert openpyxl.load_workbook(out).sheetnames == ["per_mouse", "groups", "tests", "cells"]
+
+
+def _batch(i, mouse, age=70.0, sex="F", strain="B6", gate=None, model="m v1"):
+    return SimpleNamespace(
+        id=i, name=f"b{i}", owner="ana", age_days=age, mouse_id=mouse, sex=sex, strain=strain, gate=gate,
+        imaging_date=None, model=model,
+    )  # fmt: skip
+
+
+def test_batches_of_one_mouse_are_pooled_into_one_unit_and_a_batch_without_a_mouse_id_stands_alone():
+    """Issue #18 item 1: the mouse is the unit: batches sharing a mouse id (spaces trimmed) are one row with
+    their cells summed and their batches listed; a batch without a mouse id is its own unit, flagged."""
+    batches = [_batch(1, "M1", gate="LT"), _batch(2, " M1 ", gate="MPP"), _batch(3, "M2"), _batch(4, None)]
+    counts = {1: {"LT-HSC": 10, "ST-HSC": 5, "MPP": 5}, 2: {"LT-HSC": 0, "ST-HSC": 5, "MPP": 15}}
+    counts |= {3: {"LT-HSC": 4, "ST-HSC": 4, "MPP": 2}, 4: {"LT-HSC": 1, "ST-HSC": 1, "MPP": 1}}
+    t = stats.per_mouse(batches, counts, CLASSES)
+    assert list(t["mouse_id"].fillna("-")) == ["M1", "M2", "-"] and list(t["batches"]) == ["1, 2", "3", "4"]
+    assert list(t["n_batches"]) == [2, 1, 1]
+    assert list(t["unit"]) == ["mouse", "mouse", "batch without a mouse id"]
+    first = t.iloc[0]
+    assert (first["cells"], first["n_LT-HSC"], first["n_MPP"]) == (40, 10, 20)
+    assert first["fraction_MPP"] == pytest.approx(0.5) and first["gate"] == "LT, MPP"
+    assert first["ci95_low_MPP"] < 0.5 < first["ci95_high_MPP"]
+
+
+@pytest.mark.parametrize(
+    ("field", "other", "said"),
+    [("age", 600.0, "age"), ("sex", "M", "sex"), ("strain", "Evi1-GFP", "strain")],
+)
+def test_batches_of_one_mouse_that_disagree_on_its_age_sex_or_strain_are_refused(field, other, said):
+    from lsm_core.errors import LsmError
+
+    batches = [_batch(1, "M1"), _batch(2, "M1", **{field: other}), _batch(3, "M2")]
+    counts = {i: {"LT-HSC": 1, "ST-HSC": 1, "MPP": 1} for i in (1, 2, 3)}
+    with pytest.raises(LsmError, match=f"batches 1 and 2 of mouse M1 disagree on its {said}"):
+        stats.per_mouse(batches, counts, CLASSES)
+
+
+def test_a_comparison_counts_mice_not_batches_and_refuses_a_mouse_counted_twice(history):
+    """Issue #18 item 1 on both engines: a second batch of one mouse joins that mouse (6 mice from 7 batches:
+    its cells summed, both batches listed, the workbook's cells sheet holds both); two batches of one mouse
+    that hold the same image (a re-run) are refused, naming them."""
+    from db.schema import Batch, Cell, Image
+    from lsm_core.errors import LsmError
+    from lsm_core.reports import compare
+
+    lab, _, model_id = history
+    ids = make_six_batches(lab, model_id)
+    with lab.begin() as s:
+        first = s.get(Batch, ids[0])
+        again = Batch(name="young mouse 0, second session", owner="ana", model_id=model_id, status="done")
+        again.mouse_id, again.age_days, again.sex, again.strain = "M0", first.age_days, "F", "C57BL/6"
+        s.add(again)
+        s.flush()
+        image = Image(batch_id=again.id, position=0, file="m0-b.png", page=1, done=True, n_cells=10, kind="field")
+        s.add(image)
+        s.flush()
+        for j in range(10):
+            s.add(Cell(batch_id=again.id, image_id=image.id, idx=j + 1, x=0, y=0, w=10, h=10, predicted="MPP",
+                       score=0.8, probs=[0.1, 0.1, 0.8], flags=""))  # fmt: skip
+        second = again.id
+    bins = stats.parse_bins("young:<6m, middle:6m-18m, aged:>=18m")
+    with lab() as s:
+        c = compare.build(s, [*ids, second], by="age", bins=bins)
+        data = compare.workbook(s, c)
+    assert len(c.table) == 6 and int(c.table["n_batches"].sum()) == 7
+    m0 = c.table[c.table["mouse_id"] == "M0"].iloc[0]
+    assert m0["batches"] == f"{ids[0]}, {second}" and m0["cells"] == 50 and m0["n_MPP"] >= 10
+    assert c.tests.iloc[0]["mice"] == 6
+    book = openpyxl.load_workbook(io.BytesIO(data))
+    header = [cell.value for cell in book["per_mouse"][1]]
+    assert "batches" in header and "unit" in header and book["per_mouse"].max_row == 1 + 6
+    assert book["cells"].max_row == 1 + 250
+
+    with lab.begin() as s:  # the second batch is a re-run: it holds the first one's image
+        for batch_id in (ids[0], second):
+            s.query(Image).filter(Image.batch_id == batch_id).update({"sha256": "ab" * 32})
+    with lab() as s, pytest.raises(LsmError, match=f"batches {ids[0]} and {second} of mouse M0 hold the same 1 image"):
+        compare.build(s, [*ids, second], by="age", bins=bins)
+
+
+def test_mixed_models_are_refused_unless_allowed_and_mixed_pixel_sizes_and_channels_are_said(
+    history, monkeypatch, capsys, tmp_path
+):
+    """Issue #18 item 2: batches of different models or versions are not mixed unless the user says so (then
+    each mouse's model is named and a warning says it); different pixel sizes or channels are named."""
+    from db.schema import Batch, Image, Model
+    from lsm_core.errors import LsmError
+    from lsm_core.reports import compare
+
+    lab, _, model_id = history
+    ids = make_six_batches(lab, model_id)
+    bins = stats.parse_bins("young:<6m, middle:6m-18m, aged:>=18m")
+    with lab() as s:
+        assert compare.build(s, ids, by="age", bins=bins).warnings == []
+    with lab.begin() as s:
+        model = s.get(Model, model_id)
+        other = Model(task=model.task, name=model.name, version=model.version + 1, classes=list(model.classes))
+        other.architecture, other.input_size, other.pixel_size_um, other.crop_um = "tiny_cnn", 64, 0.2, 12.8
+        other.weights_sha256, other.path = "cd" * 32, "nowhere"
+        s.add(other)
+        s.flush()
+        s.get(Batch, ids[5]).model_id = other.id
+        label = other.label
+        for batch_id, size, channel in ((ids[0], 0.1, "DIC"), (ids[1], 0.2, "TD")):
+            s.query(Image).filter(Image.batch_id == batch_id).update({"pixel_size_um": size, "channel": channel})
+    with lab() as s, pytest.raises(LsmError, match="classified by different models or model versions"):
+        compare.build(s, ids, by="age", bins=bins)
+    with lab() as s:
+        c = compare.build(s, ids, by="age", bins=bins, allow_mixed_models=True)
+    mixed, sizes, channels = c.warnings
+    assert mixed.startswith("Mixed models, allowed:") and f"{label}: batch(es) {ids[5]}" in mixed
+    assert c.table.loc[c.table["batch"] == ids[5], "model"].item() == label
+    assert f"0.1 µm/px: batch(es) {ids[0]}" in sizes and f"0.2 µm/px: batch(es) {ids[1]}" in sizes
+    assert f"DIC: batch(es) {ids[0]}" in channels and f"TD: batch(es) {ids[1]}" in channels
+
+    from lsm_core import cli  # the command line agrees
+
+    monkeypatch.setenv("LSM_DATABASE_URL", lab.settings.database_url)
+    bins_text = "young:<6m, middle:6m-18m, aged:>=18m"
+    argv = ["compare", *map(str, ids), "--bins", bins_text, "--out", str(tmp_path / "c.xlsx")]
+    assert cli.main(argv) == 2
+    assert "classified by different models or model versions" in capsys.readouterr().err
+    assert cli.main([*argv, "--allow-mixed-models"]) == 0
+    err = capsys.readouterr().err
+    assert "Mixed models, allowed:" in err and "different pixel sizes" in err and "6 mice in 3 groups" in err

@@ -1,13 +1,14 @@
 """Comparing batches across groups of mice (ages or any metadata field): tables, tests, figures, workbook.
 
-The unit of replication is the mouse (one batch per mouse and population): per-mouse fractions are
-compared; pooled cells appear only as a secondary view. Every number is reproducible from the workbook:
-``per_mouse`` holds the counts each test starts from.
+The unit of replication is the mouse: the batches of one mouse id are pooled into one mouse before any
+per-mouse figure or test (lsm_core.reports.stats.per_mouse), a batch without a mouse id counts as a mouse of
+its own; per-mouse fractions are compared; pooled cells appear only as a secondary view. Every number is
+reproducible from the workbook: ``per_mouse`` holds the counts each test starts from.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -64,11 +65,21 @@ class Comparison:
     trends: dict
     bins: list[AgeBin] | None
     excluded: int = 0  # cells of these batches that reviewers marked as not cells: counted nowhere here
+    warnings: list[str] = field(default_factory=list)  # mixed models (when allowed), pixel sizes, channels
 
 
 def build(
-    s: Session, batch_ids: list[int], by: str = "age", bins: list[AgeBin] | None = None, threshold: float = 0.0
+    s: Session,
+    batch_ids: list[int],
+    by: str = "age",
+    bins: list[AgeBin] | None = None,
+    threshold: float = 0.0,
+    allow_mixed_models: bool = False,
 ) -> Comparison:
+    """The comparison of ``batch_ids`` grouped ``by`` a field (age: in ``bins``), at a score threshold.
+    Batches classified by different models or model versions are refused unless ``allow_mixed_models``
+    (then each mouse's model is in every table, and a warning says so); images read at different pixel sizes
+    or from different channels are named in ``warnings``."""
     if not batch_ids:
         raise LsmError("choose at least two batches to compare")
     if by not in GROUP_FIELDS:
@@ -89,6 +100,8 @@ def build(
     missing = set(batch_ids) - {b.id for b in listed}
     if missing:
         raise LsmError(f"no batch {', '.join(map(str, sorted(missing)))}")
+    warnings = _mixed(s, listed, allow_mixed_models)
+    _no_images_twice(s, listed)
     counts = queries.class_counts(s, batch_ids, threshold)
     table = per_mouse(listed, counts, classes)
     if by == "age":
@@ -117,7 +130,87 @@ def build(
         {k: trend(table, k) for k in classes},
         bins,
         sum(queries.excluded_counts(s, batch_ids).values()),
+        warnings,
     )
+
+
+def batches_of(table: pd.DataFrame) -> dict[int, object]:
+    """Every batch of a per-mouse table (a unit pools the batches of one mouse: its ``batches``) -> its unit's
+    group (None when it is in none)."""
+    out: dict[int, object] = {}
+    for listed, group in zip(table["batches"], table["group"] if "group" in table else [None] * len(table)):
+        for b in str(listed).split(","):
+            out[int(b)] = group
+    return out
+
+
+def _listing(by_value: dict, unit: str = "") -> str:
+    return "; ".join(f"{value}{unit}: batch(es) {', '.join(map(str, sorted(ids)))}" for value, ids in by_value.items())
+
+
+def _mixed(s: Session, listed: list[queries.BatchRow], allow_models: bool) -> list[str]:
+    """What the batches do not share: their models (refused unless allowed), the pixel sizes and the channels
+    their images were read at (said)."""
+    from db.schema import Image
+
+    warnings = []
+    models: dict[str, list[int]] = {}
+    for b in listed:
+        models.setdefault(b.model, []).append(b.id)
+    if len(models) > 1:
+        said = _listing(models)
+        if not allow_models:
+            raise LsmError(
+                f"these batches were classified by different models or model versions ({said}): their numbers "
+                "are not comparable. Re-run them with one model, or allow mixed models (each mouse's model is "
+                "then named in every table)"
+            )
+        warnings.append(f"Mixed models, allowed: {said}. Each mouse's model is in the per-mouse table.")
+    sizes: dict[object, set[int]] = {}
+    channels: dict[object, set[int]] = {}
+    for batch_id, size, channel in s.execute(
+        select(Image.batch_id, Image.pixel_size_um, Image.channel)
+        .where(Image.batch_id.in_([b.id for b in listed]), Image.done.is_(True), Image.error.is_(None))
+        .distinct()
+    ):
+        if size is not None:
+            sizes.setdefault(f"{size:g}", set()).add(batch_id)
+        channels.setdefault(channel or "(the only one)", set()).add(batch_id)
+    if len(sizes) > 1:
+        warnings.append(f"Cells were found at different pixel sizes: {_listing(sizes, ' µm/px')}.")
+    if len(channels) > 1:
+        warnings.append(f"Cells were read from different channels: {_listing(channels)}.")
+    return warnings
+
+
+def _no_images_twice(s: Session, listed: list[queries.BatchRow]) -> None:
+    """LsmError when two batches of one mouse hold the same images (a re-run): pooled, that mouse's cells would
+    count twice."""
+    from db.schema import Image
+
+    mice: dict[str, list[int]] = {}
+    for row in listed:
+        if mouse := (row.mouse_id or "").strip():
+            mice.setdefault(mouse, []).append(row.id)
+    pooled = {m: ids for m, ids in mice.items() if len(ids) > 1}
+    if not pooled:
+        return
+    held: dict[int, set[tuple[str | None, int]]] = {}
+    ids = [i for group in pooled.values() for i in group]
+    for batch_id, sha, page in s.execute(
+        select(Image.batch_id, Image.sha256, Image.page).where(Image.batch_id.in_(ids), Image.sha256.is_not(None))
+    ):
+        held.setdefault(batch_id, set()).add((sha, page))
+    for mouse, unsorted in pooled.items():
+        group = sorted(unsorted)
+        for i, a in enumerate(group):
+            for b in group[i + 1 :]:
+                same = held.get(a, set()) & held.get(b, set())
+                if same:
+                    raise LsmError(
+                        f"batches {a} and {b} of mouse {mouse} hold the same {len(same)} image(s) (a re-run?): "
+                        "pooled into one mouse its cells would count twice; choose one of them"
+                    )
 
 
 def per_mouse_figure(c: Comparison) -> go.Figure:
@@ -176,8 +269,8 @@ def per_mouse_figure(c: Comparison) -> go.Figure:
 def score_figure(s: Session, c: Comparison, max_cells: int = 50_000) -> go.Figure:
     """Score distributions of the cells of each group (box plots; a random subset above ``max_cells``)."""
     data = c.table.dropna(subset=["group"])
-    group_of = dict(zip(data["batch"], data["group"]))
-    batch, score = _scores(s, [int(b) for b in group_of])
+    group_of = batches_of(data)
+    batch, score = _scores(s, list(group_of))
     if len(score) > max_cells:
         keep = np.random.default_rng(0).choice(len(score), max_cells, replace=False)
         batch, score = batch[keep], score[keep]
@@ -269,5 +362,5 @@ def workbook(s: Session, c: Comparison) -> bytes:
         ]
     )
     _sheet(book, "tests", pd.concat([tests, pooled], ignore_index=True))
-    add_sheet(book, "cells", *batch_rows(s, [int(b) for b in c.table["batch"]]))
+    add_sheet(book, "cells", *batch_rows(s, list(batches_of(c.table))))
     return workbook_bytes(book)

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import stats as sps
 
+from lsm_core.errors import LsmError
+
 PAPER_THRESHOLDS = (0.34, 0.5, 0.7, 0.9)
 
 if TYPE_CHECKING:
@@ -126,31 +128,67 @@ def age_group(age_days: float | None, bins: list[AgeBin]) -> str | None:
     return None
 
 
+UNIT_MOUSE = "mouse"
+UNIT_BATCH = "batch without a mouse id"  # counted as a mouse of its own: said in every table
+
+
+def _agreed(group: Sequence[BatchRow], field: str, what: str):
+    """The one value of ``field`` the batches of one mouse give (None: none gives any); LsmError naming the
+    batches when they disagree."""
+    values = {getattr(b, field) for b in group if getattr(b, field) not in (None, "")}
+    if len(values) <= 1:
+        return values.pop() if values else None
+    ids = [str(b.id) for b in group]
+    said = "; ".join(f"batch {b.id}: {getattr(b, field) if getattr(b, field) is not None else '(none)'}" for b in group)
+    raise LsmError(
+        f"batches {', '.join(ids[:-1])} and {ids[-1]} of mouse {str(group[0].mouse_id).strip()} disagree on its "
+        f"{what} ({said}): correct them on the History page, or give them different mouse ids"
+    )
+
+
+def _joined(group: Sequence[BatchRow], field: str) -> str | None:
+    return ", ".join(dict.fromkeys(str(v) for b in group if (v := getattr(b, field)) not in (None, ""))) or None
+
+
 def per_mouse(batches: Sequence[BatchRow], counts: dict[int, dict[str, int]], classes: list[str]) -> pd.DataFrame:
-    """One row per batch (= mouse): its metadata, cells per class, total, fraction per class and its 95% Wilson
-    interval (the uncertainty of one mouse's composition from its number of cells). ``batches`` are
+    """One row per mouse, the unit of every per-mouse figure and test: the batches that share a mouse id
+    (spaces trimmed: several sessions, or several sorted populations, of one mouse) are pooled, their cells
+    per class summed and their ids listed (``batches``, ``n_batches``); a batch without a mouse id is a unit
+    of its own (``unit`` says so). Then its metadata, total, fraction per class and its 95% Wilson interval
+    (the uncertainty of one mouse's composition from its number of cells). ``batch`` is the unit's first
+    batch. LsmError when the batches of one mouse disagree on its age, sex or strain. ``batches`` are
     :class:`db.queries.BatchRow` (or anything with their attributes)."""
-    rows = []
+    units: dict[str, list[BatchRow]] = {}
     for b in batches:
-        c = counts.get(b.id, {})
-        total = sum(int(c.get(k, 0)) for k in classes)
+        mouse = (b.mouse_id or "").strip()
+        units.setdefault(f"mouse {mouse}" if mouse else f"batch {b.id}", []).append(b)
+    rows = []
+    for unit in units.values():
+        group = sorted(unit, key=lambda b: b.id)
+        first = group[0]
+        mouse_id: str | None = (first.mouse_id or "").strip() or None
+        c = {k: sum(int(counts.get(b.id, {}).get(k, 0)) for b in group) for k in classes}
+        total = sum(c.values())
         row = {
-            "batch": b.id,
-            "batch_name": b.name,
-            "owner": b.owner,
-            "mouse_id": b.mouse_id,
-            "age_days": b.age_days,
-            "sex": b.sex,
-            "strain": b.strain,
-            "gate": b.gate,
-            "imaging_date": b.imaging_date,
-            "model": b.model,
+            "mouse_id": mouse_id,
+            "unit": UNIT_MOUSE if mouse_id else UNIT_BATCH,
+            "batches": ", ".join(str(b.id) for b in group),
+            "n_batches": len(group),
+            "batch": first.id,
+            "batch_name": _joined(group, "name"),
+            "owner": _joined(group, "owner"),
+            "age_days": _agreed(group, "age_days", "age"),
+            "sex": _agreed(group, "sex", "sex"),
+            "strain": _agreed(group, "strain", "strain"),
+            "gate": _joined(group, "gate"),
+            "imaging_date": _joined(group, "imaging_date"),
+            "model": _joined(group, "model"),
             "cells": total,
         }
         for k in classes:
-            row[f"n_{k}"] = int(c.get(k, 0))
+            row[f"n_{k}"] = c[k]
         for k in classes:
-            row[f"fraction_{k}"] = c.get(k, 0) / total if total else np.nan
+            row[f"fraction_{k}"] = c[k] / total if total else np.nan
         rows.append(row)
     table = pd.DataFrame(rows)
     if not rows:
