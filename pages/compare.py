@@ -127,9 +127,14 @@ if alone:
 st.subheader("Per mouse")
 st.plotly_chart(compare.per_mouse_figure(result), width="stretch", key="cmp_mice")
 st.subheader("Tests (mouse as the unit)")
+limit = compare.design_limit(result)
+if limit:
+    st.warning(escape_markdown(limit))
 shown = result.tests.copy()
-for col in ("statistic", "p_value", "p_holm", "effect_size"):
+for col in ("statistic", "p_value", "p_holm", "effect_size", "smallest_p"):
     shown[col] = shown[col].map(lambda v: f"{v:.3g}" if pd.notna(v) else "")
+for col in ("difference", "diff_ci95_low", "diff_ci95_high"):  # of per-mouse fractions: percentage points
+    shown[col] = shown[col].map(lambda v: f"{100 * v:+.1f} pp" if pd.notna(v) else "")
 st.dataframe(shown, hide_index=True, width="stretch")
 with st.expander("Group summaries"):
     st.dataframe(result.groups.round(4), hide_index=True, width="stretch")

@@ -351,3 +351,29 @@ def test_mixed_models_are_refused_unless_allowed_and_mixed_pixel_sizes_and_chann
     assert cli.main([*argv, "--allow-mixed-models"]) == 0
     err = capsys.readouterr().err
     assert "Mixed models, allowed:" in err and "different pixel sizes" in err and "6 mice in 3 groups" in err
+
+
+def test_the_smallest_p_a_design_can_give_is_said_before_the_test():
+    """Issue #18 item 3: 3 vs 3 mice cannot reach p < 0.05 with Mann-Whitney (smallest two-sided p 0.1); the
+    comparison says so and gives the difference of the means with its 95% interval."""
+    from types import SimpleNamespace as NS
+
+    from lsm_core.reports import compare
+
+    assert stats.smallest_p([3, 3]) == pytest.approx(0.1)
+    assert stats.smallest_p([4, 5]) == pytest.approx(2 / 126)  # 2 / C(9, 4)
+    assert stats.smallest_p([2, 2, 2]) > 0.05 and stats.smallest_p([6, 6, 6]) < 0.001
+    few = table_from({"young": FIXED["young"][:3], "aged": FIXED["aged"][:3]})
+    res = stats.compare_groups(few, CLASSES)
+    lt = res[res["class"] == "LT-HSC"].iloc[0]
+    assert lt["smallest_p"] == pytest.approx(0.1) and lt["p_value"] >= 0.1
+    a = few.loc[few.group == "young", "fraction_LT-HSC"].to_numpy()
+    b = few.loc[few.group == "aged", "fraction_LT-HSC"].to_numpy()
+    welch = sps.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert lt["difference"] == pytest.approx(a.mean() - b.mean())
+    assert (lt["diff_ci95_low"], lt["diff_ci95_high"]) == (pytest.approx(welch.low), pytest.approx(welch.high))
+    said = compare.design_limit(NS(tests=res, table=few))
+    assert said is not None and "With 3 (young) and 3 (aged) mice, the smallest p a Mann-Whitney test can give" in said
+    assert "0.1" in said and "difference of the mean fractions and its 95% interval" in said
+    enough = stats.compare_groups(table_from(FIXED), CLASSES)
+    assert compare.design_limit(NS(tests=enough, table=table_from(FIXED))) is None

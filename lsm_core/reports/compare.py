@@ -213,6 +213,27 @@ def _no_images_twice(s: Session, listed: list[queries.BatchRow]) -> None:
                     )
 
 
+def design_limit(c: Comparison) -> str | None:
+    """A plain sentence when these numbers of mice cannot reach p < 0.05 whatever their cells show (the
+    smallest p their test can give is above it), pointing at the effect size and its interval; else None."""
+    tests = c.tests.dropna(subset=["smallest_p"])
+    if tests.empty or float(tests["smallest_p"].min()) <= 0.05:
+        return None
+    sizes = c.table.dropna(subset=["group"]).groupby("group", sort=False).size()
+    mice = " and ".join(f"{n} ({g})" for g, n in sizes.items())
+    test = "Mann-Whitney" if len(sizes) == 2 else "Kruskal-Wallis"
+    read = (
+        "the difference of the mean fractions and its 95% interval"
+        if len(sizes) == 2
+        else "the group means and their intervals (Group summaries)"
+    )
+    return (
+        f"With {mice} mice, the smallest p a {test} test can give is {float(tests['smallest_p'].min()):.2g}: no "
+        f"difference can reach p < 0.05 with these mice, however clear it is. Read {read} instead of the p-values, "
+        "or add mice."
+    )
+
+
 def per_mouse_figure(c: Comparison) -> go.Figure:
     """Per-mouse fraction of each class as points, with each group's mean and 95% interval."""
     fig = go.Figure()

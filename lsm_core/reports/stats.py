@@ -246,12 +246,53 @@ def holm(pvalues: list[float]) -> list[float]:
     return adjusted.tolist()
 
 
+def smallest_p(sizes: Sequence[int]) -> float:
+    """The smallest p-value the test :func:`compare_groups` runs can give groups of these numbers of mice: the
+    p of groups whose values do not overlap at all (the most extreme data there can be), computed by the same
+    scipy call (Mann-Whitney U for two groups, exact for small ones: 2 / C(n1 + n2, n1); Kruskal-Wallis H for
+    more, over every order of the groups). Above 0.05, no difference can reach p < 0.05 with these mice."""
+    from itertools import permutations
+
+    sizes = [int(n) for n in sizes if n > 0]
+    if len(sizes) < 2:
+        return float("nan")
+    best = 1.0
+    for order in permutations(range(len(sizes))) if len(sizes) <= 6 else [tuple(range(len(sizes)))]:
+        start, parts = 0, [np.empty(0)] * len(sizes)
+        for i in order:
+            parts[i] = np.arange(start, start + sizes[i], dtype=float)
+            start += sizes[i]
+        if len(sizes) == 2:
+            p = sps.mannwhitneyu(parts[0], parts[1], alternative="two-sided").pvalue
+        else:
+            p = sps.kruskal(*parts).pvalue
+        best = min(best, float(p))
+        if len(sizes) == 2:
+            break  # both orders give the same two-sided p
+    return best
+
+
+def mean_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+    """The difference of two groups' mean per-mouse fractions and its 95% Welch interval (NaN: too few mice)."""
+    if len(a) < 2 or len(b) < 2:
+        return float(a.mean() - b.mean()) if len(a) and len(b) else np.nan, np.nan, np.nan
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    diff, se = float(a.mean() - b.mean()), float(np.sqrt(va + vb))
+    if se == 0:
+        return diff, diff, diff
+    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = float(sps.t.ppf(0.975, dof)) * se
+    return diff, diff - half, diff + half
+
+
 def compare_groups(table: pd.DataFrame, classes: list[str], group: str = "group") -> pd.DataFrame:
     """Per class, per-mouse fractions compared between groups (the mouse is the unit).
 
     Two groups: Mann-Whitney U of the first group (two-sided), effect size rank-biserial r = 2U/(n1 n2) - 1
-    (positive when the first group's fractions tend to be higher). More groups: Kruskal-Wallis H, effect
-    size epsilon-squared = H / (n - 1). Holm correction across classes.
+    (positive when the first group's fractions tend to be higher), and the difference of the mean fractions
+    with its 95% Welch interval. More groups: Kruskal-Wallis H, effect size epsilon-squared = H / (n - 1).
+    Holm correction across classes. ``smallest_p``: the smallest p these numbers of mice can give
+    (:func:`smallest_p`); above 0.05 the design cannot reach significance, whatever the cells say.
     """
     data = table.dropna(subset=[group])
     groups = list(dict.fromkeys(data[group]))
@@ -260,6 +301,8 @@ def compare_groups(table: pd.DataFrame, classes: list[str], group: str = "group"
         samples = [data.loc[data[group] == g, f"fraction_{k}"].dropna().to_numpy(float) for g in groups]
         usable = [x for x in samples if len(x)]
         row = {"class": k, "groups": " vs ".join(map(str, groups)), "mice": int(sum(len(x) for x in samples))}
+        row.update(smallest_p=smallest_p([len(x) for x in samples]), difference=np.nan, diff_ci95_low=np.nan)
+        row["diff_ci95_high"] = np.nan
         if len(usable) < 2 or len(usable) != len(samples):
             row.update(
                 test="not enough groups with mice",
@@ -271,6 +314,7 @@ def compare_groups(table: pd.DataFrame, classes: list[str], group: str = "group"
         elif len(samples) == 2:
             a, b = samples
             res = sps.mannwhitneyu(a, b, alternative="two-sided")
+            row["difference"], row["diff_ci95_low"], row["diff_ci95_high"] = mean_difference(a, b)
             row.update(
                 test="Mann-Whitney U (two-sided)",
                 statistic=float(res.statistic),
@@ -291,7 +335,8 @@ def compare_groups(table: pd.DataFrame, classes: list[str], group: str = "group"
         rows.append(row)
     out = pd.DataFrame(rows)
     out["p_holm"] = holm(out["p_value"].tolist())
-    return out[["class", "test", "groups", "mice", "statistic", "p_value", "p_holm", "effect_size", "effect_size_name"]]
+    first = ["class", "test", "groups", "mice", "statistic", "p_value", "p_holm", "effect_size", "effect_size_name"]
+    return out[[*first, "smallest_p", "difference", "diff_ci95_low", "diff_ci95_high"]]
 
 
 def pooled_chi_square(table: pd.DataFrame, classes: list[str], group: str = "group") -> dict:
