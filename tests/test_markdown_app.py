@@ -204,7 +204,7 @@ def test_figures_show_user_text_as_text(hostile):
     with lab.begin() as s:
         for key in ("img", "plain"):
             s.get(Batch, ids[key]).strain = tag
-            s.get(Batch, ids[key]).mouse_id = tag
+            s.get(Batch, ids[key]).mouse_id = f"{tag} {key}"  # two mice (one mouse id would pool them into one)
     chosen = [ids["img"], ids["link"], ids["plain"]]
     with lab() as s:
         by_strain = compare.build(s, chosen, by="strain")

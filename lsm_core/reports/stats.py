@@ -139,7 +139,13 @@ def _agreed(group: Sequence[BatchRow], field: str, what: str):
     if len(values) <= 1:
         return values.pop() if values else None
     ids = [str(b.id) for b in group]
-    said = "; ".join(f"batch {b.id}: {getattr(b, field) if getattr(b, field) is not None else '(none)'}" for b in group)
+
+    def shown(value) -> str:
+        if value is None:
+            return "(none)"
+        return f"{value:g} days" if field == "age_days" else str(value)
+
+    said = "; ".join(f"batch {b.id}: {shown(getattr(b, field))}" for b in group)
     raise LsmError(
         f"batches {', '.join(ids[:-1])} and {ids[-1]} of mouse {str(group[0].mouse_id).strip()} disagree on its "
         f"{what} ({said}): correct them on the History page, or give them different mouse ids"
