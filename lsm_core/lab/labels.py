@@ -106,6 +106,23 @@ class _Builder:
         self.groups += [self.group(batch)] * len(cut)
         return len(cut)
 
+    def add_cells(self, s: Session, batch: Batch, cells) -> tuple[Counter[str], int]:
+        """Cut again and add ``cells`` of ``batch`` (each with ``image_id``, ``box`` and its class ``cls``),
+        image by image: the crops cut per class, and the cells left out because their image was unusable."""
+        by_image: dict[int, list] = {}
+        for cell in cells:
+            by_image.setdefault(cell.image_id, []).append(cell)
+        cut: Counter[str] = Counter()
+        unusable = 0
+        for image_id, group in by_image.items():
+            image = s.get(Image, image_id)
+            assert image is not None  # read in this session with its cells
+            if self.add(batch, image, [c.box for c in group], [self.classes.index(c.cls) for c in group]):
+                cut.update(c.cls for c in group)
+            else:
+                unusable += len(group)
+        return cut, unusable
+
     def data(self, provenance: dict[str, Any]) -> LabelledData:
         if not self.crops:
             raise LsmError("the chosen batches have no classified cells")
@@ -292,19 +309,9 @@ def from_gate(
         for g in gated:
             batch = s.get(Batch, g.batch_id)
             assert batch is not None  # gate_batches found it in this session
-            by_image: dict[int, list[GatedCell]] = {}
-            for cell in g.cells:
-                if cell.cls is not None:
-                    by_image.setdefault(cell.image_id, []).append(cell)
-            for image_id, cells in by_image.items():
-                image = s.get(Image, image_id)
-                assert image is not None
-                labels = [build.classes.index(c.cls) for c in cells if c.cls is not None]
-                n = build.add(batch, image, [c.box for c in cells], labels)
-                if n == 0:
-                    unusable += len(cells)
-                else:
-                    cut.update(c.cls for c in cells if c.cls is not None)
+            got, lost = build.add_cells(s, batch, [c for c in g.cells if c.cls is not None])
+            cut.update(got)
+            unusable += lost
     if not any(summary["counts"]["labelled"].values()):
         raise LsmError(_labels_nothing(gate, summary))
     summary["counts"]["labelled"] = {c: cut.get(c, 0) for c in gate.classes}
@@ -389,20 +396,14 @@ def from_reviews(lab: Lab, batch_ids: list[int], task: str, params: FindParams |
     build = _Builder(lab, task, params)
     with lab() as s:
         cells, summary = reviewed_cells(s, batch_ids, task)
-        by_image: dict[int, list[ReviewedCell]] = {}
-        for cell in cells:
-            by_image.setdefault(cell.image_id, []).append(cell)
         cut: Counter[str] = Counter()
         unusable = 0
-        for image_id, group in by_image.items():
-            image = s.get(Image, image_id)
-            batch = s.get(Batch, group[0].batch_id)
-            assert image is not None and batch is not None
-            n = build.add(batch, image, [c.box for c in group], [build.classes.index(c.cls) for c in group])
-            if n == 0:
-                unusable += len(group)
-            else:
-                cut.update(c.cls for c in group)
+        for batch_id in summary["batches"]:
+            batch = s.get(Batch, batch_id)
+            assert batch is not None  # reviewed_cells found it in this session
+            got, lost = build.add_cells(s, batch, [c for c in cells if c.batch_id == batch_id])
+            cut.update(got)
+            unusable += lost
     summary["cells"] = {c: cut.get(c, 0) for c in build.classes}
     summary["unusable"] = unusable
     return build.data(summary)

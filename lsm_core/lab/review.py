@@ -329,8 +329,9 @@ def agreement(s: Session, batch_ids: Iterable[int]) -> list[Agreement]:
     confusion counts over the cells they labelled (batches in the given order, reviewers by name)."""
     ids = list(batch_ids)
     labels = current_labels(s, ids)
-    predicted = dict(s.execute(select(Cell.id, Cell.predicted).where(Cell.id.in_(list(labels)))).all())
-    batch_of = dict(s.execute(select(Cell.id, Cell.batch_id).where(Cell.id.in_(list(labels)))).all())
+    cells = s.execute(select(Cell.id, Cell.predicted, Cell.batch_id).where(Cell.id.in_(list(labels)))).all()
+    predicted = {c.id: c.predicted for c in cells}
+    batch_of = {c.id: c.batch_id for c in cells}
     said: dict[tuple[int, str], list[tuple[str, str]]] = defaultdict(list)
     for cell_id, rows in labels.items():
         model = predicted[cell_id]
