@@ -496,6 +496,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         fh.write(data)
     for row in c.tests.itertuples(index=False):
         print(f"{row[0]}\t{row[1]}\tstatistic {row[4]:.4g}\tp {row[5]:.4g}\tHolm p {row[6]:.4g}\t{row[8]} {row[7]:.3g}")
+    for o in c.odds.itertuples(index=False):  # the model of cells within mice
+        said = f"odds ratio {o.odds_ratio:.3g} (95% CI {o.ci95_low:.3g}-{o.ci95_high:.3g})\tp {o.p_value:.4g}"
+        print(f"{o[0]}\t{o.term}\t{said if o.note == '' else o.note}")
     for warning in c.warnings:
         _log(warning)
     grouped = c.table.dropna(subset=["group"])

@@ -136,6 +136,21 @@ for col in ("statistic", "p_value", "p_holm", "effect_size", "smallest_p"):
 for col in ("difference", "diff_ci95_low", "diff_ci95_high"):  # of per-mouse fractions: percentage points
     shown[col] = shown[col].map(lambda v: f"{100 * v:+.1f} pp" if pd.notna(v) else "")
 st.dataframe(shown, hide_index=True, width="stretch")
+st.subheader("Model of cells within mice")
+st.caption(
+    "Each class's odds among a mouse's cells, "
+    + ("by age group and by age in months" if by == "age" else f"by {by}")
+    + ", with sex as a covariate where every mouse has one: a binomial GLM whose errors are robust to the "
+    "cells of one mouse being alike (cluster-robust by mouse, small-sample corrected). An odds ratio above 1: "
+    "that class is more common in the named group (or with each month of age)."
+)
+if result.odds.empty:
+    st.info("Too few groups or ages with mice for the model.")
+else:
+    odds = result.odds.copy()
+    for col in ("odds_ratio", "ci95_low", "ci95_high", "p_value", "p_holm"):
+        odds[col] = odds[col].map(lambda v: f"{v:.3g}" if pd.notna(v) else "")
+    st.dataframe(odds.drop(columns=["model"]), hide_index=True, width="stretch")
 with st.expander("Group summaries"):
     st.dataframe(result.groups.round(4), hide_index=True, width="stretch")
 with st.expander("Secondary view: all cells pooled (pseudo-replication)"):

@@ -189,6 +189,9 @@ def test_compare_page_with_six_batches_from_three_ages(app_env):
     assert "Tests (mouse as the unit)" in [h.value for h in at.subheader]
     tests = at.dataframe[0].value
     assert list(tests["class"]) == ["LT-HSC", "ST-HSC", "MPP"] and set(tests["test"]) == {"Kruskal-Wallis H"}
+    assert "Model of cells within mice" in [h.value for h in at.subheader]
+    odds = at.dataframe[1].value
+    assert set(odds["term"]) == {"middle vs young", "aged vs young", "per month of age"} and len(odds) == 9
     downloads = [d.proto.label for d in at.get("download_button")]
     assert "Download comparison xlsx" in downloads
     next(w for w in at.text_input if w.label.startswith("Age groups")).set_value("young 8 weeks")

@@ -179,7 +179,7 @@ def test_build_and_workbook_from_the_database(history):
     assert list(c.table["group"]) == ["young", "young", "middle", "middle", "aged", "aged"]
     assert c.tests.iloc[0]["test"] == "Kruskal-Wallis H"
     book = openpyxl.load_workbook(io.BytesIO(data))
-    assert book.sheetnames == ["per_mouse", "groups", "tests", "cells"]
+    assert book.sheetnames == ["per_mouse", "groups", "tests", "odds_model", "cells"]
     per_mouse = pd.DataFrame(
         list(book["per_mouse"].iter_rows(min_row=2, values_only=True)), columns=[c.value for c in book["per_mouse"][1]]
     )
@@ -190,6 +190,14 @@ def test_build_and_workbook_from_the_database(history):
     assert tests[0][0] == "LT-HSC" and tests[0][5] == pytest.approx(sps.kruskal(*samples).pvalue)
     assert "pseudo-replication" in tests[-1][1]
     assert book["cells"].max_row == 1 + 240
+    # the model of cells within mice (issue #18 item 4): each older group against the youngest, and age in months
+    odds = pd.DataFrame(list(book["odds_model"].iter_rows(min_row=2, values_only=True)), columns=stats.ODDS_COLUMNS)
+    lt = odds[odds["class"] == "LT-HSC"].set_index("term")
+    assert list(lt.index) == ["middle vs young", "aged vs young", "per month of age"]
+    assert lt.loc["aged vs young", "odds_ratio"] < lt.loc["middle vs young", "odds_ratio"] < 1  # LT-HSC fall
+    assert (lt["ci95_low"] < lt["odds_ratio"]).all() and (lt["odds_ratio"] < lt["ci95_high"]).all()
+    assert lt.loc["aged vs young", "odds_ratio"] < 0.5 and lt.loc["per month of age", "odds_ratio"] < 1
+    assert (odds["mice"] == 6).all() and (odds["covariates"] == "none").all()  # every mouse is female
     with lab() as s:
         by_sex = compare.build(s, ids, by="sex")
     assert list(by_sex.groups["group"].unique()) == ["F"]
@@ -224,7 +232,8 @@ def test_command_line_compare_writes_the_workbook(history, db_url, data_dir, tmp
     )
     assert proc.returncode == 0, proc.stderr
     assert "6 mice in 3 groups" in proc.stderr and "Kruskal-Wallis" in proc.stdout
-    assert openpyxl.load_workbook(out).sheetnames == ["per_mouse", "groups", "tests", "cells"]
+    assert "LT-HSC\taged vs young\todds ratio" in proc.stdout
+    assert openpyxl.load_workbook(out).sheetnames == ["per_mouse", "groups", "tests", "odds_model", "cells"]
 
 
 def _batch(i, mouse, age=70.0, sex="F", strain="B6", gate=None, model="m v1"):

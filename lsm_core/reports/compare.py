@@ -28,6 +28,7 @@ from lsm_core.reports.stats import (
     age_group,
     compare_groups,
     group_summary,
+    odds_model,
     per_mouse,
     pooled_chi_square,
     trend,
@@ -66,6 +67,7 @@ class Comparison:
     bins: list[AgeBin] | None
     excluded: int = 0  # cells of these batches that reviewers marked as not cells: counted nowhere here
     warnings: list[str] = field(default_factory=list)  # mixed models (when allowed), pixel sizes, channels
+    odds: pd.DataFrame = field(default_factory=pd.DataFrame)  # the model of cells within mice (stats.odds_model)
 
 
 def build(
@@ -118,6 +120,9 @@ def build(
     grouped = table.dropna(subset=["group"])
     summary = group_summary(grouped, classes)
     tests = compare_groups(grouped, classes)
+    odds = odds_model(grouped, classes)
+    if by == "age":  # and age in months as a continuous covariate, over every mouse of known age
+        odds = pd.concat([odds, odds_model(table, classes, term="age")], ignore_index=True)
     return Comparison(
         classes,
         tasks.pop(),
@@ -131,6 +136,7 @@ def build(
         bins,
         sum(queries.excluded_counts(s, batch_ids).values()),
         warnings,
+        odds,
     )
 
 
@@ -362,7 +368,8 @@ def _sheet(book: Workbook, name: str, frame: pd.DataFrame) -> None:
 
 
 def workbook(s: Session, c: Comparison) -> bytes:
-    """Sheets per_mouse, groups, tests (with the pooled-cell test and its note last) and cells."""
+    """Sheets per_mouse, groups, tests (with the pooled-cell test and its note last), odds_model (the model of
+    cells within mice) and cells."""
     book = Workbook(write_only=True)
     _sheet(book, "per_mouse", c.table)
     _sheet(book, "groups", c.groups)
@@ -383,5 +390,6 @@ def workbook(s: Session, c: Comparison) -> bytes:
         ]
     )
     _sheet(book, "tests", pd.concat([tests, pooled], ignore_index=True))
+    _sheet(book, "odds_model", c.odds)
     add_sheet(book, "cells", *batch_rows(s, list(batches_of(c.table))))
     return workbook_bytes(book)

@@ -382,3 +382,156 @@ def trend(table: pd.DataFrame, cls: str) -> dict | None:
         "p_value": float(res.pvalue),
         "mice": int(len(data)),
     }
+
+
+# --- a model of cells within mice ----------------------------------------------------------------------
+ODDS_MODEL = "binomial GLM (logit), cluster-robust (CR2) standard errors by mouse, t on mice - coefficients df"
+
+
+def cluster_robust_se(x: np.ndarray, k: np.ndarray, n: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Standard errors of a binomial logit GLM's coefficients, robust to any correlation of the cells within a
+    mouse: one row of ``x`` per mouse (``k`` of its ``n`` cells; fitted probability ``p``), the sandwich
+    (X'WX)^-1 X' diag(u^2) X (X'WX)^-1 of each mouse's score u = k - n p, with Bell and McCaffrey's (2002)
+    CR2 small-sample adjustment (u / sqrt(1 - h), h the mouse's leverage), which the plain sandwich lacks: in
+    simulation (tests/test_odds_model.py) its 95% intervals cover 94-95% at 12 vs 12 mice where the plain one
+    covers 91-94%, and its false-positive rate is 6-7% at 4 vs 4 mice."""
+    w = n * p * (1 - p)
+    bread = np.linalg.inv(x.T @ (x * w[:, None]))
+    root = x * np.sqrt(w)[:, None]
+    leverage = np.einsum("ij,jk,ik->i", root, bread, root)
+    u = (k - n * p) / np.sqrt(np.clip(1 - leverage, 1e-9, None))
+    meat = (x * u[:, None]).T @ (x * u[:, None])
+    return np.sqrt(np.diag(bread @ meat @ bread))
+
+
+ODDS_COLUMNS = [
+    "class",
+    "model",
+    "term",
+    "odds_ratio",
+    "ci95_low",
+    "ci95_high",
+    "p_value",
+    "p_holm",
+    "mice",
+    "cells",
+    "covariates",
+    "note",
+]
+
+
+def _odds_rows(
+    cls: str, data: pd.DataFrame, x: np.ndarray, names: list[str], levels: dict[str, np.ndarray], covariates: str
+) -> list[dict]:
+    """Fit one class's model (columns ``x`` named ``names``, an intercept added); a row per coefficient.
+    ``levels``: each level of a factor (a group, a sex) -> its mice, whose cells must hold both outcomes."""
+    import warnings
+
+    import statsmodels.api as sm
+
+    k = data[f"n_{cls}"].to_numpy(float)
+    n = data["cells"].to_numpy(float)
+    base = {"class": cls, "model": ODDS_MODEL, "mice": len(data), "cells": int(n.sum()), "covariates": covariates}
+    blank = {"odds_ratio": np.nan, "ci95_low": np.nan, "ci95_high": np.nan, "p_value": np.nan}
+
+    def refused(note: str) -> list[dict]:
+        return [{**base, **blank, "term": name, "note": note} for name in names]
+
+    if len(data) <= x.shape[1]:
+        return refused(f"{len(data)} mice cannot fit {x.shape[1]} coefficients: add mice")
+    if np.linalg.matrix_rank(np.column_stack([np.ones(len(x)), x])) < x.shape[1] + 1:
+        return refused("the covariates are confounded with the term (e.g. every aged mouse is male): not separable")
+    if k.sum() == 0 or k.sum() == n.sum():
+        return refused(f"{'no' if k.sum() == 0 else 'every'} cell is {cls}: no odds to compare")
+    for level, mice in levels.items():  # a level whose mice have none, or only, of this class: infinite odds
+        hit = k[mice].sum()
+        if hit == 0 or hit == n[mice].sum():
+            said = "no" if hit == 0 else "only"
+            return refused(f"the mice of {level} have {said} {cls} cells: the odds ratio is not finite")
+    design = sm.add_constant(x, has_constant="add")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # statsmodels' convergence chatter: the fit is judged below
+        try:
+            fit = sm.GLM(np.column_stack([k, n - k]), design, family=sm.families.Binomial()).fit()
+            se = cluster_robust_se(design, k, n, np.asarray(fit.predict(design)))
+        except (ValueError, np.linalg.LinAlgError) as exc:
+            return refused(f"the model could not be fitted: {exc}")
+    params = np.asarray(fit.params)
+    dof = len(data) - design.shape[1]
+    half = sps.t.ppf(0.975, dof) * se
+    ci = np.column_stack([params - half, params + half])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = 2 * sps.t.sf(np.abs(params / se), dof)
+    rows = []
+    for i, name in enumerate(names):
+        j = i + 1  # after the intercept
+        finite = np.isfinite(ci[j]).all() and abs(params[j]) < 30
+        rows.append(
+            {
+                **base,
+                "term": name,
+                "odds_ratio": float(np.exp(params[j])) if finite else np.nan,
+                "ci95_low": float(np.exp(ci[j, 0])) if finite else np.nan,
+                "ci95_high": float(np.exp(ci[j, 1])) if finite else np.nan,
+                "p_value": float(p[j]) if finite else np.nan,
+                "note": "" if finite else "the fit did not settle (separation): not reported",
+            }
+        )
+    return rows
+
+
+def odds_model(
+    table: pd.DataFrame, classes: list[str], term: str = "group", group: str = "group", sex: bool = True
+) -> pd.DataFrame:
+    """The odds of each class among a mouse's cells, modelled over the cells of every mouse: a binomial GLM of
+    the per-mouse counts (``n_<class>`` of ``cells``) with cluster-robust (sandwich) standard errors by mouse,
+    so that the cells of one mouse are not counted as independent: its spread between mice widens the
+    interval as the per-mouse tests would. Each row of ``table`` is one mouse (:func:`per_mouse`).
+
+    ``term``: ``group`` (each group against the first: an odds ratio per other group) or ``age`` (age in
+    months, continuous: the odds ratio per month). ``sex``: sex as a covariate where the mice have two sexes
+    and every one of them has its sex (otherwise left out, and ``covariates`` says so). Odds ratios with 95%
+    intervals (t with mice - 1 degrees of freedom: few mice, wide intervals) and p-values; ``p_holm``: Holm's
+    correction of the term's p-values across classes. A class, level or design the data cannot estimate gets
+    NaN and a ``note`` saying why. Columns: :data:`ODDS_COLUMNS`.
+    """
+    data = table[table["cells"] > 0]
+    if term == "group":
+        data = data.dropna(subset=[group])
+        levels = list(dict.fromkeys(data[group]))
+        if len(levels) < 2:
+            return pd.DataFrame(columns=ODDS_COLUMNS)
+        x = np.column_stack([(data[group] == g).to_numpy(float) for g in levels[1:]])
+        names = [f"{g} vs {levels[0]}" for g in levels[1:]]
+        factor_levels = {str(g): (data[group] == g).to_numpy() for g in levels}
+    elif term == "age":
+        data = data.dropna(subset=["age_days"])
+        if data["age_days"].nunique() < 2:
+            return pd.DataFrame(columns=ODDS_COLUMNS)
+        x = (data["age_days"].to_numpy(float) / DAYS_PER_MONTH)[:, None]
+        names = ["per month of age"]
+        factor_levels = {}
+    else:
+        raise ValueError(term)
+    terms = list(names)
+    covariates = "none"
+    if sex and not (term == "group" and group == "sex"):
+        sexes = data["sex"].map(lambda v: str(v).strip() if pd.notna(v) and str(v).strip() else None)
+        known = sexes.dropna()
+        if known.nunique() >= 2 and len(known) == len(data):
+            levels = sorted(known.unique())
+            x = np.column_stack([x, *[(sexes == v).to_numpy(float) for v in levels[1:]]])
+            names = [*names, *[f"sex {v} vs {levels[0]}" for v in levels[1:]]]
+            factor_levels |= {f"sex {v}": (sexes == v).to_numpy() for v in levels}
+            covariates = "sex"
+        elif known.nunique() >= 2:
+            covariates = f"none (sex left out: {len(data) - len(known)} of the mice have no sex recorded)"
+    rows = []
+    for cls in classes:
+        rows += _odds_rows(cls, data, x, names, factor_levels, covariates)
+    out = pd.DataFrame(rows)
+    out["p_holm"] = np.nan
+    for name in terms:  # each term of interest corrected across the classes
+        at = out["term"] == name
+        out.loc[at, "p_holm"] = holm(out.loc[at, "p_value"].tolist())
+    return out[ODDS_COLUMNS]
