@@ -492,6 +492,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         mixed = args.allow_mixed_models
         c = compare.build(s, args.batch_ids, by=args.by, bins=bins, threshold=args.threshold, allow_mixed_models=mixed)
         data = compare.workbook(s, c)
+        if args.methods:
+            from lsm_core.reports.methods import methods_text
+
+            with open(args.methods, "w", encoding="utf-8") as fh:
+                fh.write(methods_text(s, c))
     with open(args.out, "wb") as fh:
         fh.write(data)
     for row in c.tests.itertuples(index=False):
@@ -787,6 +792,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bins", default="young:<26w, aged:>=18m", help="age bins, e.g. 'young:8w-12w, aged:>=18m'")
     p.add_argument("--threshold", type=float, default=0.0, help="count only cells whose score reaches this")
     p.add_argument("--out", required=True, help="FILE.xlsx")
+    p.add_argument("--methods", default=None, help="FILE.txt: also write the methods text (the workbook has it too)")
     p.add_argument(
         "--allow-mixed-models",
         action="store_true",

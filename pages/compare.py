@@ -177,6 +177,13 @@ def workbook() -> bytes:
         return compare.workbook(s, result)
 
 
+def methods() -> bytes:
+    from lsm_core.reports.methods import methods_text
+
+    with lab() as s:
+        return methods_text(s, result).encode("utf-8")
+
+
 c = st.columns(2)
 c[0].download_button(
     "Download comparison xlsx",
@@ -186,21 +193,31 @@ c[0].download_button(
     on_click="ignore",
 )
 c[1].download_button(
+    "Download methods text",
+    methods,
+    file_name="methods.txt",
+    mime="text/plain",
+    on_click="ignore",
+    help="A methods paragraph for this comparison: images, calibration, model and its training, counting, "
+    "tests, software versions (also the workbook's methods sheet)",
+)
+c = st.columns(2)
+c[0].download_button(
     "Download per-mouse figure (HTML)",
     lambda: compare.figure_html(compare.per_mouse_figure(result)),
     file_name="per_mouse.html",
     mime="text/html",
     on_click="ignore",
 )
-c = st.columns(2)
-c[0].download_button(
+c[1].download_button(
     "Download score figure (HTML)",
     lambda: compare.figure_html(scores_fig),
     file_name="scores.html",
     mime="text/html",
     on_click="ignore",
 )
-c[1].download_button(
+c = st.columns(2)
+c[0].download_button(
     "Download age figure (HTML)",
     lambda: compare.figure_html(compare.age_figure(result, focus)),
     file_name=f"age_{focus}.html",

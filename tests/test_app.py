@@ -193,7 +193,7 @@ def test_compare_page_with_six_batches_from_three_ages(app_env):
     odds = at.dataframe[1].value
     assert set(odds["term"]) == {"middle vs young", "aged vs young", "per month of age"} and len(odds) == 9
     downloads = [d.proto.label for d in at.get("download_button")]
-    assert "Download comparison xlsx" in downloads
+    assert "Download comparison xlsx" in downloads and "Download methods text" in downloads
     next(w for w in at.text_input if w.label.startswith("Age groups")).set_value("young 8 weeks")
     at.run()
     assert "label:range" in texts(at)  # a bin it cannot read is said, not a crash

@@ -179,7 +179,7 @@ def test_build_and_workbook_from_the_database(history):
     assert list(c.table["group"]) == ["young", "young", "middle", "middle", "aged", "aged"]
     assert c.tests.iloc[0]["test"] == "Kruskal-Wallis H"
     book = openpyxl.load_workbook(io.BytesIO(data))
-    assert book.sheetnames == ["per_mouse", "groups", "tests", "odds_model", "cells"]
+    assert book.sheetnames == ["per_mouse", "groups", "tests", "odds_model", "methods", "cells"]
     per_mouse = pd.DataFrame(
         list(book["per_mouse"].iter_rows(min_row=2, values_only=True)), columns=[c.value for c in book["per_mouse"][1]]
     )
@@ -224,6 +224,8 @@ def test_command_line_compare_writes_the_workbook(history, db_url, data_dir, tmp
             "0.5",
             "--out",
             str(out),
+            "--methods",
+            str(tmp_path / "methods.txt"),
         ],
         cwd=ROOT,
         env=env,
@@ -233,7 +235,9 @@ def test_command_line_compare_writes_the_workbook(history, db_url, data_dir, tmp
     assert proc.returncode == 0, proc.stderr
     assert "6 mice in 3 groups" in proc.stderr and "Kruskal-Wallis" in proc.stdout
     assert "LT-HSC\taged vs young\todds ratio" in proc.stdout
-    assert openpyxl.load_workbook(out).sheetnames == ["per_mouse", "groups", "tests", "odds_model", "cells"]
+    methods = (tmp_path / "methods.txt").read_text(encoding="utf-8")
+    assert methods.startswith("Images and cell finding.") and "6 mice from 6 batches" in methods
+    assert openpyxl.load_workbook(out).sheetnames == ["per_mouse", "groups", "tests", "odds_model", "methods", "cells"]
 
 
 def _batch(i, mouse, age=70.0, sex="F", strain="B6", gate=None, model="m v1"):

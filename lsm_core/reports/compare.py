@@ -369,7 +369,7 @@ def _sheet(book: Workbook, name: str, frame: pd.DataFrame) -> None:
 
 def workbook(s: Session, c: Comparison) -> bytes:
     """Sheets per_mouse, groups, tests (with the pooled-cell test and its note last), odds_model (the model of
-    cells within mice) and cells."""
+    cells within mice), methods (the methods text, a paragraph a row: lsm_core.reports.methods) and cells."""
     book = Workbook(write_only=True)
     _sheet(book, "per_mouse", c.table)
     _sheet(book, "groups", c.groups)
@@ -391,5 +391,8 @@ def workbook(s: Session, c: Comparison) -> bytes:
     )
     _sheet(book, "tests", pd.concat([tests, pooled], ignore_index=True))
     _sheet(book, "odds_model", c.odds)
+    from lsm_core.reports.methods import methods_paragraphs
+
+    _sheet(book, "methods", pd.DataFrame(methods_paragraphs(s, c), columns=["section", "text"]))
     add_sheet(book, "cells", *batch_rows(s, list(batches_of(c.table))))
     return workbook_bytes(book)
