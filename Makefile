@@ -23,14 +23,15 @@ $(PACKAGE_STAMP): $(STAMP) pyproject.toml
 
 install: $(PACKAGE_STAMP)
 
-run: install
+run: install browser
 	$(PY) -m lsm_core serve --port $(PORT)
 
-# Debian's chromium for the browser tests (root installs it; otherwise those tests skip, and fail under CI=true)
+# Debian's chromium: it draws the figures downloaded as SVG, PDF and PNG (kaleido), and the browser tests run in
+# it (root installs it; otherwise those downloads say so, the browser tests skip, and fail under CI=true)
 browser:
 	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } ; } || \
-	  echo "chromium is not installed: browser tests will skip (apt-get install chromium)"
+	  echo "chromium is not installed: figures download as HTML only, and browser tests skip (apt-get install chromium)"
 
 # the linters and the type checker (configured in pyproject.toml): clean, or the tests do not run
 lint: install

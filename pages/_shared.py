@@ -142,6 +142,51 @@ def escape_markdown(text: object) -> str:
     return _MARKDOWN_PUNCTUATION.sub(r"\\\1", joined)
 
 
+FIGURE_FORMATS = {"SVG": "svg", "PDF": "pdf", "PNG": "png", "HTML": "html"}
+
+
+def chart(fig, name: str, key: str, where=None) -> None:
+    """A figure on the page (``where``: a column or container; default the page) with its downloads under it."""
+    (where or st).plotly_chart(fig, width="stretch", key=key)
+    figure_downloads(fig, name, key, where)
+
+
+def figure_downloads(fig, name: str, key: str, where=None) -> None:
+    """A figure's downloads, in a popover: for a paper SVG, PDF or PNG at a size, font size and DPI of one's
+    choosing (lsm_core.reports.figures), or an interactive HTML file."""
+    from lsm_core.reports.figures import MIME, FigureSize, export_problem, figure_bytes, figure_html
+
+    with (where or st).popover("Download figure", icon=":material/download:"):
+        fmt = FIGURE_FORMATS[st.radio("Format", list(FIGURE_FORMATS), horizontal=True, key=f"{key}_fmt")]
+        if fmt == "html":
+            st.caption("Interactive, opens offline in any browser (plotly.js inside).")
+            data = lambda: figure_html(fig)  # noqa: E731
+        else:
+            c = st.columns(4)
+            width = c[0].number_input("Width (mm)", 20.0, 500.0, 120.0, 1.0, key=f"{key}_w", help="89: one column")
+            height = c[1].number_input("Height (mm)", 20.0, 500.0, 90.0, 1.0, key=f"{key}_h")
+            font = c[2].number_input("Font (pt)", 4.0, 24.0, 8.0, 0.5, key=f"{key}_pt")
+            dpi = c[3].selectbox("DPI", [300, 600, 1200], key=f"{key}_dpi", disabled=fmt != "png")
+            size = FigureSize(width, height, font, int(dpi))
+            problem = export_problem(settings.current().chromium)
+            try:
+                size.checked()
+            except LsmError as exc:
+                problem = str(exc)
+            if problem:
+                st.caption(escape_markdown(problem))
+                return
+            data = lambda: figure_bytes(fig, fmt, size, settings.current().chromium)  # noqa: E731
+        st.download_button(
+            f"Download {name}.{fmt}",
+            data,
+            file_name=f"{name}.{fmt}",
+            mime=MIME[fmt],
+            on_click="ignore",
+            key=f"{key}_download",
+        )
+
+
 def threshold_picker(key: str) -> float:
     """A score threshold slider with the paper's quick choices."""
     slider_key = f"{key}_threshold"
@@ -255,7 +300,7 @@ def render_results(batch_id: int, key: str = "results") -> None:
 
     st.subheader("Composition")
     left, right = st.columns([3, 2])
-    left.plotly_chart(composition_figure(report), width="stretch", key=f"{key}_composition")
+    chart(composition_figure(report), f"batch-{batch_id}-composition", f"{key}_composition", left)
     right.dataframe(
         pd.DataFrame(
             [
@@ -273,9 +318,9 @@ def render_results(batch_id: int, key: str = "results") -> None:
     )
     left, right = st.columns(2)
     left.markdown("**Scores by predicted class**")
-    left.plotly_chart(score_histogram(pred, score, report.classes, threshold), width="stretch", key=f"{key}_scores")
+    chart(score_histogram(pred, score, report.classes, threshold), f"batch-{batch_id}-scores", f"{key}_scores", left)
     right.markdown("**Per-cell probabilities**")
-    right.plotly_chart(probability_figure(pred, probs, report.classes), width="stretch", key=f"{key}_probs")
+    chart(probability_figure(pred, probs, report.classes), f"batch-{batch_id}-probabilities", f"{key}_probs", right)
 
     reporter_section(batch_id, report.classes, key)
     st.subheader("Cells")
@@ -336,6 +381,11 @@ def render_results(batch_id: int, key: str = "results") -> None:
                 escape_markdown,
                 lambda editable: field_figure(pixels, cells, report.classes, threshold, editable=editable),
             )
+            figure_downloads(
+                field_figure(pixels, cells, report.classes, threshold),
+                f"batch-{batch_id}-image-{chosen.id}-field",
+                f"{key}_fov_{chosen.id}",
+            )
 
     saliency_section(batch_id, report, key)
     download_buttons(batch_id, threshold, key)
@@ -374,7 +424,7 @@ def reporter_section(batch_id: int, classes: list[str], key: str) -> None:
         + (f"{view.otsu:.4g}." if view.otsu is not None else "none (too few distinct values).")
     )
     left, right = st.columns([3, 2])
-    left.plotly_chart(reporter_figure(view, classes, threshold), width="stretch", key=f"{key}_reporter_fig")
+    chart(reporter_figure(view, classes, threshold), f"batch-{batch_id}-reporter", f"{key}_reporter_fig", left)
     right.dataframe(
         pd.DataFrame(positive_fractions(view, classes, threshold)),
         hide_index=True,

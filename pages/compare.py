@@ -12,7 +12,7 @@ from lsm_core.lab.registry import offered_models
 from lsm_core.reports import compare
 from lsm_core.reports.report import age_text
 from lsm_core.reports.stats import UNIT_BATCH, parse_bins
-from pages._shared import escape_markdown, the_lab, threshold_picker
+from pages._shared import chart, escape_markdown, the_lab, threshold_picker
 
 st.title("Compare")
 st.caption(
@@ -125,7 +125,7 @@ if alone:
     st.caption(f"{alone} of them are batches without a mouse id, each counted as a mouse of its own.")
 
 st.subheader("Per mouse")
-st.plotly_chart(compare.per_mouse_figure(result), width="stretch", key="cmp_mice")
+chart(compare.per_mouse_figure(result), "per_mouse", "cmp_mice")
 st.subheader("Tests (mouse as the unit)")
 limit = compare.design_limit(result)
 if limit:
@@ -161,10 +161,10 @@ c = st.columns(2)
 c[0].markdown("**Score distributions**")
 with lab() as s:
     scores_fig = compare.score_figure(s, result)
-c[0].plotly_chart(scores_fig, width="stretch", key="cmp_scores")
+chart(scores_fig, "scores", "cmp_scores", c[0])
 focus = result.classes[-1] if result.task == "aging" else result.classes[0]
 focus = c[1].selectbox("Class against age", result.classes, index=result.classes.index(focus))
-c[1].plotly_chart(compare.age_figure(result, focus), width="stretch", key="cmp_age")
+chart(compare.age_figure(result, focus), f"age_{focus}", "cmp_age", c[1])
 if result.task == "aging":
     st.caption("For the aging model: the fraction of aged-like cells per mouse against age.")
 
@@ -200,27 +200,4 @@ c[1].download_button(
     on_click="ignore",
     help="A methods paragraph for this comparison: images, calibration, model and its training, counting, "
     "tests, software versions (also the workbook's methods sheet)",
-)
-c = st.columns(2)
-c[0].download_button(
-    "Download per-mouse figure (HTML)",
-    lambda: compare.figure_html(compare.per_mouse_figure(result)),
-    file_name="per_mouse.html",
-    mime="text/html",
-    on_click="ignore",
-)
-c[1].download_button(
-    "Download score figure (HTML)",
-    lambda: compare.figure_html(scores_fig),
-    file_name="scores.html",
-    mime="text/html",
-    on_click="ignore",
-)
-c = st.columns(2)
-c[0].download_button(
-    "Download age figure (HTML)",
-    lambda: compare.figure_html(compare.age_figure(result, focus)),
-    file_name=f"age_{focus}.html",
-    mime="text/html",
-    on_click="ignore",
 )

@@ -25,7 +25,7 @@ from lsm_core.reports.model_card import (
     training_figure,
     training_labels,
 )
-from pages._shared import admin, escape_markdown, job_list, the_lab, user
+from pages._shared import admin, chart, escape_markdown, job_list, the_lab, user
 
 ARCHITECTURES = [a for a in nets.REGISTRY if a != "tiny_cnn"]  # the registry's, less the tests' toy network
 ARCHITECTURES.sort(key=lambda a: a != "resnet50_paper")  # the paper's first: the default
@@ -63,7 +63,7 @@ def show_card(card: MetricsCard, key: str) -> None:
         st.dataframe(pd.DataFrame(card.per_class), hide_index=True, width="stretch")
     cols = st.columns(max(1, len(card.figures)))
     for col, (name, fig) in zip(cols, card.figures.items()):
-        col.plotly_chart(fig, width="stretch", key=f"{key}_{name}")
+        chart(fig, name.lower().replace(" ", "_"), f"{key}_{name}", col)
 
 
 if not rows:
@@ -107,7 +107,7 @@ with tabs[0]:
             st.markdown(
                 "**Training curves** (loss on the training data and on the validation set; validation accuracy)"
             )
-            st.plotly_chart(training_figure(training), width="stretch", key="card_train")
+            chart(training_figure(training), f"{m.name}-v{m.version}-training", "card_train")
         section = training_labels(training)
         if section:
             st.markdown("**Training labels**")

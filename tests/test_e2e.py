@@ -14,7 +14,7 @@ import numpy as np
 import openpyxl
 import pytest
 
-from tests.helpers import ARTIFACTS, CHROMIUM, add_tiny_demo_models, launch, need_browser, served_app
+from tests.helpers import ARTIFACTS, CHROMIUM, add_tiny_demo_models, launch, need_browser, served_app, settle
 
 
 @pytest.fixture(scope="module")
@@ -154,9 +154,25 @@ def test_compare_page_and_its_workbook_in_chromium(server, tmp_path):
             page.get_by_role("button", name="Download comparison xlsx").click()
         out = tmp_path / "comparison.xlsx"
         info.value.save_as(out)
+        with page.expect_download(timeout=60_000) as info:
+            page.get_by_role("button", name="Download methods text").click()
+        methods = tmp_path / "methods.txt"
+        info.value.save_as(methods)
+        # the per-mouse figure for a paper: a PDF, drawn by kaleido in the server's chromium
+        page.get_by_role("button", name="Download figure").first.click()
+        page.get_by_text("PDF", exact=True).click()
+        settle(page)
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(ARTIFACTS / "e2e-6-compare-figure-popover.png"))
+        with page.expect_download(timeout=90_000) as info:
+            page.get_by_role("button", name="Download per_mouse.pdf").click()
+        pdf = tmp_path / "per_mouse.pdf"
+        info.value.save_as(pdf)
         browser.close()
+    assert pdf.read_bytes().startswith(b"%PDF-") and b"/FontFile2" in pdf.read_bytes()
+    assert methods.read_text(encoding="utf-8").startswith("Images and cell finding.")
     book = openpyxl.load_workbook(out)
-    assert book.sheetnames == ["per_mouse", "groups", "tests", "cells"]
+    assert book.sheetnames == ["per_mouse", "groups", "tests", "odds_model", "methods", "cells"]
     per_mouse = list(book["per_mouse"].iter_rows(min_row=2, values_only=True))
     header = [c.value for c in book["per_mouse"][1]]
     groups = [r[header.index("group")] for r in per_mouse]

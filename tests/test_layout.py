@@ -96,3 +96,19 @@ def test_the_rules_catch_a_breach(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    import torch.nn\n    from db.schema import Cell\n")
     assert {"torch.nn", "db.schema", "db.schema.Cell"} <= imports(bad)
+
+
+def test_every_variable_the_settings_read_is_watched_and_documented():
+    """A variable read by Settings.from_env but missing from VARIABLES is not seen when it changes (settings
+    .current() keeps its old value: LSM_BLOB_HELPERS was), and one missing from the README is unknown to users."""
+    import re
+
+    from lsm_core.lab import settings
+
+    source = (ROOT / "lsm_core/lab/settings.py").read_text()
+    read = set(re.findall(r'(?:env\.get|_count|_number)\(\s*(?:env,\s*)?"(LSM_[A-Z_]+)"', source))
+    assert {"LSM_DATA_DIR", "LSM_BLOB_HELPERS", "LSM_CHROMIUM"} <= read
+    assert read <= set(settings.VARIABLES), read - set(settings.VARIABLES)
+    readme = (ROOT / "README.md").read_text()
+    table = settings.__doc__ or ""
+    assert [v for v in sorted(read) if f"`{v}`" not in readme or f"| {v} |" not in table] == []

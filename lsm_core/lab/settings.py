@@ -27,6 +27,8 @@ app. Nothing else in the project reads the environment: functions get what they 
 | LSM_SALIENCY_MAX_CELLS | 2000 | most cells a member may ask saliency maps for at once (administrators: any number) |
 | LSM_PREP_WORKERS | cores - 1, as memory allows | a worker's processes that read images and find cells (0: none) |
 | LSM_SCORECAM_CHANNELS | 8 | Score-CAM's k: channels of the target layer scored per cell, by variance (0: all) |
+| LSM_BLOB_HELPERS | 2 | helper processes that store uploads for a busy web process (0: none) |
+| LSM_CHROMIUM | chromium on the PATH | the browser that draws figures as SVG, PDF and PNG (kaleido) |
 
 Sign-in is on when an ``[auth]`` section is configured in ``~/.streamlit/secrets.toml`` or
 ``./.streamlit/secrets.toml`` (Streamlit's own places); :func:`auth_problem` says when its ``cookie_secret`` is
@@ -67,6 +69,8 @@ VARIABLES = (
     "LSM_SALIENCY_MAX_CELLS",
     "LSM_PREP_WORKERS",
     "LSM_SCORECAM_CHANNELS",
+    "LSM_BLOB_HELPERS",
+    "LSM_CHROMIUM",
 )
 PRECISIONS = ("auto", "bf16", "fp32")
 DEMO_RECIPES = ("full", "tiny")
@@ -258,6 +262,7 @@ class Settings:
     prep_workers: int | None = None  # a worker's preparation processes (None: lsm_core.imaging.prepare's default)
     scorecam_channels: int | None = None  # Score-CAM's k (None: lsm_core.ml.saliency's default; 0: every channel)
     blob_helpers: int | None = None  # blob-writing helper processes (None: lsm_core.lab.blobwriter's default; 0: none)
+    chromium: str | None = None  # the browser kaleido draws figures with (None: chromium or chrome on the PATH)
 
     @property
     def model_dir(self) -> Path:
@@ -303,6 +308,7 @@ class Settings:
             prep_workers=_count(env, "LSM_PREP_WORKERS"),
             scorecam_channels=_count(env, "LSM_SCORECAM_CHANNELS"),
             blob_helpers=_count(env, "LSM_BLOB_HELPERS"),
+            chromium=env.get("LSM_CHROMIUM", "").strip() or None,
         )
 
     def with_(self, **changes) -> Settings:
@@ -328,6 +334,7 @@ class Settings:
             **({"LSM_PREP_WORKERS": str(self.prep_workers)} if self.prep_workers is not None else {}),
             **({"LSM_SCORECAM_CHANNELS": str(self.scorecam_channels)} if self.scorecam_channels is not None else {}),
             **({"LSM_BLOB_HELPERS": str(self.blob_helpers)} if self.blob_helpers is not None else {}),
+            **({"LSM_CHROMIUM": self.chromium} if self.chromium else {}),
             "LSM_MAX_ARCHIVE_MEMBERS": str(self.limits.max_archive_members),
             "LSM_MAX_ARCHIVE_BYTES": str(self.limits.max_archive_bytes),
         }

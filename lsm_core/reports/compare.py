@@ -358,11 +358,6 @@ def age_figure(c: Comparison, cls: str) -> go.Figure:
     return fig
 
 
-def figure_html(fig: go.Figure) -> bytes:
-    """A figure as a self-contained HTML file (plotly.js inline: opens offline)."""
-    return fig.to_html(include_plotlyjs=True, full_html=True).encode("utf-8")
-
-
 def _sheet(book: Workbook, name: str, frame: pd.DataFrame) -> None:
     add_sheet(book, name, list(frame.columns), frame.itertuples(index=False))
 
