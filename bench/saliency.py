@@ -13,7 +13,14 @@ That network is trained first (--train-epochs on --train-n synthetic crops): a r
 no cell, and their agreement would say little. Ratios are given in wall time and in CPU time (this process,
 all threads): on a shared machine the second is steadier.
 
+Then faithfulness, per method and class (issue #18 item 7), on `small_cnn` trained as tests/test_saliency.py
+trains it (6 epochs on 2,000 synthetic crops; --faithful-arch resnet50_paper for the paper's network, 2 epochs):
+on --faithful-n held-out crops, the share of each map's mass inside the cell's true outline, and the deletion
+test (lsm_core.ml.saliency.deletion_test): the fall of the predicted class's probability when the 10% and the
+20% most salient pixels are replaced by a blurred copy, against as many random pixels.
+
 Usage: python bench/saliency.py [--n N] [--quick] [--ks 8,16,...] [--sweep-n N] [--agreement M] [--only-k]
+                                [--only-faithfulness] [--faithful-n N] [--faithful-arch ARCH]
   --quick: 200 crops, Integrated Gradients left out on resnet50_paper (the longest part: about 9 minutes)
 """
 
@@ -36,7 +43,14 @@ from lsm_core.imaging import synthetic  # noqa: E402
 from lsm_core.ml import nets  # noqa: E402
 from lsm_core.ml.models import Manifest, ModelStore  # noqa: E402
 from lsm_core.ml.predict import Predictor  # noqa: E402
-from lsm_core.ml.saliency import SCORECAM_CHANNELS, saliency_maps, score_cam  # noqa: E402
+from lsm_core.ml.saliency import (  # noqa: E402
+    METHODS,
+    SCORECAM_CHANNELS,
+    deletion_test,
+    mass_inside,
+    saliency_maps,
+    score_cam,
+)
 from lsm_core.ml.train import TrainConfig, fit, logits_of  # noqa: E402
 
 NAMES = {"gradcam": "Grad-CAM", "scorecam": f"Score-CAM (k={SCORECAM_CHANNELS})", "ig": "Integrated Gradients"}
@@ -160,6 +174,38 @@ def choose_k(
         print(f"| {k} | {run.wall:.1f} s | {run.ratio(base)} | {rho} |", flush=True)
 
 
+def faithfulness(arch: str, n: int) -> None:
+    """Per method and class: mass inside the cell, and the deletion test at 10% and 20% (salient vs random)."""
+    x, y = synthetic.make_crops("lsm", 2000 if arch == "small_cnn" else 1000, seed=1)
+    epochs, lr = (6, 3e-3) if arch == "small_cnn" else (2, 1e-3)
+    t0 = time.perf_counter()
+    net, _ = fit(x, y, 3, TrainConfig(architecture=arch, epochs=epochs, batch_size=64, lr=lr, weight_decay=0))
+    net = net.eval()
+    crops, labels, masks = synthetic.make_crops("lsm", n, seed=9, return_masks=True)
+    predicted = logits_of(net, crops).argmax(1)
+    classes = synthetic.task_classes("lsm")
+    print(
+        f"\nFaithfulness on {arch} (trained {epochs} epochs, {time.perf_counter() - t0:.0f} s; accuracy on the {n} "
+        f"held-out crops {(predicted == labels).mean():.2f}); fall of the predicted class's probability:\n"
+    )
+    print("| method | class | cells | mass inside the cell | 10% salient / random | 20% salient / random | faithful |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for method in METHODS:
+        maps = saliency_maps(net, arch, crops, method, predicted)
+        inside = mass_inside(maps, masks)
+        tests = {f: deletion_test(net, crops, maps, f, predicted) for f in (0.1, 0.2)}
+        for c, name in enumerate(classes):
+            at = predicted == c
+            falls = {f: (float(d.salient[at].mean()), float(d.random[at].mean())) for f, d in tests.items()}
+            faithful = all(sal > rnd for sal, rnd in falls.values())
+            said = " | ".join(f"{sal:+.3f} / {rnd:+.3f}" for sal, rnd in falls.values())
+            print(
+                f"| {NAMES[method]} | {name} | {int(at.sum())} | {np.nanmean(inside[at]):.2f} | {said} | "
+                f"{'yes' if faithful else 'no'} |",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=None, help="crops for the methods (default 1,000; 200 with --quick)")
@@ -170,7 +216,13 @@ def main() -> None:
     parser.add_argument("--only-k", action="store_true", help="only the comparison of k values")
     parser.add_argument("--train-n", type=int, default=1000, help="synthetic crops the k comparison's network learns")
     parser.add_argument("--train-epochs", type=int, default=2)
+    parser.add_argument("--only-faithfulness", action="store_true", help="only the faithfulness table")
+    parser.add_argument("--faithful-n", type=int, default=150, help="held-out crops of the faithfulness table")
+    parser.add_argument("--faithful-arch", default="small_cnn", help="the network the faithfulness table explains")
     args = parser.parse_args()
+    if args.only_faithfulness:
+        faithfulness(args.faithful_arch, args.faithful_n)
+        return
     n = args.n or (200 if args.quick else 1000)
     with tempfile.TemporaryDirectory() as tmp:
         store = ModelStore(Path(tmp))
@@ -179,6 +231,7 @@ def main() -> None:
             methods_table(store, crops, args.quick)
         crops, labels = synthetic.make_crops("lsm", max(args.sweep_n, args.agreement), seed=0)
         choose_k(store, crops, labels, [int(k) for k in args.ks.split(",")], min(args.agreement, len(crops)), args)
+    faithfulness(args.faithful_arch, args.faithful_n)
 
 
 if __name__ == "__main__":

@@ -469,7 +469,7 @@ def saliency_section(batch_id: int, report, key: str) -> None:
     """Saliency maps of the batch: compute them on a worker, then a gallery per class, means, a ZIP of overlays."""
     from lsm_core.lab.tasks.saliency import submit as submit_saliency
     from lsm_core.ml.saliency import METHODS, overlay
-    from lsm_core.reports.report import overlays_zip, saliency_gallery
+    from lsm_core.reports.report import mass_sentence, overlays_zip, saliency_gallery
 
     st.subheader("Saliency: where the network looks")
     lab = the_lab()
@@ -510,6 +510,7 @@ def saliency_section(batch_id: int, report, key: str) -> None:
             continue
         total = sum(1 for cell in view.cells if cell.predicted == cls)
         st.markdown(f"**{escape_markdown(cls)}**: {len(members)} of {total} cells, highest score first")
+        st.caption(escape_markdown(mass_sentence(cls, *gallery.inside.get(cls, (None, 0)))))
         for start in range(0, len(members), per_row):
             row = st.columns(per_row)
             for slot, i in zip(row, members[start : start + per_row]):

@@ -217,5 +217,8 @@ def test_results_page_saliency_gallery(with_batch):
     lab.dispose()
     at = run_page("pages/results.py", {"batch": str(with_batch.batch_id)})
     assert "Bright = evidence for the predicted class" in texts(at), texts(at)[-600:]
+    # per class shown, one sentence on where the map lies (inside the cells, around them, or split)
+    said = [c.value for c in at.caption if re.search(r"of the map lies|the map is split|could not be traced", c.value)]
+    assert said, [c.value for c in at.caption]
     downloads = [d.proto.label for d in at.get("download_button")]
     assert any(label.startswith("Download Score-CAM (the paper's) overlays") for label in downloads)

@@ -111,3 +111,50 @@ def test_holes_are_filled_as_scipy_fills_them():
         rings = ndi.binary_dilation(rng.random((256, 192)) > 0.995, iterations=3) ^ (rng.random((256, 192)) > 0.97)
         assert np.array_equal(_fill_holes(rings), ndi.binary_fill_holes(rings))
     assert not _fill_holes(np.zeros((8, 8), bool)).any() and _fill_holes(np.ones((8, 8), bool)).all()
+
+
+def test_cell_mask_traces_synthetic_cells():
+    """cell_mask (the outline saliency's inside/outside share is measured against) on synthetic DIC crops."""
+    from lsm_core.imaging import synthetic
+    from lsm_core.imaging.cells import cell_mask
+
+    crops, labels, truth = synthetic.make_crops("lsm", 90, seed=9, return_masks=True)
+    ious = []
+    for crop, mask in zip(crops, truth):
+        found = cell_mask(crop, 0.2)
+        ious.append(0.0 if found is None else (found & mask).sum() / (found | mask).sum())
+    ious = np.array(ious)
+    assert ious.mean() >= 0.7 and np.percentile(ious, 10) >= 0.6, np.percentile(ious, [0, 10, 50])
+    for k in range(3):  # small LT-HSC cells as well as large MPPs
+        assert ious[labels == k].mean() >= 0.65
+    assert cell_mask(np.full((64, 64), 0.5, np.float32), 0.2) is None  # nothing there: no outline
+
+
+def test_cell_mask_holds_the_nucleus_of_real_brightfield_cells():
+    """The 900 Jurkat cells of ../shared/data: each cell's DNA stain (Otsu) lies inside its traced outline,
+    and the outline is a cell, not the whole tile."""
+    import tifffile
+    from skimage import filters
+
+    from lsm_core.imaging.cells import cell_mask
+    from tests.test_formats_shared_data import DATA, JURKAT, need
+
+    dna_file = DATA / "brightfield" / "jurkat_G1_dna_montage.tif"
+    need(JURKAT, dna_file)
+    bright = tifffile.imread(JURKAT).astype(np.float32)
+    dna = tifffile.imread(dna_file).astype(np.float32)
+    inside, areas, missed = [], [], 0
+    for i in range(30):
+        for j in range(30):
+            tile = bright[40 * i : 40 * i + 40, 40 * j : 40 * j + 40]
+            stain = dna[40 * i : 40 * i + 40, 40 * j : 40 * j + 40]
+            mask = cell_mask((tile - tile.min()) / (np.ptp(tile) + 1e-9), 0.33)
+            if mask is None:
+                missed += 1
+                continue
+            nucleus = stain > filters.threshold_otsu(stain)
+            inside.append((mask & nucleus).sum() / max(nucleus.sum(), 1))
+            areas.append(mask.sum())
+    assert missed <= 9  # at most 1%
+    assert np.mean(inside) >= 0.97 and np.percentile(inside, 5) >= 0.9
+    assert 300 < np.median(areas) < 1000 and max(areas) < 1600  # a cell ~28 px across, never the whole tile

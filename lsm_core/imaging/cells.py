@@ -447,6 +447,45 @@ def _touching_cells(region, min_radius: float) -> list:
     return list(measure.regionprops(watershed(-distance, markers, mask=mask)))
 
 
+def cell_mask(crop: np.ndarray, um_per_px: float) -> np.ndarray | None:
+    """The outline of the cell at the centre of a single-cell crop, as a bool mask (None: none is traced).
+
+    As :func:`find_cells` sees a cell, at the crop's own sampling: relief against the crop's border frame
+    (its background), smoothed; above the frame's median plus five robust sigmas; closed, holes filled, opened;
+    then the convex hull of the pieces whose centre lies within 4 µm of the crop's (a DIC cell shows as two
+    crescents, a brightfield one as a ring: round cells, so their hull is the cell). Measured: IoU 0.78 with
+    the synthetic cells' true outlines (5th percentile 0.69); on the 900 real Jurkat cells of
+    ../shared/data/brightfield every nucleus (the DNA channel's Otsu mask) lies inside (tests/test_cells.py).
+    For saliency, where a map's mass lies (inside the cell, or in the background around it)."""
+    from skimage.morphology import convex_hull_image
+
+    crop = np.asarray(crop, np.float32)
+    if crop.ndim != 2 or min(crop.shape) < 8 or not um_per_px > 0:
+        return None
+    h, w = crop.shape
+    b = max(2, int(round(min(h, w) * 0.08)))
+    frame = np.ones((h, w), bool)
+    frame[b:-b, b:-b] = False
+    energy = ndi.gaussian_filter(np.abs(crop - np.median(crop[frame])), max(0.5, 0.3 / um_per_px))
+    spread = _robust_sigma(energy[frame])
+    if not spread > 0:
+        return None
+    mask = energy > float(np.median(energy[frame])) + 5 * spread
+    mask = ndi.binary_closing(mask, structure=_disk(1.2 / um_per_px), border_value=0)
+    mask = ndi.binary_opening(_fill_holes(mask), structure=_disk(0.8 / um_per_px))
+    labels = measure.label(mask)
+    cy, cx = (h - 1) / 2, (w - 1) / 2
+    near = [
+        r.label
+        for r in measure.regionprops(labels)
+        if np.hypot(r.centroid[0] - cy, r.centroid[1] - cx) <= 4 / um_per_px
+    ]
+    if not near:
+        return None
+    hull = convex_hull_image(np.isin(labels, near))
+    return hull if hull.sum() >= np.pi / 4 * (4.0 / um_per_px) ** 2 else None
+
+
 def box_iou(a, b) -> float:
     """Intersection over union of two boxes (x, y, w, h)."""
     ax, ay, aw, ah = a

@@ -529,6 +529,32 @@ class SaliencyGallery:
     view: SaliencyView
     crops: list[np.ndarray]
     by_class: dict[str, list[int]]
+    # per class: the mean share of a map's mass inside the cell's outline over the cells shown (None: no
+    # outline traced), and how many cells it is measured on (lsm_core.imaging.cells.cell_mask)
+    inside: dict[str, tuple[float | None, int]] = field(default_factory=dict)
+
+
+def mass_sentence(cls: str, share: float | None, cells: int) -> str:
+    """Where a saliency map's mass lies for one class, and what that means, in one sentence for a biologist."""
+    if share is None or cells == 0:
+        return f"{cls}: the cells' outlines could not be traced in these crops, so where the map points is not said."
+    pct = round(100 * share)
+    if share >= 0.6:
+        return (
+            f"{cls}: {pct}% of the map lies inside the cells ({cells} measured): the evidence for {cls} is the "
+            "cell itself, its outline, size and inner texture."
+        )
+    if share <= 0.4:
+        return (
+            f"{cls}: {100 - pct}% of the map lies outside the cells, in the background around them ({cells} "
+            f"measured): the evidence for {cls} is the cell's size and outline against empty background (a small "
+            "cell leaves an empty ring), not what is inside it. Deleting pixels cannot confirm such a map (an "
+            "empty ring cannot be deleted); Integrated Gradients shows which of the cell's own pixels count."
+        )
+    return (
+        f"{cls}: the map is split between the cells ({pct}%) and the background around them ({cells} measured): "
+        "the cell's outline and size count as much as its inside."
+    )
 
 
 def saliency_gallery(
@@ -554,13 +580,24 @@ def saliency_gallery(
             crops.append(stored_crops(blobs, image, [cell.box], params, read_options(batch), limits)[0])
         except (LsmError, KeyError):  # the stored image is gone: the map alone is still shown
             crops.append(np.zeros(view.maps.shape[1:], np.float32))
-    by_class = {}
+    from lsm_core.imaging.cells import cell_mask
+    from lsm_core.ml.saliency import mass_inside
+
+    by_class, inside = {}, {}
+    um_per_px = params.crop_um / params.output_size
     for cls in classes:
         members = sorted(
             (i for i, cell in enumerate(view.cells) if cell.predicted == cls), key=lambda i: -view.cells[i].score
         )
         by_class[cls] = members[:per_class]
-    return SaliencyGallery(view, crops, by_class)
+        shares = []
+        for i in by_class[cls]:
+            mask = cell_mask(crops[i], um_per_px) if crops[i].shape == view.maps.shape[1:] else None
+            if mask is not None:
+                shares.append(float(mass_inside(view.maps[i : i + 1], mask[None])[0]))
+        shares = [v for v in shares if np.isfinite(v)]
+        inside[cls] = (float(np.mean(shares)) if shares else None, len(shares))
+    return SaliencyGallery(view, crops, by_class, inside)
 
 
 def cell_table(
