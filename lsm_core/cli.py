@@ -90,6 +90,27 @@ def cmd_models_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_export(args: argparse.Namespace) -> int:
+    from db import queries
+    from lsm_core.lab.registry import export_for_zoo
+
+    if args.format != "bioimageio":
+        raise LsmError(f"export format {args.format!r}: only bioimageio is known")
+    lab = _lab()
+    with lab() as s:
+        row = queries.model_by_name(s, args.model)
+        if row is None:
+            raise LsmError(f"no registered model {args.model!r} (NAME or NAME:VERSION; `models list` lists them)")
+        model_id = row.id
+    authors = args.author or [_settings().user]
+    name, data = export_for_zoo(lab, model_id, authors, args.license, progress=_log)
+    out = args.out or name
+    with open(out, "wb") as fh:
+        fh.write(data)
+    _log(f"wrote {out} ({len(data) / 1e6:.1f} MB): a bioimage.io model package, validated by bioimageio.spec")
+    return 0
+
+
 def _require_admin(doing: str):
     """The lab (upgraded), after checking that the user (LSM_USER / login name) administers."""
     from lsm_core.lab import accounts
@@ -648,6 +669,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("weights")
     q.add_argument("--manifest", required=True)
     q.set_defaults(func=cmd_models_import)
+    q = msub.add_parser(
+        "export", help="write a model as a BioImage Model Zoo package (rdf.yaml, 3 weights formats, test tensors)"
+    )
+    q.add_argument("model", metavar="NAME[:VERSION]")
+    q.add_argument("--format", default="bioimageio", choices=["bioimageio"])
+    q.add_argument("--out", default=None, help="FILE.zip (default NAME-vN.bioimageio.zip)")
+    q.add_argument("--author", action="append", help="an author of the model (repeat; default: LSM_USER)")
+    q.add_argument("--license", default="CC-BY-4.0", help="SPDX licence id of the model (default CC-BY-4.0)")
+    q.set_defaults(func=cmd_models_export)
 
     p = sub.add_parser(
         "demo",

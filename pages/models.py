@@ -11,7 +11,7 @@ from lsm_core.imaging.images import RawFile
 from lsm_core.lab.gating import EXAMPLE as GATE_EXAMPLE
 from lsm_core.lab.gating import parse_batch_ids
 from lsm_core.lab.labels import parse_labelled_batches
-from lsm_core.lab.registry import import_model_bytes, lineage, offered_models, set_default
+from lsm_core.lab.registry import export_for_zoo, import_model_bytes, lineage, offered_models, set_default
 from lsm_core.lab.tasks import evaluate, train
 from lsm_core.ml import nets
 from lsm_core.ml.metrics import model_quality
@@ -27,6 +27,7 @@ from lsm_core.reports.model_card import (
 )
 from pages._shared import admin, chart, escape_markdown, job_list, the_lab, user
 
+ZOO_LICENSES = ["CC-BY-4.0", "MIT", "Apache-2.0", "BSD-3-Clause", "CC0-1.0"]
 ARCHITECTURES = [a for a in nets.REGISTRY if a != "tiny_cnn"]  # the registry's, less the tests' toy network
 ARCHITECTURES.sort(key=lambda a: a != "resnet50_paper")  # the paper's first: the default
 
@@ -285,3 +286,18 @@ with tabs[3]:
         )
         with st.expander("manifest.json"):
             st.json({k: v for k, v in package.manifest.to_dict().items() if k not in ("metrics", "training")})
+        c = st.columns([2, 1, 2])
+        authors = c[0].text_input("Authors (comma-separated)", value=me, key="zoo_authors")
+        licence = c[1].selectbox("Licence (SPDX)", ZOO_LICENSES, key="zoo_license")
+        names = [a.strip() for a in authors.split(",") if a.strip()]
+        c[2].download_button(
+            "Export for BioImage Model Zoo",
+            lambda: export_for_zoo(lab, m.id, names, licence)[1],
+            file_name=f"{m.name}-v{m.version}.bioimageio.zip",
+            mime="application/zip",
+            on_click="ignore",
+            disabled=not names,
+            help="A bioimage.io model package (format 0.5): rdf.yaml, the weights as a PyTorch state dict, "
+            "TorchScript and ONNX, test tensors and this model card; validated by bioimageio.spec. It opens in "
+            "bioimageio.core, ilastik, deepImageJ and QuPath. Takes a few seconds.",
+        )

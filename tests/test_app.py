@@ -55,6 +55,12 @@ def test_models_page_lists_demo_models(app_env):
     frame = at.dataframe[0].value
     assert set(frame["model"]) == {"demo-lsm", "demo-aging"}
     assert set(frame["kind"]) == {"synthetic demo"}
+    downloads = {d.proto.label: d for d in at.get("download_button")}
+    assert "Export for BioImage Model Zoo" in downloads  # issue #19: the package (tests/test_bioimageio.py)
+    assert not downloads["Export for BioImage Model Zoo"].proto.disabled
+    next(w for w in at.text_input if w.label.startswith("Authors")).set_value(" , ").run()
+    downloads = {d.proto.label: d for d in at.get("download_button")}
+    assert downloads["Export for BioImage Model Zoo"].proto.disabled  # no author: nothing to export
 
 
 def test_results_page_with_data(with_batch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -435,3 +436,113 @@ def package_zip(folder: Path) -> bytes:
         for name in ("manifest.json", "weights.safetensors"):
             zf.write(folder / name, f"{folder.parent.name}-v{folder.name}/{name}")
     return buf.getvalue()
+
+
+def _md(text: object) -> str:
+    """Text as literal Markdown (names and rules are people's text)."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~])", r"\\\1", str(text))
+
+
+def model_card_markdown(manifest, lineage: list[str] | None = None) -> str:
+    """A registered model's card as Markdown (the README of an exported bioimage.io package): what it is for,
+    its training data and recipe, and a Validation section (the evaluation metrics of its validation and test
+    sets, the calibration, the quality check), then its limitations. ``manifest``: a
+    :class:`lsm_core.ml.models.Manifest`."""
+    m = manifest
+    training = m.training or {}
+    out = [f"# {_md(m.name)} v{m.version}", ""]
+    task = {"lsm": "LT-HSC, ST-HSC or MPP", "aging": "young or aged LT-HSC"}.get(m.task, m.task)
+    out += [
+        f"Classifies a single-cell DIC crop of a mouse hematopoietic stem or progenitor cell as {task} "
+        f"(classes, in the output's order: {', '.join(_md(c) for c in m.classes)}), after Wang et al., Stem Cell "
+        "Res Ther 15:74 (2024), doi:10.1186/s13287-024-03682-8.",
+        "",
+    ]
+    if m.description:
+        out += [_md(m.description), ""]
+    if m.demo:
+        out += [
+            "**A demonstration model trained on synthetic DIC-like cells.** It is not a model of real cells: do not "
+            "use its output for biology.",
+            "",
+        ]
+    out += [
+        "## Input",
+        "",
+        f"- one grey channel, {m.input_size} x {m.input_size} pixels: a {m.crop_um:.3g} µm square centred on the "
+        f"cell ({m.crop_um / m.input_size:.4g} µm per pixel as the network sees it; trained on images at "
+        f"{m.pixel_size_um:.4g} µm per pixel)",
+        f"- {_md(m.normalisation)}",
+        "",
+        "## Output",
+        "",
+        f"The probability of each class (softmax of the logits divided by the temperature T = {m.temperature:.3g}).",
+        "",
+        "## Training",
+        "",
+        f"- architecture: {m.architecture}",
+    ]
+    counts = training.get("class_counts") or {}
+    if counts:
+        out.append("- labelled cells: " + ", ".join(f"{_md(c)} {n}" for c, n in counts.items()))
+    split = training.get("split") or {}
+    if split:
+        out.append(
+            f"- split by source (file or mouse): {split.get('train', '?')} training cells from "
+            f"{split.get('sources_train', '?')} sources, {split.get('validation', '?')} validation cells from "
+            f"{split.get('sources_validation', '?')}"
+        )
+    recipe = training.get("recipe") or {}
+    if recipe:
+        out.append("- recipe: " + ", ".join(f"{k} {_md(v)}" for k, v in recipe.items()))
+    if "imagenet_init" in training:
+        out.append(f"- initialisation: {'ImageNet' if training['imagenet_init'] else 'random'}")
+    if training.get("data_sha256"):
+        out.append(f"- training data sha256: {training['data_sha256']}")
+    section = training_labels(training)
+    if section:
+        out += [f"- labels: {_md(line)}" for line in section.lines]
+    if lineage and len(lineage) > 1:
+        out.append(f"- lineage: {_md(lineage_text(lineage))}")
+    out += ["", "## Validation", ""]
+    metrics = m.metrics or {}
+    sets = [(set_heading(metrics, "validation set"), metrics)] if metrics.get("confusion_matrix") else []
+    test = metrics.get("test")
+    if isinstance(test, dict) and test.get("confusion_matrix"):
+        sets.append((set_heading(test, "test set"), test))
+    if not sets:
+        out += ["No evaluation was recorded for this model.", ""]
+    for heading, values in sets:
+        card = metrics_card(values, heading, None, verdict=None)
+        out += [f"### {_md(heading)}", "", "| metric | value |", "| --- | --- |"]
+        out += [f"| {_md(label)} | {value} |" for label, value, _ in card.numbers]
+        if card.per_class:
+            out += ["", "| class | precision | recall | F1 | AUC | cells |", "| --- | --- | --- | --- | --- | --- |"]
+            out += [
+                f"| {_md(r['class'])} | {r['precision']} | {r['recall']} | {r['F1']} | {r['AUC']} | {r['cells']} |"
+                for r in card.per_class
+            ]
+        out.append("")
+    out += ["### Calibration", ""]
+    if isinstance(metrics.get("ece"), (int, float)):
+        before = metrics.get("ece_before_scaling")
+        said = f" (before scaling {_num(before)})" if isinstance(before, (int, float)) else ""
+        out.append(
+            f"Temperature T = {m.temperature:.3g}, fitted on the validation set: expected calibration error "
+            f"{_num(metrics['ece'])}{said}."
+        )
+    else:
+        out.append(f"Temperature T = {m.temperature:.3g}; no calibration was measured.")
+    check = metrics.get("quality_check")
+    if isinstance(check, dict):
+        out += ["", "### Quality check", "", "passed" if check.get("passed") else "**failed**"]
+        out += [f"- {_md(r)}" for r in (check.get("reasons") or []) + (check.get("warnings") or [])]
+    out += [
+        "",
+        "## Limitations",
+        "",
+        "Trained on one lab's microscope, staining-free DIC, and sorting gates; check it on your own sorted cells "
+        "before relying on it. The cells' crops must be cut as described under Input (the app's cell finder).",
+        "",
+    ]
+    return "\n".join(out)

@@ -1,0 +1,172 @@
+"""Models that travel (issue #19 item 1 and 5): a model trained in the app exported as a BioImage Model Zoo
+package, validated by bioimageio.spec, its test tensors reproduced by bioimageio.core in every weights format."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lsm_core.imaging import synthetic
+from lsm_core.ml.bioimageio import TOLERANCE, architecture_source, validate
+from lsm_core.ml.datasets import LabelledData
+from lsm_core.ml.train import TrainConfig, train_and_register
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def trained_lab(history):
+    """`lab-aging` trained through train_and_register (validation and test metrics, a temperature) in the lab's
+    store, registered; (lab, its model row id)."""
+    from db import queries
+    from lsm_core.lab.registry import sync_models
+
+    lab, _, _ = history
+    with lab() as s:
+        if (row := queries.model_by_name(s, "lab-aging:1")) is not None:  # the data dir lives the whole session
+            return lab, row.id
+    x, y = synthetic.make_crops("aging", 300, seed=31)
+    data = LabelledData(["young", "aged"], x, y, np.arange(300), [f"cell {i}" for i in range(300)])
+    tx, ty = synthetic.make_crops("aging", 80, seed=32)
+    test = LabelledData(["young", "aged"], tx, ty, np.arange(80), [f"t {i}" for i in range(80)])
+    config = TrainConfig(architecture="tiny_cnn", epochs=3, batch_size=16, lr=1e-2, weight_decay=0.0)
+    train_and_register(data, "aging", config, "lab-aging", lab.store, test=test, patience=None)
+    sync_models(lab)
+    with lab() as s:
+        return lab, queries.model_by_name(s, "lab-aging:1").id
+
+
+def exported(lab, model_id) -> tuple[bytes, dict, dict[str, bytes]]:
+    from lsm_core.lab.registry import export_for_zoo
+
+    name, data = export_for_zoo(lab, model_id, ["Ana Researcher", "Ben Imager"], "MIT")
+    assert name == "lab-aging-v1.bioimageio.zip"
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    return data, json.loads(files["rdf.yaml"]), files
+
+
+def test_a_model_trained_in_the_app_exports_as_a_valid_bioimageio_package(trained_lab):
+    lab, model_id = trained_lab
+    data, rdf, files = exported(lab, model_id)
+    package = lab.store.get("lab-aging")
+    m = package.manifest
+    assert validate(data) == []  # bioimageio.spec's own validation, with its file checks (sha256 of each file)
+    assert rdf["format_version"].startswith("0.5.") and rdf["type"] == "model" and rdf["license"] == "MIT"
+    assert [a["name"] for a in rdf["authors"]] == ["Ana Researcher", "Ben Imager"]
+    assert any(c.get("doi") == "10.1186/s13287-024-03682-8" for c in rdf["cite"]) and len(rdf["cite"]) == 2
+    (crop,) = rdf["inputs"]
+    assert [a["type"] for a in crop["axes"]] == ["batch", "channel", "space", "space"]
+    y = crop["axes"][2]
+    assert y["unit"] == "micrometer" and y["scale"] == pytest.approx(m.crop_um / m.input_size) and y["size"] == 64
+    assert crop["preprocessing"][0]["id"] == "zero_mean_unit_variance"
+    (out,) = rdf["outputs"]
+    assert out["axes"][1]["channel_names"] == ["young", "aged"]
+    weights = rdf["weights"]
+    assert set(weights) == {"pytorch_state_dict", "torchscript", "onnx"}
+    assert weights["torchscript"]["parent"] == weights["onnx"]["parent"] == "pytorch_state_dict"
+    assert weights["onnx"]["opset_version"] >= 13
+    assert weights["pytorch_state_dict"]["architecture"]["kwargs"]["temperature"] == pytest.approx(m.temperature)
+    # the model card, with its Validation section, is the documentation
+    readme = files["README.md"].decode("utf-8")
+    assert rdf["documentation"] == "README.md" and "## Validation" in readme and "### Calibration" in readme
+    assert f"{m.metrics['accuracy']:.3f}" in readme and "Test set" in readme
+    # provenance: where it came from
+    config = rdf["config"]["lsm_classifier"]
+    assert config["manifest"]["weights_sha256"] == m.weights_sha256
+    assert config["provenance"]["lineage"] == ["lab-aging v1"]
+    assert config["provenance"]["training_data"]["class_counts"] == m.training["class_counts"]
+    # the test output is what the app's network gives the test input: probabilities
+    expected = np.load(io.BytesIO(files["test_output.npy"]))
+    assert expected.shape == (4, 2) and np.allclose(expected.sum(axis=1), 1, atol=1e-5)
+
+
+def test_the_onnx_weights_give_the_apps_probabilities(trained_lab):
+    import onnxruntime as ort
+
+    lab, model_id = trained_lab
+    _, _, files = exported(lab, model_id)
+    x = np.load(io.BytesIO(files["test_input.npy"]))
+    expected = np.load(io.BytesIO(files["test_output.npy"]))
+    session = ort.InferenceSession(files["model.onnx"], providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"crop": x})
+    assert np.allclose(got, expected, rtol=TOLERANCE["relative_tolerance"], atol=TOLERANCE["absolute_tolerance"])
+    (two,) = session.run(None, {"crop": np.concatenate([x, x])})  # the batch axis is dynamic
+    assert two.shape == (8, 2)
+
+
+@pytest.mark.slow
+def test_bioimageio_core_reproduces_the_test_tensors_in_every_weights_format(trained_lab, tmp_path):
+    """The Model Zoo's own library runs the package's test input through each weights format (PyTorch state
+    dict with the architecture file, TorchScript, ONNX) and compares with the test output."""
+    from bioimageio.core import test_model
+
+    lab, model_id = trained_lab
+    data, _, _ = exported(lab, model_id)
+    path = tmp_path / "lab-aging.zip"
+    path.write_bytes(data)
+    for weights in ("pytorch_state_dict", "torchscript", "onnx"):
+        summary = test_model(path, weight_format=weights)
+        failed = [(d.name, [e.msg for e in d.errors]) for d in summary.details if d.status != "passed"]
+        assert summary.status == "passed", (weights, failed)
+        assert any("Reproduce test outputs" in d.name for d in summary.details)
+
+
+def test_a_package_whose_files_were_changed_does_not_validate(trained_lab):
+    lab, model_id = trained_lab
+    data, _, files = exported(lab, model_id)
+    broken = io.BytesIO()
+    with zipfile.ZipFile(broken, "w") as z:
+        for name, content in files.items():
+            if name == "test_output.npy":  # other numbers than the ones the rdf's sha256 vouches for
+                content = _npy(np.full((4, 2), 0.5, np.float32))
+            z.writestr(name, content)
+    problems = validate(broken.getvalue())
+    assert problems and any("sha" in p.lower() for p in problems), problems
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def test_the_architecture_file_stands_alone(tmp_path):
+    """architecture.py imports torch and torchvision only: another lab's machine runs it without this app."""
+    source = architecture_source()
+    assert "lsm_core" not in source
+    (tmp_path / "architecture.py").write_text(source)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import torch, architecture; "
+        "m = architecture.ProbabilityClassifier('small_cnn', 3, 1.5).eval(); "
+        "p = m(torch.zeros(2, 1, 64, 64)); assert p.shape == (2, 3); print(float(p.sum()))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert float(proc.stdout) == pytest.approx(2.0, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_command_line_models_export(history, db_url, data_dir, tmp_path):
+    env = dict(os.environ, LSM_DATABASE_URL=db_url, LSM_DATA_DIR=str(data_dir), PYTHONPATH=str(ROOT))
+    out = tmp_path / "tiny.zip"
+    args = ["models", "export", "tiny-lsm:1", "--format", "bioimageio", "--out", str(out), "--author", "Ana"]
+    proc = subprocess.run([sys.executable, "-m", "lsm_core", *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "validated by bioimageio.spec" in proc.stderr and validate(out.read_bytes()) == []
+    proc = subprocess.run(
+        [sys.executable, "-m", "lsm_core", "models", "export", "no-such-model", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0 and "no registered model 'no-such-model'" in proc.stderr
