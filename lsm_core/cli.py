@@ -83,8 +83,19 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_models_import(args: argparse.Namespace) -> int:
-    from lsm_core.lab.registry import import_model
+    from pathlib import Path
 
+    from lsm_core.lab.registry import import_model, import_zoo_package
+
+    if args.manifest is None:
+        path = Path(args.weights)
+        if path.suffix.lower() != ".zip":
+            raise LsmError("give the weights' --manifest, or a BioImage Model Zoo package (.zip)")
+        if not path.is_file():
+            raise LsmError(f"{path}: no such file")
+        row = import_zoo_package(_lab(), path.read_bytes(), _settings().user, args.name, path.name)
+        _log(f"registered {row.label} ({row.task}) from the bioimage.io package {path.name}")
+        return 0
     row = import_model(_lab(), args.weights, args.manifest, _settings().user)
     _log(f"registered {row.label} ({row.task}) at {row.path} in the model store")
     return 0
@@ -665,9 +676,14 @@ def build_parser() -> argparse.ArgumentParser:
     msub = p.add_subparsers(dest="models_command", required=True)
     q = msub.add_parser("list", help="list the registered models")
     q.set_defaults(func=cmd_models_list)
-    q = msub.add_parser("import", help="register a state_dict (.pt, .pth, .safetensors) with a manifest.json")
-    q.add_argument("weights")
-    q.add_argument("--manifest", required=True)
+    q = msub.add_parser(
+        "import",
+        help="register a state_dict (.pt, .pth, .safetensors) with a manifest.json, or a BioImage Model Zoo "
+        "package (.zip: its test tensors must reproduce)",
+    )
+    q.add_argument("weights", metavar="WEIGHTS_OR_PACKAGE")
+    q.add_argument("--manifest", default=None, help="the manifest.json of a state_dict (not for a .zip package)")
+    q.add_argument("--name", default=None, help="a package's name here (default: the name it carries)")
     q.set_defaults(func=cmd_models_import)
     q = msub.add_parser(
         "export", help="write a model as a BioImage Model Zoo package (rdf.yaml, 3 weights formats, test tensors)"

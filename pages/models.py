@@ -11,7 +11,14 @@ from lsm_core.imaging.images import RawFile
 from lsm_core.lab.gating import EXAMPLE as GATE_EXAMPLE
 from lsm_core.lab.gating import parse_batch_ids
 from lsm_core.lab.labels import parse_labelled_batches
-from lsm_core.lab.registry import export_for_zoo, import_model_bytes, lineage, offered_models, set_default
+from lsm_core.lab.registry import (
+    export_for_zoo,
+    import_model_bytes,
+    import_zoo_package,
+    lineage,
+    offered_models,
+    set_default,
+)
 from lsm_core.lab.tasks import evaluate, train
 from lsm_core.ml import nets
 from lsm_core.ml.metrics import model_quality
@@ -21,6 +28,7 @@ from lsm_core.reports.model_card import (
     lineage_text,
     model_cards,
     models_table,
+    origin_text,
     package_zip,
     training_figure,
     training_labels,
@@ -96,6 +104,10 @@ with tabs[0]:
         if len(chain) > 1:  # trained on reviewers' corrections of its parent's predictions
             st.markdown("**Lineage** (each trained on reviewed cells of batches its parent classified): ")
             st.text(lineage_text(chain))
+        origin = origin_text(m.training)
+        if origin:  # an imported package's name, authors, citations and licence: the package's own text
+            st.markdown("**Origin**")
+            st.text(origin)
         cards = model_cards(m.metrics, m.demo)
         if cards:
             st.caption(f"Temperature {m.temperature:.2f} (fitted on the validation set, applied at inference).")
@@ -270,6 +282,27 @@ with tabs[3]:
         else:
             try:
                 row = import_model_bytes(lab, weights.name, weights.getvalue(), manifest.getvalue(), me)
+                st.success(escape_markdown(f"Registered {row.label}."))
+            except LsmError as exc:
+                st.error(escape_markdown(str(exc)))
+    st.markdown(
+        "**Import a BioImage Model Zoo package** (`.zip` with `rdf.yaml`): a classifier of the LSM or the aging "
+        "task, one grey channel in, the classes out. It is validated, its test tensors must reproduce here, and "
+        "its origin (name, authors, citations, licence) stays on its model card."
+    )
+    with st.form("import_zoo"):
+        zoo = st.file_uploader("bioimage.io package", type=["zip"], key="imp_zoo")
+        zoo_name = st.text_input("Name here (optional)", key="imp_zoo_name", help="default: the package's own name")
+        go_zoo = st.form_submit_button("Import package")
+    if go_zoo:
+        if not administers:
+            st.error("Only administrators import models.")
+        elif not zoo:
+            st.error("Choose a package.")
+        else:
+            try:
+                with st.spinner("Validating the package and reproducing its test tensors..."):
+                    row = import_zoo_package(lab, zoo.getvalue(), me, zoo_name.strip() or None, zoo.name)
                 st.success(escape_markdown(f"Registered {row.label}."))
             except LsmError as exc:
                 st.error(escape_markdown(str(exc)))

@@ -3,6 +3,7 @@ package, validated by bioimageio.spec, its test tensors reproduced by bioimageio
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -170,3 +171,106 @@ def test_command_line_models_export(history, db_url, data_dir, tmp_path):
         text=True,
     )
     assert proc.returncode != 0 and "no registered model 'no-such-model'" in proc.stderr
+
+
+# --- import (issue #19 item 2) ----------------------------------------------------------------------------------
+@pytest.fixture
+def fresh_lab(tmp_path):
+    """Another lab: a data dir of its own (SQLite, blob store, model store), nothing registered."""
+    from lsm_core.lab import settings
+    from lsm_core.lab.history import open_lab
+
+    folder = tmp_path / "other-lab"
+    lab = open_lab(
+        settings.current().with_(
+            data_dir=folder, database_url=f"sqlite:///{folder / 'lsm.db'}", blob_dir=folder / "blobs"
+        )
+    )
+    yield lab
+    lab.dispose()
+
+
+def _rezip(files: dict[str, bytes], rdf: dict) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        for name, content in files.items():
+            z.writestr(name, json.dumps(rdf) if name == "rdf.yaml" else content)
+    return out.getvalue()
+
+
+def test_an_exported_model_imported_into_another_lab_gives_the_same_probabilities(trained_lab, fresh_lab):
+    from lsm_core.lab.registry import import_zoo_package
+    from lsm_core.ml.predict import Predictor
+    from lsm_core.reports.model_card import model_card_markdown, origin_text
+
+    lab, model_id = trained_lab
+    data, rdf, _ = exported(lab, model_id)
+    row = import_zoo_package(fresh_lab, data, "ana", source="lab-aging-v1.bioimageio.zip")
+    assert (row.name, row.version, row.task, row.classes) == ("lab-aging", 1, "aging", ["young", "aged"])
+    original, imported = lab.store.get("lab-aging", 1), fresh_lab.store.get("lab-aging", 1)
+    m, n = original.manifest, imported.manifest
+    assert (n.architecture, n.input_size, n.temperature) == (m.architecture, m.input_size, m.temperature)
+    assert n.crop_um == pytest.approx(m.crop_um) and n.pixel_size_um == pytest.approx(m.pixel_size_um)
+    assert n.metrics["accuracy"] == m.metrics["accuracy"]  # its validation travels with it
+    crops, _ = synthetic.make_crops("aging", 50, seed=77)  # crops neither package holds
+    before = Predictor(original, device="cpu", precision="fp32")(crops).probs
+    after = Predictor(imported, device="cpu", precision="fp32")(crops).probs
+    assert np.allclose(before, after, atol=1e-5)
+    # the origin is on the model card
+    origin = origin_text(n.training)
+    assert origin and "Imported from the BioImage Model Zoo package lab-aging v1" in origin
+    assert "Ana Researcher, Ben Imager" in origin and "licence MIT" in origin and "10.1186" in origin
+    assert "## Origin" in model_card_markdown(n)
+
+
+@pytest.mark.parametrize(
+    "change, said",
+    [
+        ("classes", "are not those of a task the app knows"),
+        ("test_output", "test tensors do not reproduce"),
+        ("architecture", "is not one the app runs"),
+        ("channels", "more than one channel"),
+        ("not_a_zip", "not a ZIP file"),
+    ],
+)
+def test_a_package_the_app_cannot_use_is_refused_with_a_reason(trained_lab, fresh_lab, change, said):
+    from lsm_core.errors import LsmError
+    from lsm_core.lab.registry import import_zoo_package
+
+    lab, model_id = trained_lab
+    data, rdf, files = exported(lab, model_id)
+    if change == "classes":
+        rdf["outputs"][0]["axes"][1]["channel_names"] = ["alive", "dead"]
+    elif change == "test_output":  # other numbers, their sha256 updated: valid, but not this network's output
+        files["test_output.npy"] = _npy(np.full((4, 2), 0.5, np.float32))
+        rdf["outputs"][0]["test_tensor"]["sha256"] = hashlib.sha256(files["test_output.npy"]).hexdigest()
+    elif change == "architecture":
+        rdf["weights"]["pytorch_state_dict"]["architecture"]["kwargs"]["architecture"] = "unet2d"
+    elif change == "channels":  # a consistent two-channel package (its test input has two channels too)
+        rdf["inputs"][0]["axes"][1]["channel_names"] = ["DIC", "GFP"]
+        files["test_input.npy"] = _npy(np.random.default_rng(0).random((4, 2, 64, 64), np.float32))
+        rdf["inputs"][0]["test_tensor"]["sha256"] = hashlib.sha256(files["test_input.npy"]).hexdigest()
+    package = b"PK\x03\x04 not really" if change == "not_a_zip" else _rezip(files, rdf)
+    with pytest.raises(LsmError, match=said):
+        import_zoo_package(fresh_lab, package, "ana")
+    assert fresh_lab.store.packages() == []  # nothing kept
+
+
+@pytest.mark.slow
+def test_command_line_models_import_of_a_package(trained_lab, tmp_path):
+    lab, model_id = trained_lab
+    data, _, _ = exported(lab, model_id)
+    package = tmp_path / "pkg.zip"
+    package.write_bytes(data)
+    other = tmp_path / "other"
+    env = dict(os.environ, LSM_DATA_DIR=str(other), PYTHONPATH=str(ROOT))
+    env.pop("LSM_DATABASE_URL", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lsm_core", "models", "import", str(package), "--name", "from-zoo"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "registered from-zoo v1 (aging) from the bioimage.io package pkg.zip" in proc.stderr

@@ -233,3 +233,29 @@ def export_for_zoo(
         raise LsmError("the package does not validate as a bioimage.io model: " + "; ".join(problems[:5]))
     m = package.manifest
     return f"{m.name}-v{m.version}.bioimageio.zip", exported.data
+
+
+def import_zoo_package(lab: Lab, data: bytes, user: str, name: str | None = None, source: str = "package.zip") -> Model:
+    """Import a BioImage Model Zoo package (a ZIP's bytes; administrators only) as the next version of its
+    name (or ``name``): checked by :func:`lsm_core.ml.bioimageio.import_package` (a classifier of a known task,
+    its test tensors reproduced) before anything is written; its origin is kept on the model card."""
+    from lsm_core.ml.bioimageio import import_package
+
+    with lab() as s:
+        accounts.require_admin(s, user, "import models")
+    imported = import_package(data, name, source)
+    package = lab.store.add(imported.net, imported.manifest)
+    sync_models(lab)
+    m = package.manifest
+    with lab.begin() as s:
+        audit.record(
+            s,
+            user,
+            "import",
+            f"model {m.name} v{m.version}",
+            sha256=m.weights_sha256,
+            package_sha256=m.training["imported_from"]["sha256"],
+        )
+        row = s.scalars(select(Model).where(Model.name == m.name, Model.version == m.version)).one()
+        s.expunge(row)
+        return row

@@ -300,3 +300,169 @@ def validate(data: bytes) -> list[str]:
                 str(summary.status)
             ]
     return []
+
+
+MAX_PACKAGE_BYTES = 2 << 30  # a package's unpacked size: weights of a ResNet-50 three ways are ~300 MB
+MAX_PACKAGE_MEMBERS = 200
+
+
+@dataclass
+class Imported:
+    """What an imported package becomes: the network with its weights, the app's manifest for it, and the
+    package's test tensors as they reproduced."""
+
+    net: nn.Module
+    manifest: Any  # lsm_core.ml.models.Manifest
+    largest_difference: float
+
+
+def _members(data: bytes) -> dict[str, bytes]:
+    """The files of a package ZIP, bounded before anything is decompressed (names as written, no folders)."""
+    try:
+        z = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        raise LsmError("not a ZIP file: a bioimage.io package is a ZIP with rdf.yaml at its top") from None
+    with z:
+        infos = [i for i in z.infolist() if not i.is_dir()]
+        if len(infos) > MAX_PACKAGE_MEMBERS:
+            raise LsmError(f"the package holds {len(infos)} files (at most {MAX_PACKAGE_MEMBERS})")
+        total = sum(i.file_size for i in infos)
+        if total > MAX_PACKAGE_BYTES:
+            raise LsmError(f"the package unpacks to {total / 1e9:.1f} GB (at most {MAX_PACKAGE_BYTES / 1e9:.0f} GB)")
+        return {i.filename: z.read(i) for i in infos}
+
+
+def _refuse(reason: str) -> LsmError:
+    return LsmError(f"this package cannot be imported: {reason}")
+
+
+def import_package(data: bytes, name: str | None = None, source: str = "package.zip") -> Imported:
+    """A bioimage.io model package (a ZIP's bytes) as a model of this app, checked before anything is kept.
+
+    It must validate with ``bioimageio.spec``; be a classifier of a task the app knows (one input of one grey
+    channel and two square spatial axes, one output whose channel axis names the classes of the LSM or the
+    aging model); carry PyTorch state-dict weights of an architecture the app runs (the app's own exports,
+    or any package whose architecture kwargs name one of :mod:`lsm_core.ml.nets`; other architectures run
+    in their own tools, and are refused here); and its test input must give its test output within the
+    package's declared tolerance. Its classes, the pixel size of its input axes and its temperature become
+    the manifest; its name, authors, citations, licence and sha256 are kept as ``training["imported_from"]``
+    (shown on the model card). The weights are read with ``torch.load(weights_only=True)``: no code of the
+    package is run."""
+    from lsm_core.classes import TASKS as TASK_CLASSES
+    from lsm_core.ml import nets
+    from lsm_core.ml.models import Manifest, check_name
+
+    files = _members(data)
+    if "rdf.yaml" not in files:
+        raise _refuse("no rdf.yaml at the top of the ZIP")
+    problems = validate(data)
+    if problems:
+        raise _refuse("bioimageio.spec does not validate it: " + "; ".join(problems[:3]))
+    try:
+        rdf = json.loads(files["rdf.yaml"])
+    except json.JSONDecodeError:
+        from ruyaml import YAML  # written by other tools: real YAML (ruyaml is bioimageio.spec's YAML library)
+
+        rdf = YAML(typ="safe").load(files["rdf.yaml"].decode("utf-8"))
+    if rdf.get("type") != "model":
+        raise _refuse(f"it describes a {rdf.get('type')!r}, not a model")
+    inputs, outputs = rdf.get("inputs") or [], rdf.get("outputs") or []
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise _refuse(f"a classifier here has one input and one output (this has {len(inputs)} and {len(outputs)})")
+    axes = {a.get("type"): a for a in inputs[0].get("axes") or []}
+    space = [a for a in inputs[0].get("axes") or [] if a.get("type") == "space"]
+    channel = axes.get("channel")
+    if channel is not None and len(channel.get("channel_names") or []) != 1:
+        raise _refuse("its input has more than one channel; the app classifies one grey channel")
+    sizes = {a.get("size") for a in space}
+    if len(space) != 2 or len(sizes) != 1 or not all(isinstance(s, int) for s in sizes):
+        raise _refuse("its input is not one square crop of a fixed size (two space axes of one size)")
+    size = int(sizes.pop())
+    out_axes = outputs[0].get("axes") or []
+    if [a.get("type") for a in out_axes] not in (["batch", "channel"], ["channel"]):
+        raise _refuse("its output is not a class axis (batch, channel): it is not a classifier")
+    classes = [str(c) for c in next(a for a in out_axes if a.get("type") == "channel").get("channel_names") or []]
+    task = next((t for t, known in TASK_CLASSES.items() if sorted(known) == sorted(classes)), None)
+    if task is None:
+        known = "; ".join(f"{t}: {', '.join(c)}" for t, c in TASK_CLASSES.items())
+        raise _refuse(f"its classes ({', '.join(classes)}) are not those of a task the app knows ({known})")
+    preprocessing = [p.get("id") for p in inputs[0].get("preprocessing") or []]
+    if any(p not in ("zero_mean_unit_variance", "ensure_dtype") for p in preprocessing):
+        raise _refuse(
+            f"its preprocessing ({', '.join(preprocessing)}) is not the per-crop standardisation the app's networks do"
+        )
+    weights = (rdf.get("weights") or {}).get("pytorch_state_dict")
+    if not weights:
+        raise _refuse("it has no pytorch_state_dict weights (the app runs PyTorch networks)")
+    kwargs = (weights.get("architecture") or {}).get("kwargs") or {}
+    architecture = kwargs.get("architecture")
+    if architecture not in nets.REGISTRY:
+        raise _refuse(
+            f"its architecture ({(weights.get('architecture') or {}).get('callable', '?')}"
+            + (f", {architecture}" if architecture else "")
+            + ") is not one the app runs; run it in bioimageio.core, ilastik or deepImageJ"
+        )
+    config = (rdf.get("config") or {}).get("lsm_classifier") or {}
+    ours: dict[str, Any] = config["manifest"] if isinstance(config.get("manifest"), dict) else {}
+    temperature = float(kwargs.get("temperature", ours.get("temperature", 1.0)))
+    try:
+        state = torch.load(io.BytesIO(files[weights["source"]]), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise _refuse(f"its weights are not a plain state dict of tensors ({type(exc).__name__})") from None
+    net = nets.create(architecture, len(classes))
+    inner = {k.removeprefix("net."): v for k, v in state.items()} if isinstance(state, dict) else {}
+    from lsm_core.ml.models import _load_state
+
+    _load_state(net, inner, source)
+    wrapped = ProbabilityClassifier(net, temperature).eval()
+    x = np.load(io.BytesIO(files[inputs[0]["test_tensor"]["source"]]), allow_pickle=False)
+    expected = np.load(io.BytesIO(files[outputs[0]["test_tensor"]["source"]]), allow_pickle=False)
+    x = np.asarray(x, np.float32).reshape(-1, 1, size, size)
+    with torch.no_grad():
+        got = wrapped(torch.from_numpy(x)).numpy()
+    declared = ((rdf.get("config") or {}).get("bioimageio") or {}).get("reproducibility_tolerance") or []
+    tolerance: dict[str, Any] = declared[0] if declared and isinstance(declared[0], dict) else {}
+    rtol = float(tolerance.get("relative_tolerance", TOLERANCE["relative_tolerance"]))
+    atol = float(tolerance.get("absolute_tolerance", TOLERANCE["absolute_tolerance"]))
+    if got.shape != np.shape(expected):
+        raise _refuse(f"its test input gives output of shape {got.shape}, not the test output's {np.shape(expected)}")
+    difference = float(np.max(np.abs(got - expected))) if got.size else 0.0
+    if not np.allclose(got, expected, rtol=rtol, atol=atol):
+        raise _refuse(
+            f"its test tensors do not reproduce: the largest difference is {difference:.3g} (tolerance: relative "
+            f"{rtol:g}, absolute {atol:g}): the weights, the architecture or the test output do not belong together"
+        )
+    scale = float(space[0].get("scale", 1.0))
+    wanted = name or ours.get("name") or str(rdf.get("name", "imported")).split(" v")[0]
+    wanted = re.sub(r"[^A-Za-z0-9._-]+", "-", wanted).strip("-._")[:64] or "imported"
+    check_name(wanted)
+    origin = {
+        "format": "bioimageio",
+        "name": rdf.get("name"),
+        "version": rdf.get("version"),
+        "authors": [a.get("name") for a in rdf.get("authors") or [] if isinstance(a, dict)],
+        "cite": rdf.get("cite") or [],
+        "license": rdf.get("license"),
+        "sha256": _sha256(data),
+        "file": source,
+        "exported_from": config.get("exported_from"),
+        "app_version": config.get("app_version"),
+    }
+    training = dict(ours.get("training") or {}) if isinstance(ours.get("training"), dict) else {}
+    training["imported_from"] = origin
+    manifest = Manifest(
+        task=task,
+        name=wanted,
+        classes=classes,
+        architecture=architecture,
+        input_size=size,
+        pixel_size_um=float(ours.get("pixel_size_um", scale)),
+        crop_um=scale * size,
+        temperature=temperature,
+        metrics=dict(ours.get("metrics") or {}),
+        training=training,
+        demo=bool(ours.get("demo", False)),
+        description=str(ours.get("description") or rdf.get("description") or ""),
+    )
+    manifest.validate(source)
+    return Imported(net, manifest, difference)

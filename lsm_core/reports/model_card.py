@@ -438,6 +438,35 @@ def package_zip(folder: Path) -> bytes:
     return buf.getvalue()
 
 
+def origin_text(training: dict | None) -> str | None:
+    """Where an imported model came from (``training["imported_from"]``), as plain text; None when it was
+    trained here."""
+    origin = (training or {}).get("imported_from")
+    if not isinstance(origin, dict):
+        return None
+    authors = ", ".join(str(a) for a in origin.get("authors") or []) or "authors not named"
+    cite = "; ".join(
+        str(c.get("text", "")) + (f" (doi:{c['doi']})" if c.get("doi") else f" ({c['url']})" if c.get("url") else "")
+        for c in origin.get("cite") or []
+        if isinstance(c, dict)
+    )
+    lines = [
+        f"Imported from the BioImage Model Zoo package {origin.get('name', '?')!s} (version "
+        f"{origin.get('version', '?')!s}, licence {origin.get('license', '?')!s}), file {origin.get('file', '?')!s}, "
+        f"sha256 {origin.get('sha256', '?')!s}.",
+        f"Authors: {authors}.",
+    ]
+    if cite:
+        lines.append(f"Cite: {cite}.")
+    if origin.get("exported_from"):
+        lines.append(
+            f"Exported from {origin['exported_from']!s} by this app {origin.get('app_version') or ''}.".replace(
+                " .", "."
+            )
+        )
+    return "\n".join(lines)
+
+
 def _md(text: object) -> str:
     """Text as literal Markdown (names and rules are people's text)."""
     return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~])", r"\\\1", str(text))
@@ -504,6 +533,9 @@ def model_card_markdown(manifest, lineage: list[str] | None = None) -> str:
         out += [f"- labels: {_md(line)}" for line in section.lines]
     if lineage and len(lineage) > 1:
         out.append(f"- lineage: {_md(lineage_text(lineage))}")
+    origin = origin_text(training)
+    if origin:
+        out += ["", "## Origin", "", *[_md(line) + "  " for line in origin.splitlines()]]
     out += ["", "## Validation", ""]
     metrics = m.metrics or {}
     sets = [(set_heading(metrics, "validation set"), metrics)] if metrics.get("confusion_matrix") else []
