@@ -30,16 +30,16 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
     from lsm_core.imaging.images import ReadOptions, read_inputs, reporter_names
     from lsm_core.ml.classify import Summary, classify_records, find_params_for, result_columns
-    from lsm_core.ml.predict import Predictor
+    from lsm_core.ml.predict import make_predictor
     from lsm_core.reports.export import signal_columns, write_csv, write_table
 
     settings = _settings()
     package = _store().resolve(args.model)
-    predictor = Predictor(
-        package, device=args.device or settings.device, precision=settings.precision, batch_size=args.batch_size
-    )
+    device = args.device or settings.device
+    predictor = make_predictor(package, device, settings.precision, args.batch_size, settings.runtime)
     params = find_params_for(predictor, args.pixel_size, settings.pixel_size_um, args.modality)
-    _log(f"model {package.manifest.label} on {predictor.device}{' (bf16)' if predictor.bf16 else ''}")
+    runtime = " (ONNX Runtime)" if predictor.runtime == "onnx" else " (bf16)" if predictor.bf16 else ""
+    _log(f"model {package.manifest.label} on {predictor.device}{runtime}")
     summary = Summary()
     n_classes = len(predictor.classes)
     options = ReadOptions(args.channel, args.z)

@@ -51,3 +51,54 @@ def test_missing_gpu_is_a_clear_error(tiny_lsm_package):
         pytest.skip("this machine has a GPU")
     with pytest.raises(LsmError, match="no usable CUDA"):
         Predictor(tiny_lsm_package, device="cuda:0")
+
+
+# --- the ONNX Runtime path (issue #19 item 3) ----------------------------------------------------------------
+def test_onnx_runtime_gives_torchs_probabilities(tiny_lsm_package):
+    from lsm_core.imaging import synthetic
+    from lsm_core.ml.predict import OnnxPredictor, Predictor, make_predictor
+
+    crops, _ = synthetic.make_crops("lsm", 300, seed=41)
+    torch_fp32 = Predictor(tiny_lsm_package, device="cpu", precision="fp32", batch_size=64)(crops)
+    onnx = make_predictor(tiny_lsm_package, "cpu", None, 64, runtime="onnx")
+    assert isinstance(onnx, OnnxPredictor) and onnx.runtime == "onnx" and not onnx.bf16
+    got = onnx(crops)
+    assert np.allclose(got.probs, torch_fp32.probs, atol=1e-4)
+    assert (got.predicted == torch_fp32.predicted).mean() >= 0.99  # ties at 1e-6 may flip, nothing else
+    assert make_predictor(tiny_lsm_package, "cpu").runtime == "torch"
+
+
+def test_the_runtime_setting_is_checked():
+    from lsm_core.lab.settings import Settings
+
+    assert Settings.from_env({}).runtime == "torch"
+    assert Settings.from_env({"LSM_RUNTIME": " ONNX "}).environment()["LSM_RUNTIME"] == "onnx"
+    with pytest.raises(LsmError, match="LSM_RUNTIME='tensorrt' must be one of torch, onnx"):
+        Settings.from_env({"LSM_RUNTIME": "tensorrt"})
+
+
+@pytest.mark.slow
+def test_a_cpu_worker_on_onnx_runtime_classifies_as_a_torch_worker_does(history):
+    from db.schema import Cell
+    from lsm_core.lab import batches
+    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.worker import Worker
+    from tests.helpers import crop_files, field_file
+
+    lab, _, model_id = history
+    files = crop_files(6, 501) + [field_file(502)]
+    on_torch = batches.submit_batch(lab, files, model_id, "torch", owner="ana").batch_id
+    Worker(lab, device="cpu").run(drain=True)
+    onnx_lab = open_lab(lab.settings.with_(runtime="onnx", precision="fp32"))
+    try:
+        on_onnx = batches.submit_batch(onnx_lab, files, model_id, "onnx", owner="ana").batch_id
+        Worker(onnx_lab, device="cpu").run(drain=True)
+    finally:
+        onnx_lab.dispose()
+    with lab() as s:
+        a = s.query(Cell).filter_by(batch_id=on_torch).order_by(Cell.image_id, Cell.idx).all()
+        b = s.query(Cell).filter_by(batch_id=on_onnx).order_by(Cell.image_id, Cell.idx).all()
+    assert len(a) == len(b) >= 10
+    # the torch worker may run bf16 where the CPU has it: compare at bf16's tolerance
+    assert np.allclose([c.probs for c in a], [c.probs for c in b], atol=0.03)
+    assert [(c.x, c.y, c.w, c.h) for c in a] == [(c.x, c.y, c.w, c.h) for c in b]

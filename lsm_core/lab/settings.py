@@ -29,6 +29,7 @@ app. Nothing else in the project reads the environment: functions get what they 
 | LSM_SCORECAM_CHANNELS | 8 | Score-CAM's k: channels of the target layer scored per cell, by variance (0: all) |
 | LSM_BLOB_HELPERS | 2 | helper processes that store uploads for a busy web process (0: none) |
 | LSM_CHROMIUM | chromium on the PATH | the browser that draws figures as SVG, PDF and PNG (kaleido) |
+| LSM_RUNTIME | torch | what runs the networks of a CPU worker: ``torch`` or ``onnx`` (ONNX Runtime) |
 
 Sign-in is on when an ``[auth]`` section is configured in ``~/.streamlit/secrets.toml`` or
 ``./.streamlit/secrets.toml`` (Streamlit's own places); :func:`auth_problem` says when its ``cookie_secret`` is
@@ -71,7 +72,9 @@ VARIABLES = (
     "LSM_SCORECAM_CHANNELS",
     "LSM_BLOB_HELPERS",
     "LSM_CHROMIUM",
+    "LSM_RUNTIME",
 )
+RUNTIMES = ("torch", "onnx")
 PRECISIONS = ("auto", "bf16", "fp32")
 DEMO_RECIPES = ("full", "tiny")
 
@@ -263,6 +266,7 @@ class Settings:
     scorecam_channels: int | None = None  # Score-CAM's k (None: lsm_core.ml.saliency's default; 0: every channel)
     blob_helpers: int | None = None  # blob-writing helper processes (None: lsm_core.lab.blobwriter's default; 0: none)
     chromium: str | None = None  # the browser kaleido draws figures with (None: chromium or chrome on the PATH)
+    runtime: str = "torch"  # what runs the networks on a CPU worker (lsm_core.ml.predict.make_predictor)
 
     @property
     def model_dir(self) -> Path:
@@ -280,6 +284,9 @@ class Settings:
         if recipe not in DEMO_RECIPES:
             raise LsmError(f"setting LSM_DEMO_RECIPE={recipe!r} must be one of {', '.join(DEMO_RECIPES)}")
         pixel = _number(env, "LSM_PIXEL_SIZE_UM", 0.0) if env.get("LSM_PIXEL_SIZE_UM", "").strip() else None
+        runtime = env.get("LSM_RUNTIME", "").strip().lower() or "torch"
+        if runtime not in RUNTIMES:
+            raise LsmError(f"setting LSM_RUNTIME={runtime!r} must be one of {', '.join(RUNTIMES)}")
         defaults = Limits()
         return cls(
             data_dir=data,
@@ -309,6 +316,7 @@ class Settings:
             scorecam_channels=_count(env, "LSM_SCORECAM_CHANNELS"),
             blob_helpers=_count(env, "LSM_BLOB_HELPERS"),
             chromium=env.get("LSM_CHROMIUM", "").strip() or None,
+            runtime=runtime,
         )
 
     def with_(self, **changes) -> Settings:
@@ -335,6 +343,7 @@ class Settings:
             **({"LSM_SCORECAM_CHANNELS": str(self.scorecam_channels)} if self.scorecam_channels is not None else {}),
             **({"LSM_BLOB_HELPERS": str(self.blob_helpers)} if self.blob_helpers is not None else {}),
             **({"LSM_CHROMIUM": self.chromium} if self.chromium else {}),
+            "LSM_RUNTIME": self.runtime,
             "LSM_MAX_ARCHIVE_MEMBERS": str(self.limits.max_archive_members),
             "LSM_MAX_ARCHIVE_BYTES": str(self.limits.max_archive_bytes),
         }

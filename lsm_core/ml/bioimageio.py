@@ -265,7 +265,7 @@ def export_package(
     return Exported(out.getvalue(), {n: _sha256(d) for n, d in files.items()}, expected)
 
 
-def onnx_bytes(net: nn.Module, size: int) -> bytes:
+def onnx_bytes(net: nn.Module, size: int, output: str = "probabilities") -> bytes:
     """``net`` as ONNX (opset :data:`ONNX_OPSET`, a dynamic batch axis), by torch's TorchScript-based exporter
     (the dynamo one needs onnxscript, which this app does not otherwise need)."""
     import warnings
@@ -279,8 +279,8 @@ def onnx_bytes(net: nn.Module, size: int) -> bytes:
             path,
             dynamo=False,
             input_names=["crop"],
-            output_names=["probabilities"],
-            dynamic_axes={"crop": {0: "batch"}, "probabilities": {0: "batch"}},
+            output_names=[output],
+            dynamic_axes={"crop": {0: "batch"}, output: {0: "batch"}},
             opset_version=ONNX_OPSET,
         )
         return path.read_bytes()

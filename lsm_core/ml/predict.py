@@ -90,6 +90,8 @@ class Prediction:
 class Predictor:
     """A loaded, prepared model that turns crops into probabilities."""
 
+    runtime = "torch"
+
     def __init__(
         self,
         package: ModelPackage,
@@ -112,13 +114,17 @@ class Predictor:
     def classes(self) -> list[str]:
         return list(self.manifest.classes)
 
-    def logits(self, crops: np.ndarray) -> np.ndarray:
-        """Raw logits (N, C) float32 of crops (N, H, W) float32, in chunks of ``batch_size``."""
+    def _checked(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``crops`` as float32 (N, S, S), checked against the model's input size, and the empty logits."""
         crops = np.asarray(crops, dtype=np.float32)
         size = self.manifest.input_size
         if crops.ndim != 3 or crops.shape[1:] != (size, size):
             raise LsmError(f"expected crops of shape (N, {size}, {size}), got {crops.shape}")
-        out = np.empty((len(crops), len(self.classes)), np.float32)
+        return crops, np.empty((len(crops), len(self.classes)), np.float32)
+
+    def logits(self, crops: np.ndarray) -> np.ndarray:
+        """Raw logits (N, C) float32 of crops (N, H, W) float32, in chunks of ``batch_size``."""
+        crops, out = self._checked(crops)
         with torch.inference_mode():
             for start in range(0, len(crops), self.batch_size):
                 chunk = torch.from_numpy(crops[start : start + self.batch_size])[:, None]
@@ -130,6 +136,66 @@ class Predictor:
 
     def __call__(self, crops: np.ndarray) -> Prediction:
         return probabilities(self.logits(crops), self.temperature)
+
+
+RUNTIMES = ("torch", "onnx")
+
+
+class OnnxPredictor(Predictor):
+    """:class:`Predictor` on ONNX Runtime (CPU): the network exported to ONNX when the predictor is made (opset
+    :data:`lsm_core.ml.bioimageio.ONNX_OPSET`), run in float32 with as many threads as torch uses. For
+    CPU-only workers (LSM_RUNTIME=onnx); its speed against torch is measured in bench/throughput.py."""
+
+    runtime = "onnx"
+
+    def __init__(
+        self,
+        package: ModelPackage,
+        device: str | torch.device | None = "cpu",
+        precision: str | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        net: nn.Module | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        from lsm_core.ml.bioimageio import onnx_bytes
+
+        device = device if isinstance(device, torch.device) else choose_device(device)
+        if device.type != "cpu":
+            raise LsmError(f"the ONNX Runtime path runs on the CPU, not {device}: use LSM_RUNTIME=torch there")
+        super().__init__(package, device, "fp32", batch_size, net)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        source = net if net is not None else package.load("cpu")
+        self.session = ort.InferenceSession(
+            onnx_bytes(source, self.manifest.input_size, "logits"), options, providers=["CPUExecutionProvider"]
+        )
+        self.net = None  # type: ignore[assignment]  # the session computes; the torch copy is not kept
+        self.bf16 = False
+
+    def logits(self, crops: np.ndarray) -> np.ndarray:
+        crops, out = self._checked(crops)
+        for start in range(0, len(crops), self.batch_size):
+            chunk = crops[start : start + self.batch_size][:, None]
+            out[start : start + len(chunk)] = self.session.run(None, {"crop": np.ascontiguousarray(chunk)})[0]
+        return out
+
+
+def make_predictor(
+    package: ModelPackage,
+    device: str | torch.device | None = None,
+    precision: str | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    runtime: str = "torch",
+) -> Predictor:
+    """The predictor of the runtime asked for (LSM_RUNTIME): ``torch``, or ``onnx`` on a CPU worker (a GPU
+    worker keeps torch: ONNX Runtime's CPU build is what is installed)."""
+    if runtime not in RUNTIMES:
+        raise LsmError(f"unknown runtime {runtime!r}; choose {', '.join(RUNTIMES)}")
+    resolved = device if isinstance(device, torch.device) else choose_device(device)
+    if runtime == "onnx" and resolved.type == "cpu":
+        return OnnxPredictor(package, resolved, precision, batch_size)
+    return Predictor(package, resolved, precision, batch_size)
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

@@ -82,17 +82,18 @@ class ModelCache:
         return package_for(model, self.lab.store)
 
     def predictor(self, model: Model) -> Predictor:
-        from lsm_core.ml.predict import DEFAULT_BATCH_SIZE, Predictor
+        from lsm_core.ml.predict import DEFAULT_BATCH_SIZE, make_predictor
 
         key = model.weights_sha256
         if key in self._predictors:
             self._predictors.move_to_end(key)
             return self._predictors[key]
-        predictor = Predictor(
+        predictor = make_predictor(
             self.package(model),
             device=self.device,
             precision=self.lab.settings.precision,
             batch_size=self.batch_size or DEFAULT_BATCH_SIZE,
+            runtime=self.lab.settings.runtime,
         )
         self._predictors[key] = predictor
         while len(self._predictors) > self.size:
