@@ -60,6 +60,7 @@ def status() -> None:
     with lab() as s:
         workers = queries.live_workers(s)
         queued = queries.queue_length(s)
+        refused = queries.refused_models(s, [w.id for w in workers])
     restarts = worker_restarts(lab.settings.data_dir)  # serve's record: a worker that died and was started again
     if restarts is not None:
         when = time.strftime("%H:%M UTC", time.gmtime(restarts.died_at)) if restarts.died_at else "lately"
@@ -80,6 +81,8 @@ def status() -> None:
                 escape_markdown(f"{w.host} · {w.device}")
                 + (f" · job {w.current_job_id}" if w.current_job_id else " · idle")
             )
+            for label, message in refused.get(w.id, []):  # its self-test failed there: other workers take the jobs
+                st.error(escape_markdown(f"{w.host} refuses {label}: {message}"), icon=":material/block:")
     else:
         st.warning("No worker is running: jobs wait in the queue. Start one with `python -m lsm_core worker`.")
     st.caption(f"Queue: {queued} job{'s' if queued != 1 else ''} waiting")

@@ -393,6 +393,24 @@ def live_workers(s: Session, seen_within_s: float = 60.0) -> list[Worker]:
     )
 
 
+def refused_models(s: Session, worker_ids: list[str]) -> dict[str, list[tuple[str, str]]]:
+    """Per worker, the models its self-test refused: (model label, the check's message), newest first."""
+    from db.schema import ModelCheck
+
+    if not worker_ids:
+        return {}
+    rows = s.execute(
+        select(ModelCheck.worker_id, Model.name, Model.version, Model.demo, Model.metrics, ModelCheck.message)
+        .join(Model, Model.id == ModelCheck.model_id)
+        .where(ModelCheck.worker_id.in_(worker_ids), ModelCheck.passed.is_(False))
+        .order_by(ModelCheck.checked.desc())
+    )
+    out: dict[str, list[tuple[str, str]]] = {}
+    for worker_id, name, version, demo, metrics, message in rows:
+        out.setdefault(worker_id, []).append((Model.label_of(name, version, demo, metrics), message))
+    return out
+
+
 def queue_length(s: Session) -> int:
     return s.scalar(select(func.count()).select_from(Job).where(Job.status == "queued")) or 0
 

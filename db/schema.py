@@ -76,6 +76,9 @@ class Model(Base):
     is_default: Mapped[bool] = mapped_column(Boolean, default=False)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
     created: Mapped[datetime] = mapped_column(default=utcnow)
+    # the probabilities the model gives its self-test crops where it was registered, and the tolerance per
+    # precision every worker's own run must meet (lsm_core.ml.selftest); NULL until computed
+    self_test: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     @property
     def label(self) -> str:
@@ -267,6 +270,28 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(32))
     target: Mapped[str] = mapped_column(String(300))  # e.g. "batch 12", "model lsm-lab v3"
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class ModelCheck(Base):
+    """A worker's self-test of a model version on its device, precision and runtime: passed, or the model is
+    refused on that worker (its jobs go to others)."""
+
+    __tablename__ = "model_checks"
+    __table_args__ = (
+        UniqueConstraint("worker_id", "model_id", "device", "precision", "runtime", name="uq_model_checks_one"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    worker_id: Mapped[str] = mapped_column(String(200))
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    device: Mapped[str] = mapped_column(String(64))
+    precision: Mapped[str] = mapped_column(String(16))
+    runtime: Mapped[str] = mapped_column(String(16))
+    passed: Mapped[bool] = mapped_column(Boolean)
+    max_difference: Mapped[float] = mapped_column(Float)
+    tolerance: Mapped[float] = mapped_column(Float)
+    message: Mapped[str] = mapped_column(Text)
+    checked: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Worker(Base):

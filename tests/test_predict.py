@@ -65,15 +65,18 @@ def test_onnx_runtime_gives_torchs_probabilities(tiny_lsm_package):
     got = onnx(crops)
     assert np.allclose(got.probs, torch_fp32.probs, atol=1e-4)
     assert (got.predicted == torch_fp32.predicted).mean() >= 0.99  # ties at 1e-6 may flip, nothing else
-    assert make_predictor(tiny_lsm_package, "cpu").runtime == "torch"
+    assert make_predictor(tiny_lsm_package, "cpu", runtime="torch").runtime == "torch"
+    # auto: ONNX Runtime where torch would run fp32 on the CPU (it is faster there), torch where bf16 runs
+    assert make_predictor(tiny_lsm_package, "cpu", "fp32", runtime="auto").runtime == "onnx"
+    assert make_predictor(tiny_lsm_package, "cpu", "bf16", runtime="auto").runtime == "torch"
 
 
 def test_the_runtime_setting_is_checked():
     from lsm_core.lab.settings import Settings
 
-    assert Settings.from_env({}).runtime == "torch"
+    assert Settings.from_env({}).runtime == "auto"
     assert Settings.from_env({"LSM_RUNTIME": " ONNX "}).environment()["LSM_RUNTIME"] == "onnx"
-    with pytest.raises(LsmError, match="LSM_RUNTIME='tensorrt' must be one of torch, onnx"):
+    with pytest.raises(LsmError, match="LSM_RUNTIME='tensorrt' must be one of auto, torch, onnx"):
         Settings.from_env({"LSM_RUNTIME": "tensorrt"})
 
 
@@ -87,8 +90,12 @@ def test_a_cpu_worker_on_onnx_runtime_classifies_as_a_torch_worker_does(history)
 
     lab, _, model_id = history
     files = crop_files(6, 501) + [field_file(502)]
-    on_torch = batches.submit_batch(lab, files, model_id, "torch", owner="ana").batch_id
-    Worker(lab, device="cpu").run(drain=True)
+    torch_lab = open_lab(lab.settings.with_(runtime="torch"))  # the first worker on torch, whatever the default
+    try:
+        on_torch = batches.submit_batch(torch_lab, files, model_id, "torch", owner="ana").batch_id
+        Worker(torch_lab, device="cpu").run(drain=True)
+    finally:
+        torch_lab.dispose()
     onnx_lab = open_lab(lab.settings.with_(runtime="onnx", precision="fp32"))
     try:
         on_onnx = batches.submit_batch(onnx_lab, files, model_id, "onnx", owner="ana").batch_id

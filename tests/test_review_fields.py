@@ -174,6 +174,7 @@ def test_fixing_a_field_of_view_in_chromium(app_env, with_batch, tmp_path):
         page.mouse.click(*at(first.x + first.w / 2, first.y + first.h / 2))
         settle(page)
         expect(page.get_by_text(f"cell {first.idx} of {field.file}").first).to_be_visible(timeout=30_000)
+        area = plot_area()  # the rerun may have moved the page (on a busy machine it scrolls late): measured again
         page.mouse.click(*at(x, y))
         settle(page)
         add = page.get_by_role("button", name=re.compile(r"^Add a cell at \("))

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, case, func, select, update
+from sqlalchemy import CursorResult, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from db import audit
@@ -141,8 +141,17 @@ def reap_expired(s: Session, now: datetime) -> int:
     return len(expired)
 
 
-def claim(lab: Lab, worker_id: str, kinds: Iterable[str] | None = None, lease_s: float = DEFAULT_LEASE_S) -> Job | None:
-    """Take the next job (see the module docstring for the order), or None when there is none."""
+def claim(
+    lab: Lab,
+    worker_id: str,
+    kinds: Iterable[str] | None = None,
+    lease_s: float = DEFAULT_LEASE_S,
+    refused_models: Iterable[int] = (),
+    refused_jobs: Iterable[int] = (),
+) -> Job | None:
+    """Take the next job (see the module docstring for the order), or None when there is none. A worker
+    that refused a model (its self-test failed there: lsm_core.ml.selftest) leaves the jobs of batches
+    classified by it, and the jobs it gave back, to other workers."""
     now = utcnow()
     with lab.begin() as s:
         reap_expired(s, now)
@@ -156,6 +165,11 @@ def claim(lab: Lab, worker_id: str, kinds: Iterable[str] | None = None, lease_s:
         )
         if kinds:
             query = query.where(Job.kind.in_(list(kinds)))
+        if refused_jobs := list(refused_jobs):
+            query = query.where(Job.id.not_in(refused_jobs))
+        if refused_models := list(refused_models):
+            of_refused = select(Batch.id).where(Batch.model_id.in_(refused_models))
+            query = query.where(or_(Job.batch_id.is_(None), Job.batch_id.not_in(of_refused)))
         if s.bind.dialect.name == "postgresql":
             query = query.with_for_update(skip_locked=True, of=Job)
         job = s.scalars(query).first()

@@ -8,6 +8,7 @@ that failed its quality check (:func:`lsm_core.ml.metrics.model_quality`) is nev
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from lsm_core.lab import accounts
 from lsm_core.lab.history import Lab
 from lsm_core.ml.metrics import failed_quality, model_quality
 from lsm_core.ml.models import ModelPackage, ModelStore
+
+log = logging.getLogger("lsm_core.registry")
 
 TASK_ORDER: tuple[str, ...] = tuple(TASK_TITLES)  # ("lsm", "aging"): the LSM classifier first, everywhere
 
@@ -115,7 +118,29 @@ def sync_models(lab: Lab) -> list[Model]:
                 # prefer a model trained on lab data over a demo, then the newest
                 best = sorted(usable, key=lambda r: (not r.demo, r.created, r.version))[-1]
                 best.is_default = True
-        return rows
+        missing = [(r.id, r.name, r.version) for r in rows if r.self_test is None]
+    fill_self_tests(lab, missing)
+    return rows
+
+
+def fill_self_tests(lab: Lab, rows: list[tuple[int, str, int]]) -> None:
+    """Compute the self-test reference (lsm_core.ml.selftest) of models that have none, each outside any
+    transaction and then stored in one short one; a package that cannot be loaded is left without (its
+    workers then refuse it, saying why)."""
+    if not rows:
+        return
+    from lsm_core.ml.selftest import reference
+
+    for model_id, name, version in rows:
+        try:
+            ref = reference(lab.store.get(name, version))
+        except LsmError as exc:
+            log.warning("model %s v%s: no self-test reference (%s)", name, version, exc)
+            continue
+        with lab.begin() as s:
+            row = s.get(Model, model_id)
+            if row is not None and row.self_test is None:
+                row.self_test = ref
 
 
 def package_for(row: Model, store: ModelStore) -> ModelPackage:

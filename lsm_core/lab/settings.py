@@ -29,7 +29,7 @@ app. Nothing else in the project reads the environment: functions get what they 
 | LSM_SCORECAM_CHANNELS | 8 | Score-CAM's k: channels of the target layer scored per cell, by variance (0: all) |
 | LSM_BLOB_HELPERS | 2 | helper processes that store uploads for a busy web process (0: none) |
 | LSM_CHROMIUM | chromium on the PATH | the browser that draws figures as SVG, PDF and PNG (kaleido) |
-| LSM_RUNTIME | torch | what runs the networks of a CPU worker: ``torch`` or ``onnx`` (ONNX Runtime) |
+| LSM_RUNTIME | auto | a CPU worker's networks: ``torch``, ``onnx``, or ``auto`` (onnx where torch runs fp32) |
 
 Sign-in is on when an ``[auth]`` section is configured in ``~/.streamlit/secrets.toml`` or
 ``./.streamlit/secrets.toml`` (Streamlit's own places); :func:`auth_problem` says when its ``cookie_secret`` is
@@ -74,7 +74,7 @@ VARIABLES = (
     "LSM_CHROMIUM",
     "LSM_RUNTIME",
 )
-RUNTIMES = ("torch", "onnx")
+RUNTIMES = ("auto", "torch", "onnx")
 PRECISIONS = ("auto", "bf16", "fp32")
 DEMO_RECIPES = ("full", "tiny")
 
@@ -266,7 +266,7 @@ class Settings:
     scorecam_channels: int | None = None  # Score-CAM's k (None: lsm_core.ml.saliency's default; 0: every channel)
     blob_helpers: int | None = None  # blob-writing helper processes (None: lsm_core.lab.blobwriter's default; 0: none)
     chromium: str | None = None  # the browser kaleido draws figures with (None: chromium or chrome on the PATH)
-    runtime: str = "torch"  # what runs the networks on a CPU worker (lsm_core.ml.predict.make_predictor)
+    runtime: str = "auto"  # what runs the networks on a CPU worker (lsm_core.ml.predict.make_predictor)
 
     @property
     def model_dir(self) -> Path:
@@ -284,7 +284,7 @@ class Settings:
         if recipe not in DEMO_RECIPES:
             raise LsmError(f"setting LSM_DEMO_RECIPE={recipe!r} must be one of {', '.join(DEMO_RECIPES)}")
         pixel = _number(env, "LSM_PIXEL_SIZE_UM", 0.0) if env.get("LSM_PIXEL_SIZE_UM", "").strip() else None
-        runtime = env.get("LSM_RUNTIME", "").strip().lower() or "torch"
+        runtime = env.get("LSM_RUNTIME", "").strip().lower() or "auto"
         if runtime not in RUNTIMES:
             raise LsmError(f"setting LSM_RUNTIME={runtime!r} must be one of {', '.join(RUNTIMES)}")
         defaults = Limits()

@@ -36,7 +36,15 @@ from lsm_core.lab import jobs, tasks
 from lsm_core.lab.history import Lab
 from lsm_core.lab.jobs import JobKind, JobStatus
 from lsm_core.lab.retry import DEFAULT_SECONDS, Retry, connection_lost
-from lsm_core.lab.tasks.context import Cancelled, Context, JobLost, ModelCache, Preparation, Stopping
+from lsm_core.lab.tasks.context import (
+    Cancelled,
+    Context,
+    JobLost,
+    ModelCache,
+    ModelRefused,
+    Preparation,
+    Stopping,
+)
 
 log = logging.getLogger("lsm_core.worker")
 ALL_KINDS = tuple(k.value for k in JobKind)
@@ -66,12 +74,13 @@ class Worker:
         self.device = choose_device(device or lab.settings.device)
         self.lease_s, self.poll_s = lease_s, poll_s
         self.retry = Retry(db_retry_s)
-        self.models = ModelCache(lab, self.device, cache_size, batch_size)
+        self.host = socket.gethostname()
+        self.id = worker_id or f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.models = ModelCache(lab, self.device, cache_size, batch_size, worker_id=self.id)
+        self.refused_jobs: set[int] = set()  # given back after a model's self-test failed here: for other workers
         if prep_workers is None:  # the setting, else the host's cores minus one as memory allows
             prep_workers = lab.settings.prep_workers
         self.prep = Preparation(default_workers(lab.limits) if prep_workers is None else prep_workers)
-        self.host = socket.gethostname()
-        self.id = worker_id or f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.stop = threading.Event()
         self.current_job: int | None = None
 
@@ -115,7 +124,9 @@ class Worker:
         unreachable, and raises anything else."""
         while not self.stop.is_set():
             try:
-                return jobs.claim(self.lab, self.id, self.kinds, self.lease_s)
+                return jobs.claim(
+                    self.lab, self.id, self.kinds, self.lease_s, list(self.models.refused), list(self.refused_jobs)
+                )
             except Exception as exc:
                 if not connection_lost(exc):
                     raise
@@ -168,6 +179,10 @@ class Worker:
             log.info("job %s cancelled", job.id)
         except JobLost:
             log.warning("job %s: lease lost; another worker has it", job.id)
+        except ModelRefused as exc:  # before LsmError: not the job's fault, another worker may run it
+            self.refused_jobs.add(job.id)
+            self.retry("releasing a job", lambda _: jobs.release(self.lab, job.id, self.id))
+            log.error("job %s given back to the queue for another worker: %s", job.id, exc)
         except LsmError as exc:
             reason = str(exc)
             self.retry("failing a job", lambda _: jobs.fail_or_retry(self.lab, job.id, self.id, reason, retry=False))

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from db.schema import Job, Model
+from db.schema import Job, Model, utcnow
 from lsm_core.errors import LsmError
 from lsm_core.lab import jobs
 from lsm_core.lab.history import Lab
@@ -47,6 +47,15 @@ class Stopping(Exception):
     """The worker is stopping (SIGTERM): the job goes back to the queue without counting an attempt."""
 
 
+class ModelRefused(Exception):
+    """This worker's self-test of the model failed (lsm_core.ml.selftest): the job goes back to the queue for
+    another worker, and this one takes no more of that model's jobs."""
+
+    def __init__(self, model_id: int, message: str) -> None:
+        super().__init__(message)
+        self.model_id = model_id
+
+
 class Preparation:
     """The worker's pool of preparation processes (:class:`lsm_core.imaging.prepare.PrepPool`), started when a
     job first needs it and kept for the next jobs (a process costs a second to start), closed with the worker."""
@@ -71,9 +80,13 @@ class Preparation:
 class ModelCache:
     """Loaded models, a few at a time (least recently used goes first), keyed by the weights' sha256."""
 
-    def __init__(self, lab: Lab, device: torch.device, size: int = 3, batch_size: int | None = None) -> None:
+    def __init__(
+        self, lab: Lab, device: torch.device, size: int = 3, batch_size: int | None = None, worker_id: str = ""
+    ) -> None:
         self.lab, self.device, self.size, self.batch_size = lab, device, size, batch_size
+        self.worker_id = worker_id
         self._predictors: OrderedDict[str, Predictor] = OrderedDict()
+        self.refused: dict[int, str] = {}  # model id -> why: its self-test failed on this worker
 
     def package(self, model: Model) -> ModelPackage:
         """The package of a Model row, checked against the row's sha256."""
@@ -88,6 +101,8 @@ class ModelCache:
         if key in self._predictors:
             self._predictors.move_to_end(key)
             return self._predictors[key]
+        if model.id in self.refused:
+            raise ModelRefused(model.id, self.refused[model.id])
         predictor = make_predictor(
             self.package(model),
             device=self.device,
@@ -95,10 +110,46 @@ class ModelCache:
             batch_size=self.batch_size or DEFAULT_BATCH_SIZE,
             runtime=self.lab.settings.runtime,
         )
+        self.self_test(model, predictor)
         self._predictors[key] = predictor
         while len(self._predictors) > self.size:
             self._predictors.popitem(last=False)
         return predictor
+
+    def self_test(self, model: Model, predictor: Predictor) -> None:
+        """Run the model's self-test on this worker's device, precision and runtime, keep the outcome per worker
+        and model version (``model_checks``), and raise :class:`ModelRefused` when it failed."""
+        import logging
+
+        from db.schema import ModelCheck
+        from lsm_core.ml.selftest import check, reference
+
+        ref = model.self_test
+        if ref is None:  # registered where no reference was computed: computed here, as the reference is defined
+            ref = reference(predictor.package)
+            with self.lab.begin() as s:
+                row = s.get(Model, model.id)
+                if row is not None and row.self_test is None:
+                    row.self_test = ref
+        outcome = check(predictor, model.task, ref)
+        with self.lab.begin() as s:
+            key = {"worker_id": self.worker_id, "model_id": model.id, "device": str(predictor.device)}
+            key |= {"precision": outcome.precision, "runtime": outcome.runtime}
+            row = s.scalars(select(ModelCheck).filter_by(**key)).first()
+            if row is None:
+                row = ModelCheck(**key)
+                s.add(row)
+            row.passed, row.max_difference, row.tolerance = outcome.passed, outcome.max_difference, outcome.tolerance
+            row.message = outcome.message
+            row.checked = utcnow()
+        logger = logging.getLogger("lsm_core.worker")
+        if outcome.passed:
+            logger.info("model %s: %s", model.label, outcome.message)
+            return
+        message = f"model {model.label}: {outcome.message}"
+        logger.error("%s", message)
+        self.refused[model.id] = message
+        raise ModelRefused(model.id, message)
 
 
 @dataclass
