@@ -5,9 +5,10 @@ PCG64 stream is the same on every machine); the reference is the model's probabi
 float32 with torch, computed once when the model is registered (:func:`reference`, kept in ``models.self_test``).
 Before a worker runs a job for a model it runs the crops on its own device, precision and runtime
 (:func:`check`) and compares: the largest difference of a probability must stay within the tolerance the
-reference declares for that precision (float32: 1e-4, the arithmetic's own noise; bfloat16 autocast: 0.05,
-what rounding to 8 bits of mantissa does to a softmax: measured up to 0.03 on the demo networks). A worker whose
-numbers differ more (another GPU, another library version, a damaged copy) refuses the model.
+reference declares for that precision (float32: 1e-4, the arithmetic's own noise; bfloat16 autocast: 0.05, over
+ten times what rounding to 8 bits of mantissa did to the softmax on the CPU: at most 0.003 on a trained
+small_cnn, resnet50_paper and resnet18, 2026-12-04). A worker whose numbers differ more (another GPU, another
+library version, a damaged copy) refuses the model.
 """
 
 from __future__ import annotations
