@@ -319,7 +319,7 @@ with tabs[3]:
         )
         with st.expander("manifest.json"):
             st.json({k: v for k, v in package.manifest.to_dict().items() if k not in ("metrics", "training")})
-        c = st.columns([2, 1, 2])
+        c = st.columns([2, 1, 2], vertical_alignment="bottom")
         authors = c[0].text_input("Authors (comma-separated)", value=me, key="zoo_authors")
         licence = c[1].selectbox("Licence (SPDX)", ZOO_LICENSES, key="zoo_license")
         names = [a.strip() for a in authors.split(",") if a.strip()]

@@ -38,13 +38,16 @@ def add_tiny_demo_models(models_dir: Path, train_epochs: int = 0) -> None:
 
     With ``train_epochs`` they are trained that long on 200 synthetic crops (predictions then vary).
     """
+    import torch
+
     from lsm_core.imaging import synthetic
     from lsm_core.ml import nets
     from lsm_core.ml.models import Manifest, ModelStore
     from lsm_core.ml.train import TrainConfig, fit
 
     store = ModelStore(models_dir)
-    for task, name, classes in DEMO:
+    for i, (task, name, classes) in enumerate(DEMO):
+        torch.manual_seed(1000 + i)  # the same weights in every run: a test cannot pass or fail by their chance
         if train_epochs:
             x, y = synthetic.make_crops(task, 200, seed=3)
             net, _ = fit(
