@@ -11,6 +11,16 @@ TASKS: dict[str, tuple[str, ...]] = {
     "aging": ("young", "aged"),
 }
 
+# the published method this project rebuilds, as every text that cites it says it
+PAPER_DOI = "10.1186/s13287-024-03682-8"
+PAPER_AUTHORS = "Wang et al."
+PAPER_TITLE = (
+    "Deep learning-based predictive classification of functional subpopulations of hematopoietic stem cells and "
+    "multipotent progenitors"
+)
+PAPER_JOURNAL = "Stem Cell Res Ther 15:74 (2024)"
+PAPER_CITATION = f'{PAPER_AUTHORS}, "{PAPER_TITLE}", {PAPER_JOURNAL}, doi:{PAPER_DOI}'
+
 TASK_TITLES = {
     "lsm": "LSM: LT-HSC / ST-HSC / MPP",
     "aging": "Aging: young / aged HSC",

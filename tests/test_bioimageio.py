@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from lsm_core.imaging import synthetic
-from lsm_core.ml.bioimageio import TOLERANCE, architecture_source, validate
+from lsm_core.ml.bioimageio import TOLERANCE, architecture_source, npy_bytes, validate
 from lsm_core.ml.datasets import LabelledData
 from lsm_core.ml.train import TrainConfig, train_and_register
 
@@ -128,16 +128,10 @@ def test_a_package_whose_files_were_changed_does_not_validate(trained_lab):
     with zipfile.ZipFile(broken, "w") as z:
         for name, content in files.items():
             if name == "test_output.npy":  # other numbers than the ones the rdf's sha256 vouches for
-                content = _npy(np.full((4, 2), 0.5, np.float32))
+                content = npy_bytes(np.full((4, 2), 0.5, np.float32))
             z.writestr(name, content)
     problems = validate(broken.getvalue())
     assert problems and any("sha" in p.lower() for p in problems), problems
-
-
-def _npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return buf.getvalue()
 
 
 def test_the_architecture_file_stands_alone(tmp_path):
@@ -242,13 +236,13 @@ def test_a_package_the_app_cannot_use_is_refused_with_a_reason(trained_lab, fres
     if change == "classes":
         rdf["outputs"][0]["axes"][1]["channel_names"] = ["alive", "dead"]
     elif change == "test_output":  # other numbers, their sha256 updated: valid, but not this network's output
-        files["test_output.npy"] = _npy(np.full((4, 2), 0.5, np.float32))
+        files["test_output.npy"] = npy_bytes(np.full((4, 2), 0.5, np.float32))
         rdf["outputs"][0]["test_tensor"]["sha256"] = hashlib.sha256(files["test_output.npy"]).hexdigest()
     elif change == "architecture":
         rdf["weights"]["pytorch_state_dict"]["architecture"]["kwargs"]["architecture"] = "unet2d"
     elif change == "channels":  # a consistent two-channel package (its test input has two channels too)
         rdf["inputs"][0]["axes"][1]["channel_names"] = ["DIC", "GFP"]
-        files["test_input.npy"] = _npy(np.random.default_rng(0).random((4, 2, 64, 64), np.float32))
+        files["test_input.npy"] = npy_bytes(np.random.default_rng(0).random((4, 2, 64, 64), np.float32))
         rdf["inputs"][0]["test_tensor"]["sha256"] = hashlib.sha256(files["test_input.npy"]).hexdigest()
     package = b"PK\x03\x04 not really" if change == "not_a_zip" else _rezip(files, rdf)
     with pytest.raises(LsmError, match=said):

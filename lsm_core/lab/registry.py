@@ -245,7 +245,7 @@ def export_for_zoo(
         },
         "weights_sha256": package.manifest.weights_sha256,
     }
-    exported = export_package(
+    data = export_package(
         package,
         authors,
         license_id,
@@ -253,11 +253,11 @@ def export_for_zoo(
         provenance=provenance,
         progress=progress,
     )
-    problems = validate(exported.data)
+    problems = validate(data)
     if problems:
         raise LsmError("the package does not validate as a bioimage.io model: " + "; ".join(problems[:5]))
     m = package.manifest
-    return f"{m.name}-v{m.version}.bioimageio.zip", exported.data
+    return f"{m.name}-v{m.version}.bioimageio.zip", data
 
 
 def import_zoo_package(lab: Lab, data: bytes, user: str, name: str | None = None, source: str = "package.zip") -> Model:

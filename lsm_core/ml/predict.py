@@ -107,8 +107,12 @@ class Predictor:
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
             raise LsmError("batch size must be at least 1")
-        self.net = prepare_for_inference(net if net is not None else package.load("cpu"), self.device)
         self.temperature = float(self.manifest.temperature)
+        self._load(net if net is not None else package.load("cpu"))
+
+    def _load(self, net: nn.Module) -> None:
+        """Make the loaded network ready to run on this predictor's device."""
+        self.net = prepare_for_inference(net, self.device)
 
     @property
     def classes(self) -> list[str]:
@@ -156,22 +160,23 @@ class OnnxPredictor(Predictor):
         batch_size: int = DEFAULT_BATCH_SIZE,
         net: nn.Module | None = None,
     ) -> None:
-        import onnxruntime as ort
-
-        from lsm_core.ml.bioimageio import onnx_bytes
-
         device = device if isinstance(device, torch.device) else choose_device(device)
         if device.type != "cpu":
             raise LsmError(f"the ONNX Runtime path runs on the CPU, not {device}: use LSM_RUNTIME=torch there")
         super().__init__(package, device, "fp32", batch_size, net)
+
+    def _load(self, net: nn.Module) -> None:
+        """The network exported to ONNX and opened in an ONNX Runtime session (no torch copy is kept)."""
+        import onnxruntime as ort
+
+        from lsm_core.ml.bioimageio import onnx_bytes
+
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
-        source = net if net is not None else package.load("cpu")
         self.session = ort.InferenceSession(
-            onnx_bytes(source, self.manifest.input_size, "logits"), options, providers=["CPUExecutionProvider"]
+            onnx_bytes(net, self.manifest.input_size, "logits"), options, providers=["CPUExecutionProvider"]
         )
-        self.net = None  # type: ignore[assignment]  # the session computes; the torch copy is not kept
-        self.bf16 = False
+        self.net = None  # type: ignore[assignment]  # the session computes
 
     def logits(self, crops: np.ndarray) -> np.ndarray:
         crops, out = self._checked(crops)

@@ -369,24 +369,18 @@ def deletion_test(
     rng = np.random.default_rng(seed)
     net = net.eval().to(device)
 
-    def probabilities(x: np.ndarray, target: np.ndarray) -> np.ndarray:
-        out = []
+    def probabilities(x: np.ndarray) -> np.ndarray:
+        """Every class's probability (N, C) for crops ``x``, in batches."""
         with torch.no_grad():
-            for start in range(0, len(x), batch_size):
-                batch = torch.from_numpy(x[start : start + batch_size])[:, None].to(device)
-                p = torch.softmax(net(batch).float(), 1).cpu().numpy()
-                out.append(p[np.arange(len(p)), target[start : start + batch_size]])
-        return np.concatenate(out) if out else np.zeros(0, np.float32)
+            parts = [
+                torch.softmax(net(torch.from_numpy(x[i : i + batch_size])[:, None].to(device)).float(), 1).cpu().numpy()
+                for i in range(0, len(x), batch_size)
+            ]
+        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
-    if classes is None:
-        with torch.no_grad():
-            classes = np.concatenate(
-                [
-                    net(torch.from_numpy(crops[i : i + batch_size])[:, None].to(device)).argmax(1).cpu().numpy()
-                    for i in range(0, n, batch_size)
-                ]
-            )
-    classes = np.asarray(classes, np.int64)
+    before = probabilities(crops)
+    classes = np.asarray(before.argmax(1) if classes is None else classes, np.int64)
+    rows = np.arange(n)
     sigma = max(h, w) / 16
     salient, scattered = crops.copy(), crops.copy()
     for i in range(n):
@@ -395,8 +389,10 @@ def deletion_test(
         salient[i].reshape(-1)[top] = blurred[top]
         chosen = rng.choice(h * w, k, replace=False)
         scattered[i].reshape(-1)[chosen] = blurred[chosen]
-    base = probabilities(crops, classes)
-    return Deletion(fraction, classes, base - probabilities(salient, classes), base - probabilities(scattered, classes))
+    base = before[rows, classes]
+    return Deletion(
+        fraction, classes, base - probabilities(salient)[rows, classes], base - probabilities(scattered)[rows, classes]
+    )
 
 
 def to_uint8(maps: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 import lsm_core
 from db.schema import Batch, Image, Model
+from lsm_core.classes import PAPER_CITATION
 from lsm_core.imaging.cells import FindParams
 from lsm_core.reports.report import age_text
 from lsm_core.reports.stats import ODDS_MODEL
@@ -25,10 +26,6 @@ from lsm_core.reports.stats import ODDS_MODEL
 if TYPE_CHECKING:
     from lsm_core.reports.compare import Comparison
 
-PAPER = (
-    'Wang et al., "Deep learning-based predictive classification of functional subpopulations of hematopoietic '
-    'stem cells and multipotent progenitors", Stem Cell Res Ther 15:74 (2024), doi:10.1186/s13287-024-03682-8'
-)
 SOFTWARE = (
     "torch",
     "torchvision",
@@ -280,7 +277,7 @@ def methods_paragraphs(s: Session, c: Comparison) -> list[tuple[str, str]]:
         (
             "Software",
             f"The analysis used the HSC classification web app {versions.pop('this app')}, which reimplements the "
-            f"method of {PAPER}, on Python {versions.pop('Python')} with "
+            f"method of {PAPER_CITATION}, on Python {versions.pop('Python')} with "
             + _listed([f"{name} {v}" for name, v in versions.items()])
             + ".",
         )

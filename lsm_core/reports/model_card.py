@@ -10,6 +10,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
+from lsm_core.classes import PAPER_CITATION
 from lsm_core.reports.report import colour
 
 
@@ -459,11 +460,8 @@ def origin_text(training: dict | None) -> str | None:
     if cite:
         lines.append(f"Cite: {cite}.")
     if origin.get("exported_from"):
-        lines.append(
-            f"Exported from {origin['exported_from']!s} by this app {origin.get('app_version') or ''}.".replace(
-                " .", "."
-            )
-        )
+        by = f" by this app {origin['app_version']}" if origin.get("app_version") else ""
+        lines.append(f"Exported from {origin['exported_from']!s}{by}.")
     return "\n".join(lines)
 
 
@@ -483,8 +481,7 @@ def model_card_markdown(manifest, lineage: list[str] | None = None) -> str:
     task = {"lsm": "LT-HSC, ST-HSC or MPP", "aging": "young or aged LT-HSC"}.get(m.task, m.task)
     out += [
         f"Classifies a single-cell DIC crop of a mouse hematopoietic stem or progenitor cell as {task} "
-        f"(classes, in the output's order: {', '.join(_md(c) for c in m.classes)}), after Wang et al., Stem Cell "
-        "Res Ther 15:74 (2024), doi:10.1186/s13287-024-03682-8.",
+        f"(classes, in the output's order: {', '.join(_md(c) for c in m.classes)}), after {_md(PAPER_CITATION)}.",
         "",
     ]
     if m.description:

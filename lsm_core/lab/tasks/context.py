@@ -51,10 +51,6 @@ class ModelRefused(Exception):
     """This worker's self-test of the model failed (lsm_core.ml.selftest): the job goes back to the queue for
     another worker, and this one takes no more of that model's jobs."""
 
-    def __init__(self, model_id: int, message: str) -> None:
-        super().__init__(message)
-        self.model_id = model_id
-
 
 class Preparation:
     """The worker's pool of preparation processes (:class:`lsm_core.imaging.prepare.PrepPool`), started when a
@@ -102,7 +98,7 @@ class ModelCache:
             self._predictors.move_to_end(key)
             return self._predictors[key]
         if model.id in self.refused:
-            raise ModelRefused(model.id, self.refused[model.id])
+            raise ModelRefused(self.refused[model.id])
         predictor = make_predictor(
             self.package(model),
             device=self.device,
@@ -149,7 +145,7 @@ class ModelCache:
         message = f"model {model.label}: {outcome.message}"
         logger.error("%s", message)
         self.refused[model.id] = message
-        raise ModelRefused(model.id, message)
+        raise ModelRefused(message)
 
 
 @dataclass
