@@ -130,26 +130,39 @@ st.subheader("Tests (mouse as the unit)")
 limit = compare.design_limit(result)
 if limit:
     st.warning(escape_markdown(limit))
-shown = result.tests.copy()
+one_test = compare.one_test_note(result)
+if one_test:
+    st.caption(escape_markdown(one_test))
+tests = compare.shown(result, result.tests).copy()
 for col in ("statistic", "p_value", "p_holm", "effect_size", "smallest_p"):
-    shown[col] = shown[col].map(lambda v: f"{v:.3g}" if pd.notna(v) else "")
+    if col in tests:
+        tests[col] = tests[col].map(lambda v: f"{v:.3g}" if pd.notna(v) else "")
 for col in ("difference", "diff_ci95_low", "diff_ci95_high"):  # of per-mouse fractions: percentage points
-    shown[col] = shown[col].map(lambda v: f"{100 * v:+.1f} pp" if pd.notna(v) else "")
-st.dataframe(shown, hide_index=True, width="stretch")
+    tests[col] = tests[col].map(lambda v: f"{100 * v:+.1f} pp" if pd.notna(v) else "")
+st.dataframe(tests, hide_index=True, width="stretch")
 st.subheader("Model of cells within mice")
+whose = "Each class's odds" if result.corrected else f"The odds of {result.tested[0]} cells"
 st.caption(
-    "Each class's odds among a mouse's cells, "
+    f"{escape_markdown(whose)} among a mouse's cells, "
     + ("by age group and by age in months" if by == "age" else f"by {by}")
     + ", with sex as a covariate where every mouse has one: a binomial GLM whose errors are robust to the "
     "cells of one mouse being alike (cluster-robust by mouse, small-sample corrected). An odds ratio above 1: "
-    "that class is more common in the named group (or with each month of age)."
+    + (
+        "that class is more common in the named group (or with each month of age)."
+        if result.corrected
+        else escape_markdown(
+            f"{result.tested[0]} cells are more common in the named group (or with each month of age); the odds "
+            f"ratio of {result.classes[0]} cells is its inverse."
+        )
+    )
 )
 if result.odds.empty:
     st.info("Too few groups or ages with mice for the model.")
 else:
-    odds = result.odds.copy()
+    odds = compare.shown(result, result.odds).copy()
     for col in ("odds_ratio", "ci95_low", "ci95_high", "p_value", "p_holm"):
-        odds[col] = odds[col].map(lambda v: f"{v:.3g}" if pd.notna(v) else "")
+        if col in odds:
+            odds[col] = odds[col].map(lambda v: f"{v:.3g}" if pd.notna(v) else "")
     st.dataframe(odds.drop(columns=["model"]), hide_index=True, width="stretch")
 with st.expander("Group summaries"):
     st.dataframe(result.groups.round(4), hide_index=True, width="stretch")

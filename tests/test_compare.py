@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["LT-HSC", "ST-HSC", "MPP"]
 
 
-def table_from(fractions_by_group: dict[str, list[list[int]]]) -> pd.DataFrame:
+def table_from(fractions_by_group: dict[str, list[list[int]]], classes: list[str] = CLASSES) -> pd.DataFrame:
     batches, counts, groups, i = [], {}, [], 0
     for g, mice in fractions_by_group.items():
         for n in mice:
@@ -40,9 +40,9 @@ def table_from(fractions_by_group: dict[str, list[list[int]]]) -> pd.DataFrame:
                     model="m v1",
                 )
             )
-            counts[i] = dict(zip(CLASSES, n))
+            counts[i] = dict(zip(classes, n))
             groups.append(g)
-    t = stats.per_mouse(batches, counts, CLASSES)
+    t = stats.per_mouse(batches, counts, classes)
     t["group"] = groups
     return t
 
@@ -189,6 +189,15 @@ def test_build_and_workbook_from_the_database(history):
     tests = list(book["tests"].iter_rows(min_row=2, values_only=True))
     assert tests[0][0] == "LT-HSC" and tests[0][5] == pytest.approx(sps.kruskal(*samples).pvalue)
     assert "pseudo-replication" in tests[-1][1]
+    assert [cell.value for cell in book["tests"][1]][6] == "p_holm"  # three classes: Holm over the three
+    assert list(c.tests["class"]) == CLASSES
+    methods = " ".join(str(row[1]) for row in book["methods"].iter_rows(min_row=2, values_only=True))
+    assert "p-values were corrected for the 3 classes by Holm's method" in methods
+    assert "Each class's odds among a mouse's cells" in methods and "Holm-corrected p-values" in methods
+    fig = compare.per_mouse_figure(c)  # issue #26 item 4: the axes and the legend say what they hold
+    assert fig.layout.xaxis.title.text == "predicted class" and fig.layout.legend.title.text == "Group (age)"
+    assert fig.layout.yaxis.title.text == "% of cells with score ≥ 0.50 (per mouse)"
+    assert c.tested == CLASSES and c.corrected
     assert book["cells"].max_row == 1 + 240
     # the model of cells within mice (issue #18 item 4): each older group against the youngest, and age in months
     odds = pd.DataFrame(list(book["odds_model"].iter_rows(min_row=2, values_only=True)), columns=stats.ODDS_COLUMNS)
@@ -393,3 +402,160 @@ def test_the_smallest_p_a_design_can_give_is_said_before_the_test():
     assert "0.1" in said and "difference of the mean fractions and its 95% interval" in said
     enough = stats.compare_groups(table_from(FIXED), CLASSES)
     assert compare.design_limit(NS(tests=enough, table=table_from(FIXED))) is None
+
+
+# --- two classes (the aging model): one test, one odds ratio, no correction over the two (issue #26 item 4) ---
+AGING = ["young", "aged"]
+AGED_CELLS = {"young": [8, 12, 10, 18], "aged": [20, 24, 14, 26]}  # aged-like cells of 40, per mouse
+AGING_AGES = {"young": 70, "aged": 610}
+
+
+def test_two_classes_are_one_test_whose_p_value_is_mann_whitneys_own():
+    """young = 1 - aged for every mouse: one Mann-Whitney test, on the fraction aged, its p not doubled by a
+    Holm correction over the two classes (3 vs 3 mice apart: p 0.1, once read 0.2)."""
+    t = table_from({"young": [[30, 10], [28, 12], [33, 7]], "aged": [[15, 25], [12, 28], [18, 22]]}, AGING)
+    res = stats.compare_groups(t, AGING)
+    young, aged = t.loc[t.group == "young", "fraction_aged"], t.loc[t.group == "aged", "fraction_aged"]
+    ref = sps.mannwhitneyu(young, aged, alternative="two-sided")
+    assert ref.pvalue == pytest.approx(0.1)
+    assert len(res) == 1
+    row = res.iloc[0]
+    assert row["class"] == "aged" and row["test"] == "Mann-Whitney U (two-sided), fraction aged; young = 1 - aged"
+    assert row["p_value"] == pytest.approx(ref.pvalue) and row["p_holm"] == pytest.approx(ref.pvalue)
+    assert row["statistic"] == pytest.approx(ref.statistic) and row["effect_size"] == pytest.approx(-1.0)
+    three = table_from({**{"young": [[30, 10]] * 2, "aged": [[10, 30]] * 2}, "middle": [[20, 20]] * 2}, AGING)
+    res = stats.compare_groups(three, AGING)  # three groups, two classes: one Kruskal-Wallis test
+    assert list(res["test"]) == ["Kruskal-Wallis H, fraction aged; young = 1 - aged"]
+
+
+def make_aging_batches(lab, model_id: int | None = None) -> list[int]:
+    """Eight mice classified by an aging model (young / aged; ``model_id``, or one registered here): four young
+    (10 weeks) and four aged (20 months), 40 cells each, AGED_CELLS of them aged-like. One batch per mouse."""
+    from db.schema import Batch, Cell, Image, Model
+
+    ids = []
+    with lab.begin() as s:
+        if model_id is None:
+            model = Model(task="aging", name="tiny-aging", version=1, classes=AGING, architecture="tiny_cnn")
+            model.input_size, model.pixel_size_um, model.crop_um = 64, 0.2, 12.8
+            model.weights_sha256, model.path = "ef" * 32, "nowhere"
+            s.add(model)
+            s.flush()
+            model_id = model.id
+        for group, aged_cells in AGED_CELLS.items():
+            for i, k in enumerate(aged_cells):
+                name = f"{group} mouse {i}"
+                batch = Batch(name=name, owner="ana", model_id=model_id, status="done", mouse_id=f"{group[0]}{i}")
+                batch.age_days, batch.sex, batch.strain = float(AGING_AGES[group] + i), "F", "C57BL/6"
+                s.add(batch)
+                s.flush()
+                image = Image(batch_id=batch.id, position=0, file=f"{name}.png", page=1, done=True, n_cells=40)
+                image.kind = "field"
+                s.add(image)
+                s.flush()
+                for j in range(40):
+                    cls = int(j < k)  # 1: aged
+                    s.add(Cell(batch_id=batch.id, image_id=image.id, idx=j + 1, x=0, y=0, w=10, h=10,
+                               predicted=AGING[cls], score=0.8, probs=[0.2, 0.8] if cls else [0.8, 0.2],
+                               flags=""))  # fmt: skip
+                ids.append(batch.id)
+    return ids
+
+
+def _sheet_frame(book, name: str) -> pd.DataFrame:
+    rows = list(book[name].iter_rows(values_only=True))
+    return pd.DataFrame(rows[1:], columns=rows[0])
+
+
+def test_the_aging_model_is_compared_by_one_test_in_every_output(history, monkeypatch, capsys, tmp_path):
+    """Issue #26 item 4 on both engines: with young / aged, the comparison, its workbook, its methods text,
+    its per-mouse figure and the command line all give one test and one odds ratio (of aged), p-values as the
+    tests give them (no Holm over the two classes), and the figure cannot mistake the class for a group."""
+    from lsm_core import cli
+    from lsm_core.reports import compare
+    from lsm_core.reports.methods import methods_text
+
+    lab, _, _ = history
+    ids = make_aging_batches(lab)
+    with lab() as s:
+        c = compare.build(s, ids, by="age", bins=stats.parse_bins(compare.DEFAULT_BINS))
+        data = compare.workbook(s, c)
+        text = methods_text(s, c)
+    young = np.array(AGED_CELLS["young"]) / 40
+    aged = np.array(AGED_CELLS["aged"]) / 40
+    p = sps.mannwhitneyu(young, aged, alternative="two-sided").pvalue
+    assert 0.05 < p < 0.5
+    assert list(c.tests["class"]) == ["aged"] and c.tests.iloc[0]["p_value"] == pytest.approx(p)
+    assert c.tests.iloc[0]["p_holm"] == pytest.approx(p)  # Holm over one test: the identity, not 2p
+    assert c.tested == ["aged"] and not c.corrected
+    assert list(c.odds["class"]) == ["aged", "aged"] and list(c.odds["term"]) == ["aged vs young", "per month of age"]
+    assert c.odds["p_value"].notna().all() and (c.odds["p_holm"] == c.odds["p_value"]).all()
+    assert c.odds.iloc[0]["odds_ratio"] > 1  # aged-like cells more common in the aged mice
+
+    book = openpyxl.load_workbook(io.BytesIO(data))
+    tests = _sheet_frame(book, "tests")
+    assert "p_holm" not in tests.columns and list(tests["class"]) == ["aged", "all classes"]
+    assert tests.iloc[0]["p_value"] == pytest.approx(p)
+    assert tests.iloc[0]["test"] == "Mann-Whitney U (two-sided), fraction aged; young = 1 - aged"
+    odds = _sheet_frame(book, "odds_model")
+    assert "p_holm" not in odds.columns and list(odds["class"]) == ["aged", "aged"]
+    assert list(odds["p_value"]) == pytest.approx(list(c.odds["p_value"]))
+    sheet = " ".join(str(row[1]) for row in book["methods"].iter_rows(min_row=2, values_only=True))
+    for said in (text, sheet):
+        assert "Holm" not in said and "corrected for the 2 classes" not in said
+        assert "so one test was run, on the fraction of aged cells, and its p-value is not corrected" in said
+        assert "The odds of aged cells among a mouse's cells were also modelled" in said
+
+    fig = compare.per_mouse_figure(c)
+    assert fig.layout.title.text == "aged cells per mouse (young = 100% − aged)"
+    assert fig.layout.xaxis.title.text == "group (age)" and fig.layout.legend.title.text == "Group"
+    assert fig.layout.yaxis.title.text == "% of cells called aged, score ≥ 0.00 (per mouse)"
+    for trace in fig.data:  # along x the groups, each trace at its own group; the class is the figure's
+        assert set(trace.x) == {trace.legendgroup}
+    mice = [trace for trace in fig.data if trace.name.endswith(": mice")]
+    assert [t.name for t in mice] == ["young: mice", "aged: mice"]
+    assert list(mice[0].y) == pytest.approx(100 * young) and list(mice[1].y) == pytest.approx(100 * aged)
+
+    monkeypatch.setenv("LSM_DATABASE_URL", lab.settings.database_url)
+    assert cli.main(["compare", *map(str, ids), "--out", str(tmp_path / "c.xlsx")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert not [line for line in lines if "Holm" in line]
+    assert len(lines) == 3 and lines[0].startswith(
+        "aged\tMann-Whitney U (two-sided), fraction aged; young = 1 - aged\t"
+    )
+    assert f"\tp {p:.4g}\t" in lines[0]
+    assert [line.split("\t")[:2] for line in lines[1:]] == [["aged", "aged vs young"], ["aged", "per month of age"]]
+
+
+def test_compare_page_with_the_aging_model_shows_one_test_and_a_figure_that_names_its_axes(app_env):
+    """Issue #26 item 4 on the page: one test and one odds ratio (of aged, no p_holm column), a caption saying
+    why, and the per-mouse figure titled by the class with the groups along x and in the legend."""
+    import json
+
+    from db import queries
+    from lsm_core.lab.history import open_lab
+    from tests.helpers import run_page, texts
+
+    lab = open_lab()
+    with lab() as s:
+        model_id = queries.model_by_name(s, "demo-aging").id
+    make_aging_batches(lab, model_id)
+    lab.dispose()
+    at = run_page("pages/compare.py")
+    next(w for w in at.selectbox if w.label == "Classifier").set_value("aging")
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    shown = texts(at)
+    assert "8 mice in 2 groups" in shown
+    assert "one test and one odds ratio, on the fraction aged; young = 1 - aged" in shown
+    assert "not corrected for multiple classes" in shown and "The odds of aged cells among" in shown
+    p = sps.mannwhitneyu(np.array(AGED_CELLS["young"]) / 40, np.array(AGED_CELLS["aged"]) / 40).pvalue
+    tests = at.dataframe[0].value
+    assert list(tests["class"]) == ["aged"] and "p_holm" not in tests.columns
+    assert tests.iloc[0]["p_value"] == f"{p:.3g}"
+    odds = at.dataframe[1].value
+    assert list(odds["class"]) == ["aged", "aged"] and "p_holm" not in odds.columns
+    layout = json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]
+    assert layout["title"]["text"] == "aged cells per mouse (young = 100% − aged)"
+    assert layout["xaxis"]["title"]["text"] == "group (age)" and layout["legend"]["title"]["text"] == "Group"
+    assert layout["yaxis"]["title"]["text"].startswith("% of cells called aged")

@@ -49,8 +49,8 @@ def test_the_methods_text_says_what_was_done_with_the_numbers_of_this_comparison
     assert f"{model.crop_um:.3g} µm square" in text and f"{model.input_size} x {model.input_size} pixels" in text
     # what was analysed: 3 fields at 0.22 µm/px set for the batch, 5 crops at the model's default
     assert "8 images (5 single-cell crops and 3 fields of view) of 4 batches" in text
-    assert "0.22 µm per pixel (set for the batch) for 3 images" in text
-    assert f"{model.pixel_size_um:.4g} µm per pixel (the model default) for 5 images" in text
+    assert "0.22 µm/px (set for the batch) for 3 images" in text
+    assert f"{model.pixel_size_um:.4g} µm/px (the model default) for 5 images" in text
     # counting and the unit: four batches, three mice (M2's two sessions pooled)
     assert "every cell was counted, whatever its score" in text and "no temperature scaling" in text
     assert "3 mice from 4 batches" in text

@@ -119,8 +119,8 @@ def test_two_groups_without_covariates_give_the_pooled_odds_ratio_of_the_counts(
     assert row["odds_ratio"] == pytest.approx(expected, rel=1e-6)
     assert row["ci95_low"] < row["odds_ratio"] < row["ci95_high"]
     assert row["mice"] == 6 and row["cells"] == table["cells"].sum() and row["covariates"] == "none"
-    # the young class is the complement: the inverse odds ratio
-    assert out[out["class"] == "young"].iloc[0]["odds_ratio"] == pytest.approx(1 / expected, rel=1e-6)
+    # the young class is the complement (its odds ratio the inverse): one model, not a second row
+    assert list(out["class"]) == ["aged"]
     assert list(out.columns) == ODDS_COLUMNS
 
 
@@ -152,3 +152,26 @@ def test_sex_missing_for_some_mice_is_left_out_and_said():
     out = odds_model(table, CLASSES)
     assert out["covariates"].str.startswith("none (sex left out: 1 of the mice").all()
     assert not out["term"].str.startswith("sex").any()
+
+
+def test_two_classes_are_one_model_whose_p_value_is_the_glms_uncorrected_one():
+    """Issue #26 item 4: young and aged are complementary, so one odds ratio (of aged) per term, and its
+    p-value is the model's own, not Holm-corrected over two classes (which doubled it: 0.0034 read 0.0068)."""
+    from scipy import stats as sps
+
+    rng = np.random.default_rng(4)
+    table = simulated(rng, mice=6)
+    out = odds_model(table, CLASSES)
+    assert list(out["class"]) == ["aged", "aged"] and list(out["term"]) == ["aged vs young", "sex M vs F"]
+    k, n = table["n_aged"].to_numpy(float), table["cells"].to_numpy(float)
+    x = sm.add_constant(np.column_stack([table["group"] == "aged", table["sex"] == "M"]).astype(float))
+    fit = sm.GLM(np.column_stack([k, n - k]), x, family=sm.families.Binomial()).fit()
+    se = cluster_robust_se(x, k, n, np.asarray(fit.predict(x)))
+    p = 2 * sps.t.sf(np.abs(fit.params[1] / se[1]), len(table) - 3)
+    row = out.iloc[0]
+    assert row["p_value"] == pytest.approx(p, rel=1e-6) and row["p_holm"] == pytest.approx(p, rel=1e-6)
+    assert row["odds_ratio"] == pytest.approx(np.exp(fit.params[1]), rel=1e-6)
+    three = odds_model(table.assign(n_other=0), ["young", "aged", "other"])  # three classes: Holm over them
+    assert list(dict.fromkeys(three["class"])) == ["young", "aged", "other"]  # "other" has no cells: not fitted
+    aged = three[(three["class"] == "aged") & (three["term"] == "aged vs young")].iloc[0]
+    assert aged["p_holm"] == pytest.approx(min(1.0, 2 * aged["p_value"]))

@@ -26,7 +26,9 @@ from lsm_core.reports.stats import (
     DAYS_PER_MONTH,
     AgeBin,
     age_group,
+    classes_tested,
     compare_groups,
+    complement,
     group_summary,
     odds_model,
     per_mouse,
@@ -68,6 +70,35 @@ class Comparison:
     excluded: int = 0  # cells of these batches that reviewers marked as not cells: counted nowhere here
     warnings: list[str] = field(default_factory=list)  # mixed models (when allowed), pixel sizes, channels
     odds: pd.DataFrame = field(default_factory=pd.DataFrame)  # the model of cells within mice (stats.odds_model)
+
+    @property
+    def tested(self) -> list[str]:
+        """The classes tested and modelled (stats.classes_tested): of two classes only the last."""
+        return classes_tested(self.classes)
+
+    @property
+    def corrected(self) -> bool:
+        """Whether p-values are Holm-corrected across classes: only where more than one class is tested."""
+        return len(self.tested) > 1
+
+
+def one_test_note(c: Comparison) -> str | None:
+    """For two classes, the sentence that says why there is one test and one odds ratio (None for more)."""
+    said = complement(c.classes)
+    if said is None:
+        return None
+    first, last = c.classes
+    return (
+        f"Two classes are complementary (a mouse's fraction {first} is 1 minus its fraction {last}): one test and "
+        f"one odds ratio, on the {said}. Their p-values are not corrected for multiple classes: one class is tested."
+    )
+
+
+def shown(c: Comparison, frame: pd.DataFrame) -> pd.DataFrame:
+    """A table of tests or odds as people read it (page, workbook): without the ``p_holm`` column where one
+    class is tested (Holm's correction of one p-value is that p-value: a second column of it would suggest a
+    correction that is not there)."""
+    return frame if c.corrected else frame.drop(columns=["p_holm"], errors="ignore")
 
 
 def build(
@@ -241,7 +272,12 @@ def design_limit(c: Comparison) -> str | None:
 
 
 def per_mouse_figure(c: Comparison) -> go.Figure:
-    """Per-mouse fraction of each class as points, with each group's mean and 95% interval."""
+    """Per-mouse fraction of each class tested as points, with each group's mean and 95% interval; axes and
+    legend titled. Three classes or more: the classes along x, the groups in the legend. Two classes: one panel
+    of the class tested (the other is 1 minus it), titled by it ("aged cells per mouse"), the groups along x
+    and in the legend ("Group"), so that a class and a group of one name ("aged") cannot be mistaken."""
+    if len(c.tested) == 1:
+        return _one_class_figure(c, c.tested[0])
     fig = go.Figure()
     data = c.table.dropna(subset=["group"])
     groups = list(dict.fromkeys(data["group"]))
@@ -274,21 +310,74 @@ def per_mouse_figure(c: Comparison) -> go.Figure:
                 legendgroup=str(g),
                 offsetgroup=str(gi),
                 marker={"symbol": "line-ew-open", "size": 28, "color": "#222"},
-                error_y={
-                    "type": "data",
-                    "symmetric": False,
-                    "array": list(100 * (summ["ci95_high"] - summ["mean_fraction"]).fillna(0)),
-                    "arrayminus": list(100 * (summ["mean_fraction"] - summ["ci95_low"]).fillna(0)),
-                },
+                error_y=_error_bars(summ),
             )
         )
     fig.update_layout(
         scattermode="group",
+        xaxis_title="predicted class",
         yaxis_title=f"% of cells with score ≥ {c.threshold:.2f} (per mouse)",
         yaxis_range=[0, 100],
         height=420,
         margin={"t": 30},
-        legend_title_text="group",
+        legend_title_text=f"Group ({c.by})",
+    )
+    return fig
+
+
+def _error_bars(summ: pd.DataFrame) -> dict:
+    return {
+        "type": "data",
+        "symmetric": False,
+        "array": list(100 * (summ["ci95_high"] - summ["mean_fraction"]).fillna(0)),
+        "arrayminus": list(100 * (summ["mean_fraction"] - summ["ci95_low"]).fillna(0)),
+    }
+
+
+def _one_class_figure(c: Comparison, cls: str) -> go.Figure:
+    """The per-mouse figure of a two-class task: the fraction of ``cls`` per mouse, a column per group."""
+    fig = go.Figure()
+    data = c.table.dropna(subset=["group"])
+    other = plot_text(next(k for k in c.classes if k != cls))
+    for gi, g in enumerate(dict.fromkeys(data["group"])):
+        part = data[data["group"] == g]
+        summ = c.groups[(c.groups["group"] == g) & (c.groups["class"] == cls)]
+        label = plot_text(g)
+        fig.add_trace(
+            go.Scatter(
+                x=[label] * len(part),
+                y=list(100 * part[f"fraction_{cls}"]),
+                mode="markers",
+                name=f"{label}: mice",
+                legendgroup=str(g),
+                marker={"size": 9, "opacity": 0.75, "color": colour(str(g), gi + 2)},
+                text=[
+                    f"{plot_text(m or b)} ({a})" for m, b, a in zip(part["mouse_id"], part["batch_name"], part["age"])
+                ],
+                hovertemplate="%{text}: %{y:.1f}%<extra></extra>",
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[label] * len(summ),
+                y=list(100 * summ["mean_fraction"]),
+                mode="markers",
+                name=f"{label}: mean, 95% CI",
+                legendgroup=str(g),
+                marker={"symbol": "line-ew-open", "size": 28, "color": "#222"},
+                error_y=_error_bars(summ),
+            )
+        )
+    said = plot_text(cls)
+    fig.update_layout(
+        title_text=f"{said} cells per mouse ({other} = 100% − {said})",
+        xaxis_title=f"group ({c.by})",
+        xaxis_type="category",
+        yaxis_title=f"% of cells called {said}, score ≥ {c.threshold:.2f} (per mouse)",
+        yaxis_range=[0, 100],
+        height=420,
+        margin={"t": 50},
+        legend_title_text="Group",
     )
     return fig
 
@@ -364,7 +453,8 @@ def _sheet(book: Workbook, name: str, frame: pd.DataFrame) -> None:
 
 def workbook(s: Session, c: Comparison) -> bytes:
     """Sheets per_mouse, groups, tests (with the pooled-cell test and its note last), odds_model (the model of
-    cells within mice), methods (the methods text, a paragraph a row: lsm_core.reports.methods) and cells."""
+    cells within mice), methods (the methods text, a paragraph a row: lsm_core.reports.methods) and cells. With
+    two classes the tests and odds_model sheets hold one class's rows and no p_holm column (:func:`shown`)."""
     book = Workbook(write_only=True)
     _sheet(book, "per_mouse", c.table)
     _sheet(book, "groups", c.groups)
@@ -384,8 +474,8 @@ def workbook(s: Session, c: Comparison) -> bytes:
             }
         ]
     )
-    _sheet(book, "tests", pd.concat([tests, pooled], ignore_index=True))
-    _sheet(book, "odds_model", c.odds)
+    _sheet(book, "tests", shown(c, pd.concat([tests, pooled], ignore_index=True)))
+    _sheet(book, "odds_model", shown(c, c.odds))
     from lsm_core.reports.methods import methods_paragraphs
 
     _sheet(book, "methods", pd.DataFrame(methods_paragraphs(s, c), columns=["section", "text"]))

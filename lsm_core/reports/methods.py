@@ -80,7 +80,7 @@ def _imaging(s: Session, batch_ids: list[int], models: list[Model]) -> str:
     for kind, size, source, channel, z, n in images:
         kinds["fields of view" if kind == "field" else "single-cell crops"] += n
         if size is not None:
-            sizes[f"{size:.4g} µm per pixel ({SOURCES.get(source or '', 'the model default')})"] += n
+            sizes[f"{size:.4g} µm/px ({SOURCES.get(source or '', 'the model default')})"] += n
         if channel:
             channels[str(channel)] += n
         if z is not None:
@@ -110,7 +110,7 @@ def _model(m: Model) -> str:
     classes = _listed(list(m.classes))
     text = [
         f"Crops were classified by the model {m.name} version {m.version} ({m.architecture}; classes {classes}; "
-        f"weights SHA-256 {m.weights_sha256}), trained at {m.pixel_size_um:.4g} µm per pixel. Each crop is "
+        f"weights SHA-256 {m.weights_sha256}), trained at {m.pixel_size_um:.4g} µm/px. Each crop is "
         "standardised to zero mean and unit standard deviation inside the network; "
         + (
             f"the class probabilities are temperature-scaled (T = {m.temperature:.3g}, fitted on the validation set)."
@@ -218,7 +218,15 @@ def _statistics(c: Comparison) -> str:
             "Per-mouse fractions were compared across the groups with the Kruskal-Wallis H test, with "
             "epsilon-squared as effect size"
         )
-    text[-1] += f"; p-values were corrected for the {len(c.classes)} classes by Holm's method."
+    if c.corrected:
+        text[-1] += f"; p-values were corrected for the {len(c.tested)} classes by Holm's method."
+    else:  # two classes: one test (stats.classes_tested), nothing to correct for
+        first, last = c.classes
+        text[-1] += (
+            f". The two classes are complementary (a mouse's fraction of {first} cells is 1 minus its fraction of "
+            f"{last} cells), so one test was run, on the fraction of {last} cells, and its p-value is not "
+            "corrected for multiple comparisons."
+        )
     smallest = c.tests["smallest_p"].dropna()
     if len(smallest) and float(smallest.min()) > 0.05:
         text.append(
@@ -235,12 +243,19 @@ def _statistics(c: Comparison) -> str:
         covariates = set(fitted["covariates"])
         with_sex = "sex" in covariates
         terms = "the group" + (" (and, separately, age in months as a continuous covariate)" if c.by == "age" else "")
+        whose = "Each class's odds" if c.corrected else f"The odds of {c.tested[0]} cells"
+        reported = (
+            "odds ratios are reported with their 95% intervals and Holm-corrected p-values."
+            if c.corrected
+            else f"odds ratios are reported with their 95% intervals and p-values (the odds ratios of {c.classes[0]} "
+            "cells are their inverses, with the same p-values: the same model)."
+        )
         text.append(
-            f"Each class's odds among a mouse's cells were also modelled with a {ODDS_MODEL.split(',')[0]} of the "
+            f"{whose} among a mouse's cells were also modelled with a {ODDS_MODEL.split(',')[0]} of the "
             f"per-mouse counts on {terms}" + (" with sex as a covariate" if with_sex else "") + ", with "
             "cluster-robust standard errors by mouse (the sandwich estimator with the CR2 small-sample "
             "adjustment) and t-based 95% intervals on the number of mice minus coefficients degrees of "
-            "freedom; odds ratios are reported with their 95% intervals and Holm-corrected p-values."
+            f"freedom; {reported}"
         )
     text.append(
         "A chi-square test on the pooled cells of each group is reported only as a secondary view: cells of one "

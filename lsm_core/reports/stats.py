@@ -291,19 +291,47 @@ def mean_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
     return diff, diff - half, diff + half
 
 
+def classes_tested(classes: Sequence[str]) -> list[str]:
+    """The classes a comparison tests and models: each of three classes or more; of two, only the last (the
+    task's second class: ``aged`` of young / aged). Two classes are complementary: a mouse's fraction of the
+    first is 1 minus its fraction of the second, and its odds their inverse, so testing both is one test run
+    twice, and a correction over the two would double its p-value.
+
+    >>> classes_tested(["young", "aged"]), classes_tested(["LT-HSC", "ST-HSC", "MPP"])
+    (['aged'], ['LT-HSC', 'ST-HSC', 'MPP'])
+    """
+    return list(classes[-1:]) if len(classes) == 2 else list(classes)
+
+
+def complement(classes: Sequence[str]) -> str | None:
+    """What the one test of two classes is on, said with the other class (None for three classes or more).
+
+    >>> complement(["young", "aged"])
+    'fraction aged; young = 1 - aged'
+    """
+    if len(classes) != 2:
+        return None
+    first, last = classes
+    return f"fraction {last}; {first} = 1 - {last}"
+
+
 def compare_groups(table: pd.DataFrame, classes: list[str], group: str = "group") -> pd.DataFrame:
-    """Per class, per-mouse fractions compared between groups (the mouse is the unit).
+    """Per class tested (:func:`classes_tested`), per-mouse fractions compared between groups (the mouse is
+    the unit).
 
     Two groups: Mann-Whitney U of the first group (two-sided), effect size rank-biserial r = 2U/(n1 n2) - 1
     (positive when the first group's fractions tend to be higher), and the difference of the mean fractions
     with its 95% Welch interval. More groups: Kruskal-Wallis H, effect size epsilon-squared = H / (n - 1).
-    Holm correction across classes. ``smallest_p``: the smallest p these numbers of mice can give
-    (:func:`smallest_p`); above 0.05 the design cannot reach significance, whatever the cells say.
+    Holm correction across the classes tested: with two classes there is one test (on the last class, its
+    ``test`` saying so: :func:`complement`), and Holm's correction of one p-value is that p-value.
+    ``smallest_p``: the smallest p these numbers of mice can give (:func:`smallest_p`); above 0.05 the design
+    cannot reach significance, whatever the cells say.
     """
     data = table.dropna(subset=[group])
     groups = list(dict.fromkeys(data[group]))
+    one = complement(classes)
     rows = []
-    for k in classes:
+    for k in classes_tested(classes):
         samples = [data.loc[data[group] == g, f"fraction_{k}"].dropna().to_numpy(float) for g in groups]
         usable = [x for x in samples if len(x)]
         row = {"class": k, "groups": " vs ".join(map(str, groups)), "mice": int(sum(len(x) for x in samples))}
@@ -338,6 +366,8 @@ def compare_groups(table: pd.DataFrame, classes: list[str], group: str = "group"
                 effect_size=float(res.statistic / (n - 1)),
                 effect_size_name="epsilon-squared",
             )
+        if one:
+            row["test"] = f"{row['test']}, {one}"
         rows.append(row)
     out = pd.DataFrame(rows)
     out["p_holm"] = holm(out["p_value"].tolist())
@@ -492,8 +522,9 @@ def odds_model(
     months, continuous: the odds ratio per month). ``sex``: sex as a covariate where the mice have two sexes
     and every one of them has its sex (otherwise left out, and ``covariates`` says so). Odds ratios with 95%
     intervals (t with mice - 1 degrees of freedom: few mice, wide intervals) and p-values; ``p_holm``: Holm's
-    correction of the term's p-values across classes. A class, level or design the data cannot estimate gets
-    NaN and a ``note`` saying why. Columns: :data:`ODDS_COLUMNS`.
+    correction of the term's p-values across the classes modelled (:func:`classes_tested`: of two classes only
+    the last, whose odds ratio is the inverse of the other's: one model, and its p-value uncorrected). A class,
+    level or design the data cannot estimate gets NaN and a ``note`` saying why. Columns: :data:`ODDS_COLUMNS`.
     """
     data = table[table["cells"] > 0]
     if term == "group":
@@ -527,7 +558,7 @@ def odds_model(
         elif known.nunique() >= 2:
             covariates = f"none (sex left out: {len(data) - len(known)} of the mice have no sex recorded)"
     rows = []
-    for cls in classes:
+    for cls in classes_tested(classes):
         rows += _odds_rows(cls, data, x, names, factor_levels, covariates)
     out = pd.DataFrame(rows)
     out["p_holm"] = np.nan
