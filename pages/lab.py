@@ -5,10 +5,19 @@ import streamlit as st
 
 from lsm_core.errors import LsmError
 from lsm_core.lab import accounts
-from pages._shared import admin, escape_markdown, signed_in_mode, the_lab, user
+from pages._shared import admin, escape_markdown, flash, show_flash, signed_in_mode, the_lab, user
+
+ROLE_NAMES = {accounts.ADMIN: "administrator", accounts.MEMBER: "member"}
+
+
+def a_role(role: str) -> str:
+    """'an administrator', 'a member'."""
+    return f"{'an' if role == accounts.ADMIN else 'a'} {ROLE_NAMES.get(role, role)}"
+
 
 st.title("Lab")
 lab = the_lab()
+show_flash()  # what "Set role" changed (before the check: someone who stepped down reads it too)
 if not admin():
     st.info("This page is for the lab's administrators: people's roles and the audit trail.")
     st.stop()
@@ -21,10 +30,11 @@ if signed_in_mode():
     )
 else:
     st.caption("Everyone who has used the app: who submitted, classified or acted (lab mode has no sign-in).")
-if not signed_in_mode() and not accounts.configured_admins():
+everyone = not signed_in_mode() and not accounts.configured_admins()  # lab mode, nobody named: all administer
+if everyone:
     st.caption(
-        "Lab mode without LSM_ADMINS: everyone on this machine administers, so roles below take effect only "
-        "once LSM_ADMINS names the administrators or sign-in is configured."
+        "Lab mode without LSM_ADMINS: everyone on this machine administers, so the roles set here (the last "
+        "column) take effect only once LSM_ADMINS names the administrators or sign-in is configured."
     )
 people = accounts.people(lab)
 st.dataframe(
@@ -35,6 +45,7 @@ st.dataframe(
                 "shown as": p.display_name or "",
                 "role": p.role + (" (LSM_ADMINS)" if p.fixed else ""),
                 "last seen (UTC)": p.last_seen.strftime("%Y-%m-%d %H:%M") if p.last_seen else "",
+                **({"role set here": p.stored_role} if everyone else {}),
             }
             for p in people
         ]
@@ -42,6 +53,7 @@ st.dataframe(
     hide_index=True,
     width="stretch",
 )
+
 changeable = [p.name for p in people if not p.fixed]
 if changeable:
     with st.form("role"):
@@ -51,11 +63,23 @@ if changeable:
         go = c[2].form_submit_button("Set role")
     if go:
         try:
-            accounts.set_role(lab, who, role, user())
-            st.success(escape_markdown(f"{who} is now {'an' if role == accounts.ADMIN else 'a'} {role}."))
-            st.rerun()
+            was = accounts.set_role(lab, who, role, user())
         except LsmError as exc:
             st.error(escape_markdown(str(exc)))
+        else:
+            if was == role:
+                flash(f"{who} is {a_role(role)} already: nothing changed.", "info")
+            else:
+                flash(
+                    f"{who} is now {a_role(role)} (was {a_role(was)})."
+                    + (
+                        " In lab mode without LSM_ADMINS everyone administers: this takes effect once LSM_ADMINS "
+                        "names the administrators or sign-in is configured."
+                        if everyone
+                        else ""
+                    )
+                )
+            st.rerun()
 
 st.subheader("Audit trail")
 st.caption(

@@ -133,6 +133,28 @@ def test_roles_are_given_by_admins_and_the_audit_trail_is_theirs(history, lab_mo
         set_default(lab, model_id, "ana")
 
 
+def test_lab_mode_without_named_admins_whoever_promoted_a_colleague_can_demote_them(history, lab_mode):
+    """Issue 26 item 5: in lab mode without LSM_ADMINS everyone administers (the People table says so), so a
+    colleague made an administrator is never the lab's last one: the person running the lab (stored nowhere as
+    an administrator) can make them a member again, and they can step down themselves. set_role says what the
+    role was; setting the same role again writes nothing."""
+    lab, _, _ = history
+    accounts.set_role(lab, "colleague", accounts.ADMIN, "root")
+    people = {p.name: (p.role, p.stored_role) for p in accounts.people(lab)}
+    assert people["root"] == (accounts.ADMIN, accounts.MEMBER)  # administers, though no users row says so
+    assert people["colleague"] == (accounts.ADMIN, accounts.ADMIN)
+    accounts.set_role(lab, "colleague", accounts.MEMBER, "root")  # was refused: "the lab's last administrator"
+    assert accounts.set_role(lab, "colleague", accounts.ADMIN, "colleague") == accounts.MEMBER
+    assert accounts.set_role(lab, "colleague", accounts.MEMBER, "colleague") == accounts.ADMIN  # steps down
+    with lab() as s:
+        assert s.scalar(select(User.role).where(User.name == "colleague")) == accounts.MEMBER
+        assert accounts.role_of(s, "colleague") == accounts.ADMIN  # lab mode: still administers, as the table says
+        changes = [e for e in audit.events(s) if e.action == "set role"]
+    assert accounts.set_role(lab, "colleague", accounts.MEMBER, "root") == accounts.MEMBER  # the same: a no-op
+    with lab() as s:
+        assert len([e for e in audit.events(s) if e.action == "set role"]) == len(changes) == 4
+
+
 def _claims(sub: str, email: str, name: str) -> dict:
     """An ID token's claims, as st.user holds them after the provider signed someone in."""
     return {"iss": "https://login.lab.org", "sub": sub, "email": email, "email_verified": True, "name": name}

@@ -214,8 +214,11 @@ def people(lab: Lab) -> list[Person]:
         ]
 
 
-def set_role(lab: Lab, name: str, role: str, by: str) -> None:
-    """Give ``name`` the role ``role`` (administrators only). The last administrator cannot step down."""
+def set_role(lab: Lab, name: str, role: str, by: str) -> str:
+    """Give ``name`` the role ``role`` (administrators only) and return the role the users table gave them
+    before (member when they had no row): nothing is written when it is the same. The last administrator
+    cannot step down: the last one as :func:`role_of` (and the Lab page's People table) counts them, so in lab
+    mode without LSM_ADMINS, where everyone administers, anyone may be made a member again."""
     if role not in ROLES:
         raise LsmError(f"unknown role {role!r}; choose {' or '.join(ROLES)}")
     with lab.begin() as s:
@@ -227,15 +230,27 @@ def set_role(lab: Lab, name: str, role: str, by: str) -> None:
         if name in configured_admins() and role != ADMIN:
             raise LsmError(f"{name} is named in LSM_ADMINS; remove them there to change their role")
         row = s.scalar(select(User).where(User.name == name).with_for_update())
+        old = row.role if row is not None and row.role in ROLES else MEMBER
+        if old == role:
+            return old
         if row is None:
             row = User(name=name, role=MEMBER)
             s.add(row)
-        if row.role == ADMIN and role == MEMBER and not configured_admins():
-            others = s.scalar(select(func.count()).select_from(User).where(User.role == ADMIN, User.name != name))
-            if not others:
-                raise LsmError(f"{name} is the lab's last administrator; make someone else one first")
-        audit.record(s, by, "set role", f"user {name}", old=row.role, new=role)
+        if old == ADMIN and role == MEMBER and not _administered_without(s, name):
+            raise LsmError(f"{name} is the lab's last administrator; make someone else one first")
+        audit.record(s, by, "set role", f"user {name}", old=old, new=role)
         row.role = role
+        return old
+
+
+def _administered_without(s: Session, name: str) -> bool:
+    """Whether someone besides ``name`` acts as an administrator (:func:`role_of`): always where LSM_ADMINS
+    names administrators (no role set here removes them) or in lab mode without it (everyone administers);
+    else (signed in, nobody named) whether the users table makes someone else one."""
+    if configured_admins() or not auth_configured():
+        return True
+    others = s.scalar(select(func.count()).select_from(User).where(User.role == ADMIN, User.name != name))
+    return bool(others)
 
 
 def audit_trail(lab: Lab, user: str, limit: int = 500) -> list[dict]:
