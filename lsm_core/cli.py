@@ -6,8 +6,6 @@ import argparse
 import sys
 from collections.abc import Callable, Iterator
 
-import numpy as np
-
 from lsm_core.errors import LsmError
 
 
@@ -61,6 +59,9 @@ def cmd_classify(args: argparse.Namespace) -> int:
         + (f"; dropped {dropped}" if dropped else "")
         + (f"; written to {args.out}" if args.out else "")
     )
+    doubt = summary.calibration_doubt()
+    if doubt:
+        _log(f"warning: {doubt} Run again with --pixel-size (micrometres per pixel) at your microscope's calibration.")
     if summary.cells == 0:
         _log("nothing could be classified")
         return 1
@@ -170,11 +171,13 @@ def _store():
     return ModelStore(root)
 
 
-def _lab():
-    """The lab of the settings: its database upgraded to this code's schema, the store's models registered."""
+def _lab(sync: bool = True):
+    """The lab of the settings: its database upgraded to this code's schema and, with ``sync``, the store's
+    models registered (which reads the packages with torch: the commands that only read and label the
+    history leave it to the next one that runs a model)."""
     from lsm_core.lab.history import open_lab
 
-    return open_lab(_settings())
+    return open_lab(_settings(), sync=sync)
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -279,7 +282,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
     from db.queries import jobs_list
 
-    with _lab()() as s:
+    with _lab(sync=False)() as s:
         rows = [
             {
                 "id": j.id,
@@ -310,7 +313,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     from lsm_core.lab.accounts import current_user
     from lsm_core.lab.jobs import cancel
 
-    status = cancel(_lab(), args.job_id, current_user())
+    status = cancel(_lab(sync=False), args.job_id, current_user())
     print(f"job {args.job_id} {'cancelled' if status == 'cancelled' else 'stops at its next step'}")
     return 0
 
@@ -319,7 +322,7 @@ def cmd_review(args: argparse.Namespace) -> int:
     from lsm_core.lab import review
     from lsm_core.lab.accounts import current_user
 
-    lab = _lab()
+    lab = _lab(sync=False)
     items = review.queue(lab, args.batch_ids, current_user(), args.order, args.unlabelled, args.limit)
     from sqlalchemy import select
 
@@ -342,7 +345,11 @@ def cmd_label(args: argparse.Namespace) -> int:
     from lsm_core.lab import review
     from lsm_core.lab.accounts import current_user
 
-    lab = _lab()
+    if args.table is not None:
+        return _label_from_table(args)
+    if args.cell is None or args.label is None:
+        raise LsmError("give the cell and its label (FILE:CELL LABEL), or a table of labels (--from FILE.csv)")
+    lab = _lab(sync=False)
     file, _, idx = args.cell.rpartition(":")
     if not file or not idx.isdigit():
         raise LsmError(f"name the cell as FILE:CELL (the export's file and cell columns), not {args.cell!r}")
@@ -353,10 +360,46 @@ def cmd_label(args: argparse.Namespace) -> int:
     return 0
 
 
+def _label_from_table(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lsm_core.lab import review
+    from lsm_core.lab.accounts import current_user
+
+    if args.cell is not None or args.label is not None:
+        raise LsmError("give either a cell and its label or --from FILE.csv, not both")
+    path = Path(args.table)
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a spreadsheet program's CSV may start with a BOM
+    except FileNotFoundError:
+        raise LsmError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LsmError(f"{path}: cannot be read as a UTF-8 CSV table ({exc})") from None
+    try:
+        rows = review.read_label_table(text)
+        done = review.import_labels(_lab(sync=False), args.batch_id, current_user(), rows, source=path.name)
+    except LsmError as exc:
+        raise LsmError(f"{path}: {exc}") from None
+    left = [
+        f"{n} {what}"
+        for n, what in (
+            (done.unchanged, "unchanged"),
+            (done.empty, "without a label"),
+            (done.other_batches, "of other batches"),
+        )
+        if n
+    ]
+    print(
+        f"{path}: {done.labelled} cell(s) labelled, {done.taken_back} label(s) taken back"
+        + (f"; rows left alone: {', '.join(left)}" if left else "")
+    )
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from lsm_core.reports.export import batch_rows, write_table
 
-    with _lab()() as s:
+    with _lab(sync=False)() as s:
         columns, rows = batch_rows(s, args.batch_ids)
         n = write_table(args.out, columns, rows)
     _log(f"wrote {n} rows to {args.out}")
@@ -531,8 +574,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 fh.write(methods_text(s, c))
     with open(args.out, "wb") as fh:
         fh.write(data)
-    for row in c.tests.itertuples(index=False):
-        print(f"{row[0]}\t{row[1]}\tstatistic {row[4]:.4g}\tp {row[5]:.4g}\tHolm p {row[6]:.4g}\t{row[8]} {row[7]:.3g}")
+    for row in c.tests.itertuples(index=False):  # two classes: one test, no correction (Comparison.corrected)
+        holm = f"\tHolm p {row[6]:.4g}" if c.corrected else ""
+        print(f"{row[0]}\t{row[1]}\tstatistic {row[4]:.4g}\tp {row[5]:.4g}{holm}\t{row[8]} {row[7]:.3g}")
     for o in c.odds.itertuples(index=False):  # the model of cells within mice
         said = f"odds ratio {o.odds_ratio:.3g} (95% CI {o.ci95_low:.3g}-{o.ci95_high:.3g})\tp {o.p_value:.4g}"
         print(f"{o[0]}\t{o.term}\t{said if o.note == '' else o.note}")
@@ -549,6 +593,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_saliency(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    import numpy as np
     from PIL import Image
 
     from lsm_core.imaging.images import read_inputs
@@ -633,21 +678,9 @@ def _add_plane_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    # choices come from the registries that hold them
-    from lsm_core.classes import TASKS
-    from lsm_core.lab.batches import SEXES
-    from lsm_core.lab.jobs import JobKind
-    from lsm_core.ml.nets import REGISTRY as ARCHITECTURES
-    from lsm_core.ml.saliency import METHODS as SALIENCY_METHODS
-    from lsm_core.reports.compare import GROUP_FIELDS
+def _synth_arguments(p: argparse.ArgumentParser) -> None:
+    from lsm_core.classes import TASKS  # choices come from the registries that hold them
 
-    parser = argparse.ArgumentParser(
-        prog="lsm", description="Classify blood stem cells in DIC images (also: python -m lsm_core)."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("synth", help="write synthetic DIC-like cells (class folders) and fields of view")
     p.add_argument("--task", choices=list(TASKS), required=True)
     p.add_argument("--n", type=int, required=True, help="number of single-cell crops in all")
     p.add_argument("--out", required=True)
@@ -655,7 +688,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("classify", help="classify every cell in image files, folders or ZIP archives")
+
+def _classify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("--model", required=True, help="a registered name (name or name:version) or a package folder")
     p.add_argument("--out", help="FILE.csv or FILE.xlsx (default: CSV on standard output)")
@@ -672,7 +706,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.set_defaults(func=cmd_classify)
 
-    p = sub.add_parser("models", help="list or import models")
+
+def _models_arguments(p: argparse.ArgumentParser) -> None:
     msub = p.add_subparsers(dest="models_command", required=True)
     q = msub.add_parser("list", help="list the registered models")
     q.set_defaults(func=cmd_models_list)
@@ -695,19 +730,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--license", default="CC-BY-4.0", help="SPDX licence id of the model (default CC-BY-4.0)")
     q.set_defaults(func=cmd_models_export)
 
-    p = sub.add_parser(
-        "demo",
-        help="make sure the synthetic demo models demo-lsm and demo-aging are trained and "
-        "registered (one process trains at a time; LSM_DEMO_RECIPE=tiny for tests)",
-    )
+
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("db", help="database maintenance")
+
+def _db_arguments(p: argparse.ArgumentParser) -> None:
     dsub = p.add_subparsers(dest="db_command", required=True)
     q = dsub.add_parser("upgrade", help="migrate the database (LSM_DATABASE_URL) to this code's schema")
     q.set_defaults(func=cmd_db_upgrade)
 
-    p = sub.add_parser("blobs", help="the blob store of uploaded files (administrators)")
+
+def _blobs_arguments(p: argparse.ArgumentParser) -> None:
     bsub = p.add_subparsers(dest="blobs_command", required=True)
     q = bsub.add_parser(
         "gc",
@@ -724,7 +758,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.set_defaults(func=cmd_blobs_gc)
 
-    p = sub.add_parser("worker", help="claim jobs from the database and run them on one device")
+
+def _worker_arguments(p: argparse.ArgumentParser) -> None:
+    from lsm_core.lab.jobs import JobKind
+
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: LSM_DEVICE or auto)")
     p.add_argument(
         "--kinds",
@@ -745,10 +782,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="crops per forward pass (default 256)")
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser(
-        "serve",
-        help="upgrade the database, start the app and one worker, and train missing demo models in the background",
-    )
+
+def _serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8501)
     p.add_argument(
         "--address",
@@ -758,7 +793,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("submit", help="queue a batch for classification; prints `batch <ID> job <ID>`")
+
+def _submit_arguments(p: argparse.ArgumentParser) -> None:
+    from lsm_core.lab.batches import SEXES
+
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("--model", required=True, help="a registered model name (or name:version)")
     p.add_argument("--batch", required=True, help="the batch's name")
@@ -775,11 +813,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--priority", type=int, default=0)
     p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser(
-        "train",
-        help="train and register a model on labelled cells (class folders or ZIPs, batches and a reporter gate, "
-        "and/or the cells reviewers labelled)",
-    )
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    from lsm_core.classes import TASKS
+    from lsm_core.ml.names import ARCHITECTURES  # not torch: lsm_core.ml.nets.REGISTRY agrees with it
+
     p.add_argument(
         "data",
         nargs="*",
@@ -825,14 +863,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="metrics of a model on labelled cells")
+
+def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", nargs="+", metavar="DATA")
     p.add_argument("--model", required=True)
     p.add_argument("--json", action="store_true")
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("compare", help="compare batches (mice) across ages or a metadata field; writes one workbook")
+
+def _compare_arguments(p: argparse.ArgumentParser) -> None:
+    from lsm_core.reports.compare import GROUP_FIELDS
+
     p.add_argument("batch_ids", nargs="+", type=int, metavar="BATCH_ID")
     p.add_argument("--by", default="age", choices=GROUP_FIELDS, help="age, or another metadata field")
     p.add_argument("--bins", default="young:<26w, aged:>=18m", help="age bins, e.g. 'young:8w-12w, aged:>=18m'")
@@ -846,7 +888,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("saliency", help="saliency maps of every cell: overlay PNGs, maps.npz and cells.csv")
+
+def _saliency_arguments(p: argparse.ArgumentParser) -> None:
+    from lsm_core.ml.names import SALIENCY_METHODS  # not torch: lsm_core.ml.saliency.METHODS is it
+
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("--model", required=True)
     p.add_argument("--method", choices=list(SALIENCY_METHODS), default="scorecam")
@@ -863,45 +908,117 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_saliency)
 
-    p = sub.add_parser("jobs", help="list jobs")
+
+def _jobs_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--limit", type=int, default=200)
     p.set_defaults(func=cmd_jobs)
 
-    p = sub.add_parser("cancel", help="cancel a job (yours, or any as an administrator): queued at once, running soon")
+
+def _cancel_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("job_id", type=int, metavar="JOB_ID")
     p.set_defaults(func=cmd_cancel)
 
-    p = sub.add_parser("review", help="a batch's cells in the order to review them, with your label and the consensus")
+
+def _review_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("batch_ids", nargs="+", type=int, metavar="BATCH_ID")
     p.add_argument("--order", default="uncertain", help="uncertain (default), class, score or random")
     p.add_argument("--unlabelled", action="store_true", help="only the cells you have not labelled")
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=cmd_review)
 
-    p = sub.add_parser(
-        "label", help="say what a cell is: its class, not-a-cell[:debris|doublet|out_of_focus|edge], none"
-    )
+
+def _label_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("batch_id", type=int, metavar="BATCH_ID")
-    p.add_argument("cell", metavar="FILE:CELL", help="the cell as the export names it (file and cell columns)")
-    p.add_argument("label", metavar="LABEL")
+    p.add_argument(
+        "cell", nargs="?", metavar="FILE:CELL", help="the cell as the export names it (file and cell columns)"
+    )
+    p.add_argument("label", nargs="?", metavar="LABEL")
     p.add_argument("--page", type=int, default=1, help="the page of a multi-page file (from 1)")
+    p.add_argument(
+        "--from",
+        dest="table",
+        metavar="FILE.csv",
+        help="label many cells at once: a CSV table with the columns file, cell, label and optionally page (the "
+        "export's own columns: an exported CSV comes back as it is; rows without a label are left out), all in "
+        "one transaction, refused whole with the line numbers of rows that name no cell or an unknown label",
+    )
     p.set_defaults(func=cmd_label)
 
-    p = sub.add_parser("export", help="write batches' cells to a spreadsheet")
+
+def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("batch_ids", nargs="+", type=int, metavar="BATCH_ID")
     p.add_argument("--out", required=True, help="FILE.xlsx or FILE.csv")
     p.set_defaults(func=cmd_export)
+
+
+# the subcommands: name -> (help, the function that adds its arguments, its own subcommands and what runs it;
+# it imports what they offer as choices, so that only the subcommand run imports its own)
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "synth": ("write synthetic DIC-like cells (class folders) and fields of view", _synth_arguments),
+    "classify": ("classify every cell in image files, folders or ZIP archives", _classify_arguments),
+    "models": ("list or import models", _models_arguments),
+    "demo": (
+        "make sure the synthetic demo models demo-lsm and demo-aging are trained and registered (one process "
+        "trains at a time; LSM_DEMO_RECIPE=tiny for tests)",
+        _demo_arguments,
+    ),
+    "db": ("database maintenance", _db_arguments),
+    "blobs": ("the blob store of uploaded files (administrators)", _blobs_arguments),
+    "worker": ("claim jobs from the database and run them on one device", _worker_arguments),
+    "serve": (
+        "upgrade the database, start the app and one worker, and train missing demo models in the background",
+        _serve_arguments,
+    ),
+    "submit": ("queue a batch for classification; prints `batch <ID> job <ID>`", _submit_arguments),
+    "train": (
+        "train and register a model on labelled cells (class folders or ZIPs, batches and a reporter gate, "
+        "and/or the cells reviewers labelled)",
+        _train_arguments,
+    ),
+    "evaluate": ("metrics of a model on labelled cells", _evaluate_arguments),
+    "compare": ("compare batches (mice) across ages or a metadata field; writes one workbook", _compare_arguments),
+    "saliency": ("saliency maps of every cell: overlay PNGs, maps.npz and cells.csv", _saliency_arguments),
+    "jobs": ("list jobs", _jobs_arguments),
+    "cancel": ("cancel a job (yours, or any as an administrator): queued at once, running soon", _cancel_arguments),
+    "review": ("a batch's cells in the order to review them, with your label and the consensus", _review_arguments),
+    "label": (
+        "say what a cell is: its class, not-a-cell[:debris|doublet|out_of_focus|edge], none; or many cells at "
+        "once from a CSV table (--from)",
+        _label_arguments,
+    ),
+    "export": ("write batches' cells to a spreadsheet", _export_arguments),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser. ``only``: the subcommand being run (the first word of the command line, "" for
+    none): its arguments alone are added, the others' names and help only, so that running one never imports
+    what another offers as choices (the comparison's fields, the modalities: pandas, scipy) and ``lsm --help``
+    imports none; None: every subcommand's arguments."""
+    parser = argparse.ArgumentParser(
+        prog="lsm", description="Classify blood stem cells in DIC images (also: python -m lsm_core)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help, add_arguments) in COMMANDS.items():
+        p = sub.add_parser(name, help=help)
+        if only is None or only == name:
+            add_arguments(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # the subcommand is the first word (the command itself takes no option but --help)
+    command = next((a for a in argv if not a.startswith("-")), "")
+    args = build_parser(only=command).parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
     except LsmError as exc:
         _log(f"error: {exc}")
+        for file, why in getattr(exc, "files", []):  # FilesRefused: each file with why
+            _log(f"  {file}: {why}")
         return 2
     except KeyboardInterrupt:
         _log("interrupted")

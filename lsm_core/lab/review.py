@@ -384,3 +384,216 @@ def parse_label(text: str) -> tuple[str | None, str | None]:
         reason = word.partition(":")[2].strip().lower().replace(" ", "_").replace("-", "_") or "debris"
         return None, reason
     return word, None
+
+
+# --- many labels at once: a table from the export, another tool or index sorting ----------------------
+LABEL_TABLE_COLUMNS = ("file", "cell", "label")  # required; ``page`` (default 1), ``excluded`` and ``batch`` too
+
+
+@dataclass(frozen=True)
+class LabelRow:
+    """One row of a label table as written (text), with its line in the file (from 1, the header's is 1)."""
+
+    line: int
+    file: str
+    cell: str
+    label: str
+    page: str = ""
+    excluded: str = ""  # the export's column: why not a cell, as people read it (EXCLUSIONS) or its key
+    batch: str = ""  # the export's column: rows of another batch are left alone
+
+
+@dataclass(frozen=True)
+class Imported:
+    """What :func:`import_labels` did."""
+
+    labelled: int  # new current labels (a class or not a cell)
+    taken_back: int
+    unchanged: int  # the person's current label said so already
+    empty: int  # rows with neither a label nor a reason: they say nothing
+    other_batches: int  # rows whose batch column names another batch
+
+
+def read_label_table(text: str) -> list[LabelRow]:
+    """The rows of a CSV label table: columns ``file, cell, label`` and optionally ``page`` (the export's own
+    columns, so an exported spreadsheet saved as CSV comes back as it is, its ``excluded`` and ``batch``
+    columns read too). Column names are matched ignoring case and spaces. LsmError when a column is missing."""
+    import csv
+
+    reader = csv.reader(text.splitlines(keepends=True))
+    header = next(reader, None)
+    names = [h.strip().lower() for h in header or []]
+    missing = [c for c in LABEL_TABLE_COLUMNS if c not in names]
+    if missing:
+        raise LsmError(
+            f"the table needs the columns {', '.join(LABEL_TABLE_COLUMNS)} (and optionally page); it has no "
+            + ", ".join(missing)
+            + (f" (its header: {', '.join(h for h in names if h)})" if any(names) else " (it is empty)")
+        )
+    at = {name: names.index(name) for name in ("file", "cell", "label", "page", "excluded", "batch") if name in names}
+    rows = []
+    for values in reader:
+        if not any(v.strip() for v in values):
+            continue  # a blank line
+        got = {name: values[i].strip() if i < len(values) else "" for name, i in at.items()}
+        rows.append(LabelRow(reader.line_num, **got))
+    return rows
+
+
+def _number(text: str) -> int | None:
+    """A whole number as a table writes it (``3``, or ``3.0`` from a spreadsheet program), else None."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return int(value) if value.is_integer() and value >= 0 else None
+
+
+def _lines(numbers: list[int]) -> str:
+    """``line 4`` or ``lines 4, 9, 12-20``."""
+    parts: list[str] = []
+    start = prev = numbers[0]
+    for n in [*numbers[1:], None]:
+        if n is not None and n == prev + 1:
+            prev = n
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if n is not None:
+            start = prev = n
+    return ("lines " if len(numbers) > 1 else "line ") + ", ".join(parts)
+
+
+def import_labels(lab: Lab, batch_id: int, user: str, rows: Sequence[LabelRow], source: str = "") -> Imported:
+    """Give ``user``'s labels of many cells of one batch at once, in one transaction, by the same rules as
+    :func:`set_label` (each label a class of the batch's model, ``not-a-cell[:REASON]`` or ``none``; members
+    label their own batches; every change audited). Refused whole when any row names no cell of the batch
+    (its file, page or cell number are not there), gives a label that is not one, or gives one cell two
+    labels: LsmError with the line numbers of those rows, and nothing is written. Rows with neither a label
+    nor a reason say nothing and are left out, as are rows of another batch (the export's ``batch`` column).
+    ``source``: the file's name, for the audit trail."""
+    reasons = {key: key for key in EXCLUSIONS} | {text: key for key, text in EXCLUSIONS.items()}
+    with lab.begin() as s:
+        postgres = s.get_bind().dialect.name == "postgresql"
+        batch = s.get(Batch, batch_id)
+        if batch is None:
+            raise LsmError(f"batch {batch_id} does not exist")
+        if not accounts.may_change(s, user, batch.owner):
+            raise LsmError(
+                f"batch {batch.name!r} belongs to {batch.owner}; only they or an administrator can label its cells"
+            )
+        classes = [str(c) for c in s.scalar(select(Model.classes).where(Model.id == batch.model_id)) or []]
+        by_name = {c.casefold(): c for c in classes}
+        query = (
+            select(Cell.id, Cell.image_id, Cell.idx, Cell.predicted, Cell.score, Image.file, Image.page)
+            .join(Image, Image.id == Cell.image_id)
+            .where(Cell.batch_id == batch_id)
+        )
+        # the batch's cells, locked as set_label locks one: another tab's label of one of them waits
+        cells = s.execute(query.with_for_update(of=Cell) if postgres else query).all()
+        found = {(c.file, c.page, c.idx): c for c in cells}
+        files = {(f, p) for f, p in s.execute(select(Image.file, Image.page).where(Image.batch_id == batch_id))}
+        problems: dict[str, list[int]] = defaultdict(list)
+        wanted: dict[int, tuple[int, Any, str | None, str | None]] = {}  # cell id -> line, cell, label, excluded
+        empty = other = 0
+        for row in rows:
+            if row.batch and _number(row.batch) != batch_id:
+                other += 1
+                continue
+            if not row.label and not row.excluded:
+                empty += 1
+                continue
+            # the label
+            label: str | None
+            excluded: str | None
+            if row.excluded:
+                if row.label:
+                    problems["a cell is either a class or not a cell, not both"].append(row.line)
+                    continue
+                said = row.excluded.lower()
+                label, excluded = None, reasons.get(said, said.replace(" ", "_").replace("-", "_"))
+            else:
+                label, excluded = parse_label(row.label)
+            if excluded is not None and excluded not in EXCLUSIONS:
+                problems[f"unknown reason {excluded!r} for 'not a cell' (choose {', '.join(EXCLUSIONS)})"].append(
+                    row.line
+                )
+                continue
+            if label is not None:
+                if label.casefold() not in by_name:
+                    problems[f"{label!r} is not a class of this batch's model ({', '.join(classes)})"].append(row.line)
+                    continue
+                label = by_name[label.casefold()]
+            # the cell
+            idx, page = _number(row.cell), _number(row.page) if row.page else 1
+            if idx is None or page is None:
+                problems["the cell (and page) must be numbers, as the export writes them"].append(row.line)
+                continue
+            file = row.file
+            if (file, page) not in files and file.startswith("'") and (file[1:], page) in files:
+                file = file[1:]  # the apostrophe a spreadsheet export puts before a name that starts like a formula
+            cell = found.get((file, page, idx))
+            if cell is None:
+                why = (
+                    f"batch {batch_id} has no cell {idx} in {file!r} (page {page})"
+                    if (file, page) in files
+                    else f"batch {batch_id} has no file {file!r}" + (f" with a page {page}" if page != 1 else "")
+                )
+                problems[why].append(row.line)
+                continue
+            if cell.id in wanted and wanted[cell.id][2:] != (label, excluded):
+                problems[f"names a cell that line {wanted[cell.id][0]} labels otherwise"].append(row.line)
+                continue
+            wanted[cell.id] = (row.line, cell, label, excluded)
+        if problems:
+            bad = sorted(n for lines in problems.values() for n in lines)
+            raise LsmError(
+                f"nothing was labelled: {len(bad)} row(s) refused ({_lines(bad)}):\n"
+                + "\n".join(f"  {_lines(lines)}: {why}" for why, lines in problems.items())
+            )
+        previous = {
+            r.cell_id: r
+            for r in s.scalars(
+                select(CellLabel).where(
+                    CellLabel.batch_id == batch_id, CellLabel.labelled_by == user, CellLabel.current.is_(True)
+                )
+            )
+        }
+        changes = []
+        unchanged = 0
+        for cell_id, (_, cell, label, excluded) in wanted.items():
+            was = previous.get(cell_id)
+            if (was is None and label is None and excluded is None) or (
+                was is not None and (was.label, was.excluded) == (label, excluded)
+            ):
+                unchanged += 1
+                continue
+            if was is not None:
+                was.current = False
+            changes.append((cell, was, label, excluded))
+        s.flush()  # the old current labels are no longer current before the new ones are written
+        taken_back = 0
+        for cell, was, label, excluded in changes:
+            new = CellLabel(
+                cell_id=cell.id,
+                batch_id=batch_id,
+                labelled_by=user,
+                label=label,
+                excluded=excluded,
+                predicted=cell.predicted,
+                score=cell.score,
+                current=True,
+            )
+            s.add(new)
+            taken_back += label is None and excluded is None
+            audit.record(
+                s,
+                user,
+                "label",
+                f"batch {batch_id}",
+                cell=f"image {cell.image_id} cell {cell.idx}",
+                label=describe(label, excluded) if (label or excluded) else "taken back",
+                was=describe(was.label, was.excluded) if was is not None else None,
+                predicted=cell.predicted,
+                source=source or None,
+            )
+    return Imported(len(changes) - taken_back, taken_back, unchanged, empty, other)

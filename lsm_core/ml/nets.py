@@ -21,6 +21,7 @@ from torch import nn
 from torchvision import models as tvm
 
 from lsm_core.errors import LsmError
+from lsm_core.ml.names import ARCHITECTURES
 
 
 class CropStandardise(nn.Module):
@@ -60,6 +61,8 @@ REGISTRY: dict[str, ArchSpec] = {}
 
 def register(target_layer: str, description: str) -> Callable[[Callable[[int], nn.Module]], Callable[[int], nn.Module]]:
     def wrap(fn: Callable[[int], nn.Module]) -> Callable[[int], nn.Module]:
+        if fn.__name__ not in ARCHITECTURES:  # the command line offers the names from there, without torch
+            raise LsmError(f"architecture {fn.__name__!r}: add it to lsm_core.ml.names.ARCHITECTURES")
         REGISTRY[fn.__name__] = ArchSpec(fn.__name__, fn, target_layer, description)
         return fn
 

@@ -29,8 +29,7 @@ from torch import nn
 
 from lsm_core.errors import LsmError
 from lsm_core.ml import nets
-
-METHODS = ("scorecam", "gradcam", "ig")
+from lsm_core.ml.names import SALIENCY_METHODS as METHODS  # the command line reads them there, without torch
 
 
 def _targets(net: nn.Module, x: torch.Tensor, classes: np.ndarray | None) -> np.ndarray:
