@@ -28,6 +28,7 @@ from lsm_core.reports.model_card import (
     lineage_text,
     model_cards,
     models_table,
+    models_table_columns,
     origin_text,
     package_zip,
     training_figure,
@@ -81,7 +82,14 @@ if not rows:
         "below you can import weights or train a model."
     )
 else:
-    st.dataframe(pd.DataFrame(models_table(rows)), hide_index=True, width="stretch")
+    table = pd.DataFrame(models_table(rows))
+    shown = {  # short headers, each explained on hover; numbers to three places; the model's name stays in view
+        name: st.column_config.NumberColumn(c.label, help=c.help, width=c.width, format=c.number_format)
+        if c.number_format
+        else st.column_config.TextColumn(c.label, help=c.help, width=c.width, pinned=c.pinned)
+        for name, c in models_table_columns(list(table.columns)).items()
+    }
+    st.dataframe(table, hide_index=True, width="stretch", column_config=shown, placeholder="–")
 
 tabs = st.tabs(["Model card", "Train", "Evaluate", "Import / export"])
 
@@ -332,5 +340,7 @@ with tabs[3]:
             disabled=not names,
             help="A bioimage.io model package (format 0.5): rdf.yaml, the weights as a PyTorch state dict, "
             "TorchScript and ONNX, test tensors and this model card; validated by bioimageio.spec. It opens in "
-            "bioimageio.core, ilastik, deepImageJ and QuPath. Takes a few seconds.",
+            "bioimageio.core, ilastik, deepImageJ and QuPath. It cites the paper as the source of the method, and "
+            "this app by its name and version at the lab's address (the administrator's LSM_APP_URL; without it, "
+            "the package names the app but cannot cite it). Takes a few seconds.",
         )

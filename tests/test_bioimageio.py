@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -63,7 +64,7 @@ def test_a_model_trained_in_the_app_exports_as_a_valid_bioimageio_package(traine
     assert validate(data) == []  # bioimageio.spec's own validation, with its file checks (sha256 of each file)
     assert rdf["format_version"].startswith("0.5.") and rdf["type"] == "model" and rdf["license"] == "MIT"
     assert [a["name"] for a in rdf["authors"]] == ["Ana Researcher", "Ben Imager"]
-    assert any(c.get("doi") == "10.1186/s13287-024-03682-8" for c in rdf["cite"]) and len(rdf["cite"]) == 2
+    assert [c.get("doi") for c in rdf["cite"]] == ["10.1186/s13287-024-03682-8"]  # no LSM_APP_URL: the paper only
     (crop,) = rdf["inputs"]
     assert [a["type"] for a in crop["axes"]] == ["batch", "channel", "space", "space"]
     y = crop["axes"][2]
@@ -88,6 +89,65 @@ def test_a_model_trained_in_the_app_exports_as_a_valid_bioimageio_package(traine
     # the test output is what the app's network gives the test input: probabilities
     expected = np.load(io.BytesIO(files["test_output.npy"]))
     assert expected.shape == (4, 2) and np.allclose(expected.sum(axis=1), 1, atol=1e-5)
+
+
+def test_the_package_cites_the_paper_for_the_method_and_this_app_by_its_name_and_version(trained_lab):
+    """Issue 26 item 9: the paper is cited as the source of the method, never as the app; the app is cited by its
+    own name and version at the lab's address (LSM_APP_URL), and without one it is named, not cited (a Zoo
+    citation needs a DOI or a URL)."""
+    import lsm_core
+    from lsm_core.classes import PAPER_DOI
+    from lsm_core.lab.history import Lab
+    from lsm_core.ml.bioimageio import APP_NAME
+
+    lab, model_id = trained_lab
+    app = f"{APP_NAME} {lsm_core.__version__}"
+    url = "https://example.com/hsc-lab/lsm-classifier"  # example.com: bioimageio.spec does not try to reach it
+    data, rdf, files = exported(Lab(lab.sessions, lab.settings.with_(app_url=url), lab.engine), model_id)
+    assert validate(data) == []
+    paper, ours = rdf["cite"]
+    assert paper["doi"] == PAPER_DOI and "url" not in paper and "The method this model follows" in paper["text"]
+    assert ours == {"text": f"{app}: the software this model was trained and exported with", "url": url}
+    assert f"Trained and exported with {app}" in rdf["description"]
+    config = rdf["config"]["lsm_classifier"]
+    assert (config["app"], config["app_version"], config["app_url"]) == (APP_NAME, lsm_core.__version__, url)
+    assert app in files["architecture.py"].decode("utf-8").splitlines()[0]
+    _, plain, _ = exported(lab, model_id)  # no address set: the app named in the description, the paper cited
+    assert [c["doi"] for c in plain["cite"]] == [PAPER_DOI] and app in plain["description"]
+    assert "app_url" not in plain["config"]["lsm_classifier"]
+    assert not any("HSC classification web app" in json.dumps(r) for r in (rdf, plain))  # the old made-up name
+
+
+def test_the_apps_name_is_the_one_its_readme_and_browser_tab_say():
+    from lsm_core.ml.bioimageio import APP_NAME
+
+    assert (ROOT / "README.md").read_text(encoding="utf-8").splitlines()[0] == f"# {APP_NAME}"
+    assert f'page_title="{APP_NAME}"' in (ROOT / "streamlit_app.py").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("", None),
+        ("  https://hsc.lab.example.org/lsm ", "https://hsc.lab.example.org/lsm"),
+        ("http://10.0.0.5:8501", "http://10.0.0.5:8501"),
+    ],
+)
+def test_lsm_app_url_is_read_and_passed_on(value, expected):
+    from lsm_core.lab.settings import Settings
+
+    settings = Settings.from_env({"LSM_APP_URL": value})
+    assert settings.app_url == expected
+    assert settings.environment().get("LSM_APP_URL") == settings.app_url
+
+
+@pytest.mark.parametrize("value", ["hsc.lab.example.org", "ftp://lab.example.org/app", "https://", "https://a b.org"])
+def test_lsm_app_url_that_is_not_a_web_address_is_refused(value):
+    from lsm_core.errors import LsmError
+    from lsm_core.lab.settings import Settings
+
+    with pytest.raises(LsmError, match="LSM_APP_URL=.* is not a web address"):
+        Settings.from_env({"LSM_APP_URL": value})
 
 
 def test_the_onnx_weights_give_the_apps_probabilities(trained_lab):
@@ -137,7 +197,7 @@ def test_a_package_whose_files_were_changed_does_not_validate(trained_lab):
 def test_the_architecture_file_stands_alone(tmp_path):
     """architecture.py imports torch and torchvision only: another lab's machine runs it without this app."""
     source = architecture_source()
-    assert "lsm_core" not in source
+    assert not re.search(r"^\s*(from|import) lsm_core", source, flags=re.M)
     (tmp_path / "architecture.py").write_text(source)
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); import torch, architecture; "
@@ -214,6 +274,7 @@ def test_an_exported_model_imported_into_another_lab_gives_the_same_probabilitie
     origin = origin_text(n.training)
     assert origin and "Imported from the BioImage Model Zoo package lab-aging v1" in origin
     assert "Ana Researcher, Ben Imager" in origin and "licence MIT" in origin and "10.1186" in origin
+    assert "Exported from lab-aging v1 by LSM classifier " in origin  # the app by its name
     assert "## Origin" in model_card_markdown(n)
 
 

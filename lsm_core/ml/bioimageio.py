@@ -2,7 +2,9 @@
 
 The package (format 0.5, ``type: model``) is a ZIP of:
 
-* ``rdf.yaml``: the description: name, description, authors, cite (the paper and this app), SPDX licence,
+* ``rdf.yaml``: the description: name, description (which names this app and its version), authors, cite (the
+  paper, as the source of the method; this app by its name and version, at the lab's address when LSM_APP_URL
+  gives one: a Zoo citation needs a DOI or a URL, and the paper's DOI is not the app's), SPDX licence,
   tags, documentation, one input (batch, channel, y, x in micrometres at the crop's sampling; the per-crop
   standardisation as preprocessing), one output (batch, channel named after the classes: probabilities),
   three weights formats, the test tensors, and under ``config.lsm_classifier`` this app's manifest and
@@ -40,6 +42,7 @@ from lsm_core.classes import PAPER_AUTHORS, PAPER_DOI, PAPER_JOURNAL, PAPER_TITL
 from lsm_core.errors import LsmError
 from lsm_core.ml.models import ModelPackage
 
+APP_NAME = "LSM classifier"  # this app, as its README and its browser tab name it
 FORMAT_VERSION = "0.5.4"
 ONNX_OPSET = 18
 TEST_CROPS = 4
@@ -73,8 +76,28 @@ class ProbabilityClassifier(nn.Module):
         return torch.softmax(self.net(x) / self.temperature, dim=1)
 
 
+def _literal_import(match: re.Match) -> str:
+    """``from lsm_core.X import A, B`` as ``A = <value>`` lines, for names whose values are plain literals (a tuple
+    of names, a number); anything else stays an import of this app, which :func:`architecture_source` refuses."""
+    import ast
+    import importlib
+
+    module = importlib.import_module(match.group(1))
+    lines = []
+    for name in (n.strip() for n in match.group(2).split(",")):
+        value = getattr(module, name, None)
+        try:
+            if ast.literal_eval(repr(value)) != value:
+                return match.group(0)
+        except (ValueError, SyntaxError):
+            return match.group(0)
+        lines.append(f"{name} = {value!r}\n")
+    return "".join(lines)
+
+
 def architecture_source() -> str:
-    """:mod:`lsm_core.ml.nets` as a file of its own (no import of this app), with the exported wrapper."""
+    """:mod:`lsm_core.ml.nets` as a file of its own (no import of this app), with the exported wrapper: its
+    LsmError a plain exception, constants it imports from the app (names of architectures) written out."""
     from lsm_core.ml import nets
 
     source = Path(nets.__file__).read_text(encoding="utf-8")
@@ -82,9 +105,10 @@ def architecture_source() -> str:
     if own not in source:
         raise LsmError("lsm_core/ml/nets.py changed its imports: the exported architecture would not stand alone")
     source = source.replace(own, "\n\nclass LsmError(Exception):\n    pass\n")
+    source = re.sub(r"^from (lsm_core[\w.]*) import ([\w, ]+)\n", _literal_import, source, flags=re.M)
     if re.search(r"^\s*(from|import) lsm_core", source, flags=re.M):
         raise LsmError("lsm_core/ml/nets.py imports this app: the exported architecture would not stand alone")
-    header = '"""The architecture of an LSM classifier exported from the HSC classification app (standalone)."""\n'
+    header = f'"""The architecture of a model exported from {APP_NAME} {lsm_core.__version__} (standalone)."""\n'
     return header + source.split('"""', 2)[2].lstrip("\n") + _WRAPPER
 
 
@@ -124,8 +148,10 @@ def export_package(
 
     ``authors``: the people who made the model (at least one); ``model_card``: the README's text (the app's
     model card, with a Validation section); ``provenance``: where the model came from (parent models,
-    training data summary), kept under ``config.lsm_classifier``; ``app_url``: where this app's code is, for
-    the second citation (without one the app is cited by name and version alone, beside the paper's DOI)."""
+    training data summary), kept under ``config.lsm_classifier``; ``app_url``: where the lab's copy of this app
+    is (the LSM_APP_URL setting): with one, the app is the second citation, by its name and version; without,
+    the description and the config name it (a citation needs a DOI or a URL). The paper is cited as the source
+    of the method only."""
     say = progress or (lambda _m: None)
     m = package.manifest
     if not authors or not all(a.strip() for a in authors):
@@ -156,9 +182,12 @@ def export_package(
     files["README.md"] = (model_card or f"# {m.name} v{m.version}\n\n{m.description}\n").encode("utf-8")
     sha = {name: _sha256(data) for name, data in files.items()}
     scale = m.crop_um / m.input_size  # micrometres per pixel of what the network sees
-    cite = [{"text": f"{PAPER_AUTHORS} {PAPER_TITLE}. {PAPER_JOURNAL}", "doi": PAPER_DOI}]
-    app = f"HSC classification web app {lsm_core.__version__} (the model was trained and exported with it)"
-    cite.append({"text": app, "url": app_url} if app_url else {"text": app, "doi": PAPER_DOI})
+    app = f"{APP_NAME} {lsm_core.__version__}"
+    made = "exported" if (m.training or {}).get("imported_from") else "trained and exported"
+    method = f"{PAPER_AUTHORS} {PAPER_TITLE}. {PAPER_JOURNAL}"
+    cite = [{"text": f"{method}. The method this model follows (the paper published no weights)", "doi": PAPER_DOI}]
+    if app_url:
+        cite.append({"text": f"{app}: the software this model was {made} with", "url": app_url})
     torch_version = torch.__version__.split("+")[0]
     task_name = {"lsm": "LT-HSC / ST-HSC / MPP", "aging": "young / aged LT-HSC"}.get(m.task, m.task)
     rdf = {
@@ -169,6 +198,7 @@ def export_package(
             f"Classifies single-cell DIC crops of mouse hematopoietic stem and progenitor cells as {task_name} "
             f"({m.architecture}; {m.input_size}x{m.input_size} crops of {m.crop_um:.3g} µm)."
             + (" A demonstration model trained on synthetic cells: not a model of real cells." if m.demo else "")
+            + f" {made.capitalize()} with {app}; the method: {PAPER_AUTHORS}, {PAPER_JOURNAL}."
         ),
         "version": f"{m.version}.0.0",
         "authors": [{"name": a.strip()} for a in authors],
@@ -237,7 +267,9 @@ def export_package(
             "lsm_classifier": {
                 "manifest": m.to_dict(),
                 "provenance": provenance or {},
+                "app": APP_NAME,
                 "app_version": lsm_core.__version__,
+                **({"app_url": app_url} if app_url else {}),
                 "exported_from": f"{m.name} v{m.version}",
             },
         },
@@ -431,6 +463,7 @@ def import_package(data: bytes, name: str | None = None, source: str = "package.
         "sha256": _sha256(data),
         "file": source,
         "exported_from": config.get("exported_from"),
+        "app": config.get("app"),
         "app_version": config.get("app_version"),
     }
     training = dict(ours.get("training") or {}) if isinstance(ours.get("training"), dict) else {}

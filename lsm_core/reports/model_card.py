@@ -289,11 +289,13 @@ def model_kind(demo: bool, metrics: dict | None) -> str:
     return "synthetic demo" if demo else "trained on lab data"
 
 
+TASK_SHORT = {"lsm": "LSM", "aging": "aging"}  # the Models table's task column (the full titles in its help)
+
+
 def models_table(rows: list) -> list[dict]:
     """One row per model (Model rows, in the order given) for the Models table; every figure says its set:
     "validation ..." (held out from the training data) and, when any model was evaluated on a test set at
-    training, "test ..."; ECE stands beside each accuracy."""
-    from lsm_core.classes import TASK_TITLES
+    training, "test ..."; ECE stands beside each accuracy. How each column is shown: :func:`models_table_columns`."""
     from lsm_core.ml.metrics import model_quality
 
     def num(d: dict, key: str):
@@ -308,7 +310,7 @@ def models_table(rows: list) -> list[dict]:
         row = {
             "model": m.name,
             "version": m.version,
-            "task": TASK_TITLES.get(m.task, m.task),
+            "task": TASK_SHORT.get(m.task, m.task),
             "kind": model_kind(m.demo, metrics),
             "default": "yes" if m.is_default else "",
             "quality check": {True: "passed", False: "failed", None: "not recorded"}[passed],
@@ -332,6 +334,52 @@ def models_table(rows: list) -> list[dict]:
         )
         out.append(row)
     return out
+
+
+@dataclass(frozen=True)
+class TableColumn:
+    """How the Models table shows one column of :func:`models_table`: a short header (the set of each number
+    still named: "val." or "test"), what it means in full (the header's help), a number format (None: text),
+    a width in pixels, and whether it stays in view when the table scrolls sideways."""
+
+    label: str
+    help: str
+    width: int
+    number_format: str | None = None
+    pinned: bool = False
+
+
+def models_table_columns(columns: list[str]) -> dict[str, TableColumn]:
+    """How each of ``columns`` (the keys of :func:`models_table`'s rows) is shown in the Models table."""
+    from lsm_core.classes import TASK_TITLES
+
+    held_out = "the validation set (cells held out from the training data)"
+    test_set = "the test set it was evaluated on at training"
+    ece = "expected calibration error on {} (0: each probability is as often right as it says; lower is better)"
+    known = {
+        "model": TableColumn("model", "the model's name (each version is a row)", 190, pinned=True),
+        "version": TableColumn("version", "the model's version", 64, "%d"),
+        "task": TableColumn("task", "; ".join(TASK_TITLES.values()), 60),
+        "kind": TableColumn("kind", "synthetic demo (trained on synthetic cells only) or trained on lab data", 150),
+        "default": TableColumn("default", "yes: the model a new batch of its task is classified with", 64),
+        "quality check": TableColumn(
+            "quality",
+            "the quality check at training: a model that failed it is not offered for classification by default "
+            "and cannot be the default; not recorded for imported models and those trained before the check",
+            100,
+        ),
+        "validation accuracy": TableColumn("val. accuracy", f"accuracy on {held_out}", 104, "%.3f"),
+        "validation ECE": TableColumn("val. ECE", ece.format(held_out), 76, "%.3f"),
+        "validation macro F1": TableColumn("val. F1", f"macro F1 (mean of the classes' F1) on {held_out}", 68, "%.3f"),
+        "validation cells": TableColumn("val. cells", f"cells in {held_out}", 80, "%d"),
+        "test accuracy": TableColumn("test accuracy", f"accuracy on {test_set}", 108, "%.3f"),
+        "test ECE": TableColumn("test ECE", ece.format(test_set), 76, "%.3f"),
+        "test cells": TableColumn("test cells", f"cells in {test_set}", 80, "%d"),
+        "architecture": TableColumn("architecture", "the network it runs (resnet50_paper: the paper's)", 124),
+        "created": TableColumn("created", "when the model was registered", 132),
+        "sha256": TableColumn("weights sha256", "the first 12 hex digits of the weights' sha256", 120),
+    }
+    return {c: known.get(c, TableColumn(c, c, 100)) for c in columns}
 
 
 @dataclass
@@ -460,7 +508,8 @@ def origin_text(training: dict | None) -> str | None:
     if cite:
         lines.append(f"Cite: {cite}.")
     if origin.get("exported_from"):
-        by = f" by this app {origin['app_version']}" if origin.get("app_version") else ""
+        app = str(origin.get("app") or "this app")  # packages exported before the app's name was recorded
+        by = f" by {app} {origin['app_version']}" if origin.get("app_version") else ""
         lines.append(f"Exported from {origin['exported_from']!s}{by}.")
     return "\n".join(lines)
 
@@ -496,8 +545,8 @@ def model_card_markdown(manifest, lineage: list[str] | None = None) -> str:
         "## Input",
         "",
         f"- one grey channel, {m.input_size} x {m.input_size} pixels: a {m.crop_um:.3g} µm square centred on the "
-        f"cell ({m.crop_um / m.input_size:.4g} µm per pixel as the network sees it; trained on images at "
-        f"{m.pixel_size_um:.4g} µm per pixel)",
+        f"cell ({m.crop_um / m.input_size:.4g} µm/px as the network sees it; trained on images at "
+        f"{m.pixel_size_um:.4g} µm/px)",
         f"- {_md(m.normalisation)}",
         "",
         "## Output",
