@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import Select, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from db.schema import Batch, Cell, CellLabel, Image, Job, Model, SaliencyRun, Worker
@@ -224,6 +224,84 @@ def count_cells(s: Session, batch_id: int, min_score: float = 0.0) -> int:
 
 def batch_images(s: Session, batch_id: int) -> list[Image]:
     return list(s.scalars(select(Image).where(Image.batch_id == batch_id).order_by(Image.position)))
+
+
+@dataclass(frozen=True)
+class ImageAccount:
+    """What one image of a batch gave and what it left out: its cells, those of them cut by the image's edge
+    or tiny (smaller than ``tiny_um`` across), and the objects cell finding dropped as clumps or debris (with
+    the boxes of the first of them, ``[x, y, w, h, why]``). ``dropped_*`` are None where it was classified
+    before they were recorded."""
+
+    id: int
+    file: str
+    page: int
+    kind: str | None
+    error: str | None
+    done: bool
+    note: str | None
+    n_cells: int
+    cells_edge: int
+    cells_tiny: int
+    cells_edge_or_tiny: int
+    dropped_clumps: int | None
+    dropped_debris: int | None
+    dropped_boxes: list[list[Any]]
+    pixel_size_um: float | None
+    pixel_size_source: str | None
+
+    @property
+    def name(self) -> str:
+        return self.file + (f" (page {self.page})" if self.page > 1 else "")
+
+
+def image_accounts(s: Session, batch_id: int, tiny_um: float) -> list[ImageAccount]:
+    """Per image of a batch, in upload order, what was counted and what was not (:class:`ImageAccount`)."""
+    side = case((Cell.w > Cell.h, Cell.w), else_=Cell.h)
+    edge, tiny = Cell.flags.like("%edge%"), side * Image.pixel_size_um < tiny_um
+    per_cell = (
+        select(
+            Cell.image_id,
+            func.count().label("n"),
+            func.sum(case((edge, 1), else_=0)).label("edge"),
+            func.sum(case((tiny, 1), else_=0)).label("tiny"),
+            func.sum(case((or_(edge, tiny), 1), else_=0)).label("odd"),
+        )
+        .join(Image, Image.id == Cell.image_id)
+        .where(Cell.batch_id == batch_id)
+        .group_by(Cell.image_id)
+        .subquery()
+    )
+    rows = s.execute(
+        select(Image, per_cell.c.n, per_cell.c.edge, per_cell.c.tiny, per_cell.c.odd)
+        .outerjoin(per_cell, per_cell.c.image_id == Image.id)
+        .where(Image.batch_id == batch_id)
+        .order_by(Image.position)
+    ).all()
+    out = []
+    for im, n, n_edge, n_tiny, n_odd in rows:
+        dropped = im.dropped or {}
+        out.append(
+            ImageAccount(
+                im.id,
+                im.file,
+                im.page,
+                im.kind,
+                im.error,
+                im.done,
+                im.note,
+                int(n or 0),
+                int(n_edge or 0),
+                int(n_tiny or 0),
+                int(n_odd or 0),
+                dropped.get("clump") if im.dropped is not None else None,
+                dropped.get("debris") if im.dropped is not None else None,
+                list(dropped.get("boxes") or []),
+                im.pixel_size_um,
+                im.pixel_size_source,
+            )
+        )
+    return out
 
 
 def cells_by_id(s: Session, ids: Iterable[int]) -> list[CellRow]:

@@ -159,6 +159,9 @@ class Image(Base):
     app_version: Mapped[str | None] = mapped_column(String(32))
     # the reporter channels measured in its cells: {name: {"background": level, "method": how it was found}}
     reporters: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # what cell finding did not keep: {"debris": n, "clump": n, "boxes": [[x, y, w, h, why], ...]} (the first
+    # MAX_REJECTED boxes; None: classified before this was recorded, or not classified)
+    dropped: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     batch: Mapped[Batch] = relationship(back_populates="images")
 

@@ -9,3 +9,12 @@ class LsmError(Exception):
     Raised for anything the user can cause; pages and the command line show the message next to the
     file or value it concerns and carry on with the rest of the batch.
     """
+
+
+class FilesRefused(LsmError):
+    """A request refused because of some of its files (each with why), before anything was stored: for
+    example a z plane or channel asked for that they do not have. ``files`` lists (file name, why)."""
+
+    def __init__(self, message: str, files: list[tuple[str, str]]) -> None:
+        super().__init__(message)
+        self.files = files

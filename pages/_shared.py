@@ -31,7 +31,7 @@ from lsm_core.reports.report import (
     workbook,
 )
 from lsm_core.reports.stats import PAPER_THRESHOLDS
-from pages._review_queue import Scope, field_section, review_section
+from pages._review_queue import Scope, field_section, flagged, review_section
 
 PAGE_SIZE = 50
 THUMB_PX = 64  # cell thumbnails in the table: large enough to see the cell
@@ -289,6 +289,10 @@ def render_results(batch_id: int, key: str = "results") -> None:
     if report.without_cells:
         with st.expander(f"No cells were found in {len(report.without_cells)} image(s)", expanded=True):
             file_errors(report.without_cells, mark="○")
+    not_counted_section(report)
+    doubt = None if report.running else report.calibration_doubt
+    if doubt:
+        st.warning(escape_markdown(doubt), icon=":material/straighten:")
     if report.cells_total == 0:
         if report.running:
             st.info("This batch is still being classified: its cells appear here when its job is done.")
@@ -296,7 +300,10 @@ def render_results(batch_id: int, key: str = "results") -> None:
             st.info("No cells were classified in this batch.")
             if report.without_cells:
                 rerun_with_pixel_size(report, key)
+            field_of_view_section(report, images, threshold, key)
         return
+    if doubt:
+        rerun_with_pixel_size(report, key)
 
     st.subheader("Composition")
     left, right = st.columns([3, 2])
@@ -356,39 +363,110 @@ def render_results(batch_id: int, key: str = "results") -> None:
 
     review_section(lab, Scope.of_report(report), user(), key, image_pixels, escape_markdown)
 
-    fields = [im for im in images if im.kind == "field" and im.n_cells]
-    if fields:
-        st.subheader("Field of view")
-        names = {
-            f"{im.file} (page {im.page}, {im.n_cells} cells)" if im.page > 1 else f"{im.file} ({im.n_cells} cells)": im
-            for im in fields
-        }
-        chosen = names[st.selectbox("Image", list(names), key=f"{key}_field")]
-        pixels = image_pixels(chosen.sha256, chosen.page, report.channel, report.z)
-        if pixels is None:
-            st.error("The stored image could not be read back.")
-        else:
-            with lab() as s:
-                cells = queries.image_cells(s, chosen.id)
-            field_section(
-                lab,
-                chosen,
-                cells,
-                Scope.of_report(report),
-                user(),
-                key,
-                image_pixels,
-                escape_markdown,
-                lambda editable: field_figure(pixels, cells, report.classes, threshold, editable=editable),
-            )
-            figure_downloads(
-                field_figure(pixels, cells, report.classes, threshold),
-                f"batch-{batch_id}-image-{chosen.id}-field",
-                f"{key}_fov_{chosen.id}",
-            )
-
+    field_of_view_section(report, images, threshold, key)
     saliency_section(batch_id, report, key)
     download_buttons(batch_id, threshold, key)
+
+
+def not_counted_section(report) -> None:
+    """What the counts leave out, per image: objects dropped as clumps or debris, and the counted cells that
+    are cut by the image's edge or tiny (the workbook's ``images`` sheet has the same)."""
+    from lsm_core.imaging.cells import TINY_CELL_UM
+
+    accounts = [a for a in report.accounts if a.done and not a.error]
+    clumps, debris, edge = report.dropped_clumps, report.dropped_debris, report.cells_edge
+    tiny = sum(a.cells_tiny for a in accounts)
+    if not (clumps or debris or edge or tiny):
+        return
+
+    def n(count: int, what: str) -> str:
+        return f"{count:,} {what}{'' if count == 1 else 's'}"
+
+    parts = []
+    if clumps or debris:
+        dropped = [f"{n(k, 'object')} dropped as {why}" for k, why in ((clumps, "clumps"), (debris, "debris")) if k]
+        images = sum(1 for a in accounts if a.dropped_clumps or a.dropped_debris)
+        parts.append(f"{' and '.join(dropped)}, in {n(images, 'image')}")
+    if edge or tiny:
+        counted = [
+            f"{k:,} {what}"
+            for k, what in ((edge, "cut by the image's edge"), (tiny, f"under {TINY_CELL_UM:g} µm"))
+            if k
+        ]
+        parts.append(f"of the cells counted, {' and '.join(counted)}")
+    with st.expander("What was not counted: " + "; ".join(parts), expanded=bool(report.calibration_doubt)):
+        st.caption(
+            "Per image. Dropped objects are drawn as dashed outlines in the field of view below; edge and tiny "
+            "cells are counted, and flagged in the downloads. Images classified before dropped objects were "
+            "recorded show them empty."
+        )
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "image": a.name,
+                        "cells": a.n_cells,
+                        "edge": a.cells_edge,
+                        "tiny": a.cells_tiny,
+                        "dropped as clumps": a.dropped_clumps,
+                        "dropped as debris": a.dropped_debris,
+                    }
+                    for a in accounts
+                    if a.cells_edge or a.cells_tiny or a.dropped_clumps or a.dropped_debris
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
+        )
+
+
+def field_of_view_section(report, images, threshold: float, key: str) -> None:
+    """A field of view of the batch, chosen from its fields: its cells' boxes by class (reviewed and edited in
+    place, see pages._review_queue.field_section) and the objects not counted, dashed, with why."""
+    lab = the_lab()
+    dropped = {a.id: a for a in report.accounts}
+
+    def label(im) -> str:
+        a = dropped.get(im.id)
+        parts = [f"page {im.page}"] if im.page > 1 else []
+        parts.append(f"{im.n_cells} cells")
+        if a is not None and (a.dropped_clumps or a.dropped_debris):
+            parts.append(f"{(a.dropped_clumps or 0) + (a.dropped_debris or 0)} not counted")
+        return f"{im.file} ({', '.join(parts)})"
+
+    fields = [
+        im
+        for im in images
+        if im.kind == "field" and (im.n_cells or (im.id in dropped and dropped[im.id].dropped_boxes))
+    ]
+    if not fields:
+        return
+    st.subheader("Field of view")
+    names = {label(im): im for im in fields}
+    chosen = names[st.selectbox("Image", list(names), key=f"{key}_field")]
+    pixels = image_pixels(chosen.sha256, chosen.page, report.channel, report.z)
+    if pixels is None:
+        st.error("The stored image could not be read back.")
+        return
+    with lab() as s:
+        cells = queries.image_cells(s, chosen.id)
+    boxes = dropped[chosen.id].dropped_boxes if chosen.id in dropped else []
+    field_section(
+        lab,
+        chosen,
+        cells,
+        Scope.of_report(report),
+        user(),
+        key,
+        image_pixels,
+        escape_markdown,
+        lambda editable: field_figure(pixels, cells, report.classes, threshold, editable=editable, dropped=boxes),
+    )
+    figure_downloads(
+        field_figure(pixels, cells, report.classes, threshold, dropped=boxes),
+        f"batch-{report.batch_id}-image-{chosen.id}-field",
+        f"{key}_fov_{chosen.id}",
+    )
 
 
 def reporter_section(batch_id: int, classes: list[str], key: str) -> None:
@@ -436,14 +514,16 @@ def rerun_with_pixel_size(report, key: str) -> None:
     """Offer to classify the batch's images again at another pixel size (a new batch; the cells found depend on it)."""
     from lsm_core.lab import batches
 
-    used = report.meta.get("pixel_size_um") or report.model["pixel_size_um"]
+    used, source = report.pixel_size_read
+    words = {"user": "set for this batch", "file": "stated in the file", "model default": "the model's default"}
     with st.form(f"{key}_pixel_rerun"):
         st.markdown(
             "**Classify these images again at another pixel size?** Cells are looked for at their size in "
-            f"micrometres, so a wrong calibration finds none. This batch used {used:g} µm per pixel."
+            f"micrometres, so a wrong calibration finds none or counts the wrong objects. The images were read at "
+            f"{used:g} µm/px, {words.get(source, source)}."
         )
         pixel = st.number_input(
-            "Pixel size (µm per pixel)", min_value=0.01, max_value=50.0, value=float(used), step=0.01, format="%.4f"
+            "Pixel size (µm/px)", min_value=0.001, max_value=50.0, value=float(used), step=0.01, format="%.6g"
         )
         go = st.form_submit_button("Re-run at this pixel size")
     if go:
@@ -455,7 +535,7 @@ def rerun_with_pixel_size(report, key: str) -> None:
         st.session_state["current"] = {"batch": result.batch_id, "job": result.job_id, "errors": []}
         st.query_params["batch"] = str(result.batch_id)
         flash(
-            f"Re-running as batch #{result.batch_id} at {pixel:g} µm per pixel."
+            f"Re-running as batch #{result.batch_id} at {pixel:g} µm/px."
             + (f" Note: {result.note}." if result.note else "")
         )
         st.rerun()
@@ -497,8 +577,15 @@ def saliency_section(batch_id: int, report, key: str) -> None:
     with lab() as s:
         gallery = saliency_gallery(s, runs[0].id, report.classes, lab.blobs, SALIENCY_TOP, lab.limits)
     view = gallery.view
+    left_out = (
+        f" {gallery.left_out} {'cells' if gallery.left_out != 1 else 'cell'} that reviewers marked as not a cell "
+        f"{'are' if gallery.left_out != 1 else 'is'} left out."
+        if gallery.left_out
+        else ""
+    )
     st.caption(
-        f"{name}, {escape_markdown(view.scope)}: {len(view.cells)} cells. Bright = evidence for the predicted class."
+        f"{name}, {escape_markdown(view.scope)}: {len(view.cells)} cells.{left_out} Bright = evidence for the "
+        "predicted class."
     )
     means = view.mean_maps(report.classes)
     cols = st.columns(max(1, len(means)))
@@ -519,9 +606,10 @@ def saliency_section(batch_id: int, report, key: str) -> None:
                     [overlay(gallery.crops[i], view.maps[i], 0.0), overlay(gallery.crops[i], view.maps[i], opacity)],
                     width=96,
                 )
-                slot.caption(
-                    f"{escape_markdown(cls)}, p = {cell.score:.2f} · cell {cell.cell} · {escape_markdown(cell.file)}"
+                where = flagged(
+                    f"cell {cell.cell} of {cell.file}" + (f" (page {cell.page})" if cell.page > 1 else ""), cell.flags
                 )
+                slot.caption(f"{escape_markdown(cls)}, p = {cell.score:.2f} · {escape_markdown(where)}")
     st.download_button(
         f"Download {name} overlays (ZIP of PNGs)",
         lambda: overlays_zip(view, gallery.crops, opacity),

@@ -209,7 +209,7 @@ if not mine:
 with st.expander("Re-run with another model version or pixel size"):
     chosen_model = model_picker("Model", model_options(batch.task), f"rerun_model_{nonce}")
     pixel = st.number_input(
-        "Pixel size (µm per pixel; empty: as before)",
+        "Pixel size (µm/px; empty: as before)",
         min_value=0.01,
         max_value=50.0,
         value=None,

@@ -52,7 +52,7 @@ def test_results_say_why_no_cell_was_found_and_offer_another_pixel_size(app_env)
     assert "No cells were classified in this batch." in shown and "yet" not in shown
     assert "field31.tif: no cells found" in shown and "larger than 18 µm" in shown
     assert "It is 4 µm/px, set for this batch" in shown
-    pixel = next(n for n in at.number_input if n.label == "Pixel size (µm per pixel)")
+    pixel = next(n for n in at.number_input if n.label == "Pixel size (µm/px)")
     assert pixel.value == 4.0
     pixel.set_value(0.2)
     next(b for b in at.button if b.label == "Re-run at this pixel size").click()
@@ -109,7 +109,7 @@ def test_saliency_appears_by_itself_and_the_gallery_shows_what_was_asked(app_env
             assert f"{cls}: {expected} of {expected} cells, highest score first" in shown
     captions = [c.value for c in at.caption if ", p = " in c.value]
     assert len(captions) == sum(min(12, predicted.count(c)) for c in ("LT-HSC", "ST-HSC", "MPP"))
-    assert all(" · cell " in c and c.endswith(".png") for c in captions)
+    assert all(" · cell " in c and c.endswith(".png") for c in captions), captions
 
 
 def test_compare_starts_with_the_default_model_and_one_batch_per_mouse(app_env):

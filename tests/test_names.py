@@ -18,7 +18,7 @@ def test_rerunning_a_batch_with_a_long_name_cuts_the_new_name_and_says_so(histor
     with lab() as s:
         name = s.get(Batch, again.batch_id).name
     assert len(name) <= batches.NAME_MAX
-    assert name.startswith("M17 aged LT-HSC sorted ") and name.endswith("v1, 0.25 um/px)")  # what tells them apart
+    assert name.startswith("M17 aged LT-HSC sorted ") and name.endswith("v1, 0.25 µm/px)")  # what tells them apart
     assert again.note is not None and "cut to 200 characters" in again.note
     short = batches.rerun(lab, sub.batch_id, model_id, "ana")  # fits: no note
     assert short.note is None or "cut" in short.note

@@ -95,6 +95,32 @@ def test_points_that_cannot_take_a_cell_are_refused(field_batch):
         assert s.scalars(select(Job).where(Job.kind == "add_cell")).one().owner == "boss"
 
 
+def test_a_click_on_background_is_told_apart_from_a_missed_cell(field_batch):
+    """Issue 26 item 6: before a cell is added, add_cell.looks_like_a_cell says whether the crop it would be
+    classified on holds anything cell-like at the point (the page asks "add anyway?" when not): not on empty
+    background, read from the stored file or given; yes where a cell lies that the finder did not report (a cell
+    of the field copied there); a point on a found cell is refused as submit refuses it."""
+    from lsm_core.imaging.images import ReadOptions, decode_page
+    from lsm_core.lab.tasks import add_cell
+
+    lab, _, field = field_batch
+    x, y = empty_point(lab, field)
+    assert not add_cell.looks_like_a_cell(lab, field.id, x, y)
+    pixels = decode_page(field.file, lab.blobs.file(field.sha256), field.page, lab.limits, ReadOptions(None, None))
+    assert not add_cell.looks_like_a_cell(lab, field.id, x, y, pixels)
+    _, truth = synthetic.make_field("lsm", seed=11, shape=(768, 768), n_cells=8, n_debris=2)  # field_file(11)
+    r, (cx, cy), (px, py) = 35, (round(truth[0].cx), round(truth[0].cy)), (round(x), round(y))
+    missed = pixels.copy()
+    missed[py - r : py + r, px - r : px + r] = pixels[cy - r : cy + r, cx - r : cx + r]
+    assert add_cell.looks_like_a_cell(lab, field.id, x, y, missed)
+    with lab() as s:
+        first = s.scalars(select(Cell).where(Cell.image_id == field.id).order_by(Cell.idx)).first()
+    with pytest.raises(LsmError, match=f"cell {first.idx} of {field.file} is there already"):
+        add_cell.looks_like_a_cell(lab, field.id, first.x + first.w / 2, first.y + first.h / 2)
+    with lab() as s:  # asking queues nothing
+        assert not s.scalars(select(Job).where(Job.kind == "add_cell")).all()
+
+
 def test_what_a_click_or_a_rectangle_on_the_field_view_means():
     """pages/_review_queue.field_pick: a click on a box's handle picks that cell, a click elsewhere a point to
     add a cell at; a rectangle around one or several handles picks those cells, around none gives its centre;
@@ -136,8 +162,9 @@ def test_the_editable_field_figure_carries_a_handle_per_cell(field_batch):
 
 def test_fixing_a_field_of_view_in_chromium(app_env, with_batch, tmp_path):
     """Chromium, through the app's own server (with its worker): a click on a box opens its cell's review, a
-    click where no cell is offers to add one there and the added cell appears, and a rectangle drawn with the
-    box-select tool around several boxes offers to mark exactly those as not cells."""
+    click on empty background says there is nothing like a cell there and offers to add one anyway, and the
+    added cell appears, and a rectangle drawn with the box-select tool around several boxes offers to mark
+    exactly those as not cells."""
     from playwright.sync_api import expect, sync_playwright
 
     from lsm_core.lab.history import open_lab
@@ -177,8 +204,11 @@ def test_fixing_a_field_of_view_in_chromium(app_env, with_batch, tmp_path):
         area = plot_area()  # the rerun may have moved the page (on a busy machine it scrolls late): measured again
         page.mouse.click(*at(x, y))
         settle(page)
-        add = page.get_by_role("button", name=re.compile(r"^Add a cell at \("))
+        add = page.get_by_role("button", name=re.compile(r"^Add a cell at \(.*\) anyway$"))
         expect(add).to_be_visible(timeout=30_000)
+        expect(page.get_by_text("Nothing like a cell here")).to_be_visible()
+        with lab() as s:  # asked first: nothing is queued before the click
+            assert not s.scalars(select(Job).where(Job.kind == "add_cell")).all()
         add.click()
         expect(page.get_by_text("is being added (job")).to_be_visible(timeout=30_000)
         with lab() as s:

@@ -64,7 +64,7 @@ def test_only_unlabelled_cells_and_a_grid_tile_labels_its_cell_in_one_click(with
     order = review.queue(lab, [batch_id], "ana")
     at = run_page("pages/results.py", {"batch": str(batch_id)})
     third = order[2]
-    at.segmented_control(key=f"results_tile_{third.cell_id}_None").set_value("not a cell").run()
+    at.segmented_control(key=f"results_tile_{third.cell_id}_None_0").set_value("not a cell").run()
     assert not at.exception, [e.message for e in at.exception]
     assert _current(lab, batch_id) == {third.cell_id: ("ana", None, "debris")}
     at.toggle(key="results_review_new").set_value(True).run()
@@ -72,6 +72,61 @@ def test_only_unlabelled_cells_and_a_grid_tile_labels_its_cell_in_one_click(with
     at.button(key="results_review_class_1").click().run()  # labelled cells leave the queue: the next slides in
     assert f"Cell 1 of {len(order) - 2} in this order" in texts(at)
     assert set(_current(lab, batch_id)) == {third.cell_id, order[0].cell_id}
+    lab.dispose()
+
+
+def test_a_tiles_label_clicked_again_stays_and_taking_it_back_is_its_own_button(with_batch):
+    """Issue 26 item 6: clicking the class a tile's cell is labelled with keeps the label (the segmented control
+    deselects it: the tile is drawn again with the label); "Take my label back" under the tile takes it back."""
+    lab = open_lab()
+    batch_id = with_batch.batch_id
+    q = review.queue(lab, [batch_id], "ana")[2]
+    at = run_page("pages/results.py", {"batch": str(batch_id)})
+    assert not any(b.key == f"results_tile_back_{q.cell_id}" for b in at.button)  # nothing to take back yet
+    at.segmented_control(key=f"results_tile_{q.cell_id}_None_0").set_value("MPP").run()
+    assert _current(lab, batch_id) == {q.cell_id: ("ana", "MPP", None)}
+    tile = at.segmented_control(key=f"results_tile_{q.cell_id}_MPP_0")
+    assert tile.value == "MPP"
+    tile.set_value(None).run()  # MPP clicked again
+    assert not at.exception, [e.message for e in at.exception]
+    assert _current(lab, batch_id) == {q.cell_id: ("ana", "MPP", None)}  # kept
+    assert at.segmented_control(key=f"results_tile_{q.cell_id}_MPP_1").value == "MPP"  # and shown again
+    assert [x.text for x in review.history(lab, q.cell_id)] == ["MPP"]
+    at.button(key=f"results_tile_back_{q.cell_id}").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert _current(lab, batch_id) == {}
+    assert [x.text for x in review.history(lab, q.cell_id)] == ["MPP", "no label"]
+    (tile,) = [w for w in at.get("button_group") if w.key.startswith(f"results_tile_{q.cell_id}_None_")]
+    assert tile.value is None
+    lab.dispose()
+
+
+def test_an_added_cell_says_added_in_the_review_queue_and_the_cell_table(with_batch):
+    """Issue 26 item 6: a cell a person added carries ``added`` in the review queue (the framed cell and its
+    tile) as in the results page's cell table."""
+    from db.schema import Cell, Image
+    from lsm_core.lab.tasks import add_cell
+    from lsm_core.lab.worker import Worker
+    from tests.test_review_fields import empty_point
+
+    lab = open_lab()
+    batch_id = with_batch.batch_id
+    with lab() as s:
+        field = s.scalars(select(Image).where(Image.batch_id == batch_id, Image.kind == "field")).one()
+    add_cell.submit(lab, field.id, *empty_point(lab, field), "ana")
+    assert Worker(lab, device="cpu").run(drain=True) == 1
+    with lab() as s:
+        added = s.scalars(select(Cell).where(Cell.image_id == field.id, Cell.flags == "added")).one()
+    at = run_page("pages/results.py", {"batch": str(batch_id)})
+    table = next(d.value for d in at.dataframe if "flags" in d.value.columns)
+    row = table[(table["file"] == field.file) & (table["#"] == added.idx)]
+    assert list(row["flags"]) == ["added"]
+    at.session_state["results_review_cell"] = added.id  # the added cell framed (as "Look closer" does)
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert f"cell {added.idx} of {field.file} · added · model:" in texts(at)  # the framed cell
+    tiles = [c.value for c in at.caption if f"cell {added.idx} of {field.file}" in c.value.replace("\\", "")]
+    assert tiles and all(c.endswith("· added") for c in tiles), tiles
     lab.dispose()
 
 
@@ -128,7 +183,7 @@ def test_labelling_with_the_keyboard_in_chromium_changes_the_composition(app_env
         page.goto(f"{url}/batch-results?batch={batch_id}")
         expect(page.get_by_text(f"Cell 1 of {total} in this order")).to_be_visible(timeout=90_000)
         cells = page.get_by_test_id("stMetric").filter(has_text="Cells").first
-        expect(cells).to_contain_text(f"{total:,}")
+        expect(cells).to_contain_text(f"{total:,}", timeout=60_000)
         page.get_by_role("heading", name="Results").click()  # the keys go to the page, not to a widget
         press(page, "x", f"Cell 2 of {total} in this order", lambda: len(_current(lab, batch_id)) == 1)
         expect(cells).to_contain_text(f"{total - 1:,}", timeout=60_000)

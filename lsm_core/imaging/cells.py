@@ -33,6 +33,7 @@ from skimage import measure
 from lsm_core.errors import LsmError
 
 WORKING_PIXEL_UM = 0.8  # a cell of 4 um, the smallest, is 5 pixels across there
+MAX_REJECTED = 500  # boxes of regions not kept recorded per image (every one is counted)
 DEFAULT_PIXEL_SIZE_UM = 0.2  # the calibration the models are trained at unless their manifest says otherwise
 MODALITIES = {
     "auto": "DIC or brightfield: a cell's relief of either sign (phase contrast is not detected: choose it)",
@@ -93,6 +94,8 @@ class CellCrops:
     centres : (N, 2) float32, each cell's centre (x, y) in the image's pixels
     flags : N strings, comma-separated quality flags (``edge``, ``single``) or empty
     dropped : regions not kept, by reason (``debris``, ``clump``)
+    rejected : (M, 4) int32, the boxes (x, y, w, h) of the first MAX_REJECTED regions not kept, in the image's
+        pixels, with ``rejected_why`` (M strings: ``debris`` or ``clump``); ``dropped`` counts them all
     labels : (H, W) int32, cell i+1's mask in the image's pixels (0: no cell), or None; the masks are found
         at the working resolution (about 0.8 um per pixel) and scaled up when first asked for (only the
         reporter channels need them: a 2048 x 2048 field's labels are 16 MB, and making them cost a tenth
@@ -105,6 +108,8 @@ class CellCrops:
     flags: list[str]
     dropped: dict[str, int] = field(default_factory=dict)
     masks: _Masks | None = field(default=None, repr=False)
+    rejected: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int32))
+    rejected_why: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.flags)
@@ -118,14 +123,26 @@ class CellCrops:
         self.masks = None if value is None else _Masks(np.asarray(value, np.int32), 1, value.shape)
 
     @classmethod
-    def empty(cls, size: int, dropped: dict[str, int] | None = None) -> CellCrops:
-        return cls(
-            np.zeros((0, size, size), np.float32),
-            np.zeros((0, 4), np.int32),
-            np.zeros((0, 2), np.float32),
-            [],
-            dropped or {},
-        )
+    def empty(
+        cls, size: int, dropped: dict[str, int] | None = None, rejected: list[tuple[tuple[int, ...], str]] | None = None
+    ) -> CellCrops:
+        out = cls(np.zeros((0, size, size), np.float32), np.zeros((0, 4), np.int32), np.zeros((0, 2), np.float32), [])
+        out.dropped = dropped or {}
+        out.set_rejected(rejected or [])
+        return out
+
+    def set_rejected(self, rejected: list[tuple[tuple[int, ...], str]]) -> None:
+        self.rejected = np.array([box for box, _ in rejected], np.int32).reshape(-1, 4)
+        self.rejected_why = [why for _, why in rejected]
+
+    def dropped_record(self) -> dict[str, object]:
+        """What was not kept, as stored with the image (``images.dropped``): the counts by reason and the
+        boxes of the first MAX_REJECTED, each ``[x, y, w, h, why]``."""
+        return {
+            "debris": int(self.dropped.get("debris", 0)),
+            "clump": int(self.dropped.get("clump", 0)),
+            "boxes": [[*(int(v) for v in box), why] for box, why in zip(self.rejected, self.rejected_why, strict=True)],
+        }
 
 
 @dataclass
@@ -172,6 +189,42 @@ def no_cells_note(dropped: dict[str, int], params: FindParams) -> str:
         f"no cells found: {found}. Is the pixel size right? It is {params.pixel_size_um:g} µm/px, "
         f"{params.pixel_size_source}."
     )
+
+
+TINY_CELL_UM = 5.0  # a kept cell whose box is narrower than this is tiny (a blood stem cell is about 8 um across)
+
+
+def calibration_doubt(kept: int, clumps: int, edge_or_tiny: int, params: FindParams | None = None) -> str | None:
+    """Why the cells found suggest a wrong pixel size, or None: more objects dropped as clumps than cells kept
+    (real cells look too large), or most cells kept (more than half) cut by the image's edge or tiny (what is
+    left is not a cell, or cells look too small). ``kept``: cells kept; ``clumps``: objects dropped as clumps;
+    ``edge_or_tiny``: kept cells flagged ``edge`` or smaller than :data:`TINY_CELL_UM`. An image without
+    cells says why by :func:`no_cells_note`. On the real Jurkat montage (about 0.5 µm/px): 4 of 900 cells at
+    0.5, 692 of 869 at 0.2, 11 of 21 at 0.065; 897 clumps against 28 cells at 1.5.
+
+    >>> print(calibration_doubt(1, 3, 1))  # doctest: +NORMALIZE_WHITESPACE
+    3 objects were dropped as clumps (larger than 18 µm) and 1 cell was kept: real cells may look too large
+    at this pixel size. Is the pixel size right?
+    >>> print(calibration_doubt(869, 0, 700))  # doctest: +NORMALIZE_WHITESPACE
+    700 of the 869 cells kept are cut by the image's edge or smaller than 5 µm: what was counted may not be
+    cells, or cells look too small at this pixel size. Is the pixel size right?
+    """
+    params = params or FindParams()
+    if kept <= 0:
+        return None
+    if clumps > kept:
+        cells = f"{kept} cell{'s' if kept != 1 else ''} {'were' if kept != 1 else 'was'} kept"
+        return (
+            f"{clumps} objects were dropped as clumps (larger than {params.max_diameter_um:g} µm) and {cells}: "
+            "real cells may look too large at this pixel size. Is the pixel size right?"
+        )
+    if 2 * edge_or_tiny > kept:
+        which = "the only cell kept is" if kept == 1 else f"{edge_or_tiny} of the {kept} cells kept are"
+        return (
+            f"{which} cut by the image's edge or smaller than {TINY_CELL_UM:g} µm: what was counted may not be "
+            "cells, or cells look too small at this pixel size. Is the pixel size right?"
+        )
+    return None
 
 
 def _resize(patch: np.ndarray, size: int) -> np.ndarray:
@@ -351,17 +404,26 @@ def find_cells(image: np.ndarray, params: FindParams | None = None) -> CellCrops
     min_area = np.pi / 4 * (params.min_diameter_um / work_um) ** 2
     max_area = np.pi / 4 * (params.max_diameter_um / work_um) ** 2
     dropped = {"debris": 0, "clump": 0}
+    rejected: list[tuple[tuple[int, ...], str]] = []  # the first MAX_REJECTED, in the image's pixels
     kept: list[_Region] = []
+
+    def reject(region, offset: tuple[int, int], why: str) -> None:
+        dropped[why] += 1
+        if len(rejected) < MAX_REJECTED:
+            r0, c0, r1, c1 = region.bbox
+            x0, y0 = (c0 + offset[1]) * factor, (r0 + offset[0]) * factor
+            x1, y1 = min(w, (c1 + offset[1]) * factor), min(h, (r1 + offset[0]) * factor)
+            rejected.append(((x0, y0, x1 - x0, y1 - y0), why))
 
     def judge(region, pieces_allowed: bool, offset: tuple[int, int] = (0, 0)) -> None:
         if region.area < min_area:
-            dropped["debris"] += 1
+            reject(region, offset, "debris")
         elif region.area > max_area or region.solidity < params.min_solidity:
             # a few touching cells are split; a region larger than four of the largest is no group of cells
             few = pieces_allowed and region.area <= 4 * max_area
             pieces = _touching_cells(region, params.min_diameter_um / 2 / work_um) if few else []
             if not pieces:
-                dropped["clump"] += 1
+                reject(region, offset, "clump")
             for piece in pieces:  # each judged as a region of its own, never split again
                 judge(piece, False, (offset[0] + region.bbox[0] - 1, offset[1] + region.bbox[1] - 1))
         else:
@@ -370,7 +432,7 @@ def find_cells(image: np.ndarray, params: FindParams | None = None) -> CellCrops
     for region in measure.regionprops(labels):
         judge(region, True)
     if not kept:
-        return CellCrops.empty(params.output_size, dropped)
+        return CellCrops.empty(params.output_size, dropped, rejected)
 
     n = len(kept)
     boxes = np.empty((n, 4), np.int32)
@@ -390,7 +452,9 @@ def find_cells(image: np.ndarray, params: FindParams | None = None) -> CellCrops
     small_labels = np.zeros(small.shape, np.int32)
     for i, region in enumerate(kept):
         small_labels[region.coords[:, 0], region.coords[:, 1]] = i + 1
-    return CellCrops(crops, boxes, centres, flags, dropped, _Masks(small_labels, factor, (h, w)))
+    found = CellCrops(crops, boxes, centres, flags, dropped, _Masks(small_labels, factor, (h, w)))
+    found.set_rejected(rejected)
+    return found
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:

@@ -17,15 +17,17 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
 from lsm_core.errors import LsmError
-from lsm_core.imaging.cells import CellCrops, FindParams, find_cells, no_cells_note
+from lsm_core.imaging.cells import TINY_CELL_UM, CellCrops, FindParams, calibration_doubt, find_cells, no_cells_note
 from lsm_core.imaging.images import ImageRecord
 from lsm_core.imaging.reporters import measure
-from lsm_core.ml.predict import Prediction, Predictor
+
+if TYPE_CHECKING:  # torch: the export reads the columns here without it
+    from lsm_core.ml.predict import Prediction, Predictor
 
 T = TypeVar("T")
 
@@ -95,6 +97,11 @@ class Summary:
     cells: int = 0
     no_cells: int = 0
     dropped: dict[str, int] = field(default_factory=lambda: {"debris": 0, "clump": 0})
+    edge_or_tiny: int = 0  # cells counted that are cut by the image's edge or smaller than TINY_CELL_UM
+
+    def calibration_doubt(self) -> str | None:
+        """Why the cells found suggest a wrong pixel size (see :func:`lsm_core.imaging.cells.calibration_doubt`)."""
+        return calibration_doubt(self.cells, self.dropped.get("clump", 0), self.edge_or_tiny)
 
 
 def find_params_for(
@@ -278,6 +285,8 @@ def _rows(
         yield ResultRow(record.source, page, note=no_cells_note(cells.dropped, params), sha256=record.sha256)
         return
     summary.cells += len(cells)
+    tiny = cells.boxes[:, 2:].max(axis=1) * params.pixel_size_um < TINY_CELL_UM
+    summary.edge_or_tiny += sum(1 for i in range(len(cells)) if tiny[i] or "edge" in cells.flags[i].split(","))
     probs, predicted, score = pred.probs.tolist(), pred.predicted.tolist(), pred.score.tolist()
     for i in range(len(cells)):
         x, y, w, h = (int(v) for v in cells.boxes[i])  # boxes are (N, 4): x, y, w, h

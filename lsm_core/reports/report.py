@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from db import queries
 from db.schema import Batch, Cell, Image, Model, SaliencyRun
 from lsm_core.errors import LsmError
+from lsm_core.imaging.cells import TINY_CELL_UM, calibration_doubt
 from lsm_core.lab.blobs import BlobStore
 from lsm_core.lab.review import agreement
 from lsm_core.reports.export import BATCH_COLUMNS, add_sheet, batch_rows, workbook_bytes, write_csv
@@ -85,6 +86,41 @@ class BatchReport:
     z: int | None = None
     cells_excluded: int = 0  # cells that reviewers said are not cells (lsm_core.lab.review), counted nowhere
     app_versions: list[str] = field(default_factory=list)  # the app versions that classified its images
+    # per image, what was counted and what was not (cells cut by the edge or tiny, objects dropped)
+    accounts: list[queries.ImageAccount] = field(default_factory=list)
+
+    @property
+    def dropped_clumps(self) -> int:
+        return sum(a.dropped_clumps or 0 for a in self.accounts)
+
+    @property
+    def dropped_debris(self) -> int:
+        return sum(a.dropped_debris or 0 for a in self.accounts)
+
+    @property
+    def cells_edge(self) -> int:
+        return sum(a.cells_edge for a in self.accounts)
+
+    @property
+    def calibration_doubt(self) -> str | None:
+        """Why the cells found suggest a wrong pixel size (more clumps dropped than cells kept, or every cell
+        kept cut by the edge or tiny), or None."""
+        return calibration_doubt(
+            sum(a.n_cells for a in self.accounts),
+            self.dropped_clumps,
+            sum(a.cells_edge_or_tiny for a in self.accounts),
+        )
+
+    @property
+    def pixel_size_read(self) -> tuple[float, str]:
+        """The pixel size most of its images were read at and where it came from ("user", "file", "model
+        default"): what a re-run starts from."""
+        if self.calibration:
+            size, source, _ = self.calibration[0]
+            return size, source
+        if self.meta.get("pixel_size_um"):
+            return float(self.meta["pixel_size_um"]), "user"
+        return float(self.model["pixel_size_um"]), "model default"
 
     @property
     def images_read(self) -> int:
@@ -121,7 +157,10 @@ def load_report(s: Session, batch_id: int, threshold: float = 0.0) -> BatchRepor
         .order_by(Image.position)
     ).all()
     classified = [im for im in images if im.done and not im.error]
-    used = Counter((im.pixel_size_um, im.pixel_size_source) for im in classified if im.pixel_size_source)
+    # one group per pixel size as it is written (float noise between files is not another calibration)
+    used = Counter(
+        (float(f"{im.pixel_size_um:.6g}"), im.pixel_size_source) for im in classified if im.pixel_size_source
+    )
     return BatchReport(
         batch_id=batch.id,
         name=batch.name,
@@ -176,6 +215,7 @@ def load_report(s: Session, batch_id: int, threshold: float = 0.0) -> BatchRepor
         uncalibrated=[im.file for im in classified if im.pixel_size_source == "model default"],
         cells_excluded=queries.excluded_counts(s, [batch_id])[batch_id],
         app_versions=sorted({im.app_version for im in classified if im.app_version}),
+        accounts=queries.image_accounts(s, batch_id, TINY_CELL_UM),
     )
 
 
@@ -195,6 +235,9 @@ def cell_arrays(s: Session, batch_id: int, classes: list[str]) -> tuple[np.ndarr
 
 
 def composition_figure(report: BatchReport) -> go.Figure:
+    """Each class's share of the cells as a bar with its 95% Wilson interval; each bar's label ("12.0% (n=12)")
+    stands above the upper end of its interval, clear of the error bar, and the y axis reaches above the highest
+    label (on the page and in exported figures, whose font size differs: the label is anchored at its bottom)."""
     shares = report.shares
     fig = go.Figure(
         go.Bar(
@@ -207,14 +250,23 @@ def composition_figure(report: BatchReport) -> go.Figure:
                 "array": [100 * (sh.high - sh.fraction) for sh in shares],
                 "arrayminus": [100 * (sh.fraction - sh.low) for sh in shares],
             },
-            text=[f"{100 * sh.fraction:.1f}% (n={sh.count})" for sh in shares],
-            textposition="outside",
             hovertemplate="%{x}: %{y:.1f}%<extra></extra>",
         )
     )
+    for sh in shares:
+        fig.add_annotation(
+            x=sh.cls,
+            y=100 * sh.high,
+            text=f"{100 * sh.fraction:.1f}% (n={sh.count})",
+            showarrow=False,
+            yanchor="bottom",
+            yshift=2,
+        )
+    top = max((100 * sh.high for sh in shares), default=0.0)
     fig.update_layout(
         yaxis_title="% of cells (95% Wilson interval)",
-        yaxis_range=[0, 105],
+        yaxis_range=[0, max(105.0, top + 15)],
+        yaxis_tickvals=[0, 20, 40, 60, 80, 100],
         height=360,
         margin={"t": 30, "b": 40},
         showlegend=False,
@@ -262,10 +314,12 @@ def probability_figure(pred: np.ndarray, probs: np.ndarray, classes: list[str], 
                     marker={"size": 4, "color": colour(cls, i), "opacity": 0.6},
                 )
             )
+        # the corner titles stand outside the triangle, beyond its corners, where plotly makes no room for them: every
+        # margin is given (Streamlit's theme sets none left or right), wide enough for a class name beside each corner
         fig.update_layout(
             ternary={"aaxis": {"title": classes[0]}, "baxis": {"title": classes[1]}, "caxis": {"title": classes[2]}},
             height=420,
-            margin={"t": 40, "b": 20},
+            margin={"l": 70, "r": 70, "t": 60, "b": 50},
             legend_title_text="predicted",
         )
         if len(pred) > max_points:
@@ -292,8 +346,12 @@ def field_figure(
     threshold: float,
     max_side: int = 1024,
     editable: bool = False,
+    dropped: list[list] | None = None,
 ) -> go.Figure:
     """The field of view with each cell's box coloured by predicted class, its score on hover (Figure 6A).
+
+    ``dropped``: the objects cell finding did not keep (``[x, y, w, h, why]``, why ``clump`` or ``debris``;
+    :attr:`db.queries.ImageAccount.dropped_boxes`), drawn as dashed outlines, one trace per reason, saying why.
 
     One outline trace and one marker trace per class, not per cell. Cells under the threshold are faded.
     ``editable``: also a handle at each box's centre (trace "cells", customdata: the cell's id) to click, or
@@ -347,6 +405,25 @@ def field_figure(
                     opacity=1.0 if kept else 0.35,
                 )
             )
+    for why, words, dash_colour in DROPPED_STYLE:
+        boxes = [d for d in dropped or [] if len(d) == 5 and d[4] == why]
+        if not boxes:
+            continue
+        xs, ys = [], []
+        for x, y, bw, bh, _ in boxes:
+            xs += [x, x + bw, x + bw, x, x, None]
+            ys += [y, y, y + bh, y + bh, y, None]
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="lines",
+                line={"color": dash_colour, "width": 1.5, "dash": "dash"},
+                name=f"not counted: {words}",
+                hovertext=f"not counted: {words}",
+                hoverinfo="text",
+            )
+        )
     if editable:
         # clear points to click where a cell was missed (Scattergl: thousands of them stay fast)
         spacing = max(4, int(np.ceil(max(h, w) / 96)))
@@ -376,14 +453,29 @@ def field_figure(
                 showlegend=False,
             )
         )
+    # the legend in a row under the image: at the top right it lay under plotly's toolbar (the modebar)
     fig.update_layout(
         height=700,
         margin={"t": 10, "b": 10, "l": 10, "r": 10},
-        legend_title_text="predicted",
+        legend={
+            "title": {"text": "predicted", "side": "left"},
+            "orientation": "h",
+            "x": 0,
+            "xanchor": "left",
+            "y": -0.01,
+            "yanchor": "top",
+        },
         xaxis={"visible": False, "range": [0, w]},
         yaxis={"visible": False, "range": [h, 0], "scaleanchor": "x"},
     )
     return fig
+
+
+# how the objects cell finding dropped are drawn in a field of view: (reason, what it means, colour)
+DROPPED_STYLE = (
+    ("clump", "dropped as a clump (too large or not round)", "#ff7f0e"),
+    ("debris", "dropped as debris (too small)", "#bbbbbb"),
+)
 
 
 def cell_picture(pixels: np.ndarray, box: tuple[int, int, int, int], size: int = 56) -> PILImage.Image:
@@ -407,7 +499,8 @@ def thumbnail(pixels: np.ndarray, box: tuple[int, int, int, int], size: int = 56
 
 def workbook(s: Session, batch_id: int, threshold: float) -> bytes:
     """The batch's xlsx: sheets ``cells`` (as the export command), ``summary`` (at ``threshold``), ``batch``,
-    ``model``, ``review`` (how often each reviewer, and their consensus, agreed with the model) and
+    ``model``, ``images`` (per image: its cells, those cut by the edge or tiny, the objects dropped),
+    ``review`` (how often each reviewer, and their consensus, agreed with the model) and
     ``review_confusion`` (model said x reviewer said, cells)."""
     report = load_report(s, batch_id, threshold)
     book = Workbook(write_only=True)
@@ -457,6 +550,7 @@ def workbook(s: Session, batch_id: int, threshold: float) -> bytes:
         ["training", json.dumps(report.model["training"], sort_keys=True, default=str)],
     ]
     add_sheet(book, "model", ["field", "value"], model)
+    add_sheet(book, "images", IMAGE_COLUMNS, (image_row(a) for a in report.accounts))
     agreed = agreement(s, [batch_id])
     add_sheet(
         book,
@@ -475,6 +569,42 @@ def workbook(s: Session, batch_id: int, threshold: float) -> bytes:
         ),
     )
     return workbook_bytes(book)
+
+
+IMAGE_COLUMNS = [
+    "file",
+    "page",
+    "kind",
+    "cells",
+    "edge",
+    "tiny",
+    "dropped_clumps",
+    "dropped_debris",
+    "pixel_size_um",
+    "pixel_size_source",
+    "error",
+    "note",
+]
+
+
+def image_row(a: queries.ImageAccount) -> list:
+    """One image's row of the workbook's ``images`` sheet (:data:`IMAGE_COLUMNS`): its cells, those cut by the
+    edge (``edge``) or smaller than TINY_CELL_UM (``tiny``), both counted among its cells, and the objects
+    dropped as clumps or debris (empty where it was classified before they were recorded)."""
+    return [
+        a.file,
+        a.page,
+        a.kind,
+        a.n_cells,
+        a.cells_edge,
+        a.cells_tiny,
+        a.dropped_clumps,
+        a.dropped_debris,
+        a.pixel_size_um,
+        a.pixel_size_source,
+        a.error,
+        a.note,
+    ]
 
 
 def _confusion_order(pair: tuple[str, str], classes: list[str]) -> tuple[int, int]:
@@ -524,7 +654,8 @@ def load_saliency(s: Session, run_id: int, blobs: BlobStore) -> SaliencyView:
 @dataclass
 class SaliencyGallery:
     """A stored saliency run ready to show: the view, each cell's crop (cut again from its stored image), and
-    per class the cells to show (indices into ``view.cells``, highest score first)."""
+    per class the cells to show (indices into ``view.cells``, highest score first). The view holds the cells
+    that count: those reviewers said are not cells are left out (``left_out`` of the run's)."""
 
     view: SaliencyView
     crops: list[np.ndarray]
@@ -532,6 +663,7 @@ class SaliencyGallery:
     # per class: the mean share of a map's mass inside the cell's outline over the cells shown (None: no
     # outline traced), and how many cells it is measured on (lsm_core.imaging.cells.cell_mask)
     inside: dict[str, tuple[float | None, int]] = field(default_factory=dict)
+    left_out: int = 0  # the run's cells that reviewers said are not cells (lsm_core.lab.review): shown nowhere
 
 
 def mass_sentence(cls: str, share: float | None, cells: int) -> str:
@@ -560,7 +692,8 @@ def mass_sentence(cls: str, share: float | None, cells: int) -> str:
 def saliency_gallery(
     s: Session, run_id: int, classes: list[str], blobs: BlobStore, per_class: int = 12, limits=None
 ) -> SaliencyGallery:
-    """The gallery of a saliency run: up to ``per_class`` cells of each predicted class (highest score first)."""
+    """The gallery of a saliency run: up to ``per_class`` cells of each predicted class (highest score first),
+    of the cells that count (those reviewers said are not cells are left out, as from every count)."""
     from lsm_core.imaging.cells import FindParams
     from lsm_core.lab.labels import read_options, stored_crops
 
@@ -568,6 +701,10 @@ def saliency_gallery(
     run = s.get(SaliencyRun, run_id)
     if run is None:  # deleted (with its batch) since load_saliency read it
         raise LsmError("those saliency maps no longer exist")
+    excluded = set(s.scalars(queries.excluded_cells([run.batch_id])))
+    keep = [i for i, cell in enumerate(view.cells) if cell.id not in excluded]
+    left_out = len(view.cells) - len(keep)
+    view = SaliencyView(view.method, view.scope, [view.cells[i] for i in keep], view.maps[keep])
     batch = s.get(Batch, run.batch_id)
     if batch is None:
         raise LsmError(f"batch {run.batch_id} no longer exists (it may have been deleted)")
@@ -597,7 +734,7 @@ def saliency_gallery(
                 shares.append(float(mass_inside(view.maps[i : i + 1], mask[None])[0]))
         shares = [v for v in shares if np.isfinite(v)]
         inside[cls] = (float(np.mean(shares)) if shares else None, len(shares))
-    return SaliencyGallery(view, crops, by_class, inside)
+    return SaliencyGallery(view, crops, by_class, inside, left_out)
 
 
 def cell_table(
@@ -625,16 +762,41 @@ def png_bytes(rgb_or_grey: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _member_part(text: str) -> str:
+    """``text`` as one part of a ZIP member's name: no folder separators, nothing Windows refuses, no leading dot."""
+    import re
+
+    return re.sub(r'[\x00-\x1f\x7f/\\:*?"<>|]', "_", text).lstrip(". ") or "_"
+
+
+def overlay_name(method: str, cell: queries.CellRow) -> str:
+    """A cell's overlay in the ZIP: ``class/file[_pageN]_cellN[_added]_method_score.png``, the cell named by its
+    file, page and number as the gallery and the exports name it (``file``, ``page``, ``cell``), and ``added``
+    when a person added it (lsm_core.lab.tasks.add_cell), as its flags say there.
+
+    >>> from db.queries import CellRow
+    >>> overlay_name("gradcam", CellRow(7, 1, "a/field 1.tif", 2, 3, 0, 0, 9, 9, "MPP", 0.91234, [], "added"))
+    'MPP/a_field 1.tif_page2_cell3_added_gradcam_score0.912.png'
+    """
+    where = _member_part(cell.file) + (f"_page{cell.page}" if cell.page > 1 else "") + f"_cell{cell.cell}"
+    added = "_added" if "added" in (f.strip() for f in cell.flags.split(",")) else ""
+    return f"{_member_part(cell.predicted)}/{where}{added}_{_member_part(method)}_score{cell.score:.3f}.png"
+
+
 def overlays_zip(view: SaliencyView, crops: list[np.ndarray], opacity: float = 0.5) -> bytes:
-    """Every cell's overlay as a PNG (named class/score/cell), in one ZIP."""
+    """Every cell's overlay as a PNG (named by :func:`overlay_name`), in one ZIP."""
     import zipfile
 
     from lsm_core.ml.saliency import overlay
 
     buf = io.BytesIO()
+    seen: Counter[str] = Counter()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for cell, crop, m in zip(view.cells, crops, view.maps):
-            name = f"{cell.predicted}/{view.method}_cell{cell.id}_score{cell.score:.3f}.png"
+            name = overlay_name(view.method, cell)
+            seen[name] += 1
+            if seen[name] > 1:  # two images of one name in a batch: each overlay still has a file of its own
+                name = f"{name.removesuffix('.png')}_{seen[name]}.png"
             zf.writestr(name, png_bytes(overlay(crop, m, opacity)))
     return buf.getvalue()
 
