@@ -57,3 +57,4 @@ bench: install
 	$(PY) bench/load.py
 	$(PY) bench/active.py
 	$(PY) bench/formats.py
+	$(PY) bench/first_model.py

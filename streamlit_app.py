@@ -104,6 +104,10 @@ with st.sidebar:
 opened = open_lab_warning(lab.settings)
 if opened:
     st.error(f"**Open to the network.** {escape_markdown(opened[0].upper() + opened[1:])}.", icon=":material/warning:")
+# the secrets file readable by other accounts of the machine: whoever reads the cookie_secret can be anyone
+exposed = settings.auth_warning() if signed_in_mode() and role == accounts.ADMIN else None
+if exposed:
+    st.warning(f"**The sign-in secret is exposed.** {escape_markdown(exposed)}.", icon=":material/key:")
 if not signed_in_mode():
     rights = ", as an administrator: able to change or delete every batch" if role == accounts.ADMIN else ""
     st.warning(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pandas as pd
 import streamlit as st
 
+from db import queries
 from lsm_core.errors import LsmError
 from lsm_core.lab import accounts, review
 from lsm_core.reports.report import cell_picture
@@ -65,10 +66,15 @@ def _move(cell_id: int | None, key: str) -> None:
 
 
 def _tile_changed(lab, cell_id: int, me: str, widget: str, key: str) -> None:
-    """A grid tile's choice changed: a class, not a cell (for the reason chosen above), or nothing (taken back)."""
+    """A grid tile's choice changed: a class, or not a cell (for the reason chosen above). Nothing chosen (the
+    cell's label clicked again) keeps the label: the tile is drawn again with it (a new widget), and taking a
+    label back is its own button."""
     choice = st.session_state.get(widget)
     reason = st.session_state.get(f"{key}_review_reason", "debris")
-    if choice == NOT_A_CELL:
+    if choice is None:
+        redraw = f"{key}_tile_redraw_{cell_id}"
+        st.session_state[redraw] = st.session_state.get(redraw, 0) + 1
+    elif choice == NOT_A_CELL:
         _say(lab, cell_id, me, None, reason, None, key)
     else:
         _say(lab, cell_id, me, choice, None, None, key)
@@ -85,6 +91,19 @@ def _where(item: review.QueueItem, scope: Scope) -> str:
     if scope.names:
         where += f", batch #{item.batch_id} {scope.names.get(item.batch_id, '')}".rstrip()
     return where
+
+
+def _flags(lab, items: list[review.QueueItem]) -> dict[int, str]:
+    """The quality flags of these cells (cell id -> ``added``, ``edge``, ...; empty: none)."""
+    with lab() as s:
+        return {c.id: c.flags for c in queries.cells_by_id(s, [q.cell_id for q in items])}
+
+
+def flagged(text: str, flags: str | None) -> str:
+    """``text`` with the cell's flags after it: ``added`` (a person added the cell: said wherever it is shown)
+    and ``edge``; ``single`` (a whole image is the cell) says nothing beside a cell and is left out."""
+    shown = [f for f in (flags or "").split(",") if f and f != "single"]
+    return f"{text} · {', '.join(shown)}" if shown else text
 
 
 def review_section(lab, scope: Scope, me: str, key: str, pixels_of, escape, heading: bool = True) -> None:
@@ -134,6 +153,9 @@ def review_section(lab, scope: Scope, me: str, key: str, pixels_of, escape, head
     # with "only unlabelled", the labelled cell leaves the queue: the next one takes its place
     then = after if after is not None else (before if only_new else item.cell_id)
     mine = sum(q.mine is not None for q in items)
+    start = (pos // GRID) * GRID
+    tiles = items[start : start + GRID]
+    flags = _flags(lab, [item, *tiles])
     st.caption(f"Cell {pos + 1:,} of {len(items):,} in this order · you labelled {mine:,} of them")
 
     with st.container(border=True):
@@ -145,8 +167,8 @@ def review_section(lab, scope: Scope, me: str, key: str, pixels_of, escape, head
         else:
             left.caption(f"{where}: the stored image could not be read back")
         right.markdown(
-            f"**{escape(_where(item, scope))}** · model: **{escape(item.predicted)}** ({item.score:.2f}) · "
-            f"margin {item.margin:.2f}"
+            f"**{escape(flagged(_where(item, scope), flags.get(item.cell_id, '')))}** · model: "
+            f"**{escape(item.predicted)}** ({item.score:.2f}) · margin {item.margin:.2f}"
         )
         for cls, p in zip(classes, item.probs, strict=False):
             right.progress(min(max(p, 0.0), 1.0), text=f"{escape(cls)}: {p:.3f}")
@@ -212,11 +234,10 @@ def review_section(lab, scope: Scope, me: str, key: str, pixels_of, escape, head
                     width="stretch",
                 )
 
-    start = (pos // GRID) * GRID
-    tiles = items[start : start + GRID]
     st.caption(
-        f"Cells {start + 1:,} to {start + len(tiles):,}: pick a class under a cell to label it in one click; "
-        "the framed one is the cell the keys act on."
+        f"Cells {start + 1:,} to {start + len(tiles):,}: pick a class under a cell to label it in one click "
+        "(its label clicked again stays; “Take my label back” takes it back); the framed one is the cell the keys "
+        "act on."
     )
     options = [*classes, NOT_A_CELL]
     for row in range(0, len(tiles), COLUMNS):
@@ -226,9 +247,11 @@ def review_section(lab, scope: Scope, me: str, key: str, pixels_of, escape, head
                 picture = _picture(q, scope, TILE_PX, pixels_of)
                 if picture is not None:
                     st.image(picture, width=TILE_PX)
-                st.caption(f"{escape(q.predicted)} {q.score:.2f} · {escape(_where(q, scope))}")
+                where = flagged(_where(q, scope), flags.get(q.cell_id, ""))
+                st.caption(f"{escape(q.predicted)} {q.score:.2f} · {escape(where)}")
                 now = None if q.mine is None else (NOT_A_CELL if q.mine.excluded else q.mine.label)
-                widget = f"{key}_tile_{q.cell_id}_{now}"
+                redrawn = st.session_state.get(f"{key}_tile_redraw_{q.cell_id}", 0)
+                widget = f"{key}_tile_{q.cell_id}_{now}_{redrawn}"
                 st.segmented_control(
                     "label",
                     options,
@@ -239,6 +262,14 @@ def review_section(lab, scope: Scope, me: str, key: str, pixels_of, escape, head
                     on_change=_tile_changed,
                     args=(lab, q.cell_id, me, widget, key),
                 )
+                if q.mine is not None and allowed.get(q.batch_id, False):
+                    st.button(
+                        "Take my label back",
+                        key=f"{key}_tile_back_{q.cell_id}",
+                        type="tertiary",
+                        on_click=_say,
+                        args=(lab, q.cell_id, me, None, None, None, key),
+                    )
                 if q.cell_id != item.cell_id:
                     st.button(
                         "Look closer",
@@ -285,8 +316,6 @@ def field_section(lab, image, cells, scope: Scope, me: str, key: str, pixels_of,
     """The field of view of ``image`` (with ``cells``, queries.CellRow) as ``figure`` (editable when ``me``
     may change the batch), and what a click or a drag on it does: a box clicked is reviewed here (a class,
     or not a cell), a box dragged around is marked as not a cell, a click where no cell is adds one (a job)."""
-    from lsm_core.lab.tasks import add_cell
-
     with lab() as s:
         may = accounts.may_change(s, me, scope.owners.get(image.batch_id, ""))
     chart_key = f"{key}_fov_{image.id}"
@@ -312,8 +341,8 @@ def field_section(lab, image, cells, scope: Scope, me: str, key: str, pixels_of,
             pixels = pixels_of(image.sha256, image.page, *scope.planes.get(image.batch_id, (None, None)))
             if pixels is not None:
                 left.image(cell_picture(pixels, cell.box, TILE_PX * 2))
-            right.markdown(f"**cell {cell.cell} of {escape(image.file)}** · model: **{escape(cell.predicted)}** "
-                           f"({cell.score:.2f})")  # fmt: skip
+            where = flagged(f"cell {cell.cell} of {image.file}", cell.flags)
+            right.markdown(f"**{escape(where)}** · model: **{escape(cell.predicted)}** ({cell.score:.2f})")
             cols = right.columns(len(scope.classes) + 1)
             for i, cls in enumerate(scope.classes):
                 cols[i].button(cls, key=f"{key}_fov_class_{i}", on_click=_say,
@@ -332,16 +361,50 @@ def field_section(lab, image, cells, scope: Scope, me: str, key: str, pixels_of,
             on_click=remove,
         )
     elif point is not None:
-        x, y = point
+        _add_section(lab, image, scope, me, key, pixels_of, escape, point)
 
-        def add() -> None:
-            try:
-                job_id = add_cell.submit(lab, image.id, x, y, me)
-                st.session_state[f"{key}_fov_added"] = f"A cell at ({x:.0f}, {y:.0f}) is being added (job {job_id})."
-            except LsmError as exc:
-                st.session_state[f"{key}_review_error"] = str(exc)
 
+def _add_section(lab, image, scope: Scope, me: str, key: str, pixels_of, escape, point: tuple[float, float]) -> None:
+    """A click where no cell is: what the point looks like and the button that adds a cell there. Once added, the
+    same point (still selected) says so instead of offering it again; a point where a cell is, or is being
+    added, is refused here with why (lsm_core.lab.tasks.add_cell.submit says the same at the click, should a
+    colleague have added one meanwhile): never a job that can only fail."""
+    from lsm_core.lab.tasks import add_cell
+
+    x, y = point
+    spot = (image.id, round(x, 3), round(y, 3))
+    added_key, error_key = f"{key}_fov_added", f"{key}_fov_error"
+
+    def add() -> None:
+        try:
+            job_id = add_cell.submit(lab, image.id, x, y, me)
+        except LsmError as exc:
+            st.session_state[error_key] = str(exc)
+        else:
+            st.session_state[added_key] = (spot, f"A cell at ({x:.0f}, {y:.0f}) is being added (job {job_id}).")
+
+    refused = st.session_state.pop(error_key, None)
+    if refused:
+        st.error(escape(refused))
+    added = st.session_state.get(added_key)
+    if added is not None and added[0] == spot:
+        st.success(added[1])
+        return
+    st.session_state.pop(added_key, None)  # another point: the last one's message is done
+    if refused:
+        return
+    # asked before the job is queued: a click on background would otherwise be classified as a cell
+    channel, z = scope.planes.get(image.batch_id, (None, None))
+    try:
+        cell_like = add_cell.looks_like_a_cell(lab, image.id, x, y, pixels_of(image.sha256, image.page, channel, z))
+    except LsmError as exc:
+        st.error(escape(str(exc)))
+        return
+    if cell_like:
         st.button(f"Add a cell at ({x:.0f}, {y:.0f})", key=f"{key}_fov_add", on_click=add)
-    added = st.session_state.pop(f"{key}_fov_added", None)
-    if added:
-        st.success(added)
+    else:
+        st.warning(
+            f"Nothing like a cell here: no cell's outline is traced at ({x:.0f}, {y:.0f}). Add one anyway? "
+            "It is classified like any cell and flagged added; label it not a cell if it was a mistake."
+        )
+        st.button(f"Add a cell at ({x:.0f}, {y:.0f}) anyway", key=f"{key}_fov_add", on_click=add)

@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import streamlit as st
 
-from lsm_core.errors import LsmError
+from lsm_core.errors import FilesRefused, LsmError
 from lsm_core.imaging.cells import MODALITIES
 from lsm_core.imaging.images import FileChannels, RawFile, file_channels
 from lsm_core.lab import batches
@@ -138,7 +138,7 @@ def channel_label(found: FileChannels, choice: int | None) -> str:
     if choice is None:
         if found.automatic is None:
             return "choose one: none is named as transmitted light"
-        return f"automatic: {found.automatic}: {found.names[found.automatic] or '(unnamed)'}"
+        return f"automatic: {found.automatic}: {found.automatic_name or '(unnamed)'}"
     return f"{choice}: {found.names[choice] or '(unnamed)'}"
 
 
@@ -146,52 +146,88 @@ def chosen_channel(found: FileChannels, choice: int) -> str:
     """What the batch asks for: the channel's name (files of a batch may order their channels differently),
     its index when it is unnamed or its name is not unique."""
     name = found.names[choice]
-    return name if name and found.names.count(name) == 1 and not name.isdigit() else str(choice)
+    return name if name and name not in found.repeated and not name.isdigit() else str(choice)
+
+
+# Every per-batch field starts at its default for each batch: their keys change with the uploader's, after every
+# submitted batch. Only the mouse's own details go on to the next batch, and only when asked (KEEP_MOUSE).
+MOUSE_FIELDS = ("mouse_id", "age", "age_unit", "sex", "strain", "imaging_date")
+
+
+def field_key(name: str, nonce: int | None = None) -> str:
+    return f"{name}_{st.session_state['uploader_nonce'] if nonce is None else nonce}"
+
+
+def next_batch_form() -> None:
+    """Start the form afresh for the next batch (called once a batch is submitted), carrying the mouse's
+    details over when "Keep this mouse's details" is on."""
+    old = st.session_state["uploader_nonce"]
+    if st.session_state.get("keep_mouse"):
+        for name in MOUSE_FIELDS:
+            if field_key(name, old) in st.session_state:
+                st.session_state[field_key(name, old + 1)] = st.session_state[field_key(name, old)]
+    st.session_state["uploader_nonce"] = old + 1
 
 
 found_channels = first_file_channels(files)
 with st.form("batch", clear_on_submit=False):
     c = st.columns(2)
-    name = c[0].text_input("Batch name", placeholder="e.g. M17 LT-HSC 2026-11-20")
+    name = c[0].text_input("Batch name", placeholder="e.g. M17 LT-HSC 2026-11-20", key=field_key("name"))
     with c[1]:
         model_id = model_picker("Classifier", options, "classifier_id", help="Demo models are marked (synthetic demo).")
     c = st.columns(4)
-    mouse_id = c[0].text_input("Mouse id")
-    age_text = c[1].text_input("Age", placeholder="e.g. 10")
-    age_unit = c[2].selectbox("Age unit", list(AGE_UNITS))
-    sex = c[3].selectbox("Sex", ["", "F", "M"], format_func=lambda v: v or "not given")
+    mouse_id = c[0].text_input("Mouse id", key=field_key("mouse_id"))
+    age_text = c[1].text_input("Age", placeholder="e.g. 10", key=field_key("age"))
+    age_unit = c[2].selectbox("Age unit", list(AGE_UNITS), key=field_key("age_unit"))
+    sex = c[3].selectbox("Sex", ["", "F", "M"], format_func=lambda v: v or "not given", key=field_key("sex"))
     c = st.columns(3)
-    strain = c[0].text_input("Strain or reporter", placeholder="e.g. C57BL/6, Evi1-GFP")
-    gate = c[1].text_input("Sorting gate", placeholder="e.g. LSK CD150+CD48-")
-    imaging_date = c[2].date_input("Imaging date", value=None, format="YYYY-MM-DD")
-    notes = st.text_area("Notes", height=80)
+    strain = c[0].text_input("Strain or reporter", placeholder="e.g. C57BL/6, Evi1-GFP", key=field_key("strain"))
+    gate = c[1].text_input("Sorting gate", placeholder="e.g. LSK CD150+CD48-", key=field_key("gate"))
+    imaging_date = c[2].date_input("Imaging date", value=None, format="YYYY-MM-DD", key=field_key("imaging_date"))
+    notes = st.text_area("Notes", height=80, key=field_key("notes"))
     c = st.columns(4)
     pixel_text = c[0].text_input(
-        "Pixel size (µm per pixel)",
+        "Pixel size (µm/px)",
         placeholder="from the files, else the model's",
         help="Your microscope's calibration. Left empty: what each file states (OME-TIFF, CZI, ND2, ImageJ, "
         "TIFF resolution), else the model's default, and the results say which was used.",
+        key=field_key("pixel_size"),
     )
     if found_channels is not None:  # listed from the first file: the choice applies to every file of the batch
         picked = c[1].selectbox(
             "Channel to classify",
             [None, *range(len(found_channels.names))],
             format_func=lambda i: channel_label(found_channels, i),
-            key=f"channel_pick_{uploader_key}",
-            help=f"The channels of {found_channels.file}; the one chosen is classified in every file of the "
-            "batch, the others are measured in each cell as reporter signal. Automatic: the channel named DIC, "
-            "TD, Trans, BF, Bright or Phase.",
+            key=field_key("channel_pick"),
+            help=f"The channels of {escape_markdown(found_channels.file)}; the one chosen is classified in every "
+            "file of the batch, the others are measured in each cell as reporter signal. Automatic: the channel "
+            "named DIC, TD, Trans, BF, Bright or Phase.",
         )
         channel_text = "" if picked is None else chosen_channel(found_channels, picked)
+        if found_channels.more:  # a file of many channels: the first few dozen are listed, the others typed
+            typed = c[1].text_input(
+                f"… and {found_channels.more:,} more channels (type a channel's number)",
+                placeholder="a number from 0",
+                help=f"{escape_markdown(found_channels.file)} has {found_channels.count:,} channels; the first "
+                f"{len(found_channels.names)} are listed above. A number (from 0) or a name typed here is classified "
+                "instead of the one chosen above.",
+                key=field_key("channel_more"),
+            )
+            if typed.strip():
+                channel_text = typed.strip()
     else:
         channel_text = c[1].text_input(
             "Channel to classify",
             placeholder="the transmitted-light one",
             help="For files with several channels: a channel's name or number (from 0). Left empty: the channel "
             "named DIC, TD, Trans, BF, Bright or Phase.",
+            key=field_key("channel"),
         )
     z_text = c[2].text_input(
-        "z plane", placeholder="the best-focused", help="For z-stacks: the plane to classify, from 0."
+        "z plane",
+        placeholder="the best-focused",
+        help="For z-stacks: the plane to classify, from 0.",
+        key=field_key("z"),
     )
     modality = c[3].selectbox(
         "Imaging",
@@ -199,6 +235,13 @@ with st.form("batch", clear_on_submit=False):
         format_func=IMAGING.__getitem__,
         help="How the cells were imaged. "
         + " ".join(f"{IMAGING[m]}: {what}." for m, what in MODALITIES.items() if m != "auto"),
+        key=field_key("modality"),
+    )
+    st.checkbox(
+        "Keep this mouse's details for the next batch",
+        key="keep_mouse",
+        help="Mouse id, age, sex, strain and imaging date stay filled in after this batch is sent (for several "
+        "batches of one mouse). Everything else starts empty for each batch.",
     )
     submitted = st.form_submit_button("Classify", type="primary")
 
@@ -241,6 +284,10 @@ def do_submit(batch_name: str, add_to: int | None = None) -> bool:
             if model_id is None:
                 raise LsmError("choose a classifier")
             result = submit_batch(lab, raws, model_id, batch_name, owner=user(), meta=meta)
+    except FilesRefused as exc:
+        st.error(escape_markdown(exc))
+        file_errors(exc.files)
+        return False
     except LsmError as exc:
         st.error(escape_markdown(exc))
         return False
@@ -253,7 +300,7 @@ def do_submit(batch_name: str, add_to: int | None = None) -> bool:
         "images": result.images,
     }
     st.session_state.pop("pending_name", None)
-    st.session_state["uploader_nonce"] += 1
+    next_batch_form()
     return True
 
 

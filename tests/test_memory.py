@@ -1,7 +1,9 @@
 """Memory is bounded before anything is decoded (hardening issue, items 1, 2 and 8).
 
 Each hostile file is small on disk and huge once decoded: 1,500 samples per pixel, twelve 25-megapixel
-pages, a 100-megapixel RGB PNG, a ZIP of zero-filled members. Each goes through the command line's
+pages, a 100-megapixel RGB PNG, a ZIP of zero-filled members; and (issue 27) OME-Zarr, OME-TIFF and ImageJ files
+declaring millions of planes, Zarr chunks and a TIFF tile that unpack to a gigabyte, a ZIP of three 386 MB
+members of zeros. Each goes through the command line's
 ``submit`` and ``classify`` in a child process whose peak resident memory is measured (the kernel's own
 count, getrusage) and compared with the same command on one small valid image: the difference must stay
 under 400 MB. A page of a 2,000-page TIFF costs one page, not the file.
@@ -22,6 +24,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from tests import test_bombs_tiff_zarr as bombs
 from tests.helpers import ROOT, png_bytes
 
 BOUND_MB = 400
@@ -129,6 +132,16 @@ HOSTILE = {
     "huge_rgb.png": huge_rgb_png,
     "zeros.zip": zip_of_zeros,
     "one_huge_member.zip": zip_of_one_huge_member,
+    # issue 27 (tests/test_bombs_tiff_zarr.py builds them): counts declared by the headers, chunks, tiles and
+    # archive members that unpack far beyond their declared size
+    "zarr_channels.zip": bombs.zarr_channels,  # 639 bytes, 20,000,000 channels (7.5 GB in the app before)
+    "zarr_time_points.zip": bombs.zarr_time_points,  # 636 bytes, 1,000,000 time points (3.5 GB before)
+    "ome_time_points.ome.tif": bombs.ome_time_points,  # 5 KB OME-TIFF, SizeT=1,000,000
+    "imagej_frames.tif": bombs.imagej_frames,  # 1 MB ImageJ hyperstack of 1,000,000 frames of 1 pixel
+    "zarr_chunk_bomb.zip": bombs.zarr_chunk_bomb,  # 2.5 KB, a 64 x 64 chunk unpacking to 1 GB (3.1 GB before)
+    "zarr_inflating_chunk.zip": bombs.zarr_inflating_chunk,  # a 1 MB chunk stored in 1 MB, unpacking to 1 GB
+    "png_tile.tif": bombs.png_tile,  # a 64 x 64 tile holding a 20,000 x 20,000 16-bit PNG (800 MB)
+    "three_zero_members.zip": bombs.three_zero_members,  # 1.1 MB, 3 x 386 MB of zeros (0.94 GB before)
 }
 
 

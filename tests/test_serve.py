@@ -119,17 +119,23 @@ def test_the_streamlit_config_listens_on_this_machine_and_shows_no_tracebacks():
     assert config["client"]["showErrorDetails"] == "none"
 
 
-def test_only_an_open_address_in_lab_mode_with_nobody_named_is_warned_about():
+def test_an_open_address_in_lab_mode_is_always_warned_about_whatever_lsm_admins_says():
+    """Lab mode has no sign-in: everyone who reaches the port acts as the same person, so LSM_ADMINS cannot
+    tell them apart and never silences the warning (issue 27 item 6); only sign-in or 127.0.0.1 do."""
     from lsm_core.lab.serve import is_loopback, open_lab_warning
     from lsm_core.lab.settings import Settings
 
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("lab-server.example.org")
-    lab_mode = Settings()
+    lab_mode = Settings(user="ana")
     assert open_lab_warning(lab_mode) is None  # the default: this machine only
     opened = lab_mode.with_(address="0.0.0.0")
-    assert "anyone who can reach this port administers" in (open_lab_warning(opened) or "")
-    assert open_lab_warning(opened.with_(admins=frozenset({"ana"}))) is None
+    said = open_lab_warning(opened) or ""
+    assert "anyone who can reach this port acts as ana. Everyone administers the lab" in said
+    named = open_lab_warning(opened.with_(admins=frozenset({"ana"}))) or ""
+    assert "LSM_ADMINS names ana, but it cannot tell people apart here: everyone administers the lab" in named
+    other = open_lab_warning(opened.with_(admins=frozenset({"bea"}))) or ""
+    assert "everyone can change or delete ana's batches" in other
     assert open_lab_warning(opened.with_(signed_in=True)) is None
 
 
@@ -224,5 +230,8 @@ def test_the_app_says_when_it_is_open_to_everyone_and_when_its_worker_was_restar
     at = run_page()
     shown = texts(at)
     assert "Open to the network. The app listens on 0.0.0.0 in lab mode" in shown
-    assert "anyone who can reach this port administers the lab" in shown
+    assert "anyone who can reach this port acts as ana. Everyone administers the lab" in shown
+    monkeypatch.setenv("LSM_ADMINS", "ana")  # names nobody apart from the others on an open port
+    assert "LSM_ADMINS names ana, but it cannot tell people apart here" in texts(run_page())
+    monkeypatch.delenv("LSM_ADMINS")
     assert "(exit status -9) and was started again (2 restarts so far)" in shown

@@ -24,8 +24,9 @@ ND2            nd2                 one frame: a frame holds every channel of one
                                    so a plane costs C planes of memory, bounded.
 LIF            readlif             yes: one plane read at its offset.
 OIB, OIF       oiffile             yes: one TIFF file of the compound document / folder.
-OME-Zarr       zarr                the chunks that cross the plane: memory is the plane plus one
-                                   chunk, bounded.
+OME-Zarr       zarr (metadata)     the chunks that cross the plane, read and unpacked here (zarr
+                                   would unpack a chunk whole, whatever it holds): memory is the
+                                   plane plus one chunk, bounded.
 PNG, JPEG      Pillow (images.py)  the whole picture (it is one plane).
 =============  ==================  ================================================================
 
@@ -59,6 +60,18 @@ and the float32 grey copy included (``max_image_bytes``, as :class:`images.PageI
 readers whose unit is larger than a plane (an ND2 frame, an OME-Zarr chunk, a TIFF series that cannot be
 cut into pages) that unit's bytes too. :meth:`MicroscopeFile.plane` calls it first.
 
+Counts are bounded before anything is made of them: every reader checks the channels, z planes, time points,
+scenes, series and pages its headers declare, and all their planes together, against ``max_planes``
+(LSM_MAX_PLANES, :func:`images.check_declared`) before it makes a list, a loop or a row per plane (for
+OME-TIFF, ImageJ and LSM files, from their own metadata, before tifffile makes its series).
+
+Decompression is bounded while it happens. A Zarr chunk is read only when its stored size fits its declared
+size, and unpacked by its codec (blosc, zstd, zlib, gzip, lz4, bz2, lzma) into at most its declared size;
+a metadata file is at most ``ZARR_METADATA_BYTES``. A TIFF strip or tile is unpacked by tifffile into a
+buffer of its size; one that is a picture (JPEG, PNG, WebP, JPEG 2000) has its own header read first
+(:func:`check_segments`). A ZIP member is unpacked a piece at a time, never beyond its declared size
+(:func:`images.read_member`).
+
 Errors
 ------
 Everything a file can cause raises :class:`lsm_core.errors.LsmError` with a message a biologist can act on:
@@ -70,6 +83,7 @@ fails on says which format and which reader (``the file looks like a Nikon ND2 b
 from __future__ import annotations
 
 import io
+import math
 import re
 import struct
 import warnings
@@ -86,7 +100,7 @@ import tifffile
 from scipy import ndimage
 
 from lsm_core.errors import LsmError
-from lsm_core.imaging.images import LUMA, Limits, PageInfo, PilReader
+from lsm_core.imaging.images import LUMA, Limits, PageInfo, PilReader, check_declared
 
 SUPPORTED_FORMATS = (
     "OME-TIFF",
@@ -399,17 +413,105 @@ def _zip_zarr_root(path: Path, limits: Limits) -> str | None:
     return "" if root == "." else root
 
 
-def _is_oib(path: Path) -> bool:
+def _is_oib(path: Path, limits: Limits) -> bool:
     """Whether an OLE compound document is an Olympus OIB: it holds an OibInfo.txt stream (its directory,
-    which may lie anywhere in the file, is read by oiffile's compound-file reader)."""
+    which may lie anywhere in the file, is read by oiffile's compound-file reader, once
+    :func:`_check_compound` has found that reading it ends)."""
     from oiffile import CompoundFile
 
     try:
+        _check_compound(path, limits)
         with CompoundFile(str(path)) as compound:
             names = [str(n).replace("\\", "/") for n in compound.files()]
+    except LsmError:
+        raise
     except Exception as exc:  # a damaged compound document
         raise LsmError(f"this OLE compound document (an Olympus OIB?) could not be read ({exc})") from None
     return any(n == "OibInfo.txt" or n.endswith("/OibInfo.txt") for n in names)
+
+
+_OLE_END = 0xFFFFFFFE  # the end of a sector chain; 0xFFFFFFFA and above are marks, not sectors
+
+
+def _ole_cycles(table: np.ndarray) -> bool:
+    """Whether following a FAT (or mini FAT) from some sector never ends: each entry names the next sector,
+    or is a mark. By pointer doubling, every chain followed 2**k >= len(table) steps at once, in NumPy."""
+    n = len(table)
+    jump = np.where(table < n, table, n).astype(np.int64)
+    jump = np.append(jump, n)  # n: the end, whatever the mark
+    for _ in range(max(1, int(n).bit_length())):
+        jump = jump[jump]
+    return bool((jump[:n] != n).any())
+
+
+def _check_compound(path: Path, limits: Limits) -> None:
+    """An OLE compound document (an OIB) checked from its own bytes before oiffile reads it, which follows
+    each sector chain to its end mark and reads as many FAT, DIFAT and mini FAT sectors as the header says: a
+    chain that loops (a 10 KB file whose directory chain pointed at itself grew without end) or counts beyond
+    the file would never stop. ValueError unless the FAT and the mini FAT hold no loop and their sizes fit the
+    file; LsmError when the directory holds more entries (one per plane and a few more) than LSM_MAX_PLANES
+    allows before oiffile makes an object of each."""
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        head = fh.read(512)
+        if len(head) < 512:
+            raise ValueError("its header is cut short")
+        major, _, shift = struct.unpack_from("<HHH", head, 26)
+        fat_len, dir_start, _, _, minifat_start, minifat_len, difat_start, difat_len = struct.unpack_from(
+            "<8I", head, 44
+        )
+        if shift not in (9, 12):
+            raise ValueError(f"its sectors are 2**{shift} bytes")
+        sector_bytes = 1 << shift
+        per = sector_bytes // 4
+        n = -(-max(0, size - sector_bytes) // sector_bytes)  # sectors in the file
+        if fat_len > -(-n // per) + 1 or difat_len > -(-fat_len // (per - 1)) + 1:
+            raise ValueError(f"it declares {fat_len:,} FAT and {difat_len:,} DIFAT sectors for {n:,} sectors")
+
+        def sector(i: int) -> bytes:
+            if not 0 <= i < n:
+                raise ValueError(f"a chain leaves the file (sector {i:,} of {n:,})")
+            fh.seek(sector_bytes * (i + 1))
+            data = fh.read(sector_bytes)
+            return data + bytes(sector_bytes - len(data))
+
+        difat = list(struct.unpack_from("<109I", head, 76))
+        following = difat_start
+        for _ in range(difat_len):
+            words = struct.unpack(f"<{per}I", sector(following))
+            difat.extend(words[:-1])
+            following = words[-1]
+        fat = np.frombuffer(b"".join(sector(i) for i in difat[:fat_len]), "<u4")
+        if _ole_cycles(fat):
+            raise ValueError("a chain of its FAT loops")
+
+        def chain(start: int, most: int) -> list[int]:
+            found: list[int] = []
+            while start != _OLE_END and len(found) < most:
+                if not 0 <= start < len(fat):
+                    raise ValueError(f"a chain leaves the FAT (sector {start:,})")
+                found.append(start)
+                start = int(fat[start])
+            return found
+
+        per_sector = sector_bytes // 128
+        allowed = limits.max_planes + 1024  # an entry per plane; the settings, storages and a root besides
+        directory = chain(dir_start, -(-allowed // per_sector) + 1)
+        if len(directory) * per_sector > allowed:
+            raise LsmError(
+                f"this compound document holds more than {allowed:,} directory entries (an OIB has one per "
+                f"plane, and a few more); the limit is {limits.max_planes:,} planes (LSM_MAX_PLANES)"
+            )
+        root = sector(directory[0]) if directory else bytes(128)
+        mini_size = struct.unpack_from("<I" if major == 3 else "<Q", root, 120)[0]
+        if mini_size > size:
+            raise ValueError(f"its mini stream declares {mini_size:,} bytes in a file of {size:,}")
+        mini_sectors = -(-mini_size // 64)
+        if minifat_len > -(-mini_sectors // per) + 1:
+            raise ValueError(f"it declares {minifat_len:,} mini FAT sectors for {mini_size:,} bytes of mini stream")
+        minifat = np.frombuffer(b"".join(sector(i) for i in chain(minifat_start, minifat_len)), "<u4")
+        if _ole_cycles(minifat):
+            raise ValueError("a chain of its mini FAT loops")
 
 
 def _detect(path: Path, limits: Limits) -> tuple[str, Any]:
@@ -441,7 +543,7 @@ def _detect(path: Path, limits: Limits) -> tuple[str, Any]:
             "export it from FV31S or cellSens as OME-TIFF"
         )
     if head.startswith(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"):
-        if _is_oib(path):
+        if _is_oib(path, limits):
             return "OIB", None
         raise LsmError(
             "this is an OLE compound document (for example a Zeiss ZVI or an Office file) but not an Olympus "
@@ -551,6 +653,145 @@ def tiff_resolution_um(page: Any, unit_um: float | None = None) -> tuple[float, 
     return _pair(unit_um / yr, unit_um / xr)
 
 
+def _count(value: Any) -> int:
+    """A count as a header states it (a number, or its text), 1 when it states none or nonsense."""
+    try:
+        return max(1, int(float(value)))
+    except (TypeError, ValueError, OverflowError):
+        return 1
+
+
+def _check_tiff_metadata(tif: Any, fmt: str, ome: list[ET.Element], limits: Limits) -> None:
+    """LsmError when a TIFF's own metadata declares more planes than LSM_MAX_PLANES allows (OME-XML: the images
+    and each one's SizeC, SizeZ, SizeT; ImageJ: its channels, slices, frames and images; LSM: its dimensions),
+    read before tifffile makes its series, which lists every declared plane (a 5 KB OME-TIFF declaring
+    SizeT=100,000,000 took tifffile 12 s and 1.5 GB)."""
+    what = f"the {fmt}"
+    if fmt == "OME-TIFF":
+        check_declared(limits, what, images=len(ome))
+        total = 0
+        for image in ome:
+            pixels = image.find("{*}Pixels")
+            if pixels is None:
+                pixels = image.find("Pixels")
+            if pixels is None:
+                continue
+            c, z, t = (_count(pixels.get(f"Size{axis}")) for axis in "CZT")
+            check_declared(limits, what, channels=c, z_planes=z, time_points=t)
+            total += c * z * t
+        check_declared(limits, what, planes=total)
+    elif fmt == "ImageJ TIFF":
+        meta = tif.imagej_metadata or {}
+        check_declared(
+            limits,
+            what,
+            channels=_count(meta.get("channels")),
+            z_planes=_count(meta.get("slices")),
+            time_points=_count(meta.get("frames")),
+        )
+        check_declared(limits, what, images=_count(meta.get("images")))
+    elif fmt == "LSM":
+        meta = tif.lsm_metadata or {}
+        check_declared(
+            limits,
+            what,
+            channels=_count(meta.get("DimensionChannels")),
+            z_planes=_count(meta.get("DimensionZ")),
+            time_points=_count(meta.get("DimensionTime")),
+            positions=_count(meta.get("DimensionP")),
+            tiles=_count(meta.get("DimensionM")),
+        )
+
+
+# TIFF compressions whose segments (strips, tiles) are whole pictures (JPEG, PNG, WebP, JPEG 2000, ...): their
+# decoders allocate what the picture's own header says, whatever the segment's size in the TIFF (tifffile
+# checks the shape only afterwards): a 64 x 64 tile holding a 20,000 x 20,000 PNG decoded 400 MB. Each
+# segment's header is read first (:func:`_segment_dims`); segments of the other compressions are decoded into a
+# buffer of the segment's size (tifffile passes ``out``), which a longer stream cannot overflow.
+_PICTURE_COMPRESSIONS = frozenset(tifffile.TIFF.IMAGE_COMPRESSIONS) - {48124, 65000, 65001, 65002}
+_SEGMENT_HEAD = 1 << 16  # bytes of a segment read to find its picture's size
+
+
+def _segment_dims(data: bytes) -> tuple[int, int] | None:
+    """(height, width) a picture's header states: PNG (IHDR), JPEG (its SOF marker), JPEG 2000 (SIZ, as a
+    codestream or inside a JP2 file), WebP (VP8, VP8L, VP8X); None when the header is none of these."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR" and len(data) >= 24:
+        width, height = struct.unpack(">II", data[16:24])
+        return height, width
+    if data.startswith(b"\xff\xd8"):
+        pos = 2
+        while pos + 4 <= len(data):
+            if data[pos] != 0xFF:
+                return None
+            marker = data[pos + 1]
+            if marker == 0xFF:
+                pos += 1
+                continue
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+                pos += 2
+                continue
+            length = struct.unpack(">H", data[pos + 2 : pos + 4])[0]
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn
+                if pos + 9 > len(data):
+                    return None
+                height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+                return height, width
+            pos += 2 + length
+        return None
+    siz = data.find(b"\xff\x4f\xff\x51")  # a JPEG 2000 codestream (alone, or in a JP2 file's jp2c box)
+    if siz >= 0 and (siz == 0 or data[4:12] == b"jP  \r\n\x87\n") and siz + 24 <= len(data):
+        x1, y1, x0, y0 = struct.unpack(">IIII", data[siz + 8 : siz + 24])  # Xsiz, Ysiz, XOsiz, YOsiz
+        return max(0, y1 - y0), max(0, x1 - x0)
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
+        kind = data[12:16]
+        if kind == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
+            width, height = struct.unpack("<HH", data[26:30])
+            return height & 0x3FFF, width & 0x3FFF
+        if kind == b"VP8L" and data[20] == 0x2F:
+            bits = int.from_bytes(data[21:25], "little")
+            return ((bits >> 14) & 0x3FFF) + 1, (bits & 0x3FFF) + 1
+        if kind == b"VP8X":
+            return int.from_bytes(data[27:30], "little") + 1, int.from_bytes(data[24:27], "little") + 1
+    return None
+
+
+def check_segments(page: Any) -> None:
+    """LsmError unless every segment (strip or tile) of a TIFF page whose compression stores pictures (JPEG,
+    PNG, WebP, JPEG 2000) states, in its own header, a size within the segment's: read before anything of it
+    is decoded, so that a small tile cannot decode to a huge picture. Pages of other compressions pass (their
+    segments are decoded into a buffer of their declared size)."""
+    keyframe = page.keyframe if page.keyframe is not None else page
+    compression = int(keyframe.compression)
+    if compression not in _PICTURE_COMPRESSIONS:
+        return
+    try:
+        name = tifffile.COMPRESSION(compression).name
+    except ValueError:
+        name = str(compression)
+    if keyframe.is_tiled:
+        tall, wide = int(keyframe.tilelength), int(keyframe.tilewidth)
+    else:
+        tall, wide = min(int(keyframe.rowsperstrip), int(keyframe.imagelength)), int(keyframe.imagewidth)
+    fh = page.parent.filehandle
+    for offset, count in zip(page.dataoffsets, page.databytecounts):
+        if not offset or not count:
+            continue
+        fh.seek(int(offset))
+        dims = _segment_dims(bytes(fh.read(min(int(count), _SEGMENT_HEAD))))
+        if dims is None:
+            raise LsmError(
+                f"a {'tile' if keyframe.is_tiled else 'strip'} of this TIFF is compressed as {name}, whose size "
+                "could not be read from its header; save the image without compression, or with LZW, deflate or "
+                "zstd"
+            )
+        if dims[0] > tall or dims[1] > wide:
+            raise LsmError(
+                f"a {'tile' if keyframe.is_tiled else 'strip'} of {tall} x {wide} pixels in this TIFF holds a "
+                f"{name} picture of {dims[0]:,} x {dims[1]:,} pixels: the file is damaged or built to exhaust "
+                "memory; refused"
+            )
+
+
 @dataclass(frozen=True)
 class _TiffLayout:
     series: int
@@ -580,7 +821,22 @@ class TiffMicroscopeFile(MicroscopeFile):
         self.format = "OME-TIFF" if tif.is_ome else "ImageJ TIFF" if tif.is_imagej else "LSM" if tif.is_lsm else "TIFF"
         if len(tif.pages) > self.limits.max_archive_members:
             raise LsmError(f"the TIFF has {len(tif.pages):,} pages; the limit is {self.limits.max_archive_members:,}")
+        what = f"the {self.format}"
+        check_declared(self.limits, what, pages=len(tif.pages))
         ome = _ome_images(tif.ome_metadata) if tif.is_ome else []
+        _check_tiff_metadata(tif, self.format, ome, self.limits)  # before tifffile lists every declared plane
+        check_declared(self.limits, what, series=len(tif.series))
+        total = 0
+        for series in tif.series:  # every scene's counts, and the planes of all together, before anything is built
+            if series.keyframe is None:
+                continue
+            dims = dict(zip(series.get_axes(False), (int(v) for v in series.get_shape(False))))
+            rgb = dims.get("S", 1) in (3, 4) and int(getattr(series.keyframe, "photometric", 1)) in (2, 6)
+            size_c = dims.get("C", 1) * (dims.get("S", 1) if dims.get("S", 1) > 2 and not rgb else 1)
+            size_t = int(np.prod([n for a, n in dims.items() if a not in "CZYXS"], dtype=np.float64))
+            check_declared(self.limits, what, channels=size_c, z_planes=dims.get("Z", 1), time_points=size_t)
+            total += size_c * dims.get("Z", 1) * size_t
+        check_declared(self.limits, what, planes=total)
         self._layouts: list[_TiffLayout] = []
         for number, series in enumerate(tif.series):
             if series.keyframe is None:
@@ -695,6 +951,7 @@ class TiffMicroscopeFile(MicroscopeFile):
             page = series.pages[flat]
             if page is None:
                 raise LsmError(f"plane t={t}, c={c}, z={z} is stored in another file of the series, which is missing")
+            check_segments(page)
             arr = page.asarray()
         elif mode == "offset":
             keyframe = series.keyframe
@@ -707,6 +964,9 @@ class TiffMicroscopeFile(MicroscopeFile):
                 raise EOFError("the file ends before the plane's pixels")
             arr = np.frombuffer(raw, dtype).reshape(keyframe.shape).astype(dtype.newbyteorder("="))
         else:
+            for each in series.pages:
+                if each is not None:
+                    check_segments(each)
             whole = series.asarray().reshape(series.get_shape(False))
             axes = series.get_axes(False)
             sel: list[Any] = []
@@ -758,6 +1018,154 @@ def _zstd_decode(data: bytes, compression: int, nbytes: int) -> bytes:
     return out
 
 
+# A subblock's dimensions are among X Y C Z T R S I H V B M (and a few reserved): an entry listing more is damaged
+_CZI_MAX_DIMENSIONS = 16
+_CZI_TEXT_CHARS = 1000  # of one metadata value (a name, a number) kept: the rest of a longer one is dropped
+
+
+def _czi_segment(fh: Any, position: int, sid: bytes, n: int) -> bytes | None:
+    """The first ``n`` bytes of the segment at ``position`` (its 32-byte header included), or None when that
+    is not a segment ``sid``."""
+    if position <= 0:
+        return None
+    fh.seek(position)
+    head = bytes(fh.read(n))
+    return head if len(head) == n and head[:16].rstrip(b"\0") == sid else None
+
+
+def _czi_check_directory(fh: Any, position: int, limits: Limits, what: str) -> None:
+    """The subblock directory from its own bytes, before czifile builds an object per entry and per
+    dimension: its declared number of entries against LSM_MAX_PLANES (a subblock, one tile of one plane,
+    counts as a plane), then each entry's number of dimensions."""
+    head = _czi_segment(fh, position, b"ZISRAWDIRECTORY", 36)
+    if head is None:
+        raise ValueError("no subblock directory where the file header says")
+    count = struct.unpack_from("<i", head, 32)[0]
+    check_declared(limits, what, subblocks=count)
+    fh.seek(position + 32 + 128)
+    for i in range(count):
+        entry = fh.read(32)
+        if len(entry) < 32:
+            raise ValueError(f"the subblock directory ends after {i:,} of its {count:,} entries")
+        dims = struct.unpack_from("<i", entry, 28)[0]
+        if not 0 <= dims <= _CZI_MAX_DIMENSIONS:
+            raise ValueError(f"a subblock directory entry declares {dims:,} dimensions")
+        fh.seek(20 * dims, 1)
+
+
+class _CziMetadata:
+    """What the CZI reader takes from the file's XML metadata: channel names, the pixel size, scene names.
+
+    A target of ET.XMLParser fed the metadata segment a piece at a time: nothing else of the document is
+    kept, so metadata of any size costs its nesting depth, not its size (ElementTree would hold every element,
+    some 90 bytes each: 10 MB of empty elements took 225 MB). Channels and scenes beyond ``keep`` are counted,
+    not kept.
+    """
+
+    CHANNELS = ("Metadata/Information/Image/Dimensions/Channels/Channel", "Metadata/DisplaySetting/Channels/Channel")
+    SCENE = "Metadata/Information/Image/Dimensions/S/Scenes/Scene"
+    DISTANCE = "Metadata/Scaling/Items/Distance"
+    TEXTS = (f"{DISTANCE}/Value", *(f"{c}/ShortName" for c in CHANNELS))  # values read from an element's text
+    # every path leading to one of the above: an element elsewhere costs a push and a pop
+    WANTED = {"/".join(p.split("/")[:i]) for p in (SCENE, *TEXTS) for i in range(1, p.count("/") + 2)}
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self.counts = dict.fromkeys((*self.CHANNELS, self.SCENE), 0)
+        self.channels: dict[str, list[str]] = {p: [] for p in self.CHANNELS}
+        self.scenes: list[str | None] = []
+        self.distances: dict[str, float] = {}
+        self._path: list[str | None] = []  # per open element, its path below the root; None: nothing wanted
+        self._distance = ""
+        self._text: list[str] | None = None
+        self._chars = 0
+
+    def start(self, tag: str, attrib: dict[str, str]) -> None:
+        path = self._path
+        if not path:
+            path.append("")  # the root
+            return
+        parent = path[-1]
+        where = None if parent is None else f"{parent}/{tag}" if parent else tag
+        if where not in self.WANTED:
+            path.append(None)
+            return
+        path.append(where)
+        if where in self.counts:
+            self.counts[where] += 1
+            if self.counts[where] <= self.keep:
+                if where == self.SCENE:
+                    self.scenes.append(attrib.get("Name"))
+                else:
+                    self.channels[where].append(attrib.get("Name") or "")
+        elif where == self.DISTANCE:
+            self._distance = attrib.get("Id", "")
+        elif where in self.TEXTS:
+            self._text, self._chars = [], 0
+
+    def data(self, text: str) -> None:
+        if self._text is not None and self._chars < _CZI_TEXT_CHARS:
+            self._text.append(text[: _CZI_TEXT_CHARS - self._chars])
+            self._chars += len(text)
+
+    def end(self, tag: str) -> None:
+        where = self._path.pop()
+        if self._text is not None and where in self.TEXTS:
+            text = "".join(self._text).strip()
+            self._text = None
+            parent = where.rpartition("/")[0]
+            if parent == self.DISTANCE:
+                try:
+                    self.distances[self._distance] = float(text or "nan") * 1e6  # metres
+                except ValueError:
+                    pass
+            else:
+                names = self.channels[parent]
+                if names and not names[-1] and self.counts[parent] <= self.keep:
+                    names[-1] = text
+
+    def close(self) -> None:
+        return None
+
+    def channel_names(self) -> list[str]:
+        for p in self.CHANNELS:
+            if self.counts[p]:
+                return self.channels[p]
+        return []
+
+
+def _czi_metadata(fh: Any, position: int, limits: Limits, what: str) -> _CziMetadata:
+    """The CZI's XML metadata streamed from its segment (1 MB at a time) through :class:`_CziMetadata`; the
+    channels and scenes it names checked against LSM_MAX_PLANES. Damaged XML gives no names and no pixel
+    size, as a file without metadata; metadata missing where the file header says is a damaged file."""
+    meta = _CziMetadata(limits.max_planes)
+    if position <= 0:
+        return meta
+    head = _czi_segment(fh, position, b"ZISRAWMETADATA", 40)
+    if head is None:
+        raise ValueError("no metadata where the file header says")
+    left = max(0, struct.unpack_from("<i", head, 32)[0])
+    fh.seek(position + 32 + 256)
+    parser = ET.XMLParser(target=meta)
+    try:
+        while left > 0:
+            piece = fh.read(min(left, 1 << 20))
+            if not piece:
+                break
+            left -= len(piece)
+            parser.feed(piece)
+        parser.close()
+    except ET.ParseError:
+        return _CziMetadata(limits.max_planes)
+    check_declared(
+        limits,
+        what,
+        channels=max(meta.counts[p] for p in meta.CHANNELS),
+        scenes=meta.counts[meta.SCENE],
+    )
+    return meta
+
+
 @dataclass(frozen=True)
 class _CziBlock:
     entry: Any
@@ -773,7 +1181,12 @@ class _CziBlock:
 class CziMicroscopeFile(MicroscopeFile):
     """Zeiss CZI through czifile: each S index is a scene; one plane is the subblocks of that (T, C, Z),
     tiles pasted at their positions. Pyramid levels (downscaled subblocks) are skipped; of the rarer axes
-    (phase H, rotation R, illumination I, view V, block B) the first index is read."""
+    (phase H, rotation R, illumination I, view V, block B) the first index is read.
+
+    Bounded from the file's own bytes before czifile parses them: the directory's number of subblocks, the
+    scenes, time points, channels and z planes they make and the channels and scenes the metadata names
+    (LSM_MAX_PLANES); the metadata is streamed, never held; each subblock's header is read before its data,
+    and its data is decompressed into a buffer the size of its tile, never more."""
 
     format = "CZI"
 
@@ -782,14 +1195,20 @@ class CziMicroscopeFile(MicroscopeFile):
 
         super().__init__(path, name, limits)
         self.reader = _version("czifile")
-        self._czi = czifile.CziFile(str(path))
+        self._fh = path.open("rb")  # the headers this layer checks before czifile reads them
+        try:
+            self._czi = czifile.CziFile(str(path), multifile=False)
+        except Exception:
+            self._fh.close()
+            raise
         try:
             self._setup()
         except Exception:
-            self._czi.close()
+            self.close()
             raise
 
     def _setup(self) -> None:
+        _czi_check_directory(self._fh, int(self._czi.header.directory_position or 0), self.limits, self.name)
         entries = list(self._czi.subblock_directory)
         if not entries:
             raise LsmError("the CZI holds no image subblocks")
@@ -807,18 +1226,18 @@ class CziMicroscopeFile(MicroscopeFile):
         first = {k: min(starts.get(k, 0) for _, starts, _ in rows) for k in others}
         rows = [r for r in rows if all(r[1].get(k, 0) == v for k, v in first.items())]
 
-        xml = self._czi.metadata(raw=True) or ""
-        try:
-            root: ET.Element | None = ET.fromstring(xml) if xml else None
-        except ET.ParseError:
-            root = None
-        names = self._channel_names(root)
-        size = self._pixel_size(root)
-        scene_names = self._scene_names(root)
+        meta = _czi_metadata(self._fh, int(self._czi.header.metadata_position or 0), self.limits, self.name)
+        names = meta.channel_names()
+        size = _pair(meta.distances.get("Y"), meta.distances.get("X"))
+        scene_names = meta.scenes
 
         by_scene: dict[int, list[tuple[Any, dict[str, int], dict[str, Any]]]] = {}
         for row in rows:
             by_scene.setdefault(row[1].get("S", 0), []).append(row)
+        most = [max(len({r[1].get(k, 0) for r in srows}) for srows in by_scene.values()) for k in "TCZ"]
+        check_declared(
+            self.limits, self.name, scenes=len(by_scene), time_points=most[0], channels=most[1], z_planes=most[2]
+        )
         self._blocks: list[list[_CziBlock]] = []
         for index, s in enumerate(sorted(by_scene)):
             srows = by_scene[s]
@@ -862,37 +1281,6 @@ class CziMicroscopeFile(MicroscopeFile):
                 )
             )
 
-    @staticmethod
-    def _channel_names(root: ET.Element | None) -> list[str]:
-        if root is None:
-            return []
-        for path in (
-            "Metadata/Information/Image/Dimensions/Channels/Channel",
-            "Metadata/DisplaySetting/Channels/Channel",
-        ):
-            found = root.findall(path)
-            if found:
-                return [ch.get("Name") or ch.findtext("ShortName") or "" for ch in found]
-        return []
-
-    @staticmethod
-    def _pixel_size(root: ET.Element | None) -> tuple[float, float] | None:
-        if root is None:
-            return None
-        values: dict[str, float] = {}
-        for distance in root.findall("Metadata/Scaling/Items/Distance"):
-            try:
-                values[distance.get("Id", "")] = float(distance.findtext("Value") or "nan") * 1e6  # metres
-            except ValueError:
-                continue
-        return _pair(values.get("Y"), values.get("X"))
-
-    @staticmethod
-    def _scene_names(root: ET.Element | None) -> list[str | None]:
-        if root is None:
-            return []
-        return [s.get("Name") for s in root.findall("Metadata/Information/Image/Dimensions/S/Scenes/Scene")]
-
     def _read(self, scene: Scene, t: int, c: int, z: int) -> np.ndarray:
         blocks = [b for b in self._blocks[scene.index] if (b.t, b.c, b.z) == (t, c, z)]
         shape: tuple[int, ...] = (scene.sizes["Y"], scene.sizes["X"])
@@ -906,27 +1294,29 @@ class CziMicroscopeFile(MicroscopeFile):
 
     def _decode(self, block: _CziBlock, scene: Scene) -> np.ndarray:
         """One subblock (tile) as (h, w) or (h, w, samples) RGB. Decoded here rather than by czifile, whose
-        release on our mirror knows no zstd and decodes LZW with a NumPy call that NumPy 2 removed."""
+        release on our mirror knows no zstd and decodes LZW with a NumPy call that NumPy 2 removed. Every codec
+        decodes into a buffer of the tile's size from the directory (LZW stops there, zstd, JPEG and JPEG XR
+        refuse a stream that declares more before decoding it), so a subblock never expands beyond its tile."""
         import imagecodecs
 
         entry = block.entry
-        segment = entry.data_segment()
         base = np.dtype(np.dtype(entry.dtype).base)
         nbytes = block.h * block.w * scene.samples * base.itemsize
+        self._check_subblock(entry, nbytes)
+        segment = entry.data_segment()
         compression = int(entry.compression)
-        if int(segment.data_size) > 2 * nbytes + 65536:
-            raise ValueError(f"a subblock declares {int(segment.data_size):,} bytes for a tile of {nbytes:,}")
         raw = segment.data(raw=True)
+        tile = (block.h, block.w) if scene.samples == 1 else (block.h, block.w, scene.samples)
         if compression == 0:
             arr = np.frombuffer(raw, base, count=block.h * block.w * scene.samples)
         elif compression == 2:
-            arr = np.frombuffer(imagecodecs.lzw_decode(raw), base)
+            arr = np.frombuffer(imagecodecs.lzw_decode(raw, out=nbytes), base)
         elif compression in (5, 6):
             arr = np.frombuffer(_zstd_decode(raw, compression, nbytes), base)
         elif compression == 1:
-            arr = np.asarray(imagecodecs.jpeg8_decode(raw))
+            arr = np.asarray(imagecodecs.jpeg8_decode(raw, out=np.empty(tile, base)))
         elif compression == 4:
-            arr = np.asarray(imagecodecs.jpegxr_decode(raw))
+            arr = np.asarray(imagecodecs.jpegxr_decode(raw, out=np.empty(tile, base)))
         else:
             raise ValueError(f"subblock compression {compression} is not supported (camera-specific raw data?)")
         arr = arr[: block.h * block.w * scene.samples].reshape(block.h, block.w, scene.samples)
@@ -934,16 +1324,44 @@ class CziMicroscopeFile(MicroscopeFile):
             arr = arr[..., [2, 1, 0, 3][: scene.samples]]  # BGR(A) -> RGB(A), as czifile does
         return arr if scene.samples > 1 else arr[..., 0]
 
+    def _check_subblock(self, entry: Any, nbytes: int) -> None:
+        """The subblock's own header, read before czifile parses it: its number of dimensions, and its data
+        size, at most twice its tile's decoded size and 64 KB (no codec makes data larger)."""
+        head = _czi_segment(self._fh, int(entry.file_position), b"ZISRAWSUBBLOCK", 32 + 16 + 32)
+        if head is None:
+            raise ValueError("no subblock where the directory says")
+        data_size = struct.unpack_from("<q", head, 40)[0]
+        dims = struct.unpack_from("<i", head, 48 + 28)[0]
+        if not 0 <= dims <= _CZI_MAX_DIMENSIONS:
+            raise ValueError(f"a subblock declares {dims:,} dimensions")
+        if not 0 <= data_size <= 2 * nbytes + 65536:
+            raise ValueError(f"a subblock declares {data_size:,} bytes for a tile of {nbytes:,}")
+
     def close(self) -> None:
         self._czi.close()
+        self._fh.close()
 
 
 # ------------------------------------------------------------------------------------------------- ND2
 
 
+def _j2k_size(data: bytes) -> tuple[int, int, int] | None:
+    """(width, height, components) of a JPEG 2000 stream from its SIZ marker (in its first 4 KB), or None."""
+    at = data.find(b"\xff\x4f\xff\x51", 0, 4096)
+    if at < 0 or len(data) < at + 42:
+        return None
+    x, y, x0, y0 = struct.unpack_from(">IIII", data, at + 8)
+    (components,) = struct.unpack_from(">H", data, at + 40)
+    return max(0, x - x0), max(0, y - y0), components
+
+
 class Nd2MicroscopeFile(MicroscopeFile):
     """Nikon ND2 through nd2: each XY position (P) is a scene. The reader's unit is a frame, which holds
-    every channel of one (position, time, z): one plane costs C planes of memory, checked."""
+    every channel of one (position, time, z): one plane costs C planes of memory, checked.
+
+    The positions, time points (and any other loop), channels and z planes the experiment declares are
+    checked (LSM_MAX_PLANES) before a frame index is built. nd2 decompresses a compressed frame whole (zlib,
+    or JPEG 2000 in a legacy file): the frame is first measured here, streamed, against its declared size."""
 
     format = "ND2"
 
@@ -954,14 +1372,29 @@ class Nd2MicroscopeFile(MicroscopeFile):
         self.reader = _version("nd2")
         self._nd2 = nd2.ND2File(str(path))
         try:
+            self._fh = path.open("rb")  # compressed frames are measured here before nd2 reads them
+        except OSError:
+            self._nd2.close()
+            raise
+        try:
             self._setup()
         except Exception:
-            self._nd2.close()
+            self.close()
             raise
 
     def _setup(self) -> None:
         f = self._nd2
         sizes = dict(f.sizes)
+        declared = {k: int(v) for k, v in sizes.items() if k not in ("C", "Y", "X", "S")}
+        others = int(np.prod([v for k, v in declared.items() if k not in ("P", "T", "Z")], dtype=object))
+        check_declared(
+            self.limits,
+            self.name,
+            scenes=declared.get("P", 1),
+            time_points=declared.get("T", 1) * others,
+            channels=int(sizes.get("C", 1)),
+            z_planes=declared.get("Z", 1),
+        )
         loops = [dict(ix) for ix in f.loop_indices]
         self._loop_keys = sorted({k for ix in loops for k in ix})
         self._frames = {tuple(ix.get(k, 0) for k in self._loop_keys): i for i, ix in enumerate(loops)}
@@ -1014,8 +1447,57 @@ class Nd2MicroscopeFile(MicroscopeFile):
 
     def _unit_bytes(self, scene: int) -> tuple[int, str]:
         s = self.scenes[scene]
-        frame = s.sizes["Y"] * s.sizes["X"] * self._n_c * s.samples * s.dtype.itemsize
+        frame = max(s.sizes["Y"] * s.sizes["X"] * self._n_c * s.samples * s.dtype.itemsize, self._frame_bytes())
         return frame, f"an ND2 frame holds all {self._n_c} channels" if self._n_c > 1 else "one ND2 frame"
+
+    def _frame_bytes(self) -> int:
+        """A frame's bytes as nd2 reads it: its rows of ``widthBytes`` (every channel, padded)."""
+        attrs = self._nd2.attributes
+        return int(attrs.heightPx or 0) * int(attrs.widthBytes or 0)
+
+    def _check_frame(self, index: int) -> None:
+        """LsmError when frame ``index`` is stored compressed and expands beyond its declared size (with 64 KB
+        to spare): a zlib frame (a modern file) is decompressed here a megabyte at a time, nothing kept; a
+        JPEG 2000 frame (a legacy file) has its size read from its SIZ marker. Only then does nd2, which
+        decompresses a frame whole, read it."""
+        import zlib
+
+        rdr: Any = self._nd2._rdr  # its chunk map (modern) or chunk loader (legacy): nd2 has no public way
+        attrs = self._nd2.attributes
+        most = self._unit_bytes(0)[0]
+        too_big = LsmError(
+            f"a compressed frame of this ND2 expands beyond the {_megabytes(most)} its header declares; the file "
+            "is damaged or hostile"
+        )
+        if attrs.compressionType == "lossless" and hasattr(rdr, "chunkmap"):
+            where = rdr.chunkmap.get(f"ImageDataSeq|{index}!".encode())
+            if where is None:
+                return  # nd2 gives a blank frame
+            fh = self._fh
+            fh.seek(int(where[0]))
+            head = fh.read(16)
+            if len(head) < 16:
+                return  # nd2 says the file is damaged
+            _, name_length, data_length = struct.unpack("<IIQ", head)
+            fh.seek(int(where[0]) + 16 + name_length + 8)  # after the frame's 8-byte time stamp
+            left, total = max(0, data_length - 8), 0
+            inflate = zlib.decompressobj()
+            while left > 0 and not inflate.eof:
+                piece = fh.read(min(left, 1 << 20))
+                if not piece:
+                    break
+                left -= len(piece)
+                while piece and not inflate.eof:
+                    total += len(inflate.decompress(piece, 1 << 20))
+                    if total > most + 65536:
+                        raise too_big
+                    piece = inflate.unconsumed_tail
+        elif type(rdr).__name__ == "LegacyReader":
+            n_c = int(attrs.channelCount or 1)
+            for i in range(n_c):
+                found = _j2k_size(rdr._load_chunk(b"LUNK", index * n_c + i))
+                if found is None or found[0] * found[1] * found[2] * self.scenes[0].dtype.itemsize > most + 65536:
+                    raise too_big
 
     def _read(self, scene: Scene, t: int, c: int, z: int) -> np.ndarray:
         t_index = [int(v) for v in np.unravel_index(t, self._t_shape)] if self._t_shape else []
@@ -1024,6 +1506,7 @@ class Nd2MicroscopeFile(MicroscopeFile):
         key = tuple(coords.get(k, 0) for k in self._loop_keys)
         if key not in self._frames:
             raise LsmError(f"the ND2 has no frame for t={t}, z={z} in scene {scene.index} (an interrupted run?)")
+        self._check_frame(self._frames[key])
         frame = np.asarray(self._nd2.read_frame(self._frames[key]))
         plane_dims = 3 if scene.rgb else 2
         if frame.ndim > plane_dims:  # channels first
@@ -1032,16 +1515,102 @@ class Nd2MicroscopeFile(MicroscopeFile):
 
     def close(self) -> None:
         self._nd2.close()
+        self._fh.close()
 
 
 # ------------------------------------------------------------------------------------------------- LIF
+
+# What readlif's whole-document ElementTree costs beyond the header's text, measured on Python 3.11: 88 bytes
+# an element, about 60 an attribute (rounded up here)
+_XML_ELEMENT_BYTES = 100
+_XML_ATTRIBUTE_BYTES = 70
+
+
+class _XmlCount:
+    """A target of ET.XMLParser that counts elements and attributes and keeps nothing."""
+
+    def __init__(self) -> None:
+        self.elements = 0
+        self.attributes = 0
+
+    def start(self, tag: str, attrib: dict[str, str]) -> None:
+        self.elements += 1
+        self.attributes += len(attrib)
+
+    def close(self) -> None:
+        return None
+
+
+def _lif_check(path: Path, limits: Limits, what: str) -> None:
+    """A LIF's headers from its own bytes, before readlif reads them: readlif holds the XML header whole
+    (its UTF-16 bytes, their text and an ElementTree of it), so its cost, estimated while streaming it once
+    through a counting parser, is held to LSM_MAX_IMAGE_BYTES; and readlif keeps an offset per memory block,
+    so the blocks (one per image) are counted against LSM_MAX_PLANES, stopping at the limit."""
+    import codecs
+
+    with path.open("rb") as fh:
+        head = fh.read(13)
+        if len(head) < 13:
+            raise ValueError("the file ends inside its header")
+        chars = struct.unpack_from("<I", head, 9)[0]
+        count = _XmlCount()
+        parser = ET.XMLParser(target=count)
+        decoder = codecs.getincrementaldecoder("utf-16-le")()
+        left, read = 2 * chars, 0
+        try:
+            while left > 0:
+                piece = fh.read(min(left, 1 << 20))
+                if not piece:
+                    break
+                left -= len(piece)
+                read += len(piece)
+                parser.feed(decoder.decode(piece))
+                cost = 2 * read + _XML_ELEMENT_BYTES * count.elements + _XML_ATTRIBUTE_BYTES * count.attributes
+                if cost > limits.max_image_bytes:
+                    raise LsmError(
+                        f"reading this LIF's XML header takes more than {_megabytes(cost)} at once (readlif holds "
+                        f"it whole, with a tree of its elements, {count.elements:,} in the first "
+                        f"{_megabytes(read)}); the limit is {_megabytes(limits.max_image_bytes)} "
+                        "(LSM_MAX_IMAGE_BYTES). Save the images that matter as OME-TIFF."
+                    )
+            parser.feed(decoder.decode(b"", final=True))
+            parser.close()
+        except (ET.ParseError, UnicodeDecodeError) as exc:
+            raise ValueError(f"the XML header is damaged ({exc})") from None
+        fh.seek(13 + 2 * chars)
+        blocks = 0
+        while True:  # as readlif walks them: magic, 4 bytes, 0x2A, a 32- or 64-bit length, 0x2A, description
+            block = fh.read(14)
+            if len(block) < 14 or block[:4] != b"\x70\x00\x00\x00" or block[8] != 0x2A:
+                return  # the end, or damage that readlif reports
+            blocks += 1
+            if blocks > limits.max_planes:
+                raise LsmError(
+                    f"{what} holds more than {limits.max_planes:,} memory blocks (one per image); the limit is "
+                    f"{limits.max_planes:,} planes (LSM_MAX_PLANES)"
+                )
+            if block[13] == 0x2A:
+                length = struct.unpack_from("<I", block, 9)[0]
+            else:
+                tail = fh.read(4)  # the 64-bit length's last bytes, then 0x2A
+                if len(tail) < 4:
+                    return
+                length = struct.unpack_from("<Q", block + tail, 9)[0]
+            described = fh.read(4)
+            if len(described) < 4:
+                return
+            fh.seek(2 * struct.unpack("<I", described)[0] + length, 1)
 
 
 class LifMicroscopeFile(MicroscopeFile):
     """Leica LIF through readlif: each image is a scene (each tile of a tile scan its own scene); one plane
     read at its offset. Channel names come from the image's channel settings where the XML has them
     (wide-field: the user's channel name or contrast method; confocal: the active detectors, e.g.
-    "PMT Trans"), "" otherwise. The pixel size is readlif's (n - 1) / length convention."""
+    "PMT Trans"), "" otherwise. The pixel size is readlif's (n - 1) / length convention.
+
+    Bounded before readlif reads the file (:func:`_lif_check`), and before a scene is made: each image's
+    channels, z planes, time points and tiles, the file's scenes and its scene-time-point pages
+    (LSM_MAX_PLANES). LIF pixels are stored uncompressed: a plane is read at its offset, its size checked."""
 
     format = "LIF"
 
@@ -1052,8 +1621,20 @@ class LifMicroscopeFile(MicroscopeFile):
         self.reader = _version("readlif")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # readlif warns of a truncated file and goes on with blank images
+            _lif_check(path, limits, name)
             self._lif = LifFile(str(path))
         images = list(self._lif.get_iter_image())
+        for image in images:
+            check_declared(
+                limits,
+                f"{name} (image {image.name})",
+                channels=int(image.channels),
+                z_planes=int(image.nz),
+                time_points=int(image.nt),
+                tiles=int(image.n_mosaic),
+            )
+        check_declared(limits, name, scenes=sum(max(1, int(image.n_mosaic)) for image in images))
+        check_declared(limits, name, pages=sum(max(1, int(image.n_mosaic)) * max(1, int(image.nt)) for image in images))
         file_size = path.stat().st_size
         for i, image in enumerate(images):
             bits = int(max(image.bit_depth)) if image.bit_depth else 8
@@ -1122,7 +1703,13 @@ class LifMicroscopeFile(MicroscopeFile):
 class OifMicroscopeFile(MicroscopeFile):
     """Olympus FluoView OIB (one compound file) and OIF (a .oif file beside its .oif.files folder) through
     oiffile: one scene; each plane is one TIFF file inside, read alone. An OIF must keep its .oif name, which
-    is how the reader finds its folder."""
+    is how the reader finds its folder.
+
+    Bounded before a plane is listed: an OIB's compound document (:func:`_check_compound`, when the format is
+    told), the number of TIFF files, and the channels, z planes and time points their names declare
+    (LSM_MAX_PLANES). A plane's TIFF must hold a first page of the scene's size and samples, and only that page
+    is decoded: each strip or tile into a buffer of its declared size (tifffile), a strip or tile stored as a
+    picture (JPEG, PNG, ...) once its header is found no larger than the tile (:func:`check_segments`)."""
 
     def __init__(self, path: Path, name: str, limits: Limits, detail: Any = None, fmt: str = "OIB") -> None:
         import oiffile
@@ -1142,7 +1729,12 @@ class OifMicroscopeFile(MicroscopeFile):
     def _setup(self) -> None:
         oif = self._oif
         groups: dict[str, list[str]] = {}
-        for filename in oif.glob("*.tif"):
+        for count, filename in enumerate(oif.glob("*.tif"), start=1):
+            if count > self.limits.max_planes:
+                raise LsmError(
+                    f"{self.name} holds more than {self.limits.max_planes:,} TIFF files (one per plane); the limit "
+                    f"is {self.limits.max_planes:,} planes (LSM_MAX_PLANES)"
+                )
             key = "".join(ch for ch in PurePosixPath(filename.replace("\\", "/")).name[:-4] if ch.isalpha())
             groups.setdefault(key, []).append(filename)
         if not groups:
@@ -1155,18 +1747,20 @@ class OifMicroscopeFile(MicroscopeFile):
             axes = "".join(tifffile.TIFF.AXES_CODES.get(d.lower(), d[0].upper()) for d in dims)
         else:
             axes, shape, indices = "", (), [()]
-        self._index = {tuple(int(v) for v in ix): f for ix, f in zip(indices, files)}
         self._axes = axes
         self._shape = tuple(int(v) for v in shape)
+        dims_map = dict(zip(axes, self._shape))
+        self._t_axes = [a for a in axes if a not in "CZ"]
+        self._t_shape = tuple(dims_map[a] for a in self._t_axes)
+        size_t = int(np.prod(self._t_shape, dtype=object))  # Python integers: no overflow
+        n_c = int(dims_map.get("C", 1))
+        check_declared(self.limits, self.name, time_points=size_t, channels=n_c, z_planes=dims_map.get("Z", 1))
+        self._index = {tuple(int(v) for v in ix): f for ix, f in zip(indices, files)}
         with oif.open_file(files[0]) as fh, tifffile.TiffFile(fh) as tif:
             page = tif.pages.first
             height, width = int(page.imagelength), int(page.imagewidth)
             dtype = np.dtype(page.dtype)
-        dims_map = dict(zip(axes, self._shape))
-        self._t_axes = [a for a in axes if a not in "CZ"]
-        self._t_shape = tuple(dims_map[a] for a in self._t_axes)
-        size_t = int(np.prod(self._t_shape)) if self._t_shape else 1
-        n_c = int(dims_map.get("C", 1))
+            samples = int(page.samplesperpixel)
         main = oif.mainfile
         names = [str((main.get(f"Channel {i + 1} Parameters") or {}).get("DyeName", "")) for i in range(n_c)]
         size = None
@@ -1189,6 +1783,7 @@ class OifMicroscopeFile(MicroscopeFile):
                 channels=_names(names, n_c),
                 pixel_size_um=size,
                 pixel_size_origin=origin if size else None,
+                samples=samples,
             )
         )
 
@@ -1197,7 +1792,17 @@ class OifMicroscopeFile(MicroscopeFile):
         key = tuple(c if a == "C" else z if a == "Z" else next(t_index) for a in self._axes)
         if key not in self._index:
             raise LsmError(f"the plane t={t}, c={c}, z={z} is missing from the file")
-        return np.asarray(self._oif.asarray(self._index[key]))
+        with self._oif.open_file(self._index[key]) as fh, tifffile.TiffFile(fh) as tif:
+            page = tif.pages.first
+            stored = (int(page.imagelength), int(page.imagewidth), int(page.samplesperpixel))
+            if stored != (scene.sizes["Y"], scene.sizes["X"], scene.samples) or np.dtype(page.dtype) != scene.dtype:
+                raise LsmError(
+                    f"the plane t={t}, c={c}, z={z} is stored as {stored[1]} x {stored[0]} pixels of "
+                    f"{stored[2]} {page.dtype} sample(s) where the first plane is {scene.sizes['X']} x "
+                    f"{scene.sizes['Y']} of {scene.samples} {scene.dtype}; the file is inconsistent"
+                )
+            check_segments(page)  # a JPEG (PNG, ...) tile whose picture is larger than the tile: refused
+            return np.asarray(page.asarray())
 
     def close(self) -> None:
         self._oif.close()
@@ -1214,9 +1819,333 @@ def _open_oif(path: Path, name: str, limits: Limits, detail: Any = None) -> Micr
 # -------------------------------------------------------------------------------------------- OME-Zarr
 
 
+# Zarr files read here, not by zarr: zarr unpacks a chunk whole with whatever its codec makes of it (a 2.5 KB
+# OME-Zarr whose one 64 x 64 chunk unpacked to 1 GB took 3 GB). zarr reads the metadata (bounded by
+# ZARR_METADATA_BYTES a file); each chunk is read and decoded here (:class:`_ZarrArray`), every codec undone into
+# at most the chunk's declared size.
+ZARR_METADATA_BYTES = 4 << 20
+_ZARR_METADATA = frozenset({".zattrs", ".zarray", ".zgroup", ".zmetadata", "zarr.json"})
+_ZARR_CHUNKS_PER_PLANE = 1 << 20  # chunks one plane may cross (a 100 MP plane in chunks of 10 x 10 pixels)
+_ZARR_FILTERS = frozenset({"delta", "shuffle", "bitround"})  # v2 filters that keep a chunk's size
+_NO_CHUNK = 2**64 - 1  # a shard index entry of a chunk never written
+
+
+def _stored_cap(nbytes: int) -> int:
+    """The most bytes a chunk of ``nbytes`` may take as stored: every compressor's worst case is far below."""
+    return nbytes + nbytes // 8 + 65536
+
+
+def _too_much(what: str, cap: int) -> LsmError:
+    return LsmError(
+        f"{what} unpacks to more than its declared {cap:,} bytes: the file is damaged or built to exhaust memory; "
+        "refused"
+    )
+
+
+def _codec_name(codec: dict[str, Any]) -> str:
+    return str(codec.get("id") or codec.get("name") or "?")
+
+
+def _inflate(codec: dict[str, Any], data: bytes | memoryview, cap: int, what: str) -> bytes | memoryview:
+    """One compressor of a Zarr chunk (v2 ``compressor`` or a v3 bytes-to-bytes codec) undone, streaming, into
+    never more than ``cap`` bytes (the chunk's declared size): LsmError when the stream holds more (or is no
+    stream of this codec)."""
+    import bz2
+    import lzma
+    import zlib
+
+    name = _codec_name(codec)
+    config = codec.get("configuration", codec) or {}
+    out: bytes | memoryview
+    if name in ("zlib", "gzip"):
+        parts, left, rest = [], cap + 1, data
+        while rest:  # a gzip stream may be several members one after the other
+            unpack = zlib.decompressobj(zlib.MAX_WBITS | 32)  # zlib or gzip header, told from the stream
+            part = unpack.decompress(rest, left)
+            parts.append(part)
+            left -= len(part)
+            if left <= 0:
+                raise _too_much(what, cap)
+            if not unpack.eof:
+                raise LsmError(f"{what} is cut short (its {name} stream does not end)")
+            rest = unpack.unused_data if name == "gzip" else b""
+        out = b"".join(parts)
+    elif name in ("bz2", "lzma"):
+        if name == "bz2":
+            unpacker: Any = bz2.BZ2Decompressor()
+        elif int(config.get("format", 1) or 1) == 3:  # raw LZMA: the filters are in the metadata
+            filters = [dict(f) for f in (config.get("filters") or [])]
+            unpacker = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=filters)
+        else:
+            unpacker = lzma.LZMADecompressor()
+        out = unpacker.decompress(data, cap + 1)
+        if len(out) > cap:
+            raise _too_much(what, cap)
+    elif name == "zstd":
+        import imagecodecs
+
+        try:
+            out = bytes(imagecodecs.zstd_decode(bytes(data), out=cap))  # into a buffer of cap bytes, at most
+        except imagecodecs.ZstdError as exc:
+            if "too small" in str(exc):
+                raise _too_much(what, cap) from None
+            raise
+    elif name == "blosc":
+        from numcodecs import Blosc
+
+        if len(data) < 16:
+            raise LsmError(f"{what} is cut short (no blosc header)")
+        nbytes, _, cbytes = struct.unpack("<III", data[4:16])
+        if nbytes > cap:
+            raise _too_much(what, cap)
+        if cbytes > len(data):
+            raise LsmError(f"{what} is cut short (its blosc header says {cbytes:,} bytes; {len(data):,} are stored)")
+        out = memoryview(Blosc().decode(data, out=np.empty(nbytes, np.uint8)))
+    elif name == "lz4":
+        from numcodecs import LZ4
+
+        nbytes = int.from_bytes(data[:4], "little") if len(data) >= 4 else 0
+        if nbytes > cap:
+            raise _too_much(what, cap)
+        out = memoryview(LZ4().decode(data, out=np.empty(nbytes, np.uint8)))
+    else:
+        raise LsmError(
+            f"this OME-Zarr is compressed with {name}, which is not read here (blosc, zstd, zlib, gzip, lz4, bz2 "
+            "and lzma are); save it again with one of those, or as OME-TIFF"
+        )
+    return out
+
+
+class _ZarrSource:
+    """The files of an OME-Zarr, a folder or a ZIP of one, read here with bounds: a file is read only when its
+    declared size is within what its use allows (a chunk: its stored bound; see :func:`_stored_cap`), and a ZIP
+    member is unpacked a piece at a time, never beyond its declared size (:func:`images.read_member`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._zip: zipfile.ZipFile | None = None
+        self._members: dict[str, zipfile.ZipInfo] = {}
+        if not path.is_dir():
+            self._zip = zipfile.ZipFile(path)
+            self._members = {m.filename: m for m in self._zip.infolist() if not m.is_dir()}
+
+    def size(self, key: str) -> int | None:
+        if self._zip is not None:
+            member = self._members.get(key)
+            return None if member is None else int(member.file_size)
+        file = self.path / key
+        return file.stat().st_size if file.is_file() else None
+
+    def read(self, key: str, cap: int, what: str, start: int = 0, length: int | None = None) -> bytes | None:
+        """The bytes of ``key`` (from ``start``, ``length`` of them), None when there is no such file;
+        LsmError when what would be read is over ``cap`` bytes."""
+        from lsm_core.imaging.images import read_member
+
+        size = self.size(key)
+        if size is None:
+            return None
+        length = size - start if length is None else length
+        if length > cap:
+            raise LsmError(f"{what} is stored in {length:,} bytes, more than {cap:,} for its declared size; refused")
+        if start < 0 or start + length > size:
+            raise LsmError(f"{what} lies outside its file ({start:,} + {length:,} of {size:,} bytes)")
+        if self._zip is not None:
+            return read_member(self._zip, self._members[key], cap, start, length)
+        with open(self.path / key, "rb") as fh:
+            fh.seek(start)
+            return fh.read(length)
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+
+
+class _ZarrArray:
+    """One Zarr array (v2, or v3 with sharding or without) read here from its own metadata: its chunks crossing
+    a plane, each decoded into at most its declared size (:func:`_inflate`), whatever its stream holds."""
+
+    def __init__(self, source: _ZarrSource, array: Any) -> None:
+        import json
+
+        self.source = source
+        self.path = str(array.path).strip("/")
+        self.shape = tuple(int(v) for v in array.shape)
+        fill = array.fill_value
+        v3 = int(array.metadata.zarr_format) == 3
+        name = f"{self.path}/zarr.json" if v3 else f"{self.path}/.zarray"
+        raw = source.read(name.lstrip("/"), ZARR_METADATA_BYTES, f"the Zarr metadata {name}")
+        if raw is None:
+            raise LsmError(f"the OME-Zarr has no {name}")
+        meta = json.loads(raw)
+        self.shard: tuple[int, ...] | None = None  # a shard's shape (v3 sharding), its chunks being self.chunks
+        self.index_codecs: list[dict[str, Any]] = []
+        self.index_at_end = True
+        self.transpose: tuple[int, ...] | None = None
+        if not v3:
+            self.dtype = np.dtype(meta["dtype"])
+            self.chunks = tuple(int(v) for v in meta["chunks"])
+            self.order = str(meta.get("order") or "C")
+            separator = str(meta.get("dimension_separator") or ".")
+            self._prefix, self._separator = "", separator
+            self.codecs = [meta["compressor"]] if meta.get("compressor") else []
+            filters = [f for f in (meta.get("filters") or [])]
+            unknown = [_codec_name(f) for f in filters if _codec_name(f) not in _ZARR_FILTERS]
+            if unknown:
+                raise LsmError(
+                    f"this OME-Zarr uses the filter {unknown[0]}, which is not read here; save it again without "
+                    "filters, or as OME-TIFF"
+                )
+            self.filters = filters
+        else:
+            grid = meta.get("chunk_grid") or {}
+            if grid.get("name") != "regular":
+                raise LsmError(f"this OME-Zarr's chunk grid {grid.get('name')!r} is not read here (only 'regular')")
+            outer = tuple(int(v) for v in grid["configuration"]["chunk_shape"])
+            encoding = meta.get("chunk_key_encoding") or {"name": "default"}
+            separator = str((encoding.get("configuration") or {}).get("separator") or "")
+            if encoding.get("name") == "v2":
+                self._prefix, self._separator = "", separator or "."
+            else:
+                self._prefix, self._separator = "c", separator or "/"
+            self.order, self.filters = "C", []
+            codecs = list(meta.get("codecs") or [])
+            if codecs and _codec_name(codecs[0]) == "sharding_indexed" and len(codecs) == 1:
+                config = codecs[0].get("configuration") or {}
+                self.shard = outer
+                self.chunks = tuple(int(v) for v in config["chunk_shape"])
+                if any(s % c for s, c in zip(self.shard, self.chunks)):
+                    raise LsmError("this OME-Zarr's shards are not a whole number of chunks")
+                codecs = list(config.get("codecs") or [])
+                self.index_codecs = list(config.get("index_codecs") or [])
+                self.index_at_end = config.get("index_location", "end") != "start"
+                kinds = [_codec_name(c) for c in self.index_codecs]
+                if kinds not in (["bytes"], ["bytes", "crc32c"]):
+                    raise LsmError(f"this OME-Zarr's shard index is stored with {kinds}, which is not read here")
+            else:
+                self.chunks = outer
+            endian = "little"
+            self.codecs = []
+            for codec in codecs:
+                kind = _codec_name(codec)
+                config = codec.get("configuration") or {}
+                if kind == "transpose":
+                    self.transpose = tuple(int(v) for v in config["order"])
+                elif kind == "bytes":
+                    endian = str(config.get("endian") or "little")
+                elif kind == "sharding_indexed":
+                    raise LsmError("this OME-Zarr shards its shards, which is not read here")
+                else:
+                    self.codecs.append(codec)
+            dtype = meta.get("data_type")
+            if not isinstance(dtype, str):
+                raise LsmError(f"this OME-Zarr's data type {dtype!r} is not read here")
+            self.dtype = np.dtype(dtype).newbyteorder("<" if endian == "little" else ">")
+        if self.dtype.kind not in "biuf" or len(self.chunks) != len(self.shape) or min(self.chunks, default=1) < 1:
+            raise LsmError(f"this OME-Zarr's array ({self.dtype}, chunks {self.chunks}) is not read here")
+        self.fill = 0 if fill is None else fill
+        self._index: tuple[str, np.ndarray | None] | None = None  # the last shard index read
+
+    @property
+    def chunk_bytes(self) -> int:
+        return int(np.prod(self.chunks, dtype=np.int64)) * self.dtype.itemsize
+
+    @property
+    def index_bytes(self) -> int:
+        """The bytes of one shard's index (0 without sharding)."""
+        if self.shard is None:
+            return 0
+        per = int(np.prod([s // c for s, c in zip(self.shard, self.chunks)], dtype=np.float64))
+        return 16 * per + (4 if len(self.index_codecs) > 1 else 0)
+
+    def _key(self, coords: tuple[int, ...]) -> str:
+        parts = [str(v) for v in coords]
+        if self._prefix:
+            parts.insert(0, self._prefix)
+        return f"{self.path}/{self._separator.join(parts) or '0'}".lstrip("/")
+
+    def _stored(self, coords: tuple[int, ...], what: str) -> bytes | None:
+        """The stored bytes of the chunk at ``coords`` (counted in chunks), None when it was never written."""
+        cap = _stored_cap(self.chunk_bytes)
+        if self.shard is None:
+            return self.source.read(self._key(coords), cap, what)
+        per = tuple(s // c for s, c in zip(self.shard, self.chunks))
+        key = self._key(tuple(c // p for c, p in zip(coords, per)))
+        if self._index is None or self._index[0] != key:
+            size = self.source.size(key)
+            index = None
+            if size is not None:
+                n = self.index_bytes
+                raw = self.source.read(key, n, f"the index of shard {key}", size - n if self.index_at_end else 0, n)
+                index = np.frombuffer(raw or b"", "<u8", count=(n // 16) * 2).reshape(-1, 2)
+            self._index = (key, index)
+        index = self._index[1]
+        if index is None:
+            return None
+        k = int(np.ravel_multi_index(tuple(c % p for c, p in zip(coords, per)), per))
+        offset, nbytes = (int(v) for v in index[k])
+        if offset == _NO_CHUNK and nbytes == _NO_CHUNK:
+            return None
+        return self.source.read(key, cap, what, offset, nbytes)
+
+    def chunk(self, coords: tuple[int, ...]) -> np.ndarray | None:
+        """The chunk at ``coords`` decoded (its whole shape, in native byte order), None when never written."""
+        what = f"the chunk {self._key(coords)} of the OME-Zarr"
+        data: bytes | memoryview | None = self._stored(coords, what)
+        if data is None:
+            return None
+        cap = self.chunk_bytes
+        for codec in reversed(self.codecs):
+            if _codec_name(codec) == "crc32c":
+                data = data[:-4]
+            else:
+                data = _inflate(codec, data, cap, what)
+        for spec in reversed(self.filters):
+            import numcodecs
+
+            data = numcodecs.get_codec(dict(spec)).decode(data)
+            data = np.asarray(data).tobytes() if not isinstance(data, bytes) else data
+            if len(data) > cap:
+                raise _too_much(what, cap)
+        if len(data) != cap:
+            raise LsmError(f"{what} holds {len(data):,} bytes where its shape and type take {cap:,}: it is damaged")
+        shape = self.chunks if self.transpose is None else tuple(self.chunks[i] for i in self.transpose)
+        block = np.frombuffer(data, self.dtype).reshape(shape, order="F" if self.order == "F" else "C")
+        if self.transpose is not None:
+            block = block.transpose(np.argsort(self.transpose))
+        return block.astype(self.dtype.newbyteorder("="), copy=False)
+
+    def plane(self, index: dict[int, int], iy: int, ix: int) -> np.ndarray:
+        """The (Y, X) plane at ``index`` (array axis -> position, every axis but ``iy`` and ``ix``), chunk by
+        chunk; what no chunk holds is the fill value."""
+        ny, nx, cy, cx = self.shape[iy], self.shape[ix], self.chunks[iy], self.chunks[ix]
+        rows, cols = -(-ny // cy), -(-nx // cx)
+        if rows * cols > _ZARR_CHUNKS_PER_PLANE:
+            raise LsmError(
+                f"a plane of this OME-Zarr crosses {rows * cols:,} chunks of {cy} x {cx} pixels; at most "
+                f"{_ZARR_CHUNKS_PER_PLANE:,} are read: save it with larger chunks"
+            )
+        native = self.dtype.newbyteorder("=")
+        out = np.full((ny, nx), self.fill, native)
+        for r in range(rows):
+            for q in range(cols):
+                coords = tuple(
+                    r if a == iy else q if a == ix else index[a] // self.chunks[a] for a in range(len(self.shape))
+                )
+                block = self.chunk(coords)
+                if block is None:
+                    continue
+                sel = tuple(slice(None) if a in (iy, ix) else index[a] % self.chunks[a] for a in range(len(self.shape)))
+                part = block[sel]  # 2-D, in the array's order of Y and X
+                if ix < iy:
+                    part = part.T
+                h, w = min(cy, ny - r * cy), min(cx, nx - q * cx)
+                out[r * cy : r * cy + h, q * cx : q * cx + w] = part[:h, :w]
+        return out
+
+
 @dataclass(frozen=True)
 class _ZarrImage:
-    array: Any
+    array: _ZarrArray
     axes: str  # one letter per array axis: T C Z Y X, or "t" for any other axis (folded into T)
 
 
@@ -1232,8 +2161,12 @@ class ZarrMicroscopeFile(MicroscopeFile):
 
         super().__init__(path, name, limits)
         self.reader = _version("zarr")
-        self._store: Any
+        self._store: Any = None
+        self._source: _ZarrSource | None = None
         if path.is_dir():
+            self._check_metadata(
+                (str(f.relative_to(path)), f.stat().st_size) for f in path.rglob("*") if f.name in _ZARR_METADATA
+            )
             self._store = zarr.storage.LocalStore(str(path), read_only=True)
             root_path = ""
         else:
@@ -1241,8 +2174,10 @@ class ZarrMicroscopeFile(MicroscopeFile):
             self._store = zarr.storage.ZipStore(str(path), mode="r")
             root_path = str(detail or "")
         try:
+            self._source = _ZarrSource(path)
             root = zarr.open_group(store=self._store, path=root_path, mode="r")
             self._images: list[_ZarrImage] = []
+            self._planes = 0  # declared by the images so far (LSM_MAX_PLANES bounds them all together)
             for label, group in self._image_groups(root):
                 self._add(label, group)
             if not self.scenes:
@@ -1265,14 +2200,28 @@ class ZarrMicroscopeFile(MicroscopeFile):
                 f"the ZIP would unpack to {declared / 1e9:,.2f} GB; the limit is "
                 f"{self.limits.max_archive_bytes / 1e9:,.2f} GB (LSM_MAX_ARCHIVE_BYTES)"
             )
-        # zarr unpacks a chunk's whole member to read it: each is bounded like a file (zipfile never gives
-        # more than the size declared)
+        # zarr unpacks its metadata files whole (bounded: _check_metadata); chunks are read here, each within
+        # the bound its declared size gives (_ZarrArray), and no member is unpacked beyond its declared size
         biggest = max((m.file_size for m in members), default=0)
         if biggest > self.limits.max_file_bytes:
             raise LsmError(
                 f"a member of the ZIP unpacks to {_megabytes(biggest)}; the limit for one file is "
                 f"{_megabytes(self.limits.max_file_bytes)} (LSM_MAX_FILE_BYTES)"
             )
+        self._check_metadata(
+            (m.filename, m.file_size) for m in members if PurePosixPath(m.filename).name in _ZARR_METADATA
+        )
+
+    @staticmethod
+    def _check_metadata(files: Iterable[tuple[str, int]]) -> None:
+        """LsmError when a metadata file (.zattrs, .zarray, .zgroup, .zmetadata, zarr.json), which zarr reads
+        whole and parses, is over ZARR_METADATA_BYTES."""
+        for name, size in files:
+            if size > ZARR_METADATA_BYTES:
+                raise LsmError(
+                    f"the Zarr metadata file {name} declares {_megabytes(size)}; at most "
+                    f"{_megabytes(ZARR_METADATA_BYTES)} are read (an OME-Zarr's metadata takes a few KB)"
+                )
 
     @staticmethod
     def _attrs(group: Any) -> dict[str, Any]:
@@ -1288,15 +2237,22 @@ class ZarrMicroscopeFile(MicroscopeFile):
         if "multiscales" in attrs:
             yield (attrs["multiscales"][0].get("name") if attrs["multiscales"] else None), root
             return
+        what, found = "the OME-Zarr", 0
         if "plate" in attrs:
-            for well in attrs["plate"].get("wells", []):
+            wells = attrs["plate"].get("wells", [])
+            check_declared(self.limits, what, wells=len(wells))
+            for well in wells:
                 well_group = root[well["path"]]
-                for image in self._attrs(well_group).get("well", {}).get("images", []):
+                images = self._attrs(well_group).get("well", {}).get("images", [])
+                found += len(images)
+                check_declared(self.limits, what, scenes=found)  # before a scene is made of any
+                for image in images:
                     yield f"{well['path']}/{image['path']}", well_group[image["path"]]
             return
         if "bioformats2raw.layout" in attrs:
             i = 0
             while str(i) in root:
+                check_declared(self.limits, what, series=i + 1)
                 group = root[str(i)]
                 multiscales = self._attrs(group).get("multiscales") or [{}]
                 yield multiscales[0].get("name") or str(i), group
@@ -1319,9 +2275,13 @@ class ZarrMicroscopeFile(MicroscopeFile):
         if "Y" not in letters or "X" not in letters:
             raise LsmError(f"the OME-Zarr image has axes {names}, without y and x")
         dims = dict(zip(letters, shape))
-        size_t = (
-            int(np.prod([s for a, s in zip(letters, shape) if a in "Tt"])) if any(a in "Tt" for a in letters) else 1
-        )
+        size_t = math.prod(s for a, s in zip(letters, shape) if a in "Tt")
+        n_c = int(dims.get("C", 1))
+        # before a list, a loop or a row is made per plane (a 934-byte OME-Zarr declaring 20,000,000 channels
+        # built a channel list of as many names)
+        check_declared(self.limits, "the OME-Zarr", channels=n_c, z_planes=dims.get("Z", 1), time_points=size_t)
+        self._planes += n_c * dims.get("Z", 1) * size_t
+        check_declared(self.limits, "the OME-Zarr", planes=self._planes)
         scale = [1.0] * len(shape)
         for transforms in (dataset.get("coordinateTransformations"), multiscale.get("coordinateTransformations")):
             for tr in transforms or []:
@@ -1331,9 +2291,9 @@ class ZarrMicroscopeFile(MicroscopeFile):
         fy, fx = _um_per_unit(units[iy]), _um_per_unit(units[ix])
         size = _pair(scale[iy] * fy, scale[ix] * fx) if fy and fx else None
         omero = attrs.get("omero") or {}
-        channel_names = [ch.get("label", "") for ch in omero.get("channels", [])]
-        n_c = int(dims.get("C", 1))
-        self._images.append(_ZarrImage(array, letters))
+        channel_names = [ch.get("label", "") for ch in omero.get("channels", [])[:n_c]]
+        assert self._source is not None
+        self._images.append(_ZarrImage(_ZarrArray(self._source, array), letters))
         self.scenes.append(
             Scene(
                 index=len(self.scenes),
@@ -1347,30 +2307,31 @@ class ZarrMicroscopeFile(MicroscopeFile):
         )
 
     def _unit_bytes(self, scene: int) -> tuple[int, str]:
-        image = self._images[scene]
-        chunks = tuple(int(v) for v in image.array.chunks)
-        nbytes = int(np.prod(chunks)) * int(np.dtype(image.array.dtype).itemsize)
-        return nbytes, f"one Zarr chunk of shape {chunks}"
+        array = self._images[scene].array
+        if array.shard is not None:
+            return (
+                array.chunk_bytes + array.index_bytes,
+                f"one Zarr chunk of shape {array.chunks} and the index of its shard of shape {array.shard}",
+            )
+        return array.chunk_bytes, f"one Zarr chunk of shape {array.chunks}"
 
     def _read(self, scene: Scene, t: int, c: int, z: int) -> np.ndarray:
         image = self._images[scene.index]
         t_shape = tuple(int(s) for a, s in zip(image.axes, image.array.shape) if a in "Tt")
         t_index = iter(int(v) for v in np.unravel_index(t, t_shape)) if t_shape else iter(())
-        sel: list[Any] = []
-        for axis in image.axes:
-            if axis in "YX":
-                sel.append(slice(None))
-            else:
-                sel.append(c if axis == "C" else z if axis == "Z" else next(t_index))
-        arr = np.asarray(image.array[tuple(sel)])
-        if image.axes.index("Y") > image.axes.index("X"):
-            arr = arr.T
-        return arr
+        index = {
+            i: c if axis == "C" else z if axis == "Z" else next(t_index)
+            for i, axis in enumerate(image.axes)
+            if axis not in "YX"
+        }
+        return image.array.plane(index, image.axes.index("Y"), image.axes.index("X"))
 
     def close(self) -> None:
         close = getattr(self._store, "close", None)
         if close is not None:
             close()
+        if self._source is not None:
+            self._source.close()
 
 
 # -------------------------------------------------------------------------------------------- PNG/JPEG

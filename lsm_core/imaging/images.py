@@ -28,9 +28,12 @@ Bounds
 ------
 Pixel counts are checked from the header before any decoding; ZIP archives are checked for their number of
 members and unpacked size (as declared; zipfile never unpacks more than a member declares), and members with
-absolute paths, ``..``
-components or symbolic links are refused. Every bad file becomes an :class:`ImageRecord` with ``error`` set
-to a plain-language message; the other files go on.
+absolute paths, ``..`` components or symbolic links are refused, as are members that unpack to over
+:data:`BOMB_FLOOR` bytes from over :data:`BOMB_RATIO` times fewer. A member is unpacked a piece at a time
+(:func:`read_member`), its first bytes first: one that is no image is refused before the rest is unpacked.
+Counts a file declares (channels, z planes, time points, scenes, series, pages) are bounded by
+``Limits.max_planes`` (:func:`check_declared`) before anything is made per plane. Every bad file becomes an
+:class:`ImageRecord` with ``error`` set to a plain-language message; the other files go on.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ MAX_REPORTER_CHANNELS = 16  # measured per cell beside the classified channel; m
 class Limits:
     """Bounds applied before anything is decoded or unpacked (a lab changes them in its settings:
     LSM_MAX_IMAGE_PIXELS, LSM_MAX_IMAGE_BYTES, LSM_MAX_FILE_BYTES, LSM_MAX_ARCHIVE_MEMBERS,
-    LSM_MAX_ARCHIVE_BYTES; see lsm_core.lab.settings).
+    LSM_MAX_ARCHIVE_BYTES, LSM_MAX_PLANES; see lsm_core.lab.settings).
 
     ``max_image_bytes`` bounds the memory one decoded page takes: width x height x samples x bytes per sample
     as stored, plus its float32 grey copy. Pages are decoded one at a time, so this is the memory an image
@@ -79,6 +82,9 @@ class Limits:
     max_file_bytes: int = 2 * 1024**3
     max_archive_members: int = 20_000
     max_archive_bytes: int = 4 * 1024**3
+    # planes one file may declare: each count (channels, z planes, time points, scenes, series, pages) and
+    # their product, checked from the headers before anything is built per plane (check_declared)
+    max_planes: int = 20_000
 
 
 # Files that operating systems add to folders and archives; never images, never worth an error.
@@ -104,12 +110,36 @@ class ImageRecord:
     pixel_size_um: float | None = None  # what the file states (None: nothing; the user's or the model's applies)
     pixel_size_origin: str | None = None
     channel: str | None = None
+    lacks: str | None = None  # the channel or z plane asked for that this page does not have (its error too)
     others: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # the other channels' planes
     signal: list[ChannelSignal] = field(default_factory=list, repr=False)  # measured in its cells
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+def check_declared(limits: Limits, what: str = "the file", **counts: int) -> None:
+    """LsmError when a count a file's headers declare (``channels=3, z_planes=10, time_points=1, ...``), or
+    their product, is above ``limits.max_planes`` (LSM_MAX_PLANES): called by every reader before it builds a
+    list, a loop or a row per plane, so a few bytes that declare millions of planes cost nothing.
+
+    >>> check_declared(Limits(max_planes=100), "a.ome.zarr", channels=3, time_points=1_000_000)
+    Traceback (most recent call last):
+    lsm_core.errors.LsmError: a.ome.zarr declares 1,000,000 time points; the limit is 100 planes (LSM_MAX_PLANES)
+    """
+    total = 1
+    for name, n in counts.items():
+        n = int(n)
+        words = name.replace("_", " ")
+        if n > limits.max_planes:
+            raise LsmError(f"{what} declares {n:,} {words}; the limit is {limits.max_planes:,} planes (LSM_MAX_PLANES)")
+        total *= max(1, n)
+    if total > limits.max_planes:
+        listed = " x ".join(f"{int(n):,} {name.replace('_', ' ')}" for name, n in counts.items())
+        raise LsmError(
+            f"{what} declares {total:,} planes ({listed}); the limit is {limits.max_planes:,} (LSM_MAX_PLANES)"
+        )
 
 
 def _sniff(data: bytes) -> str:
@@ -352,6 +382,13 @@ class ImageReader:
         """Why page ``index`` cannot be read, when its headers already say so."""
         return None
 
+    def lacks(self, index: int, options: ReadOptions | None) -> str | None:
+        """What of ``options`` page ``index`` does not have (a channel or z plane asked for), from its headers;
+        None when it has all of it. A file of one plane has z plane 0 only, and its one channel."""
+        if options is not None and options.z not in (None, 0):
+            return f"z plane {options.z} was asked for; this image has 1 (counted from 0)"
+        return None
+
     def read(self, index: int) -> tuple[np.ndarray, int]:
         """The raw samples of page ``index`` ((H, W) or (H, W, S)) and their significant bits."""
         raise NotImplementedError
@@ -437,9 +474,13 @@ class TiffReader(ImageReader):
             n_pages = len(self._tif.pages)
         except Exception as exc:  # tifffile raises many types for broken headers
             raise LsmError(_damaged(exc)) from None
-        if n_pages > limits.max_archive_members:
+        try:
+            if n_pages > limits.max_archive_members:
+                raise LsmError(f"the TIFF has {n_pages:,} pages; the limit is {limits.max_archive_members:,}")
+            check_declared(limits, "the TIFF", pages=n_pages)
+        except LsmError:
             self._tif.close()
-            raise LsmError(f"the TIFF has {n_pages:,} pages; the limit is {limits.max_archive_members:,}")
+            raise
         if n_pages == 0:
             self._tif.close()
             raise LsmError("the TIFF holds no readable image (no page in it could be read)")
@@ -491,9 +532,14 @@ class TiffReader(ImageReader):
     def read(self, index: int) -> tuple[np.ndarray, int]:
         if index in self._errors:
             raise LsmError(self._errors[index])
+        from lsm_core.imaging.formats import check_segments
+
         try:
             page = self._tif.pages[index]
+            check_segments(page)  # a tile that is a picture larger than the tile is refused before decoding
             arr = page.asarray()
+        except LsmError:
+            raise
         except Exception as exc:
             raise LsmError(_damaged(exc)) from None
         if "S" in page.axes and page.axes.index("S") == 0 and arr.ndim == 3:
@@ -537,9 +583,15 @@ class FormatReader(ImageReader):
                 raise
         self.format = self._file.format
         self.pages, self._where, self._errors = [], [], {}
+        self._lacks: dict[int, str] = {}  # pages without the channel or z plane asked for
         scenes = self._file.scenes
         for scene in scenes:
             channel, problem = self._channel(scene)
+            lacks = problem if problem and self._asked_channel() else None
+            depth, z = scene.sizes["Z"], self.options.z
+            if z is not None and not 0 <= z < depth:
+                lacks = lacks or f"z plane {z} was asked for; this image has {depth} (counted from 0)"
+                problem = problem or lacks
             info = scene.plane_info
             size, square = scene.pixel_size_um, True
             if size is not None and abs(size[0] - size[1]) > 0.01 * size[1]:
@@ -565,13 +617,21 @@ class FormatReader(ImageReader):
                 self._where.append((scene.index, t, channel))
                 if problem:
                     self._errors[index] = problem
+                if lacks:
+                    self._lacks[index] = lacks
+
+    def _asked_channel(self) -> bool:
+        return self.options.channel is not None and str(self.options.channel).strip() != ""
+
+    def lacks(self, index: int, options: ReadOptions | None = None) -> str | None:
+        return self._lacks.get(index)
 
     def _channel(self, scene) -> tuple[int | None, str | None]:
         from lsm_core.imaging.formats import transmitted_channel
 
         names = scene.channels
         wanted = self.options.channel
-        if wanted is not None and str(wanted).strip() != "":
+        if self._asked_channel():
             text = str(wanted).strip()
             for i, n in enumerate(names):
                 if n and n.lower() == text.lower():
@@ -777,7 +837,8 @@ def inspect(raw: RawFile, limits: Limits | None = None, options: ReadOptions | N
         for info in reader.pages:
             record = _record(raw, info, digest)
             try:
-                problem = reader.error(info.index)
+                record.lacks = reader.lacks(info.index, options)
+                problem = reader.error(info.index) or record.lacks
                 if problem:
                     raise LsmError(problem)
                 info.check(limits)
@@ -940,6 +1001,77 @@ def iter_zip_members(name: str, fileobj, limits: Limits | None = None, only_imag
         )
 
 
+# ZIP members are unpacked a piece at a time into a buffer of their declared size, never more (zipfile stops at
+# the declared size, and a stream longer than declared fails its CRC there): memory is the member's declared size.
+MEMBER_PIECE = 1 << 20
+# A member that unpacks to more than BOMB_FLOOR bytes from over BOMB_RATIO times fewer in the archive is a bomb, not
+# an image (a microscope image packs two to five times at best; a blank one up to a hundred): refused from the
+# archive's directory alone. A 1.1 MB ZIP of three 386 MB members of zeros took 0.94 GB when this applied only
+# above LSM_MAX_IMAGE_BYTES.
+BOMB_RATIO = 100
+BOMB_FLOOR = 16 << 20
+
+
+def read_member(
+    archive: zipfile.ZipFile, member: zipfile.ZipInfo, cap: int | None = None, start: int = 0, length: int | None = None
+) -> bytes:
+    """The unpacked bytes of one archive member (``length`` of them from ``start``; default: all), read
+    ``MEMBER_PIECE`` at a time into one growing buffer (no second copy of the whole): never more than its
+    declared size, and LsmError before anything is unpacked when what would be read is over ``cap``. zipfile's
+    own errors (a CRC mismatch: a stream longer or other than declared; encryption) pass through."""
+    size = member.file_size
+    want = max(0, min(size - start, size if length is None else length))
+    if cap is not None and want > cap:
+        raise LsmError(
+            f"the archive member {clean_name(member.filename)!r} declares {want:,} bytes; at most {cap:,} are read"
+        )
+    out = io.BytesIO()
+    with archive.open(member) as fh:
+        skip = start
+        while skip > 0:  # unpacked and dropped, a piece at a time
+            piece = fh.read(min(MEMBER_PIECE, skip))
+            if not piece:
+                break
+            skip -= len(piece)
+        while out.tell() < want:
+            piece = fh.read(min(MEMBER_PIECE, want - out.tell()))
+            if not piece:
+                break
+            out.write(piece)
+    if out.tell() < want:
+        raise zipfile.BadZipFile(f"the member ends after {start + out.tell():,} of its {size:,} bytes")
+    return out.getvalue()  # the buffer itself, not a copy (io.BytesIO hands it over when nothing else holds it)
+
+
+def _archive_bytes(fileobj) -> int | None:
+    try:
+        where = fileobj.tell()
+        end = fileobj.seek(0, os.SEEK_END)
+        fileobj.seek(where)
+        return int(end)
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _member_problem(member: zipfile.ZipInfo, limits: Limits) -> str | None:
+    """Why a member is refused from the archive's directory alone, before anything of it is unpacked."""
+    problem = _unsafe_member(member.filename)
+    if problem is None and member.file_size > limits.max_file_bytes:
+        problem = (
+            f"unpacks to {_megabytes(member.file_size)}; the limit for one file is "
+            f"{_megabytes(limits.max_file_bytes)} (LSM_MAX_FILE_BYTES)"
+        )
+    packed = max(1, member.compress_size)
+    if problem is None and member.file_size > BOMB_FLOOR and member.file_size > BOMB_RATIO * packed:
+        problem = (
+            f"unpacks to {_megabytes(member.file_size)} from {member.compress_size:,} bytes in the archive (over "
+            f"{BOMB_RATIO} times smaller packed than unpacked: no microscope image compresses so well); refused"
+        )
+    if problem is None and stat.S_ISLNK(member.external_attr >> 16):
+        problem = "is a symbolic link; refused"
+    return problem
+
+
 def _zip_members(name: str, fileobj, limits: Limits, only_images: bool, skipped: list[str]) -> Iterator[RawFile]:
     try:
         archive = zipfile.ZipFile(fileobj)
@@ -963,27 +1095,18 @@ def _zip_members(name: str, fileobj, limits: Limits, only_images: bool, skipped:
                 f"{limits.max_archive_bytes / 1e9:,.2f} GB (LSM_MAX_ARCHIVE_BYTES). Split it.",
             )
             return
+        size = _archive_bytes(fileobj)
+        packed = sum(m.compress_size for m in archive.infolist())
+        if size is not None and packed > size:  # members that overlap, or sizes that lie: the ratio would too
+            yield RawFile(
+                name,
+                error=f"the ZIP archive is damaged (its members claim {packed:,} packed bytes in an archive of "
+                f"{size:,})",
+            )
+            return
         for member in members:
             source = f"{name}/{clean_name(member.filename)}"
-            problem = _unsafe_member(member.filename)
-            if problem is None and member.file_size > limits.max_file_bytes:
-                problem = (
-                    f"unpacks to {_megabytes(member.file_size)}; the limit for one file is "
-                    f"{_megabytes(limits.max_file_bytes)} (LSM_MAX_FILE_BYTES)"
-                )
-            if (
-                problem is None
-                and member.file_size > limits.max_image_bytes
-                and member.file_size > 100 * max(1, member.compress_size)
-            ):  # read whole into memory below: a member this large and this compressible is a bomb, not an image
-                problem = (
-                    f"unpacks to {_megabytes(member.file_size)} from {_megabytes(member.compress_size)} in the "
-                    f"archive (more than {_megabytes(limits.max_image_bytes)}, LSM_MAX_IMAGE_BYTES, and over 100 "
-                    "times smaller packed than unpacked: no microscope image compresses so well); refused"
-                )
-            mode = member.external_attr >> 16
-            if problem is None and stat.S_ISLNK(mode):
-                problem = "is a symbolic link; refused"
+            problem = _member_problem(member, limits)
             if problem:
                 yield RawFile(source, error=f"archive member {clean_name(member.filename)!r} {problem}")
                 continue
@@ -992,20 +1115,35 @@ def _zip_members(name: str, fileobj, limits: Limits, only_images: bool, skipped:
                 skipped.append(clean_name(PurePosixPath(member.filename).name, 60))
                 continue
             try:
-                # zipfile never returns more than the member's declared size (it raises on a mismatch),
-                # and the declared sizes were bounded above: this read is bounded too.
-                with archive.open(member) as fh:
-                    data = fh.read()
+                # its first bytes tell what it is: a member that is no image is refused before the rest is unpacked
+                head = read_member(archive, member, length=4096)
+                problem = _not_an_image(head)
+                data = read_member(archive, member) if problem is None and len(head) < member.file_size else head
             except RuntimeError as exc:  # encrypted
                 yield RawFile(source, error=f"could not be read from the archive ({exc})")
                 continue
             except Exception as exc:  # BadZipFile, CRC mismatch, zlib/lzma/bz2 errors: only this member
                 yield RawFile(source, error=f"the archive member is damaged ({type(exc).__name__}: {exc})")
                 continue
-            if _sniff(data) == "zip":
-                yield RawFile(source, error="a ZIP inside a ZIP is not read; unpack the inner archive first")
+            if problem:
+                yield RawFile(source, error=problem)
                 continue
             yield RawFile(source, data)
+
+
+def _not_an_image(head: bytes) -> str | None:
+    """Why bytes that start with ``head`` are no image read here (text, an unknown format, a ZIP in a ZIP);
+    None when they may be one."""
+    if not head:
+        return "the file is empty (0 bytes)"
+    kind = _sniff(head)
+    if kind == "zip":
+        return "a ZIP inside a ZIP is not read; unpack the inner archive first"
+    if kind != "unknown" or _vendor(head):
+        return None
+    if _looks_like_text(head):
+        return f"this is a text file, not an image ({SUPPORTED_TEXT} or ZIP expected)"
+    return f"not a supported image format ({SUPPORTED_TEXT} or ZIP expected)"
 
 
 def iter_upload(name: str, data: bytes, limits: Limits | None = None) -> Iterator[RawFile]:
@@ -1124,19 +1262,34 @@ def reporter_names(
     return list(names)
 
 
+SHOWN_CHANNELS = 40  # channel names a page lists at most (a file may declare up to LSM_MAX_PLANES)
+
+
 @dataclass(frozen=True)
 class FileChannels:
-    """The channels of a multi-channel file's first scene (headers only): their names ("" when unnamed) and
-    the one classified when nobody chooses (the transmitted-light channel found by name; None: none is)."""
+    """The channels of a multi-channel file's first scene (headers only): the names of the first
+    :data:`SHOWN_CHANNELS` ("" when unnamed), how many there are in all (``count``), and the one classified when
+    nobody chooses (the transmitted-light channel found by name, ``automatic_name`` its name, wherever it is
+    among them; None: none is). ``repeated``: the names that more than one channel has (not a unique choice)."""
 
     file: str
     names: list[str]
     automatic: int | None
+    count: int = 0
+    automatic_name: str = ""
+    repeated: frozenset[str] = frozenset()
+
+    @property
+    def more(self) -> int:
+        """How many channels are not listed in :attr:`names`."""
+        return max(0, self.count - len(self.names))
 
 
 def file_channels(raw: RawFile, limits: Limits | None = None) -> FileChannels | None:
     """The channels of an upload's first image file (a ZIP's first member), read from the headers only; None
-    when it has one channel (or cannot be read: the upload says why later)."""
+    when it has one channel (or cannot be read: the upload says why later). A file declaring more planes than
+    LSM_MAX_PLANES is refused by its reader before a list is made of them; of the rest, at most
+    :data:`SHOWN_CHANNELS` names are kept."""
     from lsm_core.imaging.formats import transmitted_channel
 
     limits = limits or Limits()
@@ -1149,12 +1302,23 @@ def file_channels(raw: RawFile, limits: Limits | None = None) -> FileChannels | 
             with open_image(member.source, member.data, limits) as reader:
                 if not isinstance(reader, FormatReader):
                     return None
-                names = reader.scene_channels(0)
+                names = [n or "" for n in reader.scene_channels(0)]
         except LsmError:
             return None
         if len(names) < 2:
             return None
-        return FileChannels(member.source, [n or "" for n in names], transmitted_channel(names))
+        automatic = transmitted_channel(names)
+        seen: dict[str, int] = {}
+        for n in names:
+            seen[n] = seen.get(n, 0) + 1
+        return FileChannels(
+            member.source,
+            names[:SHOWN_CHANNELS],
+            automatic,
+            len(names),
+            names[automatic] if automatic is not None else "",
+            frozenset(n for n, k in seen.items() if k > 1 and n),
+        )
     return None
 
 

@@ -23,8 +23,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import instance_dict
 
 from db import audit, bulk
-from db.schema import AuditEvent, Base, Batch, Cell, Image, Job, Model, SaliencyRun
-from lsm_core.errors import LsmError
+from db.schema import AuditEvent, Base, Batch, Cell, Image, Job, Model, SaliencyRun, utcnow
+from lsm_core.errors import FilesRefused, LsmError
 from lsm_core.imaging.cells import MODALITIES
 from lsm_core.imaging.images import Limits, RawFile, ReadOptions, clean_name, inspect, iter_upload
 from lsm_core.lab import accounts
@@ -125,10 +125,28 @@ class ImageRows:
     rows: list[dict[str, Any]] = field(default_factory=list)
     errors: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    lacking: list[tuple[str, str]] = field(default_factory=list)  # files without the channel or z plane asked for
 
     @property
     def readable(self) -> int:
         return sum(1 for r in self.rows if r["error"] is None)
+
+    def refuse_lacking(self, options: ReadOptions | None) -> None:
+        """FilesRefused naming every file that lacks the channel or z plane asked for (from its headers): a
+        batch is never made of files that can only fail."""
+        if not self.lacking:
+            return
+        asked = [
+            *([f"channel {options.channel!r}"] if options and options.channel else []),
+            *([f"z plane {options.z}"] if options and options.z is not None else []),
+        ]
+        n = len({f for f, _ in self.lacking})
+        raise FilesRefused(
+            f"{n} file(s) do not have the {' and '.join(asked) or 'plane'} asked for, so nothing was submitted: "
+            "ask for none (chosen automatically in each file) or for what every file has, or send those files as "
+            "a batch of their own.",
+            self.lacking,
+        )
 
 
 def image_rows(
@@ -193,6 +211,8 @@ def image_rows(
             )
             if not record.ok:
                 out.errors.append((record.source, record.error or ""))
+            if record.lacks:
+                out.lacking.append((record.source, record.lacks))
     blobs.put_many(pending)
     return out
 
@@ -256,10 +276,12 @@ def submit_batch(
         raise LsmError("the batch needs a name")
     if len(name) > NAME_MAX:
         raise LsmError(f"the batch name is longer than {NAME_MAX} characters")
-    found = image_rows(files, lab.blobs, limits or lab.limits, options=ReadOptions(meta.channel, meta.z))
+    options = ReadOptions(meta.channel, meta.z)
+    found = image_rows(files, lab.blobs, limits or lab.limits, options=options)
     rows, errors, readable = found.rows, found.errors, found.readable
     if not rows:
         raise LsmError("no files were uploaded")
+    found.refuse_lacking(options)
     with lab.begin_one_statement() as s:
         # the model, and on PostgreSQL the new batch's id from its sequence: every row below is then known
         # before any is written, and they go as one statement (db.bulk.insert_together)
@@ -377,7 +399,9 @@ def _last_stored(s: Session, batch: Batch) -> float:
 
 
 def delete(lab: Lab, batch_id: int, user: str, seen_revision: int | None = None) -> Deleted:
-    """Delete a batch with its images and cells; its queued or running jobs are cancelled. The stored files
+    """Delete a batch with its images and cells; its queued or running jobs are cancelled, at once: a running
+    one's worker finds it ended at its next step and writes nothing more (its results had nowhere to go). The
+    stored files
     only this batch used go too, once the delete has committed (other batches keep the ones they share:
     :func:`lsm_core.lab.gc.unshared_blobs`); a file stored again since the batch got it (an upload of the same
     bytes in progress) or read by a running job is left to :func:`lsm_core.lab.gc.collect_garbage`. Returns what
@@ -395,12 +419,13 @@ def delete(lab: Lab, batch_id: int, user: str, seen_revision: int | None = None)
             s.scalar(select(func.count()).select_from(Image).where(Image.batch_id == batch_id)) or 0,
             s.scalar(select(func.count()).select_from(Cell).where(Cell.batch_id == batch_id)) or 0,
         )
+        # ended here, not left to their workers: a worker that was just ending its job as done would otherwise
+        # end it so once the batch is gone (lsm_core.lab.jobs.finish ends only a running job)
         s.execute(
             update(Job)
-            .where(Job.batch_id == batch_id, Job.status == "queued")
-            .values(status="cancelled", finished=func.now())
+            .where(Job.batch_id == batch_id, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+            .values(status=JobStatus.CANCELLED, cancel_requested=True, lease_expires=None, finished=utcnow())
         )
-        s.execute(update(Job).where(Job.batch_id == batch_id, Job.status == "running").values(cancel_requested=True))
         audit.record(
             s,
             user,
@@ -466,7 +491,7 @@ def rerun(
         ]
         readable = sum(1 for c in copies if not c.done)
         pixels = pixel_size_um if pixel_size_um is not None else old.pixel_size_um
-        suffix = f" ({model.name} v{model.version}" + (f", {pixels:g} um/px" if pixel_size_um is not None else "") + ")"
+        suffix = f" ({model.name} v{model.version}" + (f", {pixels:g} µm/px" if pixel_size_um is not None else "") + ")"
         name, note = old.name + suffix, None
         if len(name) > NAME_MAX:  # the column holds 200 characters: cut the old name, keep what tells them apart
             name = old.name[: NAME_MAX - len(suffix) - 1].rstrip() + "…" + suffix
@@ -526,7 +551,9 @@ def add_files(
     seen_revision: int | None = None,
 ) -> Submitted:
     """Add files to one of ``user``'s batches and have them classified: by the batch's queued or running job
-    when it has one (one job per batch: never two workers on the same images), else by a new job.
+    when it has one (one job per batch: never two workers on the same images), else by a new job. The job is
+    the batch's owner's, whoever added the files (an administrator adding to a colleague's batch): its owner
+    can cancel it and the queue's fairness counts it as theirs; the audit trail records who added them.
 
     A file whose bytes are in the batch already (same sha256) is skipped and listed in ``skipped``; when
     every file is, nothing is queued and LsmError says so.
@@ -546,6 +573,7 @@ def add_files(
         if found.skipped:
             raise LsmError(f"nothing was added: all {len(found.skipped)} file(s) are in batch {batch.name!r} already")
         raise LsmError("no files were uploaded")
+    found.refuse_lacking(options)
     with lab.begin() as s:
         batch = _own(s, batch_id, user, seen_revision)
         start = (s.scalar(select(func.max(Image.position)).where(Image.batch_id == batch_id)) or 0) + 1
@@ -555,12 +583,13 @@ def add_files(
         if job is not None:  # one job per batch: the queued or running one takes the new images too
             job.progress_total += found.readable
         else:
-            job = classify_job(batch, user, found.readable)
+            job = classify_job(batch, batch.owner, found.readable)
             if found.readable:
                 batch.status = "queued"
                 s.add(job)
-            else:  # nothing new to read: the batch keeps its status, its last job stands
-                job = s.scalar(select(Job).where(Job.batch_id == batch_id).order_by(Job.id.desc()).limit(1)) or job
+            else:  # nothing new to read: the batch keeps its status, its last classify job stands
+                last = select(Job).where(Job.batch_id == batch_id, Job.kind == JobKind.CLASSIFY)
+                job = s.scalar(last.order_by(Job.id.desc()).limit(1)) or job
                 if job.id is None:
                     s.add(job)
         s.flush()

@@ -10,6 +10,8 @@ queue classify jobs, are lsm_core.lab.batches.
 - **Leases**: a claimed job carries ``lease_expires``; the worker renews it by heartbeat. A job whose lease
   ran out (its worker died) goes back to the queue, keeping the error, until ``max_attempts``; then it fails.
 - **Cancel**: a queued job at once; a running one at its worker's next chunk.
+- **A batch's status** follows its classify jobs only (queued, running, done, failed, cancelled): a small job
+  about one of its cells (adding a cell) never changes it, whether it runs, fails or ends.
 
 Statuses and kinds are string enums (:class:`JobStatus`, :class:`JobKind`) stored in the jobs table's text
 columns. Functions that take a ``Lab`` (or any session factory) run their own short transaction; those that
@@ -118,6 +120,13 @@ def _order_columns():
     return last_served, order
 
 
+def _batch_follows(s: Session, job: Job, status: JobStatus) -> None:
+    """Within ``s``: the batch of ``job`` takes ``status`` when ``job`` is one of its classify jobs (the jobs that
+    read its images); any other job of a batch (an added cell) leaves the batch's status as it is."""
+    if job.batch_id is not None and job.kind == JobKind.CLASSIFY:
+        s.execute(update(Batch).where(Batch.id == job.batch_id).values(status=status))
+
+
 def reap_expired(s: Session, now: datetime) -> int:
     """Within ``s``: jobs whose lease ran out go back to the queue (or fail after max attempts)."""
     expired = s.scalars(
@@ -130,12 +139,14 @@ def reap_expired(s: Session, now: datetime) -> int:
         job.lease_expires = None
         if job.cancel_requested:
             job.status, job.finished = JobStatus.CANCELLED, now
+            _batch_follows(s, job, JobStatus.CANCELLED)
         elif job.attempts >= job.max_attempts:
             job.status, job.error, job.finished = (
                 JobStatus.FAILED,
                 f"gave up after {job.attempts} attempts: {message}",
                 now,
             )
+            _batch_follows(s, job, JobStatus.FAILED)
         else:
             job.status = JobStatus.QUEUED
     return len(expired)
@@ -180,8 +191,7 @@ def claim(
         job.attempts += 1
         job.started = now
         job.lease_expires = now + timedelta(seconds=lease_s)
-        if job.batch_id is not None:
-            s.execute(update(Batch).where(Batch.id == job.batch_id).values(status=JobStatus.RUNNING))
+        _batch_follows(s, job, JobStatus.RUNNING)
         s.flush()
         s.expunge(job)
         return job
@@ -220,8 +230,7 @@ def cancel(lab: Lab, job_id: int, user: str) -> str:
             audit.record(s, user, "cancel", f"job {job_id}", kind=job.kind, owner=job.owner)
         if job.status == JobStatus.QUEUED:
             job.status, job.finished = JobStatus.CANCELLED, utcnow()
-            if job.batch_id:
-                s.execute(update(Batch).where(Batch.id == job.batch_id).values(status=JobStatus.CANCELLED))
+            _batch_follows(s, job, JobStatus.CANCELLED)
         elif job.status == JobStatus.RUNNING:
             job.cancel_requested = True
         return job.status
@@ -246,8 +255,7 @@ def finish(
     assert job is not None  # the UPDATE above just matched this row, and it stays locked until ``s`` commits
     if error:
         job.errors = [*(job.errors or []), f"attempt {job.attempts}: {error}"]
-    if job.batch_id is not None:
-        s.execute(update(Batch).where(Batch.id == job.batch_id).values(status=status))
+    _batch_follows(s, job, status)
     return True
 
 

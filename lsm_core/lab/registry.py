@@ -21,6 +21,7 @@ from lsm_core.classes import TASK_TITLES
 from lsm_core.errors import LsmError
 from lsm_core.lab import accounts
 from lsm_core.lab.history import Lab
+from lsm_core.ml import demo
 from lsm_core.ml.metrics import failed_quality, model_quality
 from lsm_core.ml.models import ModelPackage, ModelStore
 
@@ -104,11 +105,19 @@ def sync_models(lab: Lab) -> list[Model]:
 
     The default is a model that passed its quality check (or carries none), preferring one trained on lab
     data over a demo, then the newest. A model that failed its quality check is never made the default (and
-    stops being one, should an older database say otherwise, when another model can take its place).
+    stops being one, should an older database say otherwise, when another model can take its place). A demo
+    model's better version, when registered, takes over from its quick first version as the default
+    (:mod:`lsm_core.ml.demo`).
     """
     store = lab.store
     with lab.begin() as s:
+        known = set(s.scalars(select(Model.id)))
         rows = [row_for(s, p, store) for p in store.packages()]
+        for new in [r for r in rows if r.id not in known and r.demo and not failed_quality(r.metrics)]:
+            old = s.scalars(select(Model).where(Model.task == new.task, Model.is_default.is_(True))).first()
+            if old is not None and old.name == new.name and old.version < new.version and old.demo:
+                if (old.training or {}).get(demo.STAGE_KEY) == demo.FIRST:
+                    old.is_default, new.is_default = False, True
         for task in {r.task for r in rows}:
             live = s.scalars(select(Model).where(Model.task == task, Model.deleted.is_(False))).all()
             usable = [r for r in live if not failed_quality(r.metrics)]
@@ -251,6 +260,7 @@ def export_for_zoo(
         license_id,
         model_card=model_card_markdown(package.manifest, chain),
         provenance=provenance,
+        app_url=lab.settings.app_url,
         progress=progress,
     )
     problems = validate(data)

@@ -2,8 +2,11 @@
 
 Upgrades the database, registers the models of the store, starts the Streamlit app and one worker as child
 processes at once and, when a synthetic demo model is missing, trains it in a third, background child
-(``python -m lsm_core demo``, at a lower priority), which registers each model as soon as it is trained and
-reports its progress through :func:`lsm_core.ml.demo.demo_status`. Ctrl-C (or SIGTERM) stops them all.
+(``python -m lsm_core demo``), which registers each model as soon as it is trained and reports its progress
+through :func:`lsm_core.ml.demo.demo_status`. The quick first versions train at the normal priority (until
+there is a model, the worker has nothing to do and the app nothing to offer: seconds of CPU each); then serve
+lowers the trainer's priority for the better versions, so that the app and the worker go first. Ctrl-C (or
+SIGTERM) stops them all.
 
 The app listens on 127.0.0.1 unless told otherwise (``--address`` or LSM_ADDRESS); opened to the network in
 lab mode without LSM_ADMINS, everyone who reaches the port administers, and serve says so. A worker that dies
@@ -42,11 +45,29 @@ STREAMLIT_BOOT = (
 )
 
 
+LOW_PRIORITY = 10  # the niceness of the trainer while it trains the better demo versions
+
+
 def _lower_priority() -> None:  # in the trainer's child process, before exec: the app and the worker go first
     try:
-        os.nice(10)
+        os.nice(LOW_PRIORITY)
     except OSError:
         pass
+
+
+def lower_priority(pid: int, niceness: int = LOW_PRIORITY) -> None:
+    """Lower the priority of the running process ``pid`` to ``niceness``, each of its threads (Linux keeps a
+    niceness per thread: the process's would leave the threads that torch has started as they were)."""
+    try:
+        threads = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    except (OSError, ValueError):
+        threads = [pid]  # no /proc (macOS): the process's niceness is its threads'
+    for tid in threads:
+        try:
+            if os.getpriority(os.PRIO_PROCESS, tid) < niceness:
+                os.setpriority(os.PRIO_PROCESS, tid, niceness)
+        except OSError:  # the thread ended meanwhile
+            pass
 
 
 def child_environment(settings: Settings) -> dict[str, str]:
@@ -84,14 +105,23 @@ def is_loopback(address: str) -> bool:
 
 
 def open_lab_warning(settings: Settings) -> str | None:
-    """What to warn about the address the app listens on, or None: open to the network in lab mode with
-    nobody named in LSM_ADMINS, whoever reaches the port administers the lab."""
-    if is_loopback(settings.address) or settings.signed_in or settings.admins:
+    """What to warn about the address the app listens on, or None: open to the network in lab mode (no
+    sign-in), whatever LSM_ADMINS says. Nobody signs in there, so everyone who reaches the port acts as the
+    same person (LSM_USER, or the login name of the account that started the app), and LSM_ADMINS cannot tell
+    them apart: when that person administers, everyone does."""
+    if is_loopback(settings.address) or settings.signed_in:
         return None
+    who = settings.user or "the account that started the app"
+    administers = "administers the lab (deletes anyone's batches, trains and chooses models, changes roles)"
+    if not settings.admins:
+        power = f"Everyone {administers}"
+    else:
+        power = f"LSM_ADMINS names {', '.join(sorted(settings.admins))}, but it cannot tell people apart here: " + (
+            f"everyone {administers}" if who in settings.admins else f"everyone can change or delete {who}'s batches"
+        )
     return (
-        f"the app listens on {settings.address} in lab mode (no sign-in) and LSM_ADMINS is not set: anyone who "
-        "can reach this port administers the lab (deletes anyone's batches, trains and chooses models, changes "
-        "roles). Set LSM_ADMINS, configure sign-in (README, Security), or serve on 127.0.0.1"
+        f"the app listens on {settings.address} in lab mode (no sign-in): anyone who can reach this port acts "
+        f"as {who}. {power}. Configure sign-in (README, Security), or serve on 127.0.0.1"
     )
 
 
@@ -196,7 +226,7 @@ def serve(port: int = 8501, log=print, address: str | None = None) -> int:
     from lsm_core.errors import LsmError
     from lsm_core.lab import settings as settings_module
     from lsm_core.lab.history import open_lab
-    from lsm_core.ml.demo import missing_demo_models
+    from lsm_core.ml.demo import FIRST, demo_plan, demo_status
 
     if not (ROOT / "streamlit_app.py").is_file():
         raise LsmError(
@@ -216,9 +246,9 @@ def serve(port: int = 8501, log=print, address: str | None = None) -> int:
     lab = open_lab(settings)  # upgraded, and the store's models registered
     store = lab.store
     lab.dispose()
-    warning = open_lab_warning(settings)
-    if warning:
-        log("WARNING: " + warning)
+    for warning in (open_lab_warning(settings), settings_module.auth_warning(app_secrets)):
+        if warning:
+            log("WARNING: " + warning)
     app = subprocess.Popen(
         [
             sys.executable,
@@ -238,14 +268,20 @@ def serve(port: int = 8501, log=print, address: str | None = None) -> int:
     )
     keeper = _WorkerKeeper(env, settings.data_dir, log)
     trainer = None
-    missing = missing_demo_models(store)
-    if missing:
+    plan = demo_plan(store)
+    quick_first = any(stage == FIRST for _, stage in plan)  # the trainer's priority is lowered after them
+    if plan:
+        missing = list(dict.fromkeys(name for name, _ in plan))
         log(
-            f"training the synthetic demo models {', '.join(missing)} in the background (a few minutes); "
-            "the Classify page shows how far it is"
+            f"training the synthetic demo models {', '.join(missing)} in the background"
+            + (" (quick first versions within a minute or two, better ones after them)" if quick_first else "")
+            + "; the Classify page shows how far it is"
         )
         trainer = subprocess.Popen(
-            [sys.executable, "-m", "lsm_core", "demo"], cwd=ROOT, env=env, preexec_fn=_lower_priority
+            [sys.executable, "-m", "lsm_core", "demo"],
+            cwd=ROOT,
+            env=env,
+            preexec_fn=None if quick_first else _lower_priority,
         )
     shown = "localhost" if is_loopback(settings.address) else settings.address
     log(
@@ -265,6 +301,11 @@ def serve(port: int = 8501, log=print, address: str | None = None) -> int:
     try:
         while not stopping and app.poll() is None:
             keeper.check()
+            if quick_first and trainer is not None and trainer.poll() is None:
+                status = demo_status(store.root)
+                if status is not None and status.running and status.pid == trainer.pid and status.stage != FIRST:
+                    lower_priority(trainer.pid)  # the quick versions are registered: the app and worker go first
+                    quick_first = False
             if trainer is not None and trainer.poll() is not None:
                 if trainer.returncode == 0:
                     log("the synthetic demo models are trained and registered")

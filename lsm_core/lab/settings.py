@@ -20,6 +20,7 @@ app. Nothing else in the project reads the environment: functions get what they 
 | LSM_MAX_FILE_BYTES | 2147483648 | largest single file (or ZIP member) read into memory |
 | LSM_MAX_ARCHIVE_MEMBERS | 20000 | most files read from one ZIP (and pages from one TIFF) |
 | LSM_MAX_ARCHIVE_BYTES | 4294967296 | most bytes unpacked from one ZIP |
+| LSM_MAX_PLANES | 20000 | most planes (and channels, z planes, time points, scenes) one file may declare |
 | LSM_DEMO_RECIPE | full | tests only: ``tiny`` trains the demo models in seconds |
 | LSM_ADDRESS | 127.0.0.1 | the address ``serve`` listens on (``0.0.0.0``: every interface of the machine) |
 | LSM_ALLOWED_DOMAINS | (anyone the provider knows) | signed-in mode: e-mail domains (or addresses) that may sign in |
@@ -30,16 +31,20 @@ app. Nothing else in the project reads the environment: functions get what they 
 | LSM_BLOB_HELPERS | 2 | helper processes that store uploads for a busy web process (0: none) |
 | LSM_CHROMIUM | chromium on the PATH | the browser that draws figures as SVG, PDF and PNG (kaleido) |
 | LSM_RUNTIME | auto | a CPU worker's networks: ``torch``, ``onnx``, or ``auto`` (onnx where torch runs fp32) |
+| LSM_APP_URL | (none) | where the lab's copy of this app is (http or https): a BioImage Model Zoo export cites it |
 
 Sign-in is on when an ``[auth]`` section is configured in ``~/.streamlit/secrets.toml`` or
 ``./.streamlit/secrets.toml`` (Streamlit's own places); :func:`auth_problem` says when its ``cookie_secret`` is
-one that anyone could know, so that neither the app nor ``serve`` starts with it.
+one that anyone could know or guess, so that neither the app nor ``serve`` starts with it, and
+:func:`auth_warning` when other accounts of the machine can read (or change) the file that holds it.
 """
 
 from __future__ import annotations
 
 import getpass
+import math
 import os
+import stat
 import threading
 import tomllib
 from collections.abc import Mapping
@@ -63,6 +68,7 @@ VARIABLES = (
     "LSM_MAX_FILE_BYTES",
     "LSM_MAX_ARCHIVE_MEMBERS",
     "LSM_MAX_ARCHIVE_BYTES",
+    "LSM_MAX_PLANES",
     "LSM_DEMO_RECIPE",
     "LSM_ADDRESS",
     "LSM_ALLOWED_DOMAINS",
@@ -73,6 +79,7 @@ VARIABLES = (
     "LSM_BLOB_HELPERS",
     "LSM_CHROMIUM",
     "LSM_RUNTIME",
+    "LSM_APP_URL",
 )
 RUNTIMES = ("auto", "torch", "onnx")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -103,6 +110,7 @@ def _auth_configured(files: list[Path]) -> bool:
 # are refused inside a longer secret too ("a long random string 123...").
 MIN_COOKIE_SECRET_BYTES = 32
 MIN_COOKIE_SECRET_CHARACTERS = 8  # different characters: a random secret of 32 bytes has far more
+MIN_COOKIE_SECRET_BITS = 128  # what guessing it must take, as :func:`secret_bits` estimates it
 EXAMPLE_COOKIE_SECRETS = (
     "a long random string",  # this project's README
     "a-long-random-string-for-the-test-only",  # this project's tests, before they made a random one
@@ -136,6 +144,55 @@ EXAMPLE_COOKIE_SECRET_PHRASES = (
 
 def _letters(text: str) -> str:
     return "".join(ch for ch in text.lower() if ch.isalnum())
+
+
+def secret_bits(secret: str, longest: int = 4096) -> float:
+    """About how many bits of chance a secret holds: what it takes to write it down briefly, read from left to
+    right. A character costs log2 of the characters of its kinds (digits 10, lower case 26, upper case 26,
+    ASCII punctuation and space 33, anything else 100: a random secret's every character); a piece that repeats
+    one before it ("abcdefgh" * 4, "password" twice) costs only where it starts and how long it is; a run that
+    goes on by the same step as the two characters before it ("abcdef", "13579", "aaaa") costs only its length.
+    A random secret keeps nearly all of its characters' bits (``secrets.token_hex(16)`` about 165, its true 128
+    being fewer only because hex digits are 16 of the 36 counted); a pattern keeps a few dozen. Only the first
+    ``longest`` characters are read (enough for any secret worth its name).
+
+    >>> round(secret_bits("abcdefgh" * 4))
+    22
+    >>> secret_bits("9f86d081884c7d659a2feaa0c55ad015") > 128
+    True
+    """
+    text = secret[:longest]
+    kinds = [
+        (10, any(c.isascii() and c.isdigit() for c in text)),
+        (26, any(c.isascii() and c.islower() for c in text)),
+        (26, any(c.isascii() and c.isupper() for c in text)),
+        (33, any(c.isascii() and not c.isalnum() for c in text)),
+        (100, any(not c.isascii() for c in text)),
+    ]
+    per_character = math.log2(max(2, sum(size for size, present in kinds if present)))
+    bits, i, n = 0.0, 0, len(text)
+    while i < n:
+        copy = 0  # the longest piece starting here that starts earlier too (it may overlap this one)
+        for j in range(i):
+            k = 0
+            while i + k < n and text[j + k] == text[i + k]:
+                k += 1
+            copy = max(copy, k)
+        run = 0  # how far the step between the two characters before goes on
+        if i >= 2:
+            step = ord(text[i - 1]) - ord(text[i - 2])
+            while i + run < n and ord(text[i + run]) - ord(text[i + run - 1]) == step:
+                run += 1
+        if copy >= 3 and copy >= run:
+            bits += math.log2(i) + math.log2(copy) + 1
+            i += copy
+        elif run >= 2:
+            bits += math.log2(run) + 1
+            i += run
+        else:
+            bits += per_character
+            i += 1
+    return bits
 
 
 def _effective_auth(files: list[Path]) -> tuple[Path, object] | None:
@@ -207,7 +264,37 @@ def auth_problem(files: list[Path] | None = None) -> str | None:
             f"Sign-in is not safe: {where} is not random (only {len(set(secret))} different characters); anyone "
             f"who guesses it {danger} {fix}"
         )
+    bits = secret_bits(secret)
+    if bits < MIN_COOKIE_SECRET_BITS:
+        return (
+            f"Sign-in is not safe: {where} is not random: it repeats a piece of itself or runs on like abcd "
+            f"(about {bits:.0f} bits of chance, under {MIN_COOKIE_SECRET_BITS}); anyone who guesses it {danger} {fix}"
+        )
     return None
+
+
+def auth_warning(files: list[Path] | None = None) -> str | None:
+    """What to warn an administrator about the file signed-in mode reads its ``[auth]`` section from (``files``
+    as :func:`auth_problem`), or None: that other accounts of this machine can read it (and so sign a cookie with
+    its ``cookie_secret``) or change it (and so point sign-in at a provider of their own). Not a refusal: the
+    owner of the file may know why; ``chmod 600`` ends it. None without ``[auth]``, where the file cannot be read
+    (:func:`auth_problem` says so), and on Windows (no such permission bits)."""
+    try:
+        found = _effective_auth(secrets_files() if files is None else files)
+        if found is None or os.name == "nt":
+            return None
+        mode = found[0].stat().st_mode
+    except (LsmError, OSError):
+        return None
+    path = found[0]
+    others = [what for what, bits in (("read", 0o044), ("changed", 0o022)) if mode & bits]
+    if not others:
+        return None
+    return (
+        f"{path} can be {' and '.join(others)} by other accounts of this machine (its permissions are "
+        f"{stat.filemode(mode)}): whoever reads its cookie_secret can sign a sign-in cookie of their own and be "
+        f"anyone, an administrator included. Make it readable by the app's account only: chmod 600 {path}"
+    )
 
 
 def _count(env: Mapping[str, str], name: str) -> int | None:
@@ -235,6 +322,19 @@ def _number(env: Mapping[str, str], name: str, default: float, kind: type = floa
     if not value > 0:
         raise LsmError(f"setting {name}={raw!r} must be positive")
     return value
+
+
+def _web_address(name: str, raw: str) -> str | None:
+    """The setting ``name``'s value ``raw`` as an http(s) address with a host, or None when it is empty."""
+    from urllib.parse import urlsplit
+
+    raw = raw.strip()
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in raw):
+        raise LsmError(f"setting {name}={raw!r} is not a web address (http:// or https:// and a host)")
+    return raw
 
 
 def database_url_for(raw: str, data_dir: Path) -> str:
@@ -267,6 +367,7 @@ class Settings:
     blob_helpers: int | None = None  # blob-writing helper processes (None: lsm_core.lab.blobwriter's default; 0: none)
     chromium: str | None = None  # the browser kaleido draws figures with (None: chromium or chrome on the PATH)
     runtime: str = "auto"  # what runs the networks on a CPU worker (lsm_core.ml.predict.make_predictor)
+    app_url: str | None = None  # where the lab's copy of the app is: cited by its Model Zoo exports (bioimageio)
 
     @property
     def model_dir(self) -> Path:
@@ -287,6 +388,7 @@ class Settings:
         runtime = env.get("LSM_RUNTIME", "").strip().lower() or "auto"
         if runtime not in RUNTIMES:
             raise LsmError(f"setting LSM_RUNTIME={runtime!r} must be one of {', '.join(RUNTIMES)}")
+        app_url = _web_address("LSM_APP_URL", env.get("LSM_APP_URL", ""))
         defaults = Limits()
         return cls(
             data_dir=data,
@@ -303,6 +405,7 @@ class Settings:
                 max_file_bytes=int(_number(env, "LSM_MAX_FILE_BYTES", defaults.max_file_bytes, int)),
                 max_archive_members=int(_number(env, "LSM_MAX_ARCHIVE_MEMBERS", defaults.max_archive_members, int)),
                 max_archive_bytes=int(_number(env, "LSM_MAX_ARCHIVE_BYTES", defaults.max_archive_bytes, int)),
+                max_planes=int(_number(env, "LSM_MAX_PLANES", defaults.max_planes, int)),
             ),
             demo_recipe=recipe,
             signed_in=_auth_configured(secrets_files() if secrets is None else secrets),
@@ -317,6 +420,7 @@ class Settings:
             blob_helpers=_count(env, "LSM_BLOB_HELPERS"),
             chromium=env.get("LSM_CHROMIUM", "").strip() or None,
             runtime=runtime,
+            app_url=app_url,
         )
 
     def with_(self, **changes) -> Settings:
@@ -344,8 +448,10 @@ class Settings:
             **({"LSM_BLOB_HELPERS": str(self.blob_helpers)} if self.blob_helpers is not None else {}),
             **({"LSM_CHROMIUM": self.chromium} if self.chromium else {}),
             "LSM_RUNTIME": self.runtime,
+            **({"LSM_APP_URL": self.app_url} if self.app_url else {}),
             "LSM_MAX_ARCHIVE_MEMBERS": str(self.limits.max_archive_members),
             "LSM_MAX_ARCHIVE_BYTES": str(self.limits.max_archive_bytes),
+            "LSM_MAX_PLANES": str(self.limits.max_planes),
         }
         if self.admins:
             env["LSM_ADMINS"] = ",".join(sorted(self.admins))

@@ -8,8 +8,9 @@ row and the job's lease fresh (a background thread), handles signals, owns the r
 job's state:
 
 - returned: done (with the returned result), unless the task finished the job itself;
-- :class:`LsmError` (something a person can fix: a deleted batch, a damaged file): failed, not retried;
-- cancelled on request: cancelled; the lease lost to another worker: left to it;
+- :class:`LsmError` (something a person can fix: a deleted model, a damaged file): failed, not retried;
+- cancelled on request, or ended as cancelled when its batch was deleted: cancelled; the lease lost to another
+  worker: left to it;
 - SIGTERM or SIGINT: the task stops at its next step, the job goes back to the queue, the worker exits;
 - anything else (a bug, a crash of the library): back to the queue while attempts remain, else failed,
   each attempt's error kept.
@@ -185,8 +186,13 @@ class Worker:
             log.error("job %s given back to the queue for another worker: %s", job.id, exc)
         except LsmError as exc:
             reason = str(exc)
-            self.retry("failing a job", lambda _: jobs.fail_or_retry(self.lab, job.id, self.id, reason, retry=False))
-            log.warning("job %s failed: %s", job.id, reason)
+            status = self.retry(
+                "failing a job", lambda _: jobs.fail_or_retry(self.lab, job.id, self.id, reason, retry=False)
+            )
+            if status == JobStatus.FAILED:
+                log.warning("job %s failed: %s", job.id, reason)
+            else:  # ended meanwhile: cancelled as its batch was deleted (lsm_core.lab.batches.delete)
+                log.info("job %s %s (%s)", job.id, status, reason)
         except Stopping:
             self.retry("releasing a job", lambda _: jobs.release(self.lab, job.id, self.id))
             log.info("job %s released back to the queue", job.id)

@@ -1,14 +1,22 @@
 """Demo models, trained on synthetic cells so that the app works with no lab data and no published weights.
 
-``demo-lsm`` and ``demo-aging`` are ``small_cnn`` networks trained for about a minute each on two CPU
-cores, on crops from :mod:`lsm_core.imaging.synthetic` (seed 1), and checked on crops from another seed. Their
-manifests carry ``demo: true``; everything that shows them says "synthetic demo". They say nothing about
-real cells.
+``demo-lsm`` and ``demo-aging`` are ``small_cnn`` networks trained on crops from
+:mod:`lsm_core.imaging.synthetic` (seed 1), and checked on crops from another seed. Each comes in two versions
+(:class:`Recipes`): a quick first one (v1: few crops, few epochs, seconds of CPU each), so that a first start
+offers a usable model within a minute or two even on a busy machine, and then a better one (v2: about a minute
+of CPU each), which takes over as the task's default when it is registered
+(:func:`lsm_core.lab.registry.sync_models`). Their manifests carry ``demo: true`` and the stage they were
+trained in (``training["demo_stage"]``: "first" or "better"); everything that shows them says "synthetic
+demo". They say nothing about real cells. A demo model whose newest version carries no stage (trained before
+there were two, or put there by a test) counts as finished.
 
-``python -m lsm_core serve`` trains the missing ones in the background (``python -m lsm_core demo``, which
+The trainer uses one CPU thread: these networks are too small for a second to help much on an idle machine,
+and on a busy one a second thread waits for a core at every layer (three to seven times slower, measured).
+
+``python -m lsm_core serve`` trains what is missing in the background (``python -m lsm_core demo``, which
 runs :func:`train_missing_demo_models`) while the app already answers. The trainer holds a lock file in the
 model store (one trainer at a time, whoever starts it) and keeps a status record there, which
-:func:`demo_status` reads for the app: which model, which epoch, or why it failed.
+:func:`demo_status` reads for the app: which model, which stage and epoch, or why it failed.
 """
 
 from __future__ import annotations
@@ -18,47 +26,136 @@ import json
 import os
 import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NamedTuple, TypedDict
 
 from lsm_core.errors import LsmError
-from lsm_core.ml.models import ModelPackage, ModelStore
+from lsm_core.ml.models import MANIFEST_NAME, ModelPackage, ModelStore
 
 DEMO_NAMES = {"lsm": "demo-lsm", "aging": "demo-aging"}
+FIRST, BETTER = "first", "better"  # the two stages of a demo model: a quick first version, then a better one
+STAGE_KEY = "demo_stage"  # in a demo manifest's training summary: the stage it was trained in
 
 
 class Recipe(TypedDict):
-    """How a demo model is trained: how many synthetic crops, and the training settings."""
+    """How one version of a demo model is trained: the network, how many synthetic crops, the training
+    settings and the CPU threads."""
 
+    architecture: str
     n_train: int
     n_val: int
     epochs: int
     batch_size: int
     lr: float
     weight_decay: float
+    threads: int
 
 
-DEMO_RECIPE: Recipe = {"n_train": 5000, "n_val": 1200, "epochs": 12, "batch_size": 128, "lr": 2e-3, "weight_decay": 0.0}
+class Recipes(NamedTuple):
+    """The two versions of each demo model: ``first`` (quick, registered within a minute or two of a first
+    start) and ``better`` (registered after it, and made the default in its place)."""
+
+    first: Recipe
+    better: Recipe
+
+
+FIRST_RECIPE: Recipe = {
+    "architecture": "small_cnn",
+    "n_train": 1200,
+    "n_val": 400,
+    "epochs": 4,
+    "batch_size": 64,
+    "lr": 2e-3,
+    "weight_decay": 0.0,
+    "threads": 1,
+}
+DEMO_RECIPE: Recipe = {
+    "architecture": "small_cnn",
+    "n_train": 5000,
+    "n_val": 1200,
+    "epochs": 12,
+    "batch_size": 128,
+    "lr": 2e-3,
+    "weight_decay": 0.0,
+    "threads": 1,
+}
 # LSM_DEMO_RECIPE=tiny, a setting for tests only: demo-named models trained in seconds (and worth little)
-RECIPES: dict[str, Recipe] = {
-    "full": DEMO_RECIPE,
-    "tiny": {"n_train": 600, "n_val": 200, "epochs": 4, "batch_size": 32, "lr": 3e-3, "weight_decay": 0.0},
+RECIPES: dict[str, Recipes] = {
+    "full": Recipes(FIRST_RECIPE, DEMO_RECIPE),
+    "tiny": Recipes(
+        {
+            **FIRST_RECIPE,
+            "architecture": "tiny_cnn",
+            "n_train": 600,
+            "n_val": 200,
+            "epochs": 4,
+            "batch_size": 32,
+            "lr": 3e-3,
+        },
+        {**DEMO_RECIPE, "n_train": 600, "n_val": 200, "epochs": 4, "batch_size": 32, "lr": 3e-3},
+    ),
 }
 DEMO_STATUS_NAME = ".demo-training.json"  # in the model store: written by the trainer, read by demo_status()
 DEMO_LOCK_NAME = ".demo-training.lock"  # in the model store: flock()ed by the one process that trains
 
-# report(model, step, epoch, epochs): what the trainer is doing, for the status record
-Report = Callable[[str, str, int, int], None]
+# report(model, stage, step, epoch, epochs): what the trainer is doing, for the status record
+Report = Callable[[str, str, str, int, int], None]
+
+DESCRIPTIONS = {
+    FIRST: "Synthetic demo, quick first version (trained in seconds so that the app has a model at once; a "
+    "better version takes over as the default when it is trained): trained on synthetic DIC-like cells, not on "
+    "real data. For trying the app only.",
+    BETTER: "Synthetic demo: trained on synthetic DIC-like cells, not on real data. For trying the app only.",
+}
+# what the status record (and so the Classify page) says the trainer does, by stage
+STEPS = {
+    FIRST: {
+        "cells": "making synthetic cells",
+        "training": "training a quick first version",
+        "evaluating": "calibrating and evaluating",
+        "registering": "registering",
+    },
+    BETTER: {
+        "cells": "making synthetic cells for a better version",
+        "training": "training a better version",
+        "evaluating": "calibrating and evaluating a better version",
+        "registering": "registering a better version",
+    },
+}
 
 
-def demo_recipe(name: str = "full") -> Recipe:
-    """The demo recipe called ``name`` (the setting LSM_DEMO_RECIPE): ``full`` or ``tiny`` (tests only)."""
+def demo_recipe(name: str = "full") -> Recipes:
+    """The demo recipes called ``name`` (the setting LSM_DEMO_RECIPE): ``full`` or ``tiny`` (tests only)."""
     if name not in RECIPES:
         raise LsmError(f"setting LSM_DEMO_RECIPE={name!r} must be one of {', '.join(RECIPES)}")
     return RECIPES[name]
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class _StagedStore:
+    """The model store, writing the demo stage into the training summary of the package it adds."""
+
+    def __init__(self, store: ModelStore, stage: str) -> None:
+        self.store, self.stage = store, stage
+
+    def add(self, net: Any, manifest: Any) -> ModelPackage:
+        manifest.training[STAGE_KEY] = self.stage
+        return self.store.add(net, manifest)
 
 
 def train_demo(
@@ -66,17 +163,19 @@ def train_demo(
     store: ModelStore,
     n_train: int | None = None,
     epochs: int | None = None,
-    architecture: str = "small_cnn",
+    architecture: str | None = None,
     name: str | None = None,
     log: Callable[[str], None] = print,
     recipe: Recipe | None = None,
     report: Report | None = None,
+    stage: str = BETTER,
 ) -> ModelPackage:
-    """Train, calibrate, evaluate and register one demo model for ``task``; returns its package.
+    """Train, calibrate, evaluate and register one demo model version for ``task``; returns its package.
 
     Trained on ``n_train`` synthetic crops (seed 1; a fifth held out for validation and calibration), and
     evaluated on crops of another seed (2), which the model card shows. ``recipe`` defaults to
-    :data:`DEMO_RECIPE`; ``report(model, step, epoch, epochs)`` is told each step and epoch.
+    :data:`DEMO_RECIPE`; ``stage`` (``"first"`` or ``"better"``) is recorded in the manifest and says which
+    description it gets; ``report(model, stage, step, epoch, epochs)`` is told each step and epoch.
     """
     import numpy as np
 
@@ -85,19 +184,22 @@ def train_demo(
     from lsm_core.ml.datasets import LabelledData
     from lsm_core.ml.train import TrainConfig, train_and_register
 
+    if stage not in STEPS:
+        raise LsmError(f"a demo model's stage is {FIRST!r} or {BETTER!r}, not {stage!r}")
     recipe = recipe or DEMO_RECIPE
     n_train = n_train or recipe["n_train"]
     epochs = epochs or recipe["epochs"]
     name = name or DEMO_NAMES[task]
+    steps = STEPS[stage]
     if report:
-        report(name, "making synthetic cells", 0, epochs)
+        report(name, stage, steps["cells"], 0, epochs)
     classes = list(task_classes(task))
     x, y = synthetic.make_crops(task, n_train, seed=1)
     data = LabelledData(classes, x, y, np.arange(n_train), [f"synthetic seed 1 #{i}" for i in range(n_train)])
     vx, vy = synthetic.make_crops(task, recipe["n_val"], seed=2)
     test = LabelledData(classes, vx, vy, np.arange(len(vy)), [])
     config = TrainConfig(
-        architecture=architecture,
+        architecture=architecture or recipe["architecture"],
         epochs=epochs,
         batch_size=recipe["batch_size"],
         lr=recipe["lr"],
@@ -105,60 +207,86 @@ def train_demo(
         seed=0,
     )
     if report:
-        report(name, "training", 0, epochs)
+        report(name, stage, steps["training"], 0, epochs)
 
     def progress(epoch: int, loss: float, vloss: float | None, vacc: float | None) -> None:
-        log(f"  {task} demo: epoch {epoch}/{epochs}  loss {loss:.3f}  validation accuracy {vacc:.3f}")
+        log(f"  {task} demo ({stage}): epoch {epoch}/{epochs}  loss {loss:.3f}  validation accuracy {vacc:.3f}")
         if report:
-            report(name, "training" if epoch < epochs else "calibrating and evaluating", epoch, epochs)
+            report(name, stage, steps["training"] if epoch < epochs else steps["evaluating"], epoch, epochs)
 
-    return train_and_register(
-        data,
-        task,
-        config,
-        name,
-        store,
-        test=test,
-        progress=progress,
-        patience=None,
-        demo=True,
-        description="Synthetic demo: trained on synthetic DIC-like cells, not on real data. For trying the app only.",
-    )
+    with _torch_threads(recipe["threads"]):
+        return train_and_register(
+            data,
+            task,
+            config,
+            name,
+            _StagedStore(store, stage),
+            test=test,
+            progress=progress,
+            patience=None,
+            demo=True,
+            description=DESCRIPTIONS[stage],
+        )
+
+
+def _stage_of_newest(folder: Path) -> str | None:
+    """The demo stage of the newest version in a model's folder of the store: None when it has no version,
+    ``"better"`` when its manifest records no stage (a model trained before there were two, or by a test)."""
+    try:
+        versions = [int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()]
+    except OSError:
+        return None
+    if not versions:
+        return None
+    try:
+        training = json.loads((folder / str(max(versions)) / MANIFEST_NAME).read_text(encoding="utf-8"))["training"]
+        stage = training.get(STAGE_KEY)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return BETTER  # not ours to redo: a damaged package is the store's to report
+    return FIRST if stage == FIRST else BETTER
+
+
+def demo_plan(store: ModelStore) -> list[tuple[str, str]]:
+    """What the demo trainer still has to do, in order: (model name, stage) pairs. The quick first versions of
+    all missing models come before any better one, so that each task has a model as soon as possible."""
+    stages = {name: _stage_of_newest(store.root / name) for name in DEMO_NAMES.values()}
+    first = [(name, FIRST) for name, stage in stages.items() if stage is None]
+    better = [(name, BETTER) for name, stage in stages.items() if stage != BETTER]
+    return first + better
 
 
 def missing_demo_models(store: ModelStore) -> list[str]:
-    """The demo model names with no package in the store."""
-    return [name for name in DEMO_NAMES.values() if not store.versions(name)]
+    """The demo model names with a version still to train (none yet, or only the quick first one)."""
+    return list(dict.fromkeys(name for name, _ in demo_plan(store)))
 
 
 def ensure_demo_models(
     store: ModelStore,
     log: Callable[[str], None] = print,
-    recipe: Recipe | None = None,
+    recipe: Recipes | None = None,
     report: Report | None = None,
     on_model: Callable[[ModelPackage], object] | None = None,
 ) -> list[ModelPackage]:
-    """Make sure ``demo-lsm`` and ``demo-aging`` are in the store (training those that are missing).
+    """Make sure ``demo-lsm`` and ``demo-aging`` are in the store in their better versions (training what is
+    missing, the quick first versions first); returns the newest package of each.
 
-    ``on_model(package)`` is called after each model is trained (to register it in the database at once).
+    ``on_model(package)`` is called after each version is trained (to register it in the database at once).
     Takes no lock: :func:`train_missing_demo_models` is this with the lock and the status record.
     """
-    packages = []
-    for task, name in DEMO_NAMES.items():
-        if store.versions(name):
-            packages.append(store.get(name))
-            continue
-        log(f"training the synthetic demo model {name} (about a minute on a CPU) ...")
-        package = train_demo(task, store, log=log, recipe=recipe, report=report)
+    recipes = recipe or RECIPES["full"]
+    tasks = {name: task for task, name in DEMO_NAMES.items()}
+    for name, stage in demo_plan(store):
+        settings = recipes.first if stage == FIRST else recipes.better
+        what = "a quick first version of" if stage == FIRST else "a better version of"
+        log(f"training {what} the synthetic demo model {name} ...")
+        package = train_demo(tasks[name], store, log=log, recipe=settings, report=report, stage=stage)
         test = package.manifest.metrics.get("test", package.manifest.metrics)
         log(f"registered {package.manifest.label}: accuracy {test['accuracy']:.3f} on synthetic cells of another seed")
         if on_model:
             if report:
-                epochs = (recipe or DEMO_RECIPE)["epochs"]
-                report(name, "registering", epochs, epochs)
+                report(name, stage, STEPS[stage]["registering"], settings["epochs"], settings["epochs"])
             on_model(package)
-        packages.append(package)
-    return packages
+    return [store.get(name) for name in DEMO_NAMES.values()]
 
 
 # --- the status record -------------------------------------------------------------------------------
@@ -174,12 +302,13 @@ class DemoStatus:
     started: datetime  # when this training run began (UTC, timezone-aware)
     updated: datetime  # the record's last change (UTC, timezone-aware)
     model: str  # the model being (or last) trained: "demo-lsm" or "demo-aging"
-    step: str  # "starting", "making synthetic cells", "training", "calibrating and evaluating", "registering"
+    step: str  # "starting", then what the trainer does, as people read it (:data:`STEPS`)
     epoch: int  # epochs done of `model` (0 while its data are made)
-    epochs: int  # epochs the recipe trains each model
+    epochs: int  # epochs the recipe of this stage trains `model`
     models: tuple[str, ...]  # the models this run trains, in order
-    done: tuple[str, ...]  # those already trained and registered (usable now)
+    done: tuple[str, ...]  # the versions it has trained and registered (usable now): "demo-lsm v1", ...
     error: str | None  # why it failed or stopped; None while training
+    stage: str = FIRST  # the version being trained: "first" (quick) or "better" (takes over as the default)
 
     @property
     def running(self) -> bool:
@@ -209,10 +338,6 @@ def _write_atomically(path: Path, record: dict) -> None:
         raise
 
 
-def _has_version(folder: Path) -> bool:
-    return folder.is_dir() and any(p.is_dir() and p.name.isdigit() for p in folder.iterdir())
-
-
 def _alive(pid: int) -> bool:
     if pid <= 0:
         return False
@@ -239,6 +364,7 @@ def _status_from(record: dict) -> DemoStatus:
         models=tuple(record.get("models") or ()),
         done=tuple(record.get("done") or ()),
         error=record.get("error"),
+        stage=BETTER if record.get("stage") == BETTER else FIRST,
     )
 
 
@@ -280,7 +406,7 @@ def demo_status(models_dir: str | Path) -> DemoStatus | None:
         return None
     if lock is None:  # a lock file we may not open (a read-only store): is its process alive on this machine?
         held = status.host == socket.gethostname() and _alive(status.pid)
-    if not held and status.models and all(_has_version(folder / name) for name in status.models):
+    if not held and status.models and all(_stage_of_newest(folder / name) == BETTER for name in status.models):
         return None  # an old record of a run whose models have been trained since
     if status.state == "training" and not held:
         status = replace(
@@ -301,7 +427,7 @@ def _task_of(model: str) -> str | None:
 class _StatusRecord:
     """The trainer's side: the record in the model store, rewritten atomically at every change."""
 
-    def __init__(self, folder: Path, models: list[str], epochs: int) -> None:
+    def __init__(self, folder: Path, models: list[str], stage: str, epochs: int) -> None:
         self.path = folder / DEMO_STATUS_NAME
         now = _now()
         self.record: dict[str, Any] = {
@@ -312,6 +438,7 @@ class _StatusRecord:
             "state": "training",
             "model": models[0],
             "task": _task_of(models[0]),
+            "stage": stage,
             "step": "starting",
             "epoch": 0,
             "epochs": epochs,
@@ -325,11 +452,12 @@ class _StatusRecord:
         self.record.update(fields, updated=_now())
         _write_atomically(self.path, self.record)
 
-    def report(self, model: str, step: str, epoch: int, epochs: int) -> None:
-        self.write(model=model, task=_task_of(model), step=step, epoch=epoch, epochs=epochs)
+    def report(self, model: str, stage: str, step: str, epoch: int, epochs: int) -> None:
+        self.write(model=model, task=_task_of(model), stage=stage, step=step, epoch=epoch, epochs=epochs)
 
     def model_done(self, package: ModelPackage) -> None:
-        self.write(done=[*self.record["done"], package.manifest.name])
+        m = package.manifest
+        self.write(done=[*self.record["done"], f"{m.name} v{m.version}"])
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -339,26 +467,28 @@ def train_missing_demo_models(
     store: ModelStore,
     log: Callable[[str], None] = print,
     on_model: Callable[[ModelPackage], object] | None = None,
-    recipe: Recipe | None = None,
+    recipe: Recipes | None = None,
 ) -> list[ModelPackage]:
     """:func:`ensure_demo_models` by one process at a time, with a status record for :func:`demo_status`.
 
     Waits while another process trains (then finds its models and trains nothing). The record is removed
     when the models are trained and ``on_model`` has registered each; it says "failed" with the error when
     training fails, and is removed when the training is interrupted (Ctrl-C, or SIGTERM made an exception).
-    ``recipe`` defaults to the full one (:func:`demo_recipe`).
+    ``recipe`` defaults to the full ones (:func:`demo_recipe`).
     """
-    recipe = recipe or demo_recipe()
+    recipes = recipe or demo_recipe()
     with open(store.root / DEMO_LOCK_NAME, "a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             log("another process is training the demo models; waiting for it ...")
             fcntl.flock(lock, fcntl.LOCK_EX)
-        missing = missing_demo_models(store)
-        if not missing:
+        plan = demo_plan(store)
+        if not plan:
             return ensure_demo_models(store, log)
-        status = _StatusRecord(store.root, missing, recipe["epochs"])
+        stage = plan[0][1]
+        first = recipes.first if stage == FIRST else recipes.better
+        status = _StatusRecord(store.root, list(dict.fromkeys(name for name, _ in plan)), stage, first["epochs"])
 
         def done(package: ModelPackage) -> None:
             if on_model:
@@ -366,7 +496,7 @@ def train_missing_demo_models(
             status.model_done(package)
 
         try:
-            packages = ensure_demo_models(store, log, recipe=recipe, report=status.report, on_model=done)
+            packages = ensure_demo_models(store, log, recipe=recipes, report=status.report, on_model=done)
         except Exception as exc:
             error = str(exc) if isinstance(exc, LsmError) else f"{type(exc).__name__}: {exc}"
             status.write(state="failed", error=error)

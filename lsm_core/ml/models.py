@@ -38,11 +38,13 @@ MANIFEST_NAME = "manifest.json"
 WEIGHTS_NAME = "weights.safetensors"
 FORMAT_VERSION = 1
 NORMALISATION = "grey float in [0, 1], then per-crop zero mean / unit standard deviation (inside the network)"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    """``name`` when it may name a model (it names the model's folder in the store), else LsmError. The whole name
+    must match: ``$`` would let a newline at the end through."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise LsmError(
             f"model name {name!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"

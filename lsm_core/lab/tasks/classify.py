@@ -46,6 +46,7 @@ class ImageResult:
     cached: list[dict[str, Any]] | None = None
     reporters: dict[str, Any] | None = None  # {channel: {"background": level, "method": how}}
     z_plane: int | None = None  # the z plane read (from 0; None: no z stack)
+    dropped: dict[str, Any] | None = None  # what cell finding did not keep (copied with cached cells)
     signal: list[ChannelSignal] = field(default_factory=list)
     probs: np.ndarray | None = field(default=None, repr=False)
     predicted: np.ndarray | None = field(default=None, repr=False)
@@ -53,6 +54,10 @@ class ImageResult:
 
     def crops(self) -> np.ndarray | None:
         return self.found.crops if self.found is not None and len(self.found) else None
+
+
+# what an earlier identical run gave: (kind, cells, note, reporters, z plane read, objects dropped)
+Cached = tuple[str | None, list[dict[str, Any]], str | None, dict[str, Any] | None, int | None, Any]
 
 
 class _MoreImages(Exception):
@@ -164,7 +169,7 @@ def _looked_up(
         lambda s: _cached(s, image.sha256, image.page, model.weights_sha256, pixel_size, options, modality),
     )
     if cached is not None:
-        result.kind, result.cached, result.note, result.reporters, result.z_plane = cached
+        result.kind, result.cached, result.note, result.reporters, result.z_plane, result.dropped = cached
         return result, None
     try:
         stored = ctx.lab.blobs.file(image.sha256)  # opened where it lies: one plane in memory at a time
@@ -195,13 +200,13 @@ def _cached(
     pixel_size: float,
     options: ReadOptions,
     modality: str | None = None,
-) -> tuple[str | None, list[dict[str, Any]], str | None, dict[str, Any] | None, int | None] | None:
-    """(kind, cells, note, reporters, z plane read) computed before for these image bytes, these weights, this
-    pixel size, the same channel and z plane asked for and the same modality, or None."""
+) -> Cached | None:
+    """What was computed before (:data:`Cached`) for these image bytes, these weights, this pixel size, the same
+    channel and z plane asked for and the same modality, or None."""
     if not sha:
         return None
     source = s.execute(
-        select(Image.id, Image.n_cells, Image.note, Image.kind, Image.reporters, Image.z_plane)
+        select(Image.id, Image.n_cells, Image.note, Image.kind, Image.reporters, Image.z_plane, Image.dropped)
         .join(Batch, Batch.id == Image.batch_id)
         .join(Model, Model.id == Batch.model_id)
         .where(
@@ -243,6 +248,7 @@ def _cached(
         source.note,
         source.reporters,
         source.z_plane,
+        source.dropped,
     )
 
 
@@ -262,7 +268,7 @@ def _write(s: Session, batch_id: int, images: list[tuple[Any, ImageResult]], cla
             values.update(error=r.error, n_cells=0)
         elif r.cached is not None:
             rows += [c | {"batch_id": batch_id, "image_id": image.id} for c in r.cached]
-            values.update(n_cells=len(r.cached), kind=r.kind, note=r.note, reporters=r.reporters)
+            values.update(n_cells=len(r.cached), kind=r.kind, note=r.note, reporters=r.reporters, dropped=r.dropped)
         else:
             found = r.found
             n = len(found) if found is not None else 0
@@ -289,6 +295,12 @@ def _write(s: Session, batch_id: int, images: list[tuple[Any, ImageResult]], cla
                         }
                     )
             reporters = {sig.name: {"background": sig.background, "method": sig.background_method} for sig in r.signal}
-            values.update(n_cells=n, kind=r.kind, note=r.note, reporters=reporters or None)
+            values.update(
+                n_cells=n,
+                kind=r.kind,
+                note=r.note,
+                reporters=reporters or None,
+                dropped=found.dropped_record() if found is not None else None,
+            )
         s.execute(update(Image).where(Image.id == image.id).values(**values))
     insert_cells(s, rows)

@@ -193,8 +193,11 @@ class Context:
         return self.retry(what, attempt)
 
     def check(self, s: Session) -> None:
-        """Within ``s``: raise :class:`JobLost` or :class:`Cancelled` when the job is no longer ours to run."""
+        """Within ``s``: raise :class:`JobLost` or :class:`Cancelled` when the job is no longer ours to run
+        (cancelled: someone asked to, or ended it as its batch was deleted: lsm_core.lab.batches.delete)."""
         row = s.execute(select(Job.worker_id, Job.status, Job.cancel_requested).where(Job.id == self.job.id)).first()
+        if row is not None and row.worker_id == self.worker_id and row.status == JobStatus.CANCELLED:
+            raise Cancelled()
         if row is None or row.worker_id != self.worker_id or row.status != JobStatus.RUNNING:
             raise JobLost()
         if row.cancel_requested:
@@ -236,6 +239,7 @@ class Context:
                 if result is not None:
                     s.execute(update(Job).where(Job.id == self.job.id).values(result=result))
                 if not jobs.finish(s, self.job.id, self.worker_id, JobStatus.DONE):
+                    self.check(s)  # Cancelled when its batch was deleted meanwhile (PostgreSQL: since check above)
                     raise JobLost()
 
         self.retry("finishing a job", attempt)
