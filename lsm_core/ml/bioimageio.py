@@ -22,16 +22,20 @@ Nothing here is downloaded: the package validates with ``bioimageio.spec`` offli
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import re
+import sys
 import tempfile
+import threading
 import zipfile
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -305,24 +309,205 @@ def onnx_bytes(net: nn.Module, size: int, output: str = "probabilities") -> byte
         return path.read_bytes()
 
 
+MAX_PACKAGE_BYTES = 1 << 30  # a package's declared unpacked size (its weights three ways: ResNet-50's ~300 MB)
+MAX_PACKAGE_MEMBERS = 200
+MAX_RDF_BYTES = 1 << 20  # rdf.yaml: a description, never a data file
+MAX_RDF_NODES = 100_000  # values in rdf.yaml (YAML aliases can make a small file a huge tree)
+MAX_WEIGHTS_BYTES = 512 << 20  # the state dict read: a ResNet-50's is ~100 MB
+MAX_TEST_CROPS = 64  # crops in a test tensor (the app's own exports hold TEST_CROPS)
+MAX_TEST_BYTES = 64 << 20  # a test tensor, as its .npy header declares it
+_NETWORK_EVENTS = (
+    "socket.connect",
+    "socket.getaddrinfo",
+    "socket.gethostbyname",
+    "socket.gethostbyaddr",
+    "socket.sendto",
+    "socket.sendmsg",
+    "urllib.Request",
+)
+_offline = threading.local()
+_hook_added = False
+_hook_lock = threading.Lock()
+
+
+def _network_hook(event: str, args: tuple) -> None:
+    if getattr(_offline, "on", False) and event in _NETWORK_EVENTS:
+        raise OfflineError(f"a model package may not reach the network ({event} {args[1:2]!r} refused)")
+
+
+class OfflineError(PermissionError):
+    """Raised inside :func:`no_network` by anything that tries to open a connection or resolve a name."""
+
+
+@contextlib.contextmanager
+def no_network() -> Iterator[None]:
+    """No connection and no name lookup from this thread while inside (an audit hook, added once; other threads,
+    such as the web server's and the database's, are untouched): reading a package never reaches the network,
+    whatever URLs its description holds."""
+    global _hook_added
+    with _hook_lock:
+        if not _hook_added:
+            sys.addaudithook(_network_hook)
+            _hook_added = True
+    before = getattr(_offline, "on", False)
+    _offline.on = True
+    try:
+        yield
+    finally:
+        _offline.on = before
+
+
+class Package:
+    """A package ZIP opened for reading, bounded before anything is decompressed: at most
+    :data:`MAX_PACKAGE_MEMBERS` files declaring at most :data:`MAX_PACKAGE_BYTES` together; a member is read
+    streaming against a cap (what it declares, and the caller's limit), never whole first."""
+
+    def __init__(self, data: bytes) -> None:
+        try:
+            self.zip = zipfile.ZipFile(io.BytesIO(data))
+        except zipfile.BadZipFile:
+            raise LsmError("not a ZIP file: a bioimage.io package is a ZIP with rdf.yaml at its top") from None
+        self.infos = {i.filename: i for i in self.zip.infolist() if not i.is_dir()}
+        if len(self.infos) > MAX_PACKAGE_MEMBERS:
+            raise LsmError(f"the package holds {len(self.infos)} files (at most {MAX_PACKAGE_MEMBERS})")
+        total = sum(i.file_size for i in self.infos.values())
+        if total > MAX_PACKAGE_BYTES:
+            raise LsmError(f"the package unpacks to {total / 1e9:.1f} GB (at most {MAX_PACKAGE_BYTES / 1e9:.1f} GB)")
+
+    def __enter__(self) -> Package:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.zip.close()
+
+    def info(self, name: object, what: str) -> zipfile.ZipInfo:
+        if not isinstance(name, str) or name.removeprefix("./") not in self.infos:
+            shown = name if isinstance(name, str) and len(name) < 200 else type(name).__name__
+            raise LsmError(f"its {what} ({shown!r}) is not a file of the package (a URL is never fetched)")
+        return self.infos[name.removeprefix("./")]
+
+    def open(self, name: object, what: str) -> IO[bytes]:
+        return self.zip.open(self.info(name, what))
+
+    def read(self, name: object, what: str, limit: int, sha256: object = None) -> bytes:
+        """A member's bytes, at most ``limit`` (refused above), its sha256 checked when one is declared."""
+        info = self.info(name, what)
+        if info.file_size > limit:
+            raise LsmError(
+                f"its {what} ({info.filename}) unpacks to {info.file_size / 1e6:.1f} MB (at most {limit / 1e6:.0f} MB)"
+            )
+        digest = hashlib.sha256()
+        chunks = []
+        try:
+            with self.zip.open(info) as f:  # stops at the declared size; more data than declared fails its CRC
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+                    chunks.append(chunk)
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+            raise LsmError(f"its {what} ({info.filename}) cannot be unpacked: {exc}") from None
+        if isinstance(sha256, str) and sha256.lower() != digest.hexdigest():
+            raise LsmError(f"its {what} ({info.filename}) is not the file its sha256 in rdf.yaml vouches for")
+        return b"".join(chunks)
+
+    def sha256(self, name: str) -> str:
+        digest = hashlib.sha256()
+        with self.zip.open(self.infos[name]) as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+
+def _count_nodes(value: Any, budget: list[int]) -> None:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise LsmError(f"its rdf.yaml holds more than {MAX_RDF_NODES:,} values (YAML aliases?)")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _count_nodes(k, budget)
+            _count_nodes(v, budget)
+    elif isinstance(value, list):
+        for v in value:
+            _count_nodes(v, budget)
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+def read_rdf(package: Package) -> dict[str, Any]:
+    """rdf.yaml, bounded (:data:`MAX_RDF_BYTES`, :data:`MAX_RDF_NODES`); JSON (the app's exports) or YAML."""
+    raw = package.read("rdf.yaml", "description", MAX_RDF_BYTES)
+    try:
+        rdf = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        from ruyaml import YAML  # written by other tools: real YAML (ruyaml is bioimageio.spec's YAML library)
+        from ruyaml.error import YAMLError
+
+        try:
+            rdf = YAML(typ="safe").load(raw.decode("utf-8"))
+        except (YAMLError, UnicodeDecodeError, ValueError) as exc:
+            raise LsmError(f"its rdf.yaml is not YAML: {type(exc).__name__}") from None
+    if not isinstance(rdf, dict):
+        raise LsmError("its rdf.yaml is not a description (a mapping of fields)")
+    _count_nodes(rdf, [MAX_RDF_NODES])
+    return rdf
+
+
+def unused_members(package: Package, rdf: dict[str, Any]) -> list[str]:
+    """The package's files that its description names nowhere (a package brings only what it uses)."""
+    named = {s.removeprefix("./") for s in _strings(rdf)}
+    return sorted(n for n in package.infos if n != "rdf.yaml" and n not in named)
+
+
+def declared_sha256(rdf: dict[str, Any]) -> dict[str, str]:
+    """Each file the description vouches for by a sha256 (``source`` and ``sha256`` side by side)."""
+    found: dict[str, str] = {}
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            source, sha = value.get("source"), value.get("sha256")
+            if isinstance(source, str) and isinstance(sha, str):
+                found[source.removeprefix("./")] = sha.lower()
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+
+    walk(rdf)
+    return found
+
+
 def validate(data: bytes) -> list[str]:
-    """The problems ``bioimageio.spec`` finds in a package (its ZIP's bytes); empty when it is valid."""
+    """The problems ``bioimageio.spec`` finds in a package (its ZIP's bytes), and files of it that are not what
+    their sha256 vouches for; empty when it is valid. Offline: the description's URLs are never fetched (no IO
+    checks by bioimageio.spec, under :func:`no_network`); the sha256 of the package's own files is checked
+    here, streaming."""
     from bioimageio.spec import InvalidDescr, load_description
 
-    with tempfile.TemporaryDirectory() as tmp:
+    problems: list[str] = []
+    with Package(data) as package:
+        rdf = read_rdf(package)
+        for name, sha in declared_sha256(rdf).items():
+            if name in package.infos and package.sha256(name) != sha:
+                problems.append(f"{name}: not the file its sha256 in rdf.yaml vouches for")
+    with tempfile.TemporaryDirectory() as tmp, no_network():
         path = Path(tmp) / "package.zip"
         path.write_bytes(data)
-        descr = load_description(path, perform_io_checks=True)
+        descr = load_description(path, perform_io_checks=False)
         if isinstance(descr, InvalidDescr):
             summary = descr.validation_summary
-            return [f"{'.'.join(map(str, e.loc))}: {e.msg}" for d in summary.details for e in d.errors] or [
+            problems += [f"{'.'.join(map(str, e.loc))}: {e.msg}" for d in summary.details for e in d.errors] or [
                 str(summary.status)
             ]
-    return []
-
-
-MAX_PACKAGE_BYTES = 2 << 30  # a package's unpacked size: weights of a ResNet-50 three ways are ~300 MB
-MAX_PACKAGE_MEMBERS = 200
+    return problems
 
 
 @dataclass
@@ -331,22 +516,6 @@ class Imported:
 
     net: nn.Module
     manifest: Any  # lsm_core.ml.models.Manifest
-
-
-def _members(data: bytes) -> dict[str, bytes]:
-    """The files of a package ZIP, bounded before anything is decompressed (names as written, no folders)."""
-    try:
-        z = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile:
-        raise LsmError("not a ZIP file: a bioimage.io package is a ZIP with rdf.yaml at its top") from None
-    with z:
-        infos = [i for i in z.infolist() if not i.is_dir()]
-        if len(infos) > MAX_PACKAGE_MEMBERS:
-            raise LsmError(f"the package holds {len(infos)} files (at most {MAX_PACKAGE_MEMBERS})")
-        total = sum(i.file_size for i in infos)
-        if total > MAX_PACKAGE_BYTES:
-            raise LsmError(f"the package unpacks to {total / 1e9:.1f} GB (at most {MAX_PACKAGE_BYTES / 1e9:.0f} GB)")
-        return {i.filename: z.read(i) for i in infos}
 
 
 def _refuse(reason: str) -> LsmError:
@@ -364,57 +533,94 @@ def import_package(data: bytes, name: str | None = None, source: str = "package.
     package's declared tolerance. Its classes, the pixel size of its input axes and its temperature become
     the manifest; its name, authors, citations, licence and sha256 are kept as ``training["imported_from"]``
     (shown on the model card). The weights are read with ``torch.load(weights_only=True)``: no code of the
-    package is run."""
+    package is run. It is read offline (no URL of it is fetched) and in bounded memory (:class:`Package`, the
+    MAX_* limits above); a file of the package that its rdf.yaml does not name is refused."""
+    try:
+        with Package(data) as package:
+            return _import(package, data, name, source)
+    except (LsmError, OfflineError) as exc:  # OfflineError: a URL reached for despite no IO checks, not followed
+        raise _refuse(str(exc)) from None
+
+
+def _test_tensor(package: Package, tensor: Any, what: str) -> np.ndarray:
+    """A test tensor, its .npy header read first: at most :data:`MAX_TEST_CROPS` crops and
+    :data:`MAX_TEST_BYTES`, numbers only, before its data is unpacked."""
+    tensor = tensor if isinstance(tensor, dict) else {}
+    source = tensor.get("source")
+    try:
+        with package.open(source, what) as f:
+            version = np.lib.format.read_magic(f)
+            header = np.lib.format.read_array_header_2_0 if version >= (2, 0) else np.lib.format.read_array_header_1_0
+            shape, _, dtype = header(f)
+    except (ValueError, OSError, zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise LsmError(f"its {what} is not a .npy array ({exc})") from None
+    if dtype.hasobject or dtype.kind not in "biuf":
+        raise LsmError(f"its {what} holds {dtype}, not numbers")
+    crops = int(shape[0]) if shape else 1
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize if shape else dtype.itemsize
+    if crops > MAX_TEST_CROPS or nbytes > MAX_TEST_BYTES:
+        raise LsmError(
+            f"its {what} declares {crops:,} crops of shape {tuple(shape)} ({nbytes / 1e6:,.0f} MB); a test tensor "
+            f"here holds at most {MAX_TEST_CROPS} crops and {MAX_TEST_BYTES / 1e6:.0f} MB"
+        )
+    raw = package.read(source, what, MAX_TEST_BYTES + (1 << 16), tensor.get("sha256"))
+    try:
+        return np.load(io.BytesIO(raw), allow_pickle=False)
+    except ValueError as exc:
+        raise LsmError(f"its {what} is not a .npy array ({exc})") from None
+
+
+def _import(package: Package, data: bytes, name: str | None, source: str) -> Imported:
     from lsm_core.classes import TASKS as TASK_CLASSES
     from lsm_core.ml import nets
     from lsm_core.ml.models import Manifest, check_name
 
-    files = _members(data)
-    if "rdf.yaml" not in files:
-        raise _refuse("no rdf.yaml at the top of the ZIP")
+    if "rdf.yaml" not in package.infos:
+        raise LsmError("no rdf.yaml at the top of the ZIP")
+    rdf = read_rdf(package)
+    unused = unused_members(package, rdf)
+    if unused:
+        shown = ", ".join(repr(n[:80]) for n in unused[:5]) + (
+            f" and {len(unused) - 5} more" if len(unused) > 5 else ""
+        )
+        raise LsmError(f"it holds files its rdf.yaml does not name ({shown}): a package brings only what it uses")
     problems = validate(data)
     if problems:
-        raise _refuse("bioimageio.spec does not validate it: " + "; ".join(problems[:3]))
-    try:
-        rdf = json.loads(files["rdf.yaml"])
-    except json.JSONDecodeError:
-        from ruyaml import YAML  # written by other tools: real YAML (ruyaml is bioimageio.spec's YAML library)
-
-        rdf = YAML(typ="safe").load(files["rdf.yaml"].decode("utf-8"))
+        raise LsmError("bioimageio.spec does not validate it: " + "; ".join(problems[:3]))
     if rdf.get("type") != "model":
-        raise _refuse(f"it describes a {rdf.get('type')!r}, not a model")
+        raise LsmError(f"it describes a {rdf.get('type')!r}, not a model")
     inputs, outputs = rdf.get("inputs") or [], rdf.get("outputs") or []
     if len(inputs) != 1 or len(outputs) != 1:
-        raise _refuse(f"a classifier here has one input and one output (this has {len(inputs)} and {len(outputs)})")
+        raise LsmError(f"a classifier here has one input and one output (this has {len(inputs)} and {len(outputs)})")
     axes = {a.get("type"): a for a in inputs[0].get("axes") or []}
     space = [a for a in inputs[0].get("axes") or [] if a.get("type") == "space"]
     channel = axes.get("channel")
     if channel is not None and len(channel.get("channel_names") or []) != 1:
-        raise _refuse("its input has more than one channel; the app classifies one grey channel")
+        raise LsmError("its input has more than one channel; the app classifies one grey channel")
     sizes = {a.get("size") for a in space}
     if len(space) != 2 or len(sizes) != 1 or not all(isinstance(s, int) for s in sizes):
-        raise _refuse("its input is not one square crop of a fixed size (two space axes of one size)")
+        raise LsmError("its input is not one square crop of a fixed size (two space axes of one size)")
     size = int(sizes.pop())
     out_axes = outputs[0].get("axes") or []
     if [a.get("type") for a in out_axes] not in (["batch", "channel"], ["channel"]):
-        raise _refuse("its output is not a class axis (batch, channel): it is not a classifier")
+        raise LsmError("its output is not a class axis (batch, channel): it is not a classifier")
     classes = [str(c) for c in next(a for a in out_axes if a.get("type") == "channel").get("channel_names") or []]
     task = next((t for t, known in TASK_CLASSES.items() if sorted(known) == sorted(classes)), None)
     if task is None:
         known = "; ".join(f"{t}: {', '.join(c)}" for t, c in TASK_CLASSES.items())
-        raise _refuse(f"its classes ({', '.join(classes)}) are not those of a task the app knows ({known})")
+        raise LsmError(f"its classes ({', '.join(classes)}) are not those of a task the app knows ({known})")
     preprocessing = [p.get("id") for p in inputs[0].get("preprocessing") or []]
     if any(p not in ("zero_mean_unit_variance", "ensure_dtype") for p in preprocessing):
-        raise _refuse(
+        raise LsmError(
             f"its preprocessing ({', '.join(preprocessing)}) is not the per-crop standardisation the app's networks do"
         )
     weights = (rdf.get("weights") or {}).get("pytorch_state_dict")
     if not weights:
-        raise _refuse("it has no pytorch_state_dict weights (the app runs PyTorch networks)")
+        raise LsmError("it has no pytorch_state_dict weights (the app runs PyTorch networks)")
     kwargs = (weights.get("architecture") or {}).get("kwargs") or {}
     architecture = kwargs.get("architecture")
     if architecture not in nets.REGISTRY:
-        raise _refuse(
+        raise LsmError(
             f"its architecture ({(weights.get('architecture') or {}).get('callable', '?')}"
             + (f", {architecture}" if architecture else "")
             + ") is not one the app runs; run it in bioimageio.core, ilastik or deepImageJ"
@@ -422,19 +628,24 @@ def import_package(data: bytes, name: str | None = None, source: str = "package.
     config = (rdf.get("config") or {}).get("lsm_classifier") or {}
     ours: dict[str, Any] = config["manifest"] if isinstance(config.get("manifest"), dict) else {}
     temperature = float(kwargs.get("temperature", ours.get("temperature", 1.0)))
+    raw = package.read(weights.get("source"), "weights", MAX_WEIGHTS_BYTES, weights.get("sha256"))
     try:
-        state = torch.load(io.BytesIO(files[weights["source"]]), map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise _refuse(f"its weights are not a plain state dict of tensors ({type(exc).__name__})") from None
+        raise LsmError(f"its weights are not a plain state dict of tensors ({type(exc).__name__})") from None
     net = nets.create(architecture, len(classes))
     inner = {k.removeprefix("net."): v for k, v in state.items()} if isinstance(state, dict) else {}
     from lsm_core.ml.models import _load_state
 
     _load_state(net, inner, source)
     wrapped = ProbabilityClassifier(net, temperature).eval()
-    x = np.load(io.BytesIO(files[inputs[0]["test_tensor"]["source"]]), allow_pickle=False)
-    expected = np.load(io.BytesIO(files[outputs[0]["test_tensor"]["source"]]), allow_pickle=False)
-    x = np.asarray(x, np.float32).reshape(-1, 1, size, size)
+    del raw
+    x = _test_tensor(package, inputs[0].get("test_tensor"), "test input")
+    expected = _test_tensor(package, outputs[0].get("test_tensor"), "test output")
+    try:
+        x = np.asarray(x, np.float32).reshape(-1, 1, size, size)
+    except ValueError:
+        raise LsmError(f"its test input of shape {x.shape} is not crops of {size}x{size}") from None
     with torch.no_grad():
         got = wrapped(torch.from_numpy(x)).numpy()
     declared = ((rdf.get("config") or {}).get("bioimageio") or {}).get("reproducibility_tolerance") or []
@@ -442,10 +653,10 @@ def import_package(data: bytes, name: str | None = None, source: str = "package.
     rtol = float(tolerance.get("relative_tolerance", TOLERANCE["relative_tolerance"]))
     atol = float(tolerance.get("absolute_tolerance", TOLERANCE["absolute_tolerance"]))
     if got.shape != np.shape(expected):
-        raise _refuse(f"its test input gives output of shape {got.shape}, not the test output's {np.shape(expected)}")
+        raise LsmError(f"its test input gives output of shape {got.shape}, not the test output's {np.shape(expected)}")
     difference = float(np.max(np.abs(got - expected))) if got.size else 0.0
     if not np.allclose(got, expected, rtol=rtol, atol=atol):
-        raise _refuse(
+        raise LsmError(
             f"its test tensors do not reproduce: the largest difference is {difference:.3g} (tolerance: relative "
             f"{rtol:g}, absolute {atol:g}): the weights, the architecture or the test output do not belong together"
         )
