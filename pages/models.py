@@ -67,8 +67,8 @@ def show_card(card: MetricsCard, key: str) -> None:
     for message in card.notes:
         st.caption(escape_markdown(message))
     cols = st.columns(len(card.numbers))
-    for col, (label, value, help_text) in zip(cols, card.numbers):
-        col.metric(label, value, help=help_text)
+    for col, (label, value, help_text) in zip(cols, card.numbers):  # a help is Markdown; it may say a package's n
+        col.metric(label, value, help=escape_markdown(help_text) if help_text else None)
     if card.per_class:
         st.dataframe(pd.DataFrame(card.per_class), hide_index=True, width="stretch")
     cols = st.columns(max(1, len(card.figures)))

@@ -103,7 +103,7 @@ def test_upload_classify_results_and_download_in_chromium(server, tmp_path):
         browser.close()
 
     book = openpyxl.load_workbook(xlsx)
-    assert book.sheetnames == ["cells", "summary", "batch", "model", "review", "review_confusion"]
+    assert book.sheetnames == ["cells", "summary", "batch", "model", "images", "review", "review_confusion"]
     cells = list(book["cells"].iter_rows(values_only=True))
     header, body = cells[0], cells[1:]
     assert header[:9] == ("file", "page", "cell", "x", "y", "w", "h", "predicted", "score")

@@ -234,3 +234,35 @@ def test_a_small_package_with_a_huge_test_tensor_stays_within_the_memory_bound(p
     base, peak = (int(n) / 1024 for n in numbers.split())
     assert peak - base < BOUND_MB, f"{peak - base:.0f} MB above the baseline ({said})"
     assert "declares 10,000 crops" in said, said
+
+
+def test_a_packages_own_quality_verdict_is_not_taken_on_its_word(package):
+    """A package may say its model passed the quality check; the import keeps its metrics but not the verdict
+    (an imported model's check is 'not recorded', and it is never made the default on the package's word)."""
+    from lsm_core.ml.metrics import model_quality
+
+    rdf, files = json.loads(json.dumps(package[0])), dict(package[1])
+    metrics = rdf["config"]["lsm_classifier"]["manifest"]["metrics"]
+    metrics.update(accuracy=0.99, quality_check={"passed": True, "reasons": [], "warnings": []})
+    metrics["test"] = {"accuracy": 0.99, "quality_check": {"passed": True}}
+    imported = import_package(zipped(rdf, files))
+    assert imported.manifest.metrics["accuracy"] == 0.99
+    assert "quality_check" not in imported.manifest.metrics and "quality_check" not in imported.manifest.metrics["test"]
+    assert model_quality(imported.manifest.metrics) == (None, [], [])
+
+
+def test_a_training_record_not_as_the_app_writes_it_leaves_the_card_whole():
+    from lsm_core.reports.model_card import training_labels
+
+    training = {
+        "labels": [
+            {"kind": "batches", "batches": {"1": "aged"}, "cells": {"1": "many"}},
+            {"kind": "folders", "images": 3, "cells": {"young": 5}},
+            {"kind": "gate", "counts": ["not", "a", "mapping"]},
+        ]
+    }
+    section = training_labels(training)
+    assert section is not None
+    assert "Class folders (labelled ZIPs or folders named after the classes): 3 images." in section.lines
+    assert sum("could not be read and is left out" in line for line in section.lines) == 2
+    assert {"labels from": "class folders", "class": "young", "cells": 5} in section.counts

@@ -570,6 +570,19 @@ def _test_tensor(package: Package, tensor: Any, what: str) -> np.ndarray:
         raise LsmError(f"its {what} is not a .npy array ({exc})") from None
 
 
+def _claims_dropped(metrics: Any) -> dict[str, Any]:
+    """A package's metrics without the verdicts it records about itself (``quality_check``, here and in its test
+    set's summary): an imported model's quality is not recorded (the Models table says so) and never taken on
+    the package's word to make it the default."""
+    if not isinstance(metrics, dict):
+        return {}
+    out = {k: v for k, v in metrics.items() if k != "quality_check"}
+    for key, value in out.items():
+        if isinstance(value, dict) and "quality_check" in value:
+            out[key] = {k: v for k, v in value.items() if k != "quality_check"}
+    return out
+
+
 def _import(package: Package, data: bytes, name: str | None, source: str) -> Imported:
     from lsm_core.classes import TASKS as TASK_CLASSES
     from lsm_core.ml import nets
@@ -688,7 +701,7 @@ def _import(package: Package, data: bytes, name: str | None, source: str) -> Imp
         pixel_size_um=float(ours.get("pixel_size_um", scale)),
         crop_um=scale * size,
         temperature=temperature,
-        metrics=dict(ours.get("metrics") or {}),
+        metrics=_claims_dropped(ours.get("metrics")),
         training=training,
         demo=bool(ours.get("demo", False)),
         description=str(ours.get("description") or rdf.get("description") or ""),

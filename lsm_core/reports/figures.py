@@ -7,15 +7,25 @@ chromium embeds the subset it used in a PDF; an SVG gets the same subset as an `
 its text stays text (editable in Inkscape or Illustrator) and looks the same on a machine without the font.
 Sizes are physical: millimetres (a journal's single column is about 89 mm, a double one 183 mm), font sizes
 in points; a PNG is rendered at the DPI asked and says so in its header.
+
+The chromium that draws has no network, loopback included (:func:`offline_browser`): plotly reads a subset of
+HTML in a figure's texts (``<span style>``, ``<a href>``), and a figure's text is people's and packages' text,
+escaped where the figures are built (:func:`lsm_core.reports.report.plot_text`); should one slip through, its
+``url(...)`` or link is fetched from nowhere.
 """
 
 from __future__ import annotations
 
+import atexit
 import base64
 import copy
 import io
+import os
 import re
+import shlex
 import shutil
+import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +89,62 @@ def browser(setting: str | None = None) -> str | None:
     return None
 
 
+# What the exporting chromium runs with, after whatever kaleido and choreographer pass (chromium takes the last of a
+# switch given twice, so CHOREO_PROXY_SERVER cannot undo them): every http(s) and ws request goes to a proxy at a
+# closed port, loopback included (chromium sends 127.0.0.1, ::1 and localhost past any proxy unless told
+# ``<-loopback>``), and no host name or address resolves (so no DNS query leaves either); nor does chromium's own
+# background traffic run. kaleido loads its page and plotly.js from files and talks over a pipe: it needs none.
+OFFLINE_FLAGS = (
+    "--proxy-server=127.0.0.1:9",
+    "--proxy-bypass-list=<-loopback>",
+    "--host-resolver-rules=MAP * ~NOTFOUND",
+    "--disable-background-networking",
+)
+_wrappers: dict[str, str] = {}
+_wrappers_lock = threading.Lock()
+
+
+def _remove(folder: str, owner: int) -> None:
+    if os.getpid() == owner:  # not by a forked child that exits normally: the folder is its parent's
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _script_folder(prefix: str) -> str:
+    """A new private (0700) folder for the wrapper, where a file may be run: the temporary folder, else the
+    user's cache folder (a /tmp mounted noexec cannot run it)."""
+    for where in (None, str(Path.home() / ".cache")):
+        if where is not None and not Path(where).is_dir():
+            continue
+        folder = tempfile.mkdtemp(prefix=prefix, dir=where)
+        if not os.statvfs(folder).f_flag & getattr(os, "ST_NOEXEC", 0):
+            atexit.register(_remove, folder, os.getpid())
+            return folder
+        shutil.rmtree(folder, ignore_errors=True)
+    raise LsmError("figure export needs a folder where it may run a file (the temporary folder is mounted noexec)")
+
+
+def offline_browser(path: str) -> str:
+    """An executable that runs the chromium at ``path`` with :data:`OFFLINE_FLAGS` after the arguments it is given:
+    what kaleido is told to start (choreographer cannot pass ``--proxy-bypass-list``). Written once per process, in
+    a private folder, the path shell-quoted."""
+    if os.name != "posix":
+        raise LsmError("figure export runs chromium without network through a shell script: POSIX systems only")
+    path = os.path.abspath(path)
+    with _wrappers_lock:
+        known = _wrappers.get(path)
+        if known and Path(known).is_file():
+            return known
+        # a snap's chromium (Ubuntu) reads only under the home folder: choreographer puts its profile there when
+        # the path it runs says "snap", so the wrapper's path says it too
+        folder = _script_folder("lsm-snap-chromium-" if "snap" in path else "lsm-chromium-")
+        script = Path(folder) / "chromium"
+        flags = " ".join(shlex.quote(flag) for flag in OFFLINE_FLAGS)
+        script.write_text(f'#!/bin/sh\nexec {shlex.quote(path)} "$@" {flags}\n', encoding="utf-8")
+        script.chmod(0o700)
+        _wrappers[path] = str(script)
+        return str(script)
+
+
 def export_problem(setting: str | None = None) -> str | None:
     """Why SVG, PDF and PNG cannot be drawn here (None: they can)."""
     if browser(setting) is None:
@@ -118,9 +184,10 @@ def figure_bytes(fig: go.Figure, fmt: str, size: FigureSize | None = None, chrom
     if fmt not in FORMATS:
         raise LsmError(f"figure format {fmt!r}: choose {', '.join(FORMATS)}")
     size = (size or FigureSize()).checked()
-    problem = export_problem(chromium)
-    if problem:
-        raise LsmError(problem)
+    found = browser(chromium)
+    if found is None:
+        raise LsmError(export_problem(chromium) or "no chromium")
+    path = offline_browser(found)
     import kaleido
 
     width, height = size.css_px
@@ -129,7 +196,7 @@ def figure_bytes(fig: go.Figure, fmt: str, size: FigureSize | None = None, chrom
         data = kaleido.calc_fig_sync(
             styled(fig, size),
             opts={"format": fmt, "width": width, "height": height, "scale": scale},
-            kopts={"path": browser(chromium), "mathjax": False, "timeout": 120},
+            kopts={"path": path, "mathjax": False, "timeout": 120},
         )
     except Exception as exc:  # kaleido and choreographer raise their own kinds: said, never a crash
         raise LsmError(f"the figure could not be drawn as {fmt.upper()}: {type(exc).__name__}: {exc}") from None

@@ -1,8 +1,16 @@
-"""Figures of a model card, from the metrics a manifest (or an evaluation job) carries. No UI."""
+"""Figures of a model card, from the metrics a manifest (or an evaluation job) carries. No UI.
+
+An imported package brings its own metrics, description and origin: every text of it is drawn as text (names in
+figures through :func:`lsm_core.reports.report.plot_text`, Markdown through :func:`_md`), and a number it
+carries is drawn only when it is a number (text where a number belongs would become an axis of category labels,
+which plotly reads as HTML too).
+"""
 
 from __future__ import annotations
 
 import io
+import math
+import numbers
 import re
 import zipfile
 from dataclasses import dataclass, field
@@ -11,13 +19,43 @@ from pathlib import Path
 import plotly.graph_objects as go
 
 from lsm_core.classes import PAPER_CITATION
-from lsm_core.reports.report import colour
+from lsm_core.reports.report import colour, plot_text
+
+
+def _finite(value: object) -> float | None:
+    """A number of a set of metrics (perhaps a package's), or None: text, booleans, NaN and infinities are none."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy's numbers are Real too
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _finites(values: object) -> list[float | None]:
+    """A list of numbers as :func:`_finite` reads each (anything but a list: none)."""
+    return [_finite(v) for v in values] if isinstance(values, (list, tuple)) else []
+
+
+def _count(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:.3g}"
+
+
+def count_matrix(metrics: dict) -> tuple[list[str], list[list[float]]] | None:
+    """The classes and confusion matrix of ``metrics`` when they are a square table of counts, one row and column
+    per class (else None: a package may carry anything there)."""
+    classes, cm = metrics.get("classes"), metrics.get("confusion_matrix")
+    if not isinstance(classes, list) or not classes or not isinstance(cm, list) or len(cm) != len(classes):
+        return None
+    rows = [_finites(row) for row in cm]
+    if any(len(row) != len(classes) or any(v is None or v < 0 for v in row) for row in rows):
+        return None
+    return [str(c) for c in classes], [[float(v) for v in row if v is not None] for row in rows]
 
 
 def confusion_figure(metrics: dict) -> go.Figure:
-    classes = metrics["classes"]
-    cm = metrics["confusion_matrix"]
-    totals = [max(1, sum(row)) for row in cm]
+    found = count_matrix(metrics)
+    names, cm = found if found else ([], [])
+    classes = [plot_text(c) for c in names]  # the axes' labels and the hover: text, never HTML
+    totals = [max(1.0, sum(row)) for row in cm]
     share = [[v / t for v in row] for row, t in zip(cm, totals)]
     fig = go.Figure(
         go.Heatmap(
@@ -27,7 +65,7 @@ def confusion_figure(metrics: dict) -> go.Figure:
             colorscale="Blues",
             zmin=0,
             zmax=1,
-            text=[[f"{v}<br>{100 * p:.0f}%" for v, p in zip(row, prow)] for row, prow in zip(cm, share)],
+            text=[[f"{_count(v)}<br>{100 * p:.0f}%" for v, p in zip(row, prow)] for row, prow in zip(cm, share)],
             texttemplate="%{text}",
             hovertemplate="true %{y}, predicted %{x}: %{text}<extra></extra>",
             colorbar={"title": "share of row"},
@@ -43,35 +81,55 @@ def confusion_figure(metrics: dict) -> go.Figure:
     return fig
 
 
+def _dict(value: object) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
 def roc_figure(metrics: dict) -> go.Figure:
     fig = go.Figure()
-    for i, (name, curve) in enumerate(metrics.get("roc", {}).items()):
-        auc = metrics["per_class"].get(name, {}).get("auc") if name != "micro" else metrics.get("micro_auc")
-        label = f"{name} (AUC {auc:.2f})" if auc is not None else name
+    per_class = _dict(metrics.get("per_class"))
+    for i, (name, curve) in enumerate(_dict(metrics.get("roc")).items()):
+        if not isinstance(curve, dict):
+            continue
+        auc = _finite(metrics.get("micro_auc") if name == "micro" else _dict(per_class.get(name)).get("auc"))
+        text = plot_text(name)  # a class's name, or any key a package's ROC curves carry: a legend of text
+        label = f"{text} (AUC {auc:.2f})" if auc is not None else text
         fig.add_trace(
             go.Scatter(
-                x=curve["fpr"],
-                y=curve["tpr"],
+                x=_finites(curve.get("fpr")),
+                y=_finites(curve.get("tpr")),
                 mode="lines",
                 name=label,
-                line={"color": colour(name, i), "dash": "dot" if name == "micro" else "solid"},
+                line={"color": colour(str(name), i), "dash": "dot" if name == "micro" else "solid"},
             )
         )
     fig.add_trace(
         go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"color": "#999", "dash": "dash"}, showlegend=False)
     )
+    macro = _finite(metrics.get("macro_auc"))
     fig.update_layout(
         xaxis_title="false positive rate",
         yaxis_title="true positive rate",
         height=380,
         margin={"t": 30},
-        title={"text": f"one-vs-rest ROC, macro AUC {metrics['macro_auc']:.2f}" if metrics.get("macro_auc") else ""},
+        title={"text": f"one-vs-rest ROC, macro AUC {macro:.2f}" if macro else ""},
     )
     return fig
 
 
+def reliability_bins(metrics: dict) -> list[dict]:
+    """The reliability diagram's bins of ``metrics`` that are numbers (low, high, accuracy, count)."""
+    found = metrics.get("reliability")
+    bins = []
+    for b in found if isinstance(found, list) else []:
+        values = {k: _finite(b.get(k)) for k in ("low", "high", "accuracy", "count")} if isinstance(b, dict) else {}
+        if values and all(v is not None for v in values.values()):
+            bins.append(values)
+    return bins
+
+
 def reliability_figure(metrics: dict) -> go.Figure:
-    bins = metrics.get("reliability", [])
+    bins = reliability_bins(metrics)
     fig = go.Figure()
     fig.add_trace(
         go.Bar(
@@ -79,7 +137,7 @@ def reliability_figure(metrics: dict) -> go.Figure:
             y=[b["accuracy"] for b in bins],
             width=[(b["high"] - b["low"]) * 0.9 for b in bins],
             name="accuracy in bin",
-            customdata=[b["count"] for b in bins],
+            customdata=[int(b["count"]) for b in bins],
             hovertemplate="confidence %{x:.2f}: accuracy %{y:.2f} (n=%{customdata})<extra></extra>",
         )
     )
@@ -94,9 +152,9 @@ def reliability_figure(metrics: dict) -> go.Figure:
         height=380,
         margin={"t": 30},
         title={
-            "text": f"accuracy {metrics['accuracy']:.3f} · ECE {metrics['ece']:.3f}"
-            if isinstance(metrics.get("accuracy"), (int, float))
-            else f"ECE {metrics['ece']:.3f}"
+            "text": f"accuracy {_num(metrics.get('accuracy'))} · ECE {_num(metrics.get('ece'))}"
+            if _finite(metrics.get("accuracy")) is not None
+            else f"ECE {_num(metrics.get('ece'))}"
         },
     )
     return fig
@@ -104,15 +162,16 @@ def reliability_figure(metrics: dict) -> go.Figure:
 
 def training_figure(training: dict) -> go.Figure:
     """Loss (left axis, from 0) and validation accuracy (right axis, 0 to 1 in steps of 0.2) per epoch."""
-    h = training.get("history", {})
+    h = _dict(training.get("history"))  # a package's too: numbers only (text would be category labels)
+    train_loss, val_loss, val_accuracy = (_finites(h.get(k)) for k in ("train_loss", "val_loss", "val_accuracy"))
     fig = go.Figure()
-    epochs = list(range(1, len(h.get("train_loss", [])) + 1))
-    fig.add_trace(go.Scatter(x=epochs, y=h.get("train_loss", []), name="training loss", mode="lines+markers"))
-    if h.get("val_loss"):
-        fig.add_trace(go.Scatter(x=epochs, y=h["val_loss"], name="validation loss", mode="lines+markers"))
-    if h.get("val_accuracy"):
+    epochs = list(range(1, len(train_loss) + 1))
+    fig.add_trace(go.Scatter(x=epochs, y=train_loss, name="training loss", mode="lines+markers"))
+    if val_loss:
+        fig.add_trace(go.Scatter(x=epochs, y=val_loss, name="validation loss", mode="lines+markers"))
+    if val_accuracy:
         fig.add_trace(
-            go.Scatter(x=epochs, y=h["val_accuracy"], name="validation accuracy", mode="lines+markers", yaxis="y2")
+            go.Scatter(x=epochs, y=val_accuracy, name="validation accuracy", mode="lines+markers", yaxis="y2")
         )
     # both axes get their own ticks: an overlaying axis left to itself follows the other's tick positions
     # (plotly's "sync"), which printed 0.032, 0.243, ... on the accuracy axis
@@ -156,7 +215,16 @@ class MetricsCard:
 
 
 def _num(value, digits: int = 3) -> str:
-    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "n/a"
+    number = _finite(value)
+    return f"{number:.{digits}f}" if number is not None else "n/a"
+
+
+def _rounded(value, default: float | None = None) -> float | None:
+    """A per-class figure to three places; ``default`` when missing, None when it is not a number."""
+    if value is None:
+        return default
+    number = _finite(value)
+    return None if number is None else round(number, 3)
 
 
 def metrics_card(
@@ -169,11 +237,13 @@ def metrics_card(
     because the page says them elsewhere)."""
     check = quality or {}
     chance = check.get("chance")
+    n = _finite(metrics.get("n"))
     numbers = [
         (
             "Accuracy (consistency)",
             _num(metrics.get("accuracy")),
-            f"share of the {metrics.get('n', '?')} cells of this set whose predicted class is their true class",
+            f"share of the {_count(n) if n is not None else '?'} cells of this set whose predicted class is their "
+            "true class",
         ),
         (
             "ECE",
@@ -181,15 +251,15 @@ def metrics_card(
             "expected calibration error (15 bins): how far the scores are from the accuracy they promise"
             + (
                 f"; before temperature scaling {_num(metrics['ece_before_scaling'])}"
-                if isinstance(metrics.get("ece_before_scaling"), (int, float))
+                if _finite(metrics.get("ece_before_scaling")) is not None
                 else ""
             ),
         ),
         ("Macro F1", _num(metrics.get("macro_f1")), None),
         ("Macro AUC", _num(metrics.get("macro_auc")), None),
     ]
-    if isinstance(chance, (int, float)):
-        p_value = check.get("p_value")
+    if _finite(chance) is not None:
+        p_value = _finite(check.get("p_value"))
         numbers.append(
             (
                 "Chance (largest class)",
@@ -197,29 +267,35 @@ def metrics_card(
                 "what always answering the largest class scores on these cells"
                 + (
                     f"; p = {p_value:.2g} (one-sided binomial test of the accuracy against it)"
-                    if isinstance(p_value, (int, float))
+                    if p_value is not None
                     else ""
                 ),
             )
         )
-    numbers.append(("Cells", f"{int(metrics.get('n', 0)):,}", None))
-    per_class = [
-        {
-            "class": c,
-            "precision": round(v.get("precision", 0.0), 3),
-            "recall": round(v.get("recall", 0.0), 3),
-            "F1": round(v.get("f1", 0.0), 3),
-            "AUC": None if v.get("auc") is None else round(v["auc"], 3),
-            "cells": v.get("support"),
-        }
-        for c, v in (metrics.get("per_class") or {}).items()
-    ]
+    numbers.append(("Cells", _count(n) if n is not None else "0" if metrics.get("n") is None else "n/a", None))
+    per_class = []
+    for c, found in _dict(metrics.get("per_class")).items():
+        v = _dict(found)
+        support = _finite(v.get("support"))
+        per_class.append(
+            {
+                "class": str(c),
+                "precision": _rounded(v.get("precision"), 0.0),
+                "recall": _rounded(v.get("recall"), 0.0),
+                "F1": _rounded(v.get("f1"), 0.0),
+                "AUC": _rounded(v.get("auc")),
+                "cells": int(support) if support is not None and support.is_integer() else support,
+            }
+        )
     figures = {}
-    if metrics.get("confusion_matrix"):
+    notes = []
+    if count_matrix(metrics) is not None:
         figures["confusion"] = confusion_figure(metrics)
+    elif metrics.get("confusion_matrix"):
+        notes.append("The confusion matrix is not a table of counts with a row and a column per class: not drawn.")
     if metrics.get("roc"):
         figures["roc"] = roc_figure(metrics)
-    if metrics.get("reliability") is not None and metrics.get("ece") is not None:
+    if reliability_bins(metrics) and _finite(metrics.get("ece")) is not None:
         figures["reliability"] = reliability_figure(metrics)
     reasons = list(check.get("reasons") or []) if not check.get("passed", True) else []
     warnings = list(check.get("warnings") or [])
@@ -227,12 +303,13 @@ def metrics_card(
         reasons, warnings = [], []
     elif verdict == "warnings":
         reasons, warnings = [], reasons + warnings
-    return MetricsCard(heading, numbers, per_class, figures, reasons, warnings)
+    return MetricsCard(heading, numbers, per_class, figures, reasons, warnings, notes)
 
 
 def set_heading(metrics: dict, default: str) -> str:
     """Which cells a set of metrics comes from, e.g. "Validation set (...): 240 cells"."""
-    text = metrics.get("evaluated_on") or f"{default}: {metrics.get('n', '?')} cells"
+    n = _finite(metrics.get("n"))
+    text = str(metrics.get("evaluated_on") or f"{default}: {_count(n) if n is not None else '?'} cells")
     return text[:1].upper() + text[1:]
 
 
@@ -246,7 +323,8 @@ def model_cards(metrics: dict | None, demo: bool = False) -> list[MetricsCard]:
     cards = []
     recorded = metrics.get("quality_check") if isinstance(metrics.get("quality_check"), dict) else None
     if metrics.get("confusion_matrix"):
-        check = recorded or quality_check(metrics, None, "validation set")
+        counted = count_matrix(metrics) is not None  # a package's may be anything: checked only when it is counts
+        check = recorded or (quality_check(metrics, None, "validation set") if counted else {})
         card = metrics_card(metrics, set_heading(metrics, "validation set"), check, verdict=None)
         if recorded is None:  # models registered before the check, or imported with their own figures
             card.notes.append("No quality check was recorded when this model was registered.")
@@ -255,7 +333,10 @@ def model_cards(metrics: dict | None, demo: bool = False) -> list[MetricsCard]:
     if isinstance(test, dict) and test.get("confusion_matrix"):
         default = "test set (synthetic cells of another seed)" if demo else "test set"
         test_check = test.get("quality_check")
-        check = test_check if isinstance(test_check, dict) else quality_check(test, None, "test set")
+        if isinstance(test_check, dict):
+            check = test_check
+        else:
+            check = quality_check(test, None, "test set") if count_matrix(test) is not None else {}
         said = set((recorded or {}).get("warnings") or [])  # the model's warnings repeat a failed test set's reasons
         check = {**check, "reasons": [r for r in check.get("reasons") or [] if r not in said]}
         cards.append(metrics_card(test, set_heading(test, default), check, verdict="warnings"))
@@ -317,13 +398,13 @@ def models_table(rows: list) -> list[dict]:
             "validation accuracy": num(metrics, "accuracy"),
             "validation ECE": num(metrics, "ece"),
             "validation macro F1": num(metrics, "macro_f1"),
-            "validation cells": metrics.get("n"),
+            "validation cells": num(metrics, "n"),
         }
         if any_test:
             found = metrics.get("test")
             test = found if isinstance(found, dict) else {}
             row.update(
-                {"test accuracy": num(test, "accuracy"), "test ECE": num(test, "ece"), "test cells": test.get("n")}
+                {"test accuracy": num(test, "accuracy"), "test ECE": num(test, "ece"), "test cells": num(test, "n")}
             )
         row.update(
             {
@@ -406,71 +487,88 @@ def training_labels(training: dict | None) -> LabelsSection | None:
     for part in parts:
         if not isinstance(part, dict):
             continue
-        kind = part.get("kind")
-        if kind == "folders":
-            cells = part.get("cells") or {}
-            lines.append(
-                f"Class folders (labelled ZIPs or folders named after the classes): {part.get('images', '?')} images."
-            )
-            rows += [{"labels from": "class folders", "class": c, "cells": n} for c, n in cells.items()]
-        elif kind == "batches":
-            named = part.get("batches") or {}
-            lines.append(
-                "Batches labelled with the class their cells were sorted as: "
-                + ", ".join(f"batch {b}: {c}" for b, c in named.items())
-                + "."
-            )
-            per_class: dict[str, int] = {}
-            for b, n in (part.get("cells") or {}).items():
-                cls = named.get(b)
-                if cls is not None:
-                    per_class[cls] = per_class.get(cls, 0) + int(n)
-            rows += [{"labels from": "sorted batches", "class": c, "cells": n} for c, n in per_class.items()]
-        elif kind == "gate":
-            channel = part.get("channel", "?")
-            measure = part.get("measure", "mean")
-            how = (
-                "the mean intensity inside each cell minus the background"
-                if measure == "mean"
-                else "the integrated intensity of each cell minus the background"
-            )
-            batches = ", ".join(str(b) for b in part.get("batches") or [])
-            lines.append(f"Reporter gate on {channel} ({how}) of batch(es) {batches}: {part.get('rule', '?')}")
-            thresholds = part.get("thresholds") or {}
-            if thresholds:
-                lines.append(
-                    "Otsu's threshold (high / low) of each batch: "
-                    + "; ".join(f"batch {b}: {_number(t)}" for b, t in thresholds.items())
-                )
-            counts = part.get("counts") or {}
-            between, no_value = int(counts.get("between", 0)), int(counts.get("no_value", 0))
-            unusable = int(counts.get("unusable", 0))
-            lines.append(
-                f"Left out: {between} cell(s) between the thresholds (no clause covers them), {no_value} with no "
-                f"{channel} value" + (f", {unusable} in images that could not be read again" if unusable else "") + "."
-            )
-            rows += [
-                {"labels from": "reporter gate", "class": c, "cells": n}
-                for c, n in (counts.get("labelled") or {}).items()
-            ]
-            rows.append({"labels from": "reporter gate", "class": "left out: between the thresholds", "cells": between})
-            rows.append({"labels from": "reporter gate", "class": f"left out: no {channel} value", "cells": no_value})
-        elif kind == "reviews":
-            batches = ", ".join(str(b) for b in part.get("batches") or [])
-            people = part.get("labelled_by") or {}
-            lines.append(
-                f"Cells of batch(es) {batches} that reviewers gave a class (their consensus), labelled by "
-                + (", ".join(f"{who} ({n})" for who, n in people.items()) or "nobody")
-                + f"; {int(part.get('disputed', 0))} disputed (the newest label counted), "
-                f"{int(part.get('not_a_cell', 0))} marked as not a cell left out."
-            )
-            lines.append(f"Label set sha256: {part.get('sha256', '?')}")
-            source = "reviewed cells"
-            rows += [{"labels from": source, "class": c, "cells": n} for c, n in (part.get("cells") or {}).items()]
-            unusable = int(part.get("unusable", 0))
-            if unusable:
-                rows.append({"labels from": source, "class": "left out: image not readable", "cells": unusable})
+        mine: list[str] = []
+        mine_rows: list[dict] = []
+        try:
+            _labels_part(part, mine, mine_rows)
+        except (
+            TypeError,
+            ValueError,
+            AttributeError,
+        ):  # a record from elsewhere (an imported package) not as written here
+            lines.append(f"A part of the record ({str(part.get('kind'))[:40]}) could not be read and is left out.")
+            continue
+        lines += mine
+        rows += mine_rows
     return LabelsSection(lines, rows) if lines else None
+
+
+def _labels_part(part: dict, lines: list[str], rows: list[dict]) -> None:
+    """One part of ``training["labels"]`` as lines and table rows (TypeError or ValueError when it is not as
+    :func:`lsm_core.ml.train.train_and_register` writes it)."""
+    kind = part.get("kind")
+    if kind == "folders":
+        cells = part.get("cells") or {}
+        lines.append(
+            f"Class folders (labelled ZIPs or folders named after the classes): {part.get('images', '?')} images."
+        )
+        rows += [{"labels from": "class folders", "class": c, "cells": n} for c, n in cells.items()]
+    elif kind == "batches":
+        named = part.get("batches") or {}
+        lines.append(
+            "Batches labelled with the class their cells were sorted as: "
+            + ", ".join(f"batch {b}: {c}" for b, c in named.items())
+            + "."
+        )
+        per_class: dict[str, int] = {}
+        for b, n in (part.get("cells") or {}).items():
+            cls = named.get(b)
+            if cls is not None:
+                per_class[cls] = per_class.get(cls, 0) + int(n)
+        rows += [{"labels from": "sorted batches", "class": c, "cells": n} for c, n in per_class.items()]
+    elif kind == "gate":
+        channel = part.get("channel", "?")
+        measure = part.get("measure", "mean")
+        how = (
+            "the mean intensity inside each cell minus the background"
+            if measure == "mean"
+            else "the integrated intensity of each cell minus the background"
+        )
+        batches = ", ".join(str(b) for b in part.get("batches") or [])
+        lines.append(f"Reporter gate on {channel} ({how}) of batch(es) {batches}: {part.get('rule', '?')}")
+        thresholds = part.get("thresholds") or {}
+        if thresholds:
+            lines.append(
+                "Otsu's threshold (high / low) of each batch: "
+                + "; ".join(f"batch {b}: {_number(t)}" for b, t in thresholds.items())
+            )
+        counts = part.get("counts") or {}
+        between, no_value = int(counts.get("between", 0)), int(counts.get("no_value", 0))
+        unusable = int(counts.get("unusable", 0))
+        lines.append(
+            f"Left out: {between} cell(s) between the thresholds (no clause covers them), {no_value} with no "
+            f"{channel} value" + (f", {unusable} in images that could not be read again" if unusable else "") + "."
+        )
+        rows += [
+            {"labels from": "reporter gate", "class": c, "cells": n} for c, n in (counts.get("labelled") or {}).items()
+        ]
+        rows.append({"labels from": "reporter gate", "class": "left out: between the thresholds", "cells": between})
+        rows.append({"labels from": "reporter gate", "class": f"left out: no {channel} value", "cells": no_value})
+    elif kind == "reviews":
+        batches = ", ".join(str(b) for b in part.get("batches") or [])
+        people = part.get("labelled_by") or {}
+        lines.append(
+            f"Cells of batch(es) {batches} that reviewers gave a class (their consensus), labelled by "
+            + (", ".join(f"{who} ({n})" for who, n in people.items()) or "nobody")
+            + f"; {int(part.get('disputed', 0))} disputed (the newest label counted), "
+            f"{int(part.get('not_a_cell', 0))} marked as not a cell left out."
+        )
+        lines.append(f"Label set sha256: {part.get('sha256', '?')}")
+        source = "reviewed cells"
+        rows += [{"labels from": source, "class": c, "cells": n} for c, n in (part.get("cells") or {}).items()]
+        unusable = int(part.get("unusable", 0))
+        if unusable:
+            rows.append({"labels from": source, "class": "left out: image not readable", "cells": unusable})
 
 
 def lineage_text(chain: list[str]) -> str:
@@ -514,9 +612,24 @@ def origin_text(training: dict | None) -> str | None:
     return "\n".join(lines)
 
 
+# The rule of pages._shared.escape_markdown (which pages use for user text), here for the README this module
+# writes: every ASCII punctuation character escaped, and a word joiner (U+2060) where a renderer would still find an
+# autolink (http://, www., e-mail) or a shortcode in the text once the escapes are read. ``<``, ``>`` and ``&`` are
+# written as entities instead: a renderer that is not CommonMark (Python-Markdown) reads ``\<span ...>`` as HTML.
+_MARKDOWN_PUNCTUATION = re.compile(r"[!-/:-@\[-`{-~]")
+_AFTER_ESCAPES = re.compile(r"(?<=:)(?=[\w+\-/]+:|//)|(?<=@)(?=[\w\-]+\.[\w\-])|(?i:(?<=www)(?=\.))")
+_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+
+
 def _md(text: object) -> str:
-    """Text as literal Markdown (names and rules are people's text)."""
-    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~])", r"\\\1", str(text))
+    """Text as literal Markdown (names, rules, a package's description, authors and metric names are people's
+    text): no link, image, HTML or emphasis of it stays live."""
+    joined = _AFTER_ESCAPES.sub("\u2060", str(text))
+    return _MARKDOWN_PUNCTUATION.sub(lambda m: _ENTITIES.get(m.group(), "\\" + m.group()), joined)
+
+
+def _listed(value: object) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else []
 
 
 def model_card_markdown(manifest, lineage: list[str] | None = None) -> str:
@@ -557,23 +670,23 @@ def model_card_markdown(manifest, lineage: list[str] | None = None) -> str:
         "",
         f"- architecture: {m.architecture}",
     ]
-    counts = training.get("class_counts") or {}
+    counts = _dict(training.get("class_counts"))  # an imported package's training record: its own text
     if counts:
-        out.append("- labelled cells: " + ", ".join(f"{_md(c)} {n}" for c, n in counts.items()))
-    split = training.get("split") or {}
+        out.append("- labelled cells: " + ", ".join(f"{_md(c)} {_md(n)}" for c, n in counts.items()))
+    split = _dict(training.get("split"))
     if split:
         out.append(
-            f"- split by source (file or mouse): {split.get('train', '?')} training cells from "
-            f"{split.get('sources_train', '?')} sources, {split.get('validation', '?')} validation cells from "
-            f"{split.get('sources_validation', '?')}"
+            f"- split by source (file or mouse): {_md(split.get('train', '?'))} training cells from "
+            f"{_md(split.get('sources_train', '?'))} sources, {_md(split.get('validation', '?'))} validation cells "
+            f"from {_md(split.get('sources_validation', '?'))}"
         )
-    recipe = training.get("recipe") or {}
+    recipe = _dict(training.get("recipe"))
     if recipe:
-        out.append("- recipe: " + ", ".join(f"{k} {_md(v)}" for k, v in recipe.items()))
+        out.append("- recipe: " + ", ".join(f"{_md(k)} {_md(v)}" for k, v in recipe.items()))
     if "imagenet_init" in training:
         out.append(f"- initialisation: {'ImageNet' if training['imagenet_init'] else 'random'}")
     if training.get("data_sha256"):
-        out.append(f"- training data sha256: {training['data_sha256']}")
+        out.append(f"- training data sha256: {_md(training['data_sha256'])}")
     section = training_labels(training)
     if section:
         out += [f"- labels: {_md(line)}" for line in section.lines]
@@ -614,7 +727,7 @@ def model_card_markdown(manifest, lineage: list[str] | None = None) -> str:
     check = metrics.get("quality_check")
     if isinstance(check, dict):
         out += ["", "### Quality check", "", "passed" if check.get("passed") else "**failed**"]
-        out += [f"- {_md(r)}" for r in (check.get("reasons") or []) + (check.get("warnings") or [])]
+        out += [f"- {_md(r)}" for r in [*_listed(check.get("reasons")), *_listed(check.get("warnings"))]]
     out += [
         "",
         "## Limitations",
