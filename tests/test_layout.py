@@ -6,7 +6,9 @@ module, at the top or inside a function, is checked.
 - ``lsm_core.ml`` does not import ``lsm_core.lab`` (nor the reports or the database layer's sessions);
 - ``db`` imports nothing of lsm_core but its error type, and never torch;
 - nothing below ``pages/`` and ``streamlit_app.py`` imports Streamlit;
-- only ``lsm_core.lab.settings`` reads the environment.
+- only ``lsm_core.lab.settings`` reads the environment;
+- no two modules of ``lsm_core`` or ``db`` import each other, directly or through others, and ``lsm_core.lab``
+  does not import ``lsm_core.reports`` (the model card a Zoo export needs is built where the export is).
 """
 
 from __future__ import annotations
@@ -96,6 +98,124 @@ def test_the_rules_catch_a_breach(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    import torch.nn\n    from db.schema import Cell\n")
     assert {"torch.nn", "db.schema", "db.schema.Cell"} <= imports(bad)
+
+
+def module_name(path: Path, root: Path = ROOT) -> str:
+    """``lsm_core/lab/jobs.py`` -> ``lsm_core.lab.jobs``; a package is its ``__init__``."""
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(folders: tuple[str, ...] = ("lsm_core", "db"), root: Path = ROOT) -> dict[str, set[str]]:
+    """Which modules of ``folders`` each of them imports, at the top or inside a function.
+
+    ``from a.b import c`` imports the module ``a.b.c`` where that is a module, else ``a.b``; relative imports
+    are resolved; importing a package imports its ``__init__``. Modules outside ``folders`` are left out.
+    """
+    paths = {module_name(path, root): path for folder in folders for path in sorted((root / folder).rglob("*.py"))}
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                edges |= {alias.name for alias in node.names if alias.name in paths}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")
+                    base = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
+                for alias in node.names:
+                    if f"{base}.{alias.name}" in paths:
+                        edges.add(f"{base}.{alias.name}")
+                    elif base in paths:
+                        edges.add(base)
+        graph[name] = edges - {name}
+    return graph
+
+
+def rings(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted, in sorted order."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(found)
+
+
+KNOWN_RINGS = [
+    # Goes when the readers split of lsm_core/imaging lands (formats and images then import one way only).
+    ["lsm_core.imaging.formats", "lsm_core.imaging.images"],
+    # Goes with the next commits (issue 28 item 2): the Zoo export's model card built where the export is.
+    [
+        "lsm_core.lab.accounts",
+        "lsm_core.lab.history",
+        "lsm_core.lab.labels",
+        "lsm_core.lab.registry",
+        "lsm_core.lab.review",
+        "lsm_core.reports.export",
+        "lsm_core.reports.model_card",
+        "lsm_core.reports.report",
+    ],
+    # Goes with the next commits: blobs and blobwriter import one way only.
+    ["lsm_core.lab.blobs", "lsm_core.lab.blobwriter"],
+    # Goes with the next commits: predict no longer reaches the Zoo exporter (onnx_bytes in its own module).
+    ["lsm_core.ml.bioimageio", "lsm_core.ml.metrics", "lsm_core.ml.models", "lsm_core.ml.predict"],
+    # Goes with the next commits: compare and methods import one way only.
+    ["lsm_core.reports.compare", "lsm_core.reports.methods"],
+]
+# Goes with the next commits (issue 28 item 2), with the lab/reports ring above.
+KNOWN_LAB_TO_REPORTS = {"lsm_core.lab.registry": ["lsm_core.reports.model_card"]}
+
+
+def test_no_two_modules_import_each_other_directly_or_in_a_ring():
+    assert [ring for ring in rings(import_graph()) if ring not in KNOWN_RINGS] == []
+
+
+def test_lab_does_not_import_reports():
+    graph = import_graph()
+    breaches = {name: sorted(n for n in edges if n.startswith("lsm_core.reports")) for name, edges in graph.items()}
+    breaches = {name: bad for name, bad in breaches.items() if name.startswith("lsm_core.lab") and bad}
+    assert breaches == KNOWN_LAB_TO_REPORTS
+
+
+def test_the_ring_check_catches_a_ring(tmp_path):
+    """A ring through three modules, one import inside a function and one relative, is seen; a chain is not."""
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "a.py").write_text("from pkg.sub import b\n")
+    (package / "sub" / "b.py").write_text("def f():\n    from .. import c\n")
+    (package / "c.py").write_text("import pkg.a\nimport os\n")
+    (package / "d.py").write_text("from pkg.a import name\n")
+    graph = import_graph(("pkg",), tmp_path)
+    assert graph["pkg.a"] == {"pkg.sub.b"} and graph["pkg.sub.b"] == {"pkg.c"} and graph["pkg.d"] == {"pkg.a"}
+    assert rings(graph) == [["pkg.a", "pkg.c", "pkg.sub.b"]]
+    assert rings({"x": {"y"}, "y": {"z"}, "z": set()}) == []
 
 
 def test_every_variable_the_settings_read_is_watched_and_documented():
