@@ -184,8 +184,6 @@ KNOWN_RINGS = [
     ["lsm_core.lab.blobs", "lsm_core.lab.blobwriter"],
     # Goes with the next commits: predict no longer reaches the Zoo exporter (onnx_bytes in its own module).
     ["lsm_core.ml.bioimageio", "lsm_core.ml.metrics", "lsm_core.ml.models", "lsm_core.ml.predict"],
-    # Goes with the next commits: compare and methods import one way only.
-    ["lsm_core.reports.compare", "lsm_core.reports.methods"],
 ]
 # Goes with the next commits (issue 28 item 2), with the lab/reports ring above.
 KNOWN_LAB_TO_REPORTS = {"lsm_core.lab.registry": ["lsm_core.reports.model_card"]}

@@ -8,8 +8,6 @@ reproducible from the workbook: ``per_mouse`` holds the counts each test starts 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -20,13 +18,14 @@ from sqlalchemy.orm import Session
 from db import queries
 from db.schema import Batch, Cell, Model
 from lsm_core.errors import LsmError
+from lsm_core.reports.comparison import Comparison, batches_of
 from lsm_core.reports.export import add_sheet, batch_rows, workbook_bytes
+from lsm_core.reports.methods import methods_paragraphs
 from lsm_core.reports.report import age_text, colour, plot_text
 from lsm_core.reports.stats import (
     DAYS_PER_MONTH,
     AgeBin,
     age_group,
-    classes_tested,
     compare_groups,
     complement,
     group_summary,
@@ -53,33 +52,6 @@ def one_batch_per_mouse(batches: list[queries.BatchRow]) -> list[int]:
             newest[mouse] = b
     chosen = set(alone) | {b.id for b in newest.values()}
     return [b.id for b in batches if b.id in chosen]
-
-
-@dataclass
-class Comparison:
-    classes: list[str]
-    task: str
-    by: str
-    threshold: float
-    table: pd.DataFrame
-    groups: pd.DataFrame
-    tests: pd.DataFrame
-    pooled: dict
-    trends: dict
-    bins: list[AgeBin] | None
-    excluded: int = 0  # cells of these batches that reviewers marked as not cells: counted nowhere here
-    warnings: list[str] = field(default_factory=list)  # mixed models (when allowed), pixel sizes, channels
-    odds: pd.DataFrame = field(default_factory=pd.DataFrame)  # the model of cells within mice (stats.odds_model)
-
-    @property
-    def tested(self) -> list[str]:
-        """The classes tested and modelled (stats.classes_tested): of two classes only the last."""
-        return classes_tested(self.classes)
-
-    @property
-    def corrected(self) -> bool:
-        """Whether p-values are Holm-corrected across classes: only where more than one class is tested."""
-        return len(self.tested) > 1
 
 
 def one_test_note(c: Comparison) -> str | None:
@@ -169,16 +141,6 @@ def build(
         warnings,
         odds,
     )
-
-
-def batches_of(table: pd.DataFrame) -> dict[int, object]:
-    """Every batch of a per-mouse table (a unit pools the batches of one mouse: its ``batches``) -> its unit's
-    group (None when it is in none)."""
-    out: dict[int, object] = {}
-    for listed, group in zip(table["batches"], table["group"] if "group" in table else [None] * len(table)):
-        for b in str(listed).split(","):
-            out[int(b)] = group
-    return out
 
 
 def _listing(by_value: dict, unit: str = "") -> str:
@@ -476,8 +438,6 @@ def workbook(s: Session, c: Comparison) -> bytes:
     )
     _sheet(book, "tests", shown(c, pd.concat([tests, pooled], ignore_index=True)))
     _sheet(book, "odds_model", shown(c, c.odds))
-    from lsm_core.reports.methods import methods_paragraphs
-
     _sheet(book, "methods", pd.DataFrame(methods_paragraphs(s, c), columns=["section", "text"]))
     add_sheet(book, "cells", *batch_rows(s, list(batches_of(c.table))))
     return workbook_bytes(book)

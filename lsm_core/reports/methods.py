@@ -1,7 +1,7 @@
 """A methods paragraph for a comparison: what was imaged, found, classified, counted and tested, and with what.
 
 Written from what the database holds of the comparison's batches (their images, the model that classified them
-and its training record) and from the comparison itself (lsm_core.reports.compare.Comparison), so that the text
+and its training record) and from the comparison itself (lsm_core.reports.comparison.Comparison), so that the text
 cannot drift from the numbers beside it in the workbook. Plain text, one paragraph per topic, in the words of
 a methods section; nothing in it is a result.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 import platform
 from collections import Counter
 from importlib import metadata
-from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -20,11 +19,9 @@ import lsm_core
 from db.schema import Batch, Image, Model
 from lsm_core.classes import PAPER_CITATION
 from lsm_core.imaging.cells import FindParams
+from lsm_core.reports.comparison import Comparison, batches_of
 from lsm_core.reports.report import age_text
 from lsm_core.reports.stats import ODDS_MODEL
-
-if TYPE_CHECKING:
-    from lsm_core.reports.compare import Comparison
 
 SOFTWARE = (
     "torch",
@@ -266,8 +263,6 @@ def _statistics(c: Comparison) -> str:
 
 def methods_paragraphs(s: Session, c: Comparison) -> list[tuple[str, str]]:
     """(heading, paragraph) pairs of the methods text of comparison ``c``."""
-    from lsm_core.reports.compare import batches_of
-
     batch_ids = sorted(b for b, g in batches_of(c.table).items() if g is not None)
     used = select(Batch.model_id).where(Batch.id.in_(batch_ids))  # not DISTINCT over models: JSON has no = in PG
     models = list(s.scalars(select(Model).where(Model.id.in_(used))).all())

@@ -1,0 +1,47 @@
+"""What a comparison of batches across groups of mice is (lsm_core.reports.compare.build makes one): its
+tables, tests and trends, read by the page, the workbook and the methods text (lsm_core.reports.methods)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from lsm_core.reports.stats import AgeBin, classes_tested
+
+
+@dataclass
+class Comparison:
+    classes: list[str]
+    task: str
+    by: str
+    threshold: float
+    table: pd.DataFrame
+    groups: pd.DataFrame
+    tests: pd.DataFrame
+    pooled: dict
+    trends: dict
+    bins: list[AgeBin] | None
+    excluded: int = 0  # cells of these batches that reviewers marked as not cells: counted nowhere here
+    warnings: list[str] = field(default_factory=list)  # mixed models (when allowed), pixel sizes, channels
+    odds: pd.DataFrame = field(default_factory=pd.DataFrame)  # the model of cells within mice (stats.odds_model)
+
+    @property
+    def tested(self) -> list[str]:
+        """The classes tested and modelled (stats.classes_tested): of two classes only the last."""
+        return classes_tested(self.classes)
+
+    @property
+    def corrected(self) -> bool:
+        """Whether p-values are Holm-corrected across classes: only where more than one class is tested."""
+        return len(self.tested) > 1
+
+
+def batches_of(table: pd.DataFrame) -> dict[int, object]:
+    """Every batch of a per-mouse table (a unit pools the batches of one mouse: its ``batches``) -> its unit's
+    group (None when it is in none)."""
+    out: dict[int, object] = {}
+    for listed, group in zip(table["batches"], table["group"] if "group" in table else [None] * len(table)):
+        for b in str(listed).split(","):
+            out[int(b)] = group
+    return out
