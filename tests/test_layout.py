@@ -180,8 +180,6 @@ KNOWN_RINGS = [
         "lsm_core.reports.model_card",
         "lsm_core.reports.report",
     ],
-    # Goes with the next commits: blobs and blobwriter import one way only.
-    ["lsm_core.lab.blobs", "lsm_core.lab.blobwriter"],
     # Goes with the next commits: predict no longer reaches the Zoo exporter (onnx_bytes in its own module).
     ["lsm_core.ml.bioimageio", "lsm_core.ml.metrics", "lsm_core.ml.models", "lsm_core.ml.predict"],
 ]

@@ -29,6 +29,7 @@ from lsm_core.imaging.cells import MODALITIES
 from lsm_core.imaging.images import Limits, RawFile, ReadOptions, clean_name, inspect, iter_upload
 from lsm_core.lab import accounts
 from lsm_core.lab.blobs import BlobStore, human_bytes
+from lsm_core.lab.blobwriter import put_many
 from lsm_core.lab.gc import unshared_blobs
 from lsm_core.lab.history import Lab
 from lsm_core.lab.jobs import JobKind, JobStatus, new_job
@@ -160,7 +161,7 @@ def image_rows(
     the memory a page would take, a ZIP's members, their number and declared sizes: nothing is decoded
     here, the workers do that and report a damaged page there, per image) and its bytes stored once, only
     when at least one page can be read (together with the other files', up to STORE_CHUNK_BYTES or
-    STORE_WAIT_S at a time: :meth:`BlobStore.put_many`; all of them are stored when this returns). A file
+    STORE_WAIT_S at a time: :func:`lsm_core.lab.blobwriter.put_many`; all of them are stored when this returns). A file
     that cannot becomes a row with its error. A file whose bytes are in ``present`` (sha256 -> the file name
     there: the batch's files) or earlier in ``files`` is skipped, never counted twice."""
     out = ImageRows()
@@ -168,7 +169,7 @@ def image_rows(
     expanded = (
         member for f in files for member in ([f] if f.error or not f.data else iter_upload(f.source, f.data, limits))
     )
-    pending: list[tuple[bytes, str]] = []  # files to store, written together (BlobStore.put_many)
+    pending: list[tuple[bytes, str]] = []  # files to store, written together (blobwriter.put_many)
     pending_bytes, pending_since = 0, 0.0
     for raw in expanded:  # a ZIP's members one at a time
         raw = RawFile(clean_name(raw.source), raw.data, raw.error)
@@ -189,7 +190,7 @@ def image_rows(
             # a ZIP's members are not all held at once, and files that arrive slowly are stored as they come
             # (an upload cut off half-way leaves those stored: sent again, they are not written again)
             if pending_bytes >= STORE_CHUNK_BYTES or time.monotonic() - pending_since >= STORE_WAIT_S:
-                blobs.put_many(pending)
+                put_many(blobs, pending)
                 pending, pending_bytes = [], 0
         for record in records:
             out.rows.append(
@@ -213,7 +214,7 @@ def image_rows(
                 out.errors.append((record.source, record.error or ""))
             if record.lacks:
                 out.lacking.append((record.source, record.lacks))
-    blobs.put_many(pending)
+    put_many(blobs, pending)
     return out
 
 

@@ -21,7 +21,7 @@ import os
 import re
 import secrets
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -86,7 +86,7 @@ class BlobStore:
     def __init__(self, root: str | Path, helpers: int | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.helpers = helpers  # most helper processes for put_many (None: blobwriter.HELPERS; 0: none)
+        self.helpers = helpers  # most helper processes for blobwriter.put_many (None: blobwriter.HELPERS; 0: none)
 
     def path(self, sha256: str) -> Path:
         if not _SHA_RE.match(sha256 or ""):
@@ -135,14 +135,6 @@ class BlobStore:
                 ) from None
             raise LsmError(f"the file store at {self.root} could not save an upload ({exc.strerror or exc})") from None
         return sha
-
-    def put_many(self, items: Sequence[tuple[bytes, str]]) -> None:
-        """Store several blobs ((bytes, sha256) pairs, each digest already computed), as :meth:`put` does
-        each. Under many uploads at once, the small ones are written by helper processes
-        (:mod:`lsm_core.lab.blobwriter`): they are in the store when this returns either way."""
-        from lsm_core.lab.blobwriter import WRITERS
-
-        WRITERS.store(self, items, self.helpers)
 
     def get(self, sha256: str) -> bytes:
         try:

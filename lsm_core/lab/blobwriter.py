@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from typing import IO
 
 from lsm_core.errors import LsmError
+from lsm_core.lab.blobs import BlobStore
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class Writers:
         self._busy = 0  # uploads being stored right now, with or without a helper
         self.helped = 0  # uploads stored through a helper so far
 
-    def store(self, store, items: Sequence[tuple[bytes, str]], limit: int | None = None) -> None:
+    def store(self, store: BlobStore, items: Sequence[tuple[bytes, str]], limit: int | None = None) -> None:
         """Store ``items`` ((bytes, sha256) pairs) in ``store`` (a BlobStore): small ones through a helper when
         another upload is being stored at the same time, the rest with ``store.put``. ``limit``: most helpers
         (None: HELPERS; 0: never any)."""
@@ -230,6 +231,13 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=WRITERS._forget)
 
 
+def put_many(store: BlobStore, items: Sequence[tuple[bytes, str]]) -> None:
+    """Store several blobs ((bytes, sha256) pairs, each digest already computed) in ``store``, as
+    :meth:`BlobStore.put` does each. Under many uploads at once, the small ones are written by helper
+    processes (at most ``store.helpers``): they are in the store when this returns either way."""
+    WRITERS.store(store, items, store.helpers)
+
+
 def _read(stream: IO[bytes], n: int) -> bytes:
     data = stream.read(n)
     if len(data) != n:
@@ -239,8 +247,6 @@ def _read(stream: IO[bytes], n: int) -> bytes:
 
 def serve(inp: IO[bytes], out: IO[bytes]) -> None:
     """The helper's loop: read requests from ``inp`` until it closes, answer each on ``out``."""
-    from lsm_core.lab.blobs import BlobStore
-
     stores: dict[str, BlobStore] = {}
     out.write(READY)
     out.flush()
