@@ -37,7 +37,7 @@ from lsm_core.imaging.prepare import PrepPool, PrepTask, crops_of  # noqa: E402
 from lsm_core.ml import nets  # noqa: E402
 from lsm_core.ml.classify import in_batches  # noqa: E402
 from lsm_core.ml.models import Manifest, ModelStore  # noqa: E402
-from lsm_core.ml.predict import Predictor  # noqa: E402
+from lsm_core.ml.predict import Predictor, TorchPredictor  # noqa: E402
 
 
 def run(pool: PrepPool, files: list[Path], predictor: Predictor) -> tuple[float, int]:
@@ -80,7 +80,7 @@ def main() -> None:
         net = nets.create(args.arch, 3)
         manifest = Manifest(task="lsm", name="bench", classes=["LT-HSC", "ST-HSC", "MPP"], architecture=args.arch)
         package = ModelStore(folder / "models").add(net, manifest)
-        predictor = Predictor(package, device="cpu")
+        predictor = TorchPredictor(package, device="cpu")
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         print(
             f"{args.fields} synthetic 2048x2048 16-bit fields; {args.arch} (random weights) on the CPU with "

@@ -583,10 +583,10 @@ def child(mode: str, file: str, model: str, images: int, result: Path) -> int:
             from lsm_core.imaging.images import decode_page_channels
             from lsm_core.lab import tasks, worker  # noqa: F401  (what a worker process imports)
             from lsm_core.ml.models import read_package
-            from lsm_core.ml.predict import Predictor
+            from lsm_core.ml.predict import TorchPredictor
 
             tasks.tasks()
-            predictor = Predictor(read_package(Path(model)), device="cpu")
+            predictor = TorchPredictor(read_package(Path(model)), device="cpu")
             sampler.mark_ready()
             t0 = time.perf_counter()
             size = Path(file).stat().st_size

@@ -42,7 +42,7 @@ from scipy import stats as sps  # noqa: E402
 from lsm_core.imaging import synthetic  # noqa: E402
 from lsm_core.ml import nets  # noqa: E402
 from lsm_core.ml.models import Manifest, ModelStore  # noqa: E402
-from lsm_core.ml.predict import Predictor  # noqa: E402
+from lsm_core.ml.predict import Predictor, TorchPredictor  # noqa: E402
 from lsm_core.ml.saliency import (  # noqa: E402
     METHODS,
     SCORECAM_CHANNELS,
@@ -104,7 +104,7 @@ def predictor_for(store: ModelStore, arch: str) -> tuple[torch.nn.Module, Predic
                 architecture=arch,
             ),
         )
-        predictor = Predictor(package, device="cpu")
+        predictor = TorchPredictor(package, device="cpu")
         predictor(np.zeros((8, 64, 64), np.float32))  # warm-up
         _LOADED[arch] = net, predictor
     return _LOADED[arch]

@@ -33,7 +33,7 @@ from lsm_core.imaging.images import read_inputs  # noqa: E402
 from lsm_core.ml import nets
 from lsm_core.ml.classify import classify_records  # noqa: E402
 from lsm_core.ml.models import Manifest, ModelStore  # noqa: E402
-from lsm_core.ml.predict import OnnxPredictor, Predictor  # noqa: E402
+from lsm_core.ml.predict import OnnxPredictor, Predictor, TorchPredictor  # noqa: E402
 
 
 def naive(files: list[Path], net: torch.nn.Module) -> float:
@@ -82,8 +82,8 @@ def main() -> None:
         print(
             f"{len(files)} PNG crops ({counts}); resnet50_paper, random weights; {torch.get_num_threads()} CPU threads"
         )
-        predictor = Predictor(package, device="cpu", batch_size=args.batch_size)
-        predictor_fp32 = Predictor(package, device="cpu", precision="fp32", batch_size=args.batch_size)
+        predictor = TorchPredictor(package, device="cpu", batch_size=args.batch_size)
+        predictor_fp32 = TorchPredictor(package, device="cpu", precision="fp32", batch_size=args.batch_size)
         pipeline(tmp / "crops", predictor)  # warm-up: page cache, oneDNN kernels
         r_naive = naive(files, net)
         r_pipe, n = pipeline(tmp / "crops", predictor)
@@ -100,8 +100,8 @@ def main() -> None:
         small_rates = {
             name: forward(p, n)
             for name, p in (
-                ("torch", Predictor(small, device="cpu", batch_size=args.batch_size)),
-                ("torch fp32", Predictor(small, device="cpu", precision="fp32", batch_size=args.batch_size)),
+                ("torch", TorchPredictor(small, device="cpu", batch_size=args.batch_size)),
+                ("torch fp32", TorchPredictor(small, device="cpu", precision="fp32", batch_size=args.batch_size)),
                 ("onnx", OnnxPredictor(small, device="cpu", batch_size=args.batch_size)),
             )
         }

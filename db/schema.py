@@ -83,7 +83,7 @@ class Model(Base):
     @property
     def label(self) -> str:
         """``name v3``, with ``(synthetic demo)`` for demo models and ``(failed quality check)`` for models whose
-        recorded quality check failed (lsm_core.ml.metrics.model_quality)."""
+        recorded quality check failed (lsm_core.ml.models.model_quality)."""
         return self.label_of(self.name, self.version, self.demo, self.metrics)
 
     @staticmethod

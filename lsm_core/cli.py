@@ -525,7 +525,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _print_metrics(m.metrics)
     if m.metrics.get("test"):
         _print_metrics(m.metrics["test"])
-    from lsm_core.ml.metrics import model_quality
+    from lsm_core.ml.models import model_quality
 
     passed, reasons, warnings = model_quality(m.metrics)
     for line in reasons + warnings:
@@ -538,12 +538,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from lsm_core.ml.classify import find_params_for
     from lsm_core.ml.datasets import from_paths
-    from lsm_core.ml.predict import Predictor
+    from lsm_core.ml.predict import TorchPredictor
     from lsm_core.ml.train import evaluate_predictor
 
     settings = _settings()
     package = _store().resolve(args.model)
-    predictor = Predictor(package, device=args.device or settings.device, precision=settings.precision)
+    predictor = TorchPredictor(package, device=args.device or settings.device, precision=settings.precision)
     data = from_paths(args.data, package.manifest.task, find_params_for(predictor, None, settings.pixel_size_um))
     metrics = evaluate_predictor(predictor, data)
     metrics["model"] = package.manifest.label
@@ -598,13 +598,13 @@ def cmd_saliency(args: argparse.Namespace) -> int:
 
     from lsm_core.imaging.images import read_inputs
     from lsm_core.ml.classify import ResultRow, Summary, classify_records, find_params_for, result_columns
-    from lsm_core.ml.predict import Predictor
+    from lsm_core.ml.predict import TorchPredictor
     from lsm_core.ml.saliency import overlay, saliency_maps, scorecam_k
     from lsm_core.reports.export import write_csv
 
     settings = _settings()
     package = _store().resolve(args.model)
-    predictor = Predictor(package, device=args.device or settings.device, precision=settings.precision)
+    predictor = TorchPredictor(package, device=args.device or settings.device, precision=settings.precision)
     net = package.load(predictor.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

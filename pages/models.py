@@ -21,7 +21,7 @@ from lsm_core.lab.registry import (
 )
 from lsm_core.lab.tasks import evaluate, train
 from lsm_core.ml import nets
-from lsm_core.ml.metrics import model_quality
+from lsm_core.ml.models import model_quality
 from lsm_core.reports.model_card import (
     MetricsCard,
     evaluation_card,

@@ -254,7 +254,7 @@ def _rezip(files: dict[str, bytes], rdf: dict) -> bytes:
 
 def test_an_exported_model_imported_into_another_lab_gives_the_same_probabilities(trained_lab, fresh_lab):
     from lsm_core.lab.registry import import_zoo_package
-    from lsm_core.ml.predict import Predictor
+    from lsm_core.ml.predict import TorchPredictor
     from lsm_core.reports.model_card import model_card_markdown, origin_text
 
     lab, model_id = trained_lab
@@ -267,8 +267,8 @@ def test_an_exported_model_imported_into_another_lab_gives_the_same_probabilitie
     assert n.crop_um == pytest.approx(m.crop_um) and n.pixel_size_um == pytest.approx(m.pixel_size_um)
     assert n.metrics["accuracy"] == m.metrics["accuracy"]  # its validation travels with it
     crops, _ = synthetic.make_crops("aging", 50, seed=77)  # crops neither package holds
-    before = Predictor(original, device="cpu", precision="fp32")(crops).probs
-    after = Predictor(imported, device="cpu", precision="fp32")(crops).probs
+    before = TorchPredictor(original, device="cpu", precision="fp32")(crops).probs
+    after = TorchPredictor(imported, device="cpu", precision="fp32")(crops).probs
     assert np.allclose(before, after, atol=1e-5)
     # the origin is on the model card
     origin = origin_text(n.training)

@@ -180,8 +180,6 @@ KNOWN_RINGS = [
         "lsm_core.reports.model_card",
         "lsm_core.reports.report",
     ],
-    # Goes with the next commits: predict no longer reaches the Zoo exporter (onnx_bytes in its own module).
-    ["lsm_core.ml.bioimageio", "lsm_core.ml.metrics", "lsm_core.ml.models", "lsm_core.ml.predict"],
 ]
 # Goes with the next commits (issue 28 item 2), with the lab/reports ring above.
 KNOWN_LAB_TO_REPORTS = {"lsm_core.lab.registry": ["lsm_core.reports.model_card"]}

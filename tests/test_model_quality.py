@@ -21,12 +21,11 @@ from lsm_core.ml.metrics import (
     TEMPERATURE_MIN,
     evaluate_probs,
     fit_temperature,
-    model_quality,
     quality_check,
     softmax,
     temperature_warning,
 )
-from lsm_core.ml.models import Manifest, ModelStore
+from lsm_core.ml.models import Manifest, ModelStore, model_quality
 from lsm_core.ml.train import TrainConfig, train_and_register
 
 LSM = ["LT-HSC", "ST-HSC", "MPP"]

@@ -239,7 +239,7 @@ def test_a_small_package_with_a_huge_test_tensor_stays_within_the_memory_bound(p
 def test_a_packages_own_quality_verdict_is_not_taken_on_its_word(package):
     """A package may say its model passed the quality check; the import keeps its metrics but not the verdict
     (an imported model's check is 'not recorded', and it is never made the default on the package's word)."""
-    from lsm_core.ml.metrics import model_quality
+    from lsm_core.ml.models import model_quality
 
     rdf, files = json.loads(json.dumps(package[0])), dict(package[1])
     metrics = rdf["config"]["lsm_classifier"]["manifest"]["metrics"]

@@ -3,7 +3,7 @@
 Wherever models are listed or offered, :func:`offered_models` gives them in one order: the LSM task first,
 then aging (the order of :data:`lsm_core.classes.TASK_TITLES`), within a task its default first, then by name
 and newest version, models that failed their quality check last (and left out unless asked for). A model
-that failed its quality check (:func:`lsm_core.ml.metrics.model_quality`) is never made a default.
+that failed its quality check (:func:`lsm_core.ml.models.model_quality`) is never made a default.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ from lsm_core.errors import LsmError
 from lsm_core.lab import accounts
 from lsm_core.lab.history import Lab
 from lsm_core.ml import demo
-from lsm_core.ml.metrics import failed_quality, model_quality
-from lsm_core.ml.models import ModelPackage, ModelStore
+from lsm_core.ml.models import ModelPackage, ModelStore, failed_quality, model_quality
 
 log = logging.getLogger("lsm_core.registry")
 

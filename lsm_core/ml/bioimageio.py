@@ -45,10 +45,10 @@ import lsm_core
 from lsm_core.classes import PAPER_AUTHORS, PAPER_DOI, PAPER_JOURNAL, PAPER_TITLE
 from lsm_core.errors import LsmError
 from lsm_core.ml.models import ModelPackage
+from lsm_core.ml.onnx_export import ONNX_OPSET, onnx_bytes
 
 APP_NAME = "LSM classifier"  # this app, as its README and its browser tab name it
 FORMAT_VERSION = "0.5.4"
-ONNX_OPSET = 18
 TEST_CROPS = 4
 TOLERANCE = {"relative_tolerance": 1e-4, "absolute_tolerance": 1e-4}  # of probabilities, across formats
 CALLABLE = "ProbabilityClassifier"
@@ -286,27 +286,6 @@ def export_package(
         for name in ("rdf.yaml", *sorted(n for n in files if n != "rdf.yaml")):
             z.writestr(name, files[name])
     return out.getvalue()
-
-
-def onnx_bytes(net: nn.Module, size: int, output: str = "probabilities") -> bytes:
-    """``net`` as ONNX (opset :data:`ONNX_OPSET`, a dynamic batch axis), by torch's TorchScript-based exporter
-    (the dynamo one needs onnxscript, which this app does not otherwise need)."""
-    import warnings
-
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), torch.no_grad():
-        path = Path(tmp) / "model.onnx"
-        warnings.simplefilter("ignore")  # the exporter's deprecation notice: this is the path chosen, said above
-        torch.onnx.export(
-            net.eval(),
-            (torch.zeros(1, 1, size, size),),
-            path,
-            dynamo=False,
-            input_names=["crop"],
-            output_names=[output],
-            dynamic_axes={"crop": {0: "batch"}, output: {0: "batch"}},
-            opset_version=ONNX_OPSET,
-        )
-        return path.read_bytes()
 
 
 MAX_PACKAGE_BYTES = 1 << 30  # a package's declared unpacked size (its weights three ways: ResNet-50's ~300 MB)

@@ -5,7 +5,8 @@ one-vs-rest ROC AUC, macro and weighted averages, the confusion matrix, ROC curv
 macro AUC), a reliability diagram, the expected calibration error (15 equal-width bins) and the NLL.
 :func:`fit_temperature` fits the temperature that minimises the NLL of validation logits.
 :func:`quality_check` says whether a model's accuracy on a labelled set is clearly above chance (recorded in
-a new model's metrics at registration); :func:`model_quality` reads that record back for pages and the registry.
+a new model's metrics at registration); :func:`lsm_core.ml.models.model_quality` reads that record back for
+pages and the registry.
 """
 
 from __future__ import annotations
@@ -212,19 +213,3 @@ def quality_check(metrics: dict, temperature: float | None = None, set_name: str
             "test": "one-sided exact binomial test of accuracy against the no-information rate",
         },
     }
-
-
-def model_quality(metrics: dict | None) -> tuple[bool | None, list[str], list[str]]:
-    """The quality check recorded in a model's metrics: (passed, reasons, warnings).
-
-    ``passed`` is None when no check was recorded (imported weights, models registered before the check).
-    """
-    check = (metrics or {}).get("quality_check")
-    if not isinstance(check, dict) or not isinstance(check.get("passed"), bool):
-        return None, [], []
-    return check["passed"], [str(r) for r in check.get("reasons") or []], [str(w) for w in check.get("warnings") or []]
-
-
-def failed_quality(metrics: dict | None) -> bool:
-    """Whether a model's metrics record a failed quality check (False when none was recorded)."""
-    return model_quality(metrics)[0] is False

@@ -60,6 +60,22 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def model_quality(metrics: dict | None) -> tuple[bool | None, list[str], list[str]]:
+    """The quality check recorded in a model's metrics: (passed, reasons, warnings).
+
+    ``passed`` is None when no check was recorded (imported weights, models registered before the check).
+    """
+    check = (metrics or {}).get("quality_check")
+    if not isinstance(check, dict) or not isinstance(check.get("passed"), bool):
+        return None, [], []
+    return check["passed"], [str(r) for r in check.get("reasons") or []], [str(w) for w in check.get("warnings") or []]
+
+
+def failed_quality(metrics: dict | None) -> bool:
+    """Whether a model's metrics record a failed quality check (False when none was recorded)."""
+    return model_quality(metrics)[0] is False
+
+
 @dataclass
 class Manifest:
     task: str
@@ -84,8 +100,6 @@ class Manifest:
     def label(self) -> str:
         """How the model is shown to people: ``name v3``, with ``(synthetic demo)`` for demo models and
         ``(failed quality check)`` for models whose recorded quality check failed."""
-        from lsm_core.ml.metrics import failed_quality
-
         return (
             f"{self.name} v{self.version}"
             + (" (synthetic demo)" if self.demo else "")

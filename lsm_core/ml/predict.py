@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,7 @@ from torch import nn
 
 from lsm_core.errors import LsmError
 from lsm_core.ml.models import ModelPackage
+from lsm_core.ml.onnx_export import onnx_bytes
 
 DEFAULT_BATCH_SIZE = 256
 
@@ -87,10 +89,11 @@ class Prediction:
         return Prediction(self.probs[index], self.predicted[index], self.score[index])
 
 
-class Predictor:
-    """A loaded, prepared model that turns crops into probabilities."""
+class Predictor(ABC):
+    """A loaded, prepared model that turns crops into probabilities: on torch (:class:`TorchPredictor`) or on
+    ONNX Runtime (:class:`OnnxPredictor`), which differ in how they hold the network and compute its logits."""
 
-    runtime = "torch"
+    runtime: str
 
     def __init__(
         self,
@@ -110,9 +113,9 @@ class Predictor:
         self.temperature = float(self.manifest.temperature)
         self._load(net if net is not None else package.load("cpu"))
 
+    @abstractmethod
     def _load(self, net: nn.Module) -> None:
         """Make the loaded network ready to run on this predictor's device."""
-        self.net = prepare_for_inference(net, self.device)
 
     @property
     def classes(self) -> list[str]:
@@ -126,8 +129,24 @@ class Predictor:
             raise LsmError(f"expected crops of shape (N, {size}, {size}), got {crops.shape}")
         return crops, np.empty((len(crops), len(self.classes)), np.float32)
 
+    @abstractmethod
     def logits(self, crops: np.ndarray) -> np.ndarray:
         """Raw logits (N, C) float32 of crops (N, H, W) float32, in chunks of ``batch_size``."""
+
+    def __call__(self, crops: np.ndarray) -> Prediction:
+        return probabilities(self.logits(crops), self.temperature)
+
+
+class TorchPredictor(Predictor):
+    """:class:`Predictor` on torch: the network prepared for inference (:func:`prepare_for_inference`) on the
+    predictor's device, autocast to bfloat16 where :func:`use_bf16` says so."""
+
+    runtime = "torch"
+
+    def _load(self, net: nn.Module) -> None:
+        self.net = prepare_for_inference(net, self.device)
+
+    def logits(self, crops: np.ndarray) -> np.ndarray:
         crops, out = self._checked(crops)
         with torch.inference_mode():
             for start in range(0, len(crops), self.batch_size):
@@ -138,16 +157,13 @@ class Predictor:
                 out[start : start + len(chunk)] = y.float().cpu().numpy()
         return out
 
-    def __call__(self, crops: np.ndarray) -> Prediction:
-        return probabilities(self.logits(crops), self.temperature)
-
 
 RUNTIMES = ("auto", "torch", "onnx")
 
 
 class OnnxPredictor(Predictor):
     """:class:`Predictor` on ONNX Runtime (CPU): the network exported to ONNX when the predictor is made (opset
-    :data:`lsm_core.ml.bioimageio.ONNX_OPSET`), run in float32 with as many threads as torch uses. For
+    :data:`lsm_core.ml.onnx_export.ONNX_OPSET`), run in float32 with as many threads as torch uses. For
     CPU-only workers (LSM_RUNTIME=onnx); its speed against torch is measured in bench/throughput.py."""
 
     runtime = "onnx"
@@ -169,14 +185,11 @@ class OnnxPredictor(Predictor):
         """The network exported to ONNX and opened in an ONNX Runtime session (no torch copy is kept)."""
         import onnxruntime as ort
 
-        from lsm_core.ml.bioimageio import onnx_bytes
-
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         self.session = ort.InferenceSession(
             onnx_bytes(net, self.manifest.input_size, "logits"), options, providers=["CPUExecutionProvider"]
         )
-        self.net = None  # type: ignore[assignment]  # the session computes
 
     def logits(self, crops: np.ndarray) -> np.ndarray:
         crops, out = self._checked(crops)
@@ -205,7 +218,7 @@ def make_predictor(
         runtime = "onnx" if resolved.type == "cpu" and not use_bf16(resolved, precision) else "torch"
     if runtime == "onnx" and resolved.type == "cpu":
         return OnnxPredictor(package, resolved, precision, batch_size)
-    return Predictor(package, resolved, precision, batch_size)
+    return TorchPredictor(package, resolved, precision, batch_size)
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

@@ -33,10 +33,10 @@ def crops_for(task: str, size: int, n: int = CROPS, seed: int = SEED) -> np.ndar
 def reference(package) -> dict[str, Any]:
     """The self-test of a package (:class:`lsm_core.ml.models.ModelPackage`) as computed here: CPU, float32,
     torch; with the tolerance each precision must meet."""
-    from lsm_core.ml.predict import Predictor
+    from lsm_core.ml.predict import TorchPredictor
 
     m = package.manifest
-    probs = Predictor(package, device="cpu", precision="fp32").__call__(crops_for(m.task, m.input_size)).probs
+    probs = TorchPredictor(package, device="cpu", precision="fp32").__call__(crops_for(m.task, m.input_size)).probs
     return {
         "seed": SEED,
         "crops": CROPS,

@@ -316,7 +316,7 @@ def set_heading(metrics: dict, default: str) -> str:
 def model_cards(metrics: dict | None, demo: bool = False) -> list[MetricsCard]:
     """The cards of a registered model: its validation set and, when one was evaluated at training, its test
     set. The recorded quality check's verdict and warnings are the model's: the page shows them above the
-    cards (:func:`lsm_core.ml.metrics.model_quality`), so the validation card repeats neither."""
+    cards (:func:`lsm_core.ml.models.model_quality`), so the validation card repeats neither."""
     from lsm_core.ml.metrics import quality_check
 
     metrics = metrics or {}
@@ -363,7 +363,7 @@ def evaluation_card(result: dict, model_label: str, files: list[str]) -> Metrics
 
 def model_kind(demo: bool, metrics: dict | None) -> str:
     """What a model is, in the words of the Models table."""
-    from lsm_core.ml.metrics import failed_quality
+    from lsm_core.ml.models import failed_quality
 
     if failed_quality(metrics):
         return "synthetic demo, failed quality check" if demo else "failed quality check"
@@ -377,7 +377,7 @@ def models_table(rows: list) -> list[dict]:
     """One row per model (Model rows, in the order given) for the Models table; every figure says its set:
     "validation ..." (held out from the training data) and, when any model was evaluated on a test set at
     training, "test ..."; ECE stands beside each accuracy. How each column is shown: :func:`models_table_columns`."""
-    from lsm_core.ml.metrics import model_quality
+    from lsm_core.ml.models import model_quality
 
     def num(d: dict, key: str):
         v = d.get(key)
