@@ -104,7 +104,7 @@ def cmd_models_import(args: argparse.Namespace) -> int:
 
 def cmd_models_export(args: argparse.Namespace) -> int:
     from db import queries
-    from lsm_core.lab.registry import export_for_zoo
+    from lsm_core.reports.zoo import export_for_zoo
 
     if args.format != "bioimageio":
         raise LsmError(f"export format {args.format!r}: only bioimageio is known")

@@ -12,7 +12,6 @@ from lsm_core.lab.gating import EXAMPLE as GATE_EXAMPLE
 from lsm_core.lab.gating import parse_batch_ids
 from lsm_core.lab.labels import parse_labelled_batches
 from lsm_core.lab.registry import (
-    export_for_zoo,
     import_model_bytes,
     import_zoo_package,
     lineage,
@@ -34,6 +33,7 @@ from lsm_core.reports.model_card import (
     training_figure,
     training_labels,
 )
+from lsm_core.reports.zoo import export_for_zoo
 from pages._shared import admin, chart, escape_markdown, job_list, the_lab, user
 
 ZOO_LICENSES = ["CC-BY-4.0", "MIT", "Apache-2.0", "BSD-3-Clause", "CC0-1.0"]

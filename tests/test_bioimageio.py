@@ -47,7 +47,7 @@ def trained_lab(history):
 
 
 def exported(lab, model_id) -> tuple[bytes, dict, dict[str, bytes]]:
-    from lsm_core.lab.registry import export_for_zoo
+    from lsm_core.reports.zoo import export_for_zoo
 
     name, data = export_for_zoo(lab, model_id, ["Ana Researcher", "Ben Imager"], "MIT")
     assert name == "lab-aging-v1.bioimageio.zip"
