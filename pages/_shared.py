@@ -16,8 +16,9 @@ from lsm_core.classes import TASK_TITLES
 from lsm_core.errors import LsmError
 from lsm_core.imaging.images import ReadOptions, decode_page
 from lsm_core.lab import accounts, jobs, settings
-from lsm_core.lab.history import Lab, open_lab
+from lsm_core.lab.history import open_lab
 from lsm_core.lab.registry import offered_models
+from lsm_core.lab.stores import Lab
 from lsm_core.reports.report import (
     cell_arrays,
     cell_table,

@@ -266,6 +266,6 @@ def lab_at(data_dir: Path, url: str | None = None, sync: bool = False, **changes
 
 def with_blobs(lab, root: Path):
     """The same lab (same database) with its blob store at ``root``."""
-    from lsm_core.lab.history import Lab
+    from lsm_core.lab.stores import Lab
 
     return Lab(lab.sessions, lab.settings.with_(blob_dir=Path(root)), lab.engine)

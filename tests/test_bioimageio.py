@@ -97,7 +97,7 @@ def test_the_package_cites_the_paper_for_the_method_and_this_app_by_its_name_and
     citation needs a DOI or a URL)."""
     import lsm_core
     from lsm_core.classes import PAPER_DOI
-    from lsm_core.lab.history import Lab
+    from lsm_core.lab.stores import Lab
     from lsm_core.ml.bioimageio import APP_NAME
 
     lab, model_id = trained_lab

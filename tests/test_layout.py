@@ -169,8 +169,6 @@ def rings(graph: dict[str, set[str]]) -> list[list[str]]:
 KNOWN_RINGS = [
     # Goes when the readers split of lsm_core/imaging lands (formats and images then import one way only).
     ["lsm_core.imaging.formats", "lsm_core.imaging.images"],
-    # Goes with the next commit: open_lab (history) registers the store's models (registry), which works on a Lab.
-    ["lsm_core.lab.accounts", "lsm_core.lab.history", "lsm_core.lab.registry"],
 ]
 
 

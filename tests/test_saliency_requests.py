@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from db.schema import Job
 from lsm_core.errors import LsmError
 from lsm_core.lab import batches
-from lsm_core.lab.history import Lab
+from lsm_core.lab.stores import Lab
 from lsm_core.lab.tasks import saliency as saliency_task
 from lsm_core.lab.worker import Worker
 from tests.helpers import crop_files, run_page, texts

@@ -1,78 +1,16 @@
-"""The one way to open the lab's history: :func:`open_lab` gives a :class:`Lab`.
+"""The one way to open the lab's history: :func:`open_lab` gives a :class:`lsm_core.lab.stores.Lab`, its
+database upgraded to this code's schema and its model store's packages registered (lsm_core.lab.registry).
 
-A ``Lab`` is what every function of the shared service works on: the database (calling it opens a session,
-``lab.begin()`` a transaction, as a SQLAlchemy ``sessionmaker`` does), the blob store, the model store and
-the settings they came from. The command line, ``serve``, the worker, the pages and the tests all open it
-here, so none of them reads the environment or builds a store on its own.
+The command line, ``serve``, the worker, the pages and the tests all open it here, so none of them reads the
+environment or builds a store on its own.
 """
 
 from __future__ import annotations
 
-from functools import cached_property
-from typing import TYPE_CHECKING, Any
-
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
-
 from db.session import make_engine, session_factory, upgrade
-from lsm_core.imaging.images import Limits
 from lsm_core.lab import settings as settings_module
-from lsm_core.lab.blobs import BlobStore
 from lsm_core.lab.settings import Settings
-
-if TYPE_CHECKING:
-    from lsm_core.ml.models import ModelStore
-
-
-class Lab:
-    """The history (a session factory), the blob store, the model store and the settings."""
-
-    def __init__(self, sessions: sessionmaker[Session], settings: Settings, engine: Engine | None = None) -> None:
-        self.sessions = sessions
-        self.settings = settings
-        self.engine = engine
-
-    def __call__(self) -> Session:
-        return self.sessions()
-
-    def begin(self) -> Any:
-        return self.sessions.begin()
-
-    def begin_one_statement(self) -> Any:
-        """Like :meth:`begin`, for a write that is one statement (reads before it allowed): on PostgreSQL the
-        session's statements each commit by themselves, which saves the BEGIN and COMMIT round trips (a
-        statement is atomic on its own; db.bulk.insert_together refuses to send several there). Elsewhere a
-        transaction, as :meth:`begin`."""
-        if self._autocommit is None:
-            return self.sessions.begin()
-        return self._autocommit.begin()
-
-    @cached_property
-    def _autocommit(self) -> sessionmaker[Session] | None:
-        bind = self.engine or self.sessions.kw.get("bind")
-        if not isinstance(bind, Engine) or bind.dialect.name != "postgresql":
-            return None
-        return session_factory(bind.execution_options(isolation_level="AUTOCOMMIT"))
-
-    @cached_property
-    def blobs(self) -> BlobStore:
-        return BlobStore(self.settings.blob_dir, helpers=self.settings.blob_helpers)
-
-    @cached_property
-    def store(self) -> ModelStore:
-        from lsm_core.ml.models import ModelStore  # torch: only where models are needed
-
-        root = self.settings.model_dir
-        root.mkdir(parents=True, exist_ok=True)
-        return ModelStore(root)
-
-    @property
-    def limits(self) -> Limits:
-        return self.settings.limits
-
-    def dispose(self) -> None:
-        if self.engine is not None:
-            self.engine.dispose()
+from lsm_core.lab.stores import Lab
 
 
 def open_lab(settings: Settings | None = None, sync: bool = True) -> Lab:
@@ -83,7 +21,7 @@ def open_lab(settings: Settings | None = None, sync: bool = True) -> Lab:
     upgrade(engine)
     lab = Lab(session_factory(engine), settings, engine)
     if sync:
-        from lsm_core.lab.registry import sync_models
+        from lsm_core.lab.registry import sync_models  # torch: only where the store's models are registered
 
         sync_models(lab)
     return lab

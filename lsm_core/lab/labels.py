@@ -25,7 +25,7 @@ from lsm_core.imaging.images import Limits, ReadOptions, decode_page
 from lsm_core.imaging.reporters import otsu_threshold
 from lsm_core.lab.blobs import BlobStore
 from lsm_core.lab.gating import Gate, parse_gate
-from lsm_core.lab.history import Lab
+from lsm_core.lab.stores import Lab
 from lsm_core.ml.datasets import LabelledData, check_classes
 
 

@@ -23,8 +23,8 @@ from db import audit
 from db.schema import Batch, Cell, Image, Job, Model
 from lsm_core.errors import LsmError
 from lsm_core.lab import accounts, jobs
-from lsm_core.lab.history import Lab
 from lsm_core.lab.jobs import JobKind
+from lsm_core.lab.stores import Lab
 from lsm_core.lab.tasks import task
 from lsm_core.lab.tasks.context import Context
 

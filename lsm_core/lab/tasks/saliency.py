@@ -14,9 +14,9 @@ from db.schema import Batch, Cell, Image, Job, Model, SaliencyRun
 from lsm_core.errors import LsmError
 from lsm_core.imaging.cells import FindParams
 from lsm_core.lab import accounts, jobs
-from lsm_core.lab.history import Lab
 from lsm_core.lab.jobs import JobKind
 from lsm_core.lab.labels import read_options, stored_crops
+from lsm_core.lab.stores import Lab
 from lsm_core.lab.tasks import task
 from lsm_core.lab.tasks.context import Context
 

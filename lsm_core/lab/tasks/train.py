@@ -14,8 +14,8 @@ from typing import Any
 from lsm_core.classes import task_classes
 from lsm_core.errors import LsmError
 from lsm_core.lab import accounts, jobs
-from lsm_core.lab.history import Lab
 from lsm_core.lab.jobs import JobKind
+from lsm_core.lab.stores import Lab
 from lsm_core.lab.tasks import task
 from lsm_core.lab.tasks.context import Cancelled, Context
 
