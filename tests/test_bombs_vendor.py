@@ -27,8 +27,8 @@ import pytest
 import tifffile
 
 from lsm_core.errors import LsmError
-from lsm_core.imaging.formats import open_microscope_file
-from lsm_core.imaging.images import Limits
+from lsm_core.imaging.readers import open_microscope_file
+from lsm_core.imaging.readers.base import Limits
 from tests.helpers import ROOT, png_bytes
 from tests.test_formats import settings_text, write_compound_file, write_oif
 from tests.test_formats_shared_data import ND2, need
@@ -432,7 +432,7 @@ def test_a_legacy_nd2_frame_is_measured_by_its_jpeg_2000_header():
     header reader is checked on streams imagecodecs writes, one of them patched to claim 20,000 x 30,000)."""
     import imagecodecs
 
-    from lsm_core.imaging.formats import _j2k_size
+    from lsm_core.imaging.readers.nd2 import _j2k_size
 
     grey = bytes(imagecodecs.jpeg2k_encode(np.zeros((31, 38), np.uint16)))
     assert _j2k_size(grey) == (38, 31, 1)
@@ -453,7 +453,7 @@ def test_an_oib_whose_sector_chain_loops_is_refused_instead_of_read_forever(tmp_
         "import resource, sys\n"
         "resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))\n"
         "from lsm_core.errors import LsmError\n"
-        "from lsm_core.imaging.formats import open_microscope_file\n"
+        "from lsm_core.imaging.readers import open_microscope_file\n"
         "try:\n"
         "    open_microscope_file(sys.argv[1])\n"
         "except LsmError as exc:\n"

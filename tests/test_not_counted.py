@@ -18,7 +18,7 @@ from openpyxl import load_workbook
 from lsm_core.errors import FilesRefused
 from lsm_core.imaging import cells as cells_module
 from lsm_core.imaging.cells import FindParams, calibration_doubt, find_cells
-from lsm_core.imaging.images import RawFile
+from lsm_core.imaging.readers.archives import RawFile
 from lsm_core.imaging.synthetic import make_field
 from lsm_core.lab import batches
 from lsm_core.lab.worker import Worker

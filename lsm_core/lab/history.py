@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.session import make_engine, session_factory, upgrade
-from lsm_core.imaging.images import Limits
+from lsm_core.imaging.readers.base import Limits
 from lsm_core.lab import settings as settings_module
 from lsm_core.lab.blobs import BlobStore
 from lsm_core.lab.settings import Settings
