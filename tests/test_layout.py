@@ -6,12 +6,14 @@ module, at the top or inside a function, is checked.
 - ``lsm_core.ml`` does not import ``lsm_core.lab`` (nor the reports or the database layer's sessions);
 - ``db`` imports nothing of lsm_core but its error type, and never torch;
 - nothing below ``pages/`` and ``streamlit_app.py`` imports Streamlit;
-- only ``lsm_core.lab.settings`` reads the environment.
+- only ``lsm_core.lab.settings`` reads the environment;
+- no two modules of ``lsm_core.imaging`` import each other, directly or in a ring (:func:`import_cycles`).
 """
 
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,3 +114,93 @@ def test_every_variable_the_settings_read_is_watched_and_documented():
     readme = (ROOT / "README.md").read_text()
     table = settings.__doc__ or ""
     assert [v for v in sorted(read) if f"`{v}`" not in readme or f"| {v} |" not in table] == []
+
+
+def module_name(path: Path) -> str:
+    """The dotted name of a module file under ROOT (a package's ``__init__.py`` is the package)."""
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def import_graph(folder: str) -> dict[str, set[str]]:
+    """Which modules of ``folder`` each module of it imports, from every import statement (at the top or
+    inside a function): ``import a.b`` gives a.b; ``from a.b import c`` gives a.b.c when that is a module of
+    the folder, else a.b; relative imports are resolved against the importing module."""
+    paths = modules(folder)
+    known = {module_name(p) for p in paths}
+    graph: dict[str, set[str]] = {}
+    for path in paths:
+        name = module_name(path)
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    base = ".".join([*anchor, base] if base else anchor)
+                for alias in node.names:
+                    found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base)
+        graph[name] = {other for other in found if other in known and other != name}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every ring of imports in ``graph`` (one per strongly connected component of more than one module, or a
+    module importing itself), each as its sorted module names (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    rings: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for other in sorted(graph.get(node, ())):
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in on_stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1 or node in graph.get(node, ()):
+                rings.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(rings)
+
+
+@pytest.mark.parametrize("folder", ["lsm_core/imaging"])
+def test_no_import_cycles(folder):
+    assert import_cycles(import_graph(folder)) == []
+
+
+def test_an_import_cycle_is_seen(tmp_path, monkeypatch):
+    """The cycle check could fail: a ring through a function-level import and a relative import is found."""
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from pkg.sub import b\n")
+    (pkg / "sub" / "b.py").write_text("def f():\n    from .c import g\n")
+    (pkg / "sub" / "c.py").write_text("import pkg.a\n")
+    (pkg / "d.py").write_text("from pkg.a import x\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    graph = import_graph("pkg")
+    assert graph["pkg.a"] == {"pkg.sub.b"} and graph["pkg.sub.b"] == {"pkg.sub.c"} and graph["pkg.d"] == {"pkg.a"}
+    assert import_cycles(graph) == [["pkg.a", "pkg.sub.b", "pkg.sub.c"]]
