@@ -22,8 +22,8 @@ from lsm_core.imaging.readers.base import MAX_REPORTER_CHANNELS, Limits, ReadOpt
 from lsm_core.lab import batches
 from lsm_core.lab.worker import Worker
 from tests.helpers import png_bytes
-from tests.test_formats import write_ome_zarr, zip_folder
 from tests.test_microscope_files import PIXEL_UM, shared, two_channel_stack
+from tests.test_readers import write_ome_zarr, zip_folder
 
 
 def zarr_field(folder, seed: int = 4) -> int:
