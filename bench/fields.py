@@ -32,8 +32,8 @@ import torch  # noqa: E402
 
 from lsm_core.imaging import synthetic  # noqa: E402
 from lsm_core.imaging.cells import FindParams  # noqa: E402
-from lsm_core.imaging.images import Limits, ReadOptions  # noqa: E402
 from lsm_core.imaging.prepare import PrepPool, PrepTask, crops_of  # noqa: E402
+from lsm_core.imaging.readers.base import Limits, ReadOptions  # noqa: E402
 from lsm_core.ml import nets  # noqa: E402
 from lsm_core.ml.classify import in_batches  # noqa: E402
 from lsm_core.ml.models import Manifest, ModelStore  # noqa: E402

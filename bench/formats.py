@@ -17,7 +17,7 @@ uint16, 0.2 um per pixel. Each of these runs in a fresh interpreter (started thr
 the peak RSS, getrusage's ru_maxrss, is that child's own), against the goal of 1.5 GB:
 
 * floor: the imports and one field's cells found and measured, from memory (no file);
-* lazy: the library's lazy API (``formats.open_microscope_file``) on every image of the file: the best-focused
+* lazy: the library's lazy API (``readers.open_microscope_file``) on every image of the file: the best-focused
   DIC plane, its cells, the GFP plane measured in them; one plane at a time;
 * classify: the ``classify`` command (``lsm_core.cli.main``, what ``python -m lsm_core classify`` runs) with
   a tiny random model, LSM_MAX_FILE_BYTES raised above the file's size (the default, 2 GiB, refuses a larger
@@ -58,9 +58,12 @@ import numpy as np  # noqa: E402
 import tifffile  # noqa: E402
 from scipy import ndimage as ndi  # noqa: E402
 
-from lsm_core.imaging import formats, synthetic  # noqa: E402
+from lsm_core.imaging import planes, readers, synthetic  # noqa: E402
 from lsm_core.imaging.cells import DEFAULT_PIXEL_SIZE_UM, FindParams, find_cells  # noqa: E402
-from lsm_core.imaging.images import Limits, ReadOptions, iter_path, read_path, to_grey_float  # noqa: E402
+from lsm_core.imaging.images import read_path  # noqa: E402
+from lsm_core.imaging.planes import to_grey_float  # noqa: E402
+from lsm_core.imaging.readers.archives import iter_path  # noqa: E402
+from lsm_core.imaging.readers.base import Limits, ReadOptions  # noqa: E402
 from lsm_core.imaging.reporters import measure  # noqa: E402
 
 SIDE = 2048
@@ -543,13 +546,13 @@ def child(mode: str, file: str, model: str, images: int, result: Path) -> int:
         elif mode == "lazy":
             sampler.mark_ready()
             t0 = time.perf_counter()
-            with formats.open_microscope_file(file) as mf:
+            with readers.open_microscope_file(file) as mf:
                 for scene in mf.scenes:
-                    c = formats.transmitted_channel(scene.channels)
+                    c = planes.transmitted_channel(scene.channels)
                     assert c is not None
                     for t in range(scene.sizes["T"]):
                         sampler.phase = f"scene {scene.index + 1} t {t + 1}: best focus"
-                        z = formats.best_focus(mf.z_planes(scene.index, t, c))[0] if scene.sizes["Z"] > 1 else 0
+                        z = planes.best_focus(mf.z_planes(scene.index, t, c))[0] if scene.sizes["Z"] > 1 else 0
                         sampler.phase = f"scene {scene.index + 1} t {t + 1}: cells"
                         grey = to_grey_float(mf.plane(scene.index, t, c, z))
                         found = find_cells(grey, params)

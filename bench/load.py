@@ -41,7 +41,7 @@ from sqlalchemy import event, func, select  # noqa: E402
 
 from db.schema import Cell, Image, Job, Model, Worker  # noqa: E402
 from lsm_core.imaging import synthetic  # noqa: E402
-from lsm_core.imaging.images import RawFile, iter_upload  # noqa: E402
+from lsm_core.imaging.readers.archives import RawFile, iter_upload  # noqa: E402
 from lsm_core.lab import blobwriter  # noqa: E402
 from lsm_core.lab.batches import BatchMeta, submit_batch  # noqa: E402
 from lsm_core.lab.history import open_lab  # noqa: E402

@@ -26,7 +26,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_classify(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from lsm_core.imaging.images import ReadOptions, read_inputs, reporter_names
+    from lsm_core.imaging.images import read_inputs, reporter_names
+    from lsm_core.imaging.readers.base import ReadOptions
     from lsm_core.ml.classify import Summary, classify_records, find_params_for, result_columns
     from lsm_core.ml.predict import make_predictor
     from lsm_core.reports.export import signal_columns, write_csv, write_table
@@ -236,7 +237,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from db.queries import model_by_name
-    from lsm_core.imaging.images import iter_files
+    from lsm_core.imaging.readers.archives import iter_files
     from lsm_core.lab.accounts import current_user
     from lsm_core.lab.batches import BatchMeta, submit_batch
 

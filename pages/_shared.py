@@ -14,7 +14,8 @@ import streamlit as st
 from db import queries
 from lsm_core.classes import TASK_TITLES
 from lsm_core.errors import LsmError
-from lsm_core.imaging.images import ReadOptions, decode_page
+from lsm_core.imaging.images import decode_page
+from lsm_core.imaging.readers.base import ReadOptions
 from lsm_core.lab import accounts, jobs, settings
 from lsm_core.lab.history import open_lab
 from lsm_core.lab.registry import offered_models

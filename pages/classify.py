@@ -6,7 +6,8 @@ import streamlit as st
 
 from lsm_core.errors import FilesRefused, LsmError
 from lsm_core.imaging.cells import MODALITIES
-from lsm_core.imaging.images import FileChannels, RawFile, file_channels
+from lsm_core.imaging.images import FileChannels, file_channels
+from lsm_core.imaging.readers.archives import RawFile
 from lsm_core.lab import batches
 from lsm_core.lab.batches import BatchMeta, submit_batch
 from lsm_core.lab.jobs import queue_info

@@ -7,7 +7,7 @@ from db import queries
 from db.schema import Model
 from lsm_core.classes import TASK_TITLES
 from lsm_core.errors import LsmError
-from lsm_core.imaging.images import RawFile
+from lsm_core.imaging.readers.archives import RawFile
 from lsm_core.lab.gating import EXAMPLE as GATE_EXAMPLE
 from lsm_core.lab.gating import parse_batch_ids
 from lsm_core.lab.labels import parse_labelled_batches

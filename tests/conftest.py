@@ -129,7 +129,7 @@ def with_batch(app_env):
 
     from db import queries
     from lsm_core.imaging import synthetic
-    from lsm_core.imaging.images import RawFile
+    from lsm_core.imaging.readers.archives import RawFile
     from lsm_core.lab.batches import BatchMeta, submit_batch
     from lsm_core.lab.history import open_lab
     from lsm_core.lab.worker import Worker

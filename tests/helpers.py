@@ -136,7 +136,7 @@ def png_bytes(crop: np.ndarray) -> bytes:
 def crop_files(n: int, seed: int, prefix: str = "cell"):
     """``n`` synthetic LSM single-cell crops as PNG files (RawFile)."""
     from lsm_core.imaging import synthetic
-    from lsm_core.imaging.images import RawFile
+    from lsm_core.imaging.readers.archives import RawFile
 
     crops, _ = synthetic.make_crops("lsm", n, seed=seed)
     return [RawFile(f"{prefix}{i:04d}.png", png_bytes(c)) for i, c in enumerate(crops)]
@@ -147,7 +147,7 @@ def field_file(seed: int):
     import tifffile
 
     from lsm_core.imaging import synthetic
-    from lsm_core.imaging.images import RawFile
+    from lsm_core.imaging.readers.archives import RawFile
 
     field, _ = synthetic.make_field("lsm", seed=seed, shape=(768, 768), n_cells=8, n_debris=2)
     buf = io.BytesIO()

@@ -34,16 +34,10 @@ import pytest
 import tifffile
 
 from lsm_core.errors import LsmError
-from lsm_core.imaging.formats import open_microscope_file
-from lsm_core.imaging.images import (
-    SHOWN_CHANNELS,
-    Limits,
-    RawFile,
-    decode_bytes,
-    file_channels,
-    inspect,
-    iter_upload,
-)
+from lsm_core.imaging.images import SHOWN_CHANNELS, decode_bytes, file_channels, inspect
+from lsm_core.imaging.readers import open_microscope_file
+from lsm_core.imaging.readers.archives import RawFile, iter_upload
+from lsm_core.imaging.readers.base import Limits
 
 MB = 1 << 20
 FAST_S = 10.0  # a refusal from the headers takes well under a second; this leaves room for a busy machine

@@ -2,7 +2,7 @@
 (issue 27, items 1 and 2, for the CZI, ND2, LIF and OIB/OIF readers).
 
 Every hostile file is written here: CZI files from scratch (segments as the ZISRAW specification lays them
-out), LIF and OIB/OIF with the writers of ``test_formats``, and ND2 files by patching a copy of the shared
+out), LIF and OIB/OIF with the writers of ``test_readers``, and ND2 files by patching a copy of the shared
 Nikon file in the test's own folder (its experiment's loop count, its compression, one frame's chunk). Each
 is refused quickly with a message that names the count and the setting, or decodes no more than its
 declared plane; the slow tests measure the peak memory of ``submit`` and ``classify`` on each, in a child
@@ -27,12 +27,12 @@ import pytest
 import tifffile
 
 from lsm_core.errors import LsmError
-from lsm_core.imaging.formats import open_microscope_file
-from lsm_core.imaging.images import Limits
+from lsm_core.imaging.readers import open_microscope_file
+from lsm_core.imaging.readers.base import Limits
 from tests.helpers import ROOT, png_bytes
-from tests.test_formats import settings_text, write_compound_file, write_oif
-from tests.test_formats_shared_data import ND2, need
 from tests.test_memory import BOUND_MB, peak_mb
+from tests.test_readers import settings_text, write_compound_file, write_oif
+from tests.test_readers_shared_data import ND2, need
 
 FAST_S = 5.0  # a refusal from the headers takes well under a second; the slowest machine gets some room
 
@@ -259,7 +259,7 @@ def lif_huge_header(path: Path, elements: int = 8_000_000) -> None:
 
 
 def write_oib(path: Path, planes: dict[str, bytes], dyes: list[str]) -> None:
-    """An OIB: the OIF settings and the TIFF streams ``planes`` (file name -> TIFF bytes), as test_formats
+    """An OIB: the OIF settings and the TIFF streams ``planes`` (file name -> TIFF bytes), as test_readers
     writes one."""
     settings = Path(tempfile.mkdtemp(prefix=f"{path.stem}-settings-", dir=path.parent))
     main = write_oif(settings, np.zeros((1, 1, 1, 1), np.uint16), (0.2, 0.2), dyes)
@@ -432,7 +432,7 @@ def test_a_legacy_nd2_frame_is_measured_by_its_jpeg_2000_header():
     header reader is checked on streams imagecodecs writes, one of them patched to claim 20,000 x 30,000)."""
     import imagecodecs
 
-    from lsm_core.imaging.formats import _j2k_size
+    from lsm_core.imaging.readers.nd2 import _j2k_size
 
     grey = bytes(imagecodecs.jpeg2k_encode(np.zeros((31, 38), np.uint16)))
     assert _j2k_size(grey) == (38, 31, 1)
@@ -453,7 +453,7 @@ def test_an_oib_whose_sector_chain_loops_is_refused_instead_of_read_forever(tmp_
         "import resource, sys\n"
         "resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))\n"
         "from lsm_core.errors import LsmError\n"
-        "from lsm_core.imaging.formats import open_microscope_file\n"
+        "from lsm_core.imaging.readers import open_microscope_file\n"
         "try:\n"
         "    open_microscope_file(sys.argv[1])\n"
         "except LsmError as exc:\n"

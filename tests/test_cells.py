@@ -137,7 +137,7 @@ def test_cell_mask_holds_the_nucleus_of_real_brightfield_cells():
     from skimage import filters
 
     from lsm_core.imaging.cells import cell_mask
-    from tests.test_formats_shared_data import DATA, JURKAT, need
+    from tests.test_readers_shared_data import DATA, JURKAT, need
 
     dna_file = DATA / "brightfield" / "jurkat_G1_dna_montage.tif"
     need(JURKAT, dna_file)

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.helpers import ARTIFACTS, add_tiny_demo_models, lab_at, launch, need_browser, served_app, settle
-from tests.test_formats_shared_data import DATA, need
+from tests.test_readers_shared_data import DATA, need
 
 VENDOR = [
     DATA / "vendor" / n

@@ -16,7 +16,7 @@ from db.schema import Worker as WorkerRow
 from db.session import _alembic_config, make_engine, session_factory, upgrade
 from lsm_core.errors import LsmError
 from lsm_core.imaging.cells import FindParams, no_cells_note
-from lsm_core.imaging.images import RawFile
+from lsm_core.imaging.readers.archives import RawFile
 from lsm_core.lab import accounts, batches, jobs
 from lsm_core.lab.worker import Worker
 from lsm_core.reports import compare

@@ -31,7 +31,7 @@ from sqlalchemy import func, select
 from db.schema import Batch, Cell, Image, Job, SaliencyRun, utcnow
 from lsm_core.errors import LsmError
 from lsm_core.imaging import synthetic
-from lsm_core.imaging.images import RawFile
+from lsm_core.imaging.readers.archives import RawFile
 from lsm_core.lab import batches
 from lsm_core.lab.tasks import saliency as saliency_task
 from lsm_core.lab.worker import Worker

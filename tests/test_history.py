@@ -19,7 +19,7 @@ from db.schema import Batch, Cell, Image, Job
 from db.schema import Worker as WorkerRow
 from db.session import head_revision, make_engine, tables, upgrade
 from lsm_core.errors import LsmError
-from lsm_core.imaging.images import RawFile
+from lsm_core.imaging.readers.archives import RawFile
 from lsm_core.lab import batches, jobs
 from lsm_core.lab.worker import Worker
 from tests.helpers import crop_files, field_file, wait_for

@@ -17,7 +17,8 @@ from PIL import Image as PILImage
 
 from lsm_core.errors import LsmError
 from lsm_core.imaging import synthetic
-from lsm_core.imaging.images import Limits, RawFile
+from lsm_core.imaging.readers.archives import RawFile
+from lsm_core.imaging.readers.base import Limits
 from lsm_core.lab import batches
 
 

@@ -18,15 +18,10 @@ import tifffile
 from PIL import Image
 
 from lsm_core.errors import LsmError
-from lsm_core.imaging.images import (
-    Limits,
-    decode_bytes,
-    decode_raw,
-    iter_zip_members,
-    read_inputs,
-    read_path,
-    to_grey_float,
-)
+from lsm_core.imaging.images import decode_bytes, decode_raw, read_inputs, read_path
+from lsm_core.imaging.planes import to_grey_float
+from lsm_core.imaging.readers.archives import iter_zip_members
+from lsm_core.imaging.readers.base import Limits
 
 LIMITS = Limits()  # the defaults, passed explicitly so that LSM_* variables of the environment do not matter
 EPS = 1e-6

@@ -166,14 +166,8 @@ def rings(graph: dict[str, set[str]]) -> list[list[str]]:
     return sorted(found)
 
 
-KNOWN_RINGS = [
-    # Goes when the readers split of lsm_core/imaging lands (formats and images then import one way only).
-    ["lsm_core.imaging.formats", "lsm_core.imaging.images"],
-]
-
-
 def test_no_two_modules_import_each_other_directly_or_in_a_ring():
-    assert [ring for ring in rings(import_graph()) if ring not in KNOWN_RINGS] == []
+    assert rings(import_graph()) == []
 
 
 def test_lab_does_not_import_reports():

@@ -114,7 +114,7 @@ def hostile(app_env, monkeypatch):
     """Classified batches whose name, metadata, owner and file names are Markdown links and images; the
     first has saliency maps. ana is a member, not an administrator (so History names the owner)."""
     from db import queries
-    from lsm_core.imaging.images import RawFile
+    from lsm_core.imaging.readers.archives import RawFile
     from lsm_core.lab.batches import BatchMeta, submit_batch
     from lsm_core.lab.history import open_lab
     from lsm_core.lab.tasks.saliency import submit as submit_saliency
@@ -173,7 +173,7 @@ def test_compare_shows_batch_names_as_text(hostile):
 
 def test_classify_refusal_naming_a_batch_is_text(hostile):
     """Adding only files a batch has already is refused with a message that names the batch."""
-    from lsm_core.imaging.images import RawFile
+    from lsm_core.imaging.readers.archives import RawFile
 
     lab, ids = hostile
     crops = crop_files(4, seed=700)

@@ -191,7 +191,8 @@ def test_a_page_of_a_long_tiff_costs_one_page(tmp_path, monkeypatch):
 
 def test_every_page_of_a_multi_page_file_is_not_held_at_once(tmp_path):
     """Pages come one at a time: the records of a 12-page file are a stream, not a list of 12 decoded arrays."""
-    from lsm_core.imaging.images import RawFile, decode_raw
+    from lsm_core.imaging.images import decode_raw
+    from lsm_core.imaging.readers.archives import RawFile
 
     buf = io.BytesIO()
     with tifffile.TiffWriter(buf) as tif:

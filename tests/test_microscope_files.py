@@ -18,7 +18,9 @@ from sqlalchemy import select
 
 from db.schema import Batch, Cell, Image
 from lsm_core.imaging import synthetic
-from lsm_core.imaging.images import RawFile, ReadOptions, decode_bytes
+from lsm_core.imaging.images import decode_bytes
+from lsm_core.imaging.readers.archives import RawFile
+from lsm_core.imaging.readers.base import ReadOptions
 from lsm_core.lab import batches
 from lsm_core.lab.worker import Worker
 

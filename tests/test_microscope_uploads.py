@@ -16,21 +16,14 @@ from sqlalchemy import select
 
 from db.schema import Cell, Image
 from lsm_core.imaging import synthetic
-from lsm_core.imaging.images import (
-    MAX_REPORTER_CHANNELS,
-    Limits,
-    RawFile,
-    ReadOptions,
-    decode_bytes,
-    file_channels,
-    iter_upload,
-    read_inputs,
-)
+from lsm_core.imaging.images import decode_bytes, file_channels, read_inputs
+from lsm_core.imaging.readers.archives import RawFile, iter_upload
+from lsm_core.imaging.readers.base import MAX_REPORTER_CHANNELS, Limits, ReadOptions
 from lsm_core.lab import batches
 from lsm_core.lab.worker import Worker
 from tests.helpers import png_bytes
-from tests.test_formats import write_ome_zarr, zip_folder
 from tests.test_microscope_files import PIXEL_UM, shared, two_channel_stack
+from tests.test_readers import write_ome_zarr, zip_folder
 
 
 def zarr_field(folder, seed: int = 4) -> int:

@@ -15,7 +15,7 @@ from db.schema import Batch, Cell, Image
 from lsm_core.errors import LsmError
 from lsm_core.imaging import synthetic
 from lsm_core.imaging.cells import MODALITIES, FindParams, find_cells, matched_boxes
-from lsm_core.imaging.images import RawFile
+from lsm_core.imaging.readers.archives import RawFile
 from lsm_core.lab import batches
 from lsm_core.lab.worker import Worker
 from tests.helpers import run_page

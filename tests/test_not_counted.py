@@ -18,7 +18,7 @@ from openpyxl import load_workbook
 from lsm_core.errors import FilesRefused
 from lsm_core.imaging import cells as cells_module
 from lsm_core.imaging.cells import FindParams, calibration_doubt, find_cells
-from lsm_core.imaging.images import RawFile
+from lsm_core.imaging.readers.archives import RawFile
 from lsm_core.imaging.synthetic import make_field
 from lsm_core.lab import batches
 from lsm_core.lab.worker import Worker
@@ -193,7 +193,7 @@ VENDOR = (
 
 
 def vendor_files(*names: str) -> list[RawFile]:
-    from tests.test_formats_shared_data import DATA, need
+    from tests.test_readers_shared_data import DATA, need
 
     paths = [DATA / "vendor" / n for n in names]
     need(*paths)
@@ -236,7 +236,7 @@ def test_the_real_jurkat_montage_at_the_wrong_pixel_size_is_doubted_on_the_comma
     """900 real brightfield cells at about 0.5 µm/px: at 0.5 nothing is doubted; at 0.2 most cells kept look
     smaller than 5 µm, and `classify` says the pixel size may be wrong."""
     from tests.test_cli import run
-    from tests.test_formats_shared_data import DATA, need
+    from tests.test_readers_shared_data import DATA, need
 
     montage = DATA / "brightfield" / "jurkat_G1_montage.tif"
     need(montage)

@@ -14,8 +14,9 @@ from sqlalchemy import select
 from db.schema import Cell, Image
 from lsm_core.imaging import synthetic
 from lsm_core.imaging.cells import FindParams
-from lsm_core.imaging.images import Limits, RawFile, ReadOptions
 from lsm_core.imaging.prepare import PrepPool, PrepTask, default_workers
+from lsm_core.imaging.readers.archives import RawFile
+from lsm_core.imaging.readers.base import Limits, ReadOptions
 from lsm_core.lab import batches
 from lsm_core.lab.worker import Worker
 from tests.test_microscope_files import two_channel_stack

@@ -14,7 +14,9 @@ from db.schema import Batch, Cell, Image, Job, Model
 from lsm_core.errors import LsmError
 from lsm_core.imaging import synthetic
 from lsm_core.imaging.cells import FindParams, crops_at
-from lsm_core.imaging.images import RawFile, ReadOptions, decode_page
+from lsm_core.imaging.images import decode_page
+from lsm_core.imaging.readers.archives import RawFile
+from lsm_core.imaging.readers.base import ReadOptions
 from lsm_core.imaging.reporters import otsu_threshold
 from lsm_core.lab import batches
 from lsm_core.lab.gating import parse_batch_ids, parse_gate

@@ -100,7 +100,8 @@ def test_a_click_on_background_is_told_apart_from_a_missed_cell(field_batch):
     classified on holds anything cell-like at the point (the page asks "add anyway?" when not): not on empty
     background, read from the stored file or given; yes where a cell lies that the finder did not report (a cell
     of the field copied there); a point on a found cell is refused as submit refuses it."""
-    from lsm_core.imaging.images import ReadOptions, decode_page
+    from lsm_core.imaging.images import decode_page
+    from lsm_core.imaging.readers.base import ReadOptions
     from lsm_core.lab.tasks import add_cell
 
     lab, _, field = field_batch

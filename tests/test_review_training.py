@@ -13,7 +13,7 @@ from sqlalchemy import select
 from db.schema import Cell, Image, Job, Model
 from lsm_core.errors import LsmError
 from lsm_core.imaging import synthetic
-from lsm_core.imaging.images import RawFile
+from lsm_core.imaging.readers.archives import RawFile
 from lsm_core.lab import batches, review
 from lsm_core.lab.worker import Worker
 from tests.helpers import png_bytes

@@ -114,7 +114,7 @@ def test_every_writer_uses_it_and_numbers_stay_numbers(tmp_path):
 def _hostile_uploads(seed: int):
     """What the Classify page hands to submit_batch: single files whose names are formulas, and a ZIP whose
     member names hold control characters (and formulas, below the archive's name)."""
-    from lsm_core.imaging.images import RawFile, iter_upload
+    from lsm_core.imaging.readers.archives import RawFile, iter_upload
 
     crops = crop_files(8, seed=seed)
     files = [RawFile(f"{name}.png", crops[i].data) for i, name in enumerate(FORMULA_NAMES[:5])]

@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from lsm_core.errors import LsmError
 from lsm_core.imaging import synthetic
-from lsm_core.imaging.images import RawFile
+from lsm_core.imaging.readers.archives import RawFile
 from lsm_core.lab.tasks import train as train_task
 from lsm_core.ml.datasets import LabelledData, from_files, split
 from lsm_core.ml.metrics import evaluate_probs, fit_temperature, nll

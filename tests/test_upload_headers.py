@@ -19,7 +19,10 @@ from sqlalchemy import event, func, select
 from db.schema import AuditEvent, Batch, Cell, Image, Job, Model
 from lsm_core.errors import LsmError
 from lsm_core.imaging import images
-from lsm_core.imaging.images import RawFile
+from lsm_core.imaging.readers.archives import RawFile
+from lsm_core.imaging.readers.base import StackReader
+from lsm_core.imaging.readers.picture import PictureReader
+from lsm_core.imaging.readers.tiff import TiffPagesReader
 from lsm_core.lab import batches
 from lsm_core.lab import blobs as blobs_module
 from lsm_core.lab.worker import Worker
@@ -48,7 +51,7 @@ def test_pixels_are_decoded_by_the_worker_and_a_broken_page_is_that_image_s_erro
     lab, _, model_id = history
     good = crop_files(3, seed=950)
     with monkeypatch.context() as m:  # nothing decodes and nothing is hashed twice during the submit
-        for reader in (images.PilReader, images.TiffReader, images.FormatReader):
+        for reader in (PictureReader, TiffPagesReader, StackReader):
             m.setattr(reader, "read", _no_decoding)
         m.setattr(images, "to_grey_float", _no_decoding)
         m.setattr(blobs_module, "hashlib", types.SimpleNamespace(sha256=_no_decoding))

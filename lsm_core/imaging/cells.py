@@ -329,7 +329,7 @@ def find_cells(image: np.ndarray, params: FindParams | None = None) -> CellCrops
     Parameters
     ----------
     image : ndarray, shape (H, W), float32
-        Grey image in the representation of :mod:`lsm_core.imaging.images` (any affine grey scale works).
+        Grey image in the representation of :mod:`lsm_core.imaging.planes` (any affine grey scale works).
     params : FindParams
 
     Returns

@@ -31,7 +31,8 @@ import numpy as np
 
 from lsm_core.errors import LsmError
 from lsm_core.imaging.cells import CellCrops, FindParams, find_cells, no_cells_note
-from lsm_core.imaging.images import Limits, ReadOptions, decode_page_channels
+from lsm_core.imaging.images import decode_page_channels
+from lsm_core.imaging.readers.base import Limits, ReadOptions
 from lsm_core.imaging.reporters import ChannelSignal, measure
 
 T = TypeVar("T")

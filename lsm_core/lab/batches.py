@@ -26,7 +26,9 @@ from db import audit, bulk
 from db.schema import AuditEvent, Base, Batch, Cell, Image, Job, Model, SaliencyRun, utcnow
 from lsm_core.errors import FilesRefused, LsmError
 from lsm_core.imaging.cells import MODALITIES
-from lsm_core.imaging.images import Limits, RawFile, ReadOptions, clean_name, inspect, iter_upload
+from lsm_core.imaging.images import inspect
+from lsm_core.imaging.readers.archives import RawFile, clean_name, iter_upload
+from lsm_core.imaging.readers.base import Limits, ReadOptions
 from lsm_core.lab import accounts
 from lsm_core.lab.blobs import BlobStore, human_bytes
 from lsm_core.lab.blobwriter import put_many

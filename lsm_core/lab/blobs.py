@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from lsm_core.errors import LsmError
 
 if TYPE_CHECKING:  # not imported: the blob-writing helper (lsm_core.lab.blobwriter) starts without numpy
-    from lsm_core.imaging.images import RawFile
+    from lsm_core.imaging.readers.archives import RawFile
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _HEX2_RE = re.compile(r"^[0-9a-f]{2}$")

@@ -21,7 +21,8 @@ from db.schema import Batch, Cell, Image
 from lsm_core.classes import task_classes
 from lsm_core.errors import LsmError
 from lsm_core.imaging.cells import FindParams, crops_at
-from lsm_core.imaging.images import Limits, ReadOptions, decode_page
+from lsm_core.imaging.images import decode_page
+from lsm_core.imaging.readers.base import Limits, ReadOptions
 from lsm_core.imaging.reporters import otsu_threshold
 from lsm_core.lab.blobs import BlobStore
 from lsm_core.lab.gating import Gate, parse_gate

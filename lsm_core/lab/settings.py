@@ -52,7 +52,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lsm_core.errors import LsmError
-from lsm_core.imaging.images import Limits
+from lsm_core.imaging.readers.base import Limits
 
 VARIABLES = (
     "LSM_DATA_DIR",

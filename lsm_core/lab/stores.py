@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.session import session_factory
-from lsm_core.imaging.images import Limits
+from lsm_core.imaging.readers.base import Limits
 from lsm_core.lab.blobs import BlobStore
 from lsm_core.lab.settings import Settings
 

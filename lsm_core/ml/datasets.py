@@ -19,7 +19,8 @@ import numpy as np
 from lsm_core.classes import task_classes
 from lsm_core.errors import LsmError
 from lsm_core.imaging.cells import FindParams, find_cells
-from lsm_core.imaging.images import RawFile, decode_raw, iter_files, iter_upload
+from lsm_core.imaging.images import decode_raw
+from lsm_core.imaging.readers.archives import RawFile, iter_files, iter_upload
 
 MIN_PER_CLASS = 10
 MIN_SIDE = 16

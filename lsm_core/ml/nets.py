@@ -4,7 +4,7 @@ As in timm's ``_registry``: a decorator puts each builder into :data:`REGISTRY`;
 :func:`create` for a name. Adding a backbone is adding one function.
 
 Every network takes a batch of grey crops, shape (N, 1, H, W) float32 in the representation of
-:mod:`lsm_core.imaging.images`, and returns logits, shape (N, num_classes). Its first layer,
+:mod:`lsm_core.imaging.planes`, and returns logits, shape (N, num_classes). Its first layer,
 :class:`CropStandardise`, is the project's one intensity normalisation.
 
 No builder downloads anything: ImageNet initialisation (in :mod:`lsm_core.ml.train`) only uses weights

@@ -115,7 +115,8 @@ def looks_like_a_cell(lab: Lab, image_id: int, x: float, y: float, pixels: np.nd
     is read from the stored file. LsmError: as :func:`submit` (the point cannot take a cell), or the batch's model
     was deleted."""
     from lsm_core.imaging.cells import cell_mask, crops_at
-    from lsm_core.imaging.images import ReadOptions, decode_page
+    from lsm_core.imaging.images import decode_page
+    from lsm_core.imaging.readers.base import ReadOptions
 
     with lab() as s:
         image, batch = _target(s, image_id, x, y)
@@ -149,7 +150,8 @@ def submit(lab: Lab, image_id: int, x: float, y: float, user: str) -> int:
 @task(JobKind.ADD_CELL)
 def run(ctx: Context, payload: dict[str, Any]) -> None:
     from lsm_core.imaging.cells import crops_at
-    from lsm_core.imaging.images import ReadOptions, decode_page
+    from lsm_core.imaging.images import decode_page
+    from lsm_core.imaging.readers.base import ReadOptions
 
     image_id, x, y = int(payload["image_id"]), float(payload["x"]), float(payload["y"])
 

@@ -22,8 +22,8 @@ from db.schema import Batch, Cell, Image, Job, Model
 from lsm_core import __version__
 from lsm_core.errors import LsmError
 from lsm_core.imaging.cells import CellCrops, FindParams
-from lsm_core.imaging.images import ReadOptions
 from lsm_core.imaging.prepare import Prepared, PrepTask
+from lsm_core.imaging.readers.base import ReadOptions
 from lsm_core.imaging.reporters import ChannelSignal
 from lsm_core.lab.jobs import JobKind
 from lsm_core.lab.tasks import task

@@ -108,7 +108,7 @@ def _gated(gated: dict[str, Any], task_name: str):
 
 def labelled_uploads(ctx: Context, uploads: list[dict[str, str]], task_name: str, params=None):
     """Labelled crops from uploaded ZIPs (class folders), unpacked here from the blob store."""
-    from lsm_core.imaging.images import iter_upload
+    from lsm_core.imaging.readers.archives import iter_upload
     from lsm_core.ml.datasets import from_files
 
     files = [raw for u in uploads for raw in iter_upload(u["name"], ctx.lab.blobs.get(u["sha256"]), ctx.lab.limits)]

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from lsm_core.errors import LsmError
-from lsm_core.imaging.formats import best_focus, open_microscope_file, transmitted_channel
+from lsm_core.imaging.planes import best_focus, transmitted_channel
+from lsm_core.imaging.readers import open_microscope_file
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 VENDOR = DATA / "vendor"

@@ -1,4 +1,4 @@
-"""The microscope-file reading layer (lsm_core.imaging.formats) on files with known truth, written here by
+"""The microscope-file reading layer (lsm_core.imaging.readers) on files with known truth, written here by
 the formats' own writers (tifffile's OME and ImageJ writers, zarr, Pillow) or, for Leica LIF and Olympus
 OIF, byte by byte after the layout their readers parse. No mocks: every test opens a real file."""
 
@@ -17,16 +17,9 @@ from scipy import ndimage
 
 from lsm_core.errors import LsmError
 from lsm_core.imaging import synthetic
-from lsm_core.imaging.formats import (
-    SUPPORTED_FORMATS,
-    best_focus,
-    channel_words,
-    focus_score,
-    image_label,
-    open_microscope_file,
-    transmitted_channel,
-)
-from lsm_core.imaging.images import Limits
+from lsm_core.imaging.planes import best_focus, channel_words, focus_score, transmitted_channel
+from lsm_core.imaging.readers import SUPPORTED_FORMATS, open_microscope_file
+from lsm_core.imaging.readers.base import Limits, image_label
 
 
 def stack(t: int, c: int, z: int, y: int, x: int, dtype=np.uint16) -> np.ndarray:
