@@ -131,6 +131,12 @@ _AFTER_ESCAPES = re.compile(r"(?<=:)(?=[\w+\-/]+:|//)|(?<=@)(?=[\w\-]+\.[\w\-])|
 _WORD_JOINER = "\u2060"
 
 
+def known_choices(chosen: list, options: dict) -> list:
+    """A multiselect's choice, only the options it still offers: Streamlit keeps a choice by its label, and a
+    label that changed (a batch renamed) comes back as the old label's text instead of the option."""
+    return [c for c in chosen if c in options]
+
+
 def escape_markdown(text: object) -> str:
     """``text`` as Streamlit shows it literally in any element that renders Markdown (st.markdown, st.caption,
     st.info / warning / error / success, headers, widget labels and help): the one function through which

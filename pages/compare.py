@@ -12,7 +12,7 @@ from lsm_core.lab.registry import offered_models
 from lsm_core.reports import compare
 from lsm_core.reports.report import age_text
 from lsm_core.reports.stats import UNIT_BATCH, parse_bins
-from pages._shared import chart, escape_markdown, the_lab, threshold_picker
+from pages._shared import chart, escape_markdown, known_choices, the_lab, threshold_picker
 
 st.title("Compare")
 st.caption(
@@ -67,12 +67,15 @@ labels = {
     b.id: f"#{b.id} {b.name} · mouse {b.mouse_id or '?'} · {age_text(b.age_days) or 'age ?'} · {b.model}" for b in found
 }
 start = compare.one_batch_per_mouse(found)
-chosen = st.multiselect(
-    "Batches (mice)",
-    list(labels),
-    default=start,
-    format_func=labels.get,
-    help="At first the newest batch of each mouse: re-runs of one mouse are not more mice.",
+chosen = known_choices(
+    st.multiselect(
+        "Batches (mice)",
+        list(labels),
+        default=start,
+        format_func=labels.get,
+        help="At first the newest batch of each mouse: re-runs of one mouse are not more mice.",
+    ),
+    labels,
 )
 if len(start) < len(found):
     st.caption(

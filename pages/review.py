@@ -6,7 +6,7 @@ from db import queries
 from db.schema import Batch
 from lsm_core.classes import TASK_TITLES
 from pages._review_queue import Scope, review_section
-from pages._shared import escape_markdown, image_pixels, show_flash, the_lab, user
+from pages._shared import escape_markdown, image_pixels, known_choices, show_flash, the_lab, user
 
 st.title("Review")
 st.caption(
@@ -30,9 +30,18 @@ offered = [b for b in rows if b.task == task and (b.owner == me or not only_mine
 if not offered:
     st.info(f"You have no classified {TASK_TITLES[task]} batches; switch off “Only my batches” to see the lab's.")
     st.stop()
-names = {b.id: f"#{b.id} {b.name} · {b.owner} · {b.model} · {b.counted:,} cells" for b in offered}
-chosen = st.multiselect(
-    "Batches", list(names), default=list(names)[:20], format_func=names.get, key=f"review_batches_{task}_{only_mine}"
+# Streamlit keeps a multiselect's choice by its label: nothing in a label may change as cells are reviewed (a
+# count of counted cells did, and the next run got a label where a batch id belongs)
+names = {b.id: f"#{b.id} {b.name} · {b.owner} · {b.model}" for b in offered}
+chosen = known_choices(
+    st.multiselect(
+        "Batches",
+        list(names),
+        default=list(names)[:20],
+        format_func=names.get,
+        key=f"review_batches_{task}_{only_mine}",
+    ),
+    names,
 )
 if not chosen:
     st.info("Choose the batches to review.")

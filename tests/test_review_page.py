@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from sqlalchemy import select
 
 from db.schema import CellLabel
@@ -236,4 +237,33 @@ def test_the_review_page_queues_a_persons_batches_together_most_uncertain_first(
         at.button(key=step).click().run()
     assert f"Cell {bobs + 1} of" in texts(at)
     assert at.button(key="review_review_class_0").disabled  # ana is a member: bob's cells are read-only
+    lab.dispose()
+
+
+@pytest.mark.slow
+def test_marking_a_cell_not_a_cell_keeps_the_review_page_standing_in_chromium(app_env, with_batch, tmp_path):
+    """The walk-through's crash: the Batches choice was labelled with the batch's counted cells, and Streamlit
+    keeps a multiselect's choice by its label, so after X (one cell fewer counted) the next run got a label
+    where a batch id belongs ("bad argument type for built-in operation") and the page showed only an error."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.helpers import launch, need_browser, served_app
+
+    need_browser()
+    lab = open_lab()
+    batch_id = with_batch.batch_id
+    total = len(review.queue(lab, [batch_id], "ana"))
+    with (
+        served_app(app_env, tmp_path / "server.log", LSM_USER="ana", LSM_PREP_WORKERS="0") as url,
+        sync_playwright() as p,
+    ):
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        page.goto(f"{url}/review-cells")
+        expect(page.get_by_text(f"Cell 1 of {total} in this order")).to_be_visible(timeout=90_000)
+        page.get_by_role("heading").first.click()  # the keys go to the page, not to a widget
+        press(page, "x", f"Cell 2 of {total} in this order", lambda: len(_current(lab, batch_id)) == 1)
+        press(page, "ArrowRight", f"Cell 3 of {total} in this order", lambda: False)
+        expect(page.get_by_text("This app has encountered an error")).to_have_count(0)
+        browser.close()
     lab.dispose()
