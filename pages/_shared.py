@@ -21,6 +21,7 @@ from lsm_core.lab.history import open_lab
 from lsm_core.lab.registry import offered_models
 from lsm_core.lab.stores import Lab
 from lsm_core.reports.report import (
+    SOURCE_WORDS,
     cell_arrays,
     cell_table,
     cells_csv,
@@ -273,11 +274,10 @@ def render_results(batch_id: int, key: str = "results") -> None:
             "of focus, cut by the edge) are counted nowhere on this page nor in its downloads' summaries."
         )
     if report.calibration:
-        words = {"user": "set for this batch", "file": "stated in the file", "model default": "the model's default"}
         st.caption(
             "Pixel size: "
             + "; ".join(
-                f"{size:g} µm/px {words.get(source, source)} ({n} image{'s' if n != 1 else ''})"
+                f"{size:g} µm/px {SOURCE_WORDS.get(source, source)} ({n} image{'s' if n != 1 else ''})"
                 for size, source, n in report.calibration
             )
         )
@@ -523,12 +523,19 @@ def rerun_with_pixel_size(report, key: str) -> None:
     from lsm_core.lab import batches
 
     used, source = report.pixel_size_read
-    words = {"user": "set for this batch", "file": "stated in the file", "model default": "the model's default"}
+    others = [(size, src, n) for size, src, n in report.calibration if (size, src) != (float(f"{used:.6g}"), source)]
     with st.form(f"{key}_pixel_rerun"):
         st.markdown(
             "**Classify these images again at another pixel size?** Cells are looked for at their size in "
-            f"micrometres, so a wrong calibration finds none or counts the wrong objects. The images were read at "
-            f"{used:g} µm/px, {words.get(source, source)}."
+            "micrometres, so a wrong calibration finds none or counts the wrong objects. "
+            + (
+                f"The images were read at {used:g} µm/px, {SOURCE_WORDS.get(source, source)}."
+                if not others
+                else f"The images in doubt were read at {used:g} µm/px, {SOURCE_WORDS.get(source, source)}. A "
+                "re-run sets one pixel size for every image of the batch, also for "
+                + "; ".join(f"the {n} read at {size:g} µm/px, {SOURCE_WORDS.get(src, src)}" for size, src, n in others)
+                + ": to re-run only some files, classify them as a batch of their own."
+            )
         )
         pixel = st.number_input(
             "Pixel size (µm/px)", min_value=0.001, max_value=50.0, value=float(used), step=0.01, format="%.6g"

@@ -216,6 +216,27 @@ def test_the_rerun_box_starts_from_the_pixel_size_the_files_stated(app_env):
     assert "per pixel" not in shown and "This batch used 0.2" not in shown
 
 
+def test_in_a_batch_of_two_calibrations_the_doubt_and_the_rerun_name_the_images_in_doubt(app_env):
+    """The walk-through's case: files stating 1.08333 µm/px and a picture read at the model's default in one
+    batch. The doubt came from the picture alone, but the re-run box started at the files' 1.08333 (the most
+    common size, first of a tie) and a re-run would silently override the files' own size too."""
+    lab = _lab()
+    files = [*vendor_files(*VENDOR), tiff_file("fine.tif", fine_field())]
+    sub = batches.submit_batch(lab, files, _model_id(lab), "mixed", owner="ana")
+    Worker(lab, device="cpu").run(drain=True)
+    with lab() as s:
+        report = load_report(s, sub.batch_id)
+    lab.dispose()
+    assert report.pixel_size_read == (pytest.approx(0.2), "model default")
+    assert report.calibration_doubt.startswith("The 1 image(s) read at 0.2 µm/px, the model's default (fine.tif): 3 ")
+    at = run_page("pages/results.py", {"batch": str(sub.batch_id)})
+    shown = texts(at)
+    pixel = next(n for n in at.number_input if n.label == "Pixel size (µm/px)")
+    assert pixel.value == pytest.approx(0.2)
+    assert "The images in doubt were read at 0.2 µm/px, the model's default." in shown
+    assert "also for the 3 read at 1.08333 µm/px, stated in the file" in shown
+
+
 def test_a_z_plane_from_the_last_batch_never_fails_the_next_one(history):
     """Seen: z plane 3 chosen for an ND2 stack, then a CZI, an OME-TIFF and an ImageJ TIFF sent with it: all
     three failed. Now they are refused at submit, each named, and nothing is stored."""

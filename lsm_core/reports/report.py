@@ -62,6 +62,10 @@ def age_text(days: float | None) -> str:
     return f"{days / DAYS_PER_MONTH:.1f} months"
 
 
+# where a pixel size came from (images.pixel_size_source), as the pages and the report say it
+SOURCE_WORDS = {"user": "set for this batch", "file": "stated in the file", "model default": "the model's default"}
+
+
 @dataclass
 class BatchReport:
     batch_id: int
@@ -101,20 +105,58 @@ class BatchReport:
     def cells_edge(self) -> int:
         return sum(a.cells_edge for a in self.accounts)
 
-    @property
-    def calibration_doubt(self) -> str | None:
-        """Why the cells found suggest a wrong pixel size (more clumps dropped than cells kept, or every cell
-        kept cut by the edge or tiny), or None."""
+    def _groups(self) -> dict[tuple[float, str], list[queries.ImageAccount]]:
+        """The images that were classified, by the calibration they were read at (value to 6 digits, source)."""
+        groups: dict[tuple[float, str], list[queries.ImageAccount]] = {}
+        for a in self.accounts:
+            if a.pixel_size_um and a.pixel_size_source and a.done and not a.error:
+                groups.setdefault((float(f"{a.pixel_size_um:.6g}"), a.pixel_size_source), []).append(a)
+        return groups
+
+    def _doubted(self) -> tuple[tuple[float, str] | None, str | None]:
+        """The calibration whose images' cells suggest a wrong pixel size, and why (None, None: none does).
+        Each calibration of a batch is judged on its own images: in a batch of files stating their pixel size
+        and pictures read at the model's default, the pictures' tiny cells say nothing of the files'."""
+        groups = self._groups()
+        if len(groups) <= 1:
+            return (next(iter(groups), None), self._doubt(self.accounts))
+        worst = None
+        for calibration, members in sorted(groups.items(), key=lambda kv: -sum(a.n_cells for a in kv[1])):
+            why = self._doubt(members)
+            if why and worst is None:
+                size, source = calibration
+                names = ", ".join(a.name for a in members[:3]) + (
+                    f" and {len(members) - 3} more" if len(members) > 3 else ""
+                )
+                worst = (
+                    calibration,
+                    f"The {len(members)} image(s) read at {size:g} µm/px, "
+                    f"{SOURCE_WORDS.get(source, source)} ({names}): {why}",
+                )
+        return worst or (None, None)
+
+    @staticmethod
+    def _doubt(accounts: list[queries.ImageAccount]) -> str | None:
         return calibration_doubt(
-            sum(a.n_cells for a in self.accounts),
-            self.dropped_clumps,
-            sum(a.cells_edge_or_tiny for a in self.accounts),
+            sum(a.n_cells for a in accounts),
+            sum(a.dropped_clumps or 0 for a in accounts),
+            sum(a.cells_edge_or_tiny for a in accounts),
         )
 
     @property
+    def calibration_doubt(self) -> str | None:
+        """Why the cells found suggest a wrong pixel size (more clumps dropped than cells kept, or most cells
+        kept cut by the edge or tiny), or None; in a batch read at several pixel sizes, which images it is."""
+        return self._doubted()[1]
+
+    @property
     def pixel_size_read(self) -> tuple[float, str]:
-        """The pixel size most of its images were read at and where it came from ("user", "file", "model
-        default"): what a re-run starts from."""
+        """The pixel size the images were read at and where it came from ("user", "file", "model default"):
+        what a re-run starts from. Where the cells of one calibration's images raise a doubt, that one; else
+        the one most images were read at."""
+        doubted, _ = self._doubted()
+        if doubted is not None:
+            return doubted
         if self.calibration:
             size, source, _ = self.calibration[0]
             return size, source
