@@ -235,9 +235,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(port=args.port, log=_log, address=args.address)
 
 
+def _as_uploaded(inputs: list[str], limits):
+    """The files of ``inputs`` named as the web app names an upload: a file by its name, a file found in a
+    folder by its path from the folder's name (``run1/well A/cell.tif``), never by where it lies on this
+    machine (a full path made ``label BATCH cell.tif:12`` find no cell, and showed the submitter's folders)."""
+    import dataclasses
+    import os
+
+    from lsm_core.imaging.readers.archives import iter_files
+
+    for item in inputs:
+        parent = os.path.dirname(os.path.abspath(str(item).rstrip("/\\")))
+        for raw in iter_files([item], limits):
+            source = os.path.abspath(raw.source) if raw.source.startswith(str(item)) else raw.source
+            named = os.path.relpath(source, parent) if source.startswith(parent + os.sep) else raw.source
+            yield dataclasses.replace(raw, source=named.replace(os.sep, "/"))
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from db.queries import model_by_name
-    from lsm_core.imaging.readers.archives import iter_files
     from lsm_core.lab.accounts import current_user
     from lsm_core.lab.batches import BatchMeta, submit_batch
 
@@ -262,7 +278,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     )
     result = submit_batch(
         lab,
-        iter_files(args.inputs, lab.limits),
+        _as_uploaded(args.inputs, lab.limits),
         model_id,
         args.batch,
         owner=args.owner,

@@ -401,6 +401,19 @@ def test_command_line_submit_jobs_export(history, db_url, data_dir, tmp_path):
     assert len(rows) - 1 == n_cells + 1  # every cell, plus the text file's error row
     body = [dict(zip(header, r)) for r in rows[1:]]
     assert all(r["batch"] == batch_id and r["age_days"] == 540 and r["notes"] == "<b>not html</b>" for r in body)
+    # files are named as uploads are: from the folder's name, never by where they lie on the submitter's machine
+    assert {r["file"] for r in body} == {f"upload/{raw.source}" for raw in crop_files(3, 81) + [field_file(82)]} | {
+        "upload/notes.tif"
+    }
+    one = tmp_path / "elsewhere" / "single.tif"
+    one.parent.mkdir()
+    one.write_bytes(field_file(83).data)
+    batch = int(cli("submit", str(one), "--model", "tiny-lsm", "--batch", "one file").stdout.split()[1])
+    cli("worker", "--drain", "--device", "cpu")
+    with lab() as s:
+        assert s.scalars(select(Image.file).where(Image.batch_id == batch)).all() == ["single.tif"]
+        idx = s.scalars(select(Cell.idx).where(Cell.batch_id == batch).order_by(Cell.idx)).first()
+    cli("label", str(batch), f"single.tif:{idx}", "MPP")  # the name the pages and exports show finds the cell
 
 
 def test_batch_operations_check_the_owner(history, monkeypatch):
