@@ -52,8 +52,12 @@ def time_limit(seconds: float, what: str) -> Iterator[None]:
         yield
         return
 
+    message = f"{what} took longer than {seconds:g} s (LSM_MAX_SECONDS_PER_IMAGE); it was stopped"
+    fired: list[bool] = []
+
     def expired(_signum, _frame):
-        raise TookTooLong(f"{what} took longer than {seconds:g} s (LSM_MAX_SECONDS_PER_IMAGE); it was stopped")
+        fired.append(True)
+        raise TookTooLong(message)
 
     previous = signal.signal(signal.SIGALRM, expired)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -62,6 +66,8 @@ def time_limit(seconds: float, what: str) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+    if fired:  # the block swallowed it (a library's broad ``except Exception``) and went on: still too long
+        raise TookTooLong(message)
 
 
 @dataclass(frozen=True)
