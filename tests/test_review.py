@@ -73,6 +73,14 @@ def test_wrong_labels_are_refused(classified):
     assert review.history(lab, ids[0]) == []
 
 
+def test_a_class_is_said_in_any_case_as_the_readme_says(classified):
+    """Found walking the path: `label 3 file:503 lt-hsc` was refused while a label table's `lt-hsc` was taken."""
+    lab, _, ids = classified
+    assert review.set_label(lab, ids[1], "ana", label="lt-hsc").label == "LT-HSC"
+    assert review.set_label(lab, ids[1], "ana", label="Mpp").label == "MPP"
+    assert [x.label for x in review.history(lab, ids[1])] == ["LT-HSC", "MPP"]
+
+
 def test_members_label_their_own_batches_and_administrators_anyones(classified):
     lab, batch_id, ids = classified
     with pytest.raises(LsmError, match="belongs to ana"):

@@ -143,8 +143,11 @@ def set_label(
                 f"batch {batch.name!r} belongs to {batch.owner}; only they or an administrator can label its cells"
             )
         classes = list(s.scalar(select(Model.classes).where(Model.id == batch.model_id)) or [])
-        if label is not None and label not in classes:
-            raise LsmError(f"{label!r} is not a class of this batch's model ({', '.join(map(str, classes))})")
+        by_name = {str(c).casefold(): str(c) for c in classes}  # in any case, as a label table's are
+        if label is not None:
+            if label.casefold() not in by_name:
+                raise LsmError(f"{label!r} is not a class of this batch's model ({', '.join(map(str, classes))})")
+            label = by_name[label.casefold()]
         previous = s.scalars(
             select(CellLabel).where(
                 CellLabel.cell_id == cell_id, CellLabel.labelled_by == user, CellLabel.current.is_(True)
