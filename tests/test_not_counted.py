@@ -253,6 +253,21 @@ def test_a_z_plane_from_the_last_batch_never_fails_the_next_one(history):
         batches.add_files(lab, stack.batch_id, files[:1], "ana")
 
 
+def test_a_file_without_a_transmitted_light_channel_is_refused_at_submit_when_none_is_chosen(history):
+    """Found walking the path: the real ND2 (channels named for fluorophores only) sent without a channel was
+    queued, and its batch then failed ("none of the files could be read"). Its headers already said so."""
+    lab, _, model_id = history
+    with pytest.raises(FilesRefused) as refused:
+        batches.submit_batch(lab, vendor_files("pims_cluster.nd2"), model_id, "auto", owner="ana")
+    assert refused.value.files and all(f.startswith("pims_cluster.nd2") for f, _ in refused.value.files)
+    assert all("none of its channels is named as transmitted light" in why for _, why in refused.value.files)
+    assert all("Choose the channel to classify" in why for _, why in refused.value.files)
+    stack = batches.submit_batch(
+        lab, vendor_files("pims_cluster.nd2"), model_id, "chosen", owner="ana", meta=batches.BatchMeta(channel="0")
+    )
+    assert stack.images == 3 and not stack.errors
+
+
 def test_the_real_jurkat_montage_at_the_wrong_pixel_size_is_doubted_on_the_command_line(tiny_lsm_package, data_dir):
     """900 real brightfield cells at about 0.5 µm/px: at 0.5 nothing is doubted; at 0.2 most cells kept look
     smaller than 5 µm, and `classify` says the pixel size may be wrong."""

@@ -128,7 +128,8 @@ class ImageRows:
     rows: list[dict[str, Any]] = field(default_factory=list)
     errors: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
-    lacking: list[tuple[str, str]] = field(default_factory=list)  # files without the channel or z plane asked for
+    lacking: list[tuple[str, str]] = field(default_factory=list)  # images without the channel or z plane asked for
+    lacking_files: set[str] = field(default_factory=set)  # the files they are in (a file may hold several)
 
     @property
     def readable(self) -> int:
@@ -143,11 +144,18 @@ class ImageRows:
             *([f"channel {options.channel!r}"] if options and options.channel else []),
             *([f"z plane {options.z}"] if options and options.z is not None else []),
         ]
-        n = len({f for f, _ in self.lacking})
+        n, images = len(self.lacking_files), len(self.lacking)
+        where = f"{n} file(s)" + (f" ({images} images)" if images != n else "")
+        if not asked:  # no channel asked for, and none of the file's is named as transmitted light
+            raise FilesRefused(
+                f"{where} have no channel named as transmitted light, so nothing was submitted: choose the channel "
+                "to classify, or send those files as a batch of their own.",
+                self.lacking,
+            )
         raise FilesRefused(
-            f"{n} file(s) do not have the {' and '.join(asked) or 'plane'} asked for, so nothing was submitted: "
-            "ask for none (chosen automatically in each file) or for what every file has, or send those files as "
-            "a batch of their own.",
+            f"{where} do not have the {' and '.join(asked)} asked for, so nothing was submitted: ask for none "
+            "(chosen automatically in each file) or for what every file has, or send those files as a batch of "
+            "their own.",
             self.lacking,
         )
 
@@ -216,6 +224,7 @@ def image_rows(
                 out.errors.append((record.source, record.error or ""))
             if record.lacks:
                 out.lacking.append((record.source, record.lacks))
+                out.lacking_files.add(raw.source)
     put_many(blobs, pending)
     return out
 

@@ -563,7 +563,7 @@ class StackReader(Reader):
         scenes = self.scenes
         for scene in scenes:
             channel, problem = self._channel(scene)
-            lacks = problem if problem and self._asked_channel() else None
+            lacks = problem  # no channel to classify, asked for or found by name: refused at submit, from headers
             depth, z = scene.sizes["Z"], self.options.z
             if z is not None and not 0 <= z < depth:
                 lacks = lacks or f"z plane {z} was asked for; this image has {depth} (counted from 0)"
