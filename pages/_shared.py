@@ -688,7 +688,7 @@ def download_buttons(batch_id: int, threshold: float, key: str) -> None:
 
     c = st.columns(2)
     c[0].download_button(
-        "Download xlsx (cells, summary, batch, model)",
+        "Download xlsx (cells, summary, batch, model, images, review)",
         xlsx,
         file_name=f"batch-{batch_id}.xlsx",
         mime="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",

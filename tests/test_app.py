@@ -81,7 +81,7 @@ def test_results_page_with_data(with_batch):
     kept = int(metrics["Cells with score ≥ 0.99"].replace(",", ""))
     assert kept <= cells
     downloads = [d.proto.label for d in at.get("download_button")]
-    assert downloads[-2:] == ["Download xlsx (cells, summary, batch, model)", "Download csv (cells)"]
+    assert downloads[-2:] == ["Download xlsx (cells, summary, batch, model, images, review)", "Download csv (cells)"]
     # every figure has its download for a paper (SVG by default; PDF, PNG, HTML to choose)
     named = [f"Download batch-1-{name}.svg" for name in ("composition", "scores", "probabilities")]
     assert downloads[:3] == named and re.fullmatch(r"Download batch-1-image-\d+-field\.svg", downloads[3])
