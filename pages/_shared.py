@@ -434,13 +434,12 @@ def field_of_view_section(report, images, threshold: float, key: str) -> None:
     lab = the_lab()
     dropped = {a.id: a for a in report.accounts}
 
-    def label(im) -> str:
+    def counts(im) -> str:
         a = dropped.get(im.id)
-        parts = [f"page {im.page}"] if im.page > 1 else []
-        parts.append(f"{im.n_cells} cells")
+        parts = [f"{im.n_cells} cells found"]
         if a is not None and (a.dropped_clumps or a.dropped_debris):
-            parts.append(f"{(a.dropped_clumps or 0) + (a.dropped_debris or 0)} not counted")
-        return f"{im.file} ({', '.join(parts)})"
+            parts.append(f"{(a.dropped_clumps or 0) + (a.dropped_debris or 0)} objects dropped")
+        return ", ".join(parts)
 
     fields = [
         im
@@ -450,8 +449,13 @@ def field_of_view_section(report, images, threshold: float, key: str) -> None:
     if not fields:
         return
     st.subheader("Field of view")
-    names = {label(im): im for im in fields}
-    chosen = names[st.selectbox("Image", list(names), key=f"{key}_field")]
+    # Streamlit keeps a choice by its label: the label holds nothing that changes as cells are added or dropped
+    # (a count did: the choice came back as a label no option has), the counts are said beside it
+    by_id = {im.id: im for im in fields}
+    names = {im.id: im.file + (f" (page {im.page})" if im.page > 1 else "") for im in fields}
+    picked = st.selectbox("Image", list(names), format_func=names.get, key=f"{key}_field")
+    chosen = by_id.get(picked, fields[0]) if isinstance(picked, int) else fields[0]
+    st.caption(counts(chosen))
     pixels = image_pixels(chosen.sha256, chosen.page, report.channel, report.z)
     if pixels is None:
         st.error("The stored image could not be read back.")

@@ -66,7 +66,7 @@ def submit(lab: Lab, batch_id: int, method: str, top: int | None = None, owner: 
         )
         s.add(job)
         s.flush()
-        audit.record(s, owner, "saliency", f"batch {batch_id}", job=job.id, method=method, cells=asked)
+        audit.record(s, owner, "saliency", f"batch {batch_id}", job=job.id, method=method, cells_at_most=asked)
         return job.id
 
 
