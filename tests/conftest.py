@@ -158,3 +158,24 @@ def with_batch(app_env):
     Worker(lab, device="cpu").run(drain=True)
     lab.dispose()
     return sub
+
+
+@pytest.fixture
+def field_batch(history, monkeypatch):
+    """(lab, batch id, the field's Image row) of ana's classified batch of one field of view and one crop
+    (boss administers)."""
+    from sqlalchemy import select
+
+    from db.schema import Image
+    from lsm_core.lab import batches
+    from lsm_core.lab.worker import Worker
+    from tests.helpers import crop_files, field_file
+
+    monkeypatch.setenv("LSM_ADMINS", "boss")
+    lab, _, model_id = history
+    sub = batches.submit_batch(lab, [field_file(11), *crop_files(1, seed=3)], model_id, "field", owner="ana")
+    assert Worker(lab, device="cpu").run(drain=True) == 1
+    with lab() as s:
+        field = s.scalars(select(Image).where(Image.batch_id == sub.batch_id, Image.kind == "field")).one()
+    assert field.n_cells and field.n_cells > 0
+    return lab, sub.batch_id, field

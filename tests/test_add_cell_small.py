@@ -20,21 +20,7 @@ from lsm_core.errors import LsmError
 from lsm_core.lab import batches, jobs
 from lsm_core.lab.jobs import JobKind
 from lsm_core.lab.worker import Worker
-from tests.helpers import crop_files, field_file
-
-
-@pytest.fixture
-def field_batch(history, monkeypatch):
-    """(lab, batch id, the field's Image row) of ana's classified batch of one field of view and one crop
-    (boss administers)."""
-    monkeypatch.setenv("LSM_ADMINS", "boss")
-    lab, _, model_id = history
-    sub = batches.submit_batch(lab, [field_file(11), *crop_files(1, seed=3)], model_id, "field", owner="ana")
-    assert Worker(lab, device="cpu").run(drain=True) == 1
-    with lab() as s:
-        field = s.scalars(select(Image).where(Image.batch_id == sub.batch_id, Image.kind == "field")).one()
-    assert field.n_cells and field.n_cells > 0
-    return lab, sub.batch_id, field
+from tests.helpers import crop_files
 
 
 def batch_status(lab, batch_id: int) -> str:
