@@ -266,3 +266,20 @@ def test_a_training_record_not_as_the_app_writes_it_leaves_the_card_whole():
     assert "Class folders (labelled ZIPs or folders named after the classes): 3 images." in section.lines
     assert sum("could not be read and is left out" in line for line in section.lines) == 2
     assert {"labels from": "class folders", "class": "young", "cells": 5} in section.counts
+
+
+def test_a_member_that_fails_its_crc_is_refused_with_its_name(package):
+    """A damaged member (its bytes not what its CRC says) was hashed for the sha256 check unguarded: zipfile's
+    BadZipFile escaped import_package instead of a refusal naming the file."""
+    rdf, files = package
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("rdf.yaml", json.dumps(rdf))
+        for name, content in files.items():
+            if name != "rdf.yaml":
+                z.writestr(name, content)
+    data = bytearray(out.getvalue())
+    at = bytes(data).index(files["weights.pt"][:64]) + 40  # inside the stored weights
+    data[at] ^= 0xFF
+    with pytest.raises(LsmError, match=r"weights.pt\) cannot be unpacked"):
+        import_package(bytes(data))

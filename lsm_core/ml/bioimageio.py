@@ -368,31 +368,29 @@ class Package:
     def open(self, name: object, what: str) -> IO[bytes]:
         return self.zip.open(self.info(name, what))
 
-    def read(self, name: object, what: str, limit: int, sha256: object = None) -> bytes:
-        """A member's bytes, at most ``limit`` (refused above), its sha256 checked when one is declared."""
+    def _chunks(self, info: zipfile.ZipInfo, what: str) -> Iterator[bytes]:
+        """A member's bytes, streamed (the zip stops at its declared size; more data than declared fails its
+        CRC), a damaged member an LsmError naming it."""
+        try:
+            with self.zip.open(info) as f:
+                while chunk := f.read(1 << 20):
+                    yield chunk
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+            raise LsmError(f"its {what} ({info.filename}) cannot be unpacked: {exc}") from None
+
+    def read(self, name: object, what: str, limit: int) -> bytes:
+        """A member's bytes, at most ``limit`` (refused above, before anything is unpacked)."""
         info = self.info(name, what)
         if info.file_size > limit:
             raise LsmError(
                 f"its {what} ({info.filename}) unpacks to {info.file_size / 1e6:.1f} MB (at most {limit / 1e6:.0f} MB)"
             )
-        digest = hashlib.sha256()
-        chunks = []
-        try:
-            with self.zip.open(info) as f:  # stops at the declared size; more data than declared fails its CRC
-                while chunk := f.read(1 << 20):
-                    digest.update(chunk)
-                    chunks.append(chunk)
-        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
-            raise LsmError(f"its {what} ({info.filename}) cannot be unpacked: {exc}") from None
-        if isinstance(sha256, str) and sha256.lower() != digest.hexdigest():
-            raise LsmError(f"its {what} ({info.filename}) is not the file its sha256 in rdf.yaml vouches for")
-        return b"".join(chunks)
+        return b"".join(self._chunks(info, what))
 
     def sha256(self, name: str) -> str:
         digest = hashlib.sha256()
-        with self.zip.open(self.infos[name]) as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
+        for chunk in self._chunks(self.infos[name], "file"):
+            digest.update(chunk)
         return digest.hexdigest()
 
 
@@ -469,14 +467,18 @@ def validate(data: bytes) -> list[str]:
     their sha256 vouches for; empty when it is valid. Offline: the description's URLs are never fetched (no IO
     checks by bioimageio.spec, under :func:`no_network`); the sha256 of the package's own files is checked
     here, streaming."""
+    with Package(data) as package:
+        return _problems(package, read_rdf(package), data)
+
+
+def _problems(package: Package, rdf: dict[str, Any], data: bytes) -> list[str]:
     from bioimageio.spec import InvalidDescr, load_description
 
-    problems: list[str] = []
-    with Package(data) as package:
-        rdf = read_rdf(package)
-        for name, sha in declared_sha256(rdf).items():
-            if name in package.infos and package.sha256(name) != sha:
-                problems.append(f"{name}: not the file its sha256 in rdf.yaml vouches for")
+    problems = [
+        f"{name}: not the file its sha256 in rdf.yaml vouches for"
+        for name, sha in declared_sha256(rdf).items()
+        if name in package.infos and package.sha256(name) != sha
+    ]
     with tempfile.TemporaryDirectory() as tmp, no_network():
         path = Path(tmp) / "package.zip"
         path.write_bytes(data)
@@ -542,7 +544,7 @@ def _test_tensor(package: Package, tensor: Any, what: str) -> np.ndarray:
             f"its {what} declares {crops:,} crops of shape {tuple(shape)} ({nbytes / 1e6:,.0f} MB); a test tensor "
             f"here holds at most {MAX_TEST_CROPS} crops and {MAX_TEST_BYTES / 1e6:.0f} MB"
         )
-    raw = package.read(source, what, MAX_TEST_BYTES + (1 << 16), tensor.get("sha256"))
+    raw = package.read(source, what, MAX_TEST_BYTES + (1 << 16))
     try:
         return np.load(io.BytesIO(raw), allow_pickle=False)
     except ValueError as exc:
@@ -576,7 +578,7 @@ def _import(package: Package, data: bytes, name: str | None, source: str) -> Imp
             f" and {len(unused) - 5} more" if len(unused) > 5 else ""
         )
         raise LsmError(f"it holds files its rdf.yaml does not name ({shown}): a package brings only what it uses")
-    problems = validate(data)
+    problems = _problems(package, rdf, data)  # every member's sha256 among them: read once here
     if problems:
         raise LsmError("bioimageio.spec does not validate it: " + "; ".join(problems[:3]))
     if rdf.get("type") != "model":
@@ -620,7 +622,7 @@ def _import(package: Package, data: bytes, name: str | None, source: str) -> Imp
     config = (rdf.get("config") or {}).get("lsm_classifier") or {}
     ours: dict[str, Any] = config["manifest"] if isinstance(config.get("manifest"), dict) else {}
     temperature = float(kwargs.get("temperature", ours.get("temperature", 1.0)))
-    raw = package.read(weights.get("source"), "weights", MAX_WEIGHTS_BYTES, weights.get("sha256"))
+    raw = package.read(weights.get("source"), "weights", MAX_WEIGHTS_BYTES)
     try:
         state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as exc:
