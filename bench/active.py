@@ -4,7 +4,7 @@ On synthetic LSM cells (lsm_core.imaging.synthetic, three classes): a pool of un
 held-out test set of another seed. "random" labels the pool in a random order. "uncertain" starts from the
 same first 50 random labels and then, at each step, trains on what is labelled, predicts the rest of the
 pool and labels the cells whose two largest probabilities are closest (the smallest margin: the review
-queue's "most uncertain first", lsm_core.lab.review.margin) until the next size is reached. At every size a
+queue's "most uncertain first", lsm_core.lab.cell_labels.margin) until the next size is reached. At every size a
 fresh network is trained with the same recipe, seed and number of optimiser steps (lsm_core.ml.train.fit,
 augmented, class-balanced) and its accuracy measured on the test set. Repeated over --seeds seeds (the
 pool, the first labels and the network's seed change).

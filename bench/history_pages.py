@@ -53,7 +53,7 @@ def fill(url: str, data_dir: Path, n_batches: int, n_cells: int) -> None:
     from db.bulk import insert_cells
     from db.schema import Batch, Image
     from lsm_core.lab import settings
-    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.open_lab import open_lab
     from lsm_core.ml import nets
     from lsm_core.ml.models import Manifest, ModelStore
 

@@ -5,7 +5,7 @@ postgres; dropped at the end, also on failure) and a temporary data dir holding 
 on 300 synthetic crops), 2 workers run as subprocesses (`python -m lsm_core worker --device cpu`); once they
 are up, 20 submitter threads start together and each submits 3 batches of 10 different synthetic 64x64 PNG
 crops (so no cell comes from the cache) through `lsm_core.lab.batches.submit_batch`, the call the Classify page
-makes, on one Lab as the web server holds it (`lsm_core.lab.history.open_lab`).
+makes, on one Lab as the web server holds it (`lsm_core.lab.open_lab.open_lab`).
 Printed: p50 / p95 latency of a submit_batch call against the goal (issue #16 item 5: p50 < 100 ms for 10
 files with 20 submitters; submit_batch reads headers only, the workers decode), the SQL statements one call
 sends (counted on the engine), wall time from the first submit until every job is done, completed classify
@@ -44,7 +44,7 @@ from lsm_core.imaging import synthetic  # noqa: E402
 from lsm_core.imaging.readers.archives import RawFile, iter_upload  # noqa: E402
 from lsm_core.lab import blobwriter  # noqa: E402
 from lsm_core.lab.batches import BatchMeta, submit_batch  # noqa: E402
-from lsm_core.lab.history import open_lab  # noqa: E402
+from lsm_core.lab.open_lab import open_lab  # noqa: E402
 from lsm_core.lab.settings import Settings, database_url_for  # noqa: E402
 from lsm_core.ml.models import Manifest, ModelStore  # noqa: E402
 from lsm_core.ml.train import TrainConfig, fit  # noqa: E402

@@ -39,7 +39,7 @@ def build(data_dir: Path, n_cells: int) -> int:
     from lsm_core.imaging import synthetic
     from lsm_core.imaging.readers.archives import RawFile
     from lsm_core.lab.batches import BatchMeta, submit_batch
-    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.open_lab import open_lab
     from lsm_core.lab.worker import Worker
     from lsm_core.ml import nets
     from lsm_core.ml.models import Manifest, ModelStore

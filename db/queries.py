@@ -329,7 +329,7 @@ def owners(s: Session) -> list[str]:
 
 def excluded_cells(batch_ids: Iterable[int] | None = None) -> Select:
     """The ids of the cells that count as not cells: those whose newest current label (of any reviewer; a
-    label taken back does not count) says so. The same rule as lsm_core.lab.review.consensus."""
+    label taken back does not count) says so. The same rule as lsm_core.lab.cell_labels.consensus."""
     newest = select(func.max(CellLabel.id)).where(
         CellLabel.current.is_(True), or_(CellLabel.label.is_not(None), CellLabel.excluded.is_not(None))
     )

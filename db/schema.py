@@ -192,7 +192,7 @@ class Cell(Base):
 
 class CellLabel(Base):
     """What a person says a cell is: its true class (``label``, one of its model's classes) or not a cell
-    (``excluded``: why, lsm_core.lab.review.EXCLUSIONS); both empty: they took their label back. Never written
+    (``excluded``: why, lsm_core.lab.cell_labels.EXCLUSIONS); both empty: they took their label back. Never written
     over: each change is a new row, and a person's newest row for a cell is their ``current`` one (at most
     one per person and cell). ``predicted`` and ``score``: what the model said when the label was given."""
 

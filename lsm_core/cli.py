@@ -176,7 +176,7 @@ def _lab(sync: bool = True):
     """The lab of the settings: its database upgraded to this code's schema and, with ``sync``, the store's
     models registered (which reads the packages with torch: the commands that only read and label the
     history leave it to the next one that runs a model)."""
-    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.open_lab import open_lab
 
     return open_lab(_settings(), sync=sync)
 
@@ -336,11 +336,11 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_review(args: argparse.Namespace) -> int:
-    from lsm_core.lab import review
+    from lsm_core.lab import cell_labels
     from lsm_core.lab.accounts import current_user
 
     lab = _lab(sync=False)
-    items = review.queue(lab, args.batch_ids, current_user(), args.order, args.unlabelled, args.limit)
+    items = cell_labels.queue(lab, args.batch_ids, current_user(), args.order, args.unlabelled, args.limit)
     from sqlalchemy import select
 
     from db.schema import Image
@@ -359,7 +359,7 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 
 def cmd_label(args: argparse.Namespace) -> int:
-    from lsm_core.lab import review
+    from lsm_core.lab import cell_labels
     from lsm_core.lab.accounts import current_user
 
     if args.table is not None:
@@ -370,9 +370,9 @@ def cmd_label(args: argparse.Namespace) -> int:
     file, _, idx = args.cell.rpartition(":")
     if not file or not idx.isdigit():
         raise LsmError(f"name the cell as FILE:CELL (the export's file and cell columns), not {args.cell!r}")
-    cell_id = review.find_cell(lab, args.batch_id, file, int(idx), args.page)
-    label, excluded = review.parse_label(args.label)
-    new = review.set_label(lab, cell_id, current_user(), label, excluded)
+    cell_id = cell_labels.find_cell(lab, args.batch_id, file, int(idx), args.page)
+    label, excluded = cell_labels.parse_label(args.label)
+    new = cell_labels.set_label(lab, cell_id, current_user(), label, excluded)
     print(f"{args.cell}: " + ("unchanged" if new is None else new.text if not new.withdrawn else "label taken back"))
     return 0
 
@@ -380,7 +380,7 @@ def cmd_label(args: argparse.Namespace) -> int:
 def _label_from_table(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from lsm_core.lab import review
+    from lsm_core.lab import cell_labels
     from lsm_core.lab.accounts import current_user
 
     if args.cell is not None or args.label is not None:
@@ -393,8 +393,8 @@ def _label_from_table(args: argparse.Namespace) -> int:
     except (OSError, UnicodeDecodeError) as exc:
         raise LsmError(f"{path}: cannot be read as a UTF-8 CSV table ({exc})") from None
     try:
-        rows = review.read_label_table(text)
-        done = review.import_labels(_lab(sync=False), args.batch_id, current_user(), rows, source=path.name)
+        rows = cell_labels.read_label_table(text)
+        done = cell_labels.import_labels(_lab(sync=False), args.batch_id, current_user(), rows, source=path.name)
     except LsmError as exc:
         raise LsmError(f"{path}: {exc}") from None
     left = [
@@ -468,7 +468,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     params = FindParams(output_size=args.input_size)  # the same 12.8 um square, sampled at --input-size pixels
     parts = [from_paths(args.data, args.task, params)] if args.data else []
     if gate is not None:
-        from lsm_core.lab.labels import from_gate
+        from lsm_core.lab.training_data import from_gate
 
         gated = from_gate(lab, args.batches, gate, args.task, params)
         (summary,) = gated.provenance
@@ -482,7 +482,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         parts.append(gated)
     if args.reviewed:
-        from lsm_core.lab.labels import from_reviews
+        from lsm_core.lab.training_data import from_reviews
 
         reviewed = from_reviews(lab, args.reviewed, args.task, params)
         (summary,) = reviewed.provenance

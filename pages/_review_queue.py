@@ -2,7 +2,7 @@
 Review page: one queue for a person's batches), in the order to look at them (most uncertain first, by
 class, by score, random), the current one large with its probabilities, and a grid of the cells around it.
 One click, or one key on the current cell (1, 2, 3: a class; X: not a cell; arrows: move), says what a cell
-really is; labels and their history live in lsm_core.lab.review.
+really is; labels and their history live in lsm_core.lab.cell_labels.
 
 Imported by pages; not a page itself.
 """
@@ -16,7 +16,7 @@ import streamlit as st
 
 from db import queries
 from lsm_core.errors import LsmError
-from lsm_core.lab import accounts, review
+from lsm_core.lab import accounts, cell_labels
 from lsm_core.reports.report import cell_picture
 
 ORDER_NAMES = {
@@ -52,7 +52,7 @@ class Scope:
 def _say(lab, cell_id: int, me: str, label: str | None, excluded: str | None, then: int | None, key: str) -> None:
     """Button callback: store the label, then move the review on to ``then`` (a cell id)."""
     try:
-        review.set_label(lab, cell_id, me, label=label, excluded=excluded)
+        cell_labels.set_label(lab, cell_id, me, label=label, excluded=excluded)
     except LsmError as exc:
         st.session_state[f"{key}_review_error"] = str(exc)
         return
@@ -80,20 +80,20 @@ def _tile_changed(lab, cell_id: int, me: str, widget: str, key: str) -> None:
         _say(lab, cell_id, me, choice, None, None, key)
 
 
-def _picture(item: review.QueueItem, scope: Scope, size: int, pixels_of):
+def _picture(item: cell_labels.QueueItem, scope: Scope, size: int, pixels_of):
     channel, z = scope.planes.get(item.batch_id, (None, None))
     pixels = pixels_of(item.sha256, item.page, channel, z) if item.sha256 else None
     return cell_picture(pixels, item.box, size) if pixels is not None else None
 
 
-def _where(item: review.QueueItem, scope: Scope) -> str:
+def _where(item: cell_labels.QueueItem, scope: Scope) -> str:
     where = f"cell {item.idx} of {item.file}" + (f" (page {item.page})" if item.page > 1 else "")
     if scope.names:
         where += f", batch #{item.batch_id} {scope.names.get(item.batch_id, '')}".rstrip()
     return where
 
 
-def _flags(lab, items: list[review.QueueItem]) -> dict[int, str]:
+def _flags(lab, items: list[cell_labels.QueueItem]) -> dict[int, str]:
     """The quality flags of these cells (cell id -> ``added``, ``edge``, ...; empty: none)."""
     with lab() as s:
         return {c.id: c.flags for c in queries.cells_by_id(s, [q.cell_id for q in items])}
@@ -130,13 +130,13 @@ def review_section(lab, scope: Scope, me: str, key: str, pixels_of, escape, head
     order = c[0].selectbox("Order", list(ORDER_NAMES), format_func=ORDER_NAMES.get, key=f"{key}_review_order")
     reason = c[1].selectbox(
         "Not a cell because",
-        list(review.EXCLUSIONS),
-        format_func=review.EXCLUSIONS.get,
+        list(cell_labels.EXCLUSIONS),
+        format_func=cell_labels.EXCLUSIONS.get,
         key=f"{key}_review_reason",
         help="What X and the grid's 'not a cell' record.",
     )
     only_new = c[2].toggle("Only cells I have not labelled", key=f"{key}_review_new")
-    items = review.queue(lab, scope.batch_ids, me, order, unlabelled_only=only_new, seed=scope.batch_ids[0])
+    items = cell_labels.queue(lab, scope.batch_ids, me, order, unlabelled_only=only_new, seed=scope.batch_ids[0])
     error = st.session_state.pop(f"{key}_review_error", None)
     if error:
         st.error(escape(error))
@@ -214,7 +214,7 @@ def review_section(lab, scope: Scope, me: str, key: str, pixels_of, escape, head
             args=(lab, item.cell_id, me, None, None, None, key),
             width="stretch",
         )
-        past = review.history(lab, item.cell_id)
+        past = cell_labels.history(lab, item.cell_id)
         if past:
             with right.expander(f"History of this cell's labels ({len(past)})"):
                 st.dataframe(
@@ -356,7 +356,7 @@ def field_section(lab, image, cells, scope: Scope, me: str, key: str, pixels_of,
                 _say(lab, cell_id, me, None, reason, None, key)
 
         st.button(
-            f"Mark the {len(picked)} selected boxes as not cells ({review.EXCLUSIONS.get(reason, reason)})",
+            f"Mark the {len(picked)} selected boxes as not cells ({cell_labels.EXCLUSIONS.get(reason, reason)})",
             key=f"{key}_fov_remove",
             on_click=remove,
         )

@@ -17,9 +17,9 @@ from lsm_core.errors import LsmError
 from lsm_core.imaging.images import decode_page
 from lsm_core.imaging.readers.base import ReadOptions
 from lsm_core.lab import accounts, jobs, settings
-from lsm_core.lab.history import open_lab
+from lsm_core.lab.lab import Lab
+from lsm_core.lab.open_lab import open_lab
 from lsm_core.lab.registry import offered_models
-from lsm_core.lab.stores import Lab
 from lsm_core.reports.report import (
     SOURCE_WORDS,
     cell_arrays,
@@ -162,8 +162,8 @@ def chart(fig, name: str, key: str, where=None) -> None:
 
 def figure_downloads(fig, name: str, key: str, where=None) -> None:
     """A figure's downloads, in a popover: for a paper SVG, PDF or PNG at a size, font size and DPI of one's
-    choosing (lsm_core.reports.figures), or an interactive HTML file."""
-    from lsm_core.reports.figures import MIME, FigureSize, export_problem, figure_bytes, figure_html
+    choosing (lsm_core.reports.figure_export), or an interactive HTML file."""
+    from lsm_core.reports.figure_export import MIME, FigureSize, export_problem, figure_bytes, figure_html
 
     with (where or st).popover("Download figure", icon=":material/download:"):
         fmt = FIGURE_FORMATS[st.radio("Format", list(FIGURE_FORMATS), horizontal=True, key=f"{key}_fmt")]

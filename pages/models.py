@@ -10,7 +10,6 @@ from lsm_core.errors import LsmError
 from lsm_core.imaging.readers.archives import RawFile
 from lsm_core.lab.gating import EXAMPLE as GATE_EXAMPLE
 from lsm_core.lab.gating import parse_batch_ids
-from lsm_core.lab.labels import parse_labelled_batches
 from lsm_core.lab.registry import (
     import_model_bytes,
     import_zoo_package,
@@ -19,6 +18,7 @@ from lsm_core.lab.registry import (
     set_default,
 )
 from lsm_core.lab.tasks import evaluate, train
+from lsm_core.lab.training_data import parse_labelled_batches
 from lsm_core.ml import nets
 from lsm_core.ml.models import model_quality
 from lsm_core.reports.model_card import (

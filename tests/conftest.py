@@ -92,7 +92,7 @@ def history(db_url, data_dir, tiny_lsm_package):
     """(lab, engine, model row id): a Lab on an upgraded database (the session's data dir for its stores) with
     `tiny-lsm` registered."""
     from lsm_core.lab import settings
-    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.open_lab import open_lab
 
     lab = open_lab(settings.current().with_(database_url=db_url))
     with lab() as s:
@@ -131,7 +131,7 @@ def with_batch(app_env):
     from lsm_core.imaging import synthetic
     from lsm_core.imaging.readers.archives import RawFile
     from lsm_core.lab.batches import BatchMeta, submit_batch
-    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.open_lab import open_lab
     from lsm_core.lab.worker import Worker
 
     lab = open_lab()

@@ -254,7 +254,7 @@ def launch(p):
 def lab_at(data_dir: Path, url: str | None = None, sync: bool = False, **changes):
     """A Lab on ``url`` (default: the SQLite file of ``data_dir``) whose stores live in ``data_dir``; upgraded,
     and with ``sync`` its model store registered. ``changes`` change other settings (e.g. ``blob_dir``)."""
-    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.open_lab import open_lab
     from lsm_core.lab.settings import Settings, database_url_for
 
     data_dir = Path(data_dir)
@@ -266,6 +266,6 @@ def lab_at(data_dir: Path, url: str | None = None, sync: bool = False, **changes
 
 def with_blobs(lab, root: Path):
     """The same lab (same database) with its blob store at ``root``."""
-    from lsm_core.lab.stores import Lab
+    from lsm_core.lab.lab import Lab
 
     return Lab(lab.sessions, lab.settings.with_(blob_dir=Path(root)), lab.engine)

@@ -136,7 +136,7 @@ def test_models_page_model_card_and_default_choice(app_env, monkeypatch):
     from db import queries
     from lsm_core.errors import LsmError
     from lsm_core.imaging import synthetic
-    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.open_lab import open_lab
     from lsm_core.lab.registry import set_default
     from lsm_core.ml.datasets import LabelledData
     from lsm_core.ml.models import ModelStore
@@ -181,7 +181,7 @@ def test_models_page_model_card_and_default_choice(app_env, monkeypatch):
 
 def test_compare_page_with_six_batches_from_three_ages(app_env):
     from db import queries
-    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.open_lab import open_lab
     from tests.test_compare import make_six_batches
 
     lab = open_lab()
@@ -210,7 +210,7 @@ def test_compare_page_with_six_batches_from_three_ages(app_env):
 
 
 def test_results_page_saliency_gallery(with_batch):
-    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.open_lab import open_lab
     from lsm_core.lab.tasks.saliency import submit as submit_saliency
     from lsm_core.lab.worker import Worker
 

@@ -97,7 +97,7 @@ def test_the_package_cites_the_paper_for_the_method_and_this_app_by_its_name_and
     citation needs a DOI or a URL)."""
     import lsm_core
     from lsm_core.classes import PAPER_DOI
-    from lsm_core.lab.stores import Lab
+    from lsm_core.lab.lab import Lab
     from lsm_core.ml.bioimageio import APP_NAME
 
     lab, model_id = trained_lab
@@ -232,7 +232,7 @@ def test_command_line_models_export(history, db_url, data_dir, tmp_path):
 def fresh_lab(tmp_path):
     """Another lab: a data dir of its own (SQLite, blob store, model store), nothing registered."""
     from lsm_core.lab import settings
-    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.open_lab import open_lab
 
     folder = tmp_path / "other-lab"
     lab = open_lab(

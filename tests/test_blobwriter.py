@@ -135,8 +135,8 @@ def test_no_helpers_when_configured_so(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(("text", "n"), [("", None), ("0", 0), ("3", 3)])
 def test_lsm_blob_helpers_reaches_the_lab_s_store(tmp_path, text, n):
+    from lsm_core.lab.lab import Lab
     from lsm_core.lab.settings import Settings
-    from lsm_core.lab.stores import Lab
 
     settings = Settings.from_env({"LSM_DATA_DIR": str(tmp_path), "LSM_BLOB_HELPERS": text})
     assert settings.blob_helpers == n

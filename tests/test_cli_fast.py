@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 
 from db.schema import AuditEvent, Cell, CellLabel, Image
 from lsm_core.errors import LsmError
-from lsm_core.lab import batches, review
+from lsm_core.lab import batches, cell_labels
 from lsm_core.lab.worker import Worker
 from tests.helpers import crop_files
 
@@ -71,7 +71,7 @@ def test_the_history_commands_import_no_torch_with_models_in_the_store(with_batc
     """A lab whose store holds models (registering them reads the packages with torch) and a classified batch:
     review, label (one cell and a table), export (CSV and xlsx) and cancel run without torch."""
     from db import queries
-    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.open_lab import open_lab
 
     lab = open_lab()
     with lab() as s:
@@ -188,8 +188,8 @@ def test_a_table_labels_many_cells_in_one_go(classified, tmp_path):
         f"{f3},{c3},,1",  # no label: says nothing
         f"{f0},{c0},MPP,1",  # the same again: harmless
     )
-    done = review.import_labels(lab, batch_id, "ana", review.read_label_table(text), source="t.csv")
-    assert done == review.Imported(labelled=3, taken_back=0, unchanged=0, empty=1, other_batches=0)
+    done = cell_labels.import_labels(lab, batch_id, "ana", cell_labels.read_label_table(text), source="t.csv")
+    assert done == cell_labels.Imported(labelled=3, taken_back=0, unchanged=0, empty=1, other_batches=0)
     assert current(lab, batch_id) == {
         (f0, c0): ("ana", "MPP", None),
         (f1, c1): ("ana", "LT-HSC", None),
@@ -201,15 +201,15 @@ def test_a_table_labels_many_cells_in_one_go(classified, tmp_path):
     assert {e.detail["label"] for e in events} == {"MPP", "LT-HSC", "not a cell (doublet)"}
     # again, changed: one kept, one changed (the old row stays in the history), one taken back
     text = table(tmp_path / "t.csv", "file,cell,label", f"{f0},{c0},MPP", f"{f1},{c1},ST-HSC", f"{f2},{c2},none")
-    done = review.import_labels(lab, batch_id, "ana", review.read_label_table(text))
-    assert done == review.Imported(labelled=1, taken_back=1, unchanged=1, empty=0, other_batches=0)
+    done = cell_labels.import_labels(lab, batch_id, "ana", cell_labels.read_label_table(text))
+    assert done == cell_labels.Imported(labelled=1, taken_back=1, unchanged=1, empty=0, other_batches=0)
     assert current(lab, batch_id) == {
         (f0, c0): ("ana", "MPP", None),
         (f1, c1): ("ana", "ST-HSC", None),
         (f2, c2): ("ana", None, None),
     }
-    cell_id = review.find_cell(lab, batch_id, f1, c1)
-    assert [(x.label, x.current) for x in review.history(lab, cell_id)] == [("LT-HSC", False), ("ST-HSC", True)]
+    cell_id = cell_labels.find_cell(lab, batch_id, f1, c1)
+    assert [(x.label, x.current) for x in cell_labels.history(lab, cell_id)] == [("LT-HSC", False), ("ST-HSC", True)]
     assert audited(lab) == 5
 
 
@@ -229,7 +229,7 @@ def test_a_table_is_refused_whole_with_the_lines_of_its_bad_rows(classified, tmp
         "nowhere.png,2,MPP",  # 9: no such file, again
     )
     with pytest.raises(LsmError) as refused:
-        review.import_labels(lab, batch_id, "ana", review.read_label_table(text))
+        cell_labels.import_labels(lab, batch_id, "ana", cell_labels.read_label_table(text))
     message = str(refused.value)
     assert "nothing was labelled: 7 row(s) refused (lines 3-9)" in message
     assert f"line 3: batch {batch_id} has no cell 99 in {f0!r} (page 1)" in message
@@ -240,20 +240,20 @@ def test_a_table_is_refused_whole_with_the_lines_of_its_bad_rows(classified, tmp
     assert "line 8: unknown reason 'ugly'" in message
     assert current(lab, batch_id) == {} and audited(lab) == 0  # not even line 2
     with pytest.raises(LsmError, match="needs the columns file, cell, label .* it has no label"):
-        review.read_label_table("file,cell,class\nx.png,1,MPP\n")
+        cell_labels.read_label_table("file,cell,class\nx.png,1,MPP\n")
 
 
 def test_members_import_labels_into_their_own_batches_only(classified, tmp_path):
     lab, batch_id, cells = classified
     f0, c0 = cells[1]
-    rows = review.read_label_table(table(tmp_path / "t.csv", "file,cell,label", f"{f0},{c0},MPP"))
+    rows = cell_labels.read_label_table(table(tmp_path / "t.csv", "file,cell,label", f"{f0},{c0},MPP"))
     with pytest.raises(LsmError, match="belongs to ana"):
-        review.import_labels(lab, batch_id, "bob", rows)
+        cell_labels.import_labels(lab, batch_id, "bob", rows)
     assert current(lab, batch_id) == {}
-    assert review.import_labels(lab, batch_id, "boss", rows).labelled == 1
+    assert cell_labels.import_labels(lab, batch_id, "boss", rows).labelled == 1
     assert current(lab, batch_id) == {(f0, c0): ("boss", "MPP", None)}
     with pytest.raises(LsmError, match="batch 999999 does not exist"):
-        review.import_labels(lab, 999_999, "boss", rows)
+        cell_labels.import_labels(lab, 999_999, "boss", rows)
 
 
 def test_the_export_comes_back_as_it_is(classified, tmp_path):
@@ -263,7 +263,7 @@ def test_the_export_comes_back_as_it_is(classified, tmp_path):
     from lsm_core.reports.export import batch_rows, write_table
 
     lab, batch_id, cells = classified
-    review.set_label(lab, review.find_cell(lab, batch_id, *cells[2]), "ana", excluded="edge")
+    cell_labels.set_label(lab, cell_labels.find_cell(lab, batch_id, *cells[2]), "ana", excluded="edge")
     out = tmp_path / "cells.csv"
     with lab() as s:
         columns, rows = batch_rows(s, [batch_id])
@@ -282,9 +282,9 @@ def test_the_export_comes_back_as_it_is(classified, tmp_path):
         writer = csv.DictWriter(fh, fieldnames=list(exported[0]))
         writer.writeheader()
         writer.writerows([*exported, other])
-    rows = review.read_label_table(out.read_text(encoding="utf-8"))
-    done = review.import_labels(lab, batch_id, "ana", rows)
-    assert done == review.Imported(labelled=2, taken_back=0, unchanged=1, empty=3, other_batches=1)
+    rows = cell_labels.read_label_table(out.read_text(encoding="utf-8"))
+    done = cell_labels.import_labels(lab, batch_id, "ana", rows)
+    assert done == cell_labels.Imported(labelled=2, taken_back=0, unchanged=1, empty=3, other_batches=1)
     assert current(lab, batch_id) == {
         minus: ("ana", "LT-HSC", None),
         cells[1]: ("ana", None, "out_of_focus"),

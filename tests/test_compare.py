@@ -533,7 +533,7 @@ def test_compare_page_with_the_aging_model_shows_one_test_and_a_figure_that_name
     import json
 
     from db import queries
-    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.open_lab import open_lab
     from tests.helpers import run_page, texts
 
     lab = open_lab()

@@ -14,7 +14,7 @@ from tests.helpers import crop_files, field_file, run_page, texts
 
 
 def _lab():
-    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.open_lab import open_lab
 
     return open_lab()
 

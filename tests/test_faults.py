@@ -343,7 +343,7 @@ UPLOAD = textwrap.dedent("""
     from db.session import make_engine, session_factory
     from lsm_core.imaging.images import RawFile
     from lsm_core.lab import batches, settings
-    from lsm_core.lab.stores import Lab
+    from lsm_core.lab.lab import Lab
 
     url, model_id, folder, blobs = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
 

@@ -419,7 +419,7 @@ def test_command_line_submit_jobs_export(history, db_url, data_dir, tmp_path):
 def test_batch_operations_check_the_owner(history, monkeypatch):
     from lsm_core.lab import batches
 
-    monkeypatch.setenv("LSM_ADMINS", "boss")  # ana and ben are members (tests/test_roles.py: the roles)
+    monkeypatch.setenv("LSM_ADMINS", "boss")  # ana and ben are members (tests/test_accounts.py: the roles)
     lab, _, model_id = history
     sub = batches.submit_batch(lab, crop_files(3, 91), model_id, "mine", owner="ana")
     Worker(lab, device="cpu").run(drain=True)

@@ -127,7 +127,7 @@ def test_the_score_figure_holds_every_score_of_each_group(many):
 def test_the_history_page_says_how_many_batches_it_does_not_list(app_env):
     from sqlalchemy import insert
 
-    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.open_lab import open_lab
     from tests.helpers import run_page
 
     lab = open_lab()

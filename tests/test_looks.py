@@ -179,7 +179,7 @@ def test_exported_figures_keep_every_text_inside_and_the_labels_clear_of_the_err
     need_browser()
     from playwright.sync_api import sync_playwright
 
-    from lsm_core.reports.figures import FigureSize, figure_bytes
+    from lsm_core.reports.figure_export import FigureSize, figure_bytes
     from tests.helpers import launch
 
     figures = {f"composition-{i}": composition_of(c) for i, c in enumerate(COUNTS)} | {"ternary": ternary_of()}

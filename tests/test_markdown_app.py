@@ -116,7 +116,7 @@ def hostile(app_env, monkeypatch):
     from db import queries
     from lsm_core.imaging.readers.archives import RawFile
     from lsm_core.lab.batches import BatchMeta, submit_batch
-    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.open_lab import open_lab
     from lsm_core.lab.tasks.saliency import submit as submit_saliency
     from lsm_core.lab.worker import Worker
 

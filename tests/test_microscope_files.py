@@ -227,7 +227,7 @@ def test_the_shared_czi_and_nd2_carry_their_calibration_into_the_history_and_the
 
 def test_the_results_page_says_which_pixel_size_was_used_and_warns_when_none_was_stated(app_env):
     from db import queries
-    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.open_lab import open_lab
     from tests.helpers import crop_files, run_page, texts
 
     lab = open_lab()
@@ -274,7 +274,7 @@ def test_the_reporter_channel_is_measured_in_each_cell_within_two_percent_and_ex
 
 def test_the_results_page_plots_the_reporter_and_its_positive_fraction_per_class(app_env):
     from db import queries
-    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.open_lab import open_lab
     from tests.helpers import run_page, texts
 
     lab = open_lab()

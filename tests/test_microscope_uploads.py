@@ -241,7 +241,7 @@ def test_the_results_page_reads_a_batch_again_on_the_channel_it_chose(app_env):
     with the automatic choice, which a file naming no transmitted channel refuses: blank thumbnails)."""
     from db import queries
     from lsm_core.lab.batches import BatchMeta
-    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.open_lab import open_lab
     from tests.helpers import run_page, texts
 
     lab = open_lab()
@@ -265,7 +265,7 @@ def test_saliency_maps_of_a_batch_are_cut_from_the_channel_it_chose(app_env):
     from db import queries
     from db.schema import Job, SaliencyRun
     from lsm_core.lab.batches import BatchMeta
-    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.open_lab import open_lab
     from lsm_core.lab.tasks import saliency as saliency_task
 
     lab = open_lab()

@@ -77,7 +77,7 @@ def history_here(tmp_path, monkeypatch):
     monkeypatch.setenv("LSM_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("LSM_DATABASE_URL", raising=False)
     monkeypatch.delenv("LSM_ADMINS", raising=False)  # lab mode: everyone administers
-    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.open_lab import open_lab
 
     lab = open_lab()
     yield lab.engine, lab, lab.store

@@ -97,7 +97,7 @@ def test_failed_model_card_says_why_and_cannot_be_the_default(app_env):
 def test_finished_evaluation_is_shown_as_a_full_card(app_env):
     from db import queries
     from lsm_core.imaging.readers.archives import RawFile
-    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.open_lab import open_lab
     from lsm_core.lab.worker import Worker
 
     lab = open_lab()
@@ -128,7 +128,7 @@ def test_finished_evaluation_is_shown_as_a_full_card(app_env):
 def test_member_sees_cancel_only_on_own_jobs_and_cancelling_says_what_happened(app_env, monkeypatch):
     from db.schema import Job
     from lsm_core.imaging.readers.archives import RawFile
-    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.open_lab import open_lab
 
     monkeypatch.setenv("LSM_ADMINS", "someone-else")  # ana is a member now
     lab = open_lab()

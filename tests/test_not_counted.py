@@ -150,7 +150,7 @@ def test_an_ome_tiff_without_the_channel_asked_for_is_refused_naming_it(history)
 
 # --- the pages -------------------------------------------------------------------------------------------
 def _lab():
-    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.open_lab import open_lab
 
     return open_lab()
 

@@ -96,7 +96,7 @@ def test_progress_stays_within_zero_and_the_total_when_images_are_already_done(h
 
 
 def test_an_image_that_takes_too_long_becomes_an_error_row_and_the_batch_goes_on(history):
-    from lsm_core.lab.stores import Lab
+    from lsm_core.lab.lab import Lab
     from tests.helpers import field_file
 
     lab, _, model_id = history

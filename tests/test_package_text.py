@@ -6,7 +6,7 @@ confusion matrix, a description, authors, citations. Plotly reads a subset of HT
 drew a PNG, and an ``<a href>`` stayed a live link in the SVG and on the Models page. Every such string is
 escaped before it reaches a figure (lsm_core.reports.report.plot_text) or Markdown (escape_markdown, and the
 model card's own rule for the exported README), and the chromium that exports figures has no network at all,
-loopback included (lsm_core.reports.figures.offline_browser). A local HTTP server records every request: none
+loopback included (lsm_core.reports.figure_export.offline_browser). A local HTTP server records every request: none
 may arrive."""
 
 from __future__ import annotations
@@ -307,7 +307,7 @@ def test_a_real_imported_package_keeps_its_text_as_text(listener, tmp_path):
 
 # --- (a, b) figure export: no request leaves chromium -------------------------------------------------------------
 def _export_all(fig, listener: Listener, formats=("png", "svg", "pdf"), chromium: str = CHROMIUM) -> dict:
-    from lsm_core.reports.figures import FigureSize, figure_bytes
+    from lsm_core.reports.figure_export import FigureSize, figure_bytes
 
     listener.requests.clear()
     out = {fmt: figure_bytes(fig, fmt, FigureSize(120, 90, 8, 150), chromium) for fmt in formats}
@@ -319,7 +319,7 @@ def test_exported_model_card_figures_send_nothing_and_show_the_text(listener):
     """The ROC legend and the confusion matrix's axes of a package's metrics, as PNG, SVG and PDF: no request
     reaches the server, and the SVG holds no link: the tags are characters of its text."""
     need_browser()
-    from lsm_core.reports.figures import _text_of
+    from lsm_core.reports.figure_export import _text_of
 
     figures = card_figures(hostile_manifest(listener))
     for name in ("0-roc", "0-confusion"):
@@ -340,7 +340,7 @@ def test_escaped_text_alone_keeps_a_chromium_with_network_from_fetching(listener
     need_browser()
     import kaleido
 
-    from lsm_core.reports.figures import FigureSize, styled
+    from lsm_core.reports.figure_export import FigureSize, styled
 
     fig = card_figures(hostile_manifest(listener))["0-roc"]
     listener.requests.clear()
@@ -377,7 +377,7 @@ def test_no_network_survives_choreographers_proxy_setting_and_an_odd_chromium_pa
     """CHOREO_PROXY_SERVER (choreographer's own proxy switch, given before ours) cannot open the network again,
     and LSM_CHROMIUM at a path with spaces and quotes still draws."""
     need_browser()
-    from lsm_core.reports.figures import export_problem
+    from lsm_core.reports.figure_export import export_problem
 
     odd = tmp_path / 'the lab\'s "chromium" $HOME' / "chromium"
     odd.parent.mkdir()
@@ -389,7 +389,7 @@ def test_no_network_survives_choreographers_proxy_setting_and_an_odd_chromium_pa
 
 
 def test_the_offline_wrapper_is_private_and_runs_chromium_with_no_network(tmp_path):
-    from lsm_core.reports.figures import OFFLINE_FLAGS, offline_browser
+    from lsm_core.reports.figure_export import OFFLINE_FLAGS, offline_browser
 
     real = tmp_path / "my chromium's" / "chromium"
     real.parent.mkdir()
@@ -495,7 +495,7 @@ def test_a_plain_figure_still_exports_through_the_wrapper():
     need_browser()
     import plotly.graph_objects as go
 
-    from lsm_core.reports.figures import FigureSize, figure_bytes
+    from lsm_core.reports.figure_export import FigureSize, figure_bytes
 
     fig = go.Figure(go.Bar(x=["LT-HSC", "MPP"], y=[1, 2], name="cells ≥ 0.5"))
     svg = figure_bytes(fig, "svg", FigureSize(), CHROMIUM).decode("utf-8")

@@ -84,7 +84,7 @@ def test_the_runtime_setting_is_checked():
 def test_a_cpu_worker_on_onnx_runtime_classifies_as_a_torch_worker_does(history):
     from db.schema import Cell
     from lsm_core.lab import batches
-    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.open_lab import open_lab
     from lsm_core.lab.worker import Worker
     from tests.helpers import crop_files, field_file
 

@@ -10,7 +10,7 @@ import json
 from db import queries
 from db.schema import Model
 from lsm_core.lab import batches
-from lsm_core.lab.history import open_lab
+from lsm_core.lab.open_lab import open_lab
 from tests.helpers import crop_files, history_page, png_bytes, run_page, texts
 
 

@@ -153,7 +153,7 @@ def test_fixing_a_field_of_view_in_chromium(app_env, with_batch, tmp_path):
     exactly those as not cells."""
     from playwright.sync_api import expect, sync_playwright
 
-    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.open_lab import open_lab
     from tests.helpers import ARTIFACTS, launch, need_browser, served_app, settle
 
     need_browser()

@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import select
 
 from db.schema import CellLabel
-from lsm_core.lab import review
-from lsm_core.lab.history import open_lab
+from lsm_core.lab import cell_labels
+from lsm_core.lab.open_lab import open_lab
 from tests.helpers import run_page, texts
 
 
@@ -29,7 +29,7 @@ def _metric(at, label):
 def test_the_keys_label_the_framed_cell_most_uncertain_first_and_the_counts_follow(with_batch):
     lab = open_lab()
     batch_id = with_batch.batch_id
-    order = [q.cell_id for q in review.queue(lab, [batch_id], "ana")]
+    order = [q.cell_id for q in cell_labels.queue(lab, [batch_id], "ana")]
     at = run_page("pages/results.py", {"batch": str(batch_id)})
     total = int(_metric(at, "Cells").replace(",", ""))
     assert total == len(order)
@@ -55,14 +55,14 @@ def test_the_keys_label_the_framed_cell_most_uncertain_first_and_the_counts_foll
     at.button(key="results_review_back").click().run()
     assert order[1] not in _current(lab, batch_id)
     assert _metric(at, "Cells") == f"{total:,}"
-    assert [x.text for x in review.history(lab, order[1])] == ["not a cell (doublet)", "no label"]
+    assert [x.text for x in cell_labels.history(lab, order[1])] == ["not a cell (doublet)", "no label"]
     lab.dispose()
 
 
 def test_only_unlabelled_cells_and_a_grid_tile_labels_its_cell_in_one_click(with_batch):
     lab = open_lab()
     batch_id = with_batch.batch_id
-    order = review.queue(lab, [batch_id], "ana")
+    order = cell_labels.queue(lab, [batch_id], "ana")
     at = run_page("pages/results.py", {"batch": str(batch_id)})
     third = order[2]
     at.segmented_control(key=f"results_tile_{third.cell_id}_None_0").set_value("not a cell").run()
@@ -81,7 +81,7 @@ def test_a_tiles_label_clicked_again_stays_and_taking_it_back_is_its_own_button(
     deselects it: the tile is drawn again with the label); "Take my label back" under the tile takes it back."""
     lab = open_lab()
     batch_id = with_batch.batch_id
-    q = review.queue(lab, [batch_id], "ana")[2]
+    q = cell_labels.queue(lab, [batch_id], "ana")[2]
     at = run_page("pages/results.py", {"batch": str(batch_id)})
     assert not any(b.key == f"results_tile_back_{q.cell_id}" for b in at.button)  # nothing to take back yet
     at.segmented_control(key=f"results_tile_{q.cell_id}_None_0").set_value("MPP").run()
@@ -92,11 +92,11 @@ def test_a_tiles_label_clicked_again_stays_and_taking_it_back_is_its_own_button(
     assert not at.exception, [e.message for e in at.exception]
     assert _current(lab, batch_id) == {q.cell_id: ("ana", "MPP", None)}  # kept
     assert at.segmented_control(key=f"results_tile_{q.cell_id}_MPP_1").value == "MPP"  # and shown again
-    assert [x.text for x in review.history(lab, q.cell_id)] == ["MPP"]
+    assert [x.text for x in cell_labels.history(lab, q.cell_id)] == ["MPP"]
     at.button(key=f"results_tile_back_{q.cell_id}").click().run()
     assert not at.exception, [e.message for e in at.exception]
     assert _current(lab, batch_id) == {}
-    assert [x.text for x in review.history(lab, q.cell_id)] == ["MPP", "no label"]
+    assert [x.text for x in cell_labels.history(lab, q.cell_id)] == ["MPP", "no label"]
     (tile,) = [w for w in at.get("button_group") if w.key.startswith(f"results_tile_{q.cell_id}_None_")]
     assert tile.value is None
     lab.dispose()
@@ -172,7 +172,7 @@ def test_labelling_with_the_keyboard_in_chromium_changes_the_composition(app_env
     need_browser()
     lab = open_lab()
     batch_id = with_batch.batch_id
-    order = [q.cell_id for q in review.queue(lab, [batch_id], "ana")]
+    order = [q.cell_id for q in cell_labels.queue(lab, [batch_id], "ana")]
     total = len(order)
     ARTIFACTS.mkdir(exist_ok=True)
     with (
@@ -215,9 +215,9 @@ def test_the_review_page_queues_a_persons_batches_together_most_uncertain_first(
             for s in (1, 2)]  # fmt: skip
     theirs = submit_batch(lab, crop_files(4, seed=3, prefix="b_"), model_id, "bob's", owner="bob").batch_id
     Worker(lab, device="cpu").run(drain=True)
-    order = review.queue(lab, mine, "ana")
+    order = cell_labels.queue(lab, mine, "ana")
     assert {q.batch_id for q in order} == set(mine) and len(order) == 10
-    at = run_page("pages/review.py")
+    at = run_page("pages/cell_labels.py")
     assert f"Cell 1 of {len(order)} in this order" in texts(at)
     first = order[0]
     assert f"cell {first.idx} of {first.file}, batch #{first.batch_id} ana" in texts(at)
@@ -226,7 +226,7 @@ def test_the_review_page_queues_a_persons_batches_together_most_uncertain_first(
     assert _current(lab, first.batch_id) == {first.cell_id: ("ana", "MPP", None)}
 
     at.toggle(key="review_mine").set_value(False).run()  # the lab's batches: bob's joins the queue
-    everyone = review.queue(lab, [*mine, theirs], "ana")
+    everyone = cell_labels.queue(lab, [*mine, theirs], "ana")
     assert f"of {len(everyone)} in this order" in texts(at)
     bobs = next(i for i, q in enumerate(everyone) if q.batch_id == theirs)
     # walk to bob's first cell from where the page stands (after ana's label: cell 2). The demo networks have
@@ -252,7 +252,7 @@ def test_marking_a_cell_not_a_cell_keeps_the_review_page_standing_in_chromium(ap
     need_browser()
     lab = open_lab()
     batch_id = with_batch.batch_id
-    total = len(review.queue(lab, [batch_id], "ana"))
+    total = len(cell_labels.queue(lab, [batch_id], "ana"))
     with (
         served_app(app_env, tmp_path / "server.log", LSM_USER="ana", LSM_PREP_WORKERS="0") as url,
         sync_playwright() as p,

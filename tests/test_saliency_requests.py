@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from db.schema import Job
 from lsm_core.errors import LsmError
 from lsm_core.lab import batches
-from lsm_core.lab.stores import Lab
+from lsm_core.lab.lab import Lab
 from lsm_core.lab.tasks import saliency as saliency_task
 from lsm_core.lab.worker import Worker
 from tests.helpers import crop_files, run_page, texts
@@ -56,7 +56,7 @@ def test_a_member_may_ask_for_a_capped_number_of_cells_and_an_admin_for_all(hist
 
 def test_a_saliency_job_can_be_cancelled_where_its_progress_is_shown(app_env):
     from db import queries
-    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.open_lab import open_lab
 
     lab = open_lab()
     with lab() as s:
@@ -80,7 +80,7 @@ def test_a_saliency_job_can_be_cancelled_where_its_progress_is_shown(app_env):
 
 def test_saliency_jobs_are_listed_on_the_history_page_and_cancelled_there(app_env):
     from db import queries
-    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.open_lab import open_lab
 
     lab = open_lab()
     with lab() as s:
@@ -102,7 +102,7 @@ def test_saliency_jobs_are_listed_on_the_history_page_and_cancelled_there(app_en
 def test_a_job_is_cancelled_on_the_command_line_by_its_owner_not_by_another_member(app_env, monkeypatch, capsys):
     from db import queries
     from lsm_core import cli
-    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.open_lab import open_lab
 
     monkeypatch.setenv("LSM_ADMINS", "boss")  # ana and bea are members
     lab = open_lab()

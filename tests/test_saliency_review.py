@@ -12,7 +12,7 @@ import zipfile
 from sqlalchemy import select
 
 from db.schema import Cell, Image, SaliencyRun
-from lsm_core.lab import batches, review
+from lsm_core.lab import batches, cell_labels
 from lsm_core.lab.worker import Worker
 from tests.helpers import crop_files, field_file, run_page, texts
 from tests.test_review_fields import empty_point
@@ -55,7 +55,7 @@ def test_not_a_cell_leaves_the_gallery_and_the_zip_names_cells_as_the_exports_do
         every = saliency_gallery(s, run_id, CLASSES, lab.blobs, per_class=100)
         assert every.left_out == 0 and s.get(SaliencyRun, run_id).cells == len(every.view.cells)
     debris = next(c for c in every.view.cells if c.id != added.id)
-    review.set_label(lab, debris.id, "ana", excluded="debris")
+    cell_labels.set_label(lab, debris.id, "ana", excluded="debris")
 
     with lab() as s:
         gallery = saliency_gallery(s, run_id, CLASSES, lab.blobs, per_class=100)
@@ -77,7 +77,7 @@ def test_not_a_cell_leaves_the_gallery_and_the_zip_names_cells_as_the_exports_do
     assert len(named) == len(names) and named <= exported  # every overlay is a row of the exports
     assert (debris.file, debris.page, debris.cell) not in named
 
-    review.set_label(lab, debris.id, "ana")  # the label taken back: the cell counts, and shows, again
+    cell_labels.set_label(lab, debris.id, "ana")  # the label taken back: the cell counts, and shows, again
     with lab() as s:
         assert saliency_gallery(s, run_id, CLASSES, lab.blobs, per_class=100).left_out == 0
 
@@ -93,7 +93,7 @@ def test_an_overlay_name_stays_one_file_in_its_class_folder():
 
 
 def test_the_results_page_gallery_says_what_it_left_out_and_which_cell_was_added(with_batch):
-    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.open_lab import open_lab
     from lsm_core.reports.report import saliency_gallery
 
     lab = open_lab()
@@ -104,7 +104,7 @@ def test_the_results_page_gallery_says_what_it_left_out_and_which_cell_was_added
         every = saliency_gallery(s, run_id, CLASSES, lab.blobs, per_class=12).view.cells
     debris = [c for c in every if c.id != added.id][:2]
     for c in debris:
-        review.set_label(lab, c.id, "ana", excluded="debris")
+        cell_labels.set_label(lab, c.id, "ana", excluded="debris")
     with lab() as s:
         gallery = saliency_gallery(s, run_id, CLASSES, lab.blobs, per_class=12)
     shown = {gallery.view.cells[i].id for members in gallery.by_class.values() for i in members}

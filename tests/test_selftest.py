@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lsm_core.lab import batches
-from lsm_core.lab.history import open_lab
+from lsm_core.lab.open_lab import open_lab
 from lsm_core.lab.worker import Worker
 from lsm_core.ml.selftest import CROPS, TOLERANCE
 from tests.helpers import crop_files, run_page

@@ -37,7 +37,7 @@ from db import audit
 from db.schema import User, utcnow
 from lsm_core.errors import LsmError
 from lsm_core.lab import settings
-from lsm_core.lab.stores import Lab
+from lsm_core.lab.lab import Lab
 
 MEMBER, ADMIN = "member", "admin"
 SYSTEM = "system"  # the actor of what the app does by itself (registering models found in the store)

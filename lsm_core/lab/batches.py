@@ -34,7 +34,7 @@ from lsm_core.lab.blobs import BlobStore, human_bytes
 from lsm_core.lab.blobwriter import put_many
 from lsm_core.lab.gc import unshared_blobs
 from lsm_core.lab.jobs import JobKind, JobStatus, new_job
-from lsm_core.lab.stores import Lab
+from lsm_core.lab.lab import Lab
 
 SEXES = {"F", "M"}
 

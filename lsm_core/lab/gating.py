@@ -16,7 +16,7 @@ instead of by a FACS gate: ``GFP high -> LT-HSC, GFP low -> MPP``. A gate is one
 Every clause reads the same channel and measure, names a class of the task, and no two clauses may cover the
 same values. A cell that no clause covers (between two thresholds) is left out, and so is a cell with no value
 for the channel; both are counted. This module is the rule alone (text in, labels of values out); reading the
-cells of batches and cutting their crops is :func:`lsm_core.lab.labels.from_gate`.
+cells of batches and cutting their crops is :func:`lsm_core.lab.training_data.from_gate`.
 """
 
 from __future__ import annotations

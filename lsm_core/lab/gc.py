@@ -37,7 +37,7 @@ from db.schema import Image, Job, SaliencyRun
 from lsm_core.errors import LsmError
 from lsm_core.lab.blobs import StoredFile, human_bytes, is_sha256
 from lsm_core.lab.jobs import ACTIVE
-from lsm_core.lab.stores import Lab
+from lsm_core.lab.lab import Lab
 
 CHUNK = 500  # sha256s per IN (...) query: far below every engine's limit on bound parameters
 

@@ -33,7 +33,7 @@ from db import audit
 from db.schema import Batch, Job, utcnow
 from lsm_core.errors import LsmError
 from lsm_core.lab import accounts
-from lsm_core.lab.stores import Lab
+from lsm_core.lab.lab import Lab
 
 DEFAULT_LEASE_S = 60.0
 DEFAULT_MAX_ATTEMPTS = 3

@@ -20,7 +20,7 @@ from db.schema import Model
 from lsm_core.classes import TASK_TITLES
 from lsm_core.errors import LsmError
 from lsm_core.lab import accounts
-from lsm_core.lab.stores import Lab
+from lsm_core.lab.lab import Lab
 from lsm_core.ml import demo
 from lsm_core.ml.models import ModelPackage, ModelStore, failed_quality, model_quality
 

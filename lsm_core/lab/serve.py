@@ -207,7 +207,7 @@ class _WorkerKeeper:
 
 def _collect_garbage_forever(settings: Settings, stop: threading.Event, log) -> None:
     from lsm_core.lab.gc import collect_garbage
-    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.open_lab import open_lab
 
     while not stop.wait(GC_EVERY_S):
         try:
@@ -225,7 +225,7 @@ def _collect_garbage_forever(settings: Settings, stop: threading.Event, log) -> 
 def serve(port: int = 8501, log=print, address: str | None = None) -> int:
     from lsm_core.errors import LsmError
     from lsm_core.lab import settings as settings_module
-    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.open_lab import open_lab
     from lsm_core.ml.demo import FIRST, demo_plan, demo_status
 
     if not (ROOT / "streamlit_app.py").is_file():

@@ -3,7 +3,7 @@
 :func:`current` reads the environment once per process and keeps the :class:`Settings` it made; it reads
 again only when one of the variables (or a secrets file) changed, which happens in tests, not in a running
 app. Nothing else in the project reads the environment: functions get what they need from a ``Settings``
-(or from a :class:`lsm_core.lab.stores.Lab`, which carries one), so the environment is never a hidden input.
+(or from a :class:`lsm_core.lab.lab.Lab`, which carries one), so the environment is never a hidden input.
 
 | variable | default | meaning |
 | --- | --- | --- |

@@ -35,8 +35,8 @@ from lsm_core.errors import LsmError
 from lsm_core.imaging.prepare import default_workers
 from lsm_core.lab import jobs, tasks
 from lsm_core.lab.jobs import JobKind, JobStatus
+from lsm_core.lab.lab import Lab
 from lsm_core.lab.retry import DEFAULT_SECONDS, Retry, connection_lost
-from lsm_core.lab.stores import Lab
 from lsm_core.lab.tasks.context import (
     Cancelled,
     Context,

@@ -111,7 +111,7 @@ def write_table(path: str | Path, columns: Sequence[str], rows: Iterable[Sequenc
     return n
 
 
-# what reviewers said of each cell (lsm_core.lab.review: the consensus): its true class, who labelled it,
+# what reviewers said of each cell (lsm_core.lab.cell_labels: the consensus): its true class, who labelled it,
 # and why it is not a cell (then it is counted nowhere)
 REVIEW_COLUMNS = ["label", "labelled_by", "excluded"]
 # what produced each row, so that a result can be reproduced and a re-run compared: the model (name, version,
@@ -163,7 +163,7 @@ def batch_rows(s, batch_ids: Sequence[int]) -> tuple[list[str], Iterable[list]]:
     """
     from db.queries import export_rows
     from db.schema import Batch, Model
-    from lsm_core.lab.review import EXCLUSIONS, consensus_of
+    from lsm_core.lab.cell_labels import EXCLUSIONS, consensus_of
     from lsm_core.ml.classify import NO_CELLS_NOTE, result_columns
 
     batches = []

@@ -24,7 +24,7 @@ from db.schema import Batch, Cell, Image, Model, SaliencyRun
 from lsm_core.errors import LsmError
 from lsm_core.imaging.cells import TINY_CELL_UM, calibration_doubt
 from lsm_core.lab.blobs import BlobStore
-from lsm_core.lab.review import agreement
+from lsm_core.lab.cell_labels import agreement
 from lsm_core.reports.export import BATCH_COLUMNS, add_sheet, batch_rows, workbook_bytes, write_csv
 from lsm_core.reports.stats import DAYS_PER_MONTH, ClassShare, composition
 
@@ -88,7 +88,7 @@ class BatchReport:
     uncalibrated: list[str] = field(default_factory=list)
     channel: str | None = None  # the channel and z plane the batch asked for (None: automatic), for reading again
     z: int | None = None
-    cells_excluded: int = 0  # cells that reviewers said are not cells (lsm_core.lab.review), counted nowhere
+    cells_excluded: int = 0  # cells that reviewers said are not cells (lsm_core.lab.cell_labels), counted nowhere
     app_versions: list[str] = field(default_factory=list)  # the app versions that classified its images
     # per image, what was counted and what was not (cells cut by the edge or tiny, objects dropped)
     accounts: list[queries.ImageAccount] = field(default_factory=list)
@@ -705,7 +705,7 @@ class SaliencyGallery:
     # per class: the mean share of a map's mass inside the cell's outline over the cells shown (None: no
     # outline traced), and how many cells it is measured on (lsm_core.imaging.cells.cell_mask)
     inside: dict[str, tuple[float | None, int]] = field(default_factory=dict)
-    left_out: int = 0  # the run's cells that reviewers said are not cells (lsm_core.lab.review): shown nowhere
+    left_out: int = 0  # the run's cells that reviewers said are not cells (lsm_core.lab.cell_labels): shown nowhere
 
 
 def mass_sentence(cls: str, share: float | None, cells: int) -> str:
@@ -737,7 +737,7 @@ def saliency_gallery(
     """The gallery of a saliency run: up to ``per_class`` cells of each predicted class (highest score first),
     of the cells that count (those reviewers said are not cells are left out, as from every count)."""
     from lsm_core.imaging.cells import FindParams
-    from lsm_core.lab.labels import read_options, stored_crops
+    from lsm_core.lab.training_data import read_options, stored_crops
 
     view = load_saliency(s, run_id, blobs)
     run = s.get(SaliencyRun, run_id)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from db.schema import Model
 from lsm_core.errors import LsmError
+from lsm_core.lab.lab import Lab
 from lsm_core.lab.registry import lineage, package_for
-from lsm_core.lab.stores import Lab
 from lsm_core.reports.model_card import model_card_markdown
 
 

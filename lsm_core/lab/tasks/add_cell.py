@@ -3,7 +3,7 @@ small job cuts its crop there (a square of a typical cell's size, the crop as ev
 micrometres at the pixel size the image was classified at, from the channel and z plane the batch read) and
 classifies it with the batch's model. The new cell is flagged ``added``, numbered after the image's last
 cell, counted like any other, and who added it is in the audit trail (removing a false one is labelling it
-not a cell: lsm_core.lab.review). Before it is queued, :func:`looks_like_a_cell` says whether that crop holds
+not a cell: lsm_core.lab.cell_labels). Before it is queued, :func:`looks_like_a_cell` says whether that crop holds
 anything cell-like at the point, so that a click on background can be questioned first.
 
 An added cell is its own small thing: its job never changes the batch's status (lsm_core.lab.jobs), and a point
@@ -24,7 +24,7 @@ from db.schema import Batch, Cell, Image, Job, Model
 from lsm_core.errors import LsmError
 from lsm_core.lab import accounts, jobs
 from lsm_core.lab.jobs import JobKind
-from lsm_core.lab.stores import Lab
+from lsm_core.lab.lab import Lab
 from lsm_core.lab.tasks import task
 from lsm_core.lab.tasks.context import Context
 

@@ -22,8 +22,8 @@ from db.schema import Job, Model, utcnow
 from lsm_core.errors import LsmError
 from lsm_core.lab import jobs
 from lsm_core.lab.jobs import JobStatus
+from lsm_core.lab.lab import Lab
 from lsm_core.lab.retry import Retry
-from lsm_core.lab.stores import Lab
 
 if TYPE_CHECKING:
     import torch

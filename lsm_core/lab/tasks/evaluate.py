@@ -8,7 +8,7 @@ from lsm_core.errors import LsmError
 from lsm_core.imaging.cells import FindParams
 from lsm_core.lab import accounts, jobs
 from lsm_core.lab.jobs import JobKind
-from lsm_core.lab.stores import Lab
+from lsm_core.lab.lab import Lab
 from lsm_core.lab.tasks import task
 from lsm_core.lab.tasks.context import Context
 from lsm_core.lab.tasks.train import labelled_uploads

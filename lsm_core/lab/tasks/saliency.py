@@ -15,10 +15,10 @@ from lsm_core.errors import LsmError
 from lsm_core.imaging.cells import FindParams
 from lsm_core.lab import accounts, jobs
 from lsm_core.lab.jobs import JobKind
-from lsm_core.lab.labels import read_options, stored_crops
-from lsm_core.lab.stores import Lab
+from lsm_core.lab.lab import Lab
 from lsm_core.lab.tasks import task
 from lsm_core.lab.tasks.context import Context
+from lsm_core.lab.training_data import read_options, stored_crops
 
 CHUNK = 256  # cells per step: progress is written and a stop is honoured between steps
 

@@ -4,7 +4,7 @@ and/or the cells reviewers labelled (administrators only).
 The job's payload: ``task``, ``name``, ``config`` (:class:`lsm_core.ml.train.TrainConfig`), and the data:
 ``uploads`` (labelled ZIPs in the blob store), ``batches`` (``{batch id: class}``), ``gated``
 (``{"batches": [ids], "rule": "GFP high -> LT-HSC; GFP low -> MPP"}``, :mod:`lsm_core.lab.gating`),
-``reviewed`` (batch ids: their cells that reviewers gave a class, :func:`lsm_core.lab.labels.from_reviews`),
+``reviewed`` (batch ids: their cells that reviewers gave a class, :func:`lsm_core.lab.training_data.from_reviews`),
 any of them together; ``test_uploads`` a separate test set."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from lsm_core.classes import task_classes
 from lsm_core.errors import LsmError
 from lsm_core.lab import accounts, jobs
 from lsm_core.lab.jobs import JobKind
-from lsm_core.lab.stores import Lab
+from lsm_core.lab.lab import Lab
 from lsm_core.lab.tasks import task
 from lsm_core.lab.tasks.context import Cancelled, Context
 
@@ -39,7 +39,7 @@ def submit(
     batches that reviewers gave a class (``reviewed``: batch ids). The gate is checked here against the batches
     (its syntax, classes, channel and overlaps), and the reviewed batches for a labelled cell, so that bad
     data is refused at once."""
-    from lsm_core.lab.labels import check_gate, reviewed_cells
+    from lsm_core.lab.training_data import check_gate, reviewed_cells
     from lsm_core.ml.models import check_name
 
     owner = owner or accounts.current_user()
@@ -117,8 +117,8 @@ def labelled_uploads(ctx: Context, uploads: list[dict[str, str]], task_name: str
 
 @task(JobKind.TRAIN)
 def run(ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
-    from lsm_core.lab.labels import from_batches, from_gate, from_reviews
     from lsm_core.lab.registry import sync_models
+    from lsm_core.lab.training_data import from_batches, from_gate, from_reviews
     from lsm_core.ml.datasets import LabelledData
     from lsm_core.ml.train import TrainConfig, TrainingCancelled, train_and_register
 

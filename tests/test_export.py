@@ -132,7 +132,7 @@ def hostile_batches(app_env):
     """Two classified batches (a young and an aged mouse) with formulas in every text a user gives."""
     from db import queries
     from lsm_core.lab.batches import BatchMeta, submit_batch
-    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.open_lab import open_lab
     from lsm_core.lab.worker import Worker
 
     lab = open_lab()

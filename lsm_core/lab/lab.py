@@ -1,5 +1,5 @@
 """What every function of the shared service works on: a :class:`Lab`, opened by
-:func:`lsm_core.lab.history.open_lab`.
+:func:`lsm_core.lab.open_lab.open_lab`.
 
 A ``Lab`` is the database (calling it opens a session, ``lab.begin()`` a transaction, as a SQLAlchemy
 ``sessionmaker`` does), the blob store, the model store and the settings they came from.

@@ -14,7 +14,7 @@ from db.schema import Cell, Image, Job, Model
 from lsm_core.errors import LsmError
 from lsm_core.imaging import synthetic
 from lsm_core.imaging.readers.archives import RawFile
-from lsm_core.lab import batches, review
+from lsm_core.lab import batches, cell_labels
 from lsm_core.lab.worker import Worker
 from tests.helpers import png_bytes
 
@@ -43,9 +43,9 @@ def test_a_model_trained_on_reviewed_cells_records_its_parent_its_label_set_and_
     history, monkeypatch, capsys
 ):
     from lsm_core import cli
-    from lsm_core.lab.labels import reviewed_cells
     from lsm_core.lab.registry import lineage
     from lsm_core.lab.tasks import train as train_task
+    from lsm_core.lab.training_data import reviewed_cells
     from lsm_core.reports.model_card import lineage_text, training_labels
 
     lab, _, model_id = history
@@ -59,14 +59,14 @@ def test_a_model_trained_on_reviewed_cells_records_its_parent_its_label_set_and_
     for _, true in made:
         for k, (cell_id, cls) in enumerate(sorted(true.items())):
             if k == 0:
-                review.set_label(lab, cell_id, "ana", excluded="debris")  # left out
+                cell_labels.set_label(lab, cell_id, "ana", excluded="debris")  # left out
             elif k == 1:
                 other = "MPP" if cls != "MPP" else "LT-HSC"
-                review.set_label(lab, cell_id, "ana", label=cls)
-                review.set_label(lab, cell_id, "boss", label=other)  # newer: counts (disputed)
+                cell_labels.set_label(lab, cell_id, "ana", label=cls)
+                cell_labels.set_label(lab, cell_id, "boss", label=other)  # newer: counts (disputed)
                 expected[other] = expected.get(other, 0) + 1
             elif k < 20:
-                review.set_label(lab, cell_id, "ana", label=cls)
+                cell_labels.set_label(lab, cell_id, "ana", label=cls)
                 expected[cls] = expected.get(cls, 0) + 1
             # k = 20 to 23: unlabelled, left out
     with lab() as s:
@@ -109,7 +109,7 @@ def test_retraining_from_corrections_of_a_noisy_model_raises_held_out_accuracy(t
     """Item 9, measured: an aging model trained on labels of which 60 % of the aged cells say young (the noise
     a mis-set sorting gate makes) classifies four mice; a reviewer corrects every cell; the model trained on
     the corrections is clearly more accurate on held-out cells of another seed (0.50 -> 0.88 when measured)."""
-    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.open_lab import open_lab
     from lsm_core.lab.registry import lineage, sync_models
     from lsm_core.lab.tasks import train as train_task
     from lsm_core.ml.datasets import LabelledData
@@ -137,7 +137,7 @@ def test_retraining_from_corrections_of_a_noisy_model_raises_held_out_accuracy(t
         predicted = dict(s.execute(select(Cell.id, Cell.predicted)).all())
     for _, true in made:
         for cell_id, cls in true.items():
-            review.set_label(lab, cell_id, "ana", label=cls)
+            cell_labels.set_label(lab, cell_id, "ana", label=cls)
             corrected += predicted[cell_id] != cls
     assert corrected > 30  # the noisy model was wrong about many cells: there is something to correct
     job_id = train_task.submit(lab, "aging", "corrected-aging", config, owner="ana", reviewed=[b for b, _ in made])
@@ -164,7 +164,7 @@ def test_retraining_from_corrections_of_a_noisy_model_raises_held_out_accuracy(t
 def test_the_models_page_trains_on_reviewed_cells_and_its_card_shows_the_lineage(with_batch):
     """AppTest: the Train tab takes the batches whose labelled cells to train on (refused, next to the form,
     while none is labelled), and a model trained so shows its lineage and label set on its card."""
-    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.open_lab import open_lab
     from lsm_core.lab.registry import sync_models
     from lsm_core.ml import nets
     from lsm_core.ml.models import Manifest
@@ -188,7 +188,7 @@ def test_the_models_page_trains_on_reviewed_cells_and_its_card_shows_the_lineage
     at = run_page("pages/models.py")
     submit(at)
     assert f"no cell of batch(es) {batch_id} has been given a class yet" in texts(at)
-    review.set_label(lab, cell_ids[0], "ana", label="MPP")
+    cell_labels.set_label(lab, cell_ids[0], "ana", label="MPP")
     submit(at)
     assert any("Training queued" in m.value for m in at.success)
     with lab() as s:

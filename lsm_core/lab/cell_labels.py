@@ -32,7 +32,7 @@ from db import audit
 from db.schema import Batch, Cell, CellLabel, Image, Model
 from lsm_core.errors import LsmError
 from lsm_core.lab import accounts
-from lsm_core.lab.stores import Lab
+from lsm_core.lab.lab import Lab
 
 # why a found object is not a cell to classify: key (stored) -> what people read
 EXCLUSIONS = {

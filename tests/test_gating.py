@@ -20,7 +20,7 @@ from lsm_core.imaging.readers.base import ReadOptions
 from lsm_core.imaging.reporters import otsu_threshold
 from lsm_core.lab import batches
 from lsm_core.lab.gating import parse_batch_ids, parse_gate
-from lsm_core.lab.labels import from_batches, from_gate, gate_batches
+from lsm_core.lab.training_data import from_batches, from_gate, gate_batches
 from lsm_core.lab.worker import Worker
 from tests.helpers import crop_files
 from tests.test_microscope_files import GFP_BACKGROUND, PIXEL_UM, gfp_level, two_channel_stack
@@ -315,7 +315,7 @@ def test_submit_refuses_a_gate_that_cannot_be_applied(history):
 # --- the Models page ----------------------------------------------------------------------------------------
 def test_the_models_page_refuses_a_bad_gate_with_a_message_and_shows_a_gated_models_labels(app_env):
     from db import queries
-    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.open_lab import open_lab
     from lsm_core.lab.registry import sync_models
     from lsm_core.ml import nets
     from lsm_core.ml.models import Manifest

@@ -1,4 +1,4 @@
-"""The one way to open the lab's history: :func:`open_lab` gives a :class:`lsm_core.lab.stores.Lab`, its
+"""The one way to open the lab's history: :func:`open_lab` gives a :class:`lsm_core.lab.lab.Lab`, its
 database upgraded to this code's schema and its model store's packages registered (lsm_core.lab.registry).
 
 The command line, ``serve``, the worker, the pages and the tests all open it here, so none of them reads the
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from db.session import make_engine, session_factory, upgrade
 from lsm_core.lab import settings as settings_module
+from lsm_core.lab.lab import Lab
 from lsm_core.lab.settings import Settings
-from lsm_core.lab.stores import Lab
 
 
 def open_lab(settings: Settings | None = None, sync: bool = True) -> Lab:

@@ -26,7 +26,7 @@ from lsm_core.imaging.readers.base import Limits, ReadOptions
 from lsm_core.imaging.reporters import otsu_threshold
 from lsm_core.lab.blobs import BlobStore
 from lsm_core.lab.gating import Gate, parse_gate
-from lsm_core.lab.stores import Lab
+from lsm_core.lab.lab import Lab
 from lsm_core.ml.datasets import LabelledData, check_classes
 
 
@@ -320,7 +320,7 @@ def from_gate(
     return build.data(summary)
 
 
-# --- reviewers' labels (lsm_core.lab.review) ----------------------------------------------------------
+# --- reviewers' labels (lsm_core.lab.cell_labels) ----------------------------------------------------------
 @dataclass
 class ReviewedCell:
     cell_id: int
@@ -332,12 +332,13 @@ class ReviewedCell:
 
 
 def reviewed_cells(s: Session, batch_ids: list[int], task: str) -> tuple[list[ReviewedCell], dict[str, Any]]:
-    """The cells of the batches that reviewers gave a class (their consensus, :func:`lsm_core.lab.review.consensus`;
-    cells marked as not a cell and unlabelled ones left out), in image and cell order, and the label set's
-    record: batches, counts per class, who labelled, how many were disputed, the sha256 of the set (batch,
-    image bytes, page, cell, class) and the parent models (those that classified the batches). Cheap: no
-    crop is cut. LsmError for a missing batch, one classified for another task, or no labelled cell."""
-    from lsm_core.lab.review import consensus_of
+    """The cells of the batches that reviewers gave a class (their consensus,
+    :func:`lsm_core.lab.cell_labels.consensus`; cells marked as not a cell and unlabelled ones left out), in image
+    and cell order, and the label set's record: batches, counts per class, who labelled, how many were disputed, the
+    sha256 of the set (batch, image bytes, page, cell, class) and the parent models (those that classified the
+    batches). Cheap: no crop is cut. LsmError for a missing batch, one classified for another task, or no labelled
+    cell."""
+    from lsm_core.lab.cell_labels import consensus_of
 
     if not batch_ids:
         raise LsmError("choose the batches whose labelled cells to train on")

@@ -14,8 +14,8 @@ from fontTools.ttLib import TTFont
 from PIL import Image
 
 from lsm_core.errors import LsmError
-from lsm_core.reports import figures, report
-from lsm_core.reports.figures import FigureSize, export_problem, figure_bytes
+from lsm_core.reports import figure_export, report
+from lsm_core.reports.figure_export import FigureSize, export_problem, figure_bytes
 from tests.helpers import CHROMIUM, need_browser
 
 CLASSES = ["LT-HSC", "ST-HSC", "MPP"]
@@ -93,4 +93,4 @@ def test_without_chromium_the_export_says_what_to_install(histogram, tmp_path):
     assert problem and "apt-get install chromium" in problem and "HTML download works" in problem
     with pytest.raises(LsmError, match="LSM_CHROMIUM="):
         figure_bytes(histogram, "pdf", FigureSize(), missing)
-    assert figures.figure_html(histogram).startswith(b"<!doctype html>")  # the offline HTML needs no browser
+    assert figure_export.figure_html(histogram).startswith(b"<!doctype html>")  # the offline HTML needs no browser

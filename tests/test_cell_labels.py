@@ -1,4 +1,4 @@
-"""Review labels (lsm_core.lab.review, issue #17 items 1 and 8), on SQLite and PostgreSQL: a label never
+"""Review labels (lsm_core.lab.cell_labels, issue #17 items 1 and 8), on SQLite and PostgreSQL: a label never
 writes over the prediction, a change keeps the history, two people keep their own labels and a consensus
 says what counts, members label their own batches and administrators anyone's, every change is audited,
 and the review queue puts the most uncertain cells first."""
@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from db.schema import AuditEvent, Batch, Cell, CellLabel, Image
 from lsm_core.errors import LsmError
-from lsm_core.lab import batches, review
+from lsm_core.lab import batches, cell_labels
 from lsm_core.lab.worker import Worker
 from tests.helpers import crop_files
 
@@ -36,13 +36,13 @@ def test_a_label_is_kept_beside_the_prediction_and_a_change_keeps_the_history(cl
     lab, batch_id, ids = classified
     with lab() as s:
         before = s.execute(select(Cell.predicted, Cell.score, Cell.probs).where(Cell.id == ids[0])).one()
-    first = review.set_label(lab, ids[0], "ana", label="MPP")
+    first = cell_labels.set_label(lab, ids[0], "ana", label="MPP")
     assert first is not None and first.label == "MPP" and first.predicted == before.predicted
-    assert review.set_label(lab, ids[0], "ana", label="MPP") is None  # the same again: nothing written
-    review.set_label(lab, ids[0], "ana", excluded="debris")
-    review.set_label(lab, ids[0], "ana")  # taken back
-    review.set_label(lab, ids[0], "ana", label="LT-HSC")
-    past = review.history(lab, ids[0])
+    assert cell_labels.set_label(lab, ids[0], "ana", label="MPP") is None  # the same again: nothing written
+    cell_labels.set_label(lab, ids[0], "ana", excluded="debris")
+    cell_labels.set_label(lab, ids[0], "ana")  # taken back
+    cell_labels.set_label(lab, ids[0], "ana", label="LT-HSC")
+    past = cell_labels.history(lab, ids[0])
     assert [(x.label, x.excluded, x.current) for x in past] == [
         ("MPP", None, False),
         (None, "debris", False),
@@ -52,7 +52,7 @@ def test_a_label_is_kept_beside_the_prediction_and_a_change_keeps_the_history(cl
     assert all(x.labelled_by == "ana" and x.score == pytest.approx(before.score) for x in past)
     with lab() as s:
         assert s.execute(select(Cell.predicted, Cell.score, Cell.probs).where(Cell.id == ids[0])).one() == before
-        assert review.consensus_of(s, [batch_id])[ids[0]].label == "LT-HSC"
+        assert cell_labels.consensus_of(s, [batch_id])[ids[0]].label == "LT-HSC"
         changes = s.scalars(
             select(AuditEvent).where(AuditEvent.action == "label", AuditEvent.target == f"batch {batch_id}")
         ).all()
@@ -63,50 +63,50 @@ def test_a_label_is_kept_beside_the_prediction_and_a_change_keeps_the_history(cl
 def test_wrong_labels_are_refused(classified):
     lab, _, ids = classified
     with pytest.raises(LsmError, match="not a class of this batch's model"):
-        review.set_label(lab, ids[0], "ana", label="young")
+        cell_labels.set_label(lab, ids[0], "ana", label="young")
     with pytest.raises(LsmError, match="unknown reason"):
-        review.set_label(lab, ids[0], "ana", excluded="ugly")
+        cell_labels.set_label(lab, ids[0], "ana", excluded="ugly")
     with pytest.raises(LsmError, match="not both"):
-        review.set_label(lab, ids[0], "ana", label="MPP", excluded="debris")
+        cell_labels.set_label(lab, ids[0], "ana", label="MPP", excluded="debris")
     with pytest.raises(LsmError, match="no longer exists"):
-        review.set_label(lab, 10**9, "ana", label="MPP")
-    assert review.history(lab, ids[0]) == []
+        cell_labels.set_label(lab, 10**9, "ana", label="MPP")
+    assert cell_labels.history(lab, ids[0]) == []
 
 
 def test_a_class_is_said_in_any_case_as_the_readme_says(classified):
     """Found walking the path: `label 3 file:503 lt-hsc` was refused while a label table's `lt-hsc` was taken."""
     lab, _, ids = classified
-    assert review.set_label(lab, ids[1], "ana", label="lt-hsc").label == "LT-HSC"
-    assert review.set_label(lab, ids[1], "ana", label="Mpp").label == "MPP"
-    assert [x.label for x in review.history(lab, ids[1])] == ["LT-HSC", "MPP"]
+    assert cell_labels.set_label(lab, ids[1], "ana", label="lt-hsc").label == "LT-HSC"
+    assert cell_labels.set_label(lab, ids[1], "ana", label="Mpp").label == "MPP"
+    assert [x.label for x in cell_labels.history(lab, ids[1])] == ["LT-HSC", "MPP"]
 
 
 def test_members_label_their_own_batches_and_administrators_anyones(classified):
     lab, batch_id, ids = classified
     with pytest.raises(LsmError, match="belongs to ana"):
-        review.set_label(lab, ids[1], "bob", label="MPP")
-    assert review.set_label(lab, ids[1], "boss", label="MPP") is not None
+        cell_labels.set_label(lab, ids[1], "bob", label="MPP")
+    assert cell_labels.set_label(lab, ids[1], "boss", label="MPP") is not None
     with lab() as s:
         assert s.scalar(select(func.count()).select_from(CellLabel).where(CellLabel.labelled_by == "bob")) == 0
 
 
 def test_two_people_keep_their_own_labels_and_the_consensus_says_what_counts(classified):
     lab, batch_id, ids = classified
-    review.set_label(lab, ids[2], "ana", label="ST-HSC")
-    review.set_label(lab, ids[2], "boss", label="ST-HSC")
-    review.set_label(lab, ids[3], "ana", label="ST-HSC")
-    review.set_label(lab, ids[3], "boss", excluded="doublet")
+    cell_labels.set_label(lab, ids[2], "ana", label="ST-HSC")
+    cell_labels.set_label(lab, ids[2], "boss", label="ST-HSC")
+    cell_labels.set_label(lab, ids[3], "ana", label="ST-HSC")
+    cell_labels.set_label(lab, ids[3], "boss", excluded="doublet")
     with lab() as s:
-        agreed = review.consensus_of(s, [batch_id])
+        agreed = cell_labels.consensus_of(s, [batch_id])
     assert (agreed[ids[2]].label, agreed[ids[2]].disputed) == ("ST-HSC", False)
     assert set(agreed[ids[2]].labelled_by) == {"ana", "boss"}
     assert (agreed[ids[3]].excluded, agreed[ids[3]].disputed, agreed[ids[3]].last_by) == ("doublet", True, "boss")
     assert agreed[ids[3]].text == "not a cell (doublet)"
-    review.set_label(lab, ids[3], "boss")  # boss takes it back: ana's label alone counts
+    cell_labels.set_label(lab, ids[3], "boss")  # boss takes it back: ana's label alone counts
     with lab() as s:
-        agreed = review.consensus_of(s, [batch_id])
+        agreed = cell_labels.consensus_of(s, [batch_id])
     assert (agreed[ids[3]].label, agreed[ids[3]].disputed, agreed[ids[3]].last_by) == ("ST-HSC", False, "ana")
-    queue = {q.cell_id: q for q in review.queue(lab, [batch_id], "boss")}
+    queue = {q.cell_id: q for q in cell_labels.queue(lab, [batch_id], "boss")}
     assert queue[ids[2]].mine is not None and queue[ids[2]].mine.label == "ST-HSC"
     assert queue[ids[3]].mine is None and queue[ids[3]].consensus is not None
 
@@ -117,7 +117,7 @@ def test_one_person_labelling_one_cell_from_two_tabs_at_once_leaves_one_current_
 
     def tab(label: str) -> None:
         try:
-            review.set_label(lab, ids[4], "ana", label=label)
+            cell_labels.set_label(lab, ids[4], "ana", label=label)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -127,36 +127,36 @@ def test_one_person_labelling_one_cell_from_two_tabs_at_once_leaves_one_current_
     for t in threads:
         t.join(60)
     assert not errors
-    past = review.history(lab, ids[4])
+    past = cell_labels.history(lab, ids[4])
     assert sum(x.current for x in past) == 1 and past[-1].current
 
 
 def test_the_queue_puts_the_most_uncertain_first_and_orders_as_asked(classified):
     lab, batch_id, ids = classified
-    items = review.queue(lab, [batch_id], "ana")
+    items = cell_labels.queue(lab, [batch_id], "ana")
     margins = [q.margin for q in items]
     assert sorted(margins) == margins and len(items) == 8
     for q in items:
         top = sorted(q.probs, reverse=True)
         assert q.margin == pytest.approx(top[0] - top[1])
-    by_score = [q.score for q in review.queue(lab, [batch_id], "ana", order="score")]
+    by_score = [q.score for q in cell_labels.queue(lab, [batch_id], "ana", order="score")]
     assert by_score == sorted(by_score)
     order = ["LT-HSC", "ST-HSC", "MPP"]
-    by_class = [order.index(q.predicted) for q in review.queue(lab, [batch_id], "ana", order="class")]
+    by_class = [order.index(q.predicted) for q in cell_labels.queue(lab, [batch_id], "ana", order="class")]
     assert by_class == sorted(by_class)
-    shuffled = [q.cell_id for q in review.queue(lab, [batch_id], "ana", order="random", seed=3)]
-    assert shuffled == [q.cell_id for q in review.queue(lab, [batch_id], "ana", order="random", seed=3)]
+    shuffled = [q.cell_id for q in cell_labels.queue(lab, [batch_id], "ana", order="random", seed=3)]
+    assert shuffled == [q.cell_id for q in cell_labels.queue(lab, [batch_id], "ana", order="random", seed=3)]
     assert sorted(shuffled) == sorted(ids)
-    review.set_label(lab, items[0].cell_id, "ana", label="MPP")
-    rest = review.queue(lab, [batch_id], "ana", unlabelled_only=True, limit=3)
+    cell_labels.set_label(lab, items[0].cell_id, "ana", label="MPP")
+    rest = cell_labels.queue(lab, [batch_id], "ana", unlabelled_only=True, limit=3)
     assert len(rest) == 3 and items[0].cell_id not in {q.cell_id for q in rest}
     with pytest.raises(LsmError, match="unknown review order"):
-        review.queue(lab, [batch_id], "ana", order="alphabetical")
+        cell_labels.queue(lab, [batch_id], "ana", order="alphabetical")
 
 
 def test_labels_go_with_their_batch(classified):
     lab, batch_id, ids = classified
-    review.set_label(lab, ids[5], "ana", label="MPP")
+    cell_labels.set_label(lab, ids[5], "ana", label="MPP")
     batches.delete(lab, batch_id, "ana")
     with lab() as s:
         assert s.scalar(select(func.count()).select_from(CellLabel)) == 0
@@ -200,14 +200,14 @@ def test_cells_said_not_to_be_cells_count_nowhere_and_every_export_says_what_rev
     with lab() as s:
         before = queries.class_counts(s, [batch_id])[batch_id]
         predicted = dict(s.execute(select(Cell.id, Cell.predicted).where(Cell.batch_id == batch_id)).all())
-    review.set_label(lab, ids[0], "ana", excluded="debris")
-    review.set_label(lab, ids[1], "ana", excluded="edge")
-    review.set_label(lab, ids[1], "boss", label="MPP")  # newer: ids[1] counts as an MPP cell again (disputed)
-    review.set_label(lab, ids[2], "ana", excluded="doublet")
-    review.set_label(lab, ids[2], "ana")  # taken back: counts again
-    review.set_label(lab, ids[3], "boss", label="LT-HSC")
+    cell_labels.set_label(lab, ids[0], "ana", excluded="debris")
+    cell_labels.set_label(lab, ids[1], "ana", excluded="edge")
+    cell_labels.set_label(lab, ids[1], "boss", label="MPP")  # newer: ids[1] counts as an MPP cell again (disputed)
+    cell_labels.set_label(lab, ids[2], "ana", excluded="doublet")
+    cell_labels.set_label(lab, ids[2], "ana")  # taken back: counts again
+    cell_labels.set_label(lab, ids[3], "boss", label="LT-HSC")
     with lab() as s:
-        agreed = review.consensus_of(s, [batch_id])
+        agreed = cell_labels.consensus_of(s, [batch_id])
         excluded = set(s.scalars(queries.excluded_cells([batch_id])))
         assert excluded == {c for c, x in agreed.items() if x.excluded} == {ids[0]}
         after = queries.class_counts(s, [batch_id])[batch_id]
@@ -238,7 +238,7 @@ def test_cells_said_not_to_be_cells_count_nowhere_and_every_export_says_what_rev
 
 def test_the_results_page_says_how_many_cells_reviewers_excluded(with_batch):
     """AppTest: the batch's page counts the excluded cells out of its metrics and says so."""
-    from lsm_core.lab.history import open_lab
+    from lsm_core.lab.open_lab import open_lab
     from tests.helpers import run_page, texts
 
     lab = open_lab()
@@ -248,8 +248,8 @@ def test_the_results_page_says_how_many_cells_reviewers_excluded(with_batch):
     at = run_page("pages/results.py", query)
     cells = next(m for m in at.metric if m.label == "Cells")
     assert cells.value == f"{len(ids):,}" and "reviewers marked as not a cell" not in texts(at)
-    review.set_label(lab, ids[0], "ana", excluded="debris")
-    review.set_label(lab, ids[1], "ana", excluded="out_of_focus")
+    cell_labels.set_label(lab, ids[0], "ana", excluded="debris")
+    cell_labels.set_label(lab, ids[1], "ana", excluded="out_of_focus")
     at = run_page("pages/results.py", query)
     assert next(m for m in at.metric if m.label == "Cells").value == f"{len(ids) - 2:,}"
     assert "2 found object(s) that reviewers marked as not a cell" in texts(at)
@@ -276,23 +276,23 @@ def test_agreement_per_reviewer_and_consensus_is_in_the_workbook(classified):
     with lab() as s:
         predicted = dict(s.execute(select(Cell.id, Cell.predicted).where(Cell.batch_id == batch_id)).all())
     other = {c: next(k for k in ("LT-HSC", "ST-HSC", "MPP") if k != predicted[c]) for c in ids}
-    review.set_label(lab, ids[0], "ana", label=predicted[ids[0]])
-    review.set_label(lab, ids[1], "ana", label=predicted[ids[1]])
-    review.set_label(lab, ids[2], "ana", label=other[ids[2]])
-    review.set_label(lab, ids[3], "ana", excluded="debris")
-    review.set_label(lab, ids[0], "boss", label=other[ids[0]])  # newer than ana's: the consensus follows boss
+    cell_labels.set_label(lab, ids[0], "ana", label=predicted[ids[0]])
+    cell_labels.set_label(lab, ids[1], "ana", label=predicted[ids[1]])
+    cell_labels.set_label(lab, ids[2], "ana", label=other[ids[2]])
+    cell_labels.set_label(lab, ids[3], "ana", excluded="debris")
+    cell_labels.set_label(lab, ids[0], "boss", label=other[ids[0]])  # newer than ana's: the consensus follows boss
     with lab() as s:
-        rows = {a.reviewer: a for a in review.agreement(s, [batch_id])}
+        rows = {a.reviewer: a for a in cell_labels.agreement(s, [batch_id])}
         book = load_workbook(io.BytesIO(workbook(s, batch_id, 0.0)), read_only=True)
-    ana, boss, both = rows["ana"], rows["boss"], rows[review.CONSENSUS]
+    ana, boss, both = rows["ana"], rows["boss"], rows[cell_labels.CONSENSUS]
     assert (ana.labelled, ana.agreed, ana.not_a_cell, ana.rate) == (4, 2, 1, 0.5)
     assert (boss.labelled, boss.agreed, boss.rate) == (1, 0, 0.0)
     assert (both.labelled, both.agreed, both.not_a_cell) == (4, 1, 1)
-    assert ana.confusion[predicted[ids[3]], review.NOT_A_CELL] >= 1
+    assert ana.confusion[predicted[ids[3]], cell_labels.NOT_A_CELL] >= 1
     assert sum(ana.confusion.values()) == 4
     sheet = list(book["review"].iter_rows(values_only=True))
     assert sheet[0] == ("batch", "reviewer", "cells_labelled", "agreed_with_model", "agreement", "not_a_cell")
-    assert [r[1] for r in sheet[1:]] == ["ana", "boss", review.CONSENSUS]
+    assert [r[1] for r in sheet[1:]] == ["ana", "boss", cell_labels.CONSENSUS]
     assert sheet[1][2:] == (4, 2, 0.5, 1)
     confusion = list(book["review_confusion"].iter_rows(values_only=True))
     assert sum(r[4] for r in confusion[1:] if r[1] == "ana") == 4
@@ -329,8 +329,8 @@ def test_the_command_line_lists_the_queue_and_labels_a_cell(classified, db_url, 
     assert "no cell 99" in cli("label", str(batch_id), f"{first[1]}:99", "MPP", ok=False).stderr
     env["LSM_USER"] = "bob"
     assert "belongs to ana" in cli("label", str(batch_id), ref, "MPP", ok=False).stderr
-    cell_id = review.find_cell(lab, batch_id, first[1], int(first[2]))
-    assert [(x.labelled_by, x.excluded) for x in review.history(lab, cell_id)] == [("ana", "doublet")]
+    cell_id = cell_labels.find_cell(lab, batch_id, first[1], int(first[2]))
+    assert [(x.labelled_by, x.excluded) for x in cell_labels.history(lab, cell_id)] == [("ana", "doublet")]
     env["LSM_USER"] = "ana"
     lines = cli("review", str(batch_id), "--unlabelled", "--limit", "100").stdout.splitlines()
     assert len(lines) == 1 + len(ids) - 1
@@ -348,8 +348,8 @@ def test_a_comparison_leaves_excluded_cells_out_and_says_how_many(classified):
     with lab() as s:
         before = compare.build(s, [batch_id, other.batch_id], by="owner")
     assert before.excluded == 0
-    review.set_label(lab, ids[0], "ana", excluded="debris")
-    review.set_label(lab, ids[1], "ana", excluded="doublet")
+    cell_labels.set_label(lab, ids[0], "ana", excluded="debris")
+    cell_labels.set_label(lab, ids[1], "ana", excluded="doublet")
     with lab() as s:
         after = compare.build(s, [batch_id, other.batch_id], by="owner")
     assert after.excluded == 2
