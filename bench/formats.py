@@ -59,6 +59,7 @@ import tifffile  # noqa: E402
 from scipy import ndimage as ndi  # noqa: E402
 
 from lsm_core.imaging import planes, readers, synthetic  # noqa: E402
+from lsm_core.imaging.calibration import Calibration, CalibrationSource  # noqa: E402
 from lsm_core.imaging.cells import DEFAULT_PIXEL_SIZE_UM, FindParams, find_cells  # noqa: E402
 from lsm_core.imaging.images import read_path  # noqa: E402
 from lsm_core.imaging.planes import to_grey_float  # noqa: E402
@@ -285,7 +286,7 @@ def speed_vendor(tmp: Path, rounds: int) -> None:
             print(f"{label} ({path.name}): not read: {bad[0] if bad else 'no image'}")
             continue
         pixel_size = records[0].pixel_size_um or PIXEL_UM
-        params = replace(FindParams(), pixel_size_um=pixel_size, pixel_size_source="as given")
+        params = FindParams().at(Calibration(pixel_size, CalibrationSource.USER))
         # the planes its read chose, as a plain TIFF of the same pixels (one page per image)
         base = tmp / f"same_pixels_{path.stem}.tif"
         with tifffile.TiffWriter(base) as tw:

@@ -21,7 +21,6 @@ from lsm_core.lab.lab import Lab
 from lsm_core.lab.open_lab import open_lab
 from lsm_core.lab.registry import offered_models
 from lsm_core.reports.report import (
-    SOURCE_WORDS,
     cell_arrays,
     cell_table,
     cells_csv,
@@ -277,7 +276,7 @@ def render_results(batch_id: int, key: str = "results") -> None:
         st.caption(
             "Pixel size: "
             + "; ".join(
-                f"{size:g} µm/px {SOURCE_WORDS.get(source, source)} ({n} image{'s' if n != 1 else ''})"
+                f"{size:g} µm/px {source.words} ({n} image{'s' if n != 1 else ''})"
                 for size, source, n in report.calibration
             )
         )
@@ -533,11 +532,11 @@ def rerun_with_pixel_size(report, key: str) -> None:
             "**Classify these images again at another pixel size?** Cells are looked for at their size in "
             "micrometres, so a wrong calibration finds none or counts the wrong objects. "
             + (
-                f"The images were read at {used:g} µm/px, {SOURCE_WORDS.get(source, source)}."
+                f"The images were read at {used:g} µm/px, {source.words}."
                 if not others
-                else f"The images in doubt were read at {used:g} µm/px, {SOURCE_WORDS.get(source, source)}. A "
+                else f"The images in doubt were read at {used:g} µm/px, {source.words}. A "
                 "re-run sets one pixel size for every image of the batch, also for "
-                + "; ".join(f"the {n} read at {size:g} µm/px, {SOURCE_WORDS.get(src, src)}" for size, src, n in others)
+                + "; ".join(f"the {n} read at {size:g} µm/px, {src.words}" for size, src, n in others)
                 + ": to re-run only some files, classify them as a batch of their own."
             )
         )

@@ -191,7 +191,8 @@ with st.form("batch", clear_on_submit=False):
         "Pixel size (µm/px)",
         placeholder="from the files, else the model's",
         help="Your microscope's calibration. Left empty: what each file states (OME-TIFF, CZI, ND2, ImageJ, "
-        "TIFF resolution), else the model's default, and the results say which was used.",
+        "TIFF resolution), else the lab's LSM_PIXEL_SIZE_UM when it sets one, else the model's default, and the "
+        "results say which was used.",
         key=field_key("pixel_size"),
     )
     if found_channels is not None:  # listed from the first file: the choice applies to every file of the batch

@@ -23,7 +23,7 @@ Results do not depend on the image's grey scale (8-bit, 12-bit in 16, float).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image
@@ -31,6 +31,7 @@ from scipy import ndimage as ndi
 from skimage import measure
 
 from lsm_core.errors import LsmError
+from lsm_core.imaging.calibration import Calibration, CalibrationSource, resolve
 
 WORKING_PIXEL_UM = 0.8  # a cell of 4 um, the smallest, is 5 pixels across there
 MAX_REJECTED = 500  # boxes of regions not kept recorded per image (every one is counted)
@@ -56,7 +57,8 @@ class FindParams:
     min_solidity: float = 0.85
     threshold_sigmas: float = 5.0
     single_crop_factor: float = 1.5  # images up to this many crop sides pass through as one cell
-    pixel_size_source: str = "the model's default"  # said to people when no cell is found (see no_cells_note)
+    # where pixel_size_um came from (lsm_core.imaging.calibration), said when no cell is found (no_cells_note)
+    pixel_size_source: CalibrationSource = CalibrationSource.MODEL_DEFAULT
     modality: str = "auto"  # dic, brightfield, phase, or auto (see MODALITIES)
 
     def __post_init__(self) -> None:
@@ -68,17 +70,21 @@ class FindParams:
             raise LsmError(f"unknown imaging modality {self.modality!r}; choose {', '.join(MODALITIES)}")
 
     @classmethod
-    def for_model(cls, model, pixel_size_um: float | None = None, modality: str | None = None) -> FindParams:
+    def for_model(cls, model, calibration: Calibration | None = None, modality: str | None = None) -> FindParams:
         """Settings for a model (a manifest or a Model row): its crop, in micrometres, sampled at its input size,
-        at ``pixel_size_um`` (the microscope's calibration), else the pixel size it was trained at; cells found
-        as ``modality`` shows them (None: auto)."""
-        return cls(
-            pixel_size_um=pixel_size_um or model.pixel_size_um,
-            crop_um=model.crop_um,
-            output_size=model.input_size,
-            pixel_size_source="set for this batch" if pixel_size_um else "the model's default",
-            modality=modality or "auto",
+        at ``calibration`` (the microscope's, :func:`lsm_core.imaging.calibration.resolve`; None: the pixel size
+        the model was trained at); cells found as ``modality`` shows them (None: auto)."""
+        return cls(crop_um=model.crop_um, output_size=model.input_size, modality=modality or "auto").at(
+            calibration or resolve(model_default=model.pixel_size_um)
         )
+
+    @property
+    def calibration(self) -> Calibration:
+        return Calibration(self.pixel_size_um, self.pixel_size_source)
+
+    def at(self, calibration: Calibration) -> FindParams:
+        """These settings at another calibration."""
+        return replace(self, pixel_size_um=calibration.um_per_px, pixel_size_source=calibration.source)
 
     @property
     def crop_px(self) -> int:
@@ -187,7 +193,7 @@ def no_cells_note(dropped: dict[str, int], params: FindParams) -> str:
     found = "; ".join(parts) if parts else "nothing stood out from the background"
     return (
         f"no cells found: {found}. Is the pixel size right? It is {params.pixel_size_um:g} µm/px, "
-        f"{params.pixel_size_source}."
+        f"{params.pixel_size_source.words}."
     )
 
 

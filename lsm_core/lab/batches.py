@@ -25,6 +25,7 @@ from sqlalchemy.orm.attributes import instance_dict
 from db import audit, bulk
 from db.schema import AuditEvent, Base, Batch, Cell, Image, Job, Model, SaliencyRun, utcnow
 from lsm_core.errors import FilesRefused, LsmError
+from lsm_core.imaging.calibration import CalibrationSource
 from lsm_core.imaging.cells import MODALITIES
 from lsm_core.imaging.images import inspect
 from lsm_core.imaging.readers.archives import RawFile, clean_name, iter_upload
@@ -213,7 +214,7 @@ def image_rows(
                     "height": record.height,
                     "bit_depth": record.bit_depth,
                     "pixel_size_um": record.pixel_size_um,  # what the file states; the worker records what it used
-                    "pixel_size_source": "file" if record.pixel_size_um else None,
+                    "pixel_size_source": CalibrationSource.FILE.value if record.pixel_size_um else None,
                     "channel": record.channel,
                     "error": record.error,
                     "done": not record.ok,
@@ -483,6 +484,7 @@ def rerun(
                 f"{model.label} is a {model.task} model; this batch was classified with a {old.model.task} model"
             )
         images = s.scalars(select(Image).where(Image.batch_id == batch_id).order_by(Image.position)).all()
+        stated = CalibrationSource.FILE.value  # what a file states is kept; the rest is decided again
         copies = [
             Image(
                 position=i,
@@ -492,8 +494,8 @@ def rerun(
                 width=im.width,
                 height=im.height,
                 bit_depth=im.bit_depth,
-                pixel_size_um=im.pixel_size_um if im.pixel_size_source == "file" else None,  # the file's
-                pixel_size_source="file" if im.pixel_size_source == "file" else None,
+                pixel_size_um=im.pixel_size_um if im.pixel_size_source == stated else None,
+                pixel_size_source=stated if im.pixel_size_source == stated else None,
                 channel=im.channel,
                 error=im.error if im.width is None else None,
                 done=im.width is None,

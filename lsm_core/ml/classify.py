@@ -12,7 +12,6 @@ row saying so; neither stops the others.
 
 from __future__ import annotations
 
-import dataclasses
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 
 from lsm_core.errors import LsmError
+from lsm_core.imaging.calibration import CalibrationSource, resolve
 from lsm_core.imaging.cells import TINY_CELL_UM, CellCrops, FindParams, calibration_doubt, find_cells, no_cells_note
 from lsm_core.imaging.images import ImageRecord
 from lsm_core.imaging.reporters import measure
@@ -37,8 +37,8 @@ NO_CELLS_NOTE = "no cells found in this image (0 cells)"  # the reason is given 
 
 def result_columns(classes: Iterable[str]) -> list[str]:
     """Column names of a result row: the leading columns, ``p_<class>`` per class, ``error``, ``flags``, ``note``,
-    and the calibration the cells were found at: ``pixel_size_um``, ``pixel_size_source`` (user, file or
-    model default)."""
+    and the calibration the cells were found at: ``pixel_size_um``, ``pixel_size_source`` (user, file, setting or
+    model default: :class:`lsm_core.imaging.calibration.CalibrationSource`)."""
     return LEADING_COLUMNS + [f"p_{c}" for c in classes] + ["error", "flags", "note"] + CALIBRATION_COLUMNS
 
 
@@ -65,7 +65,7 @@ class ResultRow:
     sha256: str | None = None
     crop: np.ndarray | None = field(default=None, repr=False)
     pixel_size_um: float | None = None
-    pixel_size_source: str = ""
+    pixel_size_source: CalibrationSource | None = None
     signal: dict[str, list[float]] | None = None  # reporter channel -> [mean, integrated] in this cell
 
     def values(self, n_classes: int, channels: Iterable[str] = ()) -> list:
@@ -85,7 +85,7 @@ class ResultRow:
             self.flags,
             self.note,
             self.pixel_size_um,
-            self.pixel_size_source,
+            self.pixel_size_source.value if self.pixel_size_source else "",
             *signal,
         ]
 
@@ -110,15 +110,13 @@ def find_params_for(
     """Cell-finding settings for a model: its crop size in micrometres at the microscope's pixel size.
 
     The pixel size is ``pixel_size_um`` (given for this run), else ``setting_um`` (LSM_PIXEL_SIZE_UM), else the
-    one the model was trained at; the params say which (``pixel_size_source``). ``modality``: how the cells
-    were imaged (``lsm_core.imaging.cells.MODALITIES``; None: auto).
+    one the model was trained at; the params say which (``pixel_size_source``), and what an image's file
+    states comes before the last two (:func:`params_for_record`). ``modality``: how the cells were imaged
+    (``lsm_core.imaging.cells.MODALITIES``; None: auto).
     """
-    params = FindParams.for_model(predictor.manifest, pixel_size_um or setting_um, modality)
-    if pixel_size_um:
-        return dataclasses.replace(params, pixel_size_source="as given")
-    if setting_um:
-        return dataclasses.replace(params, pixel_size_source="from LSM_PIXEL_SIZE_UM")
-    return params
+    manifest = predictor.manifest
+    calibration = resolve(user=pixel_size_um, setting=setting_um, model_default=manifest.pixel_size_um)
+    return FindParams.for_model(manifest, calibration, modality)
 
 
 def in_batches(
@@ -197,15 +195,10 @@ class _Raised:
     exc: BaseException
 
 
-PIXEL_SIZE_SOURCES = {"as given": "user", "stated in the file": "file"}  # FindParams' words -> the column's
-
-
 def params_for_record(params: FindParams, record: ImageRecord) -> FindParams:
     """The settings for one image: a pixel size given for this run wins, then the one its file states, then
-    LSM_PIXEL_SIZE_UM, then the model's."""
-    if params.pixel_size_source == "as given" or not record.pixel_size_um:
-        return params
-    return dataclasses.replace(params, pixel_size_um=record.pixel_size_um, pixel_size_source="stated in the file")
+    LSM_PIXEL_SIZE_UM, then the model's (:meth:`lsm_core.imaging.calibration.Calibration.with_file`)."""
+    return params.at(params.calibration.with_file(record.pixel_size_um))
 
 
 Prepared = tuple[ImageRecord, CellCrops | None, FindParams]
@@ -259,7 +252,7 @@ def classify_records(
                     row.signal = {sig.name: [float(sig.mean[j]), float(sig.integrated[j])] for sig in record.signal}
                 if record.ok:
                     row.pixel_size_um = mine.pixel_size_um
-                    row.pixel_size_source = PIXEL_SIZE_SOURCES.get(mine.pixel_size_source, "model default")
+                    row.pixel_size_source = mine.pixel_size_source
                 yield row
 
 

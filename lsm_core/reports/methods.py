@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 import lsm_core
 from db.schema import Batch, Image, Model
 from lsm_core.classes import PAPER_CITATION
+from lsm_core.imaging.calibration import CalibrationSource
 from lsm_core.imaging.cells import FindParams
 from lsm_core.reports.comparison import Comparison, batches_of
 from lsm_core.reports.report import age_text
@@ -35,7 +36,14 @@ SOFTWARE = (
     "captum",
     "grad-cam",
 )
-SOURCES = {"file": "read from the image file", "user": "set for the batch"}
+# where the pixel sizes came from, as a methods section says it of several batches (the pages say it of one:
+# lsm_core.imaging.calibration.SOURCE_WORDS); a row classified before sources were recorded: the model's
+SOURCES = {
+    CalibrationSource.USER: "set for the batch",
+    CalibrationSource.FILE: "read from the image file",
+    CalibrationSource.SETTING: "the lab's LSM_PIXEL_SIZE_UM setting",
+    CalibrationSource.MODEL_DEFAULT: "the model default",
+}
 
 
 def _n(value: float, digits: int = 3) -> str:
@@ -77,7 +85,8 @@ def _imaging(s: Session, batch_ids: list[int], models: list[Model]) -> str:
     for kind, size, source, channel, z, n in images:
         kinds["fields of view" if kind == "field" else "single-cell crops"] += n
         if size is not None:
-            sizes[f"{size:.4g} µm/px ({SOURCES.get(source or '', 'the model default')})"] += n
+            said = SOURCES[CalibrationSource(source or CalibrationSource.MODEL_DEFAULT)]
+            sizes[f"{size:.4g} µm/px ({said})"] += n
         if channel:
             channels[str(channel)] += n
         if z is not None:

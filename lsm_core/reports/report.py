@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from db import queries
 from db.schema import Batch, Cell, Image, Model, SaliencyRun
 from lsm_core.errors import LsmError
+from lsm_core.imaging.calibration import CalibrationSource, resolve
 from lsm_core.imaging.cells import TINY_CELL_UM, calibration_doubt
 from lsm_core.lab.blobs import BlobStore
 from lsm_core.lab.cell_labels import agreement
@@ -62,10 +63,6 @@ def age_text(days: float | None) -> str:
     return f"{days / DAYS_PER_MONTH:.1f} months"
 
 
-# where a pixel size came from (images.pixel_size_source), as the pages and the report say it
-SOURCE_WORDS = {"user": "set for this batch", "file": "stated in the file", "model default": "the model's default"}
-
-
 @dataclass
 class BatchReport:
     batch_id: int
@@ -82,8 +79,8 @@ class BatchReport:
     images: int
     failed: list[tuple[str, str]] = field(default_factory=list)  # (file, why it could not be read)
     without_cells: list[tuple[str, str]] = field(default_factory=list)  # (file, why no cell was found)
-    # the pixel sizes the cells were found at: (um per pixel, "user" | "file" | "model default", images)
-    calibration: list[tuple[float, str, int]] = field(default_factory=list)
+    # the pixel sizes the cells were found at: (um per pixel, where it came from, images)
+    calibration: list[tuple[float, CalibrationSource, int]] = field(default_factory=list)
     # images classified at the model's default pixel size: neither the user nor the file stated one
     uncalibrated: list[str] = field(default_factory=list)
     channel: str | None = None  # the channel and z plane the batch asked for (None: automatic), for reading again
@@ -105,15 +102,16 @@ class BatchReport:
     def cells_edge(self) -> int:
         return sum(a.cells_edge for a in self.accounts)
 
-    def _groups(self) -> dict[tuple[float, str], list[queries.ImageAccount]]:
+    def _groups(self) -> dict[tuple[float, CalibrationSource], list[queries.ImageAccount]]:
         """The images that were classified, by the calibration they were read at (value to 6 digits, source)."""
-        groups: dict[tuple[float, str], list[queries.ImageAccount]] = {}
+        groups: dict[tuple[float, CalibrationSource], list[queries.ImageAccount]] = {}
         for a in self.accounts:
             if a.pixel_size_um and a.pixel_size_source and a.done and not a.error:
-                groups.setdefault((float(f"{a.pixel_size_um:.6g}"), a.pixel_size_source), []).append(a)
+                key = (float(f"{a.pixel_size_um:.6g}"), CalibrationSource(a.pixel_size_source))
+                groups.setdefault(key, []).append(a)
         return groups
 
-    def _doubted(self) -> tuple[tuple[float, str] | None, str | None]:
+    def _doubted(self) -> tuple[tuple[float, CalibrationSource] | None, str | None]:
         """The calibration whose images' cells suggest a wrong pixel size, and why (None, None: none does).
         Each calibration of a batch is judged on its own images: in a batch of files stating their pixel size
         and pictures read at the model's default, the pictures' tiny cells say nothing of the files'."""
@@ -130,8 +128,7 @@ class BatchReport:
                 )
                 worst = (
                     calibration,
-                    f"The {len(members)} image(s) read at {size:g} µm/px, "
-                    f"{SOURCE_WORDS.get(source, source)} ({names}): {why}",
+                    f"The {len(members)} image(s) read at {size:g} µm/px, {source.words} ({names}): {why}",
                 )
         return worst or (None, None)
 
@@ -150,19 +147,18 @@ class BatchReport:
         return self._doubted()[1]
 
     @property
-    def pixel_size_read(self) -> tuple[float, str]:
-        """The pixel size the images were read at and where it came from ("user", "file", "model default"):
-        what a re-run starts from. Where the cells of one calibration's images raise a doubt, that one; else
-        the one most images were read at."""
+    def pixel_size_read(self) -> tuple[float, CalibrationSource]:
+        """The pixel size the images were read at and where it came from: what a re-run starts from. Where the
+        cells of one calibration's images raise a doubt, that one; else the one most images were read at; else
+        (none read yet) the batch's or the model's."""
         doubted, _ = self._doubted()
         if doubted is not None:
             return doubted
         if self.calibration:
             size, source, _ = self.calibration[0]
             return size, source
-        if self.meta.get("pixel_size_um"):
-            return float(self.meta["pixel_size_um"]), "user"
-        return float(self.model["pixel_size_um"]), "model default"
+        expected = resolve(user=self.meta.get("pixel_size_um"), model_default=self.model["pixel_size_um"])
+        return expected.um_per_px, expected.source
 
     @property
     def images_read(self) -> int:
@@ -201,7 +197,9 @@ def load_report(s: Session, batch_id: int, threshold: float = 0.0) -> BatchRepor
     classified = [im for im in images if im.done and not im.error]
     # one group per pixel size as it is written (float noise between files is not another calibration)
     used = Counter(
-        (float(f"{im.pixel_size_um:.6g}"), im.pixel_size_source) for im in classified if im.pixel_size_source
+        (float(f"{im.pixel_size_um:.6g}"), CalibrationSource(im.pixel_size_source))
+        for im in classified
+        if im.pixel_size_source
     )
     return BatchReport(
         batch_id=batch.id,
@@ -254,7 +252,7 @@ def load_report(s: Session, batch_id: int, threshold: float = 0.0) -> BatchRepor
             if not im.error and im.done and im.n_cells == 0
         ],
         calibration=[(size, source, n) for (size, source), n in used.most_common()],
-        uncalibrated=[im.file for im in classified if im.pixel_size_source == "model default"],
+        uncalibrated=[im.file for im in classified if im.pixel_size_source == CalibrationSource.MODEL_DEFAULT],
         cells_excluded=queries.excluded_counts(s, [batch_id])[batch_id],
         app_versions=sorted({im.app_version for im in classified if im.app_version}),
         accounts=queries.image_accounts(s, batch_id, TINY_CELL_UM),
@@ -750,7 +748,10 @@ def saliency_gallery(
     batch = s.get(Batch, run.batch_id)
     if batch is None:
         raise LsmError(f"batch {run.batch_id} no longer exists (it may have been deleted)")
-    params = FindParams.for_model(s.get(Model, batch.model_id), batch.pixel_size_um)
+    model = s.get(Model, batch.model_id)
+    if model is None:
+        raise LsmError(f"the model of batch {batch.id} no longer exists")
+    params = FindParams.for_model(model, resolve(user=batch.pixel_size_um, model_default=model.pixel_size_um))
     images = {im.id: im for im in s.scalars(select(Image).where(Image.id.in_({c.image_id for c in view.cells})))}
     crops = []
     for cell in view.cells:

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from db import audit
 from db.schema import Batch, Cell, Image, Job, Model
 from lsm_core.errors import LsmError
+from lsm_core.imaging.calibration import recorded
 from lsm_core.lab import accounts, jobs
 from lsm_core.lab.jobs import JobKind
 from lsm_core.lab.lab import Lab
@@ -93,9 +94,9 @@ def _crop_geometry(model: Model, image: Image, x: float, y: float) -> tuple[Find
     """How the cell added at (x, y) is cut: the crop settings, and its box (a CELL_UM square centred there)."""
     from lsm_core.imaging.cells import FindParams
 
-    pixel_size = float(image.pixel_size_um or model.pixel_size_um)
+    calibration = recorded(image.pixel_size_um, image.pixel_size_source, model_default=model.pixel_size_um)
     side = _side(image, model)
-    return FindParams.for_model(model, pixel_size), (int(round(x - side / 2)), int(round(y - side / 2)), side, side)
+    return FindParams.for_model(model, calibration), (int(round(x - side / 2)), int(round(y - side / 2)), side, side)
 
 
 def _model_of(s: Session, batch: Batch) -> Model:

@@ -10,7 +10,7 @@ image bytes, the same weights and the same pixel size are copied, not recomputed
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ from db.bulk import insert_cells
 from db.schema import Batch, Cell, Image, Job, Model
 from lsm_core import __version__
 from lsm_core.errors import LsmError
+from lsm_core.imaging.calibration import Calibration, CalibrationSource, resolve
 from lsm_core.imaging.cells import CellCrops, FindParams
 from lsm_core.imaging.prepare import Prepared, PrepTask
 from lsm_core.imaging.readers.base import ReadOptions
@@ -37,8 +38,7 @@ class ImageResult:
     """What one image gave: its cells (found now, or copied from an earlier identical run), or its error."""
 
     image_id: int
-    pixel_size_um: float | None = None
-    pixel_size_source: str | None = None
+    calibration: Calibration | None = None  # the pixel size its cells are found at, and where it came from
     found: CellCrops | None = None
     error: str | None = None
     kind: str | None = None
@@ -113,8 +113,9 @@ def _classify_unread(ctx: Context, batch_id: int) -> None:
     predictor = ctx.models.predictor(model)
     # the cells found before for the same bytes, weights, pixel size and plane are copied; the other images are
     # read and their cells found by the worker's preparation processes, in order, a few images ahead
+    setting = ctx.lab.settings.pixel_size_um
     looked_up = (
-        (image, _looked_up(ctx, image, model, _calibration(image, pixel_size, model), options, modality))
+        (image, _looked_up(ctx, image, model, _calibration(image, pixel_size, setting, model), options, modality))
         for image in todo
     )
     prepared = ctx.prep.pool().ordered(looked_up, lambda item: item[1][1])
@@ -141,29 +142,21 @@ def _classify_unread(ctx: Context, batch_id: int) -> None:
     log.info("job %s: %s images classified", ctx.job.id, len(todo))
 
 
-def _calibration(image, batch_pixel_size: float | None, model: Model) -> tuple[float, str]:
+def _calibration(image, batch_pixel_size: float | None, setting: float | None, model: Model) -> Calibration:
     """The pixel size to find an image's cells at, and where it comes from: what the user set for the batch,
-    else what the file states, else the model's default."""
-    if batch_pixel_size:
-        return float(batch_pixel_size), "user"
-    if image.pixel_size_source == "file" and image.pixel_size_um:
-        return float(image.pixel_size_um), "file"
-    return float(model.pixel_size_um), "model default"
+    else what the file states (recorded at upload), else the lab's LSM_PIXEL_SIZE_UM, else the model's default."""
+    stated = image.pixel_size_um if image.pixel_size_source == CalibrationSource.FILE else None
+    return resolve(user=batch_pixel_size, file=stated, setting=setting, model_default=model.pixel_size_um)
 
 
 def _looked_up(
-    ctx: Context, image, model: Model, calibration: tuple[float, str], options: ReadOptions, modality: str | None
+    ctx: Context, image, model: Model, calibration: Calibration, options: ReadOptions, modality: str | None
 ) -> tuple[ImageResult, PrepTask | None]:
     """An image's result as far as the database knows it (cells found before, copied), and the preparation it
     still needs (None: none)."""
-    pixel_size, origin = calibration
-    result = ImageResult(image.id, pixel_size_um=pixel_size, pixel_size_source=origin)
-    params = replace(
-        FindParams.for_model(model, pixel_size, modality),
-        pixel_size_source={"user": "set for this batch", "file": "stated in the file"}.get(
-            origin, "the model's default"
-        ),
-    )
+    pixel_size = calibration.um_per_px
+    result = ImageResult(image.id, calibration=calibration)
+    params = FindParams.for_model(model, calibration, modality)
     cached = ctx.read(
         "looking up earlier cells",
         lambda s: _cached(s, image.sha256, image.page, model.weights_sha256, pixel_size, options, modality),
@@ -262,8 +255,8 @@ def _write(s: Session, batch_id: int, images: list[tuple[Any, ImageResult]], cla
     rows: list[dict[str, Any]] = []
     for image, r in images:
         values: dict[str, Any] = {"done": True, "app_version": __version__, "z_plane": r.z_plane}
-        if r.pixel_size_um is not None:
-            values.update(pixel_size_um=r.pixel_size_um, pixel_size_source=r.pixel_size_source)
+        if r.calibration is not None:
+            values.update(pixel_size_um=r.calibration.um_per_px, pixel_size_source=r.calibration.source.value)
         if r.error:
             values.update(error=r.error, n_cells=0)
         elif r.cached is not None:

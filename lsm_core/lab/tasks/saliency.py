@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from db import audit
 from db.schema import Batch, Cell, Image, Job, Model, SaliencyRun
 from lsm_core.errors import LsmError
+from lsm_core.imaging.calibration import resolve
 from lsm_core.imaging.cells import FindParams
 from lsm_core.lab import accounts, jobs
 from lsm_core.lab.jobs import JobKind
@@ -132,7 +133,7 @@ def run(ctx: Context, payload: dict[str, Any]) -> None:
     model, pixel_size, cells, images, options = ctx.read("reading a batch", read)
     if not cells:
         raise LsmError("this batch has no classified cells")
-    params = FindParams.for_model(model, pixel_size)
+    params = FindParams.for_model(model, resolve(user=pixel_size, model_default=model.pixel_size_um))
     net = ctx.models.package(model).load(ctx.device)  # a private copy: the predictor's is fused
     index = {c: i for i, c in enumerate(model.classes)}
     k = scorecam_k(ctx.lab.settings.scorecam_channels)
