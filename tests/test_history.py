@@ -22,7 +22,7 @@ from lsm_core.errors import LsmError
 from lsm_core.imaging.readers.archives import RawFile
 from lsm_core.lab import batches, jobs
 from lsm_core.lab.worker import Worker
-from tests.helpers import crop_files, field_file, wait_for
+from tests.helpers import crop_files, field_file, wait_for, with_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,11 +100,11 @@ def test_submit_claim_finish_and_export(history, data_dir):
 def test_bad_metadata_and_missing_model_are_refused(history):
     lab, _, model_id = history
     with pytest.raises(LsmError, match="not a number"):
-        batches.submit_batch(lab, crop_files(1, 1), model_id, "x", meta=batches.BatchMeta(age_days="ten weeks"))
+        batches.submit_batch(lab, crop_files(1, 1), model_id, "x", "ana", meta=batches.BatchMeta(age_days="ten weeks"))
     with pytest.raises(LsmError, match="no longer exists"):
-        batches.submit_batch(lab, crop_files(1, 1), 99999, "x")
+        batches.submit_batch(lab, crop_files(1, 1), 99999, "x", "ana")
     with pytest.raises(LsmError, match="no files"):
-        batches.submit_batch(lab, [], model_id, "x")
+        batches.submit_batch(lab, [], model_id, "x", "ana")
 
 
 def test_fair_order_serves_the_least_recently_served_owner_first(history):
@@ -416,11 +416,11 @@ def test_command_line_submit_jobs_export(history, db_url, data_dir, tmp_path):
     cli("label", str(batch), f"single.tif:{idx}", "MPP")  # the name the pages and exports show finds the cell
 
 
-def test_batch_operations_check_the_owner(history, monkeypatch):
+def test_batch_operations_check_the_owner(history):
     from lsm_core.lab import batches
 
-    monkeypatch.setenv("LSM_ADMINS", "boss")  # ana and ben are members (tests/test_accounts.py: the roles)
     lab, _, model_id = history
+    lab = with_settings(lab, admins=frozenset({"boss"}))  # ana and ben are members (tests/test_accounts.py)
     sub = batches.submit_batch(lab, crop_files(3, 91), model_id, "mine", owner="ana")
     Worker(lab, device="cpu").run(drain=True)
     assert batches.find_by_name(lab, "ana", " mine ") == sub.batch_id

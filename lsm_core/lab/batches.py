@@ -262,7 +262,7 @@ def submit_batch(
     files: Iterable[RawFile],
     model_id: int,
     name: str,
-    owner: str | None = None,
+    owner: str,
     meta: BatchMeta | None = None,
     limits: Limits | None = None,
     priority: int = 0,
@@ -277,11 +277,10 @@ def submit_batch(
     read with the batch's new id, then every row in one statement (db.bulk.insert_together), atomic on its
     own; elsewhere one transaction. Raises LsmError when nothing at all was uploaded or the model is unknown.
     """
-    owner = owner or accounts.current_user()
     actor = actor or owner  # who acts: an administrator may submit a batch that belongs to someone else
     if actor != owner:
         with lab() as s:
-            accounts.require_admin(s, actor, "submit batches for someone else")
+            accounts.require_admin(lab, s, actor, "submit batches for someone else")
     meta = (meta or BatchMeta()).validated()
     name = clean_name(name or "", limit=100_000).strip()  # control characters break spreadsheets and terminals
     if not name:
@@ -360,9 +359,9 @@ def _get(s: Session, batch_id: int, seen_revision: int | None = None) -> Batch:
     return batch
 
 
-def _own(s: Session, batch_id: int, user: str, seen_revision: int | None = None) -> Batch:
+def _own(lab: Lab, s: Session, batch_id: int, user: str, seen_revision: int | None = None) -> Batch:
     batch = _get(s, batch_id, seen_revision)
-    if not accounts.may_change(s, user, batch.owner):
+    if not accounts.may_change(lab, s, user, batch.owner):
         raise LsmError(f"batch {batch.name!r} belongs to {batch.owner}; only they or an administrator can change it")
     return batch
 
@@ -372,7 +371,7 @@ def rename(lab: Lab, batch_id: int, new_name: str, user: str, seen_revision: int
     if not new_name or len(new_name) > NAME_MAX:
         raise LsmError(f"a batch name needs 1 to {NAME_MAX} characters")
     with lab.begin() as s:
-        batch = _own(s, batch_id, user, seen_revision)
+        batch = _own(lab, s, batch_id, user, seen_revision)
         audit.record(s, user, "rename", f"batch {batch_id}", old=batch.name, new=new_name)
         batch.name = new_name
         batch.revision += 1
@@ -419,7 +418,7 @@ def delete(lab: Lab, batch_id: int, user: str, seen_revision: int | None = None)
     bytes in progress) or read by a running job is left to :func:`lsm_core.lab.gc.collect_garbage`. Returns what
     went."""
     with lab.begin() as s:
-        batch = _own(s, batch_id, user, seen_revision)
+        batch = _own(lab, s, batch_id, user, seen_revision)
         running = s.scalar(
             select(func.count()).select_from(Job).where(Job.batch_id == batch_id, Job.status == "running")
         )
@@ -571,7 +570,7 @@ def add_files(
     every file is, nothing is queued and LsmError says so.
     """
     with lab() as s:
-        batch = _own(s, batch_id, user, seen_revision)
+        batch = _own(lab, s, batch_id, user, seen_revision)
         present = {
             sha: file
             for sha, file in s.execute(
@@ -587,7 +586,7 @@ def add_files(
         raise LsmError("no files were uploaded")
     found.refuse_lacking(options)
     with lab.begin() as s:
-        batch = _own(s, batch_id, user, seen_revision)
+        batch = _own(lab, s, batch_id, user, seen_revision)
         start = (s.scalar(select(func.max(Image.position)).where(Image.batch_id == batch_id)) or 0) + 1
         bulk.insert_images(s, batch_id, [{**row, "position": start + i} for i, row in enumerate(found.rows)])
         batch.revision += 1

@@ -71,7 +71,11 @@ def new_job(
     status: JobStatus = JobStatus.QUEUED,
     error: str | None = None,
 ) -> Job:
-    """A Job row to add in the caller's transaction (the one place a job is made)."""
+    """A Job row to add in the caller's transaction (the one place a job is made). Its ``owner`` is always
+    given, by whoever submits (the command line's person, the signed-in or lab-mode user of the app): LsmError
+    when it is blank, never a name guessed here."""
+    if not owner or not owner.strip():
+        raise LsmError("a job needs an owner: say who submits it")
     return Job(
         kind=JobKind(kind).value,
         payload=payload,
@@ -99,7 +103,7 @@ def submit(
     audit trail in the same transaction."""
     with lab.begin() as s:
         if kind == JobKind.TRAIN:  # training registers a model: checked here too, whoever called (and at run)
-            accounts.require_admin(s, owner, "train models")
+            accounts.require_admin(lab, s, owner, "train models")
         job = new_job(kind, payload, owner, priority, total, batch_id)
         s.add(job)
         s.flush()
@@ -224,7 +228,7 @@ def cancel(lab: Lab, job_id: int, user: str) -> str:
         job = s.get(Job, job_id, with_for_update=True)
         if job is None:
             raise LsmError(f"no job {job_id}")
-        if not accounts.may_change(s, user, job.owner):
+        if not accounts.may_change(lab, s, user, job.owner):
             raise LsmError(f"job {job_id} belongs to {job.owner}; only they or an administrator can cancel it")
         if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
             audit.record(s, user, "cancel", f"job {job_id}", kind=job.kind, owner=job.owner)
