@@ -57,6 +57,38 @@ def test_upgrade_from_empty_and_refuse_newer(db_url):
     engine.dispose()
 
 
+def test_statuses_and_kinds_are_typed_and_stored_as_the_text_they_always_were(history):
+    """Issue 28 item 7: the jobs' and batches' status columns are Mapped[JobStatus] (the enum in db), stored as
+    its text in VARCHAR(16) with no CHECK and no database enum type, as migration 0001 made them: no migration,
+    and rows written as text (by older code, or by hand) read back as the enum's members. (The kind column
+    stays text: tests/test_worker.py, a kind no task runs.)"""
+    from sqlalchemy.schema import CreateTable
+
+    from db.schema import JobKind, JobStatus
+
+    lab, engine, model_id = history
+    for table in (Job.__table__, Batch.__table__):
+        ddl = str(CreateTable(table).compile(engine)).lower()
+        assert "check" not in ddl and "enum" not in ddl
+        assert "\tstatus varchar(16) not null" in ddl
+        assert table is Batch.__table__ or "\tkind varchar(16) not null" in ddl
+    assert jobs.JobStatus is JobStatus and jobs.JobKind is JobKind  # the queue's names are the schema's
+    with lab.begin() as s:
+        batch = s.scalars(select(Batch.id)).first()
+        s.execute(text("INSERT INTO jobs (kind, payload, status, priority, owner, attempts, max_attempts, "
+                       "progress_done, progress_total, cancel_requested, errors, created) VALUES ('saliency', '{}', "
+                       "'running', 0, 'ana', 1, 3, 0, 0, false, '[]', CURRENT_TIMESTAMP)"))  # fmt: skip
+        old = s.scalars(select(Job.id).where(Job.owner == "ana")).one()
+        s.add(jobs.new_job(jobs.JobKind.EVALUATE, {}, "bea", batch_id=batch))
+    with lab() as s:
+        job = s.get(Job, old)
+        assert (job.status, job.kind) == (JobStatus.RUNNING, JobKind.SALIENCY)
+        assert type(job.status) is JobStatus and job.status == "running"
+        assert s.scalar(select(Job.id).where(Job.status == "running", Job.kind == JobKind.SALIENCY)) == old
+        stored = s.execute(text("SELECT kind, status FROM jobs WHERE owner = 'bea'")).one()
+    assert tuple(stored) == ("evaluate", "queued")  # written as the text, read as it by plain SQL
+
+
 def test_submit_claim_finish_and_export(history, data_dir):
     lab, engine, model_id = history
     files = crop_files(5, seed=21) + [field_file(22), RawFile("broken.png", b"\x89PNG\r\n\x1a\n garbage")]

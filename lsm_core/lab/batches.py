@@ -308,7 +308,7 @@ def submit_batch(
             name=name,
             owner=owner,
             model_id=model_id,
-            status="queued" if readable else "failed",
+            status=JobStatus.QUEUED if readable else JobStatus.FAILED,
             **vars(meta),
         )
         parts: list[tuple[type[Base], list[dict[str, Any]]]] = [(Batch, [_columns(batch)])]
@@ -420,7 +420,7 @@ def delete(lab: Lab, batch_id: int, user: str, seen_revision: int | None = None)
     with lab.begin() as s:
         batch = _own(lab, s, batch_id, user, seen_revision)
         running = s.scalar(
-            select(func.count()).select_from(Job).where(Job.batch_id == batch_id, Job.status == "running")
+            select(func.count()).select_from(Job).where(Job.batch_id == batch_id, Job.status == JobStatus.RUNNING)
         )
         unshared = set() if running else unshared_blobs(s, batch_id)  # a worker reads them: left to the collection
         stored_before = _last_stored(s, batch)
@@ -511,7 +511,7 @@ def rerun(
             name=name,
             owner=user,
             model_id=model.id,
-            status="queued",
+            status=JobStatus.QUEUED,
             mouse_id=old.mouse_id,
             age_days=old.age_days,
             sex=old.sex,
@@ -596,7 +596,7 @@ def add_files(
         else:
             job = classify_job(batch, batch.owner, found.readable)
             if found.readable:
-                batch.status = "queued"
+                batch.status = JobStatus.QUEUED
                 s.add(job)
             else:  # nothing new to read: the batch keeps its status, its last classify job stands
                 last = select(Job).where(Job.batch_id == batch_id, Job.kind == JobKind.CLASSIFY)

@@ -13,9 +13,10 @@ queue classify jobs, are lsm_core.lab.batches.
 - **A batch's status** follows its classify jobs only (queued, running, done, failed, cancelled): a small job
   about one of its cells (adding a cell) never changes it, whether it runs, fails or ends.
 
-Statuses and kinds are string enums (:class:`JobStatus`, :class:`JobKind`) stored in the jobs table's text
-columns. Functions that take a ``Lab`` (or any session factory) run their own short transaction; those that
-take a ``Session`` work inside the caller's.
+Statuses and kinds are string enums (:class:`JobStatus`, :class:`JobKind`, defined with the schema in
+:mod:`db.schema` and used from here), stored as their text in the jobs table's columns. Functions that take a
+``Lab`` (or any session factory) run their own short transaction; those that take a ``Session`` work inside the
+caller's.
 """
 
 from __future__ import annotations
@@ -23,14 +24,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from db import audit
-from db.schema import Batch, Job, utcnow
+from db.schema import Batch, Job, JobKind, JobStatus, utcnow
 from lsm_core.errors import LsmError
 from lsm_core.lab import accounts
 from lsm_core.lab.lab import Lab
@@ -39,26 +39,8 @@ DEFAULT_LEASE_S = 60.0
 DEFAULT_MAX_ATTEMPTS = 3
 
 
-class JobStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 ENDED = (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
-
-
-class JobKind(StrEnum):
-    """What a job does: each kind is a task module of lsm_core.lab.tasks."""
-
-    CLASSIFY = "classify"
-    TRAIN = "train"
-    EVALUATE = "evaluate"
-    SALIENCY = "saliency"
-    ADD_CELL = "add_cell"  # a cell the finder missed, added where a reviewer clicked
 
 
 def new_job(
@@ -84,7 +66,7 @@ def new_job(
         progress_total=total,
         batch_id=batch_id,
         max_attempts=DEFAULT_MAX_ATTEMPTS,
-        status=JobStatus(status).value,
+        status=JobStatus(status),
         error=error,
     )
 
