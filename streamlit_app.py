@@ -50,7 +50,7 @@ if signed_in_mode():
         st.stop()
 
 with lab() as s:
-    role = accounts.role_of(s, user())
+    role = accounts.role_of(lab, s, user())
 navigation = st.navigation(pages, position="hidden")
 
 

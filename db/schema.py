@@ -6,12 +6,14 @@ Never imports torch.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     Boolean,
     DateTime,
+    Enum,
     Float,
     ForeignKey,
     Index,
@@ -22,6 +24,36 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class JobStatus(StrEnum):
+    """Where a job stands (lsm_core.lab.jobs moves it); a batch's status follows its classify jobs' and takes the
+    same values."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class JobKind(StrEnum):
+    """What a job does: each kind is a task module of lsm_core.lab.tasks."""
+
+    CLASSIFY = "classify"
+    TRAIN = "train"
+    EVALUATE = "evaluate"
+    SALIENCY = "saliency"
+    ADD_CELL = "add_cell"  # a cell the finder missed, added where a reviewer clicked
+
+
+def _stored_as_text(enum: type[StrEnum]) -> Enum:
+    """A column of ``enum``'s values as the text they are (VARCHAR(16), no CHECK constraint, no database enum
+    type): the rows hold the same strings as before the column was typed, so no migration; read back, a value
+    is the enum's member (a ``str`` too). A value the enum lacks cannot be read back (LookupError)."""
+    return Enum(
+        enum, native_enum=False, create_constraint=False, length=16, values_callable=lambda e: [m.value for m in e]
+    )
 
 
 def utcnow() -> datetime:
@@ -107,7 +139,7 @@ class Batch(Base):
     owner: Mapped[str] = mapped_column(String(200), index=True)
     created: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
-    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued running done failed cancelled
+    status: Mapped[JobStatus] = mapped_column(_stored_as_text(JobStatus), default=JobStatus.QUEUED)  # its jobs'
     mouse_id: Mapped[str | None] = mapped_column(String(100))
     age_days: Mapped[float | None] = mapped_column(Float, index=True)
     sex: Mapped[str | None] = mapped_column(String(8))
@@ -241,9 +273,11 @@ class Job(Base):
     __table_args__ = (Index("ix_jobs_fetch", "status", "kind", "priority", "created"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16))  # lsm_core.lab.jobs.JobKind
+    # text, not Mapped[JobKind]: a kind this version has no task for (a newer version's, a row written by hand)
+    # must still be read, so that the worker can fail that job plainly (lsm_core.lab.worker)
+    kind: Mapped[str] = mapped_column(String(16))  # JobKind
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    status: Mapped[str] = mapped_column(String(16), default="queued")  # lsm_core.lab.jobs.JobStatus
+    status: Mapped[JobStatus] = mapped_column(_stored_as_text(JobStatus), default=JobStatus.QUEUED)
     priority: Mapped[int] = mapped_column(Integer, default=0)  # higher first
     owner: Mapped[str] = mapped_column(String(200), index=True)
     batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id", ondelete="SET NULL"), index=True)

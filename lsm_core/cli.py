@@ -130,7 +130,7 @@ def _require_admin(doing: str):
 
     lab = _lab()
     with lab() as s:
-        accounts.require_admin(s, lab.settings.user, doing)
+        accounts.require_admin(lab, s, accounts.current_user(lab), doing)
     return lab
 
 
@@ -258,6 +258,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from lsm_core.lab.batches import BatchMeta, submit_batch
 
     lab = _lab()
+    me = current_user(lab)  # the command line's person: LSM_USER, else the login name
     with lab() as s:
         model = model_by_name(s, args.model)
         if model is None:
@@ -281,10 +282,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
         _as_uploaded(args.inputs, lab.limits),
         model_id,
         args.batch,
-        owner=args.owner,
+        args.owner or me,  # --owner (administrators): whose batch it is; else the person running the command
         meta=meta,
         priority=args.priority,
-        actor=current_user(),  # the audit trail names who ran the command; --owner is for administrators
+        actor=me,  # the audit trail names who ran the command
     )
     for file, message in result.errors:
         _log(f"{file}: {message}")
@@ -330,7 +331,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     from lsm_core.lab.accounts import current_user
     from lsm_core.lab.jobs import cancel
 
-    status = cancel(_lab(sync=False), args.job_id, current_user())
+    lab = _lab(sync=False)
+    status = cancel(lab, args.job_id, current_user(lab))
     print(f"job {args.job_id} {'cancelled' if status == 'cancelled' else 'stops at its next step'}")
     return 0
 
@@ -340,7 +342,7 @@ def cmd_review(args: argparse.Namespace) -> int:
     from lsm_core.lab.accounts import current_user
 
     lab = _lab(sync=False)
-    items = cell_labels.queue(lab, args.batch_ids, current_user(), args.order, args.unlabelled, args.limit)
+    items = cell_labels.queue(lab, args.batch_ids, current_user(lab), args.order, args.unlabelled, args.limit)
     from sqlalchemy import select
 
     from db.schema import Image
@@ -372,7 +374,7 @@ def cmd_label(args: argparse.Namespace) -> int:
         raise LsmError(f"name the cell as FILE:CELL (the export's file and cell columns), not {args.cell!r}")
     cell_id = cell_labels.find_cell(lab, args.batch_id, file, int(idx), args.page)
     label, excluded = cell_labels.parse_label(args.label)
-    new = cell_labels.set_label(lab, cell_id, current_user(), label, excluded)
+    new = cell_labels.set_label(lab, cell_id, current_user(lab), label, excluded)
     print(f"{args.cell}: " + ("unchanged" if new is None else new.text if not new.withdrawn else "label taken back"))
     return 0
 
@@ -394,7 +396,8 @@ def _label_from_table(args: argparse.Namespace) -> int:
         raise LsmError(f"{path}: cannot be read as a UTF-8 CSV table ({exc})") from None
     try:
         rows = cell_labels.read_label_table(text)
-        done = cell_labels.import_labels(_lab(sync=False), args.batch_id, current_user(), rows, source=path.name)
+        lab = _lab(sync=False)
+        done = cell_labels.import_labels(lab, args.batch_id, current_user(lab), rows, source=path.name)
     except LsmError as exc:
         raise LsmError(f"{path}: {exc}") from None
     left = [
@@ -470,7 +473,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if gate is not None:
         from lsm_core.lab.training_data import from_gate
 
-        gated = from_gate(lab, args.batches, gate, args.task, params)
+        with lab() as s:
+            gated = from_gate(s, lab, args.batches, gate, args.task, params)
         (summary,) = gated.provenance
         counts = summary["counts"]
         _log(
@@ -484,7 +488,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.reviewed:
         from lsm_core.lab.training_data import from_reviews
 
-        reviewed = from_reviews(lab, args.reviewed, args.task, params)
+        with lab() as s:
+            reviewed = from_reviews(s, lab, args.reviewed, args.task, params)
         (summary,) = reviewed.provenance
         _log(
             f"reviewed cells of batches {', '.join(map(str, summary['batches']))}: "

@@ -119,7 +119,7 @@ def review_section(lab, scope: Scope, me: str, key: str, pixels_of, escape, head
         + ", **X** not a cell, **←/→** previous/next. Cells marked as not a cell count nowhere."
     )
     with lab() as s:
-        allowed = {b: accounts.may_change(s, me, owner) for b, owner in scope.owners.items()}
+        allowed = {b: accounts.may_change(lab, s, me, owner) for b, owner in scope.owners.items()}
     if not any(allowed.values()):
         whose = ", ".join(sorted(set(scope.owners.values())))
         st.info(
@@ -317,7 +317,7 @@ def field_section(lab, image, cells, scope: Scope, me: str, key: str, pixels_of,
     may change the batch), and what a click or a drag on it does: a box clicked is reviewed here (a class,
     or not a cell), a box dragged around is marked as not a cell, a click where no cell is adds one (a job)."""
     with lab() as s:
-        may = accounts.may_change(s, me, scope.owners.get(image.batch_id, ""))
+        may = accounts.may_change(lab, s, me, scope.owners.get(image.batch_id, ""))
     chart_key = f"{key}_fov_{image.id}"
     if not may:
         st.plotly_chart(figure(False), width="stretch", key=chart_key)

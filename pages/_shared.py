@@ -51,7 +51,7 @@ def the_lab() -> Lab:
 
 def signed_in_mode() -> bool:
     """True when [auth] is configured: people sign in with the lab's identity provider (st.login)."""
-    return accounts.auth_configured()
+    return accounts.auth_configured(the_lab())
 
 
 def user() -> str:
@@ -59,7 +59,7 @@ def user() -> str:
     lsm_core.lab.accounts.sign_in gives them (the e-mail of their first sign-in), decided once per account and
     session; raises LsmError when this account may not sign in. Else LSM_USER / the login name (lab mode)."""
     if not signed_in_mode():
-        return accounts.current_user()
+        return accounts.current_user(the_lab())
     account = tuple(st.user.get(claim) for claim in ("iss", "sub", "email", "email_verified"))
     known = st.session_state.get("_signed_in_as")
     if known is None or known[0] != account:
@@ -70,8 +70,9 @@ def user() -> str:
 
 def admin() -> bool:
     """Whether the person acting administers (lsm_core.lab.accounts; the functions they call check again)."""
-    with the_lab()() as s:
-        return accounts.is_admin(s, user())
+    lab = the_lab()
+    with lab() as s:
+        return accounts.is_admin(lab, s, user())
 
 
 @st.cache_data(max_entries=16, show_spinner=False)

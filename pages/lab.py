@@ -30,7 +30,7 @@ if signed_in_mode():
     )
 else:
     st.caption("Everyone who has used the app: who submitted, classified or acted (lab mode has no sign-in).")
-everyone = not signed_in_mode() and not accounts.configured_admins()  # lab mode, nobody named: all administer
+everyone = not signed_in_mode() and not accounts.configured_admins(lab)  # lab mode, nobody named: all administer
 if everyone:
     st.caption(
         "Lab mode without LSM_ADMINS: everyone on this machine administers, so the roles set here (the last "

@@ -169,10 +169,11 @@ def field_batch(history, monkeypatch):
     from db.schema import Image
     from lsm_core.lab import batches
     from lsm_core.lab.worker import Worker
-    from tests.helpers import crop_files, field_file
+    from tests.helpers import crop_files, field_file, with_settings
 
-    monkeypatch.setenv("LSM_ADMINS", "boss")
+    monkeypatch.setenv("LSM_ADMINS", "boss")  # for the pages a test shows
     lab, _, model_id = history
+    lab = with_settings(lab, admins=frozenset({"boss"}))
     sub = batches.submit_batch(lab, [field_file(11), *crop_files(1, seed=3)], model_id, "field", owner="ana")
     assert Worker(lab, device="cpu").run(drain=True) == 1
     with lab() as s:

@@ -27,6 +27,15 @@ CHROMIUM = "/usr/bin/chromium"
 DEMO = (("lsm", "demo-lsm", ["LT-HSC", "ST-HSC", "MPP"]), ("aging", "demo-aging", ["young", "aged"]))
 
 
+def with_settings(lab, **changes):
+    """The same database and stores as ``lab`` under its settings with ``changes`` (Settings.with_: e.g.
+    ``admins``, ``signed_in``). Who administers is the Lab's settings (lsm_core.lab.accounts), never the
+    environment, so a test that changes it after opening its lab takes a lab like this."""
+    from lsm_core.lab.lab import Lab
+
+    return Lab(lab.sessions, lab.settings.with_(**changes), lab.engine)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

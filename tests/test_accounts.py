@@ -11,11 +11,11 @@ from sqlalchemy import func, select
 from db import audit
 from db.schema import Batch, Job, Model, User
 from lsm_core.errors import LsmError
-from lsm_core.lab import accounts, batches, jobs
+from lsm_core.lab import accounts, batches, jobs, settings
 from lsm_core.lab.registry import import_model, set_default
 from lsm_core.lab.tasks import train as train_task
 from lsm_core.ml import nets
-from tests.helpers import crop_files
+from tests.helpers import crop_files, with_settings
 
 
 @pytest.fixture
@@ -51,19 +51,19 @@ def _weights_and_manifest(tmp_path, name="imported"):
 
 def test_lab_mode_without_named_admins_everyone_administers(history, lab_mode):
     lab, _, model_id = history
-    assert not accounts.auth_configured()
+    assert not accounts.auth_configured(lab)
     with lab() as s:
-        assert accounts.role_of(s, "anyone") == accounts.ADMIN
+        assert accounts.role_of(lab, s, "anyone") == accounts.ADMIN
     set_default(lab, model_id, "anyone")  # does not raise
 
 
-def test_members_change_only_their_own_and_admins_anyones(history, lab_mode, monkeypatch):
+def test_members_change_only_their_own_and_admins_anyones(history, lab_mode):
     lab, _, model_id = history
-    monkeypatch.setenv("LSM_ADMINS", "boss")
+    lab = with_settings(lab, admins=frozenset({"boss"}))
     ana = batches.submit_batch(lab, crop_files(2, 501), model_id, "ana's", owner="ana")
     bob = batches.submit_batch(lab, crop_files(2, 502), model_id, "bob's", owner="bob")
     with lab() as s:
-        assert accounts.role_of(s, "ana") == accounts.MEMBER and accounts.role_of(s, "boss") == accounts.ADMIN
+        assert accounts.role_of(lab, s, "ana") == accounts.MEMBER and accounts.role_of(lab, s, "boss") == accounts.ADMIN
 
     with pytest.raises(LsmError, match="belongs to bob"):
         batches.rename(lab, bob.batch_id, "mine now", "ana")
@@ -90,9 +90,9 @@ def test_members_change_only_their_own_and_admins_anyones(history, lab_mode, mon
     assert [(e.actor, e.detail["owner"]) for e in deleted] == [("boss", "bob")]
 
 
-def test_models_defaults_training_and_import_are_for_admins(history, lab_mode, monkeypatch, tmp_path):
+def test_models_defaults_training_and_import_are_for_admins(history, lab_mode, tmp_path):
     lab, _, model_id = history
-    monkeypatch.setenv("LSM_ADMINS", "boss")
+    lab = with_settings(lab, admins=frozenset({"boss"}))
     with pytest.raises(LsmError, match="only administrators choose default models"):
         set_default(lab, model_id, "ana")
     with pytest.raises(LsmError, match="only administrators train models"):
@@ -113,9 +113,9 @@ def test_models_defaults_training_and_import_are_for_admins(history, lab_mode, m
     assert {("boss", "import"), ("boss", "set default")} <= trail
 
 
-def test_roles_are_given_by_admins_and_the_audit_trail_is_theirs(history, lab_mode, monkeypatch):
+def test_roles_are_given_by_admins_and_the_audit_trail_is_theirs(history, lab_mode):
     lab, _, model_id = history
-    monkeypatch.setenv("LSM_ADMINS", "boss")
+    lab = with_settings(lab, admins=frozenset({"boss"}))
     with pytest.raises(LsmError, match="only administrators read the audit trail"):
         accounts.audit_trail(lab, "ana")
     with pytest.raises(LsmError, match="only administrators change people's roles"):
@@ -148,7 +148,7 @@ def test_lab_mode_without_named_admins_whoever_promoted_a_colleague_can_demote_t
     assert accounts.set_role(lab, "colleague", accounts.MEMBER, "colleague") == accounts.ADMIN  # steps down
     with lab() as s:
         assert s.scalar(select(User.role).where(User.name == "colleague")) == accounts.MEMBER
-        assert accounts.role_of(s, "colleague") == accounts.ADMIN  # lab mode: still administers, as the table says
+        assert accounts.role_of(lab, s, "colleague") == accounts.ADMIN  # lab mode: still administers, as the table says
         changes = [e for e in audit.events(s) if e.action == "set role"]
     assert accounts.set_role(lab, "colleague", accounts.MEMBER, "root") == accounts.MEMBER  # the same: a no-op
     with lab() as s:
@@ -160,21 +160,22 @@ def _claims(sub: str, email: str, name: str) -> dict:
     return {"iss": "https://login.lab.org", "sub": sub, "email": email, "email_verified": True, "name": name}
 
 
-def test_signed_in_newcomers_are_members_and_the_last_admin_stays(history, signed_in_mode, monkeypatch):
+def test_signed_in_newcomers_are_members_and_the_last_admin_stays(history, signed_in_mode):
     lab, _, model_id = history
-    assert accounts.auth_configured()
+    lab = with_settings(lab, signed_in=settings.current().signed_in)  # as the secrets file written here says
+    assert accounts.auth_configured(lab)
     assert accounts.sign_in(lab, _claims("17", "ana@lab.org", "Ana")) == "ana@lab.org"
     with lab() as s:
-        assert accounts.role_of(s, "ana@lab.org") == accounts.MEMBER
+        assert accounts.role_of(lab, s, "ana@lab.org") == accounts.MEMBER
     with pytest.raises(LsmError, match="not an administrator"):
         set_default(lab, model_id, "ana@lab.org")  # no LSM_ADMINS: nobody administers yet
 
-    monkeypatch.setenv("LSM_ADMINS", "boss@lab.org")
-    assert accounts.sign_in(lab, _claims("1", "boss@lab.org", "Boss")) == "boss@lab.org"
-    accounts.set_role(lab, "ana@lab.org", accounts.ADMIN, "boss@lab.org")
-    monkeypatch.delenv("LSM_ADMINS")  # from now on the users table alone says who administers
+    named = with_settings(lab, admins=frozenset({"boss@lab.org"}))  # the lab started with LSM_ADMINS
+    assert accounts.sign_in(named, _claims("1", "boss@lab.org", "Boss")) == "boss@lab.org"
+    accounts.set_role(named, "ana@lab.org", accounts.ADMIN, "boss@lab.org")
+    # from now on (the lab without LSM_ADMINS) the users table alone says who administers
     with lab() as s:
-        assert accounts.role_of(s, "boss@lab.org") == accounts.ADMIN  # made an admin at first sign-in
+        assert accounts.role_of(lab, s, "boss@lab.org") == accounts.ADMIN  # made an admin at first sign-in
         assert s.scalar(select(User).where(User.name == "ana@lab.org")).display_name == "Ana"
     accounts.set_role(lab, "boss@lab.org", accounts.MEMBER, "ana@lab.org")
     with pytest.raises(LsmError, match="last administrator"):
@@ -190,14 +191,14 @@ def test_a_broken_secrets_file_is_named(lab_mode, tmp_path):
     (tmp_path / ".streamlit").mkdir()
     (tmp_path / ".streamlit" / "secrets.toml").write_text("[auth\n")
     with pytest.raises(LsmError, match="secrets.toml cannot be read"):
-        accounts.auth_configured()
+        settings.current()
 
 
-def test_a_training_job_is_refused_for_a_member_where_it_is_queued_and_where_it_runs(history, lab_mode, monkeypatch):
+def test_a_training_job_is_refused_for_a_member_where_it_is_queued_and_where_it_runs(history, lab_mode):
     from lsm_core.lab.worker import Worker
 
     lab, _, _ = history
-    monkeypatch.setenv("LSM_ADMINS", "boss")
+    lab = with_settings(lab, admins=frozenset({"boss"}))
     payload = {"task": "lsm", "name": "sneaky", "config": {"epochs": 1}, "uploads": [], "batches": {}}
     with pytest.raises(LsmError, match="only administrators train models"):
         jobs.submit(lab, jobs.JobKind.TRAIN, payload, "ana")  # the queue itself refuses, not only train.submit
@@ -210,9 +211,9 @@ def test_a_training_job_is_refused_for_a_member_where_it_is_queued_and_where_it_
         assert s.scalar(select(func.count()).select_from(Model).where(Model.name == "sneaky")) == 0
 
 
-def test_submitting_for_someone_else_is_for_admins_and_the_audit_names_who_acted(history, lab_mode, monkeypatch):
+def test_submitting_for_someone_else_is_for_admins_and_the_audit_names_who_acted(history, lab_mode):
     lab, _, model_id = history
-    monkeypatch.setenv("LSM_ADMINS", "boss")
+    lab = with_settings(lab, admins=frozenset({"boss"}))
     with pytest.raises(LsmError, match="only administrators submit batches for someone else"):
         batches.submit_batch(lab, crop_files(1, seed=801), model_id, "for bea", owner="bea", actor="ana")
     sub = batches.submit_batch(lab, crop_files(1, seed=802), model_id, "for bea", owner="bea", actor="boss")
@@ -246,6 +247,8 @@ def test_two_admins_demoting_each_other_at_once_leave_one(history, signed_in_mod
     import threading
 
     lab, _, _ = history
+    lab = with_settings(lab, signed_in=settings.current().signed_in)  # as the secrets file written here says
+    assert lab.settings.signed_in
     with lab.begin() as s:
         s.add_all([User(name="a@lab.org", role=accounts.ADMIN), User(name="b@lab.org", role=accounts.ADMIN)])
     both_checked = threading.Barrier(2, timeout=3)
@@ -282,3 +285,50 @@ def test_two_admins_demoting_each_other_at_once_leave_one(history, signed_in_mod
     assert len(admins) == 1, outcomes
     refused = [m for m in outcomes.values() if m != "done"]
     assert len(refused) == 1 and ("last administrator" in refused[0] or "not an administrator" in refused[0])
+
+
+def test_who_administers_is_the_labs_settings_not_the_environment(history, lab_mode, monkeypatch):
+    """Issue 28 item 6: the roles follow the Lab's settings (LSM_ADMINS, LSM_ALLOWED_DOMAINS, sign-in, as read
+    when it was opened), never the process's environment read again: two Labs of one process, on one database,
+    with different settings answer differently, and changing the environment changes neither."""
+    lab, _, model_id = history
+    named = with_settings(lab, admins=frozenset({"boss"}), allowed_domains=frozenset({"lab.org"}))
+    everyone = with_settings(lab, admins=frozenset(), signed_in=False)
+    monkeypatch.setenv("LSM_ADMINS", "ana")  # read by neither lab
+    monkeypatch.setenv("LSM_ALLOWED_DOMAINS", "elsewhere.net")
+    assert settings.current().admins == {"ana"}  # the environment does say so
+    with lab() as s:
+        assert accounts.role_of(named, s, "ana") == accounts.MEMBER
+        assert accounts.role_of(named, s, "boss") == accounts.ADMIN
+        assert accounts.role_of(everyone, s, "ana") == accounts.ADMIN  # lab mode, nobody named
+        assert accounts.role_of(everyone, s, "someone") == accounts.ADMIN
+    assert accounts.configured_admins(named) == {"boss"} and accounts.configured_admins(everyone) == frozenset()
+    assert accounts.allowed_domains(named) == {"lab.org"} and accounts.allowed_domains(everyone) == frozenset()
+    with pytest.raises(LsmError, match="only administrators choose default models"):
+        set_default(named, model_id, "ana")
+    set_default(everyone, model_id, "ana")  # the same person, the same database: the other lab lets her
+
+
+def test_a_job_is_never_submitted_without_its_owner(history, lab_mode):
+    """Issue 28 item 6: whoever submits says who owns the job; no submit function falls back to the
+    operating system's user name (the command line decides who its person is, once, and passes it)."""
+    from lsm_core.lab.tasks import evaluate as evaluate_task
+    from lsm_core.lab.tasks import saliency as saliency_task
+
+    lab, _, model_id = history
+    with pytest.raises(TypeError, match="owner"):
+        batches.submit_batch(lab, crop_files(1, seed=811), model_id, "nobody's")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="owner"):
+        saliency_task.submit(lab, 1, "gradcam")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="owner"):
+        evaluate_task.submit(lab, model_id, [{"name": "x.zip", "sha256": "0"}])  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="owner"):
+        train_task.submit(lab, "lsm", "m", {"epochs": 1}, uploads=[{"name": "x", "sha256": "0"}])  # type: ignore[call-arg]
+    for blank in ("", "  "):
+        with pytest.raises(LsmError, match="a job needs an owner"):
+            jobs.submit(lab, jobs.JobKind.EVALUATE, {"model_id": model_id, "uploads": []}, blank)
+        with pytest.raises(LsmError, match="a job needs an owner"):
+            batches.submit_batch(lab, crop_files(1, seed=812), model_id, "nobody's", blank)
+    with lab() as s:
+        assert s.scalar(select(func.count()).select_from(Job)) == 0
+        assert s.scalar(select(func.count()).select_from(Batch)) == 0

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import run_page, texts
+from tests.helpers import run_page, texts, with_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,7 +132,7 @@ def test_lab_page_shows_people_and_the_audit_trail_to_administrators_only(with_b
     assert submitted.startswith("name: M17 LT-HSC · model: demo-lsm v1 (synthetic demo) · images: 8 · failed: 1")
 
 
-def test_models_page_model_card_and_default_choice(app_env, monkeypatch):
+def test_models_page_model_card_and_default_choice(app_env):
     from db import queries
     from lsm_core.errors import LsmError
     from lsm_core.imaging import synthetic
@@ -171,11 +171,10 @@ def test_models_page_model_card_and_default_choice(app_env, monkeypatch):
         defaults = [m.name for m in queries.models(s, "lsm") if m.is_default]
     assert defaults == ["demo-lsm"]
     # roles are enforced in the function, not only by the disabled button
-    monkeypatch.setenv("LSM_ADMINS", "someone-else")
     with lab() as s:
         demo_id = queries.model_by_name(s, "demo-lsm").id
     with pytest.raises(LsmError, match="not an administrator"):
-        set_default(lab, demo_id, "ana")
+        set_default(with_settings(lab, admins=frozenset({"someone-else"})), demo_id, "ana")
     lab.dispose()
 
 

@@ -14,7 +14,7 @@ from db.schema import AuditEvent, Batch, Cell, CellLabel, Image
 from lsm_core.errors import LsmError
 from lsm_core.lab import batches, cell_labels
 from lsm_core.lab.worker import Worker
-from tests.helpers import crop_files
+from tests.helpers import crop_files, with_settings
 
 
 @pytest.fixture
@@ -22,8 +22,9 @@ def classified(history, monkeypatch, tmp_path):
     """(lab, batch id, its cells' ids) of a classified batch of 8 crops owned by ana; LSM_ADMINS=boss."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("LSM_ADMINS", "boss")
+    monkeypatch.setenv("LSM_ADMINS", "boss")  # for the command lines a test runs
     lab, _, model_id = history
+    lab = with_settings(lab, admins=frozenset({"boss"}))
     sub = batches.submit_batch(lab, crop_files(8, seed=1701, prefix="rev"), model_id, "to review", owner="ana")
     assert Worker(lab, device="cpu").run(drain=True) == 1
     with lab() as s:

@@ -20,7 +20,7 @@ from db.schema import AuditEvent, Cell, CellLabel, Image
 from lsm_core.errors import LsmError
 from lsm_core.lab import batches, cell_labels
 from lsm_core.lab.worker import Worker
-from tests.helpers import crop_files
+from tests.helpers import crop_files, with_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -142,8 +142,9 @@ def classified(history, monkeypatch, tmp_path):
     with '-': the export writes it with a leading apostrophe); LSM_ADMINS=boss."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("LSM_ADMINS", "boss")
+    monkeypatch.setenv("LSM_ADMINS", "boss")  # for the command lines a test runs
     lab, _, model_id = history
+    lab = with_settings(lab, admins=frozenset({"boss"}))
     files = crop_files(5, seed=2601, prefix="imp") + crop_files(1, seed=2602, prefix="-minus")
     sub = batches.submit_batch(lab, files, model_id, "to import", owner="ana")
     assert Worker(lab, device="cpu").run(drain=True) == 1

@@ -21,7 +21,7 @@ from lsm_core.lab import accounts, batches, jobs
 from lsm_core.lab.worker import Worker
 from lsm_core.reports import compare
 from lsm_core.reports.report import load_report
-from tests.helpers import crop_files, field_file
+from tests.helpers import crop_files, field_file, with_settings
 
 
 def submit(lab, model_id, files, name="b", owner="ana", **meta):
@@ -203,9 +203,9 @@ def test_the_worker_says_at_once_which_job_it_runs(history):
         assert s.get(WorkerRow, worker.id).current_job_id is None  # and at once when it ends
 
 
-def test_people_are_those_who_acted_and_audit_details_read_as_text(history, monkeypatch):
+def test_people_are_those_who_acted_and_audit_details_read_as_text(history):
     lab, _, model_id = history
-    monkeypatch.delenv("LSM_ADMINS", raising=False)
+    lab = with_settings(lab, admins=frozenset(), signed_in=False)  # lab mode, nobody named: ana administers
     submit(lab, model_id, crop_files(1, seed=10), "x", owner="ana")
     submit(lab, model_id, crop_files(1, seed=11), "y", owner="bob")
     names = {p.name for p in accounts.people(lab)}

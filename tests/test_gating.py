@@ -157,7 +157,8 @@ def test_the_gated_set_has_exactly_the_expected_label_of_every_cell(history):
     assert {g.cell_id: g.cls for g in gated.cells if g.cell_id in expected} == expected
     assert gated.counts() == {"labelled": {"LT-HSC": 12, "MPP": 8}, "between": 4, "no_value": 2}
 
-    data = from_gate(lab, [batch_id], OTSU, "lsm")
+    with lab() as s:
+        data = from_gate(s, lab, [batch_id], OTSU, "lsm")
     (summary,) = data.provenance
     threshold = summary["thresholds"][str(batch_id)]  # the batch's own: Otsu's of its cells' values
     assert threshold == pytest.approx(otsu_threshold(np.array([g.value for g in gated.cells if g.value is not None])))
@@ -201,7 +202,8 @@ def test_cells_are_cut_again_from_the_channel_and_z_plane_their_batch_was_classi
     sorted_as = {}
     for cls, seeds in (("LT-HSC", (33, 35)), ("MPP", (50, 52))):
         sorted_as[classified(lab, model_id, stacks(seeds), cls, channel="DIC", z=0)] = cls
-    data = from_batches(lab, sorted_as, "lsm")
+    with lab() as s:
+        data = from_batches(s, lab, sorted_as, "lsm")
     assert data.class_counts == {"LT-HSC": 12, "ST-HSC": 0, "MPP": 12}
 
     chosen, default = [], []

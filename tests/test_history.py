@@ -22,7 +22,7 @@ from lsm_core.errors import LsmError
 from lsm_core.imaging.readers.archives import RawFile
 from lsm_core.lab import batches, jobs
 from lsm_core.lab.worker import Worker
-from tests.helpers import crop_files, field_file, wait_for
+from tests.helpers import crop_files, field_file, wait_for, with_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,6 +55,38 @@ def test_upgrade_from_empty_and_refuse_newer(db_url):
     with pytest.raises(LsmError, match="newer version"):
         upgrade(engine)
     engine.dispose()
+
+
+def test_statuses_and_kinds_are_typed_and_stored_as_the_text_they_always_were(history):
+    """Issue 28 item 7: the jobs' and batches' status columns are Mapped[JobStatus] (the enum in db), stored as
+    its text in VARCHAR(16) with no CHECK and no database enum type, as migration 0001 made them: no migration,
+    and rows written as text (by older code, or by hand) read back as the enum's members. (The kind column
+    stays text: tests/test_worker.py, a kind no task runs.)"""
+    from sqlalchemy.schema import CreateTable
+
+    from db.schema import JobKind, JobStatus
+
+    lab, engine, model_id = history
+    for table in (Job.__table__, Batch.__table__):
+        ddl = str(CreateTable(table).compile(engine)).lower()
+        assert "check" not in ddl and "enum" not in ddl
+        assert "\tstatus varchar(16) not null" in ddl
+        assert table is Batch.__table__ or "\tkind varchar(16) not null" in ddl
+    assert jobs.JobStatus is JobStatus and jobs.JobKind is JobKind  # the queue's names are the schema's
+    with lab.begin() as s:
+        batch = s.scalars(select(Batch.id)).first()
+        s.execute(text("INSERT INTO jobs (kind, payload, status, priority, owner, attempts, max_attempts, "
+                       "progress_done, progress_total, cancel_requested, errors, created) VALUES ('saliency', '{}', "
+                       "'running', 0, 'ana', 1, 3, 0, 0, false, '[]', CURRENT_TIMESTAMP)"))  # fmt: skip
+        old = s.scalars(select(Job.id).where(Job.owner == "ana")).one()
+        s.add(jobs.new_job(jobs.JobKind.EVALUATE, {}, "bea", batch_id=batch))
+    with lab() as s:
+        job = s.get(Job, old)
+        assert (job.status, job.kind) == (JobStatus.RUNNING, JobKind.SALIENCY)
+        assert type(job.status) is JobStatus and job.status == "running"
+        assert s.scalar(select(Job.id).where(Job.status == "running", Job.kind == JobKind.SALIENCY)) == old
+        stored = s.execute(text("SELECT kind, status FROM jobs WHERE owner = 'bea'")).one()
+    assert tuple(stored) == ("evaluate", "queued")  # written as the text, read as it by plain SQL
 
 
 def test_submit_claim_finish_and_export(history, data_dir):
@@ -100,11 +132,11 @@ def test_submit_claim_finish_and_export(history, data_dir):
 def test_bad_metadata_and_missing_model_are_refused(history):
     lab, _, model_id = history
     with pytest.raises(LsmError, match="not a number"):
-        batches.submit_batch(lab, crop_files(1, 1), model_id, "x", meta=batches.BatchMeta(age_days="ten weeks"))
+        batches.submit_batch(lab, crop_files(1, 1), model_id, "x", "ana", meta=batches.BatchMeta(age_days="ten weeks"))
     with pytest.raises(LsmError, match="no longer exists"):
-        batches.submit_batch(lab, crop_files(1, 1), 99999, "x")
+        batches.submit_batch(lab, crop_files(1, 1), 99999, "x", "ana")
     with pytest.raises(LsmError, match="no files"):
-        batches.submit_batch(lab, [], model_id, "x")
+        batches.submit_batch(lab, [], model_id, "x", "ana")
 
 
 def test_fair_order_serves_the_least_recently_served_owner_first(history):
@@ -416,11 +448,11 @@ def test_command_line_submit_jobs_export(history, db_url, data_dir, tmp_path):
     cli("label", str(batch), f"single.tif:{idx}", "MPP")  # the name the pages and exports show finds the cell
 
 
-def test_batch_operations_check_the_owner(history, monkeypatch):
+def test_batch_operations_check_the_owner(history):
     from lsm_core.lab import batches
 
-    monkeypatch.setenv("LSM_ADMINS", "boss")  # ana and ben are members (tests/test_accounts.py: the roles)
     lab, _, model_id = history
+    lab = with_settings(lab, admins=frozenset({"boss"}))  # ana and ben are members (tests/test_accounts.py)
     sub = batches.submit_batch(lab, crop_files(3, 91), model_id, "mine", owner="ana")
     Worker(lab, device="cpu").run(drain=True)
     assert batches.find_by_name(lab, "ana", " mine ") == sub.batch_id

@@ -195,8 +195,8 @@ def test_huge_metadata_is_refused_plainly(history):
     lab, _, model_id = history
     good = RawFile("a.png", _png((synthetic.make_crops("lsm", 1, seed=1)[0][0] * 255).astype(np.uint8)))
     with pytest.raises(LsmError, match="longer than 20,000"):
-        batches.submit_batch(lab, [good], model_id, "x", meta=batches.BatchMeta(notes="n" * 1_000_000))
+        batches.submit_batch(lab, [good], model_id, "x", "ana", meta=batches.BatchMeta(notes="n" * 1_000_000))
     with pytest.raises(LsmError, match="longer than 200"):
-        batches.submit_batch(lab, [good], model_id, "b" * 10_000)
+        batches.submit_batch(lab, [good], model_id, "b" * 10_000, "ana")
     with pytest.raises(LsmError, match="not a number"):
-        batches.submit_batch(lab, [good], model_id, "x", meta=batches.BatchMeta(age_days="1e999999x"))
+        batches.submit_batch(lab, [good], model_id, "x", "ana", meta=batches.BatchMeta(age_days="1e999999x"))

@@ -20,8 +20,18 @@ def test_rerunning_a_batch_with_a_long_name_cuts_the_new_name_and_says_so(histor
     assert len(name) <= batches.NAME_MAX
     assert name.startswith("M17 aged LT-HSC sorted ") and name.endswith("v1, 0.25 µm/px)")  # what tells them apart
     assert again.note is not None and "cut to 200 characters" in again.note
-    short = batches.rerun(lab, sub.batch_id, model_id, "ana")  # fits: no note
-    assert short.note is None or "cut" in short.note
+    # without a pixel size the suffix is shorter, " (tiny-lsm v1)", but 195 + 14 is still over 200: cut too
+    plain = batches.rerun(lab, sub.batch_id, model_id, "ana")
+    with lab() as s:
+        name = s.get(Batch, plain.batch_id).name
+    assert len(name) == batches.NAME_MAX and name.endswith("… (tiny-lsm v1)")
+    assert plain.note == f"the new batch's name was cut to 200 characters: {name}"
+    # a name that fits with its suffix is kept whole, and nothing is said
+    fits = batches.submit_batch(lab, crop_files(1, seed=952), model_id, "M17 aged", owner="ana")
+    short = batches.rerun(lab, fits.batch_id, model_id, "ana")
+    with lab() as s:
+        assert s.get(Batch, short.batch_id).name == "M17 aged (tiny-lsm v1)"
+    assert short.note is None
 
 
 def test_control_characters_are_taken_out_of_names_and_metadata_where_they_are_stored(history):

@@ -42,8 +42,7 @@ def test_a_member_may_ask_for_a_capped_number_of_cells_and_an_admin_for_all(hist
     lab, _, model_id = history
     monkeypatch.setenv("HOME", str(tmp_path))  # lab mode (no [auth])
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("LSM_ADMINS", "boss")
-    capped = Lab(lab.sessions, lab.settings.with_(saliency_max_cells=3), lab.engine)
+    capped = Lab(lab.sessions, lab.settings.with_(saliency_max_cells=3, admins=frozenset({"boss"})), lab.engine)
     sub = batches.submit_batch(capped, crop_files(6, seed=961), model_id, "six cells", owner="ana")
     Worker(capped, device="cpu").run(drain=True)
     with pytest.raises(LsmError, match=r"maps of 6 cells were asked for; members may ask for at most 3"):

@@ -19,8 +19,8 @@ from sqlalchemy.exc import IntegrityError
 from db.schema import User
 from db.session import _alembic_config, head_revision, make_engine, upgrade
 from lsm_core.errors import LsmError
-from lsm_core.lab import accounts, batches
-from tests.helpers import crop_files
+from lsm_core.lab import accounts, batches, settings
+from tests.helpers import crop_files, with_settings
 
 ISSUER = "https://login.lab.example.org/realms/lab"
 
@@ -31,8 +31,9 @@ def claims(sub: str, email: str, verified: object = True, iss: str = ISSUER, **m
 
 
 @pytest.fixture
-def signed_in(monkeypatch, tmp_path):
-    """An [auth] section in the working folder's .streamlit/secrets.toml (a real file, read as Streamlit would)."""
+def signed_in(history, monkeypatch, tmp_path):
+    """History's lab, opened with an [auth] section in the working folder's .streamlit/secrets.toml (a real file,
+    read as Streamlit would) and nobody in LSM_ADMINS or LSM_ALLOWED_DOMAINS."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
     for name in ("LSM_ADMINS", "LSM_ALLOWED_DOMAINS"):
@@ -42,7 +43,10 @@ def signed_in(monkeypatch, tmp_path):
         f'[auth]\nredirect_uri = "http://localhost:8501/oauth2callback"\ncookie_secret = "{secrets.token_hex(32)}"\n'
         f'client_id = "lsm"\nclient_secret = "s"\nserver_metadata_url = "{ISSUER}/.well-known/openid-configuration"\n'
     )
-    assert accounts.auth_configured()
+    lab, _, _ = history
+    lab = with_settings(lab, signed_in=settings.current().signed_in, admins=frozenset(), allowed_domains=frozenset())
+    assert accounts.auth_configured(lab)
+    return lab
 
 
 def users(lab) -> list[tuple[str, str | None, str | None, str]]:
@@ -51,7 +55,7 @@ def users(lab) -> list[tuple[str, str | None, str | None, str]]:
 
 
 def test_an_email_the_provider_has_not_verified_is_refused(history, signed_in):
-    lab, _, _ = history
+    lab = signed_in
     for verified in (False, None, "false", "yes", 1):
         with pytest.raises(LsmError, match="has not verified"):
             accounts.sign_in(lab, claims("7", "eve@lab.org", verified))
@@ -64,7 +68,7 @@ def test_an_email_the_provider_has_not_verified_is_refused(history, signed_in):
 
 
 def test_an_account_without_issuer_subject_or_email_is_refused(history, signed_in):
-    lab, _, _ = history
+    lab = signed_in
     with pytest.raises(LsmError, match="did not say who"):
         accounts.sign_in(lab, claims("", "ana@lab.org"))
     with pytest.raises(LsmError, match="did not say who"):
@@ -77,7 +81,7 @@ def test_an_account_without_issuer_subject_or_email_is_refused(history, signed_i
 
 
 def test_people_are_known_by_issuer_and_subject_and_keep_their_name(history, signed_in):
-    lab, _, model_id = history
+    lab, model_id = signed_in, history[2]
     assert accounts.sign_in(lab, claims("17", "ana@lab.org", name="Ana")) == "ana@lab.org"
     assert users(lab) == [("ana@lab.org", ISSUER, "17", accounts.MEMBER)]
     batches.submit_batch(lab, crop_files(1, 601), model_id, "ana's", owner="ana@lab.org")
@@ -88,12 +92,12 @@ def test_people_are_known_by_issuer_and_subject_and_keep_their_name(history, sig
         assert s.scalar(select(User.display_name).where(User.subject == "17")) == "Ana Smith"
 
 
-def test_another_account_with_a_known_email_is_refused_not_merged(history, signed_in, monkeypatch):
-    lab, _, model_id = history
-    monkeypatch.setenv("LSM_ADMINS", "boss@lab.org")
+def test_another_account_with_a_known_email_is_refused_not_merged(history, signed_in):
+    lab, model_id = signed_in, history[2]
+    lab = with_settings(lab, admins=frozenset({"boss@lab.org"}))
     assert accounts.sign_in(lab, claims("1", "boss@lab.org")) == "boss@lab.org"
     with lab() as s:
-        assert accounts.role_of(s, "boss@lab.org") == accounts.ADMIN
+        assert accounts.role_of(lab, s, "boss@lab.org") == accounts.ADMIN
     for impostor in (
         claims("666", "boss@lab.org"),  # another account of the same provider
         claims("666", "Boss@Lab.org"),  # the same address written otherwise
@@ -110,14 +114,14 @@ def test_another_account_with_a_known_email_is_refused_not_merged(history, signe
     # an account keeps its name whatever address the provider gives it later: with the boss's, Ana is Ana
     assert accounts.sign_in(lab, claims("2", "boss@lab.org")) == "ana@lab.org"
     with lab() as s:
-        assert accounts.role_of(s, "ana@lab.org") == accounts.MEMBER
+        assert accounts.role_of(lab, s, "ana@lab.org") == accounts.MEMBER
 
 
-def test_someone_known_by_name_before_is_linked_at_their_first_sign_in(history, signed_in, monkeypatch):
+def test_someone_known_by_name_before_is_linked_at_their_first_sign_in(history, signed_in):
     """A users row without issuer and subject (signed in before migration 0008, or promoted on the Lab page
     before ever signing in) becomes the first account that signs in with its e-mail; no second one."""
-    lab, _, _ = history
-    monkeypatch.setenv("LSM_ADMINS", "boss@lab.org")
+    lab = signed_in
+    lab = with_settings(lab, admins=frozenset({"boss@lab.org"}))
     accounts.set_role(lab, "carol@lab.org", accounts.ADMIN, "boss@lab.org")
     assert users(lab) == [("carol@lab.org", None, None, accounts.ADMIN)]
     assert accounts.sign_in(lab, claims("c1", "carol@lab.org")) == "carol@lab.org"
@@ -126,10 +130,10 @@ def test_someone_known_by_name_before_is_linked_at_their_first_sign_in(history, 
         accounts.sign_in(lab, claims("c2", "carol@lab.org"))
 
 
-def test_allowed_domains_limit_who_may_sign_in(history, signed_in, monkeypatch):
-    lab, _, _ = history
+def test_allowed_domains_limit_who_may_sign_in(history, signed_in):
+    lab = signed_in
     assert accounts.sign_in(lab, claims("9", "anyone@elsewhere.net")) == "anyone@elsewhere.net"  # empty: anyone
-    monkeypatch.setenv("LSM_ALLOWED_DOMAINS", "lab.example.org, alice@guest.org")
+    lab = with_settings(lab, allowed_domains=frozenset({"lab.example.org", "alice@guest.org"}))
     assert accounts.sign_in(lab, claims("10", "bob@lab.example.org")) == "bob@lab.example.org"
     assert accounts.sign_in(lab, claims("11", "Carl@LAB.example.org")) == "Carl@LAB.example.org"
     assert accounts.sign_in(lab, claims("12", "alice@guest.org")) == "alice@guest.org"

@@ -20,6 +20,10 @@ How people are known depends on the deployment:
   ``LSM_ADMINS`` names who does; then the rest are members (or what the users table says).
 
 The command line acts as ``LSM_USER`` / the login name under the same rules.
+
+Every rule here reads the settings of the :class:`~lsm_core.lab.lab.Lab` it is given (``lab.settings``: LSM_ADMINS,
+LSM_ALLOWED_DOMAINS, LSM_USER, whether sign-in is configured, as they were when the lab was opened), never the
+process's environment: two labs of one process answer each by its own settings.
 """
 
 from __future__ import annotations
@@ -36,7 +40,6 @@ from sqlalchemy.orm import Session
 from db import audit
 from db.schema import User, utcnow
 from lsm_core.errors import LsmError
-from lsm_core.lab import settings
 from lsm_core.lab.lab import Lab
 
 MEMBER, ADMIN = "member", "admin"
@@ -44,50 +47,53 @@ SYSTEM = "system"  # the actor of what the app does by itself (registering model
 ROLES = (MEMBER, ADMIN)
 
 
-def auth_configured() -> bool:
-    """True when an ``[auth]`` section is configured: the web app then requires OpenID Connect sign-in."""
-    return settings.current().signed_in
+def auth_configured(lab: Lab) -> bool:
+    """True when the lab's settings have an ``[auth]`` section: its web app then requires OpenID Connect sign-in."""
+    return lab.settings.signed_in
 
 
-def configured_admins() -> frozenset[str]:
-    """The administrators LSM_ADMINS names."""
-    return settings.current().admins
+def configured_admins(lab: Lab) -> frozenset[str]:
+    """The administrators the lab's LSM_ADMINS names."""
+    return lab.settings.admins
 
 
-def allowed_domains() -> frozenset[str]:
-    """Who LSM_ALLOWED_DOMAINS lets sign in: e-mail domains and whole addresses, lower case; empty: anyone."""
-    return settings.current().allowed_domains
+def allowed_domains(lab: Lab) -> frozenset[str]:
+    """Who the lab's LSM_ALLOWED_DOMAINS lets sign in: e-mail domains and whole addresses, lower case; empty:
+    anyone."""
+    return lab.settings.allowed_domains
 
 
-def current_user() -> str:
-    """Who is acting on the command line and in lab mode: LSM_USER, else the operating-system user."""
-    return settings.current().user
+def current_user(lab: Lab) -> str:
+    """Who is acting on the command line and in lab mode: the lab's LSM_USER, else the operating-system user
+    (:attr:`lsm_core.lab.settings.Settings.user`, read once with the rest of the settings)."""
+    return lab.settings.user
 
 
-def role_of(s: Session, user: str) -> str:
-    """The role ``user`` acts with now (see the module's docstring for the rules)."""
-    admins = configured_admins()
+def role_of(lab: Lab, s: Session, user: str) -> str:
+    """Within ``s`` (a session of ``lab``): the role ``user`` acts with now (see the module's docstring for the
+    rules; LSM_ADMINS and sign-in are ``lab``'s settings)."""
+    admins = configured_admins(lab)
     if user in admins:
         return ADMIN
-    if not admins and not auth_configured():
+    if not admins and not auth_configured(lab):
         return ADMIN  # lab mode on a trusted machine with nobody named: everyone administers
     row = s.scalar(select(User).where(User.name == user))
     return row.role if row is not None and row.role in ROLES else MEMBER
 
 
-def is_admin(s: Session, user: str) -> bool:
-    return role_of(s, user) == ADMIN
+def is_admin(lab: Lab, s: Session, user: str) -> bool:
+    return role_of(lab, s, user) == ADMIN
 
 
-def require_admin(s: Session, user: str, doing: str) -> None:
+def require_admin(lab: Lab, s: Session, user: str, doing: str) -> None:
     """Raise LsmError unless ``user`` is an administrator; ``doing`` completes 'only administrators ...'."""
-    if not is_admin(s, user):
+    if not is_admin(lab, s, user):
         raise LsmError(f"{user} is not an administrator; only administrators {doing}")
 
 
-def may_change(s: Session, user: str, owner: str) -> bool:
+def may_change(lab: Lab, s: Session, user: str, owner: str) -> bool:
     """Whether ``user`` may change or delete something that belongs to ``owner``."""
-    return user == owner or is_admin(s, user)
+    return user == owner or is_admin(lab, s, user)
 
 
 def _claim(claims: Mapping[str, Any], key: str) -> str:
@@ -137,7 +143,7 @@ def sign_in(lab: Lab, claims: Mapping[str, Any]) -> str:
             f"the identity provider has not verified that {email} is this account's e-mail address; verify it "
             "with the provider (or ask the lab's administrator), then sign in again"
         )
-    allowed = allowed_domains()
+    allowed = allowed_domains(lab)
     if not admitted(email, allowed):
         domains = sorted(d for d in allowed if "@" not in d)  # whole addresses are not shown to outsiders
         parts = [f"accounts of {', '.join(domains)}"] if domains else []
@@ -169,7 +175,7 @@ def _known_as(lab: Lab, issuer: str, subject: str, email: str, display_name: str
                 )
             row = next((u for u in known if u.name == email), known[0] if known else None)
             if row is None:
-                row = User(name=email, role=ADMIN if email in configured_admins() else MEMBER)
+                row = User(name=email, role=ADMIN if email in configured_admins(lab) else MEMBER)
                 s.add(row)
                 audit.record(s, email, "first sign-in", f"user {email}", role=row.role, issuer=issuer, subject=subject)
             else:
@@ -200,14 +206,14 @@ def people(lab: Lab) -> list[Person]:
         acted = set(s.scalars(select(Batch.owner).distinct())) | set(s.scalars(select(Job.owner).distinct()))
         acted |= set(s.scalars(select(AuditEvent.actor).distinct())) - {SYSTEM}
         last = dict(s.execute(select(AuditEvent.actor, func.max(AuditEvent.at)).group_by(AuditEvent.actor)).all())
-        names = sorted(set(rows) | acted | configured_admins())
+        names = sorted(set(rows) | acted | configured_admins(lab))
         return [
             Person(
                 n,
                 rows[n].display_name if n in rows else None,
-                role_of(s, n),
+                role_of(lab, s, n),
                 rows[n].role if n in rows else MEMBER,
-                n in configured_admins(),
+                n in configured_admins(lab),
                 max(filter(None, [rows[n].last_seen if n in rows else None, last.get(n)]), default=None),
             )
             for n in names
@@ -226,8 +232,8 @@ def set_role(lab: Lab, name: str, role: str, by: str) -> str:
         # run one after the other, and the second sees the first's change (PostgreSQL; SQLite's writes are
         # serialised by BEGIN IMMEDIATE)
         s.scalars(select(User.id).where(User.role == ADMIN).order_by(User.id).with_for_update()).all()
-        require_admin(s, by, "change people's roles")
-        if name in configured_admins() and role != ADMIN:
+        require_admin(lab, s, by, "change people's roles")
+        if name in configured_admins(lab) and role != ADMIN:
             raise LsmError(f"{name} is named in LSM_ADMINS; remove them there to change their role")
         row = s.scalar(select(User).where(User.name == name).with_for_update())
         old = row.role if row is not None and row.role in ROLES else MEMBER
@@ -236,18 +242,18 @@ def set_role(lab: Lab, name: str, role: str, by: str) -> str:
         if row is None:
             row = User(name=name, role=MEMBER)
             s.add(row)
-        if old == ADMIN and role == MEMBER and not _administered_without(s, name):
+        if old == ADMIN and role == MEMBER and not _administered_without(lab, s, name):
             raise LsmError(f"{name} is the lab's last administrator; make someone else one first")
         audit.record(s, by, "set role", f"user {name}", old=old, new=role)
         row.role = role
         return old
 
 
-def _administered_without(s: Session, name: str) -> bool:
+def _administered_without(lab: Lab, s: Session, name: str) -> bool:
     """Whether someone besides ``name`` acts as an administrator (:func:`role_of`): always where LSM_ADMINS
     names administrators (no role set here removes them) or in lab mode without it (everyone administers);
     else (signed in, nobody named) whether the users table makes someone else one."""
-    if configured_admins() or not auth_configured():
+    if configured_admins(lab) or not auth_configured(lab):
         return True
     others = s.scalar(select(func.count()).select_from(User).where(User.role == ADMIN, User.name != name))
     return bool(others)
@@ -256,7 +262,7 @@ def _administered_without(s: Session, name: str) -> bool:
 def audit_trail(lab: Lab, user: str, limit: int = 500) -> list[dict]:
     """The newest audit events, for administrators only."""
     with lab() as s:
-        require_admin(s, user, "read the audit trail")
+        require_admin(lab, s, user, "read the audit trail")
         return [
             {"when (UTC)": e.at, "who": e.actor, "did": e.action, "to": e.target, "detail": audit.describe(e.detail)}
             for e in audit.events(s, limit=limit)

@@ -263,7 +263,7 @@ def submit_batch(
     files: Iterable[RawFile],
     model_id: int,
     name: str,
-    owner: str | None = None,
+    owner: str,
     meta: BatchMeta | None = None,
     limits: Limits | None = None,
     priority: int = 0,
@@ -278,11 +278,10 @@ def submit_batch(
     read with the batch's new id, then every row in one statement (db.bulk.insert_together), atomic on its
     own; elsewhere one transaction. Raises LsmError when nothing at all was uploaded or the model is unknown.
     """
-    owner = owner or accounts.current_user()
     actor = actor or owner  # who acts: an administrator may submit a batch that belongs to someone else
     if actor != owner:
         with lab() as s:
-            accounts.require_admin(s, actor, "submit batches for someone else")
+            accounts.require_admin(lab, s, actor, "submit batches for someone else")
     meta = (meta or BatchMeta()).validated()
     name = clean_name(name or "", limit=100_000).strip()  # control characters break spreadsheets and terminals
     if not name:
@@ -310,7 +309,7 @@ def submit_batch(
             name=name,
             owner=owner,
             model_id=model_id,
-            status="queued" if readable else "failed",
+            status=JobStatus.QUEUED if readable else JobStatus.FAILED,
             **vars(meta),
         )
         parts: list[tuple[type[Base], list[dict[str, Any]]]] = [(Batch, [_columns(batch)])]
@@ -361,9 +360,9 @@ def _get(s: Session, batch_id: int, seen_revision: int | None = None) -> Batch:
     return batch
 
 
-def _own(s: Session, batch_id: int, user: str, seen_revision: int | None = None) -> Batch:
+def _own(lab: Lab, s: Session, batch_id: int, user: str, seen_revision: int | None = None) -> Batch:
     batch = _get(s, batch_id, seen_revision)
-    if not accounts.may_change(s, user, batch.owner):
+    if not accounts.may_change(lab, s, user, batch.owner):
         raise LsmError(f"batch {batch.name!r} belongs to {batch.owner}; only they or an administrator can change it")
     return batch
 
@@ -373,7 +372,7 @@ def rename(lab: Lab, batch_id: int, new_name: str, user: str, seen_revision: int
     if not new_name or len(new_name) > NAME_MAX:
         raise LsmError(f"a batch name needs 1 to {NAME_MAX} characters")
     with lab.begin() as s:
-        batch = _own(s, batch_id, user, seen_revision)
+        batch = _own(lab, s, batch_id, user, seen_revision)
         audit.record(s, user, "rename", f"batch {batch_id}", old=batch.name, new=new_name)
         batch.name = new_name
         batch.revision += 1
@@ -420,9 +419,9 @@ def delete(lab: Lab, batch_id: int, user: str, seen_revision: int | None = None)
     bytes in progress) or read by a running job is left to :func:`lsm_core.lab.gc.collect_garbage`. Returns what
     went."""
     with lab.begin() as s:
-        batch = _own(s, batch_id, user, seen_revision)
+        batch = _own(lab, s, batch_id, user, seen_revision)
         running = s.scalar(
-            select(func.count()).select_from(Job).where(Job.batch_id == batch_id, Job.status == "running")
+            select(func.count()).select_from(Job).where(Job.batch_id == batch_id, Job.status == JobStatus.RUNNING)
         )
         unshared = set() if running else unshared_blobs(s, batch_id)  # a worker reads them: left to the collection
         stored_before = _last_stored(s, batch)
@@ -514,7 +513,7 @@ def rerun(
             name=name,
             owner=user,
             model_id=model.id,
-            status="queued",
+            status=JobStatus.QUEUED,
             mouse_id=old.mouse_id,
             age_days=old.age_days,
             sex=old.sex,
@@ -573,7 +572,7 @@ def add_files(
     every file is, nothing is queued and LsmError says so.
     """
     with lab() as s:
-        batch = _own(s, batch_id, user, seen_revision)
+        batch = _own(lab, s, batch_id, user, seen_revision)
         present = {
             sha: file
             for sha, file in s.execute(
@@ -589,7 +588,7 @@ def add_files(
         raise LsmError("no files were uploaded")
     found.refuse_lacking(options)
     with lab.begin() as s:
-        batch = _own(s, batch_id, user, seen_revision)
+        batch = _own(lab, s, batch_id, user, seen_revision)
         start = (s.scalar(select(func.max(Image.position)).where(Image.batch_id == batch_id)) or 0) + 1
         bulk.insert_images(s, batch_id, [{**row, "position": start + i} for i, row in enumerate(found.rows)])
         batch.revision += 1
@@ -599,7 +598,7 @@ def add_files(
         else:
             job = classify_job(batch, batch.owner, found.readable)
             if found.readable:
-                batch.status = "queued"
+                batch.status = JobStatus.QUEUED
                 s.add(job)
             else:  # nothing new to read: the batch keeps its status, its last classify job stands
                 last = select(Job).where(Job.batch_id == batch_id, Job.kind == JobKind.CLASSIFY)

@@ -138,7 +138,7 @@ def set_label(
             raise LsmError(f"cell #{cell_id} no longer exists: its batch was deleted. Nothing was done.")
         batch = s.get(Batch, cell.batch_id)
         assert batch is not None  # a cell's batch goes with it (ON DELETE CASCADE)
-        if not accounts.may_change(s, user, batch.owner):
+        if not accounts.may_change(lab, s, user, batch.owner):
             raise LsmError(
                 f"batch {batch.name!r} belongs to {batch.owner}; only they or an administrator can label its cells"
             )
@@ -480,7 +480,7 @@ def import_labels(lab: Lab, batch_id: int, user: str, rows: Sequence[LabelRow], 
         batch = s.get(Batch, batch_id)
         if batch is None:
             raise LsmError(f"batch {batch_id} does not exist")
-        if not accounts.may_change(s, user, batch.owner):
+        if not accounts.may_change(lab, s, user, batch.owner):
             raise LsmError(
                 f"batch {batch.name!r} belongs to {batch.owner}; only they or an administrator can label its cells"
             )

@@ -13,9 +13,10 @@ queue classify jobs, are lsm_core.lab.batches.
 - **A batch's status** follows its classify jobs only (queued, running, done, failed, cancelled): a small job
   about one of its cells (adding a cell) never changes it, whether it runs, fails or ends.
 
-Statuses and kinds are string enums (:class:`JobStatus`, :class:`JobKind`) stored in the jobs table's text
-columns. Functions that take a ``Lab`` (or any session factory) run their own short transaction; those that
-take a ``Session`` work inside the caller's.
+Statuses and kinds are string enums (:class:`JobStatus`, :class:`JobKind`, defined with the schema in
+:mod:`db.schema` and used from here), stored as their text in the jobs table's columns. Functions that take a
+``Lab`` (or any session factory) run their own short transaction; those that take a ``Session`` work inside the
+caller's.
 """
 
 from __future__ import annotations
@@ -23,14 +24,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from db import audit
-from db.schema import Batch, Job, utcnow
+from db.schema import Batch, Job, JobKind, JobStatus, utcnow
 from lsm_core.errors import LsmError
 from lsm_core.lab import accounts
 from lsm_core.lab.lab import Lab
@@ -39,26 +39,8 @@ DEFAULT_LEASE_S = 60.0
 DEFAULT_MAX_ATTEMPTS = 3
 
 
-class JobStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 ENDED = (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
-
-
-class JobKind(StrEnum):
-    """What a job does: each kind is a task module of lsm_core.lab.tasks."""
-
-    CLASSIFY = "classify"
-    TRAIN = "train"
-    EVALUATE = "evaluate"
-    SALIENCY = "saliency"
-    ADD_CELL = "add_cell"  # a cell the finder missed, added where a reviewer clicked
 
 
 def new_job(
@@ -71,7 +53,11 @@ def new_job(
     status: JobStatus = JobStatus.QUEUED,
     error: str | None = None,
 ) -> Job:
-    """A Job row to add in the caller's transaction (the one place a job is made)."""
+    """A Job row to add in the caller's transaction (the one place a job is made). Its ``owner`` is always
+    given, by whoever submits (the command line's person, the signed-in or lab-mode user of the app): LsmError
+    when it is blank, never a name guessed here."""
+    if not owner or not owner.strip():
+        raise LsmError("a job needs an owner: say who submits it")
     return Job(
         kind=JobKind(kind).value,
         payload=payload,
@@ -80,7 +66,7 @@ def new_job(
         progress_total=total,
         batch_id=batch_id,
         max_attempts=DEFAULT_MAX_ATTEMPTS,
-        status=JobStatus(status).value,
+        status=JobStatus(status),
         error=error,
     )
 
@@ -99,7 +85,7 @@ def submit(
     audit trail in the same transaction."""
     with lab.begin() as s:
         if kind == JobKind.TRAIN:  # training registers a model: checked here too, whoever called (and at run)
-            accounts.require_admin(s, owner, "train models")
+            accounts.require_admin(lab, s, owner, "train models")
         job = new_job(kind, payload, owner, priority, total, batch_id)
         s.add(job)
         s.flush()
@@ -224,7 +210,7 @@ def cancel(lab: Lab, job_id: int, user: str) -> str:
         job = s.get(Job, job_id, with_for_update=True)
         if job is None:
             raise LsmError(f"no job {job_id}")
-        if not accounts.may_change(s, user, job.owner):
+        if not accounts.may_change(lab, s, user, job.owner):
             raise LsmError(f"job {job_id} belongs to {job.owner}; only they or an administrator can cancel it")
         if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
             audit.record(s, user, "cancel", f"job {job_id}", kind=job.kind, owner=job.owner)

@@ -11,18 +11,22 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db import audit
-from db.schema import Model
+from db.schema import Model, ModelCheck, utcnow
 from lsm_core.classes import TASK_TITLES
 from lsm_core.errors import LsmError
 from lsm_core.lab import accounts
 from lsm_core.lab.lab import Lab
 from lsm_core.ml import demo
 from lsm_core.ml.models import ModelPackage, ModelStore, failed_quality, model_quality
+
+if TYPE_CHECKING:
+    from lsm_core.ml.selftest import Outcome
 
 log = logging.getLogger("lsm_core.registry")
 
@@ -145,10 +149,31 @@ def fill_self_tests(lab: Lab, rows: list[tuple[int, str, int]]) -> None:
         except LsmError as exc:
             log.warning("model %s v%s: no self-test reference (%s)", name, version, exc)
             continue
-        with lab.begin() as s:
-            row = s.get(Model, model_id)
-            if row is not None and row.self_test is None:
-                row.self_test = ref
+        store_self_test_reference(lab, model_id, ref)
+
+
+def store_self_test_reference(lab: Lab, model_id: int, ref: dict[str, Any]) -> None:
+    """Keep ``ref`` as the self-test reference of model ``model_id``, in one short transaction, unless it has
+    one already (or is gone): the first one computed stands."""
+    with lab.begin() as s:
+        row = s.get(Model, model_id)
+        if row is not None and row.self_test is None:
+            row.self_test = ref
+
+
+def record_self_test(lab: Lab, worker_id: str, model_id: int, device: str, outcome: Outcome) -> None:
+    """Keep a worker's self-test outcome of a model on its ``device``, precision and runtime (``model_checks``:
+    one row per worker, model, device, precision and runtime, the latest outcome), in one short transaction."""
+    with lab.begin() as s:
+        key = {"worker_id": worker_id, "model_id": model_id, "device": device}
+        key |= {"precision": outcome.precision, "runtime": outcome.runtime}
+        row = s.scalars(select(ModelCheck).filter_by(**key)).first()
+        if row is None:
+            row = ModelCheck(**key)
+            s.add(row)
+        row.passed, row.max_difference, row.tolerance = outcome.passed, outcome.max_difference, outcome.tolerance
+        row.message = outcome.message
+        row.checked = utcnow()
 
 
 def package_for(row: Model, store: ModelStore) -> ModelPackage:
@@ -162,7 +187,7 @@ def package_for(row: Model, store: ModelStore) -> ModelPackage:
 def set_default(lab: Lab, model_id: int, user: str) -> None:
     """Make a model the default of its task (admins only)."""
     with lab.begin() as s:
-        accounts.require_admin(s, user, "choose default models")
+        accounts.require_admin(lab, s, user, "choose default models")
         row = s.get(Model, model_id)
         if row is None or row.deleted:
             raise LsmError("that model no longer exists")
@@ -179,7 +204,7 @@ def set_default(lab: Lab, model_id: int, user: str) -> None:
 def import_model(lab: Lab, weights: str | Path, manifest: str | Path, user: str) -> Model:
     """Import weights + manifest (files) into the model store and register them (admins only); returns the row."""
     with lab() as s:
-        accounts.require_admin(s, user, "import models")
+        accounts.require_admin(lab, s, user, "import models")
     package = lab.store.import_weights(weights, manifest)
     sync_models(lab)
     m = package.manifest
@@ -234,7 +259,7 @@ def import_zoo_package(lab: Lab, data: bytes, user: str, name: str | None = None
     from lsm_core.ml.bioimageio import import_package
 
     with lab() as s:
-        accounts.require_admin(s, user, "import models")
+        accounts.require_admin(lab, s, user, "import models")
     imported = import_package(data, name, source)
     package = lab.store.add(imported.net, imported.manifest)
     sync_models(lab)

@@ -141,27 +141,27 @@ class _Builder:
 
 
 def from_batches(
-    lab: Lab, labels_by_batch: dict[int, str], task: str, params: FindParams | None = None
+    s: Session, lab: Lab, labels_by_batch: dict[int, str], task: str, params: FindParams | None = None
 ) -> LabelledData:
-    """Labelled crops from classified batches: every cell of batch B gets class labels_by_batch[B]."""
+    """Within ``s`` (a session of ``lab``, whose blob store holds the images): labelled crops from classified
+    batches, every cell of batch B with class labels_by_batch[B]."""
     build = _Builder(lab, task, params)
     counts: dict[str, int] = {}
-    with lab() as s:
-        for batch_id, cls in labels_by_batch.items():
-            if cls not in build.classes:
-                raise LsmError(f"class {cls!r} is not one of the {task} classes ({', '.join(build.classes)})")
-            batch = s.get(Batch, batch_id)
-            if batch is None:
-                raise LsmError(f"batch {batch_id} does not exist")
-            n = 0
-            for image in s.scalars(
-                select(Image).where(Image.batch_id == batch_id, Image.n_cells > 0).order_by(Image.position)
-            ):
-                boxes = s.execute(
-                    select(Cell.x, Cell.y, Cell.w, Cell.h).where(Cell.image_id == image.id).order_by(Cell.idx)
-                ).all()
-                n += build.add(batch, image, list(boxes), [build.classes.index(cls)] * len(boxes))
-            counts[str(batch_id)] = n
+    for batch_id, cls in labels_by_batch.items():
+        if cls not in build.classes:
+            raise LsmError(f"class {cls!r} is not one of the {task} classes ({', '.join(build.classes)})")
+        batch = s.get(Batch, batch_id)
+        if batch is None:
+            raise LsmError(f"batch {batch_id} does not exist")
+        n = 0
+        for image in s.scalars(
+            select(Image).where(Image.batch_id == batch_id, Image.n_cells > 0).order_by(Image.position)
+        ):
+            boxes = s.execute(
+                select(Cell.x, Cell.y, Cell.w, Cell.h).where(Cell.image_id == image.id).order_by(Cell.idx)
+            ).all()
+            n += build.add(batch, image, list(boxes), [build.classes.index(cls)] * len(boxes))
+        counts[str(batch_id)] = n
     provenance = {"kind": "batches", "batches": {str(k): v for k, v in labels_by_batch.items()}, "cells": counts}
     return build.data(provenance)
 
@@ -293,26 +293,25 @@ def check_gate(s: Session, batch_ids: list[int], gate: Gate) -> dict[str, Any]:
 
 
 def from_gate(
-    lab: Lab, batch_ids: list[int], gate: Gate | str, task: str, params: FindParams | None = None
+    s: Session, lab: Lab, batch_ids: list[int], gate: Gate | str, task: str, params: FindParams | None = None
 ) -> LabelledData:
-    """Labelled crops from classified multi-channel batches, each cell labelled by ``gate`` (a
-    :class:`lsm_core.lab.gating.Gate` or its text) on its measured channel signal. Cells no clause covers and
-    cells with no value for the channel are left out; the data's provenance records the rule and the counts
-    (:func:`gate_summary`; ``counts.labelled`` counts the crops actually cut, ``unusable`` the cells of
-    images whose stored bytes could not be read again)."""
+    """Within ``s`` (a session of ``lab``): labelled crops from classified multi-channel batches, each cell
+    labelled by ``gate`` (a :class:`lsm_core.lab.gating.Gate` or its text) on its measured channel signal. Cells
+    no clause covers and cells with no value for the channel are left out; the data's provenance records the
+    rule and the counts (:func:`gate_summary`; ``counts.labelled`` counts the crops actually cut, ``unusable``
+    the cells of images whose stored bytes could not be read again)."""
     gate = parse_gate(gate, task) if isinstance(gate, str) else gate
     build = _Builder(lab, task, params)
-    with lab() as s:
-        gated = gate_batches(s, batch_ids, gate)
-        summary = gate_summary(gate, gated)
-        cut: Counter[str] = Counter()
-        unusable = 0
-        for g in gated:
-            batch = s.get(Batch, g.batch_id)
-            assert batch is not None  # gate_batches found it in this session
-            got, lost = build.add_cells(s, batch, [c for c in g.cells if c.cls is not None])
-            cut.update(got)
-            unusable += lost
+    gated = gate_batches(s, batch_ids, gate)
+    summary = gate_summary(gate, gated)
+    cut: Counter[str] = Counter()
+    unusable = 0
+    for g in gated:
+        batch = s.get(Batch, g.batch_id)
+        assert batch is not None  # gate_batches found it in this session
+        got, lost = build.add_cells(s, batch, [c for c in g.cells if c.cls is not None])
+        cut.update(got)
+        unusable += lost
     if not any(summary["counts"]["labelled"].values()):
         raise LsmError(_labels_nothing(gate, summary))
     summary["counts"]["labelled"] = {c: cut.get(c, 0) for c in gate.classes}
@@ -391,21 +390,23 @@ def reviewed_cells(s: Session, batch_ids: list[int], task: str) -> tuple[list[Re
     return cells, summary
 
 
-def from_reviews(lab: Lab, batch_ids: list[int], task: str, params: FindParams | None = None) -> LabelledData:
-    """Labelled crops from the cells of classified batches that reviewers gave a class (:func:`reviewed_cells`),
-    cut again as the batches were classified; the data's provenance is the label set's record, its
-    ``cells`` the crops actually cut and ``unusable`` the cells of images that could not be read again."""
+def from_reviews(
+    s: Session, lab: Lab, batch_ids: list[int], task: str, params: FindParams | None = None
+) -> LabelledData:
+    """Within ``s`` (a session of ``lab``): labelled crops from the cells of classified batches that reviewers
+    gave a class (:func:`reviewed_cells`), cut again as the batches were classified; the data's provenance is the
+    label set's record, its ``cells`` the crops actually cut and ``unusable`` the cells of images that could not
+    be read again."""
     build = _Builder(lab, task, params)
-    with lab() as s:
-        cells, summary = reviewed_cells(s, batch_ids, task)
-        cut: Counter[str] = Counter()
-        unusable = 0
-        for batch_id in summary["batches"]:
-            batch = s.get(Batch, batch_id)
-            assert batch is not None  # reviewed_cells found it in this session
-            got, lost = build.add_cells(s, batch, [c for c in cells if c.batch_id == batch_id])
-            cut.update(got)
-            unusable += lost
+    cells, summary = reviewed_cells(s, batch_ids, task)
+    cut: Counter[str] = Counter()
+    unusable = 0
+    for batch_id in summary["batches"]:
+        batch = s.get(Batch, batch_id)
+        assert batch is not None  # reviewed_cells found it in this session
+        got, lost = build.add_cells(s, batch, [c for c in cells if c.batch_id == batch_id])
+        cut.update(got)
+        unusable += lost
     summary["cells"] = {c: cut.get(c, 0) for c in build.classes}
     summary["unusable"] = unusable
     return build.data(summary)

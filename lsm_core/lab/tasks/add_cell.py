@@ -137,7 +137,7 @@ def submit(lab: Lab, image_id: int, x: float, y: float, user: str) -> int:
     (two clicks at once: the image's row is locked, so the second sees the first's job)."""
     with lab.begin() as s:
         image, batch = _target(s, image_id, x, y, lock=True)
-        if not accounts.may_change(s, user, batch.owner):
+        if not accounts.may_change(lab, s, user, batch.owner):
             raise LsmError(
                 f"batch {batch.name!r} belongs to {batch.owner}; only they or an administrator can add cells to it"
             )

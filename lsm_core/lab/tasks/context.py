@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from db.schema import Job, Model, utcnow
+from db.schema import Job, Model
 from lsm_core.errors import LsmError
 from lsm_core.lab import jobs
 from lsm_core.lab.jobs import JobStatus
@@ -114,30 +114,19 @@ class ModelCache:
 
     def self_test(self, model: Model, predictor: Predictor) -> None:
         """Run the model's self-test on this worker's device, precision and runtime, keep the outcome per worker
-        and model version (``model_checks``), and raise :class:`ModelRefused` when it failed."""
+        and model version (``model_checks``, written where models are registered: lsm_core.lab.registry), and
+        raise :class:`ModelRefused` when it failed."""
         import logging
 
-        from db.schema import ModelCheck
+        from lsm_core.lab.registry import record_self_test, store_self_test_reference
         from lsm_core.ml.selftest import check, reference
 
         ref = model.self_test
         if ref is None:  # registered where no reference was computed: computed here, as the reference is defined
             ref = reference(predictor.package)
-            with self.lab.begin() as s:
-                row = s.get(Model, model.id)
-                if row is not None and row.self_test is None:
-                    row.self_test = ref
+            store_self_test_reference(self.lab, model.id, ref)
         outcome = check(predictor, model.task, ref)
-        with self.lab.begin() as s:
-            key = {"worker_id": self.worker_id, "model_id": model.id, "device": str(predictor.device)}
-            key |= {"precision": outcome.precision, "runtime": outcome.runtime}
-            row = s.scalars(select(ModelCheck).filter_by(**key)).first()
-            if row is None:
-                row = ModelCheck(**key)
-                s.add(row)
-            row.passed, row.max_difference, row.tolerance = outcome.passed, outcome.max_difference, outcome.tolerance
-            row.message = outcome.message
-            row.checked = utcnow()
+        record_self_test(self.lab, self.worker_id, model.id, str(predictor.device), outcome)
         logger = logging.getLogger("lsm_core.worker")
         if outcome.passed:
             logger.info("model %s: %s", model.label, outcome.message)

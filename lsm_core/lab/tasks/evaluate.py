@@ -6,7 +6,7 @@ from typing import Any
 
 from lsm_core.errors import LsmError
 from lsm_core.imaging.cells import FindParams
-from lsm_core.lab import accounts, jobs
+from lsm_core.lab import jobs
 from lsm_core.lab.jobs import JobKind
 from lsm_core.lab.lab import Lab
 from lsm_core.lab.tasks import task
@@ -14,14 +14,14 @@ from lsm_core.lab.tasks.context import Context
 from lsm_core.lab.tasks.train import labelled_uploads
 
 
-def submit(lab: Lab, model_id: int, uploads: list[dict[str, str]], owner: str | None = None) -> int:
+def submit(lab: Lab, model_id: int, uploads: list[dict[str, str]], owner: str) -> int:
     if not uploads:
         raise LsmError("choose a labelled test ZIP")
     return jobs.submit(
         lab,
         JobKind.EVALUATE,
         {"model_id": model_id, "uploads": uploads},
-        owner or accounts.current_user(),
+        owner,
         total=1,
         audit_as=("evaluate", f"model id {model_id}"),
     )

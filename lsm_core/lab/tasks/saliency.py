@@ -28,7 +28,7 @@ def scope_of(top: int | None) -> str:
     return f"top {top} per class" if top else "all"
 
 
-def submit(lab: Lab, batch_id: int, method: str, top: int | None = None, owner: str | None = None) -> int:
+def submit(lab: Lab, batch_id: int, method: str, top: int | None = None, *, owner: str) -> int:
     """Queue saliency maps for a batch: every cell, or the ``top`` highest-scoring cells of each class; returns
     the job's id. The same request (batch, its model, method, scope) queued, running or done already gives
     that job instead of a second one. A member may ask for at most LSM_SALIENCY_MAX_CELLS cells at once
@@ -40,7 +40,6 @@ def submit(lab: Lab, batch_id: int, method: str, top: int | None = None, owner: 
         raise LsmError(f"unknown saliency method {method!r}; choose {', '.join(METHODS)}")
     if top is not None and not (isinstance(top, int) and top > 0):
         raise LsmError("top must be a positive number of cells per class")
-    owner = owner or accounts.current_user()
     with lab.begin() as s:
         # the batch locked (PostgreSQL; SQLite serialises writes): two clicks at once make one job
         batch = s.get(Batch, batch_id, with_for_update=s.get_bind().dialect.name == "postgresql")
@@ -54,7 +53,7 @@ def submit(lab: Lab, batch_id: int, method: str, top: int | None = None, owner: 
         n_cells = s.scalar(select(func.count()).select_from(Cell).where(Cell.batch_id == batch_id)) or 0
         asked = n_cells if not top else min(n_cells, top * classes)
         limit = lab.settings.saliency_max_cells
-        if asked > limit and not accounts.is_admin(s, owner):
+        if asked > limit and not accounts.is_admin(lab, s, owner):
             raise LsmError(
                 f"maps of {asked:,} cells were asked for; members may ask for at most {limit:,} at once "
                 "(LSM_SALIENCY_MAX_CELLS): ask for the top cells of each class, or ask an administrator"

@@ -25,7 +25,7 @@ def submit(
     task_name: str,
     name: str,
     config: dict[str, Any],
-    owner: str | None = None,
+    owner: str,
     uploads: list[dict[str, str]] | None = None,
     batches: dict[int, str] | None = None,
     test_uploads: list[dict[str, str]] | None = None,
@@ -42,7 +42,6 @@ def submit(
     from lsm_core.lab.training_data import check_gate, reviewed_cells
     from lsm_core.ml.models import check_name
 
-    owner = owner or accounts.current_user()
     task_classes(task_name)
     check_name(name)
     gate = None
@@ -55,7 +54,7 @@ def submit(
             "whose cells reviewers labelled"
         )
     with lab() as s:
-        accounts.require_admin(s, owner, "train models")
+        accounts.require_admin(lab, s, owner, "train models")
         if gated is not None and gate is not None:
             check_gate(s, gated["batches"], gate)
         if reviewed:
@@ -123,18 +122,20 @@ def run(ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
     from lsm_core.ml.train import TrainConfig, TrainingCancelled, train_and_register
 
     task_name, config = payload["task"], TrainConfig(**payload.get("config", {}))
-    with ctx.lab() as s:  # the role again, where the job runs: it may have changed since it was queued
-        accounts.require_admin(s, ctx.job.owner, "train models")
+    # the role again, where the job runs: it may have changed since it was queued
+    ctx.read("checking the owner's role", lambda s: accounts.require_admin(ctx.lab, s, ctx.job.owner, "train models"))
     parts = []
     if payload.get("uploads"):
         parts.append(labelled_uploads(ctx, payload["uploads"], task_name))
     if payload.get("batches"):
-        parts.append(from_batches(ctx.lab, {int(k): v for k, v in payload["batches"].items()}, task_name))
+        labels = {int(k): v for k, v in payload["batches"].items()}
+        parts.append(ctx.read("reading labelled batches", lambda s: from_batches(s, ctx.lab, labels, task_name)))
     if payload.get("gated"):
-        gated = payload["gated"]
-        parts.append(from_gate(ctx.lab, [int(b) for b in gated["batches"]], gated["rule"], task_name))
+        ids, rule = [int(b) for b in payload["gated"]["batches"]], payload["gated"]["rule"]
+        parts.append(ctx.read("reading gated batches", lambda s: from_gate(s, ctx.lab, ids, rule, task_name)))
     if payload.get("reviewed"):
-        parts.append(from_reviews(ctx.lab, [int(b) for b in payload["reviewed"]], task_name))
+        reviewed = [int(b) for b in payload["reviewed"]]
+        parts.append(ctx.read("reading reviewed cells", lambda s: from_reviews(s, ctx.lab, reviewed, task_name)))
     data = LabelledData.concat(parts)
     test = labelled_uploads(ctx, payload["test_uploads"], task_name) if payload.get("test_uploads") else None
 
