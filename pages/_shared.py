@@ -1,11 +1,10 @@
-"""What pages share: the database (cached once per server process) and the results view of one batch.
+"""What pages share: widgets (model pickers, messages after a rerun, figure downloads, a job list) and the
+results view of one batch.
 
 Imported by pages; not a page itself. Widgets only: data and figures come from lsm_core and db.
 """
 
 from __future__ import annotations
-
-import re
 
 import numpy as np
 import pandas as pd
@@ -14,11 +13,7 @@ import streamlit as st
 from db import queries
 from lsm_core.classes import TASK_TITLES
 from lsm_core.errors import LsmError
-from lsm_core.imaging.images import decode_page
-from lsm_core.imaging.readers.base import ReadOptions
-from lsm_core.lab import accounts, jobs, settings
-from lsm_core.lab.lab import Lab
-from lsm_core.lab.open_lab import open_lab
+from lsm_core.lab import jobs, settings
 from lsm_core.lab.registry import offered_models
 from lsm_core.reports.report import (
     SOURCE_WORDS,
@@ -34,56 +29,12 @@ from lsm_core.reports.report import (
     workbook,
 )
 from lsm_core.reports.stats import PAPER_THRESHOLDS
+from lsm_core.reports.text import escape_markdown
+from pages._common import admin, image_pixels, the_lab, user
 from pages._review_queue import Scope, field_section, flagged, review_section
 
 PAGE_SIZE = 50
 THUMB_PX = 64  # cell thumbnails in the table: large enough to see the cell
-
-
-@st.cache_resource(show_spinner="Opening the database ...")
-def _open(settings_now: settings.Settings) -> Lab:
-    return open_lab(settings_now)
-
-
-def the_lab() -> Lab:
-    """The lab of this server's settings: its database opened, upgraded and synced once per server process."""
-    return _open(settings.current())
-
-
-def signed_in_mode() -> bool:
-    """True when [auth] is configured: people sign in with the lab's identity provider (st.login)."""
-    return accounts.auth_configured()
-
-
-def user() -> str:
-    """Who is acting. With [auth]: the person the identity provider signed in, by the name
-    lsm_core.lab.accounts.sign_in gives them (the e-mail of their first sign-in), decided once per account and
-    session; raises LsmError when this account may not sign in. Else LSM_USER / the login name (lab mode)."""
-    if not signed_in_mode():
-        return accounts.current_user()
-    account = tuple(st.user.get(claim) for claim in ("iss", "sub", "email", "email_verified"))
-    known = st.session_state.get("_signed_in_as")
-    if known is None or known[0] != account:
-        known = (account, accounts.sign_in(the_lab(), st.user))
-        st.session_state["_signed_in_as"] = known
-    return known[1]
-
-
-def admin() -> bool:
-    """Whether the person acting administers (lsm_core.lab.accounts; the functions they call check again)."""
-    with the_lab()() as s:
-        return accounts.is_admin(s, user())
-
-
-@st.cache_data(max_entries=16, show_spinner=False)
-def image_pixels(sha256: str, page: int, channel: str | None = None, z: int | None = None):
-    """The grey pixels of one stored image page, read as its batch was (its channel and z plane; None:
-    automatic) within the lab's limits (cached: thumbnails and field views reuse them)."""
-    lab = the_lab()
-    try:
-        return decode_page("stored", lab.blobs.file(sha256), page, lab.limits, ReadOptions(channel, z))
-    except LsmError:
-        return None
 
 
 def model_options(task: str | None = None, include_failed: bool = False) -> dict[str, int]:
@@ -121,34 +72,10 @@ def show_flash() -> None:
         {"success": st.success, "warning": st.warning, "error": st.error}.get(kind, st.info)(escape_markdown(message))
 
 
-# Every ASCII punctuation character: CommonMark lets a backslash escape each of them, and together they are all
-# the syntax of Streamlit's Markdown (GFM links, images, emphasis, code, tables, headings, quotes, lists, HTML,
-# entities, <autolinks>; remark-math's $; remark-directive's :red[...] and :help[...]).
-_MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
-# What Streamlit's Markdown looks for in the text *after* the escapes are read, so that escaping cannot stop it:
-# :material/...: icons, :streamlit:, :emoji: shortcodes, and GFM's bare http://, www. and e-mail autolinks. An
-# invisible word joiner (U+2060) inside each breaks the pattern and changes nothing a person reads.
-_AFTER_ESCAPES = re.compile(r"(?<=:)(?=[\w+\-/]+:|//)|(?<=@)(?=[\w\-]+\.[\w\-])|(?i:(?<=www)(?=\.))")
-_WORD_JOINER = "\u2060"
-
-
 def known_choices(chosen: list, options: dict) -> list:
     """A multiselect's choice, only the options it still offers: Streamlit keeps a choice by its label, and a
     label that changed (a batch renamed) comes back as the old label's text instead of the option."""
     return [c for c in chosen if c in options]
-
-
-def escape_markdown(text: object) -> str:
-    """``text`` as Streamlit shows it literally in any element that renders Markdown (st.markdown, st.caption,
-    st.info / warning / error / success, headers, widget labels and help): the one function through which
-    pages put user text (batch names, sample metadata, file names, owners, messages naming them) in Markdown.
-
-    Every ASCII punctuation character gets a backslash, and a word joiner goes where Streamlit would still
-    find an icon, an emoji shortcode or an autolink: a link or an image in a batch name is shown as the
-    characters typed, never fetched or followed.
-    """
-    joined = _AFTER_ESCAPES.sub(_WORD_JOINER, str(text))
-    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", joined)
 
 
 FIGURE_FORMATS = {"SVG": "svg", "PDF": "pdf", "PNG": "png", "HTML": "html"}
@@ -369,7 +296,7 @@ def render_results(batch_id: int, key: str = "results") -> None:
         column_config={"cell": st.column_config.ImageColumn("cell", width=THUMB_PX + 16)},
     )
 
-    review_section(lab, Scope.of_report(report), user(), key, image_pixels, escape_markdown)
+    review_section(lab, Scope.of_report(report), user(), key)
 
     field_of_view_section(report, images, threshold, key)
     saliency_section(batch_id, report, key)
@@ -470,8 +397,6 @@ def field_of_view_section(report, images, threshold: float, key: str) -> None:
         Scope.of_report(report),
         user(),
         key,
-        image_pixels,
-        escape_markdown,
         lambda editable: field_figure(pixels, cells, report.classes, threshold, editable=editable, dropped=boxes),
     )
     figure_downloads(

@@ -13,16 +13,9 @@ from lsm_core.lab.batches import BatchMeta, submit_batch
 from lsm_core.lab.jobs import queue_info
 from lsm_core.ml.demo import demo_status
 from lsm_core.reports.stats import AGE_UNITS
-from pages._shared import (
-    escape_markdown,
-    file_errors,
-    model_options,
-    model_picker,
-    render_results,
-    show_flash,
-    the_lab,
-    user,
-)
+from lsm_core.reports.text import escape_markdown
+from pages._common import the_lab, user
+from pages._shared import file_errors, model_options, model_picker, render_results, show_flash
 
 st.title("Classify")
 lab = the_lab()

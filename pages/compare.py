@@ -12,7 +12,9 @@ from lsm_core.lab.registry import offered_models
 from lsm_core.reports import compare
 from lsm_core.reports.report import age_text
 from lsm_core.reports.stats import UNIT_BATCH, parse_bins
-from pages._shared import chart, escape_markdown, known_choices, the_lab, threshold_picker
+from lsm_core.reports.text import escape_markdown
+from pages._common import the_lab
+from pages._shared import chart, known_choices, threshold_picker
 
 st.title("Compare")
 st.caption(

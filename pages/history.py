@@ -16,18 +16,9 @@ from lsm_core.errors import LsmError
 from lsm_core.lab import batches
 from lsm_core.lab.registry import offered_models
 from lsm_core.reports.report import age_text
-from pages._shared import (
-    admin,
-    download_buttons,
-    escape_markdown,
-    flash,
-    job_list,
-    model_options,
-    model_picker,
-    show_flash,
-    the_lab,
-    user,
-)
+from lsm_core.reports.text import escape_markdown
+from pages._common import admin, the_lab, user
+from pages._shared import download_buttons, flash, job_list, model_options, model_picker, show_flash
 
 st.title("History")
 lab = the_lab()

@@ -33,8 +33,10 @@ from lsm_core.reports.model_card import (
     training_figure,
     training_labels,
 )
+from lsm_core.reports.text import escape_markdown
 from lsm_core.reports.zoo import export_for_zoo
-from pages._shared import admin, chart, escape_markdown, job_list, the_lab, user
+from pages._common import admin, the_lab, user
+from pages._shared import chart, job_list
 
 ZOO_LICENSES = ["CC-BY-4.0", "MIT", "Apache-2.0", "BSD-3-Clause", "CC0-1.0"]
 ARCHITECTURES = [a for a in nets.REGISTRY if a != "tiny_cnn"]  # the registry's, less the tests' toy network

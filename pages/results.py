@@ -3,7 +3,8 @@
 import streamlit as st
 
 from db import queries
-from pages._shared import render_results, show_flash, the_lab
+from pages._common import the_lab
+from pages._shared import render_results, show_flash
 
 st.title("Results")
 lab = the_lab()

@@ -5,8 +5,9 @@ import streamlit as st
 from db import queries
 from db.schema import Batch
 from lsm_core.classes import TASK_TITLES
+from pages._common import the_lab, user
 from pages._review_queue import Scope, review_section
-from pages._shared import escape_markdown, image_pixels, known_choices, show_flash, the_lab, user
+from pages._shared import known_choices, show_flash
 
 st.title("Review")
 st.caption(
@@ -59,4 +60,4 @@ with lab() as s:
         {b.id: (b.channel, b.z) for b in batches},
         {b.id: b.name for b in batches},
     )
-review_section(lab, scope, me, "review", image_pixels, escape_markdown, heading=False)
+review_section(lab, scope, me, "review", heading=False)
