@@ -166,9 +166,9 @@ def render_results(batch_id: int, key: str = "results") -> None:
     model = report.model
     st.subheader(escape_markdown(report.name))
     meta = report.meta
-    facts = [f"owner **{escape_markdown(report.owner)}**", f"model **{escape_markdown(model['label'])}**"]
+    facts = [f"owner **{escape_markdown(report.owner)}**", f"model **{escape_markdown(model.label)}**"]
     facts += [
-        f"{label} **{escape_markdown(meta[k])}**"
+        f"{label} **{escape_markdown(getattr(meta, k))}**"
         for k, label in (
             ("mouse_id", "mouse"),
             ("age", "age"),
@@ -177,19 +177,19 @@ def render_results(batch_id: int, key: str = "results") -> None:
             ("gate", "gate"),
             ("imaging_date", "imaged"),
         )
-        if meta.get(k)
+        if getattr(meta, k)
     ]
-    if meta.get("imaging") not in (None, "auto"):  # chosen at submit: say how the cells were found
-        facts.append(f"imaging **{escape_markdown(meta['imaging'])}**")
+    if meta.imaging not in (None, "auto"):  # chosen at submit: say how the cells were found
+        facts.append(f"imaging **{escape_markdown(meta.imaging)}**")
     st.markdown(" · ".join(facts))
-    if model["demo"]:
+    if model.demo:
         st.warning(
             "Classified by a **synthetic demo** model, trained on generated cells only: "
             "these numbers say nothing about real cells."
         )
-    if meta.get("notes"):
+    if meta.notes:
         st.caption("Notes:")
-        st.text(meta["notes"])  # always shown as text, never as HTML or markdown
+        st.text(meta.notes)  # always shown as text, never as HTML or markdown
     c = st.columns(4)
     c[0].metric("Cells", f"{report.cells_total:,}")
     c[1].metric(f"Cells with score ≥ {threshold:.2f}", f"{report.cells_kept:,}")
@@ -214,7 +214,7 @@ def render_results(batch_id: int, key: str = "results") -> None:
         ):
             st.warning(
                 "Neither you nor these files stated the microscope's pixel size, so the model's default "
-                f"({report.model['pixel_size_um']:g} µm/px) was assumed: cells are cut at the wrong physical size "
+                f"({report.model.pixel_size_um:g} µm/px) was assumed: cells are cut at the wrong physical size "
                 "if it differs. Re-run the batch at your microscope's pixel size (below) if it does."
             )
             file_errors([(f, "no pixel size in the file") for f in report.uncalibrated], mark="!")
@@ -472,7 +472,7 @@ def rerun_with_pixel_size(report, key: str) -> None:
         go = st.form_submit_button("Re-run at this pixel size")
     if go:
         try:
-            result = batches.rerun(the_lab(), report.batch_id, report.model["id"], user(), pixel_size_um=pixel)
+            result = batches.rerun(the_lab(), report.batch_id, report.model.id, user(), pixel_size_um=pixel)
         except LsmError as exc:
             st.error(escape_markdown(exc))
             return
