@@ -15,7 +15,8 @@ from lsm_core.ml.demo import demo_status
 from lsm_core.reports.stats import AGE_UNITS
 from lsm_core.reports.text import escape_markdown
 from pages._common import the_lab, user
-from pages._shared import file_errors, model_options, model_picker, render_results, show_flash
+from pages._results_view import render_results
+from pages._shared import file_errors, model_options, model_picker, show_flash
 
 st.title("Classify")
 lab = the_lab()

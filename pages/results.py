@@ -4,7 +4,8 @@ import streamlit as st
 
 from db import queries
 from pages._common import the_lab
-from pages._shared import render_results, show_flash
+from pages._results_view import render_results
+from pages._shared import show_flash
 
 st.title("Results")
 lab = the_lab()
