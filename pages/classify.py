@@ -12,7 +12,7 @@ from lsm_core.lab import batches
 from lsm_core.lab.batches import BatchMeta, submit_batch
 from lsm_core.lab.jobs import queue_info
 from lsm_core.ml.demo import demo_status
-from lsm_core.reports.stats import AGE_UNITS
+from lsm_core.reports.stats import AGE_UNITS, age_in_days
 from lsm_core.reports.text import escape_markdown
 from pages._common import the_lab, user
 from pages._results_view import render_results
@@ -80,17 +80,6 @@ if not options:
             "or train a better one on the Models page."
         )
     st.stop()
-
-
-def age_in_days(text: str, unit: str) -> float | None:
-    text = (text or "").strip().replace(",", ".")
-    if not text:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise LsmError(f"age {text!r} is not a number; type e.g. 10 and choose the unit") from None
-    return value * AGE_UNITS[unit]
 
 
 def uploads(files) -> Iterator[RawFile]:

@@ -1,8 +1,5 @@
 """Compare page: batches (one per mouse) grouped by age or a metadata field, with per-mouse statistics."""
 
-import datetime as dt
-
-import pandas as pd
 import streamlit as st
 
 from db import queries
@@ -49,15 +46,14 @@ with st.expander("Which batches", expanded=True):
     date_from = c[2].date_input("Uploaded from", value=None)
     date_to = c[3].date_input("Uploaded to", value=None)
 
-f = queries.BatchFilter(
+f = queries.BatchFilter.chosen(
     task=task,
     model_id=None if version == "any" else versions[version],
     owner=None if owner == "everyone" else owner,
-    text=text or None,
-    strain=strain or None,
-    gate=gate or None,
-    created_from=dt.datetime.combine(date_from, dt.time.min) if date_from else None,
-    created_to=dt.datetime.combine(date_to, dt.time.max) if date_to else None,
+    text=text,
+    strain=strain,
+    gate=gate,
+    uploaded=(date_from, date_to),
 )
 with lab() as s:
     found = [b for b in queries.batches(s, f, limit=2000) if b.cells > 0]
@@ -138,13 +134,7 @@ if limit:
 one_test = compare.one_test_note(result)
 if one_test:
     st.caption(escape_markdown(one_test))
-tests = compare.shown(result, result.tests).copy()
-for col in ("statistic", "p_value", "p_holm", "effect_size", "smallest_p"):
-    if col in tests:
-        tests[col] = tests[col].map(lambda v: f"{v:.3g}" if pd.notna(v) else "")
-for col in ("difference", "diff_ci95_low", "diff_ci95_high"):  # of per-mouse fractions: percentage points
-    tests[col] = tests[col].map(lambda v: f"{100 * v:+.1f} pp" if pd.notna(v) else "")
-st.dataframe(tests, hide_index=True, width="stretch")
+st.dataframe(compare.tests_table(result), hide_index=True, width="stretch")
 st.subheader("Model of cells within mice")
 whose = "Each class's odds" if result.corrected else f"The odds of {result.tested[0]} cells"
 st.caption(
@@ -164,15 +154,12 @@ st.caption(
 if result.odds.empty:
     st.info("Too few groups or ages with mice for the model.")
 else:
-    odds = compare.shown(result, result.odds).copy()
-    for col in ("odds_ratio", "ci95_low", "ci95_high", "p_value", "p_holm"):
-        if col in odds:
-            odds[col] = odds[col].map(lambda v: f"{v:.3g}" if pd.notna(v) else "")
-    st.dataframe(odds.drop(columns=["model"]), hide_index=True, width="stretch")
+    st.dataframe(compare.odds_table(result), hide_index=True, width="stretch")
 with st.expander("Group summaries"):
     st.dataframe(result.groups.round(4), hide_index=True, width="stretch")
 with st.expander("Secondary view: all cells pooled (pseudo-replication)"):
-    st.write(f"{result.pooled['test']}: statistic {result.pooled['statistic']:.4g}, p = {result.pooled['p_value']:.3g}")
+    pooled = result.pooled
+    st.write(f"{pooled['test']}: statistic {pooled['statistic']:.4g}, p = {compare.three_digits(pooled['p_value'])}")
     st.caption(result.pooled["note"])
 
 c = st.columns(2)

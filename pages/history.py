@@ -5,8 +5,6 @@ may change under the user (a colleague submits, renames or deletes), and lsm_cor
 on a batch that is gone or changed since. After an action the selection and any confirmation are reset.
 """
 
-import datetime as dt
-
 import pandas as pd
 import streamlit as st
 
@@ -70,15 +68,13 @@ with st.expander("Filters", expanded=True):
     date_from = c[2].date_input("Uploaded from", value=None)
     date_to = c[3].date_input("Uploaded to", value=None)
 
-f = queries.BatchFilter(
+f = queries.BatchFilter.chosen(
     owner=None if owner == "everyone" else owner,
     task=None if task == "any" else task,
     model_id=None if model == "any" else models[model],
-    text=text or None,
-    age_min_days=age_min * 7 if age_min is not None else None,
-    age_max_days=age_max * 7 if age_max is not None else None,
-    created_from=dt.datetime.combine(date_from, dt.time.min) if date_from else None,
-    created_to=dt.datetime.combine(date_to, dt.time.max) if date_to else None,
+    text=text,
+    age_weeks=(age_min, age_max),
+    uploaded=(date_from, date_to),
 )
 SHOWN = 1000  # the newest batches listed; the caption says how many more match
 with lab() as s:
