@@ -53,9 +53,12 @@ def admin() -> bool:
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def image_pixels(sha256: str, page: int, channel: str | None = None, z: int | None = None) -> np.ndarray | None:
+def image_pixels(sha256: str | None, page: int, channel: str | None = None, z: int | None = None) -> np.ndarray | None:
     """The grey pixels of one stored image page, read as its batch was (its channel and z plane; None:
-    automatic) within the lab's limits (cached: thumbnails and field views reuse them)."""
+    automatic) within the lab's limits (cached: thumbnails and field views reuse them); None when it cannot be
+    read back, or was never stored (an image row without a sha256)."""
+    if sha256 is None:
+        return None
     lab = the_lab()
     try:
         return decode_page("stored", lab.blobs.file(sha256), page, lab.limits, ReadOptions(channel, z))

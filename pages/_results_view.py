@@ -7,9 +7,12 @@ Imported by pages; not a page itself.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 from db import queries
 from db.schema import Image
@@ -65,7 +68,7 @@ def render_results(batch_id: int, key: str = "results") -> None:
     if meta.notes:
         st.caption("Notes:")
         st.text(meta.notes)  # always shown as text, never as HTML or markdown
-    c = st.columns(4)
+    c: Sequence[DeltaGenerator] = st.columns(4)  # the numbers, then the cell table's controls
     c[0].metric("Cells", f"{report.cells_total:,}")
     c[1].metric(f"Cells with score ≥ {threshold:.2f}", f"{report.cells_kept:,}")
     c[2].metric("Images read", f"{report.images_read:,}", help="Images that could be read: what the progress counts.")
@@ -208,7 +211,7 @@ def field_of_view_section(view: ResultsView, threshold: float, key: str) -> None
     # (a count did: the choice came back as a label no option has), the counts are said beside it
     by_id = {im.id: im for im in fields}
     names = {im.id: im.file + (f" (page {im.page})" if im.page > 1 else "") for im in fields}
-    picked = st.selectbox("Image", list(names), format_func=names.get, key=f"{key}_field")
+    picked = st.selectbox("Image", list(names), format_func=names.__getitem__, key=f"{key}_field")
     chosen = by_id.get(picked, fields[0]) if isinstance(picked, int) else fields[0]
     st.caption(counts(chosen))
     pixels = image_pixels(chosen.sha256, chosen.page, report.channel, report.z)

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
+from PIL import Image as PILImage
 
 from db import queries
 from db.schema import Image
@@ -87,7 +87,7 @@ def _tile_changed(lab, cell_id: int, me: str, widget: str, key: str) -> None:
         _say(lab, cell_id, me, choice, None, None, key)
 
 
-def _picture(item: cell_labels.QueueItem, scope: Scope, size: int) -> np.ndarray | None:
+def _picture(item: cell_labels.QueueItem, scope: Scope, size: int) -> PILImage.Image | None:
     channel, z = scope.planes.get(item.batch_id, (None, None))
     pixels = image_pixels(item.sha256, item.page, channel, z) if item.sha256 else None
     return cell_picture(pixels, item.box, size) if pixels is not None else None
@@ -134,15 +134,17 @@ def review_section(lab: Lab, scope: Scope, me: str, key: str, heading: bool = Tr
             "only they or an administrator can label its cells. You can look at them."
         )
     c = st.columns([2, 2, 2])
-    order = c[0].selectbox("Order", list(ORDER_NAMES), format_func=ORDER_NAMES.get, key=f"{key}_review_order")
+    order = c[0].selectbox("Order", list(ORDER_NAMES), format_func=ORDER_NAMES.__getitem__, key=f"{key}_review_order")
     reason = c[1].selectbox(
         "Not a cell because",
         list(cell_labels.EXCLUSIONS),
-        format_func=cell_labels.EXCLUSIONS.get,
+        format_func=cell_labels.EXCLUSIONS.__getitem__,
         key=f"{key}_review_reason",
         help="What X and the grid's 'not a cell' record.",
     )
     only_new = c[2].toggle("Only cells I have not labelled", key=f"{key}_review_new")
+    if order is None or reason is None:  # never: both have options and a default (typed optional by Streamlit)
+        return
     items = cell_labels.queue(lab, scope.batch_ids, me, order, unlabelled_only=only_new, seed=scope.batch_ids[0])
     error = st.session_state.pop(f"{key}_review_error", None)
     if error:

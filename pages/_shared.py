@@ -44,7 +44,7 @@ def model_picker(label: str, options: dict[str, int], key: str, **kwargs) -> int
     if not ids:
         st.selectbox(label, ["no model is offered for this"], disabled=True, key=f"{key}_none")
         return None
-    return st.selectbox(label, ids, format_func=names.get, key=key, **kwargs)
+    return st.selectbox(label, ids, format_func=names.__getitem__, key=key, **kwargs)
 
 
 def flash(message: str, kind: str = "success") -> None:

@@ -1,6 +1,9 @@
 """Compare page: batches (one per mouse) grouped by age or a metadata field, with per-mouse statistics."""
 
+from collections.abc import Sequence
+
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 from db import queries
 from lsm_core.classes import TASK_TITLES
@@ -25,7 +28,7 @@ with lab() as s:
     owners = queries.owners(s)
 
 with st.expander("Which batches", expanded=True):
-    c = st.columns(4)
+    c: Sequence[DeltaGenerator] = st.columns(4)  # each row of widgets in turn
     task = c[0].selectbox("Classifier", list(TASK_TITLES), format_func=lambda t: TASK_TITLES[t])
     of_task = [m for m in models if m.task == task]
     versions = {m.label: m.id for m in of_task}
@@ -70,7 +73,7 @@ chosen = known_choices(
         "Batches (mice)",
         list(labels),
         default=start,
-        format_func=labels.get,
+        format_func=lambda i: labels.get(i, str(i)),  # a stale choice is dropped by known_choices
         help="At first the newest batch of each mouse: re-runs of one mouse are not more mice.",
     ),
     labels,

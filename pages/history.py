@@ -5,8 +5,11 @@ may change under the user (a colleague submits, renames or deletes), and lsm_cor
 on a batch that is gone or changed since. After an action the selection and any confirmation are reset.
 """
 
+from collections.abc import Sequence
+
 import pandas as pd
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 from db import queries
 from lsm_core.classes import TASK_TITLES
@@ -57,7 +60,7 @@ with st.expander("Saliency map jobs (they hold the GPU: cancel what is no longer
     job_list("saliency")
 
 with st.expander("Filters", expanded=True):
-    c = st.columns(4)
+    c: Sequence[DeltaGenerator] = st.columns(4)  # each row of widgets in turn
     owner = c[0].selectbox("Owner", ["everyone"] + owners)
     task = c[1].selectbox("Classifier", ["any"] + list(TASK_TITLES), format_func=lambda t: TASK_TITLES.get(t, t))
     model = c[2].selectbox("Model version", ["any"] + list(models))
