@@ -8,7 +8,8 @@ from db import queries
 from lsm_core.errors import LsmError
 from lsm_core.lab import accounts, settings
 from lsm_core.lab.serve import open_lab_warning, worker_restarts
-from pages._shared import escape_markdown, signed_in_mode, the_lab, user
+from lsm_core.reports.text import escape_markdown
+from pages._common import signed_in_mode, the_lab, user
 
 st.set_page_config(page_title="LSM classifier", page_icon=":microscope:", layout="wide")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, time
 from typing import Any
 
 from sqlalchemy import Select, case, func, or_, select
@@ -28,6 +28,36 @@ class BatchFilter:
     strain: str | None = None
     gate: str | None = None
     batch_ids: list[int] | None = None
+
+    @classmethod
+    def chosen(
+        cls,
+        *,
+        owner: str | None = None,
+        task: str | None = None,
+        model_id: int | None = None,
+        text: str | None = None,
+        strain: str | None = None,
+        gate: str | None = None,
+        age_weeks: tuple[float | None, float | None] = (None, None),
+        uploaded: tuple[date | None, date | None] = (None, None),
+    ) -> BatchFilter:
+        """The filter a page's widgets choose: empty text filters nothing, ages are given in weeks (from, to:
+        both included), upload dates as whole days (from the start of the first to the end of the last)."""
+        low, high = age_weeks
+        first, last = uploaded
+        return cls(
+            owner=owner or None,
+            task=task or None,
+            model_id=model_id,
+            text=text or None,
+            strain=strain or None,
+            gate=gate or None,
+            age_min_days=low * 7 if low is not None else None,
+            age_max_days=high * 7 if high is not None else None,
+            created_from=datetime.combine(first, time.min) if first else None,
+            created_to=datetime.combine(last, time.max) if last else None,
+        )
 
 
 def _filtered(query: Select, f: BatchFilter | None) -> Select:

@@ -9,15 +9,22 @@ Imported by pages; not a page itself.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
+from PIL import Image as PILImage
 
 from db import queries
+from db.schema import Image
 from lsm_core.errors import LsmError
 from lsm_core.lab import accounts, cell_labels
+from lsm_core.lab.lab import Lab
 from lsm_core.reports.report import cell_picture
+from lsm_core.reports.text import escape_markdown
+from pages._common import image_pixels
 
 ORDER_NAMES = {
     "uncertain": "most uncertain first",
@@ -80,9 +87,9 @@ def _tile_changed(lab, cell_id: int, me: str, widget: str, key: str) -> None:
         _say(lab, cell_id, me, choice, None, None, key)
 
 
-def _picture(item: cell_labels.QueueItem, scope: Scope, size: int, pixels_of):
+def _picture(item: cell_labels.QueueItem, scope: Scope, size: int) -> PILImage.Image | None:
     channel, z = scope.planes.get(item.batch_id, (None, None))
-    pixels = pixels_of(item.sha256, item.page, channel, z) if item.sha256 else None
+    pixels = image_pixels(item.sha256, item.page, channel, z) if item.sha256 else None
     return cell_picture(pixels, item.box, size) if pixels is not None else None
 
 
@@ -106,40 +113,42 @@ def flagged(text: str, flags: str | None) -> str:
     return f"{text} · {', '.join(shown)}" if shown else text
 
 
-def review_section(lab, scope: Scope, me: str, key: str, pixels_of, escape, heading: bool = True) -> None:
-    """The review queue of ``scope``'s batches for person ``me`` (``pixels_of``: the cached image reader,
-    ``escape``: markdown escaping of user text)."""
+def review_section(lab: Lab, scope: Scope, me: str, key: str, heading: bool = True) -> None:
+    """The review queue of ``scope``'s batches for person ``me``."""
     classes = scope.classes
     if heading:
         st.subheader("Review")
     st.caption(
         "Say what each cell really is. Your labels are kept beside the model's prediction, never over it; a change "
         "keeps the history, and colleagues keep their own labels. Keys on the framed cell: "
-        + ", ".join(f"**{i + 1}** {escape(c)}" for i, c in enumerate(classes[:9]))
+        + ", ".join(f"**{i + 1}** {escape_markdown(c)}" for i, c in enumerate(classes[:9]))
         + ", **X** not a cell, **←/→** previous/next. Cells marked as not a cell count nowhere."
     )
     with lab() as s:
         allowed = {b: accounts.may_change(lab, s, me, owner) for b, owner in scope.owners.items()}
     if not any(allowed.values()):
         whose = ", ".join(sorted(set(scope.owners.values())))
+        belongs = "This batch belongs" if len(scope.owners) == 1 else "These batches belong"
         st.info(
-            f"{'This batch belongs' if len(scope.owners) == 1 else 'These batches belong'} to {escape(whose)}: "
+            f"{belongs} to {escape_markdown(whose)}: "
             "only they or an administrator can label its cells. You can look at them."
         )
     c = st.columns([2, 2, 2])
-    order = c[0].selectbox("Order", list(ORDER_NAMES), format_func=ORDER_NAMES.get, key=f"{key}_review_order")
+    order = c[0].selectbox("Order", list(ORDER_NAMES), format_func=ORDER_NAMES.__getitem__, key=f"{key}_review_order")
     reason = c[1].selectbox(
         "Not a cell because",
         list(cell_labels.EXCLUSIONS),
-        format_func=cell_labels.EXCLUSIONS.get,
+        format_func=cell_labels.EXCLUSIONS.__getitem__,
         key=f"{key}_review_reason",
         help="What X and the grid's 'not a cell' record.",
     )
     only_new = c[2].toggle("Only cells I have not labelled", key=f"{key}_review_new")
+    if order is None or reason is None:  # never: both have options and a default (typed optional by Streamlit)
+        return
     items = cell_labels.queue(lab, scope.batch_ids, me, order, unlabelled_only=only_new, seed=scope.batch_ids[0])
     error = st.session_state.pop(f"{key}_review_error", None)
     if error:
-        st.error(escape(error))
+        st.error(escape_markdown(error))
     if not items:
         st.success("You have labelled every cell here." if only_new else "There are no cells to review here.")
         return
@@ -160,24 +169,24 @@ def review_section(lab, scope: Scope, me: str, key: str, pixels_of, escape, head
 
     with st.container(border=True):
         left, right = st.columns([1, 2])
-        picture = _picture(item, scope, LARGE_PX, pixels_of)
-        where = escape(_where(item, scope))  # file and batch names are the user's text: never Markdown
+        picture = _picture(item, scope, LARGE_PX)
+        where = escape_markdown(_where(item, scope))  # file and batch names are the user's text: never Markdown
         if picture is not None:
             left.image(picture, caption=where)
         else:
             left.caption(f"{where}: the stored image could not be read back")
         right.markdown(
-            f"**{escape(flagged(_where(item, scope), flags.get(item.cell_id, '')))}** · model: "
-            f"**{escape(item.predicted)}** ({item.score:.2f}) · margin {item.margin:.2f}"
+            f"**{escape_markdown(flagged(_where(item, scope), flags.get(item.cell_id, '')))}** · model: "
+            f"**{escape_markdown(item.predicted)}** ({item.score:.2f}) · margin {item.margin:.2f}"
         )
         for cls, p in zip(classes, item.probs, strict=False):
-            right.progress(min(max(p, 0.0), 1.0), text=f"{escape(cls)}: {p:.3f}")
+            right.progress(min(max(p, 0.0), 1.0), text=f"{escape_markdown(cls)}: {p:.3f}")
         said = item.mine.text if item.mine is not None else "no label"
-        line = f"Your label: **{escape(said)}**"
+        line = f"Your label: **{escape_markdown(said)}**"
         if item.consensus is not None:
-            line += f" · counts as: **{escape(item.consensus.text)}**"
+            line += f" · counts as: **{escape_markdown(item.consensus.text)}**"
             if item.consensus.disputed:
-                line += f" (disputed: {escape(item.consensus.last_by)}'s newest label counts)"
+                line += f" (disputed: {escape_markdown(item.consensus.last_by)}'s newest label counts)"
         right.markdown(line)
         buttons = right.columns(len(classes) + 1)
         for i, cls in enumerate(classes):
@@ -244,11 +253,11 @@ def review_section(lab, scope: Scope, me: str, key: str, pixels_of, escape, head
         cols = st.columns(COLUMNS)
         for col, q in zip(cols, tiles[row : row + COLUMNS], strict=False):
             with col.container(border=q.cell_id == item.cell_id):
-                picture = _picture(q, scope, TILE_PX, pixels_of)
+                picture = _picture(q, scope, TILE_PX)
                 if picture is not None:
                     st.image(picture, width=TILE_PX)
                 where = flagged(_where(q, scope), flags.get(q.cell_id, ""))
-                st.caption(f"{escape(q.predicted)} {q.score:.2f} · {escape(where)}")
+                st.caption(f"{escape_markdown(q.predicted)} {q.score:.2f} · {escape_markdown(where)}")
                 now = None if q.mine is None else (NOT_A_CELL if q.mine.excluded else q.mine.label)
                 redrawn = st.session_state.get(f"{key}_tile_redraw_{q.cell_id}", 0)
                 widget = f"{key}_tile_{q.cell_id}_{now}_{redrawn}"
@@ -312,7 +321,15 @@ def field_pick(selection) -> tuple[list[int], tuple[float, float] | None]:
     return [], None
 
 
-def field_section(lab, image, cells, scope: Scope, me: str, key: str, pixels_of, escape, figure) -> None:
+def field_section(
+    lab: Lab,
+    image: Image,
+    cells: list[queries.CellRow],
+    scope: Scope,
+    me: str,
+    key: str,
+    figure: Callable[[bool], go.Figure],
+) -> None:
     """The field of view of ``image`` (with ``cells``, queries.CellRow) as ``figure`` (editable when ``me``
     may change the batch), and what a click or a drag on it does: a box clicked is reviewed here (a class,
     or not a cell), a box dragged around is marked as not a cell, a click where no cell is adds one (a job)."""
@@ -338,11 +355,13 @@ def field_section(lab, image, cells, scope: Scope, me: str, key: str, pixels_of,
         cell = by_id[picked[0]]
         with st.container(border=True):
             left, right = st.columns([1, 3])
-            pixels = pixels_of(image.sha256, image.page, *scope.planes.get(image.batch_id, (None, None)))
+            pixels = image_pixels(image.sha256, image.page, *scope.planes.get(image.batch_id, (None, None)))
             if pixels is not None:
                 left.image(cell_picture(pixels, cell.box, TILE_PX * 2))
             where = flagged(f"cell {cell.cell} of {image.file}", cell.flags)
-            right.markdown(f"**{escape(where)}** · model: **{escape(cell.predicted)}** ({cell.score:.2f})")
+            right.markdown(
+                f"**{escape_markdown(where)}** · model: **{escape_markdown(cell.predicted)}** ({cell.score:.2f})"
+            )
             cols = right.columns(len(scope.classes) + 1)
             for i, cls in enumerate(scope.classes):
                 cols[i].button(cls, key=f"{key}_fov_class_{i}", on_click=_say,
@@ -361,10 +380,10 @@ def field_section(lab, image, cells, scope: Scope, me: str, key: str, pixels_of,
             on_click=remove,
         )
     elif point is not None:
-        _add_section(lab, image, scope, me, key, pixels_of, escape, point)
+        _add_section(lab, image, scope, me, key, point)
 
 
-def _add_section(lab, image, scope: Scope, me: str, key: str, pixels_of, escape, point: tuple[float, float]) -> None:
+def _add_section(lab: Lab, image: Image, scope: Scope, me: str, key: str, point: tuple[float, float]) -> None:
     """A click where no cell is: what the point looks like and the button that adds a cell there. Once added, the
     same point (still selected) says so instead of offering it again; a point where a cell is, or is being
     added, is refused here with why (lsm_core.lab.tasks.add_cell.submit says the same at the click, should a
@@ -385,7 +404,7 @@ def _add_section(lab, image, scope: Scope, me: str, key: str, pixels_of, escape,
 
     refused = st.session_state.pop(error_key, None)
     if refused:
-        st.error(escape(refused))
+        st.error(escape_markdown(refused))
     added = st.session_state.get(added_key)
     if added is not None and added[0] == spot:
         st.success(added[1])
@@ -396,9 +415,9 @@ def _add_section(lab, image, scope: Scope, me: str, key: str, pixels_of, escape,
     # asked before the job is queued: a click on background would otherwise be classified as a cell
     channel, z = scope.planes.get(image.batch_id, (None, None))
     try:
-        cell_like = add_cell.looks_like_a_cell(lab, image.id, x, y, pixels_of(image.sha256, image.page, channel, z))
+        cell_like = add_cell.looks_like_a_cell(lab, image.id, x, y, image_pixels(image.sha256, image.page, channel, z))
     except LsmError as exc:
-        st.error(escape(str(exc)))
+        st.error(escape_markdown(str(exc)))
         return
     if cell_like:
         st.button(f"Add a cell at ({x:.0f}, {y:.0f})", key=f"{key}_fov_add", on_click=add)

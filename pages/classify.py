@@ -1,8 +1,9 @@
 """Classify page: upload a batch with its mouse metadata, queue it for the GPU, watch it, see the results."""
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 from lsm_core.errors import FilesRefused, LsmError
 from lsm_core.imaging.cells import MODALITIES
@@ -12,17 +13,11 @@ from lsm_core.lab import batches
 from lsm_core.lab.batches import BatchMeta, submit_batch
 from lsm_core.lab.jobs import queue_info
 from lsm_core.ml.demo import demo_status
-from lsm_core.reports.stats import AGE_UNITS
-from pages._shared import (
-    escape_markdown,
-    file_errors,
-    model_options,
-    model_picker,
-    render_results,
-    show_flash,
-    the_lab,
-    user,
-)
+from lsm_core.reports.stats import AGE_UNITS, age_in_days
+from lsm_core.reports.text import escape_markdown
+from pages._common import the_lab, user
+from pages._results_view import render_results
+from pages._shared import file_errors, model_options, model_picker, show_flash
 
 st.title("Classify")
 lab = the_lab()
@@ -86,17 +81,6 @@ if not options:
             "or train a better one on the Models page."
         )
     st.stop()
-
-
-def age_in_days(text: str, unit: str) -> float | None:
-    text = (text or "").strip().replace(",", ".")
-    if not text:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise LsmError(f"age {text!r} is not a number; type e.g. 10 and choose the unit") from None
-    return value * AGE_UNITS[unit]
 
 
 def uploads(files) -> Iterator[RawFile]:
@@ -172,7 +156,7 @@ def next_batch_form() -> None:
 
 found_channels = first_file_channels(files)
 with st.form("batch", clear_on_submit=False):
-    c = st.columns(2)
+    c: Sequence[DeltaGenerator] = st.columns(2)  # rows of 2, 4, 3 and 4 columns
     name = c[0].text_input("Batch name", placeholder="e.g. M17 LT-HSC 2026-11-20", key=field_key("name"))
     with c[1]:
         model_id = model_picker("Classifier", options, "classifier_id", help="Demo models are marked (synthetic demo).")
@@ -196,10 +180,12 @@ with st.form("batch", clear_on_submit=False):
         key=field_key("pixel_size"),
     )
     if found_channels is not None:  # listed from the first file: the choice applies to every file of the batch
+        channels = found_channels
+        choices: list[int | None] = [None, *range(len(channels.names))]
         picked = c[1].selectbox(
             "Channel to classify",
-            [None, *range(len(found_channels.names))],
-            format_func=lambda i: channel_label(found_channels, i),
+            choices,
+            format_func=lambda i: channel_label(channels, i),
             key=field_key("channel_pick"),
             help=f"The channels of {escape_markdown(found_channels.file)}; the one chosen is classified in every "
             "file of the batch, the others are measured in each cell as reporter signal. Automatic: the channel "
@@ -358,10 +344,11 @@ if current:
         st.error(f"{len(current['errors'])} file(s) could not be read; the rest of the batch goes on.")
         file_errors(current["errors"])
     if info.status in ("queued", "running"):
+        job_id = current["job"]
 
         @st.fragment(run_every=1.0)
         def progress() -> None:
-            now = queue_info(lab, current["job"])
+            now = queue_info(lab, job_id)
             if now.status not in ("queued", "running"):
                 st.rerun()
             label = f"{now.done:,} of {now.total:,} images"

@@ -1,9 +1,9 @@
 """Compare page: batches (one per mouse) grouped by age or a metadata field, with per-mouse statistics."""
 
-import datetime as dt
+from collections.abc import Sequence
 
-import pandas as pd
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 from db import queries
 from lsm_core.classes import TASK_TITLES
@@ -12,7 +12,9 @@ from lsm_core.lab.registry import offered_models
 from lsm_core.reports import compare
 from lsm_core.reports.report import age_text
 from lsm_core.reports.stats import UNIT_BATCH, parse_bins
-from pages._shared import chart, escape_markdown, known_choices, the_lab, threshold_picker
+from lsm_core.reports.text import escape_markdown
+from pages._common import the_lab
+from pages._shared import chart, known_choices, threshold_picker
 
 st.title("Compare")
 st.caption(
@@ -26,7 +28,7 @@ with lab() as s:
     owners = queries.owners(s)
 
 with st.expander("Which batches", expanded=True):
-    c = st.columns(4)
+    c: Sequence[DeltaGenerator] = st.columns(4)  # each row of widgets in turn
     task = c[0].selectbox("Classifier", list(TASK_TITLES), format_func=lambda t: TASK_TITLES[t])
     of_task = [m for m in models if m.task == task]
     versions = {m.label: m.id for m in of_task}
@@ -47,15 +49,14 @@ with st.expander("Which batches", expanded=True):
     date_from = c[2].date_input("Uploaded from", value=None)
     date_to = c[3].date_input("Uploaded to", value=None)
 
-f = queries.BatchFilter(
+f = queries.BatchFilter.chosen(
     task=task,
     model_id=None if version == "any" else versions[version],
     owner=None if owner == "everyone" else owner,
-    text=text or None,
-    strain=strain or None,
-    gate=gate or None,
-    created_from=dt.datetime.combine(date_from, dt.time.min) if date_from else None,
-    created_to=dt.datetime.combine(date_to, dt.time.max) if date_to else None,
+    text=text,
+    strain=strain,
+    gate=gate,
+    uploaded=(date_from, date_to),
 )
 with lab() as s:
     found = [b for b in queries.batches(s, f, limit=2000) if b.cells > 0]
@@ -72,7 +73,7 @@ chosen = known_choices(
         "Batches (mice)",
         list(labels),
         default=start,
-        format_func=labels.get,
+        format_func=lambda i: labels.get(i, str(i)),  # a stale choice is dropped by known_choices
         help="At first the newest batch of each mouse: re-runs of one mouse are not more mice.",
     ),
     labels,
@@ -136,13 +137,7 @@ if limit:
 one_test = compare.one_test_note(result)
 if one_test:
     st.caption(escape_markdown(one_test))
-tests = compare.shown(result, result.tests).copy()
-for col in ("statistic", "p_value", "p_holm", "effect_size", "smallest_p"):
-    if col in tests:
-        tests[col] = tests[col].map(lambda v: f"{v:.3g}" if pd.notna(v) else "")
-for col in ("difference", "diff_ci95_low", "diff_ci95_high"):  # of per-mouse fractions: percentage points
-    tests[col] = tests[col].map(lambda v: f"{100 * v:+.1f} pp" if pd.notna(v) else "")
-st.dataframe(tests, hide_index=True, width="stretch")
+st.dataframe(compare.tests_table(result), hide_index=True, width="stretch")
 st.subheader("Model of cells within mice")
 whose = "Each class's odds" if result.corrected else f"The odds of {result.tested[0]} cells"
 st.caption(
@@ -162,15 +157,12 @@ st.caption(
 if result.odds.empty:
     st.info("Too few groups or ages with mice for the model.")
 else:
-    odds = compare.shown(result, result.odds).copy()
-    for col in ("odds_ratio", "ci95_low", "ci95_high", "p_value", "p_holm"):
-        if col in odds:
-            odds[col] = odds[col].map(lambda v: f"{v:.3g}" if pd.notna(v) else "")
-    st.dataframe(odds.drop(columns=["model"]), hide_index=True, width="stretch")
+    st.dataframe(compare.odds_table(result), hide_index=True, width="stretch")
 with st.expander("Group summaries"):
     st.dataframe(result.groups.round(4), hide_index=True, width="stretch")
 with st.expander("Secondary view: all cells pooled (pseudo-replication)"):
-    st.write(f"{result.pooled['test']}: statistic {result.pooled['statistic']:.4g}, p = {result.pooled['p_value']:.3g}")
+    pooled = result.pooled
+    st.write(f"{pooled['test']}: statistic {pooled['statistic']:.4g}, p = {compare.three_digits(pooled['p_value'])}")
     st.caption(result.pooled["note"])
 
 c = st.columns(2)

@@ -5,10 +5,11 @@ may change under the user (a colleague submits, renames or deletes), and lsm_cor
 on a batch that is gone or changed since. After an action the selection and any confirmation are reset.
 """
 
-import datetime as dt
+from collections.abc import Sequence
 
 import pandas as pd
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 from db import queries
 from lsm_core.classes import TASK_TITLES
@@ -16,18 +17,9 @@ from lsm_core.errors import LsmError
 from lsm_core.lab import batches
 from lsm_core.lab.registry import offered_models
 from lsm_core.reports.report import age_text
-from pages._shared import (
-    admin,
-    download_buttons,
-    escape_markdown,
-    flash,
-    job_list,
-    model_options,
-    model_picker,
-    show_flash,
-    the_lab,
-    user,
-)
+from lsm_core.reports.text import escape_markdown
+from pages._common import admin, the_lab, user
+from pages._shared import download_buttons, flash, job_list, model_options, model_picker, show_flash
 
 st.title("History")
 lab = the_lab()
@@ -68,7 +60,7 @@ with st.expander("Saliency map jobs (they hold the GPU: cancel what is no longer
     job_list("saliency")
 
 with st.expander("Filters", expanded=True):
-    c = st.columns(4)
+    c: Sequence[DeltaGenerator] = st.columns(4)  # each row of widgets in turn
     owner = c[0].selectbox("Owner", ["everyone"] + owners)
     task = c[1].selectbox("Classifier", ["any"] + list(TASK_TITLES), format_func=lambda t: TASK_TITLES.get(t, t))
     model = c[2].selectbox("Model version", ["any"] + list(models))
@@ -79,15 +71,13 @@ with st.expander("Filters", expanded=True):
     date_from = c[2].date_input("Uploaded from", value=None)
     date_to = c[3].date_input("Uploaded to", value=None)
 
-f = queries.BatchFilter(
+f = queries.BatchFilter.chosen(
     owner=None if owner == "everyone" else owner,
     task=None if task == "any" else task,
     model_id=None if model == "any" else models[model],
-    text=text or None,
-    age_min_days=age_min * 7 if age_min is not None else None,
-    age_max_days=age_max * 7 if age_max is not None else None,
-    created_from=dt.datetime.combine(date_from, dt.time.min) if date_from else None,
-    created_to=dt.datetime.combine(date_to, dt.time.max) if date_to else None,
+    text=text,
+    age_weeks=(age_min, age_max),
+    uploaded=(date_from, date_to),
 )
 SHOWN = 1000  # the newest batches listed; the caption says how many more match
 with lab() as s:

@@ -5,7 +5,9 @@ import streamlit as st
 
 from lsm_core.errors import LsmError
 from lsm_core.lab import accounts
-from pages._shared import admin, escape_markdown, flash, show_flash, signed_in_mode, the_lab, user
+from lsm_core.reports.text import escape_markdown
+from pages._common import admin, signed_in_mode, the_lab, user
+from pages._shared import flash, show_flash
 
 ROLE_NAMES = {accounts.ADMIN: "administrator", accounts.MEMBER: "member"}
 

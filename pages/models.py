@@ -1,7 +1,10 @@
 """Models page: the registered classifiers, their model cards, defaults, import, export, training, evaluation."""
 
+from collections.abc import Sequence
+
 import pandas as pd
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 from db import queries
 from db.schema import Model
@@ -33,8 +36,10 @@ from lsm_core.reports.model_card import (
     training_figure,
     training_labels,
 )
+from lsm_core.reports.text import escape_markdown
 from lsm_core.reports.zoo import export_for_zoo
-from pages._shared import admin, chart, escape_markdown, job_list, the_lab, user
+from pages._common import admin, the_lab, user
+from pages._shared import chart, job_list
 
 ZOO_LICENSES = ["CC-BY-4.0", "MIT", "Apache-2.0", "BSD-3-Clause", "CC0-1.0"]
 ARCHITECTURES = [a for a in nets.REGISTRY if a != "tiny_cnn"]  # the registry's, less the tests' toy network
@@ -178,7 +183,7 @@ with tabs[1]:
             "Ask one of them, or see the Lab page for who they are."
         )
     with st.form("train"):
-        c = st.columns(3)
+        c: Sequence[DeltaGenerator] = st.columns(3)  # each row of widgets in turn
         task = c[0].selectbox("Task", list(TASK_TITLES), format_func=lambda t: TASK_TITLES[t])
         name = c[1].text_input("Model name", placeholder="e.g. lsm-lab")
         arch = c[2].selectbox(
@@ -250,9 +255,9 @@ with tabs[1]:
 
 with tabs[2]:
     if rows:
-        labels = {option(m): m.id for m in rows}  # the first is the default LSM model
+        ids = {option(m): m.id for m in rows}  # the first is the default LSM model
         with st.form("evaluate"):
-            chosen = st.selectbox("Model", list(labels), index=0, key="eval_model")
+            evaluated = st.selectbox("Model", list(ids), index=0, key="eval_model")
             test = st.file_uploader(
                 "Labelled test ZIP (folders named after the classes)", accept_multiple_files=True, key="eval_zip"
             )
@@ -260,7 +265,7 @@ with tabs[2]:
         if go:
             try:
                 uploads = lab.blobs.put_uploads([RawFile(f.name, f.getvalue()) for f in test or []])
-                job_id = evaluate.submit(lab, labels[chosen], uploads, owner=me)
+                job_id = evaluate.submit(lab, ids[evaluated], uploads, owner=me)
                 st.success(f"Evaluation queued as job {job_id}.")
             except LsmError as exc:
                 st.error(escape_markdown(str(exc)))

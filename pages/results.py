@@ -3,7 +3,9 @@
 import streamlit as st
 
 from db import queries
-from pages._shared import render_results, show_flash, the_lab
+from pages._common import the_lab
+from pages._results_view import render_results
+from pages._shared import show_flash
 
 st.title("Results")
 lab = the_lab()
@@ -29,6 +31,8 @@ if not rows:
     st.stop()
 index = ids.index(asked) if asked in ids else 0
 # options are batch ids (stable while colleagues add batches); the label is only what is shown
-chosen = st.selectbox("Batch", ids, index=index, format_func=labels.get, key=f"results_batch_{wanted}")
+chosen = st.selectbox("Batch", ids, index=index, format_func=labels.__getitem__, key=f"results_batch_{wanted}")
+if chosen is None:  # never with batches to choose from (Streamlit types every selectbox's value as optional)
+    st.stop()
 st.query_params["batch"] = str(chosen)
 render_results(chosen, key="results")

@@ -5,8 +5,9 @@ import streamlit as st
 from db import queries
 from db.schema import Batch
 from lsm_core.classes import TASK_TITLES
+from pages._common import the_lab, user
 from pages._review_queue import Scope, review_section
-from pages._shared import escape_markdown, image_pixels, known_choices, show_flash, the_lab, user
+from pages._shared import known_choices, show_flash
 
 st.title("Review")
 st.caption(
@@ -24,8 +25,10 @@ if not rows:
     st.stop()
 c = st.columns([1, 1])
 tasks = [t for t in TASK_TITLES if any(b.task == t for b in rows)]
-task = c[0].selectbox("Classifier", tasks, format_func=TASK_TITLES.get, key="review_task")
+task = c[0].selectbox("Classifier", tasks, format_func=TASK_TITLES.__getitem__, key="review_task")
 only_mine = c[1].toggle("Only my batches", value=True, key="review_mine", help=f"Batches whose owner is {me}.")
+if task is None:  # never: a task is listed for every batch (Streamlit types every selectbox's value as optional)
+    st.stop()
 offered = [b for b in rows if b.task == task and (b.owner == me or not only_mine)]
 if not offered:
     st.info(f"You have no classified {TASK_TITLES[task]} batches; switch off “Only my batches” to see the lab's.")
@@ -38,7 +41,7 @@ chosen = known_choices(
         "Batches",
         list(names),
         default=list(names)[:20],
-        format_func=names.get,
+        format_func=lambda i: names.get(i, str(i)),  # a stale choice is dropped by known_choices
         key=f"review_batches_{task}_{only_mine}",
     ),
     names,
@@ -59,4 +62,4 @@ with lab() as s:
         {b.id: (b.channel, b.z) for b in batches},
         {b.id: b.name for b in batches},
     )
-review_section(lab, scope, me, "review", image_pixels, escape_markdown, heading=False)
+review_section(lab, scope, me, "review", heading=False)

@@ -559,3 +559,16 @@ def test_compare_page_with_the_aging_model_shows_one_test_and_a_figure_that_name
     assert layout["title"]["text"] == "aged cells per mouse (young = 100% − aged)"
     assert layout["xaxis"]["title"]["text"] == "group (age)" and layout["legend"]["title"]["text"] == "Group"
     assert layout["yaxis"]["title"]["text"].startswith("% of cells called aged")
+
+
+def test_statistics_and_differences_are_shown_to_three_digits_and_in_percentage_points():
+    from lsm_core.reports.compare import points, three_digits
+
+    assert [three_digits(v) for v in (0.000123456, 12.3456, 1.0, float("nan"), None)] == [
+        "0.000123",
+        "12.3",
+        "1",
+        "",
+        "",
+    ]
+    assert [points(v) for v in (0.0423, -0.1, 0.0, float("nan"), None)] == ["+4.2 pp", "-10.0 pp", "+0.0 pp", "", ""]

@@ -3,10 +3,9 @@
 Batch names, sample metadata, file names and owners reach the History, Results, Compare and Classify pages.
 Rendered as Markdown, ``![x](http://host/x.png)`` in a batch name would make every viewer's browser fetch an
 image, and ``[Session expired: sign in again](http://host/)`` would show a link that is not the app's. The
-pages pass such text through pages._shared.escape_markdown (or show it with st.text / in table cells); this
-checks every element that Streamlit renders as Markdown (streamlit.testing.v1.AppTest), and the function itself
-against what Streamlit's Markdown dialect acts on, including what it finds after escapes are read (icons,
-emoji shortcodes, autolinks)."""
+pages pass such text through lsm_core.reports.text.escape_markdown (or show it with st.text / in table cells);
+this checks every element that Streamlit renders as Markdown (streamlit.testing.v1.AppTest); tests/test_text.py
+checks the function itself."""
 
 from __future__ import annotations
 
@@ -15,10 +14,7 @@ import re
 import pytest
 
 from tests.helpers import crop_files, field_file, history_page, run_page
-
-IMG = "![x](http://127.0.0.1:9/x.png)"
-LINK = "[Session expired: sign in again](http://127.0.0.1:9/)"
-ICONS = ":material/lock: :streamlit: :smile: :red[red] $x^2$ <b>bold</b> &amp; ~~gone~~ www.example.org a@example.org"
+from tests.test_text import ICONS, IMG, LINK, unescaped
 
 # node types whose strings are shown as they are (not Markdown)
 PLAIN_TYPES = {"text", "code", "json", "arrow_data_frame", "dataframe", "plotly_chart", "exception", "html"}
@@ -53,11 +49,6 @@ def plain_texts(at) -> list[str]:
     return [t.value for t in at.text]
 
 
-def unescaped(source: str) -> str:
-    """The text of a Markdown source as a reader sees it: escapes read, the invisible word joiner dropped."""
-    return re.sub(r"\\(.)", r"\1", source).replace("\u2060", "")
-
-
 LINK_SYNTAX = re.compile(r"(?<!\\)(?:\\\\)*(\]\(|!\[|<https?:)")  # an unescaped ]( , ![ or <http: autolink
 
 
@@ -72,40 +63,6 @@ def assert_inert(at, *names: str) -> None:
     shown = "\n".join([unescaped(s) for s in sources] + plain_texts(at))
     for name in names:
         assert name in shown, f"{name!r} is not shown"
-
-
-# --- the escaping function itself -----------------------------------------------------------------------------
-@pytest.mark.parametrize("text", [IMG, LINK, ICONS, "# heading\n> quote\n- item\n1. one\n| a | b |\n---", "a\\](b)"])
-def test_escape_markdown_leaves_nothing_for_markdown_to_act_on(text):
-    from pages._shared import escape_markdown
-
-    out = escape_markdown(text)
-    assert unescaped(out) == text  # the reader sees exactly the text
-    # every ASCII punctuation character is escaped (an odd number of backslashes before it)
-    for m in re.finditer(r"[!-/:-@\[-`{-~]", out):
-        if m.group() == "\\":
-            continue
-        backslashes = len(out[: m.start()]) - len(out[: m.start()].rstrip("\\"))
-        assert backslashes % 2 == 1, (out, m.start())
-    # what Streamlit's Markdown finds in the text after the escapes are read (so escapes alone cannot stop it):
-    # icons (:material/x: is rewritten :material_x: before parsing), the logo, emoji shortcodes, GFM autolinks
-    read = re.sub(r"\\(.)", r"\1", out).replace(":material/", ":material_")
-    for pattern in (
-        r":material_\w+:",
-        r":streamlit:",
-        r":\+1:|:-1:|:[\w-]+:",
-        r"(https?://|www(?=\.))[-.\w]+",
-        r"[-.\w+]+@[-\w]+(\.[-\w]+)+",
-    ):
-        assert not re.search(pattern, read), (pattern, read)
-
-
-def test_escape_markdown_keeps_ordinary_messages_readable():
-    from pages._shared import escape_markdown
-
-    message = "nothing was added: all 3 file(s) are in batch 'M17' already; use label:range"
-    assert unescaped(escape_markdown(message)) == message
-    assert "\u2060" not in escape_markdown(message)  # a word joiner only where Markdown would act
 
 
 # --- the pages ------------------------------------------------------------------------------------------------

@@ -98,8 +98,8 @@ def test_a_phase_batch_finds_its_cells_and_its_modality_keys_the_cell_cache(hist
     from lsm_core.reports.report import load_report
 
     with lab() as s:
-        assert load_report(s, phase.batch_id).meta["imaging"] == "phase"
-        assert load_report(s, auto.batch_id).meta["imaging"] == "auto"
+        assert load_report(s, phase.batch_id).meta.imaging == "phase"
+        assert load_report(s, auto.batch_id).meta.imaging == "auto"
 
 
 def test_the_command_line_classifies_with_the_modality_given(tiny_lsm_package, tmp_path):

@@ -217,7 +217,7 @@ def test_the_review_page_queues_a_persons_batches_together_most_uncertain_first(
     Worker(lab, device="cpu").run(drain=True)
     order = cell_labels.queue(lab, mine, "ana")
     assert {q.batch_id for q in order} == set(mine) and len(order) == 10
-    at = run_page("pages/cell_labels.py")
+    at = run_page("pages/review.py")
     assert f"Cell 1 of {len(order)} in this order" in texts(at)
     first = order[0]
     assert f"cell {first.idx} of {first.file}, batch #{first.batch_id} ana" in texts(at)

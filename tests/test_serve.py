@@ -235,3 +235,58 @@ def test_the_app_says_when_it_is_open_to_everyone_and_when_its_worker_was_restar
     assert "LSM_ADMINS names ana, but it cannot tell people apart here" in texts(run_page())
     monkeypatch.delenv("LSM_ADMINS")
     assert "(exit status -9) and was started again (2 restarts so far)" in shown
+
+
+# every page of streamlit_app.py by its URL path (what links, bookmarks and the README name); "" is the default
+PAGE_URLS = {
+    "": "Classify",
+    "batch-results": "Results",
+    "review-cells": "Review",
+    "batch-history": "History",
+    "compare-ages": "Compare",
+    "model-registry": "Models",
+    "lab-admin": "Lab",
+}
+
+
+@pytest.mark.slow
+def test_each_pages_url_path_opens_that_page_inside_the_app_and_a_page_files_name_opens_none(tmp_path):
+    """On a fresh server (the first session is the one Streamlit used to serve from pages/ the old way, see
+    lsm_core.lab.serve.STREAMLIT_BOOT) a page file's own name runs no page file outside streamlit_app.py: it is
+    no URL of the app, which shows its default page in its frame. Then each page's URL path opens that page, in
+    the app's frame (its lab-mode warning), without "Page not found"."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.helpers import launch, need_browser, served_app
+
+    need_browser()
+    add_tiny_demo_models(tmp_path / "data" / "models")
+    served = served_app(tmp_path / "data", tmp_path / "server.log", LSM_USER="ana", LSM_ADMINS="ana")
+    with served as url, sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{url}/results")  # the very first request: pages/results.py's name, not a URL of the app
+        expect(page.locator("h1").first).to_have_text("Classify", timeout=90_000)
+        expect(page.get_by_text("Lab mode: unauthenticated")).to_be_visible()
+        for path, title in PAGE_URLS.items():
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{url}/{path}")
+            expect(page.locator("h1").first).to_have_text(title, timeout=60_000)
+            expect(page.get_by_text("Lab mode: unauthenticated")).to_be_visible()
+            page.wait_for_timeout(500)
+            expect(page.get_by_text("Page not found")).to_have_count(0)
+            assert page.url.rstrip("/") == f"{url}/{path}".rstrip("/")  # the address stays the page's
+            page.close()
+        browser.close()
+
+
+def test_the_apps_sidebar_links_each_page_at_its_url_path(app_env):
+    """The URL paths streamlit_app.py gives its pages, as its sidebar links them (AppTest; "" is the default)."""
+    from streamlit.testing.v1 import AppTest
+
+    from tests.helpers import APP
+
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception, [e.message for e in at.exception]
+    links = {link.proto.label: link.proto.page for link in at.get("page_link")}
+    assert links == {title: path for path, title in PAGE_URLS.items()}

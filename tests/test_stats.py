@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from lsm_core.reports.stats import composition, wilson_interval
+from lsm_core.errors import LsmError
+from lsm_core.reports.stats import DAYS_PER_MONTH, age_in_days, composition, wilson_interval
 
 
 def test_wilson_interval_matches_the_closed_form():
@@ -20,3 +21,11 @@ def test_composition_fractions_sum_to_one_and_bracket():
     assert sum(s.fraction for s in shares) == pytest.approx(1.0)
     assert all(s.low <= s.fraction <= s.high for s in shares)
     assert composition({}, ["young", "aged"])[0].fraction == 0.0
+
+
+def test_an_age_as_typed_is_read_in_days():
+    assert age_in_days("10", "weeks") == 70
+    assert age_in_days(" 2,5 ", "months") == pytest.approx(2.5 * DAYS_PER_MONTH)  # a decimal comma too
+    assert age_in_days("", "days") is None and age_in_days(None, "weeks") is None  # not given
+    with pytest.raises(LsmError, match="'ten' is not a number"):
+        age_in_days("ten", "weeks")

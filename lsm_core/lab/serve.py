@@ -33,11 +33,14 @@ from lsm_core.lab.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]  # the project's folder: streamlit_app.py, pages/
 
 # `streamlit run`, with Streamlit told before the first session that the app navigates with st.navigation.
-# Streamlit reads a folder called pages/ the old (MPA v1) way until some script run has called st.navigation,
-# process-wide: the first session after a start then had the old page list, so a link to /batch-results or
-# /batch-history showed "Page not found" over the right page. (The URL paths differ from the file names so
-# that the old way can never run a page file outside streamlit_app.py's sign-in gate.) This module never
-# imports Streamlit itself; tests/test_first_start.py opens a deep link on a fresh server.
+# Streamlit (1.67) reads a folder called pages/ the old (MPA v1) way until some script run has called
+# st.navigation, process-wide: PagesManager.uses_pages_directory is set from the folder's existence when the first
+# session starts, and only st.navigation clears it. The first session after a start then had the old page list:
+# a link to /batch-results or /batch-history showed "Page not found" over the right page, and /results ran
+# pages/results.py alone, outside streamlit_app.py's sign-in gate. Streamlit offers no public setting for this
+# (client.showSidebarNavigation only hides the old menu), and the folder's name is fixed by the design, so this
+# private class attribute is set here, the one place. This module never imports Streamlit itself;
+# tests/test_serve.py opens a page file's name first and then every page's URL path on a fresh server.
 STREAMLIT_BOOT = (
     "import sys; from streamlit.runtime.pages_manager import PagesManager; "
     "PagesManager.uses_pages_directory = False; "

@@ -73,6 +73,39 @@ def shown(c: Comparison, frame: pd.DataFrame) -> pd.DataFrame:
     return frame if c.corrected else frame.drop(columns=["p_holm"], errors="ignore")
 
 
+def three_digits(value: float | None) -> str:
+    """A statistic, p-value or odds ratio as the page shows it: three significant digits; "" where there is none."""
+    return "" if value is None or pd.isna(value) else f"{value:.3g}"
+
+
+def points(value: float | None) -> str:
+    """A difference of per-mouse fractions in percentage points, signed (``+4.2 pp``); "" where there is none."""
+    return "" if value is None or pd.isna(value) else f"{100 * value:+.1f} pp"
+
+
+def tests_table(c: Comparison) -> pd.DataFrame:
+    """The tests (mouse as the unit) as the page shows them (:func:`shown`): statistics, p-values and effect sizes
+    to three significant digits, differences of per-mouse fractions and their interval in percentage points."""
+    tests = shown(c, c.tests).copy()
+    for col in ("statistic", "p_value", "p_holm", "effect_size", "smallest_p"):
+        if col in tests:
+            tests[col] = tests[col].map(three_digits)
+    for col in ("difference", "diff_ci95_low", "diff_ci95_high"):
+        if col in tests:
+            tests[col] = tests[col].map(points)
+    return tests
+
+
+def odds_table(c: Comparison) -> pd.DataFrame:
+    """The model of cells within mice as the page shows it (:func:`shown`): odds ratios, their interval and
+    p-values to three significant digits, without the model's name (the page says it above the table)."""
+    odds = shown(c, c.odds).copy()
+    for col in ("odds_ratio", "ci95_low", "ci95_high", "p_value", "p_holm"):
+        if col in odds:
+            odds[col] = odds[col].map(three_digits)
+    return odds.drop(columns=["model"], errors="ignore")
+
+
 def build(
     s: Session,
     batch_ids: list[int],

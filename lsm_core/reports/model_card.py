@@ -1,9 +1,9 @@
 """Figures of a model card, from the metrics a manifest (or an evaluation job) carries. No UI.
 
 An imported package brings its own metrics, description and origin: every text of it is drawn as text (names in
-figures through :func:`lsm_core.reports.report.plot_text`, Markdown through :func:`_md`), and a number it
-carries is drawn only when it is a number (text where a number belongs would become an axis of category labels,
-which plotly reads as HTML too).
+figures through :func:`lsm_core.reports.report.plot_text`, Markdown through
+:func:`lsm_core.reports.text.escape_markdown`), and a number it carries is drawn only when it is a number (text
+where a number belongs would become an axis of category labels, which plotly reads as HTML too).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import math
 import numbers
-import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import plotly.graph_objects as go
 
 from lsm_core.classes import PAPER_CITATION
 from lsm_core.reports.report import colour, plot_text
+from lsm_core.reports.text import escape_markdown as _md  # the one rule of people's text in Markdown
 
 
 def _finite(value: object) -> float | None:
@@ -610,22 +610,6 @@ def origin_text(training: dict | None) -> str | None:
         by = f" by {app} {origin['app_version']}" if origin.get("app_version") else ""
         lines.append(f"Exported from {origin['exported_from']!s}{by}.")
     return "\n".join(lines)
-
-
-# The rule of pages._shared.escape_markdown (which pages use for user text), here for the README this module
-# writes: every ASCII punctuation character escaped, and a word joiner (U+2060) where a renderer would still find an
-# autolink (http://, www., e-mail) or a shortcode in the text once the escapes are read. ``<``, ``>`` and ``&`` are
-# written as entities instead: a renderer that is not CommonMark (Python-Markdown) reads ``\<span ...>`` as HTML.
-_MARKDOWN_PUNCTUATION = re.compile(r"[!-/:-@\[-`{-~]")
-_AFTER_ESCAPES = re.compile(r"(?<=:)(?=[\w+\-/]+:|//)|(?<=@)(?=[\w\-]+\.[\w\-])|(?i:(?<=www)(?=\.))")
-_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
-
-
-def _md(text: object) -> str:
-    """Text as literal Markdown (names, rules, a package's description, authors and metric names are people's
-    text): no link, image, HTML or emphasis of it stays live."""
-    joined = _AFTER_ESCAPES.sub("\u2060", str(text))
-    return _MARKDOWN_PUNCTUATION.sub(lambda m: _ENTITIES.get(m.group(), "\\" + m.group()), joined)
 
 
 def _listed(value: object) -> list:

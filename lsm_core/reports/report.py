@@ -10,7 +10,9 @@ import io
 import json
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -63,14 +65,54 @@ def age_text(days: float | None) -> str:
     return f"{days / DAYS_PER_MONTH:.1f} months"
 
 
+@dataclass(frozen=True)
+class SampleFacts:
+    """A batch's sample metadata as a report says it (its age also as people say it), with when it was made,
+    the pixel size set for it (None: as given) and how its cells were found (``auto``: by the picture)."""
+
+    mouse_id: str | None
+    age_days: float | None
+    age: str  # age_text(age_days); "" when unknown
+    sex: str | None
+    strain: str | None
+    gate: str | None
+    imaging_date: str | None
+    notes: str | None
+    created: datetime
+    pixel_size_um: float | None
+    imaging: str  # lsm_core.imaging.cells.MODALITIES, or "auto"
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """The model that classified a batch, as a report names and describes it."""
+
+    id: int
+    name: str
+    version: int
+    label: str
+    task: str
+    sha256: str
+    classes: list[str]
+    demo: bool
+    architecture: str
+    pixel_size_um: float
+    input_size: int
+    crop_um: float
+    normalisation: str
+    temperature: float
+    created: datetime
+    training: dict[str, Any]
+
+
 @dataclass
 class BatchReport:
     batch_id: int
     name: str
     owner: str
     status: str
-    meta: dict
-    model: dict
+    meta: SampleFacts
+    model: ModelFacts
     classes: list[str]
     threshold: float
     cells_total: int  # counted as cells: those reviewers said are not cells are left out (cells_excluded)
@@ -157,7 +199,7 @@ class BatchReport:
         if self.calibration:
             size, source, _ = self.calibration[0]
             return size, source
-        expected = resolve(user=self.meta.get("pixel_size_um"), model_default=self.model["pixel_size_um"])
+        expected = resolve(user=self.meta.pixel_size_um, model_default=self.model.pixel_size_um)
         return expected.um_per_px, expected.source
 
     @property
@@ -208,37 +250,37 @@ def load_report(s: Session, batch_id: int, threshold: float = 0.0) -> BatchRepor
         status=batch.status,
         channel=batch.channel,
         z=batch.z,
-        meta={
-            "mouse_id": batch.mouse_id,
-            "age_days": batch.age_days,
-            "age": age_text(batch.age_days),
-            "sex": batch.sex,
-            "strain": batch.strain,
-            "gate": batch.gate,
-            "imaging_date": batch.imaging_date,
-            "notes": batch.notes,
-            "created": batch.created,
-            "pixel_size_um": batch.pixel_size_um,
-            "imaging": batch.modality or "auto",  # how its cells were found (lsm_core.imaging.cells.MODALITIES)
-        },
-        model={
-            "id": model.id,
-            "name": model.name,
-            "version": model.version,
-            "label": model.label,
-            "task": model.task,
-            "sha256": model.weights_sha256,
-            "classes": classes,
-            "demo": model.demo,
-            "architecture": model.architecture,
-            "pixel_size_um": model.pixel_size_um,
-            "input_size": model.input_size,
-            "crop_um": model.crop_um,
-            "normalisation": model.normalisation,
-            "temperature": model.temperature,
-            "created": model.created,
-            "training": model.training or {},
-        },
+        meta=SampleFacts(
+            mouse_id=batch.mouse_id,
+            age_days=batch.age_days,
+            age=age_text(batch.age_days),
+            sex=batch.sex,
+            strain=batch.strain,
+            gate=batch.gate,
+            imaging_date=batch.imaging_date,
+            notes=batch.notes,
+            created=batch.created,
+            pixel_size_um=batch.pixel_size_um,
+            imaging=batch.modality or "auto",  # how its cells were found (lsm_core.imaging.cells.MODALITIES)
+        ),
+        model=ModelFacts(
+            id=model.id,
+            name=model.name,
+            version=model.version,
+            label=model.label,
+            task=model.task,
+            sha256=model.weights_sha256,
+            classes=classes,
+            demo=model.demo,
+            architecture=model.architecture,
+            pixel_size_um=model.pixel_size_um,
+            input_size=model.input_size,
+            crop_um=model.crop_um,
+            normalisation=model.normalisation,
+            temperature=model.temperature,
+            created=model.created,
+            training=model.training or {},
+        ),
         classes=classes,
         threshold=threshold,
         cells_total=sum(counts_all.values()),
@@ -558,7 +600,7 @@ def workbook(s: Session, batch_id: int, threshold: float) -> bytes:
         "batch": report.batch_id,
         "batch_name": report.name,
         "owner": report.owner,
-        **report.meta,
+        **asdict(report.meta),
         "status": report.status,
         "images": report.images,
         "images_failed": len(report.failed),
@@ -581,13 +623,13 @@ def workbook(s: Session, batch_id: int, threshold: float) -> bytes:
         ),
     )
     fields = ("name", "version", "task", "architecture", "sha256", "input_size", "pixel_size_um", "crop_um")
-    model = [[key, report.model[key]] for key in (*fields, "normalisation", "temperature")]
+    model = [[key, getattr(report.model, key)] for key in (*fields, "normalisation", "temperature")]
     model += [
-        ["created", str(report.model["created"])],
+        ["created", str(report.model.created)],
         ["classes", ", ".join(report.classes)],
-        ["synthetic demo", "yes: trained on synthetic cells only" if report.model["demo"] else "no"],
+        ["synthetic demo", "yes: trained on synthetic cells only" if report.model.demo else "no"],
         # how it was trained: its configuration, its data and labels (with their sha256), its parent model
-        ["training", json.dumps(report.model["training"], sort_keys=True, default=str)],
+        ["training", json.dumps(report.model.training, sort_keys=True, default=str)],
     ]
     add_sheet(book, "model", ["field", "value"], model)
     add_sheet(book, "images", IMAGE_COLUMNS, (image_row(a) for a in report.accounts))

@@ -74,6 +74,19 @@ PSEUDOREPLICATION_NOTE = (
 )
 
 
+def age_in_days(text: str | None, unit: str) -> float | None:
+    """An age as typed (``10``, ``10,5``; empty: not known) in ``unit`` (a key of :data:`AGE_UNITS`), in days;
+    raises LsmError when it is not a number."""
+    text = (text or "").strip().replace(",", ".")
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise LsmError(f"age {text!r} is not a number; type e.g. 10 and choose the unit") from None
+    return value * AGE_UNITS[unit]
+
+
 @dataclass
 class AgeBin:
     label: str

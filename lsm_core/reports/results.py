@@ -1,0 +1,130 @@
+"""What the results view of one batch shows, loaded in one go (:func:`load_results`): the report, every cell's
+prediction and probabilities, the batch's facts, its images and the fields of view to pick from, the reporter
+channels measured, the composition table and what the counts leave out. The page lays it out
+(pages/_results_view.py); what depends on a widget (a page of the cell table, a reporter channel, a field of
+view, saliency maps) is read when that widget asks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from db import queries
+from db.schema import Image
+from lsm_core.imaging.cells import TINY_CELL_UM
+from lsm_core.reports.export import reporter_channels
+from lsm_core.reports.report import BatchReport, cell_arrays, load_report
+
+# the batch's sample metadata as the results view names it, in the order it says it
+FACT_LABELS = (
+    ("mouse_id", "mouse"),
+    ("age", "age"),
+    ("sex", "sex"),
+    ("strain", "strain/reporter"),
+    ("gate", "gate"),
+    ("imaging_date", "imaged"),
+)
+
+
+@dataclass(frozen=True)
+class ResultsView:
+    """One batch's results at a score threshold, as the results view shows them."""
+
+    report: BatchReport
+    pred: np.ndarray  # (N,) every counted cell's predicted class index, in upload order
+    score: np.ndarray  # (N,)
+    probs: np.ndarray  # (N, C)
+    images: list[Image]  # the batch's images, in upload order
+    fields: list[Image]  # the fields of view with cells found or objects dropped: what the field view offers
+    facts: list[tuple[str, str]]  # (what, value): owner, model, the sample's metadata given, how cells were found
+    reporter_channels: list[str]  # the reporter channels measured in its cells (multi-channel files)
+    shares: list[dict]  # the composition table: class, cells, %, 95% CI
+    not_counted: str | None  # what the counts leave out, in one line (None: nothing)
+    not_counted_rows: list[dict]  # per image: cells, edge, tiny, dropped as clumps, dropped as debris
+
+
+def _facts(report: BatchReport) -> list[tuple[str, str]]:
+    meta = report.meta
+    facts = [("owner", report.owner), ("model", report.model.label)]
+    facts += [(label, str(getattr(meta, key))) for key, label in FACT_LABELS if getattr(meta, key)]
+    if meta.imaging not in (None, "auto"):  # chosen at submit: say how the cells were found
+        facts.append(("imaging", meta.imaging))
+    return facts
+
+
+def _n(count: int, what: str) -> str:
+    return f"{count:,} {what}{'' if count == 1 else 's'}"
+
+
+def not_counted(report: BatchReport) -> tuple[str | None, list[dict]]:
+    """What the counts leave out, per image: objects dropped as clumps or debris, and the counted cells that are
+    cut by the image's edge or tiny (the workbook's ``images`` sheet has the same): one line, and a row per image
+    with any of them. (None, []) when nothing is left out."""
+    accounts = [a for a in report.accounts if a.done and not a.error]
+    clumps, debris, edge = report.dropped_clumps, report.dropped_debris, report.cells_edge
+    tiny = sum(a.cells_tiny for a in accounts)
+    if not (clumps or debris or edge or tiny):
+        return None, []
+    parts = []
+    if clumps or debris:
+        dropped = [f"{_n(k, 'object')} dropped as {why}" for k, why in ((clumps, "clumps"), (debris, "debris")) if k]
+        images = sum(1 for a in accounts if a.dropped_clumps or a.dropped_debris)
+        parts.append(f"{' and '.join(dropped)}, in {_n(images, 'image')}")
+    if edge or tiny:
+        counted = [
+            f"{k:,} {what}"
+            for k, what in ((edge, "cut by the image's edge"), (tiny, f"under {TINY_CELL_UM:g} µm"))
+            if k
+        ]
+        parts.append(f"of the cells counted, {' and '.join(counted)}")
+    rows = [
+        {
+            "image": a.name,
+            "cells": a.n_cells,
+            "edge": a.cells_edge,
+            "tiny": a.cells_tiny,
+            "dropped as clumps": a.dropped_clumps,
+            "dropped as debris": a.dropped_debris,
+        }
+        for a in accounts
+        if a.cells_edge or a.cells_tiny or a.dropped_clumps or a.dropped_debris
+    ]
+    return "; ".join(parts), rows
+
+
+def _share_rows(report: BatchReport) -> list[dict]:
+    return [
+        {
+            "class": sh.cls,
+            "cells": sh.count,
+            "%": round(100 * sh.fraction, 1),
+            "95% CI": f"{100 * sh.low:.1f} to {100 * sh.high:.1f}",
+        }
+        for sh in report.shares
+    ]
+
+
+def load_results(s: Session, batch_id: int, threshold: float) -> ResultsView:
+    """Everything the results view of batch ``batch_id`` shows at score ``threshold``, read in one session;
+    raises LsmError when the batch no longer exists."""
+    report = load_report(s, batch_id, threshold)
+    images = queries.batch_images(s, batch_id)
+    dropped = {a.id: a for a in report.accounts}
+    fields = [
+        im
+        for im in images
+        if im.kind == "field" and (im.n_cells or (im.id in dropped and dropped[im.id].dropped_boxes))
+    ]
+    return ResultsView(  # in the order of its fields
+        report,
+        *cell_arrays(s, batch_id, report.classes),
+        images,
+        fields,
+        _facts(report),
+        reporter_channels(s, [batch_id]),
+        _share_rows(report),
+        *not_counted(report),
+    )
