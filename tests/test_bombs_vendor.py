@@ -12,7 +12,6 @@ process, against the same command on one small image (tests/test_memory.py): und
 from __future__ import annotations
 
 import io
-import os
 import struct
 import subprocess
 import sys
@@ -29,8 +28,8 @@ import tifffile
 from lsm_core.errors import LsmError
 from lsm_core.imaging.readers import open_microscope_file
 from lsm_core.imaging.readers.base import Limits
-from tests.helpers import ROOT, png_bytes
-from tests.test_memory import BOUND_MB, peak_mb
+from tests.helpers import ROOT
+from tests.test_memory import BOUND_MB, measuring
 from tests.test_readers import settings_text, write_compound_file, write_oif
 from tests.test_readers_shared_data import ND2, need
 
@@ -492,26 +491,15 @@ RUNS = [
 
 @pytest.fixture(scope="module")
 def setting(tmp_path_factory):
-    """A data dir with a registered tiny model, its environment, a small valid image as the baseline, and
-    the baseline's peak per command (measured once)."""
-    from tests.helpers import add_tiny_demo_models
-
-    data = tmp_path_factory.mktemp("vendor-memory")
-    add_tiny_demo_models(data / "models")
-    env = dict(os.environ, LSM_DATA_DIR=str(data), PYTHONPATH=str(ROOT), LSM_USER="ana", LSM_DEVICE="cpu")
-    env.pop("LSM_DATABASE_URL", None)
-    small = data / "small.png"
-    small.write_bytes(png_bytes(np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)))
-    return data, env, small, {}
+    with measuring(tmp_path_factory.mktemp("vendor-memory")) as measured:
+        yield measured
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("command", "name"), RUNS)
 def test_a_hostile_vendor_file_stays_within_the_memory_bound(setting, tmp_path, command, name):
-    data, env, small, baselines = setting
     write, channel, _ = HOSTILE[name]
-    hostile = tmp_path / name
-    write(hostile)
+    hostile = setting.built(name, write)
 
     def args(path: Path, batch: str) -> list[str]:
         plane = ["--channel", channel, "--z", "0"]
@@ -519,11 +507,9 @@ def test_a_hostile_vendor_file_stays_within_the_memory_bound(setting, tmp_path, 
             return ["submit", str(path), "--model", "demo-lsm", "--batch", batch, *plane]
         return ["classify", str(path), "--model", "demo-lsm", "--out", str(tmp_path / f"{batch}.csv"), *plane]
 
-    if command not in baselines:
-        code, baselines[command], out = peak_mb(args(small, "baseline"), env)
-        assert code == 0, out
-    code, peak, out = peak_mb(args(hostile, "hostile"), env)
-    base = baselines[command]
+    code, base, out = setting.baseline(command, args(setting.small, "baseline"))
+    assert code == 0, out
+    code, peak, out = setting.peak_mb(args(hostile, "hostile"))
     assert peak - base < BOUND_MB, f"{name} through {command}: {peak:.0f} MB peak vs {base:.0f} MB for a small image"
     if command == "classify":  # nothing classified from it, and each of its rows says why
         rows = (tmp_path / "hostile.csv").read_text().splitlines()
