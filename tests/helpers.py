@@ -218,8 +218,8 @@ def texts(at) -> str:
 
 
 # --- a real browser: Debian's chromium through playwright ------------------------------------------
-def need_browser() -> None:
-    """Skip (or, under CI=true, fail) when chromium or playwright is missing."""
+def browser_problem() -> str | None:
+    """Why a page can't be looked at in chromium (None: it can); under CI=true a missing browser fails."""
     problem = None
     if not Path(CHROMIUM).exists():
         problem = f"{CHROMIUM} is missing (apt-get install chromium)"
@@ -228,9 +228,15 @@ def need_browser() -> None:
             import playwright.sync_api  # noqa: F401
         except ImportError:
             problem = "playwright is not installed"
+    if problem and os.environ.get("CI") == "true":
+        pytest.fail(problem)
+    return problem
+
+
+def need_browser() -> None:
+    """Skip (or, under CI=true, fail) when chromium or playwright is missing."""
+    problem = browser_problem()
     if problem:
-        if os.environ.get("CI") == "true":
-            pytest.fail(problem)
         pytest.skip(problem)
 
 

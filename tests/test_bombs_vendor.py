@@ -12,7 +12,6 @@ process, against the same command on one small image (tests/test_memory.py): und
 from __future__ import annotations
 
 import io
-import os
 import struct
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import tempfile
 import time
 import uuid
 import zlib
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +29,8 @@ import tifffile
 from lsm_core.errors import LsmError
 from lsm_core.imaging.readers import open_microscope_file
 from lsm_core.imaging.readers.base import Limits
-from tests.helpers import ROOT, png_bytes
-from tests.test_memory import BOUND_MB, peak_mb
+from tests.helpers import ROOT
+from tests.test_memory import BOUND_MB, measuring
 from tests.test_readers import settings_text, write_compound_file, write_oif
 from tests.test_readers_shared_data import ND2, need
 
@@ -335,11 +335,44 @@ def refused(path: Path, limits: Limits | None = None, plane: tuple[int, ...] | N
     return str(info.value)
 
 
-def test_a_czi_whose_directory_lists_more_subblocks_than_the_limit_is_refused(tmp_path):
-    path = tmp_path / "many.czi"
-    czi_many_subblocks(path, 150)
-    message = refused(path, Limits(max_planes=100))
-    assert "declares 150 subblocks" in message and "100 planes (LSM_MAX_PLANES)" in message
+def czi_channels(path: Path, channels: int = 150) -> None:
+    """A CZI of one 8 x 8 subblock whose metadata names ``channels`` channels."""
+    write_czi(path, (8, 8), bytes(128), xml=czi_xml(channels=channels))
+
+
+def lif_memory_blocks(path: Path, blocks: int = 150) -> None:
+    """A LIF of one 8 x 8 image followed by ``blocks`` more memory blocks of one byte."""
+    xml, size = lif_image_xml({1: 8, 2: 8})
+    write_lif_xml(path, xml, [size] + [1] * blocks)
+
+
+@pytest.mark.parametrize(
+    ("name", "write", "max_planes", "declared", "limit"),
+    [
+        ("many.czi", partial(czi_many_subblocks, n=150), 100, "declares 150 subblocks", "100 planes"),
+        ("channels.czi", czi_channels, 100, "declares 150 channels", "100 planes"),
+        ("long.nd2", partial(nd2_many_time_points, count=30_000), None, "declares 30,000 time points", "20,000 planes"),
+        ("tiles.lif", partial(lif_many_tiles, tiles=5_000), 1_000, "declares 5,000 tiles", "1,000 planes"),
+        ("blocks.lif", lif_memory_blocks, 100, "more than 100 memory blocks", "100 planes"),
+    ],
+)
+def test_a_file_declaring_more_planes_than_the_limit_is_refused_from_its_headers(
+    tmp_path, name, write, max_planes, declared, limit
+):
+    """Refused from the headers (before nd2 lists its frames), naming the count and the limit (None: the
+    default)."""
+    path = tmp_path / name
+    write(path)
+    message = refused(path, Limits(max_planes=max_planes) if max_planes else None)
+    assert declared in message and f"{limit} (LSM_MAX_PLANES)" in message, message
+
+
+def test_a_lif_whose_xml_header_costs_more_than_the_image_limit_is_refused(tmp_path):
+    """200,000 empty elements (1.6 MB of UTF-16) cost more than 10 MB as readlif's tree."""
+    path = tmp_path / "header.lif"
+    lif_huge_header(path, 200_000)
+    message = refused(path, Limits(max_image_bytes=10_000_000))
+    assert "XML header" in message and "LSM_MAX_IMAGE_BYTES" in message
 
 
 def test_a_czi_whose_few_subblocks_make_too_many_planes_is_refused(tmp_path):
@@ -352,13 +385,6 @@ def test_a_czi_whose_few_subblocks_make_too_many_planes_is_refused(tmp_path):
     assert "LSM_MAX_PLANES" in message and "time points" in message and "z planes" in message
 
 
-def test_a_czi_whose_metadata_names_more_channels_than_the_limit_is_refused(tmp_path):
-    path = tmp_path / "channels.czi"
-    write_czi(path, (8, 8), bytes(128), xml=czi_xml(channels=150))
-    message = refused(path, Limits(max_planes=100))
-    assert "declares 150 channels" in message and "LSM_MAX_PLANES" in message
-
-
 @pytest.mark.parametrize(("bomb", "side"), [(czi_jpeg_bomb, 30_000), (czi_jpegxr_bomb, 20_000)], ids=["jpeg", "jpegxr"])
 def test_a_czi_tile_whose_codestream_declares_a_larger_image_is_refused_before_decoding(tmp_path, bomb, side):
     path = tmp_path / "bomb.czi"
@@ -367,41 +393,11 @@ def test_a_czi_tile_whose_codestream_declares_a_larger_image_is_refused_before_d
     assert "(64, 64)" in message and f"({side}, {side})" in message  # the tile's shape and the stream's
 
 
-def test_an_nd2_declaring_too_many_time_points_is_refused_before_its_frames_are_listed(tmp_path):
-    path = tmp_path / "long.nd2"
-    nd2_many_time_points(path, 30_000)
-    message = refused(path)
-    assert "declares 30,000 time points" in message and "20,000 planes (LSM_MAX_PLANES)" in message
-
-
 def test_an_nd2_frame_that_decompresses_beyond_its_size_is_refused(tmp_path):
     path = tmp_path / "bomb.nd2"
     nd2_frame_bomb(path, 200_000_000)
     message = refused(path, plane=(0, 0, 0, 0))
     assert "expands beyond" in message
-
-
-def test_a_lif_declaring_more_tiles_than_the_limit_is_refused(tmp_path):
-    path = tmp_path / "tiles.lif"
-    lif_many_tiles(path, 5_000)
-    message = refused(path, Limits(max_planes=1_000))
-    assert "declares 5,000 tiles" in message and "LSM_MAX_PLANES" in message
-
-
-def test_a_lif_whose_xml_header_costs_more_than_the_image_limit_is_refused(tmp_path):
-    """200,000 empty elements (1.6 MB of UTF-16) cost more than 10 MB as readlif's tree."""
-    path = tmp_path / "header.lif"
-    lif_huge_header(path, 200_000)
-    message = refused(path, Limits(max_image_bytes=10_000_000))
-    assert "XML header" in message and "LSM_MAX_IMAGE_BYTES" in message
-
-
-def test_a_lif_with_more_memory_blocks_than_the_limit_is_refused(tmp_path):
-    path = tmp_path / "blocks.lif"
-    xml, size = lif_image_xml({1: 8, 2: 8})
-    write_lif_xml(path, xml, [size] + [1] * 150)
-    message = refused(path, Limits(max_planes=100))
-    assert "more than 100 memory blocks" in message and "LSM_MAX_PLANES" in message
 
 
 def test_an_oif_whose_file_names_declare_too_many_z_planes_is_refused(tmp_path):
@@ -492,26 +488,15 @@ RUNS = [
 
 @pytest.fixture(scope="module")
 def setting(tmp_path_factory):
-    """A data dir with a registered tiny model, its environment, a small valid image as the baseline, and
-    the baseline's peak per command (measured once)."""
-    from tests.helpers import add_tiny_demo_models
-
-    data = tmp_path_factory.mktemp("vendor-memory")
-    add_tiny_demo_models(data / "models")
-    env = dict(os.environ, LSM_DATA_DIR=str(data), PYTHONPATH=str(ROOT), LSM_USER="ana", LSM_DEVICE="cpu")
-    env.pop("LSM_DATABASE_URL", None)
-    small = data / "small.png"
-    small.write_bytes(png_bytes(np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)))
-    return data, env, small, {}
+    with measuring(tmp_path_factory.mktemp("vendor-memory")) as measured:
+        yield measured
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("command", "name"), RUNS)
 def test_a_hostile_vendor_file_stays_within_the_memory_bound(setting, tmp_path, command, name):
-    data, env, small, baselines = setting
     write, channel, _ = HOSTILE[name]
-    hostile = tmp_path / name
-    write(hostile)
+    hostile = setting.built(name, write)
 
     def args(path: Path, batch: str) -> list[str]:
         plane = ["--channel", channel, "--z", "0"]
@@ -519,11 +504,9 @@ def test_a_hostile_vendor_file_stays_within_the_memory_bound(setting, tmp_path, 
             return ["submit", str(path), "--model", "demo-lsm", "--batch", batch, *plane]
         return ["classify", str(path), "--model", "demo-lsm", "--out", str(tmp_path / f"{batch}.csv"), *plane]
 
-    if command not in baselines:
-        code, baselines[command], out = peak_mb(args(small, "baseline"), env)
-        assert code == 0, out
-    code, peak, out = peak_mb(args(hostile, "hostile"), env)
-    base = baselines[command]
+    code, base, out = setting.baseline(command, args(setting.small, "baseline"))
+    assert code == 0, out
+    code, peak, out = setting.peak_mb(args(hostile, "hostile"))
     assert peak - base < BOUND_MB, f"{name} through {command}: {peak:.0f} MB peak vs {base:.0f} MB for a small image"
     if command == "classify":  # nothing classified from it, and each of its rows says why
         rows = (tmp_path / "hostile.csv").read_text().splitlines()

@@ -14,7 +14,7 @@ import numpy as np
 import openpyxl
 import pytest
 
-from tests.helpers import ARTIFACTS, CHROMIUM, add_tiny_demo_models, launch, need_browser, served_app, settle
+from tests.helpers import ARTIFACTS, add_tiny_demo_models, launch, need_browser, served_app, settle
 
 
 @pytest.fixture(scope="module")
@@ -56,18 +56,7 @@ def test_upload_classify_results_and_download_in_chromium(server, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     files = upload_files(tmp_path)
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-                "--disable-sync",
-            ],
-        )
+        browser = launch(p)
         page = browser.new_page(viewport={"width": 1400, "height": 2200}, accept_downloads=True)
         page.goto(server)
         expect(page.get_by_role("heading", name="Classify")).to_be_visible(timeout=60_000)

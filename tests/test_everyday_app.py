@@ -139,11 +139,7 @@ def test_compare_starts_with_the_default_model_and_one_batch_per_mouse(app_env):
 
 def test_classify_page_says_the_demo_models_are_training_and_waits_for_them(tmp_path, monkeypatch):
     """No model yet: the page says so and polls; while a trainer holds the demo lock, it says how far it is."""
-    import subprocess
-    import sys
-
-    from lsm_core.ml.demo import DEMO_LOCK_NAME
-    from tests.test_first_start import write_status
+    from tests.test_first_start import demo_lock_held, write_status
 
     monkeypatch.setenv("LSM_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("LSM_DATABASE_URL", raising=False)
@@ -151,28 +147,12 @@ def test_classify_page_says_the_demo_models_are_training_and_waits_for_them(tmp_
     at = run_page()
     assert "No classifier is registered" in texts(at) and "updates itself when one is registered" in texts(at)
     models = tmp_path / "models"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import fcntl, sys; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
-            "print('locked', flush=True); sys.stdin.read()",
-            str(models / DEMO_LOCK_NAME),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        write_status(models, pid=holder.pid, epoch=5, epochs=12)
+    with demo_lock_held(models) as pid:
+        write_status(models, pid=pid, epoch=5, epochs=12)
         at = run_page()
         shown = texts(at)
         assert "The synthetic demo models are being trained" in shown and "demo-lsm: training, epoch 5 of 12" in shown
         assert "No classifier is registered" not in shown
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=30)
 
 
 def test_the_history_table_shows_which_batch_and_its_cells_first(with_batch):

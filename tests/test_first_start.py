@@ -19,11 +19,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, stop
+from tests.helpers import browser_problem, free_port, launch, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_NAMES = {"demo-lsm", "demo-aging"}
@@ -105,22 +107,31 @@ def write_status(models: Path, **fields) -> None:
     (models / ".demo-training.json").write_text(json.dumps(record))
 
 
-CHROMIUM = "/usr/bin/chromium"
+@contextmanager
+def demo_lock_held(models: Path) -> Iterator[int]:
+    """A process holding the demo lock of the store ``models`` (as a ``demo`` command training does) until the
+    block ends; its pid."""
+    from lsm_core.ml.demo import DEMO_LOCK_NAME
 
-
-def browser_problem() -> str | None:
-    """Why the page can't be looked at in chromium (None: it can); under CI=true a missing browser fails."""
-    problem = None
-    if not Path(CHROMIUM).exists():
-        problem = f"{CHROMIUM} is missing (apt-get install chromium)"
-    else:
-        try:
-            import playwright.sync_api  # noqa: F401
-        except ImportError:
-            problem = "playwright is not installed"
-    if problem and os.environ.get("CI") == "true":
-        pytest.fail(problem)
-    return problem
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "print('locked', flush=True); sys.stdin.read()",
+            str(models / DEMO_LOCK_NAME),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout and holder.stdout.readline().strip() == "locked"
+        yield holder.pid
+    finally:
+        assert holder.stdin
+        holder.stdin.close()
+        holder.wait(timeout=30)
 
 
 class Browser:
@@ -133,18 +144,7 @@ class Browser:
         from playwright.sync_api import sync_playwright
 
         self._p = sync_playwright().start()
-        self._browser = self._p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-                "--disable-sync",
-            ],
-        )
+        self._browser = launch(self._p)
         self.page = self._browser.new_page(viewport={"width": 1400, "height": 1400})
 
     def shows_classify_page(self, offering: str | None = None) -> None:
@@ -300,31 +300,15 @@ def test_a_stale_status_file_is_not_reported_as_training(tmp_path):
 
 
 def test_the_status_of_a_process_holding_the_lock_is_training(tmp_path):
-    from lsm_core.ml.demo import DEMO_LOCK_NAME, demo_status
+    from lsm_core.ml.demo import demo_status
 
     models = tmp_path / "models"
     models.mkdir()
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import fcntl, sys; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
-            "print('locked', flush=True); sys.stdin.read()",
-            str(models / DEMO_LOCK_NAME),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        write_status(models, pid=holder.pid)
+    with demo_lock_held(models) as pid:
+        write_status(models, pid=pid)
         status = demo_status(models)
-        assert status.running and status.state == "training" and status.pid == holder.pid
+        assert status.running and status.state == "training" and status.pid == pid
         assert status.started.isoformat() == "2026-01-02T03:04:05+00:00" and status.models == ("demo-lsm", "demo-aging")
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=30)
     assert demo_status(models).state == "stopped"
 
 
