@@ -24,7 +24,7 @@ from sqlalchemy.orm.attributes import instance_dict
 
 from db import audit, bulk
 from db.schema import AuditEvent, Base, Batch, Cell, Image, Job, Model, SaliencyRun, utcnow
-from lsm_core.errors import FilesRefused, LsmError
+from lsm_core.errors import FilesRefused, LsmError, as_number
 from lsm_core.imaging.calibration import CalibrationSource
 from lsm_core.imaging.cells import MODALITIES
 from lsm_core.imaging.images import inspect
@@ -68,17 +68,11 @@ class BatchMeta:
         if self.channel is not None and len(str(self.channel)) > 100:
             raise LsmError("the channel name is longer than 100 characters")
         if self.z is not None:
-            try:
-                self.z = int(self.z)
-            except (TypeError, ValueError):
-                raise LsmError(f"z plane {self.z!r} is not a whole number") from None
+            self.z = as_number(self.z, int, f"z plane {self.z!r} is not a whole number")
             if self.z < 0:
                 raise LsmError("the z plane is counted from 0: it cannot be negative")
         if self.age_days is not None:
-            try:
-                self.age_days = float(self.age_days)
-            except (TypeError, ValueError):
-                raise LsmError(f"age {self.age_days!r} is not a number of days") from None
+            self.age_days = as_number(self.age_days, float, f"age {self.age_days!r} is not a number of days")
             if not 0 <= self.age_days <= 365 * 10:
                 raise LsmError(f"age {self.age_days:g} days is outside 0 to 3650 days")
         if self.sex is not None and self.sex != "":
