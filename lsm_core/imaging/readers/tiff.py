@@ -102,6 +102,28 @@ def _count(value: Any) -> int:
         return 1
 
 
+# what ImageJ's and LSM's metadata declare, by the tifffile attribute holding it: each dict (a count that
+# check_declared knows -> the metadata's key) is checked at once
+_DECLARED_COUNTS: dict[str, tuple[str, tuple[dict[str, str], ...]]] = {
+    "ImageJ TIFF": (
+        "imagej_metadata",
+        ({"channels": "channels", "z_planes": "slices", "time_points": "frames"}, {"images": "images"}),
+    ),
+    "LSM": (
+        "lsm_metadata",
+        (
+            {
+                "channels": "DimensionChannels",
+                "z_planes": "DimensionZ",
+                "time_points": "DimensionTime",
+                "positions": "DimensionP",
+                "tiles": "DimensionM",
+            },
+        ),
+    ),
+}
+
+
 def _check_tiff_metadata(tif: Any, fmt: str, ome: list[ET.Element], limits: Limits) -> None:
     """LsmError when a TIFF's own metadata declares more planes than LSM_MAX_PLANES allows (OME-XML: the images
     and each one's SizeC, SizeZ, SizeT; ImageJ: its channels, slices, frames and images; LSM: its dimensions),
@@ -121,27 +143,11 @@ def _check_tiff_metadata(tif: Any, fmt: str, ome: list[ET.Element], limits: Limi
             check_declared(limits, what, channels=c, z_planes=z, time_points=t)
             total += c * z * t
         check_declared(limits, what, planes=total)
-    elif fmt == "ImageJ TIFF":
-        meta = tif.imagej_metadata or {}
-        check_declared(
-            limits,
-            what,
-            channels=_count(meta.get("channels")),
-            z_planes=_count(meta.get("slices")),
-            time_points=_count(meta.get("frames")),
-        )
-        check_declared(limits, what, images=_count(meta.get("images")))
-    elif fmt == "LSM":
-        meta = tif.lsm_metadata or {}
-        check_declared(
-            limits,
-            what,
-            channels=_count(meta.get("DimensionChannels")),
-            z_planes=_count(meta.get("DimensionZ")),
-            time_points=_count(meta.get("DimensionTime")),
-            positions=_count(meta.get("DimensionP")),
-            tiles=_count(meta.get("DimensionM")),
-        )
+    elif fmt in _DECLARED_COUNTS:
+        where, checks = _DECLARED_COUNTS[fmt]
+        meta = getattr(tif, where) or {}
+        for keys in checks:
+            check_declared(limits, what, **{count: _count(meta.get(key)) for count, key in keys.items()})
 
 
 # TIFF compressions whose segments (strips, tiles) are whole pictures (JPEG, PNG, WebP, JPEG 2000, ...): their
