@@ -24,12 +24,9 @@ from lsm_core.imaging.readers.base import (
     Reader,
     Scene,
     StackReader,
-    channel_list,
     check_declared,
     check_pages,
     damaged,
-    library_version,
-    tczyx,
     um_per_unit,
     yx_um,
 )
@@ -253,15 +250,12 @@ class _TiffLayout:
 class TiffReader(StackReader):
     """TIFF, OME-TIFF, ImageJ TIFF and LSM through tifffile: each series is a scene; one page is one plane."""
 
+    library = "tifffile"
+
     def __init__(self, path: Path, name: str, limits: Limits, detail: Any = None) -> None:
         super().__init__(path, name, limits)
-        self.reader = library_version("tifffile")
         self._tif = tifffile.TiffFile(str(path))
-        try:
-            self._setup()
-        except Exception:
-            self._tif.close()
-            raise
+        self._set_up()
 
     def _setup(self) -> None:
         tif = self._tif
@@ -286,7 +280,6 @@ class TiffReader(StackReader):
         for number, series in enumerate(tif.series):
             if series.keyframe is None:
                 continue
-            index = len(self.scenes)
             axes = series.get_axes(False)
             shape = series.get_shape(False)
             dims = dict(zip(axes, shape))
@@ -314,18 +307,15 @@ class TiffReader(StackReader):
             self._layouts.append(layout)
             scene_name, names, size, origin = self._metadata(number, series, ome, keyframe)
             dtype = np.dtype(series.dtype)
-            self.scenes.append(
-                Scene(
-                    index=index,
-                    name=scene_name or (series.name or None),
-                    sizes=tczyx(size_t, size_c, dims.get("Z", 1), dims["Y"], dims["X"]),
-                    dtype=np.dtype(dtype.newbyteorder("=")),
-                    channels=channel_list(names, size_c),
-                    rgb=rgb,
-                    pixel_size_um=size,
-                    pixel_size_origin=origin if size else None,
-                    samples=samples if (rgb or samples_are_channels or samples == 2) else 1,
-                )
+            self._add_scene(
+                scene_name or (series.name or None),
+                (size_t, size_c, dims.get("Z", 1), dims["Y"], dims["X"]),
+                np.dtype(dtype.newbyteorder("=")),
+                names,
+                size,
+                origin,
+                rgb=rgb,
+                samples=samples if (rgb or samples_are_channels or samples == 2) else 1,
             )
         if not self.scenes:
             raise LsmError("the TIFF holds no readable image")
