@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,6 +55,12 @@ class BatchMeta:
     channel: str | None = None  # of a multi-channel file: its name or index; None: the transmitted-light one
     z: int | None = None  # the z plane of a stack (from 0); None: the best-focused
     modality: str | None = None  # dic, brightfield, phase (lsm_core.imaging.cells.MODALITIES); None: auto
+
+    @classmethod
+    def of(cls, source: Any, **given: Any) -> BatchMeta:
+        """The metadata as ``source`` (a Batch row, the command line's arguments) holds it under the same names,
+        but for the fields ``given``."""
+        return cls(**{f.name: given[f.name] if f.name in given else getattr(source, f.name) for f in fields(cls)})
 
     def validated(self) -> BatchMeta:
         if self.modality is not None:
@@ -508,17 +514,7 @@ def rerun(
             owner=user,
             model_id=model.id,
             status=JobStatus.QUEUED,
-            mouse_id=old.mouse_id,
-            age_days=old.age_days,
-            sex=old.sex,
-            strain=old.strain,
-            gate=old.gate,
-            imaging_date=old.imaging_date,
-            notes=old.notes,
-            pixel_size_um=pixels,
-            channel=old.channel,
-            z=old.z,
-            modality=old.modality,
+            **vars(BatchMeta.of(old, pixel_size_um=pixels)),
         )
         batch.images = copies
         s.add(batch)
