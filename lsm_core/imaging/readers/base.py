@@ -570,7 +570,8 @@ class StackReader(Reader):
 
     def __init__(self, path: Path, name: str, limits: Limits) -> None:
         super().__init__(path, name, limits)
-        self.reader = library_version(self.library)
+        if self.library:
+            self.reader = library_version(self.library)
 
     def _set_up(self) -> None:
         """Reads the file's headers into its scenes (:meth:`_setup`, once the subclass has opened the file):
