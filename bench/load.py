@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,7 @@ from lsm_core.imaging.readers.archives import RawFile, iter_upload  # noqa: E402
 from lsm_core.lab import blobwriter  # noqa: E402
 from lsm_core.lab.batches import BatchMeta, submit_batch  # noqa: E402
 from lsm_core.lab.open_lab import open_lab  # noqa: E402
+from lsm_core.lab.serve import stop_processes  # noqa: E402
 from lsm_core.lab.settings import Settings, database_url_for  # noqa: E402
 from lsm_core.ml.models import Manifest, ModelStore  # noqa: E402
 from lsm_core.ml.train import TrainConfig, fit  # noqa: E402
@@ -59,18 +59,6 @@ def png_files(seed: int, n: int) -> list[RawFile]:
         PILImage.fromarray(np.round(crop * 255).astype(np.uint8)).save(buf, format="PNG")
         files += iter_upload(f"crop_{seed}_{i:03d}.png", buf.getvalue())
     return files
-
-
-def stop(procs: list[subprocess.Popen]) -> None:
-    """SIGTERM every worker (it finishes its chunk and gives its job back), then wait; kill one that hangs."""
-    for proc in procs:
-        proc.send_signal(signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 GOAL_MS = 100  # p50 of submit_batch, 10 files, 20 submitters (issue #16 item 5)
@@ -229,7 +217,7 @@ def run(url: str, data: Path, args: argparse.Namespace) -> tuple[dict, list[str]
             )
         wall = time.perf_counter() - t0
     finally:
-        stop(procs)
+        stop_processes(procs, timeout=60)  # every worker finishes its chunk and gives its job back
     failures = errors + check(lab, expected, n_jobs)
     with lab() as s:
         runs = s.execute(

@@ -264,19 +264,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if model is None:
             raise LsmError(f"no model named {args.model!r}; see `python -m lsm_core models list`")
         model_id = model.id
-    meta = BatchMeta(
-        mouse_id=args.mouse_id,
-        age_days=args.age_days,
-        sex=args.sex,
-        strain=args.strain,
-        gate=args.gate,
-        imaging_date=args.imaging_date,
-        notes=args.notes,
-        pixel_size_um=args.pixel_size,
-        channel=args.channel,
-        z=args.z,
-        modality=args.modality,
-    )
+    meta = BatchMeta.of(args, pixel_size_um=args.pixel_size)
     result = submit_batch(
         lab,
         _as_uploaded(args.inputs, lab.limits),

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+N = TypeVar("N", int, float)
+
 
 class LsmError(Exception):
     """An error with a message a biologist can act on.
@@ -18,3 +23,12 @@ class FilesRefused(LsmError):
     def __init__(self, message: str, files: list[tuple[str, str]]) -> None:
         super().__init__(message)
         self.files = files
+
+
+def as_number(value: Any, kind: Callable[[Any], N], refusal: str) -> N:
+    """``kind(value)`` (``int`` or ``float``), or LsmError with the message ``refusal`` when ``value`` is no such
+    number."""
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise LsmError(refusal) from None

@@ -64,6 +64,7 @@ def known_choices(chosen: list, options: dict) -> list:
     return [c for c in chosen if c in options]
 
 
+XLSX_MIME = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 FIGURE_FORMATS = {"SVG": "svg", "PDF": "pdf", "PNG": "png", "HTML": "html"}
 
 
@@ -157,23 +158,19 @@ def download_buttons(batch_id: int, threshold: float, key: str) -> None:
         with lab() as s:
             return cells_csv(s, batch_id)
 
-    c = st.columns(2)
-    c[0].download_button(
-        "Download xlsx (cells, summary, batch, model, images, review)",
-        xlsx,
-        file_name=f"batch-{batch_id}.xlsx",
-        mime="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-        key=f"{key}_xlsx",
-        on_click="ignore",
+    buttons = (
+        ("xlsx", "cells, summary, batch, model, images, review", xlsx, XLSX_MIME),
+        ("csv", "cells", csv, "text/csv"),
     )
-    c[1].download_button(
-        "Download csv (cells)",
-        csv,
-        file_name=f"batch-{batch_id}.csv",
-        mime="text/csv",
-        key=f"{key}_csv",
-        on_click="ignore",
-    )
+    for column, (ext, what, make, mime) in zip(st.columns(len(buttons)), buttons):
+        column.download_button(
+            f"Download {ext} ({what})",
+            make,
+            file_name=f"batch-{batch_id}.{ext}",
+            mime=mime,
+            key=f"{key}_{ext}",
+            on_click="ignore",
+        )
 
 
 @st.fragment(run_every=2.0)

@@ -182,12 +182,18 @@ def decode_page(
     :func:`open_image`), decoding that page only; LsmError if it cannot be read."""
     limits = limits or Limits()
     with open_image(name, data, limits, options) as reader:
-        if not 1 <= page <= len(reader.pages):
-            raise LsmError(f"{name}: page {page} is missing")
-        problem = reader.error(page - 1)
-        if problem:
-            raise LsmError(problem)
-        return _decoded(reader, reader.pages[page - 1], limits)
+        return _decoded(reader, _readable_page(reader, name, page), limits)
+
+
+def _readable_page(reader: Reader, name: str, page: int) -> PageInfo:
+    """Page ``page`` (counted from 1) of an open file; LsmError when it is missing or its headers say it cannot
+    be read."""
+    if not 1 <= page <= len(reader.pages):
+        raise LsmError(f"{name}: page {page} is missing")
+    problem = reader.error(page - 1)
+    if problem:
+        raise LsmError(problem)
+    return reader.pages[page - 1]
 
 
 def decode_page_channels(
@@ -199,12 +205,7 @@ def decode_page_channels(
     image is no z stack)."""
     limits = limits or Limits()
     with open_image(name, data, limits, options) as reader:
-        if not 1 <= page <= len(reader.pages):
-            raise LsmError(f"{name}: page {page} is missing")
-        problem = reader.error(page - 1)
-        if problem:
-            raise LsmError(problem)
-        pixels = _decoded(reader, reader.pages[page - 1], limits)
+        pixels = _decoded(reader, _readable_page(reader, name, page), limits)
         others, note = reader.other_channels(page - 1, limits)
         return pixels, others, note, reader.z_read
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,7 +24,7 @@ from sqlalchemy.orm.attributes import instance_dict
 
 from db import audit, bulk
 from db.schema import AuditEvent, Base, Batch, Cell, Image, Job, Model, SaliencyRun, utcnow
-from lsm_core.errors import FilesRefused, LsmError
+from lsm_core.errors import FilesRefused, LsmError, as_number
 from lsm_core.imaging.calibration import CalibrationSource
 from lsm_core.imaging.cells import MODALITIES
 from lsm_core.imaging.images import inspect
@@ -56,6 +56,12 @@ class BatchMeta:
     z: int | None = None  # the z plane of a stack (from 0); None: the best-focused
     modality: str | None = None  # dic, brightfield, phase (lsm_core.imaging.cells.MODALITIES); None: auto
 
+    @classmethod
+    def of(cls, source: Any, **given: Any) -> BatchMeta:
+        """The metadata as ``source`` (a Batch row, the command line's arguments) holds it under the same names,
+        but for the fields ``given``."""
+        return cls(**{f.name: given[f.name] if f.name in given else getattr(source, f.name) for f in fields(cls)})
+
     def validated(self) -> BatchMeta:
         if self.modality is not None:
             self.modality = str(self.modality).strip().lower() or None
@@ -68,17 +74,11 @@ class BatchMeta:
         if self.channel is not None and len(str(self.channel)) > 100:
             raise LsmError("the channel name is longer than 100 characters")
         if self.z is not None:
-            try:
-                self.z = int(self.z)
-            except (TypeError, ValueError):
-                raise LsmError(f"z plane {self.z!r} is not a whole number") from None
+            self.z = as_number(self.z, int, f"z plane {self.z!r} is not a whole number")
             if self.z < 0:
                 raise LsmError("the z plane is counted from 0: it cannot be negative")
         if self.age_days is not None:
-            try:
-                self.age_days = float(self.age_days)
-            except (TypeError, ValueError):
-                raise LsmError(f"age {self.age_days!r} is not a number of days") from None
+            self.age_days = as_number(self.age_days, float, f"age {self.age_days!r} is not a number of days")
             if not 0 <= self.age_days <= 365 * 10:
                 raise LsmError(f"age {self.age_days:g} days is outside 0 to 3650 days")
         if self.sex is not None and self.sex != "":
@@ -514,17 +514,7 @@ def rerun(
             owner=user,
             model_id=model.id,
             status=JobStatus.QUEUED,
-            mouse_id=old.mouse_id,
-            age_days=old.age_days,
-            sex=old.sex,
-            strain=old.strain,
-            gate=old.gate,
-            imaging_date=old.imaging_date,
-            notes=old.notes,
-            pixel_size_um=pixels,
-            channel=old.channel,
-            z=old.z,
-            modality=old.modality,
+            **vars(BatchMeta.of(old, pixel_size_um=pixels)),
         )
         batch.images = copies
         s.add(batch)

@@ -110,6 +110,44 @@ def _row(r: CellLabel) -> Label:
     return Label(r.cell_id, r.labelled_by, r.label, r.excluded, r.predicted, r.score, r.at, r.current)
 
 
+def _write_label(
+    s: Session,
+    user: str,
+    cell: Any,
+    batch_id: int,
+    label: str | None,
+    excluded: str | None,
+    was: CellLabel | None,
+    **detail: Any,
+) -> CellLabel:
+    """Adds ``user``'s new current label of ``cell`` (a Cell, or a row of its id, image_id, idx, predicted and
+    score) of batch ``batch_id`` (``was``, their previous label, already made not current) and its record in the
+    audit trail, with ``detail`` after the label's own."""
+    row = CellLabel(
+        cell_id=cell.id,
+        batch_id=batch_id,
+        labelled_by=user,
+        label=label,
+        excluded=excluded,
+        predicted=cell.predicted,
+        score=cell.score,
+        current=True,
+    )
+    s.add(row)
+    audit.record(
+        s,
+        user,
+        "label",
+        f"batch {batch_id}",
+        cell=f"image {cell.image_id} cell {cell.idx}",
+        label=describe(label, excluded) if (label or excluded) else "taken back",
+        was=describe(was.label, was.excluded) if was is not None else None,
+        predicted=cell.predicted,
+        **detail,
+    )
+    return row
+
+
 def margin(probs: Sequence[float]) -> float:
     """The difference of the two largest probabilities (1 for a single class)."""
     top = sorted((float(p) for p in probs), reverse=True)
@@ -159,27 +197,7 @@ def set_label(
             return None
         if previous is not None:
             s.execute(update(CellLabel).where(CellLabel.id == previous.id).values(current=False))
-        row = CellLabel(
-            cell_id=cell_id,
-            batch_id=batch.id,
-            labelled_by=user,
-            label=label,
-            excluded=excluded,
-            predicted=cell.predicted,
-            score=cell.score,
-            current=True,
-        )
-        s.add(row)
-        audit.record(
-            s,
-            user,
-            "label",
-            f"batch {batch.id}",
-            cell=f"image {cell.image_id} cell {cell.idx}",
-            label=_row(row).text if (label or excluded) else "taken back",
-            was=_row(previous).text if previous is not None else None,
-            predicted=cell.predicted,
-        )
+        row = _write_label(s, user, cell, batch.id, label, excluded, previous)
         s.flush()
         return _row(row)
 
@@ -576,27 +594,6 @@ def import_labels(lab: Lab, batch_id: int, user: str, rows: Sequence[LabelRow], 
         s.flush()  # the old current labels are no longer current before the new ones are written
         taken_back = 0
         for cell, was, label, excluded in changes:
-            new = CellLabel(
-                cell_id=cell.id,
-                batch_id=batch_id,
-                labelled_by=user,
-                label=label,
-                excluded=excluded,
-                predicted=cell.predicted,
-                score=cell.score,
-                current=True,
-            )
-            s.add(new)
+            _write_label(s, user, cell, batch_id, label, excluded, was, source=source or None)
             taken_back += label is None and excluded is None
-            audit.record(
-                s,
-                user,
-                "label",
-                f"batch {batch_id}",
-                cell=f"image {cell.image_id} cell {cell.idx}",
-                label=describe(label, excluded) if (label or excluded) else "taken back",
-                was=describe(was.label, was.excluded) if was is not None else None,
-                predicted=cell.predicted,
-                source=source or None,
-            )
     return Imported(len(changes) - taken_back, taken_back, unchanged, empty, other)

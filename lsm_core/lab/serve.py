@@ -225,6 +225,20 @@ def _collect_garbage_forever(settings: Settings, stop: threading.Event, log) -> 
             log(f"collecting unreferenced blobs failed: {exc}")
 
 
+def stop_processes(procs: list[subprocess.Popen], timeout: float) -> None:
+    """SIGTERM every process still running (a worker finishes its step and gives its job back), then wait for
+    each; kill one that has not exited ``timeout`` seconds into its wait."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def serve(port: int = 8501, log=print, address: str | None = None) -> int:
     from lsm_core.errors import LsmError
     from lsm_core.lab import settings as settings_module
@@ -322,15 +336,7 @@ def serve(port: int = 8501, log=print, address: str | None = None) -> int:
     finally:
         gc_stop.set()
         children = [app, *keeper.stop_children(), *([trainer] if trainer is not None else [])]
-        for proc in children:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in children:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(children, timeout=30)
     if not stopping:
         log(f"stopped: the app exited (exit status {app.returncode})")
         return 1

@@ -51,7 +51,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from lsm_core.errors import LsmError
+from lsm_core.errors import LsmError, as_number
 from lsm_core.imaging.readers.base import Limits
 
 VARIABLES = (
@@ -302,10 +302,7 @@ def _count(env: Mapping[str, str], name: str) -> int | None:
     raw = env.get(name, "").strip()
     if not raw:
         return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise LsmError(f"setting {name}={raw!r} is not a whole number") from None
+    value = as_number(raw, int, f"setting {name}={raw!r} is not a whole number")
     if value < 0:
         raise LsmError(f"setting {name}={raw!r} must be 0 or more")
     return value

@@ -15,7 +15,6 @@ are restricted to letters, digits, ``.``, ``_`` and ``-`` so that no manifest ca
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import re
 import shutil
@@ -32,6 +31,7 @@ from torch import nn
 from lsm_core.classes import task_classes
 from lsm_core.errors import LsmError
 from lsm_core.imaging.cells import DEFAULT_PIXEL_SIZE_UM
+from lsm_core.imaging.readers.archives import file_sha256
 from lsm_core.ml import nets
 
 MANIFEST_NAME = "manifest.json"
@@ -50,14 +50,6 @@ def check_name(name: str) -> str:
             "starting with a letter or digit"
         )
     return name
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def model_quality(metrics: dict | None) -> tuple[bool | None, list[str], list[str]]:
@@ -166,7 +158,7 @@ class ModelPackage:
 
     def load(self, device: str | torch.device = "cpu") -> nn.Module:
         """Build the network and load its verified weights (eval mode, on ``device``)."""
-        actual = sha256_file(self.weights_path)
+        actual = file_sha256(self.weights_path)
         if actual != self.manifest.weights_sha256:
             raise LsmError(
                 f"model {self.manifest.label}: the weights' sha256 ({actual[:12]}...) does not match the manifest "
@@ -217,7 +209,7 @@ def write_package(net: nn.Module, manifest: Manifest, folder: str | Path) -> Mod
     try:
         state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"name": manifest.name, "task": manifest.task})
-        manifest.weights_sha256 = sha256_file(tmp / WEIGHTS_NAME)
+        manifest.weights_sha256 = file_sha256(tmp / WEIGHTS_NAME)
         manifest.created = manifest.created or datetime.now(UTC).isoformat(timespec="seconds")
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n", encoding="utf-8")
         if folder.exists():

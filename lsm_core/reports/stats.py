@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import stats as sps
 
-from lsm_core.errors import LsmError
+from lsm_core.errors import LsmError, as_number
 
 PAPER_THRESHOLDS = (0.34, 0.5, 0.7, 0.9)
 
@@ -80,11 +80,7 @@ def age_in_days(text: str | None, unit: str) -> float | None:
     text = (text or "").strip().replace(",", ".")
     if not text:
         return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise LsmError(f"age {text!r} is not a number; type e.g. 10 and choose the unit") from None
-    return value * AGE_UNITS[unit]
+    return as_number(text, float, f"age {text!r} is not a number; type e.g. 10 and choose the unit") * AGE_UNITS[unit]
 
 
 @dataclass

@@ -67,6 +67,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import UnidentifiedImageError
@@ -374,6 +375,18 @@ def looks_like_text(data: bytes) -> bool:
     return True
 
 
+def pieces(fh: Any, n: int, size: int = 1 << 20) -> Iterator[bytes]:
+    """The next ``n`` bytes of the open file ``fh``, ``size`` at a time (a header streamed through a parser
+    without holding it whole); fewer where the file ends first."""
+    left = n
+    while left > 0:
+        piece = fh.read(min(left, size))
+        if not piece:
+            return
+        left -= len(piece)
+        yield piece
+
+
 def head_of(path: Path, n: int = 512) -> bytes:
     """The first ``n`` bytes of a file."""
     with open(path, "rb") as fh:
@@ -553,6 +566,53 @@ class StackReader(Reader):
     channel, or whose pixels are not square, is an error that says what to do."""
 
     last_z = 0  # the z plane the last read used (the other channels are read at it)
+    library = ""  # the package that reads the format: it and its version are the reader's :attr:`reader`
+
+    def __init__(self, path: Path, name: str, limits: Limits) -> None:
+        super().__init__(path, name, limits)
+        if self.library:
+            self.reader = library_version(self.library)
+
+    def _set_up(self) -> None:
+        """Reads the file's headers into its scenes (:meth:`_setup`, once the subclass has opened the file):
+        when that fails, what it opened is closed before the error goes on."""
+        try:
+            self._setup()
+        except Exception:
+            self.close()
+            raise
+
+    def _setup(self) -> None:
+        raise NotImplementedError
+
+    def _add_scene(
+        self,
+        name: str | None,
+        sizes: tuple[int, int, int, int, int],
+        dtype: np.dtype,
+        channels: list[str],
+        pixel_size_um: tuple[float, float] | None = None,
+        origin: str | None = None,
+        rgb: bool = False,
+        samples: int = 1,
+    ) -> None:
+        """Adds the next scene from what the headers say: its sizes along T, C, Z, Y and X, the channel names
+        the file gives (padded with "" or cut to C: :func:`channel_list`), its pixel size (y, x) in micrometres
+        and where that was found (kept only with a pixel size)."""
+        t, c, z, y, x = sizes
+        self.scenes.append(
+            Scene(
+                index=len(self.scenes),
+                name=name,
+                sizes=tczyx(t, c, z, y, x),
+                dtype=dtype,
+                channels=channel_list(channels, int(c)),
+                rgb=rgb,
+                pixel_size_um=pixel_size_um,
+                pixel_size_origin=origin if pixel_size_um else None,
+                samples=samples,
+            )
+        )
 
     def choose(self, options: ReadOptions | None = None) -> Reader:
         super().choose(options)

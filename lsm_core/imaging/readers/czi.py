@@ -13,16 +13,7 @@ from typing import Any
 import numpy as np
 
 from lsm_core.errors import LsmError
-from lsm_core.imaging.readers.base import (
-    Limits,
-    Scene,
-    StackReader,
-    channel_list,
-    check_declared,
-    library_version,
-    tczyx,
-    yx_um,
-)
+from lsm_core.imaging.readers.base import Limits, Scene, StackReader, check_declared, pieces, yx_um
 
 
 def _zstd_decode(data: bytes, compression: int, nbytes: int) -> bytes:
@@ -177,11 +168,7 @@ def _czi_metadata(fh: Any, position: int, limits: Limits, what: str) -> _CziMeta
     fh.seek(position + 32 + 256)
     parser = ET.XMLParser(target=meta)
     try:
-        while left > 0:
-            piece = fh.read(min(left, 1 << 20))
-            if not piece:
-                break
-            left -= len(piece)
+        for piece in pieces(fh, left):
             parser.feed(piece)
         parser.close()
     except ET.ParseError:
@@ -218,23 +205,19 @@ class CziReader(StackReader):
     and its data is decompressed into a buffer the size of its tile, never more."""
 
     format = "CZI"
+    library = "czifile"
 
     def __init__(self, path: Path, name: str, limits: Limits, detail: Any = None) -> None:
         import czifile
 
         super().__init__(path, name, limits)
-        self.reader = library_version("czifile")
         self._fh = path.open("rb")  # the headers this layer checks before czifile reads them
         try:
             self._czi = czifile.CziFile(str(path), multifile=False)
         except Exception:
             self._fh.close()
             raise
-        try:
-            self._setup()
-        except Exception:
-            self.close()
-            raise
+        self._set_up()
 
     def _setup(self) -> None:
         _czi_check_directory(self._fh, int(self._czi.header.directory_position or 0), self.limits, self.name)
@@ -268,7 +251,7 @@ class CziReader(StackReader):
             self.limits, self.name, scenes=len(by_scene), time_points=most[0], channels=most[1], z_planes=most[2]
         )
         self._blocks: list[list[_CziBlock]] = []
-        for index, s in enumerate(sorted(by_scene)):
+        for s in sorted(by_scene):
             srows = by_scene[s]
             ts = sorted({r[1].get("T", 0) for r in srows})
             cs = sorted({r[1].get("C", 0) for r in srows})
@@ -296,18 +279,15 @@ class CziReader(StackReader):
             samples = int(dtype.shape[0]) if dtype.shape else 1
             base = np.dtype(dtype.base).newbyteorder("=")
             channel_names = [names[i] if i < len(names) else "" for i in cs]
-            self.scenes.append(
-                Scene(
-                    index=index,
-                    name=scene_names[s] if s < len(scene_names) else None,
-                    sizes=tczyx(len(ts), len(cs), len(zs), y1 - y0, x1 - x0),
-                    dtype=base,
-                    channels=channel_list(channel_names, len(cs)),
-                    rgb=samples in (3, 4),
-                    pixel_size_um=size,
-                    pixel_size_origin="CZI metadata (Scaling/Items/Distance)" if size else None,
-                    samples=samples,
-                )
+            self._add_scene(
+                scene_names[s] if s < len(scene_names) else None,
+                (len(ts), len(cs), len(zs), y1 - y0, x1 - x0),
+                base,
+                channel_names,
+                size,
+                "CZI metadata (Scaling/Items/Distance)",
+                rgb=samples in (3, 4),
+                samples=samples,
             )
 
     def _read(self, scene: Scene, t: int, c: int, z: int) -> np.ndarray:

@@ -11,17 +11,7 @@ from typing import Any
 import numpy as np
 
 from lsm_core.errors import LsmError
-from lsm_core.imaging.readers.base import (
-    Limits,
-    Scene,
-    StackReader,
-    channel_list,
-    check_declared,
-    library_version,
-    megabytes,
-    tczyx,
-    yx_um,
-)
+from lsm_core.imaging.readers.base import Limits, Scene, StackReader, check_declared, megabytes, pieces, yx_um
 
 # What readlif's whole-document ElementTree costs beyond the header's text, measured on Python 3.11: 88 bytes
 # an element, about 60 an attribute (rounded up here)
@@ -59,13 +49,9 @@ def _lif_check(path: Path, limits: Limits, what: str) -> None:
         count = _XmlCount()
         parser = ET.XMLParser(target=count)
         decoder = codecs.getincrementaldecoder("utf-16-le")()
-        left, read = 2 * chars, 0
+        read = 0
         try:
-            while left > 0:
-                piece = fh.read(min(left, 1 << 20))
-                if not piece:
-                    break
-                left -= len(piece)
+            for piece in pieces(fh, 2 * chars):
                 read += len(piece)
                 parser.feed(decoder.decode(piece))
                 cost = 2 * read + _XML_ELEMENT_BYTES * count.elements + _XML_ATTRIBUTE_BYTES * count.attributes
@@ -116,12 +102,12 @@ class LifReader(StackReader):
     (LSM_MAX_PLANES). LIF pixels are stored uncompressed: a plane is read at its offset, its size checked."""
 
     format = "LIF"
+    library = "readlif"
 
     def __init__(self, path: Path, name: str, limits: Limits, detail: Any = None) -> None:
         from readlif.reader import LifFile
 
         super().__init__(path, name, limits)
-        self.reader = library_version("readlif")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # readlif warns of a truncated file and goes on with blank images
             _lif_check(path, limits, name)
@@ -164,36 +150,30 @@ class LifReader(StackReader):
             n_m = int(image.n_mosaic)
             for m in range(n_m):
                 self._tiles.append((image, m))
-                self.scenes.append(
-                    Scene(
-                        index=len(self.scenes),
-                        name=image.name if n_m == 1 else f"{image.name} tile {m + 1}",
-                        sizes=tczyx(image.nt, image.channels, image.nz, image.dims.y, image.dims.x),
-                        dtype=dtype,
-                        channels=names,
-                        pixel_size_um=size,
-                        pixel_size_origin="LIF metadata (readlif)" if size else None,
-                    )
+                self._add_scene(
+                    image.name if n_m == 1 else f"{image.name} tile {m + 1}",
+                    (image.nt, image.channels, image.nz, image.dims.y, image.dims.x),
+                    dtype,
+                    names,
+                    size,
+                    "LIF metadata (readlif)",
                 )
 
     @staticmethod
     def _channel_names(element: ET.Element | None, n: int) -> list[str]:
+        """The names of an image's ``n`` channels: the wide-field channels', else the active detectors', when
+        there are ``n`` of them; else none."""
         if element is None:
-            return channel_list([], n)
+            return []
         wide = element.findall(".//WideFieldChannelInfo")
         if len(wide) == n:
-            return channel_list(
-                [w.get("UserDefName") or w.get("ContrastingMethodName") or w.get("FluoCubeName") or "" for w in wide],
-                n,
-            )
+            return [w.get("UserDefName") or w.get("ContrastingMethodName") or w.get("FluoCubeName") or "" for w in wide]
         detectors = [
             d.get("Name") or ""
             for d in element.findall(".//ATLConfocalSettingDefinition/DetectorList/Detector")
             if d.get("IsActive") == "1"
         ]
-        if len(detectors) == n:
-            return channel_list(detectors, n)
-        return channel_list([], n)
+        return detectors if len(detectors) == n else []
 
     def _read(self, scene: Scene, t: int, c: int, z: int) -> np.ndarray:
         image, m = self._tiles[scene.index]

@@ -10,17 +10,7 @@ from typing import Any
 import numpy as np
 
 from lsm_core.errors import LsmError
-from lsm_core.imaging.readers.base import (
-    Limits,
-    Scene,
-    StackReader,
-    channel_list,
-    check_declared,
-    library_version,
-    megabytes,
-    tczyx,
-    yx_um,
-)
+from lsm_core.imaging.readers.base import Limits, Scene, StackReader, check_declared, megabytes, pieces, yx_um
 
 
 def _j2k_size(data: bytes) -> tuple[int, int, int] | None:
@@ -42,23 +32,19 @@ class Nd2Reader(StackReader):
     or JPEG 2000 in a legacy file): the frame is first measured here, streamed, against its declared size."""
 
     format = "ND2"
+    library = "nd2"
 
     def __init__(self, path: Path, name: str, limits: Limits, detail: Any = None) -> None:
         import nd2
 
         super().__init__(path, name, limits)
-        self.reader = library_version("nd2")
         self._nd2 = nd2.ND2File(str(path))
         try:
             self._fh = path.open("rb")  # compressed frames are measured here before nd2 reads them
         except OSError:
             self._nd2.close()
             raise
-        try:
-            self._setup()
-        except Exception:
-            self.close()
-            raise
+        self._set_up()
 
     def _setup(self) -> None:
         f = self._nd2
@@ -97,18 +83,15 @@ class Nd2Reader(StackReader):
         positions = self._position_names(int(sizes.get("P", 1)))
         self._n_c = n_c
         for p in range(int(sizes.get("P", 1))):
-            self.scenes.append(
-                Scene(
-                    index=p,
-                    name=positions[p],
-                    sizes=tczyx(size_t, n_c, sizes.get("Z", 1), sizes["Y"], sizes["X"]),
-                    dtype=np.dtype(f.dtype),
-                    channels=channel_list(names, n_c),
-                    rgb=rgb,
-                    pixel_size_um=size,
-                    pixel_size_origin="ND2 metadata (axesCalibration)" if size else None,
-                    samples=samples if rgb else 1,
-                )
+            self._add_scene(
+                positions[p],
+                (size_t, n_c, sizes.get("Z", 1), sizes["Y"], sizes["X"]),
+                np.dtype(f.dtype),
+                names,
+                size,
+                "ND2 metadata (axesCalibration)",
+                rgb=rgb,
+                samples=samples if rgb else 1,
             )
 
     def _position_names(self, n: int) -> list[str | None]:
@@ -158,18 +141,16 @@ class Nd2Reader(StackReader):
                 return  # nd2 says the file is damaged
             _, name_length, data_length = struct.unpack("<IIQ", head)
             fh.seek(int(where[0]) + 16 + name_length + 8)  # after the frame's 8-byte time stamp
-            left, total = max(0, data_length - 8), 0
+            total = 0
             inflate = zlib.decompressobj()
-            while left > 0 and not inflate.eof:
-                piece = fh.read(min(left, 1 << 20))
-                if not piece:
-                    break
-                left -= len(piece)
+            for piece in pieces(fh, max(0, data_length - 8)):
                 while piece and not inflate.eof:
                     total += len(inflate.decompress(piece, 1 << 20))
                     if total > most + 65536:
                         raise too_big
                     piece = inflate.unconsumed_tail
+                if inflate.eof:
+                    break
         elif type(rdr).__name__ == "LegacyReader":
             n_c = int(attrs.channelCount or 1)
             for i in range(n_c):

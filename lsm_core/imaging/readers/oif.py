@@ -13,17 +13,7 @@ import numpy as np
 import tifffile
 
 from lsm_core.errors import LsmError
-from lsm_core.imaging.readers.base import (
-    Limits,
-    Scene,
-    StackReader,
-    channel_list,
-    check_declared,
-    library_version,
-    tczyx,
-    um_per_unit,
-    yx_um,
-)
+from lsm_core.imaging.readers.base import Limits, Scene, StackReader, check_declared, um_per_unit, yx_um
 from lsm_core.imaging.readers.tiff import check_segments
 
 
@@ -139,20 +129,17 @@ class OifReader(StackReader):
     is decoded: each strip or tile into a buffer of its declared size (tifffile), a strip or tile stored as a
     picture (JPEG, PNG, ...) once its header is found no larger than the tile (:func:`check_segments`)."""
 
+    library = "oiffile"
+
     def __init__(self, path: Path, name: str, limits: Limits, detail: Any = None, fmt: str = "OIB") -> None:
         import oiffile
 
         super().__init__(path, name, limits)
         self.format = fmt
-        self.reader = library_version("oiffile")
         if fmt == "OIF" and path.suffix.lower() != ".oif":
             raise LsmError("an Olympus OIF main file must keep its .oif name beside its .oif.files folder")
         self._oif = oiffile.OifFile(str(path))
-        try:
-            self._setup()
-        except Exception:
-            self._oif.close()
-            raise
+        self._set_up()
 
     def _setup(self) -> None:
         oif = self._oif
@@ -202,17 +189,8 @@ class OifReader(StackReader):
                 origin = "OIF Reference Image Parameter (Width/HeightConvertValue)"
         except (KeyError, TypeError, ValueError):
             size = None
-        self.scenes.append(
-            Scene(
-                index=0,
-                name=None,
-                sizes=tczyx(size_t, n_c, dims_map.get("Z", 1), height, width),
-                dtype=dtype,
-                channels=channel_list(names, n_c),
-                pixel_size_um=size,
-                pixel_size_origin=origin if size else None,
-                samples=samples,
-            )
+        self._add_scene(
+            None, (size_t, n_c, dims_map.get("Z", 1), height, width), dtype, names, size, origin, samples=samples
         )
 
     def _read(self, scene: Scene, t: int, c: int, z: int) -> np.ndarray:

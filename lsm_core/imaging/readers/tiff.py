@@ -24,12 +24,9 @@ from lsm_core.imaging.readers.base import (
     Reader,
     Scene,
     StackReader,
-    channel_list,
     check_declared,
     check_pages,
     damaged,
-    library_version,
-    tczyx,
     um_per_unit,
     yx_um,
 )
@@ -102,6 +99,28 @@ def _count(value: Any) -> int:
         return 1
 
 
+# what ImageJ's and LSM's metadata declare, by the tifffile attribute holding it: each dict (a count that
+# check_declared knows -> the metadata's key) is checked at once
+_DECLARED_COUNTS: dict[str, tuple[str, tuple[dict[str, str], ...]]] = {
+    "ImageJ TIFF": (
+        "imagej_metadata",
+        ({"channels": "channels", "z_planes": "slices", "time_points": "frames"}, {"images": "images"}),
+    ),
+    "LSM": (
+        "lsm_metadata",
+        (
+            {
+                "channels": "DimensionChannels",
+                "z_planes": "DimensionZ",
+                "time_points": "DimensionTime",
+                "positions": "DimensionP",
+                "tiles": "DimensionM",
+            },
+        ),
+    ),
+}
+
+
 def _check_tiff_metadata(tif: Any, fmt: str, ome: list[ET.Element], limits: Limits) -> None:
     """LsmError when a TIFF's own metadata declares more planes than LSM_MAX_PLANES allows (OME-XML: the images
     and each one's SizeC, SizeZ, SizeT; ImageJ: its channels, slices, frames and images; LSM: its dimensions),
@@ -121,27 +140,11 @@ def _check_tiff_metadata(tif: Any, fmt: str, ome: list[ET.Element], limits: Limi
             check_declared(limits, what, channels=c, z_planes=z, time_points=t)
             total += c * z * t
         check_declared(limits, what, planes=total)
-    elif fmt == "ImageJ TIFF":
-        meta = tif.imagej_metadata or {}
-        check_declared(
-            limits,
-            what,
-            channels=_count(meta.get("channels")),
-            z_planes=_count(meta.get("slices")),
-            time_points=_count(meta.get("frames")),
-        )
-        check_declared(limits, what, images=_count(meta.get("images")))
-    elif fmt == "LSM":
-        meta = tif.lsm_metadata or {}
-        check_declared(
-            limits,
-            what,
-            channels=_count(meta.get("DimensionChannels")),
-            z_planes=_count(meta.get("DimensionZ")),
-            time_points=_count(meta.get("DimensionTime")),
-            positions=_count(meta.get("DimensionP")),
-            tiles=_count(meta.get("DimensionM")),
-        )
+    elif fmt in _DECLARED_COUNTS:
+        where, checks = _DECLARED_COUNTS[fmt]
+        meta = getattr(tif, where) or {}
+        for keys in checks:
+            check_declared(limits, what, **{count: _count(meta.get(key)) for count, key in keys.items()})
 
 
 # TIFF compressions whose segments (strips, tiles) are whole pictures (JPEG, PNG, WebP, JPEG 2000, ...): their
@@ -247,15 +250,12 @@ class _TiffLayout:
 class TiffReader(StackReader):
     """TIFF, OME-TIFF, ImageJ TIFF and LSM through tifffile: each series is a scene; one page is one plane."""
 
+    library = "tifffile"
+
     def __init__(self, path: Path, name: str, limits: Limits, detail: Any = None) -> None:
         super().__init__(path, name, limits)
-        self.reader = library_version("tifffile")
         self._tif = tifffile.TiffFile(str(path))
-        try:
-            self._setup()
-        except Exception:
-            self._tif.close()
-            raise
+        self._set_up()
 
     def _setup(self) -> None:
         tif = self._tif
@@ -280,7 +280,6 @@ class TiffReader(StackReader):
         for number, series in enumerate(tif.series):
             if series.keyframe is None:
                 continue
-            index = len(self.scenes)
             axes = series.get_axes(False)
             shape = series.get_shape(False)
             dims = dict(zip(axes, shape))
@@ -308,18 +307,15 @@ class TiffReader(StackReader):
             self._layouts.append(layout)
             scene_name, names, size, origin = self._metadata(number, series, ome, keyframe)
             dtype = np.dtype(series.dtype)
-            self.scenes.append(
-                Scene(
-                    index=index,
-                    name=scene_name or (series.name or None),
-                    sizes=tczyx(size_t, size_c, dims.get("Z", 1), dims["Y"], dims["X"]),
-                    dtype=np.dtype(dtype.newbyteorder("=")),
-                    channels=channel_list(names, size_c),
-                    rgb=rgb,
-                    pixel_size_um=size,
-                    pixel_size_origin=origin if size else None,
-                    samples=samples if (rgb or samples_are_channels or samples == 2) else 1,
-                )
+            self._add_scene(
+                scene_name or (series.name or None),
+                (size_t, size_c, dims.get("Z", 1), dims["Y"], dims["X"]),
+                np.dtype(dtype.newbyteorder("=")),
+                names,
+                size,
+                origin,
+                rgb=rgb,
+                samples=samples if (rgb or samples_are_channels or samples == 2) else 1,
             )
         if not self.scenes:
             raise LsmError("the TIFF holds no readable image")

@@ -16,18 +16,7 @@ import numpy as np
 
 from lsm_core.errors import LsmError
 from lsm_core.imaging.readers.archives import read_member
-from lsm_core.imaging.readers.base import (
-    Limits,
-    Scene,
-    StackReader,
-    channel_list,
-    check_declared,
-    library_version,
-    megabytes,
-    tczyx,
-    um_per_unit,
-    yx_um,
-)
+from lsm_core.imaging.readers.base import Limits, Scene, StackReader, check_declared, megabytes, um_per_unit, yx_um
 
 # Zarr files read here, not by zarr: zarr unpacks a chunk whole with whatever its codec makes of it (a 2.5 KB
 # OME-Zarr whose one 64 x 64 chunk unpacked to 1 GB took 3 GB). zarr reads the metadata (bounded by
@@ -363,12 +352,12 @@ class ZarrReader(StackReader):
     resolution. A plane reads the chunks that cross it: memory is the plane plus one chunk, checked."""
 
     format = "OME-Zarr"
+    library = "zarr"
 
     def __init__(self, path: Path, name: str, limits: Limits, detail: Any = None) -> None:
         import zarr
 
         super().__init__(path, name, limits)
-        self.reader = library_version("zarr")
         self._store: Any = None
         self._source: _ZarrSource | None = None
         if path.is_dir():
@@ -376,23 +365,25 @@ class ZarrReader(StackReader):
                 (str(f.relative_to(path)), f.stat().st_size) for f in path.rglob("*") if f.name in _ZARR_METADATA
             )
             self._store = zarr.storage.LocalStore(str(path), read_only=True)
-            root_path = ""
+            self._root = ""
         else:
             self._check_zip(path)
             self._store = zarr.storage.ZipStore(str(path), mode="r")
-            root_path = str(detail or "")
-        try:
-            self._source = _ZarrSource(path)
-            root = zarr.open_group(store=self._store, path=root_path, mode="r")
-            self._images: list[_ZarrImage] = []
-            self._planes = 0  # declared by the images so far (LSM_MAX_PLANES bounds them all together)
-            for label, group in self._image_groups(root):
-                self._add(label, group)
-            if not self.scenes:
-                raise LsmError("the Zarr holds no OME-Zarr image (no 'multiscales' in its attributes)")
-        except Exception:
-            self.close()
-            raise
+            self._root = str(detail or "")  # the image's folder inside the ZIP
+        self._set_up()
+
+    def _setup(self) -> None:
+        import zarr
+
+        assert self.path is not None
+        self._source = _ZarrSource(self.path)
+        root = zarr.open_group(store=self._store, path=self._root, mode="r")
+        self._images: list[_ZarrImage] = []
+        self._planes = 0  # declared by the images so far (LSM_MAX_PLANES bounds them all together)
+        for label, group in self._image_groups(root):
+            self._add(label, group)
+        if not self.scenes:
+            raise LsmError("the Zarr holds no OME-Zarr image (no 'multiscales' in its attributes)")
 
     def _check_zip(self, path: Path) -> None:
         with zipfile.ZipFile(path) as archive:
@@ -502,16 +493,13 @@ class ZarrReader(StackReader):
         channel_names = [ch.get("label", "") for ch in omero.get("channels", [])[:n_c]]
         assert self._source is not None
         self._images.append(_ZarrImage(_ZarrArray(self._source, array), letters))
-        self.scenes.append(
-            Scene(
-                index=len(self.scenes),
-                name=label or multiscale.get("name") or None,
-                sizes=tczyx(size_t, n_c, dims.get("Z", 1), dims["Y"], dims["X"]),
-                dtype=np.dtype(array.dtype),
-                channels=channel_list(channel_names, n_c),
-                pixel_size_um=size,
-                pixel_size_origin="OME-Zarr multiscales scale + axes unit" if size else None,
-            )
+        self._add_scene(
+            label or multiscale.get("name") or None,
+            (size_t, n_c, dims.get("Z", 1), dims["Y"], dims["X"]),
+            np.dtype(array.dtype),
+            channel_names,
+            size,
+            "OME-Zarr multiscales scale + axes unit",
         )
 
     def _unit_bytes(self, scene: int) -> tuple[int, str]:

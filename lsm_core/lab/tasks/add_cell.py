@@ -27,7 +27,7 @@ from lsm_core.lab import accounts, jobs
 from lsm_core.lab.jobs import JobKind
 from lsm_core.lab.lab import Lab
 from lsm_core.lab.tasks import task
-from lsm_core.lab.tasks.context import Context
+from lsm_core.lab.tasks.context import Context, model_of
 
 if TYPE_CHECKING:
     import numpy as np
@@ -99,13 +99,6 @@ def _crop_geometry(model: Model, image: Image, x: float, y: float) -> tuple[Find
     return FindParams.for_model(model, calibration), (int(round(x - side / 2)), int(round(y - side / 2)), side, side)
 
 
-def _model_of(s: Session, batch: Batch) -> Model:
-    model = s.get(Model, batch.model_id)
-    if model is None or model.deleted:
-        raise LsmError("the batch's model was deleted; re-run the batch with another model")
-    return model
-
-
 def looks_like_a_cell(lab: Lab, image_id: int, x: float, y: float, pixels: np.ndarray | None = None) -> bool:
     """Whether the crop that a cell added at (x, y) would be classified on holds a cell-like object at the point:
     an outline that :func:`lsm_core.imaging.cells.cell_mask` traces within 4 µm of the crop's centre (as the
@@ -121,7 +114,7 @@ def looks_like_a_cell(lab: Lab, image_id: int, x: float, y: float, pixels: np.nd
 
     with lab() as s:
         image, batch = _target(s, image_id, x, y)
-        params, box = _crop_geometry(_model_of(s, batch), image, x, y)
+        params, box = _crop_geometry(model_of(s, batch), image, x, y)
         file, sha256, page, options = image.file, image.sha256, image.page, ReadOptions(batch.channel, batch.z)
     if pixels is None:
         assert sha256 is not None  # _target refuses images whose bytes were not stored
@@ -158,7 +151,7 @@ def run(ctx: Context, payload: dict[str, Any]) -> None:
 
     def read(s: Session):
         image, batch = _target(s, image_id, x, y, pending=False)
-        model = _model_of(s, batch)
+        model = model_of(s, batch)
         s.expunge_all()
         return image, batch, model
 

@@ -28,7 +28,7 @@ from lsm_core.imaging.readers.base import ReadOptions
 from lsm_core.imaging.reporters import ChannelSignal
 from lsm_core.lab.jobs import JobKind
 from lsm_core.lab.tasks import task
-from lsm_core.lab.tasks.context import Context
+from lsm_core.lab.tasks.context import Context, batch_and_model
 
 log = logging.getLogger("lsm_core.worker")
 
@@ -92,13 +92,7 @@ def _classify_unread(ctx: Context, batch_id: int) -> None:
     from lsm_core.ml.classify import in_batches
 
     def read(s: Session):
-        batch = s.get(Batch, batch_id)
-        if batch is None:
-            raise LsmError(f"batch {batch_id} was deleted")
-        model = s.get(Model, batch.model_id)
-        if model is None or model.deleted:
-            raise LsmError("the batch's model was deleted; re-run the batch with another model")
-        s.expunge(model)
+        batch, model = batch_and_model(s, batch_id)
         todo = s.execute(
             select(Image.id, Image.sha256, Image.page, Image.pixel_size_um, Image.pixel_size_source)
             .where(*_unread(batch_id))

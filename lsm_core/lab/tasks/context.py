@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from db.schema import Job, Model
+from db.schema import Batch, Job, Model
 from lsm_core.errors import LsmError
 from lsm_core.lab import jobs
 from lsm_core.lab.jobs import JobStatus
@@ -135,6 +135,25 @@ class ModelCache:
         logger.error("%s", message)
         self.refused[model.id] = message
         raise ModelRefused(message)
+
+
+def model_of(s: Session, batch: Batch) -> Model:
+    """Within ``s``: the model a batch is classified with; LsmError when it was deleted."""
+    model = s.get(Model, batch.model_id)
+    if model is None or model.deleted:
+        raise LsmError("the batch's model was deleted; re-run the batch with another model")
+    return model
+
+
+def batch_and_model(s: Session, batch_id: int) -> tuple[Batch, Model]:
+    """Within ``s``: the batch a task works on and its model, detached (read after ``s`` ends); LsmError when
+    either was deleted."""
+    batch = s.get(Batch, batch_id)
+    if batch is None:
+        raise LsmError(f"batch {batch_id} was deleted")
+    model = model_of(s, batch)
+    s.expunge(model)
+    return batch, model
 
 
 @dataclass

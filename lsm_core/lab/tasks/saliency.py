@@ -18,7 +18,7 @@ from lsm_core.lab import accounts, jobs
 from lsm_core.lab.jobs import JobKind
 from lsm_core.lab.lab import Lab
 from lsm_core.lab.tasks import task
-from lsm_core.lab.tasks.context import Context
+from lsm_core.lab.tasks.context import Context, batch_and_model
 from lsm_core.lab.training_data import read_options, stored_crops
 
 CHUNK = 256  # cells per step: progress is written and a stop is honoured between steps
@@ -106,13 +106,7 @@ def run(ctx: Context, payload: dict[str, Any]) -> None:
     batch_id, method, top = int(payload["batch_id"]), payload.get("method", "scorecam"), payload.get("top")
 
     def read(s: Session):
-        batch = s.get(Batch, batch_id)
-        if batch is None:
-            raise LsmError(f"batch {batch_id} was deleted")
-        model = s.get(Model, batch.model_id)
-        if model is None or model.deleted:
-            raise LsmError("the batch's model was deleted; re-run the batch with another model")
-        s.expunge(model)
+        batch, model = batch_and_model(s, batch_id)
         cells = s.execute(
             select(Cell.id, Cell.image_id, Cell.x, Cell.y, Cell.w, Cell.h, Cell.predicted, Cell.score)
             .where(Cell.batch_id == batch_id)
