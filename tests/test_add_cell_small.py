@@ -20,6 +20,7 @@ from lsm_core.errors import LsmError
 from lsm_core.lab import batches, jobs
 from lsm_core.lab.jobs import JobKind
 from lsm_core.lab.worker import Worker
+from lsm_core.reports.text import escape_markdown
 from tests.helpers import crop_files
 
 
@@ -315,7 +316,7 @@ def _field_view(lab, image_id: int, x: float, y: float) -> None:
     chart = st.plotly_chart
     st.plotly_chart = lambda *args, **kwargs: Clicked()
     try:
-        rq.field_section(lab, image, cells, scope, "ana", "t", lambda *args: None, str, lambda editable: None)
+        rq.field_section(lab, image, cells, scope, "ana", "t", lambda editable: None)
     finally:
         st.plotly_chart = chart
 
@@ -350,8 +351,10 @@ def test_the_field_view_refuses_a_second_cell_at_the_same_place_where_it_is_clic
 
     near = field_view(lab, field.id, x + 4, y + 2)
     assert not add_buttons(near)  # was: offered
-    assert [e.value for e in near.error] == [
-        f"a cell is being added to {field.file} at ({x:.0f}, {y:.0f}) already (job 2): review it once it is there"
+    assert [e.value for e in near.error] == [  # the message as Markdown source: the file's name escaped
+        escape_markdown(
+            f"a cell is being added to {field.file} at ({x:.0f}, {y:.0f}) already (job 2): review it once it is there"
+        )
     ]
 
     tab1, tab2 = field_view(lab, field.id, x2, y2), field_view(lab, field.id, x2 + 3, y2 - 3)
