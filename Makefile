@@ -56,5 +56,6 @@ bench: install
 	$(PY) bench/saliency.py
 	$(PY) bench/load.py
 	$(PY) bench/active.py
+	$(PY) bench/composition.py
 	$(PY) bench/formats.py
 	$(PY) bench/first_model.py

@@ -306,6 +306,27 @@ def metrics_card(
     return MetricsCard(heading, numbers, per_class, figures, reasons, warnings, notes)
 
 
+def error_profile_text(metrics: dict | None) -> str:
+    """What the model's error profile is and what it does to compositions, in words a biologist can check: the
+    confusion matrix its batches' compositions are corrected with (lsm_core.reports.correction), and what counting
+    alone would report for a batch of equal parts."""
+    from lsm_core.reports.correction import NO_PROFILE, model_profile
+
+    profile = model_profile(metrics)
+    if profile is None:
+        return NO_PROFILE
+    counted = profile.rates.mean(axis=0) * 100  # a batch of equal parts, as counting would read it
+    even = ", ".join(f"{c} {v:.0f}%" for c, v in zip(profile.classes, counted))
+    said = (
+        f"Error profile: the confusion matrix of {profile.cells:,} held-out labelled cells ({profile.source}). "
+        f"Counting predicted classes alone would report a batch of equal parts as {even}; every batch's "
+        "composition is therefore also shown corrected with this matrix, with an interval that carries its "
+        "finite size. The correction assumes the cells of each class look like these held-out cells."
+    )
+    problem = profile.problem()
+    return f"{said} It cannot correct here: {problem}." if problem else said
+
+
 def set_heading(metrics: dict, default: str) -> str:
     """Which cells a set of metrics comes from, e.g. "Validation set (...): 240 cells"."""
     n = _finite(metrics.get("n"))
