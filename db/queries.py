@@ -472,6 +472,7 @@ class Evaluation:
     model_label: str
     files: list[str]
     result: dict[str, Any]
+    model_id: int | None = None  # None: the model was deleted
 
 
 def evaluations(s: Session, limit: int = 5) -> list[Evaluation]:
@@ -486,7 +487,8 @@ def evaluations(s: Session, limit: int = 5) -> list[Evaluation]:
     for j in jobs:
         model = s.get(Model, int(j.payload.get("model_id", 0)))
         label = model.label if model is not None else f"model {j.payload.get('model_id')} (deleted)"
-        out.append(Evaluation(j.id, label, [u.get("name", "?") for u in j.payload.get("uploads", [])], j.result or {}))
+        files = [u.get("name", "?") for u in j.payload.get("uploads", [])]
+        out.append(Evaluation(j.id, label, files, j.result or {}, model.id if model is not None else None))
     return out
 
 

@@ -414,6 +414,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from lsm_core.reports.report import workbook
+
+    if not str(args.out).lower().endswith(".xlsx"):
+        raise LsmError(f"--out {args.out}: the report is a workbook, name it FILE.xlsx")
+    if not 0.0 <= args.threshold <= 1.0:
+        raise LsmError(f"--threshold {args.threshold:g}: a score threshold is between 0 and 1")
+    with _lab(sync=False)() as s:
+        data = workbook(s, args.batch_id, args.threshold)
+    with open(args.out, "wb") as fh:
+        fh.write(data)
+    _log(f"wrote batch {args.batch_id}'s workbook (score threshold {args.threshold:g}) to {args.out}")
+    return 0
+
+
 def _print_metrics(m: dict) -> None:
     if m.get("evaluated_on"):
         print(f"on the {m['evaluated_on']}")
@@ -565,6 +580,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         for file, message in data.errors:
             _log(f"{file}: {message}")
         _print_metrics(metrics)
+    if args.record:
+        from db import queries
+        from lsm_core.lab import accounts
+        from lsm_core.lab.registry import record_error_profile
+
+        lab = _lab()
+        m = package.manifest
+        with lab() as s:
+            row = queries.model_by_name(s, f"{m.name}:{m.version}")
+        if row is None:
+            raise LsmError(f"{m.label} is not registered in the history: nothing to record the profile on")
+        record_error_profile(lab, row.id, metrics, accounts.current_user(lab))
+        _log(f"recorded as the error profile of {m.name} v{m.version}: its batches' compositions are corrected with it")
     return 0
 
 
@@ -575,7 +603,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     bins = parse_bins(args.bins) if args.by == "age" else None
     with _lab()() as s:
         mixed = args.allow_mixed_models
-        c = compare.build(s, args.batch_ids, by=args.by, bins=bins, threshold=args.threshold, allow_mixed_models=mixed)
+        c = compare.build(
+            s,
+            args.batch_ids,
+            by=args.by,
+            bins=bins,
+            threshold=args.threshold,
+            allow_mixed_models=mixed,
+            fractions=args.fractions,
+        )
         data = compare.workbook(s, c)
         if args.methods:
             from lsm_core.reports.methods import methods_text
@@ -879,6 +915,12 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--json", action="store_true")
     p.add_argument("--device", default=None)
+    p.add_argument(
+        "--record",
+        action="store_true",
+        help="make this evaluation's confusion matrix the model's error profile (administrators; compositions of "
+        "its batches are corrected with it)",
+    )
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -895,6 +937,13 @@ def _compare_arguments(p: argparse.ArgumentParser) -> None:
         "--allow-mixed-models",
         action="store_true",
         help="compare batches classified by different models or model versions (refused otherwise)",
+    )
+    p.add_argument(
+        "--fractions",
+        default="auto",
+        choices=("auto", "corrected", "counted"),
+        help="what the per-mouse tests run on: corrected for the models' errors (auto: where every model has an "
+        "error profile) or counted",
     )
     p.set_defaults(func=cmd_compare)
 
@@ -962,6 +1011,15 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_export)
 
 
+def _report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("batch_id", type=int, metavar="BATCH_ID")
+    p.add_argument("--out", required=True, help="FILE.xlsx")
+    p.add_argument(
+        "--threshold", type=float, default=0.0, help="count cells with at least this score (default 0: every cell)"
+    )
+    p.set_defaults(func=cmd_report)
+
+
 # the subcommands: name -> (help, the function that adds its arguments, its own subcommands and what runs it;
 # it imports what they offer as choices, so that only the subcommand run imports its own)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
@@ -998,6 +1056,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
         _label_arguments,
     ),
     "export": ("write batches' cells to a spreadsheet", _export_arguments),
+    "report": ("write one batch's workbook, as the Results page downloads it", _report_arguments),
 }
 
 

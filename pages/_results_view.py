@@ -36,7 +36,7 @@ from lsm_core.reports.report import (
     score_histogram,
     thumbnail,
 )
-from lsm_core.reports.results import ResultsView, load_results
+from lsm_core.reports.results import ResultsView, correction_caption, load_results
 from lsm_core.reports.text import escape_markdown
 from pages._common import admin, image_pixels, the_lab, user
 from pages._review_queue import Scope, field_section, flagged, review_section
@@ -121,6 +121,7 @@ def render_results(batch_id: int, key: str = "results") -> None:
     left, right = st.columns([3, 2])
     chart(composition_figure(report), f"batch-{batch_id}-composition", f"{key}_composition", left)
     right.dataframe(pd.DataFrame(view.shares), hide_index=True, width="stretch")
+    right.caption(escape_markdown(correction_caption(report)))
     left, right = st.columns(2)
     left.markdown("**Scores by predicted class**")
     chart(

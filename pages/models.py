@@ -18,6 +18,7 @@ from lsm_core.lab.registry import (
     import_zoo_package,
     lineage,
     offered_models,
+    record_error_profile,
     set_default,
 )
 from lsm_core.lab.tasks import evaluate, train
@@ -26,6 +27,7 @@ from lsm_core.ml import nets
 from lsm_core.ml.models import model_quality
 from lsm_core.reports.model_card import (
     MetricsCard,
+    error_profile_text,
     evaluation_card,
     lineage_text,
     model_cards,
@@ -128,6 +130,7 @@ with tabs[0]:
                 show_card(card, f"card_{i}")
         else:
             st.info("This model carries no evaluation yet; evaluate it on a labelled test set (tab Evaluate).")
+        st.caption(escape_markdown(error_profile_text(m.metrics)))
         training = m.training or {}
         if training.get("history"):
             st.markdown(
@@ -276,6 +279,18 @@ with tabs[2]:
             results = {f"job {e.job_id} · {e.model_label} · {', '.join(e.files)}": e for e in finished}
             e = results[st.selectbox("Evaluation result", list(results), key="eval_result")]
             show_card(evaluation_card(e.result, e.model_label, e.files), f"eval_{e.job_id}")
+            if administers and e.model_id is not None and e.result.get("confusion_matrix"):
+                if st.button(
+                    "Use as this model's error profile",
+                    key=f"eval_profile_{e.job_id}",
+                    help="Compositions of the model's batches are then corrected with this evaluation's confusion "
+                    "matrix (what its model card says it does).",
+                ):
+                    try:
+                        record_error_profile(lab, e.model_id, e.result, me)
+                        st.success(f"Recorded as {escape_markdown(e.model_label)}'s error profile.")
+                    except LsmError as exc:
+                        st.error(escape_markdown(str(exc)))
 
 
 with tabs[3]:

@@ -219,3 +219,28 @@ def test_command_line_train_and_evaluate_json(data_dir, tmp_path):
     assert {"accuracy", "macro_f1", "per_class", "confusion_matrix", "ece"} <= set(metrics)
     assert metrics["n"] == 60 and sum(map(sum, metrics["confusion_matrix"])) == 60
     assert set(metrics["per_class"]) == {"LT-HSC", "ST-HSC", "MPP"}
+
+    # issue #29 item 1: an administrator records the evaluation as the model's error profile; a member may not
+    env.update(LSM_ADMINS="boss", LSM_USER="ana")
+    refused = subprocess.run(
+        [sys.executable, "-m", "lsm_core", "evaluate", str(tmp_path / "test.zip"), "--model", "cli-lsm", "--record"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode != 0 and "administrator" in refused.stderr
+    env["LSM_USER"] = "boss"
+    said = cli("evaluate", str(tmp_path / "test.zip"), "--model", "cli-lsm", "--record").stderr
+    assert "recorded as the error profile of cli-lsm v1" in said
+    from db import queries
+    from lsm_core.lab.open_lab import open_lab
+    from lsm_core.lab.settings import Settings
+    from lsm_core.reports.correction import model_profile
+
+    lab = open_lab(Settings.from_env({"LSM_DATA_DIR": str(data_dir)}), sync=False)
+    with lab() as s:
+        profile = model_profile(queries.model_by_name(s, "cli-lsm").metrics)
+    lab.dispose()
+    assert profile is not None and profile.cells == 60 and "test.zip" in profile.source
+    assert profile.counts.tolist() == metrics["confusion_matrix"]  # the same cells, the same model

@@ -201,6 +201,37 @@ def set_default(lab: Lab, model_id: int, user: str) -> None:
         audit.record(s, user, "set default", f"model {row.name} v{row.version}", task=row.task)
 
 
+def record_error_profile(lab: Lab, model_id: int, evaluation: dict, user: str) -> Model:
+    """Make an evaluation on labelled cells the model's error profile (administrators only): its confusion matrix
+    of counts, the cells it came from (``evaluated_on``), who recorded it and when, kept in the model's metrics
+    as ``error_profile``; batches' compositions are corrected with it from then on (lsm_core.reports.correction)."""
+    classes, matrix = evaluation.get("classes"), evaluation.get("confusion_matrix")
+    with lab.begin() as s:
+        accounts.require_admin(lab, s, user, "record a model's error profile")
+        row = s.get(Model, model_id)
+        if row is None or row.deleted:
+            raise LsmError("that model no longer exists")
+        if list(classes or []) != list(row.classes):
+            raise LsmError(f"the evaluation's classes {classes} are not {row.label}'s {list(row.classes)}")
+        k = len(row.classes)
+        rows = matrix if isinstance(matrix, list) and len(matrix) == k else []
+        values = [v for r in rows if isinstance(r, list) and len(r) == k for v in r]
+        if len(values) != k * k or any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in values):
+            raise LsmError(f"the evaluation holds no confusion matrix of cell counts, {k} by {k}")
+        cells = sum(values)
+        source = str(evaluation.get("evaluated_on") or f"labelled cells: {cells} cells")
+        profile = {
+            "classes": list(row.classes),
+            "confusion_matrix": rows,
+            "evaluated_on": source,
+            "recorded_by": user,
+            "recorded_at": utcnow().isoformat(timespec="seconds"),
+        }
+        row.metrics = {**(row.metrics or {}), "error_profile": profile}  # a new dict: the JSON column sees the change
+        audit.record(s, user, "error profile", f"model {row.name} v{row.version}", cells=cells, source=source)
+        return row
+
+
 def import_model(lab: Lab, weights: str | Path, manifest: str | Path, user: str) -> Model:
     """Import weights + manifest (files) into the model store and register them (admins only); returns the row."""
     with lab() as s:

@@ -28,6 +28,7 @@ from lsm_core.imaging.calibration import CalibrationSource, resolve
 from lsm_core.imaging.cells import TINY_CELL_UM, calibration_doubt
 from lsm_core.lab.blobs import BlobStore
 from lsm_core.lab.cell_labels import agreement
+from lsm_core.reports.correction import NO_PROFILE, Correction, correct, model_profile
 from lsm_core.reports.export import BATCH_COLUMNS, add_sheet, batch_rows, workbook_bytes, write_csv
 from lsm_core.reports.stats import DAYS_PER_MONTH, ClassShare, composition
 
@@ -131,6 +132,9 @@ class BatchReport:
     app_versions: list[str] = field(default_factory=list)  # the app versions that classified its images
     # per image, what was counted and what was not (cells cut by the edge or tiny, objects dropped)
     accounts: list[queries.ImageAccount] = field(default_factory=list)
+    # the composition of every counted cell (no score threshold: the model's confusion was measured without one)
+    # corrected for the model's errors; None where the model carries no error profile (correction.NO_PROFILE)
+    correction: Correction | None = None
 
     @property
     def dropped_clumps(self) -> int:
@@ -298,7 +302,15 @@ def load_report(s: Session, batch_id: int, threshold: float = 0.0) -> BatchRepor
         cells_excluded=queries.excluded_counts(s, [batch_id])[batch_id],
         app_versions=sorted({im.app_version for im in classified if im.app_version}),
         accounts=queries.image_accounts(s, batch_id, TINY_CELL_UM),
+        correction=_corrected(counts_all, classes, model.metrics),
     )
+
+
+def _corrected(counts: dict[str, int], classes: list[str], metrics: dict | None) -> Correction | None:
+    profile = model_profile(metrics)
+    if profile is None or set(profile.classes) != set(classes) or len(profile.classes) != len(classes):
+        return None
+    return correct(counts, classes, profile)
 
 
 def cell_arrays(s: Session, batch_id: int, classes: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -333,8 +345,30 @@ def composition_figure(report: BatchReport) -> go.Figure:
                 "arrayminus": [100 * (sh.fraction - sh.low) for sh in shares],
             },
             hovertemplate="%{x}: %{y:.1f}%<extra></extra>",
+            name=f"counted (score ≥ {report.threshold:.2f})" if report.threshold > 0 else "counted",
         )
     )
+    corrected = report.correction
+    if corrected is not None:
+        fixed = [corrected.share(sh.cls) for sh in shares]
+        fig.add_trace(
+            go.Bar(
+                x=[c.cls for c in fixed],
+                y=[100 * c.fraction for c in fixed],
+                marker_color=[colour(c.cls, i) for i, c in enumerate(fixed)],
+                marker_pattern_shape="/",
+                opacity=0.6,
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": [100 * (c.high - c.fraction) for c in fixed],
+                    "arrayminus": [100 * (c.fraction - c.low) for c in fixed],
+                },
+                hovertemplate="%{x}: %{y:.1f}% corrected<extra></extra>",
+                name="corrected for the model's errors (all cells)",
+            )
+        )
+        fig.update_layout(barmode="group", showlegend=True, legend={"orientation": "h", "y": -0.15})
     for sh in shares:
         fig.add_annotation(
             x=sh.cls,
@@ -343,16 +377,18 @@ def composition_figure(report: BatchReport) -> go.Figure:
             showarrow=False,
             yanchor="bottom",
             yshift=2,
+            xshift=-18 if corrected is not None else 0,
         )
-    top = max((100 * sh.high for sh in shares), default=0.0)
+    top = max([100 * sh.high for sh in shares] + ([100 * c.high for c in corrected.shares] if corrected else []))
     fig.update_layout(
-        yaxis_title="% of cells (95% Wilson interval)",
+        yaxis_title="% of cells (95% interval)",
         yaxis_range=[0, max(105.0, top + 15)],
         yaxis_tickvals=[0, 20, 40, 60, 80, 100],
-        height=360,
+        height=380 if corrected is not None else 360,
         margin={"t": 30, "b": 40},
-        showlegend=False,
     )
+    if corrected is None:
+        fig.update_layout(showlegend=False)
     return fig
 
 
@@ -587,12 +623,15 @@ def workbook(s: Session, batch_id: int, threshold: float) -> bytes:
     report = load_report(s, batch_id, threshold)
     book = Workbook(write_only=True)
     add_sheet(book, "cells", *batch_rows(s, [batch_id]))
+    corrected = report.correction
     add_sheet(
         book,
         "summary",
-        ["class", "cells", "fraction", "ci95_low", "ci95_high", "score_threshold", "cells_counted", "cells_total"],
+        ["class", "cells", "fraction", "ci95_low", "ci95_high", "score_threshold", "cells_counted", "cells_total"]
+        + ["corrected_fraction", "corrected_ci95_low", "corrected_ci95_high"],
         (
             [sh.cls, sh.count, sh.fraction, sh.low, sh.high, threshold, report.cells_kept, report.cells_total]
+            + ([c.fraction, c.low, c.high] if (c := corrected and corrected.share(sh.cls)) else [None, None, None])
             for sh in report.shares
         ),
     )
@@ -609,9 +648,10 @@ def workbook(s: Session, batch_id: int, threshold: float) -> bytes:
         "z_plane": report.z if report.z is not None else "automatic (best focus)",
         "app_version": ", ".join(report.app_versions),
         "cells_excluded": report.cells_excluded,
+        **correction_facts(corrected),
     }
     keys = BATCH_COLUMNS + ["created", "pixel_size_um", "channel", "z_plane", "imaging", "app_version", "status"]
-    keys += ["images", "images_failed", "cells_excluded"]
+    keys += ["images", "images_failed", "cells_excluded", *CORRECTION_FIELDS]
     add_sheet(
         book,
         "batch",
@@ -651,6 +691,23 @@ def workbook(s: Session, batch_id: int, threshold: float) -> bytes:
         ),
     )
     return workbook_bytes(book)
+
+
+CORRECTION_FIELDS = ["corrected_cells", "correction_method", "error_profile", "error_profile_cells", "correction_note"]
+
+
+def correction_facts(corrected: Correction | None) -> dict[str, object]:
+    """What a corrected composition assumed, for a workbook: which cells, which method, which confusion matrix."""
+    if corrected is None:
+        return dict.fromkeys(CORRECTION_FIELDS[:-1]) | {"correction_note": NO_PROFILE}
+    return {
+        "corrected_cells": corrected.cells,
+        "correction_method": corrected.method,
+        "error_profile": corrected.profile_source,
+        "error_profile_cells": corrected.profile_cells,
+        "correction_note": " ".join(corrected.notes)
+        or "every counted cell, whatever its score (the confusion matrix was measured without a threshold)",
+    }
 
 
 IMAGE_COLUMNS = [

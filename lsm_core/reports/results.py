@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from db import queries
 from db.schema import Image
 from lsm_core.imaging.cells import TINY_CELL_UM
+from lsm_core.reports.correction import NO_PROFILE
 from lsm_core.reports.export import reporter_channels
 from lsm_core.reports.report import BatchReport, cell_arrays, load_report
 
@@ -96,15 +97,35 @@ def not_counted(report: BatchReport) -> tuple[str | None, list[dict]]:
 
 
 def _share_rows(report: BatchReport) -> list[dict]:
-    return [
-        {
+    corrected = report.correction
+    rows = []
+    for sh in report.shares:
+        row: dict[str, object] = {
             "class": sh.cls,
             "cells": sh.count,
             "%": round(100 * sh.fraction, 1),
             "95% CI": f"{100 * sh.low:.1f} to {100 * sh.high:.1f}",
         }
-        for sh in report.shares
-    ]
+        if corrected is not None:
+            c = corrected.share(sh.cls)
+            row["corrected %"] = round(100 * c.fraction, 1)
+            row["corrected 95% CI"] = f"{100 * c.low:.1f} to {100 * c.high:.1f}"
+        rows.append(row)
+    return rows
+
+
+def correction_caption(report: BatchReport) -> str:
+    """What the corrected composition assumed, or why there is none, in a sentence or three."""
+    corrected = report.correction
+    if corrected is None:
+        return NO_PROFILE
+    said = (
+        f"Corrected: the composition of all {corrected.cells:,} counted cells corrected for the model's own errors, "
+        f"measured on {corrected.profile_cells:,} held-out labelled cells ({corrected.profile_source}); the "
+        "interval carries both the batch's cells and that finite set. It assumes this batch's cells of each class "
+        "look like the held-out cells of that class (only the mix differs)."
+    )
+    return " ".join([said, *corrected.notes])
 
 
 def load_results(s: Session, batch_id: int, threshold: float) -> ResultsView:

@@ -36,5 +36,7 @@ def run(ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
     data = labelled_uploads(ctx, payload["uploads"], model.task, FindParams.for_model(model))
     metrics = evaluate_predictor(predictor, data)
     metrics["unusable_files"] = [list(e) for e in data.errors[:200]]
+    names = ", ".join(str(u.get("name", "?")) for u in payload["uploads"])
+    metrics["evaluated_on"] = f"test set {names}: {metrics['n']} cells"
     ctx.progress(1)
     return metrics
