@@ -97,11 +97,26 @@ mixed = st.checkbox(
     key="cmp_mixed",
     help="Their numbers are not comparable as such: each mouse's model is then named in every table.",
 )
+counted_only = st.checkbox(
+    "Test counted fractions (not corrected for the model's errors)",
+    key="cmp_counted",
+    help="By default the per-mouse tests run on fractions corrected with each model's confusion matrix on "
+    "held-out labelled cells, when every model has one; counted fractions are pulled towards the model's "
+    "confusions.",
+)
 
 try:
     bins = parse_bins(bins_text) if by == "age" else None
     with lab() as s:
-        result = compare.build(s, list(chosen), by=by, bins=bins, threshold=threshold, allow_mixed_models=mixed)
+        result = compare.build(
+            s,
+            list(chosen),
+            by=by,
+            bins=bins,
+            threshold=threshold,
+            allow_mixed_models=mixed,
+            fractions="counted" if counted_only else "auto",
+        )
 except LsmError as exc:
     st.error(escape_markdown(exc))
     st.stop()
@@ -129,6 +144,7 @@ if alone:
     st.caption(f"{alone} of them are batches without a mouse id, each counted as a mouse of its own.")
 
 st.subheader("Per mouse")
+st.caption(escape_markdown(compare.fractions_note(result)))
 chart(compare.per_mouse_figure(result), "per_mouse", "cmp_mice")
 st.subheader("Tests (mouse as the unit)")
 limit = compare.design_limit(result)

@@ -572,3 +572,65 @@ def test_statistics_and_differences_are_shown_to_three_digits_and_in_percentage_
         "",
     ]
     assert [points(v) for v in (0.0423, -0.1, 0.0, float("nan"), None)] == ["+4.2 pp", "-10.0 pp", "+0.0 pp", "", ""]
+
+
+def test_comparisons_test_corrected_fractions_when_every_model_has_an_error_profile(history):
+    """Issue #29 item 4: with an error profile on the model, per-mouse tests run on corrected fractions by
+    default (a switch for counted ones), the figure shows both, the methods say which was tested and with
+    what confusion matrix, and the odds model stays on counts and says so."""
+    from db.schema import Model
+    from lsm_core.errors import LsmError
+    from lsm_core.reports import compare
+    from lsm_core.reports.correction import ErrorProfile, correct
+
+    lab, _, model_id = history
+    ids = make_six_batches(lab, model_id)
+    bins = stats.parse_bins("young:<6m, middle:6m-18m, aged:>=18m")
+    with lab() as s:
+        counted = compare.build(s, ids, by="age", bins=bins)
+    assert not counted.on_corrected and counted.profiles == []  # tiny-lsm carries no confusion matrix
+    assert "corrected_LT-HSC" in counted.table and counted.table["corrected_LT-HSC"].isna().all()
+    with lab() as s:
+        with pytest.raises(LsmError, match="fractions must be one of"):
+            compare.build(s, ids, by="age", bins=bins, fractions="adjusted")
+        asked = compare.build(s, ids, by="age", bins=bins, fractions="corrected")
+    assert not asked.on_corrected and "counted, not corrected" in " ".join(asked.warnings)
+
+    matrix = [[70, 20, 10], [15, 70, 15], [5, 25, 70]]
+    with lab.begin() as s:
+        s.get(Model, model_id).metrics = {
+            "classes": CLASSES,
+            "confusion_matrix": matrix,
+            "evaluated_on": "t: 300 cells",
+        }
+    with lab() as s:
+        c = compare.build(s, ids, by="age", bins=bins, threshold=0.5)
+        plain = compare.build(s, ids, by="age", bins=bins, threshold=0.5, fractions="counted")
+        methods = " ".join(text for _, text in compare.methods_paragraphs(s, c))
+        plain_methods = " ".join(text for _, text in compare.methods_paragraphs(s, plain))
+        book = openpyxl.load_workbook(io.BytesIO(compare.workbook(s, c)))
+    assert c.on_corrected and not plain.on_corrected
+    assert "corrected for its model's errors" in compare.fractions_note(c) and "Open points: corrected" in (
+        compare.fractions_note(plain)
+    )
+    assert "no model here carries" in compare.fractions_note(counted)
+    assert c.profiles == ["tiny-lsm v1: 300 held-out cells (t: 300 cells)"]
+    profile = ErrorProfile(tuple(CLASSES), np.array(matrix, float), "t")
+    first = c.table.iloc[0]
+    redone = correct({k: int(first[f"n_{k}"]) for k in CLASSES}, CLASSES, profile)
+    assert first["corrected_LT-HSC"] == pytest.approx(redone.share("LT-HSC").fraction)
+    samples = [c.table.loc[c.table.group == g, "corrected_LT-HSC"] for g in ("young", "middle", "aged")]
+    assert c.tests.iloc[0]["p_value"] == pytest.approx(sps.kruskal(*samples).pvalue)
+    counted_samples = [plain.table.loc[plain.table.group == g, "fraction_LT-HSC"] for g in ("young", "middle", "aged")]
+    assert plain.tests.iloc[0]["p_value"] == pytest.approx(sps.kruskal(*counted_samples).pvalue)
+    young = c.groups[(c.groups.group == "young") & (c.groups["class"] == "LT-HSC")].iloc[0]
+    assert young["mean_fraction"] == pytest.approx(c.table.loc[c.table.group == "young", "corrected_LT-HSC"].mean())
+    assert "Per-mouse corrected fractions were compared" in methods and "300 held-out cells" in methods
+    assert "The model works on counted cells, not on corrected fractions." in methods
+    assert "Per-mouse fractions (counted) were compared" in plain_methods
+    fig = compare.per_mouse_figure(c)
+    names = [t.name for t in fig.data]
+    assert "young: mice, corrected" in names and "young: mice, counted" in names
+    assert fig.layout.yaxis.title.text == "% of cells corrected for the model's errors (per mouse)"
+    header = [cell.value for cell in book["per_mouse"][1]]
+    assert {"corrected_LT-HSC", "corrected_low_LT-HSC", "corrected_high_LT-HSC"} <= set(header)

@@ -19,6 +19,7 @@ from db import queries
 from db.schema import Batch, Cell, Model
 from lsm_core.errors import LsmError
 from lsm_core.reports.comparison import Comparison, batches_of
+from lsm_core.reports.correction import NO_PROFILE, model_profile
 from lsm_core.reports.export import add_sheet, batch_rows, workbook_bytes
 from lsm_core.reports.methods import methods_paragraphs
 from lsm_core.reports.report import age_text, colour, plot_text
@@ -28,6 +29,7 @@ from lsm_core.reports.stats import (
     age_group,
     compare_groups,
     complement,
+    corrected_per_mouse,
     group_summary,
     odds_model,
     per_mouse,
@@ -35,6 +37,7 @@ from lsm_core.reports.stats import (
     trend,
 )
 
+FRACTIONS = ("auto", "corrected", "counted")  # what per-mouse tests run on (build's ``fractions``)
 GROUP_FIELDS = ("age", "sex", "strain", "gate", "mouse_id", "owner", "imaging_date", "model")
 DEFAULT_BINS = "young:<26w, aged:>=18m"
 
@@ -52,6 +55,23 @@ def one_batch_per_mouse(batches: list[queries.BatchRow]) -> list[int]:
             newest[mouse] = b
     chosen = set(alone) | {b.id for b in newest.values()}
     return [b.id for b in batches if b.id in chosen]
+
+
+def fractions_note(c: Comparison) -> str:
+    """Which per-mouse fractions the groups, tests and trends use, and what the correction rests on."""
+    if c.on_corrected:
+        return (
+            "Tested: each mouse's fractions corrected for its model's errors (every cell, whatever its score), "
+            f"with the confusion matrix of {'; '.join(c.profiles)}. Open points: the fractions as counted. The "
+            "model of cells within mice works on counted cells."
+        )
+    if c.profiles:
+        return (
+            "Tested: the fractions as counted (asked for, or a mouse's model cannot correct). Open points: corrected."
+        )
+    return (
+        "Tested: the fractions as counted; no model here carries a confusion matrix of held-out cells to correct them."
+    )
 
 
 def one_test_note(c: Comparison) -> str | None:
@@ -113,11 +133,16 @@ def build(
     bins: list[AgeBin] | None = None,
     threshold: float = 0.0,
     allow_mixed_models: bool = False,
+    fractions: str = "auto",
 ) -> Comparison:
     """The comparison of ``batch_ids`` grouped ``by`` a field (age: in ``bins``), at a score threshold.
     Batches classified by different models or model versions are refused unless ``allow_mixed_models``
     (then each mouse's model is in every table, and a warning says so); images read at different pixel sizes
-    or from different channels are named in ``warnings``."""
+    or from different channels are named in ``warnings``. ``fractions``: what the per-mouse tests run on:
+    "corrected" for the models' errors (lsm_core.reports.correction), "counted", or "auto" (corrected where every
+    mouse's model carries an error profile that can correct, else counted; the comparison says which)."""
+    if fractions not in FRACTIONS:
+        raise LsmError(f"fractions must be one of {', '.join(FRACTIONS)}, not {fractions!r}")
     if not batch_ids:
         raise LsmError("choose at least two batches to compare")
     if by not in GROUP_FIELDS:
@@ -142,6 +167,23 @@ def build(
     _no_images_twice(s, listed)
     counts = queries.class_counts(s, batch_ids, threshold)
     table = per_mouse(listed, counts, classes)
+    profiles = {m.id: model_profile(m.metrics) for m in models.values()}
+    every = corrected_per_mouse(
+        table,
+        queries.class_counts(s, batch_ids) if threshold else counts,
+        {b.id: b.model_id for b in listed},
+        profiles,
+        classes,
+    )
+    measure = "corrected" if every and fractions != "counted" else "fraction"
+    if fractions == "corrected" and not every:
+        warnings.append(
+            "The fractions tested are counted, not corrected: "
+            + (
+                "; ".join(f"{models[i].label}: {NO_PROFILE}" for i, p in profiles.items() if p is None)
+                or "a mouse's model cannot correct its composition (see its model card)"
+            )
+        )
     if by == "age":
         assert bins is not None  # refused above when grouping by age without bins
         table["group"] = [age_group(a, bins) for a in table["age_days"]]
@@ -154,8 +196,8 @@ def build(
     table = table.sort_values(["group", "age_days", "batch"], na_position="last").reset_index(drop=True)
     table["group"] = table["group"].astype(object).where(table["group"].notna(), None)
     grouped = table.dropna(subset=["group"])
-    summary = group_summary(grouped, classes)
-    tests = compare_groups(grouped, classes)
+    summary = group_summary(grouped, classes, measure=measure)
+    tests = compare_groups(grouped, classes, measure=measure)
     odds = odds_model(grouped, classes)
     if by == "age":  # and age in months as a continuous covariate, over every mouse of known age
         odds = pd.concat([odds, odds_model(table, classes, term="age")], ignore_index=True)
@@ -168,11 +210,17 @@ def build(
         summary,
         tests,
         pooled_chi_square(grouped, classes),
-        {k: trend(table, k) for k in classes},
+        {k: trend(table, k, measure) for k in classes},
         bins,
         sum(queries.excluded_counts(s, batch_ids).values()),
         warnings,
         odds,
+        measure,
+        [
+            f"{models[i].label}: {p.cells:,} held-out cells ({p.source})"
+            for i, p in sorted(profiles.items())
+            if p is not None
+        ],
     )
 
 
@@ -266,6 +314,29 @@ def design_limit(c: Comparison) -> str | None:
     )
 
 
+def _words(measure: str) -> str:
+    return "corrected" if measure == "corrected" else "counted"
+
+
+def _other(c: Comparison) -> str | None:
+    """The per-mouse fractions not tested, where the table has them: shown beside the tested ones."""
+    other = "fraction" if c.on_corrected else "corrected"
+    column = f"{other}_{c.classes[0]}"
+    return other if column in c.table and c.table[column].notna().any() else None
+
+
+def _suffix(c: Comparison) -> str:
+    """Which fractions the points are, where both are drawn."""
+    return f", {_words(c.measure)}" if _other(c) is not None else ""
+
+
+def _axis(c: Comparison, cls: str | None = None) -> str:
+    cells = f"% of cells called {cls}, " if cls else "% of cells with "
+    if c.on_corrected:
+        return f"{cells.removesuffix(' with ').removesuffix(', ')} corrected for the model's errors (per mouse)"
+    return f"{cells}score ≥ {c.threshold:.2f} (per mouse)"
+
+
 def per_mouse_figure(c: Comparison) -> go.Figure:
     """Per-mouse fraction of each class tested as points, with each group's mean and 95% interval; axes and
     legend titled. Three classes or more: the classes along x, the groups in the legend. Two classes: one panel
@@ -282,9 +353,9 @@ def per_mouse_figure(c: Comparison) -> go.Figure:
         fig.add_trace(
             go.Scatter(
                 x=[k for k in c.classes for _ in range(len(part))],
-                y=[100 * v for k in c.classes for v in part[f"fraction_{k}"]],
+                y=[100 * v for k in c.classes for v in part[f"{c.measure}_{k}"]],
                 mode="markers",
-                name=f"{plot_text(g)}: mice",
+                name=f"{plot_text(g)}: mice{_suffix(c)}",
                 legendgroup=str(g),
                 offsetgroup=str(gi),
                 marker={"size": 9, "opacity": 0.75, "color": colour(str(g), gi + 2)},
@@ -296,6 +367,20 @@ def per_mouse_figure(c: Comparison) -> go.Figure:
                 hovertemplate="%{text}: %{y:.1f}%<extra></extra>",
             )
         )
+        other = _other(c)
+        if other is not None:
+            fig.add_trace(
+                go.Scatter(
+                    x=[k for k in c.classes for _ in range(len(part))],
+                    y=[100 * v for k in c.classes for v in part[f"{other}_{k}"]],
+                    mode="markers",
+                    name=f"{plot_text(g)}: mice, {_words(other)}",
+                    legendgroup=str(g),
+                    offsetgroup=str(gi),
+                    marker={"size": 7, "symbol": "circle-open", "color": colour(str(g), gi + 2)},
+                    hovertemplate=f"%{{y:.1f}}% {_words(other)}<extra></extra>",
+                )
+            )
         fig.add_trace(
             go.Scatter(
                 x=list(summ["class"]),
@@ -311,7 +396,7 @@ def per_mouse_figure(c: Comparison) -> go.Figure:
     fig.update_layout(
         scattermode="group",
         xaxis_title="predicted class",
-        yaxis_title=f"% of cells with score ≥ {c.threshold:.2f} (per mouse)",
+        yaxis_title=_axis(c),
         yaxis_range=[0, 100],
         height=420,
         margin={"t": 30},
@@ -341,9 +426,9 @@ def _one_class_figure(c: Comparison, cls: str) -> go.Figure:
         fig.add_trace(
             go.Scatter(
                 x=[label] * len(part),
-                y=list(100 * part[f"fraction_{cls}"]),
+                y=list(100 * part[f"{c.measure}_{cls}"]),
                 mode="markers",
-                name=f"{label}: mice",
+                name=f"{label}: mice{_suffix(c)}",
                 legendgroup=str(g),
                 marker={"size": 9, "opacity": 0.75, "color": colour(str(g), gi + 2)},
                 text=[
@@ -352,6 +437,19 @@ def _one_class_figure(c: Comparison, cls: str) -> go.Figure:
                 hovertemplate="%{text}: %{y:.1f}%<extra></extra>",
             )
         )
+        untested = _other(c)
+        if untested is not None:
+            fig.add_trace(
+                go.Scatter(
+                    x=[label] * len(part),
+                    y=list(100 * part[f"{untested}_{cls}"]),
+                    mode="markers",
+                    name=f"{label}: mice, {_words(untested)}",
+                    legendgroup=str(g),
+                    marker={"size": 7, "symbol": "circle-open", "color": colour(str(g), gi + 2)},
+                    hovertemplate=f"%{{y:.1f}}% {_words(untested)}<extra></extra>",
+                )
+            )
         fig.add_trace(
             go.Scatter(
                 x=[label] * len(summ),
@@ -368,7 +466,7 @@ def _one_class_figure(c: Comparison, cls: str) -> go.Figure:
         title_text=f"{said} cells per mouse ({other} = 100% − {said})",
         xaxis_title=f"group ({c.by})",
         xaxis_type="category",
-        yaxis_title=f"% of cells called {said}, score ≥ {c.threshold:.2f} (per mouse)",
+        yaxis_title=_axis(c, said),
         yaxis_range=[0, 100],
         height=420,
         margin={"t": 50},

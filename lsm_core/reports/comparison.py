@@ -25,6 +25,14 @@ class Comparison:
     excluded: int = 0  # cells of these batches that reviewers marked as not cells: counted nowhere here
     warnings: list[str] = field(default_factory=list)  # mixed models (when allowed), pixel sizes, channels
     odds: pd.DataFrame = field(default_factory=pd.DataFrame)  # the model of cells within mice (stats.odds_model)
+    # what the per-mouse summaries, tests and trends ran on: "fraction" (counted) or "corrected" (for the model's
+    # errors, lsm_core.reports.correction); the odds model stays on counts
+    measure: str = "fraction"
+    profiles: list[str] = field(default_factory=list)  # each model's error profile: its label, the cells, source
+
+    @property
+    def on_corrected(self) -> bool:
+        return self.measure == "corrected"
 
     @property
     def tested(self) -> list[str]:

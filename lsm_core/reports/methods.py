@@ -21,6 +21,7 @@ from lsm_core.classes import PAPER_CITATION
 from lsm_core.imaging.calibration import CalibrationSource
 from lsm_core.imaging.cells import FindParams
 from lsm_core.reports.comparison import Comparison, batches_of
+from lsm_core.reports.correction import METHOD as CORRECTION_METHOD
 from lsm_core.reports.report import age_text
 from lsm_core.reports.stats import ODDS_MODEL
 
@@ -182,6 +183,15 @@ def _counting(c: Comparison) -> str:
     ]
     if c.excluded:
         text.append(f"{c.excluded} found objects that reviewers marked as not a cell were excluded.")
+    if c.on_corrected:
+        text.append(
+            "Each mouse's composition was then corrected for the classifier's own errors, using the confusion "
+            "matrix of its model on held-out labelled cells ("
+            + _listed(c.profiles)
+            + f"), by {CORRECTION_METHOD}; the corrected fractions use every cell whatever its score (the confusion "
+            "matrix was measured without a threshold) and assume that the cells of each class look like the "
+            "held-out cells of that class, only the mix differing."
+        )
     outside = c.table[c.table["group"].isna()]
     if len(outside):
         text.append(f"{len(outside)} mice fell in no group (no age recorded, or outside every bin) and were left out.")
@@ -213,15 +223,16 @@ def _statistics(c: Comparison) -> str:
         + (f" ({alone} without a mouse ID, each counted as a mouse)" if alone else "")
         + f", grouped by {c.by}: {groups}."
     ]
+    fractions = "corrected fractions" if c.on_corrected else "fractions (counted)"
     if len(sizes) == 2:
         text.append(
-            "Per-mouse fractions were compared between the groups with the two-sided Mann-Whitney U test, with "
+            f"Per-mouse {fractions} were compared between the groups with the two-sided Mann-Whitney U test, with "
             "the rank-biserial correlation as effect size and the difference of the mean fractions with its 95% "
             "Welch interval"
         )
     else:
         text.append(
-            "Per-mouse fractions were compared across the groups with the Kruskal-Wallis H test, with "
+            f"Per-mouse {fractions} were compared across the groups with the Kruskal-Wallis H test, with "
             "epsilon-squared as effect size"
         )
     if c.corrected:
@@ -262,6 +273,7 @@ def _statistics(c: Comparison) -> str:
             "cluster-robust standard errors by mouse (the sandwich estimator with the CR2 small-sample "
             "adjustment) and t-based 95% intervals on the number of mice minus coefficients degrees of "
             f"freedom; {reported}"
+            + (" The model works on counted cells, not on corrected fractions." if c.on_corrected else "")
         )
     text.append(
         "A chi-square test on the pooled cells of each group is reported only as a secondary view: cells of one "

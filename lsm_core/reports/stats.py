@@ -15,6 +15,7 @@ PAPER_THRESHOLDS = (0.34, 0.5, 0.7, 0.9)
 
 if TYPE_CHECKING:
     from db.queries import BatchRow
+    from lsm_core.reports.correction import ErrorProfile
 
 
 def wilson_interval(
@@ -216,12 +217,52 @@ def per_mouse(batches: Sequence[BatchRow], counts: dict[int, dict[str, int]], cl
     return table
 
 
-def group_summary(table: pd.DataFrame, classes: list[str], group: str = "group") -> pd.DataFrame:
-    """Per group and class: mice, mean of per-mouse fractions with its 95% t-interval, SD, median."""
+def corrected_per_mouse(
+    table: pd.DataFrame,
+    counts: dict[int, dict[str, int]],
+    model_of: dict[int, int],
+    profiles: dict[int, ErrorProfile | None],
+    classes: list[str],
+) -> bool:
+    """Adds to a :func:`per_mouse` table each mouse's composition corrected for its model's errors
+    (lsm_core.reports.correction), from the cells per class of its batches (``counts``, every cell: the
+    confusion was measured without a score threshold), its batches' models (``model_of``: batch -> model id)
+    and their error profiles (``profiles``: model id -> profile or None): columns ``corrected_<class>``,
+    ``corrected_low_<class>``, ``corrected_high_<class>``. A mouse whose batches' model has no profile, or
+    whose batches were classified by several models, gets none. Returns whether every mouse got one that
+    could be identified."""
+    from lsm_core.reports.correction import correct
+
+    parts = ("corrected", "corrected_low", "corrected_high")
+    values: dict[str, list[float]] = {f"{part}_{k}": [] for part in parts for k in classes}
+    every = len(table) > 0
+    for listed in table["batches"] if len(table) else []:
+        ids = [int(b) for b in str(listed).split(",")]
+        models = {model_of.get(b) for b in ids}
+        profile = profiles.get(next(iter(models)) or -1) if len(models) == 1 else None
+        pooled = {k: sum(int(counts.get(b, {}).get(k, 0)) for b in ids) for k in classes}
+        total: int = sum(pooled.values())
+        done = correct(pooled, classes, profile) if profile is not None and total > 0 else None
+        every = every and done is not None and done.identifiable
+        for k in classes:
+            share = done.share(k) if done is not None else None
+            values[f"corrected_{k}"].append(share.fraction if share else np.nan)
+            values[f"corrected_low_{k}"].append(share.low if share else np.nan)
+            values[f"corrected_high_{k}"].append(share.high if share else np.nan)
+    for name, column in values.items():
+        table[name] = column
+    return every
+
+
+def group_summary(
+    table: pd.DataFrame, classes: list[str], group: str = "group", measure: str = "fraction"
+) -> pd.DataFrame:
+    """Per group and class: mice, mean of per-mouse fractions (``measure``: the table's ``fraction_`` columns,
+    counted, or its ``corrected_`` ones) with its 95% t-interval, SD, median."""
     rows = []
     for g, part in table.dropna(subset=[group]).groupby(group, sort=False):
         for k in classes:
-            x = part[f"fraction_{k}"].dropna().to_numpy(float)
+            x = part[f"{measure}_{k}"].dropna().to_numpy(float)
             n = len(x)
             mean = float(x.mean()) if n else np.nan
             sd = float(x.std(ddof=1)) if n > 1 else np.nan
@@ -324,9 +365,11 @@ def complement(classes: Sequence[str]) -> str | None:
     return f"fraction {last}; {first} = 1 - {last}"
 
 
-def compare_groups(table: pd.DataFrame, classes: list[str], group: str = "group") -> pd.DataFrame:
-    """Per class tested (:func:`classes_tested`), per-mouse fractions compared between groups (the mouse is
-    the unit).
+def compare_groups(
+    table: pd.DataFrame, classes: list[str], group: str = "group", measure: str = "fraction"
+) -> pd.DataFrame:
+    """Per class tested (:func:`classes_tested`), per-mouse fractions (``measure``: counted ``fraction_`` or
+    ``corrected_`` columns) compared between groups (the mouse is the unit).
 
     Two groups: Mann-Whitney U of the first group (two-sided), effect size rank-biserial r = 2U/(n1 n2) - 1
     (positive when the first group's fractions tend to be higher), and the difference of the mean fractions
@@ -341,7 +384,7 @@ def compare_groups(table: pd.DataFrame, classes: list[str], group: str = "group"
     one = complement(classes)
     rows = []
     for k in classes_tested(classes):
-        samples = [data.loc[data[group] == g, f"fraction_{k}"].dropna().to_numpy(float) for g in groups]
+        samples = [data.loc[data[group] == g, f"{measure}_{k}"].dropna().to_numpy(float) for g in groups]
         usable = [x for x in samples if len(x)]
         row = {"class": k, "groups": " vs ".join(map(str, groups)), "mice": int(sum(len(x) for x in samples))}
         row.update(smallest_p=smallest_p([len(x) for x in samples]), difference=np.nan, diff_ci95_low=np.nan)
@@ -407,13 +450,14 @@ def pooled_chi_square(table: pd.DataFrame, classes: list[str], group: str = "gro
     }
 
 
-def trend(table: pd.DataFrame, cls: str) -> dict | None:
-    """Least-squares line of a class's per-mouse fraction against age in months (None with < 3 mice)."""
-    data = table.dropna(subset=["age_days", f"fraction_{cls}"])
+def trend(table: pd.DataFrame, cls: str, measure: str = "fraction") -> dict | None:
+    """Least-squares line of a class's per-mouse fraction (``measure``: counted or corrected) against age in
+    months (None with < 3 mice)."""
+    data = table.dropna(subset=["age_days", f"{measure}_{cls}"])
     if len(data) < 3 or data["age_days"].nunique() < 2:
         return None
     months = data["age_days"].to_numpy(float) / DAYS_PER_MONTH
-    res = sps.linregress(months, data[f"fraction_{cls}"].to_numpy(float))
+    res = sps.linregress(months, data[f"{measure}_{cls}"].to_numpy(float))
     return {
         "slope_per_month": float(res.slope),
         "intercept": float(res.intercept),
