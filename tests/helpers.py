@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import html
 import io
 import os
 import re
@@ -210,11 +211,12 @@ def history_page(lab, batch_id: int):
 
 
 def texts(at) -> str:
-    """Every text a person reads on the page (Markdown escapes removed, as the browser shows them), plain text too."""
+    """Every text a person reads on the page (Markdown escapes removed and the entities escape_markdown writes for
+    <, > and & read back, as the browser shows them), plain text too."""
     parts = [m.value for m in at.markdown] + [m.value for m in at.title] + [m.value for m in at.subheader]
     parts += [e.value for e in at.error] + [e.value for e in at.info] + [w.value for w in at.warning]
     parts += [c.value for c in at.caption] + [s.value for s in at.success] + [t.value for t in at.text]
-    return re.sub(r"\\(.)", r"\1", "\n".join(str(p) for p in parts).replace("**", ""))
+    return html.unescape(re.sub(r"\\(.)", r"\1", "\n".join(str(p) for p in parts).replace("**", "")))
 
 
 # --- a real browser: Debian's chromium through playwright ------------------------------------------

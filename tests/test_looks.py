@@ -25,7 +25,7 @@ COUNTS = [
 
 
 def composition_of(counts: dict[str, int]):
-    return report.composition_figure(SimpleNamespace(shares=composition(counts, LSM)))
+    return report.composition_figure(SimpleNamespace(shares=composition(counts, LSM), threshold=0.0, correction=None))
 
 
 def ternary_of(n: int = 300, seed: int = 1):

@@ -33,6 +33,7 @@ def test_the_chosen_filter_finds_the_batches_of_those_ages_and_that_day(history)
             model_id,
             f"w{weeks}",
             meta=BatchMeta(age_days=weeks * 7),
+            owner="ana",
         ).batch_id
         for weeks in (8, 10, 12)
     }
