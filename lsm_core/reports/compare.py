@@ -325,6 +325,25 @@ def _other(c: Comparison) -> str | None:
     return other if column in c.table and c.table[column].notna().any() else None
 
 
+def _untested_points(
+    c: Comparison, part: pd.DataFrame, classes: list[str], x: list, g: object, gi: int
+) -> go.Scatter | None:
+    """Group ``g``'s mice (``part``) at the fractions not tested, open points beside the tested ones (None where
+    the table has no such fractions)."""
+    other = _other(c)
+    if other is None:
+        return None
+    return go.Scatter(
+        x=x,
+        y=[100 * v for k in classes for v in part[f"{other}_{k}"]],
+        mode="markers",
+        name=f"{plot_text(g)}: mice, {_words(other)}",
+        legendgroup=str(g),
+        marker={"size": 7, "symbol": "circle-open", "color": colour(str(g), gi + 2)},
+        hovertemplate=f"%{{y:.1f}}% {_words(other)}<extra></extra>",
+    )
+
+
 def _suffix(c: Comparison) -> str:
     """Which fractions the points are, where both are drawn."""
     return f", {_words(c.measure)}" if _other(c) is not None else ""
@@ -367,20 +386,9 @@ def per_mouse_figure(c: Comparison) -> go.Figure:
                 hovertemplate="%{text}: %{y:.1f}%<extra></extra>",
             )
         )
-        other = _other(c)
-        if other is not None:
-            fig.add_trace(
-                go.Scatter(
-                    x=[k for k in c.classes for _ in range(len(part))],
-                    y=[100 * v for k in c.classes for v in part[f"{other}_{k}"]],
-                    mode="markers",
-                    name=f"{plot_text(g)}: mice, {_words(other)}",
-                    legendgroup=str(g),
-                    offsetgroup=str(gi),
-                    marker={"size": 7, "symbol": "circle-open", "color": colour(str(g), gi + 2)},
-                    hovertemplate=f"%{{y:.1f}}% {_words(other)}<extra></extra>",
-                )
-            )
+        untested = _untested_points(c, part, c.classes, [k for k in c.classes for _ in range(len(part))], g, gi)
+        if untested is not None:
+            fig.add_trace(untested.update(offsetgroup=str(gi)))
         fig.add_trace(
             go.Scatter(
                 x=list(summ["class"]),
@@ -437,19 +445,9 @@ def _one_class_figure(c: Comparison, cls: str) -> go.Figure:
                 hovertemplate="%{text}: %{y:.1f}%<extra></extra>",
             )
         )
-        untested = _other(c)
+        untested = _untested_points(c, part, [cls], [label] * len(part), g, gi)
         if untested is not None:
-            fig.add_trace(
-                go.Scatter(
-                    x=[label] * len(part),
-                    y=list(100 * part[f"{untested}_{cls}"]),
-                    mode="markers",
-                    name=f"{label}: mice, {_words(untested)}",
-                    legendgroup=str(g),
-                    marker={"size": 7, "symbol": "circle-open", "color": colour(str(g), gi + 2)},
-                    hovertemplate=f"%{{y:.1f}}% {_words(untested)}<extra></extra>",
-                )
-            )
+            fig.add_trace(untested)
         fig.add_trace(
             go.Scatter(
                 x=[label] * len(summ),

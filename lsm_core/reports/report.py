@@ -9,7 +9,7 @@ import base64
 import io
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -28,7 +28,7 @@ from lsm_core.imaging.calibration import CalibrationSource, resolve
 from lsm_core.imaging.cells import TINY_CELL_UM, calibration_doubt
 from lsm_core.lab.blobs import BlobStore
 from lsm_core.lab.cell_labels import agreement
-from lsm_core.reports.correction import NO_PROFILE, Correction, correct, model_profile
+from lsm_core.reports.correction import NO_PROFILE, CorrectedShare, Correction, correct, model_profile
 from lsm_core.reports.export import BATCH_COLUMNS, add_sheet, batch_rows, workbook_bytes, write_csv
 from lsm_core.reports.stats import DAYS_PER_MONTH, ClassShare, composition
 
@@ -328,44 +328,40 @@ def cell_arrays(s: Session, batch_id: int, classes: list[str]) -> tuple[np.ndarr
     return pred, score, probs
 
 
+def _share_bars(shares: Sequence[ClassShare | CorrectedShare], name: str, hover: str, **style: Any) -> go.Bar:
+    """One bar per class at its fraction (%), with its 95% interval as an asymmetric error bar."""
+    return go.Bar(
+        x=[sh.cls for sh in shares],
+        y=[100 * sh.fraction for sh in shares],
+        marker_color=[colour(sh.cls, i) for i, sh in enumerate(shares)],
+        error_y={
+            "type": "data",
+            "symmetric": False,
+            "array": [100 * (sh.high - sh.fraction) for sh in shares],
+            "arrayminus": [100 * (sh.fraction - sh.low) for sh in shares],
+        },
+        hovertemplate=hover,
+        name=name,
+        **style,
+    )
+
+
 def composition_figure(report: BatchReport) -> go.Figure:
     """Each class's share of the cells as a bar with its 95% Wilson interval; each bar's label ("12.0% (n=12)")
     stands above the upper end of its interval, clear of the error bar, and the y axis reaches above the highest
     label (on the page and in exported figures, whose font size differs: the label is anchored at its bottom)."""
     shares = report.shares
-    fig = go.Figure(
-        go.Bar(
-            x=[sh.cls for sh in shares],
-            y=[100 * sh.fraction for sh in shares],
-            marker_color=[colour(sh.cls, i) for i, sh in enumerate(shares)],
-            error_y={
-                "type": "data",
-                "symmetric": False,
-                "array": [100 * (sh.high - sh.fraction) for sh in shares],
-                "arrayminus": [100 * (sh.fraction - sh.low) for sh in shares],
-            },
-            hovertemplate="%{x}: %{y:.1f}%<extra></extra>",
-            name=f"counted (score ≥ {report.threshold:.2f})" if report.threshold > 0 else "counted",
-        )
-    )
+    counted = f"counted (score ≥ {report.threshold:.2f})" if report.threshold > 0 else "counted"
+    fig = go.Figure(_share_bars(shares, counted, "%{x}: %{y:.1f}%<extra></extra>"))
     corrected = report.correction
     if corrected is not None:
-        fixed = [corrected.share(sh.cls) for sh in shares]
         fig.add_trace(
-            go.Bar(
-                x=[c.cls for c in fixed],
-                y=[100 * c.fraction for c in fixed],
-                marker_color=[colour(c.cls, i) for i, c in enumerate(fixed)],
+            _share_bars(
+                [corrected.share(sh.cls) for sh in shares],
+                "corrected for the model's errors (all cells)",
+                "%{x}: %{y:.1f}% corrected<extra></extra>",
                 marker_pattern_shape="/",
                 opacity=0.6,
-                error_y={
-                    "type": "data",
-                    "symmetric": False,
-                    "array": [100 * (c.high - c.fraction) for c in fixed],
-                    "arrayminus": [100 * (c.fraction - c.low) for c in fixed],
-                },
-                hovertemplate="%{x}: %{y:.1f}% corrected<extra></extra>",
-                name="corrected for the model's errors (all cells)",
             )
         )
         fig.update_layout(barmode="group", showlegend=True, legend={"orientation": "h", "y": -0.15})
