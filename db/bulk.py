@@ -28,7 +28,10 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from db.schema import Base, Cell, Image
 
-CELL_COLUMNS = ("batch_id", "image_id", "idx", "x", "y", "w", "h", "predicted", "score", "probs", "flags", "signal")
+CELL_COLUMNS = (
+    *("batch_id", "image_id", "idx", "x", "y", "w", "h", "predicted", "score", "probs", "flags", "signal"),
+    "feature_distance",
+)
 JSON_COLUMNS = ("probs", "signal")
 
 

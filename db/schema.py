@@ -220,6 +220,9 @@ class Cell(Base):
     # the other channels of a multi-channel file in this cell: {name: [mean, integrated]}, background
     # subtracted (lsm_core.imaging.reporters); None for a one-channel image
     signal: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # how far the cell lies from its model's training cells, in the features it classifies by
+    # (lsm_core.ml.shift); None: classified before this was measured, or by a model that carries no reference
+    feature_distance: Mapped[float | None] = mapped_column(Float)
 
 
 class CellLabel(Base):

@@ -31,6 +31,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from lsm_core.ml.classify import Summary, classify_records, find_params_for, result_columns
     from lsm_core.ml.predict import make_predictor
     from lsm_core.reports.export import signal_columns, write_csv, write_table
+    from lsm_core.reports.shift import assess
 
     settings = _settings()
     package = _store().resolve(args.model)
@@ -63,6 +64,9 @@ def cmd_classify(args: argparse.Namespace) -> int:
     doubt = summary.calibration_doubt()
     if doubt:
         _log(f"warning: {doubt} Run again with --pixel-size (micrometres per pixel) at your microscope's calibration.")
+    if summary.cells:
+        shift = assess(summary.distances, package.manifest.training)
+        _log(("warning: " if shift.warns else "") + f"shift from the training data: {shift.level}. {shift.note}")
     if summary.cells == 0:
         _log("nothing could be classified")
         return 1

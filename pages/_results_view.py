@@ -36,7 +36,7 @@ from lsm_core.reports.report import (
     score_histogram,
     thumbnail,
 )
-from lsm_core.reports.results import ResultsView, correction_caption, load_results
+from lsm_core.reports.results import ResultsView, correction_caption, load_results, shift_line
 from lsm_core.reports.text import escape_markdown
 from pages._common import admin, image_pixels, the_lab, user
 from pages._review_queue import Scope, field_section, flagged, review_section
@@ -58,6 +58,8 @@ def render_results(batch_id: int, key: str = "results") -> None:
             return
     report, meta = view.report, view.report.meta
     st.subheader(escape_markdown(report.name))
+    if view.job_failure:
+        st.error(escape_markdown(view.job_failure), icon=":material/error:")
     st.markdown(" · ".join(f"{what} **{escape_markdown(value)}**" for what, value in view.facts))
     if report.model.demo:
         st.warning(
@@ -116,12 +118,21 @@ def render_results(batch_id: int, key: str = "results") -> None:
         return
     if doubt:
         rerun_with_pixel_size(report, key)
+    shifted = shift_line(report)
+    if shifted and report.shift is not None and report.shift.warns:
+        st.warning(escape_markdown(shifted), icon=":material/difference:")
 
     st.subheader("Composition")
-    left, right = st.columns([3, 2])
-    chart(composition_figure(report), f"batch-{batch_id}-composition", f"{key}_composition", left)
-    right.dataframe(pd.DataFrame(view.shares), hide_index=True, width="stretch")
-    right.caption(escape_markdown(correction_caption(report)))
+    if report.correction is not None:  # counted and corrected columns: the table takes the page's width
+        chart(composition_figure(report), f"batch-{batch_id}-composition", f"{key}_composition")
+        table = st.container()
+    else:
+        left, table = st.columns([3, 2])
+        chart(composition_figure(report), f"batch-{batch_id}-composition", f"{key}_composition", left)
+    table.dataframe(pd.DataFrame(view.shares), hide_index=True, width="stretch")
+    table.caption(escape_markdown(correction_caption(report)))
+    if shifted and report.shift is not None and not report.shift.warns:
+        table.caption(escape_markdown(shifted))
     left, right = st.columns(2)
     left.markdown("**Scores by predicted class**")
     chart(

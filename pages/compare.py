@@ -145,6 +145,7 @@ if alone:
 
 st.subheader("Per mouse")
 st.caption(escape_markdown(compare.fractions_note(result)))
+st.caption(escape_markdown(compare.shift_note(result)))
 chart(compare.per_mouse_figure(result), "per_mouse", "cmp_mice")
 st.subheader("Tests (mouse as the unit)")
 limit = compare.design_limit(result)

@@ -25,6 +25,7 @@ from lsm_core.lab.tasks import evaluate, train
 from lsm_core.lab.training_data import parse_labelled_batches
 from lsm_core.ml import nets
 from lsm_core.ml.models import model_quality
+from lsm_core.ml.shift import summary as shift_summary
 from lsm_core.reports.model_card import (
     MetricsCard,
     error_profile_text,
@@ -145,7 +146,7 @@ with tabs[0]:
             st.dataframe(pd.DataFrame(section.counts), hide_index=True, width="stretch")
         if training:
             st.markdown("**Training summary**")
-            st.json({k: v for k, v in training.items() if k != "history"}, expanded=False)
+            st.json({k: v for k, v in shift_summary(training).items() if k != "history"}, expanded=False)
         if not m.is_default:
             why = (
                 "A model that failed its quality check cannot be the default."

@@ -38,11 +38,14 @@ NO_CELLS_NOTE = "no cells found in this image (0 cells)"  # the reason is given 
 def result_columns(classes: Iterable[str]) -> list[str]:
     """Column names of a result row: the leading columns, ``p_<class>`` per class, ``error``, ``flags``, ``note``,
     and the calibration the cells were found at: ``pixel_size_um``, ``pixel_size_source`` (user, file, setting or
-    model default: :class:`lsm_core.imaging.calibration.CalibrationSource`)."""
-    return LEADING_COLUMNS + [f"p_{c}" for c in classes] + ["error", "flags", "note"] + CALIBRATION_COLUMNS
+    model default: :class:`lsm_core.imaging.calibration.CalibrationSource`); ``feature_distance``: how far the cell
+    lies from the model's training cells in the features it classifies by (:mod:`lsm_core.ml.shift`; empty where
+    the model carries no reference)."""
+    return LEADING_COLUMNS + [f"p_{c}" for c in classes] + ["error", "flags", "note"] + CALIBRATION_COLUMNS + SHIFT
 
 
 CALIBRATION_COLUMNS = ["pixel_size_um", "pixel_size_source"]
+SHIFT = ["feature_distance"]
 
 
 @dataclass
@@ -67,6 +70,7 @@ class ResultRow:
     pixel_size_um: float | None = None
     pixel_size_source: CalibrationSource | None = None
     signal: dict[str, list[float]] | None = None  # reporter channel -> [mean, integrated] in this cell
+    feature_distance: float | None = None  # from the model's training cells (lsm_core.ml.shift)
 
     def values(self, n_classes: int, channels: Iterable[str] = ()) -> list:
         box = self.box or (None, None, None, None)
@@ -86,6 +90,7 @@ class ResultRow:
             self.note,
             self.pixel_size_um,
             self.pixel_size_source.value if self.pixel_size_source else "",
+            self.feature_distance,
             *signal,
         ]
 
@@ -98,6 +103,7 @@ class Summary:
     no_cells: int = 0
     dropped: dict[str, int] = field(default_factory=lambda: {"debris": 0, "clump": 0})
     edge_or_tiny: int = 0  # cells counted that are cut by the image's edge or smaller than TINY_CELL_UM
+    distances: list[float | None] = field(default_factory=list)  # each cell's from the training cells (ml.shift)
 
     def calibration_doubt(self) -> str | None:
         """Why the cells found suggest a wrong pixel size (see :func:`lsm_core.imaging.cells.calibration_doubt`)."""
@@ -253,6 +259,8 @@ def classify_records(
                 if record.ok:
                     row.pixel_size_um = mine.pixel_size_um
                     row.pixel_size_source = mine.pixel_size_source
+                if row.cell is not None:
+                    summary.distances.append(row.feature_distance)
                 yield row
 
 
@@ -281,6 +289,7 @@ def _rows(
     tiny = cells.boxes[:, 2:].max(axis=1) * params.pixel_size_um < TINY_CELL_UM
     summary.edge_or_tiny += sum(1 for i in range(len(cells)) if tiny[i] or "edge" in cells.flags[i].split(","))
     probs, predicted, score = pred.probs.tolist(), pred.predicted.tolist(), pred.score.tolist()
+    distance = pred.distance.tolist() if pred.distance is not None else [None] * len(cells)
     for i in range(len(cells)):
         x, y, w, h = (int(v) for v in cells.boxes[i])  # boxes are (N, 4): x, y, w, h
         yield ResultRow(
@@ -294,4 +303,5 @@ def _rows(
             flags=cells.flags[i],
             sha256=record.sha256,
             crop=cells.crops[i] if keep_crops else None,
+            feature_distance=distance[i],
         )

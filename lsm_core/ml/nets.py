@@ -13,6 +13,7 @@ already on disk.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -165,3 +166,18 @@ def create(name: str, num_classes: int) -> nn.Module:
 def target_layer(model: nn.Module, name: str) -> nn.Module:
     """The module of ``model`` (built as architecture ``name``) that saliency methods look at."""
     return model.get_submodule(REGISTRY[name].target_layer)
+
+
+def split_head(net: nn.Module) -> tuple[nn.Module, nn.Linear]:
+    """(body, last): a copy of ``net`` whose last linear layer is an identity, so that it returns what that layer
+    reads (the penultimate-layer features, :mod:`lsm_core.ml.shift`), and that layer: ``last(body(x))`` is
+    ``net(x)`` for every architecture here (each ends in a linear layer)."""
+    names = [name for name, module in net.named_modules() if isinstance(module, nn.Linear)]
+    if not names:
+        raise LsmError("this network has no linear layer to read its features before")
+    body = copy.deepcopy(net)
+    parent_name, _, attr = names[-1].rpartition(".")
+    parent = body.get_submodule(parent_name) if parent_name else body
+    last = getattr(parent, attr)
+    setattr(parent, attr, nn.Identity())
+    return body, last

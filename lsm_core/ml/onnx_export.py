@@ -12,10 +12,13 @@ from torch import nn
 ONNX_OPSET = 18
 
 
-def onnx_bytes(net: nn.Module, size: int, output: str = "probabilities") -> bytes:
+def onnx_bytes(net: nn.Module, size: int, output: str | tuple[str, ...] = "probabilities") -> bytes:
     """``net`` as ONNX (opset :data:`ONNX_OPSET`, a dynamic batch axis), by torch's TorchScript-based exporter
-    (the dynamo one needs onnxscript, which this app does not otherwise need)."""
+    (the dynamo one needs onnxscript, which this app does not otherwise need). ``output``: the name of its
+    output, or of each of its outputs in order."""
     import warnings
+
+    outputs = (output,) if isinstance(output, str) else output
 
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), torch.no_grad():
         path = Path(tmp) / "model.onnx"
@@ -26,8 +29,8 @@ def onnx_bytes(net: nn.Module, size: int, output: str = "probabilities") -> byte
             path,
             dynamo=False,
             input_names=["crop"],
-            output_names=[output],
-            dynamic_axes={"crop": {0: "batch"}, output: {0: "batch"}},
+            output_names=list(outputs),
+            dynamic_axes={"crop": {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
             opset_version=ONNX_OPSET,
         )
         return path.read_bytes()

@@ -19,7 +19,9 @@ from torch import nn
 
 from lsm_core.errors import LsmError
 from lsm_core.ml.models import ModelPackage
+from lsm_core.ml.nets import split_head
 from lsm_core.ml.onnx_export import onnx_bytes
+from lsm_core.ml.shift import SHIFT_KEY, FeatureReference
 
 DEFAULT_BATCH_SIZE = 256
 
@@ -76,17 +78,21 @@ def prepare_for_inference(net: nn.Module, device: torch.device) -> nn.Module:
 
 @dataclass
 class Prediction:
-    """probs: (N, C) float32, rows sum to 1; predicted: (N,) int64; score: (N,) float32 = the largest probability."""
+    """probs: (N, C) float32, rows sum to 1; predicted: (N,) int64; score: (N,) float32 = the largest probability;
+    distance: (N,) float32, each cell's distance from the model's training cells in its features
+    (:mod:`lsm_core.ml.shift`), None where the model carries no reference."""
 
     probs: np.ndarray
     predicted: np.ndarray
     score: np.ndarray
+    distance: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.predicted)
 
     def __getitem__(self, index: slice) -> Prediction:
-        return Prediction(self.probs[index], self.predicted[index], self.score[index])
+        distance = self.distance[index] if self.distance is not None else None
+        return Prediction(self.probs[index], self.predicted[index], self.score[index], distance)
 
 
 class Predictor(ABC):
@@ -111,11 +117,14 @@ class Predictor(ABC):
         if self.batch_size < 1:
             raise LsmError("batch size must be at least 1")
         self.temperature = float(self.manifest.temperature)
+        # what the model's own cells look like to it: each cell's distance from them is measured where it has one
+        self.reference = FeatureReference.from_dict((self.manifest.training or {}).get(SHIFT_KEY))
         self._load(net if net is not None else package.load("cpu"))
 
     @abstractmethod
     def _load(self, net: nn.Module) -> None:
-        """Make the loaded network ready to run on this predictor's device."""
+        """Make the loaded network ready to run on this predictor's device (with :attr:`reference`: split before
+        its last linear layer, :func:`lsm_core.ml.nets.split_head`, so that the features are read too)."""
 
     @property
     def classes(self) -> list[str]:
@@ -130,11 +139,22 @@ class Predictor(ABC):
         return crops, np.empty((len(crops), len(self.classes)), np.float32)
 
     @abstractmethod
+    def run(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Raw logits (N, C) float32 of crops (N, H, W) float32, in chunks of ``batch_size``, and each crop's
+        distance from the model's training cells (N,) (None: the model carries no reference)."""
+
     def logits(self, crops: np.ndarray) -> np.ndarray:
-        """Raw logits (N, C) float32 of crops (N, H, W) float32, in chunks of ``batch_size``."""
+        """Raw logits (N, C) float32 of crops (N, H, W) float32."""
+        return self.run(crops)[0]
+
+    def _distances(self, crops: np.ndarray) -> np.ndarray | None:
+        return np.empty(len(crops), np.float32) if self.reference is not None else None
 
     def __call__(self, crops: np.ndarray) -> Prediction:
-        return probabilities(self.logits(crops), self.temperature)
+        logits, distance = self.run(crops)
+        prediction = probabilities(logits, self.temperature)
+        prediction.distance = distance
+        return prediction
 
 
 class TorchPredictor(Predictor):
@@ -144,18 +164,27 @@ class TorchPredictor(Predictor):
     runtime = "torch"
 
     def _load(self, net: nn.Module) -> None:
+        self.last: nn.Module | None = None
+        if self.reference is not None:
+            net, last = split_head(net)
+            self.last = last.to(self.device).eval()
         self.net = prepare_for_inference(net, self.device)
 
-    def logits(self, crops: np.ndarray) -> np.ndarray:
+    def run(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         crops, out = self._checked(crops)
+        distance = self._distances(crops)
         with torch.inference_mode():
             for start in range(0, len(crops), self.batch_size):
                 chunk = torch.from_numpy(crops[start : start + self.batch_size])[:, None]
                 x = chunk.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                     y = self.net(x)
+                    if self.last is not None and self.reference is not None and distance is not None:
+                        features = y.float()
+                        y = self.last(features)
+                        distance[start : start + len(chunk)] = self.reference.distances(features.cpu().numpy())
                 out[start : start + len(chunk)] = y.float().cpu().numpy()
-        return out
+        return out, distance
 
 
 RUNTIMES = ("auto", "torch", "onnx")
@@ -187,16 +216,35 @@ class OnnxPredictor(Predictor):
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
+        outputs: tuple[str, ...] = ("logits",)
+        if self.reference is not None:  # the features as a second output
+            net, outputs = _WithFeatures(*split_head(net)), ("logits", "features")
         self.session = ort.InferenceSession(
-            onnx_bytes(net, self.manifest.input_size, "logits"), options, providers=["CPUExecutionProvider"]
+            onnx_bytes(net, self.manifest.input_size, outputs), options, providers=["CPUExecutionProvider"]
         )
 
-    def logits(self, crops: np.ndarray) -> np.ndarray:
+    def run(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         crops, out = self._checked(crops)
+        distance = self._distances(crops)
         for start in range(0, len(crops), self.batch_size):
             chunk = crops[start : start + self.batch_size][:, None]
-            out[start : start + len(chunk)] = self.session.run(None, {"crop": np.ascontiguousarray(chunk)})[0]
-        return out
+            results = self.session.run(None, {"crop": np.ascontiguousarray(chunk)})
+            out[start : start + len(chunk)] = results[0]
+            if distance is not None and self.reference is not None:
+                distance[start : start + len(chunk)] = self.reference.distances(results[1])
+        return out, distance
+
+
+class _WithFeatures(nn.Module):
+    """A network split before its last linear layer, giving (logits, features): one ONNX graph, two outputs."""
+
+    def __init__(self, body: nn.Module, last: nn.Module) -> None:
+        super().__init__()
+        self.body, self.last = body, last
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.body(x)
+        return self.last(features), features
 
 
 def make_predictor(

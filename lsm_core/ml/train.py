@@ -258,6 +258,34 @@ def logits_of(net: nn.Module, crops: np.ndarray, device: torch.device | str = "c
     return logits
 
 
+@torch.inference_mode()
+def features_of(
+    net: nn.Module, crops: np.ndarray, device: torch.device | str = "cpu", batch_size: int = 512
+) -> np.ndarray:
+    """The penultimate-layer features (N, F) of an eval-mode network on crops (N, H, W) (:func:`nets.split_head`)."""
+    body, _ = nets.split_head(net)
+    body = body.to(device).eval()
+    x = torch.from_numpy(np.asarray(crops, np.float32))[:, None]
+    parts = [body(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(parts).numpy() if parts else np.zeros((0, 0), np.float32)
+
+
+REFERENCE_CELLS = 4000  # training cells at most that a model's feature reference is summarised from
+
+
+def feature_reference(net: nn.Module, data, train_idx: np.ndarray, val_idx: np.ndarray, seed: int, device) -> dict:
+    """What the model's own cells look like to it (:class:`lsm_core.ml.shift.FeatureReference`): the features of
+    up to :data:`REFERENCE_CELLS` training cells, and the distances of the validation cells, as JSON."""
+    from lsm_core.ml.shift import FeatureReference
+
+    fit_idx = train_idx
+    if len(fit_idx) > REFERENCE_CELLS:
+        fit_idx = np.sort(np.random.default_rng(seed).choice(train_idx, REFERENCE_CELLS, replace=False))
+    fit = features_of(net, data.crops[fit_idx], device)
+    held_out = features_of(net, data.crops[val_idx], device)
+    return FeatureReference.build(fit, held_out).to_dict()
+
+
 def parents_of(provenance: list[dict]) -> list[dict]:
     """The parent models (name, version, sha256) that the data's parts name, once each: the models that
     classified the batches whose reviewed cells are the labels."""
@@ -293,6 +321,9 @@ def train_and_register(
     seed, sha256 of the data, and where the labels came from: ``training["labels"]``, the data's provenance,
     e.g. a reporter gate's rule and counts; manifests written before it have no such key).
 
+    The training summary keeps what the model's own cells look like to it (``training["shift_reference"]``,
+    :mod:`lsm_core.ml.shift`): what tells a batch unlike its training data.
+
     Every set of metrics says which cells it comes from (``evaluated_on``): the validation set, and the test
     set (``test_name``; for demo models "synthetic cells of another seed") under ``metrics["test"]``. The
     model's quality check (:func:`lsm_core.ml.metrics.quality_check`) on the validation set is recorded as
@@ -303,6 +334,7 @@ def train_and_register(
     from lsm_core.ml.metrics import evaluate_probs, fit_temperature, quality_check
     from lsm_core.ml.models import Manifest
     from lsm_core.ml.predict import softmax
+    from lsm_core.ml.shift import SHIFT_KEY
 
     train_idx, val_idx = split(data, 0.2, seed=config.seed)
     if len(val_idx) == 0 or len(set(data.labels[val_idx].tolist())) < 2:
@@ -365,6 +397,8 @@ def train_and_register(
             "labels": [dict(part) for part in data.provenance],
             # the models whose predictions reviewers corrected to make these labels (the model card's lineage)
             "parents": parents_of(data.provenance),
+            # how far from its training cells a cell of its own kind lies, in its features (lsm_core.ml.shift)
+            SHIFT_KEY: feature_reference(net, data, train_idx, val_idx, config.seed, device),
             "history": {
                 "train_loss": history.train_loss,
                 "val_loss": history.val_loss,

@@ -22,7 +22,8 @@ from lsm_core.reports.comparison import Comparison, batches_of
 from lsm_core.reports.correction import NO_PROFILE, model_profile
 from lsm_core.reports.export import add_sheet, batch_rows, workbook_bytes
 from lsm_core.reports.methods import methods_paragraphs
-from lsm_core.reports.report import age_text, colour, plot_text
+from lsm_core.reports.report import age_text, colour, feature_distances, plot_text
+from lsm_core.reports.shift import UNKNOWN, assess
 from lsm_core.reports.stats import (
     DAYS_PER_MONTH,
     AgeBin,
@@ -167,6 +168,7 @@ def build(
     _no_images_twice(s, listed)
     counts = queries.class_counts(s, batch_ids, threshold)
     table = per_mouse(listed, counts, classes)
+    warnings += shift_per_mouse(s, table, {b.id: b.model_id for b in listed}, models)
     profiles = {m.id: model_profile(m.metrics) for m in models.values()}
     every = corrected_per_mouse(
         table,
@@ -222,6 +224,42 @@ def build(
             if p is not None
         ],
     )
+
+
+def shift_per_mouse(s: Session, table: pd.DataFrame, model_of: dict[int, int], models: dict[int, Model]) -> list[str]:
+    """Adds to a per-mouse table each mouse's shift from its model's training data (lsm_core.reports.shift: its
+    batches' cells pooled): columns ``shift`` and ``shift_score``; returns a warning per mouse that reads
+    moderate or strong (:func:`shift_note` sums the rest up)."""
+    levels: list[str] = []
+    scores: list[float | None] = []
+    warnings: list[str] = []
+    for unit, listed in zip(table["mouse_id"], table["batches"]):
+        ids = [int(b) for b in str(listed).split(",")]
+        used = {model_of.get(b) for b in ids}
+        model = models.get(next(iter(used)) or -1) if len(used) == 1 else None
+        shift = assess(feature_distances(s, ids), model.training if model is not None else None)
+        levels.append(shift.level)
+        scores.append(shift.score)
+        if shift.warns:
+            who = f"mouse {unit}" if unit else f"batch {ids[0]}"
+            warnings.append(f"Shift from the training data is {shift.level} in {who} (batches {listed}): {shift.note}")
+    table["shift"] = levels
+    table["shift_score"] = scores
+    return warnings
+
+
+def shift_note(c: Comparison) -> str:
+    """The mice's shift from their models' training data in one line (the warnings name each shifted mouse)."""
+    levels = c.table["shift"].value_counts().to_dict() if "shift" in c.table and len(c.table) else {}
+    said = ", ".join(f"{levels[k]} {k}" for k in ("none", "moderate", "strong") if levels.get(k))
+    unknown = levels.get(UNKNOWN, 0)
+    parts = [f"Shift from the training data, per mouse: {said}." if said else ""]
+    if unknown:
+        parts.append(
+            f"Not measured for {unknown} of {len(c.table)} mice (their model carries no reference, or their cells "
+            "were classified before it was measured)."
+        )
+    return " ".join(p for p in parts if p)
 
 
 def _listing(by_value: dict, unit: str = "") -> str:

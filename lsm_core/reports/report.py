@@ -28,8 +28,10 @@ from lsm_core.imaging.calibration import CalibrationSource, resolve
 from lsm_core.imaging.cells import TINY_CELL_UM, calibration_doubt
 from lsm_core.lab.blobs import BlobStore
 from lsm_core.lab.cell_labels import agreement
+from lsm_core.ml.shift import summary as shift_summary
 from lsm_core.reports.correction import NO_PROFILE, CorrectedShare, Correction, correct, model_profile
 from lsm_core.reports.export import BATCH_COLUMNS, add_sheet, batch_rows, workbook_bytes, write_csv
+from lsm_core.reports.shift import Shift, assess
 from lsm_core.reports.stats import DAYS_PER_MONTH, ClassShare, composition
 
 CLASS_COLOURS = {
@@ -135,6 +137,8 @@ class BatchReport:
     # the composition of every counted cell (no score threshold: the model's confusion was measured without one)
     # corrected for the model's errors; None where the model carries no error profile (correction.NO_PROFILE)
     correction: Correction | None = None
+    # whether its cells look like the model's training cells (lsm_core.reports.shift); every counted cell
+    shift: Shift | None = None
 
     @property
     def dropped_clumps(self) -> int:
@@ -303,6 +307,19 @@ def load_report(s: Session, batch_id: int, threshold: float = 0.0) -> BatchRepor
         app_versions=sorted({im.app_version for im in classified if im.app_version}),
         accounts=queries.image_accounts(s, batch_id, TINY_CELL_UM),
         correction=_corrected(counts_all, classes, model.metrics),
+        shift=assess(feature_distances(s, [batch_id]), model.training),
+    )
+
+
+def feature_distances(s: Session, batch_ids: list[int]) -> list[float | None]:
+    """Every counted cell's distance from its model's training cells (None: not measured) in ``batch_ids``,
+    those reviewers said are not cells left out."""
+    return list(
+        s.scalars(
+            select(Cell.feature_distance).where(
+                Cell.batch_id.in_(batch_ids), Cell.id.not_in(queries.excluded_cells(batch_ids))
+            )
+        )
     )
 
 
@@ -645,9 +662,10 @@ def workbook(s: Session, batch_id: int, threshold: float) -> bytes:
         "app_version": ", ".join(report.app_versions),
         "cells_excluded": report.cells_excluded,
         **correction_facts(corrected),
+        **shift_facts(report.shift),
     }
     keys = BATCH_COLUMNS + ["created", "pixel_size_um", "channel", "z_plane", "imaging", "app_version", "status"]
-    keys += ["images", "images_failed", "cells_excluded", *CORRECTION_FIELDS]
+    keys += ["images", "images_failed", "cells_excluded", *CORRECTION_FIELDS, *SHIFT_FIELDS]
     add_sheet(
         book,
         "batch",
@@ -665,7 +683,7 @@ def workbook(s: Session, batch_id: int, threshold: float) -> bytes:
         ["classes", ", ".join(report.classes)],
         ["synthetic demo", "yes: trained on synthetic cells only" if report.model.demo else "no"],
         # how it was trained: its configuration, its data and labels (with their sha256), its parent model
-        ["training", json.dumps(report.model.training, sort_keys=True, default=str)],
+        ["training", json.dumps(shift_summary(report.model.training), sort_keys=True, default=str)],
     ]
     add_sheet(book, "model", ["field", "value"], model)
     add_sheet(book, "images", IMAGE_COLUMNS, (image_row(a) for a in report.accounts))
@@ -704,6 +722,16 @@ def correction_facts(corrected: Correction | None) -> dict[str, object]:
         "correction_note": " ".join(corrected.notes)
         or "every counted cell, whatever its score (the confusion matrix was measured without a threshold)",
     }
+
+
+SHIFT_FIELDS = ["shift", "shift_score", "shift_ci95_low", "shift_ci95_high", "shift_cells", "shift_note"]
+
+
+def shift_facts(shift: Shift | None) -> dict[str, object]:
+    """A batch's shift from its model's training data, for a workbook (lsm_core.reports.shift)."""
+    if shift is None:
+        return dict.fromkeys(SHIFT_FIELDS)
+    return dict(zip(SHIFT_FIELDS, [shift.level, shift.score, shift.low, shift.high, shift.cells, shift.note]))
 
 
 IMAGE_COLUMNS = [

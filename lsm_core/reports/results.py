@@ -10,14 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db import queries
-from db.schema import Image
+from db.schema import Image, Job, JobStatus
 from lsm_core.imaging.cells import TINY_CELL_UM
 from lsm_core.reports.correction import NO_PROFILE
 from lsm_core.reports.export import reporter_channels
 from lsm_core.reports.report import BatchReport, cell_arrays, load_report
+from lsm_core.reports.shift import UNKNOWN
 
 # the batch's sample metadata as the results view names it, in the order it says it
 FACT_LABELS = (
@@ -45,6 +47,7 @@ class ResultsView:
     shares: list[dict]  # the composition table: class, cells, %, 95% CI
     not_counted: str | None  # what the counts leave out, in one line (None: nothing)
     not_counted_rows: list[dict]  # per image: cells, edge, tiny, dropped as clumps, dropped as debris
+    job_failure: str | None = None  # why its classification job failed (None: it did not)
 
 
 def _facts(report: BatchReport) -> list[tuple[str, str]]:
@@ -128,6 +131,29 @@ def correction_caption(report: BatchReport) -> str:
     return " ".join([said, *corrected.notes])
 
 
+def shift_line(report: BatchReport) -> str | None:
+    """The batch's shift from its model's training data in a sentence or two (None: the batch has no cells)."""
+    shift = report.shift
+    if shift is None or not report.cells_total:
+        return None
+    if shift.level == UNKNOWN:
+        return shift.note
+    low, high = 100 * (shift.low or 0), 100 * (shift.high or 0)
+    score = f"{100 * (shift.score or 0):.0f}% of cells beyond, 95% CI {low:.0f} to {high:.0f}"
+    return f"Shift from the training data: {shift.level} ({score}). {shift.note}"
+
+
+def job_failure(s: Session, batch_id: int) -> str | None:
+    """Why the batch's newest classification job failed, when its status says failed; None otherwise."""
+    job = s.scalars(
+        select(Job).where(Job.batch_id == batch_id, Job.kind == "classify").order_by(Job.id.desc()).limit(1)
+    ).first()
+    if job is None or job.status != JobStatus.FAILED:
+        return None
+    tries = f" after {job.attempts} attempt{'s' if job.attempts != 1 else ''}" if job.attempts else ""
+    return f"The classification job (job {job.id}) failed{tries}: {job.error or 'no reason was recorded'}"
+
+
 def load_results(s: Session, batch_id: int, threshold: float) -> ResultsView:
     """Everything the results view of batch ``batch_id`` shows at score ``threshold``, read in one session;
     raises LsmError when the batch no longer exists."""
@@ -148,4 +174,5 @@ def load_results(s: Session, batch_id: int, threshold: float) -> ResultsView:
         reporter_channels(s, [batch_id]),
         _share_rows(report),
         *not_counted(report),
+        job_failure(s, batch_id) if report.status == JobStatus.FAILED else None,
     )

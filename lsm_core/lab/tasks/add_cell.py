@@ -165,6 +165,7 @@ def run(ctx: Context, payload: dict[str, Any]) -> None:
     pred = predictor(crops_at(pixels, [box], params))
     probs = [float(p) for p in pred.probs[0]]
     predicted, score = predictor.classes[int(pred.predicted[0])], float(pred.score[0])
+    distance = float(pred.distance[0]) if pred.distance is not None else None
 
     def write(s: Session) -> None:
         # the image's row locked first: still there, nobody added a cell at this point meanwhile, and nobody
@@ -173,6 +174,7 @@ def run(ctx: Context, payload: dict[str, Any]) -> None:
         idx = (s.scalar(select(func.max(Cell.idx)).where(Cell.image_id == image_id)) or 0) + 1
         cell = Cell(batch_id=batch.id, image_id=image_id, idx=idx, x=box[0], y=box[1], w=box[2], h=box[3])
         cell.predicted, cell.score, cell.probs, cell.flags = predicted, score, probs, ADDED
+        cell.feature_distance = distance
         s.add(cell)
         s.execute(update(Image).where(Image.id == image_id).values(n_cells=Image.n_cells + 1))
         s.flush()

@@ -51,6 +51,7 @@ class ImageResult:
     probs: np.ndarray | None = field(default=None, repr=False)
     predicted: np.ndarray | None = field(default=None, repr=False)
     score: np.ndarray | None = field(default=None, repr=False)
+    distance: np.ndarray | None = field(default=None, repr=False)  # from the training cells (lsm_core.ml.shift)
 
     def crops(self) -> np.ndarray | None:
         return self.found.crops if self.found is not None and len(self.found) else None
@@ -118,6 +119,7 @@ def _classify_unread(ctx: Context, batch_id: int) -> None:
         for (_, result), pred in chunk:
             if pred is not None:
                 result.probs, result.predicted, result.score = pred.probs, pred.predicted, pred.score
+                result.distance = pred.distance
         done += len(chunk)
 
         def write(s: Session, attempt: int, chunk=chunk, done=done) -> None:
@@ -229,6 +231,7 @@ def _cached(
                 "probs": c.probs,
                 "flags": c.flags,
                 "signal": c.signal,
+                "feature_distance": c.feature_distance,
             }
             for c in cells
         ],
@@ -279,6 +282,7 @@ def _write(s: Session, batch_id: int, images: list[tuple[Any, ImageResult]], cla
                             "flags": found.flags[j],
                             "signal": {sig.name: [float(sig.mean[j]), float(sig.integrated[j])] for sig in r.signal}
                             or None,
+                            "feature_distance": float(r.distance[j]) if r.distance is not None else None,
                         }
                     )
             reporters = {sig.name: {"background": sig.background, "method": sig.background_method} for sig in r.signal}
