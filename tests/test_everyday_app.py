@@ -168,3 +168,22 @@ def test_the_evaluation_starts_from_the_lsm_model(with_batch):
     at = run_page("pages/models.py")
     chosen = next(s for s in at.selectbox if s.key == "eval_model")
     assert chosen.value.startswith("LSM: ") and "demo-lsm" in chosen.value and chosen.index == 0
+
+
+def test_results_of_a_batch_whose_job_failed_say_it_failed_and_why(app_env):
+    """A batch whose classification job failed (here: its model's weights are gone from the store) showed
+    "Images read 1" and "No cells were classified" without a word about the job."""
+    from lsm_core.lab.batches import submit_batch
+    from lsm_core.lab.worker import Worker
+
+    lab = _lab()
+    model_id = _model_id(lab)
+    sub = submit_batch(lab, [field_file(32)], model_id, "weights gone", owner="ana")
+    for weights in (app_env / "models" / "demo-lsm").rglob("weights.safetensors"):
+        weights.unlink()
+    Worker(lab, device="cpu").run(drain=True)
+    lab.dispose()
+    at = run_page("pages/results.py", {"batch": str(sub.batch_id)})
+    assert not at.exception
+    failure = next(e.value for e in at.error if "classification job" in e.value)
+    assert "failed" in failure and "weights" in failure.lower(), failure
