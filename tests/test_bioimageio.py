@@ -329,3 +329,27 @@ def test_command_line_models_import_of_a_package(trained_lab, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "registered from-zoo v1 (aging) from the bioimage.io package pkg.zip" in proc.stderr
+
+
+def test_an_error_profile_recorded_in_the_lab_travels_with_the_exported_package(trained_lab, tmp_path):
+    """Recorded after registration, the profile lived only in the database: an exported package lost it, and the
+    lab that imported it corrected compositions with the validation set's errors instead."""
+    from lsm_core.lab.registry import import_zoo_package, record_error_profile
+    from lsm_core.reports.correction import model_profile
+    from tests.helpers import lab_at
+
+    lab, model_id = trained_lab
+    evaluation = {
+        "classes": ["young", "aged"],
+        "confusion_matrix": [[70, 10], [15, 65]],
+        "evaluated_on": "the lab's sorted cells: 160 cells",
+    }
+    record_error_profile(lab, model_id, evaluation, "ana")
+    data, rdf, _ = exported(lab, model_id)
+    carried = rdf["config"]["lsm_classifier"]["manifest"]["metrics"]["error_profile"]
+    assert carried["confusion_matrix"] == [[70, 10], [15, 65]] and carried["recorded_by"] == "ana"
+    other = lab_at(tmp_path)
+    row = import_zoo_package(other, data, "ben")
+    profile = model_profile(row.metrics)
+    assert profile is not None and profile.cells == 160 and profile.source == evaluation["evaluated_on"]
+    other.dispose()

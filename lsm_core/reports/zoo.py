@@ -3,6 +3,8 @@ the card is built here, where the export is, so the shared service (lsm_core.lab
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from db.schema import Model
 from lsm_core.errors import LsmError
 from lsm_core.lab.lab import Lab
@@ -15,7 +17,9 @@ def export_for_zoo(
 ) -> tuple[str, bytes]:
     """A registered model as a BioImage Model Zoo package: (file name, the ZIP's bytes), validated by
     ``bioimageio.spec`` before it is handed out (LsmError naming what the validator found). Its README is the
-    model card; ``config.lsm_classifier.provenance`` records its lineage, parents and training data."""
+    model card; ``config.lsm_classifier.provenance`` records its lineage, parents and training data, and its
+    manifest the error profile recorded for it on the lab's labelled cells, if any (compositions corrected with it
+    wherever the package is imported)."""
     from lsm_core.ml.bioimageio import export_package, validate
 
     with lab() as s:
@@ -24,6 +28,10 @@ def export_for_zoo(
             raise LsmError(f"no model {model_id} to export")
         chain = lineage(s, row)
     package = package_for(row, lab.store)
+    recorded = (row.metrics or {}).get("error_profile")
+    if recorded is not None:  # recorded since registration (registry.record_error_profile): it travels too
+        metrics = {**(package.manifest.metrics or {}), "error_profile": recorded}
+        package = replace(package, manifest=replace(package.manifest, metrics=metrics))
     training = package.manifest.training or {}
     provenance = {
         "lineage": chain,
