@@ -48,6 +48,18 @@ def tiny_lsm_package(data_dir):
     return ModelStore(data_dir / "models").add(net, manifest)
 
 
+@pytest.fixture(scope="session")
+def demo_lsm_package(tmp_path_factory):
+    """The LSM demo model's quick first version as the app trains it at first start (small_cnn, 1,200 synthetic
+    cells, 4 epochs; its validation split, test set, temperature, error profile and feature reference), in a
+    store of its own."""
+    from lsm_core.ml.demo import FIRST, FIRST_RECIPE, train_demo
+    from lsm_core.ml.models import ModelStore
+
+    store = ModelStore(tmp_path_factory.mktemp("demo-lsm-first"))
+    return train_demo("lsm", store, recipe=FIRST_RECIPE, stage=FIRST, log=lambda _: None)
+
+
 # --- databases: every history test runs on SQLite and on PostgreSQL -------------------------------
 PG_ADMIN = os.environ.get("LSM_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 

@@ -46,16 +46,6 @@ def montage_cells(package) -> np.ndarray:
     return find_cells(image / image.max(), params).crops
 
 
-@pytest.fixture(scope="module")
-def demo_package(tmp_path_factory):
-    """The LSM demo model's quick first version (small_cnn, 1,200 synthetic cells, 4 epochs), in a store of its own."""
-    from lsm_core.ml.demo import FIRST, FIRST_RECIPE, train_demo
-    from lsm_core.ml.models import ModelStore
-
-    store = ModelStore(tmp_path_factory.mktemp("shift-models"))
-    return train_demo("lsm", store, recipe=FIRST_RECIPE, stage=FIRST, log=lambda _: None)
-
-
 # --- the reference: numbers only ---------------------------------------------------------------------------
 def test_a_reference_passes_about_one_percent_of_its_own_kind_and_flags_a_shifted_kind():
     rng = np.random.default_rng(0)
@@ -149,17 +139,17 @@ def test_every_architecture_splits_before_its_last_linear_layer(name):
         torch.testing.assert_close(last(features), net(x))
 
 
-def test_training_records_the_reference_and_the_predictor_measures_every_cell(demo_package):
+def test_training_records_the_reference_and_the_predictor_measures_every_cell(demo_lsm_package):
     from lsm_core.ml.predict import make_predictor
 
-    ref = demo_package.manifest.training[SHIFT_KEY]
-    split = demo_package.manifest.training["split"]
+    ref = demo_lsm_package.manifest.training[SHIFT_KEY]
+    split = demo_lsm_package.manifest.training["split"]
     assert ref["fit_cells"] == split["train"] and ref["calibration_cells"] == split["validation"]
     assert FeatureReference.from_dict(ref) is not None
     crops, _ = synthetic.make_crops("lsm", 300, seed=3)
     by_runtime = {}
     for runtime in ("torch", "onnx"):
-        predictor = make_predictor(demo_package, "cpu", "fp32", runtime=runtime)
+        predictor = make_predictor(demo_lsm_package, "cpu", "fp32", runtime=runtime)
         prediction = predictor(crops)
         assert prediction.distance is not None and prediction.distance.shape == (300,)
         assert prediction[10:20].distance is not None and len(prediction[10:20].distance) == 10
@@ -168,19 +158,19 @@ def test_training_records_the_reference_and_the_predictor_measures_every_cell(de
     np.testing.assert_allclose(by_runtime["torch"].probs, by_runtime["onnx"].probs, atol=1e-4)
 
 
-def test_held_out_cells_of_its_own_kind_read_none_and_real_cells_read_strong(demo_package):
+def test_held_out_cells_of_its_own_kind_read_none_and_real_cells_read_strong(demo_lsm_package):
     """The issue's two checks: a synthetic demo model given synthetic cells it never saw (another seed), and
     given the real brightfield cells of ../shared/data."""
     from lsm_core.ml.predict import make_predictor
 
-    predictor = make_predictor(demo_package, "cpu", "fp32", runtime="torch")
+    predictor = make_predictor(demo_lsm_package, "cpu", "fp32", runtime="torch")
     own, _ = synthetic.make_crops("lsm", 1000, seed=3)
-    mine = assess(predictor(own).distance.tolist(), demo_package.manifest.training)
+    mine = assess(predictor(own).distance.tolist(), demo_lsm_package.manifest.training)
     assert mine.level == "none", mine.note
     assert mine.score is not None and mine.score < 0.05
-    real = montage_cells(demo_package)
+    real = montage_cells(demo_lsm_package)
     assert len(real) >= 850  # the montage's 900 cells, found (the cell finder's own test asks 0.998)
-    theirs = assess(predictor(real).distance.tolist(), demo_package.manifest.training)
+    theirs = assess(predictor(real).distance.tolist(), demo_lsm_package.manifest.training)
     assert theirs.level == "strong", theirs.note
     assert theirs.score is not None and theirs.score > 0.6 and "cannot be trusted" in theirs.note
 
@@ -195,13 +185,13 @@ def test_a_model_without_a_reference_classifies_as_before(tiny_lsm_package):
         assert prediction.distance is None and prediction.probs.shape == (5, 3)
 
 
-def test_the_pipeline_writes_each_cells_distance_and_sums_the_batch_up(demo_package):
+def test_the_pipeline_writes_each_cells_distance_and_sums_the_batch_up(demo_lsm_package):
     """`lsm classify`'s pipeline: the feature_distance column of every cell row, and the summary's distances."""
     from lsm_core.imaging.images import read_inputs
     from lsm_core.ml.classify import Summary, classify_records, find_params_for, result_columns
     from lsm_core.ml.predict import make_predictor
 
-    predictor = make_predictor(demo_package, "cpu", "fp32", runtime="torch")
+    predictor = make_predictor(demo_lsm_package, "cpu", "fp32", runtime="torch")
     summary = Summary()
     rows = list(
         classify_records(
@@ -216,7 +206,7 @@ def test_the_pipeline_writes_each_cells_distance_and_sums_the_batch_up(demo_pack
     values = [row.values(len(predictor.classes))[at] for row in rows]
     assert len(values) == summary.cells >= 850 and all(isinstance(v, float) and v > 0 for v in values)
     assert summary.distances == values
-    assert assess(summary.distances, demo_package.manifest.training).level == "strong"
+    assert assess(summary.distances, demo_lsm_package.manifest.training).level == "strong"
 
 
 def sheet_facts(book) -> dict:
@@ -229,9 +219,11 @@ def montage_file() -> RawFile:
     return RawFile(MONTAGE.name, MONTAGE.read_bytes())
 
 
-def test_the_worker_stores_each_cells_distance_and_every_view_reads_the_batchs_shift(db_url, tmp_path, demo_package):
+def test_the_worker_stores_each_cells_distance_and_every_view_reads_the_batchs_shift(
+    db_url, tmp_path, demo_lsm_package
+):
     lab = lab_at(tmp_path, db_url)
-    lab.store.add(demo_package.load(), demo_package.manifest)
+    lab.store.add(demo_lsm_package.load(), demo_lsm_package.manifest)
     sync_models(lab)
     with lab() as s:
         model_id = queries.model_by_name(s, "demo-lsm").id
