@@ -31,8 +31,9 @@ from db.schema import Base, Cell, Image
 CELL_COLUMNS = (
     *("batch_id", "image_id", "idx", "x", "y", "w", "h", "predicted", "score", "probs", "flags", "signal"),
     "feature_distance",
+    *("outline", "area_um2", "diameter_um", "perimeter_um", "circularity", "eccentricity"),
 )
-JSON_COLUMNS = ("probs", "signal")
+JSON_COLUMNS = ("probs", "signal", "outline")
 
 
 def insert_cells(s: Session, rows: Sequence[dict]) -> int:

@@ -223,6 +223,14 @@ class Cell(Base):
     # how far the cell lies from its model's training cells, in the features it classifies by
     # (lsm_core.ml.shift); None: classified before this was measured, or by a model that carries no reference
     feature_distance: Mapped[float | None] = mapped_column(Float)
+    # its outline, x0, y0, x1, y1, ... in the image's pixels, and its size and shape from it (lsm_core.imaging.
+    # shape; sizes in micrometres at the image's pixel_size_um); None: a single-cell crop, or classified before
+    outline: Mapped[list[Any] | None] = mapped_column(JSON)
+    area_um2: Mapped[float | None] = mapped_column(Float)
+    diameter_um: Mapped[float | None] = mapped_column(Float)
+    perimeter_um: Mapped[float | None] = mapped_column(Float)
+    circularity: Mapped[float | None] = mapped_column(Float)
+    eccentricity: Mapped[float | None] = mapped_column(Float)
 
 
 class CellLabel(Base):

@@ -34,9 +34,10 @@ from lsm_core.reports.report import (
     reporter_view,
     saliency_gallery,
     score_histogram,
+    size_figure,
     thumbnail,
 )
-from lsm_core.reports.results import ResultsView, correction_caption, load_results, shift_line
+from lsm_core.reports.results import ResultsView, correction_caption, load_results, shift_line, sizes_caption
 from lsm_core.reports.text import escape_markdown
 from pages._common import admin, image_pixels, the_lab, user
 from pages._review_queue import Scope, field_section, flagged, review_section
@@ -148,6 +149,13 @@ def render_results(batch_id: int, key: str = "results") -> None:
         f"{key}_probs",
         right,
     )
+
+    sizes = sizes_caption(view)
+    if sizes:
+        st.markdown("**Cell size by predicted class**")
+        if view.diameter is not None and np.isfinite(view.diameter).any():
+            chart(size_figure(view.pred, view.diameter, report.classes), f"batch-{batch_id}-sizes", f"{key}_sizes")
+        st.caption(escape_markdown(sizes))
 
     reporter_section(view, key)
     st.subheader("Cells")

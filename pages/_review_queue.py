@@ -20,6 +20,7 @@ from PIL import Image as PILImage
 from db import queries
 from db.schema import Image
 from lsm_core.errors import LsmError
+from lsm_core.imaging.shape import size_words
 from lsm_core.lab import accounts, cell_labels
 from lsm_core.lab.lab import Lab
 from lsm_core.reports.report import cell_picture
@@ -181,6 +182,7 @@ def review_section(lab: Lab, scope: Scope, me: str, key: str, heading: bool = Tr
         )
         for cls, p in zip(classes, item.probs, strict=False):
             right.progress(min(max(p, 0.0), 1.0), text=f"{escape_markdown(cls)}: {p:.3f}")
+        right.caption(size_words(item.diameter_um, item.circularity))
         said = item.mine.text if item.mine is not None else "no label"
         line = f"Your label: **{escape_markdown(said)}**"
         if item.consensus is not None:

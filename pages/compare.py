@@ -175,6 +175,11 @@ if result.odds.empty:
     st.info("Too few groups or ages with mice for the model.")
 else:
     st.dataframe(compare.odds_table(result), hide_index=True, width="stretch")
+st.subheader("Cell size (mouse as the unit)")
+st.caption(escape_markdown(compare.size_note(result)))
+if len(result.size_tests):
+    st.dataframe(compare.size_tests_table(result), hide_index=True, width="stretch")
+    st.dataframe(result.size_model.round(4), hide_index=True, width="stretch")
 with st.expander("Group summaries"):
     st.dataframe(result.groups.round(4), hide_index=True, width="stretch")
 with st.expander("Secondary view: all cells pooled (pseudo-replication)"):

@@ -34,6 +34,7 @@ from lsm_core.imaging.cells import CellCrops, FindParams, find_cells, no_cells_n
 from lsm_core.imaging.images import decode_page_channels
 from lsm_core.imaging.readers.base import Limits, ReadOptions
 from lsm_core.imaging.reporters import ChannelSignal, measure
+from lsm_core.imaging.shape import CellShape, measured
 
 T = TypeVar("T")
 
@@ -92,6 +93,8 @@ class Prepared:
     note: str | None = None
     error: str | None = None
     z: int | None = None  # the z plane read (from 0; None: no z stack)
+    # per cell: its outline as stored and its size and shape (lsm_core.imaging.shape), in the cells' order
+    shapes: list[tuple[list[float] | None, CellShape | None]] = field(default_factory=list)
 
 
 def prepare(task: PrepTask) -> Prepared:
@@ -106,11 +109,12 @@ def prepare(task: PrepTask) -> Prepared:
             signal_: list[ChannelSignal] = []
             if others and found.labels is not None:  # the reporter channels, measured in each cell's mask
                 signal_ = measure(found.labels, len(found), others, task.params.pixel_size_um)
+            shapes = measured(found, task.params.pixel_size_um)
     except LsmError as exc:
         return Prepared(error=str(exc))
     found.labels = None  # measured: only the crops travel back
     notes = [left_out, None if len(found) else no_cells_note(found.dropped, task.params)]
-    return Prepared(found, signal_, "; ".join(n for n in notes if n) or None, z=z)
+    return Prepared(found, signal_, "; ".join(n for n in notes if n) or None, z=z, shapes=shapes)
 
 
 def default_workers(limits: Limits | None = None, cores: int | None = None, memory: int | None = None) -> int:

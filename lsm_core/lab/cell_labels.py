@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 from db import audit
 from db.schema import Batch, Cell, CellLabel, Image, Model
 from lsm_core.errors import LsmError
+from lsm_core.imaging.shape import sizes_known
 from lsm_core.lab import accounts
 from lsm_core.lab.lab import Lab
 
@@ -104,6 +105,10 @@ class QueueItem:
     file: str  # its image's file name as uploaded
     page: int  # its image's page in that file (from 1)
     sha256: str | None  # the stored file (None: not kept)
+    # its equivalent diameter (µm) and circularity from its outline (lsm_core.imaging.shape); None: no outline,
+    # or (the diameter) read at the model's default pixel size, where a size in µm is unknown
+    diameter_um: float | None = None
+    circularity: float | None = None
 
 
 def _row(r: CellLabel) -> Label:
@@ -277,6 +282,9 @@ def queue(
                 Image.file,
                 Image.page,
                 Image.sha256,
+                Cell.diameter_um,
+                Cell.circularity,
+                Image.pixel_size_source,
             )
             .join(Image, Image.id == Cell.image_id)
             .where(Cell.batch_id.in_(list(batch_ids)))
@@ -310,6 +318,8 @@ def queue(
                 c.file,
                 c.page,
                 c.sha256,
+                c.diameter_um if sizes_known(c.pixel_size_source) else None,
+                c.circularity,
             )
         )
     keys: dict[str, Any] = {

@@ -25,6 +25,7 @@ from lsm_core.imaging.calibration import CalibrationSource, resolve
 from lsm_core.imaging.cells import TINY_CELL_UM, CellCrops, FindParams, calibration_doubt, find_cells, no_cells_note
 from lsm_core.imaging.images import ImageRecord
 from lsm_core.imaging.reporters import measure
+from lsm_core.imaging.shape import SHAPE_FIELDS, SIZE_FIELDS, CellShape, measured, sizes_known
 
 if TYPE_CHECKING:  # torch: the export reads the columns here without it
     from lsm_core.ml.predict import Prediction, Predictor
@@ -40,8 +41,11 @@ def result_columns(classes: Iterable[str]) -> list[str]:
     and the calibration the cells were found at: ``pixel_size_um``, ``pixel_size_source`` (user, file, setting or
     model default: :class:`lsm_core.imaging.calibration.CalibrationSource`); ``feature_distance``: how far the cell
     lies from the model's training cells in the features it classifies by (:mod:`lsm_core.ml.shift`; empty where
-    the model carries no reference)."""
-    return LEADING_COLUMNS + [f"p_{c}" for c in classes] + ["error", "flags", "note"] + CALIBRATION_COLUMNS + SHIFT
+    the model carries no reference); then each cell's size and shape from its outline
+    (:mod:`lsm_core.imaging.shape`: area, equivalent diameter and perimeter in micrometres, empty where the pixel
+    size was only the model's default; circularity, eccentricity)."""
+    columns = LEADING_COLUMNS + [f"p_{c}" for c in classes] + ["error", "flags", "note"] + CALIBRATION_COLUMNS
+    return columns + SHIFT + list(SHAPE_FIELDS)
 
 
 CALIBRATION_COLUMNS = ["pixel_size_um", "pixel_size_source"]
@@ -71,6 +75,7 @@ class ResultRow:
     pixel_size_source: CalibrationSource | None = None
     signal: dict[str, list[float]] | None = None  # reporter channel -> [mean, integrated] in this cell
     feature_distance: float | None = None  # from the model's training cells (lsm_core.ml.shift)
+    shape: CellShape | None = None  # its size and shape from its outline (lsm_core.imaging.shape)
 
     def values(self, n_classes: int, channels: Iterable[str] = ()) -> list:
         box = self.box or (None, None, None, None)
@@ -91,8 +96,18 @@ class ResultRow:
             self.pixel_size_um,
             self.pixel_size_source.value if self.pixel_size_source else "",
             self.feature_distance,
+            *shape_values(self.shape, self.pixel_size_source),
             *signal,
         ]
+
+
+def shape_values(shape: CellShape | None, source: CalibrationSource | str | None) -> list[float | None]:
+    """A cell's SHAPE_FIELDS values for a table: sizes left empty where its pixel size was only the model's default
+    (:func:`lsm_core.imaging.shape.sizes_known`)."""
+    if shape is None:
+        return [None] * len(SHAPE_FIELDS)
+    known = sizes_known(source)
+    return [None if name in SIZE_FIELDS and not known else getattr(shape, name) for name in SHAPE_FIELDS]
 
 
 @dataclass
@@ -207,7 +222,7 @@ def params_for_record(params: FindParams, record: ImageRecord) -> FindParams:
     return params.at(params.calibration.with_file(record.pixel_size_um))
 
 
-Prepared = tuple[ImageRecord, CellCrops | None, FindParams]
+Prepared = tuple[ImageRecord, CellCrops | None, FindParams, list[CellShape | None]]
 
 
 def _prepared(records: Iterable[ImageRecord], params: FindParams) -> Iterator[Prepared]:
@@ -221,11 +236,12 @@ def _prepared(records: Iterable[ImageRecord], params: FindParams) -> Iterator[Pr
                     record.signal = measure(cells.labels, len(cells), record.others, mine.pixel_size_um)
             except LsmError as exc:
                 record.error = str(exc)
+        shapes = [shape for _, shape in measured(cells, mine.pixel_size_um)] if cells is not None else []
         record.pixels = None  # the crops are all that is kept
         record.others = {}
         if cells is not None:
             cells.labels = None
-        yield record, cells, mine
+        yield record, cells, mine, shapes
 
 
 def classify_records(
@@ -247,12 +263,14 @@ def classify_records(
         items = prefetched(items, prefetch)
 
     def crops_of(item: Prepared) -> np.ndarray | None:
-        record, cells, _ = item
+        record, cells, _, _ = item
         return cells.crops if record.ok and cells is not None else None
 
     for group in in_batches(items, predictor, crops_of):
-        for (record, cells, mine), pred in group:
+        for (record, cells, mine, shapes), pred in group:
             for row in _rows(record, cells, pred, classes, mine, summary, keep_crops):
+                if row.cell is not None and row.cell <= len(shapes):
+                    row.shape = shapes[row.cell - 1]
                 if row.cell is not None and record.signal:
                     j = row.cell - 1
                     row.signal = {sig.name: [float(sig.mean[j]), float(sig.integrated[j])] for sig in record.signal}

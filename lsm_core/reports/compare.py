@@ -16,8 +16,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db import queries
-from db.schema import Batch, Cell, Model
+from db.schema import Batch, Cell, Image, Model
 from lsm_core.errors import LsmError
+from lsm_core.imaging.shape import UNKNOWN_SIZE, sizes_known
 from lsm_core.reports.comparison import Comparison, batches_of
 from lsm_core.reports.correction import NO_PROFILE, model_profile
 from lsm_core.reports.export import add_sheet, batch_rows, workbook_bytes
@@ -35,6 +36,7 @@ from lsm_core.reports.stats import (
     odds_model,
     per_mouse,
     pooled_chi_square,
+    size_mixed_model,
     trend,
 )
 
@@ -197,6 +199,7 @@ def build(
     table["group"] = pd.Categorical(table["group"], categories=[g for g in order if g in set(table["group"].dropna())])
     table = table.sort_values(["group", "age_days", "batch"], na_position="last").reset_index(drop=True)
     table["group"] = table["group"].astype(object).where(table["group"].notna(), None)
+    cells, unknown = sized_cells(s, table, classes)
     grouped = table.dropna(subset=["group"])
     summary = group_summary(grouped, classes, measure=measure)
     tests = compare_groups(grouped, classes, measure=measure)
@@ -223,7 +226,79 @@ def build(
             for i, p in sorted(profiles.items())
             if p is not None
         ],
+        compare_groups(grouped, [SIZE_CLASS], measure=SIZE_MEASURE) if len(cells) else pd.DataFrame(),
+        size_mixed_model(cells) if len(cells) else pd.DataFrame(),
+        len(cells),
+        unknown,
     )
+
+
+SIZE_MEASURE = "median_diameter_um"  # per-mouse columns median_diameter_um_<class> and _all (every sized cell)
+SIZE_CLASS = "all"
+
+
+def size_note(c: Comparison) -> str:
+    """What the cell-size section shows, or why it shows nothing."""
+    if not c.sized_cells:
+        if c.sizes_unknown:
+            return f"No cell of these batches has a size in µm: {c.sizes_unknown:,} were outlined, {UNKNOWN_SIZE}."
+        return (
+            "No cell of these batches has an outline (single-cell crops, or batches classified before outlines "
+            "were measured): re-run them to measure sizes."
+        )
+    said = (
+        f"{c.sized_cells:,} cells sized from their outlines (equivalent diameter). Per-mouse median diameters are "
+        "tested as the fractions are; the linear mixed model below models every cell's diameter with the mouse "
+        "as a random effect (the difference from the first group, µm)."
+    )
+    if c.sizes_unknown:
+        said += f" {c.sizes_unknown:,} cells read at the model's default pixel size are left out: {UNKNOWN_SIZE}."
+    return said
+
+
+def size_tests_table(c: Comparison) -> pd.DataFrame:
+    """The per-mouse test of median diameter as the page shows it: the ``class`` column says what was tested."""
+    out = c.size_tests.drop(columns=["p_holm"], errors="ignore").copy()
+    out["class"] = "median diameter (µm), all cells"
+    return out
+
+
+def sized_cells(s: Session, table: pd.DataFrame, classes: list[str]) -> tuple[pd.DataFrame, int]:
+    """Each sized cell of the table's batches (its equivalent diameter in µm, lsm_core.imaging.shape; those
+    reviewers said are not cells left out, and those read at the model's default pixel size, whose size is
+    unknown) as rows (unit, group, predicted, diameter_um); adds to the per-mouse table each mouse's median
+    diameter (``median_diameter_um_all``, and per predicted class) and its sized cells (``sized_cells``).
+    Returns the cells and how many were outlined but left unsized for their pixel size."""
+    unit_of: dict[int, int] = {}
+    for row, listed in enumerate(table["batches"]):
+        for b in str(listed).split(","):
+            unit_of[int(b)] = row
+    rows = s.execute(
+        select(Cell.batch_id, Cell.predicted, Cell.diameter_um, Image.pixel_size_source)
+        .join(Image, Image.id == Cell.image_id)
+        .where(
+            Cell.batch_id.in_(list(unit_of)),
+            Cell.diameter_um.is_not(None),
+            Cell.id.not_in(queries.excluded_cells(list(unit_of))),
+        )
+    ).all()
+    known = [r for r in rows if sizes_known(r.pixel_size_source)]
+    cells = pd.DataFrame(
+        {
+            "unit": [unit_of[r.batch_id] for r in known],
+            "group": [table["group"].iloc[unit_of[r.batch_id]] for r in known],
+            "predicted": [r.predicted for r in known],
+            "diameter_um": [float(r.diameter_um) for r in known],
+        }
+    )
+    medians = cells.groupby("unit")["diameter_um"].median() if len(cells) else pd.Series(dtype=float)
+    table[f"{SIZE_MEASURE}_{SIZE_CLASS}"] = [medians.get(i, np.nan) for i in range(len(table))]
+    for k in classes:
+        per = cells[cells["predicted"] == k].groupby("unit")["diameter_um"].median() if len(cells) else medians
+        table[f"{SIZE_MEASURE}_{k}"] = [per.get(i, np.nan) for i in range(len(table))]
+    counts = cells.groupby("unit").size() if len(cells) else pd.Series(dtype=int)
+    table["sized_cells"] = [int(counts.get(i, 0)) for i in range(len(table))]
+    return cells.dropna(subset=["group"]), len(rows) - len(known)
 
 
 def shift_per_mouse(s: Session, table: pd.DataFrame, model_of: dict[int, int], models: dict[int, Model]) -> list[str]:
@@ -582,8 +657,9 @@ def _sheet(book: Workbook, name: str, frame: pd.DataFrame) -> None:
 
 def workbook(s: Session, c: Comparison) -> bytes:
     """Sheets per_mouse, groups, tests (with the pooled-cell test and its note last), odds_model (the model of
-    cells within mice), methods (the methods text, a paragraph a row: lsm_core.reports.methods) and cells. With
-    two classes the tests and odds_model sheets hold one class's rows and no p_holm column (:func:`shown`)."""
+    cells within mice), size_tests and size_model (cell size, where cells were sized), methods (the methods
+    text, a paragraph a row: lsm_core.reports.methods) and cells. With two classes the tests and odds_model
+    sheets hold one class's rows and no p_holm column (:func:`shown`)."""
     book = Workbook(write_only=True)
     _sheet(book, "per_mouse", c.table)
     _sheet(book, "groups", c.groups)
@@ -605,6 +681,9 @@ def workbook(s: Session, c: Comparison) -> bytes:
     )
     _sheet(book, "tests", shown(c, pd.concat([tests, pooled], ignore_index=True)))
     _sheet(book, "odds_model", shown(c, c.odds))
+    if len(c.size_tests):
+        _sheet(book, "size_tests", c.size_tests)
+        _sheet(book, "size_model", c.size_model)
     _sheet(book, "methods", pd.DataFrame(methods_paragraphs(s, c), columns=["section", "text"]))
     add_sheet(book, "cells", *batch_rows(s, list(batches_of(c.table))))
     return workbook_bytes(book)

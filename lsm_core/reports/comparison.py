@@ -29,6 +29,12 @@ class Comparison:
     # errors, lsm_core.reports.correction); the odds model stays on counts
     measure: str = "fraction"
     profiles: list[str] = field(default_factory=list)  # each model's error profile: its label, the cells, source
+    # cell size (lsm_core.imaging.shape): per-mouse medians tested as fractions are (stats.compare_groups on the
+    # table's median_diameter_um_all), and a linear mixed model of each cell's diameter (stats.size_mixed_model)
+    size_tests: pd.DataFrame = field(default_factory=pd.DataFrame)
+    size_model: pd.DataFrame = field(default_factory=pd.DataFrame)
+    sized_cells: int = 0  # cells with a size in µm
+    sizes_unknown: int = 0  # cells outlined at the model's default pixel size: no size in µm
 
     @property
     def on_corrected(self) -> bool:

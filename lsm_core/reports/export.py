@@ -163,8 +163,9 @@ def batch_rows(s, batch_ids: Sequence[int]) -> tuple[list[str], Iterable[list]]:
     """
     from db.queries import export_rows
     from db.schema import Batch, Model
+    from lsm_core.imaging.shape import SHAPE_FIELDS, stored_shape
     from lsm_core.lab.cell_labels import EXCLUSIONS, consensus_of
-    from lsm_core.ml.classify import NO_CELLS_NOTE, result_columns
+    from lsm_core.ml.classify import NO_CELLS_NOTE, result_columns, shape_values
 
     batches = []
     for batch_id in batch_ids:
@@ -229,6 +230,7 @@ def batch_rows(s, batch_ids: Sequence[int]) -> tuple[list[str], Iterable[list]]:
                         image.pixel_size_um,
                         image.pixel_size_source or "",
                         None,
+                        *[None] * len(SHAPE_FIELDS),
                         *blank,
                         "",
                         "",
@@ -255,6 +257,7 @@ def batch_rows(s, batch_ids: Sequence[int]) -> tuple[list[str], Iterable[list]]:
                         image.pixel_size_um,
                         image.pixel_size_source or "",
                         c.feature_distance,
+                        *shape_values(stored_shape(c), image.pixel_size_source),
                         *signal(c),
                         *reviewed(c),
                         *made(model, image),

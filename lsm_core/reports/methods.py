@@ -12,6 +12,7 @@ import platform
 from collections import Counter
 from importlib import metadata
 
+import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -282,6 +283,33 @@ def _statistics(c: Comparison) -> str:
     return " ".join(text)
 
 
+def _cell_size(c: Comparison) -> str:
+    """How cell size was measured and compared, with the mixed model's estimates."""
+    said = (
+        f"Each cell's size was measured from its outline as the diameter of the circle of equal area, at the pixel "
+        f"size each image was read at ({c.sized_cells:,} cells"
+        + (
+            f"; {c.sizes_unknown:,} cells read at the model's default pixel size were left out, their size in "
+            "micrometres being unknown"
+            if c.sizes_unknown
+            else ""
+        )
+        + "). Per-mouse median diameters were compared between groups with the same tests as the fractions, the "
+        "mouse as the unit. A linear mixed model of each cell's diameter with a fixed effect of group and a random "
+        "intercept per mouse (restricted maximum likelihood, statsmodels MixedLM) gave "
+    )
+    parts = []
+    for row in c.size_model.itertuples():
+        if np.isnan(row.estimate_um):
+            parts.append(f"no estimate ({row.note})")
+        else:
+            parts.append(
+                f"{row.term}: {row.estimate_um:+.2f} µm (95% CI {row.ci95_low:.2f} to {row.ci95_high:.2f}, "
+                f"p = {row.p_value:.3g})" + (f", {row.note}" if row.note else "")
+            )
+    return said + ("; ".join(parts) or "no estimate") + "."
+
+
 def methods_paragraphs(s: Session, c: Comparison) -> list[tuple[str, str]]:
     """(heading, paragraph) pairs of the methods text of comparison ``c``."""
     batch_ids = sorted(b for b, g in batches_of(c.table).items() if g is not None)
@@ -301,6 +329,8 @@ def methods_paragraphs(s: Session, c: Comparison) -> list[tuple[str, str]]:
         )
     out.append(("Counting", _counting(c)))
     out.append(("Statistics", _statistics(c)))
+    if c.sized_cells:
+        out.append(("Cell size", _cell_size(c)))
     if c.warnings:
         out.append(("Notes", " ".join(c.warnings)))
     versions = software_versions()

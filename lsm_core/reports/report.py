@@ -26,6 +26,7 @@ from db.schema import Batch, Cell, Image, Model, SaliencyRun
 from lsm_core.errors import LsmError
 from lsm_core.imaging.calibration import CalibrationSource, resolve
 from lsm_core.imaging.cells import TINY_CELL_UM, calibration_doubt
+from lsm_core.imaging.shape import sizes_known
 from lsm_core.lab.blobs import BlobStore
 from lsm_core.lab.cell_labels import agreement
 from lsm_core.ml.shift import summary as shift_summary
@@ -402,6 +403,55 @@ def composition_figure(report: BatchReport) -> go.Figure:
     )
     if corrected is None:
         fig.update_layout(showlegend=False)
+    return fig
+
+
+def cell_sizes(s: Session, batch_id: int) -> tuple[np.ndarray, int]:
+    """Every counted cell's equivalent diameter in µm (N,) in the order of :func:`cell_arrays` (NaN where it has no
+    outline, or where its image's pixel size was only the model's default: lsm_core.imaging.shape.sizes_known),
+    and how many cells were outlined but left without a size for that reason."""
+    rows = s.execute(
+        select(Cell.diameter_um, Image.pixel_size_source)
+        .join(Image, Image.id == Cell.image_id)
+        .where(Cell.batch_id == batch_id, Cell.id.not_in(queries.excluded_cells([batch_id])))
+        .order_by(Cell.image_id, Cell.idx)
+    ).all()
+    known = [d is not None and sizes_known(source) for d, source in rows]
+    diameter = np.array([d if k else np.nan for (d, _), k in zip(rows, known)], np.float64)
+    return diameter, sum(1 for (d, _), k in zip(rows, known) if d is not None and not k)
+
+
+def size_figure(pred: np.ndarray, diameter: np.ndarray, classes: list[str]) -> go.Figure:
+    """The cells' equivalent diameters (µm) per predicted class: one histogram per class over the same bins, with
+    each class's median and cells in the legend."""
+    known = np.isfinite(diameter)
+    fig = go.Figure()
+    if known.any():
+        lo, hi = np.floor(np.nanmin(diameter)), np.ceil(np.nanmax(diameter))
+        edges = np.linspace(lo, max(hi, lo + 1), 31)
+        for i, cls in enumerate(classes):
+            d = diameter[known & (pred == i)]
+            if not len(d):
+                continue
+            counts, _ = np.histogram(d, bins=edges)
+            fig.add_trace(
+                go.Bar(
+                    x=(edges[:-1] + edges[1:]) / 2,
+                    y=counts,
+                    width=np.diff(edges) * 0.95,
+                    name=f"{plot_text(cls)}: median {np.median(d):.1f} µm ({len(d):,} cells)",
+                    marker_color=colour(cls, i),
+                    opacity=0.6,
+                )
+            )
+    fig.update_layout(
+        barmode="overlay",
+        xaxis_title="equivalent diameter (µm, from each cell's outline)",
+        yaxis_title="cells",
+        height=320,
+        margin={"t": 30, "b": 40},
+        legend={"orientation": "h", "y": -0.3},
+    )
     return fig
 
 

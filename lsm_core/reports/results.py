@@ -16,9 +16,10 @@ from sqlalchemy.orm import Session
 from db import queries
 from db.schema import Image, Job, JobStatus
 from lsm_core.imaging.cells import TINY_CELL_UM
+from lsm_core.imaging.shape import UNKNOWN_SIZE
 from lsm_core.reports.correction import NO_PROFILE
 from lsm_core.reports.export import reporter_channels
-from lsm_core.reports.report import BatchReport, cell_arrays, load_report
+from lsm_core.reports.report import BatchReport, cell_arrays, cell_sizes, load_report
 from lsm_core.reports.shift import UNKNOWN
 
 # the batch's sample metadata as the results view names it, in the order it says it
@@ -48,6 +49,8 @@ class ResultsView:
     not_counted: str | None  # what the counts leave out, in one line (None: nothing)
     not_counted_rows: list[dict]  # per image: cells, edge, tiny, dropped as clumps, dropped as debris
     job_failure: str | None = None  # why its classification job failed (None: it did not)
+    diameter: np.ndarray | None = None  # (N,) each counted cell's equivalent diameter (µm; NaN: unknown)
+    sizes_unknown: int = 0  # cells outlined, but at the model's default pixel size: no size in µm
 
 
 def _facts(report: BatchReport) -> list[tuple[str, str]]:
@@ -154,6 +157,22 @@ def job_failure(s: Session, batch_id: int) -> str | None:
     return f"The classification job (job {job.id}) failed{tries}: {job.error or 'no reason was recorded'}"
 
 
+def sizes_caption(view: ResultsView) -> str | None:
+    """What the size figure shows and leaves out, or why there is none (None: no cell was outlined)."""
+    known = int(np.isfinite(view.diameter).sum()) if view.diameter is not None else 0
+    if view.sizes_unknown and not known:
+        return f"Cell sizes: {UNKNOWN_SIZE}."
+    if not known:
+        return None
+    said = (
+        f"{known:,} cells measured from their outlines at the pixel size each image was read at; single-cell crops "
+        "(no outline) and cells added by hand have none."
+    )
+    if view.sizes_unknown:
+        said += f" {view.sizes_unknown:,} more were read at the model's default pixel size: their size is unknown."
+    return said
+
+
 def load_results(s: Session, batch_id: int, threshold: float) -> ResultsView:
     """Everything the results view of batch ``batch_id`` shows at score ``threshold``, read in one session;
     raises LsmError when the batch no longer exists."""
@@ -175,4 +194,5 @@ def load_results(s: Session, batch_id: int, threshold: float) -> ResultsView:
         _share_rows(report),
         *not_counted(report),
         job_failure(s, batch_id) if report.status == JobStatus.FAILED else None,
+        *cell_sizes(s, batch_id),
     )

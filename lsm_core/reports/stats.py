@@ -619,3 +619,63 @@ def odds_model(
         at = out["term"] == name
         out.loc[at, "p_holm"] = holm(out.loc[at, "p_value"].tolist())
     return out[ODDS_COLUMNS]
+
+
+SIZE_MODEL_COLUMNS = ["term", "estimate_um", "ci95_low", "ci95_high", "p_value", "cells", "mice", "note"]
+
+
+def size_mixed_model(cells: pd.DataFrame, group: str = "group", unit: str = "unit") -> pd.DataFrame:
+    """Cell size across groups with the mouse as a random effect: a linear mixed model of each cell's diameter
+    (``diameter_um``) with a fixed effect per group (each against the first) and a random intercept per mouse
+    (``unit``), by restricted maximum likelihood (statsmodels ``MixedLM``): the continuous counterpart of
+    :func:`odds_model`, so that a mouse's many cells are not counted as independent. One row per group after
+    the first: the difference of its mean diameter from the first group's (µm) with its 95% Wald interval and
+    p-value. With fewer than two groups of mice, or a model that does not converge, a row says why."""
+    import warnings
+
+    import statsmodels.formula.api as smf
+
+    data = cells.dropna(subset=[group, "diameter_um"])
+    levels = list(dict.fromkeys(data[group]))
+    mice = int(data[unit].nunique()) if len(data) else 0
+    blank = {"estimate_um": np.nan, "ci95_low": np.nan, "ci95_high": np.nan, "p_value": np.nan}
+    if len(levels) < 2 or mice < 3:
+        why = "fewer than two groups with sized cells" if len(levels) < 2 else "fewer than three mice with sized cells"
+        return pd.DataFrame([{"term": "group", **blank, "cells": len(data), "mice": mice, "note": why}])[
+            SIZE_MODEL_COLUMNS
+        ]
+    frame = pd.DataFrame(
+        {
+            "y": data["diameter_um"].to_numpy(float),
+            "g": pd.Categorical(data[group].astype(str), categories=[str(v) for v in levels]),
+            "u": data[unit].astype(str).to_numpy(),
+        }
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            fit = smf.mixedlm("y ~ g", frame, groups=frame["u"]).fit(reml=True)
+        except (ValueError, np.linalg.LinAlgError) as exc:
+            return pd.DataFrame(
+                [{"term": "group", **blank, "cells": len(frame), "mice": mice, "note": f"not estimable: {exc}"}]
+            )[SIZE_MODEL_COLUMNS]
+    note = "" if fit.converged else "did not converge: read with care"
+    if any("boundary" in str(w.message).lower() for w in caught):
+        note = (note + "; " if note else "") + "the between-mouse variance is at its boundary (0)"
+    ci = fit.conf_int()
+    rows = []
+    for level in levels[1:]:
+        name = f"g[T.{level}]"
+        rows.append(
+            {
+                "term": f"{level} vs {levels[0]}",
+                "estimate_um": float(fit.params.get(name, np.nan)),
+                "ci95_low": float(ci.loc[name, 0]) if name in ci.index else np.nan,
+                "ci95_high": float(ci.loc[name, 1]) if name in ci.index else np.nan,
+                "p_value": float(fit.pvalues.get(name, np.nan)),
+                "cells": len(frame),
+                "mice": mice,
+                "note": note,
+            }
+        )
+    return pd.DataFrame(rows)[SIZE_MODEL_COLUMNS]

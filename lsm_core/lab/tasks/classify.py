@@ -26,6 +26,7 @@ from lsm_core.imaging.cells import CellCrops, FindParams
 from lsm_core.imaging.prepare import Prepared, PrepTask
 from lsm_core.imaging.readers.base import ReadOptions
 from lsm_core.imaging.reporters import ChannelSignal
+from lsm_core.imaging.shape import SHAPE_FIELDS, CellShape
 from lsm_core.lab.jobs import JobKind
 from lsm_core.lab.tasks import task
 from lsm_core.lab.tasks.context import Context, batch_and_model
@@ -52,6 +53,7 @@ class ImageResult:
     predicted: np.ndarray | None = field(default=None, repr=False)
     score: np.ndarray | None = field(default=None, repr=False)
     distance: np.ndarray | None = field(default=None, repr=False)  # from the training cells (lsm_core.ml.shift)
+    shapes: list[tuple[list[float] | None, CellShape | None]] = field(default_factory=list, repr=False)
 
     def crops(self) -> np.ndarray | None:
         return self.found.crops if self.found is not None and len(self.found) else None
@@ -176,6 +178,7 @@ def _result(result: ImageResult, prepared: Prepared | None) -> ImageResult:
         result.error = prepared.error or "could not be read"
         return result
     result.found, result.signal, result.note = prepared.found, prepared.signal, prepared.note
+    result.shapes = prepared.shapes
     result.z_plane = prepared.z
     result.kind = "single" if prepared.found.flags == ["single"] else "field"
     return result
@@ -232,6 +235,7 @@ def _cached(
                 "flags": c.flags,
                 "signal": c.signal,
                 "feature_distance": c.feature_distance,
+                **{name: getattr(c, name) for name in SHAPE_COLUMNS},
             }
             for c in cells
         ],
@@ -240,6 +244,15 @@ def _cached(
         source.z_plane,
         source.dropped,
     )
+
+
+SHAPE_COLUMNS = ("outline", *SHAPE_FIELDS)
+
+
+def shape_row(measured: tuple[list[float] | None, CellShape | None]) -> dict[str, Any]:
+    """A cell's outline and measures as its row's columns (all None where it has none)."""
+    outline, shape = measured
+    return {"outline": outline, **(shape.values() if shape is not None else dict.fromkeys(SHAPE_FIELDS))}
 
 
 def _written(s: Session, images: list[tuple[Any, ImageResult]]) -> bool:
@@ -283,6 +296,7 @@ def _write(s: Session, batch_id: int, images: list[tuple[Any, ImageResult]], cla
                             "signal": {sig.name: [float(sig.mean[j]), float(sig.integrated[j])] for sig in r.signal}
                             or None,
                             "feature_distance": float(r.distance[j]) if r.distance is not None else None,
+                            **shape_row(r.shapes[j] if j < len(r.shapes) else (None, None)),
                         }
                     )
             reporters = {sig.name: {"background": sig.background, "method": sig.background_method} for sig in r.signal}

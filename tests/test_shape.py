@@ -1,0 +1,172 @@
+"""Each cell's size and shape from its outline (issue #30 item 3): the polygon measures against exact figures and
+scikit-image, the real Jurkat cells' diameters, and the history on both engines: stored per cell, in the
+exports (unknown where the pixel size was only the model's default), on the Results view, in the review queue
+and in Compare (per-mouse medians tested, a linear mixed model with the mouse as a random effect)."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from openpyxl import load_workbook
+from skimage.draw import ellipse
+from skimage.measure import regionprops
+from sqlalchemy import select
+
+from db.schema import Cell
+from lsm_core.imaging.calibration import CalibrationSource
+from lsm_core.imaging.shape import (
+    outline_array,
+    outline_list,
+    outlines_from_labels,
+    shape_of,
+    size_words,
+    sizes_known,
+)
+from lsm_core.lab import batches, cell_labels
+from lsm_core.lab.worker import Worker
+from lsm_core.reports import compare
+from lsm_core.reports.methods import methods_paragraphs
+from lsm_core.reports.report import workbook
+from lsm_core.reports.results import load_results, sizes_caption
+from lsm_core.reports.stats import size_mixed_model
+from tests.helpers import field_file
+
+MONTAGE = Path(__file__).resolve().parents[2] / "shared" / "data" / "brightfield" / "jurkat_G1_montage.tif"
+
+
+def circle(radius: float, n: int = 720, centre=(50.0, 40.0)) -> np.ndarray:
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    return np.stack([centre[0] + radius * np.cos(t), centre[1] + radius * np.sin(t)], axis=1)
+
+
+def test_the_measures_of_exact_figures():
+    square = np.array([[0, 0], [10, 0], [10, 10], [0, 10]], float)
+    s = shape_of(square, 0.5)
+    assert s is not None
+    assert s.area_um2 == pytest.approx(25.0) and s.perimeter_um == pytest.approx(20.0)
+    assert s.circularity == pytest.approx(math.pi / 4) and s.eccentricity == pytest.approx(0.0, abs=1e-9)
+    assert s.diameter_um == pytest.approx(math.sqrt(4 * 25 / math.pi))
+    round_ = shape_of(circle(20.0), 0.25)
+    assert round_ is not None and round_.diameter_um == pytest.approx(10.0, rel=1e-4)
+    assert round_.circularity == pytest.approx(1.0, abs=1e-4) and round_.eccentricity < 0.01
+    stretched = circle(10.0) * np.array([2.0, 1.0])  # an ellipse with axes 2:1, in either winding
+    for polygon in (stretched, stretched[::-1]):
+        e = shape_of(polygon, 1.0)
+        assert e is not None and e.eccentricity == pytest.approx(math.sqrt(1 - 1 / 4), abs=1e-3)
+        assert e.area_um2 == pytest.approx(math.pi * 40 * 10 / 2, rel=1e-3)
+    assert shape_of(np.zeros((2, 2)), 1.0) is None and shape_of(square, 0.0) is None
+    assert shape_of(np.array([[0, 0], [1, 1], [2, 2]], float), 1.0) is None  # no area
+
+
+def test_outlines_traced_from_labels_measure_as_scikit_image_does():
+    labels = np.zeros((200, 200), np.int32)
+    rr, cc = ellipse(100, 90, 40, 20, rotation=0.5)
+    labels[rr, cc] = 1
+    rr, cc = ellipse(30, 30, 12, 12)
+    labels[rr, cc] = 3  # label 2 has no pixels
+    outlines = outlines_from_labels(labels, 1, 3)
+    assert outlines[1] is None and outlines[0] is not None and outlines[2] is not None
+    for outline, region in zip([outlines[0], outlines[2]], regionprops(labels)):
+        s = shape_of(outline, 1.0)
+        assert s is not None
+        assert s.area_um2 == pytest.approx(region.area, rel=0.02)
+        assert s.eccentricity == pytest.approx(region.eccentricity, abs=0.05)
+        xs, ys = outline[:, 0], outline[:, 1]
+        r0, c0, r1, c1 = region.bbox
+        assert c0 - 1 <= xs.min() and xs.max() <= c1 and r0 - 1 <= ys.min() and ys.max() <= r1
+    # at a coarser label grid the outline is in the image's pixels
+    coarse = outlines_from_labels(labels[::4, ::4], 4, 3)[0]
+    assert coarse is not None and shape_of(coarse, 1.0).area_um2 == pytest.approx(regionprops(labels)[0].area, rel=0.1)
+    assert outline_array(outline_list(outlines[0])) == pytest.approx(outlines[0], abs=0.051)
+    assert outline_array(None) is None and outline_array([1.0, 2.0]) is None
+
+
+def test_sizes_need_a_stated_pixel_size():
+    assert sizes_known(CalibrationSource.USER) and sizes_known("file") and sizes_known("setting")
+    assert not sizes_known(CalibrationSource.MODEL_DEFAULT) and not sizes_known("model default")
+    assert not sizes_known(None) and not sizes_known("")
+    assert "unknown" in size_words(None, 0.9) and "12.0 µm across" in size_words(12.0, 0.9)
+    assert "no outline" in size_words(None, None)
+
+
+def test_real_jurkat_cells_measure_about_eleven_micrometres_across():
+    """The montage's cells are about 22 px across at about 0.5 um/px (its README)."""
+    from lsm_core.imaging.calibration import resolve
+    from lsm_core.imaging.cells import FindParams, find_cells
+    from lsm_core.imaging.shape import measured
+
+    image = tifffile.imread(MONTAGE).astype(np.float32)
+    params = FindParams(output_size=64).at(resolve(user=0.5, model_default=0.2))
+    found = find_cells(image / image.max(), params)
+    shapes = [shape for _, shape in measured(found, 0.5)]
+    diameters = np.array([s.diameter_um for s in shapes if s is not None])
+    assert len(diameters) >= 0.95 * len(found) >= 850
+    assert 9.0 <= float(np.median(diameters)) <= 13.5
+    circularity = np.array([s.circularity for s in shapes if s is not None])
+    assert float(np.median(circularity)) > 0.7  # round cells
+
+
+def test_the_mixed_model_finds_a_size_difference_between_groups_of_mice():
+    rng = np.random.default_rng(0)
+    rows = []
+    for group, shift in (("young", 0.0), ("aged", 1.0)):
+        for mouse in range(4):
+            centre = 10 + shift + rng.normal(0, 0.3)
+            rows += [(group, f"{group}{mouse}", d) for d in rng.normal(centre, 1.0, 150)]
+    cells = pd.DataFrame(rows, columns=["group", "unit", "diameter_um"])
+    fit = size_mixed_model(cells)
+    (row,) = fit.itertuples()
+    assert row.term == "aged vs young" and row.ci95_low < 1.0 < row.ci95_high and row.p_value < 0.01
+    assert row.cells == 1200 and row.mice == 8
+    few = size_mixed_model(cells[cells["unit"].isin(["young0", "aged0"])])
+    assert math.isnan(few["estimate_um"].iloc[0]) and "three mice" in few["note"].iloc[0]
+
+
+# --- the history: both engines -----------------------------------------------------------------------------
+def test_sizes_are_stored_exported_shown_reviewed_and_compared(history):
+    lab, _, model_id = history
+    ids = []
+    for i, sex in enumerate(["F", "F", "M", "M"]):
+        meta = batches.BatchMeta(mouse_id=f"m{i}", sex=sex, pixel_size_um=0.2)  # stated: sizes in µm
+        ids.append(batches.submit_batch(lab, [field_file(40 + i)], model_id, f"field {i}", "ana", meta).batch_id)
+    default = batches.submit_batch(lab, [field_file(44)], model_id, "no pixel size", "ana").batch_id
+    Worker(lab, device="cpu").run(drain=True)
+    with lab() as s:
+        stored = s.scalars(select(Cell).where(Cell.batch_id == ids[0])).all()
+        assert stored and all(c.outline and len(c.outline) >= 6 and c.diameter_um for c in stored)
+        assert all(0 < c.circularity <= 1 and 0 <= c.eccentricity < 1 for c in stored)
+        view = load_results(s, ids[0], 0.0)
+        unsized = load_results(s, default, 0.0)
+        book = load_workbook(io.BytesIO(workbook(s, ids[0], 0.0)), read_only=True)
+        rows = list(book["cells"].iter_rows(values_only=True))
+        book_default = load_workbook(io.BytesIO(workbook(s, default, 0.0)), read_only=True)
+        rows_default = list(book_default["cells"].iter_rows(values_only=True))
+        compared = compare.build(s, ids, by="sex")
+        methods = dict(methods_paragraphs(s, compared))
+    # synthetic cells are 5-16 um across (lsm_core.imaging.synthetic)
+    assert view.diameter is not None and np.isfinite(view.diameter).all() and len(view.diameter) == len(stored)
+    assert 3 < float(np.median(view.diameter)) < 20 and "measured from their outlines" in sizes_caption(view)
+    assert unsized.diameter is not None and not np.isfinite(unsized.diameter).any() and unsized.sizes_unknown > 0
+    assert "unknown" in (sizes_caption(unsized) or "")
+    at = rows[0].index("diameter_um")
+    assert all(isinstance(r[at], float) and r[at] > 0 for r in rows[1:] if r[2] is not None)
+    assert rows[0].index("circularity") == rows_default[0].index("circularity")
+    assert all(r[at] is None for r in rows_default[1:])  # the model's default: unknown, not a wrong number
+    circ = rows_default[0].index("circularity")
+    assert any(isinstance(r[circ], float) for r in rows_default[1:])  # a shape needs no unit
+    assert set(compared.table["sized_cells"]) and (compared.table["median_diameter_um_all"] > 0).all()
+    assert compared.sized_cells == sum(compared.table["sized_cells"]) and compared.sizes_unknown == 0
+    (tested,) = compared.size_tests.itertuples()
+    assert tested.test.startswith("Mann-Whitney") and tested.mice == 4
+    assert compared.size_model["term"].tolist() == ["M vs F"]
+    assert "linear mixed model" in methods["Cell size"] and f"{compared.sized_cells:,} cells" in methods["Cell size"]
+    queued = cell_labels.queue(lab, [ids[0], default], "ana")
+    by_batch = {q.batch_id: q for q in queued}
+    assert by_batch[ids[0]].diameter_um is not None and by_batch[ids[0]].circularity is not None
+    assert by_batch[default].diameter_um is None and by_batch[default].circularity is not None
