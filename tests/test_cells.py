@@ -204,3 +204,45 @@ def test_two_cells_within_the_largest_size_are_split_and_one_large_cell_is_not()
     big[np.abs(np.hypot(xx - 200, yy - 200) - 55) < 3] = 0.2  # 22 um across
     found = find_cells(big, FindParams())
     assert len(found) == 0 and found.dropped == {"debris": 0, "clump": 1}
+
+
+def test_outlines_are_traced_at_full_resolution_on_real_cells(montage_cells_ready):
+    """The montage's first 10 x 10 tiles at 0.5 um/px: one closed outline per kept cell, in the order of the
+    boxes, inside the image and its box, its area within 25 % of the tile's own outline (tests/packed_cells.py),
+    its vertices off the working scale's 0.8 um grid; the labels are the outlines filled."""
+    import tifffile
+    from skimage.draw import polygon
+
+    from tests.packed_cells import JURKAT, tile_outline
+
+    image = tifffile.imread(JURKAT).astype(np.float32)[:400, :400]
+    found = find_cells(image, FindParams(pixel_size_um=0.5))
+    assert len(found) >= 98 and len(found.outlines) == len(found)
+    errors, on_grid = [], 0
+    for k, (outline, box) in enumerate(zip(found.outlines, found.boxes), start=1):
+        assert outline.dtype == np.float32 and outline.ndim == 2 and outline.shape[1] == 2
+        assert 8 <= len(outline) <= 120 and np.array_equal(outline[0], outline[-1])  # closed, compact
+        x, y, w, h = box
+        assert outline[:, 0].min() >= -0.5 and outline[:, 1].max() <= 399.5
+        assert outline[:, 0].min() >= x - 8 and outline[:, 0].max() <= x + w + 8  # near its own box
+        cx, cy = outline[:, 0].mean(), outline[:, 1].mean()
+        i, j = int(cy // 40), int(cx // 40)
+        truth = tile_outline(image[40 * i : 40 * i + 40, 40 * j : 40 * j + 40])
+        if truth is not None:
+            rr, cc = polygon(outline[:, 1], outline[:, 0])
+            errors.append(abs(len(rr) - truth.sum()) / truth.sum())
+        on_grid += bool(np.all(np.isclose((outline + 0.5) % 2, 0) | np.isclose((outline + 0.5) % 2, 2)))
+        np.testing.assert_array_equal(found.labels[int(round(cy)), int(round(cx))], k)
+    assert np.median(errors) <= 0.15 and np.percentile(errors, 90) <= 0.25, np.percentile(errors, [50, 90])
+    assert on_grid <= 0.1 * len(found)  # traced at full resolution, not around 2 x 2 pixel blocks
+    assert found.labels.shape == image.shape and found.labels.max() == len(found)
+
+
+def test_a_single_cell_crop_is_outlined_or_boxed():
+    crops, _ = synthetic.make_crops("lsm", 2, seed=0)
+    found = find_cells(crops[0])
+    (outline,) = found.outlines
+    assert np.array_equal(outline[0], outline[-1]) and len(outline) >= 5
+    assert found.labels is not None and 0 < (found.labels > 0).sum() < 64 * 64  # the cell, not the whole crop
+    blank = find_cells((0.5 + 0.001 * np.random.default_rng(0).standard_normal((64, 64))).astype(np.float32))
+    np.testing.assert_allclose(blank.outlines[0][:4], [[-0.5, -0.5], [63.5, -0.5], [63.5, 63.5], [-0.5, 63.5]])
