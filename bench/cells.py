@@ -14,7 +14,13 @@ found when exactly one reported cell has its centre within 10 px of the tile's c
 of reported cells that are such a tile's one cell. The truth gives centres, not outlines: this is not IoU.
 Measured at the stated 0.5 um/px and at 0.4 and 0.6 (a calibration 20 % off).
 
-Usage: python bench/cells.py [--fields K]
+Then packed real cells (tests/packed_cells.py): the montage's cells cut along their own outlines, 1.3x the
+area, turned at random angles, placed touching in colonies of 2 to 6 on the montage's background, written at
+0.33, 0.5 and 0.65 um/px. Truth: one outline per placed cell; a cell is found when a kept cell's mask (the
+full-resolution labels) has IoU >= 0.5 with its outline. With the time of find_cells against a Gaussian blur
+(sigma 2) of the same field.
+
+Usage: python bench/cells.py [--fields K] [--only packed]
 """
 
 from __future__ import annotations
@@ -39,7 +45,12 @@ from lsm_core.imaging.images import decode_bytes  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--fields", type=int, default=5)
+    parser.add_argument("--only", choices=["packed", "jurkat"])
     args = parser.parse_args()
+    if args.only == "packed":
+        return packed(args.fields)
+    if args.only == "jurkat":
+        return jurkat()
     find_times, read_times, blur_times, counts = [], [], [], []
     matched = reported = true = 0
     for k in range(args.fields):
@@ -70,6 +81,7 @@ def main() -> None:
     print(f"at IoU >= 0.5: recall {matched / true:.3f}, precision {matched / max(1, reported):.3f}")
     phase(args.fields)
     jurkat()
+    packed(args.fields)
 
 
 def phase(n_fields: int) -> None:
@@ -120,6 +132,41 @@ def jurkat() -> None:
         print(
             f"Jurkat montage (900 cells) at {um} um/px: {len(found)} reported, recall {hits / 900:.3f}, precision "
             f"{hits / max(1, len(found)):.3f}, dropped {found.dropped}; {seconds * 1000:.0f} ms for 1200x1200"
+        )
+
+
+def packed(n_fields: int) -> None:
+    from lsm_core.imaging.cells import FindParams
+    from tests.packed_cells import mask_matches, packed_field
+
+    if not JURKAT.is_file():
+        print(f"packed real cells: {JURKAT} is missing; skipped")
+        return
+    for um in (0.33, 0.5, 0.65):
+        hit = true = reported = clumps = 0
+        ratios, times, outline_times = [], [], []
+        for k in range(n_fields):
+            field, truth = packed_field(200 + k, um, size_um=600.0)
+            t0 = time.perf_counter()
+            found = find_cells(field, FindParams(pixel_size_um=um))
+            t1 = time.perf_counter()
+            ndi.gaussian_filter(field, 2.0)
+            t2 = time.perf_counter()
+            ratios.append((t1 - t0) / (t2 - t1))
+            times.append(t1 - t0)
+            t3 = time.perf_counter()
+            labels = found.labels  # drawn from the outlines, traced now
+            outline_times.append(time.perf_counter() - t3)
+            assert labels is not None or len(found) == 0
+            hit += mask_matches(truth, labels) if labels is not None else 0
+            true += int(truth.max())
+            reported += len(found)
+            clumps += found.dropped.get("clump", 0)
+        print(
+            f"packed real cells at {um} um/px ({n_fields} fields of {field.shape[0]}x{field.shape[1]}, {true} cells): "
+            f"recall {hit / true:.3f}, precision {hit / max(1, reported):.3f} at mask IoU >= 0.5, {clumps} clumps "
+            f"dropped; find_cells {np.median(times) * 1000:.0f} ms, {np.median(ratios):.2f} of a blur; outlines and "
+            f"labels {np.median(outline_times) * 1000:.0f} ms"
         )
 
 

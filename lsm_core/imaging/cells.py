@@ -102,10 +102,14 @@ class CellCrops:
     dropped : regions not kept, by reason (``debris``, ``clump``)
     rejected : (M, 4) int32, the boxes (x, y, w, h) of the first MAX_REJECTED regions not kept, in the image's
         pixels, with ``rejected_why`` (M strings: ``debris`` or ``clump``); ``dropped`` counts them all
-    labels : (H, W) int32, cell i+1's mask in the image's pixels (0: no cell), or None; the masks are found
-        at the working resolution (about 0.8 um per pixel) and scaled up when first asked for (only the
-        reporter channels need them: a 2048 x 2048 field's labels are 16 MB, and making them cost a tenth
-        of finding its cells)
+    outlines : N closed polygons, one per cell in the order of ``boxes``: (K, 2) float32 vertices (x, y) in the
+        image's pixels at its full resolution (the last vertex repeats the first). Each is traced when first
+        asked for (:class:`_Outliner`): the cell's mask at the working scale (about 0.8 um per pixel) refined
+        at full resolution inside its box. A single-cell crop's is the cell :func:`cell_mask` traces in it, or
+        the crop's border (its box) when none is.
+    labels : (H, W) int32, cell i+1's mask in the image's pixels (0: no cell), or None: the outlines filled
+        (``skimage.draw.polygon``), drawn when first asked for (only the reporter channels need them: a
+        2048 x 2048 field's labels are 16 MB)
     """
 
     crops: np.ndarray
@@ -121,12 +125,18 @@ class CellCrops:
         return len(self.flags)
 
     @property
+    def outlines(self) -> list[np.ndarray]:
+        if self.masks is None:
+            return []
+        return self.masks.outlines()
+
+    @property
     def labels(self) -> np.ndarray | None:
         return None if self.masks is None else self.masks.full()
 
     @labels.setter
     def labels(self, value: np.ndarray | None) -> None:
-        self.masks = None if value is None else _Masks(np.asarray(value, np.int32), 1, value.shape)
+        self.masks = None if value is None else _Masks.given(np.asarray(value, np.int32))
 
     @classmethod
     def empty(
@@ -153,23 +163,145 @@ class CellCrops:
 
 @dataclass
 class _Masks:
-    """Cell labels at the working scale, scaled up to the image's pixels (nearest) when first asked for."""
+    """Each cell's outline at the image's full resolution, traced when first asked for, and the label image
+    drawn from them.
 
-    small: np.ndarray  # (h, w) int32 at the working scale
+    A cell's mask at the working scale is refined inside its box (grown by 1.5 um) at full resolution: the
+    relief energy there (the image less the working scale's background, absolute, smoothed by 0.3 um) above
+    a threshold (the median plus ``threshold_sigmas`` robust deviations of the energy in the box outside every
+    cell), within the working mask grown by one working pixel and outside every other cell's working mask;
+    closed by 1.2 um, holes filled, the largest piece. When that is less than half or more than twice the
+    working mask (faint relief, or the threshold in the noise), the working mask scaled up is the cell. The
+    outline is its contour (``skimage.measure.find_contours``) simplified to within half a pixel
+    (``approximate_polygon``): tens of vertices."""
+
+    image: np.ndarray | None  # (H, W) float32, the image (None: labels given, no outlines to trace)
+    small: np.ndarray  # (h, w) int32 cell labels at the working scale
     factor: int  # image pixels per working pixel, each way
+    background: np.ndarray | None  # (h, w) float32 background level at the working scale
+    um_per_px: float
+    threshold_sigmas: float
     shape: tuple[int, int]  # the image's (H, W)
+    single: bool = False
+    _outlines: list[np.ndarray] | None = field(default=None, repr=False)
     _full: np.ndarray | None = field(default=None, repr=False)
+
+    @classmethod
+    def given(cls, labels: np.ndarray) -> _Masks:
+        out = cls(None, labels, 1, None, 1.0, 5.0, labels.shape)
+        out._full = labels
+        return out
+
+    def outlines(self) -> list[np.ndarray]:
+        if self._outlines is None:
+            if self.image is None:
+                self._outlines = [_trace(self.small == i) for i in range(1, int(self.small.max()) + 1)]
+            elif self.single:
+                self._outlines = [self._single()]
+            else:
+                self._outlines = [self._refine(i) for i in range(1, int(self.small.max()) + 1)]
+        return self._outlines
 
     def full(self) -> np.ndarray:
         if self._full is None:
-            if self.factor == 1 and self.small.shape == self.shape:
-                self._full = self.small
-            else:
-                h, w = self.shape
-                up = np.repeat(np.repeat(self.small, self.factor, axis=0), self.factor, axis=1)
-                self._full = np.zeros((h, w), np.int32)
-                self._full[: min(h, up.shape[0]), : min(w, up.shape[1])] = up[:h, :w]
+            from skimage.draw import polygon
+
+            h, w = self.shape
+            self._full = np.zeros((h, w), np.int32)
+            for i, outline in enumerate(self.outlines(), start=1):
+                rr, cc = polygon(outline[:, 1], outline[:, 0], shape=(h, w))
+                self._full[rr, cc] = i
         return self._full
+
+    def _single(self) -> np.ndarray:
+        h, w = self.shape
+        assert self.image is not None
+        traced = cell_mask(self.image, self.um_per_px) if self.image.shape[0] == self.image.shape[1] else None
+        if traced is not None:
+            return _trace(traced)
+        return np.array([[-0.5, -0.5], [w - 0.5, -0.5], [w - 0.5, h - 0.5], [-0.5, h - 0.5], [-0.5, -0.5]], np.float32)
+
+    def _refine(self, label: int) -> np.ndarray:
+        assert self.image is not None and self.background is not None
+        f, (H, W) = self.factor, self.shape
+        grow = max(1, int(np.ceil(1.5 / (self.um_per_px * f))))  # working pixels
+        rows, cols = np.nonzero(self.small == label) if self._boxes is None else self._box_pixels(label)
+        r0, r1 = max(0, rows.min() - grow), min(self.small.shape[0], rows.max() + 1 + grow)
+        c0, c1 = max(0, cols.min() - grow), min(self.small.shape[1], cols.max() + 1 + grow)
+        labels = self.small[r0:r1, c0:c1]
+        own = labels == label
+        working = _up(own, f)
+        if f == 1 and not own.sum() >= 16:
+            return _trace(working, (r0, c0))
+        y0, x0 = r0 * f, c0 * f
+        patch = self.image[y0 : min(H, r1 * f), x0 : min(W, c1 * f)]
+        ph, pw = patch.shape
+        working = working[:ph, :pw]
+        allowed = _up(ndi.binary_dilation(own, structure=np.ones((3, 3), bool)) & ((labels == 0) | own), f)[:ph, :pw]
+        anyone = _up(ndi.binary_dilation(labels > 0, structure=np.ones((3, 3), bool)), f)[:ph, :pw]
+        level = _up(self.background[r0:r1, c0:c1], f)[:ph, :pw]
+        energy = ndi.gaussian_filter(np.abs(patch - level), max(0.5, 0.3 / self.um_per_px))
+        outside = energy[~anyone]
+        cell = working
+        if outside.size >= 32:
+            spread = _robust_sigma(outside)
+            mask = (energy > float(np.median(outside)) + self.threshold_sigmas * spread) & allowed
+            mask = ndi.binary_closing(mask, structure=_disk(1.2 / self.um_per_px), border_value=0) & allowed
+            mask = _fill_holes(mask)
+            pieces, n = ndi.label(mask)
+            if n:
+                sizes = np.bincount(pieces.ravel())[1:]
+                mask = pieces == 1 + int(np.argmax(sizes))
+                if 0.5 * working.sum() <= mask.sum() <= 2 * working.sum():
+                    cell = mask
+        return _trace(cell, (y0, x0))
+
+    _boxes: dict[int, tuple[np.ndarray, np.ndarray]] | None = field(default=None, repr=False)
+
+    def _box_pixels(self, label: int) -> tuple[np.ndarray, np.ndarray]:
+        assert self._boxes is not None
+        return self._boxes[label]
+
+
+def _up(mask: np.ndarray, factor: int) -> np.ndarray:
+    return mask if factor == 1 else np.repeat(np.repeat(mask, factor, axis=0), factor, axis=1)
+
+
+def _simplify(points: np.ndarray, tolerance: float) -> np.ndarray:
+    """Douglas-Peucker: the vertices of a polyline that keep it within ``tolerance`` (as scikit-image's
+    ``approximate_polygon``, whose Python loop cost 4 ms a cell), each split's farthest point by numpy."""
+    keep = np.zeros(len(points), bool)
+    keep[0] = keep[-1] = True
+    stack = [(0, len(points) - 1)]
+    while stack:
+        a, b = stack.pop()
+        if b - a < 2:
+            continue
+        seg = points[b] - points[a]
+        rel = points[a + 1 : b] - points[a]
+        norm = float(np.hypot(*seg))
+        dist = np.abs(rel[:, 0] * seg[1] - rel[:, 1] * seg[0]) / norm if norm > 0 else np.hypot(rel[:, 0], rel[:, 1])
+        k = int(np.argmax(dist))
+        if dist[k] > tolerance:
+            keep[a + 1 + k] = True
+            stack += [(a, a + 1 + k), (a + 1 + k, b)]
+    return points[keep]
+
+
+def _trace(mask: np.ndarray, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """The closed outline (K, 2) float32 (x, y) of a mask's largest piece, simplified to within half a pixel,
+    shifted by ``origin`` (row, col)."""
+    from skimage.measure import find_contours
+
+    padded = np.pad(mask.astype(np.float32), 1)
+    contours = find_contours(padded, 0.5)
+    if not contours:
+        return np.zeros((0, 2), np.float32)
+    contour = max(contours, key=len)
+    contour = _simplify(contour, 0.5)
+    if len(contour) < 4 or not np.array_equal(contour[0], contour[-1]):
+        contour = np.vstack([contour, contour[:1]])
+    return np.stack([contour[:, 1] - 1 + origin[1], contour[:, 0] - 1 + origin[0]], axis=1).astype(np.float32)
 
 
 def no_cells_note(dropped: dict[str, int], params: FindParams) -> str:
@@ -379,7 +511,7 @@ def find_cells(image: np.ndarray, params: FindParams | None = None) -> CellCrops
             np.array([[0, 0, w, h]], np.int32),
             np.array([[(w - 1) / 2, (h - 1) / 2]], np.float32),
             ["single"],
-            masks=_Masks(np.ones((h, w), np.int32), 1, (h, w)),  # a single-cell crop: the whole image is the cell
+            masks=_Masks(image, np.ones((1, 1), np.int32), 1, None, params.pixel_size_um, 5.0, (h, w), single=True),
         )
 
     work_um = params.pixel_size_um * factor
@@ -400,65 +532,49 @@ def find_cells(image: np.ndarray, params: FindParams | None = None) -> CellCrops
     if phase:
         energy = ndi.gaussian_filter(np.maximum(-relief, 0), 0.3 / work_um)
     mask = energy > threshold
+    unclosed = mask
     if not phase:
         # DIC relief vanishes across the shear direction: close the two crescents into a ring (brightfield
         # cells are found better with it too: Jurkat recall 0.998 against 0.989 without, bench/cells.py)
         mask = ndi.binary_closing(mask, structure=_disk(1.2 / work_um), border_value=0)
     mask = _fill_holes(mask)
     mask = ndi.binary_opening(mask, structure=_disk(0.8 / work_um))
-    labels = measure.label(mask, connectivity=2)
-    min_area = np.pi / 4 * (params.min_diameter_um / work_um) ** 2
-    max_area = np.pi / 4 * (params.max_diameter_um / work_um) ** 2
+    # the distance that seeds the split is the mean of the closed mask's and the unclosed one's (holes filled):
+    # where three cells touch, closing fills the gap between them, and the closed mask's distance is as high
+    # there as at a cell's centre
+    distance = _distance(mask)
+    if unclosed is not mask:
+        distance = 0.5 * (distance + _distance(_fill_holes(unclosed) & mask))
+    cells = _split_cells(mask, distance, params, work_um)
     dropped = {"debris": 0, "clump": 0}
     rejected: list[tuple[tuple[int, ...], str]] = []  # the first MAX_REJECTED, in the image's pixels
-    kept: list[_Region] = []
 
-    def reject(region, offset: tuple[int, int], why: str) -> None:
+    def in_image(box: tuple[slice, slice]) -> tuple[int, int, int, int]:
+        x0, y0 = box[1].start * factor, box[0].start * factor
+        x1, y1 = min(w, box[1].stop * factor), min(h, box[0].stop * factor)
+        return x0, y0, x1 - x0, y1 - y0
+
+    for box, why in cells.rejected:
         dropped[why] += 1
         if len(rejected) < MAX_REJECTED:
-            r0, c0, r1, c1 = region.bbox
-            x0, y0 = (c0 + offset[1]) * factor, (r0 + offset[0]) * factor
-            x1, y1 = min(w, (c1 + offset[1]) * factor), min(h, (r1 + offset[0]) * factor)
-            rejected.append(((x0, y0, x1 - x0, y1 - y0), why))
-
-    def judge(region, pieces_allowed: bool, offset: tuple[int, int] = (0, 0)) -> None:
-        if region.area < min_area:
-            reject(region, offset, "debris")
-        elif region.area > max_area or region.solidity < params.min_solidity:
-            # a few touching cells are split; a region larger than four of the largest is no group of cells
-            few = pieces_allowed and region.area <= 4 * max_area
-            pieces = _touching_cells(region, params.min_diameter_um / 2 / work_um) if few else []
-            if not pieces:
-                reject(region, offset, "clump")
-            for piece in pieces:  # each judged as a region of its own, never split again
-                judge(piece, False, (offset[0] + region.bbox[0] - 1, offset[1] + region.bbox[1] - 1))
-        else:
-            kept.append(_Region.of(region, offset))
-
-    for region in measure.regionprops(labels):
-        judge(region, True)
-    if not kept:
+            rejected.append((in_image(box), why))
+    if not len(cells.boxes):
         return CellCrops.empty(params.output_size, dropped, rejected)
 
-    n = len(kept)
-    boxes = np.empty((n, 4), np.int32)
-    centres = np.empty((n, 2), np.float32)
-    flags: list[str] = []
+    n = len(cells.boxes)
+    boxes = np.array([in_image(box) for box in cells.boxes], np.int32).reshape(n, 4)
+    centres = ((cells.centroids[:, ::-1] + 0.5) * factor - 0.5).astype(np.float32)
     margin = int(np.ceil(1.5 / work_um))  # within 1.5 um of the border: the cell is cut by the edge
-    for i, region in enumerate(kept):
-        r0, c0, r1, c1 = region.bbox
-        x0, y0 = c0 * factor, r0 * factor
-        x1, y1 = min(w, c1 * factor), min(h, r1 * factor)
-        boxes[i] = (x0, y0, x1 - x0, y1 - y0)
-        cy, cx = region.centroid
-        centres[i] = ((cx + 0.5) * factor - 0.5, (cy + 0.5) * factor - 0.5)
-        touches = min(r0, c0) <= margin or r1 >= small.shape[0] - margin or c1 >= small.shape[1] - margin
-        flags.append("edge" if touches else "")
+    flags = [
+        "edge"
+        if min(r.start, c.start) <= margin or r.stop >= small.shape[0] - margin or c.stop >= small.shape[1] - margin
+        else ""
+        for r, c in cells.boxes
+    ]
     crops = cut_crops(image, centres, params)
-    small_labels = np.zeros(small.shape, np.int32)
-    for i, region in enumerate(kept):
-        small_labels[region.coords[:, 0], region.coords[:, 1]] = i + 1
-    found = CellCrops(crops, boxes, centres, flags, dropped, _Masks(small_labels, factor, (h, w)))
+    masks = _Masks(image, cells.labels, factor, small - relief, params.pixel_size_um, params.threshold_sigmas, (h, w))
+    masks._boxes = cells.pixels()
+    found = CellCrops(crops, boxes, centres, flags, dropped, masks)
     found.set_rejected(rejected)
     return found
 
@@ -480,41 +596,171 @@ def _refuse_blank(image: np.ndarray) -> None:
         raise LsmError(f"the image is blank: every pixel has the same value ({lo:g}); nothing to analyse")
 
 
-@dataclass(frozen=True)
-class _Region:
-    """A cell found at the working scale: its bounding box (r0, c0, r1, c1), centroid (row, col) and pixels."""
+@dataclass
+class _Split:
+    """Cells of a mask at the working scale: their labels (cell i's pixels are i + 1, 0 none), boxes (row and
+    column slices), centroids (row, col), and the boxes of regions not kept with why."""
 
-    bbox: tuple[int, int, int, int]
-    centroid: tuple[float, float]
-    coords: np.ndarray
+    labels: np.ndarray
+    boxes: list[tuple[slice, slice]]
+    centroids: np.ndarray
+    rejected: list[tuple[tuple[slice, slice], str]]
 
-    @classmethod
-    def of(cls, region, offset: tuple[int, int]) -> _Region:
-        dr, dc = offset
-        r0, c0, r1, c1 = region.bbox
-        cy, cx = region.centroid
-        return cls((r0 + dr, c0 + dc, r1 + dr, c1 + dc), (cy + dr, cx + dc), region.coords + np.array([dr, dc]))
+    def pixels(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Each cell's pixel rows and columns at the working scale, by label."""
+        out = {}
+        for i, (r, c) in enumerate(self.boxes, start=1):
+            rows, cols = np.nonzero(self.labels[r, c] == i)
+            out[i] = (rows + r.start, cols + c.start)
+        return out
 
 
-def _touching_cells(region, min_radius: float) -> list:
-    """Touching round cells seen as one region: split by a watershed of its distance transform, one seed per
-    maximum at least the smallest cell's radius apart and that deep (Beucher & Meyer; scikit-image's
-    ``watershed`` on ``-distance``). Seeds lie at least a smallest cell's diameter apart, each at least its
-    radius from the region's border, so that a single cell of ragged outline (DIC relief) is not cut in two.
-    The pieces as regionprops of the region's padded box (one pixel of margin), or [] when it holds one seed
-    only (one large or ragged object: a clump, dropped)."""
-    from skimage.feature import peak_local_max
-    from skimage.segmentation import watershed
+SEED_DEPTH = 0.4  # two cells' centres stand at least this many smallest-cell radii above their contact
+CLUMP_CELLS = 12  # a region larger than this many of the largest cells is no group of cells: a clump
 
-    mask = np.pad(region.image, 1)
-    distance = ndi.distance_transform_edt(mask)
-    spacing = max(1, int(round(2 * min_radius)))  # two seeds are a smallest cell's diameter apart, or more
-    peaks = peak_local_max(distance, min_distance=spacing, threshold_abs=min_radius, exclude_border=False)
-    if len(peaks) < 2:
-        return []
-    markers = np.zeros(mask.shape, np.int32)
-    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-    return list(measure.regionprops(watershed(-distance, markers, mask=mask)))
+
+def _distance(mask: np.ndarray) -> np.ndarray:
+    """An octagonal distance to the background (the mean of the chessboard and city-block chamfer distances,
+    within 8 % of the Euclidean): 5x faster than scipy's exact transform, and seeds need no more."""
+    chess = ndi.distance_transform_cdt(mask, metric="chessboard")
+    block = ndi.distance_transform_cdt(mask, metric="taxicab")
+    return (chess + block).astype(np.float32) * np.float32(0.5)
+
+
+def _split_cells(mask: np.ndarray, distance: np.ndarray, params: FindParams, work_um: float) -> _Split:
+    """The cells of a mask at the working scale, touching cells split apart.
+
+    One watershed of the whole field's distance transform (scipy's ``watershed_ift``), flooded from seeds:
+    the maxima of the distance within a smallest cell's radius, at least three quarters of that radius deep
+    (a cell's centre). Two neighbouring pieces are merged again unless both centres stand at least
+    ``SEED_DEPTH`` smallest-cell radii above the highest point of their contact (the h-maxima rule: one ragged
+    cell has shallow dips between its maxima, two round cells touching a deep neck). Then each piece is judged:
+    smaller than ``min_diameter_um``: debris; larger than ``max_diameter_um`` or, when its area is large for
+    its inscribed radius, less solid than ``min_solidity``: a clump (a group too dense to split, or one large
+    object); both dropped. A region larger than ``CLUMP_CELLS`` of the largest cells is no colony of cells: a clump."""
+    min_radius = params.min_diameter_um / 2 / work_um
+    min_area = np.pi / 4 * (params.min_diameter_um / work_um) ** 2
+    max_area = np.pi / 4 * (params.max_diameter_um / work_um) ** 2
+    rejected: list[tuple[tuple[slice, slice], str]] = []
+    regions, n_regions = ndi.label(mask, structure=np.ones((3, 3), bool))
+    if n_regions == 0:
+        return _Split(np.zeros(mask.shape, np.int32), [], np.zeros((0, 2), np.float32), rejected)
+    region_area = np.bincount(regions.ravel(), minlength=n_regions + 1)
+    too_large = region_area > CLUMP_CELLS * max_area
+    too_large[0] = False
+    peaks = (distance >= ndi.maximum_filter(distance, footprint=_disk(min_radius))) & (distance >= 0.75 * min_radius)
+    peaks &= ~too_large[regions]
+    markers, n_seeds = ndi.label(peaks, structure=np.ones((3, 3), bool))
+    # a region with one seed is one piece; those with more are flooded from their seeds, the deepest first
+    # (a watershed of the inverted distance, scikit-image's; scipy's watershed_ift floods past basins)
+    seeds_in = np.bincount(regions[peaks], minlength=n_regions + 1)
+    seed_of = np.zeros(n_regions + 1, np.int32)
+    seed_of[regions[peaks]] = markers[peaks]
+    pieces = np.where(seeds_in[regions] == 1, seed_of[regions], 0).astype(np.int32)
+    several = seeds_in[regions] > 1
+    if several.any():
+        from skimage.segmentation import watershed
+
+        flooded = watershed(-distance, np.where(several, markers, 0), mask=several)
+        pieces[several] = flooded[several]
+    if n_seeds:
+        height = np.zeros(n_seeds + 1, np.float32)
+        height[markers[peaks]] = distance[peaks]  # a seed's plateau has one height
+        pieces = _merge_shallow(pieces, distance, height, SEED_DEPTH * min_radius)
+    # regions without any seed: smaller than a smallest cell's inscribed disk (debris), or too large (clumps)
+    seeded = np.zeros(n_regions + 1, bool)
+    seeded[regions[pieces > 0]] = True
+    for label, box in enumerate(ndi.find_objects(regions), start=1):
+        if box is not None and not seeded[label]:
+            rejected.append((box, "clump" if too_large[label] else "debris"))
+    n_pieces = int(pieces.max())
+    flat = pieces.ravel()
+    area = np.bincount(flat, minlength=n_pieces + 1)
+    rows, cols = np.indices(mask.shape, dtype=np.float32)
+    cy = np.bincount(flat, rows.ravel(), minlength=n_pieces + 1) / np.maximum(area, 1)
+    cx = np.bincount(flat, cols.ravel(), minlength=n_pieces + 1) / np.maximum(area, 1)
+    inscribed = np.zeros(n_pieces + 1, np.float32)
+    np.maximum.at(inscribed, flat[flat > 0], distance.ravel()[flat > 0])
+    keep = np.zeros(n_pieces + 1, np.int32)
+    boxes: list[tuple[slice, slice]] = []
+    region_of = np.zeros(n_pieces + 1, np.int32)
+    region_of[pieces] = regions
+    not_kept: dict[int, list[tuple[tuple[slice, slice], str]]] = {}  # by region
+    for label, box in enumerate(ndi.find_objects(pieces), start=1):
+        if box is None:
+            continue
+        why = ""
+        if area[label] < min_area:
+            why = "debris"
+        elif area[label] > max_area:
+            why = "clump"
+        elif area[label] > 1.6 * np.pi * inscribed[label] ** 2:  # not round: is it solid?
+            from skimage.morphology import convex_hull_image
+
+            hull = convex_hull_image(pieces[box] == label)
+            if area[label] < params.min_solidity * hull.sum():
+                why = "clump"
+        if why:
+            not_kept.setdefault(int(region_of[label]), []).append((box, why))
+        else:
+            boxes.append(box)
+            keep[label] = len(boxes)
+    region_boxes = ndi.find_objects(regions)
+    kept_regions = set(region_of[np.nonzero(keep)[0]].tolist())
+    for region, parts in not_kept.items():
+        box = region_boxes[region - 1]
+        if region not in kept_regions and any(why == "clump" for _, why in parts) and box is not None:
+            rejected.append((box, "clump"))  # nothing of it kept: one clump, however it was cut
+        else:
+            rejected.extend(parts)
+    kept = np.nonzero(keep)[0]
+    centroids = np.stack([cy[kept], cx[kept]], axis=1).astype(np.float32).reshape(-1, 2)
+    return _Split(keep[pieces], boxes, centroids, rejected)
+
+
+def _merge_shallow(pieces: np.ndarray, distance: np.ndarray, height: np.ndarray, depth: float) -> np.ndarray:
+    """Pieces of a watershed merged where the contact between two is less than ``depth`` below the lower of
+    their seeds' heights: the contact's height is the highest distance along their common border."""
+    pairs = []
+    for a, b, da, db in (
+        (pieces[:, :-1], pieces[:, 1:], distance[:, :-1], distance[:, 1:]),
+        (pieces[:-1, :], pieces[1:, :], distance[:-1, :], distance[1:, :]),
+    ):
+        at = (a != b) & (a > 0) & (b > 0)
+        lo, hi = np.minimum(a[at], b[at]), np.maximum(a[at], b[at])
+        pairs.append((lo, hi, np.minimum(da[at], db[at])))
+    lo = np.concatenate([p[0] for p in pairs]).astype(np.int64)
+    hi = np.concatenate([p[1] for p in pairs]).astype(np.int64)
+    contact = np.concatenate([p[2] for p in pairs])
+    if not len(lo):
+        return pieces
+    key = lo * len(height) + hi
+    order = np.lexsort((contact, key))  # by pair, the highest contact last
+    key, contact = key[order], contact[order]
+    last = np.r_[key[1:] != key[:-1], True]
+    key, contact = key[last], contact[last]
+    lo, hi = key // len(height), key % len(height)
+    if not (np.minimum(height[lo], height[hi]) - contact < depth).any():
+        return pieces
+    parent = np.arange(len(height))
+    top = height.astype(np.float64).tolist()  # each group's highest seed
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    # the merge tree, the highest contacts first: a group's height is its highest seed's, so a shallow dip
+    # joins its spur to one cell and never, through it, two cells that touch
+    for k in np.argsort(-contact, kind="stable").tolist():
+        ra, rb = root(int(lo[k])), root(int(hi[k]))
+        if ra != rb and min(top[ra], top[rb]) - float(contact[k]) < depth:
+            parent[max(ra, rb)] = min(ra, rb)
+            top[min(ra, rb)] = max(top[ra], top[rb])
+    roots = np.array([root(i) for i in range(len(height))])
+    _, lut = np.unique(roots, return_inverse=True)  # label 0 stays 0 (its own root, the smallest)
+    return lut.astype(np.int32)[pieces]
 
 
 def cell_mask(crop: np.ndarray, um_per_px: float) -> np.ndarray | None:
