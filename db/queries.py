@@ -215,6 +215,7 @@ class CellRow:
     score: float
     probs: list[float]
     flags: str
+    outline: list[float] | None = None  # x0, y0, x1, y1, ... in its image's pixels (None: its box is all there is)
 
     @property
     def box(self) -> tuple[int, int, int, int]:
@@ -242,7 +243,7 @@ def batch_cells(
 
 def _cell_row(c: Cell, file: str, page: int) -> CellRow:
     return CellRow(
-        c.id, c.image_id, file, page, c.idx, c.x, c.y, c.w, c.h, c.predicted, c.score, list(c.probs), c.flags
+        c.id, c.image_id, file, page, c.idx, c.x, c.y, c.w, c.h, c.predicted, c.score, list(c.probs), c.flags, c.outline
     )
 
 

@@ -18,6 +18,7 @@ from skimage.draw import ellipse
 from skimage.measure import regionprops
 from sqlalchemy import select
 
+from db import queries
 from db.schema import Cell
 from lsm_core.imaging.calibration import CalibrationSource
 from lsm_core.imaging.shape import (
@@ -32,7 +33,7 @@ from lsm_core.lab import batches, cell_labels
 from lsm_core.lab.worker import Worker
 from lsm_core.reports import compare
 from lsm_core.reports.methods import methods_paragraphs
-from lsm_core.reports.report import workbook
+from lsm_core.reports.report import field_figure, workbook
 from lsm_core.reports.results import load_results, sizes_caption
 from lsm_core.reports.stats import size_mixed_model
 from tests.helpers import field_file
@@ -148,6 +149,7 @@ def test_sizes_are_stored_exported_shown_reviewed_and_compared(history):
         book_default = load_workbook(io.BytesIO(workbook(s, default, 0.0)), read_only=True)
         rows_default = list(book_default["cells"].iter_rows(values_only=True))
         compared = compare.build(s, ids, by="sex")
+        listed = queries.batch_cells(s, ids[0], limit=1000)
         methods = dict(methods_paragraphs(s, compared))
     # synthetic cells are 5-16 um across (lsm_core.imaging.synthetic)
     assert view.diameter is not None and np.isfinite(view.diameter).all() and len(view.diameter) == len(stored)
@@ -166,6 +168,13 @@ def test_sizes_are_stored_exported_shown_reviewed_and_compared(history):
     assert tested.test.startswith("Mann-Whitney") and tested.mice == 4
     assert compared.size_model["term"].tolist() == ["M vs F"]
     assert "linear mixed model" in methods["Cell size"] and f"{compared.sized_cells:,} cells" in methods["Cell size"]
+    # the field of view draws each cell's outline, not its box
+    assert all(c.outline for c in listed)
+    figure = field_figure(np.zeros((768, 768), np.float32), listed, list(view.report.classes), 0.0)
+    drawn = [t for t in figure.data if getattr(t, "mode", None) == "lines"]
+    xs = [x for t in drawn for x in t.x if x is not None]
+    expected = [v for c in listed for v in [*c.outline[0::2], c.outline[0]]]
+    assert sorted(xs) == pytest.approx(sorted(expected))
     queued = cell_labels.queue(lab, [ids[0], default], "ana")
     by_batch = {q.batch_id: q for q in queued}
     assert by_batch[ids[0]].diameter_um is not None and by_batch[ids[0]].circularity is not None

@@ -26,7 +26,7 @@ from db.schema import Batch, Cell, Image, Model, SaliencyRun
 from lsm_core.errors import LsmError
 from lsm_core.imaging.calibration import CalibrationSource, resolve
 from lsm_core.imaging.cells import TINY_CELL_UM, calibration_doubt
-from lsm_core.imaging.shape import sizes_known
+from lsm_core.imaging.shape import outline_array, sizes_known
 from lsm_core.lab.blobs import BlobStore
 from lsm_core.lab.cell_labels import agreement
 from lsm_core.ml.shift import summary as shift_summary
@@ -520,6 +520,18 @@ def probability_figure(pred: np.ndarray, probs: np.ndarray, classes: list[str], 
     return fig
 
 
+def outline_ring(c: queries.CellRow) -> tuple[list[float | None], list[float | None]]:
+    """The closed path (xs, ys, ending in None: plotly's break between shapes) around a cell: its outline, else
+    its box."""
+    outline = outline_array(c.outline)
+    if outline is None:
+        x0, y0, x1, y1 = c.x, c.y, c.x + c.w, c.y + c.h
+        return [x0, x1, x1, x0, x0, None], [y0, y0, y1, y1, y0, None]
+    xs: list[float | None] = [float(v) for v in outline[:, 0]]
+    ys: list[float | None] = [float(v) for v in outline[:, 1]]
+    return [*xs, xs[0], None], [*ys, ys[0], None]
+
+
 def field_figure(
     pixels: np.ndarray,
     cells: list[queries.CellRow],
@@ -529,7 +541,8 @@ def field_figure(
     editable: bool = False,
     dropped: list[list] | None = None,
 ) -> go.Figure:
-    """The field of view with each cell's box coloured by predicted class, its score on hover (Figure 6A).
+    """The field of view with each cell's outline (its box where it has none: a cell added by hand, or classified
+    before outlines were stored) coloured by predicted class, its score on hover (Figure 6A).
 
     ``dropped``: the objects cell finding did not keep (``[x, y, w, h, why]``, why ``clump`` or ``debris``;
     :attr:`db.queries.ImageAccount.dropped_boxes`), drawn as dashed outlines, one trace per reason, saying why.
@@ -556,9 +569,9 @@ def field_figure(
                 continue
             xs, ys = [], []
             for c in mine:
-                x0, y0, x1, y1 = c.x, c.y, c.x + c.w, c.y + c.h
-                xs += [x0, x1, x1, x0, x0, None]
-                ys += [y0, y0, y1, y1, y0, None]
+                ring = outline_ring(c)
+                xs += ring[0]
+                ys += ring[1]
             fig.add_trace(
                 go.Scatter(
                     x=xs,
