@@ -179,3 +179,20 @@ def test_sizes_are_stored_exported_shown_reviewed_and_compared(history):
     by_batch = {q.batch_id: q for q in queued}
     assert by_batch[ids[0]].diameter_um is not None and by_batch[ids[0]].circularity is not None
     assert by_batch[default].diameter_um is None and by_batch[default].circularity is not None
+
+
+def test_an_outline_maps_into_the_crop_cut_around_its_cell():
+    """Saliency's "mass inside the cell" reads the cell's own outline in its crop (cells.cut_crops' geometry)."""
+    from lsm_core.imaging.cells import FindParams, cut_crops
+    from lsm_core.imaging.shape import mask_in_crop
+
+    image = np.zeros((120, 120), np.float32)
+    yy, xx = np.mgrid[:120, :120]
+    image[(xx - 50) ** 2 + (yy - 47) ** 2 <= 10**2] = 1.0  # a bright disk of radius 10 at (50, 47)
+    outline = circle(10.0, centre=(50.0, 47.0))
+    box = (40, 37, 21, 21)
+    params = FindParams(pixel_size_um=0.5, crop_um=32.0, output_size=32)  # 64 image pixels resized to 32
+    crop = cut_crops(image, np.array([[box[0] + box[2] / 2 - 0.5, box[1] + box[3] / 2 - 0.5]]), params)[0]
+    mask = mask_in_crop(outline, box, params.crop_px, params.output_size)
+    assert mask.shape == (32, 32) and mask.sum() == pytest.approx(np.pi * 5**2, rel=0.15)
+    assert (crop[mask] > 0.5).mean() > 0.9 and (crop[~mask] > 0.5).mean() < 0.05  # the mask lies on the disk

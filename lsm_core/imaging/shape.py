@@ -148,3 +148,19 @@ def size_words(diameter_um: float | None, circularity: float | None) -> str:
         return "size: no outline (a single-cell crop, or classified before outlines were measured)"
     size = f"{diameter_um:.1f} µm across" if diameter_um is not None else "size unknown (no pixel size stated)"
     return f"size: {size} · circularity {circularity:.2f}"
+
+
+def mask_in_crop(outline: np.ndarray, box: tuple[int, int, int, int], crop_px: int, size: int) -> np.ndarray:
+    """A cell's outline (image pixels) as a mask (size, size) bool of the crop cut around its box's centre
+    (:func:`lsm_core.imaging.cells.cut_crops`: ``crop_px`` image pixels a side, resized to ``size``): what lies
+    inside the cell in that crop, for saliency's "mass inside the cell"."""
+    from skimage.draw import polygon2mask
+
+    x, y, w, h = box
+    cx, cy = x + w / 2 - 0.5, y + h / 2 - 0.5
+    top, left = int(round(cy - crop_px / 2 + 0.5)), int(round(cx - crop_px / 2 + 0.5))
+    scale = size / crop_px
+    p = np.asarray(outline, np.float64)
+    rows = (p[:, 1] - top + 0.5) * scale - 0.5
+    cols = (p[:, 0] - left + 0.5) * scale - 0.5
+    return polygon2mask((size, size), np.stack([rows, cols], axis=1))

@@ -26,7 +26,7 @@ from db.schema import Batch, Cell, Image, Model, SaliencyRun
 from lsm_core.errors import LsmError
 from lsm_core.imaging.calibration import CalibrationSource, resolve
 from lsm_core.imaging.cells import TINY_CELL_UM, calibration_doubt
-from lsm_core.imaging.shape import outline_array, sizes_known
+from lsm_core.imaging.shape import mask_in_crop, outline_array, sizes_known
 from lsm_core.lab.blobs import BlobStore
 from lsm_core.lab.cell_labels import agreement
 from lsm_core.ml.shift import summary as shift_summary
@@ -958,7 +958,13 @@ def saliency_gallery(
         by_class[cls] = members[:per_class]
         shares = []
         for i in by_class[cls]:
-            mask = cell_mask(crops[i], um_per_px) if crops[i].shape == view.maps.shape[1:] else None
+            mask = None
+            outline = outline_array(view.cells[i].outline)
+            if outline is not None:  # the cell's own outline, mapped into its crop
+                mask = mask_in_crop(outline, view.cells[i].box, params.crop_px, view.maps.shape[1])
+                mask = mask if mask.any() else None
+            elif crops[i].shape == view.maps.shape[1:]:  # none stored: traced in the crop
+                mask = cell_mask(crops[i], um_per_px)
             if mask is not None:
                 shares.append(float(mass_inside(view.maps[i : i + 1], mask[None])[0]))
         shares = [v for v in shares if np.isfinite(v)]
