@@ -42,7 +42,12 @@ def test_the_methods_text_says_what_was_done_with_the_numbers_of_this_comparison
     lab, s, c, ids = compared
     text = methods_text(s, c)
     sections = [h for h, _ in methods_paragraphs(s, c)]
-    assert sections == ["Images and cell finding", "Classification", "Counting", "Statistics", "Notes", "Software"]
+    assert sections == [
+        *("Images and cell finding", "Classification", "Counting", "Statistics", "Cell size", "Notes", "Software")
+    ]
+    # cell size: the fields' cells, at the pixel size set for them (the crops have no outline)
+    size = dict(methods_paragraphs(s, c))["Cell size"]
+    assert f"({c.sized_cells:,} cells)" in size and c.sized_cells > 0 and "random intercept per mouse" in size
     model = s.query(Model).filter_by(name="tiny-lsm").one()
     # the model, its version and weights, its crop and calibration
     assert f"model tiny-lsm version {model.version}" in text and model.weights_sha256 in text
@@ -70,7 +75,9 @@ def test_the_workbook_carries_the_methods_and_a_demo_model_is_said_unpublishable
 
     lab, s, c, ids = compared
     book = openpyxl.load_workbook(io.BytesIO(compare.workbook(s, c)))
-    assert book.sheetnames == ["per_mouse", "groups", "tests", "odds_model", "methods", "cells"]
+    assert book.sheetnames == [
+        *("per_mouse", "groups", "tests", "odds_model", "size_tests", "size_model", "methods", "cells")
+    ]
     rows = list(book["methods"].iter_rows(values_only=True))
     assert rows[0] == ("section", "text") and [r[0] for r in rows[1:]] == [h for h, _ in methods_paragraphs(s, c)]
     s.query(Model).filter_by(name="tiny-lsm").one().demo = True
