@@ -10,15 +10,6 @@ import pytest
 # spawning a pool for each of the hundreds of short worker runs would only cost time.
 os.environ.setdefault("LSM_PREP_WORKERS", "0")
 
-# pytest-xdist (pytest.ini: ``-n 2``) runs the tests in worker processes side by side: torch's own threads in
-# each are its share of the cores, not all of them (two workers each spinning two threads on two cores ran
-# slower than one thread each). Only torch's, in the worker itself: numpy's BLAS and the processes a test
-# starts keep their defaults (tests/test_prepare.py checks that a preparation process limits its own BLAS).
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    import torch
-
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
-
 
 @pytest.fixture(autouse=True)
 def _main_module_kept():
