@@ -24,7 +24,6 @@ from lsm_core.imaging.calibration import CalibrationSource
 from lsm_core.imaging.shape import (
     outline_array,
     outline_list,
-    outlines_from_labels,
     shape_of,
     size_words,
     sizes_known,
@@ -65,15 +64,23 @@ def test_the_measures_of_exact_figures():
     assert shape_of(np.array([[0, 0], [1, 1], [2, 2]], float), 1.0) is None  # no area
 
 
-def test_outlines_traced_from_labels_measure_as_scikit_image_does():
+def test_outlines_of_cells_found_measure_as_scikit_image_does():
+    """The outlines the finder gives (here of cells whose labels are given: CellCrops.labels) measured as
+    regionprops measures the same masks; a cell of a single-cell crop and cells without masks have none."""
+    from lsm_core.imaging.cells import CellCrops
+    from lsm_core.imaging.shape import outlines_of
+
     labels = np.zeros((200, 200), np.int32)
     rr, cc = ellipse(100, 90, 40, 20, rotation=0.5)
     labels[rr, cc] = 1
     rr, cc = ellipse(30, 30, 12, 12)
-    labels[rr, cc] = 3  # label 2 has no pixels
-    outlines = outlines_from_labels(labels, 1, 3)
-    assert outlines[1] is None and outlines[0] is not None and outlines[2] is not None
-    for outline, region in zip([outlines[0], outlines[2]], regionprops(labels)):
+    labels[rr, cc] = 2
+    found = CellCrops(np.zeros((2, 8, 8), np.float32), np.zeros((2, 4), np.int32), np.zeros((2, 2)), ["", "edge"])
+    found.labels = labels
+    outlines = outlines_of(found)
+    assert len(outlines) == 2 and all(o is not None for o in outlines)
+    for outline, region in zip(outlines, regionprops(labels)):
+        assert outline is not None
         s = shape_of(outline, 1.0)
         assert s is not None
         assert s.area_um2 == pytest.approx(region.area, rel=0.02)
@@ -81,11 +88,13 @@ def test_outlines_traced_from_labels_measure_as_scikit_image_does():
         xs, ys = outline[:, 0], outline[:, 1]
         r0, c0, r1, c1 = region.bbox
         assert c0 - 1 <= xs.min() and xs.max() <= c1 and r0 - 1 <= ys.min() and ys.max() <= r1
-    # at a coarser label grid the outline is in the image's pixels
-    coarse = outlines_from_labels(labels[::4, ::4], 4, 3)[0]
-    assert coarse is not None and shape_of(coarse, 1.0).area_um2 == pytest.approx(regionprops(labels)[0].area, rel=0.1)
     assert outline_array(outline_list(outlines[0])) == pytest.approx(outlines[0], abs=0.051)
     assert outline_array(None) is None and outline_array([1.0, 2.0]) is None
+    single = CellCrops(np.zeros((1, 8, 8), np.float32), np.zeros((1, 4), np.int32), np.zeros((1, 2)), ["single"])
+    single.labels = np.ones((8, 8), np.int32)
+    assert outlines_of(single) == [None]
+    bare = CellCrops(np.zeros((1, 8, 8), np.float32), np.zeros((1, 4), np.int32), np.zeros((1, 2)), [""])
+    assert outlines_of(bare) == [None]
 
 
 def test_sizes_need_a_stated_pixel_size():

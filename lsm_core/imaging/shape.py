@@ -1,12 +1,13 @@
 """Each cell's size and shape from its outline: area, equivalent diameter, perimeter, circularity, eccentricity.
 
 An outline is a closed polygon, (K, 2) float (x, y) vertices in the image's pixels (:func:`outlines_of` gives
-one per cell found). The measures are the polygon's own (Green's theorem: area and second moments exactly, no
-rasterising): area (µm²), the diameter of the circle of that area (µm), perimeter (µm), circularity
-4πA/P² (1 for a circle, lower for ragged or elongated outlines) and eccentricity of the ellipse of the same
-second moments (0 for a circle, towards 1 for an elongated cell), as scikit-image's ``regionprops`` defines
-them. Sizes are in micrometres at the pixel size the cells were found at; where that was only the model's
-default (nobody stated the microscope's), a size is unknown (:func:`sizes_known`), never a number in a wrong unit.
+one per cell found, from the finder's ``CellCrops.outlines``). The measures are the polygon's own (Green's
+theorem: area and second moments exactly, no rasterising): area (µm²), the diameter of the circle of that
+area (µm), perimeter (µm), circularity 4πA/P² (1 for a circle, lower for ragged or elongated outlines) and
+eccentricity of the ellipse of the same second moments (0 for a circle, towards 1 for an elongated cell), as
+scikit-image's ``regionprops`` defines them. Sizes are in micrometres at the pixel size the cells were found
+at; where that was only the model's default (nobody stated the microscope's), a size is unknown
+(:func:`sizes_known`), never a number in a wrong unit.
 """
 
 from __future__ import annotations
@@ -94,40 +95,14 @@ def outline_array(stored: list[float] | None) -> np.ndarray | None:
     return np.asarray(stored, np.float32).reshape(-1, 2)
 
 
-def outlines_from_labels(small: np.ndarray, factor: int, n: int) -> list[np.ndarray | None]:
-    """Outlines (K, 2) (x, y) in the image's pixels of cells 1..n of a label image found at ``factor`` image pixels
-    per label pixel: each cell's longest contour at level 0.5 (marching squares), simplified to within half a label
-    pixel. None for a label with no pixels."""
-    from scipy import ndimage as ndi
-    from skimage.measure import approximate_polygon, find_contours
-
-    out: list[np.ndarray | None] = [None] * n
-    for i, where in enumerate(ndi.find_objects(small, max_label=n)):
-        if where is None:
-            continue
-        r0, c0 = where[0].start, where[1].start
-        mask = np.pad(small[where] == i + 1, 1).astype(np.float32)
-        contours = find_contours(mask, 0.5)
-        if not contours:
-            continue
-        contour = approximate_polygon(max(contours, key=len), tolerance=0.5)[:-1]  # (row, col), closed: drop the repeat
-        rows = contour[:, 0] + r0 - 1
-        cols = contour[:, 1] + c0 - 1
-        out[i] = np.stack([(cols + 0.5) * factor - 0.5, (rows + 0.5) * factor - 0.5], axis=1).astype(np.float32)
-    return out
-
-
 def outlines_of(found: CellCrops) -> list[np.ndarray | None]:
-    """One outline per cell found (None for a single-cell crop: its box is all there is): the finder's own at the
-    image's resolution where it gives them (``CellCrops.outlines``), else traced from its label image."""
-    given = getattr(found, "outlines", None)
-    if given is not None and len(given) == len(found):
-        return [None if flag == "single" else o for o, flag in zip(given, found.flags)]
-    masks = found.masks
-    if masks is None or not len(found):
+    """One outline per cell found, at the image's resolution (``CellCrops.outlines``); None for a single-cell crop
+    (its box, or a cell traced inside a resized crop, is no outline in the image) and for cells found without
+    masks."""
+    given = found.outlines
+    if len(given) != len(found):
         return [None] * len(found)
-    traced = outlines_from_labels(masks.small, masks.factor, len(found))
-    return [None if flag == "single" else o for o, flag in zip(traced, found.flags)]
+    return [None if flag == "single" else o for o, flag in zip(given, found.flags)]
 
 
 def measured(found: CellCrops, um_per_px: float) -> list[tuple[list[float] | None, CellShape | None]]:

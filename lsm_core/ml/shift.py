@@ -1,13 +1,12 @@
 """Is a batch like the cells the model learnt from? Its cells' penultimate-layer features against the model's own.
 
 At training (:func:`lsm_core.ml.train.train_and_register`) the features the network computes just before its
-last linear layer are summarised for the model: their mean and spread over the training cells, and, over the
-held-out validation cells, how far from that mean a cell of the model's own kind lies (the 99th percentile of
-their distances: the *threshold*). Classification measures each cell's distance the same way
+last linear layer are summarised for the model over its training cells, and, over the held-out validation
+cells, how far from that summary a cell of the model's own kind lies (the 99th percentile of their distances:
+the *threshold*). Classification measures each cell's distance the same way
 (:class:`lsm_core.ml.predict.Predictor`), and a batch's *shift score* is the share of its cells beyond the
-threshold: about 1% for cells like the held-out ones, most cells for cells from another microscope, stain,
-magnification or cell type. The verdict (:func:`assess`) reads the score's 95% lower bound, so a handful of
-cells never cries shift: ``none`` under 5%, ``moderate`` from 5%, ``strong`` from 25%.
+threshold (:mod:`lsm_core.reports.shift` gives the verdict): about 1% for cells like the held-out ones, most
+cells for cells from another microscope, stain, magnification or cell type.
 
 The distance is a Mahalanobis distance in the features' principal components: the training cells' features are
 centred, their first :data:`COMPONENTS` principal components whitened (each divided by its spread); the distance
