@@ -451,7 +451,6 @@ def _print_metrics(m: dict) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from lsm_core.imaging.cells import FindParams
     from lsm_core.ml.datasets import LabelledData, from_paths
     from lsm_core.ml.models import check_name
     from lsm_core.ml.predict import choose_device
@@ -475,7 +474,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         gate = parse_gate(args.gate, args.task)  # refused before the lab is opened or anything is read
     lab = _require_admin("train models")
-    params = FindParams(output_size=args.input_size)  # the same 12.8 um square, sampled at --input-size pixels
+    config = TrainConfig(
+        architecture=args.arch,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        backbone_lr_factor=0.01 if args.imagenet else 1.0,
+        seed=args.seed,
+        keep_size=args.keep_size,
+    )
+    params = config.find_params(args.input_size)  # the same 12.8 um square, sampled at --input-size pixels
     parts = [from_paths(args.data, args.task, params)] if args.data else []
     if gate is not None:
         from lsm_core.lab.training_data import from_gate
@@ -513,14 +521,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     _log(
         f"training data: {len(data.labels):,} cells from {len(data.sources):,} images: "
         + ", ".join(f"{c} {n}" for c, n in data.class_counts.items())
-    )
-    config = TrainConfig(
-        architecture=args.arch,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        backbone_lr_factor=0.01 if args.imagenet else 1.0,
-        seed=args.seed,
     )
     device = choose_device(args.device or lab.settings.device)
 
@@ -905,6 +905,13 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of the head")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--input-size", type=int, default=64)
+    p.add_argument(
+        "--keep-size",
+        action="store_true",
+        help="single-cell crops keep the cell's size (cut as the crop's micrometres around their centre at the "
+        "image's calibration) instead of being resized to fill the input: size becomes a signal the network sees; "
+        "the model keeps cutting them so when it classifies",
+    )
     p.add_argument(
         "--patience", type=int, default=5, help="stop after this many epochs without a better validation loss"
     )

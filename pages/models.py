@@ -198,6 +198,16 @@ with tabs[1]:
         batch_size = c[1].number_input("Batch size", 8, 4096, 512)
         lr = c[2].number_input("Learning rate (head)", 1e-6, 1.0, 5e-4, format="%.5f")
         seed = c[3].number_input("Seed", 0, 2**31 - 1, 0)
+        keep_size = st.checkbox(
+            "Single-cell crops keep the cell's size",
+            help=(
+                "Cut each single-cell image as the model's square of micrometres around its centre, at the image's "
+                "calibration, instead of resizing it to fill the input: the network then sees each cell's size "
+                "(cells in fields of view keep it either way). Use it when the single-cell crops are cut tightly "
+                "around cells of different sizes and their pixel size is known; the model is given its cells the "
+                "same way when it classifies."
+            ),
+        )
         upload = st.file_uploader(
             "Labelled ZIP (folders named after the classes)", type=None, accept_multiple_files=True, key="train_zip"
         )
@@ -239,6 +249,7 @@ with tabs[1]:
                 "batch_size": int(batch_size),
                 "lr": float(lr),
                 "seed": int(seed),
+                "keep_size": bool(keep_size),
             }
             gated = {"batches": gated_batches, "rule": gate_rule}
             job_id = train.submit(

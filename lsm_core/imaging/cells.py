@@ -14,8 +14,9 @@ cells are found by local contrast, not by brightness:
 6. each cell's crop is a square of ``crop_um`` micrometres centred on the cell, cut from the original
    image and resized to the model's input; a cell whose box touches the image edge is flagged ``edge``.
 
-An image no larger than about one crop is taken as a single-cell crop and passes through whole (flag
-``single``).
+An image no larger than about one crop is taken as a single-cell crop (flag ``single``) and passes through
+whole, resized to fill the input; or, for a model trained to see each cell's size (``keep_size``), is cut as one
+``crop_um`` square around its centre at the image's calibration, as a field's cells are.
 
 All thresholds are in micrometres and scale with ``pixel_size_um``, the microscope's calibration.
 Results do not depend on the image's grey scale (8-bit, 12-bit in 16, float).
@@ -60,6 +61,10 @@ class FindParams:
     # where pixel_size_um came from (lsm_core.imaging.calibration), said when no cell is found (no_cells_note)
     pixel_size_source: CalibrationSource = CalibrationSource.MODEL_DEFAULT
     modality: str = "auto"  # dic, brightfield, phase, or auto (see MODALITIES)
+    # a single-cell crop keeps its cell's size: cut as a ``crop_um`` square around its centre at the image's
+    # calibration (padded with its background level), as a field's cells are, instead of resized whole to fill
+    # the input (which makes every cell the same size to the network); a model records it (keeps_size)
+    keep_size: bool = False
 
     def __post_init__(self) -> None:
         if not (self.pixel_size_um > 0 and np.isfinite(self.pixel_size_um)):
@@ -74,9 +79,12 @@ class FindParams:
         """Settings for a model (a manifest or a Model row): its crop, in micrometres, sampled at its input size,
         at ``calibration`` (the microscope's, :func:`lsm_core.imaging.calibration.resolve`; None: the pixel size
         the model was trained at); cells found as ``modality`` shows them (None: auto)."""
-        return cls(crop_um=model.crop_um, output_size=model.input_size, modality=modality or "auto").at(
-            calibration or resolve(model_default=model.pixel_size_um)
-        )
+        return cls(
+            crop_um=model.crop_um,
+            output_size=model.input_size,
+            modality=modality or "auto",
+            keep_size=keeps_size(model),
+        ).at(calibration or resolve(model_default=model.pixel_size_um))
 
     @property
     def calibration(self) -> Calibration:
@@ -373,6 +381,25 @@ def _resize(patch: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(im.resize((size, size), method), dtype=np.float32)
 
 
+def _square(image: np.ndarray) -> np.ndarray:
+    """The image padded to a square with its median (its background level), centred."""
+    h, w = image.shape
+    if h == w:
+        return image
+    side = max(h, w)
+    square = np.full((side, side), float(np.median(image)), np.float32)
+    y0, x0 = (side - h) // 2, (side - w) // 2
+    square[y0 : y0 + h, x0 : x0 + w] = image
+    return square
+
+
+def keeps_size(model) -> bool:
+    """Whether a model (a manifest or a Model row) was trained on single-cell crops that keep the cell's size
+    (its recipe's ``keep_size``, :class:`lsm_core.ml.train.TrainConfig`); models trained before it did not."""
+    recipe = (getattr(model, "training", None) or {}).get("recipe") or {}
+    return bool(recipe.get("keep_size", False)) if isinstance(recipe, dict) else False
+
+
 def _bin(image: np.ndarray, factor: int) -> np.ndarray:
     if factor == 1:
         return image
@@ -500,20 +527,18 @@ def find_cells(image: np.ndarray, params: FindParams | None = None) -> CellCrops
         if small.size == 0:  # a strip thinner than one working pixel: no cell fits
             return CellCrops.empty(params.output_size)
     if single:
-        side = max(h, w)
-        square = image
-        if h != w:  # pad to a square with the background level
-            square = np.full((side, side), float(np.median(image)), np.float32)
-            y0, x0 = (side - h) // 2, (side - w) // 2
-            square[y0 : y0 + h, x0 : x0 + w] = image
+        centre = np.array([[(w - 1) / 2, (h - 1) / 2]], np.float32)
+        if params.keep_size:  # the crop's micrometres around the centre: the cell keeps its size
+            crop = cut_crops(image, centre, params)
+        else:  # the whole image, padded to a square with its background level, resized to fill the input
+            crop = _resize(_square(image), params.output_size)[None]
         return CellCrops(
-            _resize(square, params.output_size)[None],
+            crop,
             np.array([[0, 0, w, h]], np.int32),
-            np.array([[(w - 1) / 2, (h - 1) / 2]], np.float32),
+            centre,
             ["single"],
             masks=_Masks(image, np.ones((1, 1), np.int32), 1, None, params.pixel_size_um, 5.0, (h, w), single=True),
         )
-
     work_um = params.pixel_size_um * factor
     relief = flatten_background(small, 2 * params.max_diameter_um / work_um)
     noise = _robust_sigma(relief)

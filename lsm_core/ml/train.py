@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from lsm_core.errors import LsmError
+from lsm_core.imaging.cells import FindParams
 from lsm_core.ml import nets
 
 HEAD_NAMES = ("backbone.fc", "backbone.head")
@@ -39,9 +40,18 @@ class TrainConfig:
     seed: int = 0
     augment: bool = True
     balance: bool = True
+    # size as a training signal: single-cell crops are cut at the crop's micrometres around their centre (the
+    # cell keeps its size, as in a field's crops) instead of resized whole to fill the input; the model records
+    # it in its recipe and is given its cells the same way (lsm_core.imaging.cells.keeps_size)
+    keep_size: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def find_params(self, input_size: int = 64) -> FindParams:
+        """How to cut this run's training crops: the default crop (12.8 µm) at ``input_size`` pixels, single-cell
+        crops cut as :attr:`keep_size` says."""
+        return FindParams(output_size=input_size, keep_size=self.keep_size)
 
 
 @dataclass

@@ -20,7 +20,7 @@ import lsm_core
 from db.schema import Batch, Image, Model
 from lsm_core.classes import PAPER_CITATION
 from lsm_core.imaging.calibration import CalibrationSource
-from lsm_core.imaging.cells import FindParams
+from lsm_core.imaging.cells import FindParams, keeps_size
 from lsm_core.reports.comparison import Comparison, batches_of
 from lsm_core.reports.correction import METHOD as CORRECTION_METHOD
 from lsm_core.reports.report import age_text
@@ -109,7 +109,11 @@ def _imaging(s: Session, batch_ids: list[int], models: list[Model]) -> str:
         f"modality: {_listed(modalities)}; objects {params.min_diameter_um:g}-{params.max_diameter_um:g} µm across "
         f"and of solidity at least {params.min_solidity:g} kept, touching cells split) and each was cut as a "
         f"{model.crop_um:.3g} µm square centred on it, resampled to {model.input_size} x {model.input_size} pixels; "
-        "a single-cell crop was taken whole."
+        + (
+            "a single-cell crop was cut as the same square around its centre, so that its cell kept its size."
+            if keeps_size(model)
+            else "a single-cell crop was taken whole, resized to fill that input (its cell's size not kept)."
+        )
     )
     return " ".join(text)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 
 from lsm_core.classes import PAPER_CITATION
+from lsm_core.imaging.cells import keeps_size
 from lsm_core.reports.report import colour, plot_text
 from lsm_core.reports.text import escape_markdown as _md  # the one rule of people's text in Markdown
 
@@ -665,6 +666,12 @@ def model_card_markdown(manifest, lineage: list[str] | None = None) -> str:
         f"- one grey channel, {m.input_size} x {m.input_size} pixels: a {m.crop_um:.3g} µm square centred on the "
         f"cell ({m.crop_um / m.input_size:.4g} µm/px as the network sees it; trained on images at "
         f"{m.pixel_size_um:.4g} µm/px)",
+        "- single-cell crops: "
+        + (
+            "cut as the same square around their centre at the image's calibration (the cell keeps its size)"
+            if keeps_size(m)
+            else "resized whole to fill the input (the cell's size is not seen; a field's cells keep theirs)"
+        ),
         f"- {_md(m.normalisation)}",
         "",
         "## Output",

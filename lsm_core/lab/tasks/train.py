@@ -124,20 +124,25 @@ def run(ctx: Context, payload: dict[str, Any]) -> dict[str, Any]:
     task_name, config = payload["task"], TrainConfig(**payload.get("config", {}))
     # the role again, where the job runs: it may have changed since it was queued
     ctx.read("checking the owner's role", lambda s: accounts.require_admin(ctx.lab, s, ctx.job.owner, "train models"))
+    params = config.find_params()  # how the model will be given its cells: its training crops are cut so
     parts = []
     if payload.get("uploads"):
-        parts.append(labelled_uploads(ctx, payload["uploads"], task_name))
+        parts.append(labelled_uploads(ctx, payload["uploads"], task_name, params))
     if payload.get("batches"):
         labels = {int(k): v for k, v in payload["batches"].items()}
-        parts.append(ctx.read("reading labelled batches", lambda s: from_batches(s, ctx.lab, labels, task_name)))
+        parts.append(
+            ctx.read("reading labelled batches", lambda s: from_batches(s, ctx.lab, labels, task_name, params))
+        )
     if payload.get("gated"):
         ids, rule = [int(b) for b in payload["gated"]["batches"]], payload["gated"]["rule"]
-        parts.append(ctx.read("reading gated batches", lambda s: from_gate(s, ctx.lab, ids, rule, task_name)))
+        parts.append(ctx.read("reading gated batches", lambda s: from_gate(s, ctx.lab, ids, rule, task_name, params)))
     if payload.get("reviewed"):
         reviewed = [int(b) for b in payload["reviewed"]]
-        parts.append(ctx.read("reading reviewed cells", lambda s: from_reviews(s, ctx.lab, reviewed, task_name)))
+        parts.append(
+            ctx.read("reading reviewed cells", lambda s: from_reviews(s, ctx.lab, reviewed, task_name, params))
+        )
     data = LabelledData.concat(parts)
-    test = labelled_uploads(ctx, payload["test_uploads"], task_name) if payload.get("test_uploads") else None
+    test = labelled_uploads(ctx, payload["test_uploads"], task_name, params) if payload.get("test_uploads") else None
 
     def progress(epoch: int, loss: float, vloss: float | None, vacc: float | None) -> None:
         ctx.progress(epoch, result={"epoch": epoch, "train_loss": loss, "val_loss": vloss, "val_accuracy": vacc})
