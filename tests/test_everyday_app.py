@@ -187,3 +187,7 @@ def test_results_of_a_batch_whose_job_failed_say_it_failed_and_why(app_env):
     assert not at.exception
     failure = next(e.value for e in at.error if "classification job" in e.value)
     assert "failed" in failure and "weights" in failure.lower(), failure
+    # members see why, not where the server keeps its files: no directory of the data dir is named
+    plain = failure.replace("\\", "")  # as shown: Markdown's escapes taken off
+    assert str(app_env) not in plain and "/models/" not in plain, plain
+    assert "demo-lsm" in plain, plain

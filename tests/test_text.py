@@ -64,3 +64,16 @@ def test_html_is_written_as_entities_that_every_renderer_shows_as_text():
     rendered = markdown.markdown(out)
     assert "<img" not in rendered and "<b>" not in rendered
     assert "&lt;img" in rendered and "&lt;b&gt;M1" in rendered  # shown as the characters typed
+
+
+def test_a_jobs_error_shown_to_members_names_no_server_directory():
+    """The examples of without_server_paths (a model store's path shortened, ratios and URLs left), and a
+    path of two parts stays whole (it says nothing of the server's layout)."""
+    import doctest
+
+    from lsm_core.reports import text as text_module
+    from lsm_core.reports.text import without_server_paths
+
+    assert doctest.testmod(text_module).failed == 0
+    message = "read /var/lib/lsm/blobs/ab/abcdef: gone; /tmp/x stays; see /a/b/c/d.tif and /e/f/g"
+    assert without_server_paths(message) == "read …/ab/abcdef: gone; /tmp/x stays; see …/c/d.tif and …/f/g"

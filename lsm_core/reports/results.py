@@ -21,6 +21,7 @@ from lsm_core.reports.correction import NO_PROFILE
 from lsm_core.reports.export import reporter_channels
 from lsm_core.reports.report import BatchReport, cell_arrays, cell_sizes, load_report
 from lsm_core.reports.shift import UNKNOWN
+from lsm_core.reports.text import without_server_paths
 
 # the batch's sample metadata as the results view names it, in the order it says it
 FACT_LABELS = (
@@ -147,14 +148,16 @@ def shift_line(report: BatchReport) -> str | None:
 
 
 def job_failure(s: Session, batch_id: int) -> str | None:
-    """Why the batch's newest classification job failed, when its status says failed; None otherwise."""
+    """Why the batch's newest classification job failed, when its status says failed; None otherwise. Shown to
+    members: the server's paths in the error are shortened (:func:`lsm_core.reports.text.without_server_paths`)."""
     job = s.scalars(
         select(Job).where(Job.batch_id == batch_id, Job.kind == "classify").order_by(Job.id.desc()).limit(1)
     ).first()
     if job is None or job.status != JobStatus.FAILED:
         return None
     tries = f" after {job.attempts} attempt{'s' if job.attempts != 1 else ''}" if job.attempts else ""
-    return f"The classification job (job {job.id}) failed{tries}: {job.error or 'no reason was recorded'}"
+    why = without_server_paths(job.error) if job.error else "no reason was recorded"
+    return f"The classification job (job {job.id}) failed{tries}: {why}"
 
 
 def sizes_caption(view: ResultsView) -> str | None:

@@ -35,3 +35,20 @@ def escape_markdown(text: object) -> str:
     """
     joined = _AFTER_ESCAPES.sub(_WORD_JOINER, str(text))
     return _MARKDOWN_PUNCTUATION.sub(lambda m: _ENTITIES.get(m.group(), "\\" + m.group()), joined)
+
+
+# An absolute POSIX path of three or more parts (a server's file: /srv/lsm/models/demo-lsm/1).
+_SERVER_PATH = re.compile(r"(?<![\w.~/-])/(?:[\w.+@-]+/){2,}[\w.+@-]+")
+
+
+def without_server_paths(text: str) -> str:
+    """``text`` with each absolute path of the server shortened to its last two parts (``…/demo-lsm/1``): what a
+    job's error says to the member who reads it on a page, without where the server keeps its files (the worker's
+    log and ``lsm jobs`` keep the whole message for administrators).
+
+    >>> without_server_paths("/srv/lsm/models/demo-lsm/1: the package has no weights.safetensors")
+    '…/demo-lsm/1: the package has no weights.safetensors'
+    >>> without_server_paths("a 1/2/3 ratio and a URL https://example.org/a/b/c stay")
+    'a 1/2/3 ratio and a URL https://example.org/a/b/c stay'
+    """
+    return _SERVER_PATH.sub(lambda m: "…/" + "/".join(m.group(0).rsplit("/", 2)[-2:]), text)
