@@ -38,6 +38,7 @@ from lsm_core.reports.stats import (
     pooled_chi_square,
     size_mixed_model,
     trend,
+    units_of,
 )
 
 FRACTIONS = ("auto", "corrected", "counted")  # what per-mouse tests run on (build's ``fractions``)
@@ -269,10 +270,7 @@ def sized_cells(s: Session, table: pd.DataFrame, classes: list[str]) -> tuple[pd
     unknown) as rows (unit, group, predicted, diameter_um); adds to the per-mouse table each mouse's median
     diameter (``median_diameter_um_all``, and per predicted class) and its sized cells (``sized_cells``).
     Returns the cells and how many were outlined but left unsized for their pixel size."""
-    unit_of: dict[int, int] = {}
-    for row, listed in enumerate(table["batches"]):
-        for b in str(listed).split(","):
-            unit_of[int(b)] = row
+    unit_of = {b: row for row, ids in enumerate(units_of(table)) for b in ids}
     rows = s.execute(
         select(Cell.batch_id, Cell.predicted, Cell.diameter_um, Image.pixel_size_source)
         .join(Image, Image.id == Cell.image_id)
@@ -308,8 +306,7 @@ def shift_per_mouse(s: Session, table: pd.DataFrame, model_of: dict[int, int], m
     levels: list[str] = []
     scores: list[float | None] = []
     warnings: list[str] = []
-    for unit, listed in zip(table["mouse_id"], table["batches"]):
-        ids = [int(b) for b in str(listed).split(",")]
+    for unit, ids, listed in zip(table["mouse_id"], units_of(table), table["batches"]):
         used = {model_of.get(b) for b in ids}
         model = models.get(next(iter(used)) or -1) if len(used) == 1 else None
         shift = assess(feature_distances(s, ids), model.training if model is not None else None)
