@@ -338,6 +338,7 @@ def test_a_mouse_pooled_from_two_batches_keeps_both_batches_cells_in_shift_size_
     its shift from the training data (each cell's distance), its cell sizes (median, sized cells) and its
     corrected fractions pool both batches' cells, and a cell of the second batch that a reviewer said is not a
     cell counts in none of them. The other mice keep their own cells only."""
+    from db import queries
     from db.schema import Batch, Cell, CellLabel, Image, Model
     from lsm_core.ml.shift import SHIFT_KEY
     from lsm_core.reports import compare
@@ -352,7 +353,7 @@ def test_a_mouse_pooled_from_two_batches_keeps_both_batches_cells_in_shift_size_
         model.metrics = {"classes": CLASSES, "confusion_matrix": matrix, "evaluated_on": "t: 300 cells"}
         s.query(Image).filter(Image.batch_id.in_(ids)).update({"pixel_size_source": "user"})
         for n, cell in enumerate(s.query(Cell).filter(Cell.batch_id.in_(ids)).order_by(Cell.id)):
-            cell.feature_distance = 0.5  # every first-session cell near the training cells
+            cell.feature_distance = None if n == 40 else 0.5  # near the training cells; M1's first not measured
             cell.diameter_um = 10.0 if cell.batch_id == ids[0] and n % 8 == 0 else None  # 5 of M0's 40 sized
         first = s.get(Batch, ids[0])
         again = Batch(name="young mouse 0, second session", owner="ana", model_id=model_id, status="done")
@@ -376,6 +377,9 @@ def test_a_mouse_pooled_from_two_batches_keeps_both_batches_cells_in_shift_size_
     bins = stats.parse_bins("young:<6m, middle:6m-18m, aged:>=18m")
     with lab() as s:
         c = compare.build(s, [*ids, second], by="age", bins=bins)
+        read = queries.feature_distances(s, [second, ids[1]])
+        assert queries.feature_distances(s, []) == {}
+    assert read[second] == [2.0] * 9 and sorted(read[ids[1]], key=str) == [0.5] * 39 + [None]
     m0 = c.table[c.table["mouse_id"] == "M0"].iloc[0]
     others = c.table[c.table["mouse_id"] != "M0"]
     assert m0["batches"] == f"{ids[0]}, {second}" and m0["cells"] == 49

@@ -308,19 +308,7 @@ def load_report(s: Session, batch_id: int, threshold: float = 0.0) -> BatchRepor
         app_versions=sorted({im.app_version for im in classified if im.app_version}),
         accounts=queries.image_accounts(s, batch_id, TINY_CELL_UM),
         correction=_corrected(counts_all, classes, model.metrics),
-        shift=assess(feature_distances(s, [batch_id]), model.training),
-    )
-
-
-def feature_distances(s: Session, batch_ids: list[int]) -> list[float | None]:
-    """Every counted cell's distance from its model's training cells (None: not measured) in ``batch_ids``,
-    those reviewers said are not cells left out."""
-    return list(
-        s.scalars(
-            select(Cell.feature_distance).where(
-                Cell.batch_id.in_(batch_ids), Cell.id.not_in(queries.excluded_cells(batch_ids))
-            )
-        )
+        shift=assess(queries.feature_distances(s, [batch_id])[batch_id], model.training),
     )
 
 
