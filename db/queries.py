@@ -383,6 +383,21 @@ def excluded_counts(s: Session, batch_ids: Iterable[int]) -> dict[int, int]:
     return out
 
 
+def feature_distances(s: Session, batch_ids: Iterable[int]) -> dict[int, list[float | None]]:
+    """Per batch, every counted cell's distance from its model's training cells (None: not measured), read in
+    one query; cells that count as not cells (:func:`excluded_cells`) are left out."""
+    ids = list(batch_ids)
+    out: dict[int, list[float | None]] = {i: [] for i in ids}
+    if not ids:
+        return out
+    rows = s.execute(
+        select(Cell.batch_id, Cell.feature_distance).where(Cell.batch_id.in_(ids), Cell.id.not_in(excluded_cells(ids)))
+    )
+    for batch_id, distance in rows:
+        out[batch_id].append(distance)
+    return out
+
+
 def class_counts(s: Session, batch_ids: Iterable[int], threshold: float = 0.0) -> dict[int, dict[str, int]]:
     """Per batch, the number of cells of each predicted class with score >= threshold; cells that count as
     not cells (:func:`excluded_cells`) are left out."""

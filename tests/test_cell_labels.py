@@ -217,7 +217,7 @@ def test_cells_said_not_to_be_cells_count_nowhere_and_every_export_says_what_rev
         assert {k: v for k, v in after.items() if v} == {k: v for k, v in expected.items() if v}
         report = load_report(s, batch_id)
         assert (report.cells_total, report.cells_excluded) == (7, 1)
-        pred, _, _ = cell_arrays(s, batch_id, report.classes)
+        pred = cell_arrays(s, batch_id, report.classes).pred
         assert len(pred) == 7
         assert sum(n for _, _, n, _ in queries.counts_by_age(s, "lsm")) == sum(after.values())
         columns, rows = batch_rows(s, [batch_id])

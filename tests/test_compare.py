@@ -16,6 +16,7 @@ import pytest
 from scipy import stats as sps
 
 from lsm_core.reports import stats
+from lsm_core.reports.comparison import batches_of
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["LT-HSC", "ST-HSC", "MPP"]
@@ -264,7 +265,8 @@ def test_batches_of_one_mouse_are_pooled_into_one_unit_and_a_batch_without_a_mou
     counts |= {3: {"LT-HSC": 4, "ST-HSC": 4, "MPP": 2}, 4: {"LT-HSC": 1, "ST-HSC": 1, "MPP": 1}}
     t = stats.per_mouse(batches, counts, CLASSES)
     assert list(t["mouse_id"].fillna("-")) == ["M1", "M2", "-"] and list(t["batches"]) == ["1, 2", "3", "4"]
-    assert list(t["n_batches"]) == [2, 1, 1]
+    assert list(t["n_batches"]) == [2, 1, 1] and stats.units_of(t) == [[1, 2], [3], [4]]
+    assert batches_of(t) == dict.fromkeys([1, 2, 3, 4]) and stats.units_of(pd.DataFrame()) == []
     assert list(t["unit"]) == ["mouse", "mouse", "batch without a mouse id"]
     first = t.iloc[0]
     assert (first["cells"], first["n_LT-HSC"], first["n_MPP"]) == (40, 10, 20)
@@ -329,6 +331,66 @@ def test_a_comparison_counts_mice_not_batches_and_refuses_a_mouse_counted_twice(
             s.query(Image).filter(Image.batch_id == batch_id).update({"sha256": "ab" * 32})
     with lab() as s, pytest.raises(LsmError, match=f"batches {ids[0]} and {second} of mouse M0 hold the same 1 image"):
         compare.build(s, [*ids, second], by="age", bins=bins)
+
+
+def test_a_mouse_pooled_from_two_batches_keeps_both_batches_cells_in_shift_size_and_correction(history):
+    """Both engines: a mouse of two batches is one unit in every per-mouse column, whichever way it is read:
+    its shift from the training data (each cell's distance), its cell sizes (median, sized cells) and its
+    corrected fractions pool both batches' cells, and a cell of the second batch that a reviewer said is not a
+    cell counts in none of them. The other mice keep their own cells only."""
+    from db import queries
+    from db.schema import Batch, Cell, CellLabel, Image, Model
+    from lsm_core.ml.shift import SHIFT_KEY
+    from lsm_core.reports import compare
+    from lsm_core.reports.correction import ErrorProfile, correct
+
+    lab, _, model_id = history
+    ids = make_six_batches(lab, model_id)
+    matrix = [[70, 20, 10], [15, 70, 15], [5, 25, 70]]
+    with lab.begin() as s:
+        model = s.get(Model, model_id)
+        model.training = {**(model.training or {}), SHIFT_KEY: {"threshold": 1.0, "calibration_cells": 100}}
+        model.metrics = {"classes": CLASSES, "confusion_matrix": matrix, "evaluated_on": "t: 300 cells"}
+        s.query(Image).filter(Image.batch_id.in_(ids)).update({"pixel_size_source": "user"})
+        for n, cell in enumerate(s.query(Cell).filter(Cell.batch_id.in_(ids)).order_by(Cell.id)):
+            cell.feature_distance = None if n == 40 else 0.5  # near the training cells; M1's first not measured
+            cell.diameter_um = 10.0 if cell.batch_id == ids[0] and n % 8 == 0 else None  # 5 of M0's 40 sized
+        first = s.get(Batch, ids[0])
+        again = Batch(name="young mouse 0, second session", owner="ana", model_id=model_id, status="done")
+        again.mouse_id, again.age_days, again.sex, again.strain = "M0", first.age_days, "F", "C57BL/6"
+        s.add(again)
+        s.flush()
+        image = Image(batch_id=again.id, position=0, file="m0-b.png", page=1, done=True, n_cells=10, kind="field")
+        image.pixel_size_source = "user"
+        s.add(image)
+        s.flush()
+        added = [
+            Cell(batch_id=again.id, image_id=image.id, idx=j + 1, x=0, y=0, w=10, h=10, predicted="MPP", score=0.8,
+                 probs=[0.1, 0.1, 0.8], flags="", feature_distance=2.0, diameter_um=30.0)
+            for j in range(10)
+        ]  # fmt: skip
+        s.add_all(added)
+        s.flush()
+        s.add(CellLabel(cell_id=added[0].id, batch_id=again.id, labelled_by="ana", excluded="debris",
+                        predicted="MPP", score=0.8))  # fmt: skip
+        second = again.id
+    bins = stats.parse_bins("young:<6m, middle:6m-18m, aged:>=18m")
+    with lab() as s:
+        c = compare.build(s, [*ids, second], by="age", bins=bins)
+        read = queries.feature_distances(s, [second, ids[1]])
+        assert queries.feature_distances(s, []) == {}
+    assert read[second] == [2.0] * 9 and sorted(read[ids[1]], key=str) == [0.5] * 39 + [None]
+    m0 = c.table[c.table["mouse_id"] == "M0"].iloc[0]
+    others = c.table[c.table["mouse_id"] != "M0"]
+    assert m0["batches"] == f"{ids[0]}, {second}" and m0["cells"] == 49
+    assert m0["shift_score"] == pytest.approx(9 / 49)  # the second session's 9 counted cells lie beyond
+    assert (others["shift_score"] == 0.0).all() and set(others["shift"]) == {"none"}
+    assert m0["sized_cells"] == 5 + 9 and m0["median_diameter_um_all"] == pytest.approx(30.0)
+    assert (others["sized_cells"] == 0).all() and others["median_diameter_um_all"].isna().all()
+    assert c.sized_cells == 14 and c.sizes_unknown == 0
+    profile = ErrorProfile(tuple(CLASSES), np.array(matrix, float), "t")
+    pooled = correct({k: int(m0[f"n_{k}"]) for k in CLASSES}, CLASSES, profile)
+    assert m0["n_MPP"] >= 9 and m0["corrected_MPP"] == pytest.approx(pooled.share("MPP").fraction)
 
 
 def test_mixed_models_are_refused_unless_allowed_and_mixed_pixel_sizes_and_channels_are_said(

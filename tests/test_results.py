@@ -47,3 +47,39 @@ def test_a_batch_deleted_meanwhile_is_refused_with_a_message(history):
     lab, _, _ = history
     with lab() as s, pytest.raises(LsmError, match="no longer exists"):
         load_results(s, 987654, 0.0)
+
+
+def test_each_cells_size_is_read_beside_its_class_score_and_probabilities(history):
+    """Both engines: the size figure pairs ``diameter`` with ``pred`` cell by cell, so the view reads every
+    counted cell's size in the order of its class, score and probabilities (upload order over several images):
+    NaN where the cell has no outline or its image's pixel size was only the model's default (those counted in
+    ``sizes_unknown``), and a cell reviewers said is not a cell is in none of them."""
+    from db.schema import Cell, CellLabel, Image
+    from lsm_core.lab.batches import submit_batch
+    from lsm_core.lab.worker import Worker
+    from tests.helpers import crop_files, field_file
+
+    lab, _, model_id = history
+    sub = submit_batch(lab, [field_file(12), *crop_files(4, seed=3), field_file(13)], model_id, "sizes", owner="ana")
+    assert Worker(lab, device="cpu").run(drain=True) == 1
+    with lab.begin() as s:
+        images = s.query(Image).filter(Image.batch_id == sub.batch_id).order_by(Image.position).all()
+        images[0].pixel_size_source = "user"
+        images[-1].pixel_size_source = "model default"
+        # each cell's size from its score: a size read beside another cell's score would not match
+        cells = s.query(Cell).filter(Cell.batch_id == sub.batch_id).order_by(Cell.id).all()
+        for c in cells:
+            c.diameter_um = None if c.image_id not in (images[0].id, images[-1].id) else 5.0 + 10.0 * c.score
+        s.add(CellLabel(cell_id=cells[0].id, batch_id=sub.batch_id, labelled_by="ana", excluded="debris",
+                        predicted=cells[0].predicted, score=cells[0].score))  # fmt: skip
+        last = sum(1 for c in cells if c.image_id == images[-1].id)
+        first = sum(1 for c in cells[1:] if c.image_id == images[0].id)
+    assert first > 1 and last > 1
+    with lab() as s:
+        view = load_results(s, sub.batch_id, 0.0)
+    n = view.report.cells_total
+    assert view.diameter is not None and view.diameter.shape == (n,) == view.pred.shape
+    known = np.isfinite(view.diameter)
+    assert int(known.sum()) == first and view.sizes_unknown == last
+    assert np.allclose(view.diameter[known], 5.0 + 10.0 * view.score[known], atol=1e-4)
+    assert known[: len(known) - last - 4].all() and not known[-(last + 4) :].any()  # the field first, then 4 crops

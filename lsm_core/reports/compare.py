@@ -23,7 +23,7 @@ from lsm_core.reports.comparison import Comparison, batches_of
 from lsm_core.reports.correction import NO_PROFILE, model_profile
 from lsm_core.reports.export import add_sheet, batch_rows, workbook_bytes
 from lsm_core.reports.methods import methods_paragraphs
-from lsm_core.reports.report import age_text, colour, feature_distances, plot_text
+from lsm_core.reports.report import age_text, colour, plot_text
 from lsm_core.reports.shift import UNKNOWN, assess
 from lsm_core.reports.stats import (
     DAYS_PER_MONTH,
@@ -38,6 +38,7 @@ from lsm_core.reports.stats import (
     pooled_chi_square,
     size_mixed_model,
     trend,
+    units_of,
 )
 
 FRACTIONS = ("auto", "corrected", "counted")  # what per-mouse tests run on (build's ``fractions``)
@@ -269,10 +270,7 @@ def sized_cells(s: Session, table: pd.DataFrame, classes: list[str]) -> tuple[pd
     unknown) as rows (unit, group, predicted, diameter_um); adds to the per-mouse table each mouse's median
     diameter (``median_diameter_um_all``, and per predicted class) and its sized cells (``sized_cells``).
     Returns the cells and how many were outlined but left unsized for their pixel size."""
-    unit_of: dict[int, int] = {}
-    for row, listed in enumerate(table["batches"]):
-        for b in str(listed).split(","):
-            unit_of[int(b)] = row
+    unit_of = {b: row for row, ids in enumerate(units_of(table)) for b in ids}
     rows = s.execute(
         select(Cell.batch_id, Cell.predicted, Cell.diameter_um, Image.pixel_size_source)
         .join(Image, Image.id == Cell.image_id)
@@ -308,11 +306,12 @@ def shift_per_mouse(s: Session, table: pd.DataFrame, model_of: dict[int, int], m
     levels: list[str] = []
     scores: list[float | None] = []
     warnings: list[str] = []
-    for unit, listed in zip(table["mouse_id"], table["batches"]):
-        ids = [int(b) for b in str(listed).split(",")]
+    units = units_of(table)
+    distances = queries.feature_distances(s, [b for ids in units for b in ids])  # one query for every mouse
+    for unit, ids, listed in zip(table["mouse_id"], units, table["batches"]):
         used = {model_of.get(b) for b in ids}
         model = models.get(next(iter(used)) or -1) if len(used) == 1 else None
-        shift = assess(feature_distances(s, ids), model.training if model is not None else None)
+        shift = assess([d for b in ids for d in distances[b]], model.training if model is not None else None)
         levels.append(shift.level)
         scores.append(shift.score)
         if shift.warns:

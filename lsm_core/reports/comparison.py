@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from lsm_core.reports.stats import AgeBin, classes_tested
+from lsm_core.reports.stats import AgeBin, classes_tested, units_of
 
 
 @dataclass
@@ -54,8 +54,5 @@ class Comparison:
 def batches_of(table: pd.DataFrame) -> dict[int, object]:
     """Every batch of a per-mouse table (a unit pools the batches of one mouse: its ``batches``) -> its unit's
     group (None when it is in none)."""
-    out: dict[int, object] = {}
-    for listed, group in zip(table["batches"], table["group"] if "group" in table else [None] * len(table)):
-        for b in str(listed).split(","):
-            out[int(b)] = group
-    return out
+    groups = table["group"] if "group" in table else [None] * len(table)
+    return {b: group for ids, group in zip(units_of(table), groups) for b in ids}

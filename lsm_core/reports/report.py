@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import plotly.graph_objects as go
@@ -308,19 +308,7 @@ def load_report(s: Session, batch_id: int, threshold: float = 0.0) -> BatchRepor
         app_versions=sorted({im.app_version for im in classified if im.app_version}),
         accounts=queries.image_accounts(s, batch_id, TINY_CELL_UM),
         correction=_corrected(counts_all, classes, model.metrics),
-        shift=assess(feature_distances(s, [batch_id]), model.training),
-    )
-
-
-def feature_distances(s: Session, batch_ids: list[int]) -> list[float | None]:
-    """Every counted cell's distance from its model's training cells (None: not measured) in ``batch_ids``,
-    those reviewers said are not cells left out."""
-    return list(
-        s.scalars(
-            select(Cell.feature_distance).where(
-                Cell.batch_id.in_(batch_ids), Cell.id.not_in(queries.excluded_cells(batch_ids))
-            )
-        )
+        shift=assess(queries.feature_distances(s, [batch_id])[batch_id], model.training),
     )
 
 
@@ -331,11 +319,23 @@ def _corrected(counts: dict[str, int], classes: list[str], metrics: dict | None)
     return correct(counts, classes, profile)
 
 
-def cell_arrays(s: Session, batch_id: int, classes: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every cell's predicted class index (N,), score (N,) and probabilities (N, C), in upload order (those
-    reviewers said are not cells left out)."""
+class CellArrays(NamedTuple):
+    """Every counted cell of a batch (those reviewers said are not cells left out), in upload order."""
+
+    pred: np.ndarray  # (N,) predicted class index (-1: not one of the classes)
+    score: np.ndarray  # (N,) float32
+    probs: np.ndarray  # (N, C) float32
+    # (N,) equivalent diameter in µm; NaN where the cell has no outline, or where its image's pixel size was only
+    # the model's default (lsm_core.imaging.shape.sizes_known)
+    diameter: np.ndarray
+    sizes_unknown: int  # cells outlined but left without a size for that reason
+
+
+def cell_arrays(s: Session, batch_id: int, classes: list[str]) -> CellArrays:
+    """Every counted cell's class, score, probabilities and size (:class:`CellArrays`), read in one query."""
     rows = s.execute(
-        select(Cell.predicted, Cell.score, Cell.probs)
+        select(Cell.predicted, Cell.score, Cell.probs, Cell.diameter_um, Image.pixel_size_source)
+        .join(Image, Image.id == Cell.image_id)
         .where(Cell.batch_id == batch_id, Cell.id.not_in(queries.excluded_cells([batch_id])))
         .order_by(Cell.image_id, Cell.idx)
     ).all()
@@ -343,7 +343,10 @@ def cell_arrays(s: Session, batch_id: int, classes: list[str]) -> tuple[np.ndarr
     pred = np.array([index.get(r[0], -1) for r in rows], dtype=np.int64)
     score = np.array([r[1] for r in rows], dtype=np.float32)
     probs = np.array([r[2] for r in rows], dtype=np.float32).reshape(len(rows), len(classes))
-    return pred, score, probs
+    known = {source: sizes_known(source) for source in {r[4] for r in rows}}
+    diameter = np.array([r[3] if r[3] is not None and known[r[4]] else np.nan for r in rows], np.float64)
+    unknown = sum(1 for r in rows if r[3] is not None and not known[r[4]])
+    return CellArrays(pred, score, probs, diameter, unknown)
 
 
 def _share_bars(shares: Sequence[ClassShare | CorrectedShare], name: str, hover: str, **style: Any) -> go.Bar:
@@ -404,21 +407,6 @@ def composition_figure(report: BatchReport) -> go.Figure:
     if corrected is None:
         fig.update_layout(showlegend=False)
     return fig
-
-
-def cell_sizes(s: Session, batch_id: int) -> tuple[np.ndarray, int]:
-    """Every counted cell's equivalent diameter in µm (N,) in the order of :func:`cell_arrays` (NaN where it has no
-    outline, or where its image's pixel size was only the model's default: lsm_core.imaging.shape.sizes_known),
-    and how many cells were outlined but left without a size for that reason."""
-    rows = s.execute(
-        select(Cell.diameter_um, Image.pixel_size_source)
-        .join(Image, Image.id == Cell.image_id)
-        .where(Cell.batch_id == batch_id, Cell.id.not_in(queries.excluded_cells([batch_id])))
-        .order_by(Cell.image_id, Cell.idx)
-    ).all()
-    known = [d is not None and sizes_known(source) for d, source in rows]
-    diameter = np.array([d if k else np.nan for (d, _), k in zip(rows, known)], np.float64)
-    return diameter, sum(1 for (d, _), k in zip(rows, known) if d is not None and not k)
 
 
 def size_figure(pred: np.ndarray, diameter: np.ndarray, classes: list[str]) -> go.Figure:

@@ -19,7 +19,7 @@ from lsm_core.imaging.cells import TINY_CELL_UM
 from lsm_core.imaging.shape import UNKNOWN_SIZE
 from lsm_core.reports.correction import NO_PROFILE
 from lsm_core.reports.export import reporter_channels
-from lsm_core.reports.report import BatchReport, cell_arrays, cell_sizes, load_report
+from lsm_core.reports.report import BatchReport, cell_arrays, load_report
 from lsm_core.reports.shift import UNKNOWN
 from lsm_core.reports.text import without_server_paths
 
@@ -187,9 +187,12 @@ def load_results(s: Session, batch_id: int, threshold: float) -> ResultsView:
         for im in images
         if im.kind == "field" and (im.n_cells or (im.id in dropped and dropped[im.id].dropped_boxes))
     ]
+    cells = cell_arrays(s, batch_id, report.classes)
     return ResultsView(  # in the order of its fields
         report,
-        *cell_arrays(s, batch_id, report.classes),
+        cells.pred,
+        cells.score,
+        cells.probs,
         images,
         fields,
         _facts(report),
@@ -197,5 +200,6 @@ def load_results(s: Session, batch_id: int, threshold: float) -> ResultsView:
         _share_rows(report),
         *not_counted(report),
         job_failure(s, batch_id) if report.status == JobStatus.FAILED else None,
-        *cell_sizes(s, batch_id),
+        cells.diameter,
+        cells.sizes_unknown,
     )

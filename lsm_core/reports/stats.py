@@ -169,11 +169,11 @@ def _joined(group: Sequence[BatchRow], field: str) -> str | None:
 def per_mouse(batches: Sequence[BatchRow], counts: dict[int, dict[str, int]], classes: list[str]) -> pd.DataFrame:
     """One row per mouse, the unit of every per-mouse figure and test: the batches that share a mouse id
     (spaces trimmed: several sessions, or several sorted populations, of one mouse) are pooled, their cells
-    per class summed and their ids listed (``batches``, ``n_batches``); a batch without a mouse id is a unit
-    of its own (``unit`` says so). Then its metadata, total, fraction per class and its 95% Wilson interval
-    (the uncertainty of one mouse's composition from its number of cells). ``batch`` is the unit's first
-    batch. LsmError when the batches of one mouse disagree on its age, sex or strain. ``batches`` are
-    :class:`db.queries.BatchRow` (or anything with their attributes)."""
+    per class summed and their ids listed (``batches``, as text that :func:`units_of` reads back;
+    ``n_batches``); a batch without a mouse id is a unit of its own (``unit`` says so). Then its metadata,
+    total, fraction per class and its 95% Wilson interval (the uncertainty of one mouse's composition from its
+    number of cells). ``batch`` is the unit's first batch. LsmError when the batches of one mouse disagree on
+    its age, sex or strain. ``batches`` are :class:`db.queries.BatchRow` (or anything with their attributes)."""
     units: dict[str, list[BatchRow]] = {}
     for b in batches:
         mouse = (b.mouse_id or "").strip()
@@ -217,6 +217,14 @@ def per_mouse(batches: Sequence[BatchRow], counts: dict[int, dict[str, int]], cl
     return table
 
 
+def units_of(table: pd.DataFrame) -> list[list[int]]:
+    """Each row's batch ids, in row order, from a :func:`per_mouse` table's ``batches`` column (the ids as text,
+    "1, 4": what the page and the workbook show). The one place that reads them back."""
+    if "batches" not in table:  # a table of no mice has no columns
+        return []
+    return [[int(b) for b in str(listed).split(",")] for listed in table["batches"]]
+
+
 def corrected_per_mouse(
     table: pd.DataFrame,
     counts: dict[int, dict[str, int]],
@@ -236,8 +244,7 @@ def corrected_per_mouse(
     parts = ("corrected", "corrected_low", "corrected_high")
     values: dict[str, list[float]] = {f"{part}_{k}": [] for part in parts for k in classes}
     every = len(table) > 0
-    for listed in table["batches"] if len(table) else []:
-        ids = [int(b) for b in str(listed).split(",")]
+    for ids in units_of(table):
         models = {model_of.get(b) for b in ids}
         profile = profiles.get(next(iter(models)) or -1) if len(models) == 1 else None
         pooled = {k: sum(int(counts.get(b, {}).get(k, 0)) for b in ids) for k in classes}
