@@ -14,9 +14,10 @@ each synthetic cell (0.2 µm/px) is cut as a square around its outline with a ma
 plus 2 px, and the same recipe is trained twice on those crops: resized to fill the input (the default), and
 with ``keep_size`` (cut as the model's 12.8 µm square around the centre: the cell keeps its size). Held-out
 crops are cut the way each registered model asks for them (``FindParams.for_model``). The baseline in the same
-run is the default.
+run is the default. With ``--size-only`` the classes differ in nothing but size (every class drawn with the
+first class's morphology and its own diameter): a control of what each way of cutting lets the network see.
 
-Usage: python bench/quality.py [--n-train N] [--epochs E] [--arch A] [--size] [--tasks lsm aging]
+Usage: python bench/quality.py [--n-train N] [--epochs E] [--arch A] [--size [--size-only]] [--tasks lsm aging]
 """
 
 from __future__ import annotations
@@ -80,9 +81,22 @@ def cut(task: str, images: list, labels, params: FindParams, seed: int) -> Label
     return LabelledData(list(task_classes(task)), crops, labels, np.arange(n), [f"tight-{seed}-{i}" for i in range(n)])
 
 
+def size_only() -> None:
+    """Every class of every task drawn with its first class's morphology and its own diameter."""
+    from dataclasses import replace
+
+    for classes in synthetic.MORPHOLOGY.values():
+        first = next(iter(classes.values()))
+        for name, morph in classes.items():
+            classes[name] = replace(first, diameter=morph.diameter)
+
+
 def size_signal(args: argparse.Namespace) -> None:
     import numpy as np
 
+    if args.size_only:
+        size_only()
+        print("(--size-only: the classes differ in diameter only)")
     with tempfile.TemporaryDirectory() as tmp:
         store = ModelStore(Path(tmp))
         for task in args.tasks:
@@ -123,6 +137,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--size", action="store_true", help="size as a training signal: keep_size against the default")
+    parser.add_argument("--size-only", action="store_true", help="with --size: classes that differ in size only")
     parser.add_argument("--tasks", nargs="+", default=["lsm", "aging"], choices=["lsm", "aging"])
     args = parser.parse_args()
     if args.size:
