@@ -246,3 +246,23 @@ def test_a_single_cell_crop_is_outlined_or_boxed():
     assert found.labels is not None and 0 < (found.labels > 0).sum() < 64 * 64  # the cell, not the whole crop
     blank = find_cells((0.5 + 0.001 * np.random.default_rng(0).standard_normal((64, 64))).astype(np.float32))
     np.testing.assert_allclose(blank.outlines[0][:4], [[-0.5, -0.5], [63.5, -0.5], [63.5, 63.5], [-0.5, 63.5]])
+
+
+@pytest.mark.parametrize("crop_um,size", [(12.8, 64), (32.0, 16), (16.0, 32)])
+def test_crops_are_what_pil_resizes_each_to(crop_um, size):
+    """cut_crops resizes every crop at once (PIL's weights as a matrix): the same as PIL resizing each crop, on
+    bilinear up-sizing (26 px to 64), box down-sizing (64 px to 16) and no resizing (32 px), edge crops too."""
+    from lsm_core.imaging.cells import _resize, background_level, cut_crops
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(1000.0, 50.0, (150, 170)).astype(np.float32)
+    params = FindParams(pixel_size_um=0.5, crop_um=crop_um, output_size=size)
+    centres = np.array([[80.0, 70.0], [3.2, 5.7], [168.0, 20.4], [100.5, 148.5], [60.0, 90.0]], np.float32)
+    crops = cut_crops(image, centres, params)
+    p = params.crop_px
+    padded = np.pad(image, p, constant_values=background_level(image))  # outside the image: its background
+    for (cx, cy), crop in zip(centres, crops):
+        top, left = int(round(cy - p / 2 + 0.5)), int(round(cx - p / 2 + 0.5))
+        patch = padded[p + top : 2 * p + top, p + left : 2 * p + left]
+        np.testing.assert_allclose(crop, _resize(patch, size), rtol=0, atol=1e-3)  # float32 rounding of ~1000
+    assert crops.shape == (5, size, size) and crops.dtype == np.float32

@@ -24,6 +24,7 @@ Results do not depend on the image's grey scale (8-bit, 12-bit in 16, float).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image
@@ -225,7 +226,7 @@ class _Masks:
         assert self.image is not None and self.background is not None
         f, (H, W) = self.factor, self.shape
         grow = max(1, int(np.ceil(1.5 / (self.um_per_px * f))))  # working pixels
-        rows, cols = np.nonzero(self.small == label) if self._boxes is None else self._box_pixels(label)
+        rows, cols = self._pixels(label)
         r0, r1 = max(0, rows.min() - grow), min(self.small.shape[0], rows.max() + 1 + grow)
         c0, c1 = max(0, cols.min() - grow), min(self.small.shape[1], cols.max() + 1 + grow)
         labels = self.small[r0:r1, c0:c1]
@@ -256,11 +257,16 @@ class _Masks:
                     cell = mask
         return _trace(cell, (y0, x0))
 
-    _boxes: dict[int, tuple[np.ndarray, np.ndarray]] | None = field(default=None, repr=False)
+    boxes: list[tuple[slice, slice]] | None = field(default=None, repr=False)  # each cell's, at the working scale
 
-    def _box_pixels(self, label: int) -> tuple[np.ndarray, np.ndarray]:
-        assert self._boxes is not None
-        return self._boxes[label]
+    def _pixels(self, label: int) -> tuple[np.ndarray, np.ndarray]:
+        """A cell's pixel rows and columns at the working scale (searched in its box when the box is known)."""
+        if self.boxes is None:
+            rows, cols = np.nonzero(self.small == label)
+            return rows, cols
+        r, c = self.boxes[label - 1]
+        rows, cols = np.nonzero(self.small[r, c] == label)
+        return rows + r.start, cols + c.start
 
 
 def _up(mask: np.ndarray, factor: int) -> np.ndarray:
@@ -377,10 +383,16 @@ def _bin(image: np.ndarray, factor: int) -> np.ndarray:
     if factor == 1:
         return image
     h, w = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
-    # summed over each band of rows first (whole rows at a time), then over columns: 3x faster than one mean
-    # over both axes of the 4-d view
-    rows = image[:h, :w].reshape(h // factor, factor, w).sum(axis=1, dtype=np.float32)
-    return rows.reshape(h // factor, w // factor, factor).sum(axis=2) * np.float32(1.0 / factor**2)
+    # every factor-th row added to the sum of the bands' rows, then every factor-th column: whole rows at a
+    # time (6x faster than summing over the small axes of a reshaped view)
+    rows = image[0:h:factor, :w].astype(np.float32)
+    for k in range(1, factor):
+        rows += image[k:h:factor, :w]
+    out = rows[:, 0::factor].copy()
+    for k in range(1, factor):
+        out += rows[:, k::factor]
+    out *= np.float32(1.0 / factor**2)
+    return out
 
 
 def _interp_matrix(n: int, g: int, tile: int) -> np.ndarray:
@@ -444,21 +456,45 @@ def cut_crops(image: np.ndarray, centres: np.ndarray, params: FindParams) -> np.
 
     image : (H, W) float32; centres : (N, 2); returns (N, S, S) float32. Parts outside the image are filled
     with the image's median (its background level).
-    """
+
+    Every crop is ``crop_px`` pixels a side at whole-pixel offsets, so one resize serves them all: PIL's
+    (box filter going smaller, bilinear going larger) as its weight matrix ``R``, read from PIL itself, each
+    crop ``R @ patch @ R.T`` for all crops in two matrix products (what PIL gives to float32 rounding, at a
+    tenth of the time of a PIL resize per crop)."""
     h, w = image.shape
-    crop_px = params.crop_px
+    crop_px, size = params.crop_px, params.output_size
+    centres = np.asarray(centres, dtype=np.float64).reshape(-1, 2)
+    n = len(centres)
+    if not n:
+        return np.zeros((0, size, size), np.float32)
     half = crop_px / 2
-    fill = background_level(image)
-    out = np.empty((len(centres), params.output_size, params.output_size), np.float32)
-    for i, (cx, cy) in enumerate(np.asarray(centres, dtype=np.float64)):
-        top, left = int(round(cy - half + 0.5)), int(round(cx - half + 0.5))
-        patch = np.full((crop_px, crop_px), fill, np.float32)
-        sy0, sx0 = max(0, top), max(0, left)
-        sy1, sx1 = min(h, top + crop_px), min(w, left + crop_px)
-        if sy1 > sy0 and sx1 > sx0:
-            patch[sy0 - top : sy1 - top, sx0 - left : sx1 - left] = image[sy0:sy1, sx0:sx1]
-        out[i] = _resize(patch, params.output_size)
-    return out
+    tops = np.round(centres[:, 1] - half + 0.5).astype(np.intp)
+    lefts = np.round(centres[:, 0] - half + 0.5).astype(np.intp)
+    rows, cols = tops[:, None] + np.arange(crop_px), lefts[:, None] + np.arange(crop_px)
+    inside_rows, inside_cols = (rows >= 0) & (rows < h), (cols >= 0) & (cols < w)
+    if inside_rows.all() and inside_cols.all():
+        windows = np.lib.stride_tricks.sliding_window_view(image, (crop_px, crop_px))
+        patches = windows[tops, lefts].astype(np.float32, copy=False)
+    else:
+        patches = image[np.clip(rows, 0, h - 1)[:, :, None], np.clip(cols, 0, w - 1)[:, None, :]].astype(np.float32)
+        patches[~(inside_rows[:, :, None] & inside_cols[:, None, :])] = background_level(image)
+    if crop_px == size:
+        return patches
+    weights = _resize_weights(crop_px, size)  # (size, crop_px)
+    # along rows first, then columns, as PIL does
+    across = (patches.reshape(n * crop_px, crop_px) @ weights.T).reshape(n, crop_px, size)
+    return np.ascontiguousarray(np.matmul(weights, across), dtype=np.float32)
+
+
+@lru_cache(maxsize=16)
+def _resize_weights(n: int, size: int) -> np.ndarray:
+    """(size, n) float32: PIL's resize of n samples to ``size`` as a matrix (:func:`_resize`'s filters), each
+    row the weights of one output sample; read by resizing the identity along one axis only."""
+    eye = Image.fromarray(np.eye(n, dtype=np.float32), mode="F")
+    method = Image.Resampling.BOX if n > size else Image.Resampling.BILINEAR
+    weights = np.asarray(eye.resize((size, n), method), dtype=np.float32).T.copy()
+    weights.setflags(write=False)
+    return weights
 
 
 def find_cells(image: np.ndarray, params: FindParams | None = None) -> CellCrops:
@@ -573,7 +609,7 @@ def find_cells(image: np.ndarray, params: FindParams | None = None) -> CellCrops
     ]
     crops = cut_crops(image, centres, params)
     masks = _Masks(image, cells.labels, factor, small - relief, params.pixel_size_um, params.threshold_sigmas, (h, w))
-    masks._boxes = cells.pixels()
+    masks.boxes = cells.boxes
     found = CellCrops(crops, boxes, centres, flags, dropped, masks)
     found.set_rejected(rejected)
     return found
@@ -605,14 +641,6 @@ class _Split:
     boxes: list[tuple[slice, slice]]
     centroids: np.ndarray
     rejected: list[tuple[tuple[slice, slice], str]]
-
-    def pixels(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """Each cell's pixel rows and columns at the working scale, by label."""
-        out = {}
-        for i, (r, c) in enumerate(self.boxes, start=1):
-            rows, cols = np.nonzero(self.labels[r, c] == i)
-            out[i] = (rows + r.start, cols + c.start)
-        return out
 
 
 SEED_DEPTH = 0.4  # two cells' centres stand at least this many smallest-cell radii above their contact
