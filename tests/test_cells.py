@@ -206,6 +206,21 @@ def test_two_cells_within_the_largest_size_are_split_and_one_large_cell_is_not()
     assert len(found) == 0 and found.dropped == {"debris": 0, "clump": 1}
 
 
+def test_touching_cells_of_unequal_size_part_where_they_touch():
+    """A 12 um cell with an 8 um and a 10 um one touching it: three cells, each with its own box."""
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:300, :300]
+    image = (0.5 + 0.01 * rng.standard_normal((300, 300))).astype(np.float32)
+    cells = [(110, 150, 30), (166, 150, 20), (110, 211, 25)]  # (x, y, radius) at 0.2 um/px, rings 1 px apart
+    for cx, cy, r in cells:
+        image[np.abs(np.hypot(xx - cx, yy - cy) - r) < 2.5] = 0.2
+    found = find_cells(image, FindParams())
+    assert len(found) == 3
+    for cx, cy, r in cells:
+        truth = (cx - r - 2.5, cy - r - 2.5, 2 * r + 5, 2 * r + 5)
+        assert max(_iou(truth, box) for box in found.boxes) >= 0.75, (cx, cy, r, found.boxes)
+
+
 def test_outlines_are_traced_at_full_resolution_on_real_cells(montage_cells_ready):
     """The montage's first 10 x 10 tiles at 0.5 um/px: one closed outline per kept cell, in the order of the
     boxes, inside the image and its box, its area within 25 % of the tile's own outline (tests/packed_cells.py),
