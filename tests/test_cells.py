@@ -221,6 +221,26 @@ def test_touching_cells_of_unequal_size_part_where_they_touch():
         assert max(_iou(truth, box) for box in found.boxes) >= 0.75, (cx, cy, r, found.boxes)
 
 
+def test_the_working_scale_is_coarser_where_cells_are_large(montage_cells_ready):
+    """At 0.6 um/px real Jurkat cells (12 um) are found on a working grid of 1.2 um (twice the image's pixel);
+    two touching 7 um cells at the same pixel size are found at 0.6 um, and apart."""
+    import tifffile
+
+    from lsm_core.imaging.cells import _bin
+    from tests.packed_cells import JURKAT
+
+    image = tifffile.imread(JURKAT).astype(np.float32)[:400, :400]
+    found = find_cells(image, FindParams(pixel_size_um=0.6))
+    assert len(found) >= 98 and found.masks is not None and found.masks.factor == 2
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:600, :600]
+    pair = (0.5 + 0.01 * rng.standard_normal((600, 600))).astype(np.float32)
+    for cx in (282, 318):  # drawn at 0.2 um/px, binned to 0.6
+        pair[np.abs(np.hypot(xx - cx, yy - 300) - 15) < 2.5] = 0.2
+    found = find_cells(_bin(pair, 3), FindParams(pixel_size_um=0.6))
+    assert len(found) == 2 and found.masks is not None and found.masks.factor == 1
+
+
 def test_outlines_are_traced_at_full_resolution_on_real_cells(montage_cells_ready):
     """The montage's first 10 x 10 tiles at 0.5 um/px: one closed outline per kept cell, in the order of the
     boxes, inside the image and its box, its area within 25 % of the tile's own outline (tests/packed_cells.py),

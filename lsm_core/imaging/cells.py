@@ -662,6 +662,54 @@ def find_cells(image: np.ndarray, params: FindParams | None = None) -> CellCrops
             masks=_Masks(image, np.ones((1, 1), np.int32), 1, None, params.pixel_size_um, 5.0, (h, w), single=True),
         )
 
+    coarse = 2 * factor  # where cells are large, twice the working pixel (while it stays fine enough) will do
+    if coarse * params.pixel_size_um <= LARGE_WORKING_UM:
+        small_coarse = _bin(small, 2)
+        found = _detect(small_coarse, params, coarse)
+        if found is None:
+            return CellCrops.empty(params.output_size)
+        if found.typical_um() >= LARGE_CELL_UM:
+            return _field_cells(image, small_coarse, coarse, found, params)
+    found = _detect(small, params, factor)
+    if found is None:
+        return CellCrops.empty(params.output_size)
+    return _field_cells(image, small, factor, found, params)
+
+
+LARGE_WORKING_UM = 1.35  # the coarsest working pixel: an 11 um cell is 8 pixels across there
+LARGE_CELL_UM = 10.5  # cells are large when three quarters of their centres stand this far across
+
+
+@dataclass
+class _Detection:
+    """What stands out from the background at the working scale (``factor`` image pixels a side): the relief
+    (the binned image less its background), the mask of cells (closed, holes filled, opened), the distance of
+    its pixels to the background that seeds the split, and the seeds' places (:func:`_peaks`)."""
+
+    factor: int
+    work_um: float
+    relief: np.ndarray
+    mask: np.ndarray
+    distance: np.ndarray
+    peaks: np.ndarray
+
+    def typical_um(self) -> float:
+        """How wide the cells are, in micrometres: the first quartile of twice the distance at their centres
+        (0: none found). Packed real Jurkat cells (tests/packed_cells.py) and the montage's at 0.6 um/px measure
+        12, the synthetic blood stem cells 8, two touching 7 um cells 7 to 9 (at 1.2 to 1.6 um a working pixel)."""
+        heights = self.distance[self.peaks]
+        return float(np.percentile(heights, 25)) * 2 * self.work_um if heights.size else 0.0
+
+
+def _peaks(distance: np.ndarray, min_radius: float) -> np.ndarray:
+    """Where seeds may stand: the maxima of the distance within a smallest cell's radius, at least three
+    quarters of that radius deep (a cell's centre)."""
+    return (distance >= _max_disk(distance, min_radius)) & (distance >= 0.75 * min_radius)
+
+
+def _detect(small: np.ndarray, params: FindParams, factor: int) -> _Detection | None:
+    """Cells' mask at the working scale (``small``: the image binned by ``factor``), or None when the relief is
+    flat (no noise, nothing to threshold)."""
     work_um = params.pixel_size_um * factor
     relief = flatten_background(small, 2 * params.max_diameter_um / work_um)
     noise = _robust_sigma(relief)
@@ -673,7 +721,7 @@ def find_cells(image: np.ndarray, params: FindParams | None = None) -> CellCrops
     base = float(np.median(_sample(energy)))
     spread = _robust_sigma(energy, base)
     if noise <= 0 and spread <= 0:
-        return CellCrops.empty(params.output_size)
+        return None
     # the threshold is the relief's either way (the dark part alone is 0 over half the field: its own
     # median and spread would put the threshold in the noise)
     threshold = base + params.threshold_sigmas * max(spread, 0.3 * noise)
@@ -694,7 +742,16 @@ def find_cells(image: np.ndarray, params: FindParams | None = None) -> CellCrops
     distance = _distance(mask, most)
     if unclosed is not mask:
         distance = 0.5 * (distance + _distance(_fill_holes(unclosed) & mask, most))
-    cells = _split_cells(mask, distance, params, work_um)
+    peaks = _peaks(distance, params.min_diameter_um / 2 / work_um)
+    return _Detection(factor, work_um, relief, mask, distance, peaks)
+
+
+def _field_cells(image: np.ndarray, small: np.ndarray, factor: int, found: _Detection, params: FindParams) -> CellCrops:
+    """The cells of a field from what stood out at the working scale: touching cells split apart, debris and
+    clumps dropped, each cell's box, centre, flags and crop."""
+    h, w = image.shape
+    work_um = found.work_um
+    cells = _split_cells(found.mask, found.distance, found.peaks, params, work_um)
     dropped = {"debris": 0, "clump": 0}
     rejected: list[tuple[tuple[int, ...], str]] = []  # the first MAX_REJECTED, in the image's pixels
 
@@ -721,11 +778,12 @@ def find_cells(image: np.ndarray, params: FindParams | None = None) -> CellCrops
         for r, c in cells.boxes
     ]
     crops = cut_crops(image, centres, params)
-    masks = _Masks(image, cells.labels, factor, small - relief, params.pixel_size_um, params.threshold_sigmas, (h, w))
+    background = small - found.relief
+    masks = _Masks(image, cells.labels, factor, background, params.pixel_size_um, params.threshold_sigmas, (h, w))
     masks.boxes = cells.boxes
-    found = CellCrops(crops, boxes, centres, flags, dropped, masks)
-    found.set_rejected(rejected)
-    return found
+    result = CellCrops(crops, boxes, centres, flags, dropped, masks)
+    result.set_rejected(rejected)
+    return result
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -786,17 +844,20 @@ def _distance(mask: np.ndarray, most: int | None = None) -> np.ndarray:
     return (chess + block).astype(np.float32) * np.float32(0.5)
 
 
-def _split_cells(mask: np.ndarray, distance: np.ndarray, params: FindParams, work_um: float) -> _Split:
+def _split_cells(
+    mask: np.ndarray, distance: np.ndarray, peaks: np.ndarray, params: FindParams, work_um: float
+) -> _Split:
     """The cells of a mask at the working scale, touching cells split apart.
 
     Seeds are the maxima of the distance within a smallest cell's radius, at least three quarters of that
-    radius deep (a cell's centre). A region with one seed is one piece; a region with several is divided
-    between them by power distance (:func:`_power_split`: touching round cells part where they touch). Two
-    neighbouring pieces are merged again unless both centres stand at least ``SEED_DEPTH`` smallest-cell radii
-    above the highest point of their contact (the h-maxima rule: one ragged cell has shallow dips between its
-    maxima, two round cells touching a deep neck). Then each piece is judged: smaller than ``min_diameter_um``:
-    debris; larger than ``max_diameter_um`` or, when its area is large for its inscribed radius, less solid
-    than ``min_solidity``: a clump (a group too dense to split, or one large object); both dropped. A region
+    radius deep (a cell's centre: ``peaks``, :func:`_peaks`). A region with one seed is one piece; a region
+    with several is divided between them by power distance (:func:`_power_split`: touching round cells part
+    where they touch). Two neighbouring pieces are merged again unless both centres stand at least
+    ``SEED_DEPTH`` smallest-cell radii above the highest point of their contact (the h-maxima rule: one ragged
+    cell has shallow dips between its maxima, two round cells touching a deep neck). Then each piece is
+    judged: smaller than ``min_diameter_um``: debris; larger than ``max_diameter_um`` or, when its area is
+    large for its inscribed radius, less solid than ``min_solidity``: a clump (a group too dense to split, or
+    one large object); both dropped. A region
     larger than ``CLUMP_CELLS`` of the largest cells is no colony of cells: a clump.
 
     After the labelling everything runs on the mask's pixels as a list (a quarter of a packed field, a tenth
@@ -815,9 +876,8 @@ def _split_cells(mask: np.ndarray, distance: np.ndarray, params: FindParams, wor
     region_area = np.bincount(region, minlength=n_regions + 1)
     too_large = region_area > CLUMP_CELLS * max_area
     too_large[0] = False
-    peaks = (distance >= _max_disk(distance, min_radius)) & (distance >= 0.75 * min_radius)
     if too_large.any():
-        peaks &= ~too_large[regions]
+        peaks = peaks & ~too_large[regions]
     markers, n_seeds = ndi.label(peaks, structure=np.ones((3, 3), bool))
     seed_at = np.flatnonzero(markers)
     seed_label = markers.ravel()[seed_at]
