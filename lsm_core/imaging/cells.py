@@ -899,13 +899,12 @@ def _split_cells(
         if merged is not None:
             piece = merged[piece]
     # regions without any seed: smaller than a smallest cell's inscribed disk (debris), or too large (clumps)
-    region_boxes = ndi.find_objects(regions)
     seeded = np.zeros(n_regions + 1, bool)
     seeded[region[piece > 0]] = True
-    for label in (np.flatnonzero(~seeded[1:]) + 1).tolist():
-        box = region_boxes[label - 1]
-        assert box is not None
-        rejected.append((box, "clump" if too_large[label] else "debris"))
+    unseeded = np.flatnonzero(~seeded[1:]) + 1
+    region_boxes = _boxes_of(region, at, w, unseeded)
+    for label in unseeded.tolist():
+        rejected.append((region_boxes[label], "clump" if too_large[label] else "debris"))
     n_pieces = int(piece.max())
     area = np.bincount(piece, minlength=n_pieces + 1)
     cy = np.bincount(piece, at // w, minlength=n_pieces + 1) / np.maximum(area, 1)
@@ -945,16 +944,40 @@ def _split_cells(
         assert box is not None
         not_kept.setdefault(int(region_of[label]), []).append((box, str(why[label])))
     kept_regions = set(region_of[kept].tolist())
+    whole = [
+        reg
+        for reg, parts in not_kept.items()
+        if reg not in kept_regions and any(reason == "clump" for _, reason in parts)
+    ]
+    region_boxes = _boxes_of(region, at, w, np.array(whole, np.int64))
     for reg, parts in not_kept.items():
-        whole = region_boxes[reg - 1]
-        if reg not in kept_regions and any(reason == "clump" for _, reason in parts) and whole is not None:
-            rejected.append((whole, "clump"))  # nothing of it kept: one clump, however it was cut
+        if reg in region_boxes:
+            rejected.append((region_boxes[reg], "clump"))  # nothing of it kept: one clump, however it was cut
         else:
             rejected.extend(parts)
     centroids = np.stack([cy[kept], cx[kept]], axis=1).astype(np.float32).reshape(-1, 2)
     final = np.zeros(h * w, np.int32)
     final[at] = keep[piece]
     return _Split(final.reshape(h, w), boxes, centroids, rejected)
+
+
+def _boxes_of(label: np.ndarray, at: np.ndarray, width: int, wanted: np.ndarray) -> dict[int, tuple[slice, slice]]:
+    """The boxes (row and column slices) of the ``wanted`` labels, from each pixel's ``label`` and flat index
+    ``at``: ``ndi.find_objects`` for a few labels, without reading the whole image."""
+    if not len(wanted):
+        return {}
+    want = np.zeros(int(max(label.max(), wanted.max())) + 1, bool)
+    want[wanted] = True
+    sel = np.flatnonzero(want[label])
+    lab, rows, cols = label[sel], at[sel] // width, at[sel] % width
+    n = len(want)
+    r0, c0 = np.full(n, np.iinfo(np.int64).max), np.full(n, np.iinfo(np.int64).max)
+    r1, c1 = np.full(n, -1), np.full(n, -1)
+    np.minimum.at(r0, lab, rows)
+    np.minimum.at(c0, lab, cols)
+    np.maximum.at(r1, lab, rows)
+    np.maximum.at(c1, lab, cols)
+    return {k: (slice(int(r0[k]), int(r1[k]) + 1), slice(int(c0[k]), int(c1[k]) + 1)) for k in wanted.tolist()}
 
 
 def _power_split(
