@@ -301,3 +301,22 @@ def test_crops_are_what_pil_resizes_each_to(crop_um, size):
         patch = padded[p + top : 2 * p + top, p + left : 2 * p + left]
         np.testing.assert_allclose(crop, _resize(patch, size), rtol=0, atol=1e-3)  # float32 rounding of ~1000
     assert crops.shape == (5, size, size) and crops.dtype == np.float32
+
+
+def test_the_octagon_around_a_piece_holds_its_convex_hull():
+    """_split_cells skips drawing the convex hull of a piece solid enough against the octagon around it: the
+    octagon's pixel count is never below the hull's (scikit-image's ``convex_hull_image``)."""
+    from scipy import ndimage as ndi
+    from skimage.morphology import convex_hull_image
+
+    from lsm_core.imaging.cells import _octagon_pixels
+
+    rng = np.random.default_rng(0)
+    ratios = []
+    for _ in range(100):
+        blobs = ndi.binary_dilation(rng.random((25, 31)) > 0.97, iterations=int(rng.integers(1, 4)))
+        labels, n = ndi.label(blobs, structure=np.ones((3, 3), bool))
+        at = np.flatnonzero(labels)
+        octagon = _octagon_pixels(labels.ravel()[at], at, 31, np.arange(1, n + 1))
+        ratios += [octagon[i - 1] / convex_hull_image(labels == i).sum() for i in range(1, n + 1)]
+    assert len(ratios) > 200 and min(ratios) >= 1 and np.median(ratios) < 1.1
