@@ -320,3 +320,27 @@ def test_the_octagon_around_a_piece_holds_its_convex_hull():
         octagon = _octagon_pixels(labels.ravel()[at], at, 31, np.arange(1, n + 1))
         ratios += [octagon[i - 1] / convex_hull_image(labels == i).sum() for i in range(1, n + 1)]
     assert len(ratios) > 200 and min(ratios) >= 1 and np.median(ratios) < 1.1
+
+
+def test_shifted_morphology_is_scipys():
+    """Cell finding's morphology by shifted whole arrays (disks as unions of rectangles, the chamfer distances
+    by counting erosions) gives what scipy.ndimage gives, borders included."""
+    from scipy import ndimage as ndi
+
+    from lsm_core.imaging.cells import _chamfer, _close, _disk, _max_disk, _open
+
+    rng = np.random.default_rng(0)
+    for k in range(20):
+        shape = tuple(int(v) for v in rng.integers(5, 70, 2))
+        mask = ndi.binary_dilation(rng.random(shape) > 0.97, iterations=int(rng.integers(1, 5)))
+        mask ^= rng.random(shape) > 0.95
+        if k == 0:
+            mask[:] = True
+        for radius in (0.4, 1.5, 2.6, 3.3):
+            disk = _disk(radius)
+            assert np.array_equal(_close(mask, radius), ndi.binary_closing(mask, disk, border_value=0))
+            assert np.array_equal(_open(mask, radius), ndi.binary_opening(mask, disk))
+            values = rng.random(shape).astype(np.float32)
+            assert np.array_equal(_max_disk(values, radius), ndi.maximum_filter(values, footprint=disk))
+        chamfer = sum(ndi.distance_transform_cdt(mask, metric=metric) for metric in ("chessboard", "taxicab"))
+        assert np.array_equal(_chamfer(mask), chamfer) and np.array_equal(_chamfer(mask, 2), chamfer)

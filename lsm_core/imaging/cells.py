@@ -703,10 +703,11 @@ class _Detection:
         return float(np.percentile(heights, 25)) * 2 * self.work_um if heights.size else 0.0
 
 
-def _peaks(distance: np.ndarray, min_radius: float) -> np.ndarray:
-    """Where seeds may stand: the maxima of the distance within a smallest cell's radius, at least three
-    quarters of that radius deep (a cell's centre)."""
-    return (distance >= _max_disk(distance, min_radius)) & (distance >= 0.75 * min_radius)
+def _peaks(distance: np.ndarray, min_radius: float, unit: float = 1.0) -> np.ndarray:
+    """Where seeds may stand: the maxima of the distance within a smallest cell's radius (``min_radius``
+    pixels), at least three quarters of that radius deep (a cell's centre). ``distance``: in 1 / ``unit``
+    pixels."""
+    return (distance >= _max_disk(distance, min_radius)) & (distance >= 0.75 * min_radius * unit)
 
 
 def _detect(small: np.ndarray, params: FindParams, factor: int) -> _Detection | None:
@@ -741,10 +742,13 @@ def _detect(small: np.ndarray, params: FindParams, factor: int) -> _Detection | 
     # where three cells touch, closing fills the gap between them, and the closed mask's distance is as high
     # there as at a cell's centre
     most = int(np.ceil(params.max_diameter_um / work_um))  # wider regions are clumps: measured by scipy
-    distance = _distance(mask, most)
+    quarters = _chamfer(mask, most).astype(np.int16)  # four times the distance, in integers
     if unclosed is not mask:
-        distance = 0.5 * (distance + _distance(_fill_holes(unclosed) & mask, most))
-    peaks = _peaks(distance, params.min_diameter_um / 2 / work_um)
+        quarters += _chamfer(_fill_holes(unclosed) & mask, most)
+    else:
+        quarters *= 2
+    peaks = _peaks(quarters, params.min_diameter_um / 2 / work_um, 4.0)
+    distance = np.multiply(quarters, np.float32(0.25), dtype=np.float32)
     return _Detection(factor, work_um, relief, mask, distance, peaks)
 
 
@@ -820,30 +824,28 @@ SEED_DEPTH = 0.4  # two cells' centres stand at least this many smallest-cell ra
 CLUMP_CELLS = 12  # a region larger than this many of the largest cells is no group of cells: a clump
 
 
-def _distance(mask: np.ndarray, most: int | None = None) -> np.ndarray:
-    """An octagonal distance to the background (the mean of the chessboard and city-block chamfer distances,
-    within 8 % of the Euclidean): 5x faster than scipy's exact transform, and seeds need no more.
+def _chamfer(mask: np.ndarray, most: int | None = None) -> np.ndarray:
+    """The chessboard and city-block chamfer distances to the background, added (small integers).
 
-    Each chamfer distance is the number of erosions (by the 3 x 3 square, by the cross; outside the image
-    counts as foreground, as scipy's ``distance_transform_cdt`` has it) a pixel survives, plus one: 4x faster
-    than scipy's for cells a few working pixels across. Regions wider than 2 * ``most`` pixels are measured by
-    scipy instead (the same values)."""
-    chess = mask.astype(np.uint16)
-    block = chess.copy()
+    Each is the number of erosions (by the 3 x 3 square, by the cross; outside the image counts as
+    foreground, as scipy's ``distance_transform_cdt`` has it) a pixel survives, plus one, counted in bytes:
+    4x faster than scipy's for cells a few working pixels across. Regions wider than 2 * ``most`` pixels (at
+    most 120) are measured by scipy instead (the same values)."""
+    steps = min(2 * (most or max(mask.shape)), 120)
+    total = mask.view(np.uint8) * np.uint8(2)
     square, cross = mask, mask  # the cross erodes slower: it holds the square's survivors and more
-    for _ in range(2 * (most or max(mask.shape))):
+    for _ in range(steps):
         if not cross.any():
-            break
+            return total
         if square.any():
             square = _shifted(_shifted(square, 1, 0, False, True), 1, 1, False, True)
-            chess += square
+            total += square.view(np.uint8)
         cross = _shifted(cross, 1, 0, False, True) & _shifted(cross, 1, 1, False, True)
-        block += cross
-    else:
-        if cross.any():
-            chess = ndi.distance_transform_cdt(mask, metric="chessboard")
-            block = ndi.distance_transform_cdt(mask, metric="taxicab")
-    return (chess + block).astype(np.float32) * np.float32(0.5)
+        total += cross.view(np.uint8)
+    if not cross.any():
+        return total
+    chess = ndi.distance_transform_cdt(mask, metric="chessboard")  # -1 everywhere without any background
+    return (chess + ndi.distance_transform_cdt(mask, metric="taxicab")).astype(np.int16)
 
 
 def _split_cells(
