@@ -4,8 +4,8 @@ DIC shows a cell as relief (one flank bright, one dark) on a background of about
 cells are found by local contrast, not by brightness:
 
 1. the image is binned to a working scale of about 0.8 micrometres per pixel (the smallest cell, 4 um, is
-   5 pixels across there; finer work costs 4x and finds nothing more), or twice that (up to 1.35 um) where
-   the cells turn out large (12 um Jurkat cells: the same recall at a quarter of the work);
+   5 pixels across there; finer work costs 4x and finds nothing more), or about 1 um (up to 1.33) where the
+   cells turn out large (12 um Jurkat cells: the same recall at a half to a quarter of the work);
 2. the illumination is flattened: a smooth background estimated on a coarse grid is subtracted;
 3. the absolute relief, smoothed, is thresholded at a number of robust noise deviations above its median;
 4. holes are filled, specks opened away, regions labelled;
@@ -107,7 +107,7 @@ class CellCrops:
         pixels, with ``rejected_why`` (M strings: ``debris`` or ``clump``); ``dropped`` counts them all
     outlines : N closed polygons, one per cell in the order of ``boxes``: (K, 2) float32 vertices (x, y) in the
         image's pixels at its full resolution (the last vertex repeats the first). Each is traced when first
-        asked for (:class:`_Masks`): the cell's mask at the working scale (0.8 um per pixel, or up to 1.35) refined
+        asked for (:class:`_Masks`): the cell's mask at the working scale (0.8 um per pixel, or up to 1.33) refined
         at full resolution inside its box. A single-cell crop's is the cell :func:`cell_mask` traces in it, or
         the crop's border (its box) when none is.
     labels : (H, W) int32, cell i+1's mask in the image's pixels (0: no cell), or None: the outlines filled
@@ -644,7 +644,13 @@ def find_cells(image: np.ndarray, params: FindParams | None = None) -> CellCrops
     crop_px = params.crop_px
     single = max(h, w) <= params.single_crop_factor * max(crop_px, params.output_size)
     factor = max(1, int(round(WORKING_PIXEL_UM / params.pixel_size_um)))
-    small = image if single else _bin(image, factor)
+    # where cells are large, the working pixel nearest LARGE_WORKING_UM will do: tried first where it has at most
+    # two thirds as many pixels a side as the usual one (at 0.33 to 0.38 and 0.55 to 0.66 um/px); a field that
+    # turns out to have small cells costs a quarter to a half more
+    coarse = max(1, int(round(LARGE_WORKING_UM / params.pixel_size_um)))
+    if 2 * coarse < 3 * factor:
+        coarse = factor
+    small = image if single else _bin(image, coarse)
     if small.size == 0 or not small.max() > small.min():  # the binned field says "not blank" at a 16th the cost
         _refuse_blank(image)
         if small.size == 0:  # a strip thinner than one working pixel: no cell fits
@@ -664,21 +670,18 @@ def find_cells(image: np.ndarray, params: FindParams | None = None) -> CellCrops
             masks=_Masks(image, np.ones((1, 1), np.int32), 1, None, params.pixel_size_um, 5.0, (h, w), single=True),
         )
 
-    coarse = 2 * factor  # where cells are large, twice the working pixel (while it stays fine enough) will do
-    if coarse * params.pixel_size_um <= LARGE_WORKING_UM:
-        small_coarse = _bin(small, 2)
-        found = _detect(small_coarse, params, coarse)
-        if found is None:
-            return CellCrops.empty(params.output_size)
-        if found.typical_um() >= LARGE_CELL_UM:
-            return _field_cells(image, small_coarse, coarse, found, params)
+    if coarse != factor:
+        found = _detect(small, params, coarse)
+        if found is not None and found.typical_um() >= LARGE_CELL_UM:
+            return _field_cells(image, small, coarse, found, params)
+        small = _bin(image, factor)
     found = _detect(small, params, factor)
     if found is None:
         return CellCrops.empty(params.output_size)
     return _field_cells(image, small, factor, found, params)
 
 
-LARGE_WORKING_UM = 1.35  # the coarsest working pixel: an 11 um cell is 8 pixels across there
+LARGE_WORKING_UM = 1.0  # the working pixel for large cells: a 12 um cell is 12 pixels across there
 LARGE_CELL_UM = 10.5  # cells are large when three quarters of their centres stand this far across
 
 
@@ -698,7 +701,7 @@ class _Detection:
     def typical_um(self) -> float:
         """How wide the cells are, in micrometres: the first quartile of twice the distance at their centres
         (0: none found). Packed real Jurkat cells (tests/packed_cells.py) and the montage's at 0.6 um/px measure
-        12, the synthetic blood stem cells 8, two touching 7 um cells 7 to 9 (at 1.2 to 1.6 um a working pixel)."""
+        12, the synthetic blood stem cells 8, two touching 7 um cells 7 to 9 (at 1 to 1.6 um a working pixel)."""
         heights = self.distance[self.peaks]
         return float(np.percentile(heights, 25)) * 2 * self.work_um if heights.size else 0.0
 
