@@ -1031,32 +1031,44 @@ def _power_split(
     region."""
     n_seeds = len(height) - 1
     size = np.maximum(np.bincount(seed_label, minlength=n_seeds + 1), 1)
-    sy = (np.bincount(seed_label, seed_at // width, minlength=n_seeds + 1) / size).astype(np.float32)
-    sx = (np.bincount(seed_label, seed_at % width, minlength=n_seeds + 1) / size).astype(np.float32)
-    power = height.astype(np.float32) ** 2
-    by_region = np.argsort(seed_region[1:], kind="stable").astype(np.int32) + 1  # seed labels, region by region
-    count = np.bincount(seed_region[1:], minlength=int(region.max()) + 1)
-    first = np.zeros(len(count), np.int32)
+    sy = np.bincount(seed_label, seed_at // width, minlength=n_seeds + 1) / size
+    sx = np.bincount(seed_label, seed_at % width, minlength=n_seeds + 1) / size
+    # the power distance less the pixel's own squared length is linear in it: a y + b x + c, a seed's a, b, c
+    # in a table of each region's seeds (its k-th seed at region * most + k)
+    n_regions = int(max(region.max(), seed_region.max())) + 1
+    count = np.bincount(seed_region[1:], minlength=n_regions)
+    crowd = count[region]
+    most = int(crowd.max())
+    by_region = np.argsort(seed_region[1:], kind="stable") + 1  # seed labels, region by region
+    first = np.zeros(n_regions, np.int64)
     np.cumsum(count[:-1], out=first[1:])
-    crowd = np.minimum(count, 2**15 - 1).astype(np.int16)[region]
-    order = np.argsort(-crowd, kind="stable")  # the most crowded regions' pixels first: each round a prefix
-    crowd, base = crowd[order], first[region[order]]
+    slot = seed_region[by_region] * most + np.arange(n_seeds) - first[seed_region[by_region]]
+    table = np.zeros((3, n_regions * most), np.float32)
+    table[0, slot], table[1, slot] = -2 * sy[by_region], -2 * sx[by_region]
+    table[2, slot] = sy[by_region] ** 2 + sx[by_region] ** 2 - height[by_region].astype(np.float64) ** 2
+    seed_at_slot = np.zeros(n_regions * most, np.int32)
+    seed_at_slot[slot] = by_region
+    a, b, c = table
+    order = np.argsort(-np.minimum(crowd, 2**15 - 1).astype(np.int16), kind="stable")  # the most crowded first
+    crowd = crowd[order]
+    row = (region[order] * most).astype(np.int32)
     y, x = (at[order] // width).astype(np.float32), (at[order] % width).astype(np.float32)
-    seed = by_region[base]
-    best = (y - sy[seed]) ** 2 + (x - sx[seed]) ** 2 - power[seed]
-    more = len(crowd) - np.searchsorted(crowd[::-1], np.arange(1, int(crowd[0])), side="right")
-    for k in range(1, int(crowd[0])):
-        n = int(more[k - 1])  # the pixels whose region has more than k seeds
-        s = by_region[base[:n] + k]
-        dy, dx = y[:n] - sy[s], x[:n] - sx[s]
-        d = dy * dy
-        d += dx * dx
-        d -= power[s]
-        better = d < best[:n]
-        np.copyto(best[:n], d, where=better)
-        np.copyto(seed[:n], s, where=better)
-    out = np.empty_like(seed)
-    out[order] = seed
+    best = a[row] * y
+    best += b[row] * x
+    best += c[row]
+    pick = np.zeros(len(at), np.int32)
+    more = len(crowd) - np.searchsorted(crowd[::-1], np.arange(1, most), side="right")
+    for k in range(1, most):
+        n = int(more[k - 1])  # the pixels whose region has more than k seeds: a prefix
+        slots = row[:n] + k
+        power = a[slots] * y[:n]
+        power += b[slots] * x[:n]
+        power += c[slots]
+        better = power < best[:n]
+        np.copyto(best[:n], power, where=better)
+        np.copyto(pick[:n], k, where=better)
+    out = np.empty(len(at), np.int32)
+    out[order] = seed_at_slot[row + pick]
     return out
 
 
