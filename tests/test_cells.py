@@ -206,6 +206,41 @@ def test_two_cells_within_the_largest_size_are_split_and_one_large_cell_is_not()
     assert len(found) == 0 and found.dropped == {"debris": 0, "clump": 1}
 
 
+def test_touching_cells_of_unequal_size_part_where_they_touch():
+    """A 12 um cell with an 8 um and a 10 um one touching it: three cells, each with its own box."""
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:300, :300]
+    image = (0.5 + 0.01 * rng.standard_normal((300, 300))).astype(np.float32)
+    cells = [(110, 150, 30), (166, 150, 20), (110, 211, 25)]  # (x, y, radius) at 0.2 um/px, rings 1 px apart
+    for cx, cy, r in cells:
+        image[np.abs(np.hypot(xx - cx, yy - cy) - r) < 2.5] = 0.2
+    found = find_cells(image, FindParams())
+    assert len(found) == 3
+    for cx, cy, r in cells:
+        truth = (cx - r - 2.5, cy - r - 2.5, 2 * r + 5, 2 * r + 5)
+        assert max(_iou(truth, box) for box in found.boxes) >= 0.75, (cx, cy, r, found.boxes)
+
+
+def test_the_working_scale_is_coarser_where_cells_are_large(montage_cells_ready):
+    """At 0.6 um/px real Jurkat cells (12 um) are found on a working grid of 1.2 um (twice the image's pixel);
+    two touching 7 um cells at the same pixel size are found at 0.6 um, and apart."""
+    import tifffile
+
+    from lsm_core.imaging.cells import _bin
+    from tests.packed_cells import JURKAT
+
+    image = tifffile.imread(JURKAT).astype(np.float32)[:400, :400]
+    found = find_cells(image, FindParams(pixel_size_um=0.6))
+    assert len(found) >= 98 and found.masks is not None and found.masks.factor == 2
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:600, :600]
+    pair = (0.5 + 0.01 * rng.standard_normal((600, 600))).astype(np.float32)
+    for cx in (282, 318):  # drawn at 0.2 um/px, binned to 0.6
+        pair[np.abs(np.hypot(xx - cx, yy - 300) - 15) < 2.5] = 0.2
+    found = find_cells(_bin(pair, 3), FindParams(pixel_size_um=0.6))
+    assert len(found) == 2 and found.masks is not None and found.masks.factor == 1
+
+
 def test_outlines_are_traced_at_full_resolution_on_real_cells(montage_cells_ready):
     """The montage's first 10 x 10 tiles at 0.5 um/px: one closed outline per kept cell, in the order of the
     boxes, inside the image and its box, its area within 25 % of the tile's own outline (tests/packed_cells.py),
@@ -246,3 +281,66 @@ def test_a_single_cell_crop_is_outlined_or_boxed():
     assert found.labels is not None and 0 < (found.labels > 0).sum() < 64 * 64  # the cell, not the whole crop
     blank = find_cells((0.5 + 0.001 * np.random.default_rng(0).standard_normal((64, 64))).astype(np.float32))
     np.testing.assert_allclose(blank.outlines[0][:4], [[-0.5, -0.5], [63.5, -0.5], [63.5, 63.5], [-0.5, 63.5]])
+
+
+@pytest.mark.parametrize("crop_um,size", [(12.8, 64), (32.0, 16), (16.0, 32)])
+def test_crops_are_what_pil_resizes_each_to(crop_um, size):
+    """cut_crops resizes every crop at once (PIL's weights as a matrix): the same as PIL resizing each crop, on
+    bilinear up-sizing (26 px to 64), box down-sizing (64 px to 16) and no resizing (32 px), edge crops too."""
+    from lsm_core.imaging.cells import _resize, background_level, cut_crops
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(1000.0, 50.0, (150, 170)).astype(np.float32)
+    params = FindParams(pixel_size_um=0.5, crop_um=crop_um, output_size=size)
+    centres = np.array([[80.0, 70.0], [3.2, 5.7], [168.0, 20.4], [100.5, 148.5], [60.0, 90.0]], np.float32)
+    crops = cut_crops(image, centres, params)
+    p = params.crop_px
+    padded = np.pad(image, p, constant_values=background_level(image))  # outside the image: its background
+    for (cx, cy), crop in zip(centres, crops):
+        top, left = int(round(cy - p / 2 + 0.5)), int(round(cx - p / 2 + 0.5))
+        patch = padded[p + top : 2 * p + top, p + left : 2 * p + left]
+        np.testing.assert_allclose(crop, _resize(patch, size), rtol=0, atol=1e-3)  # float32 rounding of ~1000
+    assert crops.shape == (5, size, size) and crops.dtype == np.float32
+
+
+def test_the_octagon_around_a_piece_holds_its_convex_hull():
+    """_split_cells skips drawing the convex hull of a piece solid enough against the octagon around it: the
+    octagon's pixel count is never below the hull's (scikit-image's ``convex_hull_image``)."""
+    from scipy import ndimage as ndi
+    from skimage.morphology import convex_hull_image
+
+    from lsm_core.imaging.cells import _octagon_pixels
+
+    rng = np.random.default_rng(0)
+    ratios = []
+    for _ in range(100):
+        blobs = ndi.binary_dilation(rng.random((25, 31)) > 0.97, iterations=int(rng.integers(1, 4)))
+        labels, n = ndi.label(blobs, structure=np.ones((3, 3), bool))
+        at = np.flatnonzero(labels)
+        octagon = _octagon_pixels(labels.ravel()[at], at, 31, np.arange(1, n + 1))
+        ratios += [octagon[i - 1] / convex_hull_image(labels == i).sum() for i in range(1, n + 1)]
+    assert len(ratios) > 200 and min(ratios) >= 1 and np.median(ratios) < 1.1
+
+
+def test_shifted_morphology_is_scipys():
+    """Cell finding's morphology by shifted whole arrays (disks as unions of rectangles, the chamfer distances
+    by counting erosions) gives what scipy.ndimage gives, borders included."""
+    from scipy import ndimage as ndi
+
+    from lsm_core.imaging.cells import _chamfer, _close, _disk, _max_disk, _open
+
+    rng = np.random.default_rng(0)
+    for k in range(20):
+        shape = tuple(int(v) for v in rng.integers(5, 70, 2))
+        mask = ndi.binary_dilation(rng.random(shape) > 0.97, iterations=int(rng.integers(1, 5)))
+        mask ^= rng.random(shape) > 0.95
+        if k == 0:
+            mask[:] = True
+        for radius in (0.4, 1.5, 2.6, 3.3):
+            disk = _disk(radius)
+            assert np.array_equal(_close(mask, radius), ndi.binary_closing(mask, disk, border_value=0))
+            assert np.array_equal(_open(mask, radius), ndi.binary_opening(mask, disk))
+            values = rng.random(shape).astype(np.float32)
+            assert np.array_equal(_max_disk(values, radius), ndi.maximum_filter(values, footprint=disk))
+        chamfer = sum(ndi.distance_transform_cdt(mask, metric=metric) for metric in ("chessboard", "taxicab"))
+        assert np.array_equal(_chamfer(mask), chamfer) and np.array_equal(_chamfer(mask, 2), chamfer)

@@ -4,13 +4,15 @@ DIC shows a cell as relief (one flank bright, one dark) on a background of about
 cells are found by local contrast, not by brightness:
 
 1. the image is binned to a working scale of about 0.8 micrometres per pixel (the smallest cell, 4 um, is
-   5 pixels across there; finer work costs 4x and finds nothing more);
+   5 pixels across there; finer work costs 4x and finds nothing more), or about 1 um (up to 1.33) where the
+   cells turn out large (12 um Jurkat cells: the same recall at a half to a quarter of the work);
 2. the illumination is flattened: a smooth background estimated on a coarse grid is subtracted;
 3. the absolute relief, smoothed, is thresholded at a number of robust noise deviations above its median;
-4. holes are filled, specks opened away, regions labelled and measured (scikit-image ``regionprops``);
-5. regions smaller than ``min_diameter_um`` are debris; a region larger than ``max_diameter_um`` or less
-   solid than ``min_solidity`` is split where round cells touch (a watershed of its distance transform),
-   and what still fails is a clump: debris and clumps are dropped and counted;
+4. holes are filled, specks opened away, regions labelled;
+5. touching cells are split apart, each pixel of a region to the nearest of its seeds (the centres of its
+   distance transform) by power distance, where round cells touch; pieces smaller than ``min_diameter_um``
+   are debris, larger than ``max_diameter_um`` or less solid than ``min_solidity`` clumps: both are dropped
+   and counted;
 6. each cell's crop is a square of ``crop_um`` micrometres centred on the cell, cut from the original
    image and resized to the model's input; a cell whose box touches the image edge is flagged ``edge``.
 
@@ -25,6 +27,7 @@ Results do not depend on the image's grey scale (8-bit, 12-bit in 16, float).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image
@@ -112,7 +115,7 @@ class CellCrops:
         pixels, with ``rejected_why`` (M strings: ``debris`` or ``clump``); ``dropped`` counts them all
     outlines : N closed polygons, one per cell in the order of ``boxes``: (K, 2) float32 vertices (x, y) in the
         image's pixels at its full resolution (the last vertex repeats the first). Each is traced when first
-        asked for (:class:`_Outliner`): the cell's mask at the working scale (about 0.8 um per pixel) refined
+        asked for (:class:`_Masks`): the cell's mask at the working scale (0.8 um per pixel, or up to 1.33) refined
         at full resolution inside its box. A single-cell crop's is the cell :func:`cell_mask` traces in it, or
         the crop's border (its box) when none is.
     labels : (H, W) int32, cell i+1's mask in the image's pixels (0: no cell), or None: the outlines filled
@@ -233,7 +236,7 @@ class _Masks:
         assert self.image is not None and self.background is not None
         f, (H, W) = self.factor, self.shape
         grow = max(1, int(np.ceil(1.5 / (self.um_per_px * f))))  # working pixels
-        rows, cols = np.nonzero(self.small == label) if self._boxes is None else self._box_pixels(label)
+        rows, cols = self._pixels(label)
         r0, r1 = max(0, rows.min() - grow), min(self.small.shape[0], rows.max() + 1 + grow)
         c0, c1 = max(0, cols.min() - grow), min(self.small.shape[1], cols.max() + 1 + grow)
         labels = self.small[r0:r1, c0:c1]
@@ -254,7 +257,7 @@ class _Masks:
         if outside.size >= 32:
             spread = _robust_sigma(outside)
             mask = (energy > float(np.median(outside)) + self.threshold_sigmas * spread) & allowed
-            mask = ndi.binary_closing(mask, structure=_disk(1.2 / self.um_per_px), border_value=0) & allowed
+            mask = _close(mask, 1.2 / self.um_per_px) & allowed
             mask = _fill_holes(mask)
             pieces, n = ndi.label(mask)
             if n:
@@ -264,11 +267,16 @@ class _Masks:
                     cell = mask
         return _trace(cell, (y0, x0))
 
-    _boxes: dict[int, tuple[np.ndarray, np.ndarray]] | None = field(default=None, repr=False)
+    boxes: list[tuple[slice, slice]] | None = field(default=None, repr=False)  # each cell's, at the working scale
 
-    def _box_pixels(self, label: int) -> tuple[np.ndarray, np.ndarray]:
-        assert self._boxes is not None
-        return self._boxes[label]
+    def _pixels(self, label: int) -> tuple[np.ndarray, np.ndarray]:
+        """A cell's pixel rows and columns at the working scale (searched in its box when the box is known)."""
+        if self.boxes is None:
+            rows, cols = np.nonzero(self.small == label)
+            return rows, cols
+        r, c = self.boxes[label - 1]
+        rows, cols = np.nonzero(self.small[r, c] == label)
+        return rows + r.start, cols + c.start
 
 
 def _up(mask: np.ndarray, factor: int) -> np.ndarray:
@@ -404,10 +412,16 @@ def _bin(image: np.ndarray, factor: int) -> np.ndarray:
     if factor == 1:
         return image
     h, w = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
-    # summed over each band of rows first (whole rows at a time), then over columns: 3x faster than one mean
-    # over both axes of the 4-d view
-    rows = image[:h, :w].reshape(h // factor, factor, w).sum(axis=1, dtype=np.float32)
-    return rows.reshape(h // factor, w // factor, factor).sum(axis=2) * np.float32(1.0 / factor**2)
+    # every factor-th row added to the sum of the bands' rows, then every factor-th column: whole rows at a
+    # time (6x faster than summing over the small axes of a reshaped view)
+    rows = image[0:h:factor, :w].astype(np.float32)
+    for k in range(1, factor):
+        rows += image[k:h:factor, :w]
+    out = rows[:, 0::factor].copy()
+    for k in range(1, factor):
+        out += rows[:, k::factor]
+    out *= np.float32(1.0 / factor**2)
+    return out
 
 
 def _interp_matrix(n: int, g: int, tile: int) -> np.ndarray:
@@ -437,8 +451,23 @@ def flatten_background(image: np.ndarray, scale_px: float) -> np.ndarray:
     # each tile's median from every other pixel each way (a quarter of the work; the background is smooth)
     tiles = padded.reshape(gh, tile, gw, tile)[:, ::2, :, ::2]
     grid = np.median(tiles.transpose(0, 2, 1, 3).reshape(gh, gw, -1), axis=2)
-    background = _interp_matrix(h, gh, tile) @ grid.astype(np.float32) @ _interp_matrix(w, gw, tile).T
-    return (image - background).astype(np.float32)
+    rows = _interp_matrix(h, gh, tile) @ grid.astype(np.float32)
+    background = _products(rows, _interp_matrix(w, gw, tile).T)
+    return np.subtract(image, background, out=background, dtype=np.float32)
+
+
+BLAS_ONE_THREAD = 4 * 65536  # OpenBLAS multiplies on one thread up to this many m * n * k
+
+
+def _products(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` (float32) in blocks of rows small enough for OpenBLAS to keep to one thread: a product across
+    threads costs more than it saves here, and on a busy machine its threads, once woken, made the finding
+    several times slower (a 0.65 um/px field's background: 2 ms on one thread, 14 to 30 ms on two)."""
+    out = np.empty((a.shape[0], b.shape[1]), np.float32)
+    step = max(1, BLAS_ONE_THREAD // max(1, a.shape[1] * b.shape[1]))
+    for r in range(0, a.shape[0], step):
+        np.matmul(a[r : r + step], b, out=out[r : r + step])
+    return out
 
 
 def _disk(radius: float) -> np.ndarray:
@@ -447,16 +476,114 @@ def _disk(radius: float) -> np.ndarray:
     return (yy**2 + xx**2) <= r * r + r
 
 
+def _disk_rects(radius: float) -> list[tuple[int, int]]:
+    """:func:`_disk` as a union of centred rectangles: their half heights and half widths (the widest first)."""
+    r = max(1, int(round(radius)))
+    widths = [int(np.floor(np.sqrt(r * r + r - dy * dy))) for dy in range(r + 1)]
+    return [(dy, widths[dy]) for dy in range(r + 1) if dy == r or widths[dy] > widths[dy + 1]]
+
+
+def _shifted(mask: np.ndarray, half: int, axis: int, grow: bool, border: bool = False) -> np.ndarray:
+    """A bool mask dilated (``grow``) or eroded along one axis by a window of 2 * half + 1 pixels, by shifted
+    whole-array ORs or ANDs; outside the image counts as ``border``."""
+    out = mask.copy()
+    n = mask.shape[axis]
+    for k in range(1, min(half, n) + 1):
+        lo, hi = [slice(None)] * 2, [slice(None)] * 2
+        lo[axis], hi[axis] = slice(k, None), slice(None, -k)
+        a, b = tuple(lo), tuple(hi)
+        if grow:
+            out[a] |= mask[b]
+            out[b] |= mask[a]
+        else:
+            out[a] &= mask[b]
+            out[b] &= mask[a]
+    if not grow and not border and half:
+        edge = [slice(None)] * 2
+        for part in (slice(0, half), slice(max(0, n - half), n)):
+            edge[axis] = part
+            out[tuple(edge)] = False
+    return out
+
+
+def _dilate(mask: np.ndarray, radius: float) -> np.ndarray:
+    """``ndi.binary_dilation(mask, _disk(radius))`` (outside the image: background), the disk taken as a union
+    of rectangles, each by shifted ORs along rows then columns: 30x faster for the small disks used here."""
+    out = np.zeros_like(mask)
+    for dy, dx in _disk_rects(radius):
+        out |= _shifted(_shifted(mask, dy, 0, True), dx, 1, True)
+    return out
+
+
+def _erode(mask: np.ndarray, radius: float) -> np.ndarray:
+    """``ndi.binary_erosion(mask, _disk(radius), border_value=0)``, as :func:`_dilate` does dilation."""
+    out = mask.copy()
+    for dy, dx in _disk_rects(radius):
+        out &= _shifted(_shifted(mask, dy, 0, False), dx, 1, False)
+    return out
+
+
+def _close(mask: np.ndarray, radius: float) -> np.ndarray:
+    """``ndi.binary_closing(mask, _disk(radius), border_value=0)``."""
+    return _erode(_dilate(mask, radius), radius)
+
+
+def _open(mask: np.ndarray, radius: float) -> np.ndarray:
+    """``ndi.binary_opening(mask, _disk(radius))``."""
+    return _dilate(_erode(mask, radius), radius)
+
+
+def _max_disk(values: np.ndarray, radius: float) -> np.ndarray:
+    """``ndi.maximum_filter(values, footprint=_disk(radius))``: the maximum over each rectangle of the disk,
+    by shifted maxima (at the border the mirrored values scipy reads lie inside the window already)."""
+    out: np.ndarray | None = None
+    for dy, dx in _disk_rects(radius):
+        rect = values
+        for axis, half in ((0, dy), (1, dx)):
+            grown = rect.copy()
+            for k in range(1, min(half, rect.shape[axis]) + 1):
+                lo, hi = [slice(None)] * 2, [slice(None)] * 2
+                lo[axis], hi[axis] = slice(k, None), slice(None, -k)
+                np.maximum(grown[tuple(lo)], rect[tuple(hi)], out=grown[tuple(lo)])
+                np.maximum(grown[tuple(hi)], rect[tuple(lo)], out=grown[tuple(hi)])
+            rect = grown
+        out = rect if out is None else np.maximum(out, rect, out=out)
+    assert out is not None
+    return out
+
+
 def _sample(x: np.ndarray) -> np.ndarray:
-    """At most about 65,000 of ``x``'s values, evenly spaced: enough for a median to 0.5 % (a 2048 x 2048
-    field at the working scale has 262,144, and each of its medians cost 3 ms)."""
-    return x.ravel()[:: max(1, x.size // 65_536)]
+    """At most about 16,000 of ``x``'s values, evenly spaced: enough for a median to 1 % of the spread (a
+    2048 x 2048 field at the working scale has 170,000 pixels, and each of their medians cost 1.5 ms)."""
+    return x.ravel()[:: max(1, x.size // 16_384)]
 
 
-def _robust_sigma(x: np.ndarray) -> float:
+def _robust_sigma(x: np.ndarray, median: float | None = None) -> float:
+    """1.4826 median absolute deviations of (a sample of) ``x`` from its median (``median`` when known)."""
     sample = _sample(x)
-    med = np.median(sample)
+    med = np.median(sample) if median is None else median
     return float(1.4826 * np.median(np.abs(sample - med)))
+
+
+def _smooth(x: np.ndarray, sigma: float) -> np.ndarray:
+    """``ndi.gaussian_filter(x, sigma)`` (float32): under 0.375 pixels its kernel has three taps, applied by
+    shifted sums (3x faster); wider, scipy's."""
+    if int(4.0 * sigma + 0.5) != 1:
+        return ndi.gaussian_filter(x, sigma)
+    side = np.float32(np.exp(-0.5 / sigma**2))
+    side, centre = side / (1 + 2 * side), np.float32(1) / (1 + 2 * side)
+    out = np.asarray(x, np.float32)
+    for axis in (0, 1):
+        src = out
+        out = src * centre
+        edge = src * side
+        lo, hi, first, last = [slice(None)] * 2, [slice(None)] * 2, [slice(None)] * 2, [slice(None)] * 2
+        lo[axis], hi[axis], first[axis], last[axis] = slice(1, None), slice(None, -1), slice(0, 1), slice(-1, None)
+        out[tuple(lo)] += edge[tuple(hi)]
+        out[tuple(hi)] += edge[tuple(lo)]
+        out[tuple(first)] += edge[tuple(first)]  # outside the border, its own value mirrored (scipy's reflect)
+        out[tuple(last)] += edge[tuple(last)]
+    return out
 
 
 def background_level(image: np.ndarray) -> float:
@@ -471,21 +598,44 @@ def cut_crops(image: np.ndarray, centres: np.ndarray, params: FindParams) -> np.
 
     image : (H, W) float32; centres : (N, 2); returns (N, S, S) float32. Parts outside the image are filled
     with the image's median (its background level).
-    """
+
+    Every crop is ``crop_px`` pixels a side at whole-pixel offsets, so one resize serves them all: PIL's
+    (box filter going smaller, bilinear going larger) as its weight matrix ``R``, read from PIL itself, each
+    crop ``R @ patch @ R.T`` (what PIL gives to float32 rounding, at a tenth of the time of a PIL resize per
+    crop), a product per crop (each small enough for OpenBLAS to keep to one thread: :func:`_products`)."""
     h, w = image.shape
-    crop_px = params.crop_px
+    crop_px, size = params.crop_px, params.output_size
+    centres = np.asarray(centres, dtype=np.float64).reshape(-1, 2)
+    n = len(centres)
+    if not n:
+        return np.zeros((0, size, size), np.float32)
     half = crop_px / 2
-    fill = background_level(image)
-    out = np.empty((len(centres), params.output_size, params.output_size), np.float32)
-    for i, (cx, cy) in enumerate(np.asarray(centres, dtype=np.float64)):
-        top, left = int(round(cy - half + 0.5)), int(round(cx - half + 0.5))
-        patch = np.full((crop_px, crop_px), fill, np.float32)
-        sy0, sx0 = max(0, top), max(0, left)
-        sy1, sx1 = min(h, top + crop_px), min(w, left + crop_px)
-        if sy1 > sy0 and sx1 > sx0:
-            patch[sy0 - top : sy1 - top, sx0 - left : sx1 - left] = image[sy0:sy1, sx0:sx1]
-        out[i] = _resize(patch, params.output_size)
-    return out
+    tops = np.round(centres[:, 1] - half + 0.5).astype(np.intp)
+    lefts = np.round(centres[:, 0] - half + 0.5).astype(np.intp)
+    rows, cols = tops[:, None] + np.arange(crop_px), lefts[:, None] + np.arange(crop_px)
+    inside_rows, inside_cols = (rows >= 0) & (rows < h), (cols >= 0) & (cols < w)
+    if inside_rows.all() and inside_cols.all():
+        windows = np.lib.stride_tricks.sliding_window_view(image, (crop_px, crop_px))
+        patches = windows[tops, lefts].astype(np.float32, copy=False)
+    else:
+        patches = image[np.clip(rows, 0, h - 1)[:, :, None], np.clip(cols, 0, w - 1)[:, None, :]].astype(np.float32)
+        patches[~(inside_rows[:, :, None] & inside_cols[:, None, :])] = background_level(image)
+    if crop_px == size:
+        return patches
+    weights = _resize_weights(crop_px, size)  # (size, crop_px)
+    # along rows first, then columns, as PIL does
+    return np.matmul(weights, np.matmul(patches, weights.T)).astype(np.float32, copy=False)
+
+
+@lru_cache(maxsize=16)
+def _resize_weights(n: int, size: int) -> np.ndarray:
+    """(size, n) float32: PIL's resize of n samples to ``size`` as a matrix (:func:`_resize`'s filters), each
+    row the weights of one output sample; read by resizing the identity along one axis only."""
+    eye = Image.fromarray(np.eye(n, dtype=np.float32), mode="F")
+    method = Image.Resampling.BOX if n > size else Image.Resampling.BILINEAR
+    weights = np.asarray(eye.resize((size, n), method), dtype=np.float32).T.copy()
+    weights.setflags(write=False)
+    return weights
 
 
 def find_cells(image: np.ndarray, params: FindParams | None = None) -> CellCrops:
@@ -521,7 +671,13 @@ def find_cells(image: np.ndarray, params: FindParams | None = None) -> CellCrops
     crop_px = params.crop_px
     single = max(h, w) <= params.single_crop_factor * max(crop_px, params.output_size)
     factor = max(1, int(round(WORKING_PIXEL_UM / params.pixel_size_um)))
-    small = image if single else _bin(image, factor)
+    # where cells are large, the working pixel nearest LARGE_WORKING_UM will do: tried first where it has at most
+    # two thirds as many pixels a side as the usual one (at 0.33 to 0.38 and 0.55 to 0.66 um/px); a field that
+    # turns out to have small cells costs a quarter to a half more
+    coarse = max(1, int(round(LARGE_WORKING_UM / params.pixel_size_um)))
+    if 2 * coarse < 3 * factor:
+        coarse = factor
+    small = image if single else _bin(image, coarse)
     if small.size == 0 or not small.max() > small.min():  # the binned field says "not blank" at a 16th the cost
         _refuse_blank(image)
         if small.size == 0:  # a strip thinner than one working pixel: no cell fits
@@ -539,6 +695,53 @@ def find_cells(image: np.ndarray, params: FindParams | None = None) -> CellCrops
             ["single"],
             masks=_Masks(image, np.ones((1, 1), np.int32), 1, None, params.pixel_size_um, 5.0, (h, w), single=True),
         )
+
+    if coarse != factor:
+        found = _detect(small, params, coarse)
+        if found is not None and found.typical_um() >= LARGE_CELL_UM:
+            return _field_cells(image, small, coarse, found, params)
+        small = _bin(image, factor)
+    found = _detect(small, params, factor)
+    if found is None:
+        return CellCrops.empty(params.output_size)
+    return _field_cells(image, small, factor, found, params)
+
+
+LARGE_WORKING_UM = 1.0  # the working pixel for large cells: a 12 um cell is 12 pixels across there
+LARGE_CELL_UM = 10.5  # cells are large when three quarters of their centres stand this far across
+
+
+@dataclass
+class _Detection:
+    """What stands out from the background at the working scale (``factor`` image pixels a side): the relief
+    (the binned image less its background), the mask of cells (closed, holes filled, opened), the distance of
+    its pixels to the background that seeds the split, and the seeds' places (:func:`_peaks`)."""
+
+    factor: int
+    work_um: float
+    relief: np.ndarray
+    mask: np.ndarray
+    distance: np.ndarray
+    peaks: np.ndarray
+
+    def typical_um(self) -> float:
+        """How wide the cells are, in micrometres: the first quartile of twice the distance at their centres
+        (0: none found). Packed real Jurkat cells (tests/packed_cells.py) and the montage's at 0.6 um/px measure
+        12, the synthetic blood stem cells 8, two touching 7 um cells 7 to 9 (at 1 to 1.6 um a working pixel)."""
+        heights = self.distance[self.peaks]
+        return float(np.percentile(heights, 25)) * 2 * self.work_um if heights.size else 0.0
+
+
+def _peaks(distance: np.ndarray, min_radius: float, unit: float = 1.0) -> np.ndarray:
+    """Where seeds may stand: the maxima of the distance within a smallest cell's radius (``min_radius``
+    pixels), at least three quarters of that radius deep (a cell's centre). ``distance``: in 1 / ``unit``
+    pixels."""
+    return (distance >= _max_disk(distance, min_radius)) & (distance >= 0.75 * min_radius * unit)
+
+
+def _detect(small: np.ndarray, params: FindParams, factor: int) -> _Detection | None:
+    """Cells' mask at the working scale (``small``: the image binned by ``factor``), or None when the relief is
+    flat (no noise, nothing to threshold)."""
     work_um = params.pixel_size_um * factor
     relief = flatten_background(small, 2 * params.max_diameter_um / work_um)
     noise = _robust_sigma(relief)
@@ -546,31 +749,44 @@ def find_cells(image: np.ndarray, params: FindParams | None = None) -> CellCrops
     # what marks a cell: relief of either sign (DIC's bright and dark flanks, brightfield's ring), or in
     # positive phase contrast the dark body alone (its bright halo lies outside the cell: taken with it, the
     # cell's box grows by half: IoU with the cell under 0.5)
-    energy = ndi.gaussian_filter(np.abs(relief), 0.3 / work_um)
+    energy = _smooth(np.abs(relief), 0.3 / work_um)
     base = float(np.median(_sample(energy)))
-    spread = _robust_sigma(energy)
+    spread = _robust_sigma(energy, base)
     if noise <= 0 and spread <= 0:
-        return CellCrops.empty(params.output_size)
+        return None
     # the threshold is the relief's either way (the dark part alone is 0 over half the field: its own
     # median and spread would put the threshold in the noise)
     threshold = base + params.threshold_sigmas * max(spread, 0.3 * noise)
     if phase:
-        energy = ndi.gaussian_filter(np.maximum(-relief, 0), 0.3 / work_um)
+        energy = _smooth(np.maximum(-relief, 0), 0.3 / work_um)
     mask = energy > threshold
     unclosed = mask
     if not phase:
         # DIC relief vanishes across the shear direction: close the two crescents into a ring (brightfield
         # cells are found better with it too: Jurkat recall 0.998 against 0.989 without, bench/cells.py)
-        mask = ndi.binary_closing(mask, structure=_disk(1.2 / work_um), border_value=0)
+        mask = _close(mask, 1.2 / work_um)
     mask = _fill_holes(mask)
-    mask = ndi.binary_opening(mask, structure=_disk(0.8 / work_um))
+    mask = _open(mask, 0.8 / work_um)
     # the distance that seeds the split is the mean of the closed mask's and the unclosed one's (holes filled):
     # where three cells touch, closing fills the gap between them, and the closed mask's distance is as high
     # there as at a cell's centre
-    distance = _distance(mask)
+    most = int(np.ceil(params.max_diameter_um / work_um))  # wider regions are clumps: measured by scipy
+    quarters = _chamfer(mask, most).astype(np.int16)  # four times the distance, in integers
     if unclosed is not mask:
-        distance = 0.5 * (distance + _distance(_fill_holes(unclosed) & mask))
-    cells = _split_cells(mask, distance, params, work_um)
+        quarters += _chamfer(_fill_holes(unclosed) & mask, most)
+    else:
+        quarters *= 2
+    peaks = _peaks(quarters, params.min_diameter_um / 2 / work_um, 4.0)
+    distance = np.multiply(quarters, np.float32(0.25), dtype=np.float32)
+    return _Detection(factor, work_um, relief, mask, distance, peaks)
+
+
+def _field_cells(image: np.ndarray, small: np.ndarray, factor: int, found: _Detection, params: FindParams) -> CellCrops:
+    """The cells of a field from what stood out at the working scale: touching cells split apart, debris and
+    clumps dropped, each cell's box, centre, flags and crop."""
+    h, w = image.shape
+    work_um = found.work_um
+    cells = _split_cells(found.mask, found.distance, found.peaks, params, work_um)
     dropped = {"debris": 0, "clump": 0}
     rejected: list[tuple[tuple[int, ...], str]] = []  # the first MAX_REJECTED, in the image's pixels
 
@@ -597,11 +813,12 @@ def find_cells(image: np.ndarray, params: FindParams | None = None) -> CellCrops
         for r, c in cells.boxes
     ]
     crops = cut_crops(image, centres, params)
-    masks = _Masks(image, cells.labels, factor, small - relief, params.pixel_size_um, params.threshold_sigmas, (h, w))
-    masks._boxes = cells.pixels()
-    found = CellCrops(crops, boxes, centres, flags, dropped, masks)
-    found.set_rejected(rejected)
-    return found
+    background = small - found.relief
+    masks = _Masks(image, cells.labels, factor, background, params.pixel_size_um, params.threshold_sigmas, (h, w))
+    masks.boxes = cells.boxes
+    result = CellCrops(crops, boxes, centres, flags, dropped, masks)
+    result.set_rejected(rejected)
+    return result
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -631,142 +848,292 @@ class _Split:
     centroids: np.ndarray
     rejected: list[tuple[tuple[slice, slice], str]]
 
-    def pixels(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """Each cell's pixel rows and columns at the working scale, by label."""
-        out = {}
-        for i, (r, c) in enumerate(self.boxes, start=1):
-            rows, cols = np.nonzero(self.labels[r, c] == i)
-            out[i] = (rows + r.start, cols + c.start)
-        return out
-
 
 SEED_DEPTH = 0.4  # two cells' centres stand at least this many smallest-cell radii above their contact
 CLUMP_CELLS = 12  # a region larger than this many of the largest cells is no group of cells: a clump
 
 
-def _distance(mask: np.ndarray) -> np.ndarray:
-    """An octagonal distance to the background (the mean of the chessboard and city-block chamfer distances,
-    within 8 % of the Euclidean): 5x faster than scipy's exact transform, and seeds need no more."""
-    chess = ndi.distance_transform_cdt(mask, metric="chessboard")
-    block = ndi.distance_transform_cdt(mask, metric="taxicab")
-    return (chess + block).astype(np.float32) * np.float32(0.5)
+def _chamfer(mask: np.ndarray, most: int | None = None) -> np.ndarray:
+    """The chessboard and city-block chamfer distances to the background, added (small integers).
+
+    Each is the number of erosions (by the 3 x 3 square, by the cross; outside the image counts as
+    foreground, as scipy's ``distance_transform_cdt`` has it) a pixel survives, plus one, counted in bytes:
+    4x faster than scipy's for cells a few working pixels across. Regions wider than 2 * ``most`` pixels (at
+    most 120) are measured by scipy instead (the same values)."""
+    steps = min(2 * (most or max(mask.shape)), 120)
+    total = mask.view(np.uint8) * np.uint8(2)
+    square, cross = mask, mask  # the cross erodes slower: it holds the square's survivors and more
+    for _ in range(steps):
+        if not cross.any():
+            return total
+        if square.any():
+            square = _shifted(_shifted(square, 1, 0, False, True), 1, 1, False, True)
+            total += square.view(np.uint8)
+        cross = _shifted(cross, 1, 0, False, True) & _shifted(cross, 1, 1, False, True)
+        total += cross.view(np.uint8)
+    if not cross.any():
+        return total
+    chess = ndi.distance_transform_cdt(mask, metric="chessboard")  # -1 everywhere without any background
+    return (chess + ndi.distance_transform_cdt(mask, metric="taxicab")).astype(np.int16)
 
 
-def _split_cells(mask: np.ndarray, distance: np.ndarray, params: FindParams, work_um: float) -> _Split:
+def _split_cells(
+    mask: np.ndarray, distance: np.ndarray, peaks: np.ndarray, params: FindParams, work_um: float
+) -> _Split:
     """The cells of a mask at the working scale, touching cells split apart.
 
-    One watershed of the whole field's distance transform (scipy's ``watershed_ift``), flooded from seeds:
-    the maxima of the distance within a smallest cell's radius, at least three quarters of that radius deep
-    (a cell's centre). Two neighbouring pieces are merged again unless both centres stand at least
+    Seeds are the maxima of the distance within a smallest cell's radius, at least three quarters of that
+    radius deep (a cell's centre: ``peaks``, :func:`_peaks`). A region with one seed is one piece; a region
+    with several is divided between them by power distance (:func:`_power_split`: touching round cells part
+    where they touch). Two neighbouring pieces are merged again unless both centres stand at least
     ``SEED_DEPTH`` smallest-cell radii above the highest point of their contact (the h-maxima rule: one ragged
-    cell has shallow dips between its maxima, two round cells touching a deep neck). Then each piece is judged:
-    smaller than ``min_diameter_um``: debris; larger than ``max_diameter_um`` or, when its area is large for
-    its inscribed radius, less solid than ``min_solidity``: a clump (a group too dense to split, or one large
-    object); both dropped. A region larger than ``CLUMP_CELLS`` of the largest cells is no colony of cells: a clump."""
+    cell has shallow dips between its maxima, two round cells touching a deep neck). Then each piece is
+    judged: smaller than ``min_diameter_um``: debris; larger than ``max_diameter_um`` or, when its area is
+    large for its inscribed radius, less solid than ``min_solidity``: a clump (a group too dense to split, or
+    one large object); both dropped. A region
+    larger than ``CLUMP_CELLS`` of the largest cells is no colony of cells: a clump.
+
+    After the labelling everything runs on the mask's pixels as a list (a quarter of a packed field, a tenth
+    of a sparse one), and the pieces are judged by whole-array operations."""
     min_radius = params.min_diameter_um / 2 / work_um
     min_area = np.pi / 4 * (params.min_diameter_um / work_um) ** 2
     max_area = np.pi / 4 * (params.max_diameter_um / work_um) ** 2
     rejected: list[tuple[tuple[slice, slice], str]] = []
+    h, w = mask.shape
     regions, n_regions = ndi.label(mask, structure=np.ones((3, 3), bool))
     if n_regions == 0:
         return _Split(np.zeros(mask.shape, np.int32), [], np.zeros((0, 2), np.float32), rejected)
-    region_area = np.bincount(regions.ravel(), minlength=n_regions + 1)
+    at = np.flatnonzero(regions)  # the mask's pixels, flat
+    region = regions.ravel()[at]
+    depth = distance.ravel()[at]
+    region_area = np.bincount(region, minlength=n_regions + 1)
     too_large = region_area > CLUMP_CELLS * max_area
     too_large[0] = False
-    peaks = (distance >= ndi.maximum_filter(distance, footprint=_disk(min_radius))) & (distance >= 0.75 * min_radius)
-    peaks &= ~too_large[regions]
+    if too_large.any():
+        peaks = peaks & ~too_large[regions]
     markers, n_seeds = ndi.label(peaks, structure=np.ones((3, 3), bool))
-    # a region with one seed is one piece; those with more are flooded from their seeds, the deepest first
-    # (a watershed of the inverted distance, scikit-image's; scipy's watershed_ift floods past basins)
-    seeds_in = np.bincount(regions[peaks], minlength=n_regions + 1)
+    seed_at = np.flatnonzero(markers)
+    seed_label = markers.ravel()[seed_at]
+    seed_region = np.zeros(n_seeds + 1, np.int64)
+    seed_region[seed_label] = regions.ravel()[seed_at]
+    height = np.zeros(n_seeds + 1, np.float32)
+    height[seed_label] = distance.ravel()[seed_at]  # a seed's plateau has one height
+    seeds_in = np.bincount(seed_region[1:], minlength=n_regions + 1)
     seed_of = np.zeros(n_regions + 1, np.int32)
-    seed_of[regions[peaks]] = markers[peaks]
-    pieces = np.where(seeds_in[regions] == 1, seed_of[regions], 0).astype(np.int32)
-    several = seeds_in[regions] > 1
-    if several.any():
-        from skimage.segmentation import watershed
-
-        flooded = watershed(-distance, np.where(several, markers, 0), mask=several)
-        pieces[several] = flooded[several]
-    if n_seeds:
-        height = np.zeros(n_seeds + 1, np.float32)
-        height[markers[peaks]] = distance[peaks]  # a seed's plateau has one height
-        pieces = _merge_shallow(pieces, distance, height, SEED_DEPTH * min_radius)
+    seed_of[seed_region[1:]] = np.arange(1, n_seeds + 1, dtype=np.int32)
+    # a region with one seed is one piece; those with more are divided between their seeds
+    piece = np.where(seeds_in[region] == 1, seed_of[region], 0).astype(np.int32)
+    several = np.flatnonzero(seeds_in[region] > 1)
+    if len(several):
+        piece[several] = _power_split(at[several], region[several], w, seed_at, seed_label, seed_region, height)
+        merged = _merge_shallow(piece, at, several, distance, height, SEED_DEPTH * min_radius)
+        if merged is not None:
+            piece = merged[piece]
     # regions without any seed: smaller than a smallest cell's inscribed disk (debris), or too large (clumps)
     seeded = np.zeros(n_regions + 1, bool)
-    seeded[regions[pieces > 0]] = True
-    for label, box in enumerate(ndi.find_objects(regions), start=1):
-        if box is not None and not seeded[label]:
-            rejected.append((box, "clump" if too_large[label] else "debris"))
-    n_pieces = int(pieces.max())
-    flat = pieces.ravel()
-    area = np.bincount(flat, minlength=n_pieces + 1)
-    rows, cols = np.indices(mask.shape, dtype=np.float32)
-    cy = np.bincount(flat, rows.ravel(), minlength=n_pieces + 1) / np.maximum(area, 1)
-    cx = np.bincount(flat, cols.ravel(), minlength=n_pieces + 1) / np.maximum(area, 1)
+    seeded[region[piece > 0]] = True
+    unseeded = np.flatnonzero(~seeded[1:]) + 1
+    region_boxes = _boxes_of(region, at, w, unseeded)
+    for label in unseeded.tolist():
+        rejected.append((region_boxes[label], "clump" if too_large[label] else "debris"))
+    n_pieces = int(piece.max())
+    area = np.bincount(piece, minlength=n_pieces + 1)
+    cy = np.bincount(piece, at // w, minlength=n_pieces + 1) / np.maximum(area, 1)
+    cx = np.bincount(piece, at % w, minlength=n_pieces + 1) / np.maximum(area, 1)
     inscribed = np.zeros(n_pieces + 1, np.float32)
-    np.maximum.at(inscribed, flat[flat > 0], distance.ravel()[flat > 0])
-    keep = np.zeros(n_pieces + 1, np.int32)
-    boxes: list[tuple[slice, slice]] = []
-    region_of = np.zeros(n_pieces + 1, np.int32)
-    region_of[pieces] = regions
-    not_kept: dict[int, list[tuple[tuple[slice, slice], str]]] = {}  # by region
-    for label, box in enumerate(ndi.find_objects(pieces), start=1):
-        if box is None:
-            continue
-        why = ""
-        if area[label] < min_area:
-            why = "debris"
-        elif area[label] > max_area:
-            why = "clump"
-        elif area[label] > 1.6 * np.pi * inscribed[label] ** 2:  # not round: is it solid?
-            from skimage.morphology import convex_hull_image
+    np.maximum.at(inscribed, piece, depth)
+    region_of = np.zeros(n_pieces + 1, np.int64)
+    region_of[piece] = region
+    labels = np.zeros(h * w, np.int32)
+    labels[at] = piece
+    labels = labels.reshape(h, w)
+    piece_boxes = ndi.find_objects(labels, n_pieces)
+    why = np.full(n_pieces + 1, "", dtype=object)  # "": kept; None: no such piece
+    why[area < min_area] = "debris"
+    why[area > max_area] = "clump"
+    why[area == 0] = None
+    why[0] = None
+    round_enough = area <= 1.6 * np.pi * inscribed.astype(np.float64) ** 2
+    doubtful = np.flatnonzero((why == "") & ~round_enough)  # not round: is it solid?
+    if len(doubtful):
+        from skimage.morphology import convex_hull_image
 
-            hull = convex_hull_image(pieces[box] == label)
-            if area[label] < params.min_solidity * hull.sum():
-                why = "clump"
-        if why:
-            not_kept.setdefault(int(region_of[label]), []).append((box, why))
-        else:
-            boxes.append(box)
-            keep[label] = len(boxes)
-    region_boxes = ndi.find_objects(regions)
-    kept_regions = set(region_of[np.nonzero(keep)[0]].tolist())
-    for region, parts in not_kept.items():
-        box = region_boxes[region - 1]
-        if region not in kept_regions and any(why == "clump" for _, why in parts) and box is not None:
-            rejected.append((box, "clump"))  # nothing of it kept: one clump, however it was cut
+        # solid enough within the octagon around it (which holds its convex hull): no need to draw the hull
+        solid = area[doubtful] >= params.min_solidity * _octagon_pixels(piece, at, w, doubtful)
+        for label in doubtful[~solid].tolist():
+            box = piece_boxes[label - 1]
+            assert box is not None
+            if area[label] < params.min_solidity * convex_hull_image(labels[box] == label).sum():
+                why[label] = "clump"
+    kept = np.flatnonzero(why == "")
+    keep = np.zeros(n_pieces + 1, np.int32)
+    keep[kept] = np.arange(1, len(kept) + 1, dtype=np.int32)
+    boxes = []
+    for label in kept.tolist():
+        box = piece_boxes[label - 1]
+        assert box is not None
+        boxes.append(box)
+    not_kept: dict[int, list[tuple[tuple[slice, slice], str]]] = {}  # by region
+    for label in np.flatnonzero((why == "debris") | (why == "clump")).tolist():
+        box = piece_boxes[label - 1]
+        assert box is not None
+        not_kept.setdefault(int(region_of[label]), []).append((box, str(why[label])))
+    kept_regions = set(region_of[kept].tolist())
+    whole = [
+        reg
+        for reg, parts in not_kept.items()
+        if reg not in kept_regions and any(reason == "clump" for _, reason in parts)
+    ]
+    region_boxes = _boxes_of(region, at, w, np.array(whole, np.int64))
+    for reg, parts in not_kept.items():
+        if reg in region_boxes:
+            rejected.append((region_boxes[reg], "clump"))  # nothing of it kept: one clump, however it was cut
         else:
             rejected.extend(parts)
-    kept = np.nonzero(keep)[0]
     centroids = np.stack([cy[kept], cx[kept]], axis=1).astype(np.float32).reshape(-1, 2)
-    return _Split(keep[pieces], boxes, centroids, rejected)
+    final = np.zeros(h * w, np.int32)
+    final[at] = keep[piece]
+    return _Split(final.reshape(h, w), boxes, centroids, rejected)
 
 
-def _merge_shallow(pieces: np.ndarray, distance: np.ndarray, height: np.ndarray, depth: float) -> np.ndarray:
-    """Pieces of a watershed merged where the contact between two is less than ``depth`` below the lower of
-    their seeds' heights: the contact's height is the highest distance along their common border."""
+def _octagon_pixels(label: np.ndarray, at: np.ndarray, width: int, wanted: np.ndarray) -> np.ndarray:
+    """For each of the ``wanted`` labels (from each pixel's ``label`` and flat index ``at``), the number of pixel
+    centres in the octagon bounded by its pixels' extremes along rows, columns and both diagonals. The octagon
+    holds the convex hull scikit-image's ``convex_hull_image`` draws (of the pixels' edge midpoints), so this
+    is at least the hull's pixel count: a piece as solid as needed against it is solid."""
+    slot = np.zeros(int(max(label.max(), wanted.max())) + 1, np.int64)
+    slot[wanted] = np.arange(1, len(wanted) + 1)
+    sel = np.flatnonzero(slot[label])
+    k, r, c = slot[label[sel]] - 1, at[sel] // width, at[sel] % width
+    n, big = len(wanted), np.iinfo(np.int64).max
+    lows = [np.full(n, big) for _ in range(4)]
+    highs = [np.full(n, -big) for _ in range(4)]
+    for low, high, v in zip(lows, highs, (r, c, r + c, r - c)):
+        np.minimum.at(low, k, v)
+        np.maximum.at(high, k, v)
+    (r0, c0, s0, d0), (r1, c1, s1, d1) = lows, highs
+    rows = r1 - r0 + 1
+    which = np.repeat(np.arange(n), rows)
+    y = np.arange(rows.sum()) - np.repeat(np.cumsum(rows) - rows, rows) + r0[which]
+    left = np.maximum.reduce([c0[which], s0[which] - y, y - d1[which]])
+    right = np.minimum.reduce([c1[which], s1[which] - y, y - d0[which]])
+    return np.bincount(which, np.maximum(right - left + 1, 0), minlength=n)
+
+
+def _boxes_of(label: np.ndarray, at: np.ndarray, width: int, wanted: np.ndarray) -> dict[int, tuple[slice, slice]]:
+    """The boxes (row and column slices) of the ``wanted`` labels, from each pixel's ``label`` and flat index
+    ``at``: ``ndi.find_objects`` for a few labels, without reading the whole image."""
+    if not len(wanted):
+        return {}
+    want = np.zeros(int(max(label.max(), wanted.max())) + 1, bool)
+    want[wanted] = True
+    sel = np.flatnonzero(want[label])
+    lab, rows, cols = label[sel], at[sel] // width, at[sel] % width
+    n = len(want)
+    r0, c0 = np.full(n, np.iinfo(np.int64).max), np.full(n, np.iinfo(np.int64).max)
+    r1, c1 = np.full(n, -1), np.full(n, -1)
+    np.minimum.at(r0, lab, rows)
+    np.minimum.at(c0, lab, cols)
+    np.maximum.at(r1, lab, rows)
+    np.maximum.at(c1, lab, cols)
+    return {k: (slice(int(r0[k]), int(r1[k]) + 1), slice(int(c0[k]), int(c1[k]) + 1)) for k in wanted.tolist()}
+
+
+def _power_split(
+    at: np.ndarray,
+    region: np.ndarray,
+    width: int,
+    seed_at: np.ndarray,
+    seed_label: np.ndarray,
+    seed_region: np.ndarray,
+    height: np.ndarray,
+) -> np.ndarray:
+    """The seed (label) each pixel (flat index ``at``, of ``region``) belongs to: of its region's seeds the
+    nearest in power distance, the squared distance to the seed's centre less the square of its height (its
+    inscribed radius). Two touching disks part exactly where they touch, on the line through their contact
+    points; a larger cell keeps its whole body against a smaller neighbour. This stands in for a watershed of
+    the distance flooded from the seeds (scikit-image's: the same recall on packed real cells, bench/cells.py,
+    the masks' IoU 0.002 lower) at a fifth of its time: one pass over the pixels per seed of the most crowded
+    region."""
+    n_seeds = len(height) - 1
+    size = np.maximum(np.bincount(seed_label, minlength=n_seeds + 1), 1)
+    sy = np.bincount(seed_label, seed_at // width, minlength=n_seeds + 1) / size
+    sx = np.bincount(seed_label, seed_at % width, minlength=n_seeds + 1) / size
+    # the power distance less the pixel's own squared length is linear in it: a y + b x + c, a seed's a, b, c
+    # in a table of each region's seeds (its k-th seed at region * most + k)
+    n_regions = int(max(region.max(), seed_region.max())) + 1
+    count = np.bincount(seed_region[1:], minlength=n_regions)
+    crowd = count[region]
+    most = int(crowd.max())
+    by_region = np.argsort(seed_region[1:], kind="stable") + 1  # seed labels, region by region
+    first = np.zeros(n_regions, np.int64)
+    np.cumsum(count[:-1], out=first[1:])
+    slot = seed_region[by_region] * most + np.arange(n_seeds) - first[seed_region[by_region]]
+    table = np.zeros((3, n_regions * most), np.float32)
+    table[0, slot], table[1, slot] = -2 * sy[by_region], -2 * sx[by_region]
+    table[2, slot] = sy[by_region] ** 2 + sx[by_region] ** 2 - height[by_region].astype(np.float64) ** 2
+    seed_at_slot = np.zeros(n_regions * most, np.int32)
+    seed_at_slot[slot] = by_region
+    a, b, c = table
+    order = np.argsort(-np.minimum(crowd, 2**15 - 1).astype(np.int16), kind="stable")  # the most crowded first
+    crowd = crowd[order]
+    row = (region[order] * most).astype(np.int32)
+    y, x = (at[order] // width).astype(np.float32), (at[order] % width).astype(np.float32)
+    best = a[row] * y
+    best += b[row] * x
+    best += c[row]
+    pick = np.zeros(len(at), np.int32)
+    more = len(crowd) - np.searchsorted(crowd[::-1], np.arange(1, most), side="right")
+    for k in range(1, most):
+        n = int(more[k - 1])  # the pixels whose region has more than k seeds: a prefix
+        slots = row[:n] + k
+        power = a[slots] * y[:n]
+        power += b[slots] * x[:n]
+        power += c[slots]
+        better = power < best[:n]
+        np.copyto(best[:n], power, where=better)
+        np.copyto(pick[:n], k, where=better)
+    out = np.empty(len(at), np.int32)
+    out[order] = seed_at_slot[row + pick]
+    return out
+
+
+def _merge_shallow(
+    piece: np.ndarray, at: np.ndarray, several: np.ndarray, distance: np.ndarray, height: np.ndarray, depth: float
+) -> np.ndarray | None:
+    """Pieces merged where the contact between two is less than ``depth`` below the lower of their seeds'
+    heights: the contact's height is the highest distance along their common border. ``piece``: the piece
+    (seed label) of each mask pixel ``at`` (flat indices); only the pixels ``several`` (of regions with more
+    than one seed) can touch another piece. Returns the new label of each seed label (compact, 0 stays 0),
+    or None when no two pieces merge."""
+    h, w = distance.shape
+    labels = np.zeros(h * w, np.int32)
+    labels[at] = piece
+    flat = distance.ravel()
+    where = at[several]
     pairs = []
-    for a, b, da, db in (
-        (pieces[:, :-1], pieces[:, 1:], distance[:, :-1], distance[:, 1:]),
-        (pieces[:-1, :], pieces[1:, :], distance[:-1, :], distance[1:, :]),
-    ):
-        at = (a != b) & (a > 0) & (b > 0)
-        lo, hi = np.minimum(a[at], b[at]), np.maximum(a[at], b[at])
-        pairs.append((lo, hi, np.minimum(da[at], db[at])))
-    lo = np.concatenate([p[0] for p in pairs]).astype(np.int64)
-    hi = np.concatenate([p[1] for p in pairs]).astype(np.int64)
-    contact = np.concatenate([p[2] for p in pairs])
+    for step, valid in ((1, where % w < w - 1), (w, where < (h - 1) * w)):
+        p = where[valid]
+        a, b = labels[p], labels[p + step]
+        touch = (a != b) & (b > 0)
+        p, a, b = p[touch], a[touch], b[touch]
+        pairs.append((np.minimum(a, b), np.maximum(a, b), np.minimum(flat[p], flat[p + step])))
+    lo = np.concatenate([q[0] for q in pairs]).astype(np.int64)
+    hi = np.concatenate([q[1] for q in pairs]).astype(np.int64)
+    contact = np.concatenate([q[2] for q in pairs])
     if not len(lo):
-        return pieces
+        return None
     key = lo * len(height) + hi
     order = np.lexsort((contact, key))  # by pair, the highest contact last
     key, contact = key[order], contact[order]
     last = np.r_[key[1:] != key[:-1], True]
     key, contact = key[last], contact[last]
     lo, hi = key // len(height), key % len(height)
-    if not (np.minimum(height[lo], height[hi]) - contact < depth).any():
-        return pieces
+    # a group's height only grows as it merges: a pair deep enough now never merges, and is left out
+    shallow = np.minimum(height[lo], height[hi]) - contact < depth
+    if not shallow.any():
+        return None
+    lo, hi, contact = lo[shallow], hi[shallow], contact[shallow]
     parent = np.arange(len(height))
     top = height.astype(np.float64).tolist()  # each group's highest seed
 
@@ -785,7 +1152,7 @@ def _merge_shallow(pieces: np.ndarray, distance: np.ndarray, height: np.ndarray,
             top[min(ra, rb)] = max(top[ra], top[rb])
     roots = np.array([root(i) for i in range(len(height))])
     _, lut = np.unique(roots, return_inverse=True)  # label 0 stays 0 (its own root, the smallest)
-    return lut.astype(np.int32)[pieces]
+    return lut.astype(np.int32)
 
 
 def cell_mask(crop: np.ndarray, um_per_px: float) -> np.ndarray | None:
