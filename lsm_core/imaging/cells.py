@@ -829,7 +829,7 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     for edge in (background[0], background[-1], background[:, 0], background[:, -1]):
         outside[edge] = True
     outside[0] = True  # label 0: the mask itself
-    return mask | ~outside[background]
+    return mask | np.take(~outside, background)  # np.take: faster than indexing for a whole field
 
 
 def _refuse_blank(image: np.ndarray) -> None:
