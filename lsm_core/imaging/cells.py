@@ -829,7 +829,7 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     for edge in (background[0], background[-1], background[:, 0], background[:, -1]):
         outside[edge] = True
     outside[0] = True  # label 0: the mask itself
-    return mask | ~outside[background]
+    return mask | np.take(~outside, background)  # np.take: faster than indexing for a whole field
 
 
 def _refuse_blank(image: np.ndarray) -> None:
@@ -869,12 +869,23 @@ def _chamfer(mask: np.ndarray, most: int | None = None) -> np.ndarray:
         if square.any():
             square = _shifted(_shifted(square, 1, 0, False, True), 1, 1, False, True)
             total += square.view(np.uint8)
-        cross = _shifted(cross, 1, 0, False, True) & _shifted(cross, 1, 1, False, True)
+        cross = _eroded_by_cross(cross)
         total += cross.view(np.uint8)
     if not cross.any():
         return total
     chess = ndi.distance_transform_cdt(mask, metric="chessboard")  # -1 everywhere without any background
     return (chess + ndi.distance_transform_cdt(mask, metric="taxicab")).astype(np.int16)
+
+
+def _eroded_by_cross(mask: np.ndarray) -> np.ndarray:
+    """A bool mask eroded by the 3 x 3 cross (outside the image counts as foreground): one copy and four
+    in-place ANDs of shifted views, where two :func:`_shifted` passes and their AND take three copies."""
+    out = mask.copy()
+    out[1:] &= mask[:-1]
+    out[:-1] &= mask[1:]
+    out[:, 1:] &= mask[:, :-1]
+    out[:, :-1] &= mask[:, 1:]
+    return out
 
 
 def _split_cells(
@@ -904,8 +915,8 @@ def _split_cells(
     if n_regions == 0:
         return _Split(np.zeros(mask.shape, np.int32), [], np.zeros((0, 2), np.float32), rejected)
     at = np.flatnonzero(regions)  # the mask's pixels, flat
-    region = regions.ravel()[at]
-    depth = distance.ravel()[at]
+    region = np.take(regions, at)  # np.take, not [at]: a third less time for gathers this size
+    depth = np.take(distance, at)
     region_area = np.bincount(region, minlength=n_regions + 1)
     too_large = region_area > CLUMP_CELLS * max_area
     too_large[0] = False
@@ -913,7 +924,7 @@ def _split_cells(
         peaks = peaks & ~too_large[regions]
     markers, n_seeds = ndi.label(peaks, structure=np.ones((3, 3), bool))
     seed_at = np.flatnonzero(markers)
-    seed_label = markers.ravel()[seed_at]
+    seed_label = np.take(markers, seed_at)
     seed_region = np.zeros(n_seeds + 1, np.int64)
     seed_region[seed_label] = regions.ravel()[seed_at]
     height = np.zeros(n_seeds + 1, np.float32)
@@ -922,13 +933,16 @@ def _split_cells(
     seed_of = np.zeros(n_regions + 1, np.int32)
     seed_of[seed_region[1:]] = np.arange(1, n_seeds + 1, dtype=np.int32)
     # a region with one seed is one piece; those with more are divided between their seeds
-    piece = np.where(seeds_in[region] == 1, seed_of[region], 0).astype(np.int32)
-    several = np.flatnonzero(seeds_in[region] > 1)
+    seeds_here = np.take(seeds_in, region)
+    piece = np.where(seeds_here == 1, np.take(seed_of, region), 0).astype(np.int32)
+    several = np.flatnonzero(seeds_here > 1)
     if len(several):
-        piece[several] = _power_split(at[several], region[several], w, seed_at, seed_label, seed_region, height)
+        piece[several] = _power_split(
+            np.take(at, several), np.take(region, several), w, seed_at, seed_label, seed_region, height
+        )
         merged = _merge_shallow(piece, at, several, distance, height, SEED_DEPTH * min_radius)
         if merged is not None:
-            piece = merged[piece]
+            piece = np.take(merged, piece)
     # regions without any seed: smaller than a smallest cell's inscribed disk (debris), or too large (clumps)
     seeded = np.zeros(n_regions + 1, bool)
     seeded[region[piece > 0]] = True
@@ -992,7 +1006,7 @@ def _split_cells(
             rejected.extend(parts)
     centroids = np.stack([cy[kept], cx[kept]], axis=1).astype(np.float32).reshape(-1, 2)
     final = np.zeros(h * w, np.int32)
-    final[at] = keep[piece]
+    final[at] = np.take(keep, piece)
     return _Split(final.reshape(h, w), boxes, centroids, rejected)
 
 
@@ -1079,22 +1093,23 @@ def _power_split(
     crowd = crowd[order]
     row = (region[order] * most).astype(np.int32)
     y, x = (at[order] // width).astype(np.float32), (at[order] % width).astype(np.float32)
-    best = a[row] * y
-    best += b[row] * x
-    best += c[row]
+    # np.take, not a[row]: a third less time for gathers this size
+    best = np.take(a, row) * y
+    best += np.take(b, row) * x
+    best += np.take(c, row)
     pick = np.zeros(len(at), np.int32)
     more = len(crowd) - np.searchsorted(crowd[::-1], np.arange(1, most), side="right")
     for k in range(1, most):
         n = int(more[k - 1])  # the pixels whose region has more than k seeds: a prefix
         slots = row[:n] + k
-        power = a[slots] * y[:n]
-        power += b[slots] * x[:n]
-        power += c[slots]
+        power = np.take(a, slots) * y[:n]
+        power += np.take(b, slots) * x[:n]
+        power += np.take(c, slots)
         better = power < best[:n]
         np.copyto(best[:n], power, where=better)
         np.copyto(pick[:n], k, where=better)
     out = np.empty(len(at), np.int32)
-    out[order] = seed_at_slot[row + pick]
+    out[order] = np.take(seed_at_slot, row + pick)
     return out
 
 
@@ -1110,14 +1125,14 @@ def _merge_shallow(
     labels = np.zeros(h * w, np.int32)
     labels[at] = piece
     flat = distance.ravel()
-    where = at[several]
+    where = np.take(at, several)
     pairs = []
     for step, valid in ((1, where % w < w - 1), (w, where < (h - 1) * w)):
         p = where[valid]
-        a, b = labels[p], labels[p + step]
+        a, b = np.take(labels, p), np.take(labels, p + step)
         touch = (a != b) & (b > 0)
         p, a, b = p[touch], a[touch], b[touch]
-        pairs.append((np.minimum(a, b), np.maximum(a, b), np.minimum(flat[p], flat[p + step])))
+        pairs.append((np.minimum(a, b), np.maximum(a, b), np.minimum(np.take(flat, p), np.take(flat, p + step))))
     lo = np.concatenate([q[0] for q in pairs]).astype(np.int64)
     hi = np.concatenate([q[1] for q in pairs]).astype(np.int64)
     contact = np.concatenate([q[2] for q in pairs])
