@@ -290,28 +290,42 @@ def test_batches_of_one_mouse_that_disagree_on_its_age_sex_or_strain_are_refused
             stats.per_mouse(batches, counts, CLASSES)
 
 
+def second_session(s, first, model_id: int, pixel_size_source: str | None = None, **cell_fields):
+    """A second batch of mouse M0 (``first``'s age; one field of 10 MPP cells, ``cell_fields`` set on each):
+    (batch, image, cells), flushed."""
+    from db.schema import Batch, Cell, Image
+
+    again = Batch(name="young mouse 0, second session", owner="ana", model_id=model_id, status="done")
+    again.mouse_id, again.age_days, again.sex, again.strain = "M0", first.age_days, "F", "C57BL/6"
+    s.add(again)
+    s.flush()
+    image = Image(batch_id=again.id, position=0, file="m0-b.png", page=1, done=True, n_cells=10, kind="field")
+    if pixel_size_source is not None:
+        image.pixel_size_source = pixel_size_source
+    s.add(image)
+    s.flush()
+    cells = [
+        Cell(batch_id=again.id, image_id=image.id, idx=j + 1, x=0, y=0, w=10, h=10, predicted="MPP", score=0.8,
+             probs=[0.1, 0.1, 0.8], flags="", **cell_fields)
+        for j in range(10)
+    ]  # fmt: skip
+    s.add_all(cells)
+    s.flush()
+    return again, image, cells
+
+
 def test_a_comparison_counts_mice_not_batches_and_refuses_a_mouse_counted_twice(history):
     """Issue #18 item 1 on both engines: a second batch of one mouse joins that mouse (6 mice from 7 batches:
     its cells summed, both batches listed, the workbook's cells sheet holds both); two batches of one mouse
     that hold the same image (a re-run) are refused, naming them."""
-    from db.schema import Batch, Cell, Image
+    from db.schema import Batch, Image
     from lsm_core.errors import LsmError
     from lsm_core.reports import compare
 
     lab, _, model_id = history
     ids = make_six_batches(lab, model_id)
     with lab.begin() as s:
-        first = s.get(Batch, ids[0])
-        again = Batch(name="young mouse 0, second session", owner="ana", model_id=model_id, status="done")
-        again.mouse_id, again.age_days, again.sex, again.strain = "M0", first.age_days, "F", "C57BL/6"
-        s.add(again)
-        s.flush()
-        image = Image(batch_id=again.id, position=0, file="m0-b.png", page=1, done=True, n_cells=10, kind="field")
-        s.add(image)
-        s.flush()
-        for j in range(10):
-            s.add(Cell(batch_id=again.id, image_id=image.id, idx=j + 1, x=0, y=0, w=10, h=10, predicted="MPP",
-                       score=0.8, probs=[0.1, 0.1, 0.8], flags=""))  # fmt: skip
+        again, _, _ = second_session(s, s.get(Batch, ids[0]), model_id)
         second = again.id
     bins = stats.parse_bins("young:<6m, middle:6m-18m, aged:>=18m")
     with lab() as s:
@@ -355,22 +369,9 @@ def test_a_mouse_pooled_from_two_batches_keeps_both_batches_cells_in_shift_size_
         for n, cell in enumerate(s.query(Cell).filter(Cell.batch_id.in_(ids)).order_by(Cell.id)):
             cell.feature_distance = None if n == 40 else 0.5  # near the training cells; M1's first not measured
             cell.diameter_um = 10.0 if cell.batch_id == ids[0] and n % 8 == 0 else None  # 5 of M0's 40 sized
-        first = s.get(Batch, ids[0])
-        again = Batch(name="young mouse 0, second session", owner="ana", model_id=model_id, status="done")
-        again.mouse_id, again.age_days, again.sex, again.strain = "M0", first.age_days, "F", "C57BL/6"
-        s.add(again)
-        s.flush()
-        image = Image(batch_id=again.id, position=0, file="m0-b.png", page=1, done=True, n_cells=10, kind="field")
-        image.pixel_size_source = "user"
-        s.add(image)
-        s.flush()
-        added = [
-            Cell(batch_id=again.id, image_id=image.id, idx=j + 1, x=0, y=0, w=10, h=10, predicted="MPP", score=0.8,
-                 probs=[0.1, 0.1, 0.8], flags="", feature_distance=2.0, diameter_um=30.0)
-            for j in range(10)
-        ]  # fmt: skip
-        s.add_all(added)
-        s.flush()
+        again, _, added = second_session(
+            s, s.get(Batch, ids[0]), model_id, pixel_size_source="user", feature_distance=2.0, diameter_um=30.0
+        )
         s.add(CellLabel(cell_id=added[0].id, batch_id=again.id, labelled_by="ana", excluded="debris",
                         predicted="MPP", score=0.8))  # fmt: skip
         second = again.id
