@@ -322,12 +322,12 @@ def test_the_octagon_around_a_piece_holds_its_convex_hull():
     assert len(ratios) > 200 and min(ratios) >= 1 and np.median(ratios) < 1.1
 
 
-def test_shifted_morphology_is_scipys():
-    """Cell finding's morphology by shifted whole arrays (disks as unions of rectangles, the chamfer distances
-    by counting erosions) gives what scipy.ndimage gives, borders included."""
+def test_opencv_morphology_is_scipys():
+    """Cell finding's morphology, chamfer distances and labelling by OpenCV give what scipy.ndimage gives,
+    borders included, and the regions' numbers too (the order of the cells found depends on them)."""
     from scipy import ndimage as ndi
 
-    from lsm_core.imaging.cells import _chamfer, _close, _disk, _max_disk, _open
+    from lsm_core.imaging.cells import _chamfer, _close, _disk, _label, _max_disk, _open
 
     rng = np.random.default_rng(0)
     for k in range(20):
@@ -342,5 +342,11 @@ def test_shifted_morphology_is_scipys():
             assert np.array_equal(_open(mask, radius), ndi.binary_opening(mask, disk))
             values = rng.random(shape).astype(np.float32)
             assert np.array_equal(_max_disk(values, radius), ndi.maximum_filter(values, footprint=disk))
+            quarters = np.round(values * 40).astype(np.int16)
+            assert np.array_equal(_max_disk(quarters, radius), ndi.maximum_filter(quarters, footprint=disk))
         chamfer = sum(ndi.distance_transform_cdt(mask, metric=metric) for metric in ("chessboard", "taxicab"))
-        assert np.array_equal(_chamfer(mask), chamfer) and np.array_equal(_chamfer(mask, 2), chamfer)
+        assert np.array_equal(_chamfer(mask), chamfer)
+        labels, n = ndi.label(mask, structure=np.ones((3, 3), bool))
+        assert _label(mask)[1] == n and np.array_equal(_label(mask)[0], labels)
+        labels, n = ndi.label(mask)
+        assert _label(mask, 4)[1] == n and np.array_equal(_label(mask, 4)[0], labels)
