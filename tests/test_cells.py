@@ -309,6 +309,7 @@ def test_the_octagon_around_a_piece_holds_its_convex_hull():
     from scipy import ndimage as ndi
     from skimage.morphology import convex_hull_image
 
+    from lsm_core.imaging.cell_loops import label_stats
     from lsm_core.imaging.cells import _octagon_pixels
 
     rng = np.random.default_rng(0)
@@ -316,8 +317,7 @@ def test_the_octagon_around_a_piece_holds_its_convex_hull():
     for _ in range(100):
         blobs = ndi.binary_dilation(rng.random((25, 31)) > 0.97, iterations=int(rng.integers(1, 4)))
         labels, n = ndi.label(blobs, structure=np.ones((3, 3), bool))
-        at = np.flatnonzero(labels)
-        octagon = _octagon_pixels(labels.ravel()[at], at, 31, np.arange(1, n + 1))
+        octagon = _octagon_pixels(label_stats(labels, n, np.zeros(labels.shape, np.float32))[0][1:])
         ratios += [octagon[i - 1] / convex_hull_image(labels == i).sum() for i in range(1, n + 1)]
     assert len(ratios) > 200 and min(ratios) >= 1 and np.median(ratios) < 1.1
 
@@ -350,3 +350,53 @@ def test_opencv_morphology_is_scipys():
         assert _label(mask)[1] == n and np.array_equal(_label(mask)[0], labels)
         labels, n = ndi.label(mask)
         assert _label(mask, 4)[1] == n and np.array_equal(_label(mask, 4)[0], labels)
+
+
+def test_the_compiled_loops_give_what_whole_array_numpy_gives():
+    """cell_loops' per-pixel passes against numpy written out: each label's measures, each pixel's seed of least
+    power distance among its region's seeds (first of equals), and the pairs of touching pieces."""
+    from scipy import ndimage as ndi
+
+    from lsm_core.imaging import cell_loops as loops
+
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        shape = tuple(int(v) for v in rng.integers(3, 60, 2))
+        mask = ndi.binary_dilation(rng.random(shape) > 0.95, iterations=int(rng.integers(1, 4)))
+        labels, n = ndi.label(mask, structure=np.ones((3, 3), bool))
+        distance = rng.random(shape).astype(np.float32)
+        stats, first = loops.label_stats(labels, n, distance)
+        rows, cols = np.indices(shape)
+        for k in range(1, n + 1):
+            r, c = rows[labels == k], cols[labels == k]
+            expected = [r.size, r.sum(), c.sum(), r.min(), r.max(), c.min(), c.max()]
+            expected += [(r + c).min(), (r + c).max(), (r - c).min(), (r - c).max(), distance[labels == k].max()]
+            assert np.allclose(stats[k], expected) and first[k] == np.flatnonzero(labels == k)[0]
+        assert stats[0, loops.AREA] == 0 and first[0] == -1
+        # seeds: a few labelled points in some regions; each region's seeds listed in order
+        n_seeds = int(rng.integers(0, 3 * n + 1))
+        seed_region = np.r_[0, rng.integers(1, n + 1, n_seeds)] if n else np.zeros(1, np.int64)
+        count = np.bincount(seed_region[1:], minlength=n + 1)
+        seeds = (np.argsort(seed_region[1:], kind="stable") + 1).astype(np.int32)
+        start = np.r_[0, np.cumsum(count)[:-1]].astype(np.int64)
+        a, b, c = (rng.normal(size=n_seeds + 1).astype(np.float32) for _ in range(3))
+        got = loops.nearest_seeds(labels, start, count, seeds, a, b, c)
+        y, x = rows.astype(np.float32), cols.astype(np.float32)
+        for (r, col), reg in np.ndenumerate(labels):
+            own = seeds[start[reg] : start[reg] + count[reg]]
+            if reg == 0 or not len(own):
+                assert got[r, col] == 0
+                continue
+            power = a[own] * y[r, col] + b[own] * x[r, col] + c[own]
+            assert got[r, col] == own[int(np.argmin(power))]
+        lo, hi, contact = loops.contacts(got, distance)
+        pairs = []
+        for p, q, dp, dq in (
+            (got[:, :-1], got[:, 1:], distance[:, :-1], distance[:, 1:]),
+            (got[:-1], got[1:], distance[:-1], distance[1:]),
+        ):
+            touch = (p > 0) & (q > 0) & (p != q)
+            pairs += list(zip(np.minimum(p, q)[touch], np.maximum(p, q)[touch], np.minimum(dp, dq)[touch]))
+        assert sorted(zip(lo.tolist(), hi.tolist(), contact.tolist())) == sorted(
+            (int(p), int(q), float(d)) for p, q, d in pairs
+        )
