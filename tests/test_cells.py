@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -327,7 +329,7 @@ def test_opencv_morphology_is_scipys():
     borders included, and the regions' numbers too (the order of the cells found depends on them)."""
     from scipy import ndimage as ndi
 
-    from lsm_core.imaging.cells import _chamfer, _close, _disk, _label, _max_disk, _open
+    from lsm_core.imaging.cells import _bin, _chamfer, _close, _disk, _label, _max_disk, _open, _smooth
 
     rng = np.random.default_rng(0)
     for k in range(20):
@@ -350,6 +352,13 @@ def test_opencv_morphology_is_scipys():
         assert _label(mask)[1] == n and np.array_equal(_label(mask)[0], labels)
         labels, n = ndi.label(mask)
         assert _label(mask, 4)[1] == n and np.array_equal(_label(mask, 4)[0], labels)
+        grey = (rng.random(shape) * 4095).astype(np.float32)
+        for sigma in (0.2, 0.3, 0.6, 1.5):  # to float32 rounding of values up to 4095
+            np.testing.assert_allclose(_smooth(grey, sigma), ndi.gaussian_filter(grey, sigma), rtol=0, atol=2e-3)
+        for factor in (2, 3):
+            h, w = shape[0] // factor * factor, shape[1] // factor * factor
+            means = grey[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
+            np.testing.assert_allclose(_bin(grey, factor), means, rtol=0, atol=2e-3)
 
 
 def test_the_compiled_loops_give_what_whole_array_numpy_gives():
@@ -400,3 +409,20 @@ def test_the_compiled_loops_give_what_whole_array_numpy_gives():
         assert sorted(zip(lo.tolist(), hi.tolist(), contact.tolist())) == sorted(
             (int(p), int(q), float(d)) for p, q, d in pairs
         )
+
+
+def test_the_compiled_loops_are_cached_where_numba_cache_dir_says(tmp_path):
+    """The README's NUMBA_CACHE_DIR: a fresh process finding cells writes numba's cache there, so the next one
+    loads the loops instead of compiling them."""
+    import subprocess
+    import sys
+
+    code = (
+        "from lsm_core.imaging.synthetic import make_field; from lsm_core.imaging.cells import find_cells; "
+        "field, _ = make_field('lsm', seed=0, shape=(256, 256), n_cells=3, n_debris=0); print(len(find_cells(field)))"
+    )
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.split()[-1]) == 3
+    assert list((tmp_path / "numba").rglob("*.nbi")), "no numba cache index written"
