@@ -329,7 +329,7 @@ def test_opencv_morphology_is_scipys():
     borders included, and the regions' numbers too (the order of the cells found depends on them)."""
     from scipy import ndimage as ndi
 
-    from lsm_core.imaging.cells import _bin, _chamfer, _close, _disk, _label, _max_disk, _open, _smooth
+    from lsm_core.imaging.cells import _bin, _chamfer, _chamfers, _close, _disk, _label, _max_disk, _open, _smooth
 
     rng = np.random.default_rng(0)
     for k in range(20):
@@ -348,6 +348,9 @@ def test_opencv_morphology_is_scipys():
             assert np.array_equal(_max_disk(quarters, radius), ndi.maximum_filter(quarters, footprint=disk))
         chamfer = sum(ndi.distance_transform_cdt(mask, metric=metric) for metric in ("chessboard", "taxicab"))
         assert np.array_equal(_chamfer(mask), chamfer)
+        inner = mask & (rng.random(shape) > 0.2)
+        both = chamfer + sum(ndi.distance_transform_cdt(inner, metric=m) for m in ("chessboard", "taxicab"))
+        assert np.array_equal(_chamfers(mask, inner), both)
         labels, n = ndi.label(mask, structure=np.ones((3, 3), bool))
         assert _label(mask)[1] == n and np.array_equal(_label(mask)[0], labels)
         labels, n = ndi.label(mask)
@@ -363,7 +366,8 @@ def test_opencv_morphology_is_scipys():
 
 def test_the_compiled_loops_give_what_whole_array_numpy_gives():
     """cell_loops' per-pixel passes against numpy written out: each label's measures, each pixel's seed of least
-    power distance among its region's seeds (first of equals), and the pairs of touching pieces."""
+    power distance among its region's seeds (first of equals), the pairs of touching pieces, and the seeds
+    labelled and measured from the peaks."""
     from scipy import ndimage as ndi
 
     from lsm_core.imaging import cell_loops as loops
@@ -389,7 +393,8 @@ def test_the_compiled_loops_give_what_whole_array_numpy_gives():
         seeds = (np.argsort(seed_region[1:], kind="stable") + 1).astype(np.int32)
         start = np.r_[0, np.cumsum(count)[:-1]].astype(np.int64)
         a, b, c = (rng.normal(size=n_seeds + 1).astype(np.float32) for _ in range(3))
-        got = loops.nearest_seeds(labels, start, count, seeds, a, b, c)
+        got, got_stats, lo, hi, contact = loops.nearest_seeds(labels, start, count, seeds, a, b, c, distance)
+        assert np.array_equal(got_stats[1:], loops.label_stats(got, n_seeds, distance)[0][1:])
         y, x = rows.astype(np.float32), cols.astype(np.float32)
         for (r, col), reg in np.ndenumerate(labels):
             own = seeds[start[reg] : start[reg] + count[reg]]
@@ -398,7 +403,6 @@ def test_the_compiled_loops_give_what_whole_array_numpy_gives():
                 continue
             power = a[own] * y[r, col] + b[own] * x[r, col] + c[own]
             assert got[r, col] == own[int(np.argmin(power))]
-        lo, hi, contact = loops.contacts(got, distance)
         pairs = []
         for p, q, dp, dq in (
             (got[:, :-1], got[:, 1:], distance[:, :-1], distance[:, 1:]),
@@ -409,6 +413,16 @@ def test_the_compiled_loops_give_what_whole_array_numpy_gives():
         assert sorted(zip(lo.tolist(), hi.tolist(), contact.tolist())) == sorted(
             (int(p), int(q), float(d)) for p, q, d in pairs
         )
+        # the seeds of the peaks outside excluded regions, numbered as ndi.label numbers them
+        peaks = mask & (rng.random(shape) > 0.6)
+        excluded = rng.random(n + 1) > 0.7
+        excluded[0] = False
+        wanted = peaks & ~excluded[labels]
+        markers, n_markers = ndi.label(wanted, structure=np.ones((3, 3), bool))
+        seed_stats, seed_first, n_found = loops.seeds(peaks, labels, excluded, distance)
+        assert n_found == n_markers
+        expected_stats, expected_first = loops.label_stats(markers, n_markers, distance)
+        assert np.array_equal(seed_stats[1:], expected_stats[1:]) and np.array_equal(seed_first, expected_first)
 
 
 def test_the_compiled_loops_are_cached_where_numba_cache_dir_says(tmp_path):
@@ -426,3 +440,33 @@ def test_the_compiled_loops_are_cached_where_numba_cache_dir_says(tmp_path):
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.split()[-1]) == 3
     assert list((tmp_path / "numba").rglob("*.nbi")), "no numba cache index written"
+
+
+def test_the_merge_tree_loop_matches_python():
+    """cell_loops.merge_tree: the union-find _merge_shallow ran in Python, written out."""
+    from lsm_core.imaging import cell_loops as loops
+
+    rng = np.random.default_rng(2)
+    for _ in range(30):
+        n = int(rng.integers(2, 30))
+        m = int(rng.integers(0, 60))
+        lo = rng.integers(1, n, m)
+        hi = np.minimum(lo + rng.integers(1, 4, m), n - 1)
+        keep = lo < hi
+        lo, hi = lo[keep].astype(np.int64), hi[keep].astype(np.int64)
+        contact = np.round(rng.random(len(lo)) * 4, 1).astype(np.float32)
+        height = np.round(rng.random(n) * 5, 1).astype(np.float32)
+        parent, top = list(range(n)), height.astype(np.float64).tolist()
+
+        def root(i, parent=parent):
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        for k in np.argsort(-contact, kind="stable").tolist():
+            ra, rb = root(int(lo[k])), root(int(hi[k]))
+            if ra != rb and min(top[ra], top[rb]) - float(contact[k]) < 1.0:
+                parent[max(ra, rb)] = min(ra, rb)
+                top[min(ra, rb)] = max(top[ra], top[rb])
+        assert loops.merge_tree(lo, hi, contact, height, 1.0).tolist() == [root(i) for i in range(n)]

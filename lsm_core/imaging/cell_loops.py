@@ -16,13 +16,14 @@ import os
 from pathlib import Path
 
 import numpy as np
-from numba import njit
+from numba import config, njit
 
 
 def can_cache() -> bool:
     """Whether numba can write its cache somewhere: ``NUMBA_CACHE_DIR``, this package's ``__pycache__``, or the
     user's ``~/.cache/numba`` (the places it tries, in that order), or the nearest existing folder above one."""
-    places = [Path(os.environ["NUMBA_CACHE_DIR"])] if os.environ.get("NUMBA_CACHE_DIR") else []
+    cache_dir = getattr(config, "CACHE_DIR", "")  # numba's reading of NUMBA_CACHE_DIR
+    places = [Path(cache_dir)] if cache_dir else []
     places += [Path(__file__).parent / "__pycache__", Path.home() / ".cache" / "numba"]
     for place in places:
         while not place.exists() and place != place.parent:
@@ -74,20 +75,87 @@ def label_stats(labels: np.ndarray, n: int, distance: np.ndarray) -> tuple[np.nd
 
 
 @njit(cache=CACHE, nogil=True)
+def seeds(peaks: np.ndarray, regions: np.ndarray, excluded: np.ndarray, distance: np.ndarray) -> tuple:
+    """The seeds: 8-connected groups of ``peaks`` pixels whose region is not ``excluded``, numbered in the raster
+    order of their first pixels (as ``ndi.label`` numbers them), each with its row of ``STATS`` (as
+    :func:`label_stats`) and its first pixel's flat index. Returns (stats, first, n); only the peaks' pixels are
+    visited after one scan."""
+    h, w = peaks.shape
+    total = 0
+    for r in range(h):
+        for c in range(w):
+            if peaks[r, c] and not excluded[regions[r, c]]:
+                total += 1
+    out = np.zeros((total + 1, STATS))
+    first = np.full(total + 1, -1, np.int64)
+    for k in range(total + 1):
+        out[k, R0] = out[k, C0] = out[k, S0] = out[k, D0] = np.inf
+        out[k, R1] = out[k, C1] = out[k, S1] = out[k, D1] = out[k, TOP] = -np.inf
+    label = np.zeros((h, w), np.int32)
+    stack = np.empty(total + 1, np.int64)
+    n = 0
+    for r0 in range(h):
+        for c0 in range(w):
+            if not peaks[r0, c0] or excluded[regions[r0, c0]] or label[r0, c0]:
+                continue
+            n += 1
+            first[n] = r0 * w + c0
+            label[r0, c0] = n
+            stack[0] = r0 * w + c0
+            top = 1
+            while top:
+                top -= 1
+                r, c = stack[top] // w, stack[top] % w
+                out[n, AREA] += 1
+                out[n, SUM_R] += r
+                out[n, SUM_C] += c
+                out[n, R0] = min(out[n, R0], r)
+                out[n, R1] = max(out[n, R1], r)
+                out[n, C0] = min(out[n, C0], c)
+                out[n, C1] = max(out[n, C1], c)
+                out[n, S0] = min(out[n, S0], r + c)
+                out[n, S1] = max(out[n, S1], r + c)
+                out[n, D0] = min(out[n, D0], r - c)
+                out[n, D1] = max(out[n, D1], r - c)
+                out[n, TOP] = max(out[n, TOP], distance[r, c])
+                for dr in range(-1, 2):
+                    for dc in range(-1, 2):
+                        y, x = r + dr, c + dc
+                        if 0 <= y < h and 0 <= x < w and peaks[y, x] and not label[y, x]:
+                            if not excluded[regions[y, x]]:
+                                label[y, x] = n
+                                stack[top] = y * w + x
+                                top += 1
+    return out[: n + 1], first[: n + 1], n
+
+
+@njit(cache=CACHE, nogil=True)
 def nearest_seeds(
     regions: np.ndarray,
     first: np.ndarray,
     count: np.ndarray,
-    seeds: np.ndarray,
+    order: np.ndarray,
     a: np.ndarray,
     b: np.ndarray,
     c: np.ndarray,
-) -> np.ndarray:
+    distance: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Each pixel's seed (label; 0: background, or a region without seeds): of its region's seeds
-    (``seeds[first[r]:first[r] + count[r]]``, in order) the one with the least ``a y + b x + c`` (float32, as
-    written: the power distance less the pixel's own squared length), the first of equals."""
+    (``order[first[r]:first[r] + count[r]]``, in order) the one with the least ``a y + b x + c`` (float32, as
+    written: the power distance less the pixel's own squared length), the first of equals. And where two
+    seeds' pieces touch (4-neighbours): the lower and higher label and the lower ``distance`` of the two pixels,
+    for each such pair of pixels; and each seed's piece's row of ``STATS`` (as :func:`label_stats`). Returns
+    (pieces, stats, lo, hi, contact)."""
     h, w = regions.shape
     out = np.zeros((h, w), np.int32)
+    stats = np.zeros((len(a), STATS))
+    for k in range(len(a)):
+        stats[k, R0] = stats[k, C0] = stats[k, S0] = stats[k, D0] = np.inf
+        stats[k, R1] = stats[k, C1] = stats[k, S1] = stats[k, D1] = stats[k, TOP] = -np.inf
+    lo = np.empty(2 * h * w, np.int64)
+    hi = np.empty(2 * h * w, np.int64)
+    contact = np.empty(2 * h * w, distance.dtype)
+    n_pairs = 0
     for r in range(h):
         y = np.float32(r)
         for col in range(w):
@@ -96,36 +164,144 @@ def nearest_seeds(
             if reg == 0 or n == 0:
                 continue
             start = first[reg]
-            pick = seeds[start]
+            pick = order[start]
             if n > 1:
                 x = np.float32(col)
                 best = a[pick] * y + b[pick] * x + c[pick]
                 for k in range(start + 1, start + n):
-                    s = seeds[k]
+                    s = order[k]
                     power = a[s] * y + b[s] * x + c[s]
                     if power < best:
                         best = power
                         pick = s
+                # the pieces to the left and above are known: where they differ, the two touch
+                for other, d in (
+                    (out[r, col - 1] if col > 0 else 0, distance[r, col - 1] if col > 0 else 0),
+                    (out[r - 1, col] if r > 0 else 0, distance[r - 1, col] if r > 0 else 0),
+                ):
+                    if other > 0 and other != pick:
+                        lo[n_pairs], hi[n_pairs] = min(other, pick), max(other, pick)
+                        contact[n_pairs] = min(d, distance[r, col])
+                        n_pairs += 1
             out[r, col] = pick
+            stats[pick, AREA] += 1
+            stats[pick, SUM_R] += r
+            stats[pick, SUM_C] += col
+            stats[pick, R0] = min(stats[pick, R0], r)
+            stats[pick, R1] = max(stats[pick, R1], r)
+            stats[pick, C0] = min(stats[pick, C0], col)
+            stats[pick, C1] = max(stats[pick, C1], col)
+            stats[pick, S0] = min(stats[pick, S0], r + col)
+            stats[pick, S1] = max(stats[pick, S1], r + col)
+            stats[pick, D0] = min(stats[pick, D0], r - col)
+            stats[pick, D1] = max(stats[pick, D1], r - col)
+            stats[pick, TOP] = max(stats[pick, TOP], distance[r, col])
+    return out, stats, lo[:n_pairs], hi[:n_pairs], contact[:n_pairs]
+
+
+@njit(cache=CACHE, nogil=True)
+def resized_crops(
+    image: np.ndarray, tops: np.ndarray, lefts: np.ndarray, side: int, idx: np.ndarray, wts: np.ndarray, fill: float
+) -> np.ndarray:
+    """Square crops of ``side`` pixels at (``tops``, ``lefts``) of a float32 image, pixels outside it ``fill``,
+    each resized to S x S by a separable filter given as each output sample's K taps: the input samples
+    ``idx`` (S, K) and their weights ``wts`` (S, K) (PIL's, :func:`lsm_core.imaging.cells._resize_taps`):
+    along rows first, then columns. (N, S, S) float32."""
+    h, w = image.shape
+    n = len(tops)
+    s, k = idx.shape
+    out = np.empty((n, s, s), np.float32)
+    patch = np.empty((side, side), np.float32)
+    tmp = np.empty((side, s), np.float32)
+    fill32 = np.float32(fill)
+    for m in range(n):
+        top, left = tops[m], lefts[m]
+        inside = top >= 0 and left >= 0 and top + side <= h and left + side <= w
+        for r in range(side):
+            for c in range(side):
+                y, x = top + r, left + c
+                if inside or (0 <= y < h and 0 <= x < w):
+                    patch[r, c] = image[y, x]
+                else:
+                    patch[r, c] = fill32
+        for r in range(side):
+            for j in range(s):
+                acc = np.float32(0)
+                for q in range(k):
+                    acc += patch[r, idx[j, q]] * wts[j, q]
+                tmp[r, j] = acc
+        for i in range(s):
+            row0, w0 = idx[i, 0], wts[i, 0]
+            for j in range(s):
+                out[m, i, j] = w0 * tmp[row0, j]
+            for q in range(1, k):
+                rq, wq = idx[i, q], wts[i, q]
+                for j in range(s):
+                    out[m, i, j] += wq * tmp[rq, j]
     return out
 
 
 @njit(cache=CACHE, nogil=True)
-def contacts(pieces: np.ndarray, distance: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Where two pieces touch (4-neighbours, both labelled, unequal): the lower and higher label and the lower
-    distance of the two pixels, for each such pair of pixels (right neighbours, then those below, each in raster
-    order)."""
-    h, w = pieces.shape
-    lo = np.empty(2 * h * w, np.int64)
-    hi = np.empty(2 * h * w, np.int64)
-    contact = np.empty(2 * h * w, distance.dtype)
-    n = 0
-    for dr, dc in ((0, 1), (1, 0)):
-        for r in range(h - dr):
-            for c in range(w - dc):
-                p, q = pieces[r, c], pieces[r + dr, c + dc]
-                if p > 0 and q > 0 and p != q:
-                    lo[n], hi[n] = min(p, q), max(p, q)
-                    contact[n] = min(distance[r, c], distance[r + dr, c + dc])
-                    n += 1
-    return lo[:n], hi[:n], contact[:n]
+def merge_tree(lo: np.ndarray, hi: np.ndarray, contact: np.ndarray, height: np.ndarray, depth: float) -> np.ndarray:
+    """Each label's root after merging, highest contacts first (stable among equals), each pair of labels
+    (``lo``, ``hi``) whose groups' lower top (a group's top: its highest label's ``height``) stands less than
+    ``depth`` above their ``contact``; the smaller root absorbs the larger. (len(height),) int64."""
+    parent = np.arange(len(height))
+    top = height.astype(np.float64)
+    for k in np.argsort(-contact, kind="mergesort"):
+        ra, rb = lo[k], hi[k]
+        while parent[ra] != ra:
+            parent[ra] = parent[parent[ra]]
+            ra = parent[ra]
+        while parent[rb] != rb:
+            parent[rb] = parent[parent[rb]]
+            rb = parent[rb]
+        if ra != rb and min(top[ra], top[rb]) - np.float64(contact[k]) < depth:
+            small, large = min(ra, rb), max(ra, rb)
+            parent[large] = small
+            top[small] = max(top[ra], top[rb])
+    for i in range(len(parent)):
+        r = i
+        while parent[r] != r:
+            r = parent[r]
+        parent[i] = r
+    return parent
+
+
+@njit(cache=CACHE, nogil=True)
+def _add_chamfer(mask: np.ndarray, out: np.ndarray) -> None:
+    """Adds to ``out`` the chessboard and the city-block distance of each pixel of ``mask`` to the background,
+    by one forward and one backward raster pass of the 3 x 3 masks (exact for these two metrics) on a frame of
+    far-away values (outside the image counts as foreground)."""
+    h, w = mask.shape
+    far = np.int16(16000)
+    chess = np.full((h + 2, w + 2), far, np.int16)
+    city = np.full((h + 2, w + 2), far, np.int16)
+    for r in range(h):
+        for c in range(w):
+            if not mask[r, c]:
+                chess[r + 1, c + 1] = 0
+                city[r + 1, c + 1] = 0
+    for r in range(1, h + 1):
+        for c in range(1, w + 1):
+            if chess[r, c]:
+                above = min(min(chess[r - 1, c - 1], chess[r - 1, c]), chess[r - 1, c + 1])
+                chess[r, c] = min(above, chess[r, c - 1]) + 1
+                city[r, c] = min(city[r - 1, c], city[r, c - 1]) + 1
+    for r in range(h, 0, -1):
+        for c in range(w, 0, -1):
+            if chess[r, c]:
+                below = min(min(chess[r + 1, c - 1], chess[r + 1, c]), chess[r + 1, c + 1])
+                chess[r, c] = min(chess[r, c], min(below, chess[r, c + 1]) + 1)
+                city[r, c] = min(city[r, c], min(city[r + 1, c], city[r, c + 1]) + 1)
+                out[r - 1, c - 1] += chess[r, c] + city[r, c]
+
+
+@njit(cache=CACHE, nogil=True)
+def chamfers(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """The chessboard and city-block distances to the background of two bool masks, all four added (int16; 0 on
+    the background): scipy's ``distance_transform_cdt`` of each, for masks that have some background."""
+    out = np.zeros(outer.shape, np.int16)
+    _add_chamfer(outer, out)
+    _add_chamfer(inner, out)
+    return out

@@ -566,42 +566,38 @@ def cut_crops(image: np.ndarray, centres: np.ndarray, params: FindParams) -> np.
     with the image's median (its background level).
 
     Every crop is ``crop_px`` pixels a side at whole-pixel offsets, so one resize serves them all: PIL's
-    (box filter going smaller, bilinear going larger) as its weight matrix ``R``, read from PIL itself, each
-    crop ``R @ patch @ R.T`` (what PIL gives to float32 rounding, at a tenth of the time of a PIL resize per
-    crop), a product per crop (each small enough for OpenBLAS to keep to one thread: :func:`_products`)."""
+    (box filter going smaller, bilinear going larger) as each output sample's few taps, read from PIL itself
+    (:func:`_resize_taps`), applied along rows then columns in one compiled loop over the crops
+    (:func:`cell_loops.resized_crops`: what PIL gives to float32 rounding, a tenth of a PIL resize per crop)."""
     h, w = image.shape
     crop_px, size = params.crop_px, params.output_size
     centres = np.asarray(centres, dtype=np.float64).reshape(-1, 2)
-    n = len(centres)
-    if not n:
+    if not len(centres):
         return np.zeros((0, size, size), np.float32)
     half = crop_px / 2
-    tops = np.round(centres[:, 1] - half + 0.5).astype(np.intp)
-    lefts = np.round(centres[:, 0] - half + 0.5).astype(np.intp)
-    rows, cols = tops[:, None] + np.arange(crop_px), lefts[:, None] + np.arange(crop_px)
-    inside_rows, inside_cols = (rows >= 0) & (rows < h), (cols >= 0) & (cols < w)
-    if inside_rows.all() and inside_cols.all():
-        windows = np.lib.stride_tricks.sliding_window_view(image, (crop_px, crop_px))
-        patches = windows[tops, lefts].astype(np.float32, copy=False)
-    else:
-        patches = image[np.clip(rows, 0, h - 1)[:, :, None], np.clip(cols, 0, w - 1)[:, None, :]].astype(np.float32)
-        patches[~(inside_rows[:, :, None] & inside_cols[:, None, :])] = background_level(image)
-    if crop_px == size:
-        return patches
-    weights = _resize_weights(crop_px, size)  # (size, crop_px)
-    # along rows first, then columns, as PIL does
-    return np.matmul(weights, np.matmul(patches, weights.T)).astype(np.float32, copy=False)
+    tops = np.round(centres[:, 1] - half + 0.5).astype(np.int64)
+    lefts = np.round(centres[:, 0] - half + 0.5).astype(np.int64)
+    inside = (tops >= 0).all() and (lefts >= 0).all() and (tops + crop_px <= h).all() and (lefts + crop_px <= w).all()
+    fill = 0.0 if inside else background_level(image)
+    idx, wts = _resize_taps(crop_px, size)
+    return loops.resized_crops(np.ascontiguousarray(image, np.float32), tops, lefts, crop_px, idx, wts, fill)
 
 
 @lru_cache(maxsize=16)
-def _resize_weights(n: int, size: int) -> np.ndarray:
-    """(size, n) float32: PIL's resize of n samples to ``size`` as a matrix (:func:`_resize`'s filters), each
-    row the weights of one output sample; read by resizing the identity along one axis only."""
+def _resize_taps(n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """PIL's resize of n samples to ``size`` (:func:`_resize`'s filters) as each output sample's taps: (size, K)
+    input indices and (size, K) float32 weights (K: the most any output sample has; unused taps weigh 0)."""
     eye = Image.fromarray(np.eye(n, dtype=np.float32), mode="F")
     method = Image.Resampling.BOX if n > size else Image.Resampling.BILINEAR
-    weights = np.asarray(eye.resize((size, n), method), dtype=np.float32).T.copy()
-    weights.setflags(write=False)
-    return weights
+    weights = np.asarray(eye.resize((size, n), method), dtype=np.float32).T  # (size, n): one row per output
+    k = max(1, int((weights != 0).sum(axis=1).max()))
+    idx, wts = np.zeros((size, k), np.int64), np.zeros((size, k), np.float32)
+    for i, row in enumerate(weights):
+        taps = np.flatnonzero(row)
+        idx[i, : len(taps)], wts[i, : len(taps)] = taps, row[taps]
+    idx.setflags(write=False)
+    wts.setflags(write=False)
+    return idx, wts
 
 
 def find_cells(image: np.ndarray, params: FindParams | None = None) -> CellCrops:
@@ -736,11 +732,8 @@ def _detect(small: np.ndarray, params: FindParams, factor: int) -> _Detection | 
     # the distance that seeds the split is the mean of the closed mask's and the unclosed one's (holes filled):
     # where three cells touch, closing fills the gap between them, and the closed mask's distance is as high
     # there as at a cell's centre
-    quarters = _chamfer(mask)  # four times the distance, in integers
-    if unclosed is not mask:
-        quarters += _chamfer(_fill_holes(unclosed) & mask)
-    else:
-        quarters *= 2
+    inner = _fill_holes(unclosed) & mask if unclosed is not mask else mask
+    quarters = _chamfers(mask, inner)  # four times the distance, in integers
     peaks = _peaks(quarters, params.min_diameter_um / 2 / work_um, 4.0)
     distance = np.multiply(quarters, np.float32(0.25), dtype=np.float32)
     return _Detection(factor, work_um, relief, mask, distance, peaks)
@@ -828,6 +821,14 @@ def _chamfer(mask: np.ndarray) -> np.ndarray:
     return np.add(chess, taxicab, out=chess).astype(np.int16)
 
 
+def _chamfers(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """:func:`_chamfer` of ``outer`` and of ``inner`` (within it), added, in one compiled pair of passes each
+    (:func:`cell_loops.chamfers`); OpenCV's where ``outer`` has no background (scipy's -1 everywhere)."""
+    if not np.any(~outer):
+        return _chamfer(outer) + _chamfer(inner)
+    return loops.chamfers(np.ascontiguousarray(outer), np.ascontiguousarray(inner))
+
+
 def _split_cells(
     mask: np.ndarray, distance: np.ndarray, peaks: np.ndarray, params: FindParams, work_um: float
 ) -> _Split:
@@ -844,9 +845,9 @@ def _split_cells(
     one large object); both dropped. A region
     larger than ``CLUMP_CELLS`` of the largest cells is no colony of cells: a clump.
 
-    The passes over pixels are compiled loops (:mod:`lsm_core.imaging.cell_loops`: one pass to give each pixel
-    its seed, one to find where pieces touch, one to measure regions, seeds and pieces each); the pieces are
-    judged by whole-array operations on their measures."""
+    The passes over pixels are compiled loops (:mod:`lsm_core.imaging.cell_loops`: one to label and measure the
+    seeds, one to give each pixel its seed and find where pieces touch, one to measure regions and pieces each);
+    the pieces are judged by whole-array operations on their measures."""
     min_radius = params.min_diameter_um / 2 / work_um
     min_area = np.pi / 4 * (params.min_diameter_um / work_um) ** 2
     max_area = np.pi / 4 * (params.max_diameter_um / work_um) ** 2
@@ -859,10 +860,7 @@ def _split_cells(
     region_stats, _ = loops.label_stats(regions, n_regions, distance)
     too_large = region_stats[:, loops.AREA] > CLUMP_CELLS * max_area
     too_large[0] = False
-    if too_large.any():
-        peaks = peaks & ~np.take(too_large, regions)
-    markers, n_seeds = _label(peaks)
-    seed_stats, seed_first = loops.label_stats(markers, n_seeds, distance)
+    seed_stats, seed_first, n_seeds = loops.seeds(peaks, regions, too_large, distance)
     seed_region = np.zeros(n_seeds + 1, np.int64)
     seed_region[1:] = np.take(regions, seed_first[1:])
     height = seed_stats[:, loops.TOP].astype(np.float32)  # a seed's plateau has one height
@@ -870,22 +868,24 @@ def _split_cells(
     seeds_in = np.bincount(seed_region[1:], minlength=n_regions + 1)
     # a region with one seed is one piece; those with more are divided between their seeds
     first, seeds, a, b, c = _power_tables(seed_stats, seed_region, seeds_in, height)
-    pieces = loops.nearest_seeds(regions, first, seeds_in, seeds, a, b, c)
-    if (seeds_in > 1).any():
-        merged = _merge_shallow(*loops.contacts(pieces, distance), height, SEED_DEPTH * min_radius)
-        if merged is not None:
-            pieces = np.take(merged, pieces)
+    seed_pieces, seed_piece_stats, lo, hi, contact = loops.nearest_seeds(
+        regions, first, seeds_in, seeds, a, b, c, distance
+    )
+    # each seed's piece's label once merged (the pieces are measured by their seeds' parts)
+    merged = _merge_shallow(lo, hi, contact, height, SEED_DEPTH * min_radius)
+    if merged is None:
+        merged = np.arange(n_seeds + 1, dtype=np.int32)
     # regions without any seed: smaller than a smallest cell's inscribed disk (debris), or too large (clumps)
     for label in (np.flatnonzero(seeds_in[1:] == 0) + 1).tolist():
         rejected.append((_box(region_stats[label]), "clump" if too_large[label] else "debris"))
-    n_pieces = int(pieces.max())
-    stats, piece_first = loops.label_stats(pieces, n_pieces, distance)
+    n_pieces = int(merged.max())
+    stats = _merged_stats(seed_piece_stats, merged, n_pieces)
     area = stats[:, loops.AREA]
     cy = stats[:, loops.SUM_R] / np.maximum(area, 1)
     cx = stats[:, loops.SUM_C] / np.maximum(area, 1)
     inscribed = np.maximum(stats[:, loops.TOP], 0).astype(np.float32)
     region_of = np.zeros(n_pieces + 1, np.int64)
-    region_of[1:] = np.take(regions, piece_first[1:])
+    region_of[merged] = seed_region  # a piece's seeds lie in one region
     why = np.full(n_pieces + 1, "", dtype=object)  # "": kept; None: no such piece
     why[area < min_area] = "debris"
     why[area > max_area] = "clump"
@@ -900,7 +900,7 @@ def _split_cells(
         solid = area[doubtful] >= params.min_solidity * _octagon_pixels(stats[doubtful])
         for label in doubtful[~solid].tolist():
             box = _box(stats[label])
-            if area[label] < params.min_solidity * convex_hull_image(pieces[box] == label).sum():
+            if area[label] < params.min_solidity * convex_hull_image(np.take(merged, seed_pieces[box]) == label).sum():
                 why[label] = "clump"
     kept = np.flatnonzero(why == "")
     keep = np.zeros(n_pieces + 1, np.int32)
@@ -916,7 +916,24 @@ def _split_cells(
         else:
             rejected.extend(parts)
     centroids = np.stack([cy[kept], cx[kept]], axis=1).astype(np.float32).reshape(-1, 2)
-    return _Split(np.take(keep, pieces), boxes, centroids, rejected)
+    return _Split(np.take(np.take(keep, merged), seed_pieces), boxes, centroids, rejected)
+
+
+def _merged_stats(stats: np.ndarray, merged: np.ndarray, n: int) -> np.ndarray:
+    """Rows of :func:`cell_loops.label_stats` for labels 0..n made of the rows of the labels that ``merged``
+    maps to each (areas and sums added, extremes their extremes)."""
+    if n == len(stats) - 1 and np.array_equal(merged, np.arange(len(stats))):
+        return stats
+    out = np.zeros((n + 1, loops.STATS))
+    for col in (loops.AREA, loops.SUM_R, loops.SUM_C):
+        np.add.at(out[:, col], merged, stats[:, col])
+    for col in (loops.R0, loops.C0, loops.S0, loops.D0):
+        out[:, col] = np.inf
+        np.minimum.at(out[:, col], merged, stats[:, col])
+    for col in (loops.R1, loops.C1, loops.S1, loops.D1, loops.TOP):
+        out[:, col] = -np.inf
+        np.maximum.at(out[:, col], merged, stats[:, col])
+    return out
 
 
 def _box(row: np.ndarray) -> tuple[slice, slice]:
@@ -976,7 +993,7 @@ def _merge_shallow(
     """Pieces merged where the contact between two is less than ``depth`` below the lower of their seeds'
     heights: the contact's height is the highest distance along their common border. ``lo``, ``hi``,
     ``contact``: each pair of touching pixels' pieces (seed labels) and lower distance
-    (:func:`cell_loops.contacts`). Returns the new label of each seed label (compact, 0 stays 0), or None when
+    (:func:`cell_loops.nearest_seeds`). Returns the new label of each seed label (compact, 0 stays 0), or None when
     no two pieces merge."""
     if not len(lo):
         return None
@@ -991,23 +1008,9 @@ def _merge_shallow(
     if not shallow.any():
         return None
     lo, hi, contact = lo[shallow], hi[shallow], contact[shallow]
-    parent = np.arange(len(height))
-    top = height.astype(np.float64).tolist()  # each group's highest seed
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
     # the merge tree, the highest contacts first: a group's height is its highest seed's, so a shallow dip
     # joins its spur to one cell and never, through it, two cells that touch
-    for k in np.argsort(-contact, kind="stable").tolist():
-        ra, rb = root(int(lo[k])), root(int(hi[k]))
-        if ra != rb and min(top[ra], top[rb]) - float(contact[k]) < depth:
-            parent[max(ra, rb)] = min(ra, rb)
-            top[min(ra, rb)] = max(top[ra], top[rb])
-    roots = np.array([root(i) for i in range(len(height))])
+    roots = loops.merge_tree(lo, hi, contact, height, float(depth))
     _, lut = np.unique(roots, return_inverse=True)  # label 0 stays 0 (its own root, the smallest)
     return lut.astype(np.int32)
 
