@@ -395,6 +395,10 @@ def test_the_compiled_loops_give_what_whole_array_numpy_gives():
         a, b, c = (rng.normal(size=n_seeds + 1).astype(np.float32) for _ in range(3))
         got, got_stats, lo, hi, contact = loops.nearest_seeds(labels, start, count, seeds, a, b, c, distance)
         assert np.array_equal(got_stats[1:], loops.label_stats(got, n_seeds, distance)[0][1:])
+        merged = rng.integers(1, 4, n_seeds + 1)
+        merged[0] = 0
+        expected = loops.label_stats(np.take(merged, got), 3, distance)[0]
+        assert np.array_equal(loops.merged_stats(got_stats, merged, 3)[1:], expected[1:])
         y, x = rows.astype(np.float32), cols.astype(np.float32)
         for (r, col), reg in np.ndenumerate(labels):
             own = seeds[start[reg] : start[reg] + count[reg]]

@@ -305,3 +305,22 @@ def chamfers(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
     _add_chamfer(outer, out)
     _add_chamfer(inner, out)
     return out
+
+
+@njit(cache=CACHE, nogil=True)
+def merged_stats(stats: np.ndarray, merged: np.ndarray, n: int) -> np.ndarray:
+    """Rows of ``STATS`` for labels 0..n, each made of the rows of the labels ``merged`` maps to it (areas and
+    sums added, extremes their extremes)."""
+    out = np.zeros((n + 1, STATS))
+    for k in range(n + 1):
+        out[k, R0] = out[k, C0] = out[k, S0] = out[k, D0] = np.inf
+        out[k, R1] = out[k, C1] = out[k, S1] = out[k, D1] = out[k, TOP] = -np.inf
+    for i in range(len(merged)):
+        k = merged[i]
+        for col in (AREA, SUM_R, SUM_C):
+            out[k, col] += stats[i, col]
+        for col in (R0, C0, S0, D0):
+            out[k, col] = min(out[k, col], stats[i, col])
+        for col in (R1, C1, S1, D1, TOP):
+            out[k, col] = max(out[k, col], stats[i, col])
+    return out

@@ -879,7 +879,7 @@ def _split_cells(
     for label in (np.flatnonzero(seeds_in[1:] == 0) + 1).tolist():
         rejected.append((_box(region_stats[label]), "clump" if too_large[label] else "debris"))
     n_pieces = int(merged.max())
-    stats = _merged_stats(seed_piece_stats, merged, n_pieces)
+    stats = loops.merged_stats(seed_piece_stats, merged, n_pieces)
     area = stats[:, loops.AREA]
     cy = stats[:, loops.SUM_R] / np.maximum(area, 1)
     cx = stats[:, loops.SUM_C] / np.maximum(area, 1)
@@ -917,23 +917,6 @@ def _split_cells(
             rejected.extend(parts)
     centroids = np.stack([cy[kept], cx[kept]], axis=1).astype(np.float32).reshape(-1, 2)
     return _Split(np.take(np.take(keep, merged), seed_pieces), boxes, centroids, rejected)
-
-
-def _merged_stats(stats: np.ndarray, merged: np.ndarray, n: int) -> np.ndarray:
-    """Rows of :func:`cell_loops.label_stats` for labels 0..n made of the rows of the labels that ``merged``
-    maps to each (areas and sums added, extremes their extremes)."""
-    if n == len(stats) - 1 and np.array_equal(merged, np.arange(len(stats))):
-        return stats
-    out = np.zeros((n + 1, loops.STATS))
-    for col in (loops.AREA, loops.SUM_R, loops.SUM_C):
-        np.add.at(out[:, col], merged, stats[:, col])
-    for col in (loops.R0, loops.C0, loops.S0, loops.D0):
-        out[:, col] = np.inf
-        np.minimum.at(out[:, col], merged, stats[:, col])
-    for col in (loops.R1, loops.C1, loops.S1, loops.D1, loops.TOP):
-        out[:, col] = -np.inf
-        np.maximum.at(out[:, col], merged, stats[:, col])
-    return out
 
 
 def _box(row: np.ndarray) -> tuple[slice, slice]:
