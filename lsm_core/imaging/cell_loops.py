@@ -324,3 +324,36 @@ def merged_stats(stats: np.ndarray, merged: np.ndarray, n: int) -> np.ndarray:
         for col in (R1, C1, S1, D1, TOP):
             out[k, col] = max(out[k, col], stats[i, col])
     return out
+
+
+@njit(cache=CACHE, nogil=True)
+def simplified(points: np.ndarray, tolerance: float) -> np.ndarray:
+    """Douglas-Peucker: which vertices of a polyline (K, 2) float64 keep it within ``tolerance``, as a (K,) bool
+    mask; each split at its farthest point (the first of equals), splits taken last in, first out."""
+    n = len(points)
+    keep = np.zeros(n, np.bool_)
+    if n == 0:
+        return keep
+    keep[0] = keep[n - 1] = True
+    stack = np.empty((2 * n + 2, 2), np.int64)
+    stack[0, 0], stack[0, 1] = 0, n - 1
+    top = 1
+    while top:
+        top -= 1
+        a, b = stack[top, 0], stack[top, 1]
+        if b - a < 2:
+            continue
+        sy, sx = points[b, 0] - points[a, 0], points[b, 1] - points[a, 1]
+        norm = np.hypot(sy, sx)
+        best, k = -1.0, -1
+        for i in range(a + 1, b):
+            ry, rx = points[i, 0] - points[a, 0], points[i, 1] - points[a, 1]
+            d = np.abs(ry * sx - rx * sy) / norm if norm > 0 else np.hypot(ry, rx)
+            if d > best:
+                best, k = d, i
+        if best > tolerance:
+            keep[k] = True
+            stack[top, 0], stack[top, 1] = a, k
+            stack[top + 1, 0], stack[top + 1, 1] = k, b
+            top += 2
+    return keep
