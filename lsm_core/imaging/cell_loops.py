@@ -42,15 +42,39 @@ AREA, SUM_R, SUM_C, R0, R1, C0, C1, S0, S1, D0, D1, TOP = range(STATS)
 
 
 @njit(cache=CACHE, nogil=True)
+def _empty_stats(n: int) -> np.ndarray:
+    """``n`` rows of ``STATS`` with nothing counted: area and sums 0, extremes at +-inf."""
+    out = np.zeros((n, STATS))
+    for k in range(n):
+        out[k, R0] = out[k, C0] = out[k, S0] = out[k, D0] = np.inf
+        out[k, R1] = out[k, C1] = out[k, S1] = out[k, D1] = out[k, TOP] = -np.inf
+    return out
+
+
+@njit(cache=CACHE, nogil=True)
+def _count(out: np.ndarray, k: int, r: int, c: int, distance: float) -> None:
+    """Pixel (r, c) at ``distance`` counted in row ``k`` of ``STATS``."""
+    out[k, AREA] += 1
+    out[k, SUM_R] += r
+    out[k, SUM_C] += c
+    out[k, R0] = min(out[k, R0], r)
+    out[k, R1] = max(out[k, R1], r)
+    out[k, C0] = min(out[k, C0], c)
+    out[k, C1] = max(out[k, C1], c)
+    out[k, S0] = min(out[k, S0], r + c)
+    out[k, S1] = max(out[k, S1], r + c)
+    out[k, D0] = min(out[k, D0], r - c)
+    out[k, D1] = max(out[k, D1], r - c)
+    out[k, TOP] = max(out[k, TOP], distance)
+
+
+@njit(cache=CACHE, nogil=True)
 def label_stats(labels: np.ndarray, n: int, distance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For labels 1..n of a label image, the columns of ``STATS`` (float64; row 0, the background, and an empty
     label's row hold area 0 and extremes at +-inf) and the flat index of each label's first pixel in raster
     order (-1: none)."""
     h, w = labels.shape
-    out = np.zeros((n + 1, STATS))
-    for k in range(n + 1):
-        out[k, R0] = out[k, C0] = out[k, S0] = out[k, D0] = np.inf
-        out[k, R1] = out[k, C1] = out[k, S1] = out[k, D1] = out[k, TOP] = -np.inf
+    out = _empty_stats(n + 1)
     first = np.full(n + 1, -1, np.int64)
     for r in range(h):
         for c in range(w):
@@ -59,18 +83,7 @@ def label_stats(labels: np.ndarray, n: int, distance: np.ndarray) -> tuple[np.nd
                 continue
             if out[k, AREA] == 0:
                 first[k] = r * w + c
-            out[k, AREA] += 1
-            out[k, SUM_R] += r
-            out[k, SUM_C] += c
-            out[k, R0] = min(out[k, R0], r)
-            out[k, R1] = max(out[k, R1], r)
-            out[k, C0] = min(out[k, C0], c)
-            out[k, C1] = max(out[k, C1], c)
-            out[k, S0] = min(out[k, S0], r + c)
-            out[k, S1] = max(out[k, S1], r + c)
-            out[k, D0] = min(out[k, D0], r - c)
-            out[k, D1] = max(out[k, D1], r - c)
-            out[k, TOP] = max(out[k, TOP], distance[r, c])
+            _count(out, k, r, c, distance[r, c])
     return out, first
 
 
@@ -86,11 +99,8 @@ def seeds(peaks: np.ndarray, regions: np.ndarray, excluded: np.ndarray, distance
         for c in range(w):
             if peaks[r, c] and not excluded[regions[r, c]]:
                 total += 1
-    out = np.zeros((total + 1, STATS))
+    out = _empty_stats(total + 1)
     first = np.full(total + 1, -1, np.int64)
-    for k in range(total + 1):
-        out[k, R0] = out[k, C0] = out[k, S0] = out[k, D0] = np.inf
-        out[k, R1] = out[k, C1] = out[k, S1] = out[k, D1] = out[k, TOP] = -np.inf
     label = np.zeros((h, w), np.int32)
     stack = np.empty(total + 1, np.int64)
     n = 0
@@ -106,18 +116,7 @@ def seeds(peaks: np.ndarray, regions: np.ndarray, excluded: np.ndarray, distance
             while top:
                 top -= 1
                 r, c = stack[top] // w, stack[top] % w
-                out[n, AREA] += 1
-                out[n, SUM_R] += r
-                out[n, SUM_C] += c
-                out[n, R0] = min(out[n, R0], r)
-                out[n, R1] = max(out[n, R1], r)
-                out[n, C0] = min(out[n, C0], c)
-                out[n, C1] = max(out[n, C1], c)
-                out[n, S0] = min(out[n, S0], r + c)
-                out[n, S1] = max(out[n, S1], r + c)
-                out[n, D0] = min(out[n, D0], r - c)
-                out[n, D1] = max(out[n, D1], r - c)
-                out[n, TOP] = max(out[n, TOP], distance[r, c])
+                _count(out, n, r, c, distance[r, c])
                 for dr in range(-1, 2):
                     for dc in range(-1, 2):
                         y, x = r + dr, c + dc
@@ -148,10 +147,7 @@ def nearest_seeds(
     (pieces, stats, lo, hi, contact)."""
     h, w = regions.shape
     out = np.zeros((h, w), np.int32)
-    stats = np.zeros((len(a), STATS))
-    for k in range(len(a)):
-        stats[k, R0] = stats[k, C0] = stats[k, S0] = stats[k, D0] = np.inf
-        stats[k, R1] = stats[k, C1] = stats[k, S1] = stats[k, D1] = stats[k, TOP] = -np.inf
+    stats = _empty_stats(len(a))
     lo = np.empty(2 * h * w, np.int64)
     hi = np.empty(2 * h * w, np.int64)
     contact = np.empty(2 * h * w, distance.dtype)
@@ -184,18 +180,7 @@ def nearest_seeds(
                         contact[n_pairs] = min(d, distance[r, col])
                         n_pairs += 1
             out[r, col] = pick
-            stats[pick, AREA] += 1
-            stats[pick, SUM_R] += r
-            stats[pick, SUM_C] += col
-            stats[pick, R0] = min(stats[pick, R0], r)
-            stats[pick, R1] = max(stats[pick, R1], r)
-            stats[pick, C0] = min(stats[pick, C0], col)
-            stats[pick, C1] = max(stats[pick, C1], col)
-            stats[pick, S0] = min(stats[pick, S0], r + col)
-            stats[pick, S1] = max(stats[pick, S1], r + col)
-            stats[pick, D0] = min(stats[pick, D0], r - col)
-            stats[pick, D1] = max(stats[pick, D1], r - col)
-            stats[pick, TOP] = max(stats[pick, TOP], distance[r, col])
+            _count(stats, pick, r, col, distance[r, col])
     return out, stats, lo[:n_pairs], hi[:n_pairs], contact[:n_pairs]
 
 
@@ -311,10 +296,7 @@ def chamfers(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
 def merged_stats(stats: np.ndarray, merged: np.ndarray, n: int) -> np.ndarray:
     """Rows of ``STATS`` for labels 0..n, each made of the rows of the labels ``merged`` maps to it (areas and
     sums added, extremes their extremes)."""
-    out = np.zeros((n + 1, STATS))
-    for k in range(n + 1):
-        out[k, R0] = out[k, C0] = out[k, S0] = out[k, D0] = np.inf
-        out[k, R1] = out[k, C1] = out[k, S1] = out[k, D1] = out[k, TOP] = -np.inf
+    out = _empty_stats(n + 1)
     for i in range(len(merged)):
         k = merged[i]
         for col in (AREA, SUM_R, SUM_C):
