@@ -509,3 +509,39 @@ def test_outlines_are_simplified_by_douglas_peucker():
         for tolerance in (0.5, 2.0):
             kept = _simplify(points, tolerance)
             assert np.array_equal(kept, reference(points, tolerance)) and 3 <= len(kept) <= len(points)
+
+
+def test_outlines_are_filled_as_scikit_image_draws_polygons():
+    """cell_loops.fill_polygon gives the pixels skimage.draw.polygon gives (inside, on an edge or on a vertex),
+    for noisy outlines partly outside the image and on the half-pixel and whole-pixel grids, and the label
+    image of a packed field is the one drawn with scikit-image."""
+    from skimage.draw import polygon
+
+    from lsm_core.imaging import cell_loops as loops
+    from tests.packed_cells import packed_field
+
+    rng = np.random.default_rng(4)
+    for k in range(300):
+        n = int(rng.integers(3, 40))
+        t = np.sort(rng.random(n)) * 2 * np.pi
+        cy, cx = rng.uniform(-5, 40, 2)
+        rows = cy + np.sin(t) * rng.uniform(2, 20) + rng.normal(0, 2, n)
+        cols = cx + np.cos(t) * rng.uniform(2, 20) + rng.normal(0, 2, n)
+        if k % 3 == 1:
+            rows, cols = np.round(rows * 2) / 2, np.round(cols * 2) / 2
+        if k % 3 == 2:
+            rows, cols = np.round(rows), np.round(cols)
+        rows, cols = np.r_[rows, rows[:1]], np.r_[cols, cols[:1]]
+        expected = np.zeros((37, 41), np.int32)
+        rr, cc = polygon(rows, cols, shape=expected.shape)
+        expected[rr, cc] = 7
+        got = np.zeros_like(expected)
+        loops.fill_polygon(got, rows, cols, 7)
+        assert np.array_equal(got, expected), k
+    field, _ = packed_field(201, 0.65, size_um=200.0)
+    found = find_cells(field, FindParams(pixel_size_um=0.65))
+    drawn = np.zeros(field.shape, np.int32)
+    for i, outline in enumerate(found.outlines, start=1):
+        rr, cc = polygon(outline[:, 1], outline[:, 0], shape=field.shape)
+        drawn[rr, cc] = i
+    assert len(found) > 10 and np.array_equal(found.labels, drawn)

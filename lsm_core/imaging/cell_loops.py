@@ -339,3 +339,58 @@ def simplified(points: np.ndarray, tolerance: float) -> np.ndarray:
             stack[top + 1, 0], stack[top + 1, 1] = k, b
             top += 2
     return keep
+
+
+@njit(cache=CACHE, nogil=True)
+def fill_polygon(out: np.ndarray, rows: np.ndarray, cols: np.ndarray, value: int) -> None:
+    """``out[rr, cc] = value`` for the pixels scikit-image's ``draw.polygon(rows, cols, shape=out.shape)`` gives:
+    each pixel centre of the polygon's box (from max(0, min) to ceil(max), within the image) that lies inside the
+    polygon, on one of its edges or on a vertex (O'Rourke's crossing test, as scikit-image's
+    ``point_in_polygon``, with its 1e-12 vertex tolerance)."""
+    h, w = out.shape
+    n = len(rows)
+    if n == 0:
+        return
+    r_lo, r_hi, c_lo, c_hi = rows[0], rows[0], cols[0], cols[0]
+    for i in range(1, n):
+        r_lo, r_hi = min(r_lo, rows[i]), max(r_hi, rows[i])
+        c_lo, c_hi = min(c_lo, cols[i]), max(c_hi, cols[i])
+    minr, maxr = int(max(0.0, r_lo)), min(h - 1, int(np.ceil(r_hi)))
+    minc, maxc = int(max(0.0, c_lo)), min(w - 1, int(np.ceil(c_hi)))
+    eps = 1e-12
+    edges = np.empty(n, np.int64)  # the edges (i - 1, i) that straddle the row: the rest never count there
+    near = np.empty(n, np.int64)  # the vertices on the row (within eps)
+    for r in range(minr, maxr + 1):
+        n_edges = n_near = 0
+        y1 = rows[n - 1] - r
+        for i in range(n):
+            y0 = rows[i] - r
+            if -eps < y0 < eps:
+                near[n_near] = i
+                n_near += 1
+            if (y0 > 0) != (y1 > 0) or (y0 < 0) != (y1 < 0):
+                edges[n_edges] = i
+                n_edges += 1
+            y1 = y0
+        for c in range(minc, maxc + 1):
+            inside = False
+            for k in range(n_near):
+                x0 = cols[near[k]] - c
+                if -eps < x0 < eps:
+                    inside = True
+            if not inside:
+                right = left = 0
+                for k in range(n_edges):
+                    i = edges[k]
+                    j = i - 1 if i > 0 else n - 1
+                    x0, y0 = cols[i] - c, rows[i] - r
+                    x1, y1 = cols[j] - c, rows[j] - r
+                    if (y0 > 0) != (y1 > 0):
+                        if (x0 * y1 - x1 * y0) / (y1 - y0) > 0:
+                            right += 1
+                    if (y0 < 0) != (y1 < 0):
+                        if (x0 * y1 - x1 * y0) / (y1 - y0) < 0:
+                            left += 1
+                inside = (right & 1) != (left & 1) or (right & 1) == 1
+            if inside:
+                out[r, c] = value
