@@ -260,8 +260,10 @@ class _Masks:
         outside = energy[~anyone]
         cell = working
         if outside.size >= 32:
-            spread = _robust_sigma(outside)
-            mask = (energy > float(np.median(outside)) + self.threshold_sigmas * spread) & allowed
+            level_out = float(np.median(outside))
+            # the robust spread about that median when it is the sample's own (a box holds fewer than 32,768)
+            spread = _robust_sigma(outside, level_out if _sample(outside).size == outside.size else None)
+            mask = (energy > level_out + self.threshold_sigmas * spread) & allowed
             mask = _close(mask, 1.2 / self.um_per_px) & allowed
             mask = _fill_holes(mask)
             pieces, n = _label(mask, 4)
