@@ -545,3 +545,24 @@ def test_outlines_are_filled_as_scikit_image_draws_polygons():
         rr, cc = polygon(outline[:, 1], outline[:, 0], shape=field.shape)
         drawn[rr, cc] = i
     assert len(found) > 10 and np.array_equal(found.labels, drawn)
+
+
+def test_the_longest_contour_is_scikit_image_s():
+    """cell_loops.longest_contour: find_contours(mask, 0.5)'s longest contour, point for point and in the same
+    order (Douglas-Peucker then keeps the same vertices), on masks with holes, saddles and many pieces."""
+    from scipy import ndimage as ndi
+    from skimage.measure import find_contours
+
+    from lsm_core.imaging import cell_loops as loops
+
+    rng = np.random.default_rng(5)
+    for k in range(400):
+        shape = tuple(int(v) for v in rng.integers(1, 40, 2))
+        if k % 4:
+            mask = ndi.binary_dilation(rng.random(shape) > rng.uniform(0.8, 0.99), iterations=int(rng.integers(0, 3)))
+        else:
+            mask = rng.random(shape) > 0.5  # saddles everywhere
+        padded = np.pad(mask.astype(np.uint8), 1)
+        contours = find_contours(padded.astype(float), 0.5)
+        expected = max(contours, key=len) if contours else np.zeros((0, 2))
+        assert np.array_equal(loops.longest_contour(padded), expected), k

@@ -394,3 +394,143 @@ def fill_polygon(out: np.ndarray, rows: np.ndarray, cols: np.ndarray, value: int
                 inside = (right & 1) != (left & 1) or (right & 1) == 1
             if inside:
                 out[r, c] = value
+
+
+@njit(cache=CACHE, nogil=True)
+def longest_contour(mask: np.ndarray) -> np.ndarray:
+    """scikit-image's ``find_contours(mask, 0.5)`` of a 0/1 uint8 array (its marching squares, the "low" pixels
+    face-connected, its assembly of segments into contours), the longest contour only (the first of equals, as
+    ``max(contours, key=len)`` picks): (K, 2) float64 (row, col); (0, 2) when there is none. Points on the
+    half-pixel grid are keyed as integers; contours are linked lists, joined as scikit-image joins its deques."""
+    h, w = mask.shape
+    span = 2 * w + 1
+    # each point (r, c) on the half-pixel grid as the key 2r * span + 2c
+    cap = 4 * h * w + 4
+    key = np.empty(cap, np.int64)  # the nodes of every contour's linked list
+    nxt = np.full(cap, -1, np.int64)
+    heads = np.empty(cap, np.int64)  # each contour's first and last node, and whether it is still one
+    tails = np.empty(cap, np.int64)
+    alive = np.zeros(cap, np.bool_)
+    starts = {np.int64(-1): np.int64(-1)}  # point -> contour whose first point it is (-1: typing only)
+    ends = {np.int64(-1): np.int64(-1)}  # point -> contour whose last point it is
+    n_nodes = 0
+    n_contours = 0
+    for r0 in range(h - 1):
+        for c0 in range(w - 1):
+            case = 0
+            if mask[r0, c0] > 0.5:
+                case += 1
+            if mask[r0, c0 + 1] > 0.5:
+                case += 2
+            if mask[r0 + 1, c0] > 0.5:
+                case += 4
+            if mask[r0 + 1, c0 + 1] > 0.5:
+                case += 8
+            if case == 0 or case == 15:
+                continue
+            top = 2 * r0 * span + 2 * c0 + 1
+            bottom = 2 * (r0 + 1) * span + 2 * c0 + 1
+            left = (2 * r0 + 1) * span + 2 * c0
+            right = (2 * r0 + 1) * span + 2 * (c0 + 1)
+            pairs = np.empty((2, 2), np.int64)
+            n_pairs = 1
+            if case == 1:
+                pairs[0, 0], pairs[0, 1] = top, left
+            elif case == 2:
+                pairs[0, 0], pairs[0, 1] = right, top
+            elif case == 3:
+                pairs[0, 0], pairs[0, 1] = right, left
+            elif case == 4:
+                pairs[0, 0], pairs[0, 1] = left, bottom
+            elif case == 5:
+                pairs[0, 0], pairs[0, 1] = top, bottom
+            elif case == 6:
+                pairs[0, 0], pairs[0, 1] = right, top
+                pairs[1, 0], pairs[1, 1] = left, bottom
+                n_pairs = 2
+            elif case == 7:
+                pairs[0, 0], pairs[0, 1] = right, bottom
+            elif case == 8:
+                pairs[0, 0], pairs[0, 1] = bottom, right
+            elif case == 9:
+                pairs[0, 0], pairs[0, 1] = top, left
+                pairs[1, 0], pairs[1, 1] = bottom, right
+                n_pairs = 2
+            elif case == 10:
+                pairs[0, 0], pairs[0, 1] = bottom, top
+            elif case == 11:
+                pairs[0, 0], pairs[0, 1] = bottom, left
+            elif case == 12:
+                pairs[0, 0], pairs[0, 1] = left, right
+            elif case == 13:
+                pairs[0, 0], pairs[0, 1] = top, right
+            else:
+                pairs[0, 0], pairs[0, 1] = left, top
+            for p in range(n_pairs):
+                a, b = pairs[p, 0], pairs[p, 1]
+                tail = head = np.int64(-1)
+                if b in starts:
+                    tail = starts[b]
+                    del starts[b]
+                if a in ends:
+                    head = ends[a]
+                    del ends[a]
+                if tail >= 0 and head >= 0:
+                    if tail == head:  # close the contour
+                        key[n_nodes] = b
+                        nxt[tails[head]] = n_nodes
+                        tails[head] = n_nodes
+                        n_nodes += 1
+                    elif tail > head:  # tail was made later: append it to head
+                        nxt[tails[head]] = heads[tail]
+                        tails[head] = tails[tail]
+                        alive[tail] = False
+                        starts[key[heads[head]]] = head
+                        ends[key[tails[head]]] = head
+                    else:  # head was made later: put it before tail
+                        if key[heads[head]] in starts:  # head's first point may be b itself
+                            del starts[key[heads[head]]]
+                        nxt[tails[head]] = heads[tail]
+                        heads[tail] = heads[head]
+                        alive[head] = False
+                        starts[key[heads[tail]]] = tail
+                        ends[key[tails[tail]]] = tail
+                elif tail < 0 and head < 0:  # a new contour
+                    key[n_nodes], key[n_nodes + 1] = a, b
+                    nxt[n_nodes] = n_nodes + 1
+                    heads[n_contours], tails[n_contours] = n_nodes, n_nodes + 1
+                    alive[n_contours] = True
+                    starts[a] = ends[b] = np.int64(n_contours)
+                    n_nodes += 2
+                    n_contours += 1
+                elif head < 0:  # prepend to tail
+                    key[n_nodes] = a
+                    nxt[n_nodes] = heads[tail]
+                    heads[tail] = n_nodes
+                    n_nodes += 1
+                    starts[a] = tail
+                else:  # append to head
+                    key[n_nodes] = b
+                    nxt[tails[head]] = n_nodes
+                    tails[head] = n_nodes
+                    n_nodes += 1
+                    ends[b] = head
+    best, best_len = -1, -1
+    for k in range(n_contours):
+        if not alive[k]:
+            continue
+        length, node = 1, heads[k]
+        while node != tails[k]:
+            node = nxt[node]
+            length += 1
+        if length > best_len:
+            best, best_len = k, length
+    if best < 0:
+        return np.zeros((0, 2))
+    out = np.empty((best_len, 2))
+    node = heads[best]
+    for i in range(best_len):
+        out[i, 0] = (key[node] // span) / 2
+        out[i, 1] = (key[node] % span) / 2
+        node = nxt[node]
+    return out
