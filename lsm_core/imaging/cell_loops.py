@@ -396,6 +396,32 @@ def fill_polygon(out: np.ndarray, rows: np.ndarray, cols: np.ndarray, value: int
                 out[r, c] = value
 
 
+# marching squares' segments in each of the 16 cases (bit 1: upper left above the level, 2: upper right, 4: lower
+# left, 8: lower right), as scikit-image draws them, the low pixels face-connected in the saddles (6 and 9): up to
+# two (from, to) pairs of edges, 0 top, 1 bottom, 2 left, 3 right (-1: none), the low side on the left
+SQUARE_SEGMENTS = np.array(
+    [
+        [[-1, -1], [-1, -1]],
+        [[0, 2], [-1, -1]],
+        [[3, 0], [-1, -1]],
+        [[3, 2], [-1, -1]],
+        [[2, 1], [-1, -1]],
+        [[0, 1], [-1, -1]],
+        [[3, 0], [2, 1]],
+        [[3, 1], [-1, -1]],
+        [[1, 3], [-1, -1]],
+        [[0, 2], [1, 3]],
+        [[1, 0], [-1, -1]],
+        [[1, 2], [-1, -1]],
+        [[2, 3], [-1, -1]],
+        [[0, 3], [-1, -1]],
+        [[2, 0], [-1, -1]],
+        [[-1, -1], [-1, -1]],
+    ],
+    np.int64,
+)
+
+
 @njit(cache=CACHE, nogil=True)
 def longest_contour(mask: np.ndarray) -> np.ndarray:
     """scikit-image's ``find_contours(mask, 0.5)`` of a 0/1 uint8 array (its marching squares, the "low" pixels
@@ -428,46 +454,16 @@ def longest_contour(mask: np.ndarray) -> np.ndarray:
                 case += 8
             if case == 0 or case == 15:
                 continue
-            top = 2 * r0 * span + 2 * c0 + 1
-            bottom = 2 * (r0 + 1) * span + 2 * c0 + 1
-            left = (2 * r0 + 1) * span + 2 * c0
-            right = (2 * r0 + 1) * span + 2 * (c0 + 1)
-            pairs = np.empty((2, 2), np.int64)
-            n_pairs = 1
-            if case == 1:
-                pairs[0, 0], pairs[0, 1] = top, left
-            elif case == 2:
-                pairs[0, 0], pairs[0, 1] = right, top
-            elif case == 3:
-                pairs[0, 0], pairs[0, 1] = right, left
-            elif case == 4:
-                pairs[0, 0], pairs[0, 1] = left, bottom
-            elif case == 5:
-                pairs[0, 0], pairs[0, 1] = top, bottom
-            elif case == 6:
-                pairs[0, 0], pairs[0, 1] = right, top
-                pairs[1, 0], pairs[1, 1] = left, bottom
-                n_pairs = 2
-            elif case == 7:
-                pairs[0, 0], pairs[0, 1] = right, bottom
-            elif case == 8:
-                pairs[0, 0], pairs[0, 1] = bottom, right
-            elif case == 9:
-                pairs[0, 0], pairs[0, 1] = top, left
-                pairs[1, 0], pairs[1, 1] = bottom, right
-                n_pairs = 2
-            elif case == 10:
-                pairs[0, 0], pairs[0, 1] = bottom, top
-            elif case == 11:
-                pairs[0, 0], pairs[0, 1] = bottom, left
-            elif case == 12:
-                pairs[0, 0], pairs[0, 1] = left, right
-            elif case == 13:
-                pairs[0, 0], pairs[0, 1] = top, right
-            else:
-                pairs[0, 0], pairs[0, 1] = left, top
+            # the square's edges' midpoints: top, bottom, left, right
+            points = (
+                2 * r0 * span + 2 * c0 + 1,
+                2 * (r0 + 1) * span + 2 * c0 + 1,
+                (2 * r0 + 1) * span + 2 * c0,
+                (2 * r0 + 1) * span + 2 * (c0 + 1),
+            )
+            n_pairs = 2 if SQUARE_SEGMENTS[case, 1, 0] >= 0 else 1
             for p in range(n_pairs):
-                a, b = pairs[p, 0], pairs[p, 1]
+                a, b = points[SQUARE_SEGMENTS[case, p, 0]], points[SQUARE_SEGMENTS[case, p, 1]]
                 tail = head = np.int64(-1)
                 if b in starts:
                     tail = starts[b]
