@@ -329,7 +329,7 @@ def test_opencv_morphology_is_scipys():
     borders included, and the regions' numbers too (the order of the cells found depends on them)."""
     from scipy import ndimage as ndi
 
-    from lsm_core.imaging.cells import _bin, _chamfer, _chamfers, _close, _disk, _label, _max_disk, _open, _smooth
+    from lsm_core.imaging.cells import _bin, _chamfers, _close, _disk, _label, _max_disk, _open, _smooth
 
     rng = np.random.default_rng(0)
     for k in range(20):
@@ -347,7 +347,7 @@ def test_opencv_morphology_is_scipys():
             quarters = np.round(values * 40).astype(np.int16)
             assert np.array_equal(_max_disk(quarters, radius), ndi.maximum_filter(quarters, footprint=disk))
         chamfer = sum(ndi.distance_transform_cdt(mask, metric=metric) for metric in ("chessboard", "taxicab"))
-        assert np.array_equal(_chamfer(mask), chamfer)
+        assert np.array_equal(_chamfers(mask), chamfer)
         inner = mask & (rng.random(shape) > 0.2)
         both = chamfer + sum(ndi.distance_transform_cdt(inner, metric=m) for m in ("chessboard", "taxicab"))
         assert np.array_equal(_chamfers(mask, inner), both)

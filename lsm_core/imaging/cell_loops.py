@@ -2,7 +2,10 @@
 
 Splitting touching cells visits each pixel of the cells' mask once per step: to give it to a seed, to find
 where two pieces touch, to measure each piece. As whole-array numpy passes these took some thirty passes over
-a field's mask, more than the rest of the finding together; as loops they are one pass each.
+a field's mask, more than the rest of the finding together; as loops they are one pass each. The same holds
+for the chamfer distances, for cutting and resizing the crops, and for the outlines: their contours (as
+scikit-image's find_contours), their simplification and the label image drawn from them (as its
+draw.polygon), each giving what the library gave.
 
 Each function is compiled on its first call and cached on disk (numba's ``cache=True``: in ``NUMBA_CACHE_DIR``
 when set, beside this file, or in the user's cache directory), so a fresh process loads them in a quarter of a
@@ -254,10 +257,10 @@ def merge_tree(lo: np.ndarray, hi: np.ndarray, contact: np.ndarray, height: np.n
 
 
 @njit(cache=CACHE, nogil=True)
-def _add_chamfer(mask: np.ndarray, out: np.ndarray) -> None:
-    """Adds to ``out`` the chessboard and the city-block distance of each pixel of ``mask`` to the background,
-    by one forward and one backward raster pass of the 3 x 3 masks (exact for these two metrics) on a frame of
-    far-away values (outside the image counts as foreground)."""
+def add_chamfer(mask: np.ndarray, out: np.ndarray) -> None:
+    """Adds to ``out`` (int16) the chessboard and the city-block distance of each pixel of a bool ``mask`` (with
+    some background) to that background, by one forward and one backward raster pass of the 3 x 3 masks (exact
+    for these two metrics) on a frame of far-away values (outside the image counts as foreground)."""
     h, w = mask.shape
     far = np.int16(16000)
     chess = np.full((h + 2, w + 2), far, np.int16)
@@ -280,16 +283,6 @@ def _add_chamfer(mask: np.ndarray, out: np.ndarray) -> None:
                 chess[r, c] = min(chess[r, c], min(below, chess[r, c + 1]) + 1)
                 city[r, c] = min(city[r, c], min(city[r + 1, c], city[r, c + 1]) + 1)
                 out[r - 1, c - 1] += chess[r, c] + city[r, c]
-
-
-@njit(cache=CACHE, nogil=True)
-def chamfers(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
-    """The chessboard and city-block distances to the background of two bool masks, all four added (int16; 0 on
-    the background): scipy's ``distance_transform_cdt`` of each, for masks that have some background."""
-    out = np.zeros(outer.shape, np.int16)
-    _add_chamfer(outer, out)
-    _add_chamfer(inner, out)
-    return out
 
 
 @njit(cache=CACHE, nogil=True)

@@ -807,24 +807,17 @@ SEED_DEPTH = 0.4  # two cells' centres stand at least this many smallest-cell ra
 CLUMP_CELLS = 12  # a region larger than this many of the largest cells is no group of cells: a clump
 
 
-def _chamfer(mask: np.ndarray) -> np.ndarray:
-    """The chessboard and city-block chamfer distances to the background, added (int16): scipy's
-    ``distance_transform_cdt`` of each (outside the image counts as foreground; -1 everywhere without any
-    background), by OpenCV's two-pass transforms with 3 x 3 masks, which are exact for these two metrics."""
-    u8 = _u8(mask)
-    if u8.all():
-        return np.full(mask.shape, -2, np.int16)
-    chess = np.asarray(cv2.distanceTransform(u8, cv2.DIST_C, 3), np.float32)
-    taxicab = np.asarray(cv2.distanceTransform(u8, cv2.DIST_L1, 3), np.float32)
-    return np.add(chess, taxicab, out=chess).astype(np.int16)
-
-
-def _chamfers(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
-    """:func:`_chamfer` of ``outer`` and of ``inner`` (within it), added, in one compiled pair of passes each
-    (:func:`cell_loops.chamfers`); OpenCV's where ``outer`` has no background (scipy's -1 everywhere)."""
-    if not np.any(~outer):
-        return _chamfer(outer) + _chamfer(inner)
-    return loops.chamfers(np.ascontiguousarray(outer), np.ascontiguousarray(inner))
+def _chamfers(*masks: np.ndarray) -> np.ndarray:
+    """The chessboard and city-block chamfer distances to the background of each mask, all added (int16): scipy's
+    ``distance_transform_cdt`` of each (outside the image counts as foreground; -1 everywhere for a mask without
+    any background), by compiled raster passes (:func:`cell_loops.add_chamfer`), exact for these two metrics."""
+    out = np.zeros(masks[0].shape, np.int16)
+    for mask in masks:
+        if np.any(~mask):
+            loops.add_chamfer(np.ascontiguousarray(mask, bool), out)
+        else:
+            out -= 2
+    return out
 
 
 def _split_cells(
@@ -1020,8 +1013,7 @@ def cell_mask(crop: np.ndarray, um_per_px: float) -> np.ndarray | None:
     if not spread > 0:
         return None
     mask = energy > float(np.median(energy[frame])) + 5 * spread
-    mask = ndi.binary_closing(mask, structure=_disk(1.2 / um_per_px), border_value=0)
-    mask = ndi.binary_opening(_fill_holes(mask), structure=_disk(0.8 / um_per_px))
+    mask = _open(_fill_holes(_close(mask, 1.2 / um_per_px)), 0.8 / um_per_px)
     labels = measure.label(mask)
     cy, cx = (h - 1) / 2, (w - 1) / 2
     near = [
